@@ -1,0 +1,1 @@
+//! Artifact file formats (Arrow IPC tensors, Parquet tables).
