@@ -1,0 +1,112 @@
+//! What a worker-side stage sees: its job, its device, and a channel back to
+//! the engine (events on stdout, see `cairn::worker`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use cairn::worker::{Event, Job};
+use serde::de::DeserializeOwned;
+
+/// A stage failure inside the worker. The message is shown to the user
+/// prefixed with the stage name, so it should say what went wrong, where
+/// (file, epoch, step) and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StageError(pub String);
+
+impl StageError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+impl From<tch::TchError> for StageError {
+    fn from(e: tch::TchError) -> Self {
+        Self(format!("libtorch: {e}"))
+    }
+}
+
+impl From<std::io::Error> for StageError {
+    fn from(e: std::io::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+pub type StageResult<T = ()> = Result<T, StageError>;
+
+pub struct WorkerCtx {
+    pub job: Job,
+    pub device: tch::Device,
+}
+
+impl WorkerCtx {
+    pub fn new(job: Job) -> Self {
+        let device = if job.env.is_cuda() && tch::Cuda::is_available() {
+            tch::Device::Cuda(0)
+        } else {
+            tch::Device::Cpu
+        };
+        Self { job, device }
+    }
+
+    /// The stage's params as the kind's typed struct.
+    pub fn params<P: DeserializeOwned>(&self) -> StageResult<P> {
+        serde_json::from_value(self.job.params.clone())
+            .map_err(|e| StageError::new(format!("params do not match this worker's kind `{}`: {e} (is cairn-worker out of date? rebuild with `make`)", self.job.kind)))
+    }
+
+    pub fn input(&self, slot: &str) -> StageResult<&Path> {
+        self.inputs(slot)
+            .first()
+            .map(|p| p.as_path())
+            .ok_or_else(|| StageError::new(format!("input slot `{slot}` is not connected")))
+    }
+
+    /// Every artifact connected to a slot (empty if none).
+    pub fn inputs(&self, slot: &str) -> &[PathBuf] {
+        self.job.inputs.get(slot).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    pub fn has_input(&self, slot: &str) -> bool {
+        !self.inputs(slot).is_empty()
+    }
+
+    pub fn output(&self, name: &str) -> StageResult<&Path> {
+        self.job
+            .outputs
+            .get(name)
+            .map(|p| p.as_path())
+            .ok_or_else(|| StageError::new(format!("`{name}` is not a declared output of `{}`", self.job.kind)))
+    }
+
+    pub fn scratch(&self) -> &Path {
+        &self.job.scratch
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.job.seed
+    }
+
+    pub fn threads(&self) -> usize {
+        self.job.env.threads
+    }
+
+    pub fn progress(&self, message: impl Into<String>) {
+        emit(&Event::Progress { message: message.into() });
+    }
+
+    pub fn metric(&self, name: &str, value: f64) {
+        emit(&Event::Metric { name: name.into(), value });
+    }
+
+    pub fn log(&self, line: impl Into<String>) {
+        emit(&Event::Log { line: line.into() });
+    }
+}
+
+/// Writes one event line to stdout and flushes, so the engine sees it now.
+pub fn emit(event: &Event) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", event.to_line());
+    let _ = out.flush();
+}
