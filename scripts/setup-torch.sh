@@ -1,33 +1,65 @@
 #!/usr/bin/env bash
-# Idempotent: creates (once) a Python venv holding PyPI torch==2.11.0 at a
-# machine-level location, so every clone, CI run and later build reuses it.
-# Prints nothing but errors unless it has work to do.
+# Makes sure a Python venv holding PyPI torch==2.11.0 (the libtorch that
+# tch 0.24 links) exists at a machine-level location, so every clone, CI run
+# and later build reuses one 4.7 GB install, and points cargo at it by
+# (re)writing `.cargo/config.toml` `[env] LIBTORCH`.
+#
+# Installs in place: the venv is created at its final path and the marker
+# file `.cairn-ok` is written last, so a venv without the marker is an
+# interrupted install and is recreated from scratch. Idempotent; prints
+# nothing unless it has work to do. `CAIRN_TORCH_HOME` overrides the venv
+# location, `PYTHON` the interpreter used to create it.
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
 VENV="${CAIRN_TORCH_HOME:-$HOME/.cache/cairn/torch-$TORCH_VERSION}"
 PY="${PYTHON:-python3}"
+MARKER="$VENV/.cairn-ok"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 have_torch() {
-  [ -x "$VENV/bin/python" ] &&
-    [ -f "$VENV/.cairn-ok" ] &&
-    [ "$(cat "$VENV/.cairn-ok")" = "$TORCH_VERSION" ]
+  [ -x "$VENV/bin/python" ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$TORCH_VERSION" ]
 }
 
-if have_torch; then
-  exit 0
+if ! have_torch; then
+  # No marker: whatever is there is an interrupted install. Refuse to wipe
+  # a non-empty folder that is not a venv (a mistyped CAIRN_TORCH_HOME).
+  if [ -d "$VENV" ] && [ -n "$(ls -A "$VENV")" ] && [ ! -f "$VENV/pyvenv.cfg" ]; then
+    echo "cairn setup: $VENV exists and is not a Python venv; set CAIRN_TORCH_HOME to a new or venv folder" >&2
+    exit 1
+  fi
+  echo "cairn setup: installing torch==$TORCH_VERSION into $VENV (about 4.7 GB, a few minutes; done once per machine)" >&2
+  rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy pyarrow
+  # Check the install works before declaring it complete.
+  "$VENV/bin/python" -c "import torch, pyarrow, numpy; v = torch.__version__.split('+')[0]; assert v == '$TORCH_VERSION', v"
+  echo "$TORCH_VERSION" > "$MARKER"
+  echo "cairn setup: torch ready at $VENV" >&2
 fi
 
-echo "cairn setup: installing torch==$TORCH_VERSION into $VENV (about 4.7 GB, ~2 minutes; done once per machine)" >&2
-mkdir -p "$(dirname "$VENV")"
-# A previous attempt may have been interrupted: start from a clean venv.
-rm -rf "$VENV.partial"
-"$PY" -m venv "$VENV.partial"
-"$VENV.partial/bin/python" -m pip install --quiet --upgrade pip
-"$VENV.partial/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" numpy pyarrow
-# Check the install actually works before publishing it.
-"$VENV.partial/bin/python" -c "import torch, sys; assert torch.__version__.split('+')[0] == '$TORCH_VERSION', torch.__version__"
-echo "$TORCH_VERSION" > "$VENV.partial/.cairn-ok"
-rm -rf "$VENV"
-mv "$VENV.partial" "$VENV"
-echo "cairn setup: torch ready at $VENV" >&2
+# The torch/ package folder is what torch-sys wants as LIBTORCH. A glob
+# finds it without importing torch (which takes a second or two).
+shopt -s nullglob
+candidates=("$VENV"/lib/python3*/site-packages/torch)
+shopt -u nullglob
+if [ "${#candidates[@]}" -eq 1 ] && [ -d "${candidates[0]}/lib" ]; then
+  LIBTORCH="${candidates[0]}"
+else
+  LIBTORCH="$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+fi
+
+# Rewrite the cargo config only when its content changes, so an unchanged
+# LIBTORCH never looks like a new environment to torch-sys's build script.
+CONFIG="$ROOT/.cargo/config.toml"
+WANT="# Written by \`make setup\` (scripts/setup-torch.sh); machine-specific, not tracked.
+[env]
+LIBTORCH = \"$LIBTORCH\""
+if [ ! -f "$CONFIG" ] || [ "$(cat "$CONFIG")" != "$WANT" ]; then
+  mkdir -p "$ROOT/.cargo"
+  printf '%s\n' "$WANT" > "$CONFIG.tmp"
+  mv "$CONFIG.tmp" "$CONFIG"
+  echo "cairn setup: wrote $CONFIG (LIBTORCH=$LIBTORCH)" >&2
+fi

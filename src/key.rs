@@ -249,7 +249,7 @@ mod tests {
     fn golden_key() {
         assert_eq!(
             sample().key().to_hex(),
-            "GOLDEN"
+            "89a6c882a2e1d0f680fe255f0e8a6c14eb5555f655df7b87bcfadc147b6011ec"
         );
     }
 
@@ -264,7 +264,7 @@ mod tests {
             inputs: BTreeMap::new(),
             env: BTreeMap::new(),
         };
-        assert_eq!(k.key().to_hex(), "GOLDEN_EMPTY");
+        assert_eq!(k.key().to_hex(), "1b75aafd366cebe3cac82b4b63b88eb67d3737bd1e7e31f2da0dd96a4ad0a545");
     }
 
     #[test]

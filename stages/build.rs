@@ -1,1 +1,28 @@
-fn main() {}
+//! Build script for `cairn-stages`: makes the worker binary and this
+//! package's test binaries find libtorch at run time without anyone setting
+//! `LD_LIBRARY_PATH`.
+//!
+//! torch-sys links libtorch dynamically but emits no rpath, and the linker's
+//! default `--as-needed` drops `libtorch.so` (which only pulls in the CUDA
+//! libraries through its own dependencies), so a CUDA build of libtorch
+//! would silently run on the CPU. torch-sys declares `links = "tch"` and
+//! exports its lib folder as `DEP_TCH_LIBTORCH_LIB` to crates that depend on
+//! it directly, which is why `torch-sys` is a direct dependency here.
+
+use std::env;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
+        // torch-sys sets it on Linux and macOS; elsewhere there is no rpath
+        // to add and the loader's own search rules apply.
+        println!("cargo:warning=torch-sys did not export DEP_TCH_LIBTORCH_LIB; cairn-worker will need libtorch on the loader path");
+        return;
+    };
+    let args = [format!("-Wl,-rpath,{lib}"), "-Wl,--no-as-needed".to_string(), "-ltorch".to_string()];
+    for arg in &args {
+        // Every binary this package links (the worker, unit and integration
+        // tests, benches) runs libtorch code.
+        println!("cargo:rustc-link-arg={arg}");
+    }
+}

@@ -1,1 +1,13 @@
-//! Artifact file formats (Arrow IPC tensors, Parquet tables).
+//! Artifact file formats: tensors as Arrow IPC files of the canonical
+//! `arrow.fixed_shape_tensor` type ([`tensor`]), tables as Parquet
+//! ([`table`]), the one bridge between arrow-rs and polars ([`bridge`]), and
+//! PNG image grids for `cairn inspect --grid` ([`grid`]). Everything here is
+//! libtorch-free so the engine can read and show any artifact.
+
+pub mod bridge;
+pub mod grid;
+pub mod table;
+pub mod tensor;
+
+pub use table::{Column, Table, TableError};
+pub use tensor::{write_tensor, DType, TensorError, TensorFile, TensorWriter};

@@ -1,3 +1,103 @@
-//! TODO
+//! The `evaluate` kind: rebuilds the trained network from the shared model
+//! section, loads its weights and scores it on a labelled image set.
+//!
+//! Outputs `predictions` (index, label, pred, confidence, prob_0..prob_{K-1}),
+//! `confusion` (rows = true class, one count column per predicted class,
+//! named after `classes` when that input is connected) and `metrics`
+//! (test_acc, test_loss, n), the last two also reported as stage metrics so
+//! `cairn diff` shows them. The model section stored in the weights file is
+//! compared with the stage's, so evaluating with a different normalisation
+//! or architecture than training fails loudly instead of scoring 10%.
+
+use cairn::formats::table::{Column, Table};
+use cairn_kinds::eval::EvaluateParams;
+use cairn_kinds::train::ModelSpec;
+use tch::{nn, Kind};
+
 use crate::ctx::{StageError, StageResult, WorkerCtx};
-pub fn run(_ctx: &mut WorkerCtx) -> StageResult { Err(StageError::new("not implemented yet")) }
+use crate::models::{self, Feed};
+use crate::train::{compute_kind, load_labelled, MODEL_META};
+use crate::weights;
+
+fn table_err(e: impl std::fmt::Display) -> StageError {
+    StageError::new(e.to_string())
+}
+
+/// Class names from the optional `classes` table (first string column).
+fn class_names(ctx: &WorkerCtx, k: i64) -> StageResult<Vec<String>> {
+    let fallback = || (0..k).map(|i| format!("class_{i}")).collect();
+    if !ctx.has_input("classes") {
+        return Ok(fallback());
+    }
+    let t = Table::read(ctx.input("classes")?).map_err(table_err)?;
+    let names = t.columns.iter().find_map(|(_, c)| if let Column::Str(v) = c { Some(v.clone()) } else { None });
+    match names {
+        Some(v) if v.len() as i64 == k => Ok(v),
+        Some(v) => Err(StageError::new(format!("`classes` lists {} names but the model has {k} classes", v.len()))),
+        None => Ok(fallback()),
+    }
+}
+
+pub fn run(ctx: &mut WorkerCtx) -> StageResult {
+    let p: EvaluateParams = ctx.params()?;
+    tch::set_num_threads(ctx.threads() as i32);
+    let k = p.model.num_classes;
+    let file = weights::read_safetensors(ctx.input("model")?)?;
+    if let Some(saved) = file.metadata.get(MODEL_META) {
+        let saved: ModelSpec = serde_json::from_str(saved).map_err(|e| StageError::new(format!("model file metadata: {e}")))?;
+        if saved != p.model {
+            return Err(StageError::new(format!(
+                "the model was trained as {} but this stage's `model` says {}; copy the training stage's model section",
+                serde_json::to_string(&saved).unwrap_or_default(),
+                serde_json::to_string(&p.model).unwrap_or_default()
+            )));
+        }
+    }
+    let vs = nn::VarStore::new(ctx.device);
+    let net = models::build(&vs.root(), &p.model);
+    weights::load_into(&vs, &file.tensors, |_| false)?;
+    let (x, y) = load_labelled(ctx, "images", "labels", k)?;
+    let classes = class_names(ctx, k)?;
+    // Evaluation runs in fp32 on CPU (accuracy is what is measured) and in
+    // bf16 on CUDA, like training's `auto`.
+    let feed = Feed { normalize: p.model.normalize, kind: compute_kind(cairn_kinds::train::Precision::Auto, ctx.device), device: ctx.device };
+    let logits = models::predict(&net, &x, &feed, p.batch_size as i64, p.tta_flip);
+    let n = y.size()[0];
+    let loss = if n > 0 { logits.cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0).double_value(&[]) } else { f64::NAN };
+    let probs = logits.softmax(1, Kind::Float);
+    let (conf, pred) = probs.max_dim(1, false);
+    let pred: Vec<i64> = Vec::try_from(&pred)?;
+    let label: Vec<i64> = Vec::try_from(&y)?;
+    let acc = pred.iter().zip(&label).filter(|(a, b)| a == b).count() as f64 / n.max(1) as f64;
+
+    let mut preds = Table::new()
+        .with("index", Column::I64((0..n).collect()))
+        .with("label", Column::I64(label.clone()))
+        .with("pred", Column::I64(pred.clone()))
+        .with("confidence", Column::F32(Vec::try_from(&conf)?));
+    for c in 0..k {
+        preds = preds.with(format!("prob_{c}"), Column::F32(Vec::try_from(&probs.select(1, c))?));
+    }
+    preds.write(ctx.output("predictions")?).map_err(table_err)?;
+
+    let mut counts = vec![vec![0i64; k as usize]; k as usize];
+    for (&t, &q) in label.iter().zip(&pred) {
+        counts[t as usize][q as usize] += 1;
+    }
+    let mut confusion = Table::new().with("true", Column::Str(classes.clone()));
+    for (j, name) in classes.iter().enumerate() {
+        confusion = confusion.with(name.clone(), Column::I64(counts.iter().map(|row| row[j]).collect()));
+    }
+    confusion.write(ctx.output("confusion")?).map_err(table_err)?;
+
+    Table::new()
+        .with("test_acc", Column::F64(vec![acc]))
+        .with("test_loss", Column::F64(vec![loss]))
+        .with("n", Column::I64(vec![n]))
+        .write(ctx.output("metrics")?)
+        .map_err(table_err)?;
+    ctx.metric("test_acc", acc);
+    ctx.metric("test_loss", loss);
+    ctx.progress(format!("test accuracy {:.2}% on {n} images (loss {loss:.4})", 100.0 * acc));
+    Ok(())
+}

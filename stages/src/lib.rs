@@ -5,8 +5,13 @@ pub mod ctx;
 pub mod data;
 pub mod evaluate;
 pub mod gradcam;
+pub mod models;
+pub mod pth;
+pub mod plot;
 pub mod report;
+pub mod tensors;
 pub mod train;
+pub mod weights;
 
 use ctx::{StageResult, WorkerCtx};
 

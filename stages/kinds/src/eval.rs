@@ -1,1 +1,73 @@
-//! placeholder
+//! The `evaluate` kind's declaration: rebuild a trained network from the
+//! shared [`ModelSpec`] and score it on a labelled image set, optionally
+//! averaging over horizontal flips (test-time augmentation). Outputs
+//! per-image predictions, a confusion matrix and a metrics table whose
+//! `test_acc` / `test_loss` are also reported as stage metrics.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::train::ModelSpec;
+use crate::{typed, Kind, KindInfo, Out, ParamError, Plan, Slot};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    /// The same model section the training stage used.
+    pub model: ModelSpec,
+    /// Average the softmax over the image and its mirror.
+    #[serde(default)]
+    pub tta_flip: bool,
+    #[serde(default = "batch")]
+    pub batch_size: u32,
+}
+
+fn batch() -> u32 {
+    500
+}
+
+pub const VERSION: u32 = 1;
+
+pub struct Evaluate;
+
+impl Kind for Evaluate {
+    fn info(&self) -> KindInfo {
+        KindInfo {
+            name: "evaluate",
+            version: VERSION,
+            summary: "score a trained model: predictions, confusion matrix, test accuracy and loss",
+            torch: true,
+            threads: true,
+        }
+    }
+
+    fn check(&self, raw: &Value) -> Result<Plan, ParamError> {
+        let (mut p, _) = typed::<EvaluateParams>(raw)?;
+        p.model = p.model.resolve("model")?;
+        if p.batch_size == 0 {
+            return Err(ParamError::at(&["batch_size"], "must be at least 1"));
+        }
+        let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
+        Ok(Plan {
+            params,
+            inputs: vec![Slot::one("model"), Slot::one("images"), Slot::one("labels"), Slot::optional("classes")],
+            outputs: vec![Out::new("predictions", "table"), Out::new("confusion", "table"), Out::new("metrics", "table")],
+            implied: vec![],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn shares_model_section_with_train() {
+        let plan = Evaluate.check(&json!({"model": {"arch": "resnet18", "normalize": "cifar"}, "tta_flip": true})).unwrap();
+        assert_eq!(plan.params["model"]["stem"], json!("imagenet"));
+        assert_eq!(plan.params["model"]["normalize"], json!("cifar"));
+        assert!(Evaluate.check(&json!({"model": {"arch": "fast"}, "flip": true})).is_err());
+        assert!(Evaluate.check(&json!({"tta_flip": true})).is_err());
+    }
+}

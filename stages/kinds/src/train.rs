@@ -1,1 +1,472 @@
-//! placeholder
+//! The `train` kind's declaration: which network to build ([`ModelSpec`],
+//! shared with `evaluate` so both rebuild the same net), where its initial
+//! weights come from ([`Init`]), which named blocks train, and the
+//! optimisation recipe (optimizer, schedule, augmentation, early stopping).
+//!
+//! Everything that can be resolved without libtorch is resolved here, so the
+//! canonical params that enter the stage key are explicit: `trainable` is
+//! expanded into a list of block names, per-architecture defaults (`stem`,
+//! `widths`) are filled in, and `reinit_head` gets its init-dependent default.
+//! Block names are declared here ([`ModelSpec::blocks`]) and the worker's
+//! models (`cairn_stages::models`) build exactly these blocks.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{typed, Implied, Kind, KindInfo, Out, ParamError, Plan, Slot};
+
+/// Network architectures the worker can build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Resnet18,
+    Resnet50,
+    /// A small airbench / ResNet-9 style CIFAR net for CPU budgets.
+    Fast,
+}
+
+/// The ResNet stem: torchvision's 7×7/2 conv + max-pool, or a 3×3/1 conv
+/// without pooling that keeps 32-px inputs at full resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    Imagenet,
+    Cifar,
+}
+
+/// Input normalisation applied to u8 images (after scaling to [0, 1]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalize {
+    Imagenet,
+    Cifar,
+    None,
+}
+
+impl Normalize {
+    /// Per-channel (mean, std) on the [0, 1] scale.
+    pub fn stats(self) -> Option<([f64; 3], [f64; 3])> {
+        match self {
+            Normalize::Imagenet => Some(([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])),
+            Normalize::Cifar => Some(([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])),
+            Normalize::None => None,
+        }
+    }
+}
+
+/// How to rebuild a network: shared by `train` and `evaluate` (and any kind
+/// that loads a trained model), because a mismatch between the two — above
+/// all a different input normalisation — silently ruins accuracy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    #[serde(default = "ten")]
+    pub num_classes: i64,
+    /// ResNets only; defaults to `imagenet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stem: Option<Stem>,
+    /// `fast` only: output channels of each conv group; defaults to the
+    /// airbench94 widths `[64, 256, 256]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub widths: Option<Vec<i64>>,
+    #[serde(default = "imagenet_norm")]
+    pub normalize: Normalize,
+}
+
+fn ten() -> i64 {
+    10
+}
+fn imagenet_norm() -> Normalize {
+    Normalize::Imagenet
+}
+
+impl ModelSpec {
+    /// Checks per-architecture fields and fills their defaults.
+    pub fn resolve(mut self, at: &str) -> Result<Self, ParamError> {
+        if !(1..=100_000).contains(&self.num_classes) {
+            return Err(ParamError::at(&[at, "num_classes"], "must be between 1 and 100000"));
+        }
+        match self.arch {
+            Arch::Fast => {
+                if self.stem.is_some() {
+                    return Err(ParamError::at(&[at, "stem"], "`stem` applies to resnets only; the fast net has its own 2×2 stem"));
+                }
+                let widths = self.widths.get_or_insert_with(|| vec![64, 256, 256]);
+                if widths.is_empty() || widths.len() > 6 || widths.iter().any(|&w| !(1..=4096).contains(&w)) {
+                    return Err(ParamError::at(&[at, "widths"], "needs 1 to 6 widths, each between 1 and 4096")
+                        .help("each width adds one conv group that halves the resolution: 32 px allows at most 5"));
+                }
+            }
+            Arch::Resnet18 | Arch::Resnet50 => {
+                if self.widths.is_some() {
+                    return Err(ParamError::at(&[at, "widths"], "`widths` applies to the fast net only"));
+                }
+                self.stem.get_or_insert(Stem::Imagenet);
+            }
+        }
+        Ok(self)
+    }
+
+    /// The named blocks, input to output. Freezing, feature caching and
+    /// Grad-CAM address the network by these names.
+    pub fn blocks(&self) -> Vec<String> {
+        let mut names = vec!["stem".to_string()];
+        match self.arch {
+            Arch::Fast => {
+                let n = self.widths.as_ref().map_or(3, |w| w.len());
+                names.extend((1..=n).map(|i| format!("group{i}")));
+            }
+            Arch::Resnet18 | Arch::Resnet50 => names.extend((1..=4).map(|i| format!("layer{i}"))),
+        }
+        names.push("head".into());
+        names
+    }
+}
+
+/// Where the initial weights come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Init {
+    /// `"scratch"`: random (He) initialisation.
+    Scratch(ScratchTag),
+    /// Another stage's `model` output.
+    Stage {
+        stage: String,
+    },
+    /// A torchvision-layout `.safetensors` file or PyTorch `.pth` checkpoint,
+    /// by local path or URL (a URL needs `sha256`).
+    Weights {
+        weights: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScratchTag {
+    Scratch,
+}
+
+impl Default for Init {
+    fn default() -> Self {
+        Init::Scratch(ScratchTag::Scratch)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    Sgd,
+    Adamw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    Cosine,
+    /// Linear warm-up to `lr`, then linear decay to zero (the speed-run
+    /// nets' triangle).
+    Onecycle,
+}
+
+/// Arithmetic precision of convolutions and matmuls. BatchNorm statistics,
+/// the loss and the master weights stay in fp32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 on CUDA, fp32 on CPU.
+    Auto,
+    Fp32,
+    /// bf16 everywhere; on CPUs with AMX (Sapphire Rapids+) about 1.8× faster.
+    Bf16,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Augment {
+    /// Random horizontal flips.
+    #[serde(default)]
+    pub flip: bool,
+    /// Random translation by up to this many pixels (zero padding + crop).
+    #[serde(default)]
+    pub translate: u32,
+}
+
+impl Augment {
+    /// Augmentations that commute with a frozen prefix: flips can be cached
+    /// as a second copy of the features, translations cannot.
+    pub fn cacheable(&self) -> bool {
+        self.translate == 0
+    }
+}
+
+/// `trainable` as written: a preset/`+`-joined string or a list of blocks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Trainable {
+    Joined(String),
+    List(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub init: Init,
+    /// Re-initialise the head after loading; defaults to true for `weights`
+    /// (ImageNet heads have 1000 classes) and false otherwise.
+    #[serde(default)]
+    pub reinit_head: Option<bool>,
+    /// `"all"`, `"head"`, `"layer4+head"` (any `+`-joined block names) or a
+    /// list of blocks. Canonicalised to the list, in network order.
+    #[serde(default = "all")]
+    pub trainable: Trainable,
+    #[serde(default = "sgd")]
+    pub optimizer: Optimizer,
+    #[serde(default = "lr")]
+    pub lr: f64,
+    #[serde(default = "momentum")]
+    pub momentum: f64,
+    #[serde(default = "yes")]
+    pub nesterov: bool,
+    #[serde(default = "wd")]
+    pub weight_decay: f64,
+    #[serde(default = "onecycle")]
+    pub schedule: Schedule,
+    /// Fraction of all steps spent warming up linearly from zero.
+    #[serde(default = "warmup")]
+    pub warmup: f64,
+    #[serde(default = "epochs")]
+    pub epochs: u32,
+    #[serde(default = "batch")]
+    pub batch_size: u32,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    #[serde(default = "no_augment")]
+    pub augment: Augment,
+    /// Stop after this many epochs without a better val accuracy, then
+    /// restore the best epoch's weights. Absent: train all epochs, keep the
+    /// best epoch's weights.
+    #[serde(default)]
+    pub patience: Option<u32>,
+    /// Ask libtorch for deterministic kernels (CUDA; CPU is deterministic
+    /// for a fixed thread count already).
+    #[serde(default = "yes")]
+    pub deterministic: bool,
+    #[serde(default = "auto")]
+    pub precision: Precision,
+    /// Test-time flip averaging for the per-epoch val metric.
+    #[serde(default)]
+    pub tta_flip: bool,
+    /// Cache the frozen prefix's activations when only a tail trains.
+    #[serde(default = "yes")]
+    pub cache_features: bool,
+}
+
+fn all() -> Trainable {
+    Trainable::Joined("all".into())
+}
+fn sgd() -> Optimizer {
+    Optimizer::Sgd
+}
+fn lr() -> f64 {
+    0.1
+}
+fn momentum() -> f64 {
+    0.9
+}
+fn yes() -> bool {
+    true
+}
+fn wd() -> f64 {
+    5e-4
+}
+fn onecycle() -> Schedule {
+    Schedule::Onecycle
+}
+fn warmup() -> f64 {
+    0.2
+}
+fn epochs() -> u32 {
+    10
+}
+fn batch() -> u32 {
+    256
+}
+fn no_augment() -> Augment {
+    Augment { flip: false, translate: 0 }
+}
+fn auto() -> Precision {
+    Precision::Auto
+}
+
+impl TrainParams {
+    /// The trainable blocks, canonical (network order, deduplicated).
+    pub fn trainable_blocks(&self) -> Result<Vec<String>, ParamError> {
+        let blocks = self.model.blocks();
+        let asked: Vec<String> = match &self.trainable {
+            Trainable::Joined(s) if s == "all" => return Ok(blocks),
+            Trainable::Joined(s) => s.split('+').map(|b| b.trim().to_string()).collect(),
+            Trainable::List(v) => v.clone(),
+        };
+        if let Some(bad) = asked.iter().find(|b| !blocks.contains(b)) {
+            return Err(ParamError::at(&["trainable"], format!("unknown block `{bad}`"))
+                .help(format!("this model's blocks are: {}", blocks.join(", "))));
+        }
+        let out: Vec<String> = blocks.into_iter().filter(|b| asked.contains(b)).collect();
+        if out.is_empty() {
+            return Err(ParamError::at(&["trainable"], "no block would train"));
+        }
+        Ok(out)
+    }
+
+    /// Whether the stage trains only a tail on cached prefix features.
+    pub fn caches_features(&self) -> bool {
+        self.cache_features
+            && self.augment.cacheable()
+            && self.trainable_blocks().map(|t| t.first() != self.model.blocks().first()).unwrap_or(false)
+    }
+}
+
+/// Where an `init` param's weights come from, as an implied input.
+pub fn init_input(init: &Init) -> Result<Option<Implied>, ParamError> {
+    Ok(match init {
+        Init::Scratch(_) => None,
+        Init::Stage { stage } => {
+            if !stage.contains('.') {
+                return Err(ParamError::at(&["init", "stage"], format!("`{stage}` is not `<stage>.<output>`"))
+                    .help("e.g. init = { stage = \"pretrain.model\" }"));
+            }
+            Some(Implied::Output(stage.clone()))
+        }
+        Init::Weights { weights, sha256 } => {
+            let is_url = weights.starts_with("http://") || weights.starts_with("https://");
+            if let Some(h) = sha256 {
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ParamError::at(&["init", "sha256"], "must be 64 hex digits"));
+                }
+            }
+            if is_url {
+                if sha256.is_none() {
+                    return Err(ParamError::at(&["init", "sha256"], "a weights URL needs its sha256")
+                        .help("the download is checked against it and cached by content"));
+                }
+                let name = weights.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("weights.pth");
+                Some(Implied::File { path: format!("weights/{name}"), url: Some(weights.clone()), sha256: sha256.clone() })
+            } else {
+                Some(Implied::File { path: weights.clone(), url: None, sha256: sha256.clone() })
+            }
+        }
+    })
+}
+
+pub const VERSION: u32 = 1;
+
+pub struct Train;
+
+impl Kind for Train {
+    fn info(&self) -> KindInfo {
+        KindInfo {
+            name: "train",
+            version: VERSION,
+            summary: "train (or fine-tune) a resnet18/resnet50/fast net; frozen prefixes are cached as features",
+            torch: true,
+            threads: true,
+        }
+    }
+
+    fn check(&self, raw: &Value) -> Result<Plan, ParamError> {
+        let (mut p, _) = typed::<TrainParams>(raw)?;
+        p.model = p.model.resolve("model")?;
+        let blocks = p.trainable_blocks()?;
+        p.trainable = Trainable::List(blocks);
+        p.reinit_head.get_or_insert(matches!(p.init, Init::Weights { .. }));
+        if !(p.lr > 0.0 && p.lr.is_finite()) {
+            return Err(ParamError::at(&["lr"], "must be a positive number"));
+        }
+        if !(0.0..1.0).contains(&p.label_smoothing) {
+            return Err(ParamError::at(&["label_smoothing"], "must be in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&p.warmup) {
+            return Err(ParamError::at(&["warmup"], "is a fraction of all steps, in [0, 1)"));
+        }
+        if p.epochs == 0 || p.batch_size == 0 {
+            return Err(ParamError::at(&[if p.epochs == 0 { "epochs" } else { "batch_size" }], "must be at least 1"));
+        }
+        if p.augment.translate > 16 {
+            return Err(ParamError::at(&["augment", "translate"], "at most 16 pixels"));
+        }
+        let mut inputs = vec![Slot::one("train_images"), Slot::one("train_labels"), Slot::one("val_images"), Slot::one("val_labels")];
+        let mut implied = Vec::new();
+        if let Some(i) = init_input(&p.init)? {
+            inputs.push(Slot::optional("init"));
+            implied.push(("init".to_string(), i));
+        }
+        let mut outputs = vec![Out::new("model", "model"), Out::new("history", "table"), Out::new("summary", "table")];
+        if p.caches_features() {
+            outputs.push(Out::new("features", "tensor"));
+        }
+        let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
+        Ok(Plan { params, inputs, outputs, implied })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(v: Value) -> Result<Plan, ParamError> {
+        Train.check(&v)
+    }
+
+    #[test]
+    fn canonicalises_trainable_and_defaults() {
+        let plan = check(json!({"model": {"arch": "resnet50"}, "trainable": "layer4+head"})).unwrap();
+        assert_eq!(plan.params["trainable"], json!(["layer4", "head"]));
+        assert_eq!(plan.params["model"]["stem"], json!("imagenet"));
+        assert_eq!(plan.params["reinit_head"], json!(false));
+        assert!(plan.outputs.iter().any(|o| o.name == "features"));
+    }
+
+    #[test]
+    fn translate_disables_feature_cache() {
+        let plan = check(json!({"model": {"arch": "resnet18"}, "trainable": "head", "augment": {"flip": true, "translate": 2}})).unwrap();
+        assert!(!plan.outputs.iter().any(|o| o.name == "features"));
+        let all = check(json!({"model": {"arch": "fast"}})).unwrap();
+        assert!(!all.outputs.iter().any(|o| o.name == "features"));
+        assert_eq!(all.params["model"]["widths"], json!([64, 256, 256]));
+    }
+
+    #[test]
+    fn rejects_unknown_blocks_and_fields() {
+        let e = check(json!({"model": {"arch": "fast", "widths": [8, 16]}, "trainable": "layer4"})).unwrap_err();
+        assert_eq!(e.path, vec!["trainable"]);
+        assert!(e.help.unwrap().contains("group2"));
+        let e = check(json!({"model": {"arch": "fast"}, "lr_max": 1})).unwrap_err();
+        assert!(e.message.contains("lr_max"), "{}", e.message);
+        let e = check(json!({"model": {"arch": "resnet50", "widths": [1]}})).unwrap_err();
+        assert_eq!(e.path, vec!["model", "widths"]);
+    }
+
+    #[test]
+    fn init_forms_imply_inputs() {
+        let url = "https://download.pytorch.org/models/resnet50-0676ba61.pth";
+        let sha = "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a";
+        let plan = check(json!({"model": {"arch": "resnet50"}, "init": {"weights": url, "sha256": sha}})).unwrap();
+        assert_eq!(plan.params["reinit_head"], json!(true));
+        assert_eq!(
+            plan.implied,
+            vec![("init".into(), Implied::File { path: "weights/resnet50-0676ba61.pth".into(), url: Some(url.into()), sha256: Some(sha.into()) })]
+        );
+        assert!(check(json!({"model": {"arch": "resnet50"}, "init": {"weights": url}})).is_err());
+        let plan = check(json!({"model": {"arch": "fast"}, "init": {"stage": "pretrain.model"}})).unwrap();
+        assert_eq!(plan.implied, vec![("init".into(), Implied::Output("pretrain.model".into()))]);
+        assert!(check(json!({"model": {"arch": "fast"}, "init": "random"})).is_err());
+        assert!(check(json!({"model": {"arch": "fast"}, "init": "scratch"})).unwrap().implied.is_empty());
+    }
+}

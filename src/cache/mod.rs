@@ -1,0 +1,61 @@
+//! The content-addressed cache.
+//!
+//! Layout under the cache directory:
+//!
+//! ```text
+//! objects/ab/cdef…      artifact bytes, named by their blake3, read-only
+//! manifests/<key>.json  one per stage key: output hashes, timings, metrics
+//! refs/<stage>.json     the key inputs a stage name last ran or hit with
+//!                       (for `explain`; not part of any key)
+//! runs/<run>.parquet    the run history
+//! tmp/                  scratch directories and files being written
+//! statcache.json        content hashes of external files by (dev, inode, size, mtime)
+//! lock                  held by `cairn run` and `gc`
+//! ```
+//!
+//! Writes are atomic: a file is written under `tmp/`, fsynced and renamed
+//! into place, and a stage's manifest is written only after all its objects
+//! are in place. A crash at any moment leaves either no entry or a complete
+//! one; orphaned temp files are removed by the next run.
+
+pub mod gc;
+pub mod lock;
+pub mod manifest;
+pub mod statcache;
+pub mod store;
+
+pub use lock::CacheLock;
+pub use manifest::{Manifest, OutputRecord, StageRef};
+pub use store::Cache;
+
+use std::path::PathBuf;
+
+/// Cache failures. A cache *miss* is never an error: lookups return `Ok(None)`.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{action} {}: {source}", path.display())]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("the cache at {} is locked by another cairn process (pid {pid}); wait for it or stop it", path.display())]
+    Locked { path: PathBuf, pid: String },
+    #[error("cannot write to the cache at {}: {source}\n  help: {help}", path.display())]
+    NotWritable { path: PathBuf, source: std::io::Error, help: &'static str },
+}
+
+impl CacheError {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => CacheError::NotWritable {
+                path,
+                source,
+                help: "the disk is full: free space or point --cache-dir elsewhere; earlier results are intact",
+            },
+            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => CacheError::NotWritable {
+                path,
+                source,
+                help: "the cache is read-only here: use --cache-dir to point at a writable directory",
+            },
+            _ => CacheError::Io { action, path, source },
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! One function per subcommand. Each returns an exit code; library errors
+//! are rendered here, the only place that knows about the terminal.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use cairn::cache::{Cache, CacheLock};
+use cairn::digest::ArtifactHash;
+use cairn::env::Environment;
+use cairn::exec::{execute, ExecRequest};
+use cairn::kind::InputRef;
+use cairn::kinds::Registry;
+use cairn::plan::{Resolver, StageState};
+use cairn::runner::{self, Outcome, RunOptions};
+use cairn::spec::{self, LoadOptions, Pipeline, ProfileChoice, SpecError};
+
+use super::ui::{human_bytes, reasons_text, Console};
+use super::{exit, CacheCmd, Cli, Cmd, Config};
+
+pub fn dispatch(cli: Cli) -> i32 {
+    let console = Console::new(cli.quiet, cli.verbose > 0);
+    let result = match &cli.command {
+        Cmd::Run { targets, force, dry_run, jobs, no_wait, json, config } => {
+            let opts = RunOptions { targets: targets.clone(), force: force.clone(), dry_run: *dry_run, jobs: *jobs };
+            let quiet = Console::new(cli.quiet || *json, cli.verbose > 0);
+            cmd_run(&cli, config, &opts, !no_wait, *json, &quiet)
+        }
+        Cmd::Status { json, config } => cmd_status(&cli, config, *json, &console),
+        Cmd::Explain { stage, json, config } => cmd_explain(&cli, config, stage, *json, &console),
+        Cmd::Dag { format, config } => cmd_dag(&cli, config, format, &console),
+        Cmd::Inspect { target, json, grid, rows, config } => {
+            load(&cli, config, &console).and_then(|(p, env)| super::inspect::run(&cli, &p, &env, target, *json, grid.as_deref(), *rows, &console))
+        }
+        Cmd::Runs { limit, json } => super::history::runs(&cli, *limit, *json),
+        Cmd::Diff { run_a, run_b } => super::history::diff(&cli, run_a.as_deref(), run_b.as_deref()),
+        Cmd::Gc { dry_run, keep_runs, config } => cmd_gc(&cli, config, *dry_run, *keep_runs, &console),
+        Cmd::Verify { stages, config } => cmd_verify(&cli, config, stages, &console),
+        Cmd::Cache { command: CacheCmd::Verify } => cmd_cache_verify(&cli, &console),
+    };
+    result.unwrap_or_else(|code| code)
+}
+
+/// A failed command: its exit code (the message is already printed).
+pub type CmdResult = Result<i32, i32>;
+
+pub fn fail(console: &Console, code: i32, message: impl std::fmt::Display) -> i32 {
+    console.error(&format!("error: {message}"));
+    code
+}
+
+/// Loads the pipeline with the invocation's profile and overrides.
+pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, Environment), i32> {
+    let env = Environment::detect(config.cpu);
+    let profile = match config.profile.as_deref() {
+        None => ProfileChoice::Auto { has_cuda: env.is_cuda() },
+        Some("none") => ProfileChoice::None,
+        Some(p) => ProfileChoice::Named(p.to_string()),
+    };
+    let opts = LoadOptions { profile, sets: config.sets.clone() };
+    match spec::load(&cli.file, &opts, &Registry::builtin()) {
+        Ok(p) => {
+            if let Some((name, true)) = &p.profile {
+                console.line(&format!("no CUDA device found: using profile `{name}` (override with --profile)"));
+            }
+            Ok((p, env))
+        }
+        Err(e @ SpecError::Read { .. }) => Err(fail(console, exit::USAGE, format!("{e}\n  help: run cairn in the directory holding pipeline.toml, or pass -f PATH"))),
+        Err(e) => {
+            console.error(&e.to_string());
+            Err(exit::USAGE)
+        }
+    }
+}
+
+fn open_cache(cli: &Cli, console: &Console) -> Result<Cache, i32> {
+    Cache::open(&cli.cache_dir).map_err(|e| fail(console, exit::IO, e))
+}
+
+fn lock(cli: &Cli, wait: bool, console: &Console) -> Result<CacheLock, i32> {
+    CacheLock::acquire(&cli.cache_dir, wait, |pid| {
+        console.line(&format!(
+            "waiting for another cairn process (pid {}) to release the cache at {}…",
+            if pid.is_empty() { "?" } else { pid },
+            cli.cache_dir.display()
+        ))
+    })
+    .map_err(|e| fail(console, exit::USAGE, e))
+}
+
+/// Ctrl-C sets the flag; running stages are stopped and not cached.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
+}
+
+fn artifacts_dir(cli: &Cli) -> std::path::PathBuf {
+    std::env::var_os("CAIRN_ARTIFACTS_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| cli.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("artifacts"))
+}
+
+fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool, console: &Console) -> CmdResult {
+    let (pipeline, env) = load(cli, config, console)?;
+    let cache = open_cache(cli, console)?;
+    let _lock = if opts.dry_run { None } else { Some(lock(cli, wait, console)?) };
+    if !opts.dry_run {
+        cache.clean_tmp();
+    }
+    let cancel = interrupt_flag();
+    let t0 = std::time::Instant::now();
+    let report = runner::run(&pipeline, &cache, &env, opts, console, &cancel).map_err(|e| fail(console, exit::USAGE, e))?;
+
+    if !opts.dry_run {
+        materialize(cli, &pipeline, &cache, &env, console);
+        if let Err(e) = cairn::history::record(&cache, &report) {
+            console.warn_line(&format!("could not record the run history: {e}"));
+        }
+    }
+    let ran = report.count(|o| matches!(o, Outcome::Ran));
+    let cached = report.count(|o| matches!(o, Outcome::Cached));
+    let failed = report.count(|o| matches!(o, Outcome::Failed { .. }));
+    let would = report.count(|o| matches!(o, Outcome::WouldRun));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else if opts.dry_run {
+        console.line(&format!("dry run: {would} would run, {cached} cached"));
+    } else {
+        console.line(&format!(
+            "{ran} ran, {cached} cached, {failed} failed in {:.1}s (run {})",
+            t0.elapsed().as_secs_f64(),
+            report.run_id
+        ));
+    }
+    if report.interrupted {
+        console.error(&format!(
+            "interrupted: {} finished stage(s) are cached and will not re-run; the stage in progress was discarded",
+            ran
+        ));
+        return Ok(exit::INTERRUPTED);
+    }
+    Ok(if report.failed() { exit::FAILED } else { exit::OK })
+}
+
+/// Points `artifacts/` at the outputs of every fresh stage.
+fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, env: &Environment, console: &Console) {
+    let warn = |m: String| console.warn_line(&m);
+    let resolver = Resolver::new(pipeline, cache, env, &warn);
+    let Ok(states) = resolver.status() else { return };
+    let outputs: Vec<(&str, &str, &cairn::cache::OutputRecord)> = states
+        .iter()
+        .filter_map(|(name, st)| match st {
+            StageState::Fresh { manifest, .. } => Some((name.as_str(), manifest)),
+            _ => None,
+        })
+        .flat_map(|(name, m)| m.outputs.iter().map(move |(o, rec)| (name, o.as_str(), rec)))
+        .collect();
+    if let Err(e) = cairn::artifacts::materialize(&artifacts_dir(cli), cache, outputs) {
+        console.warn_line(&format!("could not update {}: {e}", artifacts_dir(cli).display()));
+    }
+}
+
+fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdResult {
+    let (pipeline, env) = load(cli, config, console)?;
+    let cache = Cache::open_read(&cli.cache_dir);
+    let warn = |m: String| console.warn_line(&m);
+    let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
+    let states = resolver.status().map_err(|e| fail(console, exit::IO, e))?;
+    if json {
+        let rows: Vec<serde_json::Value> = states
+            .iter()
+            .map(|(name, st)| match st {
+                StageState::Fresh { key, manifest } => serde_json::json!({
+                    "stage": name, "status": "fresh", "key": key, "finished_at": manifest.finished_at, "metrics": manifest.metrics,
+                }),
+                StageState::Stale { reasons, .. } => serde_json::json!({
+                    "stage": name,
+                    "status": if reasons.iter().any(|r| matches!(r, cairn::key::DirtyReason::NeverRun)) { "never_run" } else { "stale" },
+                    "reasons": reasons,
+                }),
+                StageState::Blocked { error } => serde_json::json!({"stage": name, "status": "blocked", "error": error}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    for (name, st) in &states {
+        let line = match st {
+            StageState::Fresh { manifest, .. } => format!("fresh      {name:<12} (ran {}, {:.1}s)", manifest.finished_at, manifest.duration_s),
+            StageState::Stale { reasons, .. } if reasons.iter().any(|r| matches!(r, cairn::key::DirtyReason::NeverRun)) => {
+                format!("never run  {name:<12}")
+            }
+            StageState::Stale { reasons, .. } => format!("stale      {name:<12} {}", reasons_text(reasons)),
+            StageState::Blocked { error } => format!("blocked    {name:<12} {}", error.lines().next().unwrap_or("")),
+        };
+        println!("{line}");
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Console) -> CmdResult {
+    let (pipeline, env) = load(cli, config, console)?;
+    if pipeline.stage(stage).is_none() {
+        let names: Vec<&str> = pipeline.names().collect();
+        return Err(fail(console, exit::USAGE, format!("no stage named `{stage}` (stages: {})", names.join(", "))));
+    }
+    let cache = Cache::open_read(&cli.cache_dir);
+    let warn = |m: String| console.warn_line(&m);
+    let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
+    let states = resolver.status().map_err(|e| fail(console, exit::IO, e))?;
+    let (_, st) = states.iter().find(|(n, _)| n == stage).expect("stage exists");
+    if json {
+        let v = match st {
+            StageState::Fresh { key, .. } => serde_json::json!({"stage": stage, "status": "fresh", "key": key}),
+            StageState::Stale { reasons, .. } => serde_json::json!({"stage": stage, "status": "stale", "reasons": reasons}),
+            StageState::Blocked { error } => serde_json::json!({"stage": stage, "status": "blocked", "error": error}),
+        };
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    match st {
+        StageState::Fresh { key, manifest } => {
+            println!("`{stage}` is fresh: key {} was computed at {} ({:.1}s)", key.short(), manifest.finished_at, manifest.duration_s);
+        }
+        StageState::Stale { reasons, .. } => {
+            println!("`{stage}` is stale because:");
+            for r in reasons {
+                println!("  - {r}");
+            }
+            if let Some(up) = reasons.iter().find_map(|r| match r {
+                cairn::key::DirtyReason::UpstreamStale { stage } => Some(stage.clone()),
+                _ => None,
+            }) {
+                println!("  (run `cairn explain {up}` for the root cause)");
+            }
+        }
+        StageState::Blocked { error } => println!("`{stage}` cannot run yet:\n{error}"),
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_dag(cli: &Cli, config: &Config, format: &str, console: &Console) -> CmdResult {
+    let (pipeline, _) = load(cli, config, console)?;
+    let labels: Vec<String> = pipeline.stages.iter().map(|s| s.kind.name().to_string()).collect();
+    print!("{}", pipeline.graph.render(format, &labels));
+    Ok(exit::OK)
+}
+
+fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, console: &Console) -> CmdResult {
+    let (pipeline, env) = load(cli, config, console)?;
+    let cache = open_cache(cli, console)?;
+    let _lock = lock(cli, true, console)?;
+    let warn = |m: String| console.warn_line(&m);
+    let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
+    let states = resolver.status().map_err(|e| fail(console, exit::IO, e))?;
+    let mut keep: std::collections::BTreeSet<ArtifactHash> = std::collections::BTreeSet::new();
+    for (_, st) in &states {
+        if let StageState::Fresh { manifest, .. } = st {
+            keep.extend(manifest.outputs.values().map(|o| o.hash));
+        }
+    }
+    let ids = cairn::history::run_ids(cache.root());
+    for id in ids.iter().rev().take(keep_runs) {
+        if let Ok(rows) = cairn::history::load(cache.root(), id) {
+            for row in rows {
+                keep.extend(row.outputs.values().filter_map(|h| h.parse::<ArtifactHash>().ok()));
+            }
+        }
+    }
+    let report = cairn::cache::gc::collect(&cache, &keep, dry_run).map_err(|e| fail(console, exit::IO, e))?;
+    println!(
+        "{} {} object(s), {} ({} manifest(s)); kept {} object(s)",
+        if dry_run { "would delete" } else { "deleted" },
+        report.objects,
+        human_bytes(report.bytes),
+        report.manifests,
+        report.kept
+    );
+    Ok(exit::OK)
+}
+
+fn cmd_verify(cli: &Cli, config: &Config, only: &[String], console: &Console) -> CmdResult {
+    let (pipeline, env) = load(cli, config, console)?;
+    let cache = open_cache(cli, console)?;
+    let _lock = lock(cli, true, console)?;
+    let warn = |m: String| console.warn_line(&m);
+    let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
+    let states = resolver.status().map_err(|e| fail(console, exit::IO, e))?;
+    for s in only {
+        if pipeline.stage(s).is_none() {
+            return Err(fail(console, exit::USAGE, format!("no stage named `{s}`")));
+        }
+    }
+    let cancel = interrupt_flag();
+    let mut differs = 0;
+    for (i, (name, st)) in states.iter().enumerate() {
+        if !only.is_empty() && !only.contains(name) {
+            continue;
+        }
+        let StageState::Fresh { manifest, .. } = st else {
+            return Err(fail(console, exit::FAILED, format!("`{name}` is not cached; run `cairn run` first, then verify")));
+        };
+        let stage = &pipeline.stages[i];
+        let mut inputs = BTreeMap::new();
+        for (slot, refs) in &stage.inputs {
+            let paths = refs
+                .iter()
+                .map(|r| match r {
+                    InputRef::Output { stage: up, output } => {
+                        let (_, ust) = states.iter().find(|(n, _)| n == up).expect("checked");
+                        match ust {
+                            StageState::Fresh { manifest, .. } => cache.object_path(&manifest.outputs[output].hash),
+                            _ => unreachable!("upstream of a fresh stage is fresh"),
+                        }
+                    }
+                    InputRef::External { path, .. } => cairn::external::resolve(&pipeline.root, path),
+                })
+                .collect();
+            inputs.insert(slot.clone(), paths);
+        }
+        console.line(&format!("verifying  {name:<12} re-executing…"));
+        let req = ExecRequest {
+            stage,
+            key_inputs: &manifest.key_inputs,
+            inputs,
+            seed: pipeline.seed,
+            env: &env,
+            reporter: console,
+            cancel: &cancel,
+            store: false,
+        };
+        match execute(&cache, req) {
+            Err(f) => return Err(fail(console, exit::FAILED, format!("`{name}` failed while verifying: {}", f.message))),
+            Ok(done) => {
+                let mut diffs = Vec::new();
+                for (out, rec) in &manifest.outputs {
+                    let new = &done.outputs[out];
+                    if new.hash != rec.hash {
+                        diffs.push(format!("output `{out}` {} → {}", rec.hash.short(), new.hash.short()));
+                    }
+                }
+                if diffs.is_empty() {
+                    println!("identical  {name:<12} ({} output(s) bit-identical)", manifest.outputs.len());
+                } else {
+                    differs += 1;
+                    println!("DIFFERS    {name:<12} {}", diffs.join("; "));
+                }
+            }
+        }
+    }
+    if differs > 0 {
+        console.error(&format!("{differs} stage(s) are not reproducible"));
+        return Ok(exit::FAILED);
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_cache_verify(cli: &Cli, console: &Console) -> CmdResult {
+    let cache = Cache::open_read(&cli.cache_dir);
+    let report = cairn::cache::gc::verify_all(&cache).map_err(|e| fail(console, exit::IO, e))?;
+    for (h, problem) in &report.problems {
+        println!("{problem:<9} {}", h.to_hex());
+    }
+    println!("{} object(s) checked, {} damaged, {} missing", report.checked, report.damaged(), report.missing());
+    Ok(if report.problems.is_empty() { exit::OK } else { exit::FAILED })
+}
+
+impl Console {
+    pub fn warn_line(&self, message: &str) {
+        self.error(&format!("warning: {message}"));
+    }
+}
+

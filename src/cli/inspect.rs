@@ -1,0 +1,138 @@
+//! `cairn inspect`: what a cached intermediate holds, without libtorch.
+//! Tensors show dtype, shape and statistics; tables show their schema and
+//! first rows (through polars); anything can be rendered as JSON.
+
+use std::path::Path;
+
+use cairn::cache::{Cache, OutputRecord};
+use cairn::env::Environment;
+use cairn::formats::tensor::{DType, TensorFile};
+use cairn::kind::ArtifactType;
+use cairn::plan::{Resolver, StageState};
+use cairn::spec::Pipeline;
+
+use super::commands::{fail, CmdResult};
+use super::exit;
+use super::ui::{human_bytes, Console};
+use super::Cli;
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    cli: &Cli,
+    pipeline: &Pipeline,
+    env: &Environment,
+    target: &str,
+    json: bool,
+    grid: Option<&Path>,
+    rows: usize,
+    console: &Console,
+) -> CmdResult {
+    let (stage, output) = match target.split_once('.') {
+        Some((s, o)) => (s, Some(o)),
+        None => (target, None),
+    };
+    if pipeline.stage(stage).is_none() {
+        let names: Vec<&str> = pipeline.names().collect();
+        return Err(fail(console, exit::USAGE, format!("no stage named `{stage}` (stages: {})", names.join(", "))));
+    }
+    let cache = Cache::open_read(&cli.cache_dir);
+    let warn = |m: String| console.warn_line(&m);
+    let states = Resolver::new(pipeline, &cache, env, &warn).status().map_err(|e| fail(console, exit::IO, e))?;
+    let (_, st) = states.iter().find(|(n, _)| n == stage).expect("stage exists");
+    let StageState::Fresh { manifest, .. } = st else {
+        return Err(fail(console, exit::FAILED, format!("`{stage}` has no current outputs in the cache; run `cairn run {stage}` first (see `cairn explain {stage}`)")));
+    };
+    let Some(output) = output else {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&manifest.outputs).unwrap_or_default());
+        } else {
+            println!("{stage}: {} output(s), ran {} in {:.1}s", manifest.outputs.len(), manifest.finished_at, manifest.duration_s);
+            for (name, rec) in &manifest.outputs {
+                println!("  {name:<16} {:<7} {:>10}  {}  {}", rec.ty, human_bytes(rec.size), rec.hash.short(), cache.object_path(&rec.hash).display());
+            }
+            for (k, v) in &manifest.metrics {
+                println!("  metric {k} = {v}");
+            }
+        }
+        return Ok(exit::OK);
+    };
+    let Some(rec) = manifest.outputs.get(output) else {
+        let names: Vec<&String> = manifest.outputs.keys().collect();
+        return Err(fail(console, exit::USAGE, format!("`{stage}` has no output `{output}` (outputs: {})", names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))));
+    };
+    let path = cache.object_path(&rec.hash);
+    if let Some(grid_path) = grid {
+        let info = cairn::formats::grid::render_grid(&path, &Default::default(), grid_path).map_err(|e| fail(console, exit::FAILED, e))?;
+        console.line(&format!("wrote {} ({} images, {}×{} px)", grid_path.display(), info.images, info.width, info.height));
+    }
+    match rec.ty {
+        ArtifactType::Tensor => show_tensor(&path, rec, json, console),
+        ArtifactType::Table => show_table(&path, rec, json, rows, console),
+        _ => {
+            if json {
+                println!("{}", serde_json::json!({"type": rec.ty, "size": rec.size, "hash": rec.hash, "path": path}));
+            } else {
+                println!("{} ({}, {}), {}", path.display(), rec.ty, human_bytes(rec.size), rec.hash.short());
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Min, max and mean over every element, in one pass over the mapped file.
+fn stats(file: &TensorFile) -> Option<(f64, f64, f64)> {
+    let (mut min, mut max, mut sum, mut n) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, 0u64);
+    let mut add = |v: f64| {
+        min = min.min(v);
+        max = max.max(v);
+        sum += v;
+        n += 1;
+    };
+    for chunk in file.chunks() {
+        match file.dtype() {
+            DType::U8 => chunk.iter().for_each(|&b| add(b as f64)),
+            DType::I32 => chunk.chunks_exact(4).for_each(|b| add(i32::from_le_bytes(b.try_into().unwrap()) as f64)),
+            DType::I64 => chunk.chunks_exact(8).for_each(|b| add(i64::from_le_bytes(b.try_into().unwrap()) as f64)),
+            DType::F32 => chunk.chunks_exact(4).for_each(|b| add(f32::from_le_bytes(b.try_into().unwrap()) as f64)),
+            DType::F64 => chunk.chunks_exact(8).for_each(|b| add(f64::from_le_bytes(b.try_into().unwrap()))),
+            DType::F16 => return None,
+        }
+    }
+    (n > 0).then(|| (min, max, sum / n as f64))
+}
+
+fn show_tensor(path: &Path, rec: &OutputRecord, json: bool, console: &Console) -> CmdResult {
+    let file = TensorFile::open(path).map_err(|e| fail(console, exit::FAILED, e))?;
+    let st = stats(&file);
+    if json {
+        let mut v = serde_json::json!({"type": "tensor", "dtype": file.dtype().name(), "shape": file.shape(), "size": rec.size, "hash": rec.hash, "path": path});
+        if let Some((min, max, mean)) = st {
+            v["min"] = min.into();
+            v["max"] = max.into();
+            v["mean"] = mean.into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("tensor {} {:?}  ({}, {})", file.dtype().name(), file.shape(), human_bytes(rec.size), rec.hash.short());
+        if let Some((min, max, mean)) = st {
+            println!("  min {min}  max {max}  mean {mean:.4}");
+        }
+        println!("  {}", path.display());
+    }
+    Ok(exit::OK)
+}
+
+fn show_table(path: &Path, rec: &OutputRecord, json: bool, rows: usize, console: &Console) -> CmdResult {
+    let table = cairn::formats::table::Table::read(path).map_err(|e| fail(console, exit::FAILED, e))?;
+    if json {
+        let schema: Vec<serde_json::Value> =
+            table.columns.iter().map(|(n, c)| serde_json::json!({"name": n, "type": c.type_name()})).collect();
+        println!("{}", serde_json::json!({"type": "table", "rows": table.num_rows(), "schema": schema, "size": rec.size, "hash": rec.hash, "path": path}));
+        return Ok(exit::OK);
+    }
+    let df = cairn::formats::bridge::table_to_polars(&table).map_err(|e| fail(console, exit::FAILED, e))?;
+    println!("table: {} rows × {} columns  ({}, {})", table.num_rows(), table.columns.len(), human_bytes(rec.size), rec.hash.short());
+    println!("{}", df.head(Some(rows)));
+    println!("  {}", path.display());
+    Ok(exit::OK)
+}

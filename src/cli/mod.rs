@@ -1,0 +1,174 @@
+//! Argument parsing and dispatch for the `cairn` binary.
+
+mod commands;
+mod history;
+mod inspect;
+mod ui;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// A stage failed, or `verify` found a difference.
+    pub const FAILED: i32 = 1;
+    /// The pipeline file or the command line is invalid.
+    pub const USAGE: i32 = 2;
+    /// The cache or a file could not be read or written.
+    pub const IO: i32 = 3;
+    /// Interrupted by Ctrl-C.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Declarative, content-hashed, incremental pipelines for deep-learning experiments",
+    after_help = "Examples:\n  cairn run                          run what is stale\n  cairn run --set finetune.lr=3e-4   change a param for this run\n  cairn status                       what is fresh, what is stale and why\n  cairn explain finetune             why `finetune` would re-run, field by field\n  cairn inspect resize.train_images  dtype, shape and stats of an intermediate\n  cairn dag --format mermaid         the stage graph"
+)]
+pub struct Cli {
+    /// The pipeline file.
+    #[arg(short = 'f', long = "file", global = true, default_value = "pipeline.toml")]
+    pub file: PathBuf,
+    /// The cache directory.
+    #[arg(long, global = true, env = "CAIRN_CACHE_DIR", default_value = "cache")]
+    pub cache_dir: PathBuf,
+    /// More output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log format for diagnostics on stderr (RUST_LOG is honoured).
+    #[arg(long, global = true, value_parser = ["pretty", "json"], default_value = "pretty")]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// How the pipeline is configured for this invocation.
+#[derive(Args, Clone, Debug, Default)]
+pub struct Config {
+    /// Override a param: `--set stage.param=value` (value is TOML). Repeatable.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub sets: Vec<String>,
+    /// Apply a named profile from `[profiles]`. Without it, `cpu` is used when
+    /// no CUDA device is present and the pipeline has such a profile; `none` disables that.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Use the CPU even when a CUDA device is present.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the targets (default: every stage) and what they depend on.
+    #[command(after_help = "Examples:\n  cairn run\n  cairn run evaluate --set finetune.lr=1e-4\n  cairn run --force finetune\n  cairn run --dry-run --json")]
+    Run {
+        /// Stages to bring up to date, with their ancestors.
+        targets: Vec<String>,
+        /// Run this stage even if it is cached. Repeatable.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Show what would run, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Independent stages to run at once.
+        #[arg(short, long, default_value_t = 1)]
+        jobs: usize,
+        /// Fail instead of waiting when another run holds the cache.
+        #[arg(long)]
+        no_wait: bool,
+        /// A machine-readable summary on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Each stage: fresh, stale (with the reason) or never run.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Why a stage is stale, field by field.
+    #[command(after_help = "Example:\n  cairn explain finetune --set finetune.lr=3e-4")]
+    Explain {
+        stage: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// The stage graph.
+    Dag {
+        #[arg(long, value_parser = ["text", "dot", "mermaid"], default_value = "text")]
+        format: String,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Show a stage's outputs, or one output in detail.
+    #[command(after_help = "Examples:\n  cairn inspect load\n  cairn inspect resize.train_images --grid grid.png\n  cairn inspect evaluate.predictions --rows 20")]
+    Inspect {
+        /// `STAGE` or `STAGE.OUTPUT`.
+        target: String,
+        #[arg(long)]
+        json: bool,
+        /// Render the first images of an image tensor as a PNG grid.
+        #[arg(long, value_name = "FILE.png")]
+        grid: Option<PathBuf>,
+        /// Table rows to show.
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// The history of runs.
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Params and metrics of two runs side by side (default: the last two).
+    Diff { run_a: Option<String>, run_b: Option<String> },
+    /// Delete objects that neither the current pipeline nor the last N runs reference.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value_t = 5)]
+        keep_runs: usize,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Re-execute stages without reading their cache and check the outputs are bit-identical.
+    #[command(after_help = "Example (CI reproducibility check):\n  cairn run && cairn verify finetune evaluate")]
+    Verify {
+        /// Stages to verify (default: all).
+        stages: Vec<String>,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Cache maintenance.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CacheCmd {
+    /// Re-hash every object and report damaged or missing ones.
+    Verify,
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    ui::init_tracing(&cli);
+    commands::dispatch(cli)
+}

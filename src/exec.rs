@@ -1,0 +1,109 @@
+//! Executing one stage: a private scratch directory, the kind's `run`, a
+//! check that every declared output was written, and (unless verifying)
+//! moving the outputs into the store and writing the manifest last.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use crate::cache::{Cache, Manifest, OutputRecord};
+use crate::cache::store::hash_file;
+use crate::env::Environment;
+use crate::key::KeyInputs;
+use crate::kind::{Reporter, StageCtx, StageFailure};
+use crate::spec::Stage;
+
+/// What a finished execution produced.
+pub struct Executed {
+    pub outputs: BTreeMap<String, OutputRecord>,
+    pub metrics: BTreeMap<String, f64>,
+    pub duration_s: f64,
+    pub manifest: Option<Manifest>,
+}
+
+pub struct ExecRequest<'a> {
+    pub stage: &'a Stage,
+    pub key_inputs: &'a KeyInputs,
+    /// Slot → object paths of the inputs.
+    pub inputs: BTreeMap<String, Vec<PathBuf>>,
+    pub seed: u64,
+    pub env: &'a Environment,
+    pub reporter: &'a dyn Reporter,
+    pub cancel: &'a AtomicBool,
+    /// Store outputs and write a manifest (false for `verify`).
+    pub store: bool,
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFailure> {
+    let stage = req.stage;
+    let scratch = cache.scratch_dir(&stage.name).map_err(|e| StageFailure::new(e.to_string()))?;
+    let out_dir = scratch.path().join("out");
+    let work_dir = scratch.path().join("work");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::create_dir_all(&work_dir)?;
+    let outputs: BTreeMap<String, PathBuf> =
+        stage.checked.outputs.iter().map(|o| (o.name.clone(), out_dir.join(o.file_name()))).collect();
+
+    let started_at = now_rfc3339();
+    let t0 = Instant::now();
+    let mut ctx = StageCtx {
+        stage: &stage.name,
+        params: &stage.checked.params,
+        inputs: req.inputs,
+        outputs: outputs.clone(),
+        scratch: &work_dir,
+        seed: req.seed,
+        env: req.env,
+        reporter: req.reporter,
+        metrics: BTreeMap::new(),
+        cancel: req.cancel,
+    };
+    // A panicking in-process kind fails its stage, not the whole run.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&mut ctx)))
+        .unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(StageFailure::new(format!("stage kind panicked: {}", msg.unwrap_or_default())))
+        });
+    result?;
+    let duration_s = t0.elapsed().as_secs_f64();
+    let metrics = std::mem::take(&mut ctx.metrics);
+
+    let mut records = BTreeMap::new();
+    for decl in &stage.checked.outputs {
+        let path = &outputs[&decl.name];
+        if !path.is_file() {
+            return Err(StageFailure::new(format!(
+                "finished without writing declared output `{}` ({} {})",
+                decl.name, decl.ty, decl.file_name()
+            )));
+        }
+        let (hash, size) = if req.store {
+            cache.ingest(path).map_err(|e| StageFailure::new(e.to_string()))?
+        } else {
+            hash_file(path)?
+        };
+        records.insert(decl.name.clone(), OutputRecord { hash, size, ty: decl.ty, ext: decl.ext.clone() });
+    }
+    let manifest = Manifest {
+        key: req.key_inputs.key(),
+        key_inputs: req.key_inputs.clone(),
+        stage: stage.name.clone(),
+        outputs: records.clone(),
+        started_at,
+        finished_at: now_rfc3339(),
+        duration_s,
+        cairn_version: env!("CARGO_PKG_VERSION").to_string(),
+        metrics: metrics.clone(),
+    };
+    if req.store {
+        cache.write_manifest(&manifest).map_err(|e| StageFailure::new(e.to_string()))?;
+    }
+    Ok(Executed { outputs: records, metrics, duration_s, manifest: Some(manifest) })
+}

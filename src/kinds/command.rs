@@ -1,0 +1,201 @@
+//! The generic `command` kind: run a shell command over input files and
+//! capture the files it writes as outputs.
+//!
+//! ```toml
+//! [stages.export]
+//! kind = "command"
+//! cmd = "python {in.script} {in.model} {out.onnx}"
+//! inputs = { model = "finetune.model", script = { file = "scripts/export.py" } }
+//! outputs = { onnx = "model.onnx" }   # output name = file name it is written as
+//! ```
+//!
+//! `{in.<slot>}` expands to the (read-only) path of the input artifact,
+//! `{out.<name>}` to the path the output must be written to. The command
+//! runs with `sh -c` in a private scratch directory, so files it writes
+//! there by relative name are found too. Scripts the command runs are only
+//! part of the key if they are declared as inputs (as `script` above).
+//! A non-zero exit or a missing output fails the stage; neither is cached.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command as Proc, Stdio};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::kind::{
+    ArtifactType, Checked, EnvNeeds, InputSlot, OutputDecl, ParamError, StageCtx, StageFailure, StageKind,
+};
+
+pub struct Command;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    cmd: String,
+    /// Output name → file name.
+    outputs: BTreeMap<String, String>,
+    /// Environment variables for the command (part of the key).
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// How many bytes of stderr to keep for the failure message.
+const STDERR_TAIL: usize = 4000;
+
+fn placeholders(cmd: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = cmd;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else { break };
+        let inner = &rest[start + 1..start + len];
+        if let Some((ns, name)) = inner.split_once('.') {
+            out.push((ns.to_string(), name.to_string()));
+        }
+        rest = &rest[start + len + 1..];
+    }
+    out
+}
+
+fn artifact_type(file_name: &str) -> (ArtifactType, String) {
+    let ext = file_name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_else(|| "bin".into());
+    let ty = match ext.as_str() {
+        "arrow" => ArtifactType::Tensor,
+        "parquet" => ArtifactType::Table,
+        "safetensors" => ArtifactType::Model,
+        "png" => ArtifactType::Figure,
+        "html" | "md" => ArtifactType::Report,
+        _ => ArtifactType::File,
+    };
+    (ty, ext)
+}
+
+impl StageKind for Command {
+    fn name(&self) -> &str {
+        "command"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &str {
+        "run a shell command over input files; capture its output files"
+    }
+
+    fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
+        let p: Params = serde_path_to_error::deserialize(raw.clone()).map_err(|e| {
+            let path = e.path().iter().filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            });
+            ParamError::new(path.collect(), e.into_inner().to_string())
+        })?;
+        if p.outputs.is_empty() {
+            return Err(ParamError::new(vec!["outputs".into()], "a command stage must declare at least one output")
+                .with_help("e.g. `outputs = { result = \"result.csv\" }`"));
+        }
+        let mut inputs: Vec<InputSlot> = Vec::new();
+        for (ns, name) in placeholders(&p.cmd) {
+            match ns.as_str() {
+                "in" if !inputs.iter().any(|s| s.name == name) => inputs.push(InputSlot::one(&name)),
+                "in" => {}
+                "out" if p.outputs.contains_key(&name) => {}
+                "out" => {
+                    return Err(ParamError::new(vec!["cmd".into()], format!("`{{out.{name}}}` names no declared output"))
+                        .with_help(format!("add `{name} = \"<file name>\"` to `outputs`")))
+                }
+                _ => {}
+            }
+        }
+        let mut outputs = Vec::new();
+        for (name, file) in &p.outputs {
+            if file.contains('/') || file.starts_with('.') || file.is_empty() {
+                return Err(ParamError::new(vec!["outputs".into(), name.clone()], format!("`{file}` must be a plain file name")));
+            }
+            let (ty, ext) = artifact_type(file);
+            outputs.push(OutputDecl { name: name.clone(), ty, ext });
+        }
+        let params = serde_json::to_value(&p).map_err(|e| ParamError::new(vec![], e.to_string()))?;
+        Ok(Checked { params, inputs, outputs, implied_inputs: Vec::new(), env: EnvNeeds::default() })
+    }
+
+    fn run(&self, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
+        let p: Params = serde_json::from_value(ctx.params.clone()).map_err(|e| StageFailure::new(e.to_string()))?;
+        let mut cmd = p.cmd.clone();
+        for (ns, name) in placeholders(&p.cmd) {
+            let path = match ns.as_str() {
+                "in" => ctx.input(&name)?.to_path_buf(),
+                "out" => ctx.scratch.join(&p.outputs[&name]),
+                _ => continue,
+            };
+            cmd = cmd.replace(&format!("{{{ns}.{name}}}"), &shell_quote(&path.to_string_lossy()));
+        }
+        let mut child = Proc::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(ctx.scratch)
+            .envs(&p.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| StageFailure::new(format!("cannot start `sh`: {e}")))?;
+        let stdout = child.stdout.take();
+        let stage = ctx.stage.to_string();
+        let reporter = ctx.reporter;
+        // Drain stderr on a thread so a chatty command cannot block on a full pipe.
+        let mut stderr = child.stderr.take();
+        let err_thread = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.read_to_end(&mut buf);
+            }
+            buf
+        });
+        if let Some(out) = stdout {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                reporter.log(&stage, &line);
+            }
+        }
+        let status = loop {
+            if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StageFailure { message: "interrupted".into(), interrupted: true });
+            }
+            match child.try_wait()? {
+                Some(s) => break s,
+                None => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
+        let stderr = err_thread.join().unwrap_or_default();
+        if !status.success() {
+            let text = String::from_utf8_lossy(&stderr);
+            let tail = &text[text.len().saturating_sub(STDERR_TAIL)..];
+            return Err(StageFailure::new(format!(
+                "command exited with {status}\n  command: {cmd}\n  stderr (tail):\n{}",
+                indent(tail.trim_end())
+            )));
+        }
+        for (name, file) in &p.outputs {
+            let produced = ctx.scratch.join(file);
+            if !produced.is_file() {
+                return Err(StageFailure::new(format!(
+                    "the command exited 0 but did not write declared output `{name}` (`{file}`, i.e. `{{out.{name}}}`)"
+                )));
+            }
+            std::fs::rename(&produced, ctx.output(name)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,184 @@
+//! Built-in ML kinds, seen from the engine: their declarations come from
+//! `cairn-kinds` (no libtorch), and `run` hands the job to a `cairn-worker`
+//! process, streaming its events back to the runner.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::kind::{
+    ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, OutputDecl, ParamError, StageCtx, StageFailure, StageKind,
+};
+use crate::worker::{Event, Job, PROTOCOL_VERSION};
+
+pub struct WorkerKind {
+    decl: &'static dyn cairn_kinds::Kind,
+    info: cairn_kinds::KindInfo,
+}
+
+impl WorkerKind {
+    pub fn new(decl: &'static dyn cairn_kinds::Kind) -> Self {
+        Self { decl, info: decl.info() }
+    }
+}
+
+/// Where the worker binary is: `$CAIRN_WORKER`, else next to this executable.
+pub fn worker_path() -> Result<PathBuf, StageFailure> {
+    if let Some(p) = std::env::var_os("CAIRN_WORKER") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| StageFailure::new(format!("cannot locate cairn executable: {e}")))?;
+    // Test binaries live in target/<profile>/deps; the worker one level up.
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    for candidate in [dir.join("cairn-worker"), dir.join("../cairn-worker")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(StageFailure::new(format!(
+        "cannot find the `cairn-worker` binary next to {}; build it with `make` (or `cargo build --release --workspace`), or set CAIRN_WORKER",
+        exe.display()
+    )))
+}
+
+fn convert_implied(i: &cairn_kinds::Implied) -> Result<InputRef, ParamError> {
+    Ok(match i {
+        cairn_kinds::Implied::Output(r) => crate::spec::parse::parse_ref_value(&Value::String(r.clone()))
+            .map_err(|m| ParamError::new(vec![], m))?,
+        cairn_kinds::Implied::File { path, url, sha256 } => {
+            InputRef::External { path: path.clone(), url: url.clone(), sha256: sha256.clone() }
+        }
+    })
+}
+
+impl StageKind for WorkerKind {
+    fn name(&self) -> &str {
+        self.info.name
+    }
+
+    fn version(&self) -> u32 {
+        self.info.version
+    }
+
+    fn summary(&self) -> &str {
+        self.info.summary
+    }
+
+    fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
+        let plan = self.decl.check(raw).map_err(|e| ParamError { path: e.path, message: e.message, help: e.help })?;
+        let outputs = plan
+            .outputs
+            .iter()
+            .map(|o| {
+                let ty: ArtifactType = o.ty.parse().map_err(|m: String| ParamError::new(vec![], m))?;
+                Ok(OutputDecl { name: o.name.clone(), ty, ext: o.ext.map(str::to_string).unwrap_or_else(|| ty.default_ext().into()) })
+            })
+            .collect::<Result<Vec<_>, ParamError>>()?;
+        let implied_inputs = plan
+            .implied
+            .iter()
+            .map(|(slot, i)| Ok((slot.clone(), convert_implied(i)?)))
+            .collect::<Result<Vec<_>, ParamError>>()?;
+        Ok(Checked {
+            params: plan.params,
+            inputs: plan.inputs.iter().map(|s| InputSlot { name: s.name.clone(), required: s.required, many: s.many }).collect(),
+            outputs,
+            implied_inputs,
+            env: EnvNeeds { torch: self.info.torch, threads: self.info.threads },
+        })
+    }
+
+    fn run(&self, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
+        let job = Job {
+            protocol: PROTOCOL_VERSION,
+            kind: self.info.name.to_string(),
+            stage: ctx.stage.to_string(),
+            params: ctx.params.clone(),
+            inputs: ctx.inputs.clone(),
+            outputs: ctx.outputs.clone(),
+            scratch: ctx.scratch.to_path_buf(),
+            seed: ctx.seed,
+            env: ctx.env.clone(),
+            interactive: false,
+        };
+        let job_path = ctx.scratch.join("job.json");
+        std::fs::write(&job_path, serde_json::to_vec_pretty(&job).map_err(|e| StageFailure::new(e.to_string()))?)?;
+        let worker = worker_path()?;
+        let mut child = Command::new(&worker)
+            .arg("run")
+            .arg(&job_path)
+            .current_dir(ctx.scratch)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| StageFailure::new(format!("cannot start {}: {e}", worker.display())))?;
+
+        let mut stderr = child.stderr.take();
+        let err_thread = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.read_to_end(&mut buf);
+            }
+            buf
+        });
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let out_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+
+        let mut error_message = None;
+        let status = loop {
+            for line in rx.try_iter() {
+                handle_event(ctx, &line, &mut error_message);
+            }
+            if ctx.cancel.load(Ordering::Relaxed) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StageFailure { message: "interrupted".into(), interrupted: true });
+            }
+            match child.try_wait()? {
+                Some(status) => break status,
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let _ = out_thread.join();
+        for line in rx.try_iter() {
+            handle_event(ctx, &line, &mut error_message);
+        }
+        let stderr = err_thread.join().unwrap_or_default();
+        if status.success() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&stderr);
+        let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        let mut message = error_message.unwrap_or_else(|| format!("cairn-worker exited with {status}"));
+        if !tail.is_empty() {
+            message.push_str("\n  worker stderr (tail):\n");
+            message.push_str(&tail.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"));
+        }
+        Err(StageFailure::new(message))
+    }
+}
+
+/// Routes one line of worker stdout; lines that are not events are logs.
+fn handle_event(ctx: &mut StageCtx<'_>, line: &str, error_message: &mut Option<String>) {
+    match serde_json::from_str::<Event>(line) {
+        Ok(Event::Progress { message }) => ctx.reporter.progress(ctx.stage, &message),
+        Ok(Event::Metric { name, value }) => {
+            ctx.metrics.insert(name, value);
+        }
+        Ok(Event::Log { line }) => ctx.reporter.log(ctx.stage, &line),
+        Ok(Event::Error { message }) => *error_message = Some(message),
+        Err(_) => ctx.reporter.log(ctx.stage, line),
+    }
+}

@@ -1,0 +1,300 @@
+//! From `pipeline.toml` to a checked [`Pipeline`].
+//!
+//! Loading is all-or-nothing and happens before any stage runs: the file is
+//! parsed with spans ([`parse`]), the chosen profile and `--set` flags are
+//! applied ([`overrides`]), every stage's params are checked by its kind,
+//! every input reference is resolved against declared outputs, and the
+//! graph is checked for cycles. All problems found are reported together,
+//! each with `file:line:col` and a hint.
+
+pub mod diag;
+pub mod overrides;
+pub mod parse;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use diag::{Diagnostic, Origin};
+use parse::{is_safe_name, RawSpec, NAME_HELP};
+
+use crate::dag::Graph;
+use crate::kind::{Checked, InputRef, StageKind};
+use crate::kinds::Registry;
+
+/// Why a pipeline could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read pipeline file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    let mut s: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    if diags.len() > 1 {
+        s.push(format!("{} errors in the pipeline", diags.len()));
+    }
+    s.join("\n")
+}
+
+/// Which profile to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProfileChoice {
+    /// `cpu` when the file has such a profile and no CUDA device is present.
+    Auto { has_cuda: bool },
+    None,
+    Named(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub profile: ProfileChoice,
+    /// Raw `--set` flags.
+    pub sets: Vec<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { profile: ProfileChoice::None, sets: Vec::new() }
+    }
+}
+
+/// A checked stage.
+#[derive(Clone)]
+pub struct Stage {
+    pub name: String,
+    pub kind: Arc<dyn StageKind>,
+    pub checked: Checked,
+    /// Slot → references, the declared ones and those the params imply.
+    pub inputs: BTreeMap<String, Vec<InputRef>>,
+}
+
+/// A checked pipeline, stages in topological order.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub seed: u64,
+    pub file: PathBuf,
+    /// Directory relative paths in the spec are resolved against.
+    pub root: PathBuf,
+    /// The profile applied, if any, and whether it was chosen automatically.
+    pub profile: Option<(String, bool)>,
+    pub stages: Vec<Stage>,
+    pub graph: Graph,
+}
+
+impl Pipeline {
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.name == name)
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.stages.iter().map(|s| s.name.as_str())
+    }
+}
+
+/// Loads and checks a pipeline file.
+pub fn load(path: &Path, opts: &LoadOptions, registry: &Registry) -> Result<Pipeline, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
+    load_str(path, &text, opts, registry)
+}
+
+/// Like [`load`], from text already read.
+pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry) -> Result<Pipeline, SpecError> {
+    let display = path.to_path_buf();
+    let mut raw = parse::parse(diag::SourceMap::new(display, text), text).map_err(SpecError::Invalid)?;
+    let mut diags = Vec::new();
+
+    let profile = choose_profile(&raw, &opts.profile);
+    let mut all_overrides = Vec::new();
+    if let Some((name, _)) = &profile {
+        match overrides::profile_overrides(&raw, name, Origin::Flag(format!("(profile {name})"))) {
+            Ok(o) => all_overrides.extend(o),
+            Err(d) => diags.push(d),
+        }
+    }
+    for flag in &opts.sets {
+        match overrides::parse_flag(flag) {
+            Ok(o) => all_overrides.push(o),
+            Err(d) => diags.push(d),
+        }
+    }
+    let origins = overrides::apply(&mut raw, &all_overrides, &mut diags);
+
+    let mut stages = Vec::new();
+    for rs in &raw.stages {
+        let stage_path = vec!["stages".to_string(), rs.name.clone()];
+        let Some(kind) = registry.get(&rs.kind) else {
+            let mut kp = stage_path.clone();
+            kp.push("kind".into());
+            diags.push(Diagnostic {
+                origin: raw.source.origin(raw.span_of(&kp)),
+                message: format!("unknown stage kind `{}`", rs.kind),
+                help: Some(match diag::closest(&rs.kind, registry.names()) {
+                    Some(s) => format!("did you mean `{s}`? (known kinds: {})", registry.names().collect::<Vec<_>>().join(", ")),
+                    None => format!("known kinds: {}", registry.names().collect::<Vec<_>>().join(", ")),
+                }),
+            });
+            continue;
+        };
+        match kind.check(&Value::Object(rs.params.clone())) {
+            Ok(checked) => stages.push((rs.clone(), kind, checked)),
+            Err(e) => {
+                let mut path = e.path.clone();
+                // serde reports an unknown field at its parent; point at the field.
+                if let Some(field) = e.message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+                    path.push(field.to_string());
+                }
+                let origin = origins
+                    .get(&rs.name)
+                    .and_then(|os| os.iter().rev().find(|(p, _)| path.starts_with(p) || p.starts_with(&path)))
+                    .map(|(_, o)| o.clone())
+                    .unwrap_or_else(|| {
+                        let mut full = stage_path.clone();
+                        full.extend(path.iter().cloned());
+                        raw.source.origin(raw.span_of(&full))
+                    });
+                let shown = if path.is_empty() { String::new() } else { format!(" `{}`", path.join(".")) };
+                diags.push(Diagnostic {
+                    origin,
+                    message: format!("stage `{}` ({}): param{shown}: {}", rs.name, rs.kind, e.message),
+                    help: e.help.clone(),
+                });
+            }
+        }
+    }
+
+    let stages = resolve_inputs(&raw, stages, &mut diags);
+    if !diags.is_empty() {
+        diags.sort_by(|a, b| a.origin.cmp(&b.origin));
+        return Err(SpecError::Invalid(diags));
+    }
+
+    let mut graph = Graph::new(stages.iter().map(|s| s.name.clone()).collect());
+    let index: BTreeMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    for (i, s) in stages.iter().enumerate() {
+        for r in s.inputs.values().flatten() {
+            if let InputRef::Output { stage, .. } = r {
+                graph.add_edge(i, index[stage.as_str()]);
+            }
+        }
+    }
+    let order = graph.topo_order().map_err(|cycle| {
+        let path = vec!["stages".to_string(), cycle[0].clone(), "inputs".to_string()];
+        SpecError::Invalid(vec![Diagnostic {
+            origin: raw.source.origin(raw.span_of(&path)),
+            message: format!("the stages form a cycle: {}", cycle.join(" → ")),
+            help: Some("a stage cannot read, directly or indirectly, its own outputs".into()),
+        }])
+    })?;
+    let stages: Vec<Stage> = order.iter().map(|&i| stages[i].clone()).collect();
+    let mut sorted_graph = Graph::new(stages.iter().map(|s| s.name.clone()).collect());
+    let pos: BTreeMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    for (i, s) in stages.iter().enumerate() {
+        for r in s.inputs.values().flatten() {
+            if let InputRef::Output { stage, .. } = r {
+                sorted_graph.add_edge(i, pos[stage.as_str()]);
+            }
+        }
+    }
+
+    // Absolute, because stages run in their own working directory.
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let root = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+    Ok(Pipeline { name: raw.name, seed: raw.seed, file: path.to_path_buf(), root, profile, stages, graph: sorted_graph })
+}
+
+fn choose_profile(raw: &RawSpec, choice: &ProfileChoice) -> Option<(String, bool)> {
+    match choice {
+        ProfileChoice::None => None,
+        ProfileChoice::Named(n) => Some((n.clone(), false)),
+        ProfileChoice::Auto { has_cuda } => {
+            (!has_cuda && raw.profiles.contains_key("cpu")).then(|| ("cpu".to_string(), true))
+        }
+    }
+}
+
+/// Checks every stage's input slots and references, adding implied inputs.
+fn resolve_inputs(
+    raw: &RawSpec,
+    checked: Vec<(parse::RawStage, Arc<dyn StageKind>, Checked)>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Stage> {
+    let outputs: BTreeMap<&str, Vec<&str>> = checked
+        .iter()
+        .map(|(rs, _, c)| (rs.name.as_str(), c.outputs.iter().map(|o| o.name.as_str()).collect()))
+        .collect();
+    let all_names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
+    let mut out = Vec::new();
+    for (rs, kind, c) in &checked {
+        let loc = |slot: Option<&str>| {
+            let mut p = vec!["stages".to_string(), rs.name.clone(), "inputs".to_string()];
+            if let Some(s) = slot {
+                p.push(s.to_string());
+            }
+            raw.source.origin(raw.span_of(&p))
+        };
+        let mut err = |slot: Option<&str>, message: String, help: Option<String>| {
+            diags.push(Diagnostic { origin: loc(slot), message: format!("stage `{}`: {message}", rs.name), help });
+        };
+        let mut inputs = rs.inputs.clone();
+        for (slot, r) in &c.implied_inputs {
+            if inputs.contains_key(slot) {
+                err(Some(slot), format!("input `{slot}` is given both in `inputs` and by a param"), Some("keep one of them".into()));
+            }
+            inputs.insert(slot.clone(), vec![r.clone()]);
+        }
+        let slot_names: Vec<&str> = c.inputs.iter().map(|s| s.name.as_str()).collect();
+        for (slot, refs) in &inputs {
+            let Some(decl) = c.inputs.iter().find(|s| &s.name == slot) else {
+                let help = match diag::closest(slot, slot_names.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("`{}` takes: {}", rs.kind, if slot_names.is_empty() { "no inputs".into() } else { slot_names.join(", ") }),
+                };
+                err(Some(slot), format!("kind `{}` has no input slot `{slot}`", rs.kind), Some(help));
+                continue;
+            };
+            if !decl.many && refs.len() != 1 {
+                err(Some(slot), format!("input `{slot}` takes exactly one reference, got {}", refs.len()), None);
+            }
+            for r in refs {
+                let InputRef::Output { stage, output } = r else { continue };
+                match outputs.get(stage.as_str()) {
+                    None if all_names.contains(&stage.as_str()) => {} // that stage has its own error
+                    None => err(
+                        Some(slot),
+                        format!("input `{slot}` refers to `{stage}`, which is not a stage"),
+                        diag::closest(stage, all_names.iter().copied()).map(|s| format!("did you mean `{s}.{output}`?")),
+                    ),
+                    Some(outs) if !outs.contains(&output.as_str()) => err(
+                        Some(slot),
+                        format!("input `{slot}` refers to `{stage}.{output}`, but `{stage}` has no output `{output}`"),
+                        Some(format!("`{stage}` produces: {}", outs.join(", "))),
+                    ),
+                    Some(_) if stage == &rs.name => err(Some(slot), format!("input `{slot}` reads the stage's own output"), None),
+                    Some(_) => {}
+                }
+            }
+        }
+        for decl in &c.inputs {
+            if decl.required && !inputs.contains_key(&decl.name) {
+                err(None, format!("required input `{}` is not connected", decl.name), Some(format!("add `{} = \"<stage>.<output>\"` to `[stages.{}].inputs`", decl.name, rs.name)));
+            }
+        }
+        for o in &c.outputs {
+            if !is_safe_name(&o.name) {
+                err(None, format!("kind `{}` declares an output with an unsafe name {:?}", rs.kind, o.name), Some(NAME_HELP.into()));
+            }
+        }
+        out.push(Stage { name: rs.name.clone(), kind: kind.clone(), checked: c.clone(), inputs });
+    }
+    out
+}

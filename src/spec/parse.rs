@@ -1,0 +1,388 @@
+//! Reading `pipeline.toml` into a [`RawSpec`]: the file's structure with
+//! every value's source span kept, before any kind has looked at params.
+//!
+//! Parsing is total: malformed input becomes [`Diagnostic`]s, never a
+//! panic. Names are restricted to a safe charset because they become
+//! directory names under `artifacts/`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde_json::{Map, Value};
+use toml_edit::{Document, Item, Table};
+
+use super::diag::{Diagnostic, SourceMap};
+use crate::kind::InputRef;
+
+/// The deepest nesting accepted in params; deeper is hostile or a mistake.
+const MAX_DEPTH: usize = 32;
+
+/// A stage as written in the file.
+#[derive(Clone, Debug)]
+pub struct RawStage {
+    pub name: String,
+    pub kind: String,
+    /// Slot → references, in the order written.
+    pub inputs: BTreeMap<String, Vec<InputRef>>,
+    /// Every key of the stage table except `kind` and `inputs`.
+    pub params: Map<String, Value>,
+}
+
+/// A named set of overrides; `extends` names another profile.
+#[derive(Clone, Debug, Default)]
+pub struct RawProfile {
+    pub extends: Option<String>,
+    /// `"stage.param.sub"` → value, in file order.
+    pub sets: Vec<(String, Value)>,
+}
+
+/// The whole file, with spans.
+#[derive(Clone, Debug)]
+pub struct RawSpec {
+    pub name: String,
+    pub seed: u64,
+    pub stages: Vec<RawStage>,
+    pub profiles: BTreeMap<String, RawProfile>,
+    pub source: SourceMap,
+    /// Span of every value, by path from the document root
+    /// (e.g. `["stages", "train", "lr"]`).
+    pub spans: BTreeMap<Vec<String>, Range<usize>>,
+}
+
+impl RawSpec {
+    /// The best span for a path: the value itself or its nearest parent.
+    pub fn span_of(&self, path: &[String]) -> Option<Range<usize>> {
+        (0..=path.len()).rev().find_map(|n| self.spans.get(&path[..n]).cloned())
+    }
+}
+
+/// Whether `name` is usable as a stage, output, slot or profile name.
+pub fn is_safe_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+pub const NAME_HELP: &str =
+    "names start with a letter or `_` and use only letters, digits, `_` and `-` (at most 64)";
+
+struct Ctx {
+    source: SourceMap,
+    spans: BTreeMap<Vec<String>, Range<usize>>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx {
+    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>, help: Option<String>) {
+        self.diags.push(Diagnostic { origin: self.source.origin(span), message: message.into(), help });
+    }
+}
+
+/// Parses the text of a pipeline file.
+pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> {
+    let doc = match Document::parse(text.to_string()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let msg = e.message().trim().to_string();
+            return Err(vec![Diagnostic {
+                origin: source.origin(e.span()),
+                message: format!("invalid TOML: {msg}"),
+                help: Some("see https://toml.io for the syntax".into()),
+            }]);
+        }
+    };
+    let mut cx = Ctx { source, spans: BTreeMap::new(), diags: Vec::new() };
+    let root = doc.as_table();
+
+    for (key, _) in root.iter() {
+        if !matches!(key, "pipeline" | "stages" | "profiles") {
+            cx.error(
+                item_span(root, key),
+                format!("unknown top-level table `{key}`"),
+                Some("a pipeline has `[pipeline]`, `[stages.<name>]` and `[profiles.<name>]`".into()),
+            );
+        }
+    }
+
+    let (name, seed) = parse_header(&mut cx, root);
+    let stages = match root.get("stages") {
+        None => {
+            cx.error(None, "the pipeline declares no stages", Some("add a `[stages.<name>]` table".into()));
+            Vec::new()
+        }
+        Some(item) => match item.as_table_like() {
+            Some(t) => t
+                .iter()
+                .filter_map(|(name, item)| parse_stage(&mut cx, name, item))
+                .collect(),
+            None => {
+                cx.error(item.span(), "`stages` must be a table of tables", None);
+                Vec::new()
+            }
+        },
+    };
+    let profiles = match root.get("profiles") {
+        None => BTreeMap::new(),
+        Some(item) => parse_profiles(&mut cx, item),
+    };
+
+    if cx.diags.is_empty() {
+        Ok(RawSpec { name, seed, stages, profiles, source: cx.source, spans: cx.spans })
+    } else {
+        Err(cx.diags)
+    }
+}
+
+fn item_span(table: &Table, key: &str) -> Option<Range<usize>> {
+    table
+        .get_key_value(key)
+        .and_then(|(k, item)| k.span().or_else(|| item.span()))
+}
+
+fn parse_header(cx: &mut Ctx, root: &Table) -> (String, u64) {
+    let mut name = "pipeline".to_string();
+    let mut seed = 0u64;
+    let Some(item) = root.get("pipeline") else { return (name, seed) };
+    let Some(t) = item.as_table_like() else {
+        cx.error(item.span(), "`pipeline` must be a table", None);
+        return (name, seed);
+    };
+    for (key, value) in t.iter() {
+        match key {
+            "name" => match value.as_str() {
+                Some(s) => name = s.to_string(),
+                None => cx.error(value.span(), "`pipeline.name` must be a string", None),
+            },
+            "seed" => match value.as_integer() {
+                Some(s) if s >= 0 => seed = s as u64,
+                _ => cx.error(value.span(), "`pipeline.seed` must be a non-negative integer", None),
+            },
+            other => cx.error(
+                value.span(),
+                format!("unknown key `pipeline.{other}`"),
+                Some("`[pipeline]` takes `name` and `seed`".into()),
+            ),
+        }
+    }
+    (name, seed)
+}
+
+fn parse_stage(cx: &mut Ctx, name: &str, item: &Item) -> Option<RawStage> {
+    let path = vec!["stages".to_string(), name.to_string()];
+    let Some(table) = item.as_table_like() else {
+        cx.error(item.span(), format!("stage `{name}` must be a table"), Some(format!("write `[stages.{name}]`")));
+        return None;
+    };
+    if !is_safe_name(name) {
+        cx.error(item.span(), format!("invalid stage name {name:?}"), Some(NAME_HELP.into()));
+        return None;
+    }
+    if let Some(s) = item.span() {
+        cx.spans.insert(path.clone(), s);
+    }
+    let mut kind = None;
+    let mut inputs = BTreeMap::new();
+    let mut params = Map::new();
+    for (key, value) in table.iter() {
+        let mut p = path.clone();
+        p.push(key.to_string());
+        match key {
+            "kind" => match value.as_str() {
+                Some(k) => {
+                    kind = Some(k.to_string());
+                    if let Some(s) = value.span() {
+                        cx.spans.insert(p, s);
+                    }
+                }
+                None => cx.error(value.span(), format!("`stages.{name}.kind` must be a string"), None),
+            },
+            "inputs" => inputs = parse_inputs(cx, &p, value),
+            _ => {
+                if let Some(v) = to_json(cx, &p, value, 0) {
+                    params.insert(key.to_string(), v);
+                }
+            }
+        }
+    }
+    let Some(kind) = kind else {
+        cx.error(
+            item.span(),
+            format!("stage `{name}` has no `kind`"),
+            Some(format!("add `kind = \"...\"` under `[stages.{name}]`")),
+        );
+        return None;
+    };
+    Some(RawStage { name: name.to_string(), kind, inputs, params })
+}
+
+fn parse_inputs(cx: &mut Ctx, path: &[String], item: &Item) -> BTreeMap<String, Vec<InputRef>> {
+    let mut out = BTreeMap::new();
+    let Some(t) = item.as_table_like() else {
+        cx.error(item.span(), "`inputs` must be a table of slot = \"stage.output\"", None);
+        return out;
+    };
+    for (slot, value) in t.iter() {
+        let mut p = path.to_vec();
+        p.push(slot.to_string());
+        if let Some(s) = value.span() {
+            cx.spans.insert(p.clone(), s);
+        }
+        if !is_safe_name(slot) {
+            cx.error(value.span(), format!("invalid input slot name {slot:?}"), Some(NAME_HELP.into()));
+            continue;
+        }
+        let refs = if let Some(arr) = value.as_array() {
+            arr.iter().map(|v| parse_ref(cx, v.span(), &to_json_value(v))).collect::<Option<Vec<_>>>()
+        } else if let Some(v) = value.as_value() {
+            parse_ref(cx, value.span(), &to_json_value(v)).map(|r| vec![r])
+        } else {
+            cx.error(value.span(), "an input must be \"stage.output\", a list of them, or { file = \"path\" }", None);
+            None
+        };
+        if let Some(refs) = refs {
+            out.insert(slot.to_string(), refs);
+        }
+    }
+    out
+}
+
+/// Parses one reference: `"stage.output"` or `{ file = "...", url = "...", sha256 = "..." }`.
+pub fn parse_ref_value(v: &Value) -> Result<InputRef, String> {
+    match v {
+        Value::String(s) => match s.split_once('.') {
+            Some((stage, output)) if is_safe_name(stage) && is_safe_name(output) => {
+                Ok(InputRef::Output { stage: stage.into(), output: output.into() })
+            }
+            _ => Err(format!("`{s}` is not a reference of the form \"<stage>.<output>\"")),
+        },
+        Value::Object(m) => {
+            let get = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            if let Some(bad) = m.keys().find(|k| !matches!(k.as_str(), "file" | "url" | "sha256")) {
+                return Err(format!("unknown key `{bad}` in a file input (expected file, url, sha256)"));
+            }
+            match get("file") {
+                Some(path) if !path.is_empty() => Ok(InputRef::External { path, url: get("url"), sha256: get("sha256") }),
+                _ => Err("a file input needs `file = \"path\"`".into()),
+            }
+        }
+        _ => Err("an input must be \"stage.output\" or { file = \"path\" }".into()),
+    }
+}
+
+fn parse_ref(cx: &mut Ctx, span: Option<Range<usize>>, v: &Option<Value>) -> Option<InputRef> {
+    let Some(v) = v else {
+        cx.error(span, "this value cannot be an input reference", None);
+        return None;
+    };
+    match parse_ref_value(v) {
+        Ok(r) => Some(r),
+        Err(msg) => {
+            cx.error(span, msg, Some("write e.g. `images = \"load.train_images\"`".into()));
+            None
+        }
+    }
+}
+
+fn parse_profiles(cx: &mut Ctx, item: &Item) -> BTreeMap<String, RawProfile> {
+    let mut out = BTreeMap::new();
+    let Some(t) = item.as_table_like() else {
+        cx.error(item.span(), "`profiles` must be a table of tables", None);
+        return out;
+    };
+    for (name, item) in t.iter() {
+        let Some(pt) = item.as_table_like() else {
+            cx.error(item.span(), format!("profile `{name}` must be a table"), None);
+            continue;
+        };
+        if !is_safe_name(name) {
+            cx.error(item.span(), format!("invalid profile name {name:?}"), Some(NAME_HELP.into()));
+            continue;
+        }
+        let mut profile = RawProfile::default();
+        for (key, value) in pt.iter() {
+            let p = vec!["profiles".to_string(), name.to_string(), key.to_string()];
+            if key == "extends" {
+                match value.as_str() {
+                    Some(s) => profile.extends = Some(s.to_string()),
+                    None => cx.error(value.span(), "`extends` must name a profile", None),
+                }
+                if let Some(s) = value.span() {
+                    cx.spans.insert(p, s);
+                }
+                continue;
+            }
+            if let Some(v) = to_json(cx, &p, value, 0) {
+                profile.sets.push((key.to_string(), v));
+            }
+        }
+        out.insert(name.to_string(), profile);
+    }
+    out
+}
+
+/// Converts a TOML item to JSON, recording spans and rejecting what params
+/// cannot hold (NaN and infinities, absurd nesting).
+fn to_json(cx: &mut Ctx, path: &[String], item: &Item, depth: usize) -> Option<Value> {
+    if let Some(s) = item.span() {
+        cx.spans.insert(path.to_vec(), s);
+    }
+    if depth > MAX_DEPTH {
+        cx.error(item.span(), format!("params nest deeper than {MAX_DEPTH} levels"), None);
+        return None;
+    }
+    if let Some(t) = item.as_table_like() {
+        let mut m = Map::new();
+        for (k, v) in t.iter() {
+            let mut p = path.to_vec();
+            p.push(k.to_string());
+            m.insert(k.to_string(), to_json(cx, &p, v, depth + 1)?);
+        }
+        return Some(Value::Object(m));
+    }
+    if let Some(arr) = item.as_array() {
+        let mut out = Vec::new();
+        for (i, v) in arr.iter().enumerate() {
+            let mut p = path.to_vec();
+            p.push(i.to_string());
+            out.push(to_json(cx, &p, &Item::Value(v.clone()), depth + 1)?);
+        }
+        return Some(Value::Array(out));
+    }
+    if let Some(aot) = item.as_array_of_tables() {
+        let mut out = Vec::new();
+        for (i, t) in aot.iter().enumerate() {
+            let mut p = path.to_vec();
+            p.push(i.to_string());
+            out.push(to_json(cx, &p, &Item::Table(t.clone()), depth + 1)?);
+        }
+        return Some(Value::Array(out));
+    }
+    match item.as_value().map(|v| to_json_value(v)) {
+        Some(Some(v)) => Some(v),
+        _ => {
+            cx.error(
+                item.span(),
+                "NaN and infinite numbers are not allowed in params",
+                Some("use a finite number".into()),
+            );
+            None
+        }
+    }
+}
+
+/// A TOML value as JSON; `None` for non-finite floats.
+pub fn to_json_value(v: &toml_edit::Value) -> Option<Value> {
+    use toml_edit::Value as T;
+    Some(match v {
+        T::String(s) => Value::String(s.value().clone()),
+        T::Integer(i) => Value::from(*i.value()),
+        T::Float(f) => Value::Number(serde_json::Number::from_f64(*f.value())?),
+        T::Boolean(b) => Value::Bool(*b.value()),
+        T::Datetime(d) => Value::String(d.value().to_string()),
+        T::Array(a) => Value::Array(a.iter().map(to_json_value).collect::<Option<_>>()?),
+        T::InlineTable(t) => Value::Object(
+            t.iter().map(|(k, v)| Some((k.to_string(), to_json_value(v)?))).collect::<Option<_>>()?,
+        ),
+    })
+}

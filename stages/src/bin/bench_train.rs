@@ -1,0 +1,149 @@
+//! `bench_train`: measures training throughput and runs whole recipes
+//! through the real `train` / `evaluate` kinds, outside the engine.
+//!
+//! `bench_train throughput <fast|resnet18|resnet50> <res> <batch> <steps> [fp32|bf16] [cifar]`
+//! times forward + backward + SGD steps on random data (the first step is a
+//! warm-up and not counted) and prints images/s — the Rust half of
+//! `scripts/bench_train.py`. `bench_train recipe <data-dir> <train.json>
+//! [eval.json] [ntrain]` loads raw CIFAR arrays (`{train,test}_x.u8` N×3×32×32 and
+//! `{train,test}_y.i64`, as `scripts/bench_train.py dump` writes them),
+//! stores them as tensor artifacts, and runs one `train` job (val = 2000
+//! held-out training images; `[ntrain]` caps the training set) and
+//! optionally one `evaluate` job on the test set, printing wall times.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cairn::env::Environment;
+use cairn::worker::{Job, PROTOCOL_VERSION};
+use cairn_kinds::train::{Arch, ModelSpec, Normalize, Optimizer, Stem};
+use cairn_stages::ctx::WorkerCtx;
+use cairn_stages::models::{self, Feed};
+use cairn_stages::train::batches::Rng;
+use cairn_stages::train::optim::Optim;
+use cairn_stages::{evaluate, tensors, train};
+use tch::{nn, Device, Kind, Tensor};
+
+fn throughput(args: &[String]) -> Result<(), String> {
+    let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_string());
+    let arch: Arch = serde_json::from_value(serde_json::json!(arg(0, "fast"))).map_err(|e| e.to_string())?;
+    let (res, batch, steps): (i64, i64, usize) = (arg(1, "32").parse().unwrap_or(32), arg(2, "256").parse().unwrap_or(256), arg(3, "5").parse().unwrap_or(5));
+    let kind = if arg(4, "fp32") == "bf16" { Kind::BFloat16 } else { Kind::Float };
+    let stem = (arch != Arch::Fast).then(|| if arg(5, "imagenet") == "cifar" { Stem::Cifar } else { Stem::Imagenet });
+    let threads = Environment::detect(true).threads;
+    tch::set_num_threads(threads as i32);
+    tch::manual_seed(0);
+    let spec = ModelSpec { arch, num_classes: 10, stem, widths: None, normalize: Normalize::Cifar }.resolve("model").map_err(|e| e.message)?;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = models::build(&vs.root(), &spec);
+    let mut opt = Optim::new(Optimizer::Sgd, vs.trainable_variables(), 0.9, true, 5e-4);
+    let feed = Feed { normalize: Normalize::Cifar, kind, device: Device::Cpu };
+    let x = Tensor::randint(256, [batch, 3, res, res], (Kind::Uint8, Device::Cpu));
+    let y = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
+    let mut t = Vec::new();
+    for _ in 0..=steps {
+        let t0 = Instant::now();
+        let loss = net.forward_t(&feed.input(&x), true).to_kind(Kind::Float).cross_entropy_for_logits(&y);
+        opt.zero_grad();
+        loss.backward();
+        opt.step(0.01);
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    let mean = t[1..].iter().sum::<f64>() / steps as f64;
+    println!("rust {arch:?} res={res} batch={batch} {kind:?} threads={threads}: {:.1} img/s ({:.3} s/step over {steps} steps)", batch as f64 / mean, mean);
+    Ok(())
+}
+
+fn load_raw(dir: &Path, split: &str) -> Result<(Tensor, Tensor), String> {
+    let read = |f: String| std::fs::read(dir.join(&f)).map_err(|e| format!("{f}: {e}"));
+    let x = read(format!("{split}_x.u8"))?;
+    let y = read(format!("{split}_y.i64"))?;
+    let n = (y.len() / 8) as i64;
+    if x.len() as i64 != n * 3 * 32 * 32 {
+        return Err(format!("{split}: {} image bytes for {n} labels", x.len()));
+    }
+    Ok((Tensor::from_data_size(&x, &[n, 3, 32, 32], Kind::Uint8), Tensor::from_data_size(&y, &[n], Kind::Int64)))
+}
+
+fn job(kind: &str, raw: &serde_json::Value, inputs: &[(&str, &Path)], outputs: &[(&str, &str)], dir: &Path) -> Result<Job, String> {
+    let plan = cairn_kinds::find(kind).unwrap().check(raw).map_err(|e| format!("{:?}: {}", e.path, e.message))?;
+    let scratch = dir.join(format!("{kind}-scratch"));
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    Ok(Job {
+        protocol: PROTOCOL_VERSION,
+        kind: kind.into(),
+        stage: kind.into(),
+        params: plan.params,
+        inputs: inputs.iter().map(|(s, p)| (s.to_string(), vec![p.to_path_buf()])).collect(),
+        outputs: outputs.iter().map(|(n, f)| (n.to_string(), dir.join(f))).collect::<BTreeMap<_, _>>(),
+        scratch,
+        seed: 0,
+        env: Environment::detect(true),
+        interactive: false,
+    })
+}
+
+fn recipe(args: &[String]) -> Result<(), String> {
+    let data = PathBuf::from(args.first().ok_or("recipe needs <data-dir> <train.json> [eval.json]")?);
+    let read_json = |p: &String| -> Result<serde_json::Value, String> {
+        serde_json::from_str(&std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"))?).map_err(|e| format!("{p}: {e}"))
+    };
+    let train_raw = read_json(args.get(1).ok_or("missing train.json")?)?;
+    let out = std::env::temp_dir().join(format!("cairn-recipe-{}", std::process::id()));
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let (xall, yall) = load_raw(&data, "train")?;
+    let (xte, yte) = load_raw(&data, "test")?;
+    // Hold out 2000 shuffled training images as val, so that picking the
+    // best epoch never looks at the test set.
+    let n = xall.size()[0];
+    let ntrain: i64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(n - 2000).min(n - 2000);
+    let perm = Tensor::from_slice(&Rng::new(1).permutation(n as usize));
+    let (tr, va) = (perm.narrow(0, 0, ntrain), perm.narrow(0, n - 2000, 2000));
+    let art = |name: &str, t: &Tensor| -> Result<PathBuf, String> {
+        let p = out.join(format!("{name}.arrow"));
+        tensors::save(&p, t).map_err(|e| e.to_string())?;
+        Ok(p)
+    };
+    let (a, b) = (art("train_x", &xall.index_select(0, &tr))?, art("train_y", &yall.index_select(0, &tr))?);
+    let (va_x, va_y) = (art("val_x", &xall.index_select(0, &va))?, art("val_y", &yall.index_select(0, &va))?);
+    let (c, d) = (art("test_x", &xte)?, art("test_y", &yte)?);
+    let t0 = Instant::now();
+    let j = job(
+        "train",
+        &train_raw,
+        &[("train_images", &a), ("train_labels", &b), ("val_images", &va_x), ("val_labels", &va_y)],
+        &[("model", "model.safetensors"), ("history", "history.parquet"), ("summary", "summary.parquet"), ("features", "features.arrow")],
+        &out,
+    )?;
+    train::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
+    eprintln!("train: {:.1}s", t0.elapsed().as_secs_f64());
+    if let Some(p) = args.get(2).filter(|s| !s.is_empty()) {
+        let t1 = Instant::now();
+        let model = out.join("model.safetensors");
+        let j = job(
+            "evaluate",
+            &read_json(p)?,
+            &[("model", &model), ("images", &c), ("labels", &d)],
+            &[("predictions", "predictions.parquet"), ("confusion", "confusion.parquet"), ("metrics", "metrics.parquet")],
+            &out,
+        )?;
+        evaluate::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
+        eprintln!("evaluate: {:.1}s", t1.elapsed().as_secs_f64());
+    }
+    eprintln!("total: {:.1}s; artifacts in {}", t0.elapsed().as_secs_f64(), out.display());
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("throughput") => throughput(&args[1..]),
+        Some("recipe") => recipe(&args[1..]),
+        _ => Err("usage: bench_train throughput <model> <res> <batch> <steps> [fp32|bf16] [cifar] | recipe <data-dir> <train.json> [eval.json] [ntrain]".into()),
+    };
+    if let Err(e) = r {
+        eprintln!("bench_train: {e}");
+        std::process::exit(1);
+    }
+}

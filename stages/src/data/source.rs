@@ -1,0 +1,170 @@
+//! Turns a data set source (a directory, a `.tar` or a `.tar.gz`) into one
+//! sorted list of files, each readable as bytes.
+//!
+//! Archives are read in a single streaming pass and never extracted: the
+//! bytes of the files a reader may need (images, CIFAR batches, their class
+//! list) are kept in memory and everything else is skipped. Nothing is ever
+//! written, so a hostile archive cannot place files anywhere; entries that
+//! could only be there to attack an extracting reader (absolute paths,
+//! `..`, links) are refused with an error rather than silently skipped.
+//! Compression is recognised by content (the gzip magic), not by extension.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use super::DataError;
+
+/// Extensions of the files readers use; archive members with other
+/// extensions are skipped unread.
+const KEPT_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bin", "txt"];
+
+enum Blob {
+    Disk(PathBuf),
+    Memory(Vec<u8>),
+}
+
+pub(crate) struct SourceFile {
+    /// Path relative to the source root, `/`-separated.
+    pub name: String,
+    blob: Blob,
+}
+
+impl SourceFile {
+    pub fn read(&self) -> Result<Cow<'_, [u8]>, DataError> {
+        match &self.blob {
+            Blob::Memory(bytes) => Ok(Cow::Borrowed(bytes)),
+            Blob::Disk(path) => {
+                std::fs::read(path).map(Cow::Owned).map_err(|source| DataError::Io { path: path.clone(), source })
+            }
+        }
+    }
+
+    /// The name as shown in messages: inside-archive paths stay relative.
+    pub fn display(&self, tree: &SourceTree) -> String {
+        match &self.blob {
+            Blob::Disk(path) => path.display().to_string(),
+            Blob::Memory(_) => format!("{}:{}", tree.origin.display(), self.name),
+        }
+    }
+}
+
+pub(crate) struct SourceTree {
+    /// The directory or archive the files come from.
+    pub origin: PathBuf,
+    /// Sorted by name.
+    pub files: Vec<SourceFile>,
+    /// Every directory, relative and `/`-separated (to spot empty ones).
+    pub dirs: Vec<String>,
+}
+
+impl SourceTree {
+    pub fn open(path: &Path) -> Result<SourceTree, DataError> {
+        let io = |source| DataError::Io { path: path.to_path_buf(), source };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let mut tree = SourceTree { origin: path.to_path_buf(), files: Vec::new(), dirs: Vec::new() };
+        if meta.is_dir() {
+            tree.walk_dir(path, "")?;
+        } else {
+            tree.read_archive(path)?;
+        }
+        tree.files.sort_by(|a, b| a.name.cmp(&b.name));
+        tree.dirs.sort();
+        tree.dirs.dedup();
+        Ok(tree)
+    }
+
+    fn walk_dir(&mut self, dir: &Path, rel: &str) -> Result<(), DataError> {
+        let io = |source| DataError::Io { path: dir.to_path_buf(), source };
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let rel_name = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            // Follows links: a user's own directory may link to data elsewhere.
+            let meta = std::fs::metadata(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+            if meta.is_dir() {
+                self.dirs.push(rel_name.clone());
+                self.walk_dir(&path, &rel_name)?;
+            } else if meta.is_file() {
+                self.files.push(SourceFile { name: rel_name, blob: Blob::Disk(path) });
+            }
+        }
+        Ok(())
+    }
+
+    fn read_archive(&mut self, path: &Path) -> Result<(), DataError> {
+        let io = |source| DataError::Io { path: path.to_path_buf(), source };
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
+        let mut magic = [0u8; 2];
+        let is_gzip = {
+            let buf = std::io::BufRead::fill_buf(&mut reader).map_err(io)?;
+            magic.iter_mut().zip(buf).for_each(|(m, b)| *m = *b);
+            magic == [0x1f, 0x8b]
+        };
+        let stream: Box<dyn Read> =
+            if is_gzip { Box::new(flate2::read::MultiGzDecoder::new(reader)) } else { Box::new(reader) };
+        let archive_err = |problem: String| DataError::invalid(path.display().to_string(), problem);
+        let mut archive = tar::Archive::new(stream);
+        let entries = archive
+            .entries()
+            .map_err(|e| archive_err(format!("not a readable tar archive ({e}); give a directory, .tar or .tar.gz")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| archive_err(format!("corrupt or truncated archive: {e}")))?;
+            let raw = entry.path().map_err(|e| archive_err(format!("entry with an unreadable name: {e}")))?.into_owned();
+            let name = safe_name(&raw).map_err(archive_err)?;
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                if !name.is_empty() {
+                    self.dirs.push(name);
+                }
+            } else if kind.is_symlink() || kind.is_hard_link() {
+                return Err(archive_err(format!(
+                    "entry `{name}` is a link; cairn reads archives without extracting them and does not follow links \
+                     (replace the link with the file it points to)"
+                )));
+            } else if kind.is_file() && wanted(&name) {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).map_err(|e| archive_err(format!("cannot read entry `{name}`: {e}")))?;
+                // Parent folders appear implicitly in archives without
+                // directory entries.
+                let mut parent = name.as_str();
+                while let Some((up, _)) = parent.rsplit_once('/') {
+                    self.dirs.push(up.to_string());
+                    parent = up;
+                }
+                self.files.push(SourceFile { name, blob: Blob::Memory(bytes) });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn wanted(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    !base.starts_with('.')
+        && base.rsplit_once('.').is_some_and(|(_, ext)| KEPT_EXTENSIONS.iter().any(|k| ext.eq_ignore_ascii_case(k)))
+}
+
+/// An archive member's path as a relative `/`-separated name, or why it is
+/// refused.
+fn safe_name(raw: &Path) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for comp in raw.components() {
+        match comp {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "entry `{}` has an absolute or `..` path, which no data set needs; refusing a possibly hostile archive",
+                    raw.display()
+                ))
+            }
+        }
+    }
+    Ok(parts.join("/"))
+}

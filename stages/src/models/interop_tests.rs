@@ -1,0 +1,132 @@
+//! Interop with PyTorch itself: checkpoints written by `torch.save` load
+//! through [`crate::pth`], and weights saved by [`crate::weights`] load into
+//! `torchvision.models.*` — checked by running the same input through both
+//! and comparing logits. Needs the project's libtorch venv (python with
+//! torch + torchvision); set `CAIRN_TORCH_PYTHON` to point elsewhere. When
+//! no such python exists the tests say so and pass vacuously.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_kinds::train::{Arch, ModelSpec, Normalize, Stem};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::{models, pth, weights};
+
+fn python() -> Option<PathBuf> {
+    let p = std::env::var_os("CAIRN_TORCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.cache/cairn/torch-2.11.0/bin/python"));
+    let ok = Command::new(&p).args(["-c", "import torch, torchvision"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipping: no python with torch + torchvision at {} (set CAIRN_TORCH_PYTHON)", p.display());
+    }
+    ok.then_some(p)
+}
+
+fn run_py(py: &Path, script: &str, args: &[&Path]) -> String {
+    let out = Command::new(py).arg("-c").arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cairn-interop-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A fixed input both sides can build: values in [-1, 1).
+fn probe(h: i64) -> Tensor {
+    Tensor::arange(2 * 3 * h * h, (Kind::Float, Device::Cpu)).view([2, 3, h, h]).fmod(17.0) / 8.5 - 1.0
+}
+const PROBE_PY: &str = "x = (torch.arange(2*3*H*H, dtype=torch.float32).view(2,3,H,H) % 17.0) / 8.5 - 1.0\n";
+
+fn floats(s: &str) -> Vec<f64> {
+    s.split_whitespace().map(|v| v.parse().unwrap()).collect()
+}
+
+#[test]
+fn pth_reader_matches_torch_save() {
+    let Some(py) = python() else { return };
+    let d = dir("pth");
+    let script = r#"
+import sys, torch, collections
+t = collections.OrderedDict()
+t['a.weight'] = torch.arange(12, dtype=torch.float32).view(3, 4) / 7
+t['view'] = torch.arange(20, dtype=torch.float64).view(4, 5)[:, 1:3]   # non-contiguous view of a shared storage
+t['half'] = torch.tensor([0.5, -2.0], dtype=torch.float16)
+t['long'] = torch.tensor([-3, 2**40], dtype=torch.int64)
+t['param'] = torch.nn.Parameter(torch.ones(2, 2))
+t['scalar'] = torch.tensor(3.25)
+torch.save(t, sys.argv[1] + '/plain.pth')
+m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+torch.save({'epoch': 3, 'state_dict': m.state_dict()}, sys.argv[1] + '/wrapped.pth')
+print(' '.join(str(float(v)) for v in m.state_dict()['0.weight'].flatten()))
+"#;
+    let conv = floats(&run_py(&py, script, &[&d]));
+    let t = pth::read(&d.join("plain.pth")).unwrap();
+    assert_eq!(Vec::<f32>::try_from(&t["a.weight"].flatten(0, -1)).unwrap(), (0..12).map(|i| i as f32 / 7.0).collect::<Vec<_>>());
+    assert_eq!(t["view"].size(), [4, 2]);
+    assert_eq!(Vec::<f64>::try_from(&t["view"].flatten(0, -1)).unwrap(), vec![1.0, 2.0, 6.0, 7.0, 11.0, 12.0, 16.0, 17.0]);
+    assert_eq!(t["half"].kind(), Kind::Half);
+    assert_eq!(Vec::<i64>::try_from(&t["long"]).unwrap(), vec![-3, 1 << 40]);
+    assert_eq!(t["param"].size(), [2, 2]);
+    assert_eq!(t["scalar"].size(), Vec::<i64>::new());
+    assert_eq!(t["scalar"].double_value(&[]), 3.25);
+    let w = pth::read(&d.join("wrapped.pth")).unwrap();
+    assert!(w.contains_key("1.num_batches_tracked") && w.contains_key("1.running_var"));
+    let got: Vec<f64> = Vec::<f32>::try_from(&w["0.weight"].flatten(0, -1)).unwrap().into_iter().map(f64::from).collect();
+    assert!(got.iter().zip(&conv).all(|(a, b)| (a - b).abs() < 1e-6));
+    // A truncated checkpoint fails with a message, not a panic.
+    let bytes = std::fs::read(d.join("plain.pth")).unwrap();
+    assert!(pth::parse(&bytes[..bytes.len() / 2]).is_err());
+}
+
+#[test]
+fn torchvision_resnet18_pth_loads_and_agrees() {
+    let Some(py) = python() else { return };
+    let d = dir("r18");
+    let script = format!(
+        "import sys, torch, torchvision\ntorch.manual_seed(0)\nm = torchvision.models.resnet18(num_classes=10)\n\
+         for mod in m.modules():\n    if isinstance(mod, torch.nn.BatchNorm2d):\n        mod.running_mean.uniform_(-0.1, 0.1); mod.running_var.uniform_(0.5, 1.5)\n\
+         torch.save(m.state_dict(), sys.argv[1] + '/r18.pth')\nm.eval()\nH = 64\n{PROBE_PY}print(' '.join(str(float(v)) for v in m(x).flatten()))\n"
+    );
+    let want = floats(&run_py(&py, &script, &[&d]));
+    let vs = nn::VarStore::new(Device::Cpu);
+    let spec = ModelSpec { arch: Arch::Resnet18, num_classes: 10, stem: Some(Stem::Imagenet), widths: None, normalize: Normalize::None };
+    let net = models::build(&vs.root(), &spec);
+    let src = weights::read_any(&d.join("r18.pth")).unwrap();
+    weights::load_into(&vs, &src, |_| false).unwrap();
+    let got: Vec<f32> = Vec::try_from(&net.forward_t(&probe(64), false).flatten(0, -1)).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (a, b) in got.iter().zip(&want) {
+        assert!((*a as f64 - b).abs() < 1e-3, "rust {a} vs torch {b}");
+    }
+}
+
+#[test]
+fn saved_resnet50_loads_into_torchvision() {
+    let Some(py) = python() else { return };
+    let d = dir("r50");
+    tch::manual_seed(1);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let spec = ModelSpec { arch: Arch::Resnet50, num_classes: 10, stem: Some(Stem::Imagenet), widths: None, normalize: Normalize::None };
+    let net = models::build(&vs.root(), &spec);
+    let path = d.join("r50.safetensors");
+    weights::save(&path, &weights::state_dict(&vs), &Default::default()).unwrap();
+    let mine: Vec<f32> = Vec::try_from(&net.forward_t(&probe(64), false).flatten(0, -1)).unwrap();
+    // The venv has no `safetensors` package: parse the format by hand.
+    let script = format!(
+        "import sys, json, struct, numpy as np, torch, torchvision\nb = open(sys.argv[1], 'rb').read()\nn = struct.unpack('<Q', b[:8])[0]\n\
+         h = json.loads(b[8:8+n]); data = b[8+n:]\ndt = {{'F32': np.float32, 'I64': np.int64}}\n\
+         sd = {{k: torch.from_numpy(np.frombuffer(data[v['data_offsets'][0]:v['data_offsets'][1]], dtype=dt[v['dtype']]).reshape(v['shape']).copy()) for k, v in h.items() if k != '__metadata__'}}\n\
+         m = torchvision.models.resnet50(num_classes=10)\nr = m.load_state_dict(sd, strict=False)\n\
+         assert not r.unexpected_keys, r.unexpected_keys\nassert all(k.endswith('num_batches_tracked') for k in r.missing_keys), r.missing_keys\n\
+         m.eval()\nH = 64\n{PROBE_PY}print(' '.join(str(float(v)) for v in m(x).flatten()))\n"
+    );
+    let theirs = floats(&run_py(&py, &script, &[&path]));
+    for (a, b) in mine.iter().zip(&theirs) {
+        assert!((*a as f64 - b).abs() < 1e-3, "rust {a} vs torchvision {b}");
+    }
+}

@@ -1,0 +1,69 @@
+//! Layers shared by the model definitions, with variable names and
+//! initialisations matching PyTorch's `nn.Conv2d` / `nn.BatchNorm2d` /
+//! `nn.Linear` so weights round-trip with torchvision.
+//!
+//! Unlike `tch::nn::Conv2D`, these layers compute in the *input's* dtype:
+//! the fp32 master weights are cast on the fly. Feeding a bf16 input thus
+//! gives bf16 mixed precision (what `torch.autocast` does) on CPU as well as
+//! CUDA — tch exposes only CUDA's fp16 autocast — while gradients still
+//! flow back to the fp32 weights. BatchNorm takes the bf16 activations with
+//! fp32 parameters and running statistics, as autocast does.
+
+use tch::nn::{self, Init};
+use tch::Tensor;
+
+/// A 2-D convolution (`weight` [out, in, k, k], optional `bias`).
+#[derive(Debug)]
+pub struct Conv {
+    ws: Tensor,
+    bs: Option<Tensor>,
+    stride: i64,
+    padding: i64,
+}
+
+/// torchvision's ResNet conv init: Kaiming normal, fan-out, ReLU gain.
+pub const FAN_OUT: Init =
+    Init::Kaiming { dist: nn::init::NormalOrUniform::Normal, fan: nn::init::FanInOut::FanOut, non_linearity: nn::init::NonLinearity::ReLU };
+
+pub fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, bias: bool) -> Conv {
+    let ws = p.var("weight", &[cout, cin, k, k], FAN_OUT);
+    // PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    let bound = 1.0 / ((cin * k * k) as f64).sqrt();
+    let bs = bias.then(|| p.var("bias", &[cout], Init::Uniform { lo: -bound, up: bound }));
+    Conv { ws, bs, stride, padding }
+}
+
+impl nn::Module for Conv {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let k = x.kind();
+        let bs = self.bs.as_ref().map(|b| b.to_kind(k));
+        x.conv2d(&self.ws.to_kind(k), bs.as_ref(), [self.stride], [self.padding], [1], 1)
+    }
+}
+
+/// BatchNorm2d with PyTorch's defaults (weight 1, bias 0, eps 1e-5).
+pub fn bn(p: nn::Path, c: i64, momentum: f64) -> nn::BatchNorm {
+    nn::batch_norm2d(p, c, nn::BatchNormConfig { ws_init: Init::Const(1.0), momentum, ..Default::default() })
+}
+
+/// A fully connected layer (`weight` [out, in], optional `bias`).
+#[derive(Debug)]
+pub struct Linear {
+    ws: Tensor,
+    bs: Option<Tensor>,
+}
+
+pub fn linear(p: nn::Path, cin: i64, cout: i64, bias: bool) -> Linear {
+    let bound = 1.0 / (cin as f64).sqrt();
+    let ws = p.var("weight", &[cout, cin], Init::Uniform { lo: -bound, up: bound });
+    let bs = bias.then(|| p.var("bias", &[cout], Init::Uniform { lo: -bound, up: bound }));
+    Linear { ws, bs }
+}
+
+impl nn::Module for Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let k = x.kind();
+        let bs = self.bs.as_ref().map(|b| b.to_kind(k));
+        x.linear(&self.ws.to_kind(k), bs.as_ref())
+    }
+}

@@ -1,0 +1,210 @@
+//! Network definitions as plain functions over `nn::Path` (in the style of
+//! tch-rs `vision/resnet.rs`), each cut into named blocks.
+//!
+//! A [`Net`] is a list of [`Block`]s — `stem`, `layer1`..`layer4` or
+//! `group1`..`groupN`, `head`, as declared by
+//! [`cairn_kinds::train::ModelSpec::blocks`] — each owning the VarStore
+//! prefixes of its parameters. Training freezes blocks by prefix and runs a
+//! frozen prefix once to cache its features ([`Net::forward_to`]) and then
+//! trains the tail on them ([`Net::forward_from`]); Grad-CAM takes the
+//! activation of a named block the same way. Variable names follow
+//! torchvision (`conv1`, `bn1`, `layer1.0.conv1`, `fc`), so `.pth` /
+//! safetensors weights load without renaming.
+
+pub mod fast;
+pub mod layers;
+pub mod resnet;
+
+#[cfg(test)]
+mod interop_tests;
+
+use std::ops::Range;
+
+use cairn_kinds::train::{Arch, ModelSpec, Normalize, Stem};
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+use crate::ctx::{StageError, StageResult};
+
+/// One named stage of a network.
+pub struct Block {
+    pub name: String,
+    /// VarStore name prefixes (without the trailing `.`) of its variables.
+    pub prefixes: Vec<String>,
+    f: nn::FuncT<'static>,
+}
+
+impl Block {
+    pub fn new(name: &str, prefixes: &[&str], f: nn::FuncT<'static>) -> Self {
+        Self { name: name.into(), prefixes: prefixes.iter().map(|s| s.to_string()).collect(), f }
+    }
+
+    /// Whether VarStore variable `var` belongs to this block.
+    pub fn owns(&self, var: &str) -> bool {
+        self.prefixes.iter().any(|p| var.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('.')))
+    }
+}
+
+/// A network as a sequence of named blocks.
+pub struct Net {
+    pub blocks: Vec<Block>,
+}
+
+impl Net {
+    pub fn names(&self) -> Vec<&str> {
+        self.blocks.iter().map(|b| b.name.as_str()).collect()
+    }
+
+    pub fn index(&self, name: &str) -> StageResult<usize> {
+        self.blocks
+            .iter()
+            .position(|b| b.name == name)
+            .ok_or_else(|| StageError::new(format!("no block `{name}` (this model has: {})", self.names().join(", "))))
+    }
+
+    /// Runs blocks `range` on `x`; `train(i)` says whether block `i` runs in
+    /// training mode (BatchNorm batch statistics and running-stat updates).
+    pub fn forward_range(&self, x: &Tensor, range: Range<usize>, train: impl Fn(usize) -> bool) -> Tensor {
+        let mut x = x.shallow_clone();
+        for i in range {
+            x = nn::ModuleT::forward_t(&self.blocks[i].f, &x, train(i));
+        }
+        x
+    }
+
+    /// Input to logits.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_range(x, 0..self.blocks.len(), |_| train)
+    }
+
+    /// The activation after block `block` (inclusive).
+    pub fn forward_to(&self, x: &Tensor, block: &str, train: bool) -> StageResult<Tensor> {
+        let i = self.index(block)?;
+        Ok(self.forward_range(x, 0..i + 1, |_| train))
+    }
+
+    /// Logits from the activation after block `block`.
+    pub fn forward_from(&self, act: &Tensor, block: &str, train: bool) -> StageResult<Tensor> {
+        let i = self.index(block)?;
+        Ok(self.forward_range(act, i + 1..self.blocks.len(), |_| train))
+    }
+
+    /// The block owning VarStore variable `var`.
+    pub fn owner(&self, var: &str) -> Option<&Block> {
+        self.blocks.iter().find(|b| b.owns(var))
+    }
+}
+
+/// How batches are fed to a network: normalisation, compute dtype, device.
+#[derive(Clone, Copy, Debug)]
+pub struct Feed {
+    pub normalize: Normalize,
+    /// `Float`, or `BFloat16` for mixed precision (see [`layers`]).
+    pub kind: Kind,
+    pub device: Device,
+}
+
+impl Feed {
+    /// u8 images `[B, 3, H, W]` → normalised network input. Mixed precision
+    /// also switches to channels-last, the layout oneDNN's and cuDNN's bf16
+    /// kernels are fast in (tch has no `to(memory_format)`, so the layout is
+    /// made through a permuted copy, which gives the same strides).
+    pub fn input(&self, images: &Tensor) -> Tensor {
+        let mut x = images.to_device(self.device).to_kind(Kind::Float) / 255.0;
+        if let Some((mean, std)) = self.normalize.stats() {
+            let m = Tensor::from_slice(&mean).to_kind(Kind::Float).to_device(self.device).view([1, 3, 1, 1]);
+            let s = Tensor::from_slice(&std).to_kind(Kind::Float).to_device(self.device).view([1, 3, 1, 1]);
+            x = (x - m) / s;
+        }
+        let x = x.to_kind(self.kind);
+        if self.kind == Kind::Float {
+            x
+        } else {
+            x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+        }
+    }
+}
+
+/// fp32 logits of `net` (eval mode) for u8 `images`, computed in batches and
+/// returned on the CPU; with `tta_flip`, the mean of the image's and its
+/// mirror's logits.
+pub fn predict(net: &Net, images: &Tensor, feed: &Feed, batch: i64, tta_flip: bool) -> Tensor {
+    tch::no_grad(|| {
+        let n = images.size()[0];
+        let mut out = Vec::new();
+        for start in (0..n).step_by(batch.max(1) as usize) {
+            let x = feed.input(&images.narrow(0, start, batch.min(n - start)));
+            let mut y = net.forward_t(&x, false).to_kind(Kind::Float);
+            if tta_flip {
+                y = (y + net.forward_t(&x.flip([3]), false).to_kind(Kind::Float)) * 0.5;
+            }
+            out.push(y.to_device(Device::Cpu));
+        }
+        Tensor::cat(&out, 0)
+    })
+}
+
+/// Builds the network `spec` describes under `p`. `spec` must have been
+/// resolved by the kind's check (per-architecture defaults filled in).
+pub fn build(p: &nn::Path, spec: &ModelSpec) -> Net {
+    let nc = spec.num_classes;
+    let cifar = spec.stem == Some(Stem::Cifar);
+    match spec.arch {
+        Arch::Resnet18 => resnet::resnet18(p, nc, cifar),
+        Arch::Resnet50 => resnet::resnet50(p, nc, cifar),
+        Arch::Fast => fast::fast(p, nc, spec.widths.as_deref().unwrap_or(&fast::AIRBENCH94)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(arch: Arch, stem: Option<Stem>, widths: Option<Vec<i64>>) -> ModelSpec {
+        let s = ModelSpec { arch, num_classes: 10, stem, widths, normalize: cairn_kinds::train::Normalize::Cifar };
+        s.resolve("model").unwrap()
+    }
+
+    #[test]
+    fn blocks_match_declaration_and_own_every_variable() {
+        for s in [
+            spec(Arch::Resnet18, None, None),
+            spec(Arch::Resnet50, Some(Stem::Cifar), None),
+            spec(Arch::Fast, None, Some(vec![8, 16, 16])),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let net = build(&vs.root(), &s);
+            assert_eq!(net.names(), s.blocks().iter().map(|s| s.as_str()).collect::<Vec<_>>());
+            for name in vs.variables().keys() {
+                assert!(net.owner(name).is_some(), "{name} has no owning block");
+            }
+        }
+    }
+
+    #[test]
+    fn forward_to_then_from_equals_forward() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build(&vs.root(), &spec(Arch::Resnet18, Some(Stem::Cifar), None));
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let full = net.forward_t(&x, false);
+        assert_eq!(full.size(), [2, 10]);
+        let act = net.forward_to(&x, "layer3", false).unwrap();
+        assert_eq!(act.size(), [2, 256, 8, 8]);
+        let tail = net.forward_from(&act, "layer3", false).unwrap();
+        assert!(full.allclose(&tail, 1e-6, 1e-6, false));
+        assert!(net.forward_to(&x, "layer9", false).is_err());
+    }
+
+    #[test]
+    fn bf16_input_computes_in_bf16() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build(&vs.root(), &spec(Arch::Fast, None, Some(vec![8, 16])));
+        let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let lo = net.forward_t(&x.to_kind(Kind::BFloat16), true);
+        assert_eq!(lo.kind(), Kind::BFloat16);
+        let hi = net.forward_t(&x, true);
+        let diff = (lo.to_kind(Kind::Float) - &hi).abs().max().double_value(&[]);
+        assert!(diff < 0.05, "bf16 and fp32 logits differ by {diff}");
+    }
+}

@@ -1,0 +1,160 @@
+//! The bridge between tensor artifacts (`cairn::formats::tensor`, Arrow IPC
+//! files) and `tch::Tensor`.
+//!
+//! Loading allocates one contiguous CPU tensor and copies each record batch
+//! of the memory-mapped file into it with one `memcpy`; no element is copied
+//! on its own. Saving writes a contiguous CPU view of the tensor straight
+//! from libtorch's memory, in slices of rows, so a tensor is never held
+//! twice; tensors on a GPU come back to the host one slice at a time.
+
+use std::path::Path;
+
+use cairn::formats::tensor::{DType, TensorError, TensorFile, TensorWriter};
+use tch::{Device, Kind, Tensor};
+
+use crate::ctx::{StageError, StageResult};
+
+/// Rows moved from a GPU per copy when saving: bounds host memory.
+const SAVE_SLICE_BYTES: usize = 64 << 20;
+
+impl From<TensorError> for StageError {
+    fn from(e: TensorError) -> Self {
+        StageError::new(e.to_string())
+    }
+}
+
+/// The libtorch element type of a tensor artifact's dtype.
+pub fn kind_of(dtype: DType) -> Kind {
+    match dtype {
+        DType::U8 => Kind::Uint8,
+        DType::I32 => Kind::Int,
+        DType::I64 => Kind::Int64,
+        DType::F16 => Kind::Half,
+        DType::F32 => Kind::Float,
+        DType::F64 => Kind::Double,
+    }
+}
+
+/// The artifact dtype that stores a libtorch element type, if any.
+pub fn dtype_of(kind: Kind) -> StageResult<DType> {
+    Ok(match kind {
+        Kind::Uint8 => DType::U8,
+        Kind::Int => DType::I32,
+        Kind::Int64 => DType::I64,
+        Kind::Half => DType::F16,
+        Kind::Float => DType::F32,
+        Kind::Double => DType::F64,
+        other => {
+            return Err(StageError::new(format!(
+                "tensors of type {other:?} cannot be stored; convert to f32 (or u8/i64) first"
+            )))
+        }
+    })
+}
+
+fn shape_i64(shape: &[usize]) -> Vec<i64> {
+    shape.iter().map(|&d| d as i64).collect()
+}
+
+/// Loads a whole tensor artifact into a CPU tensor.
+pub fn load(path: &Path) -> StageResult<Tensor> {
+    let file = TensorFile::open(path)?;
+    load_rows(&file, 0, file.rows())
+}
+
+/// Loads rows `first..first + count` of an open tensor file into a CPU
+/// tensor of shape `[count, ...]` (for stages that work in slices).
+pub fn load_rows(file: &TensorFile, first: usize, count: usize) -> StageResult<Tensor> {
+    let mut shape = file.shape().to_vec();
+    shape[0] = count;
+    let t = Tensor::f_empty(shape_i64(&shape), (kind_of(file.dtype()), Device::Cpu))?;
+    let len = count * file.row_bytes();
+    if len > 0 {
+        // SAFETY: `t` is a freshly allocated, contiguous CPU tensor of
+        // exactly `len` bytes, and nothing else refers to it yet.
+        let dst = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) };
+        file.read_rows(first, dst)?;
+    }
+    Ok(t)
+}
+
+/// Appends a tensor's rows (its first axis) to an open writer. The tensor
+/// must have the writer's dtype and row shape; it may live on any device.
+pub fn write_rows(writer: &mut TensorWriter, t: &Tensor) -> StageResult<()> {
+    let rows = t.size().first().copied().unwrap_or(0);
+    if rows == 0 {
+        return Ok(());
+    }
+    let row_bytes = writer.row_bytes();
+    let step = if t.device() == Device::Cpu { rows } else { ((SAVE_SLICE_BYTES / row_bytes).max(1) as i64).min(rows) };
+    let mut start = 0;
+    while start < rows {
+        let n = step.min(rows - start);
+        let slice = t.f_narrow(0, start, n)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let len = n as usize * row_bytes;
+        if slice.numel() * slice.kind().elt_size_in_bytes() != len {
+            return Err(StageError::new(format!(
+                "tensor of shape {:?} ({:?}) does not match the artifact's {row_bytes}-byte rows",
+                t.size(),
+                t.kind()
+            )));
+        }
+        // SAFETY: `slice` is a contiguous CPU tensor of exactly `len` bytes
+        // and outlives this borrow.
+        let bytes = unsafe { std::slice::from_raw_parts(slice.data_ptr() as *const u8, len) };
+        writer.write_rows(bytes)?;
+        start += n;
+    }
+    Ok(())
+}
+
+/// Saves a tensor (any device, rank >= 1) as a tensor artifact.
+pub fn save(path: &Path, t: &Tensor) -> StageResult<()> {
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let Some((_, inner)) = shape.split_first() else {
+        return Err(StageError::new(format!("{}: cannot store a 0-dimensional tensor; reshape it to [1]", path.display())));
+    };
+    let mut writer = TensorWriter::create(path, dtype_of(t.kind())?, inner)?;
+    write_rows(&mut writer, t)?;
+    writer.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_dtype_through_tch() {
+        let dir = tempfile::tempdir().unwrap();
+        for dtype in DType::ALL {
+            let t = Tensor::arange(2 * 3 * 4, (Kind::Int64, Device::Cpu)).reshape([2, 3, 4]).to_kind(kind_of(dtype));
+            let path = dir.path().join(format!("{dtype}.arrow"));
+            save(&path, &t).unwrap();
+            let back = load(&path).unwrap();
+            assert_eq!(back.size(), vec![2, 3, 4]);
+            assert_eq!(back.kind(), t.kind());
+            assert!(back.equal(&t), "{dtype}");
+        }
+    }
+
+    #[test]
+    fn saves_non_contiguous_views_and_loads_row_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.arrow");
+        let t = Tensor::arange(5 * 6, (Kind::Float, Device::Cpu)).reshape([6, 5]).transpose(0, 1);
+        save(&path, &t).unwrap();
+        let file = TensorFile::open(&path).unwrap();
+        assert_eq!(file.shape(), &[5, 6]);
+        assert!(load_rows(&file, 1, 3).unwrap().equal(&t.narrow(0, 1, 3)));
+        assert!(load_rows(&file, 4, 2).is_err(), "rows past the end must fail");
+    }
+
+    #[test]
+    fn refuses_unstorable_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = save(&dir.path().join("b.arrow"), &Tensor::ones([2], (Kind::BFloat16, Device::Cpu))).unwrap_err();
+        assert!(err.to_string().contains("convert to f32"), "{err}");
+        assert!(save(&dir.path().join("s.arrow"), &Tensor::from(1.0f32)).is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! Shuffling and augmentation for the training loop, driven by a seeded
+//! SplitMix64 generator of our own rather than libtorch's RNG.
+//!
+//! Every random decision (epoch order, per-image flip, per-image shift) is
+//! drawn here, on one thread, in a fixed order, so a run's data stream
+//! depends only on the stage seed — not on libtorch's generator state, the
+//! thread count or the device — and the same seed gives the same batches.
+//! Augmentations act on the u8 images before normalisation: a flip mirrors
+//! the width axis; a translation pads with zeros by `t` pixels and crops
+//! back at a random offset (the pad-and-crop of the CIFAR speed-run nets).
+
+use cairn_kinds::train::Augment;
+use tch::{Kind, Tensor};
+
+/// SplitMix64 (Steele, Lea & Flood 2014): tiny, fast, good enough to
+/// shuffle and to pick augmentations, and fully specified.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0); the modulo bias is below 2^-40 for the
+    /// sizes used here.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A uniformly random permutation of `0..n` (Fisher–Yates).
+    pub fn permutation(&mut self, n: usize) -> Vec<i64> {
+        let mut v: Vec<i64> = (0..n as i64).collect();
+        for i in (1..n).rev() {
+            v.swap(i, self.below(i as u64 + 1) as usize);
+        }
+        v
+    }
+}
+
+/// One batch's augmentation decisions.
+pub struct Draw {
+    pub flip: Vec<bool>,
+    /// (dy, dx) crop offsets into the padded image, in `0..=2t`.
+    pub shift: Vec<(i64, i64)>,
+}
+
+pub fn draw(rng: &mut Rng, aug: &Augment, n: usize) -> Draw {
+    let flip = (0..n).map(|_| aug.flip && rng.below(2) == 1).collect();
+    let span = 2 * aug.translate as u64 + 1;
+    let shift = (0..n)
+        .map(|_| if aug.translate > 0 { (rng.below(span) as i64, rng.below(span) as i64) } else { (aug.translate as i64, aug.translate as i64) })
+        .collect();
+    Draw { flip, shift }
+}
+
+/// Applies `d` to u8 images `[B, C, H, W]`, translating by up to `t` px.
+pub fn apply(images: &Tensor, d: &Draw, t: u32) -> Tensor {
+    let mask = Tensor::from_slice(&d.flip.iter().map(|&f| f as u8).collect::<Vec<_>>()).to_kind(Kind::Bool).view([-1, 1, 1, 1]);
+    let x = if d.flip.iter().any(|&f| f) { images.flip([3]).where_self(&mask, images) } else { images.shallow_clone() };
+    if t == 0 {
+        return x;
+    }
+    let (h, w) = (x.size()[2], x.size()[3]);
+    let t = t as i64;
+    let padded = x.constant_pad_nd([t, t, t, t]);
+    let crops: Vec<Tensor> = d.shift.iter().enumerate().map(|(i, &(dy, dx))| padded.get(i as i64).narrow(1, dy, h).narrow(2, dx, w)).collect();
+    Tensor::stack(&crops, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_is_seeded_and_complete() {
+        let a = Rng::new(7).permutation(100);
+        assert_eq!(a, Rng::new(7).permutation(100));
+        assert_ne!(a, Rng::new(8).permutation(100));
+        let mut s = a.clone();
+        s.sort();
+        assert_eq!(s, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn flip_and_shift_move_pixels() {
+        let x = Tensor::arange(2 * 4 * 4, (Kind::Uint8, tch::Device::Cpu)).view([2, 1, 4, 4]);
+        let d = Draw { flip: vec![true, false], shift: vec![(1, 1), (0, 2)] };
+        let y = apply(&x, &d, 1);
+        // Image 0: mirrored, no net shift.
+        assert!(y.get(0).equal(&x.get(0).flip([2])));
+        // Image 1: shifted left by one column (crop at dx = 2 of a 1-px pad), top row zero-filled.
+        assert_eq!(y.get(1).get(0).get(0).int64_value(&[0]), 0);
+        assert_eq!(y.get(1).get(0).get(1).int64_value(&[0]), x.get(1).get(0).get(0).int64_value(&[1]));
+        assert_eq!(y.get(1).get(0).get(1).int64_value(&[3]), 0);
+    }
+}

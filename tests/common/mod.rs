@@ -1,0 +1,79 @@
+//! Shared helpers for the engine's end-to-end tests: a throwaway project
+//! directory and a way to run the real `cairn` binary in it. Only the
+//! `command` kind is used, so these tests need no libtorch.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+    /// The status word printed for a stage in `cairn run` output.
+    pub fn outcome(&self, stage: &str) -> Option<String> {
+        self.stderr.lines().find_map(|l| {
+            let mut parts = l.split_whitespace();
+            let first = parts.next()?;
+            let (word, name) = if first == "would" { ("would run".to_string(), { parts.next(); parts.next()? }) } else { (first.to_string(), parts.next()?) };
+            (name == stage && matches!(word.as_str(), "ran" | "cached" | "FAILED" | "skipped" | "would run" | "interrupted")).then_some(word)
+        })
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Project {
+    pub fn new(pipeline: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn read_artifact(&self, stage: &str, file: &str) -> String {
+        std::fs::read_to_string(self.path().join("artifacts").join(stage).join(file)).unwrap_or_default()
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.current_dir(self.path()).args(args).env_remove("CAIRN_CACHE_DIR").env("CUDA_VISIBLE_DEVICES", "");
+        c
+    }
+
+    pub fn cairn(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().expect("cairn runs").into()
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.path().join("cache")
+    }
+}

@@ -1,0 +1,287 @@
+//! End-to-end behaviour of the engine through the `cairn` binary.
+
+mod common;
+
+use common::Project;
+
+/// a → b → c, and d alone. `b` copies a's output with a tunable suffix.
+const CHAIN: &str = r#"
+[pipeline]
+name = "chain"
+seed = 7
+
+[stages.a]
+kind = "command"
+cmd = "echo hello > {out.text}"
+outputs = { text = "a.txt" }
+
+[stages.b]
+kind = "command"
+cmd = "cat {in.src} > {out.text}; echo $SUFFIX >> {out.text}"
+inputs = { src = "a.text" }
+outputs = { text = "b.txt" }
+env = { SUFFIX = "one" }
+
+[stages.c]
+kind = "command"
+cmd = "wc -c < {in.src} > {out.count}"
+inputs = { src = "b.text" }
+outputs = { count = "count.txt" }
+
+[stages.d]
+kind = "command"
+cmd = "echo independent > {out.text}"
+outputs = { text = "d.txt" }
+"#;
+
+#[test]
+fn rerun_is_a_cache_hit() {
+    let p = Project::new(CHAIN);
+    let first = p.cairn(&["run"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    for s in ["a", "b", "c", "d"] {
+        assert_eq!(first.outcome(s).as_deref(), Some("ran"), "{s}: {}", first.all());
+    }
+    assert_eq!(p.read_artifact("b", "text.txt"), "hello\none\n");
+    let second = p.cairn(&["run"]);
+    assert_eq!(second.code, 0);
+    for s in ["a", "b", "c", "d"] {
+        assert_eq!(second.outcome(s).as_deref(), Some("cached"), "{s}: {}", second.all());
+    }
+}
+
+#[test]
+fn param_change_reruns_exactly_the_stage_and_descendants() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let r = p.cairn(&["run", "--set", "b.env.SUFFIX=two"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.outcome("a").as_deref(), Some("cached"));
+    assert_eq!(r.outcome("b").as_deref(), Some("ran"));
+    assert_eq!(r.outcome("c").as_deref(), Some("ran"));
+    assert_eq!(r.outcome("d").as_deref(), Some("cached"));
+    assert_eq!(p.read_artifact("b", "text.txt"), "hello\ntwo\n");
+}
+
+#[test]
+fn identical_outputs_cut_off_downstream() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    // A different command with byte-identical output: b re-runs, c does not.
+    let r = p.cairn(&["run", "--set", "b.cmd=cat {in.src} > {out.text} && echo $SUFFIX >> {out.text}"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.outcome("b").as_deref(), Some("ran"));
+    assert_eq!(r.outcome("c").as_deref(), Some("cached"), "{}", r.all());
+}
+
+#[test]
+fn force_and_dry_run() {
+    let p = Project::new(CHAIN);
+    let dry = p.cairn(&["run", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert_eq!(dry.outcome("a").as_deref(), Some("would run"));
+    assert_eq!(dry.outcome("b").as_deref(), Some("skipped"));
+    assert!(!p.cache().join("manifests").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false), "dry run wrote a manifest");
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let forced = p.cairn(&["run", "--force", "a"]);
+    assert_eq!(forced.outcome("a").as_deref(), Some("ran"));
+    // a's output is identical, so b stays cached.
+    assert_eq!(forced.outcome("b").as_deref(), Some("cached"));
+    let json = p.cairn(&["run", "--dry-run", "--json", "--set", "d.cmd=echo x > {out.text}"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("json summary");
+    let d = v["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "d").unwrap();
+    assert_eq!(d["status"], "would_run");
+}
+
+#[test]
+fn explain_names_each_changed_field() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let e = p.cairn(&["explain", "b", "--set", "b.env.SUFFIX=two"]);
+    assert_eq!(e.code, 0, "{}", e.all());
+    assert!(e.stdout.contains("param `env.SUFFIX` \"one\" → \"two\""), "{}", e.stdout);
+    let c = p.cairn(&["explain", "c", "--set", "b.env.SUFFIX=two"]);
+    assert!(c.stdout.contains("upstream stage `b` is stale"), "{}", c.stdout);
+    let fresh = p.cairn(&["explain", "c"]);
+    assert!(fresh.stdout.contains("is fresh"), "{}", fresh.stdout);
+    let status = p.cairn(&["status", "--set", "b.env.SUFFIX=two"]);
+    assert!(status.stdout.contains("stale      b"), "{}", status.stdout);
+    assert!(status.stdout.contains("fresh      a"), "{}", status.stdout);
+}
+
+#[test]
+fn cycle_is_reported_with_location() {
+    let p = Project::new(
+        r#"
+[stages.x]
+kind = "command"
+cmd = "cat {in.i} > {out.o}"
+inputs = { i = "y.o" }
+outputs = { o = "o" }
+
+[stages.y]
+kind = "command"
+cmd = "cat {in.i} > {out.o}"
+inputs = { i = "x.o" }
+outputs = { o = "o" }
+"#,
+    );
+    let r = p.cairn(&["status"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("cycle"), "{}", r.stderr);
+    assert!(r.stderr.contains("x → y → x") || r.stderr.contains("y → x → y"), "{}", r.stderr);
+    assert!(r.stderr.contains("pipeline.toml:"), "{}", r.stderr);
+}
+
+#[test]
+fn type_errors_point_at_file_line_col() {
+    let p = Project::new("[stages.a]\nkind = \"command\"\ncmd = 42\noutputs = { o = \"o\" }\n");
+    let r = p.cairn(&["status"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("pipeline.toml:3:7"), "{}", r.stderr);
+    assert!(r.stderr.contains("invalid type"), "{}", r.stderr);
+
+    let p = Project::new("[stages.a]\nkind = \"comand\"\n");
+    let r = p.cairn(&["status"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("pipeline.toml:2:8"), "{}", r.stderr);
+    assert!(r.stderr.contains("did you mean `command`"), "{}", r.stderr);
+
+    let p = Project::new("[stages.a]\nkind = \"command\"\ncmd = \"true\"\noutputs = { o = \"o\" }\nbogus = 1\n");
+    let r = p.cairn(&["status"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("pipeline.toml:5:9"), "{}", r.stderr);
+
+    let p = Project::new("[stages.a]\nkind = \"command\"\ncmd = \"cat {in.x} > {out.o}\"\ninputs = { x = \"nope.o\" }\noutputs = { o = \"o\" }\n");
+    let r = p.cairn(&["status"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("`nope`, which is not a stage"), "{}", r.stderr);
+
+    let r = Project::new(CHAIN).cairn(&["status", "--set", "b.env=3"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--set b.env=3"), "{}", r.stderr);
+}
+
+#[test]
+fn concurrent_runs_wait_or_fail_cleanly() {
+    let p = Project::new(
+        r#"
+[stages.slow]
+kind = "command"
+cmd = "sleep 2; echo done > {out.o}"
+outputs = { o = "o.txt" }
+"#,
+    );
+    let mut first = p.cmd(&["run"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let refused = p.cairn(&["run", "--no-wait"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("locked by another cairn process"), "{}", refused.stderr);
+    // status and inspect read without the lock.
+    assert_eq!(p.cairn(&["status"]).code, 0);
+    let waiter = p.cairn(&["run"]);
+    assert!(first.wait().unwrap().success());
+    assert_eq!(waiter.code, 0, "{}", waiter.all());
+    assert!(waiter.stderr.contains("waiting for another cairn process"), "{}", waiter.stderr);
+    assert_eq!(waiter.outcome("slow").as_deref(), Some("cached"));
+}
+
+#[test]
+fn gc_keeps_what_is_referenced() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    assert_eq!(p.cairn(&["run", "--set", "b.env.SUFFIX=two"]).code, 0);
+    let dry = p.cairn(&["gc", "--dry-run", "--keep-runs", "0"]);
+    // Only b's "two" output is unreferenced: c counts the same bytes either way.
+    assert!(dry.stdout.contains("would delete 1 object(s)"), "{}", dry.all());
+    let gc = p.cairn(&["gc", "--keep-runs", "0"]);
+    assert_eq!(gc.code, 0, "{}", gc.all());
+    assert!(gc.stdout.contains("deleted 1 object(s)"), "{}", gc.stdout);
+    let again = p.cairn(&["run"]);
+    for s in ["a", "b", "c", "d"] {
+        assert_eq!(again.outcome(s).as_deref(), Some("cached"), "{s}: {}", again.all());
+    }
+    // Keeping the last run keeps the superseded outputs too.
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run", "--set", "b.env.SUFFIX=two"]).code, 0);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let kept = p.cairn(&["gc", "--dry-run", "--keep-runs", "2"]);
+    assert!(kept.stdout.contains("would delete 0 object(s)"), "{}", kept.stdout);
+}
+
+#[test]
+fn verify_catches_nondeterminism() {
+    let p = Project::new(
+        r#"
+[stages.stable]
+kind = "command"
+cmd = "echo same > {out.o}"
+outputs = { o = "o.txt" }
+
+[stages.noisy]
+kind = "command"
+cmd = "date +%s%N > {out.o}"
+outputs = { o = "o.txt" }
+"#,
+    );
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let ok = p.cairn(&["verify", "stable"]);
+    assert_eq!(ok.code, 0, "{}", ok.all());
+    assert!(ok.stdout.contains("identical  stable"));
+    let bad = p.cairn(&["verify"]);
+    assert_eq!(bad.code, 1, "{}", bad.all());
+    assert!(bad.stdout.contains("DIFFERS    noisy"), "{}", bad.stdout);
+}
+
+#[test]
+fn failing_and_incomplete_stages_are_never_cached() {
+    let p = Project::new(
+        r#"
+[stages.bad]
+kind = "command"
+cmd = "echo partial > {out.o}; echo 'boom: disk on fire' >&2; exit 3"
+outputs = { o = "o.txt" }
+
+[stages.lazy]
+kind = "command"
+cmd = "true"
+outputs = { o = "o.txt" }
+
+[stages.after]
+kind = "command"
+cmd = "cat {in.i} > {out.o}"
+inputs = { i = "bad.o" }
+outputs = { o = "o.txt" }
+"#,
+    );
+    let r = p.cairn(&["run"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("boom: disk on fire"), "{}", r.stderr);
+    assert!(r.stderr.contains("did not write declared output `o`"), "{}", r.stderr);
+    assert_eq!(r.outcome("after").as_deref(), Some("skipped"));
+    let again = p.cairn(&["run"]);
+    assert_eq!(again.outcome("bad").as_deref(), Some("FAILED"), "{}", again.all());
+}
+
+#[test]
+fn external_inputs_are_hashed_by_content() {
+    let p = Project::new(
+        r#"
+[stages.read]
+kind = "command"
+cmd = "cat {in.data} > {out.o}"
+inputs = { data = { file = "data/input.txt" } }
+outputs = { o = "o.txt" }
+"#,
+    );
+    let missing = p.cairn(&["run"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("data/input.txt does not exist"), "{}", missing.stderr);
+    p.write("data/input.txt", "v1\n");
+    assert_eq!(p.cairn(&["run"]).outcome("read").as_deref(), Some("ran"));
+    assert_eq!(p.cairn(&["run"]).outcome("read").as_deref(), Some("cached"));
+    p.write("data/input.txt", "v2\n");
+    let r = p.cairn(&["explain", "read"]);
+    assert!(r.stdout.contains("input `data` changed"), "{}", r.stdout);
+    assert_eq!(p.cairn(&["run"]).outcome("read").as_deref(), Some("ran"));
+}
