@@ -254,6 +254,10 @@ fn resolve_inputs(
         }
         let slot_names: Vec<&str> = c.inputs.iter().map(|s| s.name.as_str()).collect();
         for (slot, refs) in &inputs {
+            // Slots a param implies are the kind's own doing, not declared ones.
+            if c.implied_inputs.iter().any(|(s, _)| s == slot) {
+                continue;
+            }
             let Some(decl) = c.inputs.iter().find(|s| &s.name == slot) else {
                 let help = match diag::closest(slot, slot_names.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`?"),

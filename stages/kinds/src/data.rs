@@ -197,6 +197,15 @@ pub struct ResizeParams {
     /// params always hold the concrete value.
     #[serde(default)]
     pub antialias: Option<bool>,
+    /// The image tensors to resize, each an input slot and an output of the
+    /// same name (e.g. `["train", "val", "test"]`), so one stage resizes
+    /// every split with one set of params.
+    #[serde(default = "default_splits")]
+    pub splits: Vec<String>,
+}
+
+fn default_splits() -> Vec<String> {
+    vec!["images".to_string()]
 }
 
 impl ResizeParams {
@@ -235,10 +244,19 @@ impl Kind for Resize {
         // implicit or spelling it out gives the same key.
         p.antialias = Some(p.antialias());
         let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
+        if p.splits.is_empty() {
+            return Err(ParamError::at(&["splits"], "name at least one split to resize"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &p.splits {
+            if !seen.insert(s) {
+                return Err(ParamError::at(&["splits"], format!("`{s}` is listed twice")));
+            }
+        }
         Ok(Plan {
             params,
-            inputs: vec![Slot::one("images")],
-            outputs: vec![Out::new("images", "tensor")],
+            inputs: p.splits.iter().map(|s| Slot::one(s)).collect(),
+            outputs: p.splits.iter().map(|s| Out::new(s.clone(), "tensor")).collect(),
             implied: vec![],
         })
     }

@@ -22,7 +22,17 @@ const SLICE_BYTES: usize = 64 << 20;
 
 pub fn resize(ctx: &mut WorkerCtx) -> StageResult {
     let params: ResizeParams = ctx.params()?;
-    let input = TensorFile::open(ctx.input("images")?)?;
+    let mut total = 0;
+    for split in &params.splits {
+        total += resize_one(ctx, &params, split)?;
+    }
+    ctx.metric("images", total as f64);
+    Ok(())
+}
+
+/// Resizes the tensor in slot `split` into the output of the same name.
+fn resize_one(ctx: &WorkerCtx, params: &ResizeParams, split: &str) -> StageResult<usize> {
+    let input = TensorFile::open(ctx.input(split)?)?;
     let &[n, c, h, w] = input.shape() else {
         return Err(StageError::new(format!(
             "{}: resize needs N×C×H×W images, got shape {:?}",
@@ -39,19 +49,18 @@ pub fn resize(ctx: &mut WorkerCtx) -> StageResult {
     }
     let out_row = c * params.size * params.size;
     let slice = (SLICE_BYTES / out_row.max(1)).clamp(1, n.max(1));
-    let mut writer = TensorWriter::create(ctx.output("images")?, DType::U8, &[c, params.size, params.size])?;
+    let mut writer = TensorWriter::create(ctx.output(split)?, DType::U8, &[c, params.size, params.size])?;
     let mut first = 0;
     while first < n {
         let count = slice.min(n - first);
         let images = tensors::load_rows(&input, first, count)?.to_device(ctx.device);
-        let resized = resample(&images, &params)?;
+        let resized = resample(&images, params)?;
         tensors::write_rows(&mut writer, &resized)?;
         first += count;
-        ctx.progress(format!("resized {first}/{n} images {h}×{w} → {0}×{0}", params.size));
+        ctx.progress(format!("{split}: resized {first}/{n} images {h}×{w} → {0}×{0}", params.size));
     }
     writer.finish()?;
-    ctx.metric("images", n as f64);
-    Ok(())
+    Ok(n)
 }
 
 /// Resamples a u8 `N×C×H×W` batch to `size×size`.
