@@ -15,8 +15,13 @@ setup:
 
 build: setup
 
+# Offline dev and CI machines carry CIFAR-10 as an image-folder archive
+# beside the checkout; use it when present, else the official download.
+SHARED_CIFAR := $(wildcard ../shared/data/cifar10-jpg.tar.gz)
+RUN_FLAGS ?= $(if $(SHARED_CIFAR),--set load.source=$(SHARED_CIFAR))
+
 run: setup
-	./target/release/cairn run
+	./target/release/cairn run $(RUN_FLAGS)
 
 test: setup
 	$(CARGO) test $(CARGO_FLAGS) --workspace

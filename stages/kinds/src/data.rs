@@ -309,7 +309,7 @@ mod tests {
     #[test]
     fn resize_checks_mode_and_antialias() {
         let plan = Resize.check(&json!({"size": 224})).unwrap();
-        assert_eq!(plan.params, json!({"size": 224, "mode": "bilinear", "antialias": true}));
+        assert_eq!(plan.params, json!({"size": 224, "mode": "bilinear", "antialias": true, "splits": ["images"]}));
         let nearest = Resize.check(&json!({"size": 224, "mode": "nearest"})).unwrap();
         assert_eq!(nearest.params["antialias"], false);
         let explicit = Resize.check(&json!({"size": 224, "antialias": true})).unwrap();
@@ -318,5 +318,8 @@ mod tests {
         assert_eq!(err.path, ["antialias"]);
         assert!(Resize.check(&json!({"size": 0})).is_err());
         assert!(Resize.check(&json!({"size": 64, "mode": "area", "antialias": false})).is_ok());
+        let multi = Resize.check(&json!({"size": 32, "splits": ["train", "test"]})).unwrap();
+        assert_eq!(multi.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["train", "test"]);
+        assert!(Resize.check(&json!({"size": 32, "splits": ["train", "train"]})).is_err());
     }
 }

@@ -379,7 +379,9 @@ fn resize_matches_libtorch_for_every_mode_and_keeps_u8() {
     let bilinear = super::resize::resample(&images, &serde_json::from_value(json!({"size": 12, "antialias": false})).unwrap()).unwrap();
     let float = images.to_kind(Kind::Float).upsample_bilinear2d([12, 12], false, None, None);
     let diff = (bilinear.to_kind(Kind::Float) - float).abs().max().double_value(&[]);
-    assert!(diff <= 1.0, "u8 bilinear is {diff} away from f32 bilinear");
+    // One u8 step: libtorch's u8 kernel uses fixed-point weights, and the
+    // f32 reference itself carries float error of order 1e-5.
+    assert!(diff <= 1.0 + 1e-3, "u8 bilinear is {diff} away from f32 bilinear");
     // Area on an exact 2× shrink is the 2×2 mean, rounded.
     let area = super::resize::resample(&images, &serde_json::from_value(json!({"size": 4, "mode": "area", "antialias": false})).unwrap()).unwrap();
     let mean = images.to_kind(Kind::Float).avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>).round().to_kind(Kind::Uint8);
