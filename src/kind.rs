@@ -88,11 +88,15 @@ pub struct OutputDecl {
     pub ty: ArtifactType,
     /// File extension without the dot.
     pub ext: String,
+    /// Holds wall-clock measurements, so re-execution is not expected to
+    /// reproduce it bit for bit (`cairn verify` reports but tolerates it).
+    #[serde(default)]
+    pub volatile: bool,
 }
 
 impl OutputDecl {
     pub fn new(name: impl Into<String>, ty: ArtifactType) -> Self {
-        Self { name: name.into(), ty, ext: ty.default_ext().to_string() }
+        Self { name: name.into(), ty, ext: ty.default_ext().to_string(), volatile: false }
     }
     pub fn file_name(&self) -> String {
         format!("{}.{}", self.name, self.ext)

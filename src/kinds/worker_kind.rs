@@ -75,7 +75,12 @@ impl StageKind for WorkerKind {
             .iter()
             .map(|o| {
                 let ty: ArtifactType = o.ty.parse().map_err(|m: String| ParamError::new(vec![], m))?;
-                Ok(OutputDecl { name: o.name.clone(), ty, ext: o.ext.map(str::to_string).unwrap_or_else(|| ty.default_ext().into()) })
+                Ok(OutputDecl {
+                    name: o.name.clone(),
+                    ty,
+                    ext: o.ext.map(str::to_string).unwrap_or_else(|| ty.default_ext().into()),
+                    volatile: o.volatile,
+                })
             })
             .collect::<Result<Vec<_>, ParamError>>()?;
         let implied_inputs = plan

@@ -60,14 +60,22 @@ pub struct Out {
     pub name: String,
     pub ty: &'static str,
     pub ext: Option<&'static str>,
+    /// Holds wall-clock measurements (seconds, images/s), so it is not
+    /// expected to be bit-identical across runs; `cairn verify` reports it
+    /// but does not fail on it.
+    pub volatile: bool,
 }
 
 impl Out {
     pub fn new(name: impl Into<String>, ty: &'static str) -> Self {
-        Self { name: name.into(), ty, ext: None }
+        Self { name: name.into(), ty, ext: None, volatile: false }
+    }
+    /// An output that records timings; see [`Out::volatile`].
+    pub fn timed(name: impl Into<String>, ty: &'static str) -> Self {
+        Self { name: name.into(), ty, ext: None, volatile: true }
     }
     pub fn with_ext(name: impl Into<String>, ty: &'static str, ext: &'static str) -> Self {
-        Self { name: name.into(), ty, ext: Some(ext) }
+        Self { name: name.into(), ty, ext: Some(ext), volatile: false }
     }
 }
 

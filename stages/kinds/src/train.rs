@@ -406,7 +406,7 @@ impl Kind for Train {
             inputs.push(Slot::optional("init"));
             implied.push(("init".to_string(), i));
         }
-        let mut outputs = vec![Out::new("model", "model"), Out::new("history", "table"), Out::new("summary", "table")];
+        let mut outputs = vec![Out::new("model", "model"), Out::timed("history", "table"), Out::timed("summary", "table")];
         if p.caches_features() {
             outputs.push(Out::new("features", "tensor"));
         }

@@ -1,0 +1,180 @@
+//! Crashes, interrupts, corruption and hostile pipelines must never lose a
+//! finished result nor produce a wrong one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Project;
+
+const SLOW_CHAIN: &str = r#"
+[stages.fast]
+kind = "command"
+cmd = "echo first > {out.o}"
+outputs = { o = "o.txt" }
+
+[stages.slow]
+kind = "command"
+cmd = "cat {in.i} > {out.o}; sleep 3; echo done >> {out.o}"
+inputs = { i = "fast.o" }
+outputs = { o = "o.txt" }
+"#;
+
+fn wait_for(p: &Project, pattern: &str) {
+    for _ in 0..200 {
+        if std::fs::read_dir(p.cache().join("tmp")).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(pattern))).unwrap_or(false) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("stage {pattern} never started");
+}
+
+#[test]
+fn sigkill_mid_stage_loses_nothing_finished() {
+    let p = Project::new(SLOW_CHAIN);
+    let mut child = p.cmd(&["run"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_for(&p, "slow-");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let status = p.cairn(&["status"]);
+    assert!(status.stdout.contains("fresh      fast"), "{}", status.stdout);
+    assert!(status.stdout.contains("never run  slow"), "{}", status.stdout);
+    let resumed = p.cairn(&["run"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.all());
+    assert_eq!(resumed.outcome("fast").as_deref(), Some("cached"));
+    assert_eq!(resumed.outcome("slow").as_deref(), Some("ran"));
+    // The killed run's scratch files are gone.
+    let leftovers: Vec<_> = std::fs::read_dir(p.cache().join("tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn sigint_abandons_the_running_stage_and_says_what_was_kept() {
+    let p = Project::new(SLOW_CHAIN);
+    let child = p.cmd(&["run"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    wait_for(&p, "slow-");
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(stderr.contains("1 finished stage(s) are cached"), "{stderr}");
+    let status = p.cairn(&["status"]);
+    assert!(status.stdout.contains("never run  slow"), "{}", status.stdout);
+}
+
+#[test]
+fn corrupt_objects_are_detected_and_recomputed() {
+    let p = Project::new(SLOW_CHAIN.replace("sleep 3; ", "").as_str());
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    // Damage fast's output object (objects are read-only; force it).
+    let manifests: Vec<_> = std::fs::read_dir(p.cache().join("objects")).unwrap().flatten().collect();
+    assert!(!manifests.is_empty());
+    let fast_out = p.path().join("artifacts/fast/o.txt");
+    let object = std::fs::canonicalize(&fast_out).unwrap();
+    let target = find_object_with(&p, &std::fs::read(&object).unwrap());
+    let mut perms = std::fs::metadata(&target).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&target, perms).unwrap();
+    std::fs::write(&target, b"tampered\n").unwrap();
+
+    let verify = p.cairn(&["cache", "verify"]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    assert!(verify.stdout.contains("damaged"), "{}", verify.stdout);
+
+    // `slow` must re-run (forced) and must not read the tampered bytes.
+    let r = p.cairn(&["run", "--force", "slow"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("damaged"), "{}", r.stderr);
+    assert_eq!(p.read_artifact("slow", "o.txt"), "first\ndone\n");
+    assert_eq!(p.cairn(&["cache", "verify"]).code, 0);
+}
+
+fn find_object_with(p: &Project, bytes: &[u8]) -> std::path::PathBuf {
+    for shard in std::fs::read_dir(p.cache().join("objects")).unwrap().flatten() {
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            if std::fs::read(f.path()).unwrap() == bytes {
+                return f.path();
+            }
+        }
+    }
+    panic!("object not found");
+}
+
+#[test]
+fn damaged_manifest_is_a_miss_with_a_warning() {
+    let p = Project::new(SLOW_CHAIN.replace("sleep 3; ", "").as_str());
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    for m in std::fs::read_dir(p.cache().join("manifests")).unwrap().flatten() {
+        std::fs::write(m.path(), b"{ not json").unwrap();
+    }
+    let r = p.cairn(&["run"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("is damaged"), "{}", r.stderr);
+    assert_eq!(r.outcome("fast").as_deref(), Some("ran"));
+}
+
+#[test]
+fn unwritable_cache_fails_clearly_and_keeps_results() {
+    // Tests run as root, which ignores permission bits; a file where the
+    // cache directory must be fails the same way a read-only mount does.
+    let p = Project::new(SLOW_CHAIN.replace("sleep 3; ", "").as_str());
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    std::fs::write(p.path().join("notadir"), b"").unwrap();
+    let r = p.cairn(&["--cache-dir", "notadir/cache", "run"]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stderr.contains("notadir/cache"), "{}", r.stderr);
+    // The real cache is untouched and still serves hits.
+    assert_eq!(p.cairn(&["run"]).outcome("slow").as_deref(), Some("cached"));
+}
+
+fn hostile(toml: &str) -> common::Run {
+    Project::new(toml).cairn(&["status"])
+}
+
+#[test]
+fn hostile_pipelines_get_exit_2_and_a_location() {
+    let cases = [
+        ("[stages.\"../../etc\"]\nkind = \"command\"\n", "invalid stage name"),
+        ("[stages.a]\nkind = \"command\"\ncmd = \"true\"\noutputs = { \"../x\" = \"o\" }\n", "pipeline.toml:"),
+        ("[stages.a]\nkind = \"command\"\ncmd = \"true\"\noutputs = { o = \"../../etc/passwd\" }\n", "plain file name"),
+        ("[stages.a]\nkind = \"command\"\ncmd = \"true\"\noutputs = { o = \"o\" }\nx = nan\n", "NaN"),
+        ("[stages.a]\nkind = \"command\"\ncmd = 99999999999999999999\n", "pipeline.toml:3"),
+        ("[stages.a]\nkind = \"resize\"\nsize = 1e308\n", "pipeline.toml:"),
+        ("[stages.é]\nkind = \"command\"\n", "invalid TOML"),
+        ("[stages.\"é\"]\nkind = \"command\"\n", "invalid stage name"),
+        ("[profiles.a]\nextends = \"b\"\n[profiles.b]\nextends = \"a\"\n[stages.s]\nkind = \"command\"\ncmd = \"true\"\noutputs = { o = \"o\" }\n", "cycle"),
+    ];
+    for (toml, want) in cases {
+        let r = if toml.contains("profiles") { Project::new(toml).cairn(&["status", "--profile", "a"]) } else { hostile(toml) };
+        assert_eq!(r.code, 2, "{toml}\n{}", r.all());
+        assert!(r.stderr.contains(want), "{toml}\nwanted {want:?} in\n{}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+    let deep = format!("[stages.a]\nkind = \"command\"\nx = {}1{}\n", "[".repeat(200), "]".repeat(200));
+    let r = hostile(&deep);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(!r.stderr.contains("panicked"));
+}
+
+#[test]
+fn thousands_of_stages_load_quickly() {
+    let mut toml = String::new();
+    for i in 0..3000 {
+        if i == 0 {
+            toml.push_str("[stages.s0]\nkind = \"command\"\ncmd = \"echo 0 > {out.o}\"\noutputs = { o = \"o\" }\n");
+        } else {
+            toml.push_str(&format!(
+                "[stages.s{i}]\nkind = \"command\"\ncmd = \"cat {{in.i}} > {{out.o}}\"\noutputs = {{ o = \"o\" }}\ninputs = {{ i = \"s{}.o\" }}\n",
+                i - 1
+            ));
+        }
+    }
+    let p = Project::new(&toml);
+    let r = p.cairn(&["dag"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(r.stdout.lines().count(), 3000);
+}
