@@ -17,7 +17,6 @@
 //! A non-zero exit or a missing output fails the stage; neither is cached.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::process::{Command as Proc, Stdio};
 
 use serde::{Deserialize, Serialize};
@@ -131,7 +130,7 @@ impl StageKind for Command {
             };
             cmd = cmd.replace(&format!("{{{ns}.{name}}}"), &shell_quote(&path.to_string_lossy()));
         }
-        let mut child = Proc::new("sh")
+        let child = Proc::new("sh")
             .arg("-c")
             .arg(&cmd)
             .current_dir(ctx.scratch)
@@ -141,36 +140,8 @@ impl StageKind for Command {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| StageFailure::new(format!("cannot start `sh`: {e}")))?;
-        let stdout = child.stdout.take();
-        let stage = ctx.stage.to_string();
-        let reporter = ctx.reporter;
-        // Drain stderr on a thread so a chatty command cannot block on a full pipe.
-        let mut stderr = child.stderr.take();
-        let err_thread = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(s) = stderr.as_mut() {
-                let _ = s.read_to_end(&mut buf);
-            }
-            buf
-        });
-        if let Some(out) = stdout {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                reporter.log(&stage, &line);
-            }
-        }
-        let status = loop {
-            if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(StageFailure { message: "interrupted".into(), interrupted: true });
-            }
-            match child.try_wait()? {
-                Some(s) => break s,
-                None => std::thread::sleep(std::time::Duration::from_millis(20)),
-            }
-        };
-        let stderr = err_thread.join().unwrap_or_default();
+        let (stage, reporter) = (ctx.stage, ctx.reporter);
+        let (status, stderr) = super::supervise::supervise(child, ctx.cancel, |line| reporter.log(stage, line))?;
         if !status.success() {
             let text = String::from_utf8_lossy(&stderr);
             let tail = &text[text.len().saturating_sub(STDERR_TAIL)..];

@@ -3,6 +3,7 @@
 //! `cairn-kinds` and executed by the `cairn-worker` process.
 
 pub mod command;
+mod supervise;
 pub mod worker_kind;
 
 use std::collections::BTreeMap;

@@ -2,11 +2,8 @@
 //! `cairn-kinds` (no libtorch), and `run` hands the job to a `cairn-worker`
 //! process, streaming its events back to the runner.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use serde_json::Value;
 
@@ -113,7 +110,7 @@ impl StageKind for WorkerKind {
         let job_path = ctx.scratch.join("job.json");
         std::fs::write(&job_path, serde_json::to_vec_pretty(&job).map_err(|e| StageFailure::new(e.to_string()))?)?;
         let worker = worker_path()?;
-        let mut child = Command::new(&worker)
+        let child = Command::new(&worker)
             .arg("run")
             .arg(&job_path)
             .current_dir(ctx.scratch)
@@ -122,45 +119,9 @@ impl StageKind for WorkerKind {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| StageFailure::new(format!("cannot start {}: {e}", worker.display())))?;
-
-        let mut stderr = child.stderr.take();
-        let err_thread = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(s) = stderr.as_mut() {
-                let _ = s.read_to_end(&mut buf);
-            }
-            buf
-        });
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let out_thread = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-
         let mut error_message = None;
-        let status = loop {
-            for line in rx.try_iter() {
-                handle_event(ctx, &line, &mut error_message);
-            }
-            if ctx.cancel.load(Ordering::Relaxed) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(StageFailure { message: "interrupted".into(), interrupted: true });
-            }
-            match child.try_wait()? {
-                Some(status) => break status,
-                None => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        let _ = out_thread.join();
-        for line in rx.try_iter() {
-            handle_event(ctx, &line, &mut error_message);
-        }
-        let stderr = err_thread.join().unwrap_or_default();
+        let cancel = ctx.cancel;
+        let (status, stderr) = super::supervise::supervise(child, cancel, |line| handle_event(ctx, line, &mut error_message))?;
         if status.success() {
             return Ok(());
         }

@@ -5,7 +5,7 @@
 //!
 //! Reading is split by concern: [`source`] turns a directory or archive into
 //! a list of files (archives are read in memory, never extracted), [`cifar`]
-//! and [`folder`] turn that list into a [`Catalog`] of labelled items,
+//! and [`folder`] turn that list into a [`catalog::Catalog`] of labelled items,
 //! [`decode`] decodes JPEG/PNG, [`subset`] draws the subset and
 //! [`load_subset`] writes the outputs.
 
@@ -23,7 +23,7 @@ use std::path::PathBuf;
 pub use load_subset::load_subset;
 pub use resize::{resample, resize};
 
-pub(crate) use catalog::{Catalog, Item};
+pub(crate) use catalog::Item;
 
 use crate::ctx::StageError;
 
