@@ -12,6 +12,8 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
+# Only the tests use it (they check our weights load into torchvision).
+TORCHVISION_VERSION=0.26.0
 VENV="${CAIRN_TORCH_HOME:-$HOME/.cache/cairn/torch-$TORCH_VERSION}"
 PY="${PYTHON:-python3}"
 MARKER="$VENV/.cairn-ok"
@@ -33,11 +35,17 @@ if ! have_torch; then
   mkdir -p "$(dirname "$VENV")"
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy pyarrow
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" numpy pyarrow
   # Check the install works before declaring it complete.
   "$VENV/bin/python" -c "import torch, pyarrow, numpy; v = torch.__version__.split('+')[0]; assert v == '$TORCH_VERSION', v"
   echo "$TORCH_VERSION" > "$MARKER"
   echo "cairn setup: torch ready at $VENV" >&2
+fi
+
+# Venvs made before torchvision joined the list get it added in place.
+if ! compgen -G "$VENV/lib/python3*/site-packages/torchvision/__init__.py" >/dev/null; then
+  echo "cairn setup: adding torchvision==$TORCHVISION_VERSION to $VENV" >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "torchvision==$TORCHVISION_VERSION"
 fi
 
 # The torch/ package folder is what torch-sys wants as LIBTORCH. A glob
