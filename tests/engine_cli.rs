@@ -285,3 +285,35 @@ outputs = { o = "o.txt" }
     assert!(r.stdout.contains("input `data` changed"), "{}", r.stdout);
     assert_eq!(p.cairn(&["run"]).outcome("read").as_deref(), Some("ran"));
 }
+
+#[test]
+fn independent_stages_run_in_parallel_with_jobs() {
+    let p = Project::new(
+        r#"
+[stages.a]
+kind = "command"
+cmd = "sleep 1; echo a > {out.o}"
+outputs = { o = "o.txt" }
+
+[stages.b]
+kind = "command"
+cmd = "sleep 1; echo b > {out.o}"
+outputs = { o = "o.txt" }
+
+[stages.c]
+kind = "command"
+cmd = "cat {in.x} {in.y} > {out.o}"
+inputs = { x = "a.o", y = "b.o" }
+outputs = { o = "o.txt" }
+"#,
+    );
+    let r = p.cairn(&["run", "-j", "2"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    // Both independent stages start before either finishes.
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    let pos = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l)).unwrap();
+    let started_b = pos(&|l| l.trim_start().starts_with("b ") && l.contains("running"));
+    let finished_a = pos(&|l| l.starts_with("ran") && l.contains(" a "));
+    assert!(started_b < finished_a, "{}", r.stderr);
+    assert_eq!(p.read_artifact("c", "o.txt"), "a\nb\n");
+}
