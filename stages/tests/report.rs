@@ -190,7 +190,7 @@ fn cat_and_dog_are_the_most_confused_pair() {
     assert_eq!(i64s(&t, "b_as_a")[0], count(5, 3));
     let totals = i64s(&t, "total");
     assert!(totals.windows(2).all(|w| w[0] >= w[1]), "sorted most confused first");
-    let md = std::fs::read_to_string(r.out.join("markdown.md")).unwrap();
+    let md = std::fs::read_to_string(r.out.join("report.md")).unwrap();
     assert!(md.contains("| cat ↔ dog |"), "{md}");
     assert!(md.contains("| **weighted avg** |"));
 }
@@ -198,7 +198,7 @@ fn cat_and_dog_are_the_most_confused_pair() {
 #[test]
 fn html_is_self_contained_and_escaped() {
     let r = run_report();
-    let html = std::fs::read_to_string(r.out.join("html.html")).unwrap();
+    let html = std::fs::read_to_string(r.out.join("index.html")).unwrap();
     // curves, confusion matrix, one Grad-CAM figure
     assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 3);
     assert!(!html.contains("http://") && !html.contains("https://"), "no external resources");
@@ -230,11 +230,11 @@ fn chromium_renders_the_report_with_every_image() {
     let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-check");
     std::fs::create_dir_all(&keep).unwrap();
     // Kept for a person to look at after the run.
-    for fig in ["confusion.png", "curves.png", "markdown.md"] {
+    for fig in ["confusion.png", "curves.png", "report.md"] {
         std::fs::copy(r.out.join(fig), keep.join(fig)).unwrap();
     }
     // The probe works on a copy, so the artifact itself stays script-free.
-    let html = std::fs::read_to_string(r.out.join("html.html")).unwrap();
+    let html = std::fs::read_to_string(r.out.join("index.html")).unwrap();
     let probe = r#"<script>window.addEventListener('load', () => {
         const imgs = [...document.images];
         document.body.setAttribute('data-images', imgs.length);

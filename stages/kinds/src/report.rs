@@ -39,7 +39,7 @@ fn default_top_pairs() -> u32 {
 /// Bounds `top_pairs`: beyond this the list stops being a summary.
 const MAX_TOP_PAIRS: u32 = 100;
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 pub struct Report;
 
@@ -89,8 +89,8 @@ impl Kind for Report {
                 Out::new("confusion", "figure"),
                 Out::new("curves", "figure"),
                 Out::with_ext("metrics", "file", "json"),
-                Out::with_ext("markdown", "report", "md"),
-                Out::with_ext("html", "report", "html"),
+                Out::with_ext("report", "report", "md"),
+                Out::with_ext("index", "report", "html"),
             ],
             implied: vec![],
         })
@@ -107,7 +107,7 @@ mod tests {
         let plan = Report.check(&json!({})).unwrap();
         assert_eq!(plan.params, json!({"title": "Experiment report", "phases": [], "top_pairs": 5}));
         let names: Vec<_> = plan.outputs.iter().map(|o| o.name.as_str()).collect();
-        assert_eq!(names, ["per_class", "confused_pairs", "confusion", "curves", "metrics", "markdown", "html"]);
+        assert_eq!(names, ["per_class", "confused_pairs", "confusion", "curves", "metrics", "report", "index"]);
         assert!(plan.inputs.iter().any(|s| s.name == "histories" && s.many && !s.required));
     }
 

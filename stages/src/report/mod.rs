@@ -130,8 +130,8 @@ fn build(ctx: &mut WorkerCtx) -> Result<(), ReportError> {
         faithfulness: faithfulness.as_ref(),
         stages: &stages,
     };
-    write(ctx.output("markdown")?, markdown::render(&doc))?;
-    write(ctx.output("html")?, html::render(&doc))?;
+    write(ctx.output("report")?, markdown::render(&doc))?;
+    write(ctx.output("index")?, html::render(&doc))?;
 
     ctx.metric("accuracy", stats.accuracy);
     ctx.metric("macro_f1", stats.macro_avg.f1);
