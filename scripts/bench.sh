@@ -19,8 +19,8 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 [ -f "$DATA" ] || { echo "bench: no data set at $DATA (set CAIRN_BENCH_DATA)" >&2; exit 1; }
-cargo build --release -q -p cairn-stages --bin cairn-worker
-cargo bench -q -p cairn-stages --bench formats --no-run
+cargo build --release -q --workspace  # --workspace: per-package builds change feature unification and rebuild polars
+cargo bench -q --workspace --bench formats --no-run
 BENCH="$(ls -t target/release/deps/formats-* | grep -v '\.d$' | head -1)"
 
 # Writes a worker job for kind $1 with params $2, inputs $3 (JSON), into $4.
@@ -52,7 +52,8 @@ echo "load_subset_60000_jpegs $(echo "$t1 - $t0" | bc -l | xargs printf '%.2f') 
 # 2. resize: the first 2,000 test images.
 "$VENV/bin/python" - "$LS/test_images.arrow" "$WORK/small.arrow" <<'EOF'
 import sys, pyarrow as pa
-t = pa.ipc.open_file(sys.argv[1]).read_all().slice(0, 2000)
+# A slice is a foreign file: drop cairn:shape, which names the full tensor.
+t = pa.ipc.open_file(sys.argv[1]).read_all().slice(0, 2000).replace_schema_metadata(None)
 with pa.ipc.new_file(sys.argv[2], t.schema) as w:
     w.write_table(t)
 EOF
