@@ -317,3 +317,23 @@ outputs = { o = "o.txt" }
     assert!(started_b < finished_a, "{}", r.stderr);
     assert_eq!(p.read_artifact("c", "o.txt"), "a\nb\n");
 }
+
+#[test]
+fn checksum_mismatch_is_a_clear_error() {
+    let p = Project::new(
+        r#"
+[stages.read]
+kind = "command"
+cmd = "cat {in.data} > {out.o}"
+inputs = { data = { file = "data.bin", sha256 = "0000000000000000000000000000000000000000000000000000000000000000" } }
+outputs = { o = "o.txt" }
+"#,
+    );
+    p.write("data.bin", "not what was published\n");
+    let r = p.cairn(&["run"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("checksum mismatch for"), "{}", r.stderr);
+    assert!(r.stderr.contains("data.bin"), "{}", r.stderr);
+    // Still refused the second time: a bad file is never remembered as good.
+    assert!(p.cairn(&["run"]).stderr.contains("checksum mismatch"));
+}
