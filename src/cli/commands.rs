@@ -148,9 +148,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
 
 /// Points `artifacts/` at the outputs of every fresh stage.
 fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, env: &Environment, console: &Console) {
-    let warn = |m: String| console.warn_line(&m);
-    let resolver = Resolver::new(pipeline, cache, env, &warn);
-    let Ok(states) = resolver.status() else { return };
+    let Ok(states) = stage_states(pipeline, cache, env, console) else { return };
     let outputs: Vec<(&str, &str, &cairn::cache::OutputRecord)> = states
         .iter()
         .filter_map(|(name, st)| match st {
@@ -167,9 +165,7 @@ fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, env: &Environment,
 fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdResult {
     let (pipeline, env) = load(cli, config, console)?;
     let cache = Cache::open_read(&cli.cache_dir);
-    let warn = |m: String| console.warn_line(&m);
-    let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
-    let states = resolver.status().map_err(|e| fail(console, exit::IO, e))?;
+    let states = stage_states(&pipeline, &cache, &env, console)?;
     if json {
         let rows: Vec<serde_json::Value> = states
             .iter()
@@ -209,9 +205,7 @@ fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Co
         return Err(fail(console, exit::USAGE, format!("no stage named `{stage}` (stages: {})", names.join(", "))));
     }
     let cache = Cache::open_read(&cli.cache_dir);
-    let warn = |m: String| console.warn_line(&m);
-    let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
-    let states = resolver.status().map_err(|e| fail(console, exit::IO, e))?;
+    let states = stage_states(&pipeline, &cache, &env, console)?;
     let (_, st) = states.iter().find(|(n, _)| n == stage).expect("stage exists");
     if json {
         let v = match st {
@@ -250,13 +244,32 @@ fn cmd_dag(cli: &Cli, config: &Config, format: &str, console: &Console) -> CmdRe
     Ok(exit::OK)
 }
 
-fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, console: &Console) -> CmdResult {
+/// Every stage's state in the cache; warnings go to the console.
+pub fn stage_states(pipeline: &Pipeline, cache: &Cache, env: &Environment, console: &Console) -> Result<Vec<(String, StageState)>, i32> {
+    let warn = |m: String| console.warn_line(&m);
+    Resolver::new(pipeline, cache, env, &warn).status().map_err(|e| fail(console, exit::IO, e))
+}
+
+/// What commands that change the cache (`gc`, `verify`) start from: the
+/// pipeline, the cache under its lock, and every stage's state.
+struct Locked {
+    pipeline: Pipeline,
+    env: Environment,
+    cache: Cache,
+    _lock: CacheLock,
+    states: Vec<(String, StageState)>,
+}
+
+fn locked(cli: &Cli, config: &Config, console: &Console) -> Result<Locked, i32> {
     let (pipeline, env) = load(cli, config, console)?;
     let cache = open_cache(cli, console)?;
     let _lock = lock(cli, true, console)?;
-    let warn = |m: String| console.warn_line(&m);
-    let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
-    let states = resolver.status().map_err(|e| fail(console, exit::IO, e))?;
+    let states = stage_states(&pipeline, &cache, &env, console)?;
+    Ok(Locked { pipeline, env, cache, _lock, states })
+}
+
+fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, console: &Console) -> CmdResult {
+    let Locked { cache, _lock, states, .. } = locked(cli, config, console)?;
     let mut keep: std::collections::BTreeSet<ArtifactHash> = std::collections::BTreeSet::new();
     for (_, st) in &states {
         if let StageState::Fresh { manifest, .. } = st {
@@ -284,12 +297,7 @@ fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, console: 
 }
 
 fn cmd_verify(cli: &Cli, config: &Config, only: &[String], console: &Console) -> CmdResult {
-    let (pipeline, env) = load(cli, config, console)?;
-    let cache = open_cache(cli, console)?;
-    let _lock = lock(cli, true, console)?;
-    let warn = |m: String| console.warn_line(&m);
-    let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
-    let states = resolver.status().map_err(|e| fail(console, exit::IO, e))?;
+    let Locked { pipeline, env, cache, _lock, states } = locked(cli, config, console)?;
     for s in only {
         if pipeline.stage(s).is_none() {
             return Err(fail(console, exit::USAGE, format!("no stage named `{s}`")));

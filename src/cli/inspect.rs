@@ -8,7 +8,7 @@ use cairn::cache::{Cache, OutputRecord};
 use cairn::env::Environment;
 use cairn::formats::tensor::{DType, TensorFile};
 use cairn::kind::ArtifactType;
-use cairn::plan::{Resolver, StageState};
+use cairn::plan::StageState;
 use cairn::spec::Pipeline;
 
 use super::commands::{fail, CmdResult};
@@ -36,8 +36,7 @@ pub fn run(
         return Err(fail(console, exit::USAGE, format!("no stage named `{stage}` (stages: {})", names.join(", "))));
     }
     let cache = Cache::open_read(&cli.cache_dir);
-    let warn = |m: String| console.warn_line(&m);
-    let states = Resolver::new(pipeline, &cache, env, &warn).status().map_err(|e| fail(console, exit::IO, e))?;
+    let states = super::commands::stage_states(pipeline, &cache, env, console)?;
     let (_, st) = states.iter().find(|(n, _)| n == stage).expect("stage exists");
     let StageState::Fresh { manifest, .. } = st else {
         return Err(fail(console, exit::FAILED, format!("`{stage}` has no current outputs in the cache; run `cairn run {stage}` first (see `cairn explain {stage}`)")));
