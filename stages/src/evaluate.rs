@@ -11,13 +11,11 @@
 
 use cairn::formats::table::{Column, Table};
 use cairn_kinds::eval::EvaluateParams;
-use cairn_kinds::train::ModelSpec;
-use tch::{nn, Kind};
+use tch::Kind;
 
 use crate::ctx::{StageError, StageResult, WorkerCtx};
 use crate::models::{self, Feed};
-use crate::train::{compute_kind, load_labelled, MODEL_META};
-use crate::weights;
+use crate::train::{compute_kind, load_labelled, load_trained};
 
 fn table_err(e: impl std::fmt::Display) -> StageError {
     StageError::new(e.to_string())
@@ -42,20 +40,7 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
     let p: EvaluateParams = ctx.params()?;
     tch::set_num_threads(ctx.threads() as i32);
     let k = p.model.num_classes;
-    let file = weights::read_safetensors(ctx.input("model")?)?;
-    if let Some(saved) = file.metadata.get(MODEL_META) {
-        let saved: ModelSpec = serde_json::from_str(saved).map_err(|e| StageError::new(format!("model file metadata: {e}")))?;
-        if saved != p.model {
-            return Err(StageError::new(format!(
-                "the model was trained as {} but this stage's `model` says {}; copy the training stage's model section",
-                serde_json::to_string(&saved).unwrap_or_default(),
-                serde_json::to_string(&p.model).unwrap_or_default()
-            )));
-        }
-    }
-    let vs = nn::VarStore::new(ctx.device);
-    let net = models::build(&vs.root(), &p.model);
-    weights::load_into(&vs, &file.tensors, |_| false)?;
+    let (_vs, net) = load_trained(ctx.input("model")?, &p.model, ctx.device)?;
     let (x, y) = load_labelled(ctx, "images", "labels", k)?;
     let classes = class_names(ctx, k)?;
     // Evaluation runs in fp32 on CPU (accuracy is what is measured) and in

@@ -14,15 +14,14 @@ pub mod select;
 
 use cairn::formats::table::{Column, Table};
 use cairn_kinds::gradcam::GradCamParams;
-use cairn_kinds::train::ModelSpec;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult, WorkerCtx};
-use crate::models::{self, Feed, Net};
+use crate::models::{Feed, Net};
 use crate::plot::montage::{self, Row, Tile};
 use crate::report::inputs::{self, Predictions};
-use crate::train::{load_labelled, MODEL_META};
-use crate::{tensors, weights};
+use crate::train::{load_labelled, load_trained};
+use crate::tensors;
 use select::{Pick, Selection};
 
 /// Images per forward/backward pass: bounds memory at ImageNet sizes.
@@ -34,30 +33,11 @@ fn err(e: impl std::fmt::Display) -> StageError {
     StageError::new(e.to_string())
 }
 
-/// Rebuilds the trained net, refusing weights trained as another model.
-fn load_net(ctx: &WorkerCtx, spec: &ModelSpec) -> StageResult<(nn::VarStore, Net)> {
-    let file = weights::read_safetensors(ctx.input("model")?)?;
-    if let Some(saved) = file.metadata.get(MODEL_META) {
-        let saved: ModelSpec = serde_json::from_str(saved).map_err(|e| StageError::new(format!("model file metadata: {e}")))?;
-        if &saved != spec {
-            return Err(StageError::new(format!(
-                "the model was trained as {} but this stage's `model` says {}; copy the training stage's model section",
-                serde_json::to_string(&saved).unwrap_or_default(),
-                serde_json::to_string(spec).unwrap_or_default()
-            )));
-        }
-    }
-    let vs = nn::VarStore::new(ctx.device);
-    let net = models::build(&vs.root(), spec);
-    weights::load_into(&vs, &file.tensors, |_| false)?;
-    Ok((vs, net))
-}
-
 pub fn run(ctx: &mut WorkerCtx) -> StageResult {
     let p: GradCamParams = ctx.params()?;
     tch::set_num_threads(ctx.threads() as i32);
     let k = p.model.num_classes;
-    let (_vs, net) = load_net(ctx, &p.model)?;
+    let (_vs, net) = load_trained(ctx.input("model")?, &p.model, ctx.device)?;
     let layer = p.layer.clone().ok_or_else(|| StageError::new("`layer` was not resolved; is cairn-worker older than cairn?"))?;
     let cut = net.index(&layer)?;
     let (x, y) = load_labelled(ctx, "images", "labels", k)?;

@@ -32,6 +32,27 @@ use batches::Rng;
 /// Metadata key under which the model spec is stored in the safetensors.
 pub const MODEL_META: &str = "cairn.model";
 
+/// Rebuilds a trained net from its safetensors file, refusing weights that
+/// were trained as another model (a different normalisation silently ruins
+/// accuracy, which is how the seed sprint got 10%).
+pub fn load_trained(path: &std::path::Path, spec: &cairn_kinds::train::ModelSpec, device: tch::Device) -> StageResult<(tch::nn::VarStore, models::Net)> {
+    let file = weights::read_safetensors(path)?;
+    if let Some(saved) = file.metadata.get(MODEL_META) {
+        let saved: cairn_kinds::train::ModelSpec = serde_json::from_str(saved).map_err(|e| StageError::new(format!("model file metadata: {e}")))?;
+        if &saved != spec {
+            return Err(StageError::new(format!(
+                "the model was trained as {} but this stage's `model` says {}; copy the training stage's model section",
+                serde_json::to_string(&saved).unwrap_or_default(),
+                serde_json::to_string(spec).unwrap_or_default()
+            )));
+        }
+    }
+    let vs = tch::nn::VarStore::new(device);
+    let net = models::build(&vs.root(), spec);
+    weights::load_into(&vs, &file.tensors, |_| false)?;
+    Ok((vs, net))
+}
+
 /// Loads an image/label pair and checks they fit a `num_classes` model.
 pub fn load_labelled(ctx: &WorkerCtx, images: &str, labels: &str, num_classes: i64) -> StageResult<(Tensor, Tensor)> {
     let x = tensors::load(ctx.input(images)?)?;
