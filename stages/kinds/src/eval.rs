@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::train::ModelSpec;
+use crate::train::{ModelSpec, Tta};
 use crate::{typed, Kind, KindInfo, Out, ParamError, Plan, Slot};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -15,9 +15,10 @@ use crate::{typed, Kind, KindInfo, Out, ParamError, Plan, Slot};
 pub struct EvaluateParams {
     /// The same model section the training stage used.
     pub model: ModelSpec,
-    /// Average the softmax over the image and its mirror.
+    /// Test-time augmentation: average the logits over the image and its
+    /// mirror (`flip`), or also over one-pixel shifts (`flip_translate`).
     #[serde(default)]
-    pub tta_flip: bool,
+    pub tta: Tta,
     #[serde(default = "batch")]
     pub batch_size: u32,
 }
@@ -26,7 +27,7 @@ fn batch() -> u32 {
     500
 }
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 pub struct Evaluate;
 
@@ -64,10 +65,10 @@ mod tests {
 
     #[test]
     fn shares_model_section_with_train() {
-        let plan = Evaluate.check(&json!({"model": {"arch": "resnet18", "normalize": "cifar"}, "tta_flip": true})).unwrap();
+        let plan = Evaluate.check(&json!({"model": {"arch": "resnet18", "normalize": "cifar"}, "tta": "flip"})).unwrap();
         assert_eq!(plan.params["model"]["stem"], json!("imagenet"));
         assert_eq!(plan.params["model"]["normalize"], json!("cifar"));
         assert!(Evaluate.check(&json!({"model": {"arch": "fast"}, "flip": true})).is_err());
-        assert!(Evaluate.check(&json!({"tta_flip": true})).is_err());
+        assert!(Evaluate.check(&json!({"tta": "flip"})).is_err());
     }
 }

@@ -37,7 +37,7 @@ fn throughput(args: &[String]) -> Result<(), String> {
     let spec = ModelSpec { arch, num_classes: 10, stem, widths: None, normalize: Normalize::Cifar }.resolve("model").map_err(|e| e.message)?;
     let vs = nn::VarStore::new(Device::Cpu);
     let net = models::build(&vs.root(), &spec);
-    let mut opt = Optim::new(Optimizer::Sgd, vs.trainable_variables(), 0.9, true, 5e-4);
+    let mut opt = Optim::new(Optimizer::Sgd, vs.trainable_variables(), 0.9, true, 5e-4, 1.0);
     let feed = Feed { normalize: Normalize::Cifar, kind, device: Device::Cpu };
     let x = Tensor::randint(256, [batch, 3, res, res], (Kind::Uint8, Device::Cpu));
     let y = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));

@@ -8,11 +8,15 @@
 //! GELU, each halving the resolution — and a `head` of global max-pool,
 //! a bias-free linear layer and airbench's fixed 1/9 logit scale. There
 //! are no residual connections: at this depth the BN'd plain net trains
-//! as fast and costs less.
+//! as fast and costs less. As in airbench, the 3×3 convs start as
+//! identities on their first channels (Dirac init, an implicit residual),
+//! BatchNorm scales stay fixed at 1 (only the shifts learn), and the
+//! whitening stem's filters are never trained.
 
 use tch::nn::{self, Module, ModuleT};
+use tch::{Kind, Tensor};
 
-use super::layers::{bn, conv, linear};
+use super::layers::{bn, conv, linear, Conv};
 use super::{Block, Net};
 
 /// airbench94's group widths.
@@ -23,11 +27,35 @@ pub const STEM_WIDTH: i64 = 24;
 const BN_MOMENTUM: f64 = 0.4;
 const LOGIT_SCALE: f64 = 1.0 / 9.0;
 
+/// A 3×3 conv whose first `min(cin, cout)` filters pass their own input
+/// channel through unchanged.
+fn dirac_conv(p: nn::Path, cin: i64, cout: i64) -> Conv {
+    let c = conv(p, cin, cout, 3, 1, 1, false);
+    let m = cin.min(cout);
+    let dirac = Tensor::zeros([m, cin, 3, 3], (Kind::Float, c.weight().device()));
+    tch::no_grad(|| {
+        let _ = dirac.narrow(2, 1, 1).narrow(3, 1, 1).copy_(&Tensor::eye_m(m, cin, (Kind::Float, dirac.device())).view([m, cin, 1, 1]));
+        let _ = c.weight().narrow(0, 0, m).copy_(&dirac);
+    });
+    c
+}
+
+/// BatchNorm with the scale fixed at 1: airbench's choice, which leaves the
+/// conv weights' norm as the only scale and lets the shifts take a high
+/// learning rate (`bias_lr_scale`).
+fn bn_shift_only(p: nn::Path, c: i64) -> nn::BatchNorm {
+    let b = bn(p, c, BN_MOMENTUM);
+    if let Some(w) = &b.ws {
+        let _ = w.shallow_clone().set_requires_grad(false);
+    }
+    b
+}
+
 fn group(p: nn::Path, cin: i64, cout: i64) -> nn::FuncT<'static> {
-    let conv1 = conv(&p / "conv1", cin, cout, 3, 1, 1, false);
-    let bn1 = bn(&p / "bn1", cout, BN_MOMENTUM);
-    let conv2 = conv(&p / "conv2", cout, cout, 3, 1, 1, false);
-    let bn2 = bn(&p / "bn2", cout, BN_MOMENTUM);
+    let conv1 = dirac_conv(&p / "conv1", cin, cout);
+    let bn1 = bn_shift_only(&p / "bn1", cout);
+    let conv2 = dirac_conv(&p / "conv2", cout, cout);
+    let bn2 = bn_shift_only(&p / "bn2", cout);
     nn::func_t(move |x, train| {
         let y = conv1.forward(x).max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
         let y = bn1.forward_t(&y, train).gelu("none");
@@ -37,6 +65,8 @@ fn group(p: nn::Path, cin: i64, cout: i64) -> nn::FuncT<'static> {
 
 pub fn fast(p: &nn::Path, num_classes: i64, widths: &[i64]) -> Net {
     let stem_conv = conv(p / "stem" / "conv", 3, STEM_WIDTH, 2, 1, 0, true);
+    // The stem's filters are set by `whiten_stem` (or loaded) and fixed.
+    let _ = stem_conv.weight().shallow_clone().set_requires_grad(false);
     let mut blocks = vec![Block::new("stem", &["stem"], nn::func_t(move |x, _| stem_conv.forward(x).gelu("none")))];
     let mut cin = STEM_WIDTH;
     for (i, &w) in widths.iter().enumerate() {
@@ -82,7 +112,20 @@ pub fn whiten_stem(vs: &nn::VarStore, x: &tch::Tensor) -> Result<(), tch::TchErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind, Tensor};
+    use tch::Device;
+
+    #[test]
+    fn groups_start_as_identities_with_fixed_scales() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _net = fast(&vs.root(), 10, &[8, 16]);
+        let v = vs.variables();
+        let w = &v["group2.conv1.weight"]; // [16, 8, 3, 3]: the first 8 filters are identities
+        assert_eq!(w.double_value(&[3, 3, 1, 1]), 1.0);
+        assert_eq!(w.double_value(&[3, 2, 1, 1]), 0.0);
+        assert_eq!(w.double_value(&[3, 3, 0, 1]), 0.0);
+        assert!(!v["group1.bn1.weight"].requires_grad() && v["group1.bn1.bias"].requires_grad());
+        assert!(!v["stem.conv.weight"].requires_grad() && v["stem.conv.bias"].requires_grad());
+    }
 
     #[test]
     fn whitened_stem_decorrelates_patches() {

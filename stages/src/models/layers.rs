@@ -33,6 +33,13 @@ pub fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64,
     Conv { ws, bs, stride, padding }
 }
 
+impl Conv {
+    /// The (shared, trainable) weight tensor.
+    pub fn weight(&self) -> &Tensor {
+        &self.ws
+    }
+}
+
 impl nn::Module for Conv {
     fn forward(&self, x: &Tensor) -> Tensor {
         let k = x.kind();

@@ -20,7 +20,7 @@ mod interop_tests;
 
 use std::ops::Range;
 
-use cairn_kinds::train::{Arch, ModelSpec, Normalize, Stem};
+use cairn_kinds::train::{Arch, ModelSpec, Normalize, Stem, Tta};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
@@ -125,19 +125,31 @@ impl Feed {
     }
 }
 
-/// fp32 logits of `net` (eval mode) for u8 `images`, computed in batches and
-/// returned on the CPU; with `tta_flip`, the mean of the image's and its
-/// mirror's logits.
-pub fn predict(net: &Net, images: &Tensor, feed: &Feed, batch: i64, tta_flip: bool) -> Tensor {
+/// fp32 logits averaged over the `tta` views of the normalised batch `x`;
+/// `f` maps a view to its logits. Shifted views pad by reflection, as
+/// airbench does, so no black border appears that training never showed.
+pub fn tta_logits(x: &Tensor, tta: Tta, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
+    let pair = |v: &Tensor| if tta == Tta::None { f(v) } else { (f(v) + f(&v.flip([3]))) * 0.5 };
+    let plain = pair(x);
+    if tta != Tta::FlipTranslate {
+        return plain;
+    }
+    let (h, w) = (x.size()[2], x.size()[3]);
+    let padded = x.reflection_pad2d([1, 1, 1, 1]);
+    let up_left = padded.narrow(2, 0, h).narrow(3, 0, w);
+    let down_right = padded.narrow(2, 2, h).narrow(3, 2, w);
+    plain * 0.5 + (pair(&up_left) + pair(&down_right)) * 0.25
+}
+
+/// fp32 logits of `net` (eval mode) for u8 `images`, computed in batches,
+/// averaged over the `tta` views and returned on the CPU.
+pub fn predict(net: &Net, images: &Tensor, feed: &Feed, batch: i64, tta: Tta) -> Tensor {
     tch::no_grad(|| {
         let n = images.size()[0];
         let mut out = Vec::new();
         for start in (0..n).step_by(batch.max(1) as usize) {
             let x = feed.input(&images.narrow(0, start, batch.min(n - start)));
-            let mut y = net.forward_t(&x, false).to_kind(Kind::Float);
-            if tta_flip {
-                y = (y + net.forward_t(&x.flip([3]), false).to_kind(Kind::Float)) * 0.5;
-            }
+            let y = tta_logits(&x, tta, |v| net.forward_t(v, false).to_kind(Kind::Float));
             out.push(y.to_device(Device::Cpu));
         }
         Tensor::cat(&out, 0)
@@ -194,6 +206,25 @@ mod tests {
         let tail = net.forward_from(&act, "layer3", false).unwrap();
         assert!(full.allclose(&tail, 1e-6, 1e-6, false));
         assert!(net.forward_to(&x, "layer9", false).is_err());
+    }
+
+    #[test]
+    fn tta_weights_views_like_airbench() {
+        let x = Tensor::randn([2, 3, 6, 6], (Kind::Float, Device::Cpu));
+        // A "net" that reads one pixel makes every view's weight visible.
+        let probe = |v: &Tensor| v.select(1, 0).select(1, 2).select(1, 1).unsqueeze(1);
+        let at = |v: &Tensor, y: i64, xx: i64| v.select(1, 0).select(1, y).select(1, xx).unsqueeze(1);
+        let none = tta_logits(&x, Tta::None, probe);
+        assert!(none.equal(&at(&x, 2, 1)));
+        let flip = tta_logits(&x, Tta::Flip, probe);
+        assert!(flip.allclose(&((at(&x, 2, 1) + at(&x, 2, 4)) * 0.5), 1e-6, 1e-6, false));
+        // Shifted up-left by one (reflect pad): pixel (2,1) of the view is
+        // (1,0) of x; down-right: (3,2). Mirrors read column 4 → 3 and 5.
+        let full = tta_logits(&x, Tta::FlipTranslate, probe);
+        let want = (at(&x, 2, 1) + at(&x, 2, 4)) * 0.25
+            + (at(&x, 1, 0) + at(&x, 1, 3)) * 0.125
+            + (at(&x, 3, 2) + at(&x, 3, 5)) * 0.125;
+        assert!(full.allclose(&want, 1e-6, 1e-6, false), "{full} vs {want}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use cairn::formats::table::{Column, Table};
-use cairn_kinds::train::{Arch, Init, Precision, TrainParams, Trainable};
+use cairn_kinds::train::{Arch, Init, Precision, TrainParams, Trainable, Tta};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult, WorkerCtx};
@@ -123,7 +123,16 @@ struct Runner<'a> {
 impl Runner<'_> {
     /// Output of the frozen prefix for u8 images (eval mode, no grad).
     fn prefix(&self, images: &Tensor) -> Tensor {
-        tch::no_grad(|| self.net.forward_range(&self.feed.input(images), 0..self.first, |_| false))
+        self.lift(&self.feed.input(images))
+    }
+
+    /// Output of the frozen prefix for a normalised input (itself when
+    /// nothing is frozen).
+    fn lift(&self, x: &Tensor) -> Tensor {
+        if self.first == 0 {
+            return x.shallow_clone();
+        }
+        tch::no_grad(|| self.net.forward_range(x, 0..self.first, |_| false))
     }
 
     /// Runs the prefix over all images in batches, keeping the result on the device.
@@ -148,12 +157,7 @@ impl Runner<'_> {
     fn batch(&self, src: &Source, idx: &Tensor, draw: &batches::Draw, translate: u32) -> Tensor {
         match src {
             Source::Images(x) => {
-                let b = batches::apply(&x.index_select(0, idx), draw, translate);
-                if self.first == 0 {
-                    self.feed.input(&b)
-                } else {
-                    self.prefix(&b)
-                }
+                self.prefix(&batches::apply(&x.index_select(0, idx), draw, translate))
             }
             Source::Features { plain, flipped } => {
                 let idx = idx.to_device(plain.device());
@@ -173,20 +177,28 @@ impl Runner<'_> {
     }
 }
 
-/// Mean loss and accuracy of the current weights on a val source.
-fn validate(r: &Runner, src: &Source, y: &Tensor, tta: bool, batch: i64, smoothing: f64) -> (f64, f64) {
+/// Mean loss and accuracy of the current weights on a val source, over
+/// the `tta` views (cached features carry the mirror only, which
+/// `TrainParams::caches_features` guarantees is all they need).
+fn validate(r: &Runner, src: &Source, y: &Tensor, tta: Tta, batch: i64, smoothing: f64) -> (f64, f64) {
     let n = y.size()[0];
     let (mut loss, mut correct) = (0.0, 0i64);
     tch::no_grad(|| {
         for s in (0..n).step_by(batch as usize) {
             let len = batch.min(n - s);
-            let idx = Tensor::arange_start(s, s + len, (Kind::Int64, Device::Cpu));
-            let plain = batches::Draw { flip: vec![false; len as usize], shift: vec![(0, 0); len as usize] };
-            let mut logits = r.tail(&r.batch(src, &idx, &plain, 0), false);
-            if tta {
-                let mirror = batches::Draw { flip: vec![true; len as usize], shift: plain.shift.clone() };
-                logits = (logits + r.tail(&r.batch(src, &idx, &mirror, 0), false)) * 0.5;
-            }
+            let logits = match src {
+                Source::Images(x) => {
+                    let v = r.feed.input(&x.narrow(0, s, len));
+                    models::tta_logits(&v, tta, |v| r.tail(&r.lift(v), false))
+                }
+                Source::Features { plain, flipped } => {
+                    let p = r.tail(&plain.narrow(0, s, len), false);
+                    match flipped {
+                        Some(f) if tta != Tta::None => (p + r.tail(&f.narrow(0, s, len), false)) * 0.5,
+                        _ => p,
+                    }
+                }
+            };
             let t = y.narrow(0, s, len).to_device(logits.device());
             loss += logits.cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Sum, -100, smoothing).double_value(&[]);
             correct += logits.argmax(1, false).eq_tensor(&t).sum(Kind::Int64).int64_value(&[]);
@@ -253,7 +265,7 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
         let plain = r.features(&xtr, false, bs);
         let flipped = p.augment.flip.then(|| r.features(&xtr, true, bs));
         let vplain = r.features(&xva, false, bs);
-        let vflip = p.tta_flip.then(|| r.features(&xva, true, bs));
+        let vflip = (p.tta != Tta::None).then(|| r.features(&xva, true, bs));
         tensors::save(ctx.output("features")?, &plain.to_kind(Kind::Half).to_device(Device::Cpu))?;
         ctx.log(format!("cached `{}` features {:?} in {:.1}s", names[first - 1], plain.size(), t0.elapsed().as_secs_f64()));
         (Source::Features { plain, flipped }, Source::Features { plain: vplain, flipped: vflip })
@@ -263,7 +275,8 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
 
     let steps_per_epoch = (n / bs) as usize; // drop the ragged last batch: BN needs real batches
     let total = steps_per_epoch * p.epochs as usize;
-    let mut opt = optim::Optim::new(p.optimizer, vars, p.momentum, p.nesterov, p.weight_decay);
+    let mut opt = optim::Optim::new(p.optimizer, vars, p.momentum, p.nesterov, p.weight_decay, p.bias_lr_scale);
+    let mut lookahead = p.lookahead.then(|| optim::Lookahead::new(total));
     let mut rng = Rng::new(ctx.seed());
     let mut rows: Vec<EpochRow> = Vec::new();
     let mut best: Option<(usize, f64, BTreeMap<String, Tensor>)> = None;
@@ -294,12 +307,18 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
             loss.backward();
             opt.step(lr);
             step += 1;
+            if let Some(la) = lookahead.as_mut() {
+                la.after_step(&vs, step);
+            }
             loss_sum += lv * bs as f64;
             correct += tch::no_grad(|| logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
             seen += bs;
         }
+        if let Some(la) = lookahead.as_mut() {
+            la.end_epoch();
+        }
         let train_secs = t0.elapsed().as_secs_f64();
-        let (val_loss, val_acc) = validate(&r, &val_src, &yva, p.tta_flip, bs.max(256), p.label_smoothing);
+        let (val_loss, val_acc) = validate(&r, &val_src, &yva, p.tta, bs.max(256), p.label_smoothing);
         let row = EpochRow {
             train_loss: loss_sum / seen as f64,
             train_acc: correct as f64 / seen as f64,

@@ -12,6 +12,8 @@ use tch::Tensor;
 struct Param {
     var: Tensor,
     decay: bool,
+    /// Multiplies the step's learning rate (`bias_lr_scale` for 1-D params).
+    lr_scale: f64,
     m: Option<Tensor>,
     v: Option<Tensor>,
 }
@@ -27,9 +29,16 @@ pub struct Optim {
 
 impl Optim {
     /// `vars` are the trainable variables; those with more than one
-    /// dimension (conv and linear weights) are decayed.
-    pub fn new(kind: Optimizer, vars: Vec<Tensor>, momentum: f64, nesterov: bool, weight_decay: f64) -> Self {
-        let params = vars.into_iter().map(|var| Param { decay: var.dim() > 1, var, m: None, v: None }).collect();
+    /// dimension (conv and linear weights) are decayed, the others (biases,
+    /// BatchNorm shifts and scales) step at `bias_lr_scale` × the rate.
+    pub fn new(kind: Optimizer, vars: Vec<Tensor>, momentum: f64, nesterov: bool, weight_decay: f64, bias_lr_scale: f64) -> Self {
+        let params = vars
+            .into_iter()
+            .map(|var| {
+                let matrix = var.dim() > 1;
+                Param { decay: matrix, lr_scale: if matrix { 1.0 } else { bias_lr_scale }, var, m: None, v: None }
+            })
+            .collect();
         Self { kind, params, momentum, nesterov, weight_decay, t: 0 }
     }
 
@@ -51,6 +60,7 @@ impl Optim {
                 if !g.defined() {
                     continue;
                 }
+                let lr = lr * p.lr_scale;
                 match self.kind {
                     Optimizer::Sgd => {
                         let g = if p.decay && wd > 0.0 { g + &p.var * wd } else { g };
@@ -81,6 +91,63 @@ impl Optim {
                         p.v = Some(v);
                     }
                 }
+            }
+        });
+    }
+}
+
+/// Lookahead weight averaging (Zhang et al., "Lookahead Optimizer: k steps
+/// forward, 1 step back", arXiv:1907.08610) in airbench's form: once 30%
+/// of the steps are done, every 5th step pulls the weights to an
+/// exponential average of themselves whose decay rises as (step/total)³,
+/// so early averaging is light and the end of training is smoothed
+/// strongly. BatchNorm running statistics are averaged too; they are
+/// weights of the function being evaluated.
+pub struct Lookahead {
+    total: usize,
+    avg: Option<Vec<(Tensor, Tensor)>>,
+}
+
+const LOOKAHEAD_START: f64 = 0.3;
+const LOOKAHEAD_EVERY: usize = 5;
+const LOOKAHEAD_DECAY: f64 = 0.95;
+const LOOKAHEAD_POW: i32 = 3;
+
+impl Lookahead {
+    pub fn new(total: usize) -> Self {
+        Self { total, avg: None }
+    }
+
+    /// Call after optimizer step number `step` (1-based).
+    pub fn after_step(&mut self, vs: &tch::nn::VarStore, step: usize) {
+        if (step as f64) < LOOKAHEAD_START * self.total as f64 || step % LOOKAHEAD_EVERY != 0 {
+            return;
+        }
+        match &self.avg {
+            None => {
+                let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.is_floating_point()).collect();
+                vars.sort_by(|a, b| a.0.cmp(&b.0));
+                self.avg = Some(vars.into_iter().map(|(_, v)| (v.detach().copy(), v)).collect());
+            }
+            Some(_) => {
+                let base = LOOKAHEAD_DECAY.powi(LOOKAHEAD_EVERY as i32);
+                self.pull(base * (step as f64 / self.total as f64).powi(LOOKAHEAD_POW));
+            }
+        }
+    }
+
+    /// Ends an epoch on the averaged weights.
+    pub fn end_epoch(&mut self) {
+        self.pull(1.0);
+    }
+
+    /// avg ← decay·avg + (1−decay)·w, then w ← avg.
+    fn pull(&mut self, decay: f64) {
+        let Some(avg) = self.avg.as_mut() else { return };
+        tch::no_grad(|| {
+            for (a, w) in avg.iter_mut() {
+                let _ = a.g_mul_scalar_(decay).g_add_(&(&*w * (1.0 - decay)));
+                let _ = w.copy_(a);
             }
         });
     }
@@ -122,7 +189,7 @@ mod tests {
         // One parameter, grad 1 each step, lr 0.1, momentum 0.9, no decay:
         // PyTorch gives p = -0.1*(1+0.9) then -0.1*(1+0.9*1.9) more.
         let w = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let mut o = Optim::new(Optimizer::Sgd, vec![w.shallow_clone()], 0.9, true, 0.0);
+        let mut o = Optim::new(Optimizer::Sgd, vec![w.shallow_clone()], 0.9, true, 0.0, 1.0);
         for _ in 0..2 {
             o.zero_grad();
             w.sum(Kind::Float).backward();
@@ -130,5 +197,39 @@ mod tests {
         }
         let want = -0.1 * 1.9 - 0.1 * (1.0 + 0.9 * 1.9);
         assert!((w.double_value(&[0]) - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bias_lr_scale_speeds_up_only_vectors() {
+        let b = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let w = Tensor::zeros([1, 1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut o = Optim::new(Optimizer::Sgd, vec![b.shallow_clone(), w.shallow_clone()], 0.0, false, 0.0, 64.0);
+        o.zero_grad();
+        (b.sum(Kind::Float) + w.sum(Kind::Float)).backward();
+        o.step(0.01);
+        assert!((b.double_value(&[0]) + 0.64).abs() < 1e-6);
+        assert!((w.double_value(&[0, 0]) + 0.01).abs() < 1e-6);
+    }
+
+    #[test]
+    fn lookahead_averages_late_and_ends_epochs_on_the_average() {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let mut w = vs.root().zeros("w", &[1]);
+        let mut la = Lookahead::new(100);
+        let set = |w: &mut Tensor, x: f64| tch::no_grad(|| {
+            let _ = w.fill_(x);
+        });
+        set(&mut w, 1.0);
+        la.after_step(&vs, 25); // before 30%: nothing
+        assert!(la.avg.is_none());
+        la.after_step(&vs, 30); // first: snapshot 1.0
+        set(&mut w, 3.0);
+        la.after_step(&vs, 50); // decay 0.95^5 * 0.5^3
+        let d = 0.95f64.powi(5) * 0.125;
+        let want = d * 1.0 + (1.0 - d) * 3.0;
+        assert!((w.double_value(&[0]) - want).abs() < 1e-5);
+        set(&mut w, 10.0);
+        la.end_epoch();
+        assert!((w.double_value(&[0]) - want).abs() < 1e-5, "epoch end restores the average");
     }
 }
