@@ -133,6 +133,10 @@ pub enum InputRef {
     /// A file or directory outside the cache, hashed by content. A missing
     /// file with a `url` is downloaded and checked against `sha256`.
     External { path: String, url: Option<String>, sha256: Option<String> },
+    /// The params of the consuming stage and all its ancestors, as the JSON
+    /// document [`crate::spec::Pipeline::upstream_params`] writes. Only a
+    /// kind can ask for it (as an implied input); it is not spelled in TOML.
+    UpstreamParams,
 }
 
 impl fmt::Display for InputRef {
@@ -140,6 +144,7 @@ impl fmt::Display for InputRef {
         match self {
             InputRef::Output { stage, output } => write!(f, "{stage}.{output}"),
             InputRef::External { path, .. } => write!(f, "file {path}"),
+            InputRef::UpstreamParams => f.write_str("the params of upstream stages"),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `status`, `explain` and `run` all use this, so they cannot disagree.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use crate::cache::statcache::StatCache;
 use crate::cache::{Cache, CacheError, Manifest};
@@ -51,8 +52,12 @@ impl<'a> Resolver<'a> {
                 let p = external::resolve(&self.pipeline.root, path);
                 external::hash(&self.stat, &p, url.as_deref(), sha256.as_deref(), fetch).map(Some)
             }
-            InputRef::Output { .. } => Ok(None),
+            InputRef::Output { .. } | InputRef::UpstreamParams => Ok(None),
         }
+    }
+
+    fn index(&self, stage: &Stage) -> usize {
+        self.pipeline.index_of(&stage.name).expect("stages come from this pipeline")
     }
 
     /// A stage's key inputs, given the output hashes of finished stages.
@@ -72,6 +77,7 @@ impl<'a> Resolver<'a> {
                         Some(h) => *h,
                         None => return Ok(None),
                     },
+                    InputRef::UpstreamParams => ArtifactHash::of_bytes(&self.pipeline.upstream_params(self.index(stage))),
                     ext => self.external(ext, fetch)?.expect("external refs hash"),
                 };
                 hashes.push(h);
@@ -112,6 +118,29 @@ impl<'a> Resolver<'a> {
                 }
             }
         }
+    }
+
+    /// The files stage `i` reads, slot by slot, in spec order. `output`
+    /// gives the hash of a finished upstream output; engine-made documents
+    /// (upstream params) are stored as cache objects first.
+    pub fn input_paths(
+        &self,
+        i: usize,
+        output: impl Fn(&str, &str) -> ArtifactHash,
+    ) -> Result<BTreeMap<String, Vec<PathBuf>>, CacheError> {
+        let mut out = BTreeMap::new();
+        for (slot, refs) in &self.pipeline.stages[i].inputs {
+            let mut paths = Vec::with_capacity(refs.len());
+            for r in refs {
+                paths.push(match r {
+                    InputRef::Output { stage, output: o } => self.cache.object_path(&output(stage, o)),
+                    InputRef::External { path, .. } => external::resolve(&self.pipeline.root, path),
+                    InputRef::UpstreamParams => self.cache.put_bytes(&self.pipeline.upstream_params(i))?,
+                });
+            }
+            out.insert(slot.clone(), paths);
+        }
+        Ok(out)
     }
 
     /// Every stage's state, in pipeline order.

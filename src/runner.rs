@@ -8,7 +8,6 @@
 //! evicted and its producer re-run, so corrupt bytes never reach a stage.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
@@ -217,7 +216,10 @@ pub fn run(
                     forced.insert(producer);
                     continue;
                 }
-                let inputs = input_paths(pipeline, cache, &resolver, i, &states);
+                let inputs = resolver.input_paths(i, |up, output| match &states[pipeline.index_of(up).expect("references are checked")] {
+                    State::Done(outs) => outs[output].hash,
+                    _ => unreachable!("inputs are done before a stage runs"),
+                })?;
                 observer.started(&stage.name, &reasons);
                 let mut r = report(stage, Outcome::Ran, Some(key), reasons);
                 r.params = stage.checked.params.clone();
@@ -337,31 +339,4 @@ fn reset_from(
             }
         }
     }
-}
-
-fn input_paths(
-    pipeline: &Pipeline,
-    cache: &Cache,
-    resolver: &Resolver<'_>,
-    i: usize,
-    states: &[State],
-) -> BTreeMap<String, Vec<PathBuf>> {
-    let mut out = BTreeMap::new();
-    for (slot, refs) in &pipeline.stages[i].inputs {
-        let paths = refs
-            .iter()
-            .map(|r| match r {
-                InputRef::Output { stage, output } => {
-                    let p = pipeline.index_of(stage).expect("references are checked");
-                    match &states[p] {
-                        State::Done(outs) => cache.object_path(&outs[output].hash),
-                        _ => unreachable!("inputs are done before a stage runs"),
-                    }
-                }
-                InputRef::External { path, .. } => crate::external::resolve(&resolver.pipeline.root, path),
-            })
-            .collect();
-        out.insert(slot.clone(), paths);
-    }
-    out
 }

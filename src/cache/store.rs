@@ -97,6 +97,18 @@ impl Cache {
         Ok((hash, size))
     }
 
+    /// Stores `bytes` as an object (if not already there); returns its path.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<PathBuf, CacheError> {
+        let dest = self.object_path(&ArtifactHash::of_bytes(bytes));
+        if !dest.is_file() {
+            let dir = dest.parent().expect("objects have a parent directory");
+            fs::create_dir_all(dir).map_err(|e| CacheError::io("cannot create", dir, e))?;
+            self.write_atomic(&dest, bytes)?;
+            let _ = fs::set_permissions(&dest, fs::Permissions::from_mode(0o444));
+        }
+        Ok(dest)
+    }
+
     fn manifest_path(&self, key: &StageKey) -> PathBuf {
         self.root.join("manifests").join(format!("{}.json", key.to_hex()))
     }

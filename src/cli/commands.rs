@@ -1,7 +1,6 @@
 //! One function per subcommand. Each returns an exit code; library errors
 //! are rendered here, the only place that knows about the terminal.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -10,7 +9,6 @@ use cairn::cache::{Cache, CacheLock};
 use cairn::digest::ArtifactHash;
 use cairn::env::Environment;
 use cairn::exec::{execute, ExecRequest};
-use cairn::kind::InputRef;
 use cairn::kinds::Registry;
 use cairn::plan::{Resolver, StageState};
 use cairn::runner::{self, Outcome, RunOptions};
@@ -304,6 +302,8 @@ fn cmd_verify(cli: &Cli, config: &Config, only: &[String], console: &Console) ->
         }
     }
     let cancel = interrupt_flag();
+    let warn = |m: String| console.warn_line(&m);
+    let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
     let mut differs = 0;
     for (i, (name, st)) in states.iter().enumerate() {
         if !only.is_empty() && !only.contains(name) {
@@ -313,23 +313,11 @@ fn cmd_verify(cli: &Cli, config: &Config, only: &[String], console: &Console) ->
             return Err(fail(console, exit::FAILED, format!("`{name}` is not cached; run `cairn run` first, then verify")));
         };
         let stage = &pipeline.stages[i];
-        let mut inputs = BTreeMap::new();
-        for (slot, refs) in &stage.inputs {
-            let paths = refs
-                .iter()
-                .map(|r| match r {
-                    InputRef::Output { stage: up, output } => {
-                        let (_, ust) = states.iter().find(|(n, _)| n == up).expect("checked");
-                        match ust {
-                            StageState::Fresh { manifest, .. } => cache.object_path(&manifest.outputs[output].hash),
-                            _ => unreachable!("upstream of a fresh stage is fresh"),
-                        }
-                    }
-                    InputRef::External { path, .. } => cairn::external::resolve(&pipeline.root, path),
-                })
-                .collect();
-            inputs.insert(slot.clone(), paths);
-        }
+        let fresh_output = |up: &str, output: &str| match states.iter().find(|(n, _)| n == up).map(|(_, st)| st) {
+            Some(StageState::Fresh { manifest, .. }) => manifest.outputs[output].hash,
+            _ => unreachable!("upstream of a fresh stage is fresh"),
+        };
+        let inputs = resolver.input_paths(i, fresh_output).map_err(|e| fail(console, exit::IO, e))?;
         console.line(&format!("verifying  {name:<12} re-executing…"));
         let req = ExecRequest {
             stage,

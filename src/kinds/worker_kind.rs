@@ -49,6 +49,7 @@ fn convert_implied(i: &cairn_kinds::Implied) -> Result<InputRef, ParamError> {
         cairn_kinds::Implied::File { path, url, sha256 } => {
             InputRef::External { path: path.clone(), url: url.clone(), sha256: sha256.clone() }
         }
+        cairn_kinds::Implied::UpstreamParams => InputRef::UpstreamParams,
     })
 }
 

@@ -99,6 +99,23 @@ impl Pipeline {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.stages.iter().map(|s| s.name.as_str())
     }
+
+    /// The document behind an [`InputRef::UpstreamParams`] input of stage
+    /// `i`: `{"stages": {name: {"kind": k, "params": canonical}}}` for `i`
+    /// and every stage it reads from, transitively. Stages it does not
+    /// depend on are left out, so editing them leaves its key alone.
+    pub fn upstream_params(&self, i: usize) -> Vec<u8> {
+        let stages: serde_json::Map<String, serde_json::Value> = self
+            .graph
+            .ancestors_of(&[i])
+            .into_iter()
+            .map(|j| {
+                let s = &self.stages[j];
+                (s.name.clone(), serde_json::json!({"kind": s.kind.name(), "params": s.checked.params}))
+            })
+            .collect();
+        serde_json::to_vec_pretty(&serde_json::json!({ "stages": stages })).expect("JSON values serialise")
+    }
 }
 
 /// Loads and checks a pipeline file.
@@ -301,4 +318,47 @@ fn resolve_inputs(
         out.push(Stage { name: rs.name.clone(), kind: kind.clone(), checked: c.clone(), inputs });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+[stages.preds]
+kind = "command"
+cmd = "true"
+outputs = { t = "p.parquet" }
+
+[stages.unrelated]
+kind = "command"
+cmd = "echo {out.x}"
+outputs = { x = "x.txt" }
+
+[stages.report]
+kind = "report"
+title = "T"
+inputs = { predictions = "preds.t" }
+"#;
+
+    fn upstream(text: &str) -> serde_json::Value {
+        let p = load_str(Path::new("p.toml"), text, &LoadOptions::default(), &Registry::builtin()).unwrap();
+        let i = p.index_of("report").unwrap();
+        assert_eq!(p.stages[i].inputs["pipeline"], vec![InputRef::UpstreamParams], "the engine feeds the report its pipeline");
+        serde_json::from_slice(&p.upstream_params(i)).unwrap()
+    }
+
+    #[test]
+    fn upstream_params_name_ancestors_only() {
+        let doc = upstream(SPEC);
+        let stages = doc["stages"].as_object().unwrap();
+        assert_eq!(stages.keys().collect::<Vec<_>>(), ["preds", "report"]);
+        assert_eq!(stages["preds"]["kind"], "command");
+        assert_eq!(stages["preds"]["params"]["cmd"], "true");
+        assert_eq!(stages["report"]["params"]["title"], "T");
+        // Editing a stage the report does not read from leaves the document
+        // (and so the report's key) alone; editing an ancestor changes it.
+        assert_eq!(upstream(&SPEC.replace("echo {out.x}", "echo again {out.x}")), doc);
+        assert_ne!(upstream(&SPEC.replace("cmd = \"true\"", "cmd = \"true \"")), doc);
+    }
 }

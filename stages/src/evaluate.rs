@@ -43,9 +43,7 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
     let (_vs, net) = load_trained(ctx.input("model")?, &p.model, ctx.device)?;
     let (x, y) = load_labelled(ctx, "images", "labels", k)?;
     let classes = class_names(ctx, k)?;
-    // Evaluation runs in fp32 on CPU (accuracy is what is measured) and in
-    // bf16 on CUDA, like training's `auto`.
-    let feed = Feed { normalize: p.model.normalize, kind: compute_kind(cairn_kinds::train::Precision::Auto, ctx.device), device: ctx.device };
+    let feed = Feed { normalize: p.model.normalize, kind: compute_kind(p.precision, ctx.device), device: ctx.device };
     let logits = models::predict(&net, &x, &feed, p.batch_size as i64, p.tta);
     let n = y.size()[0];
     let loss = if n > 0 { logits.cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0).double_value(&[]) } else { f64::NAN };

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::train::{ModelSpec, Tta};
+use crate::train::{ModelSpec, Precision, Tta};
 use crate::{typed, Kind, KindInfo, Out, ParamError, Plan, Slot};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,13 +21,20 @@ pub struct EvaluateParams {
     pub tta: Tta,
     #[serde(default = "batch")]
     pub batch_size: u32,
+    /// `auto` (bf16 on CUDA, fp32 on CPU), `fp32` or `bf16`.
+    #[serde(default = "auto")]
+    pub precision: Precision,
+}
+
+fn auto() -> Precision {
+    Precision::Auto
 }
 
 fn batch() -> u32 {
     500
 }
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 pub struct Evaluate;
 

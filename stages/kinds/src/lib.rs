@@ -87,6 +87,10 @@ pub enum Implied {
     /// A file outside the cache, relative to the pipeline file. When missing
     /// and `url` is set, the engine downloads it and checks `sha256`.
     File { path: String, url: Option<String>, sha256: Option<String> },
+    /// The canonical params of this stage and of every stage upstream of
+    /// it, as a JSON document `{"stages": {name: {"kind", "params"}}}`
+    /// that the engine writes (for reports that show what produced them).
+    UpstreamParams,
 }
 
 /// The result of checking a stage's params.

@@ -39,7 +39,7 @@ fn default_top_pairs() -> u32 {
 /// Bounds `top_pairs`: beyond this the list stops being a summary.
 const MAX_TOP_PAIRS: u32 = 100;
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 pub struct Report;
 
@@ -92,7 +92,7 @@ impl Kind for Report {
                 Out::with_ext("report", "report", "md"),
                 Out::with_ext("index", "report", "html"),
             ],
-            implied: vec![],
+            implied: vec![("pipeline".to_string(), crate::Implied::UpstreamParams)],
         })
     }
 }

@@ -190,7 +190,7 @@ pub struct Augment {
     /// Random horizontal flips.
     #[serde(default)]
     pub flip: bool,
-    /// Random translation by up to this many pixels (zero padding + crop).
+    /// Random translation by up to this many pixels (reflect padding + crop).
     #[serde(default)]
     pub translate: u32,
 }
@@ -403,7 +403,7 @@ pub fn init_input(init: &Init) -> Result<Option<Implied>, ParamError> {
     })
 }
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 pub struct Train;
 

@@ -2,6 +2,8 @@
 //! validation, for every training phase in order on one epoch axis. Phases
 //! (e.g. frozen-backbone training, then fine-tuning) are shaded bands with
 //! their names on top, so a jump at a phase boundary reads as what it is.
+//! The names sit in headroom above the data and the legend in a strip above
+//! both panels, so neither can cover a curve or each other.
 
 use std::ops::Range;
 
@@ -27,7 +29,9 @@ pub struct Phase {
 }
 
 const WIDTH: u32 = 1200;
-const HEIGHT: u32 = 470;
+const HEIGHT: u32 = 500;
+/// Height of the shared legend strip above the panels.
+const LEGEND: u32 = 30;
 const TRAIN: RGBColor = RGBColor(31, 119, 180);
 const VAL: RGBColor = RGBColor(230, 120, 20);
 const BANDS: [RGBColor; 2] = [RGBColor(236, 242, 250), RGBColor(250, 244, 232)];
@@ -46,7 +50,9 @@ pub fn draw(phases: &[Phase]) -> Result<Figure, PlotError> {
             area.draw(&Text::new(msg, (WIDTH as i32 / 2, HEIGHT as i32 / 2), centered(text(18.0)).color(&BLACK)))?;
             return Ok(());
         }
-        let (left, right) = area.split_horizontally(WIDTH / 2);
+        let (strip, panels) = area.split_vertically(LEGEND);
+        legend(&strip)?;
+        let (left, right) = panels.split_horizontally(WIDTH / 2);
         let loss = |e: &Epoch| (Some(e.train_loss), e.val_loss);
         let acc = |e: &Epoch| (Some(e.train_acc), e.val_acc);
         panel(&left, phases, "Loss", "loss", &loss, false)?;
@@ -56,9 +62,25 @@ pub fn draw(phases: &[Phase]) -> Result<Figure, PlotError> {
     Ok(fig)
 }
 
+/// "— train   — validation", centred.
+fn legend(area: &Area<'_>) -> DrawResult {
+    let y = LEGEND as i32 / 2 + 4;
+    let mut x = WIDTH as i32 / 2 - 110;
+    for (name, colour) in [("train", TRAIN), ("validation", VAL)] {
+        area.draw(&PathElement::new(vec![(x, y), (x + 26, y)], colour.stroke_width(3)))?;
+        area.draw(&Text::new(name, (x + 34, y), text(14.0).pos(Pos::new(HPos::Left, VPos::Center)).color(&BLACK)))?;
+        x += 130;
+    }
+    Ok(())
+}
+
 type Pick<'a> = &'a dyn Fn(&Epoch) -> (Option<f64>, Option<f64>);
 
-/// The y range covering every finite value, padded; accuracy stays ≤ 100.
+/// Fraction of the y span added on top for the phase names.
+const HEADROOM: f64 = 0.12;
+
+/// The y range covering every finite value, padded (accuracy's data part
+/// stays ≤ 100), plus headroom for the phase names.
 fn y_range(values: &[f64], percent: bool) -> Range<f64> {
     let lo = values.iter().cloned().fold(f64::INFINITY, f64::min);
     let hi = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -70,7 +92,7 @@ fn y_range(values: &[f64], percent: bool) -> Range<f64> {
     } else {
         lo = lo.max(0.0);
     }
-    lo..hi
+    lo..hi + (hi - lo) * HEADROOM
 }
 
 fn panel(area: &Area<'_>, phases: &[Phase], title: &str, y_desc: &str, pick: Pick<'_>, percent: bool) -> DrawResult {
@@ -101,7 +123,12 @@ fn panel(area: &Area<'_>, phases: &[Phase], title: &str, y_desc: &str, pick: Pic
         .label_style(text(12.0))
         .x_labels(total.min(12))
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| if percent { format!("{y:.0}") } else { format!("{y:.2}") })
+        // No tick labels in the headroom above 100%.
+        .y_label_formatter(&|y| match percent {
+            true if *y > 100.0 + 1e-9 => String::new(),
+            true => format!("{y:.0}"),
+            false => format!("{y:.2}"),
+        })
         .light_line_style(RGBColor(235, 235, 235))
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()?;
@@ -136,27 +163,18 @@ fn panel(area: &Area<'_>, phases: &[Phase], title: &str, y_desc: &str, pick: Pic
             })
             .collect()
     };
-    for (which, name, colour) in [(0, "train", TRAIN), (1, "validation", VAL)] {
+    for (which, colour) in [(0, TRAIN), (1, VAL)] {
         let points = series(which);
         if points.is_empty() {
             continue;
         }
         chart
-            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], colour.stroke_width(2)));
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?;
         // Markers only while they stay distinct dots.
         if total <= 60 {
             chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, colour.filled())))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(if percent { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
-        .label_font(text(13.0))
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(180, 180, 180))
-        .draw()?;
     Ok(())
 }
 
@@ -183,9 +201,10 @@ mod tests {
     }
 
     #[test]
-    fn accuracy_range_stays_within_percent() {
+    fn accuracy_range_stays_within_percent_below_the_headroom() {
         let r = y_range(&[99.5, 100.0], true);
-        assert!(r.end <= 100.0 && r.start < 99.5);
+        let data_top = r.end - (r.end - r.start) * HEADROOM / (1.0 + HEADROOM);
+        assert!((data_top - 100.0).abs() < 1e-9 && r.start < 99.5, "{r:?}");
         let r = y_range(&[0.2, 0.2], false);
         assert!(r.start < 0.2 && r.end > 0.2);
     }
