@@ -178,3 +178,136 @@ fn thousands_of_stages_load_quickly() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(r.stdout.lines().count(), 3000);
 }
+
+/// A stage that writes a large artifact, so that a kill can land while the
+/// stage writes it, while the engine hashes it, or while it is moved into
+/// the store.
+const BIG: &str = r#"
+[stages.small]
+kind = "command"
+cmd = "echo small > {out.o}"
+outputs = { o = "o.txt" }
+
+[stages.big]
+kind = "command"
+cmd = "cat {in.i} > {out.o}; head -c 150000000 /dev/zero >> {out.o}"
+inputs = { i = "small.o" }
+outputs = { o = "o.bin" }
+"#;
+
+/// Every object in the store hashes to its name, and nothing is left in
+/// the cache's scratch area once a run has started again.
+fn assert_store_intact(p: &Project) {
+    let v = p.cairn(&["cache", "verify"]);
+    assert_eq!(v.code, 0, "cache verify after a kill: {}", v.all());
+}
+
+#[test]
+fn sigkill_at_many_points_of_a_large_write_leaves_no_partial_result() {
+    // How long one clean run takes on this machine, to spread kill points
+    // over it: from the stage's first bytes to the engine's ingest.
+    let probe = Project::new(BIG);
+    let t0 = std::time::Instant::now();
+    assert_eq!(probe.cairn(&["run"]).code, 0);
+    let total = t0.elapsed();
+    for pct in [5u32, 15, 30, 45, 60, 75, 90, 100] {
+        let p = Project::new(BIG);
+        let mut child = p.cmd(&["run"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(total * pct / 100);
+        let _ = child.kill(); // SIGKILL (a no-op if it already finished)
+        child.wait().unwrap();
+        assert_store_intact(&p);
+        let status = p.cairn(&["status"]);
+        assert_eq!(status.code, 0, "{}", status.all());
+        let big_fresh = status.stdout.contains("fresh      big");
+        eprintln!("killed at {pct}% of {total:?}: big {}", if big_fresh { "had finished" } else { "had not finished" });
+        // A manifest is only ever written after its objects: a fresh stage's
+        // output is complete, with the full size.
+        if big_fresh {
+            let out = p.path().join("artifacts/big/o.bin");
+            assert_eq!(std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0), 150_000_006, "at {pct}%");
+        }
+        let resumed = p.cairn(&["run"]);
+        assert_eq!(resumed.code, 0, "at {pct}%: {}", resumed.all());
+        let want = if big_fresh { "cached" } else { "ran" };
+        assert_eq!(resumed.outcome("big").as_deref(), Some(want), "at {pct}%: {}", resumed.all());
+        assert_store_intact(&p);
+        let leftovers: Vec<_> = std::fs::read_dir(p.cache().join("tmp")).unwrap().collect();
+        assert!(leftovers.is_empty(), "at {pct}%: {leftovers:?}");
+    }
+}
+
+#[test]
+fn gc_during_a_run_waits_and_keeps_what_the_run_made() {
+    let p = Project::new(SLOW_CHAIN);
+    let run = p.cmd(&["run"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_for(&p, "slow-");
+    let gc = p.cairn(&["gc", "--keep-runs", "0"]);
+    let run = run.wait_with_output().unwrap();
+    assert!(run.status.success());
+    assert_eq!(gc.code, 0, "{}", gc.all());
+    assert!(gc.stderr.contains("waiting for another cairn process"), "gc must not run beside a run: {}", gc.all());
+    let again = p.cairn(&["run"]);
+    assert_eq!(again.outcome("fast").as_deref(), Some("cached"), "{}", again.all());
+    assert_eq!(again.outcome("slow").as_deref(), Some("cached"), "{}", again.all());
+}
+
+/// A small tmpfs, unmounted on drop. `None` where mounting is not allowed
+/// (not root, or no CAP_SYS_ADMIN in a container).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_fails_clearly_and_keeps_earlier_results() {
+    let p = Project::new(
+        r#"
+[stages.small]
+kind = "command"
+cmd = "echo small > {out.o}"
+outputs = { o = "o.txt" }
+
+[stages.huge]
+kind = "command"
+cmd = "cat {in.i} > {out.o} && head -c 20000000 /dev/zero >> {out.o}"
+inputs = { i = "small.o" }
+outputs = { o = "o.bin" }
+"#,
+    );
+    let Some(_fs) = Tmpfs::mount(&p.path().join("disk"), "8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN); `unwritable_cache_fails_clearly_and_keeps_results` covers failing writes");
+        return;
+    };
+    let cache = "disk/cache";
+    let first = p.cairn(&["--cache-dir", cache, "run", "small"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    let full = p.cairn(&["--cache-dir", cache, "run"]);
+    assert_ne!(full.code, 0, "{}", full.all());
+    assert_eq!(full.outcome("huge").as_deref(), Some("FAILED"), "{}", full.all());
+    assert!(full.stderr.contains("No space left on device"), "the error says why: {}", full.all());
+    // Nothing half-written stays behind, and the earlier result still serves.
+    let leftovers: Vec<_> = std::fs::read_dir(p.path().join("disk/cache/tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let v = p.cairn(&["--cache-dir", cache, "cache", "verify"]);
+    assert_eq!(v.code, 0, "{}", v.all());
+    let again = p.cairn(&["--cache-dir", cache, "run", "small"]);
+    assert_eq!(again.outcome("small").as_deref(), Some("cached"), "{}", again.all());
+}
