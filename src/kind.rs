@@ -212,10 +212,33 @@ impl From<std::io::Error> for StageFailure {
     }
 }
 
+/// A progress update from a running stage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// One line, e.g. `epoch 3/30 loss 0.41 acc 86.1% 812 img/s`.
+    pub message: String,
+    /// Units done of `total` (e.g. optimizer steps), when the stage can
+    /// say: a terminal shows a bar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// A mid-epoch update: it moves a terminal's bar but is left out of
+    /// logs, which get one line per epoch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
+}
+
+impl Progress {
+    /// A plain status line with no bar position.
+    pub fn line(message: impl Into<String>) -> Self {
+        Self { message: message.into(), ..Self::default() }
+    }
+}
+
 /// Where a stage writes progress and metrics. Implemented by the runner.
 pub trait Reporter: Send + Sync {
-    /// A one-line progress message (e.g. `epoch 3/30 loss 0.41 acc 86.1%`).
-    fn progress(&self, stage: &str, message: &str);
+    fn progress(&self, stage: &str, progress: &Progress);
     /// Free-form log line from the stage.
     fn log(&self, stage: &str, line: &str);
 }

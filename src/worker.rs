@@ -45,8 +45,8 @@ pub struct Job {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// A short status line, e.g. `epoch 3/30 loss 0.41 acc 86.1% 812 img/s`.
-    Progress { message: String },
+    /// A status line, optionally with a bar position.
+    Progress(crate::kind::Progress),
     /// A summary metric for the manifest and run history.
     Metric { name: String, value: f64 },
     /// A log line worth keeping.

@@ -8,6 +8,9 @@
 //! would silently run on the CPU. torch-sys declares `links = "tch"` and
 //! exports its lib folder as `DEP_TCH_LIBTORCH_LIB` to crates that depend on
 //! it directly, which is why `torch-sys` is a direct dependency here.
+//!
+//! It also compiles `csrc/determinism.cpp`, a two-function shim over
+//! libtorch's global determinism switches (tch has no binding for them).
 
 use std::env;
 
@@ -19,10 +22,27 @@ fn main() {
         println!("cargo:warning=torch-sys did not export DEP_TCH_LIBTORCH_LIB; cairn-worker will need libtorch on the loader path");
         return;
     };
+    compile_shim(&lib);
     let args = [format!("-Wl,-rpath,{lib}"), "-Wl,--no-as-needed".to_string(), "-ltorch".to_string()];
     for arg in &args {
         // Every binary this package links (the worker, unit and integration
         // tests, benches) runs libtorch code.
         println!("cargo:rustc-link-arg={arg}");
     }
+}
+
+/// Builds the C++ shim against libtorch's headers (`<lib>/../include`),
+/// with the C++ ABI the PyPI wheels use.
+fn compile_shim(lib: &str) {
+    println!("cargo:rerun-if-changed=csrc/determinism.cpp");
+    let include = std::path::Path::new(lib).join("../include");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/determinism.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("cairn_determinism");
 }

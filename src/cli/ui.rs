@@ -1,16 +1,20 @@
 //! Terminal output: per-stage lines, progress, warnings, and tracing setup.
 //!
-//! Progress from a running stage overwrites one line on a terminal; when
-//! stderr is not a terminal (CI logs), each progress message is printed as
-//! its own line so logs show epochs as they happen. `--quiet` and `--json`
-//! silence everything but errors.
+//! On a terminal each running stage gets an indicatif bar (position, ETA
+//! and its latest status, e.g. loss and img/s) and per-epoch lines scroll
+//! above the bars. When stderr is not a terminal (CI logs) there are no
+//! bars: each per-epoch message is printed as its own line and mid-epoch
+//! updates are dropped. `--quiet` and `--json` silence everything but errors.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
 use crate::cli::Cli;
 use cairn::key::DirtyReason;
-use cairn::kind::Reporter;
+use cairn::kind::{Progress, Reporter};
 use cairn::runner::{Observer, Outcome, StageReport};
 
 pub fn init_tracing(cli: &Cli) {
@@ -32,37 +36,56 @@ pub fn init_tracing(cli: &Cli) {
 pub struct Console {
     quiet: bool,
     verbose: bool,
-    tty: bool,
-    /// Whether the last thing printed was an overwritable progress line.
-    dangling: Mutex<bool>,
+    /// One bar per running stage, drawn on stderr when it is a terminal
+    /// (indicatif hides them otherwise).
+    bars: MultiProgress,
+    running: Mutex<BTreeMap<String, ProgressBar>>,
 }
 
 impl Console {
     pub fn new(quiet: bool, verbose: bool) -> Self {
-        Self { quiet, verbose, tty: std::io::stderr().is_terminal(), dangling: Mutex::new(false) }
+        let target = if quiet || !std::io::stderr().is_terminal() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        Self { quiet, verbose, bars: MultiProgress::with_draw_target(target), running: Mutex::new(BTreeMap::new()) }
     }
 
     pub fn line(&self, text: &str) {
-        if self.quiet {
-            return;
+        if !self.quiet {
+            self.print(text);
         }
-        let mut d = self.dangling.lock().unwrap();
-        let mut err = std::io::stderr().lock();
-        if *d {
-            let _ = write!(err, "\r\x1b[2K");
-            *d = false;
-        }
-        let _ = writeln!(err, "{text}");
     }
 
     pub fn error(&self, text: &str) {
-        let mut d = self.dangling.lock().unwrap();
-        let mut err = std::io::stderr().lock();
-        if *d {
-            let _ = write!(err, "\r\x1b[2K");
-            *d = false;
+        self.print(text);
+    }
+
+    /// A permanent line above any bars (plainly, when they are hidden).
+    fn print(&self, text: &str) {
+        if self.bars.is_hidden() {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        } else {
+            let _ = self.bars.println(text);
         }
-        let _ = writeln!(err, "{text}");
+    }
+
+    fn bar(&self, stage: &str) -> ProgressBar {
+        let mut running = self.running.lock().unwrap();
+        running
+            .entry(stage.to_string())
+            .or_insert_with(|| {
+                let bar = self.bars.add(ProgressBar::new_spinner());
+                bar.set_prefix(format!("{stage:<12}"));
+                bar.set_style(ProgressStyle::with_template("  {prefix} {spinner} {elapsed:>4} {msg}").expect("valid template"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                bar
+            })
+            .clone()
+    }
+
+    fn finish_bar(&self, stage: &str) {
+        if let Some(bar) = self.running.lock().unwrap().remove(stage) {
+            bar.finish_and_clear();
+            self.bars.remove(&bar);
+        }
     }
 }
 
@@ -82,19 +105,29 @@ pub fn reasons_text(reasons: &[DirtyReason]) -> String {
 }
 
 impl Reporter for Console {
-    fn progress(&self, stage: &str, message: &str) {
+    fn progress(&self, stage: &str, p: &Progress) {
         if self.quiet {
             return;
         }
-        if self.tty {
-            let mut d = self.dangling.lock().unwrap();
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K  {stage:<12} {message}");
-            let _ = err.flush();
-            *d = true;
-        } else {
-            self.line(&format!("  {stage:<12} {message}"));
+        if !p.transient {
+            self.print(&format!("  {stage:<12} {}", p.message));
         }
+        if self.bars.is_hidden() {
+            return;
+        }
+        let bar = self.bar(stage);
+        if let (Some(done), Some(total)) = (p.done, p.total) {
+            if bar.length() != Some(total) {
+                bar.set_length(total);
+                bar.set_style(
+                    ProgressStyle::with_template("  {prefix} [{bar:28.cyan/blue}] {percent:>3}% {elapsed:>4}<{eta:<4} {msg}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+            }
+            bar.set_position(done.min(total));
+        }
+        bar.set_message(p.message.clone());
     }
 
     fn log(&self, stage: &str, line: &str) {
@@ -110,6 +143,7 @@ impl Observer for Console {
     }
 
     fn finished(&self, r: &StageReport) {
+        self.finish_bar(&r.stage);
         let label = outcome_label(&r.outcome);
         let detail = match &r.outcome {
             Outcome::Ran => format!("{:.1}s", r.duration_s),

@@ -140,7 +140,7 @@ impl StageKind for WorkerKind {
 /// Routes one line of worker stdout; lines that are not events are logs.
 fn handle_event(ctx: &mut StageCtx<'_>, line: &str, error_message: &mut Option<String>) {
     match serde_json::from_str::<Event>(line) {
-        Ok(Event::Progress { message }) => ctx.reporter.progress(ctx.stage, &message),
+        Ok(Event::Progress(p)) => ctx.reporter.progress(ctx.stage, &p),
         Ok(Event::Metric { name, value }) => {
             ctx.metrics.insert(name, value);
         }

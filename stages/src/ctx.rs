@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use cairn::kind::Progress;
 use cairn::worker::{Event, Job};
 use serde::de::DeserializeOwned;
 
@@ -92,7 +93,13 @@ impl WorkerCtx {
     }
 
     pub fn progress(&self, message: impl Into<String>) {
-        emit(&Event::Progress { message: message.into() });
+        emit(&Event::Progress(Progress::line(message)));
+    }
+
+    /// Progress with a bar position: `done` of `total` units. A `transient`
+    /// update only moves a terminal's bar (logs keep one line per epoch).
+    pub fn progress_at(&self, message: impl Into<String>, done: u64, total: u64, transient: bool) {
+        emit(&Event::Progress(Progress { message: message.into(), done: Some(done), total: Some(total), transient }));
     }
 
     pub fn metric(&self, name: &str, value: f64) {

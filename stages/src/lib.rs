@@ -3,6 +3,7 @@
 
 pub mod ctx;
 pub mod data;
+pub mod determinism;
 pub mod evaluate;
 pub mod gradcam;
 pub mod models;

@@ -36,6 +36,12 @@ enum JobError {
 }
 
 fn main() -> ExitCode {
+    // cuBLAS reads this when its first handle is made, so it must be set
+    // before any CUDA work (see `cairn_stages::determinism`). A value the
+    // user set wins.
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", cairn_stages::determinism::CUBLAS_WORKSPACE_CONFIG);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["--version"] | ["-V"] => {

@@ -34,7 +34,7 @@ fn batch() -> u32 {
     500
 }
 
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 pub struct Evaluate;
 

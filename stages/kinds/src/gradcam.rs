@@ -57,7 +57,7 @@ fn tile() -> u32 {
     112
 }
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 pub struct GradCam;
 

@@ -253,8 +253,9 @@ pub struct TrainParams {
     /// best epoch's weights.
     #[serde(default)]
     pub patience: Option<u32>,
-    /// Ask libtorch for deterministic kernels (CUDA; CPU is deterministic
-    /// for a fixed thread count already).
+    /// On CUDA: deterministic cuDNN, no autotuning, deterministic kernels
+    /// wherever libtorch has one (others log a warning) and a fixed cuBLAS
+    /// workspace. CPU runs are repeatable for a fixed thread count already.
     #[serde(default = "yes")]
     pub deterministic: bool,
     #[serde(default = "auto")]
@@ -403,7 +404,7 @@ pub fn init_input(init: &Init) -> Result<Option<Implied>, ParamError> {
     })
 }
 
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 pub struct Train;
 

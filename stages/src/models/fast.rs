@@ -75,7 +75,7 @@ pub fn fast(p: &nn::Path, num_classes: i64, widths: &[i64]) -> Net {
         cin = w;
     }
     let fc = linear(p / "head" / "fc", cin, num_classes, false);
-    let head = nn::func_t(move |x, _| fc.forward(&x.adaptive_max_pool2d([1, 1]).0.flatten(1, -1)) * LOGIT_SCALE);
+    let head = nn::func_t(move |x, _| fc.forward(&x.amax([2i64, 3].as_slice(), false)) * LOGIT_SCALE);
     blocks.push(Block::new("head", &["head"], head));
     Net { blocks }
 }

@@ -79,7 +79,7 @@ fn stem(p: &nn::Path, cifar: bool) -> nn::FuncT<'static> {
 
 fn head(p: &nn::Path, cin: i64, num_classes: i64) -> nn::FuncT<'static> {
     let fc = linear(p / "fc", cin, num_classes, true);
-    nn::func_t(move |x, _| fc.forward(&x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)))
+    nn::func_t(move |x, _| fc.forward(&x.mean_dim([2i64, 3].as_slice(), false, None::<tch::Kind>)))
 }
 
 fn resnet(p: &nn::Path, num_classes: i64, cifar: bool, depths: [i64; 4], bottle: bool) -> Net {

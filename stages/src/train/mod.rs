@@ -224,10 +224,10 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
     };
     tch::set_num_threads(ctx.threads() as i32);
     tch::manual_seed(ctx.seed() as i64);
-    if p.deterministic {
-        tch::Cuda::cudnn_set_benchmark(false);
-    }
     let device = ctx.device;
+    if device.is_cuda() {
+        crate::determinism::set(p.deterministic);
+    }
     let k = p.model.num_classes;
     let (xtr, ytr) = load_labelled(ctx, "train_images", "train_labels", k)?;
     let (xva, yva) = load_labelled(ctx, "val_images", "val_labels", k)?;
@@ -281,6 +281,7 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
     let mut rows: Vec<EpochRow> = Vec::new();
     let mut best: Option<(usize, f64, BTreeMap<String, Tensor>)> = None;
     let started = Instant::now();
+    let mut last_tick = started;
     let mut step = 0;
     for epoch in 0..p.epochs as usize {
         let t0 = Instant::now();
@@ -310,6 +311,11 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
             if let Some(la) = lookahead.as_mut() {
                 la.after_step(&vs, step);
             }
+            if last_tick.elapsed().as_secs_f64() >= 1.0 {
+                last_tick = Instant::now();
+                let msg = format!("epoch {}/{} step {}/{steps_per_epoch} loss {:.3}", epoch + 1, p.epochs, b + 1, loss_sum / (seen as f64).max(1.0));
+                ctx.progress_at(msg, step as u64, total as u64, true);
+            }
             loss_sum += lv * bs as f64;
             correct += tch::no_grad(|| logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
             seen += bs;
@@ -328,7 +334,7 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
             seconds: t0.elapsed().as_secs_f64(),
             images_per_sec: seen as f64 / train_secs,
         };
-        ctx.progress(format!(
+        let msg = format!(
             "epoch {}/{} loss {:.3} acc {:.1}% val {:.1}% {:.0} img/s",
             epoch + 1,
             p.epochs,
@@ -336,7 +342,8 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
             100.0 * row.train_acc,
             100.0 * val_acc,
             row.images_per_sec
-        ));
+        );
+        ctx.progress_at(msg, step as u64, total as u64, false);
         if best.as_ref().is_none_or(|b| val_acc > b.1) {
             let snap = vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
             best = Some((epoch, val_acc, snap));
