@@ -61,3 +61,18 @@ impl Event {
         serde_json::to_string(self).expect("events always serialise")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kind::Progress;
+
+    #[test]
+    fn progress_events_carry_an_optional_bar_position() {
+        let plain = Event::Progress(Progress::line("epoch 1/3"));
+        assert_eq!(plain.to_line(), r#"{"event":"progress","message":"epoch 1/3"}"#);
+        let at = Event::Progress(Progress { message: "step".into(), done: Some(5), total: Some(10), transient: true });
+        let back: Event = serde_json::from_str(&at.to_line()).unwrap();
+        assert_eq!(back, at);
+    }
+}

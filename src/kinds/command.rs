@@ -141,9 +141,11 @@ impl StageKind for Command {
             .spawn()
             .map_err(|e| StageFailure::new(format!("cannot start `sh`: {e}")))?;
         let (stage, reporter) = (ctx.stage, ctx.reporter);
-        let (status, stderr) = super::supervise::supervise(child, ctx.cancel, |line| reporter.log(stage, line))?;
+        let ended = super::supervise::supervise(child, ctx.cancel, |line| reporter.log(stage, line))?;
+        ctx.metrics.insert("peak_rss_mb".into(), ended.peak_rss_mb());
+        let status = ended.status;
         if !status.success() {
-            let text = String::from_utf8_lossy(&stderr);
+            let text = String::from_utf8_lossy(&ended.stderr);
             let tail = &text[text.len().saturating_sub(STDERR_TAIL)..];
             return Err(StageFailure::new(format!(
                 "command exited with {status}\n  command: {cmd}\n  stderr (tail):\n{}",

@@ -122,11 +122,13 @@ impl StageKind for WorkerKind {
             .map_err(|e| StageFailure::new(format!("cannot start {}: {e}", worker.display())))?;
         let mut error_message = None;
         let cancel = ctx.cancel;
-        let (status, stderr) = super::supervise::supervise(child, cancel, |line| handle_event(ctx, line, &mut error_message))?;
+        let ended = super::supervise::supervise(child, cancel, |line| handle_event(ctx, line, &mut error_message))?;
+        ctx.metrics.insert("peak_rss_mb".into(), ended.peak_rss_mb());
+        let status = ended.status;
         if status.success() {
             return Ok(());
         }
-        let text = String::from_utf8_lossy(&stderr);
+        let text = String::from_utf8_lossy(&ended.stderr);
         let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
         let mut message = error_message.unwrap_or_else(|| format!("cairn-worker exited with {status}"));
         if !tail.is_empty() {
