@@ -41,7 +41,10 @@ class Group(nn.Module):
 
 
 class Fast(nn.Module):
-    """cairn's `fast` net: 2x2 stem conv (24 ch), one group per width, max-pool head, logits / 9."""
+    """cairn's `fast` net: 2x2 stem conv (24 ch), one group per width, max-pool head, logits / 9.
+
+    As in cairn (and airbench), the stem's whitening filters and the
+    BatchNorm scales are fixed, so neither takes a gradient."""
 
     def __init__(self, widths=(64, 256, 256), num_classes=10):
         super().__init__()
@@ -52,10 +55,14 @@ class Fast(nn.Module):
             c = w
         self.groups = nn.Sequential(*groups)
         self.fc = nn.Linear(c, num_classes, bias=False)
+        self.stem.weight.requires_grad = False
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad = False
 
     def forward(self, x):
         x = self.groups(F.gelu(self.stem(x)))
-        return self.fc(F.adaptive_max_pool2d(x, 1).flatten(1)) / 9
+        return self.fc(x.amax(dim=(2, 3))) / 9
 
 
 def make(name, cifar_stem):
@@ -77,7 +84,7 @@ def throughput(name="fast", res="32", batch="256", steps="5", precision="fp32", 
     torch.manual_seed(0)
     bf16 = precision == "bf16"
     model = make(name, stem == "cifar")
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
     y = torch.randint(0, 10, (batch,))
     mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
