@@ -6,7 +6,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --release
 
-.PHONY: setup build run test bench fmt clippy
+.PHONY: setup build run test bench fuzz fmt clippy
 
 # Installs libtorch once per machine (quiet when done) and builds everything.
 setup:
@@ -28,6 +28,17 @@ test: setup
 
 bench: setup
 	bash scripts/bench.sh
+
+# Property-based fuzzing (proptest) of the four parsers: pipeline.toml,
+# tensor files, CIFAR-10 binary batches, and .pth/safetensors weights.
+# `make test` runs a few hundred cases of each; this runs FUZZ_CASES of
+# each, one target at a time, stopping a target early once it has been
+# busy for FUZZ_SECONDS (when set), e.g. `make fuzz FUZZ_SECONDS=600`.
+FUZZ_CASES ?= 1000000
+FUZZ_SECONDS ?=
+fuzz: setup
+	CAIRN_FUZZ_CASES=$(FUZZ_CASES) CAIRN_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test $(CARGO_FLAGS) --workspace \
+		--lib --test fuzz_spec --test fuzz_tensor --test fuzz_pth -- fuzz_ --nocapture --test-threads=1
 
 fmt:
 	$(CARGO) fmt --all

@@ -252,10 +252,14 @@ fn resolve_inputs(
     let all_names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
     let mut out = Vec::new();
     for (rs, kind, c) in &checked {
+        let is_implied = |slot: &str| c.implied_inputs.iter().any(|(s, _)| s == slot);
         let loc = |slot: Option<&str>| {
-            let mut p = vec!["stages".to_string(), rs.name.clone(), "inputs".to_string()];
-            if let Some(s) = slot {
-                p.push(s.to_string());
+            let mut p = vec!["stages".to_string(), rs.name.clone()];
+            match slot {
+                // An implied slot is named after the param that implies it.
+                Some(s) if is_implied(s) => p.push(s.to_string()),
+                Some(s) => p.extend(["inputs".to_string(), s.to_string()]),
+                None => p.push("inputs".to_string()),
             }
             raw.source.origin(raw.span_of(&p))
         };
@@ -271,20 +275,20 @@ fn resolve_inputs(
         }
         let slot_names: Vec<&str> = c.inputs.iter().map(|s| s.name.as_str()).collect();
         for (slot, refs) in &inputs {
-            // Slots a param implies are the kind's own doing, not declared ones.
-            if c.implied_inputs.iter().any(|(s, _)| s == slot) {
-                continue;
-            }
-            let Some(decl) = c.inputs.iter().find(|s| &s.name == slot) else {
-                let help = match diag::closest(slot, slot_names.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("`{}` takes: {}", rs.kind, if slot_names.is_empty() { "no inputs".into() } else { slot_names.join(", ") }),
+            // Slots a param implies are the kind's own doing, not declared
+            // ones; what they refer to is checked like any reference.
+            if !is_implied(slot) {
+                let Some(decl) = c.inputs.iter().find(|s| &s.name == slot) else {
+                    let help = match diag::closest(slot, slot_names.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("`{}` takes: {}", rs.kind, if slot_names.is_empty() { "no inputs".into() } else { slot_names.join(", ") }),
+                    };
+                    err(Some(slot), format!("kind `{}` has no input slot `{slot}`", rs.kind), Some(help));
+                    continue;
                 };
-                err(Some(slot), format!("kind `{}` has no input slot `{slot}`", rs.kind), Some(help));
-                continue;
-            };
-            if !decl.many && refs.len() != 1 {
-                err(Some(slot), format!("input `{slot}` takes exactly one reference, got {}", refs.len()), None);
+                if !decl.many && refs.len() != 1 {
+                    err(Some(slot), format!("input `{slot}` takes exactly one reference, got {}", refs.len()), None);
+                }
             }
             for r in refs {
                 let InputRef::Output { stage, output } = r else { continue };
@@ -346,6 +350,45 @@ inputs = { predictions = "preds.t" }
         let i = p.index_of("report").unwrap();
         assert_eq!(p.stages[i].inputs["pipeline"], vec![InputRef::UpstreamParams], "the engine feeds the report its pipeline");
         serde_json::from_slice(&p.upstream_params(i)).unwrap()
+    }
+
+    /// Found by fuzzing (tests/fuzz_spec.rs): a reference implied by a
+    /// param (`init = { stage = "..." }`) to a stage that does not exist
+    /// was never checked, and building the graph panicked on it.
+    #[test]
+    fn implied_reference_to_a_missing_stage_is_an_error() {
+        let spec = |init: &str| {
+            format!(
+                r#"
+[stages.data]
+kind = "command"
+cmd = "true > {{out.x}}"
+outputs = {{ x = "x.bin" }}
+
+[stages.pre]
+kind = "train"
+model = {{ arch = "fast" }}
+inputs = {{ train_images = "data.x", train_labels = "data.x", val_images = "data.x", val_labels = "data.x" }}
+
+[stages.ft]
+kind = "train"
+model = {{ arch = "fast" }}
+init = {{ stage = "{init}" }}
+inputs = {{ train_images = "data.x", train_labels = "data.x", val_images = "data.x", val_labels = "data.x" }}
+"#
+            )
+        };
+        let load = |init: &str| load_str(Path::new("p.toml"), &spec(init), &LoadOptions::default(), &Registry::builtin());
+        assert!(load("pre.model").is_ok());
+        for (init, want) in [
+            ("pe.model", "input `init` refers to `pe`, which is not a stage"),
+            ("pre.weights", "input `init` refers to `pre.weights`, but `pre` has no output `weights`"),
+            ("ft.model", "input `init` reads the stage's own output"),
+        ] {
+            let e = load(init).err().unwrap_or_else(|| panic!("{init} was accepted")).to_string();
+            assert!(e.contains(want), "{init}: {e}");
+            assert!(e.contains("p.toml:15:"), "{init}: points at the `init` line: {e}");
+        }
     }
 
     #[test]

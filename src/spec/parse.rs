@@ -112,6 +112,10 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
             Vec::new()
         }
         Some(item) => match item.as_table_like() {
+            Some(t) if t.is_empty() => {
+                cx.error(item.span(), "the pipeline declares no stages", Some("add a `[stages.<name>]` table".into()));
+                Vec::new()
+            }
             Some(t) => t
                 .iter()
                 .filter_map(|(name, item)| parse_stage(&mut cx, name, item))
@@ -385,4 +389,25 @@ pub fn to_json_value(v: &toml_edit::Value) -> Option<Value> {
             t.iter().map(|(k, v)| Some((k.to_string(), to_json_value(v)?))).collect::<Option<_>>()?,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let source = SourceMap::new("p.toml".into(), text);
+        parse(source, text).err().unwrap_or_default().iter().map(|d| d.to_string()).collect()
+    }
+
+    /// Found by fuzzing (tests/fuzz_spec.rs): an empty `[stages]` table
+    /// loaded as a pipeline with no stages, while a missing one was refused.
+    #[test]
+    fn empty_stages_table_is_an_error() {
+        for text in ["[stages]\n", "stages = {}\n", "[pipeline]\nname = \"x\"\n[stages]\n"] {
+            let errs = errors(text);
+            assert!(errs.len() == 1 && errs[0].contains("declares no stages"), "{text:?}: {errs:?}");
+        }
+        assert!(errors("[pipeline]\n")[0].contains("declares no stages"));
+    }
 }

@@ -55,3 +55,4 @@ impl From<DataError> for StageError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)] mod fuzz_tests;

@@ -240,6 +240,36 @@ struct Unpickler<'a> {
     at: usize,
     stack: Vec<V>,
     memo: HashMap<u32, V>,
+    /// Values the memo may still copy (see [`COPY_BUDGET`]).
+    copies_left: usize,
+}
+
+/// Values nest at most this deep (checkpoints nest a few levels). Deeper
+/// ones are refused while being built: dropping, copying or printing them
+/// would recurse past the end of the stack.
+const MAX_DEPTH: usize = 100;
+
+/// Values the memo may copy in all, plus four per pickle byte. This machine
+/// copies a memoised value where pickle would share it, so without a cap a
+/// few hundred bytes that double a value through the memo copy billions.
+const COPY_BUDGET: usize = 1 << 20;
+
+/// Whether `v` nests more than `n` containers deep; looks no deeper.
+fn deeper_than(v: &V, n: usize) -> bool {
+    match v {
+        V::Tuple(xs) | V::List(xs) => n == 0 || xs.iter().any(|x| deeper_than(x, n - 1)),
+        V::Dict(kv) => n == 0 || kv.iter().any(|(k, x)| deeper_than(k, n - 1) || deeper_than(x, n - 1)),
+        _ => false,
+    }
+}
+
+/// Values in `v`, itself included.
+fn nodes(v: &V) -> usize {
+    1 + match v {
+        V::Tuple(xs) | V::List(xs) => xs.iter().map(nodes).sum(),
+        V::Dict(kv) => kv.iter().map(|(k, x)| nodes(k) + nodes(x)).sum(),
+        _ => 0,
+    }
 }
 
 fn storage_kind(name: &str) -> Option<Kind> {
@@ -267,7 +297,7 @@ fn ints(v: &V) -> Option<Vec<i64>> {
 
 impl<'a> Unpickler<'a> {
     fn new(b: &'a [u8]) -> Self {
-        Self { b, at: 0, stack: Vec::new(), memo: HashMap::new() }
+        Self { b, at: 0, stack: Vec::new(), memo: HashMap::new(), copies_left: COPY_BUDGET.saturating_add(b.len().saturating_mul(4)) }
     }
 
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
@@ -295,6 +325,27 @@ impl<'a> Unpickler<'a> {
     }
     fn top(&mut self) -> R<&mut V> {
         self.stack.last_mut().ok_or_else(|| PthError("data.pkl: stack underflow".into()))
+    }
+    /// Refuses to put `items` into a container that would nest too deep.
+    fn nestable<'v>(&self, items: impl IntoIterator<Item = &'v V>) -> R<()> {
+        if items.into_iter().any(|v| deeper_than(v, MAX_DEPTH - 1)) {
+            return err(format!("data.pkl: values nest deeper than {MAX_DEPTH} levels at byte {}", self.at - 1));
+        }
+        Ok(())
+    }
+    /// Counts a copy of `n` values against the memo's budget.
+    fn charge(&mut self, n: usize) -> R<()> {
+        self.copies_left = self.copies_left.checked_sub(n).ok_or_else(|| {
+            PthError(format!("data.pkl: the memo copies more than {COPY_BUDGET} values by byte {} (a value doubled over and over?)", self.at - 1))
+        })?;
+        Ok(())
+    }
+    fn memo_put(&mut self, k: u32) -> R<()> {
+        let n = nodes(self.top()?);
+        self.charge(n)?;
+        let v = self.top()?.clone();
+        self.memo.insert(k, v);
+        Ok(())
     }
     fn str_of(&mut self, n: usize) -> R<V> {
         Ok(V::Str(String::from_utf8_lossy(self.take(n)?).into_owned()))
@@ -341,29 +392,33 @@ impl<'a> Unpickler<'a> {
                         _ => return err("data.pkl: STACK_GLOBAL needs two strings"),
                     }
                 }
-                b'q' => { let k = self.uint(1)? as u32; let v = self.top()?.clone(); self.memo.insert(k, v); }
-                b'r' => { let k = self.uint(4)? as u32; let v = self.top()?.clone(); self.memo.insert(k, v); }
-                0x94 => { let k = self.memo.len() as u32; let v = self.top()?.clone(); self.memo.insert(k, v); }
+                b'q' => { let k = self.uint(1)? as u32; self.memo_put(k)? }
+                b'r' => { let k = self.uint(4)? as u32; self.memo_put(k)? }
+                0x94 => { let k = self.memo.len() as u32; self.memo_put(k)? }
                 b'h' | b'j' => {
                     let k = self.uint(if op == b'h' { 1 } else { 4 })? as u32;
-                    let v = self.memo.get(&k).cloned().ok_or_else(|| PthError(format!("data.pkl: memo {k} unset")))?;
+                    let n = nodes(self.memo.get(&k).ok_or_else(|| PthError(format!("data.pkl: memo {k} unset")))?);
+                    self.charge(n)?;
+                    let v = self.memo[&k].clone();
                     self.stack.push(v);
                 }
-                b't' => { let items = self.pop_mark()?; self.stack.push(V::Tuple(items)) }
+                b't' => { let items = self.pop_mark()?; self.nestable(&items)?; self.stack.push(V::Tuple(items)) }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let at = self.stack.len().checked_sub(n).ok_or_else(|| PthError("data.pkl: stack underflow".into()))?;
                     let items = self.stack.split_off(at);
+                    self.nestable(&items)?;
                     self.stack.push(V::Tuple(items));
                 }
-                b'a' => { let v = self.pop()?; if let V::List(l) = self.top()? { l.push(v) } }
-                b'e' => { let items = self.pop_mark()?; if let V::List(l) = self.top()? { l.extend(items) } }
-                b's' => { let (v, k) = (self.pop()?, self.pop()?); if let V::Dict(d) = self.top()? { d.push((k, v)) } }
+                b'a' => { let v = self.pop()?; self.nestable([&v])?; if let V::List(l) = self.top()? { l.push(v) } }
+                b'e' => { let items = self.pop_mark()?; self.nestable(&items)?; if let V::List(l) = self.top()? { l.extend(items) } }
+                b's' => { let (v, k) = (self.pop()?, self.pop()?); self.nestable([&k, &v])?; if let V::Dict(d) = self.top()? { d.push((k, v)) } }
                 b'u' => {
                     let items = self.pop_mark()?;
                     if items.len() % 2 != 0 {
                         return err("data.pkl: SETITEMS with an odd item count");
                     }
+                    self.nestable(&items)?;
                     let mut it = items.into_iter();
                     if let V::Dict(d) = self.top()? {
                         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -421,6 +476,42 @@ mod tests {
         eocd[..4].copy_from_slice(&[0x50, 0x4b, 0x05, 0x06]);
         eocd[10] = 5; // five entries, central directory at offset 0: not one is there
         assert!(parse(&eocd).is_err());
+    }
+
+    /// Found by fuzzing (stages/tests/fuzz_pth.rs): tens of thousands of
+    /// nested tuples, a few hundred kilobytes of pickle, overflowed the
+    /// stack (an abort, not an error) in the recursion over the values.
+    #[test]
+    fn deeply_nested_pickle_is_an_error_not_a_stack_overflow() {
+        // TUPLE1; a pair with an int; a list holding the previous value (via the memo).
+        for op in [&[0x85u8][..], b"K\x01\x86", b"]h\x00aq\x00"] {
+            let mut p = b"\x80\x02Nq\x00".to_vec();
+            for _ in 0..100_000 {
+                p.extend_from_slice(op);
+            }
+            p.push(b'.');
+            let e = Unpickler::new(&p).run().unwrap_err().0;
+            assert!(e.contains("nest deeper than 100 levels at byte"), "{e}");
+        }
+        // A hundred levels are fine.
+        let mut p = b"\x80\x02N".to_vec();
+        p.extend([0x85; 100]);
+        p.push(b'.');
+        assert!(Unpickler::new(&p).run().is_ok());
+    }
+
+    /// Found in review next to the above: a value doubled through the memo
+    /// (BINGET it twice, pair the copies, BINPUT the pair) grows 2^n for 7n
+    /// bytes, as the machine copies what pickle would share.
+    #[test]
+    fn memo_doubling_is_bounded() {
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..40 {
+            p.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        p.push(b'.');
+        let e = Unpickler::new(&p).run().unwrap_err().0;
+        assert!(e.contains("memo copies more than"), "{e}");
     }
 
     #[test]
