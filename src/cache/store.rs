@@ -1,7 +1,7 @@
 //! Objects and manifests on disk, written atomically.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -14,11 +14,35 @@ pub struct Cache {
     root: PathBuf,
 }
 
-/// Hashes a file's bytes (memory-mapped, multi-threaded for large files).
+/// Bytes hashed per read: large enough for blake3's multi-threaded tree
+/// hashing to pay off, small enough that hashing a 9 GB artifact keeps
+/// the engine's memory flat (mapping the whole file, as blake3's
+/// `update_mmap_rayon` does, made the engine's RSS grow to the file's size).
+const HASH_CHUNK: usize = 16 << 20;
+
+/// Hashes a file's bytes, reading it in bounded chunks (multi-threaded
+/// within each chunk). Returns the hash and the number of bytes read.
 pub fn hash_file(path: &Path) -> std::io::Result<(ArtifactHash, u64)> {
+    let mut file = File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path)?;
-    let size = fs::metadata(path)?.len();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut size = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        hasher.update_rayon(&buf[..filled]);
+        size += filled as u64;
+    }
     Ok((ArtifactHash::from_blake3(hasher.finalize()), size))
 }
 
@@ -191,5 +215,23 @@ impl Cache {
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_hash_equals_one_shot_hash_across_chunk_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0, 1, HASH_CHUNK - 1, HASH_CHUNK, HASH_CHUNK + 3, 2 * HASH_CHUNK + 7] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let p = dir.path().join(format!("f{len}"));
+            fs::write(&p, &bytes).unwrap();
+            let (h, size) = hash_file(&p).unwrap();
+            assert_eq!(size, len as u64);
+            assert_eq!(h, ArtifactHash::of_bytes(&bytes), "length {len}");
+        }
     }
 }
