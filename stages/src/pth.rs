@@ -208,6 +208,15 @@ impl TensorRef {
         if self.offset < 0 || last >= numel {
             return err(format!("`{name}`: view {:?}/{:?}+{} reaches past its {}-element storage", self.size, self.stride, self.offset, numel));
         }
+        // Materialising copies the view, so a view larger than its storage
+        // (stride 0 repeating it) would allocate what the file only declares.
+        let elements = self.size.iter().try_fold(1i64, |a, &n| a.checked_mul(n));
+        if elements.map_or(true, |e| e > numel) {
+            return err(format!(
+                "`{name}`: view {:?}/{:?} has more elements than its {}-element storage (a stride-0 expansion?); re-save it with .contiguous()",
+                self.size, self.stride, numel
+            ));
+        }
         let storage = Tensor::f_from_data_size(&data[..numel as usize * el], &[numel], self.kind).map_err(|e| PthError(e.to_string()))?;
         storage.f_as_strided(self.size.as_slice(), self.stride.as_slice(), self.offset).and_then(|t| t.f_contiguous()).map_err(|e| PthError(e.to_string()))
     }
@@ -512,6 +521,19 @@ mod tests {
         p.push(b'.');
         let e = Unpickler::new(&p).run().unwrap_err().0;
         assert!(e.contains("memo copies more than"), "{e}");
+    }
+
+    /// Found by fuzzing (stages/tests/fuzz_pth.rs): a 4-element storage
+    /// viewed as [2, 4294967295] with strides [1, 0] stays inside the
+    /// storage, and materialising it allocated 17 GB.
+    #[test]
+    fn huge_stride_zero_view_is_refused() {
+        let t = TensorRef { key: "0".into(), kind: Kind::Half, offset: 0, size: vec![2, 4294967295], stride: vec![1, 0] };
+        let e = t.materialise("t", &[0u8; 8]).unwrap_err().0;
+        assert!(e.contains("more elements than its 4-element storage"), "{e}");
+        // Overlapping views no larger than the storage are fine.
+        let t = TensorRef { key: "0".into(), kind: Kind::Float, offset: 0, size: vec![2, 2], stride: vec![0, 1] };
+        assert_eq!(t.materialise("t", &[0u8; 16]).unwrap().size(), [2, 2]);
     }
 
     #[test]
