@@ -220,6 +220,9 @@ fn encode(ops: &[Op]) -> Vec<u8> {
     b
 }
 
+/// Most pickle ops a mutated checkpoint may have (repeats stack up).
+const MAX_OPS: usize = 250_000;
+
 /// One tensor of a seed checkpoint.
 struct Spec {
     name: &'static str,
@@ -700,6 +703,9 @@ fn checkpoint() -> impl Strategy<Value = Vec<u8>> {
             let mut ops = seed_ops(p4, wrapped);
             for e in &op_edits {
                 apply_op_edit(&mut ops, e);
+                // Keep pickles under a few MB: the reader holds a value per
+                // op, so millions of ops legitimately take gigabytes.
+                ops.truncate(MAX_OPS);
             }
             let mut es = entries(encode(&ops));
             for e in &entry_edits {
