@@ -258,7 +258,7 @@ struct Unpickler<'a> {
 /// would recurse past the end of the stack.
 const MAX_DEPTH: usize = 100;
 
-/// Values the memo may copy in all, plus four per pickle byte. This machine
+/// Values the memo may copy in all, plus one per pickle byte. This machine
 /// copies a memoised value where pickle would share it, so without a cap a
 /// few hundred bytes that double a value through the memo copy billions.
 const COPY_BUDGET: usize = 1 << 20;
@@ -270,6 +270,26 @@ fn deeper_than(v: &V, n: usize) -> bool {
         V::Dict(kv) => n == 0 || kv.iter().any(|(k, x)| deeper_than(k, n - 1) || deeper_than(x, n - 1)),
         _ => false,
     }
+}
+
+/// `v` as `{:?}` shows it, cut after about 200 bytes: values come from the
+/// file, and printing a big one whole could take gigabytes.
+fn brief(v: &V) -> String {
+    struct Capped(String);
+    impl std::fmt::Write for Capped {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if self.0.len() >= 200 {
+                return Err(std::fmt::Error);
+            }
+            self.0.push_str(s);
+            Ok(())
+        }
+    }
+    let mut out = Capped(String::new());
+    if std::fmt::write(&mut out, format_args!("{v:?}")).is_err() {
+        out.0.push_str(" …");
+    }
+    out.0
 }
 
 /// Values in `v`, itself included.
@@ -306,7 +326,7 @@ fn ints(v: &V) -> Option<Vec<i64>> {
 
 impl<'a> Unpickler<'a> {
     fn new(b: &'a [u8]) -> Self {
-        Self { b, at: 0, stack: Vec::new(), memo: HashMap::new(), copies_left: COPY_BUDGET.saturating_add(b.len().saturating_mul(4)) }
+        Self { b, at: 0, stack: Vec::new(), memo: HashMap::new(), copies_left: COPY_BUDGET.saturating_add(b.len()) }
     }
 
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
@@ -439,7 +459,7 @@ impl<'a> Unpickler<'a> {
                 b'b' => drop(self.pop()?),
                 b'Q' => { let pid = self.pop()?; let s = self.storage(pid)?; self.stack.push(s) }
                 b'R' => { let (args, f) = (self.pop()?, self.pop()?); let v = self.reduce(f, args)?; self.stack.push(v) }
-                0x81 => { let (_args, cls) = (self.pop()?, self.pop()?); self.stack.push(V::Opaque(format!("{cls:?}"))) }
+                0x81 => { let (_args, cls) = (self.pop()?, self.pop()?); self.stack.push(V::Opaque(brief(&cls))) }
                 _ => return err(format!("data.pkl: unsupported pickle opcode 0x{op:02x} at byte {}", self.at - 1)),
             }
         }
@@ -454,7 +474,7 @@ impl<'a> Unpickler<'a> {
                 }
             }
         }
-        err(format!("data.pkl: unexpected persistent id {pid:?}"))
+        err(format!("data.pkl: unexpected persistent id {}", brief(&pid)))
     }
 
     fn reduce(&self, f: V, args: V) -> R<V> {
@@ -534,6 +554,19 @@ mod tests {
         // Overlapping views no larger than the storage are fine.
         let t = TensorRef { key: "0".into(), kind: Kind::Float, offset: 0, size: vec![2, 2], stride: vec![0, 1] };
         assert_eq!(t.materialise("t", &[0u8; 16]).unwrap().size(), [2, 2]);
+    }
+
+    /// Two fuzz_pth runs aborted at its 2 GiB allocation fence on a single
+    /// 1 GiB allocation; the likely cause: an unexpected persistent id or a
+    /// NEWOBJ class was Debug-printed whole, so a big value (copied through
+    /// the memo) became a gigabyte of text.
+    #[test]
+    fn big_values_are_printed_briefly() {
+        let mut p = b"\x80\x02]".to_vec();
+        p.extend(std::iter::repeat(b"\x88a").take(100_000).flatten());
+        p.push(b'Q');
+        let e = Unpickler::new(&p).run().unwrap_err().0;
+        assert!(e.starts_with("data.pkl: unexpected persistent id List([Bool(true)") && e.ends_with(" …") && e.len() < 300, "{e}");
     }
 
     #[test]
