@@ -9,8 +9,9 @@
 //! exports its lib folder as `DEP_TCH_LIBTORCH_LIB` to crates that depend on
 //! it directly, which is why `torch-sys` is a direct dependency here.
 //!
-//! It also compiles `csrc/determinism.cpp`, a two-function shim over
-//! libtorch's global determinism switches (tch has no binding for them).
+//! It also compiles the C++ shims in `csrc/` — libtorch's global
+//! determinism switches and its fused optimizer kernels — for which tch has
+//! no binding.
 
 use std::env;
 
@@ -31,18 +32,21 @@ fn main() {
     }
 }
 
-/// Builds the C++ shim against libtorch's headers (`<lib>/../include`),
+/// Builds the C++ shims against libtorch's headers (`<lib>/../include`),
 /// with the C++ ABI the PyPI wheels use.
 fn compile_shim(lib: &str) {
-    println!("cargo:rerun-if-changed=csrc/determinism.cpp");
+    const SOURCES: [&str; 2] = ["csrc/determinism.cpp", "csrc/optim.cpp"];
+    for src in SOURCES {
+        println!("cargo:rerun-if-changed={src}");
+    }
     let include = std::path::Path::new(lib).join("../include");
     cc::Build::new()
         .cpp(true)
-        .file("csrc/determinism.cpp")
+        .files(SOURCES)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
-        .compile("cairn_determinism");
+        .compile("cairn_shim");
 }

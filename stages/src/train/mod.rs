@@ -15,6 +15,7 @@
 //! bit-identical weights on the CPU.
 
 pub mod batches;
+mod fused;
 pub mod optim;
 
 use std::collections::BTreeMap;
@@ -306,7 +307,7 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
             }
             opt.zero_grad();
             loss.backward();
-            opt.step(lr);
+            opt.step(lr).map_err(|e| StageError::new(format!("optimizer step at epoch {}, step {}: {e}", epoch + 1, b + 1)))?;
             step += 1;
             if let Some(la) = lookahead.as_mut() {
                 la.after_step(&vs, step);

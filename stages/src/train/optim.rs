@@ -3,96 +3,103 @@
 //! Written out rather than taken from `tch::nn::Optimizer` for two reasons:
 //! weight decay must skip BatchNorm parameters and biases (decaying them
 //! hurts short runs, and every speed-run recipe exempts them), and frozen
-//! blocks must hold no optimizer state at all. Updates follow PyTorch's
-//! `SGD(nesterov=True)` and `AdamW` exactly.
+//! blocks must hold no optimizer state at all. The updates are libtorch's
+//! fused kernels ([`fused`]), the ones PyTorch's `SGD(nesterov=True,
+//! fused=True)` and `AdamW(fused=True)` run, over two groups: matrices
+//! (decayed, base rate) and vectors (not decayed, `bias_lr_scale` × the
+//! rate). Gradients are reset to none, not zero-filled, between steps, as
+//! PyTorch's `zero_grad()` does.
 
 use cairn_kinds::train::{Optimizer, Schedule};
 use tch::Tensor;
 
+use super::fused;
+
+/// Per-parameter state, created at the parameter's first gradient.
+struct State {
+    /// SGD's momentum buffer, or Adam's first moment.
+    m: Tensor,
+    /// Adam's second moment and step count (undefined for SGD).
+    v: Option<(Tensor, Tensor)>,
+}
+
 struct Param {
     var: Tensor,
-    decay: bool,
-    /// Multiplies the step's learning rate (`bias_lr_scale` for 1-D params).
+    state: Option<State>,
+}
+
+/// Parameters that share a learning-rate scale and weight decay.
+struct Group {
+    params: Vec<Param>,
     lr_scale: f64,
-    m: Option<Tensor>,
-    v: Option<Tensor>,
+    weight_decay: f64,
 }
 
 pub struct Optim {
     kind: Optimizer,
-    params: Vec<Param>,
+    groups: [Group; 2],
     momentum: f64,
     nesterov: bool,
-    weight_decay: f64,
-    t: i32,
 }
+
+const ADAM_BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
 
 impl Optim {
     /// `vars` are the trainable variables; those with more than one
     /// dimension (conv and linear weights) are decayed, the others (biases,
     /// BatchNorm shifts and scales) step at `bias_lr_scale` × the rate.
     pub fn new(kind: Optimizer, vars: Vec<Tensor>, momentum: f64, nesterov: bool, weight_decay: f64, bias_lr_scale: f64) -> Self {
-        let params = vars
-            .into_iter()
-            .map(|var| {
-                let matrix = var.dim() > 1;
-                Param { decay: matrix, lr_scale: if matrix { 1.0 } else { bias_lr_scale }, var, m: None, v: None }
-            })
-            .collect();
-        Self { kind, params, momentum, nesterov, weight_decay, t: 0 }
+        let (matrices, vectors): (Vec<_>, Vec<_>) = vars.into_iter().map(|var| Param { var, state: None }).partition(|p| p.var.dim() > 1);
+        let groups = [
+            Group { params: matrices, lr_scale: 1.0, weight_decay },
+            Group { params: vectors, lr_scale: bias_lr_scale, weight_decay: 0.0 },
+        ];
+        Self { kind, groups, momentum, nesterov }
     }
 
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.var.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
+        for p in self.groups.iter().flat_map(|g| &g.params) {
+            fused::clear_grad(&p.var);
         }
     }
 
-    pub fn step(&mut self, lr: f64) {
-        self.t += 1;
-        let (mom, wd, t) = (self.momentum, self.weight_decay, self.t);
+    /// One update at learning rate `lr` of every parameter that has a
+    /// gradient. An error is libtorch refusing the fused kernel's inputs.
+    pub fn step(&mut self, lr: f64) -> Result<(), String> {
+        let (kind, mom, nesterov) = (self.kind, self.momentum, self.nesterov);
         tch::no_grad(|| {
-            for p in &mut self.params {
-                let g = p.var.grad();
-                if !g.defined() {
+            for g in &mut self.groups {
+                let mut live: Vec<(&Tensor, Tensor, &State)> = Vec::new();
+                for p in &mut g.params {
+                    let grad = p.var.grad();
+                    if !grad.defined() {
+                        continue;
+                    }
+                    let state = p.state.get_or_insert_with(|| State {
+                        m: grad.zeros_like(),
+                        v: (kind == Optimizer::Adamw).then(|| (grad.zeros_like(), Tensor::zeros([], (tch::Kind::Float, grad.device())))),
+                    });
+                    live.push((&p.var, grad, state));
+                }
+                if live.is_empty() {
                     continue;
                 }
-                let lr = lr * p.lr_scale;
-                match self.kind {
-                    Optimizer::Sgd => {
-                        let g = if p.decay && wd > 0.0 { g + &p.var * wd } else { g };
-                        let buf = match p.m.take() {
-                            Some(mut b) => {
-                                let _ = b.g_mul_scalar_(mom).g_add_(&g);
-                                b
-                            }
-                            None => g.copy(),
-                        };
-                        let d = if self.nesterov { &g + &buf * mom } else { buf.shallow_clone() };
-                        let _ = p.var.g_sub_(&(d * lr));
-                        p.m = Some(buf);
-                    }
+                let vars: Vec<&Tensor> = live.iter().map(|l| l.0).collect();
+                let grads: Vec<&Tensor> = live.iter().map(|l| &l.1).collect();
+                let ms: Vec<&Tensor> = live.iter().map(|l| &l.2.m).collect();
+                let lr = lr * g.lr_scale;
+                match kind {
+                    Optimizer::Sgd => fused::sgd(&vars, &grads, &ms, g.weight_decay, mom, lr, nesterov)?,
                     Optimizer::Adamw => {
-                        let (b1, b2, eps) = (mom, 0.999, 1e-8);
-                        if p.decay && wd > 0.0 {
-                            let _ = p.var.g_mul_scalar_(1.0 - lr * wd);
-                        }
-                        let mut m = p.m.take().unwrap_or_else(|| g.zeros_like());
-                        let mut v = p.v.take().unwrap_or_else(|| g.zeros_like());
-                        let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                        let _ = v.g_mul_scalar_(b2).g_add_(&(&g * &g * (1.0 - b2)));
-                        let mhat = &m / (1.0 - b1.powi(t));
-                        let vhat = &v / (1.0 - b2.powi(t));
-                        let _ = p.var.g_sub_(&(mhat / (vhat.sqrt() + eps) * lr));
-                        p.m = Some(m);
-                        p.v = Some(v);
+                        let vs: Vec<&Tensor> = live.iter().filter_map(|l| l.2.v.as_ref().map(|v| &v.0)).collect();
+                        let steps: Vec<&Tensor> = live.iter().filter_map(|l| l.2.v.as_ref().map(|v| &v.1)).collect();
+                        fused::adamw(&vars, &grads, &ms, &vs, &steps, lr, (mom, ADAM_BETA2), g.weight_decay, ADAM_EPS)?
                     }
                 }
             }
-        });
+            Ok(())
+        })
     }
 }
 
@@ -193,7 +200,7 @@ mod tests {
         for _ in 0..2 {
             o.zero_grad();
             w.sum(Kind::Float).backward();
-            o.step(0.1);
+            o.step(0.1).unwrap();
         }
         let want = -0.1 * 1.9 - 0.1 * (1.0 + 0.9 * 1.9);
         assert!((w.double_value(&[0]) - want).abs() < 1e-6);
@@ -206,9 +213,53 @@ mod tests {
         let mut o = Optim::new(Optimizer::Sgd, vec![b.shallow_clone(), w.shallow_clone()], 0.0, false, 0.0, 64.0);
         o.zero_grad();
         (b.sum(Kind::Float) + w.sum(Kind::Float)).backward();
-        o.step(0.01);
+        o.step(0.01).unwrap();
         assert!((b.double_value(&[0]) + 0.64).abs() < 1e-6);
         assert!((w.double_value(&[0, 0]) + 0.01).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sgd_decays_matrices_only_as_pytorch_does() {
+        let w = Tensor::ones([1, 1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let b = Tensor::ones([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut o = Optim::new(Optimizer::Sgd, vec![w.shallow_clone(), b.shallow_clone()], 0.9, true, 0.1, 1.0);
+        o.zero_grad();
+        (w.sum(Kind::Float) + b.sum(Kind::Float)).backward();
+        o.step(0.1).unwrap();
+        // matrix: g = 1 + 0.1·1, buf = g, d = g + 0.9·buf; vector: no decay.
+        assert!((w.double_value(&[0, 0]) - (1.0 - 0.1 * 1.1 * 1.9)).abs() < 1e-6);
+        assert!((b.double_value(&[0]) - (1.0 - 0.1 * 1.9)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn adamw_matches_pytorch_formula() {
+        let w = Tensor::ones([1, 1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut o = Optim::new(Optimizer::Adamw, vec![w.shallow_clone()], 0.9, false, 0.01, 1.0);
+        let mut want = 1.0f64;
+        for t in 1..=3 {
+            o.zero_grad();
+            (w.sum(Kind::Float) * 0.5).backward();
+            o.step(0.1).unwrap();
+            // grad 0.5 every step: m̂ = 0.5, v̂ = 0.25 after bias correction.
+            let (m, v) = (0.5 * (1.0 - 0.9f64.powi(t)), 0.25 * (1.0 - 0.999f64.powi(t)));
+            let (mhat, vhat) = (m / (1.0 - 0.9f64.powi(t)), v / (1.0 - 0.999f64.powi(t)));
+            want = want * (1.0 - 0.1 * 0.01) - 0.1 * mhat / (vhat.sqrt() + 1e-8);
+        }
+        assert!((w.double_value(&[0, 0]) - want).abs() < 1e-5, "{} vs {want}", w.double_value(&[0, 0]));
+    }
+
+    #[test]
+    fn params_without_gradients_keep_no_state_and_do_not_move() {
+        let w = Tensor::ones([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let frozen = Tensor::ones([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mut o = Optim::new(Optimizer::Sgd, vec![w.shallow_clone(), frozen.shallow_clone()], 0.9, true, 0.1, 1.0);
+        o.zero_grad();
+        w.sum(Kind::Float).backward();
+        o.step(0.1).unwrap();
+        assert_eq!(frozen.sum(Kind::Float).double_value(&[]), 4.0);
+        assert!(o.groups[0].params[1].state.is_none());
+        o.zero_grad();
+        assert!(!w.grad().defined(), "zero_grad resets gradients to none");
     }
 
     #[test]
