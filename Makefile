@@ -6,7 +6,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --release
 
-.PHONY: setup build run test bench fuzz fmt clippy
+.PHONY: setup build run test bench bench-train fuzz fmt clippy
 
 # Installs libtorch once per machine (quiet when done) and builds everything.
 setup:
@@ -28,6 +28,13 @@ test: setup
 
 bench: setup
 	bash scripts/bench.sh
+
+# Training throughput, cairn vs PyTorch eager, alternating pairs (PAIRS of
+# them per config); prints the table in BENCHMARKS.md "Training throughput".
+TORCH_HOME ?= $(or $(CAIRN_TORCH_HOME),$(HOME)/.cache/cairn/torch-2.11.0)
+PAIRS ?= 5
+bench-train: setup
+	$(TORCH_HOME)/bin/python scripts/bench_train_ratio.py $(PAIRS)
 
 # Property-based fuzzing (proptest) of the four parsers: pipeline.toml,
 # tensor files, CIFAR-10 binary batches, and .pth/safetensors weights.

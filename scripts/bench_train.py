@@ -5,7 +5,8 @@
 Times forward + backward + SGD(nesterov) steps on random data for the same
 nets cairn builds — the airbench-style `fast` net (widths 64/256/256),
 torchvision resnet18/resnet50 — with the same batch size and thread count,
-and prints images/s. The first step is a warm-up and not counted.
+and prints images/s from the median step. The first step is a warm-up
+and not counted.
 
     python scripts/bench_train.py throughput fast 32 256 5 [fp32|bf16] [cifar]
     python scripts/bench_train.py dump /path/cifar10-jpg OUT_DIR
@@ -84,14 +85,17 @@ def throughput(name="fast", res="32", batch="256", steps="5", precision="fp32", 
     torch.manual_seed(0)
     bf16 = precision == "bf16"
     model = make(name, stem == "cifar")
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    # PyTorch's CPU default is the per-parameter loop; CAIRN_BENCH_FUSED=1
+    # selects the fused kernel cairn uses.
+    fused = os.environ.get("CAIRN_BENCH_FUSED") == "1"
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=fused)
     x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
     y = torch.randint(0, 10, (batch,))
     mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
     std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
     if bf16:  # what cairn does for bf16: channels-last activations
         model = model.to(memory_format=torch.channels_last)
-    times = []
+    times = []  # per step: forward, backward, optimizer seconds
     for _ in range(steps + 1):
         t0 = time.perf_counter()
         inp = (x.float() / 255 - mean) / std
@@ -99,12 +103,21 @@ def throughput(name="fast", res="32", batch="256", steps="5", precision="fp32", 
             inp = inp.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(inp).float(), y)
+        loss.item()
+        t1 = time.perf_counter()
         opt.zero_grad()
         loss.backward()
+        t2 = time.perf_counter()
         opt.step()
-        times.append(time.perf_counter() - t0)
-    mean_t = sum(times[1:]) / steps
-    print(f"torch {name} res={res} batch={batch} {precision} threads={threads}: {batch / mean_t:.1f} img/s ({mean_t:.3f} s/step over {steps} steps)")
+        times.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+    # Medians, as in bench_train: robust to stalls on a shared machine.
+    med = lambda v: sorted(v)[len(v) // 2]
+    part = [med([s[i] for s in times[1:]]) for i in range(3)]
+    step = med([sum(s) for s in times[1:]])
+    print(
+        f"torch{'-fused' if fused else ''} {name} res={res} batch={batch} {precision} threads={threads}: {batch / step:.1f} img/s (median step {step:.3f} s of {steps}; "
+        f"forward {part[0] * 1e3:.1f} ms, backward {part[1] * 1e3:.1f} ms, optimizer {part[2] * 1e3:.1f} ms)"
+    )
 
 
 def dump(root, out):

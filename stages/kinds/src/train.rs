@@ -404,7 +404,9 @@ pub fn init_input(init: &Init) -> Result<Option<Implied>, ParamError> {
     })
 }
 
-pub const VERSION: u32 = 4;
+/// 5: optimizer updates through libtorch's fused kernels (same formula,
+/// different float rounding, so models differ in their last bits).
+pub const VERSION: u32 = 5;
 
 pub struct Train;
 

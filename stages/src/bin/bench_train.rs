@@ -3,7 +3,7 @@
 //!
 //! `bench_train throughput <fast|resnet18|resnet50> <res> <batch> <steps> [fp32|bf16] [cifar]`
 //! times forward + backward + SGD steps on random data (the first step is a
-//! warm-up and not counted) and prints images/s — the Rust half of
+//! warm-up and not counted) and prints images/s from the median step — the Rust half of
 //! `scripts/bench_train.py`. `bench_train recipe <data-dir> <train.json>
 //! [eval.json] [ntrain]` loads raw CIFAR arrays (`{train,test}_x.u8` N×3×32×32 and
 //! `{train,test}_y.i64`, as `scripts/bench_train.py dump` writes them),
@@ -41,17 +41,35 @@ fn throughput(args: &[String]) -> Result<(), String> {
     let feed = Feed { normalize: Normalize::Cifar, kind, device: Device::Cpu };
     let x = Tensor::randint(256, [batch, 3, res, res], (Kind::Uint8, Device::Cpu));
     let y = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
+    // Per step: [forward, backward, optimizer] seconds.
     let mut t = Vec::new();
     for _ in 0..=steps {
         let t0 = Instant::now();
         let loss = net.forward_t(&feed.input(&x), true).to_kind(Kind::Float).cross_entropy_for_logits(&y);
+        let _ = loss.double_value(&[]);
+        let t1 = Instant::now();
         opt.zero_grad();
         loss.backward();
-        opt.step(0.01);
-        t.push(t0.elapsed().as_secs_f64());
+        let t2 = Instant::now();
+        opt.step(0.01)?;
+        t.push([t1 - t0, t2 - t1, t2.elapsed()].map(|d| d.as_secs_f64()));
     }
-    let mean = t[1..].iter().sum::<f64>() / steps as f64;
-    println!("rust {arch:?} res={res} batch={batch} {kind:?} threads={threads}: {:.1} img/s ({:.3} s/step over {steps} steps)", batch as f64 / mean, mean);
+    // Medians, not means: on a shared machine a stall hits a few steps
+    // hard, and the median step is what the hardware does.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let part = |i: usize| median(t[1..].iter().map(|s| s[i]).collect());
+    let step = median(t[1..].iter().map(|s| s.iter().sum()).collect());
+    println!(
+        "rust {arch:?} res={res} batch={batch} {kind:?} threads={threads}: {:.1} img/s (median step {:.3} s of {steps}; forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms)",
+        batch as f64 / step,
+        step,
+        part(0) * 1e3,
+        part(1) * 1e3,
+        part(2) * 1e3
+    );
     Ok(())
 }
 

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Rust (cairn) vs PyTorch-eager training throughput, as ratios
+(`make bench-train`; the figures in BENCHMARKS.md "Training throughput").
+
+On a shared 2-core machine a process can run 30% slower than the one
+before it for reasons outside both, so one Rust run against one Python run
+says little. This alternates them in short pairs — Rust then Python, then
+Python then Rust, so neither always goes first — for each config, and
+reports per side the median images/s, and the median of the per-pair
+ratios (Rust / PyTorch), which cancels slow phases that hit both halves
+of a pair.
+
+    python scripts/bench_train_ratio.py [PAIRS]
+
+Each half is `target/release/bench_train throughput CFG` or
+`python scripts/bench_train.py throughput CFG` (both print img/s from their
+median step). PyTorch runs its default CPU optimizer (the per-parameter
+loop); the `fused` column is `SGD(fused=True)`, the kernel cairn calls,
+measured in the same rounds.
+"""
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+RUST = os.path.join(ROOT, "target", "release", "bench_train")
+CONFIGS = [  # net, res, batch, steps, precision
+    ("fast", 32, 256, 8, "bf16"),
+    ("fast", 32, 256, 5, "fp32"),
+    ("resnet50", 32, 32, 10, "fp32"),
+    ("resnet50", 224, 8, 3, "fp32"),
+]
+
+
+def run(cmd, env=None):
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    m = re.search(r"([\d.]+) img/s", out.stdout)
+    if out.returncode != 0 or not m:
+        sys.exit(f"bench_train_ratio: {' '.join(cmd)} failed:\n{out.stdout}{out.stderr}")
+    return float(m.group(1))
+
+
+def main():
+    pairs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    threads = os.environ.setdefault("CAIRN_THREADS", str(os.cpu_count()))
+    print(f"threads={threads} pairs={pairs}")
+    print("| net | res | batch | precision | cairn img/s | PyTorch img/s | PyTorch fused img/s | cairn / PyTorch | cairn / PyTorch fused |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for net, res, batch, steps, prec in CONFIGS:
+        args = ["throughput", net, str(res), str(batch), str(steps), prec]
+        rust, torch, fused, ratios, fused_ratios = [], [], [], [], []
+        for i in range(pairs):
+            halves = [
+                lambda: rust.append(run([RUST, *args])),
+                lambda: torch.append(run([PY, "scripts/bench_train.py", *args])),
+                lambda: fused.append(run([PY, "scripts/bench_train.py", *args], {"CAIRN_BENCH_FUSED": "1"})),
+            ]
+            for h in halves if i % 2 == 0 else reversed(halves):
+                h()
+            ratios.append(rust[-1] / torch[-1])
+            fused_ratios.append(rust[-1] / fused[-1])
+        med = statistics.median
+        print(
+            f"| {net} | {res} | {batch} | {prec} | {med(rust):.1f} | {med(torch):.1f} | {med(fused):.1f} "
+            f"| {med(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | {med(fused_ratios):.2f} ({min(fused_ratios):.2f}–{max(fused_ratios):.2f}) |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
