@@ -21,53 +21,14 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use cairn_stages::{pth, weights};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use tch::{Kind, Tensor};
 
-/// Runs `test` on `CAIRN_FUZZ_CASES` inputs (else `default`) drawn from
-/// `strategy`, in batches with fresh random seeds, stopping at the first
-/// batch boundary after `CAIRN_FUZZ_SECONDS` of active time (when set;
-/// time the process spends stopped, e.g. paused by `kill -STOP` while a
-/// benchmark runs, is not counted). `test` says
-/// whether the reader accepted the input, which the summary line counts. A
-/// failure is shrunk to a minimal input and reported. Failure persistence
-/// is off, so no `proptest-regressions` files appear in the tree.
-fn fuzz<S: Strategy>(name: &str, default: u64, strategy: S, test: impl Fn(S::Value) -> Result<bool, TestCaseError>) {
-    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.trim().parse::<u64>().ok());
-    let total = env("CAIRN_FUZZ_CASES").unwrap_or(default);
-    let limit = env("CAIRN_FUZZ_SECONDS").map(Duration::from_secs);
-    tch::set_num_threads(1);
-    let started = Instant::now();
-    let (mut done, mut batches, accepted) = (0u64, 0u64, std::cell::Cell::new(0u64));
-    // Active time: the gaps between cases, each capped at a second.
-    let (last, active) = (std::cell::Cell::new(Instant::now()), std::cell::Cell::new(Duration::ZERO));
-    let counted = |v: S::Value| {
-        let ok = test(v)?;
-        accepted.set(accepted.get() + ok as u64);
-        let now = Instant::now();
-        active.set(active.get() + (now - last.get()).min(Duration::from_secs(1)));
-        last.set(now);
-        Ok(())
-    };
-    while done < total && limit.map_or(true, |l| active.get() < l) {
-        let batch = (total - done).min(10_000);
-        let config = Config { cases: batch as u32, failure_persistence: None, ..Config::default() };
-        if let Err(e) = TestRunner::new(config).run(&strategy, &counted) {
-            panic!("{name}: {e}");
-        }
-        done += batch;
-        batches += 1;
-        if batches % 10 == 0 {
-            eprintln!("{name}: {done} cases, {:.0} s active", active.get().as_secs_f64());
-        }
-    }
-    let (secs, wall) = (active.get().as_secs_f64(), started.elapsed().as_secs_f64());
-    eprintln!("{name}: {done} cases passed in {secs:.1} s active, {wall:.1} s wall ({} inputs accepted)", accepted.get());
-}
+#[path = "../../tests/support/fuzz_driver.rs"]
+mod fuzz_driver;
+use fuzz_driver::fuzz;
 
 /// A memory fence: Rust-side allocations beyond [`FENCE`] live bytes are
 /// refused, which aborts the process ("memory allocation of N bytes
@@ -767,6 +728,8 @@ fn fuzz_pth_seeds_read() {
 
 #[test]
 fn fuzz_pth_mutated_checkpoints() {
+    // One core per fuzz target: libtorch's pool would take the other.
+    tch::set_num_threads(1);
     fuzz("fuzz_pth_mutated_checkpoints", 2000, checkpoint(), |bytes| check_pth(&bytes));
 }
 
@@ -870,6 +833,7 @@ fn fuzz_safetensors_seed_reads() {
 
 #[test]
 fn fuzz_safetensors_files() {
+    tch::set_num_threads(1);
     fuzz(
         "fuzz_safetensors_files",
         1000,
