@@ -692,6 +692,12 @@ fn check_tensors<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> Result<(), Te
     Ok(())
 }
 
+/// A refusal must say something.
+fn refused(e: impl std::fmt::Display) -> Result<bool, TestCaseError> {
+    prop_assert!(!e.to_string().trim().is_empty(), "an empty error");
+    Ok(false)
+}
+
 fn check_pth(bytes: &[u8]) -> Result<bool, TestCaseError> {
     match pth::parse(bytes) {
         Ok(tensors) => {
@@ -699,11 +705,7 @@ fn check_pth(bytes: &[u8]) -> Result<bool, TestCaseError> {
             check_tensors(tensors.values())?;
             Ok(true)
         }
-        Err(e) => {
-            let shown = e.to_string();
-            prop_assert!(!shown.trim().is_empty(), "an empty error");
-            Ok(false)
-        }
+        Err(e) => refused(e),
     }
 }
 
@@ -816,11 +818,7 @@ fn check_safetensors(bytes: &[u8]) -> Result<bool, TestCaseError> {
             check_tensors(w.tensors.values())?;
             Ok(true)
         }
-        Err(e) => {
-            let shown = e.to_string();
-            prop_assert!(!shown.trim().is_empty(), "an empty error");
-            Ok(false)
-        }
+        Err(e) => refused(e),
     }
 }
 

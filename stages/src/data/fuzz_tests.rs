@@ -221,7 +221,8 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn tar_bytes(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+/// An uncompressed tar of `files` (name, bytes), as the CIFAR tests write.
+pub(super) fn tar_bytes(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut raw = tar::Builder::new(Vec::new());
     for (name, bytes) in files {
         let mut header = tar::Header::new_gnu();
@@ -232,7 +233,7 @@ fn tar_bytes(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     raw.into_inner().unwrap()
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+pub(super) fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(bytes).unwrap();
     enc.finish().unwrap()

@@ -4,7 +4,6 @@
 //! must refuse, hostile archives, and both stages end to end.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cairn::env::Environment;
@@ -85,23 +84,11 @@ fn write_dir(dir: &Path, files: &[(String, Vec<u8>)]) {
     }
 }
 
+use super::fuzz_tests::tar_bytes;
+
 fn write_tar(path: &Path, files: &[(String, Vec<u8>)], gzip: bool) {
-    let mut raw = tar::Builder::new(Vec::new());
-    for (name, bytes) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        raw.append_data(&mut header, name, bytes.as_slice()).unwrap();
-    }
-    let raw = raw.into_inner().unwrap();
-    let bytes = if gzip {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(&raw).unwrap();
-        enc.finish().unwrap()
-    } else {
-        raw
-    };
-    std::fs::write(path, bytes).unwrap();
+    let raw = tar_bytes(files);
+    std::fs::write(path, if gzip { super::fuzz_tests::gzip(&raw) } else { raw }).unwrap();
 }
 
 fn err_of(source: &Path, format: SourceFormat) -> String {
