@@ -183,6 +183,7 @@ pub fn run(
                 let hit = if forced.contains(&i) { None } else { resolver.lookup(&key)? };
                 progressed = true;
                 if let Some(m) = hit {
+                    tracing::debug!(stage = %stage.name, key = %key.short(), "cache hit");
                     cache.write_stage_ref(&stage.name, &StageRef { key, key_inputs: ki })?;
                     hashes.insert(stage.name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
                     let mut r = report(stage, Outcome::Cached, Some(key), vec![]);
@@ -230,11 +231,19 @@ pub fn run(
                 let tx = tx.clone();
                 let ki = key_inputs[&i].clone();
                 let seed = pipeline.seed;
+                // One span per executed stage: every log line of the engine
+                // (and of a worker, which runs inside it) names the stage.
+                let span = tracing::info_span!("stage", stage = %stage.name, kind = stage.kind.name(), key = %key.short());
                 scope.spawn(move || {
+                    let _entered = span.enter();
                     let res = execute(
                         cache,
                         ExecRequest { stage, key_inputs: &ki, inputs, seed, env, reporter: observer, cancel, store: true },
                     );
+                    match &res {
+                        Ok(done) => tracing::info!(secs = done.duration_s, "stage finished"),
+                        Err(f) => tracing::info!(error = %f.message, "stage did not finish"),
+                    }
                     let _ = tx.send((i, res));
                 });
             }

@@ -18,6 +18,10 @@ use serde_json::Value;
 
 use crate::env::Environment;
 
+/// The environment variable that hands the worker its log filter (an
+/// `EnvFilter` string: `warn`, `info`, `cairn_stages=debug`…).
+pub const LOG_ENV: &str = "CAIRN_LOG";
+
 /// Bumped when [`Job`] or [`Event`] change incompatibly.
 pub const PROTOCOL_VERSION: u32 = 1;
 

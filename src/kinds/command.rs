@@ -141,7 +141,7 @@ impl StageKind for Command {
             .spawn()
             .map_err(|e| StageFailure::new(format!("cannot start `sh`: {e}")))?;
         let (stage, reporter) = (ctx.stage, ctx.reporter);
-        let ended = super::supervise::supervise(child, ctx.cancel, |line| reporter.log(stage, line))?;
+        let ended = super::supervise::supervise(child, ctx.cancel, |line| reporter.log(stage, line), |_| {})?;
         ctx.metrics.insert("peak_rss_mb".into(), ended.peak_rss_mb());
         let status = ended.status;
         if !status.success() {

@@ -1,11 +1,12 @@
-//! Supervising a stage's child process: stdout lines are streamed to the
-//! caller as they come, stderr is collected on its own thread (so a chatty
-//! child can never block on a full pipe), and the child is killed as soon as
-//! the run is interrupted. The child is reaped with `wait4`, which also
+//! Supervising a stage's child process: stdout and stderr lines are
+//! streamed to the caller as they come, each pipe drained on its own thread
+//! (so a chatty child can never block on a full pipe), stderr is also kept
+//! for the failure message, and the child is killed as soon as the run is
+//! interrupted. The child is reaped with `wait4`, which also
 //! gives its peak resident memory: every executed stage reports it as the
 //! `peak_rss_mb` metric, so memory bounds show up in `cairn runs`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,30 +44,50 @@ fn try_reap(child: &Child) -> std::io::Result<Option<(ExitStatus, u64)>> {
     }
 }
 
-/// Waits for `child`, calling `on_line` for each stdout line.
-pub(crate) fn supervise(mut child: Child, cancel: &AtomicBool, mut on_line: impl FnMut(&str)) -> Result<Ended, StageFailure> {
-    let mut stderr = child.stderr.take();
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_end(&mut buf);
-        }
-        buf
-    });
-    let stdout = child.stdout.take();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let out_thread = std::thread::spawn(move || {
-        if let Some(out) = stdout {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        }
-    });
+/// A line from one of the child's pipes.
+enum Line {
+    Out(String),
+    Err(String),
+}
+
+/// Sends each line of `pipe` (invalid UTF-8 replaced, never a reason to
+/// stop draining) to `tx`, and returns every byte read.
+fn drain(pipe: Option<impl std::io::Read>, tx: std::sync::mpsc::Sender<Line>, wrap: fn(String) -> Line) -> Vec<u8> {
+    let mut all = Vec::new();
+    let Some(pipe) = pipe else { return all };
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+        all.extend_from_slice(&line);
+        let text = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string();
+        // The receiver is gone only once the child was reaped; keep
+        // draining so the child never blocks on a full pipe.
+        let _ = tx.send(wrap(text));
+        line.clear();
+    }
+    all
+}
+
+/// Waits for `child`, calling `on_out` for each stdout line and `on_err`
+/// for each stderr line.
+pub(crate) fn supervise(
+    mut child: Child,
+    cancel: &AtomicBool,
+    mut on_out: impl FnMut(&str),
+    mut on_err: impl FnMut(&str),
+) -> Result<Ended, StageFailure> {
+    let (tx, rx) = std::sync::mpsc::channel::<Line>();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let out_tx = tx.clone();
+    let out_thread = std::thread::spawn(move || drain(stdout, out_tx, Line::Out));
+    let err_thread = std::thread::spawn(move || drain(stderr, tx, Line::Err));
+    let mut route = |line: Line| match line {
+        Line::Out(l) => on_out(&l),
+        Line::Err(l) => on_err(&l),
+    };
     let (status, peak_rss) = loop {
         for line in rx.try_iter() {
-            on_line(&line);
+            route(line);
         }
         if cancel.load(Ordering::Relaxed) {
             let _ = child.kill();
@@ -79,8 +100,31 @@ pub(crate) fn supervise(mut child: Child, cancel: &AtomicBool, mut on_line: impl
         }
     };
     let _ = out_thread.join();
+    let stderr = err_thread.join().unwrap_or_default();
     for line in rx.try_iter() {
-        on_line(&line);
+        route(line);
     }
-    Ok(Ended { status, stderr: err_thread.join().unwrap_or_default(), peak_rss })
+    Ok(Ended { status, stderr, peak_rss })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn both_pipes_stream_lines_and_stderr_is_kept() {
+        // Invalid UTF-8 on stderr must not stop the draining, or a child
+        // that writes more could block on a full pipe.
+        let script = r"printf 'a\n'; printf 'x\377y\n' >&2; printf 'b\n'; printf 'z\n' >&2; head -c 200000 /dev/zero | tr '\0' e >&2";
+        let child = Command::new("sh").args(["-c", script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let cancel = AtomicBool::new(false);
+        let ended = supervise(child, &cancel, |l| out.push(l.to_string()), |l| err.push(l.to_string())).unwrap();
+        assert!(ended.status.success());
+        assert_eq!(out, ["a", "b"]);
+        assert_eq!(&err[..2], ["x\u{fffd}y", "z"]);
+        assert_eq!(err[2].len(), 200_000);
+        assert_eq!(ended.stderr.len(), 4 + 2 + 200_000, "every byte is kept, raw");
+    }
 }

@@ -114,6 +114,7 @@ impl StageKind for WorkerKind {
         let child = Command::new(&worker)
             .arg("run")
             .arg(&job_path)
+            .env(crate::worker::LOG_ENV, worker_log_filter())
             .current_dir(ctx.scratch)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -122,7 +123,21 @@ impl StageKind for WorkerKind {
             .map_err(|e| StageFailure::new(format!("cannot start {}: {e}", worker.display())))?;
         let mut error_message = None;
         let cancel = ctx.cancel;
-        let ended = super::supervise::supervise(child, cancel, |line| handle_event(ctx, line, &mut error_message))?;
+        // The worker's log (its tracing spans and events, libtorch's
+        // warnings) is shown as it comes when the engine logs at info or
+        // more (`-v`); otherwise only a failure's tail is.
+        let (reporter, stage) = (ctx.reporter, ctx.stage);
+        let show_log = tracing::level_filters::LevelFilter::current() >= tracing::Level::INFO;
+        let ended = super::supervise::supervise(
+            child,
+            cancel,
+            |line| handle_event(ctx, line, &mut error_message),
+            |line| {
+                if show_log {
+                    reporter.log(stage, line)
+                }
+            },
+        )?;
         ctx.metrics.insert("peak_rss_mb".into(), ended.peak_rss_mb());
         let status = ended.status;
         if status.success() {
@@ -137,6 +152,12 @@ impl StageKind for WorkerKind {
         }
         Err(StageFailure::new(message))
     }
+}
+
+/// The filter the worker logs with: the user's `RUST_LOG` if set, else the
+/// engine's own level (`-v` → info, `-vv` → debug, else warn).
+fn worker_log_filter() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| tracing::level_filters::LevelFilter::current().to_string().to_lowercase())
 }
 
 /// Routes one line of worker stdout; lines that are not events are logs.

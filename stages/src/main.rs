@@ -7,7 +7,10 @@
 //! panic is reported as one [`Event::Error`] line on stdout and exit 1; a
 //! kind this worker does not know is exit 2 (the worker is older or newer
 //! than the engine). `cairn-worker --version` prints the versions a bug
-//! report needs.
+//! report needs. Logs go to stderr through `tracing`, filtered by
+//! `CAIRN_LOG` (the engine passes its own level): the job runs in a
+//! `stage` span, training epochs in `epoch` spans whose close lines carry
+//! their durations.
 
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
         std::env::set_var("CUBLAS_WORKSPACE_CONFIG", cairn_stages::determinism::CUBLAS_WORKSPACE_CONFIG);
     }
+    init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["--version"] | ["-V"] => {
@@ -57,6 +61,24 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_UNKNOWN_KIND)
         }
     }
+}
+
+/// stderr logging at the engine's level (`cairn::worker::LOG_ENV`),
+/// warnings only when run by hand.
+fn init_tracing() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let filter = std::env::var(cairn::worker::LOG_ENV).unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        // Uptime, not wall time: the engine's lines carry the clock; and
+        // without a timer the close lines would lose their durations.
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_target(false)
+        .with_span_events(FmtSpan::CLOSE)
+        .try_init();
 }
 
 fn print_version() {
@@ -110,6 +132,7 @@ fn run(job_path: &Path) -> ExitCode {
     tch::set_num_threads(i32::try_from(job.env.threads.max(1)).unwrap_or(i32::MAX));
     tch::manual_seed(job.seed as i64);
 
+    let _stage = tracing::info_span!("stage", stage = %job.stage, kind = %job.kind).entered();
     let mut ctx = WorkerCtx::new(job);
     // A panic in a stage (or in tch, which panics on libtorch errors in its
     // non-`f_` API) must still reach the engine as a readable Error event.

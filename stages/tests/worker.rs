@@ -97,3 +97,41 @@ fn unknown_kinds_exit_2_and_bad_jobs_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("not a valid cairn job"));
 }
+
+/// A two-epoch `fast` net job on 32 random images; `CAIRN_LOG` as given.
+fn tiny_train(dir: &Path, log: Option<&str>) -> Output {
+    let (x, y) = (dir.join("x.arrow"), dir.join("y.arrow"));
+    let pixels: Vec<u8> = (0..32 * 3 * 32 * 32).map(|i| (i * 7 % 251) as u8).collect();
+    write_tensor(&x, DType::U8, &[32, 3, 32, 32], &pixels).unwrap();
+    let labels: Vec<u8> = (0..32i64).flat_map(|i| (i % 2).to_le_bytes()).collect();
+    write_tensor(&y, DType::I64, &[32], &labels).unwrap();
+    let raw = json!({"model": {"arch": "fast", "num_classes": 2, "widths": [8, 8, 8]}, "epochs": 2, "batch_size": 16});
+    let params = cairn_kinds::find("train").unwrap().check(&raw).map_err(|e| e.message).unwrap().params;
+    let inputs = json!({"train_images": [x], "train_labels": [y], "val_images": [x], "val_labels": [y]});
+    let outputs = json!({"model": dir.join("m.safetensors"), "history": dir.join("h.parquet"), "summary": dir.join("s.parquet")});
+    let path = dir.join("job.json");
+    std::fs::write(&path, job("train", params, inputs, outputs, dir).to_string()).unwrap();
+    let mut cmd = worker();
+    cmd.env_remove(cairn::worker::LOG_ENV);
+    if let Some(filter) = log {
+        cmd.env(cairn::worker::LOG_ENV, filter);
+    }
+    let out = cmd.arg("run").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+#[test]
+fn tracing_spans_cover_the_stage_and_each_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = String::from_utf8(tiny_train(dir.path(), Some("info")).stderr).unwrap();
+    for n in 1..=2 {
+        let close = format!("stage{{stage=s kind=train}}:epoch{{n={n}}}: close time.busy=");
+        assert!(log.contains(&close), "no `{close}` in:\n{log}");
+    }
+    assert!(log.contains("epoch done train_loss="), "{log}");
+    assert!(log.contains("stage{stage=s kind=train}: close time.busy="), "{log}");
+    // At the default level (warnings) the worker says nothing.
+    let quiet = tiny_train(dir.path(), None).stderr;
+    assert!(!String::from_utf8_lossy(&quiet).contains("epoch{"), "{}", String::from_utf8_lossy(&quiet));
+}

@@ -285,6 +285,7 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
     let mut last_tick = started;
     let mut step = 0;
     for epoch in 0..p.epochs as usize {
+        let _epoch = tracing::info_span!("epoch", n = epoch + 1).entered();
         let t0 = Instant::now();
         let order = rng.permutation(n as usize);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
@@ -345,6 +346,15 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
             row.images_per_sec
         );
         ctx.progress_at(msg, step as u64, total as u64, false);
+        tracing::info!(
+            train_loss = row.train_loss,
+            train_acc = row.train_acc,
+            val_loss,
+            val_acc,
+            lr,
+            images_per_sec = row.images_per_sec,
+            "epoch done"
+        );
         if best.as_ref().is_none_or(|b| val_acc > b.1) {
             let snap = vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
             best = Some((epoch, val_acc, snap));
