@@ -106,25 +106,18 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
     }
 
     let (name, seed) = parse_header(&mut cx, root);
-    let stages = match root.get("stages") {
-        None => {
-            cx.error(None, "the pipeline declares no stages", Some("add a `[stages.<name>]` table".into()));
+    let stages = match root.get("stages").map(|item| (item, item.as_table_like())) {
+        Some((_, Some(t))) if !t.is_empty() => t.iter().filter_map(|(name, item)| parse_stage(&mut cx, name, item)).collect(),
+        Some((item, None)) => {
+            cx.error(item.span(), "`stages` must be a table of tables", None);
             Vec::new()
         }
-        Some(item) => match item.as_table_like() {
-            Some(t) if t.is_empty() => {
-                cx.error(item.span(), "the pipeline declares no stages", Some("add a `[stages.<name>]` table".into()));
-                Vec::new()
-            }
-            Some(t) => t
-                .iter()
-                .filter_map(|(name, item)| parse_stage(&mut cx, name, item))
-                .collect(),
-            None => {
-                cx.error(item.span(), "`stages` must be a table of tables", None);
-                Vec::new()
-            }
-        },
+        // Missing or empty: the same mistake.
+        missing_or_empty => {
+            let span = missing_or_empty.and_then(|(item, _)| item.span());
+            cx.error(span, "the pipeline declares no stages", Some("add a `[stages.<name>]` table".into()));
+            Vec::new()
+        }
     };
     let profiles = match root.get("profiles") {
         None => BTreeMap::new(),
