@@ -98,14 +98,17 @@ fn unknown_kinds_exit_2_and_bad_jobs_exit_1() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("not a valid cairn job"));
 }
 
-/// A two-epoch `fast` net job on 32 random images; `CAIRN_LOG` as given.
-fn tiny_train(dir: &Path, log: Option<&str>) -> Output {
+/// A two-epoch `fast` net job on 32 fixed pseudo-random images, with
+/// `extra` params on top; `CAIRN_LOG` as given. Writes `m.safetensors`.
+fn tiny_train(dir: &Path, log: Option<&str>, extra: Value) -> Output {
+    std::fs::create_dir_all(dir).unwrap();
     let (x, y) = (dir.join("x.arrow"), dir.join("y.arrow"));
     let pixels: Vec<u8> = (0..32 * 3 * 32 * 32).map(|i| (i * 7 % 251) as u8).collect();
     write_tensor(&x, DType::U8, &[32, 3, 32, 32], &pixels).unwrap();
     let labels: Vec<u8> = (0..32i64).flat_map(|i| (i % 2).to_le_bytes()).collect();
     write_tensor(&y, DType::I64, &[32], &labels).unwrap();
-    let raw = json!({"model": {"arch": "fast", "num_classes": 2, "widths": [8, 8, 8]}, "epochs": 2, "batch_size": 16});
+    let mut raw = json!({"model": {"arch": "fast", "num_classes": 2, "widths": [8, 8, 8]}, "epochs": 2, "batch_size": 16});
+    raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     let params = cairn_kinds::find("train").unwrap().check(&raw).map_err(|e| e.message).unwrap().params;
     let inputs = json!({"train_images": [x], "train_labels": [y], "val_images": [x], "val_labels": [y]});
     let outputs = json!({"model": dir.join("m.safetensors"), "history": dir.join("h.parquet"), "summary": dir.join("s.parquet")});
@@ -124,7 +127,7 @@ fn tiny_train(dir: &Path, log: Option<&str>) -> Output {
 #[test]
 fn tracing_spans_cover_the_stage_and_each_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let log = String::from_utf8(tiny_train(dir.path(), Some("info")).stderr).unwrap();
+    let log = String::from_utf8(tiny_train(dir.path(), Some("info"), json!({})).stderr).unwrap();
     for n in 1..=2 {
         let close = format!("stage{{stage=s kind=train}}:epoch{{n={n}}}: close time.busy=");
         assert!(log.contains(&close), "no `{close}` in:\n{log}");
@@ -132,6 +135,24 @@ fn tracing_spans_cover_the_stage_and_each_epoch() {
     assert!(log.contains("epoch done train_loss="), "{log}");
     assert!(log.contains("stage{stage=s kind=train}: close time.busy="), "{log}");
     // At the default level (warnings) the worker says nothing.
-    let quiet = tiny_train(dir.path(), None).stderr;
+    let quiet = tiny_train(dir.path(), None, json!({})).stderr;
     assert!(!String::from_utf8_lossy(&quiet).contains("epoch{"), "{}", String::from_utf8_lossy(&quiet));
+}
+
+/// Same seed and thread count, bit-identical weights. Run in worker
+/// processes, as the engine runs jobs: libtorch's global generator (weight
+/// init) is then the job's alone, where test threads in one process would
+/// draw from it concurrently.
+#[test]
+fn same_seed_gives_identical_model_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = json!({"lr": 0.05, "augment": {"flip": true, "translate": 1}});
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    tiny_train(&a, None, params.clone());
+    tiny_train(&b, None, params);
+    let (a, b) = (a.join("m.safetensors"), b.join("m.safetensors"));
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "two runs with one seed wrote different weights");
+    let w = cairn_stages::weights::read_safetensors(&a).unwrap();
+    assert!(w.metadata[cairn_stages::train::MODEL_META].contains("\"fast\""));
+    assert!(w.tensors.contains_key("group2.bn2.running_var"));
 }

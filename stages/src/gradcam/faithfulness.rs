@@ -7,7 +7,7 @@
 //! image's colour statistics, so the drop is not just the effect of an
 //! out-of-distribution black patch.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// A normalised 1-D Gaussian of standard deviation `sigma`, radius 3σ.
 fn gaussian(sigma: f64) -> Tensor {
@@ -42,17 +42,21 @@ pub fn apply(x: &Tensor, blurred: &Tensor, mask: &Tensor) -> Tensor {
     x * (1.0 - mask) + blurred * mask
 }
 
-/// Random scores for the baseline mask, reproducible from `seed`.
+/// Random scores in [0, 1) for the baseline mask, reproducible from
+/// `seed`. Drawn from the training loop's private SplitMix64 generator, not
+/// libtorch's global one, which anything else in the process (another
+/// test thread, say) may draw from between a reseed and the draw.
 pub fn random_scores(like: &Tensor, seed: u64) -> Tensor {
-    // A private generator would be nicer; tch exposes only the global one,
-    // which nothing else in this worker process uses concurrently.
-    tch::manual_seed(seed as i64);
-    Tensor::rand(like.size(), (Kind::Float, Device::Cpu)).to_device(like.device())
+    let mut rng = crate::train::batches::Rng::new(seed);
+    // The top 24 bits: exactly representable in an f32.
+    let xs: Vec<f32> = (0..like.numel()).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32).collect();
+    Tensor::from_slice(&xs).view(like.size().as_slice()).to_device(like.device())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     #[test]
     fn blur_keeps_constants_and_mass() {
