@@ -17,9 +17,17 @@
 //!   artifacts connected to it, in the order given. Content, not producer:
 //!   an upstream stage that re-runs and produces identical bytes leaves this
 //!   key unchanged (early cutoff).
-//! - `env`: the machine facts the kind says change its results: libtorch
-//!   version, device kind, and the CPU thread count where float reduction
-//!   order depends on it.
+//! - `env`: the machine facts the kind says change its results
+//!   ([`crate::kind::EnvNeeds`]), as `cairn-worker --probe` reads them from
+//!   libtorch itself (see [`crate::env`]): for kinds that need libtorch,
+//!   `libtorch` (the version loaded) and `device` (`cpu` or
+//!   `cuda:<device name>`); for kinds whose float reductions depend on the
+//!   thread count, when on the CPU, also `threads`, `cpu_capability` (the
+//!   kernels libtorch dispatches to: `DEFAULT`, `AVX2`, `AVX512`…) and
+//!   `native_bf16` (`amx_bf16`, `avx512_bf16`… or `none`), since results
+//!   differ across CPU classes. The worker refuses a job keyed on facts
+//!   that are not its own. Kinds that need none of these (`command`) have
+//!   an empty map and never start the worker.
 //!
 //! # What stays out, deliberately
 //!

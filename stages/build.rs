@@ -10,8 +10,8 @@
 //! it directly, which is why `torch-sys` is a direct dependency here.
 //!
 //! It also compiles the C++ shims in `csrc/` — libtorch's global
-//! determinism switches and its fused optimizer kernels — for which tch has
-//! no binding.
+//! determinism switches, its fused optimizer kernels and the facts
+//! `cairn-worker --probe` reports — for which tch has no binding.
 
 use std::env;
 
@@ -35,7 +35,7 @@ fn main() {
 /// Builds the C++ shims against libtorch's headers (`<lib>/../include`),
 /// with the C++ ABI the PyPI wheels use.
 fn compile_shim(lib: &str) {
-    const SOURCES: [&str; 2] = ["csrc/determinism.cpp", "csrc/optim.cpp"];
+    const SOURCES: [&str; 3] = ["csrc/determinism.cpp", "csrc/optim.cpp", "csrc/probe.cpp"];
     for src in SOURCES {
         println!("cargo:rerun-if-changed={src}");
     }

@@ -50,9 +50,11 @@ pub fn fail(console: &Console, code: i32, message: impl std::fmt::Display) -> i3
 
 /// Loads the pipeline with the invocation's profile and overrides.
 pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, Environment), i32> {
-    let env = Environment::detect(config.cpu);
+    // The worker's facts are probed only when a key needs them, and cached
+    // under the cache directory (see `cairn::env`).
+    let env = Environment::detect(config.cpu).with_probe_cache(&cli.cache_dir);
     let profile = match config.profile.as_deref() {
-        None => ProfileChoice::Auto { has_cuda: env.is_cuda() },
+        None => ProfileChoice::Auto { has_cuda: env.cuda_hint() },
         Some("none") => ProfileChoice::None,
         Some(p) => ProfileChoice::Named(p.to_string()),
     };

@@ -1,6 +1,8 @@
 //! Built-in ML kinds, seen from the engine: their declarations come from
 //! `cairn-kinds` (no libtorch), and `run` hands the job to a `cairn-worker`
-//! process, streaming its events back to the runner.
+//! process, streaming its events back to the runner. The job carries the
+//! kind version and environment entries the stage was keyed with, so the
+//! worker can refuse to run anything its key does not describe.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,7 +12,7 @@ use serde_json::Value;
 use crate::kind::{
     ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, OutputDecl, ParamError, StageCtx, StageFailure, StageKind,
 };
-use crate::worker::{Event, Job, PROTOCOL_VERSION};
+use crate::worker::{Event, Job, JobEnv, PROTOCOL_VERSION};
 
 pub struct WorkerKind {
     decl: &'static dyn cairn_kinds::Kind,
@@ -25,21 +27,7 @@ impl WorkerKind {
 
 /// Where the worker binary is: `$CAIRN_WORKER`, else next to this executable.
 pub fn worker_path() -> Result<PathBuf, StageFailure> {
-    if let Some(p) = std::env::var_os("CAIRN_WORKER") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(|e| StageFailure::new(format!("cannot locate cairn executable: {e}")))?;
-    // Test binaries live in target/<profile>/deps; the worker one level up.
-    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    for candidate in [dir.join("cairn-worker"), dir.join("../cairn-worker")] {
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    Err(StageFailure::new(format!(
-        "cannot find the `cairn-worker` binary next to {}; build it with `make` (or `cargo build --release --workspace`), or set CAIRN_WORKER",
-        exe.display()
-    )))
+    crate::worker::locate().map_err(StageFailure::new)
 }
 
 fn convert_implied(i: &cairn_kinds::Implied) -> Result<InputRef, ParamError> {
@@ -99,13 +87,14 @@ impl StageKind for WorkerKind {
         let job = Job {
             protocol: PROTOCOL_VERSION,
             kind: self.info.name.to_string(),
+            version: self.info.version,
             stage: ctx.stage.to_string(),
             params: ctx.params.clone(),
             inputs: ctx.inputs.clone(),
             outputs: ctx.outputs.clone(),
             scratch: ctx.scratch.to_path_buf(),
             seed: ctx.seed,
-            env: ctx.env.clone(),
+            env: self.job_env(ctx.env)?,
             interactive: false,
         };
         let job_path = ctx.scratch.join("job.json");
@@ -151,6 +140,20 @@ impl StageKind for WorkerKind {
             message.push_str(&tail.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"));
         }
         Err(StageFailure::new(message))
+    }
+}
+
+impl WorkerKind {
+    /// The environment the stage was keyed with: the same entries as its
+    /// key (the probe is made once per invocation). A kind that needs no
+    /// facts runs on the CPU and never probes.
+    fn job_env(&self, env: &crate::env::Environment) -> Result<JobEnv, StageFailure> {
+        let needs = EnvNeeds { torch: self.info.torch, threads: self.info.threads };
+        if !needs.torch && !needs.threads {
+            return Ok(JobEnv::cpu(env.threads));
+        }
+        let device = env.device().map_err(|e| StageFailure::new(format!("cannot learn the environment from cairn-worker: {e}")))?;
+        Ok(JobEnv { device, threads: env.threads, keyed: env.key_entries(needs) })
     }
 }
 

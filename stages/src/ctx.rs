@@ -42,11 +42,9 @@ pub struct WorkerCtx {
 
 impl WorkerCtx {
     pub fn new(job: Job) -> Self {
-        let device = if job.env.is_cuda() && tch::Cuda::is_available() {
-            tch::Device::Cuda(0)
-        } else {
-            tch::Device::Cpu
-        };
+        // No fallback to the CPU: a job keyed on CUDA runs on CUDA or not at
+        // all (`cairn-worker` refuses it before it gets here).
+        let device = if job.env.is_cuda() { tch::Device::Cuda(0) } else { tch::Device::Cpu };
         Self { job, device }
     }
 

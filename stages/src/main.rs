@@ -1,13 +1,16 @@
 //! `cairn-worker`: runs one libtorch stage job for the cairn engine.
 //!
 //! `cairn-worker run <job.json>` reads a [`Job`] (see `cairn::worker` for
-//! the protocol), checks its protocol version, fixes libtorch's thread count
+//! the protocol), checks its protocol version, checks that the job was
+//! keyed for this worker (see [`refusal`]), fixes libtorch's thread count
 //! and seed from the job so results depend only on the key's inputs, and
-//! runs the kind's implementation. Success is exit 0. A stage error or a
-//! panic is reported as one [`Event::Error`] line on stdout and exit 1; a
-//! kind this worker does not know is exit 2 (the worker is older or newer
-//! than the engine). `cairn-worker --version` prints the versions a bug
-//! report needs. Logs go to stderr through `tracing`, filtered by
+//! runs the kind's implementation. Success is exit 0. A stage error, a
+//! refused job or a panic is reported as one [`Event::Error`] line on stdout
+//! and exit 1; a kind this worker does not know or implements at another
+//! version is exit 2 (the worker is older or newer than the engine).
+//! `cairn-worker --probe` prints the facts the engine keys stages on, as one
+//! JSON object ([`Probe`]); `cairn-worker --version` prints the versions a
+//! bug report needs. Logs go to stderr through `tracing`, filtered by
 //! `CAIRN_LOG` (the engine passes its own level): the job runs in a
 //! `stage` span, training epochs in `epoch` spans whose close lines carry
 //! their durations.
@@ -17,12 +20,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cairn::worker::{Event, Job, PROTOCOL_VERSION};
+use cairn::worker::{Event, Job, Probe, PROTOCOL_VERSION};
 use cairn_stages::ctx::{emit, WorkerCtx};
 
 /// Exit status for a failed stage or an unreadable job.
 const EXIT_FAILED: u8 = 1;
-/// Exit status for a kind this worker does not implement.
+/// Exit status for a kind this worker does not implement, or implements at
+/// another version than the job was keyed with.
 const EXIT_UNKNOWN_KIND: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +56,11 @@ fn main() -> ExitCode {
             print_version();
             ExitCode::SUCCESS
         }
+        ["--probe"] => print_probe(),
         ["run", job] => run(Path::new(job)),
         _ => {
             eprintln!(
-                "usage: cairn-worker run <job.json>\n       cairn-worker --version\n\
+                "usage: cairn-worker run <job.json>\n       cairn-worker --probe\n       cairn-worker --version\n\
                  cairn-worker is started by `cairn run`; it is not meant to be run by hand."
             );
             ExitCode::from(EXIT_UNKNOWN_KIND)
@@ -89,8 +94,21 @@ fn print_version() {
     };
     println!("cairn-worker {}", env!("CARGO_PKG_VERSION"));
     println!("protocol {PROTOCOL_VERSION}");
-    println!("libtorch {}", cairn::env::TORCH_VERSION);
+    println!("libtorch {}", facts::libtorch_version().unwrap_or_else(|e| e));
     println!("CUDA {cuda}");
+}
+
+fn print_probe() -> ExitCode {
+    match facts::probe() {
+        Ok(probe) => {
+            println!("{}", serde_json::to_string(&probe).expect("a probe always serialises"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cairn-worker --probe: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
 fn load_job(path: &Path) -> Result<Job, JobError> {
@@ -104,6 +122,56 @@ fn load_job(path: &Path) -> Result<Job, JobError> {
         return Err(JobError::Protocol { path: path.into(), found });
     }
     serde_json::from_value(raw).map_err(|source| JobError::Parse { path: path.into(), source })
+}
+
+/// Why this worker must not run `job`, if it must not: an output is cached
+/// under its job's key, so the job must have been keyed with this worker's
+/// kind version, and on the libtorch, device and CPU class it would run on.
+/// Nothing has run yet, so nothing is cached.
+fn refusal(job: &Job) -> Option<(String, u8)> {
+    let ours = cairn_kinds::find(&job.kind).map(|k| k.info().version);
+    if ours != Some(job.version) {
+        let ours = ours.map_or_else(|| "no version".into(), |v| format!("version {v}"));
+        return Some((
+            format!(
+                "stage `{}`: the job was keyed with kind `{}` version {}, but this cairn-worker implements {ours}; \
+                 rebuild with `make setup` (cairn-worker and cairn must come from the same checkout)",
+                job.stage, job.kind, job.version
+            ),
+            EXIT_UNKNOWN_KIND,
+        ));
+    }
+    let mismatch = |what: &str, keyed: &str, own: &str| {
+        Some((
+            format!(
+                "stage `{}` was keyed on {what} `{keyed}`, but this cairn-worker runs on `{own}`; \
+                 refusing to run it (its output would be cached under a key that does not describe it). \
+                 Run cairn where the stage was keyed, or rebuild with `make setup` so that cairn and \
+                 cairn-worker come from the same checkout",
+                job.stage
+            ),
+            EXIT_FAILED,
+        ))
+    };
+    if job.env.is_cuda() && !tch::Cuda::is_available() {
+        return mismatch("CUDA device", &job.env.device, "cpu (libtorch sees no usable CUDA device)");
+    }
+    for (name, keyed) in &job.env.keyed {
+        let own = match name.as_str() {
+            "libtorch" => facts::libtorch_version(),
+            // Any worker can run a CPU job; a CUDA job needs this device.
+            "device" if keyed != "cpu" => Ok(facts::device()),
+            "cpu_capability" => facts::cpu_capability(),
+            "native_bf16" => Ok(facts::native_bf16()),
+            _ => continue,
+        };
+        match own {
+            Ok(own) if own == *keyed => {}
+            Ok(own) => return mismatch(name, keyed, &own),
+            Err(e) => return Some((format!("stage `{}`: cannot check `{name}`: {e}", job.stage), EXIT_FAILED)),
+        }
+    }
+    None
 }
 
 fn fail(message: String, code: u8) -> ExitCode {
@@ -127,6 +195,9 @@ fn run(job_path: &Path) -> ExitCode {
             EXIT_UNKNOWN_KIND,
         );
     };
+    if let Some((message, code)) = refusal(&job) {
+        return fail(message, code);
+    }
     // The thread count is part of the key of kinds whose float reductions
     // depend on it, so it must be exactly what the engine decided.
     tch::set_num_threads(i32::try_from(job.env.threads.max(1)).unwrap_or(i32::MAX));
@@ -148,5 +219,98 @@ fn run(job_path: &Path) -> ExitCode {
                 .unwrap_or_else(|| "unknown panic payload".into());
             fail(format!("internal error in kind `{}` (a bug; please report it): {what}", ctx.job.kind), EXIT_FAILED)
         }
+    }
+}
+
+/// The facts `--probe` reports, read from libtorch through the C++ shim
+/// (`csrc/probe.cpp`).
+mod facts {
+    use std::collections::BTreeMap;
+    use std::ffi::{c_char, c_int, CString};
+    use std::path::PathBuf;
+
+    use super::{Probe, PROTOCOL_VERSION};
+
+    extern "C" {
+        fn cairn_probe_cpu_capability(out: *mut c_char, len: c_int) -> c_int;
+        fn cairn_probe_show_config(out: *mut c_char, len: c_int) -> c_int;
+        fn cairn_probe_cpu_flag(name: *const c_char) -> c_int;
+        fn cairn_probe_cuda_device_name(out: *mut c_char, len: c_int) -> c_int;
+    }
+
+    type ShimString = unsafe extern "C" fn(*mut c_char, c_int) -> c_int;
+
+    /// The CPU's native bf16 instruction sets as libtorch's cpuinfo names
+    /// them, best first: the first present one is reported.
+    const BF16_FLAGS: [&str; 5] = ["amx_bf16", "avx512_bf16", "avx_ne_convert", "sve_bf16", "bf16"];
+
+    pub fn probe() -> Result<Probe, String> {
+        let cuda = tch::Cuda::is_available();
+        Ok(Probe {
+            protocol: PROTOCOL_VERSION,
+            libtorch: libtorch_version()?,
+            libtorch_path: libtorch_path(),
+            cuda,
+            device: device(),
+            cpu_capability: cpu_capability()?,
+            native_bf16: native_bf16(),
+            kinds: cairn_kinds::all().iter().map(|k| (k.info().name.to_string(), k.info().version)).collect::<BTreeMap<_, _>>(),
+        })
+    }
+
+    /// A string from the shim, growing the buffer to its full length.
+    fn shim_string(f: ShimString) -> Option<String> {
+        let mut buf = vec![0u8; 256];
+        loop {
+            // SAFETY: the shim writes at most `len` bytes (NUL included).
+            let n = usize::try_from(unsafe { f(buf.as_mut_ptr().cast(), buf.len() as c_int) }).ok()?;
+            if n < buf.len() {
+                buf.truncate(n);
+                return String::from_utf8(buf).ok();
+            }
+            buf = vec![0; n + 1];
+        }
+    }
+
+    /// The loaded library's version, from its build settings
+    /// (`TORCH_VERSION=2.11.0,`): headers could be from another install.
+    pub fn libtorch_version() -> Result<String, String> {
+        let config = shim_string(cairn_probe_show_config).ok_or("libtorch's show_config failed")?;
+        config
+            .split([',', '\n'])
+            .find_map(|s| s.trim().strip_prefix("TORCH_VERSION="))
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| "libtorch's build settings name no TORCH_VERSION".to_string())
+    }
+
+    pub fn cpu_capability() -> Result<String, String> {
+        shim_string(cairn_probe_cpu_capability).ok_or_else(|| "libtorch cannot say its CPU capability".to_string())
+    }
+
+    pub fn native_bf16() -> String {
+        let has = |flag: &str| {
+            let name = CString::new(flag).expect("flag names have no NUL");
+            // SAFETY: a NUL-terminated name the shim only reads.
+            unsafe { cairn_probe_cpu_flag(name.as_ptr()) == 1 }
+        };
+        BF16_FLAGS.iter().find(|f| has(f)).map_or("none", |f| f).to_string()
+    }
+
+    /// `cuda:<name of device 0>` when libtorch can use CUDA, else `cpu`.
+    pub fn device() -> String {
+        if !tch::Cuda::is_available() {
+            return "cpu".into();
+        }
+        let name = shim_string(cairn_probe_cuda_device_name).unwrap_or_else(|| "unknown".into());
+        format!("cuda:{name}")
+    }
+
+    /// The libtorch CPU library this process mapped.
+    fn libtorch_path() -> Option<PathBuf> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        maps.lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.ends_with("/libtorch_cpu.so"))
+            .map(PathBuf::from)
     }
 }

@@ -1,13 +1,14 @@
 //! The `cairn-worker` binary as the engine drives it: a job file in, Event
-//! JSON lines on stdout, and the exit status (0 success, 1 failure, 2
-//! unknown kind). Also checks the binary starts without LD_LIBRARY_PATH,
-//! which is what the rpath from build.rs is for.
+//! JSON lines on stdout, and the exit status (0 success, 1 failure or a
+//! refused job, 2 unknown kind or kind version); `--probe` and the facts it
+//! reads from libtorch. Also checks the binary starts without
+//! LD_LIBRARY_PATH, which is what the rpath from build.rs is for.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use cairn::formats::{write_tensor, DType, TensorFile};
-use cairn::worker::{Event, PROTOCOL_VERSION};
+use cairn::worker::{Event, Probe, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 
 fn worker() -> Command {
@@ -27,12 +28,34 @@ fn run_job(dir: &Path, job: Value) -> (Output, Vec<Event>) {
     (out, events)
 }
 
+/// A CPU job keyed on nothing, at the kind's own version.
 fn job(kind: &str, params: Value, inputs: Value, outputs: Value, dir: &Path) -> Value {
+    let version = cairn_kinds::find(kind).map_or(1, |k| k.info().version);
     json!({
-        "protocol": PROTOCOL_VERSION, "kind": kind, "stage": "s", "params": params,
+        "protocol": PROTOCOL_VERSION, "kind": kind, "version": version, "stage": "s", "params": params,
         "inputs": inputs, "outputs": outputs, "scratch": dir, "seed": 3, "interactive": false,
-        "env": {"torch_version": "2.11.0", "device": "cpu", "threads": 1}
+        "env": {"device": "cpu", "threads": 1, "keyed": {}}
     })
+}
+
+fn probe(extra_env: &[(&str, &str)]) -> Probe {
+    let out = worker().arg("--probe").envs(extra_env.iter().copied()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "one JSON object on one line: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not a probe: {text}: {e}"))
+}
+
+/// A one-image resize job keyed on `keyed`, at `version`.
+fn keyed_resize(dir: &Path, version: u32, device: &str, keyed: Value) -> (Value, std::path::PathBuf) {
+    let input = dir.join("in.arrow");
+    write_tensor(&input, DType::U8, &[1, 3, 4, 4], &[7u8; 48]).unwrap();
+    let output = dir.join("out.arrow");
+    let params = json!({"size": 8, "mode": "bilinear", "antialias": true, "splits": ["images"]});
+    let mut j = job("resize", params, json!({"images": [input]}), json!({"images": output}), dir);
+    j["version"] = json!(version);
+    j["env"] = json!({"device": device, "threads": 1, "keyed": keyed});
+    (j, output)
 }
 
 fn error_of(events: &[Event]) -> &str {
@@ -47,7 +70,79 @@ fn version_reports_libtorch_and_cuda() {
     let out = worker().arg("--version").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("libtorch 2.11.0") && text.contains("CUDA "), "{text}");
+    assert!(text.contains(&format!("libtorch {}", cairn::env::TORCH_VERSION)) && text.contains("CUDA "), "{text}");
+}
+
+#[test]
+fn probe_reports_facts_from_libtorch() {
+    let p = probe(&[]);
+    assert_eq!(p.protocol, PROTOCOL_VERSION);
+    assert_eq!(p.libtorch, cairn::env::TORCH_VERSION, "the loaded library's version");
+    assert!(p.libtorch_path.as_ref().is_some_and(|l| l.is_file()), "{:?}", p.libtorch_path);
+    assert_eq!(p.cuda, p.device.starts_with("cuda:"), "{p:?}");
+    assert!(p.cuda || p.device == "cpu", "{p:?}");
+    assert!(["DEFAULT", "AVX2", "AVX512", "ZVECTOR", "SVE256"].contains(&p.cpu_capability.as_str()), "{p:?}");
+    assert!(!p.native_bf16.is_empty(), "{p:?}");
+    for k in cairn_kinds::all() {
+        assert_eq!(p.kinds.get(k.info().name), Some(&k.info().version), "{p:?}");
+    }
+    // The capability is the one libtorch dispatches to, so it follows
+    // libtorch's own override.
+    assert_eq!(probe(&[("ATEN_CPU_CAPABILITY", "default")]).cpu_capability, "DEFAULT");
+}
+
+#[test]
+fn a_job_keyed_on_this_workers_facts_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = probe(&[]);
+    let keyed = json!({"libtorch": p.libtorch, "device": "cpu", "cpu_capability": p.cpu_capability, "native_bf16": p.native_bf16});
+    let (j, output) = keyed_resize(dir.path(), cairn_kinds::data::Resize::VERSION, "cpu", keyed);
+    let (out, events) = run_job(dir.path(), j);
+    assert!(out.status.success(), "{events:?} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(output.is_file());
+}
+
+#[test]
+fn refuses_a_job_keyed_with_another_kind_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, output) = keyed_resize(dir.path(), cairn_kinds::data::Resize::VERSION + 1, "cpu", json!({}));
+    let (out, events) = run_job(dir.path(), j);
+    assert_eq!(out.status.code(), Some(2));
+    let e = error_of(&events);
+    assert!(e.contains("kind `resize` version") && e.contains("make setup") && e.contains("same checkout"), "{e}");
+    assert!(!output.exists(), "a refused job must not run");
+}
+
+#[test]
+fn refuses_a_cuda_job_without_cuda() {
+    if probe(&[]).cuda {
+        eprintln!("skipped: this machine has CUDA");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = "cuda:NVIDIA H200";
+    let keyed = json!({"libtorch": cairn::env::TORCH_VERSION, "device": gpu});
+    let (j, output) = keyed_resize(dir.path(), cairn_kinds::data::Resize::VERSION, gpu, keyed);
+    let (out, events) = run_job(dir.path(), j);
+    assert_eq!(out.status.code(), Some(1));
+    let e = error_of(&events);
+    assert!(e.contains(gpu) && e.contains("no usable CUDA device") && e.contains("refusing"), "{e}");
+    assert!(!output.exists(), "a refused job must not run");
+}
+
+#[test]
+fn refuses_a_job_keyed_on_another_cpu_class_or_libtorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = probe(&[]);
+    let other = if p.cpu_capability == "DEFAULT" { "AVX2" } else { "DEFAULT" };
+    for (name, keyed) in [("cpu_capability", other), ("native_bf16", "made_up_bf16"), ("libtorch", "1.0.0")] {
+        let (j, output) = keyed_resize(dir.path(), cairn_kinds::data::Resize::VERSION, "cpu", json!({ name: keyed }));
+        let (out, events) = run_job(dir.path(), j);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let e = error_of(&events);
+        assert!(e.contains(&format!("keyed on {name} `{keyed}`")) && e.contains("refusing"), "{e}");
+        assert!(!output.exists(), "a refused job must not run");
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cairn::env::Environment;
-use cairn::worker::{Job, PROTOCOL_VERSION};
+use cairn::worker::{Job, JobEnv, PROTOCOL_VERSION};
 use cairn_kinds::train::{Arch, ModelSpec, Normalize, Optimizer, Stem};
 use cairn_stages::ctx::WorkerCtx;
 use cairn_stages::models::{self, Feed};
@@ -91,13 +91,14 @@ fn job(kind: &str, raw: &serde_json::Value, inputs: &[(&str, &Path)], outputs: &
     Ok(Job {
         protocol: PROTOCOL_VERSION,
         kind: kind.into(),
+        version: cairn_kinds::find(kind).map_or(0, |k| k.info().version),
         stage: kind.into(),
         params: plan.params,
         inputs: inputs.iter().map(|(s, p)| (s.to_string(), vec![p.to_path_buf()])).collect(),
         outputs: outputs.iter().map(|(n, f)| (n.to_string(), dir.join(f))).collect::<BTreeMap<_, _>>(),
         scratch,
         seed: 0,
-        env: Environment::detect(true),
+        env: JobEnv::cpu(Environment::detect(true).threads),
         interactive: false,
     })
 }

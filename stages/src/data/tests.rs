@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cairn::env::Environment;
 use cairn::formats::{Column, DType, Table, TensorFile};
-use cairn::worker::{Job, PROTOCOL_VERSION};
+use cairn::worker::{Job, JobEnv, PROTOCOL_VERSION};
 use cairn_kinds::data::SourceFormat;
 use serde_json::{json, Value};
 
@@ -260,13 +259,14 @@ fn job(kind: &str, params: Value, inputs: &[(&str, &Path)], outputs: &[&str], di
     let job = Job {
         protocol: PROTOCOL_VERSION,
         kind: kind.into(),
+        version: cairn_kinds::find(kind).map_or(0, |k| k.info().version),
         stage: "test".into(),
         params,
         inputs: inputs.iter().map(|(s, p)| (s.to_string(), vec![p.to_path_buf()])).collect(),
         outputs: outputs.iter().map(|o| (o.to_string(), dir.join(format!("{o}.{}", ext(o))))).collect(),
         scratch: dir.to_path_buf(),
         seed: 42,
-        env: Environment { torch_version: cairn::env::TORCH_VERSION.into(), device: "cpu".into(), threads: 2 },
+        env: JobEnv::cpu(2),
         interactive: false,
     };
     WorkerCtx::new(job)

@@ -427,13 +427,14 @@ mod tests {
         let job = Job {
             protocol: PROTOCOL_VERSION,
             kind: "train".into(),
+            version: cairn_kinds::train::VERSION,
             stage: "t".into(),
             params: plan.params,
             inputs,
             outputs,
             scratch: dir.to_path_buf(),
             seed: 7,
-            env: cairn::env::Environment { torch_version: "2.11.0".into(), device: "cpu".into(), threads: 1 },
+            env: cairn::worker::JobEnv::cpu(1),
             interactive: false,
         };
         run(&mut WorkerCtx::new(job))?;

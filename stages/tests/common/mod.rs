@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cairn::env::Environment;
-use cairn::worker::{Job, PROTOCOL_VERSION};
+use cairn::worker::{Job, JobEnv, PROTOCOL_VERSION};
 use cairn_stages::ctx::WorkerCtx;
 use serde_json::Value;
 
@@ -37,13 +36,14 @@ pub fn ctx(kind: &str, raw: &Value, inputs: &[(&str, Vec<PathBuf>)], dir: &Path)
     let job = Job {
         protocol: PROTOCOL_VERSION,
         kind: kind.into(),
+        version: cairn_kinds::find(kind).map_or(0, |k| k.info().version),
         stage: format!("test_{kind}"),
         params: plan.params,
         inputs: inputs.iter().map(|(s, p)| (s.to_string(), p.clone())).collect(),
         outputs,
         scratch,
         seed: 7,
-        env: Environment { torch_version: cairn::env::TORCH_VERSION.into(), device: "cpu".into(), threads: 1 },
+        env: JobEnv::cpu(1),
         interactive: false,
     };
     WorkerCtx::new(job)

@@ -1,0 +1,117 @@
+//! Keys take their environment facts from `cairn-worker --probe`, through
+//! the real `cairn` binary: pipelines of `command` stages never start the
+//! worker, the probe is cached so `status` does not start it twice, and a
+//! missing or stale worker fails the stages that need it with the fix. The
+//! worker here is a shell script standing in for `cairn-worker`, so these
+//! tests need no libtorch.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use cairn::worker::{Probe, PROTOCOL_VERSION};
+use common::Project;
+
+/// A `command` stage making a file that a `resize` stage reads, and an
+/// unrelated `command` stage.
+const MIXED: &str = r#"
+[stages.make]
+kind = "command"
+cmd = "printf x > {out.images}"
+outputs = { images = "images.arrow" }
+
+[stages.small]
+kind = "resize"
+size = 8
+inputs = { images = "make.images" }
+
+[stages.other]
+kind = "command"
+cmd = "echo hi > {out.o}"
+outputs = { o = "o.txt" }
+"#;
+
+fn probe(kinds_offset: u32) -> Probe {
+    Probe {
+        protocol: PROTOCOL_VERSION,
+        libtorch: cairn::env::TORCH_VERSION.into(),
+        libtorch_path: None,
+        cuda: false,
+        device: "cpu".into(),
+        cpu_capability: "AVX2".into(),
+        native_bf16: "none".into(),
+        kinds: cairn_kinds::all().iter().map(|k| (k.info().name.to_string(), k.info().version + kinds_offset)).collect(),
+    }
+}
+
+/// A stand-in worker that logs each call to `<dir>/calls` and answers
+/// `--probe` with `probe`; it runs no jobs.
+fn fake_worker(dir: &Path, probe: &Probe) -> PathBuf {
+    let path = dir.join("fake-worker");
+    let script = format!(
+        "#!/bin/sh\necho \"$1\" >> '{calls}'\n[ \"$1\" = --probe ] || exit 2\necho '{json}'\n",
+        calls = dir.join("calls").display(),
+        json = serde_json::to_string(probe).unwrap()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn calls(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("calls")).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn command_pipelines_never_start_the_worker() {
+    let p = Project::new(
+        "[stages.a]\nkind = \"command\"\ncmd = \"echo a > {out.o}\"\noutputs = { o = \"o.txt\" }\n",
+    );
+    let tools = tempfile::tempdir().unwrap();
+    let worker = fake_worker(tools.path(), &probe(0));
+    for args in [&["run"][..], &["status"], &["run"]] {
+        let r = p.cmd(args).env("CAIRN_WORKER", &worker).output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert!(calls(tools.path()).is_empty(), "the worker was started: {:?}", calls(tools.path()));
+    assert!(!p.cache().join(cairn::env::PROBE_DIR).exists());
+}
+
+#[test]
+fn a_missing_worker_fails_only_the_stages_that_need_it() {
+    let p = Project::new(MIXED);
+    let r: common::Run = p.cmd(&["run"]).env("CAIRN_WORKER", "/nonexistent/cairn-worker").output().unwrap().into();
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert_eq!(r.outcome("small").as_deref(), Some("FAILED"), "{}", r.all());
+    assert_eq!(r.outcome("other").as_deref(), Some("ran"), "{}", r.all());
+    assert!(r.all().contains("/nonexistent/cairn-worker") && r.all().contains("make setup"), "{}", r.all());
+}
+
+#[test]
+fn the_probe_is_cached_so_status_stays_fast() {
+    let p = Project::new(MIXED);
+    let tools = tempfile::tempdir().unwrap();
+    let worker = fake_worker(tools.path(), &probe(0));
+    let run = |args: &[&str]| -> common::Run { p.cmd(args).env("CAIRN_WORKER", &worker).output().unwrap().into() };
+    assert_eq!(run(&["run", "make"]).code, 0);
+    for _ in 0..2 {
+        let r = run(&["status"]);
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+    assert_eq!(calls(tools.path()), ["--probe"], "one probe, then the cache");
+    let cached: Vec<_> = std::fs::read_dir(p.cache().join(cairn::env::PROBE_DIR)).unwrap().collect();
+    assert_eq!(cached.len(), 1);
+}
+
+#[test]
+fn a_worker_from_another_checkout_is_named_with_the_fix() {
+    let p = Project::new(MIXED);
+    let tools = tempfile::tempdir().unwrap();
+    let worker = fake_worker(tools.path(), &probe(1));
+    let r: common::Run = p.cmd(&["run"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
+    assert_eq!(r.outcome("small").as_deref(), Some("FAILED"), "{}", r.all());
+    let all = r.all();
+    assert!(all.contains("another checkout") && all.contains("make setup") && all.contains(&worker.display().to_string()), "{all}");
+    assert!(!calls(tools.path()).iter().any(|c| c == "run"), "a stale worker must not be given jobs");
+}
