@@ -9,7 +9,10 @@
 //! key was computed from" and "the params the stage ran with" the same thing.
 //!
 //! Versions live here, next to the params: bump a kind's `VERSION` whenever
-//! its worker code changes results.
+//! its worker code changes results. `tests/kind_fingerprints.rs` pins a
+//! fingerprint of each kind's worker sources to its version
+//! (`stages/kinds/fingerprints.toml`), so a change without a bump fails
+//! `make test`; the worker refuses jobs keyed with another version.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -29,7 +32,8 @@ pub struct KindInfo {
     pub summary: &'static str,
     /// Results depend on the libtorch version and device kind.
     pub torch: bool,
-    /// Results depend on the CPU thread count.
+    /// Results on the CPU depend on the thread count and the CPU's class
+    /// (the kernels libtorch dispatches to, native bf16).
     pub threads: bool,
 }
 

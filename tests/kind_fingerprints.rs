@@ -1,0 +1,228 @@
+//! Pins a fingerprint of each built-in kind's implementation sources, so
+//! that code which can change a kind's results cannot land without a
+//! version bump: the version is part of every stage key, and without a bump
+//! the cache serves results of the old code as if the new code had made
+//! them (as `models/fast.rs` once did to `gradcam`).
+//!
+//! A kind's sources are its root modules in `stages/src` ([`KINDS`]), every
+//! module they reach through `crate::<module>` paths, transitively, and the
+//! C++ shims in `stages/csrc` defining the `cairn_*` functions those modules
+//! call. Left out: test files (`tests.rs`, `*_tests.rs`) and the worker's
+//! plumbing (`lib.rs`, `main.rs`, `ctx.rs`: they move jobs, params and
+//! events, not numbers). The fingerprint is blake3 over each file's path and
+//! bytes (line endings normalised), in path order. The pins live in
+//! `stages/kinds/fingerprints.toml`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Each kind: its declaration file in `stages/kinds/src` and its root
+/// sources in `stages/src` (a directory stands for every file below it).
+const KINDS: [(&str, &str, &[&str]); 6] = [
+    (
+        "load_subset",
+        "data.rs",
+        &[
+            "data.rs",
+            "data/catalog.rs",
+            "data/cifar.rs",
+            "data/decode.rs",
+            "data/folder.rs",
+            "data/load_subset.rs",
+            "data/source.rs",
+            "data/subset.rs",
+        ],
+    ),
+    ("resize", "data.rs", &["data.rs", "data/resize.rs"]),
+    ("train", "train.rs", &["train"]),
+    ("evaluate", "eval.rs", &["evaluate.rs"]),
+    ("report", "report.rs", &["report"]),
+    ("gradcam", "gradcam.rs", &["gradcam"]),
+];
+
+const PLUMBING: [&str; 3] = ["lib.rs", "main.rs", "ctx.rs"];
+const PINS: &str = "stages/kinds/fingerprints.toml";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn src() -> PathBuf {
+    root().join("stages/src")
+}
+
+fn is_test_file(path: &Path) -> bool {
+    let name = path.file_name().unwrap().to_string_lossy();
+    name == "tests.rs" || name.ends_with("_tests.rs")
+}
+
+/// A root's `.rs` files: the file itself, or every file below a directory.
+fn files_of(rel: &str) -> Vec<PathBuf> {
+    let path = src().join(rel);
+    if path.is_dir() {
+        rs_files_below(&path)
+    } else {
+        vec![path]
+    }
+}
+
+/// A module's files: `m.rs` and every file below `m/`.
+fn module_files(module: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = vec![src().join(format!("{module}.rs"))].into_iter().filter(|f| f.is_file()).collect();
+    if src().join(module).is_dir() {
+        files.extend(rs_files_below(&src().join(module)));
+    }
+    files
+}
+
+fn rs_files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(rs_files_below(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Top-level modules named by `crate::m` or `crate::{m, n::…}` in `text`.
+fn crate_modules(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (at, _) in text.match_indices("crate::") {
+        let rest = &text[at + "crate::".len()..];
+        let names: Vec<&str> = match rest.strip_prefix('{') {
+            Some(list) => list[..list.find('}').unwrap_or(0)].split(',').collect(),
+            None => vec![rest],
+        };
+        for name in names {
+            let ident: String = name.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !ident.is_empty() {
+                out.insert(ident);
+            }
+        }
+    }
+    out
+}
+
+/// `cairn_*` functions a C++ shim defines (its `extern "C"` lines).
+fn shim_functions(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.contains("extern \"C\""))
+        .filter_map(|l| l.split(|c: char| !(c.is_alphanumeric() || c == '_')).find(|w| w.starts_with("cairn_")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).replace("\r\n", "\n")
+}
+
+/// Every source file of a kind, by path relative to the repository.
+fn sources(roots: &[&str]) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::new();
+    let mut todo: Vec<PathBuf> = roots.iter().flat_map(|r| files_of(r)).collect();
+    while let Some(file) = todo.pop() {
+        let rel = file.strip_prefix(src()).unwrap().to_string_lossy().into_owned();
+        if is_test_file(&file) || PLUMBING.contains(&rel.as_str()) || !files.insert(file.clone()) {
+            continue;
+        }
+        for module in crate_modules(&read(&file)) {
+            todo.extend(module_files(&module));
+        }
+    }
+    let rust: Vec<String> = files.iter().map(|f| read(f)).collect();
+    for entry in std::fs::read_dir(root().join("stages/csrc")).unwrap() {
+        let cpp = entry.unwrap().path();
+        let called = shim_functions(&read(&cpp)).iter().any(|f| rust.iter().any(|r| r.contains(&format!("fn {f}("))));
+        if called {
+            files.insert(cpp);
+        }
+    }
+    files.into_iter().map(|f| f.strip_prefix(root()).unwrap().to_path_buf()).collect()
+}
+
+fn fingerprint(files: &BTreeSet<PathBuf>) -> String {
+    let mut h = blake3::Hasher::new();
+    for rel in files {
+        let text = read(&root().join(rel));
+        for part in [rel.to_string_lossy().as_bytes(), text.as_bytes()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+    }
+    h.finalize().to_hex()[..32].to_string()
+}
+
+/// `[kind] version = N, fingerprint = "…"` from the pin file.
+fn pins() -> BTreeMap<String, (i64, String)> {
+    let doc: toml_edit::DocumentMut = read(&root().join(PINS)).parse().unwrap_or_else(|e| panic!("{PINS}: {e}"));
+    doc.iter()
+        .map(|(kind, item)| {
+            let version = item.get("version").and_then(|v| v.as_integer()).unwrap_or(-1);
+            let fp = item.get("fingerprint").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            (kind.to_string(), (version, fp))
+        })
+        .collect()
+}
+
+#[test]
+fn kind_sources_match_their_pinned_versions() {
+    let pins = pins();
+    let mut problems = Vec::new();
+    for decl in cairn_kinds::all() {
+        let (name, version) = (decl.info().name, decl.info().version);
+        let Some((_, decl_file, roots)) = KINDS.iter().find(|k| k.0 == name) else {
+            problems.push(format!("kind `{name}` has no sources listed: add it to KINDS in tests/kind_fingerprints.rs"));
+            continue;
+        };
+        let fp = fingerprint(&sources(roots));
+        let set = format!("set `[{name}]` to `version = {version}` and `fingerprint = \"{fp}\"` in {PINS}");
+        match pins.get(name) {
+            Some((v, f)) if *v == version as i64 && *f == fp => {}
+            Some((v, _)) if *v == version as i64 => problems.push(format!(
+                "the implementation sources of kind `{name}` changed, but its version is still {version}.\n  \
+                 If results can change: bump `VERSION` for `{name}` in stages/kinds/src/{decl_file} to {next}, then set \
+                 `[{name}]` to `version = {next}` and `fingerprint = \"{fp}\"` in {PINS} (this test prints the new value \
+                 again after the bump).\n  If they cannot (a refactor, comments): set only `fingerprint = \"{fp}\"`.",
+                next = version + 1
+            )),
+            Some((v, _)) => problems.push(format!("kind `{name}` is now version {version} (pinned: {v}): {set}")),
+            None => problems.push(format!("kind `{name}` has no pin: {set}")),
+        }
+    }
+    assert!(problems.is_empty(), "\n{}\n", problems.join("\n\n"));
+}
+
+/// A new source file must belong to some kind (or be plumbing or a test),
+/// or changes to it would go unnoticed.
+#[test]
+fn every_stage_source_belongs_to_a_kind() {
+    let covered: BTreeSet<PathBuf> = KINDS.iter().flat_map(|(_, _, roots)| sources(roots)).collect();
+    let missing: Vec<String> = rs_files_below(&src())
+        .into_iter()
+        .filter(|f| !is_test_file(f))
+        .map(|f| f.strip_prefix(root()).unwrap().to_path_buf())
+        .filter(|rel| !covered.contains(rel))
+        .filter(|rel| !PLUMBING.iter().any(|p| rel == &Path::new("stages/src").join(p)) && !rel.starts_with("stages/src/bin"))
+        .map(|rel| rel.display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "these files are in no kind's sources: {missing:?}\n  add each to the roots of the kinds that use it in KINDS (tests/kind_fingerprints.rs)"
+    );
+}
+
+#[test]
+fn sources_follow_crate_paths_and_shims() {
+    let train = sources(&["train"]);
+    for f in ["stages/src/train/mod.rs", "stages/src/models/fast.rs", "stages/src/determinism.rs", "stages/csrc/optim.cpp", "stages/csrc/determinism.cpp"] {
+        assert!(train.contains(Path::new(f)), "{f} missing from {train:?}");
+    }
+    assert!(!train.iter().any(|f| f.ends_with("ctx.rs") || f.ends_with("interop_tests.rs")), "{train:?}");
+    let gradcam = sources(&["gradcam"]);
+    assert!(gradcam.contains(Path::new("stages/src/models/fast.rs")), "a shared model change must reach gradcam");
+    assert_eq!(crate_modules("use crate::{tensors, weights::X};\nuse crate::ctx::Y;"), BTreeSet::from(["ctx".into(), "tensors".into(), "weights".into()]));
+}
