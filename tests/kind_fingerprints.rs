@@ -185,8 +185,8 @@ fn kind_sources_match_their_pinned_versions() {
             Some((v, _)) if *v == version as i64 => problems.push(format!(
                 "the implementation sources of kind `{name}` changed, but its version is still {version}.\n  \
                  If results can change: bump `VERSION` for `{name}` in stages/kinds/src/{decl_file} to {next}, then set \
-                 `[{name}]` to `version = {next}` and `fingerprint = \"{fp}\"` in {PINS} (this test prints the new value \
-                 again after the bump).\n  If they cannot (a refactor, comments): set only `fingerprint = \"{fp}\"`.",
+                 `[{name}]` to `version = {next}` and `fingerprint = \"{fp}\"` in {PINS} (declarations are not \
+                 fingerprinted, so the value stays).\n  If they cannot (a refactor, comments): set only `fingerprint = \"{fp}\"`.",
                 next = version + 1
             )),
             Some((v, _)) => problems.push(format!("kind `{name}` is now version {version} (pinned: {v}): {set}")),
