@@ -1,65 +1,182 @@
 //! `artifacts/<stage>/<output>.<ext>`: the human-facing view of the current
 //! outputs of every fresh stage, as hard links into the cache (copies when
-//! the cache is on another filesystem). Objects are read-only, so editing a
-//! file here cannot corrupt the cache. Files of stages that are no longer
-//! fresh, or no longer exist, are removed.
+//! the cache is on another filesystem).
+//!
+//! cairn deletes only what it placed: the directory carries a record
+//! ([`RECORD`]) of every file cairn put there, with its device and inode,
+//! and a file is removed only when the record names it and it is still
+//! that very file. Links are never followed while deleting, a stage
+//! directory that is a symbolic link is left alone, and a non-empty
+//! directory without the record is refused. Objects are read-only; an edit
+//! made through a link anyway (as root) changes the object's stat, so the
+//! next `status` or `run` re-hashes it, finds the damage and recomputes it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::cache::{Cache, OutputRecord};
 
-/// Makes `dir` hold exactly the given outputs. Returns how many files were
-/// (re)linked.
+/// The record of what cairn placed, inside the artifacts directory.
+pub const RECORD: &str = ".cairn-artifacts.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactsError {
+    #[error("{} is not a cairn artifacts directory (it has files and no {RECORD})\n  help: remove or rename it, or set CAIRN_ARTIFACTS_DIR to an empty directory; cairn will not write into or delete from it", path.display())]
+    Foreign { path: PathBuf },
+    #[error("{action} {}: {source}", path.display())]
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ArtifactsError + 'a {
+    move |source| ArtifactsError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// What [`materialize`] did.
+#[derive(Debug, Default)]
+pub struct Materialized {
+    /// Files (re)linked or copied.
+    pub linked: usize,
+    /// Paths in the way that are not cairn's, left alone.
+    pub left_alone: Vec<PathBuf>,
+}
+
+/// Relative path → (device, inode) of each file cairn placed.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Record {
+    files: BTreeMap<String, (u64, u64)>,
+}
+
+/// Makes `dir` hold exactly the given outputs, as far as what is there is
+/// cairn's to change. Files placed earlier for stages that `untouched`
+/// names are kept as they are.
 pub fn materialize<'a>(
     dir: &Path,
     cache: &Cache,
     outputs: impl IntoIterator<Item = (&'a str, &'a str, &'a OutputRecord)>,
-) -> std::io::Result<usize> {
-    let mut keep: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut linked = 0;
+    untouched: &dyn Fn(&str) -> bool,
+) -> Result<Materialized, ArtifactsError> {
+    let old = claim(dir)?;
+    let mut record = Record::default();
+    for (rel, id) in &old.files {
+        if rel.split_once('/').is_some_and(|(stage, _)| untouched(stage)) {
+            record.files.insert(rel.clone(), *id);
+        }
+    }
+    let mut done = Materialized::default();
     for (stage, name, rec) in outputs {
-        let stage_dir = dir.join(stage);
-        fs::create_dir_all(&stage_dir)?;
-        let dest = stage_dir.join(format!("{name}.{}", rec.ext));
-        keep.insert(dest.clone());
+        let rel = format!("{stage}/{name}.{}", rec.ext);
         let src = cache.object_path(&rec.hash);
-        if same_file(&src, &dest) {
-            continue;
-        }
-        let _ = fs::remove_file(&dest);
-        if fs::hard_link(&src, &dest).is_err() {
-            fs::copy(&src, &dest)?;
-        }
-        linked += 1;
-    }
-    remove_stale(dir, &keep)?;
-    Ok(linked)
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
-}
-
-fn remove_stale(dir: &Path, keep: &BTreeSet<PathBuf>) -> std::io::Result<()> {
-    let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
-    for stage_dir in entries.flatten() {
-        let p = stage_dir.path();
-        if !p.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(&p)?.flatten() {
-            if !keep.contains(&f.path()) {
-                let _ = fs::remove_file(f.path());
+        match place(dir, stage, &rel, &src, &old, cache)? {
+            Placed::Kept(id) => {
+                record.files.insert(rel, id);
             }
+            Placed::Linked(id) => {
+                record.files.insert(rel, id);
+                done.linked += 1;
+            }
+            Placed::NotOurs(p) => done.left_alone.push(p),
         }
-        // Only removes the directory if it is now empty.
-        let _ = fs::remove_dir(&p);
     }
+    remove_stale(dir, &old, &record);
+    if record != old {
+        write_record(dir, &record)?;
+    }
+    Ok(done)
+}
+
+enum Placed {
+    Kept((u64, u64)),
+    Linked((u64, u64)),
+    NotOurs(PathBuf),
+}
+
+fn identity(m: &fs::Metadata) -> (u64, u64) {
+    (m.dev(), m.ino())
+}
+
+/// Puts one object at `dir/rel`, unless something not cairn's is there.
+fn place(dir: &Path, stage: &str, rel: &str, src: &Path, old: &Record, cache: &Cache) -> Result<Placed, ArtifactsError> {
+    let stage_dir = dir.join(stage);
+    match fs::symlink_metadata(&stage_dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Ok(Placed::NotOurs(stage_dir)),
+        Err(_) => fs::create_dir(&stage_dir).map_err(io_err("cannot create", &stage_dir))?,
+    }
+    let dest = dir.join(rel);
+    let src_id = fs::metadata(src).map(|m| identity(&m)).map_err(io_err("cannot read", src))?;
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_file() && identity(&m) == src_id => return Ok(Placed::Kept(src_id)),
+        Ok(m) if m.is_file() && old.files.get(rel) == Some(&identity(&m)) => {
+            fs::remove_file(&dest).map_err(io_err("cannot replace", &dest))?;
+        }
+        Ok(_) => return Ok(Placed::NotOurs(dest)),
+        Err(_) => {}
+    }
+    // A new hard link changes only the object's ctime; keep its verified
+    // hash through it so the next status need not re-read it.
+    if cache.stat().keep_through(src, || fs::hard_link(src, &dest)).is_err() {
+        fs::copy(src, &dest).map_err(io_err("cannot copy to", &dest))?;
+    }
+    let id = fs::symlink_metadata(&dest).map(|m| identity(&m)).map_err(io_err("cannot read", &dest))?;
+    Ok(Placed::Linked(id))
+}
+
+/// Checks `dir` is cairn's (creating it if missing) and returns its record.
+fn claim(dir: &Path) -> Result<Record, ArtifactsError> {
+    let record_path = dir.join(RECORD);
+    if let Ok(bytes) = fs::read(&record_path) {
+        return Ok(serde_json::from_slice(&bytes).unwrap_or_default());
+    }
+    match fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
+        Ok(false) => Err(ArtifactsError::Foreign { path: dir.to_path_buf() }),
+        Ok(true) => Ok(Record::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+            Ok(Record::default())
+        }
+        Err(e) => Err(io_err("cannot read", dir)(e)),
+    }
+}
+
+/// Removes the files cairn placed earlier that are no longer wanted, if
+/// they are still the files it placed, then their stage directories if
+/// empty. Nothing is followed: `symlink_metadata` and `remove_file` act on
+/// links themselves.
+fn remove_stale(dir: &Path, old: &Record, new: &Record) {
+    let mut stages = BTreeSet::new();
+    for (rel, id) in &old.files {
+        if new.files.contains_key(rel) {
+            continue;
+        }
+        let p = dir.join(rel);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && identity(&m) == *id) {
+            let _ = fs::remove_file(&p);
+        }
+        if let Some((stage, _)) = rel.split_once('/') {
+            stages.insert(stage.to_string());
+        }
+    }
+    for stage in stages {
+        let p = dir.join(&stage);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            // Only succeeds if it is now empty.
+            let _ = fs::remove_dir(&p);
+        }
+    }
+}
+
+fn write_record(dir: &Path, record: &Record) -> Result<(), ArtifactsError> {
+    use std::io::Write;
+    let path = dir.join(RECORD);
+    let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
+    // A fresh temp file (never an existing name, which could be a link).
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err("cannot write in", dir))?;
+    tmp.write_all(&bytes).map_err(io_err("cannot write", &path))?;
+    tmp.persist(&path).map_err(|e| io_err("cannot write", &path)(e.error))?;
     Ok(())
 }

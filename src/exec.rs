@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::cache::{Cache, Manifest, OutputRecord};
-use crate::cache::store::hash_file;
+use crate::cache::{hash_file, Cache, Manifest, OutputRecord};
 use crate::env::Environment;
 use crate::key::KeyInputs;
 use crate::kind::{Reporter, StageCtx, StageFailure};
@@ -33,6 +32,9 @@ pub struct ExecRequest<'a> {
     pub cancel: &'a AtomicBool,
     /// Store outputs and write a manifest (false for `verify`).
     pub store: bool,
+    /// Called once the stage has finished, before anything is stored: an
+    /// error (an input changed or was damaged while it ran) fails the stage.
+    pub check_inputs: &'a (dyn Fn() -> Result<(), StageFailure> + Sync),
 }
 
 pub fn now_rfc3339() -> String {
@@ -72,13 +74,14 @@ pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFai
             Err(StageFailure::new(format!("stage kind panicked: {}", msg.unwrap_or_default())))
         });
     result?;
+    (req.check_inputs)()?;
     let duration_s = t0.elapsed().as_secs_f64();
     let metrics = std::mem::take(&mut ctx.metrics);
 
     let mut records = BTreeMap::new();
     for decl in &stage.checked.outputs {
         let path = &outputs[&decl.name];
-        if !path.is_file() {
+        if std::fs::symlink_metadata(path).is_err() {
             return Err(StageFailure::new(format!(
                 "finished without writing declared output `{}` ({} {})",
                 decl.name, decl.ty, decl.file_name()

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::statcache::StatCache;
+use crate::cache::statcache::{HashError, StatCache};
 use crate::digest::ArtifactHash;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,8 @@ pub enum ExternalError {
     Checksum { path: PathBuf, expected: String, actual: String },
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot hash input {}: {source}\n  help: inputs are hashed as a stage would read them, following symbolic links", path.display())]
+    Hash { path: PathBuf, source: HashError },
 }
 
 /// Resolves a spec path against the pipeline's directory.
@@ -65,7 +67,7 @@ pub fn hash(
         }
     }
     let fresh = !stat.knows(path);
-    let hash = stat.hash(path).map_err(|source| ExternalError::Io { path: path.to_path_buf(), source })?;
+    let hash = stat.hash(path).map_err(|source| ExternalError::Hash { path: path.to_path_buf(), source })?;
     // A file seen for the first time (or changed) is checked against its
     // published checksum; the stat cache remembers it was fine.
     if fresh && path.is_file() {

@@ -178,6 +178,9 @@ pub enum DirtyReason {
     UpstreamStale { stage: String },
     /// The key is the one recorded, but the cache entry is missing or damaged.
     EntryMissing,
+    /// A cached output was found damaged (its bytes no longer hash to its
+    /// name) and removed, so the stage re-runs to recompute it.
+    OutputDamaged { output: String },
     KeySchemaChanged { old: u32, new: u32 },
     KindChanged { old: String, new: String },
     VersionChanged { old: u32, new: u32 },
@@ -208,6 +211,7 @@ impl fmt::Display for DirtyReason {
             DirtyReason::Forced => write!(f, "forced with --force"),
             DirtyReason::UpstreamStale { stage } => write!(f, "upstream stage `{stage}` is stale"),
             DirtyReason::EntryMissing => write!(f, "cache entry missing or damaged"),
+            DirtyReason::OutputDamaged { output } => write!(f, "cached output `{output}` was damaged and removed; recomputing it"),
             DirtyReason::KeySchemaChanged { old, new } => write!(f, "key schema {old} → {new}"),
             DirtyReason::KindChanged { old, new } => write!(f, "kind `{old}` → `{new}`"),
             DirtyReason::VersionChanged { old, new } => write!(f, "implementation version {old} → {new}"),

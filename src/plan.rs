@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
-use crate::cache::statcache::StatCache;
-use crate::cache::{Cache, CacheError, Manifest};
+use crate::cache::{Cache, CacheError, Manifest, StageRef};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::env::Environment;
 use crate::external::{self, ExternalError};
@@ -36,13 +36,46 @@ pub struct Resolver<'a> {
     pub pipeline: &'a Pipeline,
     pub cache: &'a Cache,
     pub env: &'a Environment,
-    pub stat: StatCache,
     pub warn: &'a (dyn Fn(String) + Sync),
+    /// Evict damaged objects found on lookup (`run`), or only report them
+    /// (`status`, which writes nothing).
+    pub repair: bool,
+    /// The refs as they were when first needed.
+    refs: OnceLock<BTreeMap<String, StageRef>>,
+}
+
+/// Why a stage's inputs are not what its key says.
+#[derive(Clone, Debug)]
+pub enum InputProblem {
+    /// An input object's bytes no longer hash to its name; it was evicted.
+    /// `producer` is the stage whose output it was, if any.
+    Damaged { slot: String, from: String, producer: Option<(String, String)>, hash: ArtifactHash },
+    /// An external input's content is not what the key was computed from.
+    Changed { slot: String, path: String, error: Option<String> },
+}
+
+impl std::fmt::Display for InputProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputProblem::Damaged { slot, from, hash, .. } => {
+                write!(f, "input `{slot}` ({from}, object {}) in the cache is damaged; it was removed", hash.short())
+            }
+            InputProblem::Changed { slot, path, error: None } => write!(f, "input `{slot}` ({path}) changed while the stage ran"),
+            InputProblem::Changed { slot, path, error: Some(e) } => {
+                write!(f, "input `{slot}` ({path}) could not be read again after the stage: {e}")
+            }
+        }
+    }
 }
 
 impl<'a> Resolver<'a> {
     pub fn new(pipeline: &'a Pipeline, cache: &'a Cache, env: &'a Environment, warn: &'a (dyn Fn(String) + Sync)) -> Self {
-        Self { pipeline, cache, env, stat: StatCache::load(cache.root()), warn }
+        Self { pipeline, cache, env, warn, repair: false, refs: OnceLock::new() }
+    }
+
+    /// The refs recorded by earlier runs.
+    pub fn refs(&self) -> &BTreeMap<String, StageRef> {
+        self.refs.get_or_init(|| self.cache.stage_refs())
     }
 
     /// The content hash of an external input.
@@ -50,7 +83,7 @@ impl<'a> Resolver<'a> {
         match r {
             InputRef::External { path, url, sha256 } => {
                 let p = external::resolve(&self.pipeline.root, path);
-                external::hash(&self.stat, &p, url.as_deref(), sha256.as_deref(), fetch).map(Some)
+                external::hash(self.cache.stat(), &p, url.as_deref(), sha256.as_deref(), fetch).map(Some)
             }
             InputRef::Output { .. } | InputRef::UpstreamParams => Ok(None),
         }
@@ -95,11 +128,63 @@ impl<'a> Resolver<'a> {
         }))
     }
 
-    /// A complete cache entry for `key`: its manifest, if every object it
-    /// names is present.
-    pub fn lookup(&self, key: &StageKey) -> Result<Option<Manifest>, CacheError> {
+    /// A complete cache entry for `stage` under `key`: its manifest, if it
+    /// records exactly the outputs the stage declares and every object it
+    /// names is intact. Anything else is a miss, with a warning (and, when
+    /// repairing, damaged objects are evicted).
+    pub fn lookup(&self, stage: &Stage, key: &StageKey) -> Result<Option<Manifest>, CacheError> {
         let warn = |m: String| (self.warn)(m);
-        Ok(self.cache.manifest(key, &warn)?.filter(|m| m.outputs.values().all(|o| self.cache.has_object(&o.hash))))
+        let Some(m) = self.cache.manifest(key, &warn)? else { return Ok(None) };
+        if let Some(problem) = outputs_mismatch(stage, &m) {
+            warn(format!("the cache entry of `{}` (key {}) {problem}; treating it as a miss", stage.name, key.short()));
+            return Ok(None);
+        }
+        for (name, o) in &m.outputs {
+            if !self.cache.object_intact(&o.hash)? {
+                if self.cache.has_object(&o.hash) {
+                    let fix = if self.repair { "removed; the stage will re-run" } else { "`cairn run` will recompute it" };
+                    warn(format!("output `{}.{name}` in the cache (object {}) is damaged: {fix}", stage.name, o.hash.short()));
+                    if self.repair {
+                        self.cache.evict_object(&o.hash);
+                    }
+                }
+                return Ok(None);
+            }
+        }
+        Ok(Some(m))
+    }
+
+    /// Checks, by stat and by content where the stat changed, that stage
+    /// `i`'s inputs are still those its key `ki` was computed from: each
+    /// input object intact (a damaged one is evicted) and each external
+    /// input's content unchanged. Run before a stage (so damaged bytes never
+    /// reach it) and after it (so a stage that wrote its inputs, or an input
+    /// edited while it ran, is never cached).
+    pub fn check_inputs(&self, i: usize, ki: &KeyInputs) -> Result<Option<InputProblem>, CacheError> {
+        for (slot, refs) in &self.pipeline.stages[i].inputs {
+            for (r, expected) in refs.iter().zip(ki.inputs.get(slot).into_iter().flatten()) {
+                let problem = match r {
+                    InputRef::External { path, .. } => match self.external(r, false) {
+                        Ok(Some(h)) if h == *expected => None,
+                        Ok(_) => Some(InputProblem::Changed { slot: slot.clone(), path: path.clone(), error: None }),
+                        Err(e) => Some(InputProblem::Changed { slot: slot.clone(), path: path.clone(), error: Some(e.to_string()) }),
+                    },
+                    _ if self.cache.object_intact(expected)? => None,
+                    _ => {
+                        self.cache.evict_object(expected);
+                        let producer = match r {
+                            InputRef::Output { stage, output } => Some((stage.clone(), output.clone())),
+                            _ => None,
+                        };
+                        Some(InputProblem::Damaged { slot: slot.clone(), from: r.to_string(), producer, hash: *expected })
+                    }
+                };
+                if problem.is_some() {
+                    return Ok(problem);
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Why a stage with these key inputs (or unknown ones) must run.
@@ -107,7 +192,7 @@ impl<'a> Resolver<'a> {
         let Some(ki) = ki else {
             return vec![DirtyReason::UpstreamStale { stage: upstream.unwrap_or("?").to_string() }];
         };
-        match self.cache.stage_ref(stage) {
+        match self.refs().get(stage) {
             None => vec![DirtyReason::NeverRun],
             Some(r) => {
                 let d = ki.diff(&r.key_inputs);
@@ -159,7 +244,7 @@ impl<'a> Resolver<'a> {
                 Ok(None) => StageState::Stale { reasons: self.reasons(&stage.name, None, upstream.as_deref()), key_inputs: None },
                 Ok(Some(ki)) => {
                     let key = ki.key();
-                    match self.lookup(&key)? {
+                    match self.lookup(stage, &key)? {
                         Some(m) => StageState::Fresh { key, manifest: Box::new(m) },
                         None => StageState::Stale { reasons: self.reasons(&stage.name, Some(&ki), None), key_inputs: Some(ki) },
                     }
@@ -172,7 +257,22 @@ impl<'a> Resolver<'a> {
             }
             out.push((stage.name.clone(), state));
         }
-        self.stat.save();
+        self.cache.stat().save();
         Ok(out)
     }
+}
+
+/// How a manifest's outputs differ from what the stage declares, if they do.
+fn outputs_mismatch(stage: &Stage, m: &Manifest) -> Option<String> {
+    let declared = &stage.checked.outputs;
+    for d in declared {
+        match m.outputs.get(&d.name) {
+            None => return Some(format!("has no output `{}`", d.name)),
+            Some(o) if o.ty != d.ty || o.ext != d.ext => {
+                return Some(format!("records output `{}` as {} .{}, the stage declares {} .{}", d.name, o.ty, o.ext, d.ty, d.ext))
+            }
+            Some(_) => {}
+        }
+    }
+    m.outputs.keys().find(|k| !declared.iter().any(|d| &d.name == *k)).map(|k| format!("has an undeclared output `{k}`"))
 }

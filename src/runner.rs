@@ -4,23 +4,28 @@
 //! A stage's key is computed only once all its inputs' content hashes are
 //! known, so a re-run stage whose outputs come out byte-identical leaves
 //! its descendants' keys unchanged and they stay cached (early cutoff).
-//! Before a stage runs, its input objects are re-hashed: a damaged object is
-//! evicted and its producer re-run, so corrupt bytes never reach a stage.
+//! Around every execution the stage's inputs are checked against its key
+//! ([`Resolver::check_inputs`]): before, so damaged bytes never reach a
+//! stage (the damaged object is evicted and its producer re-run); after,
+//! so a stage that wrote its inputs, or an input edited while it ran, is
+//! never cached. A run that changes nothing writes nothing: refs are
+//! written once, at the end, and only when they changed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use serde::Serialize;
 
-use crate::cache::{Cache, CacheError, OutputRecord, StageRef};
+use crate::cache::{Cache, CacheError, Manifest, OutputRecord, StageRef};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::env::Environment;
 use crate::exec::{execute, ExecRequest, Executed};
 use crate::key::{DirtyReason, KeyInputs};
-use crate::kind::{InputRef, Reporter, StageFailure};
-use crate::plan::Resolver;
-use crate::spec::Pipeline;
+use crate::kind::{Reporter, StageFailure};
+use crate::plan::{InputProblem, Resolver};
+use crate::spec::{Pipeline, Stage};
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -41,7 +46,7 @@ pub enum Outcome {
     /// `--dry-run`: it would run.
     WouldRun,
     Failed { error: String },
-    /// Not attempted because an upstream stage failed or would run first.
+    /// Not attempted because an upstream stage failed.
     Skipped { because: String },
     Interrupted,
 }
@@ -78,6 +83,10 @@ impl RunReport {
     pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
         self.stages.iter().filter(|s| f(&s.outcome)).count()
     }
+    /// Whether the run changed nothing: every stage was a cache hit.
+    pub fn all_cached(&self) -> bool {
+        self.stages.iter().all(|s| s.outcome == Outcome::Cached)
+    }
 }
 
 /// Receives what the runner does, for display.
@@ -102,9 +111,49 @@ enum State {
     Pending,
     Running,
     Done(BTreeMap<String, OutputRecord>),
+    /// `--dry-run`: it would run, so its outputs are not known.
+    WouldRun,
     Failed,
     Blocked,
 }
+
+/// A stage ready to execute.
+struct Ready {
+    i: usize,
+    key_inputs: KeyInputs,
+    inputs: BTreeMap<String, Vec<PathBuf>>,
+}
+
+/// What looking at one pending stage led to.
+enum Step {
+    /// Its state changed (hit, skipped, would run, reset).
+    Progressed,
+    /// It must execute now.
+    Execute(Ready),
+    /// Nothing yet: upstream not done, or no free job slot.
+    Wait,
+}
+
+struct Scheduler<'a> {
+    pipeline: &'a Pipeline,
+    cache: &'a Cache,
+    opts: &'a RunOptions,
+    observer: &'a dyn Observer,
+    cancel: &'a AtomicBool,
+    resolver: &'a Resolver<'a>,
+    selected: BTreeSet<usize>,
+    forced: BTreeSet<usize>,
+    /// Stages re-run because an output of theirs was found damaged.
+    damaged: BTreeMap<usize, String>,
+    states: Vec<State>,
+    reports: BTreeMap<usize, StageReport>,
+    hashes: BTreeMap<String, BTreeMap<String, ArtifactHash>>,
+    key_inputs: BTreeMap<usize, KeyInputs>,
+    refs: BTreeMap<String, StageRef>,
+    running: usize,
+}
+
+type Finished = (usize, Result<Executed, StageFailure>);
 
 pub fn run(
     pipeline: &Pipeline,
@@ -115,188 +164,302 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<RunReport, RunError> {
     let started_at = crate::exec::now_rfc3339();
-    let run_id = format!(
-        "{}-{:04x}",
-        started_at.replace([':', '-'], "").chars().take(15).collect::<String>(),
-        std::process::id() & 0xffff
-    );
-    let n = pipeline.stages.len();
-    let mut targets = Vec::new();
-    for t in &opts.targets {
-        targets.push(pipeline.index_of(t).ok_or_else(|| RunError::UnknownStage(t.clone()))?);
-    }
-    for f in &opts.force {
-        pipeline.index_of(f).ok_or_else(|| RunError::UnknownStage(f.clone()))?;
-    }
-    let selected: BTreeSet<usize> =
-        if targets.is_empty() { (0..n).collect() } else { pipeline.graph.ancestors_of(&targets) };
-    let mut forced: BTreeSet<usize> = opts.force.iter().filter_map(|f| pipeline.index_of(f)).collect();
-
     let warn = |m: String| observer.warn(&m);
-    let resolver = Resolver::new(pipeline, cache, env, &warn);
-    let mut states: Vec<State> = (0..n).map(|_| State::Pending).collect();
-    let mut reports: BTreeMap<usize, StageReport> = BTreeMap::new();
-    let mut hashes: BTreeMap<String, BTreeMap<String, ArtifactHash>> = BTreeMap::new();
-    let mut key_inputs: BTreeMap<usize, KeyInputs> = BTreeMap::new();
+    let mut resolver = Resolver::new(pipeline, cache, env, &warn);
+    resolver.repair = !opts.dry_run;
+    let mut s = Scheduler::new(pipeline, cache, opts, observer, cancel, &resolver)?;
+    let seed = pipeline.seed;
     let jobs = opts.jobs.max(1);
-    let mut running = 0usize;
-
     std::thread::scope(|scope| -> Result<(), RunError> {
-        let (tx, rx) = mpsc::channel::<(usize, Result<Executed, StageFailure>)>();
+        let (tx, rx) = mpsc::channel::<Finished>();
         loop {
             let mut progressed = false;
-            for i in 0..n {
-                if !selected.contains(&i) || !matches!(states[i], State::Pending) {
+            for i in 0..pipeline.stages.len() {
+                if !s.selected.contains(&i) || !matches!(s.states[i], State::Pending) {
                     continue;
                 }
-                let stage = &pipeline.stages[i];
-                let deps = &pipeline.graph.deps[i];
-                if let Some(&d) = deps.iter().find(|&&d| matches!(states[d], State::Failed | State::Blocked)) {
-                    let because = format!("upstream stage `{}` did not finish", pipeline.stages[d].name);
-                    states[i] = State::Blocked;
-                    let r = report(stage, Outcome::Skipped { because }, None, vec![]);
-                    observer.finished(&r);
-                    reports.insert(i, r);
-                    progressed = true;
-                    continue;
-                }
-                if !deps.iter().all(|&d| matches!(states[d], State::Done(_))) {
-                    continue;
-                }
-                if cancel.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let ki = match resolver.key_inputs(stage, &hashes, !opts.dry_run) {
-                    Ok(Some(ki)) => ki,
-                    Ok(None) => unreachable!("all upstream stages are done"),
-                    Err(source) => {
-                        if opts.dry_run {
-                            states[i] = State::Blocked;
-                            reports.insert(i, report(stage, Outcome::Failed { error: source.to_string() }, None, vec![]));
-                            progressed = true;
-                            continue;
-                        }
-                        return Err(RunError::External { stage: stage.name.clone(), source });
+                match s.step(i, s.running < jobs)? {
+                    Step::Wait => {}
+                    Step::Progressed => progressed = true,
+                    Step::Execute(ready) => {
+                        progressed = true;
+                        s.running += 1;
+                        let (resolver, tx) = (&resolver, tx.clone());
+                        let (stage, ctx) = (&pipeline.stages[ready.i], (cache, env, observer, cancel, seed));
+                        scope.spawn(move || {
+                            let _ = tx.send((ready.i, execute_ready(stage, ready, resolver, ctx)));
+                        });
                     }
-                };
-                let key = ki.key();
-                let hit = if forced.contains(&i) { None } else { resolver.lookup(&key)? };
-                progressed = true;
-                if let Some(m) = hit {
-                    tracing::debug!(stage = %stage.name, key = %key.short(), "cache hit");
-                    cache.write_stage_ref(&stage.name, &StageRef { key, key_inputs: ki })?;
-                    hashes.insert(stage.name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
-                    let mut r = report(stage, Outcome::Cached, Some(key), vec![]);
-                    r.outputs = m.outputs.clone();
-                    r.metrics = m.metrics.clone();
-                    r.duration_s = m.duration_s;
-                    observer.finished(&r);
-                    reports.insert(i, r);
-                    states[i] = State::Done(m.outputs);
-                    continue;
                 }
-                let reasons = if forced.contains(&i) { vec![DirtyReason::Forced] } else { resolver.reasons(&stage.name, Some(&ki), None) };
-                if opts.dry_run {
-                    let r = report(stage, Outcome::WouldRun, Some(key), reasons);
-                    observer.finished(&r);
-                    reports.insert(i, r);
-                    states[i] = State::Blocked;
-                    continue;
-                }
-                if running >= jobs {
-                    progressed = false;
-                    continue;
-                }
-                // Never feed damaged bytes to a stage: re-hash its inputs.
-                if let Some(producer) = damaged_input(pipeline, cache, &states, i)? {
-                    observer.warn(&format!(
-                        "an output of `{}` in the cache is damaged; re-running `{}`",
-                        pipeline.stages[producer].name, pipeline.stages[producer].name
-                    ));
-                    reset_from(pipeline, producer, &selected, &mut states, &mut hashes, &mut reports);
-                    forced.insert(producer);
-                    continue;
-                }
-                let inputs = resolver.input_paths(i, |up, output| match &states[pipeline.index_of(up).expect("references are checked")] {
-                    State::Done(outs) => outs[output].hash,
-                    _ => unreachable!("inputs are done before a stage runs"),
-                })?;
-                observer.started(&stage.name, &reasons);
-                let mut r = report(stage, Outcome::Ran, Some(key), reasons);
-                r.params = stage.checked.params.clone();
-                reports.insert(i, r);
-                key_inputs.insert(i, ki);
-                states[i] = State::Running;
-                running += 1;
-                let tx = tx.clone();
-                let ki = key_inputs[&i].clone();
-                let seed = pipeline.seed;
-                // One span per executed stage: every log line of the engine
-                // (and of a worker, which runs inside it) names the stage.
-                let span = tracing::info_span!("stage", stage = %stage.name, kind = stage.kind.name(), key = %key.short());
-                scope.spawn(move || {
-                    let _entered = span.enter();
-                    let res = execute(
-                        cache,
-                        ExecRequest { stage, key_inputs: &ki, inputs, seed, env, reporter: observer, cancel, store: true },
-                    );
-                    match &res {
-                        Ok(done) => tracing::info!(secs = done.duration_s, "stage finished"),
-                        Err(f) => tracing::info!(error = %f.message, "stage did not finish"),
-                    }
-                    let _ = tx.send((i, res));
-                });
             }
-            if running == 0 && !progressed {
+            if s.running == 0 && !progressed {
                 break;
             }
-            if running > 0 && (!progressed || running >= jobs) {
+            if s.running > 0 && (!progressed || s.running >= jobs) {
                 let (i, res) = rx.recv().expect("a stage thread is running");
-                running -= 1;
-                let stage = &pipeline.stages[i];
-                let r = reports.get_mut(&i).expect("running stages have a report");
-                match res {
-                    Ok(done) => {
-                        r.outputs = done.outputs.clone();
-                        r.metrics = done.metrics;
-                        r.duration_s = done.duration_s;
-                        let key = r.key.expect("ran stages have a key");
-                        cache.write_stage_ref(&stage.name, &StageRef { key, key_inputs: key_inputs[&i].clone() })?;
-                        hashes.insert(stage.name.clone(), done.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
-                        states[i] = State::Done(done.outputs);
-                    }
-                    Err(f) => {
-                        r.outcome = if f.interrupted { Outcome::Interrupted } else { Outcome::Failed { error: f.message } };
-                        states[i] = State::Failed;
-                    }
-                }
-                observer.finished(r);
+                s.running -= 1;
+                s.finish(i, res);
             }
         }
         Ok(())
     })?;
-    resolver.stat.save();
-
-    let interrupted = cancel.load(Ordering::Relaxed);
-    let mut stages = Vec::new();
-    for i in 0..n {
-        if let Some(r) = reports.remove(&i) {
-            stages.push(r);
-        } else if selected.contains(&i) && interrupted {
-            stages.push(report(&pipeline.stages[i], Outcome::Skipped { because: "interrupted".into() }, None, vec![]));
-        }
-    }
-    Ok(RunReport {
-        run_id,
-        started_at,
-        finished_at: crate::exec::now_rfc3339(),
-        profile: pipeline.profile.as_ref().map(|p| p.0.clone()),
-        stages,
-        interrupted,
-    })
+    s.save_refs()?;
+    cache.stat().save();
+    Ok(s.into_report(started_at))
 }
 
-fn report(stage: &crate::spec::Stage, outcome: Outcome, key: Option<StageKey>, reasons: Vec<DirtyReason>) -> StageReport {
+/// What an executing stage needs from the run.
+type ExecCtx<'a> = (&'a Cache, &'a Environment, &'a dyn Observer, &'a AtomicBool, u64);
+
+/// Runs one stage on its own thread, inside a span naming it, with its
+/// inputs re-checked after it finished and before anything is stored.
+fn execute_ready(stage: &Stage, ready: Ready, resolver: &Resolver<'_>, ctx: ExecCtx<'_>) -> Result<Executed, StageFailure> {
+    let (cache, env, observer, cancel, seed) = ctx;
+    let key = ready.key_inputs.key();
+    let span = tracing::info_span!("stage", stage = %stage.name, kind = stage.kind.name(), key = %key.short());
+    let _entered = span.enter();
+    let check = || match resolver.check_inputs(ready.i, &ready.key_inputs) {
+        Ok(None) => Ok(()),
+        Ok(Some(problem)) => Err(StageFailure::new(format!("{problem}; nothing from this run was cached, run again"))),
+        Err(e) => Err(StageFailure::new(e.to_string())),
+    };
+    let req = ExecRequest {
+        stage,
+        key_inputs: &ready.key_inputs,
+        inputs: ready.inputs,
+        seed,
+        env,
+        reporter: observer,
+        cancel,
+        store: true,
+        check_inputs: &check,
+    };
+    let res = execute(cache, req);
+    match &res {
+        Ok(done) => tracing::info!(secs = done.duration_s, "stage finished"),
+        Err(f) => tracing::info!(error = %f.message, "stage did not finish"),
+    }
+    res
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(
+        pipeline: &'a Pipeline,
+        cache: &'a Cache,
+        opts: &'a RunOptions,
+        observer: &'a dyn Observer,
+        cancel: &'a AtomicBool,
+        resolver: &'a Resolver<'a>,
+    ) -> Result<Self, RunError> {
+        let index = |name: &String| pipeline.index_of(name).ok_or_else(|| RunError::UnknownStage(name.clone()));
+        let targets = opts.targets.iter().map(index).collect::<Result<Vec<_>, _>>()?;
+        let forced = opts.force.iter().map(index).collect::<Result<BTreeSet<_>, _>>()?;
+        let n = pipeline.stages.len();
+        let selected = if targets.is_empty() { (0..n).collect() } else { pipeline.graph.ancestors_of(&targets) };
+        Ok(Self {
+            pipeline,
+            cache,
+            opts,
+            observer,
+            cancel,
+            resolver,
+            selected,
+            forced,
+            damaged: BTreeMap::new(),
+            states: (0..n).map(|_| State::Pending).collect(),
+            reports: BTreeMap::new(),
+            hashes: BTreeMap::new(),
+            key_inputs: BTreeMap::new(),
+            refs: BTreeMap::new(),
+            running: 0,
+        })
+    }
+
+    /// Settles a report for stage `i` and tells the observer.
+    fn settle(&mut self, i: usize, state: State, r: StageReport) {
+        self.observer.finished(&r);
+        self.reports.insert(i, r);
+        self.states[i] = state;
+    }
+
+    /// Looks at pending stage `i`: skips, serves, or readies it.
+    fn step(&mut self, i: usize, slot_free: bool) -> Result<Step, RunError> {
+        let pipeline = self.pipeline;
+        let stage = &pipeline.stages[i];
+        let deps = &pipeline.graph.deps[i];
+        if let Some(&d) = deps.iter().find(|&&d| matches!(self.states[d], State::Failed | State::Blocked)) {
+            let because = format!("upstream stage `{}` did not finish", self.pipeline.stages[d].name);
+            self.settle(i, State::Blocked, report(stage, Outcome::Skipped { because }, None, vec![]));
+            return Ok(Step::Progressed);
+        }
+        if let Some(&d) = deps.iter().find(|&&d| matches!(self.states[d], State::WouldRun)) {
+            let reasons = vec![DirtyReason::UpstreamStale { stage: self.pipeline.stages[d].name.clone() }];
+            self.settle(i, State::WouldRun, report(stage, Outcome::WouldRun, None, reasons));
+            return Ok(Step::Progressed);
+        }
+        if !deps.iter().all(|&d| matches!(self.states[d], State::Done(_))) || self.cancel.load(Ordering::Relaxed) {
+            return Ok(Step::Wait);
+        }
+        let ki = match self.resolver.key_inputs(stage, &self.hashes, !self.opts.dry_run) {
+            Ok(ki) => ki.expect("all upstream stages are done"),
+            Err(source) if self.opts.dry_run => {
+                self.settle(i, State::Blocked, report(stage, Outcome::Failed { error: source.to_string() }, None, vec![]));
+                return Ok(Step::Progressed);
+            }
+            Err(source) => return Err(RunError::External { stage: stage.name.clone(), source }),
+        };
+        let key = ki.key();
+        let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &key)? };
+        if let Some(m) = hit {
+            self.serve_hit(i, ki, m);
+            return Ok(Step::Progressed);
+        }
+        let reasons = self.reasons(i, &ki);
+        if self.opts.dry_run {
+            self.settle(i, State::WouldRun, report(stage, Outcome::WouldRun, Some(key), reasons));
+            return Ok(Step::Progressed);
+        }
+        if !slot_free {
+            return Ok(Step::Wait);
+        }
+        self.ready(i, ki, reasons)
+    }
+
+    fn serve_hit(&mut self, i: usize, ki: KeyInputs, m: Manifest) {
+        let pipeline = self.pipeline;
+        let stage = &pipeline.stages[i];
+        tracing::debug!(stage = %stage.name, key = %m.key.short(), "cache hit");
+        self.hashes.insert(stage.name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+        let mut r = report(stage, Outcome::Cached, Some(m.key), vec![]);
+        r.outputs = m.outputs.clone();
+        r.metrics = m.metrics.clone();
+        r.duration_s = m.duration_s;
+        self.refs.insert(stage.name.clone(), StageRef { key: m.key, key_inputs: ki });
+        self.settle(i, State::Done(m.outputs), r);
+    }
+
+    fn reasons(&self, i: usize, ki: &KeyInputs) -> Vec<DirtyReason> {
+        if let Some(output) = self.damaged.get(&i) {
+            vec![DirtyReason::OutputDamaged { output: output.clone() }]
+        } else if self.forced.contains(&i) {
+            vec![DirtyReason::Forced]
+        } else {
+            self.resolver.reasons(&self.pipeline.stages[i].name, Some(ki), None)
+        }
+    }
+
+    /// Checks the stage's inputs one last time and hands it out to run.
+    /// A damaged input object sends its producer back to pending instead.
+    fn ready(&mut self, i: usize, ki: KeyInputs, reasons: Vec<DirtyReason>) -> Result<Step, RunError> {
+        let pipeline = self.pipeline;
+        let stage = &pipeline.stages[i];
+        match self.resolver.check_inputs(i, &ki)? {
+            None => {}
+            Some(InputProblem::Damaged { producer: Some((up, output)), .. }) => {
+                let p = self.pipeline.index_of(&up).expect("references are checked");
+                self.observer.warn(&format!("output `{up}.{output}` in the cache is damaged; re-running `{up}`"));
+                self.reset_from(p);
+                self.damaged.insert(p, output);
+                return Ok(Step::Progressed);
+            }
+            Some(problem) => {
+                let error = format!("{problem}; run again");
+                self.settle(i, State::Failed, report(stage, Outcome::Failed { error }, Some(ki.key()), reasons));
+                return Ok(Step::Progressed);
+            }
+        }
+        let states = &self.states;
+        let inputs = self.resolver.input_paths(i, |up, output| match &states[pipeline.index_of(up).expect("references are checked")] {
+            State::Done(outs) => outs[output].hash,
+            _ => unreachable!("inputs are done before a stage runs"),
+        })?;
+        self.observer.started(&stage.name, &reasons);
+        let mut r = report(stage, Outcome::Ran, Some(ki.key()), reasons);
+        r.params = stage.checked.params.clone();
+        self.reports.insert(i, r);
+        self.key_inputs.insert(i, ki.clone());
+        self.states[i] = State::Running;
+        Ok(Step::Execute(Ready { i, key_inputs: ki, inputs }))
+    }
+
+    /// Records what an executed stage produced, or why it did not.
+    fn finish(&mut self, i: usize, res: Result<Executed, StageFailure>) {
+        let stage = &self.pipeline.stages[i];
+        let r = self.reports.get_mut(&i).expect("running stages have a report");
+        match res {
+            Ok(done) => {
+                r.outputs = done.outputs.clone();
+                r.metrics = done.metrics;
+                r.duration_s = done.duration_s;
+                let key = r.key.expect("ran stages have a key");
+                self.refs.insert(stage.name.clone(), StageRef { key, key_inputs: self.key_inputs[&i].clone() });
+                self.hashes.insert(stage.name.clone(), done.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+                self.states[i] = State::Done(done.outputs);
+            }
+            Err(f) => {
+                r.outcome = if f.interrupted { Outcome::Interrupted } else { Outcome::Failed { error: f.message } };
+                self.states[i] = State::Failed;
+            }
+        }
+        self.observer.finished(r);
+    }
+
+    /// Puts `producer` and its selected descendants back to pending.
+    fn reset_from(&mut self, producer: usize) {
+        let mut stack = vec![producer];
+        while let Some(p) = stack.pop() {
+            self.states[p] = State::Pending;
+            self.hashes.remove(&self.pipeline.stages[p].name);
+            self.reports.remove(&p);
+            for (j, deps) in self.pipeline.graph.deps.iter().enumerate() {
+                if deps.contains(&p) && self.selected.contains(&j) && matches!(self.states[j], State::Done(_)) {
+                    stack.push(j);
+                }
+            }
+        }
+    }
+
+    /// Writes the refs of this run's stages, once, if any changed.
+    fn save_refs(&self) -> Result<(), CacheError> {
+        if self.opts.dry_run {
+            return Ok(());
+        }
+        let old = self.resolver.refs();
+        if self.refs.iter().all(|(name, r)| old.get(name) == Some(r)) {
+            return Ok(());
+        }
+        let mut all = old.clone();
+        all.extend(self.refs.clone());
+        self.cache.write_stage_refs(&all)
+    }
+
+    fn into_report(mut self, started_at: String) -> RunReport {
+        let interrupted = self.cancel.load(Ordering::Relaxed);
+        let mut stages = Vec::new();
+        for (i, stage) in self.pipeline.stages.iter().enumerate() {
+            if let Some(r) = self.reports.remove(&i) {
+                stages.push(r);
+            } else if self.selected.contains(&i) && interrupted {
+                stages.push(report(stage, Outcome::Skipped { because: "interrupted".into() }, None, vec![]));
+            }
+        }
+        let run_id = format!(
+            "{}-{:04x}",
+            started_at.replace([':', '-'], "").chars().take(15).collect::<String>(),
+            std::process::id() & 0xffff
+        );
+        RunReport {
+            run_id,
+            started_at,
+            finished_at: crate::exec::now_rfc3339(),
+            profile: self.pipeline.profile.as_ref().map(|p| p.0.clone()),
+            stages,
+            interrupted,
+        }
+    }
+}
+
+fn report(stage: &Stage, outcome: Outcome, key: Option<StageKey>, reasons: Vec<DirtyReason>) -> StageReport {
     StageReport {
         stage: stage.name.clone(),
         kind: stage.kind.name().to_string(),
@@ -307,45 +470,5 @@ fn report(stage: &crate::spec::Stage, outcome: Outcome, key: Option<StageKey>, r
         outputs: BTreeMap::new(),
         metrics: BTreeMap::new(),
         params: stage.checked.params.clone(),
-    }
-}
-
-/// The first upstream stage whose output object, as stage `i` would read
-/// it, no longer hashes to its name. The damaged object is evicted.
-fn damaged_input(pipeline: &Pipeline, cache: &Cache, states: &[State], i: usize) -> Result<Option<usize>, CacheError> {
-    for refs in pipeline.stages[i].inputs.values() {
-        for r in refs {
-            let InputRef::Output { stage, output } = r else { continue };
-            let p = pipeline.index_of(stage).expect("references are checked");
-            let State::Done(outs) = &states[p] else { continue };
-            let h = outs[output].hash;
-            if !cache.verify_object(&h)? {
-                cache.evict_object(&h);
-                return Ok(Some(p));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// Puts `producer` and its selected descendants back to pending.
-fn reset_from(
-    pipeline: &Pipeline,
-    producer: usize,
-    selected: &BTreeSet<usize>,
-    states: &mut [State],
-    hashes: &mut BTreeMap<String, BTreeMap<String, ArtifactHash>>,
-    reports: &mut BTreeMap<usize, StageReport>,
-) {
-    let mut stack = vec![producer];
-    while let Some(p) = stack.pop() {
-        states[p] = State::Pending;
-        hashes.remove(&pipeline.stages[p].name);
-        reports.remove(&p);
-        for (j, deps) in pipeline.graph.deps.iter().enumerate() {
-            if deps.contains(&p) && selected.contains(&j) && matches!(states[j], State::Done(_)) {
-                stack.push(j);
-            }
-        }
     }
 }

@@ -300,9 +300,10 @@ outputs = { o = "o.bin" }
     let first = p.cairn(&["--cache-dir", cache, "run", "small"]);
     assert_eq!(first.code, 0, "{}", first.all());
     let full = p.cairn(&["--cache-dir", cache, "run"]);
-    assert_ne!(full.code, 0, "{}", full.all());
+    assert_eq!(full.code, 3, "a full disk is a cache I/O error: {}", full.all());
     assert_eq!(full.outcome("huge").as_deref(), Some("FAILED"), "{}", full.all());
     assert!(full.stderr.contains("No space left on device"), "the error says why: {}", full.all());
+    assert!(full.stderr.contains("the disk is full"), "the hint reaches the user: {}", full.all());
     // Nothing half-written stays behind, and the earlier result still serves.
     let leftovers: Vec<_> = std::fs::read_dir(p.path().join("disk/cache/tmp")).unwrap().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -310,4 +311,26 @@ outputs = { o = "o.bin" }
     assert_eq!(v.code, 0, "{}", v.all());
     let again = p.cairn(&["--cache-dir", cache, "run", "small"]);
     assert_eq!(again.outcome("small").as_deref(), Some("cached"), "{}", again.all());
+}
+
+#[test]
+fn a_fully_cached_run_and_a_dry_run_work_on_a_read_only_cache() {
+    let p = Project::new(SLOW_CHAIN.replace("sleep 3; ", "").as_str());
+    let Some(fs) = Tmpfs::mount(&p.path().join("disk"), "8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+        return;
+    };
+    let cache = "disk/cache";
+    assert_eq!(p.cairn(&["--cache-dir", cache, "run"]).code, 0);
+    let ro = std::process::Command::new("mount").args(["-o", "remount,ro"]).arg(&fs.0).status().unwrap();
+    assert!(ro.success());
+    let again = p.cairn(&["--cache-dir", cache, "run"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(again.outcome("slow").as_deref(), Some("cached"), "{}", again.all());
+    let dry = p.cairn(&["--cache-dir", cache, "run", "--dry-run", "--set", "slow.cmd=cat {in.i} > {out.o}"]);
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert!(dry.stderr.contains("1 would run"), "{}", dry.all());
+    let write = p.cairn(&["--cache-dir", cache, "run", "--set", "slow.cmd=cat {in.i} > {out.o}"]);
+    assert_eq!(write.code, 3, "{}", write.all());
+    assert!(write.stderr.contains("read-only"), "{}", write.all());
 }

@@ -70,6 +70,10 @@ pub struct VerifyReport {
     pub checked: usize,
     /// Object and `damaged` or `missing`.
     pub problems: Vec<(ArtifactHash, &'static str)>,
+    /// Manifests read.
+    pub manifests: usize,
+    /// Manifests that do not parse.
+    pub bad_manifests: Vec<std::path::PathBuf>,
 }
 
 impl VerifyReport {
@@ -92,7 +96,10 @@ pub fn verify_all(cache: &Cache) -> Result<VerifyReport, CacheError> {
         }
     }
     let mut missing = BTreeSet::new();
-    for m in cache.manifests() {
+    let (manifests, bad) = cache.manifests_checked();
+    report.manifests = manifests.len() + bad.len();
+    report.bad_manifests = bad;
+    for m in manifests {
         for o in m.outputs.values() {
             if !present.contains(&o.hash) {
                 missing.insert(o.hash);

@@ -22,13 +22,15 @@ impl CacheLock {
     /// case it fails with [`CacheError::Locked`].
     pub fn acquire(cache_dir: &Path, wait: bool, on_wait: impl FnOnce(&str)) -> Result<Self, CacheError> {
         let path = cache_dir.join("lock");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| CacheError::io("cannot open lock file", &path, e))?;
+        let mut file = match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path) {
+            Ok(f) => f,
+            // A read-only cache can still serve a fully cached run; flock
+            // works on a descriptor opened for reading.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES)) && path.is_file() => {
+                File::open(&path).map_err(|e| CacheError::io("cannot open lock file", &path, e))?
+            }
+            Err(e) => return Err(CacheError::io("cannot open lock file", &path, e)),
+        };
         if !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);

@@ -3,22 +3,26 @@
 //! Layout under the cache directory:
 //!
 //! ```text
+//! CACHEDIR.TAG          marks the directory as cairn's (nothing else is touched)
 //! objects/ab/cdef…      artifact bytes, named by their blake3, read-only
 //! manifests/<key>.json  one per stage key: output hashes, timings, metrics
-//! refs/<stage>.json     the key inputs a stage name last ran or hit with
+//! refs.json             the key inputs each stage name last ran or hit with
 //!                       (for `explain`; not part of any key)
 //! runs/<run>.parquet    the run history
 //! tmp/                  scratch directories and files being written
-//! statcache.json        content hashes of external files by (dev, inode, size, mtime)
+//! statcache.json        content hashes of files (external inputs and
+//!                       objects) by (dev, inode, size, mtime, ctime)
 //! lock                  held by `cairn run` and `gc`
 //! ```
 //!
 //! Writes are atomic: a file is written under `tmp/`, fsynced and renamed
 //! into place, and a stage's manifest is written only after all its objects
 //! are in place. A crash at any moment leaves either no entry or a complete
-//! one; orphaned temp files are removed by the next run.
+//! one; orphaned temp files are removed by the next run. A run that changes
+//! nothing writes nothing.
 
 pub mod gc;
+pub mod hash;
 pub mod lock;
 pub mod manifest;
 pub mod statcache;
@@ -26,6 +30,7 @@ pub mod store;
 
 pub use lock::CacheLock;
 pub use manifest::{Manifest, OutputRecord, StageRef};
+pub use hash::hash_file;
 pub use store::Cache;
 
 use std::path::PathBuf;
@@ -39,6 +44,12 @@ pub enum CacheError {
     Locked { path: PathBuf, pid: String },
     #[error("cannot write to the cache at {}: {source}\n  help: {help}", path.display())]
     NotWritable { path: PathBuf, source: std::io::Error, help: &'static str },
+    #[error("{} is not a cairn cache: {reason}\n  help: point --cache-dir (or CAIRN_CACHE_DIR) at an empty or cairn-made directory; cairn will not write into or delete from anything else", path.display())]
+    Foreign { path: PathBuf, reason: String },
+    #[error("output {} {message}", path.display())]
+    Output { path: PathBuf, message: String },
+    #[error("cannot hash {0}")]
+    Hash(#[from] statcache::HashError),
 }
 
 impl CacheError {

@@ -1,29 +1,93 @@
-//! Content hashes of external inputs (data sets, weights), remembered by
-//! `(device, inode, size, mtime_ns)` so an unchanged 1 GB file is hashed
-//! once, not on every `status`. A directory's hash covers the sorted
-//! relative paths and content hashes of every file below it.
+//! Content hashes of files, remembered by their stat so an unchanged 1 GB
+//! file is hashed once, not on every `status`.
+//!
+//! An entry is trusted only while the file's `(device, inode, size, mtime,
+//! ctime)` are what they were when it was hashed, as git's index does:
+//! ctime catches an edit whose mtime was put back, and the inode catches a
+//! file replaced by another. An entry recorded less than
+//! [`RACY_WINDOW_NS`] after the file last changed is "racily clean" (a
+//! second write within the same timestamp tick would leave the stat
+//! unchanged), so it is not trusted and the file is hashed again.
+//!
+//! Used for external inputs (data sets, weights) and for the cache's own
+//! objects, whose bytes must still hash to their names. A directory's
+//! hash is a Merkle hash over its entries in byte order of their names:
+//! each entry contributes its kind (file or directory), its name and its
+//! content hash, so empty directories and renames count. Symbolic links
+//! are followed (model-hub snapshots are made of them): a stage reads what
+//! a link points to, so that is what is hashed. A link cycle or a dangling
+//! link is an error naming the link.
 //!
 //! The stat cache only saves work; it never enters a key. If it is damaged
-//! or missing, everything is simply re-hashed.
+//! or missing, everything is simply re-hashed. Entries for files that no
+//! longer exist are pruned when it is saved.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::store::hash_file;
+use super::hash::hash_file;
 use crate::digest::ArtifactHash;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Entry {
+/// How long after a file's last change its hash becomes trustworthy.
+pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
+/// Bumped when [`Entry`] or the directory hash change meaning.
+const FORMAT: u32 = 2;
+
+/// What identifies one version of a file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
     dev: u64,
     ino: u64,
     size: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Stat {
+    pub fn of(m: &fs::Metadata) -> Self {
+        Stat {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        }
+    }
+
+    /// The stat of `path`, following links.
+    pub fn read(path: &Path) -> io::Result<Self> {
+        fs::metadata(path).map(|m| Self::of(&m))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    stat: Stat,
     hash: ArtifactHash,
+    /// When the hash was computed (ns since the epoch).
+    hashed_at_ns: i128,
+}
+
+impl Entry {
+    fn trusted_for(&self, now: &Stat) -> bool {
+        self.stat == *now && self.stat.mtime_ns.max(self.stat.ctime_ns) + RACY_WINDOW_NS <= self.hashed_at_ns
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct OnDisk {
+    format: u32,
+    entries: BTreeMap<PathBuf, Entry>,
 }
 
 #[derive(Default)]
@@ -33,53 +97,124 @@ pub struct StatCache {
     dirty: Mutex<bool>,
 }
 
+/// Why a path could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{} is a symbolic link to {}, which does not exist", path.display(), target.display())]
+    Dangling { path: PathBuf, target: PathBuf },
+    #[error("{} leads back to {} (a symbolic link cycle)", path.display(), ancestor.display())]
+    Cycle { path: PathBuf, ancestor: PathBuf },
+    #[error("{} is neither a file nor a directory (a socket, pipe or device cannot be an input)", path.display())]
+    Special { path: PathBuf },
+}
+
+impl HashError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        HashError::Io { path: path.to_path_buf(), source }
+    }
+
+    /// The underlying I/O error kind, when there is one.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            HashError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+}
+
 impl StatCache {
     pub fn load(cache_root: &Path) -> Self {
         let path = cache_root.join("statcache.json");
-        let entries = fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let entries = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<OnDisk>(&b).ok())
+            .filter(|d| d.format == FORMAT)
+            .map(|d| d.entries)
+            .unwrap_or_default();
         Self { path, entries: Mutex::new(entries), dirty: Mutex::new(false) }
     }
 
-    /// The content hash of a file or directory.
-    pub fn hash(&self, path: &Path) -> std::io::Result<ArtifactHash> {
-        let meta = fs::metadata(path)?;
+    /// The content hash of a file or directory (links followed).
+    pub fn hash(&self, path: &Path) -> Result<ArtifactHash, HashError> {
+        let meta = metadata_following(path)?;
         if meta.is_dir() {
-            return self.hash_dir(path);
+            let mut ancestors = Vec::new();
+            return self.hash_dir(path, &meta, &mut ancestors);
         }
-        let abs = fs::canonicalize(path)?;
-        let (dev, ino, size, mtime_ns) = stat_of(&meta);
+        if !meta.is_file() {
+            return Err(HashError::Special { path: path.to_path_buf() });
+        }
+        self.hash_regular(path, &meta)
+    }
+
+    fn hash_regular(&self, path: &Path, meta: &fs::Metadata) -> Result<ArtifactHash, HashError> {
+        let abs = fs::canonicalize(path).map_err(|e| HashError::io(path, e))?;
+        let stat = Stat::of(meta);
         if let Some(e) = self.entries.lock().unwrap().get(&abs) {
-            if (e.dev, e.ino, e.size, e.mtime_ns) == (dev, ino, size, mtime_ns) {
+            if e.trusted_for(&stat) {
                 return Ok(e.hash);
             }
         }
-        let (hash, _) = hash_file(&abs)?;
-        self.entries.lock().unwrap().insert(abs, Entry { dev, ino, size, mtime_ns, hash });
+        let hashed_at_ns = now_ns();
+        let (hash, _) = hash_file(&abs).map_err(|e| HashError::io(path, e))?;
+        // Record the stat seen before reading: a write during the read
+        // changes the stat, so the next look re-hashes.
+        self.entries.lock().unwrap().insert(abs, Entry { stat, hash, hashed_at_ns });
         *self.dirty.lock().unwrap() = true;
         Ok(hash)
     }
 
-    fn hash_dir(&self, dir: &Path) -> std::io::Result<ArtifactHash> {
-        let mut files = Vec::new();
-        collect_files(dir, dir, &mut files)?;
-        files.sort();
+    fn hash_dir(&self, dir: &Path, meta: &fs::Metadata, ancestors: &mut Vec<(u64, u64, PathBuf)>) -> Result<ArtifactHash, HashError> {
+        if let Some((_, _, first)) = ancestors.iter().find(|(d, i, _)| (*d, *i) == (meta.dev(), meta.ino())) {
+            return Err(HashError::Cycle { path: dir.to_path_buf(), ancestor: first.clone() });
+        }
+        ancestors.push((meta.dev(), meta.ino(), dir.to_path_buf()));
+        let mut names: Vec<OsString> = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| HashError::io(dir, e))? {
+            names.push(entry.map_err(|e| HashError::io(dir, e))?.file_name());
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let mut hasher = blake3::Hasher::new();
-        hasher.update(b"cairn-dir\0");
-        for rel in files {
-            let h = self.hash(&dir.join(&rel))?;
-            let name = rel.to_string_lossy();
+        hasher.update(b"cairn-dir2\0");
+        for name in names {
+            let p = dir.join(&name);
+            let m = metadata_following(&p)?;
+            let (tag, h) = if m.is_dir() {
+                (b'd', self.hash_dir(&p, &m, ancestors)?)
+            } else if m.is_file() {
+                (b'f', self.hash_regular(&p, &m)?)
+            } else {
+                return Err(HashError::Special { path: p });
+            };
+            hasher.update(&[tag]);
             hasher.update(&(name.len() as u64).to_le_bytes());
             hasher.update(name.as_bytes());
             hasher.update(&h.0);
         }
+        ancestors.pop();
         Ok(ArtifactHash::from_blake3(hasher.finalize()))
     }
 
-    /// Whether a file's current stat matches a remembered hash.
+    /// Records the hash of a file whose bytes nobody else could have
+    /// written since they were hashed (an object just moved into the store
+    /// from a private scratch file), so it is trusted at once.
+    pub fn record_verified(&self, path: &Path, hash: ArtifactHash) {
+        let (Ok(abs), Ok(stat)) = (fs::canonicalize(path), Stat::read(path)) else { return };
+        let hashed_at_ns = stat.mtime_ns.max(stat.ctime_ns) + RACY_WINDOW_NS;
+        self.entries.lock().unwrap().insert(abs, Entry { stat, hash, hashed_at_ns });
+        *self.dirty.lock().unwrap() = true;
+    }
+
+    /// Whether `path` (a file) has a trusted entry for its current stat.
     pub fn knows(&self, path: &Path) -> bool {
         let (Ok(meta), Ok(abs)) = (fs::metadata(path), fs::canonicalize(path)) else { return false };
-        let entries = self.entries.lock().unwrap();
-        entries.get(&abs).is_some_and(|e| (e.dev, e.ino, e.size, e.mtime_ns) == stat_of(&meta))
+        self.entries.lock().unwrap().get(&abs).is_some_and(|e| e.trusted_for(&Stat::of(&meta)))
     }
 
     /// Drops what is remembered about a file (e.g. it failed its checksum).
@@ -90,39 +225,177 @@ impl StatCache {
         }
     }
 
-    /// Saves new entries (atomically; losing a race only costs a re-hash).
+    /// Re-records a file's stat after an operation that changes only its
+    /// metadata (a new hard link changes ctime), if its entry was trusted
+    /// just before. `op`'s result is returned.
+    pub fn keep_through<T>(&self, path: &Path, op: impl FnOnce() -> T) -> T {
+        let abs = fs::canonicalize(path).ok();
+        let before = abs.as_ref().and_then(|a| Stat::read(a).ok());
+        let trusted = match (&abs, before) {
+            (Some(a), Some(s)) => self.entries.lock().unwrap().get(a).is_some_and(|e| e.trusted_for(&s)),
+            _ => false,
+        };
+        let out = op();
+        if let (true, Some(a)) = (trusted, abs) {
+            if let Ok(after) = Stat::read(&a) {
+                let mut entries = self.entries.lock().unwrap();
+                if let Some(e) = entries.get_mut(&a) {
+                    if (after.dev, after.ino, after.size, after.mtime_ns) == (e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns) {
+                        e.stat = after;
+                        e.hashed_at_ns = e.hashed_at_ns.max(after.ctime_ns + RACY_WINDOW_NS);
+                        *self.dirty.lock().unwrap() = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Saves new entries (atomically; losing a race only costs a re-hash),
+    /// dropping those whose file is gone. Does nothing when nothing changed.
     pub fn save(&self) {
         if !*self.dirty.lock().unwrap() {
             return;
         }
         let Some(dir) = self.path.parent() else { return };
-        if fs::create_dir_all(dir).is_err() {
+        if !dir.is_dir() {
             return;
         }
-        let bytes = serde_json::to_vec(&*self.entries.lock().unwrap()).unwrap_or_default();
+        let mut entries = self.entries.lock().unwrap();
+        entries.retain(|p, _| p.exists());
+        let disk = OnDisk { format: FORMAT, entries: std::mem::take(&mut *entries) };
+        let bytes = serde_json::to_vec(&disk).unwrap_or_default();
+        *entries = disk.entries;
         if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
             use std::io::Write;
-            if tmp.write_all(&bytes).is_ok() {
-                let _ = tmp.persist(&self.path);
+            if tmp.write_all(&bytes).is_ok() && tmp.persist(&self.path).is_ok() {
+                *self.dirty.lock().unwrap() = false;
             }
         }
     }
 }
 
-fn stat_of(m: &fs::Metadata) -> (u64, u64, u64, i128) {
-    (m.dev(), m.ino(), m.size(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128)
+/// `fs::metadata`, with a dangling link reported as such.
+fn metadata_following(path: &Path) -> Result<fs::Metadata, HashError> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::read_link(path) {
+            Ok(target) => Err(HashError::Dangling { path: path.to_path_buf(), target }),
+            Err(_) => Err(HashError::io(path, e)),
+        },
+        Err(e) => Err(HashError::io(path, e)),
+    }
 }
 
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        let p = entry.path();
-        if ft.is_dir() {
-            collect_files(root, &p, out)?;
-        } else if ft.is_file() {
-            out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf());
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn hash_of(dir: &Path) -> ArtifactHash {
+        StatCache::default().hash(dir).unwrap()
     }
-    Ok(())
+
+    #[test]
+    fn directory_hash_follows_symlinks_to_their_content() {
+        let t = tempfile::tempdir().unwrap();
+        let blobs = t.path().join("blobs");
+        fs::create_dir(&blobs).unwrap();
+        fs::write(blobs.join("a"), b"weights A").unwrap();
+        fs::write(blobs.join("b"), b"weights B").unwrap();
+        let snap = t.path().join("snap");
+        fs::create_dir(&snap).unwrap();
+        symlink(blobs.join("a"), snap.join("model.bin")).unwrap();
+        let before = hash_of(&snap);
+        fs::remove_file(snap.join("model.bin")).unwrap();
+        symlink(blobs.join("b"), snap.join("model.bin")).unwrap();
+        assert_ne!(hash_of(&snap), before, "a link to other bytes is other content");
+        // A regular file with the same bytes as the link target hashes the same.
+        let plain = t.path().join("plain");
+        fs::create_dir(&plain).unwrap();
+        fs::write(plain.join("model.bin"), b"weights B").unwrap();
+        assert_eq!(hash_of(&plain), hash_of(&snap));
+    }
+
+    #[test]
+    fn empty_directories_and_names_count() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("d");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("x"), b"1").unwrap();
+        let base = hash_of(&d);
+        fs::create_dir(d.join("empty")).unwrap();
+        let with_empty = hash_of(&d);
+        assert_ne!(with_empty, base);
+        fs::rename(d.join("empty"), d.join("other")).unwrap();
+        assert_ne!(hash_of(&d), with_empty);
+        fs::remove_dir(d.join("other")).unwrap();
+        fs::rename(d.join("x"), d.join("y")).unwrap();
+        assert_ne!(hash_of(&d), base, "a renamed file changes the hash");
+    }
+
+    #[test]
+    fn link_cycles_and_dangling_links_are_errors_naming_the_link() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("d");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        symlink(&d, d.join("sub").join("loop")).unwrap();
+        let e = StatCache::default().hash(&d).unwrap_err();
+        assert!(matches!(e, HashError::Cycle { .. }), "{e}");
+        assert!(e.to_string().contains("loop"), "{e}");
+        fs::remove_file(d.join("sub").join("loop")).unwrap();
+        symlink(t.path().join("nowhere"), d.join("gone")).unwrap();
+        let e = StatCache::default().hash(&d).unwrap_err();
+        assert!(e.to_string().contains("gone") && e.to_string().contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn same_size_edit_with_mtime_restored_is_seen_through_ctime() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        fs::write(&f, b"aaaa").unwrap();
+        let sc = StatCache::default();
+        let old = Stat::read(&f).unwrap();
+        // Pretend it was hashed long after its last change, so it is trusted.
+        sc.entries.lock().unwrap().insert(
+            fs::canonicalize(&f).unwrap(),
+            Entry { stat: old, hash: ArtifactHash::of_bytes(b"aaaa"), hashed_at_ns: now_ns() + 10 * RACY_WINDOW_NS },
+        );
+        assert!(sc.knows(&f));
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&f, b"bbbb").unwrap();
+        fs::File::options().write(true).open(&f).unwrap().set_modified(mtime).unwrap();
+        let now = Stat::read(&f).unwrap();
+        assert_eq!((now.size, now.mtime_ns), (old.size, old.mtime_ns), "size and mtime are restored");
+        assert!(!sc.knows(&f), "ctime differs, so the entry is not trusted");
+        assert_eq!(sc.hash(&f).unwrap(), ArtifactHash::of_bytes(b"bbbb"));
+    }
+
+    #[test]
+    fn racily_clean_entries_are_rehashed() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        fs::write(&f, b"one").unwrap();
+        let sc = StatCache::default();
+        sc.hash(&f).unwrap();
+        assert!(!sc.knows(&f), "hashed within the racy window of its last write");
+    }
+
+    #[test]
+    fn save_prunes_entries_of_files_that_are_gone() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        fs::write(&a, b"a").unwrap();
+        fs::write(&b, b"b").unwrap();
+        let sc = StatCache::load(t.path());
+        sc.hash(&a).unwrap();
+        sc.hash(&b).unwrap();
+        fs::remove_file(&b).unwrap();
+        sc.save();
+        let back = StatCache::load(t.path());
+        let entries = back.entries.lock().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(entries.contains_key(&fs::canonicalize(&a).unwrap()));
+    }
 }

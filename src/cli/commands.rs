@@ -113,12 +113,25 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
     }
     let cancel = interrupt_flag();
     let t0 = std::time::Instant::now();
-    let report = runner::run(&pipeline, &cache, &env, opts, console, &cancel).map_err(|e| fail(console, exit::USAGE, e))?;
+    let report = runner::run(&pipeline, &cache, &env, opts, console, &cancel).map_err(|e| {
+        let code = match e {
+            runner::RunError::UnknownStage(_) => exit::USAGE,
+            runner::RunError::Cache(_) | runner::RunError::External { .. } => exit::IO,
+        };
+        fail(console, code, e)
+    })?;
 
+    // A run that changed nothing writes nothing: no history row, and
+    // artifacts/ is only touched where it differs.
     if !opts.dry_run {
-        materialize(cli, &pipeline, &cache, &env, console);
-        if let Err(e) = cairn::history::record(&cache, &report) {
-            console.warn_line(&format!("could not record the run history: {e}"));
+        materialize(cli, &pipeline, &cache, &report, console);
+        // Links made in artifacts/ changed objects' ctimes; remember they
+        // were verified through it.
+        cache.stat().save();
+        if !report.all_cached() {
+            if let Err(e) = cairn::history::record(&cache, &report) {
+                console.warn_line(&format!("could not record the run history: {e}"));
+            }
         }
     }
     let ran = report.count(|o| matches!(o, Outcome::Ran));
@@ -143,22 +156,48 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
         ));
         return Ok(exit::INTERRUPTED);
     }
+    if let Some((stage, why)) = cache_io_failure(&report) {
+        console.error(&format!("`{stage}` failed because {why} ({}); earlier results are intact", cache.root().display()));
+        return Ok(exit::IO);
+    }
     Ok(if report.failed() { exit::FAILED } else { exit::OK })
 }
 
-/// Points `artifacts/` at the outputs of every fresh stage.
-fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, env: &Environment, console: &Console) {
-    let Ok(states) = stage_states(pipeline, cache, env, console) else { return };
-    let outputs: Vec<(&str, &str, &cairn::cache::OutputRecord)> = states
+/// The first stage that failed because the cache could not be written (a
+/// full disk, a read-only mount): a cache I/O error (exit 3), not the
+/// stage's fault.
+fn cache_io_failure(report: &runner::RunReport) -> Option<(&str, &'static str)> {
+    let full = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+    let full = full.split(" (os error").next().unwrap_or("No space left on device").to_string();
+    report.stages.iter().find_map(|s| match &s.outcome {
+        Outcome::Failed { error } if error.contains(&full) => {
+            Some((s.stage.as_str(), "the disk is full: free space on the cache's disk or point --cache-dir elsewhere"))
+        }
+        Outcome::Failed { error } if error.contains("cannot write to the cache at") => {
+            Some((s.stage.as_str(), "the cache could not be written (see the error above)"))
+        }
+        _ => None,
+    })
+}
+
+/// Points `artifacts/` at the outputs of the stages this run brought up
+/// to date; stages it did not select keep what they had.
+fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, report: &runner::RunReport, console: &Console) {
+    let outputs = report
+        .stages
         .iter()
-        .filter_map(|(name, st)| match st {
-            StageState::Fresh { manifest, .. } => Some((name.as_str(), manifest)),
-            _ => None,
-        })
-        .flat_map(|(name, m)| m.outputs.iter().map(move |(o, rec)| (name, o.as_str(), rec)))
-        .collect();
-    if let Err(e) = cairn::artifacts::materialize(&artifacts_dir(cli), cache, outputs) {
-        console.warn_line(&format!("could not update {}: {e}", artifacts_dir(cli).display()));
+        .filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Ran))
+        .flat_map(|s| s.outputs.iter().map(move |(o, rec)| (s.stage.as_str(), o.as_str(), rec)));
+    let in_run: std::collections::BTreeSet<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
+    let untouched = |stage: &str| pipeline.stage(stage).is_some() && !in_run.contains(stage);
+    let dir = artifacts_dir(cli);
+    match cairn::artifacts::materialize(&dir, cache, outputs, &untouched) {
+        Ok(done) => {
+            for p in done.left_alone {
+                console.warn_line(&format!("{} is not cairn's, so it was left alone; move it away to see the output there", p.display()));
+            }
+        }
+        Err(e) => console.warn_line(&format!("could not update {}: {e}", dir.display())),
     }
 }
 
@@ -306,74 +345,138 @@ fn cmd_verify(cli: &Cli, config: &Config, only: &[String], console: &Console) ->
     let cancel = interrupt_flag();
     let warn = |m: String| console.warn_line(&m);
     let resolver = Resolver::new(&pipeline, &cache, &env, &warn);
-    let mut differs = 0;
+    let mut bad = 0;
     for (i, (name, st)) in states.iter().enumerate() {
         if !only.is_empty() && !only.contains(name) {
             continue;
         }
         let StageState::Fresh { manifest, .. } = st else {
-            return Err(fail(console, exit::FAILED, format!("`{name}` is not cached; run `cairn run` first, then verify")));
+            return Err(fail(console, exit::FAILED, format!("`{name}` is not cached (see any warning above); run `cairn run` first, then verify")));
         };
-        let stage = &pipeline.stages[i];
-        let fresh_output = |up: &str, output: &str| match states.iter().find(|(n, _)| n == up).map(|(_, st)| st) {
-            Some(StageState::Fresh { manifest, .. }) => manifest.outputs[output].hash,
-            _ => unreachable!("upstream of a fresh stage is fresh"),
-        };
-        let inputs = resolver.input_paths(i, fresh_output).map_err(|e| fail(console, exit::IO, e))?;
+        let damage = stored_damage(&pipeline, &cache, i, manifest).map_err(|e| fail(console, exit::IO, e))?;
+        if !damage.is_empty() {
+            bad += 1;
+            println!("DAMAGED    {name:<12} {}; `cairn run` will recompute it", damage.join("; "));
+            continue;
+        }
         console.line(&format!("verifying  {name:<12} re-executing…"));
-        let req = ExecRequest {
-            stage,
-            key_inputs: &manifest.key_inputs,
-            inputs,
-            seed: pipeline.seed,
-            env: &env,
-            reporter: console,
-            cancel: &cancel,
-            store: false,
-        };
-        match execute(&cache, req) {
-            Err(f) => return Err(fail(console, exit::FAILED, format!("`{name}` failed while verifying: {}", f.message))),
-            Ok(done) => {
-                let mut diffs = Vec::new();
-                let mut timings = Vec::new();
-                for (out, rec) in &manifest.outputs {
-                    let new = &done.outputs[out];
-                    let volatile = stage.checked.outputs.iter().any(|o| &o.name == out && o.volatile);
-                    if new.hash != rec.hash {
-                        let d = format!("output `{out}` {} → {}", rec.hash.short(), new.hash.short());
-                        if volatile { timings.push(d) } else { diffs.push(d) }
-                    }
-                }
-                if diffs.is_empty() {
-                    let same = manifest.outputs.len() - timings.len();
-                    let note = if timings.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; {} timing output(s) differ as expected: {}", timings.len(), timings.join(", "))
-                    };
-                    println!("identical  {name:<12} ({same} output(s) bit-identical{note})");
-                } else {
-                    differs += 1;
-                    println!("DIFFERS    {name:<12} {}", diffs.join("; "));
-                }
+        match reexecute(&pipeline, &cache, &env, &resolver, &states, i, manifest, console, &cancel) {
+            Err(message) => return Err(fail(console, exit::FAILED, format!("`{name}` failed while verifying: {message}"))),
+            Ok(line) => {
+                bad += usize::from(line.starts_with("DIFFERS"));
+                println!("{line}");
             }
         }
     }
-    if differs > 0 {
-        console.error(&format!("{differs} stage(s) are not reproducible"));
+    if bad > 0 {
+        console.error(&format!("{bad} stage(s) are damaged or not reproducible"));
         return Ok(exit::FAILED);
     }
     Ok(exit::OK)
 }
 
+/// Reads every stored object stage `i`'s entry uses, its inputs and its
+/// outputs, and names each one whose bytes no longer hash to its name
+/// (evicting it, so the next run recomputes it).
+fn stored_damage(pipeline: &Pipeline, cache: &Cache, i: usize, manifest: &cairn::cache::Manifest) -> Result<Vec<String>, cairn::cache::CacheError> {
+    let stage = &pipeline.stages[i];
+    let mut objects: Vec<(String, ArtifactHash)> = Vec::new();
+    for (slot, refs) in &stage.inputs {
+        let hashes = manifest.key_inputs.inputs.get(slot).into_iter().flatten();
+        for (r, h) in refs.iter().zip(hashes) {
+            if !matches!(r, cairn::kind::InputRef::External { .. }) {
+                objects.push((format!("input `{slot}` from `{r}`"), *h));
+            }
+        }
+    }
+    objects.extend(manifest.outputs.iter().map(|(o, rec)| (format!("output `{o}`"), rec.hash)));
+    let mut damage = Vec::new();
+    for (what, h) in objects {
+        if !cache.verify_object(&h)? {
+            cache.evict_object(&h);
+            damage.push(format!("{what} (object {}) in the cache is damaged", h.short()));
+        }
+    }
+    Ok(damage)
+}
+
+/// Runs stage `i` again without storing anything and compares each output
+/// with the cached one; returns the line to print.
+#[allow(clippy::too_many_arguments)]
+fn reexecute(
+    pipeline: &Pipeline,
+    cache: &Cache,
+    env: &Environment,
+    resolver: &Resolver<'_>,
+    states: &[(String, StageState)],
+    i: usize,
+    manifest: &cairn::cache::Manifest,
+    console: &Console,
+    cancel: &AtomicBool,
+) -> Result<String, String> {
+    let stage = &pipeline.stages[i];
+    let name = &stage.name;
+    let fresh_output = |up: &str, output: &str| match states.iter().find(|(n, _)| n == up).map(|(_, st)| st) {
+        Some(StageState::Fresh { manifest, .. }) => manifest.outputs[output].hash,
+        _ => unreachable!("upstream of a fresh stage is fresh"),
+    };
+    let inputs = resolver.input_paths(i, fresh_output).map_err(|e| e.to_string())?;
+    let check = || match resolver.check_inputs(i, &manifest.key_inputs) {
+        Ok(None) => Ok(()),
+        Ok(Some(p)) => Err(cairn::kind::StageFailure::new(p.to_string())),
+        Err(e) => Err(cairn::kind::StageFailure::new(e.to_string())),
+    };
+    let req = ExecRequest {
+        stage,
+        key_inputs: &manifest.key_inputs,
+        inputs,
+        seed: pipeline.seed,
+        env,
+        reporter: console,
+        cancel,
+        store: false,
+        check_inputs: &check,
+    };
+    let done = execute(cache, req).map_err(|f| f.message)?;
+    let (mut diffs, mut timings) = (Vec::new(), Vec::new());
+    for (out, rec) in &manifest.outputs {
+        let new = &done.outputs[out];
+        let volatile = stage.checked.outputs.iter().any(|o| &o.name == out && o.volatile);
+        if new.hash != rec.hash {
+            let d = format!("output `{out}` {} → {}", rec.hash.short(), new.hash.short());
+            if volatile { timings.push(d) } else { diffs.push(d) }
+        }
+    }
+    if !diffs.is_empty() {
+        return Ok(format!("DIFFERS    {name:<12} {}", diffs.join("; ")));
+    }
+    let same = manifest.outputs.len() - timings.len();
+    let note = if timings.is_empty() {
+        String::new()
+    } else {
+        format!("; {} timing output(s) differ as expected: {}", timings.len(), timings.join(", "))
+    };
+    Ok(format!("identical  {name:<12} ({same} output(s) bit-identical{note})"))
+}
+
 fn cmd_cache_verify(cli: &Cli, console: &Console) -> CmdResult {
-    let cache = Cache::open_read(&cli.cache_dir);
+    let cache = Cache::open_existing(&cli.cache_dir).map_err(|e| fail(console, exit::USAGE, e))?;
     let report = cairn::cache::gc::verify_all(&cache).map_err(|e| fail(console, exit::IO, e))?;
     for (h, problem) in &report.problems {
         println!("{problem:<9} {}", h.to_hex());
     }
-    println!("{} object(s) checked, {} damaged, {} missing", report.checked, report.damaged(), report.missing());
-    Ok(if report.problems.is_empty() { exit::OK } else { exit::FAILED })
+    for p in &report.bad_manifests {
+        println!("damaged   manifest {}", p.display());
+    }
+    println!(
+        "{} object(s) checked, {} damaged, {} missing; {} manifest(s) checked, {} damaged",
+        report.checked,
+        report.damaged(),
+        report.missing(),
+        report.manifests,
+        report.bad_manifests.len()
+    );
+    Ok(if report.problems.is_empty() && report.bad_manifests.is_empty() { exit::OK } else { exit::FAILED })
 }
 
 impl Console {

@@ -42,18 +42,73 @@ struct Params {
 /// How many bytes of stderr to keep for the failure message.
 const STDERR_TAIL: usize = 4000;
 
-fn placeholders(cmd: &str) -> Vec<(String, String)> {
+/// A piece of a command template: literal text, or `{ns.name}`.
+enum Piece<'a> {
+    Text(&'a str),
+    Slot { ns: &'a str, name: &'a str },
+}
+
+/// Splits a template into pieces, in one pass. Braces that do not hold a
+/// `ns.name` pair stay literal text.
+fn pieces(cmd: &str) -> Vec<Piece<'_>> {
     let mut out = Vec::new();
     let mut rest = cmd;
     while let Some(start) = rest.find('{') {
         let Some(len) = rest[start..].find('}') else { break };
         let inner = &rest[start + 1..start + len];
-        if let Some((ns, name)) = inner.split_once('.') {
-            out.push((ns.to_string(), name.to_string()));
+        match inner.split_once('.') {
+            Some((ns, name)) => {
+                out.push(Piece::Text(&rest[..start]));
+                out.push(Piece::Slot { ns, name });
+            }
+            None => out.push(Piece::Text(&rest[..start + len + 1])),
         }
         rest = &rest[start + len + 1..];
     }
+    out.push(Piece::Text(rest));
     out
+}
+
+fn placeholders(cmd: &str) -> Vec<(String, String)> {
+    pieces(cmd)
+        .into_iter()
+        .filter_map(|p| match p {
+            Piece::Slot { ns, name } => Some((ns.to_string(), name.to_string())),
+            Piece::Text(_) => None,
+        })
+        .collect()
+}
+
+/// Fills a template in one pass: substituted paths are never scanned for
+/// placeholders again, so a file name holding `{out.x}` or `$(…)` stays
+/// inert (it is also shell-quoted).
+fn substitute(cmd: &str, mut path_of: impl FnMut(&str, &str) -> Result<Option<String>, StageFailure>) -> Result<String, StageFailure> {
+    let mut out = String::with_capacity(cmd.len());
+    for piece in pieces(cmd) {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Slot { ns, name } => match path_of(ns, name)? {
+                Some(path) => out.push_str(&shell_quote(&path)),
+                None => {
+                    out.push('{');
+                    out.push_str(ns);
+                    out.push('.');
+                    out.push_str(name);
+                    out.push('}');
+                }
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 fn artifact_type(file_name: &str) -> (ArtifactType, String) {
@@ -121,40 +176,50 @@ impl StageKind for Command {
 
     fn run(&self, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
         let p: Params = serde_json::from_value(ctx.params.clone()).map_err(|e| StageFailure::new(e.to_string()))?;
-        let mut cmd = p.cmd.clone();
-        for (ns, name) in placeholders(&p.cmd) {
-            let path = match ns.as_str() {
-                "in" => ctx.input(&name)?.to_path_buf(),
-                "out" => ctx.scratch.join(&p.outputs[&name]),
-                _ => continue,
-            };
-            cmd = cmd.replace(&format!("{{{ns}.{name}}}"), &shell_quote(&path.to_string_lossy()));
-        }
-        let child = Proc::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .current_dir(ctx.scratch)
-            .envs(&p.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| StageFailure::new(format!("cannot start `sh`: {e}")))?;
+        let cmd = substitute(&p.cmd, |ns, name| {
+            Ok(match ns {
+                "in" => Some(ctx.input(name)?.to_string_lossy().into_owned()),
+                "out" => Some(ctx.scratch.join(&p.outputs[name]).to_string_lossy().into_owned()),
+                _ => None,
+            })
+        })?;
+        let child = super::supervise::spawn(
+            Proc::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .current_dir(ctx.scratch)
+                .envs(&p.env)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .map_err(|e| StageFailure::new(format!("cannot start `sh`: {e}")))?;
         let (stage, reporter) = (ctx.stage, ctx.reporter);
-        let ended = super::supervise::supervise(child, ctx.cancel, |line| reporter.log(stage, line), |_| {})?;
+        // stderr is shown as it comes under `-v`; otherwise only a
+        // failure's tail is.
+        let show_err = tracing::level_filters::LevelFilter::current() >= tracing::Level::INFO;
+        let ended = super::supervise::supervise(
+            child,
+            ctx.cancel,
+            |line| reporter.log(stage, line),
+            |line| {
+                if show_err {
+                    reporter.log(stage, line)
+                }
+            },
+        )?;
         ctx.metrics.insert("peak_rss_mb".into(), ended.peak_rss_mb());
         let status = ended.status;
         if !status.success() {
             let text = String::from_utf8_lossy(&ended.stderr);
-            let tail = &text[text.len().saturating_sub(STDERR_TAIL)..];
             return Err(StageFailure::new(format!(
                 "command exited with {status}\n  command: {cmd}\n  stderr (tail):\n{}",
-                indent(tail.trim_end())
+                indent(tail(&text, STDERR_TAIL).trim_end())
             )));
         }
         for (name, file) in &p.outputs {
             let produced = ctx.scratch.join(file);
-            if !produced.is_file() {
+            if std::fs::symlink_metadata(&produced).is_err() {
                 return Err(StageFailure::new(format!(
                     "the command exited 0 but did not write declared output `{name}` (`{file}`, i.e. `{{out.{name}}}`)"
                 )));
@@ -171,4 +236,34 @@ fn shell_quote(s: &str) -> String {
 
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitution_is_one_pass_so_paths_are_never_rescanned() {
+        let cmd = "cat {in.x} > {out.o}";
+        let filled = substitute(cmd, |ns, _| {
+            Ok(Some(if ns == "in" { "/c/in{out.o}".to_string() } else { "/s/$(echo INJECTED >&2).bin".to_string() }))
+        })
+        .unwrap();
+        assert_eq!(filled, "cat '/c/in{out.o}' > '/s/$(echo INJECTED >&2).bin'");
+    }
+
+    #[test]
+    fn braces_that_are_not_placeholders_stay_literal() {
+        let filled = substitute("awk '{print $1}' {in.x} {other}", |_, _| Ok(Some("p".into()))).unwrap();
+        assert_eq!(filled, "awk '{print $1}' 'p' {other}");
+    }
+
+    #[test]
+    fn stderr_tail_is_cut_at_a_character_boundary() {
+        let text = "é".repeat(10);
+        for max in 0..=21 {
+            let t = tail(&text, max);
+            assert!(t.len() <= max && text.ends_with(t));
+        }
+    }
 }

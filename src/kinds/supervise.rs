@@ -1,16 +1,25 @@
 //! Supervising a stage's child process: stdout and stderr lines are
 //! streamed to the caller as they come, each pipe drained on its own thread
 //! (so a chatty child can never block on a full pipe), stderr is also kept
-//! for the failure message, and the child is killed as soon as the run is
-//! interrupted. The child is reaped with `wait4`, which also
+//! for the failure message. The child is reaped with `wait4`, which also
 //! gives its peak resident memory: every executed stage reports it as the
 //! `peak_rss_mb` metric, so memory bounds show up in `cairn runs`.
+//!
+//! A stage is a process group, not a process: [`spawn`] makes the child
+//! the leader of a new group, so the stage's own children (a `sleep` under
+//! `sh`, data-loader workers) can be stopped with it. The group is sent
+//! SIGTERM (then SIGKILL) when the run is interrupted, and SIGKILL once the
+//! leader has exited, so nothing keeps writing after a stage is over. If the
+//! engine itself dies (even by SIGKILL), the leader gets SIGKILL from the
+//! kernel (`PR_SET_PDEATHSIG`) and a small guard process, which waits on a
+//! pipe only the engine holds, kills the rest of the group.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ExitStatus};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::kind::StageFailure;
 
@@ -42,6 +51,87 @@ fn try_reap(child: &Child) -> std::io::Result<Option<(ExitStatus, u64)>> {
         // Linux reports ru_maxrss in KiB.
         _ => Ok(Some((ExitStatus::from_raw(status), usage.ru_maxrss.max(0) as u64 * 1024))),
     }
+}
+
+/// How long an interrupted stage gets to exit after SIGTERM.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+
+/// Spawns `cmd` as the leader of a new process group that dies with the
+/// engine.
+pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+    let engine = std::process::id();
+    cmd.process_group(0);
+    // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The engine may have died before the prctl took effect.
+            if libc::getppid() as u32 != engine {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Kills a stage's process group if the engine dies: a `sh` that blocks
+/// reading a pipe whose only writer is the engine. End of file (the engine
+/// is gone) kills the group; a line (the stage is over) lets it exit quietly.
+struct Guard {
+    child: Child,
+    pipe: std::fs::File,
+}
+
+impl Guard {
+    fn start(pgid: u32) -> Option<Guard> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two fresh descriptors, owned below.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return None;
+        }
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let child = Command::new("sh")
+            .args(["-c", r#"read line || kill -9 -"$0" 2>/dev/null"#])
+            .arg(pgid.to_string())
+            .stdin(Stdio::from(read))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own group, so a Ctrl-C at the terminal does not end it.
+            .process_group(0)
+            .spawn()
+            .ok()?;
+        Some(Guard { child, pipe: std::fs::File::from(write) })
+    }
+
+    fn release(mut self) {
+        let _ = self.pipe.write_all(b"done\n");
+        let _ = self.child.wait();
+    }
+}
+
+/// Signals every process of the group led by `leader` (harmless when there
+/// is no such group any more: its id cannot be reused while it exists).
+fn signal_group(leader: &Child, signal: libc::c_int) {
+    // SAFETY: kill with a negative pid signals a process group.
+    unsafe { libc::kill(-(leader.id() as libc::pid_t), signal) };
+}
+
+/// Stops an interrupted stage: SIGTERM to its group, SIGKILL after a grace.
+fn stop(child: &mut Child) {
+    signal_group(child, libc::SIGTERM);
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal_group(child, libc::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A line from one of the child's pipes.
@@ -76,6 +166,7 @@ pub(crate) fn supervise(
     mut on_out: impl FnMut(&str),
     mut on_err: impl FnMut(&str),
 ) -> Result<Ended, StageFailure> {
+    let guard = Guard::start(child.id());
     let (tx, rx) = std::sync::mpsc::channel::<Line>();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let out_tx = tx.clone();
@@ -90,8 +181,8 @@ pub(crate) fn supervise(
             route(line);
         }
         if cancel.load(Ordering::Relaxed) {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(&mut child);
+            guard.map(Guard::release);
             return Err(StageFailure { message: "interrupted".into(), interrupted: true });
         }
         match try_reap(&child)? {
@@ -99,6 +190,9 @@ pub(crate) fn supervise(
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
+    // The stage is over: whatever it left running must not write on.
+    signal_group(&child, libc::SIGKILL);
+    guard.map(Guard::release);
     let _ = out_thread.join();
     let stderr = err_thread.join().unwrap_or_default();
     for line in rx.try_iter() {

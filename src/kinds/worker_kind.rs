@@ -100,16 +100,17 @@ impl StageKind for WorkerKind {
         let job_path = ctx.scratch.join("job.json");
         std::fs::write(&job_path, serde_json::to_vec_pretty(&job).map_err(|e| StageFailure::new(e.to_string()))?)?;
         let worker = worker_path()?;
-        let child = Command::new(&worker)
-            .arg("run")
-            .arg(&job_path)
-            .env(crate::worker::LOG_ENV, worker_log_filter())
-            .current_dir(ctx.scratch)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| StageFailure::new(format!("cannot start {}: {e}", worker.display())))?;
+        let child = super::supervise::spawn(
+            Command::new(&worker)
+                .arg("run")
+                .arg(&job_path)
+                .env(crate::worker::LOG_ENV, worker_log_filter())
+                .current_dir(ctx.scratch)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .map_err(|e| StageFailure::new(format!("cannot start {}: {e}", worker.display())))?;
         let mut error_message = None;
         let cancel = ctx.cancel;
         // The worker's log (its tracing spans and events, libtorch's
