@@ -420,3 +420,14 @@ fn no_op_run_writes_nothing_to_the_cache() {
     assert_eq!(r.outcome("b").as_deref(), Some("cached"));
     assert_eq!((snapshot(&p.cache()), snapshot(&p.path().join("artifacts"))), before, "a no-op run wrote something");
 }
+
+#[test]
+fn cache_verify_reports_damaged_manifests() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let m = fs::read_dir(p.cache().join("manifests")).unwrap().flatten().next().unwrap().path();
+    fs::write(&m, b"{ truncated").unwrap();
+    let v = p.cairn(&["cache", "verify"]);
+    assert_eq!(v.code, 1, "{}", v.all());
+    assert!(v.stdout.contains("damaged   manifest"), "{}", v.all());
+}
