@@ -2,14 +2,16 @@
 //!
 //! Loading is all-or-nothing and happens before any stage runs: the file is
 //! parsed with spans ([`parse`]), the chosen profile and `--set` flags are
-//! applied ([`overrides`]), every stage's params are checked by its kind,
-//! every input reference is resolved against declared outputs, and the
-//! graph is checked for cycles. All problems found are reported together,
+//! applied ([`overrides`]), every stage's params are checked by its kind
+//! and then by the rules every stage follows ([`rules`]), every input
+//! reference is resolved against declared outputs, and the graph is
+//! checked for cycles. All problems found are reported together,
 //! each with `file:line:col` and a hint.
 
 pub mod diag;
 pub mod overrides;
 pub mod parse;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -163,25 +165,16 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
             continue;
         };
         match kind.check(&Value::Object(rs.params.clone())) {
-            Ok(checked) => stages.push((rs.clone(), kind, checked)),
+            Ok(checked) => {
+                diags.extend(rule_violations(&raw, &origins, rs, &checked));
+                stages.push((rs.clone(), kind, checked));
+            }
             Err(e) => {
-                let mut path = e.path.clone();
-                // serde reports an unknown field at its parent; point at the field.
-                if let Some(field) = e.message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-                    path.push(field.to_string());
-                }
-                let origin = origins
-                    .get(&rs.name)
-                    .and_then(|os| os.iter().rev().find(|(p, _)| path.starts_with(p) || p.starts_with(&path)))
-                    .map(|(_, o)| o.clone())
-                    .unwrap_or_else(|| {
-                        let mut full = stage_path.clone();
-                        full.extend(path.iter().cloned());
-                        raw.source.origin(raw.span_of(&full))
-                    });
-                let shown = if path.is_empty() { String::new() } else { format!(" `{}`", path.join(".")) };
+                // The kind's path ends at the offending key, an unknown one
+                // included (serde_path_to_error records the key it failed on).
+                let shown = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path.join(".")) };
                 diags.push(Diagnostic {
-                    origin,
+                    origin: param_origin(&raw, &origins, &rs.name, &e.path),
                     message: format!("stage `{}` ({}): param{shown}: {}", rs.name, rs.kind, e.message),
                     help: e.help.clone(),
                 });
@@ -227,6 +220,45 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let root = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     Ok(Pipeline { name: raw.name, seed: raw.seed, file: path.to_path_buf(), root, profile, stages, graph: sorted_graph })
+}
+
+/// For each stage, the params paths `--set` flags and profiles changed, with where.
+type Origins = BTreeMap<String, Vec<(Vec<String>, Origin)>>;
+
+/// Where param `path` of `stage` was set: the flag or profile line that last
+/// overrode it (or a table holding it), else its place in the file.
+fn param_origin(raw: &RawSpec, origins: &Origins, stage: &str, path: &[String]) -> Origin {
+    let overridden = |p: &Vec<String>| path.starts_with(p) || (!path.is_empty() && p.starts_with(path));
+    origins
+        .get(stage)
+        .and_then(|os| os.iter().rev().find(|(p, _)| overridden(p)))
+        .map(|(_, o)| o.clone())
+        .unwrap_or_else(|| {
+            let mut full = vec!["stages".to_string(), stage.to_string()];
+            full.extend(path.iter().cloned());
+            raw.source.origin(raw.span_of(&full))
+        })
+}
+
+/// What the kind accepted but the rules every stage follows refuse (see [`rules`]).
+fn rule_violations(raw: &RawSpec, origins: &Origins, rs: &parse::RawStage, c: &Checked) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for ig in rules::ignored_keys(&rs.params, &c.params) {
+        out.push(Diagnostic {
+            origin: param_origin(raw, origins, &rs.name, &ig.path),
+            message: format!("stage `{}` ({}): unknown param `{}`", rs.name, rs.kind, ig.path.join(".")),
+            help: Some(ig.help()),
+        });
+    }
+    for col in rules::output_collisions(c) {
+        let path = if col.from_params { vec!["outputs".to_string(), col.second.0.clone()] } else { Vec::new() };
+        out.push(Diagnostic {
+            origin: param_origin(raw, origins, &rs.name, &path),
+            message: format!("stage `{}` ({}): {}", rs.name, rs.kind, col.message()),
+            help: Some(col.help(&rs.kind)),
+        });
+    }
+    out
 }
 
 fn choose_profile(raw: &RawSpec, choice: &ProfileChoice) -> Option<(String, bool)> {

@@ -99,7 +99,7 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
         if !matches!(key, "pipeline" | "stages" | "profiles") {
             cx.error(
                 item_span(root, key),
-                format!("unknown top-level table `{key}`"),
+                format!("unknown top-level key `{key}`"),
                 Some("a pipeline has `[pipeline]`, `[stages.<name>]` and `[profiles.<name>]`".into()),
             );
         }
@@ -156,7 +156,7 @@ fn parse_header(cx: &mut Ctx, root: &Table) -> (String, u64) {
                 _ => cx.error(value.span(), "`pipeline.seed` must be a non-negative integer", None),
             },
             other => cx.error(
-                value.span(),
+                t.get_key_value(other).and_then(|(k, _)| k.span()).or_else(|| value.span()),
                 format!("unknown key `pipeline.{other}`"),
                 Some("`[pipeline]` takes `name` and `seed`".into()),
             ),
