@@ -24,13 +24,7 @@ pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
     let ids = history::run_ids(&cli.cache_dir);
     let mut out = Vec::new();
     for id in ids.iter().rev().take(limit).rev() {
-        let rows = match history::load(&cli.cache_dir, id) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("warning: skipping damaged run record {id}: {e}");
-                continue;
-            }
-        };
+        let Some(rows) = readable(cli, id) else { continue };
         let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
         if json {
             out.push(serde_json::json!({
@@ -72,23 +66,55 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
     }
 }
 
-pub fn diff(cli: &Cli, a: Option<&str>, b: Option<&str>) -> CmdResult {
-    let ids = history::run_ids(&cli.cache_dir);
-    let pick = |given: Option<&str>, from_end: usize| -> Option<String> {
-        match given {
-            Some(g) => ids.iter().find(|id| id.starts_with(g)).cloned(),
-            None => ids.iter().rev().nth(from_end).cloned(),
+/// The rows of run `id`, or `None` after a warning when its record cannot
+/// be read: one damaged file must not hide the rest of the history.
+fn readable(cli: &Cli, id: &str) -> Option<Vec<HistoryRow>> {
+    match history::load(&cli.cache_dir, id) {
+        Ok(rows) => Some(rows),
+        Err(e) => {
+            eprintln!("warning: skipping damaged run record {id}: {e}");
+            None
         }
-    };
-    let (Some(ra), Some(rb)) = (pick(a, 1), pick(b, 0)) else {
-        eprintln!("error: need two recorded runs to compare (have {}); see `cairn runs`", ids.len());
+    }
+}
+
+/// A run the user named (by id or a prefix of it); a damaged one is an
+/// error, since it cannot be compared.
+fn named(cli: &Cli, ids: &[String], given: &str) -> Result<(String, Vec<HistoryRow>), i32> {
+    let Some(id) = ids.iter().find(|id| id.starts_with(given)) else {
+        eprintln!("error: no recorded run matches `{given}`; see `cairn runs`");
         return Err(exit::USAGE);
     };
-    let load = |id: &str| history::load(&cli.cache_dir, id).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::IO
-    });
-    let (rows_a, rows_b) = (load(&ra)?, load(&rb)?);
+    match history::load(&cli.cache_dir, id) {
+        Ok(rows) => Ok((id.clone(), rows)),
+        Err(e) => {
+            eprintln!("error: the record of run {id} is damaged: {e}\n  help: name another run (see `cairn runs`), or delete the file");
+            Err(exit::IO)
+        }
+    }
+}
+
+/// The two runs to compare: those named, the newest readable ones standing
+/// in for any not named.
+fn pick(cli: &Cli, ids: &[String], a: Option<&str>, b: Option<&str>) -> Result<[(String, Vec<HistoryRow>); 2], i32> {
+    let (a, b) = (a.map(|g| named(cli, ids, g)).transpose()?, b.map(|g| named(cli, ids, g)).transpose()?);
+    let taken: Vec<String> = a.iter().chain(b.iter()).map(|(id, _)| id.clone()).collect();
+    let mut newest = ids.iter().rev().filter(|id| !taken.contains(id)).filter_map(|id| Some((id.clone(), readable(cli, id)?)));
+    // Without names: the newest against the one before it.
+    let b = b.or_else(|| newest.next());
+    let a = a.or_else(|| newest.next());
+    match (a, b) {
+        (Some(a), Some(b)) => Ok([a, b]),
+        _ => {
+            eprintln!("error: need two readable recorded runs to compare (have {}); see `cairn runs`", ids.len());
+            Err(exit::USAGE)
+        }
+    }
+}
+
+pub fn diff(cli: &Cli, a: Option<&str>, b: Option<&str>) -> CmdResult {
+    let ids = history::run_ids(&cli.cache_dir);
+    let [(ra, rows_a), (rb, rows_b)] = pick(cli, &ids, a, b)?;
     println!("{:<40} {:>24} {:>24}", "", ra, rb);
     let stages: BTreeSet<&String> = rows_a.iter().chain(rows_b.iter()).map(|r| &r.stage).collect();
     for stage in stages {
