@@ -12,6 +12,8 @@
 //! tmp/                  scratch directories and files being written
 //! statcache.json        content hashes of files (external inputs and
 //!                       objects) by (dev, inode, size, mtime, ctime)
+//! probe/<id>.json       the worker's environment facts, per worker binary
+//!                       and driver (see `crate::env`)
 //! lock                  held by `cairn run` and `gc`
 //! ```
 //!
