@@ -155,6 +155,22 @@ impl StatCache {
 
     fn hash_regular(&self, path: &Path, meta: &fs::Metadata) -> Result<ArtifactHash, HashError> {
         let abs = fs::canonicalize(path).map_err(|e| HashError::io(path, e))?;
+        self.hash_canonical_file(abs, meta)
+    }
+
+    /// The content hash of a regular file named by a path that is already
+    /// canonical (no links, absolute): the cache's own objects, whose
+    /// paths are built from the canonical cache root. Saves resolving every
+    /// component of the path on each look.
+    pub fn hash_object(&self, abs: &Path) -> Result<ArtifactHash, HashError> {
+        let meta = fs::metadata(abs).map_err(|e| HashError::io(abs, e))?;
+        if !meta.is_file() {
+            return Err(HashError::Special { path: abs.to_path_buf() });
+        }
+        self.hash_canonical_file(abs.to_path_buf(), &meta)
+    }
+
+    fn hash_canonical_file(&self, abs: PathBuf, meta: &fs::Metadata) -> Result<ArtifactHash, HashError> {
         let stat = Stat::of(meta);
         if let Some(e) = self.entries.lock().unwrap().get(&abs) {
             if e.trusted_for(&stat) {
@@ -162,7 +178,7 @@ impl StatCache {
             }
         }
         let hashed_at_ns = now_ns();
-        let (hash, _) = hash_file(&abs).map_err(|e| HashError::io(path, e))?;
+        let (hash, _) = hash_file(&abs).map_err(|e| HashError::io(&abs, e))?;
         // Record the stat seen before reading: a write during the read
         // changes the stat, so the next look re-hashes.
         self.entries.lock().unwrap().insert(abs, Entry { stat, hash, hashed_at_ns });

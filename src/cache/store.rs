@@ -62,7 +62,7 @@ impl Cache {
 
     /// Opens a cache for reading only; a missing cache is simply empty.
     pub fn open_read(root: &Path) -> Self {
-        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        let root = fs::canonicalize(root).or_else(|_| std::path::absolute(root)).unwrap_or_else(|_| root.to_path_buf());
         let stat = Arc::new(StatCache::load(&root));
         Self { root, stat }
     }
@@ -104,7 +104,7 @@ impl Cache {
     /// metadata is found by [`Cache::verify_object`], which always reads.
     pub fn object_intact(&self, h: &ArtifactHash) -> Result<bool, CacheError> {
         let p = self.object_path(h);
-        match self.stat.hash(&p) {
+        match self.stat.hash_object(&p) {
             Ok(actual) => Ok(actual == *h),
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => Ok(false),
             Err(e) => Err(CacheError::Hash(e)),

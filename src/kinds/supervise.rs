@@ -119,25 +119,25 @@ fn signal_group(leader: &Child, signal: libc::c_int) {
     unsafe { libc::kill(-(leader.id() as libc::pid_t), signal) };
 }
 
-/// Stops an interrupted stage: SIGTERM to its group, SIGKILL after a grace.
-fn stop(child: &mut Child) {
-    signal_group(child, libc::SIGTERM);
-    let deadline = Instant::now() + TERM_GRACE;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal_group(child, libc::SIGKILL);
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A line from one of the child's pipes.
+/// What the supervisor hears: a line from one of the child's pipes, or
+/// that the child has exited (not yet reaped, so its pid, which is also
+/// its group's id, cannot be reused while the group is signalled).
 enum Line {
     Out(String),
     Err(String),
+    Exited,
+}
+
+/// Blocks until `pid` has exited, leaving it unreaped (`WNOWAIT`).
+fn wait_exited(pid: u32) {
+    loop {
+        // SAFETY: siginfo_t is plain old data that waitid fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
 }
 
 /// Sends each line of `pipe` (invalid UTF-8 replaced, never a reason to
@@ -170,29 +170,53 @@ pub(crate) fn supervise(
     let (tx, rx) = std::sync::mpsc::channel::<Line>();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let out_tx = tx.clone();
+    let exit_tx = tx.clone();
     let out_thread = std::thread::spawn(move || drain(stdout, out_tx, Line::Out));
     let err_thread = std::thread::spawn(move || drain(stderr, tx, Line::Err));
     let mut route = |line: Line| match line {
         Line::Out(l) => on_out(&l),
         Line::Err(l) => on_err(&l),
+        Line::Exited => {}
     };
-    let (status, peak_rss) = loop {
-        for line in rx.try_iter() {
-            route(line);
-        }
-        if cancel.load(Ordering::Relaxed) {
-            stop(&mut child);
-            guard.map(Guard::release);
-            return Err(StageFailure { message: "interrupted".into(), interrupted: true });
-        }
-        match try_reap(&child)? {
-            Some(ended) => break ended,
-            None => std::thread::sleep(Duration::from_millis(20)),
+    let pid = child.id();
+    let exit_tx = exit_tx;
+    std::thread::spawn(move || {
+        wait_exited(pid);
+        let _ = exit_tx.send(Line::Exited);
+    });
+    // Lines as they come, the exit the moment it happens, and a look at
+    // the cancel flag every 50 ms: no polling delay per stage.
+    let mut wait_for_exit = |deadline: Option<Instant>| -> bool {
+        loop {
+            let timeout = deadline.map_or(Duration::from_millis(50), |d| d.saturating_duration_since(Instant::now()));
+            match rx.recv_timeout(timeout) {
+                Ok(Line::Exited) => return true,
+                Ok(line) => route(line),
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => return false,
+                Err(_) if deadline.is_none() && cancel.load(Ordering::Relaxed) => return false,
+                Err(_) => {}
+            }
         }
     };
-    // The stage is over: whatever it left running must not write on.
+    let interrupted = !wait_for_exit(None);
+    if interrupted {
+        // SIGTERM first, so a stage can save what it must; SIGKILL after a grace.
+        signal_group(&child, libc::SIGTERM);
+        if !wait_for_exit(Some(Instant::now() + TERM_GRACE)) {
+            signal_group(&child, libc::SIGKILL);
+            wait_for_exit(Some(Instant::now() + Duration::from_secs(3600)));
+        }
+    }
+    // The leader is over: whatever it left running must not write on.
     signal_group(&child, libc::SIGKILL);
-    guard.map(Guard::release);
+    let reaped = try_reap(&child);
+    if let Some(g) = guard {
+        g.release();
+    }
+    if interrupted {
+        return Err(StageFailure { message: "interrupted".into(), interrupted: true });
+    }
+    let (status, peak_rss) = reaped?.ok_or_else(|| StageFailure::new("the stage's process could not be reaped"))?;
     let _ = out_thread.join();
     let stderr = err_thread.join().unwrap_or_default();
     for line in rx.try_iter() {
