@@ -57,7 +57,15 @@ pub enum CacheError {
 impl CacheError {
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
-        match source.raw_os_error() {
+        use std::io::ErrorKind;
+        // Wrapped errors (tempfile adds the path) keep the kind, not the errno.
+        let errno = source.raw_os_error().or(match source.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Some(libc::ENOSPC),
+            ErrorKind::ReadOnlyFilesystem => Some(libc::EROFS),
+            ErrorKind::PermissionDenied => Some(libc::EACCES),
+            _ => None,
+        });
+        match errno {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => CacheError::NotWritable {
                 path,
                 source,
