@@ -169,6 +169,10 @@ impl<'a> Resolver<'a> {
                         Ok(_) => Some(InputProblem::Changed { slot: slot.clone(), path: path.clone(), error: None }),
                         Err(e) => Some(InputProblem::Changed { slot: slot.clone(), path: path.clone(), error: Some(e.to_string()) }),
                     },
+                    // Engine-made documents are stored when the stage's
+                    // inputs are laid out, after this first check: one not
+                    // made yet is not damaged (a damaged one is).
+                    InputRef::UpstreamParams if !self.cache.object_path(expected).exists() => None,
                     _ if self.cache.object_intact(expected)? => None,
                     _ => {
                         self.cache.evict_object(expected);
