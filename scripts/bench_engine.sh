@@ -4,10 +4,18 @@
 #  2. `cairn status` with a 1 GB external input: cold hashing, then warm (stat cache);
 #  3. `cairn status` with a directory input of 10,000 small files, cold (no
 #     stat cache; files in the page cache), beside `b3sum` and
-#     `git hash-object --stdin-paths` over the same files.
+#     `git hash-object --stdin-paths` over the same files;
+#  4. the 8-stage chain's no-op beside DVC's no-op `dvc repro` of the same chain;
+#  5. 1,000 command stages (10 chains of 100): the first run (per-stage
+#     overhead), the no-op run and `status`, beside `snakemake -n` over the
+#     same graph.
+# DVC and Snakemake come from BENCH_VENV (default ~/.cache/cairn/bench-venv,
+# made with `python3 -m venv ... && pip install dvc snakemake`); parts 4 and 5
+# skip their reference when it is missing.
 # Usage: scripts/bench_engine.sh [path/to/cairn]   (default: target/release/cairn)
 set -euo pipefail
 CAIRN="$(realpath "${1:-target/release/cairn}")"
+BENCH_VENV="${BENCH_VENV:-$HOME/.cache/cairn/bench-venv}"
 RUNS="${RUNS:-30}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -86,3 +94,64 @@ if command -v b3sum >/dev/null; then
 fi
 git_ms=$(median_ms sh -c 'ls -d tree/* | git hash-object --stdin-paths >/dev/null')
 echo "git hash-object --stdin-paths over the same files: median ${git_ms} ms ($(awk -v a="$tree_ms" -v b="$git_ms" 'BEGIN {printf "%.2f", a / b}')x)"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a / b}'; }
+
+# 4. DVC's no-op repro of the same 8-stage chain.
+if [ -x "$BENCH_VENV/bin/dvc" ]; then
+  mkdir dvc8 && (
+    cd dvc8
+    "$BENCH_VENV/bin/dvc" init --no-scm -q
+    {
+      echo 'stages:'
+      echo '  s0:'
+      echo '    cmd: echo 0 > o0.txt'
+      echo '    outs: [o0.txt]'
+      for i in 1 2 3 4 5 6 7; do
+        echo "  s$i:"
+        echo "    cmd: cat o$((i-1)).txt > o$i.txt; echo $i >> o$i.txt"
+        echo "    deps: [o$((i-1)).txt]"
+        echo "    outs: [o$i.txt]"
+      done
+    } > dvc.yaml
+    "$BENCH_VENV/bin/dvc" repro -q >/dev/null
+    dvc_ms=$(median_ms "$BENCH_VENV/bin/dvc" repro -q)
+    echo "dvc repro no-op, 8 stages: median ${dvc_ms} ms over $RUNS runs; cairn $(ratio "$dvc_ms" "$noop")x faster"
+  )
+else
+  echo "dvc: not in $BENCH_VENV, reference skipped"
+fi
+
+# 5. 1,000 command stages, 10 chains of 100, each stage distinct.
+mkdir k1000 && cd k1000
+python3 - <<'PY'
+spec, snake = [], []
+for c in range(10):
+    for i in range(100):
+        n = f"c{c}s{i}"
+        spec.append(f"[stages.{n}]\nkind = \"command\"")
+        if i == 0:
+            spec.append(f'cmd = "echo {c} > {{out.o}}"')
+            snake.append(f'rule {n}:\n    output: "{n}.txt"\n    shell: "echo {c} > {{output}}"\n')
+        else:
+            prev = f"c{c}s{i-1}"
+            spec.append(f'cmd = "cat {{in.i}} > {{out.o}}; echo {i} >> {{out.o}}"\ninputs = {{ i = "{prev}.o" }}')
+            snake.append(f'rule {n}:\n    input: "{prev}.txt"\n    output: "{n}.txt"\n    shell: "cat {{input}} > {{output}}; echo {i} >> {{output}}"\n')
+        spec.append('outputs = { o = "o.txt" }\n')
+open("pipeline.toml", "w").write("\n".join(spec))
+targets = " ".join(f'"c{c}s99.txt"' for c in range(10))
+open("Snakefile", "w").write(f"rule all:\n    input: {targets}\n\n" + "\n".join(snake))
+PY
+t0=$(date +%s%N); "$CAIRN" run -q; t1=$(date +%s%N)
+first_ms=$(( (t1 - t0) / 1000000 ))
+echo "first run, 1,000 stages: ${first_ms} ms = $(awk -v ms="$first_ms" 'BEGIN {printf "%.1f", ms / 1000}') ms a stage"
+noop1k=$(median_ms "$CAIRN" run -q)
+status1k=$(median_ms "$CAIRN" status)
+echo "no-op run, 1,000 cached stages: median ${noop1k} ms; status: median ${status1k} ms ($(ratio "$noop1k" "$status1k")x status)"
+if [ -x "$BENCH_VENV/bin/snakemake" ]; then
+  "$BENCH_VENV/bin/snakemake" -c1 -q >/dev/null 2>&1
+  snake_ms=$(median_ms "$BENCH_VENV/bin/snakemake" -n -c1 -q)
+  echo "snakemake -n, same 1,000 stages built: median ${snake_ms} ms; cairn's no-op $(ratio "$snake_ms" "$noop1k")x faster"
+else
+  echo "snakemake: not in $BENCH_VENV, reference skipped"
+fi
