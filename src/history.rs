@@ -31,6 +31,7 @@ fn runs_dir(cache_root: &Path) -> PathBuf {
 fn status_name(o: &Outcome) -> &'static str {
     match o {
         Outcome::Cached => "cached",
+        Outcome::Pulled => "pulled",
         Outcome::Ran => "ran",
         Outcome::WouldRun => "would_run",
         Outcome::Failed { .. } => "failed",

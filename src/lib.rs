@@ -21,6 +21,7 @@ pub mod exec;
 pub mod external;
 pub mod kinds;
 pub mod plan;
+pub mod remote;
 pub mod runner;
 pub mod spec;
 pub mod artifacts;

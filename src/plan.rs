@@ -267,7 +267,7 @@ impl<'a> Resolver<'a> {
 }
 
 /// How a manifest's outputs differ from what the stage declares, if they do.
-fn outputs_mismatch(stage: &Stage, m: &Manifest) -> Option<String> {
+pub fn outputs_mismatch(stage: &Stage, m: &Manifest) -> Option<String> {
     let declared = &stage.checked.outputs;
     for d in declared {
         match m.outputs.get(&d.name) {

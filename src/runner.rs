@@ -35,6 +35,13 @@ pub struct RunOptions {
     pub force: Vec<String>,
     pub dry_run: bool,
     pub jobs: usize,
+    /// The shared remote cache, asked before executing a stage that misses
+    /// locally (see [`crate::remote`]).
+    pub remote: Option<std::sync::Arc<crate::remote::Remote>>,
+    /// Push each stage to the remote as it finishes (and hits it lacks).
+    pub push: bool,
+    /// A remote that cannot be used stops the run instead of being skipped.
+    pub remote_required: bool,
 }
 
 /// What happened to one stage.
@@ -42,6 +49,8 @@ pub struct RunOptions {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
     Cached,
+    /// Served from the remote cache (downloaded and verified).
+    Pulled,
     Ran,
     /// `--dry-run`: it would run.
     WouldRun,
@@ -105,6 +114,8 @@ pub enum RunError {
     External { stage: String, source: crate::external::ExternalError },
     #[error("no stage named `{0}`")]
     UnknownStage(String),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
 }
 
 enum State {
@@ -186,8 +197,14 @@ pub fn run(
                         s.running += 1;
                         let (resolver, tx) = (&resolver, tx.clone());
                         let (stage, ctx) = (&pipeline.stages[ready.i], (cache, env, observer, cancel, seed));
+                        let push = opts.remote.as_deref().filter(|_| opts.push);
                         scope.spawn(move || {
-                            let _ = tx.send((ready.i, execute_ready(stage, ready, resolver, ctx)));
+                            let (i, key) = (ready.i, ready.key_inputs.key());
+                            let res = execute_ready(stage, ready, resolver, ctx);
+                            if let (Ok(_), Some(remote)) = (&res, push) {
+                                push_after(remote, cache, &key, observer);
+                            }
+                            let _ = tx.send((i, res));
                         });
                     }
                 }
@@ -311,7 +328,11 @@ impl<'a> Scheduler<'a> {
         let key = ki.key();
         let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &key)? };
         if let Some(m) = hit {
-            self.serve_hit(i, ki, m);
+            self.serve_hit(i, ki, m, Outcome::Cached);
+            return Ok(Step::Progressed);
+        }
+        if let Some(m) = self.pull(i, &ki, &key)? {
+            self.serve_hit(i, ki, m, Outcome::Pulled);
             return Ok(Step::Progressed);
         }
         let reasons = self.reasons(i, &ki);
@@ -325,17 +346,40 @@ impl<'a> Scheduler<'a> {
         self.ready(i, ki, reasons)
     }
 
-    fn serve_hit(&mut self, i: usize, ki: KeyInputs, m: Manifest) {
+    fn serve_hit(&mut self, i: usize, ki: KeyInputs, m: Manifest, outcome: Outcome) {
         let pipeline = self.pipeline;
         let stage = &pipeline.stages[i];
         tracing::debug!(stage = %stage.name, key = %m.key.short(), "cache hit");
+        if let (Outcome::Cached, Some(remote), true) = (&outcome, self.opts.remote.as_deref(), self.opts.push) {
+            push_after(remote, self.cache, &m.key, self.observer);
+        }
         self.hashes.insert(stage.name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
-        let mut r = report(stage, Outcome::Cached, Some(m.key), vec![]);
+        let mut r = report(stage, outcome, Some(m.key), vec![]);
         r.outputs = m.outputs.clone();
         r.metrics = m.metrics.clone();
         r.duration_s = m.duration_s;
         self.refs.insert(stage.name.clone(), StageRef { key: m.key, key_inputs: ki });
         self.settle(i, State::Done(m.outputs), r);
+    }
+
+    /// Asks the remote for a stage that missed locally. The first sign that
+    /// the remote is unusable is reported once (or, with
+    /// `remote_required`, stops the run); then the run goes on locally.
+    fn pull(&self, i: usize, ki: &KeyInputs, key: &StageKey) -> Result<Option<Manifest>, RunError> {
+        let Some(remote) = self.opts.remote.as_deref() else { return Ok(None) };
+        if self.opts.dry_run || self.forced.contains(&i) || self.damaged.contains_key(&i) {
+            return Ok(None);
+        }
+        let warn = |m: String| self.observer.warn(&m);
+        match remote.pull_entry(self.cache, &self.pipeline.stages[i], ki, key, &warn) {
+            Ok(p) => Ok(p.map(|p| p.manifest)),
+            Err(e @ crate::remote::RemoteError::Unavailable { .. }) if !self.opts.remote_required => {
+                self.observer.warn(&format!("{e}; continuing with the local cache only"));
+                Ok(None)
+            }
+            Err(crate::remote::RemoteError::Transfer { .. }) if !self.opts.remote_required => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn reasons(&self, i: usize, ki: &KeyInputs) -> Vec<DirtyReason> {
@@ -456,6 +500,16 @@ impl<'a> Scheduler<'a> {
             stages,
             interrupted,
         }
+    }
+}
+
+/// Pushes the local entry of `key` to the remote; a failure is a warning
+/// (the run's results are safe locally).
+fn push_after(remote: &crate::remote::Remote, cache: &Cache, key: &StageKey, observer: &dyn Observer) {
+    let warn = |m: String| observer.warn(&m);
+    let Ok(Some(m)) = cache.manifest(key, &warn) else { return };
+    if let Err(e) = remote.push_entry(cache, &m) {
+        observer.warn(&format!("{e}; the result stays in the local cache only"));
     }
 }
 

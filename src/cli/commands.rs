@@ -20,11 +20,21 @@ use super::{exit, CacheCmd, Cli, Cmd, Config};
 pub fn dispatch(cli: Cli) -> i32 {
     let console = Console::new(cli.quiet, cli.verbose > 0);
     let result = match &cli.command {
-        Cmd::Run { targets, force, dry_run, jobs, no_wait, json, config } => {
-            let opts = RunOptions { targets: targets.clone(), force: force.clone(), dry_run: *dry_run, jobs: *jobs };
+        Cmd::Run { targets, force, dry_run, jobs, no_wait, json, push, remote_required, config } => {
+            let opts = RunOptions {
+                targets: targets.clone(),
+                force: force.clone(),
+                dry_run: *dry_run,
+                jobs: *jobs,
+                push: *push,
+                remote_required: *remote_required,
+                remote: None,
+            };
             let quiet = Console::new(cli.quiet || *json, cli.verbose > 0);
             cmd_run(&cli, config, &opts, !no_wait, *json, &quiet)
         }
+        Cmd::Push { stages, config } => super::remote::cmd_push(&cli, config, stages, &console),
+        Cmd::Pull { stages, config } => super::remote::cmd_pull(&cli, config, stages, &console),
         Cmd::Status { json, config } => cmd_status(&cli, config, *json, &console),
         Cmd::Explain { stage, json, config } => cmd_explain(&cli, config, stage, *json, &console),
         Cmd::Dag { format, config } => cmd_dag(&cli, config, format, &console),
@@ -106,6 +116,12 @@ fn artifacts_dir(cli: &Cli) -> std::path::PathBuf {
 
 fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool, console: &Console) -> CmdResult {
     let (pipeline, env) = load(cli, config, console)?;
+    let mut opts = opts.clone();
+    if let Some((remote, push)) = super::remote::open(config, &pipeline, console)? {
+        opts.push |= push;
+        opts.remote = Some(remote);
+    }
+    let opts = &opts;
     let cache = open_cache(cli, console)?;
     let _lock = if opts.dry_run { None } else { Some(lock(cli, wait, console)?) };
     if !opts.dry_run {
@@ -117,6 +133,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
         let code = match e {
             runner::RunError::UnknownStage(_) => exit::USAGE,
             runner::RunError::Cache(_) | runner::RunError::External { .. } => exit::IO,
+            runner::RunError::Remote(ref e) => super::remote::exit_code(e),
         };
         fail(console, code, e)
     })?;
@@ -136,6 +153,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
     }
     let ran = report.count(|o| matches!(o, Outcome::Ran));
     let cached = report.count(|o| matches!(o, Outcome::Cached));
+    let pulled = report.count(|o| matches!(o, Outcome::Pulled));
     let failed = report.count(|o| matches!(o, Outcome::Failed { .. }));
     let would = report.count(|o| matches!(o, Outcome::WouldRun));
     if json {
@@ -143,11 +161,15 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
     } else if opts.dry_run {
         console.line(&format!("dry run: {would} would run, {cached} cached"));
     } else {
+        let pulled = if opts.remote.is_some() { format!(", {pulled} pulled") } else { String::new() };
         console.line(&format!(
-            "{ran} ran, {cached} cached, {failed} failed in {:.1}s (run {})",
+            "{ran} ran, {cached} cached{pulled}, {failed} failed in {:.1}s (run {})",
             t0.elapsed().as_secs_f64(),
             report.run_id
         ));
+    }
+    if let Some(code) = super::remote::after_run(opts, console) {
+        return Ok(code);
     }
     if report.interrupted {
         console.error(&format!(
@@ -186,7 +208,7 @@ fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, report: &runner::R
     let outputs = report
         .stages
         .iter()
-        .filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Ran))
+        .filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran))
         .flat_map(|s| s.outputs.iter().map(move |(o, rec)| (s.stage.as_str(), o.as_str(), rec)));
     let in_run: std::collections::BTreeSet<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     let untouched = |stage: &str| pipeline.stage(stage).is_some() && !in_run.contains(stage);
@@ -205,6 +227,7 @@ fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdR
     let (pipeline, env) = load(cli, config, console)?;
     let cache = Cache::open_read(&cli.cache_dir);
     let states = stage_states(&pipeline, &cache, &env, console)?;
+    let on_remote = super::remote::on_remote(config, &pipeline, &states, console)?;
     if json {
         let rows: Vec<serde_json::Value> = states
             .iter()
@@ -216,6 +239,7 @@ fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdR
                     "stage": name,
                     "status": if reasons.iter().any(|r| matches!(r, cairn::key::DirtyReason::NeverRun)) { "never_run" } else { "stale" },
                     "reasons": reasons,
+                    "on_remote": on_remote.contains(name),
                 }),
                 StageState::Blocked { error } => serde_json::json!({"stage": name, "status": "blocked", "error": error}),
             })
@@ -226,6 +250,7 @@ fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdR
     for (name, st) in &states {
         let line = match st {
             StageState::Fresh { manifest, .. } => format!("fresh      {name:<12} (ran {}, {:.1}s)", manifest.finished_at, manifest.duration_s),
+            StageState::Stale { .. } if on_remote.contains(name) => format!("stale      {name:<12} on remote: will be pulled"),
             StageState::Stale { reasons, .. } if reasons.iter().any(|r| matches!(r, cairn::key::DirtyReason::NeverRun)) => {
                 format!("never run  {name:<12}")
             }
@@ -246,10 +271,13 @@ fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Co
     let cache = Cache::open_read(&cli.cache_dir);
     let states = stage_states(&pipeline, &cache, &env, console)?;
     let (_, st) = states.iter().find(|(n, _)| n == stage).expect("stage exists");
+    let on_remote = super::remote::on_remote(config, &pipeline, &states[..], console)?.contains(stage);
     if json {
         let v = match st {
             StageState::Fresh { key, .. } => serde_json::json!({"stage": stage, "status": "fresh", "key": key}),
-            StageState::Stale { reasons, .. } => serde_json::json!({"stage": stage, "status": "stale", "reasons": reasons}),
+            StageState::Stale { reasons, .. } => {
+                serde_json::json!({"stage": stage, "status": "stale", "reasons": reasons, "on_remote": on_remote})
+            }
             StageState::Blocked { error } => serde_json::json!({"stage": stage, "status": "blocked", "error": error}),
         };
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -260,6 +288,9 @@ fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Co
             println!("`{stage}` is fresh: key {} was computed at {} ({:.1}s)", key.short(), manifest.finished_at, manifest.duration_s);
         }
         StageState::Stale { reasons, .. } => {
+            if on_remote {
+                println!("`{stage}` is stale, on remote: will be pulled");
+            }
             println!("`{stage}` is stale because:");
             for r in reasons {
                 println!("  - {r}");

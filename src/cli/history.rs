@@ -31,15 +31,19 @@ pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
                 "run_id": id,
                 "started_at": rows.first().map(|r| r.started_at.clone()).unwrap_or_default(),
                 "profile": rows.first().map(|r| r.profile.clone()).unwrap_or_default(),
-                "ran": count("ran"), "cached": count("cached"), "failed": count("failed"),
+                "ran": count("ran"), "cached": count("cached"), "pulled": count("pulled"), "failed": count("failed"),
                 "stages": rows.iter().map(|r| serde_json::json!({"stage": r.stage, "status": r.status, "metrics": r.metrics, "duration_s": r.duration_s})).collect::<Vec<_>>(),
             }));
         } else {
             println!(
-                "{id}  {}  ran {:>2} cached {:>2} failed {:>2}  {}",
+                "{id}  {}  ran {:>2} cached {:>2}{} failed {:>2}  {}",
                 rows.first().map(|r| r.started_at.as_str()).unwrap_or(""),
                 count("ran"),
                 count("cached"),
+                match count("pulled") {
+                    0 => String::new(),
+                    n => format!(" pulled {n:>2}"),
+                },
                 count("failed"),
                 headline(&rows)
             );

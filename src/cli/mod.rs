@@ -3,6 +3,7 @@
 mod commands;
 mod history;
 mod inspect;
+mod remote;
 mod ui;
 
 use std::path::PathBuf;
@@ -62,6 +63,10 @@ pub struct Config {
     /// Use the CPU even when a CUDA device is present.
     #[arg(long)]
     pub cpu: bool,
+    /// The shared remote cache (`s3://bucket/prefix`, `file:///path`, or
+    /// `none`); overrides `[remote] url`. Credentials come from the AWS environment.
+    #[arg(long, env = "CAIRN_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +91,27 @@ pub enum Cmd {
         /// A machine-readable summary on stdout.
         #[arg(long)]
         json: bool,
+        /// Push every stage to the remote cache as it finishes (like `push = true` in `[remote]`).
+        #[arg(long)]
+        push: bool,
+        /// Fail (exit 3) when the remote cache cannot be used, instead of continuing locally.
+        #[arg(long)]
+        remote_required: bool,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Upload what the local cache holds for the pipeline's stages to the remote cache.
+    #[command(after_help = "Example:\n  cairn push --remote s3://team-cache/cifar")]
+    Push {
+        /// Stages to push (default: all that are fresh locally).
+        stages: Vec<String>,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Download the remote cache's entries for the pipeline's stages (with their ancestors).
+    Pull {
+        /// Stages to pull, with their ancestors (default: all).
+        stages: Vec<String>,
         #[command(flatten)]
         config: Config,
     },

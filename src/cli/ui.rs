@@ -95,6 +95,7 @@ impl Console {
 pub fn outcome_label(o: &Outcome) -> &'static str {
     match o {
         Outcome::Cached => "cached",
+        Outcome::Pulled => "pulled",
         Outcome::Ran => "ran",
         Outcome::WouldRun => "would run",
         Outcome::Failed { .. } => "FAILED",
@@ -151,6 +152,9 @@ impl Observer for Console {
         let detail = match &r.outcome {
             Outcome::Ran => format!("{:.1}s", r.duration_s),
             Outcome::Cached => format!("(ran in {:.1}s before)", r.duration_s),
+            Outcome::Pulled => {
+                format!("from the remote ({}; ran in {:.1}s there)", human_bytes(r.outputs.values().map(|o| o.size).sum()), r.duration_s)
+            }
             Outcome::WouldRun => reasons_text(&r.reasons),
             Outcome::Failed { error } => format!("\n{}", indent(error)),
             Outcome::Skipped { because } => because.clone(),

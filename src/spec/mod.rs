@@ -11,6 +11,7 @@
 pub mod diag;
 pub mod overrides;
 pub mod parse;
+pub mod remote;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -87,6 +88,8 @@ pub struct Pipeline {
     pub profile: Option<(String, bool)>,
     pub stages: Vec<Stage>,
     pub graph: Graph,
+    /// The `[remote]` table, when present.
+    pub remote: Option<remote::RemoteSpec>,
 }
 
 impl Pipeline {
@@ -219,7 +222,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
     // Absolute, because stages run in their own working directory.
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let root = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-    Ok(Pipeline { name: raw.name, seed: raw.seed, file: path.to_path_buf(), root, profile, stages, graph: sorted_graph })
+    Ok(Pipeline { name: raw.name, seed: raw.seed, file: path.to_path_buf(), root, profile, stages, graph: sorted_graph, remote: raw.remote })
 }
 
 /// For each stage, the params paths `--set` flags and profiles changed, with where.

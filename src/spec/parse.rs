@@ -43,6 +43,8 @@ pub struct RawSpec {
     pub seed: u64,
     pub stages: Vec<RawStage>,
     pub profiles: BTreeMap<String, RawProfile>,
+    /// The `[remote]` table, when present.
+    pub remote: Option<super::remote::RemoteSpec>,
     pub source: SourceMap,
     /// Span of every value, by path from the document root
     /// (e.g. `["stages", "train", "lr"]`).
@@ -96,11 +98,11 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
     let root = doc.as_table();
 
     for (key, _) in root.iter() {
-        if !matches!(key, "pipeline" | "stages" | "profiles") {
+        if !matches!(key, "pipeline" | "stages" | "profiles" | "remote") {
             cx.error(
                 item_span(root, key),
                 format!("unknown top-level key `{key}`"),
-                Some("a pipeline has `[pipeline]`, `[stages.<name>]` and `[profiles.<name>]`".into()),
+                Some("a pipeline has `[pipeline]`, `[stages.<name>]`, `[profiles.<name>]` and `[remote]`".into()),
             );
         }
     }
@@ -124,8 +126,16 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
         Some(item) => parse_profiles(&mut cx, item),
     };
 
+    let remote = root.get("remote").map(|item| {
+        let (spec, errors) = super::remote::parse(item);
+        for (span, message, help) in errors {
+            cx.error(span, message, help);
+        }
+        spec
+    });
+
     if cx.diags.is_empty() {
-        Ok(RawSpec { name, seed, stages, profiles, source: cx.source, spans: cx.spans })
+        Ok(RawSpec { name, seed, stages, profiles, remote, source: cx.source, spans: cx.spans })
     } else {
         Err(cx.diags)
     }

@@ -1,0 +1,167 @@
+//! Which remote to use, from `[remote]` in `pipeline.toml`, `--remote URL`
+//! and `CAIRN_REMOTE` (the flag wins, then the variable, then the file;
+//! `none` turns the remote off), and building its `object_store` client.
+//!
+//! Supported URLs: `s3://bucket[/prefix]` (AWS or any S3-compatible server
+//! through `endpoint` / `AWS_ENDPOINT_URL`, path-style requests) and
+//! `file:///absolute/path` (an existing directory, e.g. a shared mount).
+//! Credentials come only from the AWS environment, through
+//! `AmazonS3Builder::from_env`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as RemotePath;
+use object_store::{ClientOptions, ObjectStore};
+
+use super::RemoteError;
+use crate::spec::remote::RemoteSpec;
+
+/// What kind of storage a URL names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RemoteKind {
+    S3 { bucket: String, prefix: String },
+    File { dir: std::path::PathBuf },
+}
+
+/// A resolved remote configuration (never holds credentials).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteConfig {
+    pub url: String,
+    pub kind: RemoteKind,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: Option<bool>,
+    /// `push = true` in `[remote]`.
+    pub push: bool,
+}
+
+impl RemoteConfig {
+    /// The remote to use: `flag` (`--remote`, or `CAIRN_REMOTE` through
+    /// clap) over the file's `[remote]`. `Ok(None)`: no remote.
+    pub fn resolve(flag: Option<&str>, spec: Option<&RemoteSpec>) -> Result<Option<Self>, RemoteError> {
+        let default = RemoteSpec::default();
+        let spec = spec.unwrap_or(&default);
+        let url = match flag.map(str::trim) {
+            Some("none") | Some("") => return Ok(None),
+            Some(u) => u.to_string(),
+            None => match &spec.url {
+                Some(u) if u != "none" => u.clone(),
+                _ => return Ok(None),
+            },
+        };
+        let kind = parse_url(&url)?;
+        Ok(Some(Self {
+            url,
+            kind,
+            endpoint: spec.endpoint.clone(),
+            region: spec.region.clone(),
+            allow_http: spec.allow_http,
+            push: spec.push,
+        }))
+    }
+
+    /// The URL for messages, with the endpoint of an S3 remote.
+    pub fn display(&self) -> String {
+        match &self.kind {
+            RemoteKind::S3 { .. } => match self.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()) {
+                Some(ep) => format!("{} (endpoint {ep})", self.url),
+                None => self.url.clone(),
+            },
+            RemoteKind::File { .. } => self.url.clone(),
+        }
+    }
+}
+
+/// Parses a remote URL.
+pub fn parse_url(url: &str) -> Result<RemoteKind, RemoteError> {
+    let bad = |message: &str| RemoteError::Config { url: url.to_string(), message: message.to_string() };
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("names no bucket (expected s3://bucket/prefix)"));
+        }
+        let prefix = prefix.trim_matches('/').to_string();
+        if RemotePath::parse(&prefix).is_err() || prefix.split('/').any(|p| p == "." || p == "..") {
+            return Err(bad("has an invalid prefix"));
+        }
+        return Ok(RemoteKind::S3 { bucket: bucket.to_string(), prefix });
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(bad("a file remote needs an absolute path (file:///path/to/dir)"));
+        }
+        return Ok(RemoteKind::File { dir: path.into() });
+    }
+    Err(bad("is not a remote URL: use s3://bucket/prefix, file:///path, or `none`"))
+}
+
+/// The client and the base path under which the layout lives.
+pub(crate) fn build_store(cfg: &RemoteConfig) -> Result<(Arc<dyn ObjectStore>, RemotePath), RemoteError> {
+    let err = |message: String| RemoteError::Config { url: cfg.url.clone(), message };
+    match &cfg.kind {
+        RemoteKind::S3 { bucket, prefix } => {
+            let mut b = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(false)
+                .with_retry(super::retry_config())
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_connect_timeout(Duration::from_secs(5))
+                        // Large objects stream for as long as they take;
+                        // a stalled connection is caught by the pool.
+                        .with_timeout_disabled()
+                        .with_allow_http(cfg.allow_http.unwrap_or_else(|| env_true("AWS_ALLOW_HTTP"))),
+                );
+            if let Some(ep) = &cfg.endpoint {
+                b = b.with_endpoint(ep);
+            }
+            if let Some(r) = &cfg.region {
+                b = b.with_region(r);
+            } else if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+                b = b.with_region("us-east-1");
+            }
+            let store = b.build().map_err(|e| err(super::innermost(&e)))?;
+            let base = RemotePath::parse(prefix).map_err(|e| err(e.to_string()))?;
+            Ok((Arc::new(store), base))
+        }
+        RemoteKind::File { dir } => {
+            if !dir.is_dir() {
+                return Err(err(format!("{} is not an existing directory (is the share mounted?)", dir.display())));
+            }
+            let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| err(super::innermost(&e)))?;
+            Ok((Arc::new(store), RemotePath::default()))
+        }
+    }
+}
+
+fn env_true(name: &str) -> bool {
+    std::env::var(name).map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes")).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("s3://b/x/y/").unwrap(), RemoteKind::S3 { bucket: "b".into(), prefix: "x/y".into() });
+        assert_eq!(parse_url("s3://b").unwrap(), RemoteKind::S3 { bucket: "b".into(), prefix: "".into() });
+        assert!(parse_url("s3:///x").is_err());
+        assert!(parse_url("s3://b/../x").is_err());
+        assert!(parse_url("file://rel").is_err());
+        assert!(parse_url("http://x").is_err());
+        assert_eq!(parse_url("file:///mnt/c").unwrap(), RemoteKind::File { dir: "/mnt/c".into() });
+    }
+
+    #[test]
+    fn flag_over_file_and_none() {
+        let spec = RemoteSpec { url: Some("s3://a".into()), ..Default::default() };
+        assert_eq!(RemoteConfig::resolve(None, Some(&spec)).unwrap().unwrap().url, "s3://a");
+        assert_eq!(RemoteConfig::resolve(Some("s3://b"), Some(&spec)).unwrap().unwrap().url, "s3://b");
+        assert!(RemoteConfig::resolve(Some("none"), Some(&spec)).unwrap().is_none());
+        assert!(RemoteConfig::resolve(None, None).unwrap().is_none());
+    }
+}

@@ -1,0 +1,257 @@
+//! The shared remote cache: the local cache's entries, mirrored on
+//! S3-compatible storage or a shared directory, so that a teammate's clone
+//! or a CI job never computes a stage someone already computed.
+//!
+//! # Layout (remote schema 1)
+//!
+//! Under the remote URL (`s3://bucket/prefix` or `file:///path`):
+//!
+//! ```text
+//! v1/objects/<blake3>          an output's bytes; the name is the blake3 of
+//!                              the bytes (64 hex digits), as in the local store
+//! v1/manifests/<key>.json      the local manifest of one stage key (JSON,
+//!                              `crate::cache::Manifest`), 64 hex digits
+//! ```
+//!
+//! `v1` is [`REMOTE_SCHEMA`]; a change to this layout or to how manifests
+//! are read bumps it, and a new schema lives beside the old one instead of
+//! misreading it. Both kinds of entry are written create-only (`PutMode::Create`,
+//! S3's `If-None-Match: *`): "already exists" is success, so the first
+//! writer of a manifest wins and two CI jobs racing to push the same key
+//! lose nothing. A stage's objects are written before its manifest, so a
+//! manifest is never visible before the bytes it names (an interrupted push
+//! leaves, at worst, unreferenced objects).
+//!
+//! # What is never trusted
+//!
+//! Nothing that comes from a remote is installed unchecked: a manifest
+//! must parse, be small, name the key asked for, carry exactly the key
+//! inputs this machine computed (so a result computed under another
+//! libtorch, device or CPU class is never served: those facts are in the
+//! key), and record exactly the outputs the stage declares, with no control
+//! characters in any text. Every object is streamed into the local cache's
+//! `tmp/`, hashed as it arrives, and moved into the store only when its
+//! size and blake3 match its name; the local manifest is written last. Any
+//! failure is a warning and a miss: the stage is computed locally.
+//!
+//! Credentials come only from the standard AWS environment
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+//! `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`); cairn never prints,
+//! logs or stores them.
+//!
+//! The engine is synchronous; this module owns a small tokio runtime and
+//! blocks on it. Transfers stream (no object is ever whole in memory
+//! beyond [`transfer::SINGLE_PUT_MAX`]; larger ones use multipart uploads),
+//! run a few at a time, and are retried with backoff by `object_store`.
+
+pub mod config;
+pub mod sync;
+pub mod transfer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use object_store::path::Path as RemotePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+pub use config::{RemoteConfig, RemoteKind};
+pub use sync::{Pulled, PushStats};
+
+use crate::digest::{ArtifactHash, StageKey};
+
+/// The version of the remote layout (the `v1/` prefix).
+pub const REMOTE_SCHEMA: u32 = 1;
+
+/// Objects transferred at once.
+pub const CONCURRENCY: usize = 4;
+
+/// Remote failures. A remote *miss* is never an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The URL or settings cannot describe a remote (exit 2).
+    #[error("remote `{url}`: {message}")]
+    Config { url: String, message: String },
+    /// The remote cannot be used at all: server down, access denied.
+    #[error("remote {url}: {cause}")]
+    Unavailable { url: String, cause: String },
+    /// One transfer failed for a reason other than the remote being down.
+    #[error("remote {url}: {what}: {cause}")]
+    Transfer { url: String, what: String, cause: String },
+    /// The local cache could not be read or written.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+}
+
+/// An open remote. Cheap requests happen only when something is asked.
+pub struct Remote {
+    /// For messages: the URL and, for S3, the endpoint (never credentials).
+    display: String,
+    store: Arc<dyn ObjectStore>,
+    base: RemotePath,
+    rt: tokio::runtime::Runtime,
+    /// Set once the remote was found unusable: the cause, already reported.
+    down: Mutex<Option<String>>,
+    /// Bytes moved, for the summary line.
+    pub bytes_down: AtomicU64,
+    pub bytes_up: AtomicU64,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.display).finish()
+    }
+}
+
+impl Remote {
+    /// Opens the remote `cfg` describes (no request is made yet).
+    pub fn open(cfg: &RemoteConfig) -> Result<Self, RemoteError> {
+        let (store, base) = config::build_store(cfg)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cairn-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| RemoteError::Config { url: cfg.url.clone(), message: format!("cannot start the transfer runtime: {e}") })?;
+        Ok(Self {
+            display: cfg.display(),
+            store,
+            base: base.clone().join(format!("v{REMOTE_SCHEMA}").as_str()),
+            rt,
+            down: Mutex::new(None),
+            bytes_down: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+        })
+    }
+
+    /// The URL (and endpoint) for messages.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// Why the remote was found unusable in this process, if it was.
+    pub fn down(&self) -> Option<String> {
+        self.down.lock().unwrap().clone()
+    }
+
+    /// Records that the remote is unusable; returns the error the first
+    /// time (to be reported once), `None` after.
+    fn mark_down(&self, cause: String) -> Option<RemoteError> {
+        let mut down = self.down.lock().unwrap();
+        if down.is_some() {
+            return None;
+        }
+        *down = Some(cause.clone());
+        Some(RemoteError::Unavailable { url: self.display.clone(), cause })
+    }
+
+    fn object_path(&self, h: &ArtifactHash) -> RemotePath {
+        self.base.clone().join("objects").join(h.to_hex().as_str())
+    }
+
+    fn manifest_path(&self, key: &StageKey) -> RemotePath {
+        self.base.clone().join("manifests").join(format!("{}.json", key.to_hex()).as_str())
+    }
+
+    /// Whether the remote has a manifest for `key` (one HEAD). `Ok(false)`
+    /// once the remote is down; the first failure is the error.
+    pub fn has_manifest(&self, key: &StageKey) -> Result<bool, RemoteError> {
+        if self.down().is_some() {
+            return Ok(false);
+        }
+        let path = self.manifest_path(key);
+        match self.rt.block_on(self.store.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => match self.fault(&e) {
+                Fault::Down(cause) => self.mark_down(cause).map_or(Ok(false), Err),
+                Fault::Other(cause) => Err(RemoteError::Transfer { url: self.display.clone(), what: format!("cannot look up {path}"), cause }),
+            },
+        }
+    }
+
+    /// Sorts an `object_store` error into "the remote is unusable" (server
+    /// down, access denied: say it once and stop asking) or a failure of
+    /// this one request.
+    fn fault(&self, e: &object_store::Error) -> Fault {
+        use object_store::Error as E;
+        match e {
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Fault::Down(
+                "access denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and that the bucket exists)".into(),
+            ),
+            _ => {
+                let chain = error_chain(e);
+                let lower = chain.to_ascii_lowercase();
+                if lower.contains("connection refused") {
+                    Fault::Down("cannot connect: connection refused (is the server running? check the endpoint)".into())
+                } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+                    Fault::Down("cannot connect: the host name does not resolve".into())
+                } else if lower.contains("timed out") || lower.contains("timeout") {
+                    Fault::Down("cannot connect: timed out".into())
+                } else if ["invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "403 forbidden", "401 unauthorized"]
+                    .iter()
+                    .any(|s| lower.contains(s))
+                {
+                    Fault::Down("access denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and that the bucket exists)".into())
+                } else if lower.contains("nosuchbucket") {
+                    Fault::Down("the bucket does not exist".into())
+                } else if lower.contains("error sending request") || lower.contains("connection reset") || lower.contains("connection closed") {
+                    Fault::Down(format!("cannot connect: {}", innermost(e)))
+                } else {
+                    Fault::Other(innermost(e))
+                }
+            }
+        }
+    }
+
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Counts transferred bytes (for the summary).
+    pub(crate) fn count(&self, down: u64, up: u64) {
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+    }
+}
+
+/// How one failed request is to be taken.
+pub(crate) enum Fault {
+    /// The remote is unusable; the cause, for one clear line.
+    Down(String),
+    /// This request failed.
+    Other(String),
+}
+
+/// Every message in an error's source chain, joined.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The innermost cause, usually the informative one, on one line.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    while let Some(c) = cur.source() {
+        cur = c;
+    }
+    let s = cur.to_string();
+    s.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+/// The retry policy: a few quick retries with exponential backoff, so a
+/// transient error is ridden out and a server that is down is reported
+/// within seconds, not minutes.
+pub(crate) fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5), base: 2.0 },
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(30),
+    }
+}

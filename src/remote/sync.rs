@@ -1,0 +1,172 @@
+//! Whole entries: pulling a stage's manifest and objects into the local
+//! cache (validated against what this machine computed for the stage),
+//! and pushing a local entry (objects first, manifest last).
+
+use futures::StreamExt;
+
+use super::transfer::Failure;
+use super::{Remote, RemoteError, CONCURRENCY};
+use crate::cache::{Cache, Manifest};
+use crate::digest::StageKey;
+use crate::key::KeyInputs;
+use crate::spec::Stage;
+
+/// A pulled entry.
+#[derive(Debug)]
+pub struct Pulled {
+    pub manifest: Manifest,
+    /// Bytes downloaded for it (objects already present locally are not).
+    pub bytes: u64,
+}
+
+/// What a push did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PushStats {
+    pub objects_sent: usize,
+    pub bytes_sent: u64,
+    /// The remote had the manifest already.
+    pub already: bool,
+}
+
+impl Remote {
+    /// Pulls the entry of `stage` under `key` (computed here from `ki`)
+    /// into `cache`. `Ok(None)`: a miss — not on the remote, or rejected
+    /// with a warning through `warn`, or the remote is down (the first
+    /// time, that is the error instead, for the caller to report once).
+    pub fn pull_entry(
+        &self,
+        cache: &Cache,
+        stage: &Stage,
+        ki: &KeyInputs,
+        key: &StageKey,
+        warn: &dyn Fn(String),
+    ) -> Result<Option<Pulled>, RemoteError> {
+        if self.down().is_some() {
+            return Ok(None);
+        }
+        let reject = |why: String| {
+            warn(format!(
+                "the remote entry of `{}` (key {}) on {} {why}; not installed, the stage will be computed here",
+                stage.name,
+                key.short(),
+                self.display
+            ));
+        };
+        let bytes = match self.block_on(self.get_manifest(key)) {
+            Ok(b) => b,
+            Err(f) => return self.settle(f, &reject),
+        };
+        let manifest = match validate(stage, ki, key, &bytes) {
+            Ok(m) => m,
+            Err(why) => {
+                reject(why);
+                return Ok(None);
+            }
+        };
+        let before = self.bytes_down.load(std::sync::atomic::Ordering::Relaxed);
+        let mut wanted = Vec::new();
+        for o in manifest.outputs.values() {
+            if !cache.object_intact(&o.hash)? && !wanted.iter().any(|(h, _)| *h == o.hash) {
+                wanted.push((o.hash, o.size));
+            }
+        }
+        let results: Vec<Result<(), Failure>> = self.block_on(
+            futures::stream::iter(wanted.into_iter().map(|(h, size)| self.fetch_object(cache, h, size)))
+                .buffer_unordered(CONCURRENCY)
+                .collect(),
+        );
+        for r in results {
+            if let Err(f) = r {
+                return self.settle(f, &|why| reject(format!("is unusable: {why}")));
+            }
+        }
+        // Objects are in place and verified; the manifest goes last.
+        cache.write_manifest(&manifest)?;
+        let bytes = self.bytes_down.load(std::sync::atomic::Ordering::Relaxed) - before;
+        Ok(Some(Pulled { manifest, bytes }))
+    }
+
+    /// Pushes a local entry: its objects (each verified as read), then its
+    /// manifest. Nothing is sent when the remote already has the manifest.
+    pub fn push_entry(&self, cache: &Cache, manifest: &Manifest) -> Result<PushStats, RemoteError> {
+        let mut stats = PushStats::default();
+        if self.down().is_some() {
+            return Ok(stats);
+        }
+        if self.has_manifest(&manifest.key)? {
+            stats.already = true;
+            return Ok(stats);
+        }
+        if self.down().is_some() {
+            return Ok(stats);
+        }
+        let mut objects: Vec<_> = manifest.outputs.values().map(|o| (o.hash, o.size)).collect();
+        objects.sort();
+        objects.dedup();
+        let results: Vec<Result<u64, Failure>> = self.block_on(
+            futures::stream::iter(objects.into_iter().map(|(h, size)| self.push_object(cache, h, size)))
+                .buffer_unordered(CONCURRENCY)
+                .collect(),
+        );
+        for r in results {
+            match r {
+                Ok(0) => {}
+                Ok(n) => {
+                    stats.objects_sent += 1;
+                    stats.bytes_sent += n;
+                }
+                Err(f) => return self.push_failure(f, &manifest.stage).map(|_| stats),
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
+        if let Err(f) = self.block_on(self.put_manifest(&manifest.key, bytes)) {
+            return self.push_failure(f, &manifest.stage).map(|_| stats);
+        }
+        Ok(stats)
+    }
+
+    fn push_failure(&self, f: Failure, stage: &str) -> Result<(), RemoteError> {
+        match f {
+            Failure::Down(cause) => self.mark_down(cause).map_or(Ok(()), Err),
+            Failure::Missing => Ok(()),
+            Failure::Bad(cause) => Err(RemoteError::Transfer { url: self.display.clone(), what: format!("cannot push `{stage}`"), cause }),
+        }
+    }
+
+    /// A failed pull: a miss, with a warning when something was wrong,
+    /// or the one report that the remote is down.
+    fn settle(&self, f: Failure, reject: &dyn Fn(String)) -> Result<Option<Pulled>, RemoteError> {
+        match f {
+            Failure::Missing => Ok(None),
+            Failure::Down(cause) => self.mark_down(cause).map_or(Ok(None), Err),
+            Failure::Bad(why) => {
+                reject(why);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Checks a manifest from the remote against what this machine computed
+/// for the stage; the manifest to install, or why it is refused.
+pub fn validate(stage: &Stage, ki: &KeyInputs, key: &StageKey, bytes: &[u8]) -> Result<Manifest, String> {
+    let mut m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("has a malformed manifest ({e})"))?;
+    if m.key != *key {
+        return Err(format!("has a manifest for another key ({})", m.key.short()));
+    }
+    if m.key_inputs != *ki || m.key_inputs.key() != *key {
+        return Err("has a manifest whose key inputs are not this stage's".into());
+    }
+    if let Some(problem) = crate::plan::outputs_mismatch(stage, &m) {
+        return Err(problem);
+    }
+    let texts = [&m.stage, &m.started_at, &m.finished_at, &m.cairn_version];
+    let bad_text = |s: &str| s.len() > 256 || s.chars().any(char::is_control);
+    if texts.iter().any(|s| bad_text(s.as_str())) || m.metrics.keys().any(|k| bad_text(k.as_str())) || m.outputs.values().any(|o| bad_text(o.ext.as_str())) {
+        return Err("has a manifest with control characters or oversized text".into());
+    }
+    if !m.duration_s.is_finite() || m.duration_s < 0.0 {
+        m.duration_s = 0.0;
+    }
+    Ok(m)
+}

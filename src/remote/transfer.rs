@@ -1,0 +1,212 @@
+//! Moving single objects and manifests, streaming and verified.
+//!
+//! A download is written into the local cache's `tmp/` as it arrives and
+//! hashed on the way; it enters the store (read-only, fsynced, renamed
+//! into place) only when its size and blake3 match the name it was asked
+//! under. An upload re-reads the local object, and a multipart upload is
+//! aborted if the bytes read do not hash to the object's name, so a
+//! damaged local object is never published.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+
+use futures::StreamExt;
+use object_store::path::Path as RemotePath;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use tokio::io::AsyncReadExt;
+
+use super::{Fault, Remote};
+use crate::cache::Cache;
+use crate::digest::{ArtifactHash, StageKey};
+
+/// Objects up to this size are uploaded in one create-only PUT (read into
+/// memory); larger ones stream through a multipart upload.
+pub const SINGLE_PUT_MAX: u64 = 16 << 20;
+/// Part size of multipart uploads.
+const PART: usize = 16 << 20;
+/// The largest manifest accepted from a remote.
+pub const MANIFEST_MAX: u64 = 4 << 20;
+
+/// Why one transfer did not happen.
+#[derive(Debug)]
+pub enum Failure {
+    /// Not on the remote.
+    Missing,
+    /// The remote is unusable (already classified); the cause.
+    Down(String),
+    /// The bytes are not what they claim to be, or another request failed.
+    Bad(String),
+}
+
+impl Remote {
+    fn failure(&self, e: &object_store::Error) -> Failure {
+        match e {
+            object_store::Error::NotFound { .. } if super::error_chain(e).to_ascii_lowercase().contains("nosuchbucket") => {
+                Failure::Down("the bucket does not exist".into())
+            }
+            object_store::Error::NotFound { .. } => Failure::Missing,
+            e => match self.fault(e) {
+                Fault::Down(c) => Failure::Down(c),
+                Fault::Other(c) => Failure::Bad(c),
+            },
+        }
+    }
+
+    /// Downloads the manifest of `key` (its raw bytes, at most
+    /// [`MANIFEST_MAX`]).
+    pub(crate) async fn get_manifest(&self, key: &StageKey) -> Result<Vec<u8>, Failure> {
+        let path = self.manifest_path(key);
+        let got = self.store.get(&path).await.map_err(|e| self.failure(&e))?;
+        if got.meta.size > MANIFEST_MAX {
+            return Err(Failure::Bad(format!("its manifest is {} bytes, more than any manifest", got.meta.size)));
+        }
+        let mut out = Vec::new();
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.failure(&e))?;
+            if (out.len() + chunk.len()) as u64 > MANIFEST_MAX {
+                return Err(Failure::Bad("its manifest is larger than any manifest".into()));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        self.count(out.len() as u64, 0);
+        Ok(out)
+    }
+
+    /// Downloads object `h` of `size` bytes into the local store, checked.
+    pub(crate) async fn fetch_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<(), Failure> {
+        let path = self.object_path(&h);
+        let got = self.store.get(&path).await.map_err(|e| self.failure(&e))?;
+        if got.meta.size != size {
+            return Err(Failure::Bad(format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)));
+        }
+        let tmp_dir = cache.root().join("tmp");
+        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| Failure::Bad(format!("cannot create a temp file in {}: {e}", tmp_dir.display())))?;
+        let (file, tmp_path) = tmp.into_parts();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut hasher = blake3::Hasher::new();
+        let mut n = 0u64;
+        let mut stream = got.into_stream();
+        use tokio::io::AsyncWriteExt;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.failure(&e))?;
+            n += chunk.len() as u64;
+            if n > size {
+                return Err(Failure::Bad(format!("object {} is longer than its manifest says", h.short())));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| Failure::Bad(format!("cannot write {}: {e}", tmp_path.display())))?;
+        }
+        self.count(n, 0);
+        if n != size {
+            return Err(Failure::Bad(format!("object {} arrived truncated ({n} of {size} bytes)", h.short())));
+        }
+        let actual = ArtifactHash::from_blake3(hasher.finalize());
+        if actual != h {
+            return Err(Failure::Bad(format!("object {} on the remote hashes to {}: its bytes are damaged", h.short(), actual.short())));
+        }
+        file.flush().await.map_err(|e| Failure::Bad(e.to_string()))?;
+        let file = file.into_std().await;
+        install(cache, file, tmp_path, h).map_err(Failure::Bad)
+    }
+
+    /// Uploads local object `h` unless the remote has it.
+    /// Returns the bytes sent (0 when it was already there).
+    pub(crate) async fn push_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<u64, Failure> {
+        let path = self.object_path(&h);
+        match self.store.head(&path).await {
+            Ok(meta) if meta.size == size => return Ok(0),
+            // A wrong-sized object under this name is damage; the
+            // multipart path below overwrites it with the right bytes.
+            Ok(_) => return self.upload_multipart(cache, h, &path).await,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.failure(&e)),
+        }
+        if size > SINGLE_PUT_MAX {
+            return self.upload_multipart(cache, h, &path).await;
+        }
+        let local = cache.object_path(&h);
+        let bytes = tokio::fs::read(&local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
+        if ArtifactHash::of_bytes(&bytes) != h {
+            return Err(Failure::Bad(format!("the local object {} is damaged (run `cairn cache verify`); not pushed", h.short())));
+        }
+        let n = bytes.len() as u64;
+        self.put_create(&path, PutPayload::from(bytes)).await?;
+        self.count(0, n);
+        Ok(n)
+    }
+
+    async fn upload_multipart(&self, cache: &Cache, h: ArtifactHash, path: &RemotePath) -> Result<u64, Failure> {
+        let local = cache.object_path(&h);
+        let mut file = tokio::fs::File::open(&local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
+        let upload = self.store.put_multipart(path).await.map_err(|e| self.failure(&e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let got = match file.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) => {
+                    let _ = w.abort().await;
+                    return Err(Failure::Bad(format!("cannot read {}: {e}", local.display())));
+                }
+            };
+            if let Err(e) = w.wait_for_capacity(super::CONCURRENCY).await {
+                return Err(self.failure(&e));
+            }
+            hasher.update(&buf[..got]);
+            w.write(&buf[..got]);
+            n += got as u64;
+        }
+        if ArtifactHash::from_blake3(hasher.finalize()) != h {
+            let _ = w.abort().await;
+            return Err(Failure::Bad(format!("the local object {} is damaged (run `cairn cache verify`); not pushed", h.short())));
+        }
+        w.finish().await.map_err(|e| self.failure(&e))?;
+        self.count(0, n);
+        Ok(n)
+    }
+
+    /// A create-only PUT; "already exists" is success.
+    async fn put_create(&self, path: &RemotePath, payload: PutPayload) -> Result<(), Failure> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(path, payload, opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(()),
+            // A PUT cannot miss: the bucket (or the share) is not there.
+            Err(e) => Err(match self.failure(&e) {
+                Failure::Missing => Failure::Down("the bucket does not exist".into()),
+                f => f,
+            }),
+        }
+    }
+
+    /// Publishes a manifest, create-only: the first writer wins.
+    pub(crate) async fn put_manifest(&self, key: &StageKey, bytes: Vec<u8>) -> Result<(), Failure> {
+        let n = bytes.len() as u64;
+        self.put_create(&self.manifest_path(key), PutPayload::from(bytes)).await?;
+        self.count(0, n);
+        Ok(())
+    }
+}
+
+/// Moves a verified download into the store: fsynced, read-only, renamed
+/// into place, remembered as verified.
+fn install(cache: &Cache, file: fs::File, tmp_path: tempfile::TempPath, h: ArtifactHash) -> Result<(), String> {
+    let mut file = file;
+    file.flush().and_then(|_| file.sync_all()).map_err(|e| format!("cannot sync {}: {e}", tmp_path.display()))?;
+    drop(file);
+    fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o444)).map_err(|e| format!("cannot make {} read-only: {e}", tmp_path.display()))?;
+    let dest = cache.object_path(&h);
+    let dir = dest.parent().expect("objects have a parent directory");
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    tmp_path.persist(&dest).map_err(|e| format!("cannot move a download into {}: {}", dest.display(), e.error))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    cache.stat().record_verified(&dest, h);
+    Ok(())
+}

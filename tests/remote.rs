@@ -1,0 +1,311 @@
+//! The shared remote cache end to end, through the `cairn` binary, against
+//! a real S3 server (SeaweedFS on loopback, see `support/weed.rs`) and a
+//! `file://` remote. Only `command` stages: no libtorch.
+
+mod common;
+#[path = "support/weed.rs"]
+mod weed;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use common::{Project, Run};
+use object_store::{ObjectStore, ObjectStoreExt};
+use weed::Weed;
+
+/// `gen` writes a 24 MiB random object (multipart on push) and a small
+/// one; `count` and `tag` read them; `tag` has an env param to change.
+const PIPELINE: &str = r#"
+[pipeline]
+name = "remote-test"
+
+[remote]
+url = "s3://cairn/team"
+
+[stages.gen]
+kind = "command"
+cmd = "head -c 25165824 /dev/urandom > {out.big}; echo small > {out.small}"
+outputs = { big = "big.bin", small = "small.txt" }
+
+[stages.count]
+kind = "command"
+cmd = "wc -c < {in.big} > {out.n}; cat {in.small} >> {out.n}"
+inputs = { big = "gen.big", small = "gen.small" }
+outputs = { n = "n.txt" }
+
+[stages.tag]
+kind = "command"
+cmd = "cat {in.n} > {out.t}; echo \"N=$N\" >> {out.t}"
+inputs = { n = "count.n" }
+outputs = { t = "t.txt" }
+env = { N = "1" }
+
+[stages.last]
+kind = "command"
+cmd = "cat {in.t} {in.t} > {out.x}"
+inputs = { t = "tag.t" }
+outputs = { x = "x.txt" }
+"#;
+
+fn cairn(p: &Project, w: &Weed, args: &[&str]) -> Run {
+    let mut c = p.cmd(args);
+    w.env(&mut c);
+    c.env_remove("CAIRN_REMOTE");
+    c.output().expect("cairn runs").into()
+}
+
+/// Each stage's outcome in `cairn run --json`.
+fn outcomes(r: &Run) -> BTreeMap<String, String> {
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("json ({e}): {}", r.all()));
+    v["stages"].as_array().unwrap().iter().map(|s| (s["stage"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string())).collect()
+}
+
+fn all(outcome: &str) -> BTreeMap<String, String> {
+    ["gen", "count", "tag", "last"].iter().map(|s| (s.to_string(), outcome.to_string())).collect()
+}
+
+fn artifact(p: &Project, rel: &str) -> Vec<u8> {
+    std::fs::read(p.path().join("artifacts").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn same_outputs(a: &Project, b: &Project) {
+    for rel in ["gen/big.bin", "gen/small.txt", "count/n.txt", "tag/t.txt", "last/x.txt"] {
+        assert!(artifact(a, rel) == artifact(b, rel), "{rel} differs between the clones");
+    }
+}
+
+#[test]
+fn clone_b_pulls_everything_a_pushed_then_runs_only_what_a_param_changed() {
+    let Some(w) = Weed::start("clone_b_pulls_everything") else { return };
+    let a = Project::new(PIPELINE);
+    let t = Instant::now();
+    let r = cairn(&a, &w, &["run", "--push", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(outcomes(&r), all("ran"));
+    eprintln!("A: run --push in {:.2}s; {}", t.elapsed().as_secs_f64(), r.stderr.lines().filter(|l| l.contains("uploaded")).collect::<String>());
+
+    let b = Project::new(PIPELINE);
+    let s = cairn(&b, &w, &["status"]);
+    assert!(s.stdout.contains("gen") && s.stdout.contains("on remote: will be pulled"), "{}", s.all());
+    let e = cairn(&b, &w, &["explain", "gen"]);
+    assert!(e.stdout.contains("stale, on remote: will be pulled"), "{}", e.all());
+
+    let t = Instant::now();
+    let r = cairn(&b, &w, &["run", "--json"]);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    eprintln!("B: pulled {:.1} MB in {secs:.2}s ({:.0} MB/s, whole run)", 25.2, 25.2 / secs);
+    same_outputs(&a, &b);
+    let v = b.cairn(&["cache", "verify"]);
+    assert_eq!(v.code, 0, "{}", v.all());
+    let runs = b.cairn(&["runs"]);
+    assert!(runs.all().contains("pulled"), "{}", runs.all());
+
+    // Nothing executes again, and the pulled entries are plain local hits.
+    let r = cairn(&b, &w, &["run", "--json"]);
+    assert_eq!(outcomes(&r), all("cached"), "{}", r.all());
+
+    // A param change: only `tag` and what follows it run.
+    let r = cairn(&b, &w, &["run", "--json", "--set", "tag.env={ N = \"2\" }"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let o = outcomes(&r);
+    assert_eq!((o["gen"].as_str(), o["count"].as_str(), o["tag"].as_str(), o["last"].as_str()), ("cached", "cached", "ran", "ran"), "{}", r.all());
+}
+
+#[test]
+fn pull_command_and_push_command_move_everything() {
+    let Some(w) = Weed::start("pull_command") else { return };
+    let a = Project::new(PIPELINE);
+    assert_eq!(cairn(&a, &w, &["run"]).code, 0);
+    let t = Instant::now();
+    let p = cairn(&a, &w, &["push"]);
+    assert_eq!(p.code, 0, "{}", p.all());
+    assert!(p.stderr.contains("4 pushed"), "{}", p.all());
+    eprintln!("push: {:.2}s: {}", t.elapsed().as_secs_f64(), p.stderr.lines().last().unwrap_or(""));
+    let again = cairn(&a, &w, &["push"]);
+    assert!(again.stderr.contains("0 pushed, 4 already there"), "{}", again.all());
+
+    let b = Project::new(PIPELINE);
+    let t = Instant::now();
+    let r = cairn(&b, &w, &["pull", "count"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("2 pulled"), "{}", r.all());
+    eprintln!("pull: {:.2}s: {}", t.elapsed().as_secs_f64(), r.stderr.lines().last().unwrap_or(""));
+    let r = cairn(&b, &w, &["run", "--json", "--remote", "none"]);
+    let o = outcomes(&r);
+    assert_eq!((o["gen"].as_str(), o["count"].as_str(), o["tag"].as_str()), ("cached", "cached", "ran"), "{}", r.all());
+}
+
+#[test]
+fn two_concurrent_pushes_of_the_same_results_both_succeed() {
+    let Some(w) = Weed::start("two_concurrent_pushes") else { return };
+    let a = Project::new(PIPELINE);
+    assert_eq!(cairn(&a, &w, &["run"]).code, 0);
+    // A second clone with the very same results: a copy of A's cache.
+    let a2 = Project::new(PIPELINE);
+    let st = Command::new("cp").arg("-a").arg(a.cache()).arg(a2.path()).status().unwrap();
+    assert!(st.success());
+    let spawn = |p: &Project| {
+        let mut c = p.cmd(&["push"]);
+        w.env(&mut c);
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    };
+    let (c1, c2) = (spawn(&a), spawn(&a2));
+    let (o1, o2) = (c1.wait_with_output().unwrap(), c2.wait_with_output().unwrap());
+    for o in [&o1, &o2] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // One consistent entry: a third clone pulls everything and verifies.
+    let b = Project::new(PIPELINE);
+    let r = cairn(&b, &w, &["run", "--json"]);
+    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    same_outputs(&a, &b);
+}
+
+#[test]
+fn a_flipped_byte_on_the_remote_is_detected_and_the_stage_recomputed() {
+    let Some(w) = Weed::start("flipped_byte") else { return };
+    let a = Project::new(PIPELINE);
+    assert_eq!(cairn(&a, &w, &["run", "--push"]).code, 0);
+    // Flip one byte of `gen.small` on the remote.
+    let small = artifact(&a, "gen/small.txt");
+    let hash = blake3::hash(&small).to_hex().to_string();
+    let mut bad = small.clone();
+    bad[0] ^= 1;
+    let path = object_store::path::Path::from(format!("team/v1/objects/{hash}"));
+    w.block_on(async { w.store().put(&path, bad.into()).await }).unwrap();
+
+    let b = Project::new(PIPELINE);
+    let r = cairn(&b, &w, &["run", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(outcomes(&r)["gen"], "ran", "{}", r.all());
+    assert!(r.stderr.contains("damaged") && r.stderr.contains("not installed"), "{}", r.all());
+    assert_eq!(b.cairn(&["cache", "verify"]).code, 0);
+    assert_eq!(artifact(&b, "gen/small.txt"), small);
+}
+
+#[test]
+fn a_hostile_manifest_is_refused() {
+    let Some(w) = Weed::start("hostile_manifest") else { return };
+    let a = Project::new(PIPELINE);
+    assert_eq!(cairn(&a, &w, &["run", "--push"]).code, 0);
+    // Rewrite `count`'s manifest to record an extra, undeclared output.
+    let list: Vec<_> = w.block_on(async {
+        use futures::TryStreamExt;
+        w.store().list(Some(&"team/v1/manifests".into())).try_collect::<Vec<_>>().await
+    })
+    .unwrap();
+    let mut rewritten = 0;
+    for meta in list {
+        let bytes = w.block_on(async { w.store().get(&meta.location).await.unwrap().bytes().await }).unwrap();
+        let mut m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        if m["stage"] == "count" {
+            m["outputs"]["evil"] = m["outputs"]["n"].clone();
+            w.block_on(async { w.store().put(&meta.location, serde_json::to_vec(&m).unwrap().into()).await }).unwrap();
+            rewritten += 1;
+        }
+    }
+    assert_eq!(rewritten, 1);
+    let b = Project::new(PIPELINE);
+    let r = cairn(&b, &w, &["run", "--json"]);
+    let o = outcomes(&r);
+    assert_eq!((o["gen"].as_str(), o["count"].as_str()), ("pulled", "ran"), "{}", r.all());
+    assert!(r.stderr.contains("undeclared output `evil`"), "{}", r.all());
+}
+
+#[test]
+fn wrong_credentials_and_a_stopped_server_give_one_clear_error_and_the_run_completes_locally() {
+    let Some(mut w) = Weed::start("wrong_credentials") else { return };
+    let b = Project::new(PIPELINE);
+    let mut c = b.cmd(&["run", "--json"]);
+    w.env(&mut c);
+    c.env("AWS_SECRET_ACCESS_KEY", "wrong-secret-xyzzy");
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(outcomes(&r), all("ran"));
+    assert!(r.stderr.contains("access denied") && r.stderr.contains("s3://cairn/team"), "{}", r.all());
+    assert_eq!(r.stderr.matches("access denied").count(), 1, "one error line, not one per stage: {}", r.all());
+    assert!(!r.all().contains("wrong-secret-xyzzy"), "credentials are never printed");
+
+    let fresh = Project::new(PIPELINE);
+    let mut c = fresh.cmd(&["run", "--remote-required"]);
+    w.env(&mut c);
+    c.env("AWS_SECRET_ACCESS_KEY", "wrong-secret-xyzzy");
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stderr.contains("access denied"), "{}", r.all());
+
+    w.stop();
+    let d = Project::new(PIPELINE);
+    let t = Instant::now();
+    let r = cairn(&d, &w, &["run", "--json", "--push"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(outcomes(&r), all("ran"));
+    assert!(r.stderr.contains("connection refused") && r.stderr.contains("127.0.0.1"), "{}", r.all());
+    assert!(r.stderr.contains("continuing with the local cache only"), "{}", r.all());
+    assert!(t.elapsed().as_secs() < 30, "a stopped server is reported within seconds");
+}
+
+#[test]
+fn a_file_remote_works_too() {
+    // No S3 server needed.
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", shared.path().display());
+    let run = |p: &Project, args: &[&str]| -> Run {
+        let mut c = p.cmd(args);
+        c.env("CAIRN_REMOTE", &url);
+        c.output().unwrap().into()
+    };
+    let a = Project::new(PIPELINE);
+    let r = run(&a, &["run", "--push", "--json"]);
+    assert_eq!(outcomes(&r), all("ran"), "{}", r.all());
+    assert!(shared.path().join("v1/manifests").read_dir().unwrap().count() == 4);
+    let b = Project::new(PIPELINE);
+    let r = run(&b, &["run", "--json"]);
+    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    same_outputs(&a, &b);
+
+    // Truncate an object on the share: refused, recomputed.
+    let small = artifact(&a, "gen/small.txt");
+    let obj = shared.path().join("v1/objects").join(blake3::hash(&small).to_hex().as_str());
+    std::fs::write(&obj, &small[..2]).unwrap();
+    let c = Project::new(PIPELINE);
+    let r = run(&c, &["run", "--json"]);
+    assert_eq!(outcomes(&r)["gen"], "ran", "{}", r.all());
+    assert!(r.stderr.contains("bytes on the remote"), "{}", r.all());
+    assert!(Path::new(&obj).exists());
+}
+
+#[test]
+fn sigkill_during_a_push_and_during_a_pull_leaves_both_caches_valid() {
+    let Some(w) = Weed::start("sigkill") else { return };
+    let a = Project::new(PIPELINE);
+    assert_eq!(cairn(&a, &w, &["run"]).code, 0);
+    let kill_after = |p: &Project, args: &[&str], ms: u64| {
+        let mut c = p.cmd(args);
+        w.env(&mut c);
+        let mut child = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    };
+    for ms in [30, 120] {
+        kill_after(&a, &["push"], ms);
+    }
+    let p = cairn(&a, &w, &["push"]);
+    assert_eq!(p.code, 0, "{}", p.all());
+
+    let b = Project::new(PIPELINE);
+    for ms in [30, 120] {
+        kill_after(&b, &["run"], ms);
+        let v = b.cairn(&["cache", "verify"]);
+        assert_eq!(v.code, 0, "the local cache stays valid: {}", v.all());
+    }
+    let r = cairn(&b, &w, &["run", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(outcomes(&r).values().all(|o| o == "pulled" || o == "cached"), "{}", r.all());
+    same_outputs(&a, &b);
+}
