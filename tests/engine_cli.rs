@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use common::Project;
 
 /// a → b → c, and d alone. `b` copies a's output with a tunable suffix.
@@ -163,28 +166,49 @@ fn type_errors_point_at_file_line_col() {
     assert!(r.stderr.contains("--set b.env=3"), "{}", r.stderr);
 }
 
+/// Polls `cond` every 20 ms until it holds; fails the test after a minute.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn concurrent_runs_wait_or_fail_cleanly() {
-    let p = Project::new(
+    // The stage says when it has started and holds the lock until the test
+    // lets it finish, so nothing depends on how fast this machine is.
+    let sig = tempfile::tempdir().unwrap();
+    let (started, release) = (sig.path().join("started"), sig.path().join("release"));
+    let p = Project::new(&format!(
         r#"
 [stages.slow]
 kind = "command"
-cmd = "sleep 2; echo done > {out.o}"
-outputs = { o = "o.txt" }
+cmd = "touch {}; while [ ! -e {} ]; do sleep 0.02; done; echo done > {{out.o}}"
+outputs = {{ o = "o.txt" }}
 "#,
-    );
-    let mut first = p.cmd(&["run"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+        started.display(),
+        release.display()
+    ));
+    let mut first = p.cmd(&["run"]).stderr(Stdio::null()).spawn().unwrap();
+    wait_until("the first run's stage to start", || started.exists());
     let refused = p.cairn(&["run", "--no-wait"]);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("locked by another cairn process"), "{}", refused.stderr);
     // status and inspect read without the lock.
     assert_eq!(p.cairn(&["status"]).code, 0);
-    let waiter = p.cairn(&["run"]);
+    let log = sig.path().join("waiter.stderr");
+    let mut waiter = p.cmd(&["run"]).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    wait_until("the second run to say it waits", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("waiting for another cairn process"))
+    });
+    std::fs::write(&release, "").unwrap();
     assert!(first.wait().unwrap().success());
-    assert_eq!(waiter.code, 0, "{}", waiter.all());
-    assert!(waiter.stderr.contains("waiting for another cairn process"), "{}", waiter.stderr);
-    assert_eq!(waiter.outcome("slow").as_deref(), Some("cached"));
+    let code = waiter.wait().unwrap().code().unwrap_or(-1);
+    let waited = common::Run { code, stdout: String::new(), stderr: std::fs::read_to_string(&log).unwrap() };
+    assert_eq!(waited.code, 0, "{}", waited.stderr);
+    assert_eq!(waited.outcome("slow").as_deref(), Some("cached"), "{}", waited.stderr);
 }
 
 #[test]
@@ -289,33 +313,41 @@ outputs = { o = "o.txt" }
 
 #[test]
 fn independent_stages_run_in_parallel_with_jobs() {
-    let p = Project::new(
+    // Each of a and b marks that it started and finishes only once the
+    // other has started too (or fails after 30 s): both must run at once.
+    let sig = tempfile::tempdir().unwrap();
+    let mark = |s: &str| sig.path().join(s).display().to_string();
+    let meet = |me: &str, other: &str| {
+        format!(
+            "touch {}; i=0; while [ ! -e {} ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done; [ -e {} ] && echo {me} > {{out.o}}",
+            mark(me),
+            mark(other),
+            mark(other)
+        )
+    };
+    let p = Project::new(&format!(
         r#"
 [stages.a]
 kind = "command"
-cmd = "sleep 1; echo a > {out.o}"
-outputs = { o = "o.txt" }
+cmd = "{}"
+outputs = {{ o = "o.txt" }}
 
 [stages.b]
 kind = "command"
-cmd = "sleep 1; echo b > {out.o}"
-outputs = { o = "o.txt" }
+cmd = "{}"
+outputs = {{ o = "o.txt" }}
 
 [stages.c]
 kind = "command"
-cmd = "cat {in.x} {in.y} > {out.o}"
-inputs = { x = "a.o", y = "b.o" }
-outputs = { o = "o.txt" }
+cmd = "cat {{in.x}} {{in.y}} > {{out.o}}"
+inputs = {{ x = "a.o", y = "b.o" }}
+outputs = {{ o = "o.txt" }}
 "#,
-    );
+        meet("a", "b"),
+        meet("b", "a")
+    ));
     let r = p.cairn(&["run", "-j", "2"]);
-    assert_eq!(r.code, 0, "{}", r.all());
-    // Both independent stages start before either finishes.
-    let lines: Vec<&str> = r.stderr.lines().collect();
-    let pos = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l)).unwrap();
-    let started_b = pos(&|l| l.trim_start().starts_with("b ") && l.contains("running"));
-    let finished_a = pos(&|l| l.starts_with("ran") && l.contains(" a "));
-    assert!(started_b < finished_a, "{}", r.stderr);
+    assert_eq!(r.code, 0, "a and b did not run at the same time: {}", r.all());
     assert_eq!(p.read_artifact("c", "o.txt"), "a\nb\n");
 }
 

@@ -2,6 +2,8 @@
 //! finished result nor produce a wrong one.
 
 mod common;
+#[path = "support/skip.rs"]
+mod skip;
 
 use std::time::Duration;
 
@@ -293,7 +295,10 @@ outputs = { o = "o.bin" }
 "#,
     );
     let Some(_fs) = Tmpfs::mount(&p.path().join("disk"), "8m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN); `unwritable_cache_fails_clearly_and_keeps_results` covers failing writes");
+        skip::unavailable(
+            "disk_full_fails_clearly_and_keeps_earlier_results",
+            "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN); `unwritable_cache_fails_clearly_and_keeps_results` covers failing writes",
+        );
         return;
     };
     let cache = "disk/cache";
@@ -317,7 +322,10 @@ outputs = { o = "o.bin" }
 fn a_fully_cached_run_and_a_dry_run_work_on_a_read_only_cache() {
     let p = Project::new(SLOW_CHAIN.replace("sleep 3; ", "").as_str());
     let Some(fs) = Tmpfs::mount(&p.path().join("disk"), "8m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+        skip::unavailable(
+            "a_fully_cached_run_and_a_dry_run_work_on_a_read_only_cache",
+            "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)",
+        );
         return;
     };
     let cache = "disk/cache";

@@ -6,6 +6,8 @@
 //! would — that headless Chromium renders the page with every image loaded.
 
 mod common;
+#[path = "../../tests/support/skip.rs"]
+mod skip;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -223,7 +225,10 @@ fn chromium() -> Option<PathBuf> {
 #[test]
 fn chromium_renders_the_report_with_every_image() {
     let Some(browser) = chromium() else {
-        eprintln!("SKIPPED: chromium not found on PATH; install it (apt-get install chromium) to check the rendered report");
+        skip::missing(
+            "chromium_renders_the_report_with_every_image",
+            "chromium not found on PATH; install it (apt-get install chromium) to check the rendered report",
+        );
         return;
     };
     let r = run_report();

@@ -18,9 +18,13 @@ fn worker() -> Command {
 }
 
 fn run_job(dir: &Path, job: Value) -> (Output, Vec<Event>) {
+    run_job_env(dir, job, &[])
+}
+
+fn run_job_env(dir: &Path, job: Value, env: &[(&str, &str)]) -> (Output, Vec<Event>) {
     let path = dir.join("job.json");
     std::fs::write(&path, job.to_string()).unwrap();
-    let out = worker().arg("run").arg(&path).output().unwrap();
+    let out = worker().envs(env.iter().copied()).arg("run").arg(&path).output().unwrap();
     let events = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not an event: {l}: {e}")))
@@ -115,15 +119,14 @@ fn refuses_a_job_keyed_with_another_kind_version() {
 
 #[test]
 fn refuses_a_cuda_job_without_cuda() {
-    if probe(&[]).cuda {
-        eprintln!("skipped: this machine has CUDA");
-        return;
-    }
+    // Hide any GPU this machine has, so the test runs everywhere.
+    let no_gpu = [("CUDA_VISIBLE_DEVICES", "")];
+    assert!(!probe(&no_gpu).cuda, "CUDA_VISIBLE_DEVICES=\"\" hides every GPU");
     let dir = tempfile::tempdir().unwrap();
     let gpu = "cuda:NVIDIA H200";
     let keyed = json!({"libtorch": cairn::env::TORCH_VERSION, "device": gpu});
     let (j, output) = keyed_resize(dir.path(), cairn_kinds::data::Resize::VERSION, gpu, keyed);
-    let (out, events) = run_job(dir.path(), j);
+    let (out, events) = run_job_env(dir.path(), j, &no_gpu);
     assert_eq!(out.status.code(), Some(1));
     let e = error_of(&events);
     assert!(e.contains(gpu) && e.contains("no usable CUDA device") && e.contains("refusing"), "{e}");

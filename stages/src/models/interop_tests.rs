@@ -2,8 +2,9 @@
 //! through [`crate::pth`], and weights saved by [`crate::weights`] load into
 //! `torchvision.models.*` — checked by running the same input through both
 //! and comparing logits. Needs the project's libtorch venv (python with
-//! torch + torchvision); set `CAIRN_TORCH_PYTHON` to point elsewhere. When
-//! no such python exists the tests say so and pass vacuously.
+//! torch + torchvision, found as `scripts/setup-torch.sh` places it); set
+//! `CAIRN_TORCH_HOME` or `CAIRN_TORCH_PYTHON` to point elsewhere. Without
+//! it the tests skip visibly (`tests/support/skip.rs`), and fail under CI.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,13 +14,40 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::{models, pth, weights};
 
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("CAIRN_TORCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.cache/cairn/torch-2.11.0/bin/python"));
+#[path = "../../../tests/support/skip.rs"]
+mod skip;
+
+/// The torch venv's python, found as `scripts/setup-torch.sh` places it:
+/// `$CAIRN_TORCH_HOME`, else `~/.cache/cairn/torch-<TORCH_VERSION>` with
+/// the version read from that script. `CAIRN_TORCH_PYTHON` overrides.
+fn venv_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_TORCH_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("CAIRN_TORCH_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup-torch.sh");
+        let text = std::fs::read_to_string(&script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        let version = text
+            .lines()
+            .find_map(|l| l.strip_prefix("TORCH_VERSION="))
+            .unwrap_or_else(|| panic!("{} sets no TORCH_VERSION", script.display()))
+            .trim();
+        let user_home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        user_home.join(format!(".cache/cairn/torch-{version}"))
+    });
+    home.join("bin/python")
+}
+
+/// The venv python when it has torch and torchvision; otherwise the test
+/// skips visibly (and fails under CI, whose `make setup` installs them).
+fn python(test: &str) -> Option<PathBuf> {
+    let p = venv_python();
     let ok = Command::new(&p).args(["-c", "import torch, torchvision"]).output().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipping: no python with torch + torchvision at {} (set CAIRN_TORCH_PYTHON)", p.display());
+        skip::missing(
+            test,
+            &format!("no python with torch + torchvision at {} (run `make setup`, or set CAIRN_TORCH_HOME or CAIRN_TORCH_PYTHON)", p.display()),
+        );
     }
     ok.then_some(p)
 }
@@ -48,7 +76,7 @@ fn floats(s: &str) -> Vec<f64> {
 
 #[test]
 fn pth_reader_matches_torch_save() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("pth_reader_matches_torch_save") else { return };
     let d = dir("pth");
     let script = r#"
 import sys, torch, collections
@@ -85,7 +113,7 @@ print(' '.join(str(float(v)) for v in m.state_dict()['0.weight'].flatten()))
 
 #[test]
 fn torchvision_resnet18_pth_loads_and_agrees() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("torchvision_resnet18_pth_loads_and_agrees") else { return };
     let d = dir("r18");
     let script = format!(
         "import sys, torch, torchvision\ntorch.manual_seed(0)\nm = torchvision.models.resnet18(num_classes=10)\n\
@@ -107,7 +135,7 @@ fn torchvision_resnet18_pth_loads_and_agrees() {
 
 #[test]
 fn saved_resnet50_loads_into_torchvision() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("saved_resnet50_loads_into_torchvision") else { return };
     let d = dir("r50");
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
