@@ -20,8 +20,10 @@ build: setup
 SHARED_CIFAR := $(wildcard ../shared/data/cifar10-jpg.tar.gz)
 RUN_FLAGS ?= $(if $(SHARED_CIFAR),--set load.source=$(SHARED_CIFAR))
 
+# --save-overrides remembers RUN_FLAGS in cairn.local.toml (git-ignored),
+# so a later `cairn status` or `cairn explain` sees the same pipeline.
 run: setup
-	./target/release/cairn run $(RUN_FLAGS)
+	./target/release/cairn run --save-overrides $(RUN_FLAGS)
 
 # A test whose prerequisite is missing skips visibly: it appends a line to
 # SKIP_LOG (tests/support/skip.rs), listed and counted after the run. Under

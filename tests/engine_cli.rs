@@ -370,3 +370,22 @@ outputs = { o = "o.txt" }
     // Still refused the second time: a bad file is never remembered as good.
     assert!(p.cairn(&["run"]).stderr.contains("checksum mismatch"));
 }
+
+#[test]
+fn saved_overrides_apply_to_later_commands() {
+    let p = Project::new(CHAIN);
+    let r = p.cairn(&["run", "--save-overrides", "--set", "b.env.SUFFIX=two"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(p.read_artifact("b", "text.txt"), "hello\ntwo\n");
+    // status sees the pipeline the last run used, and says why.
+    let s = p.cairn(&["status"]);
+    assert!(s.stdout.contains("fresh      b"), "{}", s.all());
+    assert!(s.stderr.contains("cairn.local.toml") && s.stderr.contains("b.env.SUFFIX=two"), "{}", s.all());
+    // A flag on the command line wins over the saved one.
+    let e = p.cairn(&["explain", "b", "--set", "b.env.SUFFIX=three"]);
+    assert!(e.stdout.contains("SUFFIX"), "{}", e.all());
+    // A plain run keeps using them; saving nothing clears them.
+    assert_eq!(p.cairn(&["run"]).outcome("b").as_deref(), Some("cached"));
+    assert_eq!(p.cairn(&["run", "--save-overrides"]).outcome("b").as_deref(), Some("ran"));
+    assert_eq!(p.read_artifact("b", "text.txt"), "hello\none\n");
+}

@@ -19,8 +19,13 @@ use super::{exit, CacheCmd, Cli, Cmd, Config};
 
 pub fn dispatch(cli: Cli) -> i32 {
     let console = Console::new(cli.quiet, cli.verbose > 0);
+    if let Cmd::Run { save_overrides: true, config, .. } = &cli.command {
+        if save_overrides(&cli, config, &console).is_err() {
+            return exit::IO;
+        }
+    }
     let result = match &cli.command {
-        Cmd::Run { targets, force, dry_run, jobs, no_wait, json, push, remote_required, config } => {
+        Cmd::Run { targets, force, dry_run, jobs, no_wait, json, push, remote_required, config, .. } => {
             let opts = RunOptions {
                 targets: targets.clone(),
                 force: force.clone(),
@@ -63,12 +68,18 @@ pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, 
     // The worker's facts are probed only when a key needs them, and cached
     // under the cache directory (see `cairn::env`).
     let env = Environment::detect(config.cpu).with_probe_cache(&cli.cache_dir);
-    let profile = match config.profile.as_deref() {
+    let local = super::local::Overrides::read(&cli.file).map_err(|e| fail(console, exit::USAGE, e))?;
+    if !local.is_empty() {
+        console.line(&format!("using {} ({})", super::local::FILE, local.describe()));
+    }
+    let profile = match config.profile.as_deref().or(local.profile.as_deref()) {
         None => ProfileChoice::Auto { has_cuda: env.cuda_hint() },
         Some("none") => ProfileChoice::None,
         Some(p) => ProfileChoice::Named(p.to_string()),
     };
-    let opts = LoadOptions { profile, sets: config.sets.clone() };
+    // Flags on the command line come last, so they win.
+    let sets = local.set.iter().chain(&config.sets).cloned().collect();
+    let opts = LoadOptions { profile, sets };
     match spec::load(&cli.file, &opts, &Registry::builtin()) {
         Ok(p) => {
             if let Some((name, true)) = &p.profile {
@@ -80,6 +91,21 @@ pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, 
         Err(e) => {
             console.error(&e.to_string());
             Err(exit::USAGE)
+        }
+    }
+}
+
+/// Writes this invocation's `--set` and `--profile` to `cairn.local.toml`.
+fn save_overrides(cli: &Cli, config: &Config, console: &Console) -> Result<(), ()> {
+    let o = super::local::Overrides { set: config.sets.clone(), profile: config.profile.clone() };
+    match o.save(&cli.file) {
+        Ok(path) => {
+            console.line(&format!("saved {} to {}; later commands apply it", o.describe(), path.display()));
+            Ok(())
+        }
+        Err(e) => {
+            fail(console, exit::IO, e);
+            Err(())
         }
     }
 }

@@ -3,6 +3,7 @@
 mod commands;
 mod history;
 mod inspect;
+mod local;
 mod remote;
 mod ui;
 
@@ -88,6 +89,10 @@ pub enum Cmd {
         /// Fail instead of waiting when another run holds the cache.
         #[arg(long)]
         no_wait: bool,
+        /// Remember this run's --set and --profile in cairn.local.toml, so
+        /// later commands (status, explain, inspect, verify) apply them too.
+        #[arg(long)]
+        save_overrides: bool,
         /// A machine-readable summary on stdout.
         #[arg(long)]
         json: bool,
