@@ -309,3 +309,36 @@ fn sigkill_during_a_push_and_during_a_pull_leaves_both_caches_valid() {
     assert!(outcomes(&r).values().all(|o| o == "pulled" || o == "cached"), "{}", r.all());
     same_outputs(&a, &b);
 }
+
+#[test]
+fn a_manifest_filed_under_another_key_is_refused() {
+    // A result must never be served for a key it was not computed under
+    // (another CPU class, device or libtorch is another key): a manifest
+    // copied under a different key's name is refused and the stage runs.
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", shared.path().display());
+    let run = |p: &Project, args: &[&str]| -> Run {
+        let mut c = p.cmd(args);
+        c.env("CAIRN_REMOTE", &url);
+        c.output().unwrap().into()
+    };
+    let a = Project::new(PIPELINE);
+    assert_eq!(run(&a, &["run", "--push"]).code, 0);
+    let manifests = shared.path().join("v1/manifests");
+    let by_stage = |stage: &str| {
+        std::fs::read_dir(&manifests)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).unwrap()).unwrap()["stage"] == stage)
+            .unwrap()
+    };
+    let (tag, last) = (by_stage("tag"), by_stage("last"));
+    std::fs::remove_file(&last).unwrap();
+    std::fs::copy(&tag, &last).unwrap();
+    let b = Project::new(PIPELINE);
+    let r = run(&b, &["run", "--json"]);
+    let o = outcomes(&r);
+    assert_eq!((o["tag"].as_str(), o["last"].as_str()), ("pulled", "ran"), "{}", r.all());
+    assert!(r.stderr.contains("has a manifest for another key"), "{}", r.all());
+    same_outputs(&a, &b);
+}

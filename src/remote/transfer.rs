@@ -84,7 +84,8 @@ impl Remote {
         let tmp_dir = cache.root().join("tmp");
         let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| Failure::Bad(format!("cannot create a temp file in {}: {e}", tmp_dir.display())))?;
         let (file, tmp_path) = tmp.into_parts();
-        let mut file = tokio::fs::File::from_std(file);
+        // Large writes: each one is a hop to tokio's blocking pool.
+        let mut file = tokio::io::BufWriter::with_capacity(4 << 20, tokio::fs::File::from_std(file));
         let mut hasher = blake3::Hasher::new();
         let mut n = 0u64;
         let mut stream = got.into_stream();
@@ -107,7 +108,7 @@ impl Remote {
             return Err(Failure::Bad(format!("object {} on the remote hashes to {}: its bytes are damaged", h.short(), actual.short())));
         }
         file.flush().await.map_err(|e| Failure::Bad(e.to_string()))?;
-        let file = file.into_std().await;
+        let file = file.into_inner().into_std().await;
         install(cache, file, tmp_path, h).map_err(Failure::Bad)
     }
 
