@@ -230,6 +230,16 @@ fn wrong_credentials_and_a_stopped_server_give_one_clear_error_and_the_run_compl
     assert_eq!(r.stderr.matches("access denied").count(), 1, "one error line, not one per stage: {}", r.all());
     assert!(!r.all().contains("wrong-secret-xyzzy"), "credentials are never printed");
 
+    // No credentials at all: anonymous requests, refused the same way.
+    let anon = Project::new(PIPELINE);
+    let mut c = anon.cmd(&["run", "--json"]);
+    w.env(&mut c);
+    c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(outcomes(&r), all("ran"));
+    assert!(r.stderr.contains("access denied"), "{}", r.all());
+
     let fresh = Project::new(PIPELINE);
     let mut c = fresh.cmd(&["run", "--remote-required"]);
     w.env(&mut c);

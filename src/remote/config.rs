@@ -6,7 +6,8 @@
 //! through `endpoint` / `AWS_ENDPOINT_URL`, path-style requests) and
 //! `file:///absolute/path` (an existing directory, e.g. a shared mount).
 //! Credentials come only from the AWS environment, through
-//! `AmazonS3Builder::from_env`.
+//! `AmazonS3Builder::from_env`; without any there, requests are anonymous
+//! (enough to read a public bucket) and no metadata service is asked.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,12 @@ pub(crate) fn build_store(cfg: &RemoteConfig) -> Result<(Arc<dyn ObjectStore>, R
                         .with_timeout_disabled()
                         .with_allow_http(cfg.allow_http.unwrap_or_else(|| env_true("AWS_ALLOW_HTTP"))),
                 );
+            if anonymous() {
+                // No credentials in the environment: anonymous requests
+                // (a public bucket can be read), never the instance
+                // metadata service or a profile file.
+                b = b.with_skip_signature(true);
+            }
             if let Some(ep) = &cfg.endpoint {
                 b = b.with_endpoint(ep);
             }
@@ -135,6 +142,16 @@ pub(crate) fn build_store(cfg: &RemoteConfig) -> Result<(Arc<dyn ObjectStore>, R
             Ok((Arc::new(store), RemotePath::default()))
         }
     }
+}
+
+/// Whether the environment holds no AWS credentials of any kind cairn
+/// accepts (keys, or a web-identity or container token set up on purpose).
+fn anonymous() -> bool {
+    let set = |n: &str| std::env::var_os(n).is_some_and(|v| !v.is_empty());
+    !(set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
+        && !set("AWS_WEB_IDENTITY_TOKEN_FILE")
+        && !set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        && !set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
 }
 
 fn env_true(name: &str) -> bool {
