@@ -253,7 +253,7 @@ fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdR
     let (pipeline, env) = load(cli, config, console)?;
     let cache = Cache::open_read(&cli.cache_dir);
     let states = stage_states(&pipeline, &cache, &env, console)?;
-    let on_remote = super::remote::on_remote(config, &pipeline, &states, console)?;
+    let on_remote = super::remote::on_remote(config, &pipeline, &cache, &env, &states, console)?;
     if json {
         let rows: Vec<serde_json::Value> = states
             .iter()
@@ -297,7 +297,7 @@ fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Co
     let cache = Cache::open_read(&cli.cache_dir);
     let states = stage_states(&pipeline, &cache, &env, console)?;
     let (_, st) = states.iter().find(|(n, _)| n == stage).expect("stage exists");
-    let on_remote = super::remote::on_remote(config, &pipeline, &states[..], console)?.contains(stage);
+    let on_remote = super::remote::on_remote(config, &pipeline, &cache, &env, &states, console)?.contains(stage);
     if json {
         let v = match st {
             StageState::Fresh { key, .. } => serde_json::json!({"stage": stage, "status": "fresh", "key": key}),

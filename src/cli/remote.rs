@@ -61,22 +61,45 @@ pub fn after_run(opts: &RunOptions, console: &Console) -> Option<i32> {
     None
 }
 
-/// The stale stages whose key the remote has (one HEAD each), when a
-/// remote is configured. A remote that cannot be used is reported once
-/// and changes nothing.
-pub fn on_remote(config: &Config, pipeline: &Pipeline, states: &[(String, StageState)], console: &Console) -> Result<BTreeSet<String>, i32> {
+/// The stale stages a run would pull, when a remote is configured: one
+/// manifest request per stale stage whose key is known, where a stage
+/// after one on the remote gets its key from the remote manifest's output
+/// hashes. A remote that cannot be used is reported once and changes
+/// nothing.
+pub fn on_remote(
+    config: &Config,
+    pipeline: &Pipeline,
+    cache: &Cache,
+    env: &cairn::env::Environment,
+    states: &[(String, StageState)],
+    console: &Console,
+) -> Result<BTreeSet<String>, i32> {
     let mut found = BTreeSet::new();
     let Some((remote, _)) = open(config, pipeline, console)? else { return Ok(found) };
-    for (name, st) in states {
-        if let StageState::Stale { key_inputs: Some(ki), .. } = st {
-            match remote.has_manifest(&ki.key()) {
-                Ok(true) => {
-                    found.insert(name.clone());
+    let warn = |m: String| console.warn_line(&m);
+    let resolver = Resolver::new(pipeline, cache, env, &warn);
+    let mut outputs: BTreeMap<String, BTreeMap<String, ArtifactHash>> = BTreeMap::new();
+    for (i, (name, st)) in states.iter().enumerate() {
+        let m = match st {
+            StageState::Fresh { manifest, .. } => manifest.as_ref().clone(),
+            StageState::Stale { .. } => {
+                let stage = &pipeline.stages[i];
+                let Ok(Some(ki)) = resolver.key_inputs(stage, &outputs, false) else { continue };
+                match remote.peek_entry(stage, &ki, &ki.key(), &warn) {
+                    Ok(Some(m)) => {
+                        found.insert(name.clone());
+                        m
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        console.warn_line(&e.to_string());
+                        continue;
+                    }
                 }
-                Ok(false) => {}
-                Err(e) => console.warn_line(&e.to_string()),
             }
-        }
+            StageState::Blocked { .. } => continue,
+        };
+        outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
     }
     Ok(found)
 }

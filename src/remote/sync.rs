@@ -86,6 +86,27 @@ impl Remote {
         Ok(Some(Pulled { manifest, bytes }))
     }
 
+    /// The remote's manifest for `key`, validated like a pull's, without
+    /// downloading any object (for `status`: what a run would pull, and
+    /// the output hashes that make the next stage's key known).
+    pub fn peek_entry(&self, stage: &Stage, ki: &KeyInputs, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<Manifest>, RemoteError> {
+        if self.down().is_some() {
+            return Ok(None);
+        }
+        let reject = |why: String| warn(format!("the remote entry of `{}` (key {}) on {} {why}; it will not be used", stage.name, key.short(), self.display));
+        let bytes = match self.block_on(self.get_manifest(key)) {
+            Ok(b) => b,
+            Err(f) => return self.settle(f, &reject).map(|p| p.map(|p| p.manifest)),
+        };
+        match validate(stage, ki, key, &bytes) {
+            Ok(m) => Ok(Some(m)),
+            Err(why) => {
+                reject(why);
+                Ok(None)
+            }
+        }
+    }
+
     /// Pushes a local entry: its objects (each verified as read), then its
     /// manifest. Nothing is sent when the remote already has the manifest.
     pub fn push_entry(&self, cache: &Cache, manifest: &Manifest) -> Result<PushStats, RemoteError> {
