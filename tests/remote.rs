@@ -352,3 +352,30 @@ fn a_manifest_filed_under_another_key_is_refused() {
     assert!(r.stderr.contains("has a manifest for another key"), "{}", r.all());
     same_outputs(&a, &b);
 }
+
+#[test]
+fn remote_settings_are_checked_and_credentials_refused_in_the_pipeline_file() {
+    let p = Project::new(PIPELINE);
+    let r = p.cairn(&["run", "--remote", "http://example.invalid/x"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("is not a remote URL"), "{}", r.all());
+    let r = p.cairn(&["run", "--remote", "file:///nonexistent/cairn-share"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("is not an existing directory"), "{}", r.all());
+
+    let p = Project::new(&PIPELINE.replace("url = \"s3://cairn/team\"", "url = \"s3://cairn/team\"\nsecret_access_key = \"hunter2\""));
+    let r = p.cairn(&["status"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("credentials do not belong in pipeline.toml"), "{}", r.all());
+    assert!(!r.all().contains("hunter2"));
+    let p = Project::new(&PIPELINE.replace("url = \"s3://cairn/team\"", "url = \"s3://cairn/team\"\npush = \"yes\""));
+    let r = p.cairn(&["status"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("`remote.push` must be true or false"), "{}", r.all());
+
+    // `--remote none` turns a configured remote off: nothing is asked.
+    let p = Project::new(PIPELINE);
+    let r = p.cairn(&["run", "--remote", "none"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("remote"), "{}", r.all());
+}
