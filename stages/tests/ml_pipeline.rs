@@ -5,8 +5,9 @@
 //! 2-core CPU. It checks what a user relies on: every stage runs once; a
 //! second run executes nothing; a `finetune.lr` change re-runs exactly
 //! finetune and what follows; `cairn verify` finds every output
-//! bit-identical (timing outputs excepted, as declared); the report's files
-//! parse; a damaged upstream object is detected and recomputed.
+//! bit-identical (timings are metrics, not outputs), so a forced re-run of
+//! finetune stops there; the report's files parse; a damaged upstream
+//! object is detected and recomputed.
 //!
 //! It drives `cairn` and `cairn-worker` from the build directory. `make
 //! test` (`cargo test --release --workspace`) builds both; running this
@@ -311,6 +312,12 @@ fn flagship_shape_runs_caches_reruns_verifies_and_repairs_through_cairn() {
         );
     }
     assert!(!verify.all().contains("DIFFERS"), "{}", verify.all());
+    assert!(!verify.all().contains("timing output"), "outputs hold no timings (those are metrics): {}", verify.all());
+
+    // Re-running finetune makes the same bytes, so nothing after it re-runs.
+    let forced = p.cairn(&["run", "--force", "finetune"]);
+    assert_eq!(forced.code, 0, "{}", forced.all());
+    assert_eq!(forced.ran(), ["finetune"], "early cutoff after a re-run with equal outputs:\n{}", forced.all());
 
     // 5. A damaged upstream object is detected and recomputed: flip a byte
     // in the middle of resize's `train` tensor (an artifact is a hard link
