@@ -23,15 +23,12 @@ cargo build --release -q --workspace  # --workspace: per-package builds change f
 cargo bench -q --workspace --bench formats --no-run
 BENCH="$(ls -t target/release/deps/formats-* | grep -v '\.d$' | head -1)"
 
-# Writes a worker job for kind $1 with params $2, inputs $3 (JSON), into $4.
+# Writes a worker job for kind $1 with params $2, inputs $3 and outputs $5
+# (JSON) into $4/job.json, built and checked as every job is (bench_train job).
 job() {
   local kind="$1" params="$2" inputs="$3" dir="$4" outputs="$5"
   mkdir -p "$dir"
-  cat > "$dir/job.json" <<EOF
-{"protocol": 1, "kind": "$kind", "stage": "bench", "params": $params, "inputs": $inputs,
- "outputs": $outputs, "scratch": "$dir", "seed": 0, "interactive": false,
- "env": {"torch_version": "2.11.0", "device": "cpu", "threads": $THREADS}}
-EOF
+  CAIRN_THREADS="$THREADS" ./target/release/bench_train job "$kind" "$params" "$inputs" "$outputs" "$dir"
 }
 
 now() { date +%s.%N; }

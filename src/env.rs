@@ -37,12 +37,9 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use crate::kind::EnvNeeds;
-use crate::worker::{Probe, PROTOCOL_VERSION};
+use crate::worker::{threads_from_env, Probe, PROTOCOL_VERSION};
 
-/// The libtorch version cairn's worker is built against (tch 0.24 pins it;
-/// `scripts/setup-torch.sh` installs it). Keys use what the worker reports,
-/// not this; it is for messages and for tests that build jobs by hand.
-pub const TORCH_VERSION: &str = "2.11.0";
+pub use crate::worker::TORCH_VERSION;
 
 /// The value of a key entry whose fact could not be learned.
 pub const UNKNOWN: &str = "unknown (cairn-worker --probe failed)";
@@ -80,17 +77,27 @@ pub struct Environment {
     worker: Option<PathBuf>,
     /// The cache directory whose `probe/` holds probe answers.
     cache_root: Option<PathBuf>,
+    /// The worker kinds this cairn runs, name → version: a probe listing
+    /// others comes from another checkout. `None` checks no kinds.
+    worker_kinds: Option<BTreeMap<String, u32>>,
     probe: OnceLock<Result<Probe, ProbeError>>,
 }
 
 impl Environment {
     pub fn detect(force_cpu: bool) -> Self {
-        Self { threads: threads_from_env(), force_cpu, worker: None, cache_root: None, probe: OnceLock::new() }
+        Self { threads: threads_from_env(), force_cpu, worker: None, cache_root: None, worker_kinds: None, probe: OnceLock::new() }
     }
 
     /// Caches probe answers under `<cache_root>/probe/`.
     pub fn with_probe_cache(mut self, cache_root: impl Into<PathBuf>) -> Self {
         self.cache_root = Some(cache_root.into());
+        self
+    }
+
+    /// Refuses a worker whose probe lists other kinds or versions than
+    /// these (see [`crate::kinds::Registry::worker_kinds`]).
+    pub fn with_worker_kinds(mut self, kinds: BTreeMap<String, u32>) -> Self {
+        self.worker_kinds = Some(kinds);
         self
     }
 
@@ -152,11 +159,11 @@ impl Environment {
         let cache = self.cache_root.as_deref().and_then(|root| ProbeCache::new(root, &worker));
         if let Some(probe) = cache.as_ref().and_then(ProbeCache::read) {
             // Checked again: this cairn may be newer than the cached answer.
-            check_probe(&worker, &probe)?;
+            check_probe(&worker, &probe, self.worker_kinds.as_ref())?;
             return Ok(probe);
         }
         let probe = run_probe(&worker)?;
-        check_probe(&worker, &probe)?;
+        check_probe(&worker, &probe, self.worker_kinds.as_ref())?;
         if let Some(cache) = &cache {
             cache.write(&probe);
         }
@@ -206,16 +213,15 @@ fn parse_probe(stdout: &str) -> Result<Probe, String> {
 }
 
 /// Refuses a probe from a worker built from other sources than this cairn.
-fn check_probe(worker: &Path, probe: &Probe) -> Result<(), ProbeError> {
+fn check_probe(worker: &Path, probe: &Probe, ours: Option<&BTreeMap<String, u32>>) -> Result<(), ProbeError> {
     let stale = |what: String| Err(ProbeError::Stale { path: worker.into(), what });
     if probe.protocol != PROTOCOL_VERSION {
         return stale(format!("it speaks worker protocol {}, cairn speaks {PROTOCOL_VERSION}", probe.protocol));
     }
-    let ours: BTreeMap<String, u32> =
-        cairn_kinds::all().iter().map(|k| (k.info().name.to_string(), k.info().version)).collect();
-    if probe.kinds != ours {
+    let Some(ours) = ours else { return Ok(()) };
+    if probe.kinds != *ours {
         let show = |m: &BTreeMap<String, u32>| m.iter().map(|(k, v)| format!("{k} v{v}")).collect::<Vec<_>>().join(", ");
-        return stale(format!("its kinds are [{}], cairn's are [{}]", show(&probe.kinds), show(&ours)));
+        return stale(format!("its kinds are [{}], cairn's are [{}]", show(&probe.kinds), show(ours)));
     }
     Ok(())
 }
@@ -329,13 +335,6 @@ fn cpu_identity() -> String {
         .join("\n")
 }
 
-fn threads_from_env() -> usize {
-    std::env::var("CAIRN_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-}
 
 /// The model name of the first NVIDIA GPU, if the driver is loaded.
 /// `CUDA_VISIBLE_DEVICES=""` hides it, as it does from libtorch.
@@ -366,8 +365,12 @@ mod tests {
             device: "cpu".into(),
             cpu_capability: "AVX2".into(),
             native_bf16: "none".into(),
-            kinds: cairn_kinds::all().iter().map(|k| (k.info().name.to_string(), k.info().version)).collect(),
+            kinds: sample_kinds(),
         }
+    }
+
+    fn sample_kinds() -> BTreeMap<String, u32> {
+        BTreeMap::from([("resize".into(), 1), ("train".into(), 5)])
     }
 
     /// A stand-in worker: counts its probes in `<dir>/probes` and prints
@@ -502,7 +505,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mut old = sample_probe();
         *old.kinds.get_mut("train").unwrap() += 1;
-        let env = Environment::detect(false).with_worker(fake_worker(t.path(), &old)).with_probe_cache(t.path());
+        let env = Environment::detect(false)
+            .with_worker(fake_worker(t.path(), &old))
+            .with_probe_cache(t.path())
+            .with_worker_kinds(sample_kinds());
         let e = env.facts().unwrap_err().to_string();
         assert!(e.contains("another checkout") && e.contains("train v") && e.contains("make setup"), "{e}");
         assert!(!t.path().join(PROBE_DIR).exists(), "a refused probe is not cached");

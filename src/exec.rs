@@ -59,6 +59,7 @@ pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFai
         stage: &stage.name,
         params: &stage.checked.params,
         inputs: req.inputs,
+        input_hashes: req.key_inputs.inputs.clone(),
         outputs: outputs.clone(),
         scratch: &work_dir,
         seed: req.seed,

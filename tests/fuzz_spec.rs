@@ -17,6 +17,11 @@
 use std::path::Path;
 
 use cairn::kinds::Registry;
+
+/// The kinds the `cairn` binary knows: `command` and the built-in ML kinds.
+fn registry() -> Registry {
+    Registry::builtin().with_worker_kinds(cairn_kinds::all())
+}
 use cairn::spec::{load_str, LoadOptions, Origin, ProfileChoice, SpecError};
 use proptest::prelude::*;
 
@@ -587,7 +592,7 @@ fn options() -> impl Strategy<Value = LoadOptions> {
 /// The property: no panic; an error says something; file positions point
 /// inside the text; a loaded pipeline answers its own queries.
 fn check(text: &str, opts: &LoadOptions) -> Result<bool, TestCaseError> {
-    match load_str(Path::new("pipeline.toml"), text, opts, &Registry::builtin()) {
+    match load_str(Path::new("pipeline.toml"), text, opts, &registry()) {
         Ok(p) => {
             prop_assert!(!p.stages.is_empty(), "a pipeline without stages loaded");
             for i in 0..p.stages.len() {
@@ -619,10 +624,10 @@ fn fuzz_spec_seeds_load() {
     // The seeds the mutations start from are themselves good pipelines
     // (ARRAYS is deliberately bad: an array of stage tables).
     for seed in [REPO_PIPELINE, CHAIN, ML] {
-        load_str(Path::new("p.toml"), seed, &LoadOptions::default(), &Registry::builtin()).unwrap();
+        load_str(Path::new("p.toml"), seed, &LoadOptions::default(), &registry()).unwrap();
     }
     let auto = LoadOptions { profile: ProfileChoice::Auto { has_cuda: false }, sets: vec![] };
-    load_str(Path::new("p.toml"), CHAIN, &auto, &Registry::builtin()).unwrap();
+    load_str(Path::new("p.toml"), CHAIN, &auto, &registry()).unwrap();
 }
 
 #[test]

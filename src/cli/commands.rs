@@ -63,11 +63,18 @@ pub fn fail(console: &Console, code: i32, message: impl std::fmt::Display) -> i3
     code
 }
 
+/// The kinds `cairn` runs: the engine's own (`command`) and the built-in ML
+/// kinds, declared in `cairn-kinds` and run by `cairn-worker`.
+pub fn registry() -> Registry {
+    Registry::builtin().with_worker_kinds(cairn_kinds::all())
+}
+
 /// Loads the pipeline with the invocation's profile and overrides.
 pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, Environment), i32> {
     // The worker's facts are probed only when a key needs them, and cached
     // under the cache directory (see `cairn::env`).
-    let env = Environment::detect(config.cpu).with_probe_cache(&cli.cache_dir);
+    let registry = registry();
+    let env = Environment::detect(config.cpu).with_probe_cache(&cli.cache_dir).with_worker_kinds(registry.worker_kinds().clone());
     let local = super::local::Overrides::read(&cli.file).map_err(|e| fail(console, exit::USAGE, e))?;
     if !local.is_empty() {
         console.line(&format!("using {} ({})", super::local::FILE, local.describe()));
@@ -80,7 +87,7 @@ pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, 
     // Flags on the command line come last, so they win.
     let sets = local.set.iter().chain(&config.sets).cloned().collect();
     let opts = LoadOptions { profile, sets };
-    match spec::load(&cli.file, &opts, &Registry::builtin()) {
+    match spec::load(&cli.file, &opts, &registry) {
         Ok(p) => {
             if let Some((name, true)) = &p.profile {
                 console.line(&format!("no CUDA device found: using profile `{name}` (override with --profile)"));

@@ -1,6 +1,8 @@
-//! The registry of stage kinds the engine can run: the generic `command`
-//! kind, implemented here, and the built-in ML kinds declared in
-//! `cairn-kinds` and executed by the `cairn-worker` process.
+//! The registry of stage kinds the engine can run. The library knows one
+//! kind, the generic `command`, implemented here. Other kinds are declared
+//! outside the engine (as [`crate::kind::Kind`]s) and run in the
+//! `cairn-worker` process: the `cairn` binary registers the built-in ML
+//! kinds of `cairn-kinds` with [`Registry::with_worker_kinds`].
 
 pub mod command;
 mod supervise;
@@ -9,12 +11,14 @@ pub mod worker_kind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::kind::StageKind;
+use crate::kind::{Kind, StageKind};
 
 /// Kinds by name.
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: BTreeMap<String, Arc<dyn StageKind>>,
+    /// The kinds run by the worker, name → version.
+    worker_kinds: BTreeMap<String, u32>,
 }
 
 impl Registry {
@@ -22,14 +26,27 @@ impl Registry {
         Self::default()
     }
 
-    /// `command` plus every built-in ML kind.
+    /// The kinds the engine itself implements: `command`.
     pub fn builtin() -> Self {
         let mut r = Self::empty();
         r.register(Arc::new(command::Command));
-        for decl in cairn_kinds::all() {
-            r.register(Arc::new(worker_kind::WorkerKind::new(decl)));
-        }
         r
+    }
+
+    /// Adds each declared kind, run by the `cairn-worker` process.
+    pub fn with_worker_kinds(mut self, decls: impl IntoIterator<Item = &'static dyn Kind>) -> Self {
+        for decl in decls {
+            let info = decl.info();
+            self.worker_kinds.insert(info.name.to_string(), info.version);
+            self.register(Arc::new(worker_kind::WorkerKind::new(decl)));
+        }
+        self
+    }
+
+    /// The kinds run by the worker, name → version: what its probe must
+    /// list (see [`crate::env::Environment::with_worker_kinds`]).
+    pub fn worker_kinds(&self) -> &BTreeMap<String, u32> {
+        &self.worker_kinds
     }
 
     pub fn register(&mut self, kind: Arc<dyn StageKind>) {

@@ -9,18 +9,17 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::kind::{
-    ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, OutputDecl, ParamError, StageCtx, StageFailure, StageKind,
-};
-use crate::worker::{Event, Job, JobEnv, PROTOCOL_VERSION};
+use crate::kind::{Checked, Kind, KindInfo, ParamError, StageCtx, StageFailure, StageKind};
+use crate::worker::{Event, Job, JobEnv, JobInput};
 
+/// A declared kind, run by the worker.
 pub struct WorkerKind {
-    decl: &'static dyn cairn_kinds::Kind,
-    info: cairn_kinds::KindInfo,
+    decl: &'static dyn Kind,
+    info: KindInfo,
 }
 
 impl WorkerKind {
-    pub fn new(decl: &'static dyn cairn_kinds::Kind) -> Self {
+    pub fn new(decl: &'static dyn Kind) -> Self {
         Self { decl, info: decl.info() }
     }
 }
@@ -28,17 +27,6 @@ impl WorkerKind {
 /// Where the worker binary is: `$CAIRN_WORKER`, else next to this executable.
 pub fn worker_path() -> Result<PathBuf, StageFailure> {
     crate::worker::locate().map_err(StageFailure::new)
-}
-
-fn convert_implied(i: &cairn_kinds::Implied) -> Result<InputRef, ParamError> {
-    Ok(match i {
-        cairn_kinds::Implied::Output(r) => crate::spec::parse::parse_ref_value(&Value::String(r.clone()))
-            .map_err(|m| ParamError::new(vec![], m))?,
-        cairn_kinds::Implied::File { path, url, sha256 } => {
-            InputRef::External { path: path.clone(), url: url.clone(), sha256: sha256.clone() }
-        }
-        cairn_kinds::Implied::UpstreamParams => InputRef::UpstreamParams,
-    })
 }
 
 impl StageKind for WorkerKind {
@@ -55,48 +43,21 @@ impl StageKind for WorkerKind {
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
-        let plan = self.decl.check(raw).map_err(|e| ParamError { path: e.path, message: e.message, help: e.help })?;
-        let outputs = plan
-            .outputs
-            .iter()
-            .map(|o| {
-                let ty: ArtifactType = o.ty.parse().map_err(|m: String| ParamError::new(vec![], m))?;
-                Ok(OutputDecl {
-                    name: o.name.clone(),
-                    ty,
-                    ext: o.ext.map(str::to_string).unwrap_or_else(|| ty.default_ext().into()),
-                    volatile: o.volatile,
-                })
-            })
-            .collect::<Result<Vec<_>, ParamError>>()?;
-        let implied_inputs = plan
-            .implied
-            .iter()
-            .map(|(slot, i)| Ok((slot.clone(), convert_implied(i)?)))
-            .collect::<Result<Vec<_>, ParamError>>()?;
-        Ok(Checked {
-            params: plan.params,
-            inputs: plan.inputs.iter().map(|s| InputSlot { name: s.name.clone(), required: s.required, many: s.many }).collect(),
-            outputs,
-            implied_inputs,
-            env: EnvNeeds { torch: self.info.torch, threads: self.info.threads },
-        })
+        self.decl.checked(raw)
     }
 
     fn run(&self, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
-        let job = Job {
-            protocol: PROTOCOL_VERSION,
-            kind: self.info.name.to_string(),
-            version: self.info.version,
-            stage: ctx.stage.to_string(),
-            params: ctx.params.clone(),
-            inputs: ctx.inputs.clone(),
-            outputs: ctx.outputs.clone(),
-            scratch: ctx.scratch.to_path_buf(),
-            seed: ctx.seed,
-            env: self.job_env(ctx.env)?,
-            interactive: false,
-        };
+        let mut job = Job::new(self.info, ctx.stage, ctx.params.clone(), ctx.scratch)
+            .with_seed(ctx.seed)
+            .with_env(self.job_env(ctx.env)?);
+        for (slot, paths) in &ctx.inputs {
+            let hashes = ctx.input_hashes.get(slot);
+            let inputs = paths.iter().enumerate().map(|(i, p)| JobInput::new(p, hashes.and_then(|h| h.get(i)).map(|h| h.to_hex())));
+            job = job.with_input(slot, inputs);
+        }
+        for (name, path) in &ctx.outputs {
+            job = job.with_output(name, path);
+        }
         let job_path = ctx.scratch.join("job.json");
         std::fs::write(&job_path, serde_json::to_vec_pretty(&job).map_err(|e| StageFailure::new(e.to_string()))?)?;
         let worker = worker_path()?;
@@ -149,7 +110,7 @@ impl WorkerKind {
     /// key (the probe is made once per invocation). A kind that needs no
     /// facts runs on the CPU and never probes.
     fn job_env(&self, env: &crate::env::Environment) -> Result<JobEnv, StageFailure> {
-        let needs = EnvNeeds { torch: self.info.torch, threads: self.info.threads };
+        let needs = self.info.env;
         if !needs.torch && !needs.threads {
             return Ok(JobEnv::cpu(env.threads));
         }

@@ -381,7 +381,7 @@ inputs = { predictions = "preds.t" }
 "#;
 
     fn upstream(text: &str) -> serde_json::Value {
-        let p = load_str(Path::new("p.toml"), text, &LoadOptions::default(), &Registry::builtin()).unwrap();
+        let p = load_str(Path::new("p.toml"), text, &LoadOptions::default(), &Registry::builtin().with_worker_kinds(cairn_kinds::all())).unwrap();
         let i = p.index_of("report").unwrap();
         assert_eq!(p.stages[i].inputs["pipeline"], vec![InputRef::UpstreamParams], "the engine feeds the report its pipeline");
         serde_json::from_slice(&p.upstream_params(i)).unwrap()
@@ -413,7 +413,7 @@ inputs = {{ train_images = "data.x", train_labels = "data.x", val_images = "data
 "#
             )
         };
-        let load = |init: &str| load_str(Path::new("p.toml"), &spec(init), &LoadOptions::default(), &Registry::builtin());
+        let load = |init: &str| load_str(Path::new("p.toml"), &spec(init), &LoadOptions::default(), &Registry::builtin().with_worker_kinds(cairn_kinds::all()));
         assert!(load("pre.model").is_ok());
         for (init, want) in [
             ("pe.model", "input `init` refers to `pe`, which is not a stage"),

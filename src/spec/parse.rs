@@ -59,12 +59,7 @@ impl RawSpec {
 }
 
 /// Whether `name` is usable as a stage, output, slot or profile name.
-pub fn is_safe_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && name.len() <= 64
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
+pub use cairn_kind::is_safe_name;
 
 pub const NAME_HELP: &str =
     "names start with a letter or `_` and use only letters, digits, `_` and `-` (at most 64)";
@@ -257,12 +252,7 @@ fn parse_inputs(cx: &mut Ctx, path: &[String], item: &Item) -> BTreeMap<String, 
 /// Parses one reference: `"stage.output"` or `{ file = "...", url = "...", sha256 = "..." }`.
 pub fn parse_ref_value(v: &Value) -> Result<InputRef, String> {
     match v {
-        Value::String(s) => match s.split_once('.') {
-            Some((stage, output)) if is_safe_name(stage) && is_safe_name(output) => {
-                Ok(InputRef::Output { stage: stage.into(), output: output.into() })
-            }
-            _ => Err(format!("`{s}` is not a reference of the form \"<stage>.<output>\"")),
-        },
+        Value::String(s) => InputRef::parse_output(s),
         Value::Object(m) => {
             let get = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_string);
             if let Some(bad) = m.keys().find(|k| !matches!(k.as_str(), "file" | "url" | "sha256")) {

@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use cairn::formats::{DType, TensorFile, TensorWriter};
+use cairn_formats::{DType, TensorFile, TensorWriter};
 use cairn_stages::tensors;
 
 fn read(path: &Path) {

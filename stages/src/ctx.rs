@@ -1,11 +1,12 @@
 //! What a worker-side stage sees: its job, its device, and a channel back to
-//! the engine (events on stdout, see `cairn::worker`).
+//! the engine (events on stdout, see `cairn_kind::protocol`).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cairn::kind::Progress;
-use cairn::worker::{Event, Job};
+use cairn_kind::protocol::{Event, Job};
+use cairn_kind::Progress;
 use serde::de::DeserializeOwned;
 
 /// A stage failure inside the worker. The message is shown to the user
@@ -38,6 +39,8 @@ pub type StageResult<T = ()> = Result<T, StageError>;
 pub struct WorkerCtx {
     pub job: Job,
     pub device: tch::Device,
+    /// Slot → the local paths of the job's inputs.
+    input_paths: BTreeMap<String, Vec<PathBuf>>,
 }
 
 impl WorkerCtx {
@@ -45,7 +48,9 @@ impl WorkerCtx {
         // No fallback to the CPU: a job keyed on CUDA runs on CUDA or not at
         // all (`cairn-worker` refuses it before it gets here).
         let device = if job.env.is_cuda() { tch::Device::Cuda(0) } else { tch::Device::Cpu };
-        Self { job, device }
+        let input_paths =
+            job.inputs.iter().map(|(slot, inputs)| (slot.clone(), inputs.iter().map(|i| i.path.clone()).collect())).collect();
+        Self { job, device, input_paths }
     }
 
     /// The stage's params as the kind's typed struct.
@@ -63,7 +68,7 @@ impl WorkerCtx {
 
     /// Every artifact connected to a slot (empty if none).
     pub fn inputs(&self, slot: &str) -> &[PathBuf] {
-        self.job.inputs.get(slot).map(|v| v.as_slice()).unwrap_or(&[])
+        self.input_paths.get(slot).map(|v| v.as_slice()).unwrap_or(&[])
     }
 
     pub fn has_input(&self, slot: &str) -> bool {

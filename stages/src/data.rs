@@ -36,9 +36,9 @@ pub enum DataError {
     #[error("{file}: {problem}")]
     Invalid { file: String, problem: String },
     #[error(transparent)]
-    Tensor(#[from] cairn::formats::TensorError),
+    Tensor(#[from] cairn_formats::TensorError),
     #[error(transparent)]
-    Table(#[from] cairn::formats::TableError),
+    Table(#[from] cairn_formats::TableError),
 }
 
 impl DataError {

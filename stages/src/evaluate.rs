@@ -9,7 +9,7 @@
 //! compared with the stage's, so evaluating with a different normalisation
 //! or architecture than training fails loudly instead of scoring 10%.
 
-use cairn::formats::table::{Column, Table};
+use cairn_formats::table::{Column, Table};
 use cairn_kinds::eval::EvaluateParams;
 use tch::Kind;
 

@@ -14,17 +14,27 @@ pub mod tensors;
 pub mod train;
 pub mod weights;
 
+use cairn_kinds::KindId;
 use ctx::{StageResult, WorkerCtx};
 
-/// The worker-side implementation of each built-in kind.
-pub fn dispatch(kind: &str) -> Option<fn(&mut WorkerCtx) -> StageResult> {
-    Some(match kind {
-        "load_subset" => data::load_subset,
-        "resize" => data::resize,
-        "train" => train::run,
-        "evaluate" => evaluate::run,
-        "report" => report::run,
-        "gradcam" => gradcam::run,
-        _ => return None,
-    })
+/// A kind's implementation: runs one job.
+pub type Implementation = fn(&mut WorkerCtx) -> StageResult;
+
+/// The implementation of each built-in kind declared in
+/// [`cairn_kinds::KindId`]. The match is exhaustive, so a kind declared
+/// there and not implemented here is a compile error.
+pub fn implementation(kind: KindId) -> Implementation {
+    match kind {
+        KindId::LoadSubset => data::load_subset,
+        KindId::Resize => data::resize,
+        KindId::Train => train::run,
+        KindId::Evaluate => evaluate::run,
+        KindId::Report => report::run,
+        KindId::GradCam => gradcam::run,
+    }
+}
+
+/// The implementation of the kind named `name` in `kind = "…"`.
+pub fn dispatch(name: &str) -> Option<Implementation> {
+    KindId::from_name(name).map(implementation)
 }

@@ -1,7 +1,7 @@
 //! `cairn-worker`: runs one libtorch stage job for the cairn engine.
 //!
-//! `cairn-worker run <job.json>` reads a [`Job`] (see `cairn::worker` for
-//! the protocol), checks its protocol version, checks that the job was
+//! `cairn-worker run <job.json>` reads a [`Job`] (see `cairn_kind::protocol`
+//! for the protocol), checks its protocol version, checks that the job was
 //! keyed for this worker (see [`refusal`]), fixes libtorch's thread count
 //! and seed from the job so results depend only on the key's inputs, and
 //! runs the kind's implementation. Success is exit 0. A stage error, a
@@ -20,7 +20,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cairn::worker::{Event, Job, Probe, PROTOCOL_VERSION};
+use cairn_kind::protocol::{Event, Job, Probe, PROTOCOL_VERSION};
 use cairn_stages::ctx::{emit, WorkerCtx};
 
 /// Exit status for a failed stage or an unreadable job.
@@ -68,11 +68,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// stderr logging at the engine's level (`cairn::worker::LOG_ENV`),
+/// stderr logging at the engine's level (`cairn_kind::protocol::LOG_ENV`),
 /// warnings only when run by hand.
 fn init_tracing() {
     use tracing_subscriber::fmt::format::FmtSpan;
-    let filter = std::env::var(cairn::worker::LOG_ENV).unwrap_or_else(|_| "warn".into());
+    let filter = std::env::var(cairn_kind::protocol::LOG_ENV).unwrap_or_else(|_| "warn".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -225,9 +225,10 @@ fn run(job_path: &Path) -> ExitCode {
 /// The facts `--probe` reports, read from libtorch through the C++ shim
 /// (`csrc/probe.cpp`).
 mod facts {
-    use std::collections::BTreeMap;
     use std::ffi::{c_char, c_int, CString};
     use std::path::PathBuf;
+
+    use cairn_kind::protocol::kind_versions;
 
     use super::{Probe, PROTOCOL_VERSION};
 
@@ -254,7 +255,7 @@ mod facts {
             device: device(),
             cpu_capability: cpu_capability()?,
             native_bf16: native_bf16(),
-            kinds: cairn_kinds::all().iter().map(|k| (k.info().name.to_string(), k.info().version)).collect::<BTreeMap<_, _>>(),
+            kinds: kind_versions(cairn_kinds::KindId::ALL.map(cairn_kinds::KindId::info)),
         })
     }
 

@@ -1,4 +1,4 @@
-//! The bridge between tensor artifacts (`cairn::formats::tensor`, Arrow IPC
+//! The bridge between tensor artifacts (`cairn_formats::tensor`, Arrow IPC
 //! files) and `tch::Tensor`.
 //!
 //! Loading allocates one contiguous CPU tensor and copies each record batch
@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use cairn::formats::tensor::{DType, TensorError, TensorFile, TensorWriter};
+use cairn_formats::tensor::{DType, TensorError, TensorFile, TensorWriter};
 use tch::{Device, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult};

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use cairn::formats::table::{Column, Table};
+use cairn_formats::table::{Column, Table};
 use cairn_kinds::train::{Arch, ModelSpec, Normalize};
 use cairn_stages::models::{self, Feed};
 use serde_json::json;

@@ -12,7 +12,7 @@ mod skip;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cairn::formats::table::{Column, Table};
+use cairn_formats::table::{Column, Table};
 use common::Rng;
 use serde_json::json;
 

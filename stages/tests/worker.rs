@@ -4,11 +4,12 @@
 //! reads from libtorch. Also checks the binary starts without
 //! LD_LIBRARY_PATH, which is what the rpath from build.rs is for.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cairn::formats::{write_tensor, DType, TensorFile};
-use cairn::worker::{Event, Probe, PROTOCOL_VERSION};
+use cairn_formats::{write_tensor, DType, TensorFile};
+use cairn_kind::protocol::{Event, Job, Probe, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 
 fn worker() -> Command {
@@ -32,14 +33,23 @@ fn run_job_env(dir: &Path, job: Value, env: &[(&str, &str)]) -> (Output, Vec<Eve
     (out, events)
 }
 
-/// A CPU job keyed on nothing, at the kind's own version.
+/// A CPU job keyed on nothing, at the kind's own version (an undeclared
+/// kind at version 1), as the JSON the worker reads.
 fn job(kind: &str, params: Value, inputs: Value, outputs: Value, dir: &Path) -> Value {
-    let version = cairn_kinds::find(kind).map_or(1, |k| k.info().version);
-    json!({
-        "protocol": PROTOCOL_VERSION, "kind": kind, "version": version, "stage": "s", "params": params,
-        "inputs": inputs, "outputs": outputs, "scratch": dir, "seed": 3, "interactive": false,
-        "env": {"device": "cpu", "threads": 1, "keyed": {}}
-    })
+    let info = cairn_kinds::find(kind).map_or(cairn_kinds::KindId::Resize.info(), |k| k.info());
+    let mut j = Job::new(info, "s", params, dir).with_seed(3);
+    if cairn_kinds::find(kind).is_none() {
+        (j.kind, j.version) = (kind.to_string(), 1);
+    }
+    let inputs: BTreeMap<String, Vec<PathBuf>> = serde_json::from_value(inputs).unwrap();
+    for (slot, paths) in inputs {
+        j = j.with_input(&slot, paths);
+    }
+    let outputs: BTreeMap<String, PathBuf> = serde_json::from_value(outputs).unwrap();
+    for (name, path) in outputs {
+        j = j.with_output(&name, path);
+    }
+    serde_json::to_value(j).unwrap()
 }
 
 fn probe(extra_env: &[(&str, &str)]) -> Probe {
@@ -74,14 +84,14 @@ fn version_reports_libtorch_and_cuda() {
     let out = worker().arg("--version").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains(&format!("libtorch {}", cairn::env::TORCH_VERSION)) && text.contains("CUDA "), "{text}");
+    assert!(text.contains(&format!("libtorch {}", cairn_kind::protocol::TORCH_VERSION)) && text.contains("CUDA "), "{text}");
 }
 
 #[test]
 fn probe_reports_facts_from_libtorch() {
     let p = probe(&[]);
     assert_eq!(p.protocol, PROTOCOL_VERSION);
-    assert_eq!(p.libtorch, cairn::env::TORCH_VERSION, "the loaded library's version");
+    assert_eq!(p.libtorch, cairn_kind::protocol::TORCH_VERSION, "the loaded library's version");
     assert!(p.libtorch_path.as_ref().is_some_and(|l| l.is_file()), "{:?}", p.libtorch_path);
     assert_eq!(p.cuda, p.device.starts_with("cuda:"), "{p:?}");
     assert!(p.cuda || p.device == "cpu", "{p:?}");
@@ -124,7 +134,7 @@ fn refuses_a_cuda_job_without_cuda() {
     assert!(!probe(&no_gpu).cuda, "CUDA_VISIBLE_DEVICES=\"\" hides every GPU");
     let dir = tempfile::tempdir().unwrap();
     let gpu = "cuda:NVIDIA H200";
-    let keyed = json!({"libtorch": cairn::env::TORCH_VERSION, "device": gpu});
+    let keyed = json!({"libtorch": cairn_kind::protocol::TORCH_VERSION, "device": gpu});
     let (j, output) = keyed_resize(dir.path(), cairn_kinds::data::Resize::VERSION, gpu, keyed);
     let (out, events) = run_job_env(dir.path(), j, &no_gpu);
     assert_eq!(out.status.code(), Some(1));
@@ -213,9 +223,9 @@ fn tiny_train(dir: &Path, log: Option<&str>, extra: Value) -> Output {
     let path = dir.join("job.json");
     std::fs::write(&path, job("train", params, inputs, outputs, dir).to_string()).unwrap();
     let mut cmd = worker();
-    cmd.env_remove(cairn::worker::LOG_ENV);
+    cmd.env_remove(cairn_kind::protocol::LOG_ENV);
     if let Some(filter) = log {
-        cmd.env(cairn::worker::LOG_ENV, filter);
+        cmd.env(cairn_kind::protocol::LOG_ENV, filter);
     }
     let out = cmd.arg("run").arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

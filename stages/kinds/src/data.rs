@@ -11,7 +11,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::{typed, Implied, Kind, KindInfo, Out, ParamError, Plan, Slot};
+use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
+
+use crate::typed;
 
 /// Where `load_subset` looks when `source` is not given.
 pub const CIFAR10_DEFAULT_SOURCE: &str = "data/cifar-10-binary.tar.gz";
@@ -127,12 +129,11 @@ impl Kind for LoadSubset {
             name: "load_subset",
             version: Self::VERSION,
             summary: "read CIFAR-10 (binary or image folder) and draw a stratified, seeded subset",
-            torch: false,
-            threads: false,
+            env: EnvNeeds { torch: false, threads: false },
         }
     }
 
-    fn check(&self, raw: &Value) -> Result<Plan, ParamError> {
+    fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
         let (p, params): (LoadSubsetParams, Value) = typed(raw)?;
         if p.train_per_class == 0 {
             return Err(ParamError::at(&["train_per_class"], "must be at least 1"));
@@ -143,14 +144,14 @@ impl Kind for LoadSubset {
         if let Some(f) = p.val_fraction {
             if !(0.0..1.0).contains(&f) {
                 return Err(ParamError::at(&["val_fraction"], format!("{f} is not in [0, 1)"))
-                    .help("e.g. `val_fraction = 0.1` holds out 10% as many images as `train_per_class`"));
+                    .with_help("e.g. `val_fraction = 0.1` holds out 10% as many images as `train_per_class`"));
             }
         }
         if p.source.trim().is_empty() {
             return Err(ParamError::at(&["source"], "must name a file or directory"));
         }
         let official = p.source == CIFAR10_DEFAULT_SOURCE && p.format != SourceFormat::ImageFolder;
-        let source = Implied::File {
+        let source = InputRef::External {
             path: p.source.clone(),
             url: official.then(|| CIFAR10_URL.to_string()),
             sha256: official.then(|| CIFAR10_SHA256.to_string()),
@@ -164,12 +165,12 @@ impl Kind for LoadSubset {
             splits.push("pool");
         }
         for split in splits {
-            outputs.push(Out::new(format!("{split}_images"), "tensor"));
-            outputs.push(Out::new(format!("{split}_labels"), "tensor"));
+            outputs.push(OutputDecl::new(format!("{split}_images"), ArtifactType::Tensor));
+            outputs.push(OutputDecl::new(format!("{split}_labels"), ArtifactType::Tensor));
         }
-        outputs.push(Out::new("index", "table"));
-        outputs.push(Out::new("classes", "table"));
-        Ok(Plan { params, inputs: vec![], outputs, implied: vec![("source".into(), source)] })
+        outputs.push(OutputDecl::new("index", ArtifactType::Table));
+        outputs.push(OutputDecl::new("classes", ArtifactType::Table));
+        Ok(Checked::new(params, vec![], outputs).with_implied("source", source))
     }
 }
 
@@ -226,19 +227,18 @@ impl Kind for Resize {
             name: "resize",
             version: Self::VERSION,
             summary: "resample u8 N×C×H×W images to size×size",
-            torch: true,
-            threads: false,
+            env: EnvNeeds { torch: true, threads: false },
         }
     }
 
-    fn check(&self, raw: &Value) -> Result<Plan, ParamError> {
+    fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
         let (mut p, _): (ResizeParams, Value) = typed(raw)?;
         if !(1..=8192).contains(&p.size) {
             return Err(ParamError::at(&["size"], format!("{} is not in 1..=8192", p.size)));
         }
         if p.antialias() && matches!(p.mode, ResizeMode::Nearest | ResizeMode::Area) {
             return Err(ParamError::at(&["antialias"], format!("`antialias` does not apply to mode `{}`", format!("{:?}", p.mode).to_lowercase()))
-                .help("drop `antialias`, or use mode \"bilinear\" or \"bicubic\""));
+                .with_help("drop `antialias`, or use mode \"bilinear\" or \"bicubic\""));
         }
         // Canonical params name the effective value, so leaving the default
         // implicit or spelling it out gives the same key.
@@ -253,12 +253,11 @@ impl Kind for Resize {
                 return Err(ParamError::at(&["splits"], format!("`{s}` is listed twice")));
             }
         }
-        Ok(Plan {
+        Ok(Checked::new(
             params,
-            inputs: p.splits.iter().map(|s| Slot::one(s)).collect(),
-            outputs: p.splits.iter().map(|s| Out::new(s.clone(), "tensor")).collect(),
-            implied: vec![],
-        })
+            p.splits.iter().map(|s| InputSlot::one(s)).collect(),
+            p.splits.iter().map(|s| OutputDecl::new(s.clone(), ArtifactType::Tensor)).collect(),
+        ))
     }
 }
 
@@ -273,7 +272,7 @@ mod tests {
         assert_eq!(plan.params["source"], CIFAR10_DEFAULT_SOURCE);
         assert_eq!(plan.params["test"], "all");
         assert_eq!(plan.params["format"], "auto");
-        let (slot, Implied::File { url, sha256, .. }) = &plan.implied[0] else { panic!("not a file") };
+        let (slot, InputRef::External { url, sha256, .. }) = &plan.implied_inputs[0] else { panic!("not a file") };
         assert_eq!(slot, "source");
         assert_eq!(url.as_deref(), Some(CIFAR10_URL));
         assert_eq!(sha256.as_deref(), Some(CIFAR10_SHA256));
@@ -288,7 +287,7 @@ mod tests {
             .unwrap();
         let names: Vec<_> = plan.outputs.iter().map(|o| o.name.as_str()).collect();
         assert!(names.contains(&"val_images") && names.contains(&"pool_labels"), "{names:?}");
-        let Implied::File { url, .. } = &plan.implied[0].1 else { panic!() };
+        let InputRef::External { url, .. } = &plan.implied_inputs[0].1 else { panic!() };
         assert_eq!(url, &None, "only the default path is downloadable");
         let p: LoadSubsetParams = serde_json::from_value(plan.params).unwrap();
         assert_eq!((p.val_count(), p.test), (2, TestAmount::PerClass(5)));

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::train::{ModelSpec, Precision, Tta};
-use crate::{typed, Kind, KindInfo, Out, ParamError, Plan, Slot};
+use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
+
+use crate::typed;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,24 +46,26 @@ impl Kind for Evaluate {
             name: "evaluate",
             version: VERSION,
             summary: "score a trained model: predictions, confusion matrix, test accuracy and loss",
-            torch: true,
-            threads: true,
+            env: EnvNeeds { torch: true, threads: true },
         }
     }
 
-    fn check(&self, raw: &Value) -> Result<Plan, ParamError> {
+    fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
         let (mut p, _) = typed::<EvaluateParams>(raw)?;
         p.model = p.model.resolve("model")?;
         if p.batch_size == 0 {
             return Err(ParamError::at(&["batch_size"], "must be at least 1"));
         }
         let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
-        Ok(Plan {
+        Ok(Checked::new(
             params,
-            inputs: vec![Slot::one("model"), Slot::one("images"), Slot::one("labels"), Slot::optional("classes")],
-            outputs: vec![Out::new("predictions", "table"), Out::new("confusion", "table"), Out::new("metrics", "table")],
-            implied: vec![],
-        })
+            vec![InputSlot::one("model"), InputSlot::one("images"), InputSlot::one("labels"), InputSlot::optional("classes")],
+            vec![
+                OutputDecl::new("predictions", ArtifactType::Table),
+                OutputDecl::new("confusion", ArtifactType::Table),
+                OutputDecl::new("metrics", ArtifactType::Table),
+            ],
+        ))
     }
 }
 

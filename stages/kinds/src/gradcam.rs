@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::train::ModelSpec;
-use crate::{typed, Kind, KindInfo, Out, ParamError, Plan, Slot};
+use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
+
+use crate::typed;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,12 +71,11 @@ impl Kind for GradCam {
             name: "gradcam",
             version: VERSION,
             summary: "Grad-CAM maps of the most confident mistakes and hits per class, with a faithfulness check",
-            torch: true,
-            threads: true,
+            env: EnvNeeds { torch: true, threads: true },
         }
     }
 
-    fn check(&self, raw: &Value) -> Result<Plan, ParamError> {
+    fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
         let (mut p, _) = typed::<GradCamParams>(raw)?;
         p.model = p.model.resolve("model")?;
         let blocks = p.model.blocks();
@@ -83,7 +84,7 @@ impl Kind for GradCam {
         let layer = p.layer.get_or_insert_with(|| spatial[spatial.len() - 1].clone());
         if !spatial.contains(layer) {
             return Err(ParamError::at(&["layer"], format!("`{layer}` is not a spatial block of this model"))
-                .help(format!("choose one of: {}", spatial.join(", "))));
+                .with_help(format!("choose one of: {}", spatial.join(", "))));
         }
         if !(1..=100).contains(&p.per_class) {
             return Err(ParamError::at(&["per_class"], "must be between 1 and 100"));
@@ -101,24 +102,23 @@ impl Kind for GradCam {
             return Err(ParamError::at(&["tile"], "must be between 32 and 512 pixels"));
         }
         let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
-        Ok(Plan {
+        Ok(Checked::new(
             params,
-            inputs: vec![
-                Slot::one("model"),
-                Slot::one("images"),
-                Slot::one("labels"),
-                Slot::one("predictions"),
-                Slot::optional("classes"),
+            vec![
+                InputSlot::one("model"),
+                InputSlot::one("images"),
+                InputSlot::one("labels"),
+                InputSlot::one("predictions"),
+                InputSlot::optional("classes"),
             ],
-            outputs: vec![
-                Out::new("heatmaps", "tensor"),
-                Out::new("selection", "table"),
-                Out::new("grid", "figure"),
-                Out::new("worst", "figure"),
-                Out::new("faithfulness", "table"),
+            vec![
+                OutputDecl::new("heatmaps", ArtifactType::Tensor),
+                OutputDecl::new("selection", ArtifactType::Table),
+                OutputDecl::new("grid", ArtifactType::Figure),
+                OutputDecl::new("worst", ArtifactType::Figure),
+                OutputDecl::new("faithfulness", ArtifactType::Table),
             ],
-            implied: vec![],
-        })
+        ))
     }
 }
 

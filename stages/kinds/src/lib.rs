@@ -18,133 +18,62 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use cairn_kind::{Kind, KindInfo, ParamError};
+
 pub mod data;
 pub mod eval;
 pub mod gradcam;
 pub mod report;
 pub mod train;
 
-/// Static facts about a kind.
-#[derive(Clone, Copy, Debug)]
-pub struct KindInfo {
-    pub name: &'static str,
-    pub version: u32,
-    pub summary: &'static str,
-    /// Results depend on the libtorch version and device kind.
-    pub torch: bool,
-    /// Results on the CPU depend on the thread count and the CPU's class
-    /// (the kernels libtorch dispatches to, native bf16).
-    pub threads: bool,
+/// Every built-in ML kind, by name in code. This list drives both sides:
+/// [`all`] (what the engine registers, keys and checks a worker's probe
+/// against) is derived from it, and the worker's `cairn_stages::implementation`
+/// is an exhaustive `match` over it, so a kind declared here but not
+/// implemented there does not compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KindId {
+    LoadSubset,
+    Resize,
+    Train,
+    Evaluate,
+    Report,
+    GradCam,
 }
 
-/// An input slot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Slot {
-    pub name: String,
-    pub required: bool,
-    pub many: bool,
-}
+impl KindId {
+    pub const ALL: [KindId; 6] =
+        [KindId::LoadSubset, KindId::Resize, KindId::Train, KindId::Evaluate, KindId::Report, KindId::GradCam];
 
-impl Slot {
-    pub fn one(name: &str) -> Self {
-        Self { name: name.into(), required: true, many: false }
+    /// The kind's declaration.
+    pub fn decl(self) -> &'static dyn Kind {
+        match self {
+            KindId::LoadSubset => &data::LoadSubset,
+            KindId::Resize => &data::Resize,
+            KindId::Train => &train::Train,
+            KindId::Evaluate => &eval::Evaluate,
+            KindId::Report => &report::Report,
+            KindId::GradCam => &gradcam::GradCam,
+        }
     }
-    pub fn optional(name: &str) -> Self {
-        Self { name: name.into(), required: false, many: false }
-    }
-    pub fn many(name: &str) -> Self {
-        Self { name: name.into(), required: true, many: true }
-    }
-}
 
-/// An output: name, artifact type (`tensor`, `table`, `model`, `figure`,
-/// `report`, `file`) and an extension when it is not the type's default.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Out {
-    pub name: String,
-    pub ty: &'static str,
-    pub ext: Option<&'static str>,
-    /// Holds wall-clock measurements (seconds, images/s), so it is not
-    /// expected to be bit-identical across runs; `cairn verify` reports it
-    /// but does not fail on it.
-    pub volatile: bool,
-}
+    pub fn info(self) -> KindInfo {
+        self.decl().info()
+    }
 
-impl Out {
-    pub fn new(name: impl Into<String>, ty: &'static str) -> Self {
-        Self { name: name.into(), ty, ext: None, volatile: false }
-    }
-    /// An output that records timings; see [`Out::volatile`].
-    pub fn timed(name: impl Into<String>, ty: &'static str) -> Self {
-        Self { name: name.into(), ty, ext: None, volatile: true }
-    }
-    pub fn with_ext(name: impl Into<String>, ty: &'static str, ext: &'static str) -> Self {
-        Self { name: name.into(), ty, ext: Some(ext), volatile: false }
+    /// The kind named `name` in `kind = "…"`.
+    pub fn from_name(name: &str) -> Option<KindId> {
+        Self::ALL.into_iter().find(|k| k.info().name == name)
     }
 }
 
-/// An input implied by a param (a weights file, a data set path).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Implied {
-    /// `"<stage>.<output>"`
-    Output(String),
-    /// A file outside the cache, relative to the pipeline file. When missing
-    /// and `url` is set, the engine downloads it and checks `sha256`.
-    File { path: String, url: Option<String>, sha256: Option<String> },
-    /// The canonical params of this stage and of every stage upstream of
-    /// it, as a JSON document `{"stages": {name: {"kind", "params"}}}`
-    /// that the engine writes (for reports that show what produced them).
-    UpstreamParams,
-}
-
-/// The result of checking a stage's params.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// Canonical params: the typed struct serialised back, defaults filled in.
-    pub params: Value,
-    pub inputs: Vec<Slot>,
-    pub outputs: Vec<Out>,
-    pub implied: Vec<(String, Implied)>,
-}
-
-/// A param error, located by its path within the stage's table.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParamError {
-    pub path: Vec<String>,
-    pub message: String,
-    pub help: Option<String>,
-}
-
-impl ParamError {
-    pub fn at(path: &[&str], message: impl Into<String>) -> Self {
-        Self { path: path.iter().map(|s| s.to_string()).collect(), message: message.into(), help: None }
-    }
-    pub fn help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
-        self
-    }
-}
-
-/// A built-in kind's declaration.
-pub trait Kind: Sync {
-    fn info(&self) -> KindInfo;
-    fn check(&self, raw: &Value) -> Result<Plan, ParamError>;
-}
-
-/// Every built-in ML kind.
+/// Every built-in ML kind's declaration.
 pub fn all() -> Vec<&'static dyn Kind> {
-    vec![
-        &data::LoadSubset,
-        &data::Resize,
-        &train::Train,
-        &eval::Evaluate,
-        &report::Report,
-        &gradcam::GradCam,
-    ]
+    KindId::ALL.into_iter().map(KindId::decl).collect()
 }
 
 pub fn find(name: &str) -> Option<&'static dyn Kind> {
-    all().into_iter().find(|k| k.info().name == name)
+    KindId::from_name(name).map(KindId::decl)
 }
 
 /// Deserialises raw params into `P` (which should use
@@ -161,7 +90,7 @@ pub fn typed<P: DeserializeOwned + Serialize>(raw: &Value) -> Result<(P, Value),
                 _ => None,
             })
             .collect();
-        ParamError { path, message: e.into_inner().to_string(), help: None }
+        ParamError::new(path, e.into_inner().to_string())
     })?;
     let canonical = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
     Ok((p, canonical))

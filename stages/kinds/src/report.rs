@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{typed, Kind, KindInfo, Out, ParamError, Plan, Slot};
+use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
+
+use crate::typed;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,12 +51,11 @@ impl Kind for Report {
             name: "report",
             version: VERSION,
             summary: "per-class metrics, confusion matrix, learning curves and one self-contained HTML report",
-            torch: false,
-            threads: false,
+            env: EnvNeeds { torch: false, threads: false },
         }
     }
 
-    fn check(&self, raw: &Value) -> Result<Plan, ParamError> {
+    fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
         let (p, params) = typed::<ReportParams>(raw)?;
         if p.title.trim().is_empty() {
             return Err(ParamError::at(&["title"], "must not be empty"));
@@ -71,29 +72,29 @@ impl Kind for Report {
                 return Err(ParamError::at(&["phases", &at], format!("phase `{name}` is named twice")));
             }
         }
-        Ok(Plan {
+        Ok(Checked::new(
             params,
-            inputs: vec![
-                Slot::one("predictions"),
-                Slot::optional("classes"),
+            vec![
+                InputSlot::one("predictions"),
+                InputSlot::optional("classes"),
                 // Optional and many: a report of a model trained elsewhere
                 // has no histories, one of a two-phase run has two.
-                Slot { name: "histories".into(), required: false, many: true },
-                Slot { name: "gradcam".into(), required: false, many: true },
-                Slot::optional("faithfulness"),
-                Slot::optional("pipeline"),
+                InputSlot { name: "histories".into(), required: false, many: true },
+                InputSlot { name: "gradcam".into(), required: false, many: true },
+                InputSlot::optional("faithfulness"),
+                InputSlot::optional("pipeline"),
             ],
-            outputs: vec![
-                Out::new("per_class", "table"),
-                Out::new("confused_pairs", "table"),
-                Out::new("confusion", "figure"),
-                Out::new("curves", "figure"),
-                Out::with_ext("metrics", "file", "json"),
-                Out::with_ext("report", "report", "md"),
-                Out::with_ext("index", "report", "html"),
+            vec![
+                OutputDecl::new("per_class", ArtifactType::Table),
+                OutputDecl::new("confused_pairs", ArtifactType::Table),
+                OutputDecl::new("confusion", ArtifactType::Figure),
+                OutputDecl::new("curves", ArtifactType::Figure),
+                OutputDecl::with_ext("metrics", ArtifactType::File, "json"),
+                OutputDecl::with_ext("report", ArtifactType::Report, "md"),
+                OutputDecl::with_ext("index", ArtifactType::Report, "html"),
             ],
-            implied: vec![("pipeline".to_string(), crate::Implied::UpstreamParams)],
-        })
+        )
+        .with_implied("pipeline", InputRef::UpstreamParams))
     }
 }
 

@@ -10,13 +10,16 @@
 //! stores them as tensor artifacts, and runs one `train` job (val = 2000
 //! held-out training images; `[ntrain]` caps the training set) and
 //! optionally one `evaluate` job on the test set, printing wall times.
+//! `bench_train job <kind> <params> <inputs> <outputs> <dir>` writes
+//! `<dir>/job.json` for `cairn-worker run`, built like every job
+//! ([`Job::new`]), its params checked by the kind's declaration; inputs are
+//! JSON `{"slot": ["path", …]}`, outputs `{"name": "path"}`, threads from
+//! `CAIRN_THREADS` (`scripts/bench.sh` uses it).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cairn::env::Environment;
-use cairn::worker::{Job, JobEnv, PROTOCOL_VERSION};
+use cairn_kind::protocol::{threads_from_env, Job, JobEnv};
 use cairn_kinds::train::{Arch, ModelSpec, Normalize, Optimizer, Stem};
 use cairn_stages::ctx::WorkerCtx;
 use cairn_stages::models::{self, Feed};
@@ -31,7 +34,7 @@ fn throughput(args: &[String]) -> Result<(), String> {
     let (res, batch, steps): (i64, i64, usize) = (arg(1, "32").parse().unwrap_or(32), arg(2, "256").parse().unwrap_or(256), arg(3, "5").parse().unwrap_or(5));
     let kind = if arg(4, "fp32") == "bf16" { Kind::BFloat16 } else { Kind::Float };
     let stem = (arch != Arch::Fast).then(|| if arg(5, "imagenet") == "cifar" { Stem::Cifar } else { Stem::Imagenet });
-    let threads = Environment::detect(true).threads;
+    let threads = threads_from_env();
     tch::set_num_threads(threads as i32);
     tch::manual_seed(0);
     let spec = ModelSpec { arch, num_classes: 10, stem, widths: None, normalize: Normalize::Cifar }.resolve("model").map_err(|e| e.message)?;
@@ -85,22 +88,36 @@ fn load_raw(dir: &Path, split: &str) -> Result<(Tensor, Tensor), String> {
 }
 
 fn job(kind: &str, raw: &serde_json::Value, inputs: &[(&str, &Path)], outputs: &[(&str, &str)], dir: &Path) -> Result<Job, String> {
-    let plan = cairn_kinds::find(kind).unwrap().check(raw).map_err(|e| format!("{:?}: {}", e.path, e.message))?;
+    let decl = cairn_kinds::find(kind).ok_or_else(|| format!("no kind `{kind}`"))?;
+    let plan = decl.check(raw).map_err(|e| format!("{:?}: {}", e.path, e.message))?;
     let scratch = dir.join(format!("{kind}-scratch"));
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
-    Ok(Job {
-        protocol: PROTOCOL_VERSION,
-        kind: kind.into(),
-        version: cairn_kinds::find(kind).map_or(0, |k| k.info().version),
-        stage: kind.into(),
-        params: plan.params,
-        inputs: inputs.iter().map(|(s, p)| (s.to_string(), vec![p.to_path_buf()])).collect(),
-        outputs: outputs.iter().map(|(n, f)| (n.to_string(), dir.join(f))).collect::<BTreeMap<_, _>>(),
-        scratch,
-        seed: 0,
-        env: JobEnv::cpu(Environment::detect(true).threads),
-        interactive: false,
-    })
+    let mut job = Job::new(decl.info(), kind, plan.params, scratch).with_env(JobEnv::cpu(threads_from_env()));
+    for (slot, path) in inputs {
+        job = job.with_input(slot, [*path]);
+    }
+    for (name, file) in outputs {
+        job = job.with_output(name, dir.join(file));
+    }
+    Ok(job)
+}
+
+fn job_file(args: &[String]) -> Result<(), String> {
+    let [kind, params, inputs, outputs, dir] = args else { return Err("job needs <kind> <params> <inputs> <outputs> <dir>".into()) };
+    let parse = |what: &str, s: &str| serde_json::from_str::<serde_json::Value>(s).map_err(|e| format!("{what}: {e}"));
+    let inputs: std::collections::BTreeMap<String, Vec<PathBuf>> =
+        serde_json::from_value(parse("inputs", inputs)?).map_err(|e| format!("inputs: {e}"))?;
+    let outputs: std::collections::BTreeMap<String, PathBuf> =
+        serde_json::from_value(parse("outputs", outputs)?).map_err(|e| format!("outputs: {e}"))?;
+    let dir = PathBuf::from(dir);
+    let mut j = job(kind, &parse("params", params)?, &[], &[], &dir)?;
+    for (slot, paths) in inputs {
+        j = j.with_input(&slot, paths);
+    }
+    for (name, path) in outputs {
+        j = j.with_output(&name, path);
+    }
+    std::fs::write(dir.join("job.json"), serde_json::to_vec_pretty(&j).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
 }
 
 fn recipe(args: &[String]) -> Result<(), String> {
@@ -159,7 +176,10 @@ fn main() {
     let r = match args.first().map(String::as_str) {
         Some("throughput") => throughput(&args[1..]),
         Some("recipe") => recipe(&args[1..]),
-        _ => Err("usage: bench_train throughput <model> <res> <batch> <steps> [fp32|bf16] [cifar] | recipe <data-dir> <train.json> [eval.json] [ntrain]".into()),
+        Some("job") => job_file(&args[1..]),
+        _ => Err("usage: bench_train throughput <model> <res> <batch> <steps> [fp32|bf16] [cifar] | recipe <data-dir> <train.json> [eval.json] [ntrain] \
+                  | job <kind> <params> <inputs> <outputs> <dir>"
+            .into()),
     };
     if let Err(e) = r {
         eprintln!("bench_train: {e}");

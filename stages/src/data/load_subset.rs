@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use cairn::formats::{write_tensor, Column, DType, Table};
+use cairn_formats::{write_tensor, Column, DType, Table};
 use cairn_kinds::data::{LoadSubsetParams, SourceFormat};
 
 use super::catalog::Catalog;

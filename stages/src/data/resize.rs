@@ -10,7 +10,7 @@
 //! rounded half-to-even and clamped. Each output pixel depends only on its
 //! input image, so results do not depend on the slice size or thread count.
 
-use cairn::formats::{DType, TensorFile, TensorWriter};
+use cairn_formats::{DType, TensorFile, TensorWriter};
 use cairn_kinds::data::{ResizeMode, ResizeParams};
 use tch::{Kind, Tensor};
 

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cairn::formats::{Column, DType, Table, TensorFile};
-use cairn::worker::{Job, JobEnv, PROTOCOL_VERSION};
+use cairn_formats::{Column, DType, Table, TensorFile};
+use cairn_kind::protocol::{Job, JobEnv};
 use cairn_kinds::data::SourceFormat;
 use serde_json::{json, Value};
 
@@ -256,19 +256,14 @@ fn refuses_hostile_archives_without_writing_anything() {
 
 fn job(kind: &str, params: Value, inputs: &[(&str, &Path)], outputs: &[&str], dir: &Path) -> WorkerCtx {
     let ext = |name: &str| if name == "index" || name == "classes" { "parquet" } else { "arrow" };
-    let job = Job {
-        protocol: PROTOCOL_VERSION,
-        kind: kind.into(),
-        version: cairn_kinds::find(kind).map_or(0, |k| k.info().version),
-        stage: "test".into(),
-        params,
-        inputs: inputs.iter().map(|(s, p)| (s.to_string(), vec![p.to_path_buf()])).collect(),
-        outputs: outputs.iter().map(|o| (o.to_string(), dir.join(format!("{o}.{}", ext(o))))).collect(),
-        scratch: dir.to_path_buf(),
-        seed: 42,
-        env: JobEnv::cpu(2),
-        interactive: false,
-    };
+    let decl = cairn_kinds::find(kind).expect("kind is declared");
+    let mut job = Job::new(decl.info(), "test", params, dir).with_seed(42).with_env(JobEnv::cpu(2));
+    for (slot, path) in inputs {
+        job = job.with_input(slot, [*path]);
+    }
+    for o in outputs {
+        job = job.with_output(o, dir.join(format!("{o}.{}", ext(o))));
+    }
     WorkerCtx::new(job)
 }
 
@@ -379,7 +374,7 @@ fn resize_matches_libtorch_for_every_mode_and_keeps_u8() {
 fn resize_refuses_non_image_tensors() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("labels.arrow");
-    cairn::formats::write_tensor(&input, DType::I64, &[2], &[0u8; 16]).unwrap();
+    cairn_formats::write_tensor(&input, DType::I64, &[2], &[0u8; 16]).unwrap();
     let (mut ctx, _) = resize_job(tmp.path(), &input, json!({"size": 8}));
     let err = super::resize(&mut ctx).unwrap_err().to_string();
     assert!(err.contains("labels.arrow") && err.contains("N×C×H×W"), "{err}");

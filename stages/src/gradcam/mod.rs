@@ -12,7 +12,7 @@ pub mod faithfulness;
 pub mod overlay;
 pub mod select;
 
-use cairn::formats::table::{Column, Table};
+use cairn_formats::table::{Column, Table};
 use cairn_kinds::gradcam::GradCamParams;
 use tch::{Device, Kind, Tensor};
 

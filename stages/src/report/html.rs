@@ -8,7 +8,7 @@
 use std::fmt::Write;
 
 use base64::Engine;
-use cairn::formats::table::{Column, Table};
+use cairn_formats::table::{Column, Table};
 use serde_json::Value;
 
 use super::{num3, pct, Document};

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cairn::formats::table::{Column, Table, TableError};
+use cairn_formats::table::{Column, Table, TableError};
 use serde_json::Value;
 
 use crate::plot::curves::Epoch;

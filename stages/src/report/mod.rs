@@ -15,7 +15,7 @@ pub mod stats;
 
 use std::path::PathBuf;
 
-use cairn::formats::table::{Column, Table, TableError};
+use cairn_formats::table::{Column, Table, TableError};
 use cairn_kinds::report::ReportParams;
 
 use crate::ctx::{StageError, StageResult, WorkerCtx};

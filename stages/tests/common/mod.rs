@@ -5,47 +5,23 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cairn::worker::{Job, JobEnv, PROTOCOL_VERSION};
+use cairn_kind::protocol::Job;
 use cairn_stages::ctx::WorkerCtx;
 use serde_json::Value;
 
 /// A worker context for `kind` with `raw` params, `inputs` by slot, and
 /// every declared output placed in `dir`.
 pub fn ctx(kind: &str, raw: &Value, inputs: &[(&str, Vec<PathBuf>)], dir: &Path) -> WorkerCtx {
-    let plan = cairn_kinds::find(kind).expect("kind is declared").check(raw).expect("params check");
-    let outputs: BTreeMap<String, PathBuf> = plan
-        .outputs
-        .iter()
-        .map(|o| {
-            let ext = o.ext.unwrap_or(match o.ty {
-                "tensor" => "arrow",
-                "table" => "parquet",
-                "figure" => "png",
-                "report" => "html",
-                "model" => "safetensors",
-                _ => "bin",
-            });
-            (o.name.clone(), dir.join(format!("{}.{ext}", o.name)))
-        })
-        .collect();
+    let decl = cairn_kinds::find(kind).expect("kind is declared");
+    let plan = decl.check(raw).expect("params check");
     let scratch = dir.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
-    let job = Job {
-        protocol: PROTOCOL_VERSION,
-        kind: kind.into(),
-        version: cairn_kinds::find(kind).map_or(0, |k| k.info().version),
-        stage: format!("test_{kind}"),
-        params: plan.params,
-        inputs: inputs.iter().map(|(s, p)| (s.to_string(), p.clone())).collect(),
-        outputs,
-        scratch,
-        seed: 7,
-        env: JobEnv::cpu(1),
-        interactive: false,
-    };
+    let mut job = Job::new(decl.info(), format!("test_{kind}"), plan.params, scratch).with_seed(7).with_outputs_in(dir, &plan.outputs);
+    for (slot, paths) in inputs {
+        job = job.with_input(slot, paths.iter().cloned());
+    }
     WorkerCtx::new(job)
 }
 

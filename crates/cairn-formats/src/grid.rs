@@ -111,7 +111,7 @@ pub fn render_grid(tensor: &Path, options: &GridOptions, out: &Path) -> Result<G
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::tensor::write_tensor;
+    use crate::tensor::write_tensor;
 
     #[test]
     fn draws_images_in_place_and_enlarged() {

@@ -70,7 +70,7 @@ pub fn table_from_polars(df: &mut DataFrame) -> Result<Table, BridgeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::table::Column;
+    use crate::table::Column;
 
     #[test]
     fn tables_cross_to_polars_and_back_unchanged() {
@@ -97,7 +97,7 @@ mod tests {
             .collect()
             .unwrap();
         let table = table_from_polars(&mut sums).unwrap();
-        assert_eq!(table.column("label"), Some(&crate::formats::table::Column::I64(vec![0, 1, 2])));
-        assert_eq!(table.column("loss"), Some(&crate::formats::table::Column::F64(vec![1.5, 3.5, 3.0])));
+        assert_eq!(table.column("label"), Some(&crate::table::Column::I64(vec![0, 1, 2])));
+        assert_eq!(table.column("loss"), Some(&crate::table::Column::F64(vec![1.5, 3.5, 3.0])));
     }
 }
