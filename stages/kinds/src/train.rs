@@ -13,7 +13,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{typed, Implied, Kind, KindInfo, Out, ParamError, Plan, Slot};
+use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
+
+use crate::typed;
 
 /// Network architectures the worker can build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +97,7 @@ impl ModelSpec {
                 let widths = self.widths.get_or_insert_with(|| vec![64, 256, 256]);
                 if widths.is_empty() || widths.len() > 6 || widths.iter().any(|&w| !(1..=4096).contains(&w)) {
                     return Err(ParamError::at(&[at, "widths"], "needs 1 to 6 widths, each between 1 and 4096")
-                        .help("each width adds one conv group that halves the resolution: 32 px allows at most 5"));
+                        .with_help("each width adds one conv group that halves the resolution: 32 px allows at most 5"));
                 }
             }
             Arch::Resnet18 | Arch::Resnet50 => {
@@ -354,7 +356,7 @@ impl TrainParams {
         };
         if let Some(bad) = asked.iter().find(|b| !blocks.contains(b)) {
             return Err(ParamError::at(&["trainable"], format!("unknown block `{bad}`"))
-                .help(format!("this model's blocks are: {}", blocks.join(", "))));
+                .with_help(format!("this model's blocks are: {}", blocks.join(", "))));
         }
         let out: Vec<String> = blocks.into_iter().filter(|b| asked.contains(b)).collect();
         if out.is_empty() {
@@ -373,15 +375,15 @@ impl TrainParams {
 }
 
 /// Where an `init` param's weights come from, as an implied input.
-pub fn init_input(init: &Init) -> Result<Option<Implied>, ParamError> {
+pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
     Ok(match init {
         Init::Scratch(_) => None,
         Init::Stage { stage } => {
             if !stage.contains('.') {
                 return Err(ParamError::at(&["init", "stage"], format!("`{stage}` is not `<stage>.<output>`"))
-                    .help("e.g. init = { stage = \"pretrain.model\" }"));
+                    .with_help("e.g. init = { stage = \"pretrain.model\" }"));
             }
-            Some(Implied::Output(stage.clone()))
+            Some(InputRef::parse_output(stage).map_err(|m| ParamError::new(vec![], m))?)
         }
         Init::Weights { weights, sha256 } => {
             let is_url = weights.starts_with("http://") || weights.starts_with("https://");
@@ -393,12 +395,12 @@ pub fn init_input(init: &Init) -> Result<Option<Implied>, ParamError> {
             if is_url {
                 if sha256.is_none() {
                     return Err(ParamError::at(&["init", "sha256"], "a weights URL needs its sha256")
-                        .help("the download is checked against it and cached by content"));
+                        .with_help("the download is checked against it and cached by content"));
                 }
                 let name = weights.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("weights.pth");
-                Some(Implied::File { path: format!("weights/{name}"), url: Some(weights.clone()), sha256: sha256.clone() })
+                Some(InputRef::External { path: format!("weights/{name}"), url: Some(weights.clone()), sha256: sha256.clone() })
             } else {
-                Some(Implied::File { path: weights.clone(), url: None, sha256: sha256.clone() })
+                Some(InputRef::External { path: weights.clone(), url: None, sha256: sha256.clone() })
             }
         }
     })
@@ -418,12 +420,11 @@ impl Kind for Train {
             name: "train",
             version: VERSION,
             summary: "train (or fine-tune) a resnet18/resnet50/fast net; frozen prefixes are cached as features",
-            torch: true,
-            threads: true,
+            env: EnvNeeds { torch: true, threads: true },
         }
     }
 
-    fn check(&self, raw: &Value) -> Result<Plan, ParamError> {
+    fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
         let (mut p, _) = typed::<TrainParams>(raw)?;
         p.model = p.model.resolve("model")?;
         let blocks = p.trainable_blocks()?;
@@ -447,18 +448,21 @@ impl Kind for Train {
         if p.augment.translate > 16 {
             return Err(ParamError::at(&["augment", "translate"], "at most 16 pixels"));
         }
-        let mut inputs = vec![Slot::one("train_images"), Slot::one("train_labels"), Slot::one("val_images"), Slot::one("val_labels")];
-        let mut implied = Vec::new();
-        if let Some(i) = init_input(&p.init)? {
-            inputs.push(Slot::optional("init"));
-            implied.push(("init".to_string(), i));
+        let mut inputs = vec![InputSlot::one("train_images"), InputSlot::one("train_labels"), InputSlot::one("val_images"), InputSlot::one("val_labels")];
+        let init = init_input(&p.init)?;
+        if init.is_some() {
+            inputs.push(InputSlot::optional("init"));
         }
-        let mut outputs = vec![Out::new("model", "model"), Out::new("history", "table"), Out::new("summary", "table")];
+        let mut outputs = vec![OutputDecl::new("model", ArtifactType::Model), OutputDecl::new("history", ArtifactType::Table), OutputDecl::new("summary", ArtifactType::Table)];
         if p.caches_features() {
-            outputs.push(Out::new("features", "tensor"));
+            outputs.push(OutputDecl::new("features", ArtifactType::Tensor));
         }
         let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
-        Ok(Plan { params, inputs, outputs, implied })
+        let checked = Checked::new(params, inputs, outputs);
+        Ok(match init {
+            Some(i) => checked.with_implied("init", i),
+            None => checked,
+        })
     }
 }
 
@@ -467,7 +471,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn check(v: Value) -> Result<Plan, ParamError> {
+    fn check(v: Value) -> Result<Checked, ParamError> {
         Train.check(&v)
     }
 
@@ -507,13 +511,13 @@ mod tests {
         let plan = check(json!({"model": {"arch": "resnet50"}, "init": {"weights": url, "sha256": sha}})).unwrap();
         assert_eq!(plan.params["reinit_head"], json!(true));
         assert_eq!(
-            plan.implied,
-            vec![("init".into(), Implied::File { path: "weights/resnet50-0676ba61.pth".into(), url: Some(url.into()), sha256: Some(sha.into()) })]
+            plan.implied_inputs,
+            vec![("init".into(), InputRef::External { path: "weights/resnet50-0676ba61.pth".into(), url: Some(url.into()), sha256: Some(sha.into()) })]
         );
         assert!(check(json!({"model": {"arch": "resnet50"}, "init": {"weights": url}})).is_err());
         let plan = check(json!({"model": {"arch": "fast"}, "init": {"stage": "pretrain.model"}})).unwrap();
-        assert_eq!(plan.implied, vec![("init".into(), Implied::Output("pretrain.model".into()))]);
+        assert_eq!(plan.implied_inputs, vec![("init".into(), InputRef::Output { stage: "pretrain".into(), output: "model".into() })]);
         assert!(check(json!({"model": {"arch": "fast"}, "init": "random"})).is_err());
-        assert!(check(json!({"model": {"arch": "fast"}, "init": "scratch"})).unwrap().implied.is_empty());
+        assert!(check(json!({"model": {"arch": "fast"}, "init": "scratch"})).unwrap().implied_inputs.is_empty());
     }
 }

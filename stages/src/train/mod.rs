@@ -21,7 +21,7 @@ pub mod optim;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use cairn::formats::table::{Column, Table};
+use cairn_formats::table::{Column, Table};
 use cairn_kinds::train::{Arch, Init, Precision, TrainParams, Trainable, Tta};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -408,7 +408,7 @@ fn write_tables(ctx: &WorkerCtx, rows: &[EpochRow], best_epoch: usize, best_acc:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn::worker::{Job, PROTOCOL_VERSION};
+    use cairn_kind::protocol::Job;
     use cairn_kinds::Kind as _;
     use std::path::{Path, PathBuf};
 
@@ -418,27 +418,16 @@ mod tests {
         tch::manual_seed(42);
         let x = Tensor::randint(256, [48, 3, 8, 8], (Kind::Uint8, Device::Cpu));
         let y = Tensor::randint(3, [48], (Kind::Int64, Device::Cpu));
-        let mut inputs = std::collections::BTreeMap::new();
+        let plan = cairn_kinds::train::Train.check(&raw).map_err(|e| StageError::new(e.message))?;
+        let mut job = Job::new(cairn_kinds::train::Train.info(), "t", plan.params, dir).with_seed(7);
         for (slot, t) in [("train_images", &x), ("train_labels", &y), ("val_images", &x), ("val_labels", &y)] {
             let p = dir.join(format!("{slot}.arrow"));
             tensors::save(&p, t).unwrap();
-            inputs.insert(slot.to_string(), vec![p]);
+            job = job.with_input(slot, [p]);
         }
-        let plan = cairn_kinds::train::Train.check(&raw).map_err(|e| StageError::new(e.message))?;
-        let outputs = plan.outputs.iter().map(|o| (o.name.clone(), dir.join(&o.name))).collect();
-        let job = Job {
-            protocol: PROTOCOL_VERSION,
-            kind: "train".into(),
-            version: cairn_kinds::train::VERSION,
-            stage: "t".into(),
-            params: plan.params,
-            inputs,
-            outputs,
-            scratch: dir.to_path_buf(),
-            seed: 7,
-            env: cairn::worker::JobEnv::cpu(1),
-            interactive: false,
-        };
+        for o in &plan.outputs {
+            job = job.with_output(&o.name, dir.join(&o.name));
+        }
         run(&mut WorkerCtx::new(job))?;
         Ok(dir.join("model"))
     }
