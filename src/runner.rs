@@ -371,7 +371,9 @@ impl<'a> Scheduler<'a> {
             return Ok(None);
         }
         let warn = |m: String| self.observer.warn(&m);
-        match remote.pull_entry(self.cache, &self.pipeline.stages[i], ki, key, &warn) {
+        let stage = &self.pipeline.stages[i];
+        let progress = |done: u64, total: u64| self.observer.progress(&stage.name, &transfer_progress("pulling", done, total));
+        match remote.pull_entry(self.cache, stage, ki, key, &warn, &progress) {
             Ok(p) => Ok(p.map(|p| p.manifest)),
             Err(e @ crate::remote::RemoteError::Unavailable { .. }) if !self.opts.remote_required => {
                 self.observer.warn(&format!("{e}; continuing with the local cache only"));
@@ -508,8 +510,20 @@ impl<'a> Scheduler<'a> {
 fn push_after(remote: &crate::remote::Remote, cache: &Cache, key: &StageKey, observer: &dyn Observer) {
     let warn = |m: String| observer.warn(&m);
     let Ok(Some(m)) = cache.manifest(key, &warn) else { return };
-    if let Err(e) = remote.push_entry(cache, &m) {
+    let progress = |done: u64, total: u64| observer.progress(&m.stage, &transfer_progress("pushing", done, total));
+    if let Err(e) = remote.push_entry(cache, &m, &progress) {
         observer.warn(&format!("{e}; the result stays in the local cache only"));
+    }
+}
+
+/// A transfer's position, for the stage's progress bar.
+pub fn transfer_progress(what: &str, done: u64, total: u64) -> crate::kind::Progress {
+    let mib = |n: u64| n as f64 / (1 << 20) as f64;
+    crate::kind::Progress {
+        message: format!("{what} {:.1} of {:.1} MiB (remote cache)", mib(done), mib(total)),
+        done: Some(done),
+        total: Some(total),
+        transient: true,
     }
 }
 

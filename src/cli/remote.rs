@@ -14,6 +14,8 @@ use cairn::runner::RunOptions;
 use cairn::spec::Pipeline;
 
 use super::commands::{fail, load, stage_states, CmdResult};
+use cairn::kind::Reporter;
+
 use super::ui::{human_bytes, Console};
 use super::{exit, Cli, Config};
 
@@ -121,7 +123,10 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
             console.line(&format!("not cached {name:<12} nothing to push (run it first)"));
             continue;
         };
-        match remote.push_entry(&cache, manifest) {
+        let progress = |done: u64, total: u64| console.progress(name, &cairn::runner::transfer_progress("pushing", done, total));
+        let result = remote.push_entry(&cache, manifest, &progress);
+        console.finish_bar(name);
+        match result {
             Ok(_) if remote.down().is_some() => break,
             Ok(s) if s.already => {
                 present += 1;
@@ -193,7 +198,12 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
                 console.line(&format!("local      {name:<12} already in the local cache"));
                 m
             }
-            None => match remote.pull_entry(&cache, stage, &ki, &key, &warn) {
+            None => match {
+                let progress = |done: u64, total: u64| console.progress(name, &cairn::runner::transfer_progress("pulling", done, total));
+                let pulled = remote.pull_entry(&cache, stage, &ki, &key, &warn, &progress);
+                console.finish_bar(name);
+                pulled
+            } {
                 Ok(Some(p)) => {
                     pulled += 1;
                     console.line(&format!("pulled     {name:<12} {}", human_bytes(p.bytes)));

@@ -114,7 +114,7 @@ impl Console {
         self.print(&heartbeat_line(stage, p, elapsed));
     }
 
-    fn finish_bar(&self, stage: &str) {
+    pub fn finish_bar(&self, stage: &str) {
         self.beats.lock().unwrap().remove(stage);
         if let Some(bar) = self.running.lock().unwrap().remove(stage) {
             bar.finish_and_clear();

@@ -2,6 +2,8 @@
 //! cache (validated against what this machine computed for the stage),
 //! and pushing a local entry (objects first, manifest last).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures::StreamExt;
 
 use super::transfer::Failure;
@@ -40,6 +42,7 @@ impl Remote {
         ki: &KeyInputs,
         key: &StageKey,
         warn: &dyn Fn(String),
+        progress: &dyn Fn(u64, u64),
     ) -> Result<Option<Pulled>, RemoteError> {
         if self.down().is_some() {
             return Ok(None);
@@ -63,17 +66,20 @@ impl Remote {
                 return Ok(None);
             }
         };
-        let before = self.bytes_down.load(std::sync::atomic::Ordering::Relaxed);
+        let before = self.bytes_down.load(Ordering::Relaxed);
         let mut wanted = Vec::new();
         for o in manifest.outputs.values() {
             if !cache.object_intact(&o.hash)? && !wanted.iter().any(|(h, _)| *h == o.hash) {
                 wanted.push((o.hash, o.size));
             }
         }
-        let results: Vec<Result<(), Failure>> = self.block_on(
+        let total: u64 = wanted.iter().map(|(_, size)| size).sum();
+        let results: Vec<Result<(), Failure>> = self.metered(
             futures::stream::iter(wanted.into_iter().map(|(h, size)| self.fetch_object(cache, h, size)))
                 .buffer_unordered(CONCURRENCY)
                 .collect(),
+            &self.bytes_down,
+            &|done| progress(done, total),
         );
         for r in results {
             if let Err(f) = r {
@@ -82,7 +88,7 @@ impl Remote {
         }
         // Objects are in place and verified; the manifest goes last.
         cache.write_manifest(&manifest)?;
-        let bytes = self.bytes_down.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let bytes = self.bytes_down.load(Ordering::Relaxed) - before;
         Ok(Some(Pulled { manifest, bytes }))
     }
 
@@ -109,7 +115,7 @@ impl Remote {
 
     /// Pushes a local entry: its objects (each verified as read), then its
     /// manifest. Nothing is sent when the remote already has the manifest.
-    pub fn push_entry(&self, cache: &Cache, manifest: &Manifest) -> Result<PushStats, RemoteError> {
+    pub fn push_entry(&self, cache: &Cache, manifest: &Manifest, progress: &dyn Fn(u64, u64)) -> Result<PushStats, RemoteError> {
         let mut stats = PushStats::default();
         if self.down().is_some() {
             return Ok(stats);
@@ -124,10 +130,13 @@ impl Remote {
         let mut objects: Vec<_> = manifest.outputs.values().map(|o| (o.hash, o.size)).collect();
         objects.sort();
         objects.dedup();
-        let results: Vec<Result<u64, Failure>> = self.block_on(
+        let total: u64 = objects.iter().map(|(_, size)| size).sum();
+        let results: Vec<Result<u64, Failure>> = self.metered(
             futures::stream::iter(objects.into_iter().map(|(h, size)| self.push_object(cache, h, size)))
                 .buffer_unordered(CONCURRENCY)
                 .collect(),
+            &self.bytes_up,
+            &|done| progress(done, total),
         );
         for r in results {
             match r {
@@ -144,6 +153,24 @@ impl Remote {
             return self.push_failure(f, &manifest.stage).map(|_| stats);
         }
         Ok(stats)
+    }
+
+    /// Runs `fut`, telling `progress` the bytes `counter` grew by, every
+    /// quarter second while it runs.
+    fn metered<F: std::future::Future>(&self, fut: F, counter: &AtomicU64, progress: &dyn Fn(u64)) -> F::Output {
+        let before = counter.load(Ordering::Relaxed);
+        self.block_on(async {
+            let tick = async {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    progress(counter.load(Ordering::Relaxed) - before);
+                }
+            };
+            match futures::future::select(std::pin::pin!(fut), std::pin::pin!(tick)).await {
+                futures::future::Either::Left((out, _)) => out,
+                futures::future::Either::Right((never, _)) => never,
+            }
+        })
     }
 
     fn push_failure(&self, f: Failure, stage: &str) -> Result<(), RemoteError> {

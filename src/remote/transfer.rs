@@ -98,8 +98,8 @@ impl Remote {
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(|e| Failure::Bad(format!("cannot write {}: {e}", tmp_path.display())))?;
+            self.count(chunk.len() as u64, 0);
         }
-        self.count(n, 0);
         if n != size {
             return Err(Failure::Bad(format!("object {} arrived truncated ({n} of {size} bytes)", h.short())));
         }
@@ -161,13 +161,13 @@ impl Remote {
             hasher.update(&buf[..got]);
             w.write(&buf[..got]);
             n += got as u64;
+            self.count(0, got as u64);
         }
         if ArtifactHash::from_blake3(hasher.finalize()) != h {
             let _ = w.abort().await;
             return Err(Failure::Bad(format!("the local object {} is damaged (run `cairn cache verify`); not pushed", h.short())));
         }
         w.finish().await.map_err(|e| self.failure(&e))?;
-        self.count(0, n);
         Ok(n)
     }
 
