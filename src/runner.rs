@@ -202,7 +202,7 @@ pub fn run(
                             let (i, key) = (ready.i, ready.key_inputs.key());
                             let res = execute_ready(stage, ready, resolver, ctx);
                             if let (Ok(_), Some(remote)) = (&res, push) {
-                                push_after(remote, cache, &key, observer);
+                                push_after(remote, cache, &key, observer, &stage.name);
                             }
                             let _ = tx.send((i, res));
                         });
@@ -351,7 +351,7 @@ impl<'a> Scheduler<'a> {
         let stage = &pipeline.stages[i];
         tracing::debug!(stage = %stage.name, key = %m.key.short(), "cache hit");
         if let (Outcome::Cached, Some(remote), true) = (&outcome, self.opts.remote.as_deref(), self.opts.push) {
-            push_after(remote, self.cache, &m.key, self.observer);
+            push_after(remote, self.cache, &m.key, self.observer, &stage.name);
         }
         self.hashes.insert(stage.name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
         let mut r = report(stage, outcome, Some(m.key), vec![]);
@@ -507,10 +507,10 @@ impl<'a> Scheduler<'a> {
 
 /// Pushes the local entry of `key` to the remote; a failure is a warning
 /// (the run's results are safe locally).
-fn push_after(remote: &crate::remote::Remote, cache: &Cache, key: &StageKey, observer: &dyn Observer) {
+fn push_after(remote: &crate::remote::Remote, cache: &Cache, key: &StageKey, observer: &dyn Observer, stage: &str) {
     let warn = |m: String| observer.warn(&m);
     let Ok(Some(m)) = cache.manifest(key, &warn) else { return };
-    let progress = |done: u64, total: u64| observer.progress(&m.stage, &transfer_progress("pushing", done, total));
+    let progress = |done: u64, total: u64| observer.progress(stage, &transfer_progress("pushing", done, total));
     if let Err(e) = remote.push_entry(cache, &m, &progress) {
         observer.warn(&format!("{e}; the result stays in the local cache only"));
     }
