@@ -158,6 +158,25 @@ fn two_concurrent_pushes_of_the_same_results_both_succeed() {
     for o in [&o1, &o2] {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+    // Manifests are create-only on the server too: a second writer of an
+    // existing key is told so (cairn takes that as success), and the first
+    // writer's manifest stays.
+    let list: Vec<_> = w.block_on(async {
+        use futures::TryStreamExt;
+        w.store().list(Some(&"team/v1/manifests".into())).try_collect::<Vec<_>>().await
+    })
+    .unwrap();
+    assert_eq!(list.len(), 4);
+    let first = w.block_on(async { w.store().get(&list[0].location).await.unwrap().bytes().await }).unwrap();
+    let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+    let again = w.block_on(async { w.store().put_opts(&list[0].location, "{}".into(), opts).await });
+    assert!(
+        matches!(again, Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. })),
+        "{again:?}"
+    );
+    let now = w.block_on(async { w.store().get(&list[0].location).await.unwrap().bytes().await }).unwrap();
+    assert_eq!(first, now);
+
     // One consistent entry: a third clone pulls everything and verifies.
     let b = Project::new(PIPELINE);
     let r = cairn(&b, &w, &["run", "--json"]);
