@@ -197,13 +197,23 @@ fn a_flipped_byte_on_the_remote_is_detected_and_the_stage_recomputed() {
     let path = object_store::path::Path::from(format!("team/v1/objects/{hash}"));
     w.block_on(async { w.store().put(&path, bad.into()).await }).unwrap();
 
+    // B pushes what it computes (as CI does).
     let b = Project::new(PIPELINE);
-    let r = cairn(&b, &w, &["run", "--json"]);
+    let r = cairn(&b, &w, &["run", "--json", "--push"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(outcomes(&r)["gen"], "ran", "{}", r.all());
     assert!(r.stderr.contains("damaged") && r.stderr.contains("not installed"), "{}", r.all());
     assert_eq!(b.cairn(&["cache", "verify"]).code, 0);
     assert_eq!(artifact(&b, "gen/small.txt"), small);
+
+    // Pushing, B repaired the damaged object with its verified bytes of
+    // the same name (A's manifest stays: create-only); the next clone
+    // pulls A's entry whole.
+    let fixed = w.block_on(async { w.store().get(&path).await.unwrap().bytes().await }).unwrap();
+    assert_eq!(fixed.as_ref(), small.as_slice());
+    let c = Project::new(PIPELINE);
+    let r = cairn(&c, &w, &["run", "--json"]);
+    assert_eq!(outcomes(&r)["gen"], "pulled", "{}", r.all());
 }
 
 #[test]

@@ -92,6 +92,9 @@ pub struct Remote {
     rt: tokio::runtime::Runtime,
     /// Set once the remote was found unusable: the cause, already reported.
     down: Mutex<Option<String>>,
+    /// Objects found damaged on the remote in this process: a push
+    /// overwrites them with the (verified) local bytes of the same name.
+    damaged: Mutex<std::collections::BTreeSet<ArtifactHash>>,
     /// Bytes moved, for the summary line.
     pub bytes_down: AtomicU64,
     pub bytes_up: AtomicU64,
@@ -119,6 +122,7 @@ impl Remote {
             base: base.clone().join(format!("v{REMOTE_SCHEMA}").as_str()),
             rt,
             down: Mutex::new(None),
+            damaged: Mutex::new(Default::default()),
             bytes_down: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
         })

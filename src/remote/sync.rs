@@ -120,7 +120,11 @@ impl Remote {
         if self.down().is_some() {
             return Ok(stats);
         }
-        if self.has_manifest(&manifest.key)? {
+        let repair = {
+            let damaged = self.damaged.lock().unwrap();
+            manifest.outputs.values().any(|o| damaged.contains(&o.hash))
+        };
+        if self.has_manifest(&manifest.key)? && !repair {
             stats.already = true;
             return Ok(stats);
         }

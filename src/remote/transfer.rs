@@ -79,6 +79,7 @@ impl Remote {
         let path = self.object_path(&h);
         let got = self.store.get(&path).await.map_err(|e| self.failure(&e))?;
         if got.meta.size != size {
+            self.damaged.lock().unwrap().insert(h);
             return Err(Failure::Bad(format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)));
         }
         let tmp_dir = cache.root().join("tmp");
@@ -94,6 +95,7 @@ impl Remote {
             let chunk = chunk.map_err(|e| self.failure(&e))?;
             n += chunk.len() as u64;
             if n > size {
+                self.damaged.lock().unwrap().insert(h);
                 return Err(Failure::Bad(format!("object {} is longer than its manifest says", h.short())));
             }
             hasher.update(&chunk);
@@ -101,10 +103,12 @@ impl Remote {
             self.count(chunk.len() as u64, 0);
         }
         if n != size {
+            self.damaged.lock().unwrap().insert(h);
             return Err(Failure::Bad(format!("object {} arrived truncated ({n} of {size} bytes)", h.short())));
         }
         let actual = ArtifactHash::from_blake3(hasher.finalize());
         if actual != h {
+            self.damaged.lock().unwrap().insert(h);
             return Err(Failure::Bad(format!("object {} on the remote hashes to {}: its bytes are damaged", h.short(), actual.short())));
         }
         file.flush().await.map_err(|e| Failure::Bad(e.to_string()))?;
@@ -116,8 +120,9 @@ impl Remote {
     /// Returns the bytes sent (0 when it was already there).
     pub(crate) async fn push_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<u64, Failure> {
         let path = self.object_path(&h);
+        let repair = self.damaged.lock().unwrap().contains(&h);
         match self.store.head(&path).await {
-            Ok(meta) if meta.size == size => return Ok(0),
+            Ok(meta) if meta.size == size && !repair => return Ok(0),
             // A wrong-sized object under this name is damage; the
             // multipart path below overwrites it with the right bytes.
             Ok(_) => return self.upload_multipart(cache, h, &path).await,
@@ -133,7 +138,14 @@ impl Remote {
             return Err(Failure::Bad(format!("the local object {} is damaged (run `cairn cache verify`); not pushed", h.short())));
         }
         let n = bytes.len() as u64;
-        self.put_create(&path, PutPayload::from(bytes)).await?;
+        if repair {
+            // The remote's bytes under this name are damaged: these are
+            // the right ones (just checked), so overwriting is safe.
+            self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| self.failure(&e))?;
+            self.damaged.lock().unwrap().remove(&h);
+        } else {
+            self.put_create(&path, PutPayload::from(bytes)).await?;
+        }
         self.count(0, n);
         Ok(n)
     }
@@ -168,6 +180,7 @@ impl Remote {
             return Err(Failure::Bad(format!("the local object {} is damaged (run `cairn cache verify`); not pushed", h.short())));
         }
         w.finish().await.map_err(|e| self.failure(&e))?;
+        self.damaged.lock().unwrap().remove(&h);
         Ok(n)
     }
 
