@@ -129,6 +129,9 @@ fn huge_declared_footer_is_rejected_without_allocating() {
     assert!(err.contains("footer length"), "{err}");
 }
 
+#[path = "../../../tests/support/skip.rs"]
+mod skip;
+
 /// The venv python holding pyarrow, if `make setup` has installed it.
 pub(crate) fn venv_python() -> Option<PathBuf> {
     let home = std::env::var_os("CAIRN_TORCH_HOME").map(PathBuf::from).or_else(|| {
@@ -140,8 +143,11 @@ pub(crate) fn venv_python() -> Option<PathBuf> {
 
 #[test]
 fn pyarrow_reads_it_as_a_fixed_shape_tensor() {
-    let Some(py) = venv_python() else {
-        println!("skipped: no venv python with pyarrow (run `make setup`)");
+    let py = venv_python().filter(|py| {
+        std::process::Command::new(py).args(["-c", "import pyarrow"]).output().is_ok_and(|o| o.status.success())
+    });
+    let Some(py) = py else {
+        skip::missing("pyarrow_reads_it_as_a_fixed_shape_tensor", "no venv python with pyarrow (run `make setup`, or set CAIRN_TORCH_HOME)");
         return;
     };
     let dir = tmp();
