@@ -198,12 +198,7 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
                 console.line(&format!("local      {name:<12} already in the local cache"));
                 m
             }
-            None => match {
-                let progress = |done: u64, total: u64| console.progress(name, &cairn::runner::transfer_progress("pulling", done, total));
-                let pulled = remote.pull_entry(&cache, stage, &ki, &key, &warn, &progress);
-                console.finish_bar(name);
-                pulled
-            } {
+            None => match pull_one(&remote, &cache, stage, &ki, &key, console) {
                 Ok(Some(p)) => {
                     pulled += 1;
                     console.line(&format!("pulled     {name:<12} {}", human_bytes(p.bytes)));
@@ -229,6 +224,22 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
         remote.display()
     ));
     Ok(exit::OK)
+}
+
+/// Pulls one stage's entry with a progress bar.
+fn pull_one(
+    remote: &Remote,
+    cache: &Cache,
+    stage: &cairn::spec::Stage,
+    ki: &cairn::key::KeyInputs,
+    key: &cairn::digest::StageKey,
+    console: &Console,
+) -> Result<Option<cairn::remote::Pulled>, RemoteError> {
+    let warn = |m: String| console.warn_line(&m);
+    let progress = |done: u64, total: u64| console.progress(&stage.name, &cairn::runner::transfer_progress("pulling", done, total));
+    let pulled = remote.pull_entry(cache, stage, ki, key, &warn, &progress);
+    console.finish_bar(&stage.name);
+    pulled
 }
 
 fn check_names(pipeline: &Pipeline, names: &[String], console: &Console) -> Result<(), i32> {

@@ -148,10 +148,11 @@ pub(crate) fn build_store(cfg: &RemoteConfig) -> Result<(Arc<dyn ObjectStore>, R
 /// accepts (keys, or a web-identity or container token set up on purpose).
 fn anonymous() -> bool {
     let set = |n: &str| std::env::var_os(n).is_some_and(|v| !v.is_empty());
-    !(set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
-        && !set("AWS_WEB_IDENTITY_TOKEN_FILE")
-        && !set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-        && !set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    let keys = set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY");
+    let token = ["AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+        .into_iter()
+        .any(set);
+    !keys && !token
 }
 
 fn env_true(name: &str) -> bool {

@@ -26,8 +26,11 @@ pub struct RemoteSpec {
     pub push: bool,
 }
 
+/// One problem in `[remote]`: where, what, and a hint.
+pub type Problem = (Option<Range<usize>>, String, Option<String>);
+
 /// Parses `[remote]`; problems come back as (span, message, help).
-pub fn parse(item: &Item) -> (RemoteSpec, Vec<(Option<Range<usize>>, String, Option<String>)>) {
+pub fn parse(item: &Item) -> (RemoteSpec, Vec<Problem>) {
     let mut spec = RemoteSpec::default();
     let mut errors = Vec::new();
     let Some(t) = item.as_table_like() else {
