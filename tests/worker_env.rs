@@ -115,3 +115,36 @@ fn a_worker_from_another_checkout_is_named_with_the_fix() {
     assert!(all.contains("another checkout") && all.contains("make setup") && all.contains(&worker.display().to_string()), "{all}");
     assert!(!calls(tools.path()).iter().any(|c| c == "run"), "a stale worker must not be given jobs");
 }
+
+/// A stand-in worker that answers `--probe` with `probe` and, given a job,
+/// keeps a copy of it as `<dir>/job.json` and fails.
+fn job_keeping_worker(dir: &Path, probe: &Probe) -> PathBuf {
+    let path = dir.join("fake-worker");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --probe ]; then echo '{json}'; exit 0; fi\ncp \"$2\" '{kept}'\nexit 1\n",
+        json = serde_json::to_string(probe).unwrap(),
+        kept = dir.join("job.json").display()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The job a worker gets names each input by its local path and by the
+/// content hash it was keyed with, so a remote worker could fetch it by
+/// digest.
+#[test]
+fn jobs_name_inputs_by_path_and_content_hash() {
+    let p = Project::new(MIXED);
+    let tools = tempfile::tempdir().unwrap();
+    let worker = job_keeping_worker(tools.path(), &probe(0));
+    let r: common::Run = p.cmd(&["run", "small"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
+    assert_eq!(r.outcome("small").as_deref(), Some("FAILED"), "{}", r.all());
+    let job: cairn::worker::Job = serde_json::from_slice(&std::fs::read(tools.path().join("job.json")).unwrap()).unwrap();
+    assert_eq!((job.protocol, job.kind.as_str(), job.stage.as_str()), (PROTOCOL_VERSION, "resize", "small"));
+    assert_eq!(job.version, cairn_kinds::find("resize").unwrap().info().version);
+    let [input] = job.inputs["images"].as_slice() else { panic!("one input: {:?}", job.inputs) };
+    assert_eq!(input.hash.as_deref(), Some(cairn::digest::ArtifactHash::of_bytes(b"x").to_hex().as_str()));
+    assert_eq!(std::fs::read(&input.path).unwrap(), b"x", "the path is the object holding those bytes");
+    assert!(job.outputs.contains_key("images"), "{:?}", job.outputs);
+}

@@ -65,3 +65,21 @@ impl Registry {
         self.kinds.values()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_knows_only_command_and_the_cli_adds_declared_kinds() {
+        assert_eq!(Registry::builtin().names().collect::<Vec<_>>(), ["command"]);
+        assert!(Registry::builtin().worker_kinds().is_empty());
+        let all = Registry::builtin().with_worker_kinds(cairn_kinds::all());
+        for decl in cairn_kinds::all() {
+            let info = decl.info();
+            assert_eq!(all.get(info.name).map(|k| k.version()), Some(info.version));
+            assert_eq!(all.worker_kinds().get(info.name), Some(&info.version));
+        }
+        assert!(!all.worker_kinds().contains_key("command"));
+    }
+}

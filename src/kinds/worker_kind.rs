@@ -1,8 +1,10 @@
-//! Built-in ML kinds, seen from the engine: their declarations come from
-//! `cairn-kinds` (no libtorch), and `run` hands the job to a `cairn-worker`
+//! Declared kinds run by the worker, seen from the engine: a
+//! [`Kind`] declaration (the `cairn` binary registers those of
+//! `cairn-kinds`) checks params, and `run` hands the job to a `cairn-worker`
 //! process, streaming its events back to the runner. The job carries the
 //! kind version and environment entries the stage was keyed with, so the
-//! worker can refuse to run anything its key does not describe.
+//! worker can refuse to run anything its key does not describe, and each
+//! input's content hash next to its path.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

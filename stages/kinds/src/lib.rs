@@ -95,3 +95,20 @@ pub fn typed<P: DeserializeOwned + Serialize>(raw: &Value) -> Result<(P, Value),
     let canonical = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
     Ok((p, canonical))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_id_has_a_distinct_name_that_finds_it() {
+        let names: std::collections::BTreeSet<_> = KindId::ALL.iter().map(|k| k.info().name).collect();
+        assert_eq!(names.len(), KindId::ALL.len());
+        for id in KindId::ALL {
+            assert_eq!(KindId::from_name(id.info().name), Some(id));
+            assert_eq!(find(id.info().name).map(|k| k.info()), Some(id.info()));
+        }
+        assert_eq!(all().len(), KindId::ALL.len());
+        assert!(KindId::from_name("command").is_none());
+    }
+}
