@@ -39,7 +39,10 @@ bench: setup
 
 # Training throughput, cairn vs PyTorch eager, alternating pairs (PAIRS of
 # them per config); prints the table in BENCHMARKS.md "Training throughput".
-TORCH_HOME ?= $(or $(CAIRN_TORCH_HOME),$(HOME)/.cache/cairn/torch-2.11.0)
+# The libtorch version is set once, in scripts/setup-torch.sh (the Rust
+# constant cairn_kind::protocol::TORCH_VERSION is tested against it).
+TORCH_VERSION := $(shell sed -n 's/^TORCH_VERSION=//p' scripts/setup-torch.sh)
+TORCH_HOME ?= $(or $(CAIRN_TORCH_HOME),$(HOME)/.cache/cairn/torch-$(TORCH_VERSION))
 PAIRS ?= 5
 bench-train: setup
 	$(TORCH_HOME)/bin/python scripts/bench_train_ratio.py $(PAIRS)

@@ -13,7 +13,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 DATA="${CAIRN_BENCH_DATA:-$ROOT/../shared/data/cifar10-jpg.tar.gz}"
-VENV="${CAIRN_TORCH_HOME:-$HOME/.cache/cairn/torch-2.11.0}"
+VENV="${CAIRN_TORCH_HOME:-$HOME/.cache/cairn/torch-$(sed -n 's/^TORCH_VERSION=//p' scripts/setup-torch.sh)}"
 THREADS="${CAIRN_THREADS:-$(nproc)}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

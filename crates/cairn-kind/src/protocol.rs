@@ -45,8 +45,9 @@ pub const PROTOCOL_VERSION: u32 = 3;
 pub const WORKER_ENV: &str = "CAIRN_WORKER";
 
 /// The libtorch version cairn's worker is built against (tch 0.24 pins it;
-/// `scripts/setup-torch.sh` installs it). Keys use what the worker reports,
-/// not this; it is for messages and for tests.
+/// `scripts/setup-torch.sh` installs it and is where scripts and the
+/// Makefile read it; a test keeps the two equal). Keys use what the worker
+/// reports, not this; it is for messages and for tests.
 pub const TORCH_VERSION: &str = "2.11.0";
 
 /// One stage execution, as the engine hands it to the worker.
@@ -262,6 +263,14 @@ mod tests {
         let at = Event::Progress(Progress { message: "step".into(), done: Some(5), total: Some(10), transient: true });
         let back: Event = serde_json::from_str(&at.to_line()).unwrap();
         assert_eq!(back, at);
+    }
+
+    #[test]
+    fn torch_version_is_the_one_setup_torch_installs() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/setup-torch.sh");
+        let text = std::fs::read_to_string(&script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        let set: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("TORCH_VERSION=")).collect();
+        assert_eq!(set, [TORCH_VERSION], "{} and TORCH_VERSION disagree", script.display());
     }
 
     #[test]
