@@ -103,15 +103,19 @@ fn item1_dangling_links_in_a_directory_input_are_named() {
 #[test]
 fn item2_an_input_edited_while_its_stage_runs_is_not_cached() {
     let marks = tempfile::tempdir().unwrap();
-    let mark = marks.path().join("started");
+    let (mark, go) = (marks.path().join("started"), marks.path().join("go"));
+    // The stage reads its input only once the test has edited it: no
+    // assumption about how long anything takes.
     let p = Project::new(&format!(
-        "[stages.slow]\nkind = \"command\"\ncmd = \"touch {}; sleep 1; cat {{in.x}} > {{out.o}}\"\ninputs = {{ x = {{ file = \"x.txt\" }} }}\noutputs = {{ o = \"o.txt\" }}\n",
-        mark.display()
+        "[stages.slow]\nkind = \"command\"\ncmd = \"touch {}; while [ ! -e {} ]; do sleep 0.02; done; cat {{in.x}} > {{out.o}}\"\ninputs = {{ x = {{ file = \"x.txt\" }} }}\noutputs = {{ o = \"o.txt\" }}\n",
+        mark.display(),
+        go.display()
     ));
     p.write("x.txt", "original\n");
     let run = p.cmd(&["run"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_until("the stage to start", || mark.exists());
     p.write("x.txt", "EDITED!!\n");
+    fs::write(&go, "").unwrap();
     let out = run.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
