@@ -49,7 +49,7 @@ pub mod sync;
 pub mod transfer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use object_store::path::Path as RemotePath;
@@ -87,9 +87,10 @@ pub enum RemoteError {
 pub struct Remote {
     /// For messages: the URL and, for S3, the endpoint (never credentials).
     display: String,
-    store: Arc<dyn ObjectStore>,
-    base: RemotePath,
-    rt: tokio::runtime::Runtime,
+    cfg: RemoteConfig,
+    /// The client and runtime, made on first use (a run that needs nothing
+    /// from the remote does not pay for them), or why they could not be.
+    client: OnceLock<Result<Client, String>>,
     /// Set once the remote was found unusable: the cause, already reported.
     down: Mutex<Option<String>>,
     /// Objects found damaged on the remote in this process: a push
@@ -100,6 +101,30 @@ pub struct Remote {
     pub bytes_up: AtomicU64,
 }
 
+/// What talking to the remote takes.
+struct Client {
+    store: Arc<dyn ObjectStore>,
+    /// `<prefix>/v1`.
+    base: RemotePath,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Client {
+    fn new(cfg: &RemoteConfig) -> Result<Self, String> {
+        let (store, base) = config::build_store(cfg).map_err(|e| match e {
+            RemoteError::Config { message, .. } => message,
+            e => e.to_string(),
+        })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cairn-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the transfer runtime: {e}"))?;
+        Ok(Self { store, base: base.join(format!("v{REMOTE_SCHEMA}").as_str()), rt })
+    }
+}
+
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Remote").field("url", &self.display).finish()
@@ -107,20 +132,22 @@ impl std::fmt::Debug for Remote {
 }
 
 impl Remote {
-    /// Opens the remote `cfg` describes (no request is made yet).
+    /// Opens the remote `cfg` describes. Nothing is built or asked until
+    /// the remote is first needed; a share that is not there is an error
+    /// now.
     pub fn open(cfg: &RemoteConfig) -> Result<Self, RemoteError> {
-        let (store, base) = config::build_store(cfg)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("cairn-remote")
-            .enable_all()
-            .build()
-            .map_err(|e| RemoteError::Config { url: cfg.url.clone(), message: format!("cannot start the transfer runtime: {e}") })?;
+        if let RemoteKind::File { dir } = &cfg.kind {
+            if !dir.is_dir() {
+                return Err(RemoteError::Config {
+                    url: cfg.url.clone(),
+                    message: format!("{} is not an existing directory (is the share mounted?)", dir.display()),
+                });
+            }
+        }
         Ok(Self {
             display: cfg.display(),
-            store,
-            base: base.clone().join(format!("v{REMOTE_SCHEMA}").as_str()),
-            rt,
+            cfg: cfg.clone(),
+            client: OnceLock::new(),
             down: Mutex::new(None),
             damaged: Mutex::new(Default::default()),
             bytes_down: AtomicU64::new(0),
@@ -149,22 +176,42 @@ impl Remote {
         Some(RemoteError::Unavailable { url: self.display.clone(), cause })
     }
 
+    /// Whether the remote can be asked: `Ok(false)` once it is down; the
+    /// first time its client cannot be made, that is the error.
+    fn ready(&self) -> Result<bool, RemoteError> {
+        if self.down().is_some() {
+            return Ok(false);
+        }
+        match self.client.get_or_init(|| Client::new(&self.cfg)) {
+            Ok(_) => Ok(true),
+            Err(cause) => self.mark_down(cause.clone()).map_or(Ok(false), Err),
+        }
+    }
+
+    /// The client; only after [`Remote::ready`] said yes.
+    fn c(&self) -> &Client {
+        match self.client.get() {
+            Some(Ok(c)) => c,
+            _ => unreachable!("the remote is used only after ready() said so"),
+        }
+    }
+
     fn object_path(&self, h: &ArtifactHash) -> RemotePath {
-        self.base.clone().join("objects").join(h.to_hex().as_str())
+        self.c().base.clone().join("objects").join(h.to_hex().as_str())
     }
 
     fn manifest_path(&self, key: &StageKey) -> RemotePath {
-        self.base.clone().join("manifests").join(format!("{}.json", key.to_hex()).as_str())
+        self.c().base.clone().join("manifests").join(format!("{}.json", key.to_hex()).as_str())
     }
 
     /// Whether the remote has a manifest for `key` (one HEAD). `Ok(false)`
     /// once the remote is down; the first failure is the error.
     pub fn has_manifest(&self, key: &StageKey) -> Result<bool, RemoteError> {
-        if self.down().is_some() {
+        if !self.ready()? {
             return Ok(false);
         }
         let path = self.manifest_path(key);
-        match self.rt.block_on(self.store.head(&path)) {
+        match self.block_on(self.c().store.head(&path)) {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => match self.fault(&e) {
@@ -209,7 +256,7 @@ impl Remote {
     }
 
     pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
+        self.c().rt.block_on(f)
     }
 
     /// Counts transferred bytes (for the summary).

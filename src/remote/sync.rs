@@ -44,7 +44,7 @@ impl Remote {
         warn: &dyn Fn(String),
         progress: &dyn Fn(u64, u64),
     ) -> Result<Option<Pulled>, RemoteError> {
-        if self.down().is_some() {
+        if !self.ready()? {
             return Ok(None);
         }
         let reject = |why: String| {
@@ -96,7 +96,7 @@ impl Remote {
     /// downloading any object (for `status`: what a run would pull, and
     /// the output hashes that make the next stage's key known).
     pub fn peek_entry(&self, stage: &Stage, ki: &KeyInputs, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<Manifest>, RemoteError> {
-        if self.down().is_some() {
+        if !self.ready()? {
             return Ok(None);
         }
         let reject = |why: String| warn(format!("the remote entry of `{}` (key {}) on {} {why}; it will not be used", stage.name, key.short(), self.display));
@@ -117,7 +117,7 @@ impl Remote {
     /// manifest. Nothing is sent when the remote already has the manifest.
     pub fn push_entry(&self, cache: &Cache, manifest: &Manifest, progress: &dyn Fn(u64, u64)) -> Result<PushStats, RemoteError> {
         let mut stats = PushStats::default();
-        if self.down().is_some() {
+        if !self.ready()? {
             return Ok(stats);
         }
         let repair = {

@@ -57,7 +57,7 @@ impl Remote {
     /// [`MANIFEST_MAX`]).
     pub(crate) async fn get_manifest(&self, key: &StageKey) -> Result<Vec<u8>, Failure> {
         let path = self.manifest_path(key);
-        let got = self.store.get(&path).await.map_err(|e| self.failure(&e))?;
+        let got = self.c().store.get(&path).await.map_err(|e| self.failure(&e))?;
         if got.meta.size > MANIFEST_MAX {
             return Err(Failure::Bad(format!("its manifest is {} bytes, more than any manifest", got.meta.size)));
         }
@@ -77,7 +77,7 @@ impl Remote {
     /// Downloads object `h` of `size` bytes into the local store, checked.
     pub(crate) async fn fetch_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<(), Failure> {
         let path = self.object_path(&h);
-        let got = self.store.get(&path).await.map_err(|e| self.failure(&e))?;
+        let got = self.c().store.get(&path).await.map_err(|e| self.failure(&e))?;
         if got.meta.size != size {
             self.damaged.lock().unwrap().insert(h);
             return Err(Failure::Bad(format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)));
@@ -121,7 +121,7 @@ impl Remote {
     pub(crate) async fn push_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<u64, Failure> {
         let path = self.object_path(&h);
         let repair = self.damaged.lock().unwrap().contains(&h);
-        match self.store.head(&path).await {
+        match self.c().store.head(&path).await {
             Ok(meta) if meta.size == size && !repair => return Ok(0),
             // A wrong-sized object under this name is damage; the
             // multipart path below overwrites it with the right bytes.
@@ -141,7 +141,7 @@ impl Remote {
         if repair {
             // The remote's bytes under this name are damaged: these are
             // the right ones (just checked), so overwriting is safe.
-            self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| self.failure(&e))?;
+            self.c().store.put(&path, PutPayload::from(bytes)).await.map_err(|e| self.failure(&e))?;
             self.damaged.lock().unwrap().remove(&h);
         } else {
             self.put_create(&path, PutPayload::from(bytes)).await?;
@@ -153,7 +153,7 @@ impl Remote {
     async fn upload_multipart(&self, cache: &Cache, h: ArtifactHash, path: &RemotePath) -> Result<u64, Failure> {
         let local = cache.object_path(&h);
         let mut file = tokio::fs::File::open(&local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
-        let upload = self.store.put_multipart(path).await.map_err(|e| self.failure(&e))?;
+        let upload = self.c().store.put_multipart(path).await.map_err(|e| self.failure(&e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -187,7 +187,7 @@ impl Remote {
     /// A create-only PUT; "already exists" is success.
     async fn put_create(&self, path: &RemotePath, payload: PutPayload) -> Result<(), Failure> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(path, payload, opts).await {
+        match self.c().store.put_opts(path, payload, opts).await {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(()),
             // A PUT cannot miss: the bucket (or the share) is not there.

@@ -94,7 +94,7 @@ impl Weed {
         let mut w = Weed { child: Some(child), dir, s3_port };
         // Up when a signed request on the bucket succeeds.
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(40) {
+        while t0.elapsed() < Duration::from_secs(60) {
             if let Some(c) = w.child.as_mut() {
                 if let Ok(Some(_)) = c.try_wait() {
                     break;
