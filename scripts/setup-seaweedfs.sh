@@ -18,6 +18,12 @@ have_weed() {
 }
 
 if ! have_weed; then
+  # One installer at a time (tests may call this in parallel).
+  mkdir -p "$(dirname "$VENV")"
+  exec 9>"$VENV.lock"
+  flock 9
+fi
+if ! have_weed; then
   if [ -d "$VENV" ] && [ -n "$(ls -A "$VENV")" ] && [ ! -f "$VENV/pyvenv.cfg" ]; then
     echo "cairn setup: $VENV exists and is not a Python venv; set CAIRN_SEAWEEDFS_HOME to a new or venv folder" >&2
     exit 1

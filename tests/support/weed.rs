@@ -30,7 +30,13 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `weed`'s path, looked up (and installed) once per test process.
 fn find_weed() -> Option<PathBuf> {
+    static WEED: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    WEED.get_or_init(locate_weed).clone()
+}
+
+fn locate_weed() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CAIRN_WEED") {
         return Some(p.into());
     }
