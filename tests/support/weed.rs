@@ -38,7 +38,8 @@ fn find_weed() -> Option<PathBuf> {
 
 fn locate_weed() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CAIRN_WEED") {
-        return Some(p.into());
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash").arg(root.join("scripts/setup-seaweedfs.sh")).arg("--print").stderr(Stdio::inherit()).output().ok()?;
