@@ -168,7 +168,7 @@ impl StageKind for Command {
                 return Err(ParamError::new(vec!["outputs".into(), name.clone()], format!("`{file}` must be a plain file name")));
             }
             let (ty, ext) = artifact_type(file);
-            outputs.push(OutputDecl { name: name.clone(), ty, ext, volatile: false });
+            outputs.push(OutputDecl { name: name.clone(), ty, ext });
         }
         let params = serde_json::to_value(&p).map_err(|e| ParamError::new(vec![], e.to_string()))?;
         Ok(Checked { params, inputs, outputs, implied_inputs: Vec::new(), env: EnvNeeds::default() })

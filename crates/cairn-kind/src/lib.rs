@@ -95,21 +95,12 @@ pub struct OutputDecl {
     pub ty: ArtifactType,
     /// File extension without the dot.
     pub ext: String,
-    /// Holds wall-clock measurements (seconds, images/s), so re-execution
-    /// is not expected to reproduce it bit for bit (`cairn verify` reports
-    /// but tolerates it).
-    #[serde(default)]
-    pub volatile: bool,
 }
 
 impl OutputDecl {
     /// An output with its type's default extension.
     pub fn new(name: impl Into<String>, ty: ArtifactType) -> Self {
-        Self { name: name.into(), ty, ext: ty.default_ext().to_string(), volatile: false }
-    }
-    /// An output that records timings; see [`OutputDecl::volatile`].
-    pub fn timed(name: impl Into<String>, ty: ArtifactType) -> Self {
-        Self { volatile: true, ..Self::new(name, ty) }
+        Self { name: name.into(), ty, ext: ty.default_ext().to_string() }
     }
     /// An output whose extension is not its type's default.
     pub fn with_ext(name: impl Into<String>, ty: ArtifactType, ext: &str) -> Self {
@@ -335,6 +326,5 @@ mod tests {
             assert_eq!(serde_json::to_value(ty).unwrap(), Value::String(ty.as_str().into()));
         }
         assert_eq!(OutputDecl::with_ext("metrics", ArtifactType::File, "json").file_name(), "metrics.json");
-        assert!(OutputDecl::timed("history", ArtifactType::Table).volatile);
     }
 }
