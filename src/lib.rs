@@ -26,3 +26,4 @@ pub mod runner;
 pub mod spec;
 pub mod artifacts;
 pub mod history;
+pub mod lock;

@@ -25,7 +25,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
     }
     let result = match &cli.command {
-        Cmd::Run { targets, force, dry_run, jobs, no_wait, json, push, remote_required, config, .. } => {
+        Cmd::Run { targets, force, dry_run, jobs, no_wait, json, push, remote_required, locked, config, .. } => {
             let opts = RunOptions {
                 targets: targets.clone(),
                 force: force.clone(),
@@ -36,7 +36,7 @@ pub fn dispatch(cli: Cli) -> i32 {
                 remote: None,
             };
             let quiet = Console::new(cli.quiet || *json, cli.verbose > 0);
-            cmd_run(&cli, config, &opts, !no_wait, *json, &quiet)
+            cmd_run(&cli, config, &opts, !no_wait, *json, locked.as_deref(), &quiet)
         }
         Cmd::Push { stages, config } => super::remote::cmd_push(&cli, config, stages, &console),
         Cmd::Pull { stages, config } => super::remote::cmd_pull(&cli, config, stages, &console),
@@ -147,8 +147,9 @@ fn artifacts_dir(cli: &Cli) -> std::path::PathBuf {
         .unwrap_or_else(|| cli.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("artifacts"))
 }
 
-fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool, console: &Console) -> CmdResult {
+fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool, locked: Option<&str>, console: &Console) -> CmdResult {
     let (pipeline, env) = load(cli, config, console)?;
+    let lock_plan = super::lock::before_run(cli, locked, console)?;
     let mut opts = opts.clone();
     if let Some((remote, push)) = super::remote::open(config, &pipeline, console)? {
         opts.push |= push;
@@ -215,7 +216,13 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
         console.error(&format!("`{stage}` failed because {why} ({}); earlier results are intact", cache.root().display()));
         return Ok(exit::IO);
     }
-    Ok(if report.failed() { exit::FAILED } else { exit::OK })
+    if report.failed() {
+        return Ok(exit::FAILED);
+    }
+    if opts.dry_run {
+        return Ok(exit::OK);
+    }
+    Ok(super::lock::after_run(lock_plan, &pipeline, &cache, &report, opts.targets.is_empty(), console))
 }
 
 /// The first stage that failed because the cache could not be written (a

@@ -4,6 +4,7 @@ mod commands;
 mod history;
 mod inspect;
 mod local;
+mod lock;
 mod remote;
 mod ui;
 
@@ -102,6 +103,11 @@ pub enum Cmd {
         /// Fail (exit 3) when the remote cache cannot be used, instead of continuing locally.
         #[arg(long)]
         remote_required: bool,
+        /// Compare the run with the committed cairn.lock instead of updating
+        /// it: exit 1 if an output differs or the lock is missing or stale.
+        /// `--locked=strict` also fails on stages of another environment class.
+        #[arg(long, value_name = "strict", num_args = 0..=1, require_equals = true, default_missing_value = "compare", value_parser = ["compare", "strict"])]
+        locked: Option<String>,
         #[command(flatten)]
         config: Config,
     },

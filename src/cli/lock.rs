@@ -1,0 +1,90 @@
+//! The lock's part in `cairn run`: `cairn.lock` is read before the run and,
+//! after a successful one, either updated (the default) or, with
+//! `--locked`, compared and left as it is (see `cairn::lock`).
+
+use cairn::cache::Cache;
+use cairn::digest::StageKey;
+use cairn::key::KeyInputs;
+use cairn::lock::check::{check, Finding};
+use cairn::lock::{LockError, OnDisk};
+use cairn::runner::RunReport;
+use cairn::spec::Pipeline;
+
+use super::commands::fail;
+use super::ui::Console;
+use super::{exit, Cli};
+
+/// `--locked` and `--locked=strict`.
+pub const STRICT: &str = "strict";
+
+/// What the lock does in this run.
+pub struct LockPlan {
+    on_disk: OnDisk,
+    /// `--locked`: compare instead of writing; `Some(true)` is strict.
+    strict: Option<bool>,
+}
+
+fn lock_error(console: &Console, e: LockError) -> i32 {
+    let code = match e {
+        LockError::Read { .. } | LockError::Write { .. } => exit::IO,
+        LockError::Parse { .. } | LockError::Schema { .. } => exit::USAGE,
+    };
+    fail(console, code, e)
+}
+
+/// Reads the lock before the run. With `--locked`, a missing lock fails
+/// (exit 1) before anything runs.
+pub fn before_run(cli: &Cli, locked: Option<&str>, console: &Console) -> Result<LockPlan, i32> {
+    let path = cairn::lock::path_for(&cli.file);
+    let on_disk = OnDisk::read(&path).map_err(|e| lock_error(console, e))?;
+    let strict = locked.map(|mode| mode == STRICT);
+    if strict.is_some() && on_disk.lock.is_none() {
+        return Err(fail(
+            console,
+            exit::FAILED,
+            format!("--locked: there is no lock at {}\n  help: run `cairn run` (without --locked) and commit {}", path.display(), cairn::lock::FILE),
+        ));
+    }
+    Ok(LockPlan { on_disk, strict })
+}
+
+/// After a successful run: writes the lock, or compares the run with it.
+/// Returns the exit code.
+pub fn after_run(plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &RunReport, whole: bool, console: &Console) -> i32 {
+    let warn = |m: String| console.warn_line(&m);
+    let lookup = |key: &StageKey| -> Option<KeyInputs> { cache.manifest(key, &warn).ok().flatten().map(|m| m.key_inputs) };
+    let in_pipeline = |name: &str| pipeline.stage(name).is_some();
+    let Some(strict) = plan.strict else {
+        let mut lock = plan.on_disk.lock.clone().unwrap_or_default();
+        if !lock.record(&in_pipeline, report, &lookup) && plan.on_disk.lock.is_some() {
+            return exit::OK;
+        }
+        return match plan.on_disk.write(&lock) {
+            Ok(_) => exit::OK,
+            Err(e) => lock_error(console, e),
+        };
+    };
+    let lock = plan.on_disk.lock.as_ref().expect("--locked read a lock");
+    let result = check(lock, report, whole.then_some(&in_pipeline as &dyn Fn(&str) -> bool), &lookup);
+    for (stage, finding) in &result.stages {
+        let label = match finding {
+            Finding::Matches => continue,
+            Finding::Differs { .. } => "DIFFERS",
+            Finding::Stale { .. } => "STALE",
+            Finding::Missing => "MISSING",
+            Finding::Removed => "REMOVED",
+            Finding::NotComparable { .. } if strict => "NOT COMPARED",
+            Finding::NotComparable { .. } => "not compared",
+        };
+        console.error(&format!("{label:<12} {stage}: {finding}"));
+    }
+    let matched = result.count(|f| matches!(f, Finding::Matches));
+    let other = result.count(|f| matches!(f, Finding::NotComparable { .. }));
+    let path = plan.on_disk.path.display();
+    if result.failed(strict) {
+        let why = if strict && other > 0 { " (--locked=strict fails on stages it could not compare)" } else { "" };
+        return fail(console, exit::FAILED, format!("this run does not match {path}{why}; {matched} stage(s) matched"));
+    }
+    console.line(&format!("{path}: {matched} stage(s) match, {other} of another environment class not compared"));
+    exit::OK
+}

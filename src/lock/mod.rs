@@ -1,0 +1,218 @@
+//! `cairn.lock`: what each stage produced, committed next to `pipeline.toml`.
+//!
+//! `cairn run` writes the lock after every successful run (atomically, and
+//! only when its bytes would change, so a no-op run writes nothing);
+//! `cairn run --locked` runs and then compares the run against it without
+//! rewriting it ([`check`]). It is pretty-printed JSON with every map
+//! sorted, one fact a line, so `git diff cairn.lock` shows which results a
+//! change moved.
+//!
+//! # Format (`lock_schema` 1)
+//!
+//! ```json
+//! { "lock_schema": 1,
+//!   "stages": { "<stage>": { "<class>": {
+//!     "key": "<blake3 hex of key_inputs, see cairn::key>",
+//!     "key_inputs": { "schema", "kind", "version", "params", "seed", "inputs", "env" },
+//!     "outputs": { "<output>": { "hash": "<blake3 hex>", "size": <bytes> } },
+//!     "metrics": { "<name>": <number, or null for NaN> } } } } }
+//! ```
+//!
+//! `key_inputs` is exactly what the stage key hashes ([`crate::key`]), so a
+//! stale entry says why it is stale (which param, which input). An entry
+//! is identified by its stage and its environment class: the `env` facts
+//! that entered its key (libtorch, device, threads, CPU capability, native
+//! bf16), rendered by [`class_of`] (`any` for stages that need none). A lock
+//! may hold several classes of one stage (the team's laptops and CI); a run
+//! replaces the entry of its own class and keeps the others, except that an
+//! entry whose kind, version, params or seed no longer match the pipeline
+//! is dropped, since it describes results the pipeline no longer asks for.
+//! Metrics are informational (they may hold timings): they are never
+//! compared, and an entry whose key and outputs are unchanged keeps them.
+//! `lock_schema` is bumped whenever this layout changes; a lock of another
+//! schema is refused with the fix.
+
+pub mod check;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{ArtifactHash, StageKey};
+use crate::key::KeyInputs;
+use crate::runner::{Outcome, RunReport, StageReport};
+
+/// Version of the layout above.
+pub const LOCK_SCHEMA: u32 = 1;
+
+/// The lock's file name, next to the pipeline file.
+pub const FILE: &str = "cairn.lock";
+
+/// The class of stages whose key holds no environment fact.
+pub const ANY_CLASS: &str = "any";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{}:{line}:{column}: not a valid lock: {message}\n  help: the lock is written by `cairn run`; resolve the merge conflict or restore it (`git checkout {name}`), or delete it and run `cairn run` to write it again", path.display(), name = FILE)]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{}: lock_schema {found}, this cairn reads {LOCK_SCHEMA}\n  help: use the cairn that wrote it, or delete it and run `cairn run` to write it again", path.display())]
+    Schema { path: PathBuf, found: u32 },
+}
+
+/// The whole lock: stage → class → entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lock {
+    pub lock_schema: u32,
+    pub stages: BTreeMap<String, BTreeMap<String, Entry>>,
+}
+
+/// What one stage produced under one environment class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: StageKey,
+    pub key_inputs: KeyInputs,
+    pub outputs: BTreeMap<String, LockedOutput>,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, Option<f64>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedOutput {
+    pub hash: ArtifactHash,
+    pub size: u64,
+}
+
+/// The class name of a set of environment facts: `any` when there are
+/// none, else `name=value` pairs in name order.
+pub fn class_of(env: &BTreeMap<String, String>) -> String {
+    if env.is_empty() {
+        return ANY_CLASS.into();
+    }
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The lock's path for a pipeline file.
+pub fn path_for(pipeline_file: &Path) -> PathBuf {
+    pipeline_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(FILE)
+}
+
+impl Default for Lock {
+    fn default() -> Self {
+        Self { lock_schema: LOCK_SCHEMA, stages: BTreeMap::new() }
+    }
+}
+
+/// A lock as read from disk, with its bytes, so an unchanged lock is not
+/// rewritten.
+pub struct OnDisk {
+    pub path: PathBuf,
+    pub bytes: Option<Vec<u8>>,
+    pub lock: Option<Lock>,
+}
+
+impl OnDisk {
+    /// Reads the lock at `path`; a missing file is `lock: None`.
+    pub fn read(path: &Path) -> Result<Self, LockError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { path: path.into(), bytes: None, lock: None }),
+            Err(source) => return Err(LockError::Read { path: path.into(), source }),
+        };
+        let lock = Lock::parse(path, &bytes)?;
+        Ok(Self { path: path.into(), bytes: Some(bytes), lock: Some(lock) })
+    }
+
+    /// Writes `lock` unless the file already holds exactly it. Returns
+    /// whether it wrote.
+    pub fn write(&self, lock: &Lock) -> Result<bool, LockError> {
+        let bytes = lock.to_bytes();
+        if self.bytes.as_deref() == Some(bytes.as_slice()) {
+            return Ok(false);
+        }
+        write_atomic(&self.path, &bytes).map_err(|source| LockError::Write { path: self.path.clone(), source })?;
+        Ok(true)
+    }
+}
+
+impl Lock {
+    fn parse(path: &Path, bytes: &[u8]) -> Result<Self, LockError> {
+        let parse_error = |e: serde_json::Error| LockError::Parse { path: path.into(), line: e.line(), column: e.column(), message: e.to_string() };
+        // The schema first, so a lock of another layout is named as such.
+        #[derive(Deserialize)]
+        struct Head {
+            lock_schema: u32,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(parse_error)?;
+        if head.lock_schema != LOCK_SCHEMA {
+            return Err(LockError::Schema { path: path.into(), found: head.lock_schema });
+        }
+        serde_json::from_slice(bytes).map_err(parse_error)
+    }
+
+    /// Pretty JSON, maps sorted, ending in a newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("a lock serialises");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Records the stages a successful run brought up to date, and returns
+    /// whether anything changed. `lookup` gives the key inputs of a key
+    /// (from its manifest); it is asked only for stages whose entry
+    /// changed, so a no-op run reads nothing. Stages that are not
+    /// `in_pipeline` are dropped.
+    pub fn record(&mut self, in_pipeline: &dyn Fn(&str) -> bool, report: &RunReport, lookup: &dyn Fn(&StageKey) -> Option<KeyInputs>) -> bool {
+        let mut changed = false;
+        for s in report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran)) {
+            let Some(key) = s.key else { continue };
+            let outputs = locked_outputs(s);
+            let classes = self.stages.entry(s.stage.clone()).or_default();
+            if classes.values().any(|e| e.key == key && e.outputs == outputs) {
+                continue;
+            }
+            let Some(key_inputs) = lookup(&key) else { continue };
+            classes.retain(|_, e| same_computation(&e.key_inputs, &key_inputs));
+            let metrics = s.metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect();
+            classes.insert(class_of(&key_inputs.env), Entry { key, key_inputs, outputs, metrics });
+            changed = true;
+        }
+        let before = self.stages.len();
+        self.stages.retain(|name, classes| in_pipeline(name) && !classes.is_empty());
+        changed || self.stages.len() != before
+    }
+}
+
+/// The outputs of a stage report, as the lock records them.
+pub(crate) fn locked_outputs(s: &StageReport) -> BTreeMap<String, LockedOutput> {
+    s.outputs.iter().map(|(k, o)| (k.clone(), LockedOutput { hash: o.hash, size: o.size })).collect()
+}
+
+/// Whether two key inputs ask for the same computation, whatever machine
+/// and upstream bytes: kind, version, params and seed.
+fn same_computation(a: &KeyInputs, b: &KeyInputs) -> bool {
+    a.schema == b.schema && a.kind == b.kind && a.version == b.version && a.params == b.params && a.seed == b.seed
+}
+
+/// Temporary file in the same directory, fsync, rename: readers see the
+/// old lock or the new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    // Committed and read by everyone, like the pipeline file (a temporary
+    // file is created private).
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

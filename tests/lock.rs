@@ -1,0 +1,213 @@
+//! `cairn.lock` and `cairn run --locked` end to end, through the `cairn`
+//! binary, with `command` stages only (their environment class is `any`;
+//! the logic of other classes is tested in `src/lock/tests.rs`, since only
+//! libtorch kinds are keyed on machine facts). One test pulls from a real
+//! SeaweedFS remote (`support/weed.rs`).
+
+mod common;
+#[path = "support/weed.rs"]
+mod weed;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::{Project, Run};
+use weed::Weed;
+
+/// `a` copies a file that is not a declared input (`{hidden}` is replaced
+/// by its absolute path), so editing it changes `a`'s output without
+/// changing its key: what a non-hermetic stage looks like to the lock.
+const PIPELINE: &str = r#"
+[stages.b]
+kind = "command"
+cmd = "cat {in.x} {in.x} > {out.y}"
+inputs = { x = "a.x" }
+outputs = { y = "y.txt" }
+
+[stages.a]
+kind = "command"
+cmd = "cat {hidden} > {out.x}"
+outputs = { x = "x.txt" }
+"#;
+
+fn project() -> Project {
+    let dir = tempfile::tempdir().unwrap();
+    let hidden = dir.path().join("hidden.txt");
+    std::fs::write(&hidden, "one\n").unwrap();
+    std::fs::write(dir.path().join("pipeline.toml"), PIPELINE.replace("{hidden}", &hidden.display().to_string())).unwrap();
+    Project { dir }
+}
+
+fn lock_path(p: &Project) -> std::path::PathBuf {
+    p.path().join("cairn.lock")
+}
+
+fn lock_text(p: &Project) -> String {
+    std::fs::read_to_string(lock_path(p)).unwrap_or_else(|e| panic!("cairn.lock: {e}"))
+}
+
+fn ok(r: Run) -> Run {
+    assert_eq!(r.code, 0, "{}", r.all());
+    r
+}
+
+/// A fresh start: no cache, no artifacts, the lock kept.
+fn forget_results(p: &Project) {
+    std::fs::remove_dir_all(p.cache()).unwrap();
+    std::fs::remove_dir_all(p.path().join("artifacts")).unwrap();
+}
+
+fn identity(path: &Path) -> (u64, i64, i64) {
+    let m = std::fs::metadata(path).unwrap();
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+#[test]
+fn the_lock_is_written_sorted_and_a_no_op_run_leaves_it_alone() {
+    let p = project();
+    ok(p.cairn(&["run"]));
+    let text = lock_text(&p);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["lock_schema"], 1, "{text}");
+    let x = &v["stages"]["a"]["any"];
+    assert_eq!(x["outputs"]["x"]["hash"], blake3::hash(b"one\n").to_hex().as_str(), "{text}");
+    assert_eq!(x["outputs"]["x"]["size"], 4);
+    assert_eq!(x["key_inputs"]["kind"], "command");
+    assert!(x["key"].as_str().is_some_and(|k| k.len() == 64), "{text}");
+    assert!(text.find("\"a\"").unwrap() < text.find("\"b\"").unwrap(), "stages sorted by name, not pipeline order: {text}");
+    assert!(text.lines().count() > 20 && text.ends_with("}\n"), "one fact a line: {text}");
+
+    let before = identity(&lock_path(&p));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    ok(p.cairn(&["run"]));
+    assert_eq!(identity(&lock_path(&p)), before, "a no-op run must not rewrite the lock");
+
+    forget_results(&p);
+    let r = ok(p.cairn(&["run"]));
+    assert_eq!(r.outcome("a").as_deref(), Some("ran"), "{}", r.all());
+    assert_eq!(lock_text(&p), text, "the same results give the same lock");
+}
+
+#[test]
+fn locked_passes_on_a_faithful_rerun_from_an_empty_cache() {
+    let p = project();
+    ok(p.cairn(&["run"]));
+    let text = lock_text(&p);
+    forget_results(&p);
+    let r = ok(p.cairn(&["run", "--locked"]));
+    assert_eq!(r.outcome("a").as_deref(), Some("ran"), "{}", r.all());
+    assert!(r.stderr.contains("2 stage(s) match"), "{}", r.all());
+    assert_eq!(lock_text(&p), text);
+    ok(p.cairn(&["run", "--locked=strict"]));
+}
+
+#[test]
+fn locked_fails_naming_the_stage_and_output_that_changed_and_keeps_the_lock() {
+    let p = project();
+    ok(p.cairn(&["run"]));
+    let text = lock_text(&p);
+    forget_results(&p);
+    std::fs::write(p.path().join("hidden.txt"), "two\n").unwrap();
+    let r = p.cairn(&["run", "--locked"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let line = r.stderr.lines().find(|l| l.starts_with("DIFFERS") && l.contains(" a:")).unwrap_or_else(|| panic!("{}", r.all()));
+    assert!(line.contains("output `x`"), "{line}");
+    // `b` read other bytes, so its key moved: the lock says which input.
+    let line = r.stderr.lines().find(|l| l.starts_with("STALE") && l.contains(" b:")).unwrap_or_else(|| panic!("{}", r.all()));
+    assert!(line.contains("input `x` changed"), "{line}");
+    assert_eq!(lock_text(&p), text, "--locked never rewrites the lock");
+}
+
+#[test]
+fn an_edited_hash_in_the_lock_is_a_difference() {
+    let p = project();
+    ok(p.cairn(&["run"]));
+    let good = blake3::hash(b"one\n").to_hex().to_string();
+    let bad = blake3::hash(b"not it").to_hex().to_string();
+    std::fs::write(lock_path(&p), lock_text(&p).replace(&good, &bad)).unwrap();
+    let r = p.cairn(&["run", "--locked"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("DIFFERS      a: output `x` is"), "{}", r.all());
+    assert!(!r.stderr.contains(" b:"), "b matches: {}", r.all());
+}
+
+#[test]
+fn locked_fails_when_the_lock_is_missing_or_stale() {
+    let p = project();
+    let r = p.cairn(&["run", "--locked"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("no lock at") && r.stderr.contains("cairn run"), "{}", r.all());
+    assert_eq!(r.outcome("a"), None, "nothing runs without a lock: {}", r.all());
+    assert!(!lock_path(&p).exists());
+
+    ok(p.cairn(&["run"]));
+    let pipeline = std::fs::read_to_string(p.path().join("pipeline.toml")).unwrap();
+    let edited = pipeline.replace("cat {in.x} {in.x}", "cat {in.x}").replace("[stages.a]", "[stages.c]\nkind = \"command\"\ncmd = \"echo c > {out.c}\"\noutputs = { c = \"c.txt\" }\n\n[stages.a]");
+    std::fs::write(p.path().join("pipeline.toml"), edited).unwrap();
+    let r = p.cairn(&["run", "--locked"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("STALE        b: the lock is stale (class any): param `cmd`"), "{}", r.all());
+    assert!(r.stderr.contains("MISSING      c: not in the lock"), "{}", r.all());
+
+    // A stage gone from the pipeline is stale in the lock too.
+    std::fs::write(p.path().join("pipeline.toml"), pipeline.split("[stages.a]").next().unwrap().replace("a.x", "c.x").replace("[stages.b]", "[stages.c]\nkind = \"command\"\ncmd = \"echo c > {out.x}\"\noutputs = { x = \"x.txt\" }\n\n[stages.b]")).unwrap();
+    let r = p.cairn(&["run", "--locked"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("REMOVED      a: in the lock but not in the pipeline"), "{}", r.all());
+}
+
+/// Only libtorch stages have an environment class other than `any`, so
+/// this one is forged: the lock claims `a` was computed on an AVX512
+/// machine, which this run is not.
+#[test]
+fn a_stage_of_another_class_is_reported_not_compared_and_strict_fails_on_it() {
+    let p = project();
+    ok(p.cairn(&["run"]));
+    let mut v: serde_json::Value = serde_json::from_str(&lock_text(&p)).unwrap();
+    let mut entry = v["stages"]["a"]["any"].take();
+    entry["key_inputs"]["env"] = serde_json::json!({"cpu_capability": "AVX512", "native_bf16": "avx512_bf16"});
+    entry["key"] = serde_json::json!(blake3::hash(b"another key").to_hex().as_str());
+    v["stages"]["a"] = serde_json::json!({ "cpu_capability=AVX512, native_bf16=avx512_bf16": entry });
+    std::fs::write(lock_path(&p), serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let r = ok(p.cairn(&["run", "--locked"]));
+    assert!(r.stderr.contains("not compared a: computed under cpu_capability=AVX512, native_bf16=avx512_bf16"), "{}", r.all());
+    assert!(r.stderr.contains("1 stage(s) match, 1 of another environment class not compared"), "{}", r.all());
+    let r = p.cairn(&["run", "--locked=strict"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("NOT COMPARED a:") && r.stderr.contains("--locked=strict"), "{}", r.all());
+}
+
+#[test]
+fn a_corrupt_lock_is_an_error_naming_the_file_line_and_fix() {
+    let p = project();
+    ok(p.cairn(&["run"]));
+    let text = lock_text(&p);
+    let conflicted = text.replacen("\n", "\n<<<<<<< HEAD\n", 3);
+    std::fs::write(lock_path(&p), &conflicted).unwrap();
+    for args in [&["run"][..], &["run", "--locked"]] {
+        let r = p.cairn(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.all());
+        assert!(r.stderr.contains("cairn.lock:2:") && r.stderr.contains("git checkout cairn.lock"), "{}", r.all());
+    }
+    assert_eq!(std::fs::read_to_string(lock_path(&p)).unwrap(), conflicted, "a lock that cannot be read is left for the user to fix");
+}
+
+#[test]
+fn a_fresh_clone_pulls_from_the_remote_and_locked_passes() {
+    let Some(w) = Weed::start("a_fresh_clone_pulls_from_the_remote_and_locked_passes") else { return };
+    let url = "s3://cairn/lock-test";
+    let a = project();
+    let cairn = |p: &Project, args: &[&str]| -> Run {
+        let mut c = p.cmd(args);
+        w.env(&mut c);
+        c.env("CAIRN_REMOTE", url).output().unwrap().into()
+    };
+    ok(cairn(&a, &["run", "--push"]));
+    let b = Project::new(&std::fs::read_to_string(a.path().join("pipeline.toml")).unwrap());
+    std::fs::copy(lock_path(&a), lock_path(&b)).unwrap();
+    // Had the clone executed `a`, it would have read these other bytes.
+    std::fs::write(a.path().join("hidden.txt"), "two\n").unwrap();
+    let r = ok(cairn(&b, &["run", "--locked", "--push"]));
+    assert!(r.stderr.contains("0 ran") && r.stderr.contains("2 pulled"), "{}", r.all());
+    assert!(r.stderr.contains("2 stage(s) match"), "{}", r.all());
+}
