@@ -13,7 +13,8 @@ and not counted.
 
 `dump` decodes the CIFAR-10 JPEG image folder into the raw arrays
 `bench_train recipe` reads ({train,test}_x.u8 N×3×32×32, {train,test}_y.i64).
-Threads: CAIRN_THREADS, else all CPUs (as cairn does).
+Threads: CAIRN_THREADS, else all CPUs (as cairn does). CAIRN_BENCH_DEVICE=cuda
+runs on the first GPU (default cpu), synchronising after each phase.
 """
 import os
 import sys
@@ -84,15 +85,18 @@ def throughput(name="fast", res="32", batch="256", steps="5", precision="fp32", 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     bf16 = precision == "bf16"
-    model = make(name, stem == "cifar")
+    dev = os.environ.get("CAIRN_BENCH_DEVICE", "cpu")
+    # CUDA is asynchronous: wait for queued kernels before reading the clock.
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    model = make(name, stem == "cifar").to(dev)
     # PyTorch's CPU default is the per-parameter loop; CAIRN_BENCH_FUSED=1
     # selects the fused kernel cairn uses.
     fused = os.environ.get("CAIRN_BENCH_FUSED") == "1"
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=fused)
-    x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
-    y = torch.randint(0, 10, (batch,))
-    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    x = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616], device=dev).view(1, 3, 1, 1)
     if bf16:  # what cairn does for bf16: channels-last activations
         model = model.to(memory_format=torch.channels_last)
     times = []  # per step: forward, backward, optimizer seconds
@@ -101,21 +105,23 @@ def throughput(name="fast", res="32", batch="256", steps="5", precision="fp32", 
         inp = (x.float() / 255 - mean) / std
         if bf16:
             inp = inp.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(inp).float(), y)
         loss.item()
         t1 = time.perf_counter()
         opt.zero_grad()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         opt.step()
+        sync()
         times.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
     # Medians, as in bench_train: robust to stalls on a shared machine.
     med = lambda v: sorted(v)[len(v) // 2]
     part = [med([s[i] for s in times[1:]]) for i in range(3)]
     step = med([sum(s) for s in times[1:]])
     print(
-        f"torch{'-fused' if fused else ''} {name} res={res} batch={batch} {precision} threads={threads}: {batch / step:.1f} img/s (median step {step:.3f} s of {steps}; "
+        f"torch{'-fused' if fused else ''} {name} res={res} batch={batch} {precision} {dev} threads={threads}: {batch / step:.1f} img/s (median step {step:.3f} s of {steps}; "
         f"forward {part[0] * 1e3:.1f} ms, backward {part[1] * 1e3:.1f} ms, optimizer {part[2] * 1e3:.1f} ms)"
     )
 

@@ -4,7 +4,9 @@
 //! `bench_train throughput <fast|resnet18|resnet50> <res> <batch> <steps> [fp32|bf16] [cifar]`
 //! times forward + backward + SGD steps on random data (the first step is a
 //! warm-up and not counted) and prints images/s from the median step — the Rust half of
-//! `scripts/bench_train.py`. `bench_train recipe <data-dir> <train.json>
+//! `scripts/bench_train.py`. `CAIRN_BENCH_DEVICE=cuda` runs it on the first
+//! GPU (default `cpu`), synchronising after each phase so the phase times
+//! are the GPU's. `bench_train recipe <data-dir> <train.json>
 //! [eval.json] [ntrain]` loads raw CIFAR arrays (`{train,test}_x.u8` N×3×32×32 and
 //! `{train,test}_y.i64`, as `scripts/bench_train.py dump` writes them),
 //! stores them as tensor artifacts, and runs one `train` job (val = 2000
@@ -25,7 +27,7 @@ use cairn_stages::ctx::WorkerCtx;
 use cairn_stages::models::{self, Feed};
 use cairn_stages::train::batches::Rng;
 use cairn_stages::train::optim::Optim;
-use cairn_stages::{evaluate, tensors, train};
+use cairn_stages::tensors;
 use tch::{nn, Device, Kind, Tensor};
 
 fn throughput(args: &[String]) -> Result<(), String> {
@@ -37,13 +39,26 @@ fn throughput(args: &[String]) -> Result<(), String> {
     let threads = threads_from_env();
     tch::set_num_threads(threads as i32);
     tch::manual_seed(0);
+    let device = match std::env::var("CAIRN_BENCH_DEVICE").as_deref() {
+        Ok("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
+        Ok("cuda") => return Err("CAIRN_BENCH_DEVICE=cuda but libtorch sees no CUDA device".into()),
+        Ok("cpu") | Err(_) => Device::Cpu,
+        Ok(other) => return Err(format!("CAIRN_BENCH_DEVICE={other}: expected cpu or cuda")),
+    };
+    // CUDA runs asynchronously: wait for the queued kernels before reading
+    // the clock, or backward's time would land in the next forward.
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
     let spec = ModelSpec { arch, num_classes: 10, stem, widths: None, normalize: Normalize::Cifar }.resolve("model").map_err(|e| e.message)?;
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(device);
     let net = models::build(&vs.root(), &spec);
     let mut opt = Optim::new(Optimizer::Sgd, vs.trainable_variables(), 0.9, true, 5e-4, 1.0);
-    let feed = Feed { normalize: Normalize::Cifar, kind, device: Device::Cpu };
-    let x = Tensor::randint(256, [batch, 3, res, res], (Kind::Uint8, Device::Cpu));
-    let y = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
+    let feed = Feed { normalize: Normalize::Cifar, kind, device };
+    let x = Tensor::randint(256, [batch, 3, res, res], (Kind::Uint8, device));
+    let y = Tensor::randint(10, [batch], (Kind::Int64, device));
     // Per step: [forward, backward, optimizer] seconds.
     let mut t = Vec::new();
     for _ in 0..=steps {
@@ -53,8 +68,10 @@ fn throughput(args: &[String]) -> Result<(), String> {
         let t1 = Instant::now();
         opt.zero_grad();
         loss.backward();
+        sync();
         let t2 = Instant::now();
         opt.step(0.01)?;
+        sync();
         t.push([t1 - t0, t2 - t1, t2.elapsed()].map(|d| d.as_secs_f64()));
     }
     // Medians, not means: on a shared machine a stall hits a few steps
@@ -66,7 +83,7 @@ fn throughput(args: &[String]) -> Result<(), String> {
     let part = |i: usize| median(t[1..].iter().map(|s| s[i]).collect());
     let step = median(t[1..].iter().map(|s| s.iter().sum()).collect());
     println!(
-        "rust {arch:?} res={res} batch={batch} {kind:?} threads={threads}: {:.1} img/s (median step {:.3} s of {steps}; forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms)",
+        "rust {arch:?} res={res} batch={batch} {kind:?} {device:?} threads={threads}: {:.1} img/s (median step {:.3} s of {steps}; forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms)",
         batch as f64 / step,
         step,
         part(0) * 1e3,
@@ -152,7 +169,7 @@ fn recipe(args: &[String]) -> Result<(), String> {
         &[("model", "model.safetensors"), ("history", "history.parquet"), ("summary", "summary.parquet"), ("features", "features.arrow")],
         &out,
     )?;
-    train::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
+    cairn_stages::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
     eprintln!("train: {:.1}s", t0.elapsed().as_secs_f64());
     if let Some(p) = args.get(2).filter(|s| !s.is_empty()) {
         let t1 = Instant::now();
@@ -164,7 +181,7 @@ fn recipe(args: &[String]) -> Result<(), String> {
             &[("predictions", "predictions.parquet"), ("confusion", "confusion.parquet"), ("metrics", "metrics.parquet")],
             &out,
         )?;
-        evaluate::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
+        cairn_stages::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
         eprintln!("evaluate: {:.1}s", t1.elapsed().as_secs_f64());
     }
     eprintln!("total: {:.1}s; artifacts in {}", t0.elapsed().as_secs_f64(), out.display());

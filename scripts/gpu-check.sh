@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# `make gpu-check`: the one prepared check for a machine with a GPU (issue
+# 13), sized to finish in under 8 minutes on an H200. Steps, each timed and
+# each with a time cap so that a slow one still leaves a summary:
+#   unpack     the binaries `scripts/pack-device.sh` packed (target/device)
+#   probe      `cairn-worker --probe`: libtorch, CUDA, the kinds it runs
+#   bench      training throughput, cairn (bench_train) against PyTorch eager
+#              on the same device: ResNet50, 224 px, bf16, channels-last
+#   pipeline   pipeline.toml end to end on real CIFAR-10 from an empty
+#              cache, `--profile gpu-smoke` (fewer epochs): time and metrics
+#              per stage, test accuracy
+#   verify     `cairn verify finetune evaluate`: which outputs re-execute
+#              bit-identical
+# It writes summary.md, summary.json, log.txt, run.json and verify.txt into
+# $OUT (the device tool's folder that comes back), else target/gpu-check/.
+#
+#   scripts/gpu-check.sh [--cpu-smoke]
+#
+# --cpu-smoke (or GPU_CHECK_SMOKE=1) runs the same steps on the CPU, small:
+# a 500-image subset of the archive, `--profile gpu-smoke-cpu`, a tiny
+# throughput config; tests/gpu_check.rs runs it so, in 1-2 minutes.
+# Inputs: GPU_CHECK_PACK (packed binaries; without them the release build
+# in target/release is used), CIFAR (the image-folder archive; default the
+# packed copy, else ../shared/data/cifar10-jpg.tar.gz), GPU_CHECK_WORK
+# (scratch; emptied first), TORCH_VENV (a venv holding torch; default the
+# device's /opt/torch/.venv, else the one `make setup` installs).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SMOKE="${GPU_CHECK_SMOKE:-0}"
+case "${1:-}" in
+  --cpu-smoke) SMOKE=1 ;;
+  "") ;;
+  *) echo "usage: scripts/gpu-check.sh [--cpu-smoke]" >&2; exit 2 ;;
+esac
+OUT="${OUT:-$ROOT/target/gpu-check}"
+WORK="${GPU_CHECK_WORK:-$ROOT/target/gpu-check-work}"
+PACK="${GPU_CHECK_PACK:-$ROOT/target/device}"
+TORCH_VERSION="$(sed -n 's/^TORCH_VERSION=//p' "$ROOT/scripts/setup-torch.sh")"
+
+if [ "$SMOKE" = 1 ]; then
+  MODE=cpu-smoke DEV=cpu PROFILE=gpu-smoke-cpu
+  BENCH=(fast 32 32 3 fp32) PAIRS=1
+  CAP_PIPELINE=240 CAP_VERIFY=120 CAP_BENCH=120
+  RUN_FLAGS=(--cpu)
+else
+  MODE=gpu DEV=cuda PROFILE=gpu-smoke
+  BENCH=(resnet50 224 256 20 bf16) PAIRS=2
+  # Caps sum (with unpack and probe) to under the device's 10-minute command.
+  CAP_PIPELINE=300 CAP_VERIFY=120 CAP_BENCH=100
+  RUN_FLAGS=()
+fi
+
+[ -n "$WORK" ] && rm -rf "$WORK"
+mkdir -p "$OUT" "$WORK/bin"
+exec > >(tee "$OUT/log.txt") 2>&1
+: > "$WORK/steps.tsv"
+
+# A venv's python and its libtorch: the device's venv, else `make setup`'s.
+VENV=""
+for v in "${TORCH_VENV:-}" /opt/torch/.venv "${CAIRN_TORCH_HOME:-$HOME/.cache/cairn/torch-$TORCH_VERSION}"; do
+  if [ -n "$v" ] && compgen -G "$v/lib/python3*/site-packages/torch/lib" >/dev/null; then VENV="$v"; break; fi
+done
+[ -n "$VENV" ] || { echo "gpu-check: no venv with torch (tried TORCH_VENV, /opt/torch/.venv, the cairn venv); run \`make setup\` or set TORCH_VENV" >&2; exit 1; }
+PY="$VENV/bin/python3"
+LD_LIBRARY_PATH="$(compgen -G "$VENV/lib/python3*/site-packages/torch/lib" | head -1)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH
+
+# step NAME CAP FUNCTION: runs FUNCTION in a subshell (so `set -e` holds in
+# it), its commands under `capped` sharing a deadline CAP seconds away;
+# appends "NAME rc milliseconds" to steps.tsv and rewrites the summary, so
+# a step that fails or overruns still leaves the others' results.
+step() {
+  local name=$1 t0 rc=0
+  DEADLINE=$(($(date +%s) + $2))
+  echo "== $name (cap $2 s)"
+  t0=$(date +%s%N)
+  "$3" &
+  wait $! || rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$((($(date +%s%N) - t0) / 1000000))" >> "$WORK/steps.tsv"
+  summarize
+}
+capped() {
+  local left=$((DEADLINE - $(date +%s)))
+  ((left > 0)) || { echo "gpu-check: no time left for $1" >&2; return 124; }
+  # SIGINT first: cairn stops its workers and records the run as interrupted.
+  timeout --signal=INT --kill-after=20 "$left" "$@"
+}
+
+summarize() {
+  "$PY" "$ROOT/scripts/gpu_check_summary.py" "$WORK" "$OUT" "$MODE" "$PROFILE" "${BENCH[*]}" || true
+}
+
+BIN="$WORK/bin"
+export CAIRN_WORKER="$BIN/cairn-worker" CAIRN_BENCH_DEVICE="$DEV"
+
+unpack() {
+  for b in cairn cairn-worker bench_train; do
+    if [ -f "$PACK/$b.xz" ]; then
+      # Python's lzma where the box has no xz-utils.
+      if command -v xz >/dev/null; then xz -dc "$PACK/$b.xz" > "$BIN/$b"
+      else "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$PACK/$b.xz" "$BIN/$b"; fi
+    elif [ -x "$ROOT/target/release/$b" ]; then
+      echo "gpu-check: no $PACK/$b.xz; using target/release/$b"
+      ln -sf "$ROOT/target/release/$b" "$BIN/$b"
+    else
+      echo "gpu-check: neither $PACK/$b.xz nor target/release/$b; run \`make pack-device\` where it builds" >&2
+      exit 1
+    fi
+    chmod +x "$BIN/$b"
+  done
+}
+
+probe() {
+  capped "$BIN/cairn-worker" --probe | tee "$WORK/probe.json"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$WORK/gpu.txt"
+  fi
+  if [ "$MODE" = gpu ] && ! grep -q '"cuda":true' "$WORK/probe.json"; then
+    echo "gpu-check: the worker sees no CUDA device; on a CPU machine run \`scripts/gpu-check.sh --cpu-smoke\`" >&2
+    exit 1
+  fi
+}
+
+# Alternating pairs (cairn first, then PyTorch first), as bench_train_ratio.py.
+bench() {
+  local i rust=("$BIN/bench_train" throughput "${BENCH[@]}") torch=("$PY" "$ROOT/scripts/bench_train.py" throughput "${BENCH[@]}")
+  for ((i = 0; i < PAIRS; i++)); do
+    if ((i % 2 == 0)); then capped "${rust[@]}" && capped "${torch[@]}"; else capped "${torch[@]}" && capped "${rust[@]}"; fi
+  done | tee "$WORK/bench.txt"
+}
+
+CIFAR="${CIFAR:-}"
+[ -n "$CIFAR" ] || for c in "$PACK/cifar10-jpg.tar.gz" "$ROOT/../shared/data/cifar10-jpg.tar.gz"; do
+  if [ -f "$c" ]; then CIFAR="$c"; break; fi
+done
+[ -z "$CIFAR" ] || CIFAR="$(realpath "$CIFAR")"
+if [ "$MODE" = gpu ]; then DATA="$CIFAR"; else DATA="$WORK/cifar10-subset.tar.gz"; fi
+data() {
+  [ -f "$CIFAR" ] || { echo "gpu-check: no CIFAR-10 image-folder archive (set CIFAR, or run \`make pack-device\` with ../shared/data)" >&2; exit 1; }
+  [ "$MODE" = gpu ] && return
+  # 40 train and 10 test images per class: enough for load's 20-per-class
+  # subset and a pool, small enough for a 2-core CPU.
+  mkdir -p "$WORK/subset"
+  tar xzf "$CIFAR" -C "$WORK/subset" --wildcards '*/train/*/00[0-3]?.jpg' '*/test/*/000?.jpg'
+  tar czf "$DATA" -C "$WORK/subset" .
+}
+
+FLAGS=("${RUN_FLAGS[@]}" --profile "$PROFILE" --set "load.source=\"$DATA\"")
+pipeline() {
+  cp "$ROOT/pipeline.toml" "$WORK/pipeline.toml"
+  cd "$WORK"
+  local rc=0
+  capped "$BIN/cairn" run --json "${FLAGS[@]}" > run.json || rc=$?
+  # The run history holds each stage's time and metrics, an interrupted run too.
+  "$BIN/cairn" runs --json --limit 1 > runs.json
+  exit "$rc"
+}
+verify() {
+  cd "$WORK"
+  capped "$BIN/cairn" verify finetune evaluate "${FLAGS[@]}" | tee verify.txt
+}
+
+echo "gpu-check: mode $MODE, profile $PROFILE, torch venv $VENV, data $CIFAR, out $OUT"
+step unpack 120 unpack
+step probe 60 probe
+step data 60 data
+step bench "$CAP_BENCH" bench
+step pipeline "$CAP_PIPELINE" pipeline
+step verify "$CAP_VERIFY" verify
+cat "$OUT/summary.md"
+# Exit 1 when any step failed (a verify that finds a difference included).
+! cut -f2 "$WORK/steps.tsv" | grep -qvx 0
