@@ -18,6 +18,7 @@ pub mod worker;
 pub mod cache;
 pub mod dag;
 pub mod exec;
+pub mod executor;
 pub mod external;
 pub mod kinds;
 pub mod plan;

@@ -181,6 +181,8 @@ pub fn run(
     let mut s = Scheduler::new(pipeline, cache, opts, observer, cancel, &resolver)?;
     let seed = pipeline.seed;
     let jobs = opts.jobs.max(1);
+    // Stages on a non-local executor are submitted as jobs (see crate::executor).
+    let dispatch = crate::executor::Dispatch::new(pipeline, &run_id(&started_at));
     std::thread::scope(|scope| -> Result<(), RunError> {
         let (tx, rx) = mpsc::channel::<Finished>();
         loop {
@@ -196,11 +198,11 @@ pub fn run(
                         progressed = true;
                         s.running += 1;
                         let (resolver, tx) = (&resolver, tx.clone());
-                        let (stage, ctx) = (&pipeline.stages[ready.i], (cache, env, observer, cancel, seed));
+                        let (stage, ctx) = (dispatch.stage(&pipeline.stages[ready.i]), (cache, env, observer, cancel, seed));
                         let push = opts.remote.as_deref().filter(|_| opts.push);
                         scope.spawn(move || {
                             let (i, key) = (ready.i, ready.key_inputs.key());
-                            let res = execute_ready(stage, ready, resolver, ctx);
+                            let res = execute_ready(&stage, ready, resolver, ctx);
                             if let (Ok(_), Some(remote)) = (&res, push) {
                                 push_after(remote, cache, &key, observer, &stage.name);
                             }
@@ -220,6 +222,7 @@ pub fn run(
         }
         Ok(())
     })?;
+    dispatch.cancelled_messages().iter().for_each(|m| observer.warn(m));
     s.save_refs()?;
     cache.stat().save();
     Ok(s.into_report(started_at))
@@ -489,13 +492,8 @@ impl<'a> Scheduler<'a> {
                 stages.push(report(stage, Outcome::Skipped { because: "interrupted".into() }, None, vec![]));
             }
         }
-        let run_id = format!(
-            "{}-{:04x}",
-            started_at.replace([':', '-'], "").chars().take(15).collect::<String>(),
-            std::process::id() & 0xffff
-        );
         RunReport {
-            run_id,
+            run_id: run_id(&started_at),
             started_at,
             finished_at: crate::exec::now_rfc3339(),
             profile: self.pipeline.profile.as_ref().map(|p| p.0.clone()),
@@ -503,6 +501,11 @@ impl<'a> Scheduler<'a> {
             interrupted,
         }
     }
+}
+
+/// The id of the run that started at `started_at` (RFC 3339), in this process.
+fn run_id(started_at: &str) -> String {
+    format!("{}-{:04x}", started_at.replace([':', '-'], "").chars().take(15).collect::<String>(), std::process::id() & 0xffff)
 }
 
 /// Pushes the local entry of `key` to the remote; a failure is a warning

@@ -51,6 +51,9 @@ pub fn dispatch(cli: Cli) -> i32 {
         Cmd::Gc { dry_run, keep_runs, config } => cmd_gc(&cli, config, *dry_run, *keep_runs, &console),
         Cmd::Verify { stages, config } => cmd_verify(&cli, config, stages, &console),
         Cmd::Cache { command: CacheCmd::Verify } => cmd_cache_verify(&cli, &console),
+        Cmd::ExecJob { dir } => cairn::executor::job::run_job(dir, &registry())
+            .map(|ok| if ok { exit::OK } else { exit::FAILED })
+            .map_err(|e| fail(&console, exit::IO, e)),
     };
     result.unwrap_or_else(|code| code)
 }

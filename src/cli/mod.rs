@@ -196,6 +196,10 @@ pub enum Cmd {
         #[command(subcommand)]
         command: CacheCmd,
     },
+    /// Runs a submitted stage's job directory on this node: what a job of a
+    /// non-local executor (Slurm) executes. Not for hand use.
+    #[command(hide = true)]
+    ExecJob { dir: PathBuf },
 }
 
 #[derive(Subcommand)]

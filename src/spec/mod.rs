@@ -9,6 +9,7 @@
 //! each with `file:line:col` and a hint.
 
 pub mod diag;
+pub mod executors;
 pub mod overrides;
 pub mod parse;
 pub mod remote;
@@ -90,6 +91,11 @@ pub struct Pipeline {
     pub graph: Graph,
     /// The `[remote]` table, when present.
     pub remote: Option<remote::RemoteSpec>,
+    /// The `[executors.NAME]` tables.
+    pub executors: BTreeMap<String, executors::ExecutorSpec>,
+    /// Stage → the executor it chose (`executor = "NAME"`); absent: local.
+    /// Kept beside the stages, never in them: it is not part of any key.
+    pub stage_executors: BTreeMap<String, String>,
 }
 
 impl Pipeline {
@@ -150,6 +156,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
         }
     }
     let origins = overrides::apply(&mut raw, &all_overrides, &mut diags);
+    let stage_executors = take_executor_choices(&mut raw, &origins, &mut diags);
 
     let mut stages = Vec::new();
     for rs in &raw.stages {
@@ -222,7 +229,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
     // Absolute, because stages run in their own working directory.
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let root = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-    Ok(Pipeline { name: raw.name, seed: raw.seed, file: path.to_path_buf(), root, profile, stages, graph: sorted_graph, remote: raw.remote })
+    Ok(Pipeline { name: raw.name, seed: raw.seed, file: path.to_path_buf(), root, profile, stages, graph: sorted_graph, remote: raw.remote, executors: raw.executors, stage_executors })
 }
 
 /// For each stage, the params paths `--set` flags and profiles changed, with where.
@@ -241,6 +248,26 @@ fn param_origin(raw: &RawSpec, origins: &Origins, stage: &str, path: &[String]) 
             full.extend(path.iter().cloned());
             raw.source.origin(raw.span_of(&full))
         })
+}
+
+/// Takes each stage's `executor = "NAME"` out of its params (after
+/// profiles and `--set`, which may switch it), so no kind sees it.
+fn take_executor_choices(raw: &mut RawSpec, origins: &Origins, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, String> {
+    let mut chosen = BTreeMap::new();
+    for i in 0..raw.stages.len() {
+        match executors::take_choice(&mut raw.stages[i].params, &raw.executors) {
+            Ok(Some(name)) => {
+                chosen.insert(raw.stages[i].name.clone(), name);
+            }
+            Ok(None) => {}
+            Err((message, help)) => {
+                let stage = &raw.stages[i].name;
+                let origin = param_origin(raw, origins, stage, &["executor".to_string()]);
+                diags.push(Diagnostic { origin, message: format!("stage `{stage}`: {message}"), help: Some(help) });
+            }
+        }
+    }
+    chosen
 }
 
 /// What the kind accepted but the rules every stage follows refuse (see [`rules`]).

@@ -45,6 +45,8 @@ pub struct RawSpec {
     pub profiles: BTreeMap<String, RawProfile>,
     /// The `[remote]` table, when present.
     pub remote: Option<super::remote::RemoteSpec>,
+    /// The `[executors.NAME]` tables.
+    pub executors: BTreeMap<String, super::executors::ExecutorSpec>,
     pub source: SourceMap,
     /// Span of every value, by path from the document root
     /// (e.g. `["stages", "train", "lr"]`).
@@ -93,11 +95,11 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
     let root = doc.as_table();
 
     for (key, _) in root.iter() {
-        if !matches!(key, "pipeline" | "stages" | "profiles" | "remote") {
+        if !matches!(key, "pipeline" | "stages" | "profiles" | "remote" | "executors") {
             cx.error(
                 item_span(root, key),
                 format!("unknown top-level key `{key}`"),
-                Some("a pipeline has `[pipeline]`, `[stages.<name>]`, `[profiles.<name>]` and `[remote]`".into()),
+                Some("a pipeline has `[pipeline]`, `[stages.<name>]`, `[profiles.<name>]`, `[remote]` and `[executors.<name>]`".into()),
             );
         }
     }
@@ -129,8 +131,16 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
         spec
     });
 
+    let executors = root.get("executors").map_or_else(BTreeMap::new, |item| {
+        let (specs, errors) = super::executors::parse(item);
+        for (span, message, help) in errors {
+            cx.error(span, message, help);
+        }
+        specs
+    });
+
     if cx.diags.is_empty() {
-        Ok(RawSpec { name, seed, stages, profiles, remote, source: cx.source, spans: cx.spans })
+        Ok(RawSpec { name, seed, stages, profiles, remote, executors, source: cx.source, spans: cx.spans })
     } else {
         Err(cx.diags)
     }

@@ -1,0 +1,206 @@
+//! The job directory: what a submitted stage is told (`job.json`) and what
+//! it answers (`result.json`), and the node side that reads the one and
+//! writes the other (`cairn exec-job <dir>`).
+//!
+//! Inputs are named by content hash next to their path: the job re-hashes
+//! each before running and refuses bytes that are not the ones keyed
+//! (a shared filesystem that served stale data). The result record lists
+//! every output with its hash; the engine trusts it only after re-hashing
+//! the files itself (`super::submitted`). The record is written to a
+//! temporary name and renamed, so a job killed mid-write leaves none.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cache::hash_file;
+use crate::digest::ArtifactHash;
+use crate::env::Environment;
+use crate::kind::{Progress, Reporter, StageCtx, StageFailure};
+use crate::kinds::Registry;
+
+pub const JOB_FILE: &str = "job.json";
+pub const RESULT_FILE: &str = "result.json";
+pub const LOG_FILE: &str = "job.log";
+
+/// An input as the job sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobInput {
+    pub path: PathBuf,
+    pub hash: ArtifactHash,
+}
+
+/// What a job is asked to do (`job.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub stage: String,
+    pub kind: String,
+    pub params: Value,
+    pub inputs: BTreeMap<String, Vec<JobInput>>,
+    /// Output name → the path to write it to.
+    pub outputs: BTreeMap<String, PathBuf>,
+    /// The stage's private working directory.
+    pub scratch: PathBuf,
+    pub seed: u64,
+    /// The cache directory, for the worker's probe answers.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// An output as the job hashed it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobOutput {
+    pub hash: ArtifactHash,
+    pub size: u64,
+}
+
+/// What a job answers (`result.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// `None`: the stage succeeded; else why it failed.
+    pub error: Option<String>,
+    pub outputs: BTreeMap<String, JobOutput>,
+    pub metrics: BTreeMap<String, f64>,
+    /// The job process's peak resident memory (MiB).
+    pub peak_rss_mb: f64,
+    pub host: String,
+    pub duration_s: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("cannot read or write job file {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("job file {} is not valid: {source}\n  help: cairn and the job must come from the same checkout", path.display())]
+    Parse { path: PathBuf, source: serde_json::Error },
+}
+
+/// Writes `value` as JSON to `dir/name`, atomically.
+pub fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<(), JobError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let io = |source| JobError::Io { path: path.clone(), source };
+    let bytes = serde_json::to_vec_pretty(value).expect("job files serialise");
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, JobError> {
+    let bytes = std::fs::read(path).map_err(|source| JobError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(&bytes).map_err(|source| JobError::Parse { path: path.to_path_buf(), source })
+}
+
+/// Prints what the stage reports into the job's log.
+struct LogReporter;
+
+impl Reporter for LogReporter {
+    fn progress(&self, stage: &str, progress: &Progress) {
+        if !progress.transient {
+            println!("[{stage}] {}", progress.message);
+        }
+    }
+    fn log(&self, stage: &str, line: &str) {
+        println!("[{stage}] {line}");
+    }
+}
+
+/// The node side: runs the job in `dir` and writes its result record.
+/// Returns whether the stage succeeded (the process's exit status).
+pub fn run_job(dir: &Path, registry: &Registry) -> Result<bool, JobError> {
+    let spec: JobSpec = read_json(&dir.join(JOB_FILE))?;
+    let t0 = std::time::Instant::now();
+    // scancel and a time limit send SIGTERM first: stop the stage cleanly.
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let _ = signal_hook::flag::register(sig, cancel.clone());
+    }
+    let mut record = ResultRecord {
+        error: None,
+        outputs: BTreeMap::new(),
+        metrics: BTreeMap::new(),
+        peak_rss_mb: 0.0,
+        host: hostname(),
+        duration_s: 0.0,
+    };
+    match run_stage(&spec, registry, &cancel, &mut record.metrics) {
+        Ok(()) => match hash_outputs(&spec) {
+            Ok(outputs) => record.outputs = outputs,
+            Err(e) => record.error = Some(e.message),
+        },
+        Err(e) => record.error = Some(e.message),
+    }
+    record.duration_s = t0.elapsed().as_secs_f64();
+    record.peak_rss_mb = peak_rss_mb();
+    if let Some(e) = &record.error {
+        eprintln!("cairn exec-job: stage `{}` failed: {e}", spec.stage);
+    }
+    write_json(dir, RESULT_FILE, &record)?;
+    Ok(record.error.is_none())
+}
+
+fn run_stage(spec: &JobSpec, registry: &Registry, cancel: &AtomicBool, metrics: &mut BTreeMap<String, f64>) -> Result<(), StageFailure> {
+    let kind = registry
+        .get(&spec.kind)
+        .ok_or_else(|| StageFailure::new(format!("this cairn does not know kind `{}`; install the same cairn on the compute node", spec.kind)))?;
+    for (slot, inputs) in &spec.inputs {
+        for input in inputs {
+            let (hash, _) = hash_file(&input.path).map_err(|e| StageFailure::new(format!("input `{slot}` ({}): {e}", input.path.display())))?;
+            if hash != input.hash {
+                return Err(StageFailure::new(format!(
+                    "input `{slot}` ({}) has hash {} on this node, not the keyed {}; the shared filesystem served other bytes",
+                    input.path.display(),
+                    hash.short(),
+                    input.hash.short()
+                )));
+            }
+        }
+    }
+    std::fs::create_dir_all(&spec.scratch)?;
+    let mut env = Environment::detect(false).with_worker_kinds(registry.worker_kinds().clone());
+    if let Some(dir) = &spec.cache_dir {
+        env = env.with_probe_cache(dir);
+    }
+    let mut ctx = StageCtx {
+        stage: &spec.stage,
+        params: &spec.params,
+        inputs: spec.inputs.iter().map(|(s, v)| (s.clone(), v.iter().map(|i| i.path.clone()).collect())).collect(),
+        input_hashes: spec.inputs.iter().map(|(s, v)| (s.clone(), v.iter().map(|i| i.hash).collect())).collect(),
+        outputs: spec.outputs.clone(),
+        scratch: &spec.scratch,
+        seed: spec.seed,
+        env: &env,
+        reporter: &LogReporter,
+        metrics: BTreeMap::new(),
+        cancel,
+    };
+    kind.run(&mut ctx)?;
+    *metrics = std::mem::take(&mut ctx.metrics);
+    Ok(())
+}
+
+fn hash_outputs(spec: &JobSpec) -> Result<BTreeMap<String, JobOutput>, StageFailure> {
+    let mut out = BTreeMap::new();
+    for (name, path) in &spec.outputs {
+        let (hash, size) = hash_file(path)
+            .map_err(|e| StageFailure::new(format!("finished without a readable output `{name}` ({}): {e}", path.display())))?;
+        out.insert(name.clone(), JobOutput { hash, size });
+    }
+    Ok(out)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Peak resident memory of this process and its waited-for children (MiB).
+fn peak_rss_mb() -> f64 {
+    let max_rss_kib = |who| {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut u) } == 0 { u.ru_maxrss as f64 } else { 0.0 }
+    };
+    max_rss_kib(libc::RUSAGE_SELF).max(max_rss_kib(libc::RUSAGE_CHILDREN)) / 1024.0
+}

@@ -1,0 +1,165 @@
+//! Slurm: `sbatch --parsable` to submit, one `squeue` call for all of a
+//! run's jobs to poll, `scancel` to cancel. The job's shape comes from its
+//! `[executors.NAME]` table ([`SlurmShape::sbatch_options`]); `SLURM_CONF`
+//! and the rest of Slurm's environment are passed through untouched.
+//!
+//! `squeue --states=all` still lists a job for `MinJobAge` seconds after
+//! it ended (300 by default), with its final state; later it is `Gone`
+//! and the result record alone decides. A transient failure (the
+//! controller busy, restarting or unreachable) is retried with backoff;
+//! a refusal (an unknown partition, a shape the cluster cannot satisfy)
+//! fails the stage at once with Slurm's words.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use super::{Executor, ExecutorError, JobId, JobState, Prepared};
+use crate::spec::executors::SlurmShape;
+
+/// Attempts for a command that fails transiently, and the first pause.
+const ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+pub struct Slurm {
+    shape: SlurmShape,
+}
+
+impl Slurm {
+    pub fn new(shape: SlurmShape) -> Self {
+        Self { shape }
+    }
+}
+
+/// Whether Slurm's complaint means "try again later".
+fn transient(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    ["timed out", "unable to contact", "connection refused", "try again", "temporarily", "resource temporarily", "slurm_persist", "communication"]
+        .iter()
+        .any(|w| s.contains(w))
+}
+
+/// Runs `program args`, retrying transient failures with backoff.
+fn run(program: &str, args: &[String]) -> Result<Output, ExecutorError> {
+    let command = format!("{program} {}", args.join(" "));
+    let mut pause = FIRST_BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        let out = Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| ExecutorError::Spawn { program: program.to_string(), source })?;
+        if out.status.success() {
+            return Ok(out);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let err = ExecutorError::Command { command: command.clone(), status: out.status.to_string(), transient: transient(&stderr), stderr };
+        if !err.is_transient() || attempt == ATTEMPTS {
+            return Err(err);
+        }
+        tracing::warn!(%command, attempt, error = %err, "transient Slurm failure; retrying");
+        std::thread::sleep(pause);
+        pause *= 2;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Slurm's job state words → [`JobState`].
+fn parse_state(word: &str) -> JobState {
+    // squeue may add a reason ("CANCELLED by 0").
+    let word = word.split_whitespace().next().unwrap_or_default();
+    match word {
+        "PENDING" | "CONFIGURING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESV_DEL_HOLD" | "SUSPENDED" | "STOPPED" => JobState::Queued,
+        "RUNNING" | "COMPLETING" | "SIGNALING" | "STAGE_OUT" | "RESIZING" => JobState::Running,
+        "COMPLETED" => JobState::Completed,
+        other => JobState::Ended { state: other.to_string() },
+    }
+}
+
+/// `squeue --format=%i|%T` lines → states.
+fn parse_squeue(stdout: &str) -> BTreeMap<JobId, JobState> {
+    stdout
+        .lines()
+        .filter_map(|l| l.trim().split_once('|'))
+        .map(|(id, state)| (id.trim().to_string(), parse_state(state.trim())))
+        .collect()
+}
+
+impl Executor for Slurm {
+    fn label(&self) -> &str {
+        "Slurm"
+    }
+
+    fn submit(&self, job: &Prepared) -> Result<JobId, ExecutorError> {
+        let mut args = vec![
+            "--parsable".to_string(),
+            format!("--job-name={}", job.name),
+            format!("--output={}", job.log.display()),
+            format!("--chdir={}", job.dir.display()),
+        ];
+        args.extend(self.shape.sbatch_options());
+        // --wrap runs the command under /bin/sh; each word is quoted.
+        args.push(format!("--wrap=exec {}", job.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")));
+        let out = run("sbatch", &args)?;
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // `--parsable` prints `id` or `id;cluster`.
+        let id = stdout.split(';').next().unwrap_or_default().to_string();
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(ExecutorError::Output { command: "sbatch --parsable".into(), output: stdout });
+        }
+        Ok(id)
+    }
+
+    fn poll(&self, jobs: &[JobId]) -> Result<BTreeMap<JobId, JobState>, ExecutorError> {
+        if jobs.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let args = vec!["--noheader".to_string(), "--states=all".into(), "--format=%i|%T".into(), format!("--jobs={}", jobs.join(","))];
+        match run("squeue", &args) {
+            Ok(out) => Ok(parse_squeue(&String::from_utf8_lossy(&out.stdout))),
+            // When every job asked about has been purged, squeue refuses
+            // the list instead of printing nothing.
+            Err(ExecutorError::Command { stderr, .. }) if stderr.contains("Invalid job id") => Ok(BTreeMap::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn cancel(&self, jobs: &[JobId]) -> Result<(), ExecutorError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        run("scancel", jobs).map(|_| ())
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squeue_lines_become_states() {
+        let got = parse_squeue("12|RUNNING\n13|PENDING\n14|COMPLETED\n15|TIMEOUT\n16|CANCELLED by 0\nnoise\n");
+        assert_eq!(got["12"], JobState::Running);
+        assert_eq!(got["13"], JobState::Queued);
+        assert_eq!(got["14"], JobState::Completed);
+        assert_eq!(got["15"], JobState::Ended { state: "TIMEOUT".into() });
+        assert_eq!(got["16"], JobState::Ended { state: "CANCELLED".into() });
+        assert_eq!(got.len(), 5);
+    }
+
+    #[test]
+    fn only_a_busy_controller_is_retried() {
+        assert!(transient("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"));
+        assert!(transient("squeue: error: Unable to contact slurm controller (connect failure)"));
+        assert!(!transient("sbatch: error: Batch job submission failed: Invalid partition name specified"));
+    }
+
+    #[test]
+    fn arguments_survive_the_shell() {
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+}

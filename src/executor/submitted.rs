@@ -1,0 +1,206 @@
+//! The engine side of a submitted stage: a [`StageKind`] that wraps the
+//! stage's own kind and, instead of running it here, writes the job
+//! directory, submits it, waits for it with the run's [`Queue`], and
+//! accepts what it wrote only when its result record says it succeeded
+//! and every output re-hashes to the hash the record gives. From there
+//! `crate::exec` stores the outputs exactly as for a local run.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::job::{self, JobInput, JobSpec, ResultRecord};
+use super::queue::{Queue, Waited};
+use super::{Executor, JobId, JobState, Prepared};
+use crate::cache::hash_file;
+use crate::kind::{Checked, ParamError, Progress, StageCtx, StageFailure, StageKind};
+
+/// How many lines of a failed job's log its message shows.
+const LOG_TAIL_LINES: usize = 15;
+
+/// One executor of a run, with its queue.
+pub struct Backend {
+    exec: Arc<dyn Executor>,
+    queue: Queue,
+    /// The run's record of jobs cancelled on an interrupt (label, id).
+    cancelled: Arc<Mutex<Vec<(String, JobId)>>>,
+}
+
+impl Backend {
+    pub fn new(exec: Arc<dyn Executor>, cancelled: Arc<Mutex<Vec<(String, JobId)>>>) -> Self {
+        Self { queue: Queue::new(exec.clone()), exec, cancelled }
+    }
+}
+
+/// A stage's kind, run through an executor.
+pub struct Submitted {
+    inner: Arc<dyn StageKind>,
+    backend: Arc<Backend>,
+    run_id: String,
+}
+
+impl Submitted {
+    pub fn new(inner: Arc<dyn StageKind>, backend: Arc<Backend>, run_id: &str) -> Self {
+        Self { inner, backend, run_id: run_id.to_string() }
+    }
+
+    fn prepare(&self, ctx: &StageCtx<'_>) -> Result<Prepared, StageFailure> {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        // `ctx.scratch` is `<stage tmp>/work`; the job directory goes beside it.
+        let dir = ctx.scratch.parent().map(|p| abs(&p.join("job"))).ok_or_else(|| StageFailure::new("the stage has no scratch directory"))?;
+        std::fs::create_dir_all(&dir)?;
+        let inputs = ctx
+            .inputs
+            .iter()
+            .map(|(slot, paths)| {
+                let hashes = &ctx.input_hashes[slot];
+                (slot.clone(), paths.iter().zip(hashes).map(|(p, h)| JobInput { path: abs(p), hash: *h }).collect())
+            })
+            .collect();
+        let cache_dir = ctx.scratch.ancestors().nth(3).map(abs);
+        let spec = JobSpec {
+            stage: ctx.stage.to_string(),
+            kind: self.inner.name().to_string(),
+            params: ctx.params.clone(),
+            inputs,
+            outputs: ctx.outputs.iter().map(|(n, p)| (n.clone(), abs(p))).collect(),
+            scratch: abs(ctx.scratch),
+            seed: ctx.seed,
+            cache_dir,
+        };
+        job::write_json(&dir, job::JOB_FILE, &spec).map_err(|e| StageFailure::new(e.to_string()))?;
+        let exe = std::env::current_exe().map_err(|e| StageFailure::new(format!("cannot find the cairn binary to run on the node: {e}")))?;
+        Ok(Prepared {
+            name: format!("cairn-{}-{}", self.run_id, ctx.stage),
+            log: dir.join(job::LOG_FILE),
+            argv: vec![exe.to_string_lossy().into_owned(), "exec-job".into(), dir.to_string_lossy().into_owned()],
+            dir,
+        })
+    }
+
+    fn accept(&self, id: &JobId, job: &Prepared, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
+        let label = self.backend.exec.label();
+        let record = read_record(&job.dir).ok_or_else(|| {
+            StageFailure::new(format!("{label} job {id} completed without a result record{}", log_tail(&job.log)))
+        })?;
+        if let Some(e) = &record.error {
+            return Err(StageFailure::new(format!("{label} job {id} on {}: {e}{}", record.host, log_tail(&job.log))));
+        }
+        for (name, path) in &ctx.outputs {
+            let claimed = record.outputs.get(name).ok_or_else(|| StageFailure::new(format!("{label} job {id}: its result record lacks output `{name}`")))?;
+            let (hash, _) = hash_file(path).map_err(|e| StageFailure::new(format!("{label} job {id}: output `{name}` ({}): {e}", path.display())))?;
+            if hash != claimed.hash {
+                return Err(StageFailure::new(format!(
+                    "{label} job {id}: output `{name}` hashes to {} here, not the {} its record gives; nothing was cached",
+                    hash.short(),
+                    claimed.hash.short()
+                )));
+            }
+        }
+        ctx.metrics = record.metrics;
+        ctx.metrics.insert("job_peak_rss_mb".into(), record.peak_rss_mb);
+        Ok(())
+    }
+
+    fn interrupted(&self, id: &JobId) -> StageFailure {
+        let label = self.backend.exec.label();
+        match self.backend.exec.cancel(std::slice::from_ref(id)) {
+            Ok(()) => self.backend.cancelled.lock().unwrap_or_else(|e| e.into_inner()).push((label.to_string(), id.clone())),
+            Err(e) => tracing::warn!(job = %id, error = %e, "could not cancel the job"),
+        }
+        StageFailure { message: format!("interrupted; {label} job {id} cancelled"), interrupted: true }
+    }
+}
+
+/// The result record, allowing a shared filesystem a moment to show it.
+fn read_record(dir: &Path) -> Option<ResultRecord> {
+    let path = dir.join(job::RESULT_FILE);
+    for _ in 0..10 {
+        if let Ok(r) = job::read_json::<ResultRecord>(&path) {
+            return Some(r);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+/// The last lines of a job's log, as the end of a message.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return "; its log is empty".to_string();
+    }
+    let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+    // The log goes with the stage's scratch directory: quote, do not point.
+    format!("; the end of its log:\n    {}", tail.join("\n    "))
+}
+
+impl StageKind for Submitted {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn version(&self) -> u32 {
+        self.inner.version()
+    }
+    fn summary(&self) -> &str {
+        self.inner.summary()
+    }
+    fn check(&self, params: &Value) -> Result<Checked, ParamError> {
+        self.inner.check(params)
+    }
+
+    fn run(&self, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
+        let label = self.backend.exec.label();
+        let job = self.prepare(ctx)?;
+        let id = self.backend.exec.submit(&job).map_err(|e| StageFailure::new(format!("cannot submit to {label}: {e}")))?;
+        tracing::info!(job = %id, stage = ctx.stage, "submitted");
+        self.backend.queue.add(&id);
+        let (stage, reporter) = (ctx.stage, ctx.reporter);
+        let seen = |st: &JobState| {
+            let what = match st {
+                JobState::Queued => "queued",
+                JobState::Running => "running",
+                _ => return,
+            };
+            let message = format!("{what} as {label} job {id}");
+            reporter.progress(stage, &Progress { message, done: None, total: None, transient: true });
+        };
+        seen(&JobState::Queued);
+        match self.backend.queue.wait(&id, ctx.cancel, &seen) {
+            Waited::Final(JobState::Completed) => self.accept(&id, &job, ctx),
+            Waited::Final(JobState::Gone) => self.accept(&id, &job, ctx).map_err(|e| {
+                StageFailure::new(format!("{label} job {id} left the queue: {}", e.message))
+            }),
+            Waited::Final(JobState::Ended { state }) => {
+                let why = match state.as_str() {
+                    "TIMEOUT" => " (it ran past its time limit: raise `time` in its executor)",
+                    "OUT_OF_MEMORY" => " (raise `mem` in its executor)",
+                    "CANCELLED" => " (cancelled outside cairn, e.g. by scancel)",
+                    _ => "",
+                };
+                // The log ends with the stage's own error, when it had one.
+                Err(StageFailure::new(format!("{label} job {id} ended in state {state}{why}; nothing was cached{}", log_tail(&job.log))))
+            }
+            Waited::Final(other) => unreachable!("{other:?} is not final"),
+            Waited::Interrupted => Err(self.interrupted(&id)),
+            Waited::Unreachable(e) => Err(StageFailure::new(format!("lost track of {label} job {id}: {e}; it may still run (cancel it by hand)"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("job.log");
+        std::fs::write(&log, (0..40).map(|i| format!("line {i}\n")).collect::<String>()).unwrap();
+        let tail = log_tail(&log);
+        assert!(tail.contains("line 39") && tail.contains("line 25") && !tail.contains("line 24\n"), "{tail}");
+    }
+}
