@@ -177,7 +177,11 @@ fn two_concurrent_pushes_of_the_same_results_both_succeed() {
     let now = w.block_on(async { w.store().get(&list[0].location).await.unwrap().bytes().await }).unwrap();
     assert_eq!(first, now);
 
-    // One consistent entry: a third clone pulls everything and verifies.
+    // One consistent entry: the remote verifies whole, and a third clone
+    // pulls everything.
+    let v = cairn(&a, &w, &["remote", "verify", "--all"]);
+    assert_eq!(v.code, 0, "{}", v.all());
+    assert!(v.stdout.contains("4 manifest(s), 5 object(s) checked") && v.stdout.contains(": 0 problem(s)"), "{}", v.all());
     let b = Project::new(PIPELINE);
     let r = cairn(&b, &w, &["run", "--json"]);
     assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
@@ -196,6 +200,11 @@ fn a_flipped_byte_on_the_remote_is_detected_and_the_stage_recomputed() {
     bad[0] ^= 1;
     let path = object_store::path::Path::from(format!("team/v1/objects/{hash}"));
     w.block_on(async { w.store().put(&path, bad.into()).await }).unwrap();
+    let v = cairn(&a, &w, &["remote", "verify"]);
+    assert_eq!(v.code, 1, "{}", v.all());
+    let line = v.stdout.lines().find(|l| l.contains(&hash)).unwrap_or_else(|| panic!("the damaged object is named: {}", v.all()));
+    assert!(line.starts_with("damaged") && line.contains("`gen.small`") && line.contains("damaged"), "{line}");
+    assert_eq!(v.stdout.lines().filter(|l| l.starts_with("damaged") || l.starts_with("missing")).count(), 1, "{}", v.all());
 
     // B pushes what it computes (as CI does).
     let b = Project::new(PIPELINE);
@@ -211,6 +220,8 @@ fn a_flipped_byte_on_the_remote_is_detected_and_the_stage_recomputed() {
     // pulls A's entry whole.
     let fixed = w.block_on(async { w.store().get(&path).await.unwrap().bytes().await }).unwrap();
     assert_eq!(fixed.as_ref(), small.as_slice());
+    let v = cairn(&a, &w, &["remote", "verify", "--all"]);
+    assert_eq!(v.code, 0, "repaired: {}", v.all());
     let c = Project::new(PIPELINE);
     let r = cairn(&c, &w, &["run", "--json"]);
     assert_eq!(outcomes(&r)["gen"], "pulled", "{}", r.all());
@@ -333,6 +344,11 @@ fn sigkill_during_a_push_and_during_a_pull_leaves_both_caches_valid() {
     };
     for ms in [30, 120] {
         kill_after(&a, &["push"], ms);
+        // What a killed push left is valid: whatever manifest is there
+        // names whole objects (an unfinished multipart upload is no object).
+        let v = cairn(&a, &w, &["remote", "verify", "--all"]);
+        assert_eq!(v.code, 0, "the remote stays valid: {}", v.all());
+        assert_eq!(a.cairn(&["cache", "verify"]).code, 0);
     }
     let p = cairn(&a, &w, &["push"]);
     assert_eq!(p.code, 0, "{}", p.all());
@@ -345,6 +361,8 @@ fn sigkill_during_a_push_and_during_a_pull_leaves_both_caches_valid() {
             let v = b.cairn(&["cache", "verify"]);
             assert_eq!(v.code, 0, "the local cache stays valid: {}", v.all());
         }
+        let v = cairn(&b, &w, &["remote", "verify", "--all"]);
+        assert_eq!(v.code, 0, "a pull never writes to the remote: {}", v.all());
     }
     let r = cairn(&b, &w, &["run", "--json"]);
     assert_eq!(r.code, 0, "{}", r.all());
@@ -410,4 +428,148 @@ fn remote_settings_are_checked_and_credentials_refused_in_the_pipeline_file() {
     let r = p.cairn(&["run", "--remote", "none"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stderr.contains("remote"), "{}", r.all());
+}
+
+/// Every file under `dir` (a `file://` remote), relative, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn remote_gc_keeps_what_the_last_runs_need_and_is_a_dry_run_unless_asked() {
+    let Some(w) = Weed::start("remote_gc") else { return };
+    let a = Project::new(PIPELINE);
+    let n2 = ["--set", "tag.env={ N = \"2\" }"];
+    assert_eq!(cairn(&a, &w, &["run", "--push"]).code, 0);
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // run records sort by the second
+    assert_eq!(cairn(&a, &w, &[&["run", "--push"][..], &n2].concat()).code, 0);
+    let listed = |dir: &str| -> Vec<String> {
+        let list: Vec<_> = w.block_on(async {
+            use futures::TryStreamExt;
+            w.store().list(Some(&format!("team/v1/{dir}").as_str().into())).try_collect::<Vec<_>>().await
+        })
+        .unwrap();
+        list.into_iter().map(|m| m.location.to_string()).collect()
+    };
+    assert_eq!((listed("manifests").len(), listed("runs").len()), (6, 2), "two runs, tag and last twice");
+
+    // `cairn gc` is local only: even keeping no run, the remote is untouched.
+    let before = (listed("manifests"), listed("objects"), listed("runs"));
+    let g = cairn(&a, &w, &["gc", "--keep-runs", "0"]);
+    assert_eq!(g.code, 0, "{}", g.all());
+    assert_eq!((listed("manifests"), listed("objects"), listed("runs")), before);
+
+    // The grace period keeps everything this young; `--keep-runs` is required.
+    let r = cairn(&a, &w, &["remote", "gc", "--keep-runs", "1"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("would delete 0 manifest(s), 0 object(s)"), "{}", r.all());
+    assert_eq!(cairn(&a, &w, &["remote", "gc"]).code, 2);
+
+    // A dry run names what would go and deletes nothing.
+    let r = cairn(&a, &w, &["remote", "gc", "--keep-runs", "1", "--grace-hours", "0"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("would delete 2 manifest(s), 2 object(s)") && r.stdout.contains("1 run record(s)"), "{}", r.all());
+    assert!(r.stdout.contains("add --delete"), "{}", r.all());
+    assert_eq!((listed("manifests"), listed("objects"), listed("runs")), before);
+
+    let r = cairn(&a, &w, &["remote", "gc", "--keep-runs", "1", "--grace-hours", "0", "--delete"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("deleted 2 manifest(s), 2 object(s)"), "{}", r.all());
+    assert_eq!((listed("manifests").len(), listed("objects").len(), listed("runs").len()), (4, 5, 1));
+    let v = cairn(&a, &w, &["remote", "verify", "--all"]);
+    assert_eq!(v.code, 0, "what is left is whole: {}", v.all());
+
+    // The kept run is served whole; the collected one is computed again.
+    let b = Project::new(PIPELINE);
+    let r = cairn(&b, &w, &[&["run", "--json"][..], &n2].concat());
+    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    let r = cairn(&b, &w, &["run", "--json"]);
+    let o = outcomes(&r);
+    assert_eq!((o["gen"].as_str(), o["count"].as_str(), o["tag"].as_str(), o["last"].as_str()), ("cached", "cached", "ran", "ran"), "{}", r.all());
+}
+
+/// A stand-in `cairn-worker` for a machine of class `class`: its probe
+/// reports that class (`cpu_capability`, or a CUDA device), and a job
+/// writes the class into every output, as a result computed there would
+/// differ.
+fn class_worker(dir: &Path, cpu_capability: &str, device: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let probe = cairn::worker::Probe {
+        protocol: cairn::worker::PROTOCOL_VERSION,
+        libtorch: cairn::env::TORCH_VERSION.into(),
+        libtorch_path: None,
+        cuda: device != "cpu",
+        device: device.into(),
+        cpu_capability: cpu_capability.into(),
+        native_bf16: "none".into(),
+        kinds: cairn_kinds::all().iter().map(|k| (k.info().name.to_string(), k.info().version)).collect(),
+    };
+    let path = dir.join(format!("worker-{cpu_capability}-{}", device.replace([':', ' '], "_")));
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --probe ]; then echo '{json}'; exit 0; fi\n\
+         sed -n '/\"outputs\": {{/,/}}/p' \"$2\" | grep -o '\": \"[^\"]*\"' | sed 's/^\": \"//; s/\"$//' | \
+         while read -r p; do echo '{cpu_capability} {device}' > \"$p\"; done\n",
+        json = serde_json::to_string(&probe).unwrap()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn a_remote_never_serves_a_result_computed_on_another_cpu_or_gpu_class() {
+    const CLASSED: &str = r#"
+[stages.make]
+kind = "command"
+cmd = "printf m > {out.model}; printf i > {out.images}; printf l > {out.labels}"
+outputs = { model = "model.pt", images = "images.arrow", labels = "labels.arrow" }
+
+[stages.evaluate]
+kind = "evaluate"
+model = { arch = "resnet18" }
+inputs = { model = "make.model", images = "make.images", labels = "make.labels" }
+"#;
+    let shared = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", shared.path().display());
+    let run = |worker: &Path, push: bool| -> (Project, Run) {
+        let p = Project::new(CLASSED);
+        let args: &[&str] = if push { &["run", "--json", "--push"] } else { &["run", "--json"] };
+        let r: Run = p.cmd(args).env("CAIRN_REMOTE", &url).env("CAIRN_WORKER", worker).output().unwrap().into();
+        assert_eq!(r.code, 0, "{}", r.all());
+        (p, r)
+    };
+    let evaluated = |p: &Project| std::fs::read_to_string(p.path().join("artifacts/evaluate/metrics.parquet")).unwrap_or_else(|e| panic!("{e}"));
+
+    let avx512 = class_worker(tools.path(), "AVX512", "cpu");
+    let (_, r) = run(&avx512, true);
+    assert_eq!(outcomes(&r)["evaluate"], "ran", "{}", r.all());
+
+    // Same class: served. Another CPU class, or a GPU: computed there.
+    let (p, r) = run(&avx512, false);
+    assert_eq!((outcomes(&r)["make"].as_str(), outcomes(&r)["evaluate"].as_str()), ("pulled", "pulled"), "{}", r.all());
+    assert_eq!(evaluated(&p).trim(), "AVX512 cpu");
+    for (cpu, device) in [("AVX2", "cpu"), ("AVX512", "cuda:NVIDIA H200")] {
+        let (p, r) = run(&class_worker(tools.path(), cpu, device), true);
+        let o = outcomes(&r);
+        assert_eq!((o["make"].as_str(), o["evaluate"].as_str()), ("pulled", "ran"), "{cpu} {device}: {}", r.all());
+        assert_eq!(evaluated(&p).trim(), format!("{cpu} {device}"));
+    }
+    // Each class has its own entry; the first GPU class is not another's.
+    let (p, r) = run(&class_worker(tools.path(), "AVX512", "cuda:NVIDIA A100"), false);
+    assert_eq!(outcomes(&r)["evaluate"], "ran", "{}", r.all());
+    assert_eq!(evaluated(&p).trim(), "AVX512 cuda:NVIDIA A100");
+    assert_eq!(std::fs::read_dir(shared.path().join("v1/manifests")).unwrap().count(), 4, "{:?}", files(shared.path()));
 }

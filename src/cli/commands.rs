@@ -51,6 +51,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Cmd::Gc { dry_run, keep_runs, config } => cmd_gc(&cli, config, *dry_run, *keep_runs, &console),
         Cmd::Verify { stages, config } => cmd_verify(&cli, config, stages, &console),
         Cmd::Cache { command: CacheCmd::Verify } => cmd_cache_verify(&cli, &console),
+        Cmd::Remote { command } => super::remote::cmd_remote(&cli, command, &console),
         Cmd::ExecJob { dir } => cairn::executor::job::run_job(dir, &registry())
             .map(|ok| if ok { exit::OK } else { exit::FAILED })
             .map_err(|e| fail(&console, exit::IO, e)),
@@ -205,7 +206,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
             report.run_id
         ));
     }
-    if let Some(code) = super::remote::after_run(opts, console) {
+    if let Some(code) = super::remote::after_run(opts, &pipeline, &report, console) {
         return Ok(code);
     }
     if report.interrupted {

@@ -196,10 +196,45 @@ pub enum Cmd {
         #[command(subcommand)]
         command: CacheCmd,
     },
+    /// The shared remote cache: check it, or delete what old runs left there.
+    Remote {
+        #[command(subcommand)]
+        command: RemoteCmd,
+    },
     /// Runs a submitted stage's job directory on this node: what a job of a
     /// non-local executor (Slurm) executes. Not for hand use.
     #[command(hide = true)]
     ExecJob { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum RemoteCmd {
+    /// Re-hash the remote's entries for the pipeline's stages (or all) and
+    /// report damaged, missing or misfiled ones.
+    #[command(after_help = "Exit codes: 0 everything checked is intact; 1 something is damaged or missing; 2 usage or no remote configured; 3 the remote cannot be used.\n\nExample:\n  cairn remote verify --all")]
+    Verify {
+        /// Every manifest and object on the remote, not only the pipeline's.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Delete from the remote what none of the last N pushed runs needs (a
+    /// dry run unless --delete).
+    #[command(after_help = "Runs are recorded on the remote by `cairn run --push` and `cairn push`.\nEntries younger than --grace-hours are always kept (a push may be in progress).\n\nExample:\n  cairn remote gc --keep-runs 20            # what would go\n  cairn remote gc --keep-runs 20 --delete")]
+    Gc {
+        /// Keep what the newest N recorded runs need.
+        #[arg(long, value_name = "N")]
+        keep_runs: usize,
+        /// Delete (without it, only say what would be deleted).
+        #[arg(long)]
+        delete: bool,
+        /// Never delete entries younger than this.
+        #[arg(long, value_name = "HOURS", default_value_t = 24.0)]
+        grace_hours: f64,
+        #[command(flatten)]
+        config: Config,
+    },
 }
 
 #[derive(Subcommand)]

@@ -7,17 +7,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn::cache::{Cache, CacheLock};
-use cairn::digest::ArtifactHash;
+use cairn::digest::{ArtifactHash, StageKey};
 use cairn::plan::{Resolver, StageState};
+use cairn::remote::gc::GcOptions;
+use cairn::remote::runs::RunRecord;
 use cairn::remote::{Remote, RemoteConfig, RemoteError};
-use cairn::runner::RunOptions;
+use cairn::runner::{Outcome, RunOptions, RunReport};
 use cairn::spec::Pipeline;
 
 use super::commands::{fail, load, stage_states, CmdResult};
 use cairn::kind::Reporter;
 
 use super::ui::{human_bytes, Console};
-use super::{exit, Cli, Config};
+use super::{exit, Cli, Config, RemoteCmd};
 
 /// The exit code for a remote error: a bad URL is a usage error, the rest I/O.
 pub fn exit_code(e: &RemoteError) -> i32 {
@@ -47,10 +49,16 @@ fn required(config: &Config, pipeline: &Pipeline, console: &Console) -> Result<A
     }
 }
 
-/// After `cairn run`: the transfer summary, and the exit code when a
+/// After `cairn run`: the run's record on the remote when it pushed (what
+/// `cairn remote gc` keeps), the transfer summary, and the exit code when a
 /// required remote could not be used.
-pub fn after_run(opts: &RunOptions, console: &Console) -> Option<i32> {
+pub fn after_run(opts: &RunOptions, pipeline: &Pipeline, report: &RunReport, console: &Console) -> Option<i32> {
     let remote = opts.remote.as_deref()?;
+    if opts.push && !opts.dry_run {
+        let done = report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran));
+        let keys = done.filter_map(|s| Some((s.stage.clone(), s.key?))).collect();
+        record_run(&remote, &RunRecord::new(&report.run_id, &pipeline.name, keys), console);
+    }
     let (down, up) = (remote.bytes_down.load(std::sync::atomic::Ordering::Relaxed), remote.bytes_up.load(std::sync::atomic::Ordering::Relaxed));
     if down > 0 || up > 0 {
         console.line(&format!("remote {}: {} downloaded, {} uploaded", remote.display(), human_bytes(down), human_bytes(up)));
@@ -76,8 +84,20 @@ pub fn on_remote(
     states: &[(String, StageState)],
     console: &Console,
 ) -> Result<BTreeSet<String>, i32> {
-    let mut found = BTreeSet::new();
-    let Some((remote, _)) = open(config, pipeline, console)? else { return Ok(found) };
+    let Some((remote, _)) = open(config, pipeline, console)? else { return Ok(BTreeSet::new()) };
+    Ok(remote_keys(&remote, pipeline, cache, env, states, console).into_keys().collect())
+}
+
+/// The stale stages the remote has a valid entry for, with its key.
+fn remote_keys(
+    remote: &Remote,
+    pipeline: &Pipeline,
+    cache: &Cache,
+    env: &cairn::env::Environment,
+    states: &[(String, StageState)],
+    console: &Console,
+) -> BTreeMap<String, StageKey> {
+    let mut found = BTreeMap::new();
     let warn = |m: String| console.warn_line(&m);
     let resolver = Resolver::new(pipeline, cache, env, &warn);
     let mut outputs: BTreeMap<String, BTreeMap<String, ArtifactHash>> = BTreeMap::new();
@@ -89,7 +109,7 @@ pub fn on_remote(
                 let Ok(Some(ki)) = resolver.key_inputs(stage, &outputs, false) else { continue };
                 match remote.peek_entry(stage, &ki, &ki.key(), &warn) {
                     Ok(Some(m)) => {
-                        found.insert(name.clone());
+                        found.insert(name.clone(), m.key);
                         m
                     }
                     Ok(None) => continue,
@@ -103,7 +123,7 @@ pub fn on_remote(
         };
         outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
     }
-    Ok(found)
+    found
 }
 
 pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) -> CmdResult {
@@ -114,6 +134,7 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     let states = stage_states(&pipeline, &cache, &env, console)?;
     let t0 = Instant::now();
     let (mut pushed, mut present, mut not_cached, mut failed) = (0, 0, 0, 0);
+    let mut on_remote = BTreeMap::new();
     for (name, st) in &states {
         if !only.is_empty() && !only.contains(name) {
             continue;
@@ -129,10 +150,12 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
         match result {
             Ok(_) if remote.down().is_some() => break,
             Ok(s) if s.already => {
+                on_remote.insert(name.clone(), manifest.key);
                 present += 1;
                 console.line(&format!("present    {name:<12} already on the remote"));
             }
             Ok(s) => {
+                on_remote.insert(name.clone(), manifest.key);
                 pushed += 1;
                 console.line(&format!("pushed     {name:<12} {} object(s), {}", s.objects_sent, human_bytes(s.bytes_sent)));
             }
@@ -146,6 +169,7 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     if let Some(cause) = remote.down() {
         return Err(fail(console, exit::IO, format!("remote {}: {cause}", remote.display())));
     }
+    record_run(&remote, &RunRecord::new(&format!("push-{:04x}", std::process::id() & 0xffff), &pipeline.name, on_remote), console);
     let up = remote.bytes_up.load(std::sync::atomic::Ordering::Relaxed);
     console.line(&format!(
         "{pushed} pushed, {present} already there, {not_cached} not cached, {failed} failed: {} in {:.1}s ({}/s) to {}",
@@ -249,4 +273,103 @@ fn check_names(pipeline: &Pipeline, names: &[String], console: &Console) -> Resu
         }
     }
     Ok(())
+}
+
+/// Records a run that pushed; a failure is a warning (its results are on
+/// the remote, only `remote gc` does not know this run needs them).
+fn record_run(remote: &Remote, record: &RunRecord, console: &Console) {
+    if remote.down().is_some() {
+        return;
+    }
+    if let Err(e) = remote.push_run_record(record) {
+        console.warn_line(&format!("{e}; `cairn remote gc` will not count this run"));
+    }
+}
+
+pub fn cmd_remote(cli: &Cli, command: &RemoteCmd, console: &Console) -> CmdResult {
+    match command {
+        RemoteCmd::Verify { all, config } => cmd_remote_verify(cli, config, *all, console),
+        RemoteCmd::Gc { keep_runs, delete, grace_hours, config } => {
+            if !(grace_hours.is_finite() && *grace_hours >= 0.0) {
+                return Err(fail(console, exit::USAGE, format!("--grace-hours {grace_hours}: expected a number of hours, 0 or more")));
+            }
+            let grace = std::time::Duration::from_secs_f64(grace_hours * 3600.0);
+            cmd_remote_gc(cli, config, GcOptions { keep_runs: *keep_runs, grace, delete: *delete }, console)
+        }
+    }
+}
+
+/// `cairn remote verify`: exit 0 when everything checked is intact, 1 when
+/// something is damaged or missing, 3 when the remote cannot be used.
+fn cmd_remote_verify(cli: &Cli, config: &Config, all: bool, console: &Console) -> CmdResult {
+    let (pipeline, env) = load(cli, config, console)?;
+    let remote = required(config, &pipeline, console)?;
+    let keys: Option<Vec<StageKey>> = if all {
+        None
+    } else {
+        let cache = Cache::open_read(&cli.cache_dir);
+        let states = stage_states(&pipeline, &cache, &env, console)?;
+        let mut keys = remote_keys(&remote, &pipeline, &cache, &env, &states, console);
+        for (name, st) in &states {
+            if let StageState::Fresh { key, .. } = st {
+                keys.insert(name.clone(), *key);
+            }
+        }
+        if let Some(cause) = remote.down() {
+            return Err(fail(console, exit::IO, format!("remote {}: {cause}", remote.display())));
+        }
+        Some(keys.into_values().collect())
+    };
+    let t0 = Instant::now();
+    let progress = |done: u64| console.progress("verify", &cairn::runner::transfer_progress("re-hashing", done, done));
+    let result = remote.verify(keys.as_deref(), all, &progress);
+    console.finish_bar("verify");
+    let report = result.map_err(|e| fail(console, exit_code(&e), e))?;
+    for p in &report.problems {
+        println!("{p}");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let absent = if report.absent > 0 { format!("; {} of the pipeline's entries are not on the remote", report.absent) } else { String::new() };
+    println!(
+        "{} manifest(s), {} object(s) checked on {}: {} problem(s); {} re-hashed in {secs:.1}s ({}/s){absent}",
+        report.manifests,
+        report.objects,
+        remote.display(),
+        report.problems.len(),
+        human_bytes(report.bytes),
+        human_bytes((report.bytes as f64 / secs.max(1e-3)) as u64),
+    );
+    Ok(if report.problems.is_empty() { exit::OK } else { exit::FAILED })
+}
+
+/// `cairn remote gc`: what the last N pushed runs need stays; the rest is
+/// listed, and deleted only with `--delete`.
+fn cmd_remote_gc(cli: &Cli, config: &Config, opts: GcOptions, console: &Console) -> CmdResult {
+    let (pipeline, _env) = load(cli, config, console)?;
+    let remote = required(config, &pipeline, console)?;
+    let report = remote.gc(opts).map_err(|e| fail(console, exit_code(&e), e))?;
+    for bad in &report.bad_runs {
+        console.warn_line(&format!("run record {bad} does not parse; kept, and what it lists is not known"));
+    }
+    let verb = if opts.delete { "deleted" } else { "would delete" };
+    println!(
+        "{verb} {} manifest(s), {} object(s) ({}), {} run record(s) from {}",
+        report.manifests.count,
+        report.objects.count,
+        human_bytes(report.objects.bytes),
+        report.runs.count,
+        remote.display()
+    );
+    println!(
+        "kept {} run(s): {} manifest(s), {} object(s) ({}); nothing younger than {:.0} h is deleted",
+        report.runs_kept,
+        report.kept_manifests.count,
+        report.kept_objects.count,
+        human_bytes(report.kept_objects.bytes),
+        opts.grace.as_secs_f64() / 3600.0
+    );
+    if !opts.delete && report.manifests.count + report.objects.count + report.runs.count > 0 {
+        println!("dry run: nothing was deleted; add --delete to delete the above (the remote is shared: check first)");
+    }
+    Ok(exit::OK)
 }

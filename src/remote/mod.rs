@@ -11,6 +11,9 @@
 //!                              the bytes (64 hex digits), as in the local store
 //! v1/manifests/<key>.json      the local manifest of one stage key (JSON,
 //!                              `crate::cache::Manifest`), 64 hex digits
+//! v1/runs/<time>-<id>.json     one run that pushed: the stage keys it
+//!                              produced or used (`runs::RunRecord`); what
+//!                              `cairn remote gc --keep-runs N` keeps
 //! ```
 //!
 //! `v1` is [`REMOTE_SCHEMA`]; a change to this layout or to how manifests
@@ -42,11 +45,20 @@
 //! The engine is synchronous; this module owns a small tokio runtime and
 //! blocks on it. Transfers stream (no object is ever whole in memory
 //! beyond [`transfer::SINGLE_PUT_MAX`]; larger ones use multipart uploads),
-//! run a few at a time, and are retried with backoff by `object_store`.
+//! run a few at a time, and are retried with backoff by `object_store`. A
+//! request of bounded size gets [`transfer::REQUEST_DEADLINE`] and a
+//! download may go [`transfer::STALL`] without a byte; past either, the
+//! remote is taken as down, said once, and the run goes on locally.
+//!
+//! Nothing here ever deletes from the remote except `cairn remote gc
+//! --delete` ([`gc`]); the local `cairn gc` does not open the remote.
 
 pub mod config;
+pub mod gc;
+pub mod runs;
 pub mod sync;
 pub mod transfer;
+pub mod verify;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -211,7 +223,11 @@ impl Remote {
             return Ok(false);
         }
         let path = self.manifest_path(key);
-        match self.block_on(self.c().store.head(&path)) {
+        let head = match self.block_on(transfer::bounded(self.c().store.head(&path))) {
+            Ok(head) => head,
+            Err(f) => return self.mark_down(f.to_string()).map_or(Ok(false), Err),
+        };
+        match head {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => match self.fault(&e) {

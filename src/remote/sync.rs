@@ -161,7 +161,7 @@ impl Remote {
 
     /// Runs `fut`, telling `progress` the bytes `counter` grew by, every
     /// quarter second while it runs.
-    fn metered<F: std::future::Future>(&self, fut: F, counter: &AtomicU64, progress: &dyn Fn(u64)) -> F::Output {
+    pub(super) fn metered<F: std::future::Future>(&self, fut: F, counter: &AtomicU64, progress: &dyn Fn(u64)) -> F::Output {
         let before = counter.load(Ordering::Relaxed);
         self.block_on(async {
             let tick = async {

@@ -11,7 +11,9 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
-use futures::StreamExt;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
 use object_store::path::Path as RemotePath;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
@@ -27,20 +29,38 @@ pub const SINGLE_PUT_MAX: u64 = 16 << 20;
 const PART: usize = 16 << 20;
 /// The largest manifest accepted from a remote.
 pub const MANIFEST_MAX: u64 = 4 << 20;
+/// How long a download may go without a byte before the remote is taken
+/// as down.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// The longest one request of bounded size may take (a HEAD, a manifest,
+/// a PUT or a multipart part of at most 16 MiB): past it, the remote is
+/// taken as down. Downloads of objects are bounded by [`STALL`] instead.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs one request of bounded size, giving up after [`REQUEST_DEADLINE`].
+pub(crate) async fn bounded<T>(request: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+    tokio::time::timeout(REQUEST_DEADLINE, request)
+        .await
+        .map_err(|_| Failure::Down(format!("a request got no answer in {} s", REQUEST_DEADLINE.as_secs())))
+}
 
 /// Why one transfer did not happen.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// Not on the remote.
+    #[error("not on the remote")]
     Missing,
     /// The remote is unusable (already classified); the cause.
+    #[error("{0}")]
     Down(String),
     /// The bytes are not what they claim to be, or another request failed.
+    #[error("{0}")]
     Bad(String),
 }
 
 impl Remote {
-    fn failure(&self, e: &object_store::Error) -> Failure {
+    pub(super) fn failure(&self, e: &object_store::Error) -> Failure {
         match e {
             object_store::Error::NotFound { .. } if super::error_chain(e).to_ascii_lowercase().contains("nosuchbucket") => {
                 Failure::Down("the bucket does not exist".into())
@@ -56,15 +76,18 @@ impl Remote {
     /// Downloads the manifest of `key` (its raw bytes, at most
     /// [`MANIFEST_MAX`]).
     pub(crate) async fn get_manifest(&self, key: &StageKey) -> Result<Vec<u8>, Failure> {
-        let path = self.manifest_path(key);
-        let got = self.c().store.get(&path).await.map_err(|e| self.failure(&e))?;
+        self.get_small(&self.manifest_path(key)).await
+    }
+
+    /// Downloads a manifest or a run record (at most [`MANIFEST_MAX`] bytes).
+    pub(crate) async fn get_small(&self, path: &RemotePath) -> Result<Vec<u8>, Failure> {
+        let got = bounded(self.c().store.get(path)).await?.map_err(|e| self.failure(&e))?;
         if got.meta.size > MANIFEST_MAX {
             return Err(Failure::Bad(format!("its manifest is {} bytes, more than any manifest", got.meta.size)));
         }
         let mut out = Vec::new();
         let mut stream = got.into_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.failure(&e))?;
+        while let Some(chunk) = self.next_chunk(&mut stream).await? {
             if (out.len() + chunk.len()) as u64 > MANIFEST_MAX {
                 return Err(Failure::Bad("its manifest is larger than any manifest".into()));
             }
@@ -76,44 +99,67 @@ impl Remote {
 
     /// Downloads object `h` of `size` bytes into the local store, checked.
     pub(crate) async fn fetch_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<(), Failure> {
-        let path = self.object_path(&h);
-        let got = self.c().store.get(&path).await.map_err(|e| self.failure(&e))?;
-        if got.meta.size != size {
-            self.damaged.lock().unwrap().insert(h);
-            return Err(Failure::Bad(format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)));
-        }
+        let (got, mut check) = self.get_object(h, size).await?;
+        let mut stream = got.into_stream();
         let tmp_dir = cache.root().join("tmp");
         let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| Failure::Bad(format!("cannot create a temp file in {}: {e}", tmp_dir.display())))?;
         let (file, tmp_path) = tmp.into_parts();
         // Large writes: each one is a hop to tokio's blocking pool.
         let mut file = tokio::io::BufWriter::with_capacity(4 << 20, tokio::fs::File::from_std(file));
-        let mut hasher = blake3::Hasher::new();
-        let mut n = 0u64;
-        let mut stream = got.into_stream();
         use tokio::io::AsyncWriteExt;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.failure(&e))?;
-            n += chunk.len() as u64;
-            if n > size {
-                self.damaged.lock().unwrap().insert(h);
-                return Err(Failure::Bad(format!("object {} is longer than its manifest says", h.short())));
-            }
-            hasher.update(&chunk);
+        while let Some(chunk) = self.next_chunk(&mut stream).await? {
+            check.feed(&chunk).map_err(|why| self.damage(h, why))?;
             file.write_all(&chunk).await.map_err(|e| Failure::Bad(format!("cannot write {}: {e}", tmp_path.display())))?;
             self.count(chunk.len() as u64, 0);
         }
-        if n != size {
-            self.damaged.lock().unwrap().insert(h);
-            return Err(Failure::Bad(format!("object {} arrived truncated ({n} of {size} bytes)", h.short())));
-        }
-        let actual = ArtifactHash::from_blake3(hasher.finalize());
-        if actual != h {
-            self.damaged.lock().unwrap().insert(h);
-            return Err(Failure::Bad(format!("object {} on the remote hashes to {}: its bytes are damaged", h.short(), actual.short())));
-        }
+        check.finish().map_err(|why| self.damage(h, why))?;
         file.flush().await.map_err(|e| Failure::Bad(e.to_string()))?;
         let file = file.into_inner().into_std().await;
         install(cache, file, tmp_path, h).map_err(Failure::Bad)
+    }
+
+    /// Re-hashes object `h` of `size` bytes on the remote without keeping
+    /// it (for `cairn remote verify`).
+    pub(crate) async fn check_object(&self, h: ArtifactHash, size: u64) -> Result<(), Failure> {
+        let (got, mut check) = self.get_object(h, size).await?;
+        let mut stream = got.into_stream();
+        while let Some(chunk) = self.next_chunk(&mut stream).await? {
+            check.feed(&chunk).map_err(|why| self.damage(h, why))?;
+            self.count(chunk.len() as u64, 0);
+        }
+        check.finish().map_err(|why| self.damage(h, why))
+    }
+
+    /// Starts the download of object `h`, refused at once when the remote
+    /// holds another size than `size`.
+    async fn get_object(&self, h: ArtifactHash, size: u64) -> Result<(object_store::GetResult, Incoming), Failure> {
+        let path = self.object_path(&h);
+        let got = bounded(self.c().store.get(&path)).await?.map_err(|e| self.failure(&e))?;
+        if got.meta.size != size {
+            return Err(self.damage(h, format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)));
+        }
+        Ok((got, Incoming { h, size, n: 0, hasher: blake3::Hasher::new() }))
+    }
+
+    /// The next chunk of a download; a server that sends nothing for
+    /// [`STALL`] is taken as down (a large object streams for as long as
+    /// it takes, so there is no deadline on the whole request).
+    async fn next_chunk<S, B>(&self, stream: &mut S) -> Result<Option<B>, Failure>
+    where
+        S: Stream<Item = object_store::Result<B>> + Unpin,
+    {
+        match tokio::time::timeout(STALL, stream.next()).await {
+            Err(_) => Err(Failure::Down(format!("the transfer stalled: nothing arrived for {} s", STALL.as_secs()))),
+            Ok(None) => Ok(None),
+            Ok(Some(chunk)) => chunk.map(Some).map_err(|e| self.failure(&e)),
+        }
+    }
+
+    /// Remembers that the remote's object `h` is damaged (a push repairs
+    /// it) and says why.
+    fn damage(&self, h: ArtifactHash, why: String) -> Failure {
+        self.damaged.lock().unwrap().insert(h);
+        Failure::Bad(why)
     }
 
     /// Uploads local object `h` unless the remote has it.
@@ -121,7 +167,7 @@ impl Remote {
     pub(crate) async fn push_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<u64, Failure> {
         let path = self.object_path(&h);
         let repair = self.damaged.lock().unwrap().contains(&h);
-        match self.c().store.head(&path).await {
+        match bounded(self.c().store.head(&path)).await? {
             Ok(meta) if meta.size == size && !repair => return Ok(0),
             // A wrong-sized object under this name is damage; the
             // multipart path below overwrites it with the right bytes.
@@ -141,7 +187,7 @@ impl Remote {
         if repair {
             // The remote's bytes under this name are damaged: these are
             // the right ones (just checked), so overwriting is safe.
-            self.c().store.put(&path, PutPayload::from(bytes)).await.map_err(|e| self.failure(&e))?;
+            bounded(self.c().store.put(&path, PutPayload::from(bytes))).await?.map_err(|e| self.failure(&e))?;
             self.damaged.lock().unwrap().remove(&h);
         } else {
             self.put_create(&path, PutPayload::from(bytes)).await?;
@@ -153,7 +199,7 @@ impl Remote {
     async fn upload_multipart(&self, cache: &Cache, h: ArtifactHash, path: &RemotePath) -> Result<u64, Failure> {
         let local = cache.object_path(&h);
         let mut file = tokio::fs::File::open(&local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
-        let upload = self.c().store.put_multipart(path).await.map_err(|e| self.failure(&e))?;
+        let upload = bounded(self.c().store.put_multipart(path)).await?.map_err(|e| self.failure(&e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -167,8 +213,8 @@ impl Remote {
                     return Err(Failure::Bad(format!("cannot read {}: {e}", local.display())));
                 }
             };
-            if let Err(e) = w.wait_for_capacity(super::CONCURRENCY).await {
-                return Err(self.failure(&e));
+            if let Err(e) = bounded(w.wait_for_capacity(super::CONCURRENCY)).await?.map_err(|e| self.failure(&e)) {
+                return Err(e);
             }
             hasher.update(&buf[..got]);
             w.write(&buf[..got]);
@@ -179,15 +225,15 @@ impl Remote {
             let _ = w.abort().await;
             return Err(Failure::Bad(format!("the local object {} is damaged (run `cairn cache verify`); not pushed", h.short())));
         }
-        w.finish().await.map_err(|e| self.failure(&e))?;
+        bounded(w.finish()).await?.map_err(|e| self.failure(&e))?;
         self.damaged.lock().unwrap().remove(&h);
         Ok(n)
     }
 
     /// A create-only PUT; "already exists" is success.
-    async fn put_create(&self, path: &RemotePath, payload: PutPayload) -> Result<(), Failure> {
+    pub(super) async fn put_create(&self, path: &RemotePath, payload: PutPayload) -> Result<(), Failure> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.c().store.put_opts(path, payload, opts).await {
+        match bounded(self.c().store.put_opts(path, payload, opts)).await? {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Ok(()),
             // A PUT cannot miss: the bucket (or the share) is not there.
@@ -203,6 +249,37 @@ impl Remote {
         let n = bytes.len() as u64;
         self.put_create(&self.manifest_path(key), PutPayload::from(bytes)).await?;
         self.count(0, n);
+        Ok(())
+    }
+}
+
+/// An object's bytes as they arrive, checked against its name: never
+/// longer than its size, and hashing to it at the end.
+struct Incoming {
+    h: ArtifactHash,
+    size: u64,
+    n: u64,
+    hasher: blake3::Hasher,
+}
+
+impl Incoming {
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
+        self.n += chunk.len() as u64;
+        if self.n > self.size {
+            return Err(format!("object {} is longer than its manifest says", self.h.short()));
+        }
+        self.hasher.update(chunk);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), String> {
+        if self.n != self.size {
+            return Err(format!("object {} arrived truncated ({} of {} bytes)", self.h.short(), self.n, self.size));
+        }
+        let actual = ArtifactHash::from_blake3(self.hasher.finalize());
+        if actual != self.h {
+            return Err(format!("object {} on the remote hashes to {}: its bytes are damaged", self.h.short(), actual.short()));
+        }
         Ok(())
     }
 }
