@@ -2,19 +2,28 @@
 //! reads, a deterministic topological order, cycle reporting, and the
 //! text/dot/mermaid renderings behind `cairn dag`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A graph over stage indices `0..n`; `deps[i]` are the stages `i` reads from.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub names: Vec<String>,
     pub deps: Vec<BTreeSet<usize>>,
+    /// Name → index: every reference is resolved by name, and a linear
+    /// search made a 1,000-stage pipeline quadratic.
+    index: HashMap<String, usize>,
 }
 
 impl Graph {
     pub fn new(names: Vec<String>) -> Self {
         let n = names.len();
-        Self { names, deps: vec![BTreeSet::new(); n] }
+        let index = names.iter().enumerate().map(|(i, name)| (name.clone(), i)).collect();
+        Self { names, deps: vec![BTreeSet::new(); n], index }
+    }
+
+    /// The index of the stage called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
     }
 
     pub fn add_edge(&mut self, from_consumer: usize, to_producer: usize) {

@@ -22,7 +22,7 @@
 //! or missing, everything is simply re-hashed. Entries for files that no
 //! longer exist are pruned when it is saved.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -84,16 +84,19 @@ impl Entry {
     }
 }
 
+/// Keyed by hash, not order: a lookup per input and object on every run
+/// is the hot path, and comparing paths component by component for a
+/// sorted map cost more than the file's parse.
 #[derive(Default, Serialize, Deserialize)]
 struct OnDisk {
     format: u32,
-    entries: BTreeMap<PathBuf, Entry>,
+    entries: HashMap<PathBuf, Entry>,
 }
 
 #[derive(Default)]
 pub struct StatCache {
     path: PathBuf,
-    entries: Mutex<BTreeMap<PathBuf, Entry>>,
+    entries: Mutex<HashMap<PathBuf, Entry>>,
     dirty: Mutex<bool>,
 }
 

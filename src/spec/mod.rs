@@ -100,11 +100,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.stages.iter().position(|s| s.name == name)
+        self.graph.index_of(name)
     }
 
     pub fn stage(&self, name: &str) -> Option<&Stage> {
-        self.stages.iter().find(|s| s.name == name)
+        self.index_of(name).map(|i| &self.stages[i])
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
