@@ -211,3 +211,46 @@ fn a_fresh_clone_pulls_from_the_remote_and_locked_passes() {
     assert!(r.stderr.contains("0 ran") && r.stderr.contains("2 pulled"), "{}", r.all());
     assert!(r.stderr.contains("2 stage(s) match"), "{}", r.all());
 }
+
+/// The Markdown cells of the table rows of `cairn diff --format markdown`
+/// whose first cell is `stage`.
+fn markdown_rows(out: &str, stage: &str) -> Vec<Vec<String>> {
+    let split = |l: &str| -> Vec<String> {
+        let inner = l.trim().trim_start_matches('|').trim_end_matches('|');
+        inner.split(" | ").map(|c| c.trim().to_string()).collect()
+    };
+    out.lines().filter(|l| l.starts_with(&format!("| `{stage}` |"))).map(split).collect()
+}
+
+#[test]
+fn diff_as_markdown_of_two_runs_and_of_the_working_tree_against_the_lock() {
+    let p = project();
+    ok(p.cairn(&["run"]));
+    ok(p.cairn(&["run", "--set", "b.cmd=\"cat {in.x} | cat > {out.y}\""]));
+    let text = ok(p.cairn(&["diff"])).stdout;
+    assert!(text.lines().any(|l| l.trim_start().starts_with("param cmd")), "the text format stays the default: {text}");
+
+    let md = ok(p.cairn(&["diff", "--format", "markdown"])).stdout;
+    let lines: Vec<&str> = md.lines().collect();
+    assert!(lines[0].starts_with("### cairn diff: `") && lines[1].is_empty(), "{md}");
+    assert!(lines[2].starts_with("| stage | | name |") && lines[3] == "| --- | --- | --- | ---: | ---: | ---: |", "{md}");
+    let b = markdown_rows(&md, "b");
+    let cmd = b.iter().find(|r| r[1] == "param").unwrap_or_else(|| panic!("{md}"));
+    assert_eq!((cmd[2].as_str(), cmd.len()), ("`cmd`", 6), "{md}");
+    assert!(cmd[4].contains("\\| cat"), "a pipe in a value is escaped: {md}");
+    assert!(b.iter().any(|r| r[1] == "metric"), "{md}");
+    assert!(markdown_rows(&md, "a").iter().all(|r| r[1] == "metric"), "a's params did not change: {md}");
+
+    // The working tree against the lock: an edited, not yet run, param.
+    let pipeline = std::fs::read_to_string(p.path().join("pipeline.toml")).unwrap();
+    std::fs::write(p.path().join("pipeline.toml"), pipeline.replace("cat {in.x} {in.x}", "tac {in.x}")).unwrap();
+    let md = ok(p.cairn(&["diff", "--lock", "--format", "markdown"])).stdout;
+    assert!(md.starts_with("### cairn diff: `./cairn.lock` → `working tree`"), "{md}");
+    let b = markdown_rows(&md, "b");
+    let cmd = b.iter().find(|r| r[1] == "param").unwrap_or_else(|| panic!("{md}"));
+    assert!(cmd[3].contains("cat {in.x} \\| cat") && cmd[4].contains("tac {in.x}"), "{md}");
+    assert!(b.iter().filter(|r| r[1] == "metric").all(|r| r[4] == "-"), "b is stale: no metrics yet: {md}");
+    let r = p.cairn(&["diff", "--lock=missing.lock"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("no lock at missing.lock"), "{}", r.all());
+}

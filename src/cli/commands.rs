@@ -47,7 +47,10 @@ pub fn dispatch(cli: Cli) -> i32 {
             load(&cli, config, &console).and_then(|(p, env)| super::inspect::run(&cli, &p, &env, target, *json, grid.as_deref(), *rows, &console))
         }
         Cmd::Runs { limit, json } => super::history::runs(&cli, *limit, *json),
-        Cmd::Diff { run_a, run_b } => super::history::diff(&cli, run_a.as_deref(), run_b.as_deref()),
+        Cmd::Diff { run_a, run_b, format, lock, config } => {
+            let args = super::diff::DiffArgs { run_a: run_a.as_deref(), run_b: run_b.as_deref(), lock: lock.as_ref().map(|l| l.as_deref()), markdown: format == "markdown" };
+            super::diff::diff(&cli, config, &args, &console)
+        }
         Cmd::Gc { dry_run, keep_runs, config } => cmd_gc(&cli, config, *dry_run, *keep_runs, &console),
         Cmd::Verify { stages, config } => cmd_verify(&cli, config, stages, &console),
         Cmd::Cache { command: CacheCmd::Verify } => cmd_cache_verify(&cli, &console),

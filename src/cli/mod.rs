@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch for the `cairn` binary.
 
 mod commands;
+mod diff;
 mod history;
 mod inspect;
 mod local;
@@ -172,8 +173,21 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Params and metrics of two runs side by side (default: the last two).
-    Diff { run_a: Option<String>, run_b: Option<String> },
+    /// Params and metrics of two runs side by side (default: the last two),
+    /// or of the working tree against cairn.lock.
+    #[command(after_help = "Examples:\n  cairn diff\n  cairn diff --lock --format markdown     for a pull-request comment\n  git show main:cairn.lock > base.lock && cairn diff --lock=base.lock")]
+    Diff {
+        run_a: Option<String>,
+        run_b: Option<String>,
+        #[arg(long, value_parser = ["text", "markdown"], default_value = "text")]
+        format: String,
+        /// Compare the working tree against this lock (default: cairn.lock
+        /// next to the pipeline) instead of two runs.
+        #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, conflicts_with_all = ["run_a", "run_b"])]
+        lock: Option<Option<PathBuf>>,
+        #[command(flatten)]
+        config: Config,
+    },
     /// Delete objects that neither the current pipeline nor the last N runs reference.
     Gc {
         #[arg(long)]
