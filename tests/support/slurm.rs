@@ -171,10 +171,9 @@ impl Cluster {
             if ready(self) {
                 return Ok(());
             }
-            for (name, child) in &mut self.children {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("{name} exited ({status}) while waiting for {what}:\n{}", self.logs()));
-                }
+            let exited = self.children.iter_mut().find_map(|(name, child)| child.try_wait().ok().flatten().map(|st| format!("{name} exited ({st})")));
+            if let Some(exited) = exited {
+                return Err(format!("{exited} while waiting for {what}:\n{}", self.logs()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -1,0 +1,247 @@
+//! Stages on a real Slurm cluster, through the `cairn` binary: a private
+//! single-node cluster per test (see `support/slurm.rs`), the cache on the
+//! shared filesystem (the node is this machine). Only `command` stages: no
+//! libtorch. A test whose cluster cannot start skips visibly (and fails
+//! under CI=true, where `.ci/run` installs Slurm).
+
+mod common;
+#[path = "support/slurm.rs"]
+mod slurm;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Project, Run};
+use slurm::Cluster;
+
+/// Three stages, two of them independent, on two executors (one asks for a
+/// GPU, which the placeholder gres satisfies); the `here` profile moves
+/// them all back to this machine.
+const PIPELINE: &str = r#"
+[pipeline]
+name = "slurm-test"
+
+[executors.cluster]
+kind = "slurm"
+cpus = 1
+mem = "200M"
+time = "5"
+
+[executors.gpu]
+kind = "slurm"
+gpus = 1
+sbatch_args = ["--comment=cairn-test"]
+
+[executors.here]
+kind = "local"
+
+[stages.gen]
+kind = "command"
+cmd = "seq 1 5000 > {out.numbers}; echo $SLURM_JOB_ID > {out.job}"
+outputs = { numbers = "numbers.txt", job = "job.txt" }
+executor = "cluster"
+
+[stages.sum]
+kind = "command"
+cmd = "awk '{ s += $1 } END { print s }' {in.numbers} > {out.total}"
+inputs = { numbers = "gen.numbers" }
+outputs = { total = "total.txt" }
+executor = "gpu"
+
+[stages.words]
+kind = "command"
+cmd = "echo independent > {out.w}"
+outputs = { w = "w.txt" }
+executor = "cluster"
+
+[profiles.here]
+"gen.executor" = "here"
+"sum.executor" = "here"
+"words.executor" = "here"
+"#;
+
+fn cairn(p: &Project, c: &Cluster, args: &[&str]) -> Run {
+    p.cmd(args).envs(c.env()).output().expect("cairn runs").into()
+}
+
+/// stage → (status, key) from `cairn run --json`.
+fn stages(r: &Run) -> BTreeMap<String, (String, String)> {
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("json ({e}): {}", r.all()));
+    v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stage"].as_str().unwrap().to_string(), (s["status"].as_str().unwrap().to_string(), s["key"].as_str().unwrap_or("").to_string())))
+        .collect()
+}
+
+fn artifact(p: &Project, rel: &str) -> Vec<u8> {
+    std::fs::read(p.path().join("artifacts").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn a_pipeline_on_slurm_matches_a_local_run_and_then_is_cached_locally() {
+    let Some(c) = Cluster::start("a_pipeline_on_slurm_matches_a_local_run_and_then_is_cached_locally") else { return };
+    let on_slurm = Project::new(PIPELINE);
+    let r = cairn(&on_slurm, &c, &["run", "--json", "-j", "3"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+    let remote = stages(&r);
+    assert!(remote.values().all(|(s, _)| s == "ran"), "{remote:?}");
+    // The stage really ran as a Slurm job.
+    let job = String::from_utf8(artifact(&on_slurm, "gen/job.txt")).unwrap();
+    assert!(job.trim().parse::<u64>().is_ok(), "gen did not run under Slurm: {job:?}");
+
+    // The same pipeline run here: the same keys and the same bytes
+    // (except the job id, which only a Slurm job has).
+    let local = Project::new(PIPELINE);
+    let r = cairn(&local, &c, &["run", "--json", "--profile", "here"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let here = stages(&r);
+    let keys = |m: &BTreeMap<String, (String, String)>| m.iter().map(|(k, (_, key))| (k.clone(), key.clone())).collect::<BTreeMap<_, _>>();
+    let (gen_remote, gen_here) = (&remote["gen"].1, &here["gen"].1);
+    assert_eq!(gen_remote, gen_here, "the executor must not be part of a key");
+    for rel in ["gen/numbers.txt", "words/w.txt"] {
+        assert!(artifact(&on_slurm, rel) == artifact(&local, rel), "{rel} differs");
+    }
+    assert_eq!(String::from_utf8(artifact(&local, "sum/total.txt")).unwrap().trim(), "12502500");
+    // `sum` reads gen's job id only through `numbers`, so it agrees too.
+    assert_eq!(artifact(&on_slurm, "sum/total.txt"), artifact(&local, "sum/total.txt"));
+    assert_eq!(keys(&remote)["sum"], keys(&here)["sum"]);
+
+    // Moving the stages back to this machine changes nothing: all cached.
+    let r = cairn(&on_slurm, &c, &["run", "--json", "--profile", "here"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(stages(&r).values().all(|(s, _)| s == "cached"), "{}", r.all());
+    assert_eq!(keys(&stages(&r)), keys(&remote));
+}
+
+/// Two stages that sleep, each writing when it started and ended.
+const TWO_SLEEPERS: &str = r#"
+[pipeline]
+name = "concurrent"
+
+[executors.cluster]
+kind = "slurm"
+cpus = 1
+
+[stages.left]
+kind = "command"
+cmd = "date +%s.%N > {out.t}; sleep 3; date +%s.%N >> {out.t}"
+outputs = { t = "t.txt" }
+executor = "cluster"
+
+[stages.right]
+kind = "command"
+cmd = "date +%s.%N > {out.t}; sleep 3; date +%s.%N >> {out.t}"
+outputs = { t = "t.txt" }
+executor = "cluster"
+"#;
+
+fn interval(p: &Project, stage: &str) -> (f64, f64) {
+    let text = String::from_utf8(artifact(p, &format!("{stage}/t.txt"))).unwrap();
+    let v: Vec<f64> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+    (v[0], v[1])
+}
+
+#[test]
+fn independent_stages_run_as_concurrent_jobs() {
+    let Some(c) = Cluster::start("independent_stages_run_as_concurrent_jobs") else { return };
+    let p = Project::new(TWO_SLEEPERS);
+    let t0 = Instant::now();
+    let r = cairn(&p, &c, &["run", "-j", "2"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+    let ((l0, l1), (r0, r1)) = (interval(&p, "left"), interval(&p, "right"));
+    assert!(l0 < r1 && r0 < l1, "the jobs did not overlap: left {l0}..{l1}, right {r0}..{r1}");
+    eprintln!("two 3 s stages as concurrent Slurm jobs: {:.1} s in all", t0.elapsed().as_secs_f64());
+}
+
+const SLEEPER: &str = r#"
+[pipeline]
+name = "cancel"
+
+[executors.cluster]
+kind = "slurm"
+time = "TIME"
+
+[stages.slow]
+kind = "command"
+cmd = "sleep 300; echo done > {out.x}"
+outputs = { x = "x.txt" }
+executor = "cluster"
+"#;
+
+/// Starts `cairn run` in the background and waits until its job runs.
+fn start_slow_run(p: &Project, c: &Cluster) -> (Child, String) {
+    let child = p.cmd(&["run"]).envs(c.env()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(60) {
+        let out = c.command("squeue").args(["--noheader", "--states=RUNNING", "--format=%i|%j"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some((id, _)) = text.lines().filter_map(|l| l.split_once('|')).find(|(_, name)| name.starts_with("cairn-") && name.ends_with("-slow")) {
+            return (child, id.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the job never ran:\n{}", c.logs());
+}
+
+fn nothing_cached(p: &Project) {
+    let manifests = std::fs::read_dir(p.cache().join("manifests")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(manifests, 0, "a failed job left a cache entry");
+    assert!(!p.path().join("artifacts/slow/x.txt").exists());
+}
+
+#[test]
+fn a_scancelled_job_fails_its_stage_and_caches_nothing() {
+    let Some(c) = Cluster::start("a_scancelled_job_fails_its_stage_and_caches_nothing") else { return };
+    let p = Project::new(&SLEEPER.replace("TIME", "5"));
+    let (child, id) = start_slow_run(&p, &c);
+    assert!(c.command("scancel").arg(&id).status().unwrap().success());
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains(&format!("Slurm job {id} ended in state CANCELLED")), "{}", r.all());
+    assert!(r.stderr.contains("CANCELLED AT"), "the message should quote the job's log: {}", r.all());
+    nothing_cached(&p);
+}
+
+#[test]
+fn ctrl_c_cancels_the_submitted_jobs_and_says_so() {
+    let Some(c) = Cluster::start("ctrl_c_cancels_the_submitted_jobs_and_says_so") else { return };
+    let p = Project::new(&SLEEPER.replace("TIME", "5"));
+    let (child, id) = start_slow_run(&p, &c);
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 130, "{}", r.all());
+    assert!(r.stderr.contains(&format!("cancelled 1 submitted Slurm job(s): {id}")), "{}", r.all());
+    let out = c.command("squeue").args(["--noheader", "--states=all", "--format=%T", &format!("--jobs={id}")]).output().unwrap();
+    let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(state == "CANCELLED" || state == "COMPLETING", "job {id} is {state}");
+    nothing_cached(&p);
+}
+
+/// Slurm's smallest time limit is a minute, so this test takes one (and
+/// up to the controller's next time-limit sweep, about 30 s, more); it
+/// runs beside the others.
+#[test]
+fn a_job_past_its_time_limit_is_reported_as_timed_out() {
+    let Some(c) = Cluster::start("a_job_past_its_time_limit_is_reported_as_timed_out") else { return };
+    let p = Project::new(&SLEEPER.replace("TIME", "1"));
+    let t0 = Instant::now();
+    let r = cairn(&p, &c, &["run"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("ended in state TIMEOUT (it ran past its time limit: raise `time` in its executor)"), "{}", r.all());
+    assert!(t0.elapsed() >= Duration::from_secs(59), "a 1-minute job timed out after {:?}", t0.elapsed());
+    nothing_cached(&p);
+}
+
+#[test]
+fn a_refused_submission_names_slurm_s_reason() {
+    let Some(c) = Cluster::start("a_refused_submission_names_slurm_s_reason") else { return };
+    let p = Project::new(&SLEEPER.replace("time = \"TIME\"", "partition = \"nosuch\""));
+    let t0 = Instant::now();
+    let r = cairn(&p, &c, &["run"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("cannot submit to Slurm") && r.stderr.contains("Invalid partition name"), "{}", r.all());
+    assert!(t0.elapsed() < Duration::from_secs(5), "a refusal is not retried: {:?}", t0.elapsed());
+}
