@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use cairn_kind::protocol::{Event, Job};
 use cairn_kind::Progress;
-use serde::de::DeserializeOwned;
 
 /// A stage failure inside the worker. The message is shown to the user
 /// prefixed with the stage name, so it should say what went wrong, where
@@ -25,6 +24,17 @@ impl StageError {
 impl From<tch::TchError> for StageError {
     fn from(e: tch::TchError) -> Self {
         Self(format!("libtorch: {e}"))
+    }
+}
+
+/// A param the worker could resolve only once it read an input (a
+/// `gradcam` layer against the stored model), with the declaration's help.
+impl From<cairn_kind::ParamError> for StageError {
+    fn from(e: cairn_kind::ParamError) -> Self {
+        match &e.help {
+            Some(help) => Self(format!("{e}; {help}")),
+            None => Self(e.to_string()),
+        }
     }
 }
 
@@ -51,12 +61,6 @@ impl WorkerCtx {
         let input_paths =
             job.inputs.iter().map(|(slot, inputs)| (slot.clone(), inputs.iter().map(|i| i.path.clone()).collect())).collect();
         Self { job, device, input_paths }
-    }
-
-    /// The stage's params as the kind's typed struct.
-    pub fn params<P: DeserializeOwned>(&self) -> StageResult<P> {
-        serde_json::from_value(self.job.params.clone())
-            .map_err(|e| StageError::new(format!("params do not match this worker's kind `{}`: {e} (is cairn-worker out of date? rebuild with `make`)", self.job.kind)))
     }
 
     pub fn input(&self, slot: &str) -> StageResult<&Path> {
@@ -93,6 +97,13 @@ impl WorkerCtx {
 
     pub fn threads(&self) -> usize {
         self.job.env.threads
+    }
+
+    /// The CPU's native bf16 support as the job was keyed with it (the
+    /// probe fact `native_bf16`; the worker refuses a job keyed with another
+    /// value than its own), or `none` for a job keyed on no CPU facts.
+    pub fn native_bf16(&self) -> &str {
+        self.job.env.keyed.get("native_bf16").map_or("none", String::as_str)
     }
 
     pub fn progress(&self, message: impl Into<String>) {

@@ -1,21 +1,24 @@
-//! The `evaluate` kind: rebuilds the trained network from the shared model
-//! section, loads its weights and scores it on a labelled image set.
+//! The `evaluate` kind: rebuilds the trained network from the spec its model
+//! file stores ([`crate::load::trained`]), loads its weights and scores it
+//! on a labelled image set.
 //!
 //! Outputs `predictions` (index, label, pred, confidence, prob_0..prob_{K-1}),
 //! `confusion` (rows = true class, one count column per predicted class,
 //! named after `classes` when that input is connected) and `metrics`
 //! (test_acc, test_loss, n), the last two also reported as stage metrics so
-//! `cairn diff` shows them. The model section stored in the weights file is
-//! compared with the stage's, so evaluating with a different normalisation
-//! or architecture than training fails loudly instead of scoring 10%.
+//! `cairn diff` shows them. A `model` the stage states is compared with the
+//! one stored in the weights file, so evaluating with a different
+//! normalisation or architecture than training fails loudly instead of
+//! scoring 10%.
 
 use cairn_formats::table::{Column, Table};
 use cairn_kinds::eval::EvaluateParams;
 use tch::Kind;
 
 use crate::ctx::{StageError, StageResult, WorkerCtx};
+use crate::load;
 use crate::models::{self, Feed};
-use crate::train::{compute_kind, load_labelled, load_trained};
+use crate::precision::compute_kind;
 
 fn table_err(e: impl std::fmt::Display) -> StageError {
     StageError::new(e.to_string())
@@ -36,15 +39,13 @@ fn class_names(ctx: &WorkerCtx, k: i64) -> StageResult<Vec<String>> {
     }
 }
 
-pub fn run(ctx: &mut WorkerCtx) -> StageResult {
-    let p: EvaluateParams = ctx.params()?;
-    tch::set_num_threads(ctx.threads() as i32);
-    let k = p.model.num_classes;
-    let (_vs, net) = load_trained(ctx.input("model")?, &p.model, ctx.device)?;
-    let (x, y) = load_labelled(ctx, "images", "labels", k)?;
+pub fn run(ctx: &mut WorkerCtx, p: EvaluateParams) -> StageResult {
+    let model = load::trained(ctx, p.model.as_ref())?;
+    let (net, k) = (&model.net, model.spec.num_classes);
+    let (x, y) = load::labelled(ctx, "images", "labels", k)?;
     let classes = class_names(ctx, k)?;
-    let feed = Feed { normalize: p.model.normalize, kind: compute_kind(p.precision, ctx.device), device: ctx.device };
-    let logits = models::predict(&net, &x, &feed, p.batch_size as i64, p.tta);
+    let feed = Feed { normalize: model.spec.normalize, kind: compute_kind(p.precision, ctx), device: ctx.device };
+    let logits = models::predict(net, &x, &feed, p.batch_size as i64, p.tta);
     let n = y.size()[0];
     let loss = if n > 0 { logits.cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0).double_value(&[]) } else { f64::NAN };
     let probs = logits.softmax(1, Kind::Float);

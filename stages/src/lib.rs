@@ -1,40 +1,65 @@
 //! cairn's built-in ML stage kinds, executed inside the `cairn-worker`
 //! process (the only cairn binary that links libtorch).
+//!
+//! [`run`] is the one entry point a job takes (the worker's `main`, tests
+//! and benches alike): it fixes libtorch's thread count and seed from the
+//! job, once, deserialises the job's canonical params once into the type
+//! the kind's declaration names ([`cairn_kinds::Declared::Params`]) and
+//! calls the kind's implementation with them. Implementations never read
+//! the JSON params themselves, and never re-check what `check` checked.
 
 pub mod ctx;
 pub mod data;
 pub mod determinism;
 pub mod evaluate;
 pub mod gradcam;
+pub mod load;
 pub mod models;
 pub mod pth;
 pub mod plot;
+pub mod precision;
 pub mod report;
 pub mod tensors;
 pub mod train;
 pub mod weights;
 
-use cairn_kinds::KindId;
-use ctx::{StageResult, WorkerCtx};
+use cairn_kinds::{Declared, KindId};
+use ctx::{StageError, StageResult, WorkerCtx};
+use serde::Deserialize;
 
-/// A kind's implementation: runs one job.
-pub type Implementation = fn(&mut WorkerCtx) -> StageResult;
+/// A kind's implementation: runs one job with the kind's typed params.
+pub type Implementation<P> = fn(&mut WorkerCtx, P) -> StageResult;
 
-/// The implementation of each built-in kind declared in
-/// [`cairn_kinds::KindId`]. The match is exhaustive, so a kind declared
-/// there and not implemented here is a compile error.
-pub fn implementation(kind: KindId) -> Implementation {
+/// Runs the job in `ctx`. The match over [`KindId`] is exhaustive, so a
+/// kind declared in `cairn-kinds` and not implemented here is a compile
+/// error, and each arm pairs a declaration with the function that takes its
+/// params type.
+pub fn run(ctx: &mut WorkerCtx) -> StageResult {
+    let kind = KindId::from_name(&ctx.job.kind)
+        .ok_or_else(|| StageError::new(format!("this cairn-worker has no kind `{}`; rebuild it with `make setup`", ctx.job.kind)))?;
+    // The thread count is part of the key of kinds whose float reductions
+    // depend on it, so it must be exactly what the engine decided.
+    tch::set_num_threads(i32::try_from(ctx.threads().max(1)).unwrap_or(i32::MAX));
+    tch::manual_seed(ctx.seed() as i64);
+    use cairn_kinds as decl;
     match kind {
-        KindId::LoadSubset => data::load_subset,
-        KindId::Resize => data::resize,
-        KindId::Train => train::run,
-        KindId::Evaluate => evaluate::run,
-        KindId::Report => report::run,
-        KindId::GradCam => gradcam::run,
+        KindId::LoadSubset => with::<decl::data::LoadSubset>(ctx, data::load_subset),
+        KindId::Resize => with::<decl::data::Resize>(ctx, data::resize),
+        KindId::Train => with::<decl::train::Train>(ctx, train::run),
+        KindId::Evaluate => with::<decl::eval::Evaluate>(ctx, evaluate::run),
+        KindId::Report => with::<decl::report::Report>(ctx, report::run),
+        KindId::GradCam => with::<decl::gradcam::GradCam>(ctx, gradcam::run),
     }
 }
 
-/// The implementation of the kind named `name` in `kind = "…"`.
-pub fn dispatch(name: &str) -> Option<Implementation> {
-    KindId::from_name(name).map(implementation)
+/// Deserialises the job's params into `K`'s type (no copy of the JSON) and
+/// runs `f` with them.
+fn with<K: Declared>(ctx: &mut WorkerCtx, f: Implementation<K::Params>) -> StageResult {
+    let params = K::Params::deserialize(&ctx.job.params).map_err(|e| {
+        StageError::new(format!(
+            "params do not match this worker's kind `{}`: {e} (is cairn-worker out of date? rebuild with `make setup`)",
+            ctx.job.kind
+        ))
+    })?;
+    f(ctx, params)
 }

@@ -2,9 +2,9 @@
 //!
 //! `cairn-worker run <job.json>` reads a [`Job`] (see `cairn_kind::protocol`
 //! for the protocol), checks its protocol version, checks that the job was
-//! keyed for this worker (see [`refusal`]), fixes libtorch's thread count
-//! and seed from the job so results depend only on the key's inputs, and
-//! runs the kind's implementation. Success is exit 0. A stage error, a
+//! keyed for this worker (see [`refusal`]), and runs it with
+//! `cairn_stages::run` (which fixes libtorch's thread count and seed from
+//! the job, so results depend only on the key's inputs). Success is exit 0. A stage error, a
 //! refused job or a panic is reported as one [`Event::Error`] line on stdout
 //! and exit 1; a kind this worker does not know or implements at another
 //! version is exit 2 (the worker is older or newer than the engine).
@@ -185,7 +185,7 @@ fn run(job_path: &Path) -> ExitCode {
         Ok(job) => job,
         Err(e) => return fail(e.to_string(), EXIT_FAILED),
     };
-    let Some(stage_fn) = cairn_stages::dispatch(&job.kind) else {
+    if cairn_kinds::KindId::from_name(&job.kind).is_none() {
         return fail(
             format!(
                 "stage `{}`: this cairn-worker has no kind `{}`; rebuild it with `make setup` \
@@ -194,21 +194,17 @@ fn run(job_path: &Path) -> ExitCode {
             ),
             EXIT_UNKNOWN_KIND,
         );
-    };
+    }
     if let Some((message, code)) = refusal(&job) {
         return fail(message, code);
     }
-    // The thread count is part of the key of kinds whose float reductions
-    // depend on it, so it must be exactly what the engine decided.
-    tch::set_num_threads(i32::try_from(job.env.threads.max(1)).unwrap_or(i32::MAX));
-    tch::manual_seed(job.seed as i64);
 
     let _stage = tracing::info_span!("stage", stage = %job.stage, kind = %job.kind).entered();
     let mut ctx = WorkerCtx::new(job);
     // A panic in a stage (or in tch, which panics on libtorch errors in its
     // non-`f_` API) must still reach the engine as a readable Error event.
     // The default hook has already printed the location to stderr.
-    match panic::catch_unwind(AssertUnwindSafe(|| stage_fn(&mut ctx))) {
+    match panic::catch_unwind(AssertUnwindSafe(|| cairn_stages::run(&mut ctx))) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => fail(e.to_string(), EXIT_FAILED),
         Err(payload) => {

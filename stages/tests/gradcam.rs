@@ -4,7 +4,9 @@
 //! elsewhere, and Grad-CAM's α_k is W[c,k] up to a positive factor that the
 //! [0, 1] scaling cancels: the map is ReLU(Σ_k W[c,k] A_k), which this test
 //! computes by hand and compares with the stage's `heatmaps`. It also checks
-//! the selection rule, the faithfulness table and the figures.
+//! the selection rule, the faithfulness table and the figures, and that
+//! `gradcam` and `evaluate` take the architecture from the model file (a
+//! stated one must agree; a file that records none needs one).
 
 mod common;
 
@@ -33,8 +35,7 @@ fn maps_equal_the_hand_computed_grad_cam_and_outputs_are_consistent() {
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = models::build(&vs.root(), &spec());
-    let meta = BTreeMap::from([("cairn.model".to_string(), serde_json::to_string(&spec()).unwrap())]);
-    cairn_stages::weights::save(&d.join("model.safetensors"), &cairn_stages::weights::state_dict(&vs), &meta).unwrap();
+    cairn_stages::load::save_trained(&d.join("model.safetensors"), &vs, &spec()).unwrap();
 
     let images = Tensor::randint(256, [N, 3, SIDE, SIDE], (Kind::Uint8, Device::Cpu));
     let labels = Tensor::randint(K, [N], (Kind::Int64, Device::Cpu));
@@ -61,9 +62,10 @@ fn maps_equal_the_hand_computed_grad_cam_and_outputs_are_consistent() {
         ("labels", vec![d.join("labels.arrow")]),
         ("predictions", vec![d.join("predictions.parquet")]),
     ];
-    let raw = json!({"model": {"arch": "fast", "num_classes": K, "widths": [6, 8], "normalize": "none"}, "per_class": 2, "worst": 4, "tile": 64});
+    // No `model`: the architecture is the one stored in the model file.
+    let raw = json!({"per_class": 2, "worst": 4, "tile": 64});
     let mut ctx = common::ctx("gradcam", &raw, &inputs, &out);
-    cairn_stages::gradcam::run(&mut ctx).unwrap();
+    cairn_stages::run(&mut ctx).unwrap();
 
     let heat = cairn_stages::tensors::load(&out.join("heatmaps.arrow")).unwrap();
     let sel = Table::read(&out.join("selection.parquet")).unwrap();
@@ -131,8 +133,68 @@ fn predictions_of_other_images_are_refused() {
         ("labels", vec![d.join("labels.arrow")]),
         ("predictions", vec![d.join("predictions.parquet")]),
     ];
+    // The file records no architecture (saved without metadata), so the
+    // stage states it.
     let raw = json!({"model": {"arch": "fast", "num_classes": K, "widths": [6, 8], "normalize": "none"}});
     let mut ctx = common::ctx("gradcam", &raw, &inputs, &d.join("out"));
-    let err = cairn_stages::gradcam::run(&mut ctx).unwrap_err().to_string();
+    let err = cairn_stages::run(&mut ctx).unwrap_err().to_string();
     assert!(err.contains("image 5") && err.contains("only 2 images"), "{err}");
+}
+
+/// Runs `kind` with `raw` params on a model file (with or without its
+/// stored spec) and a few images; returns the error, if any.
+fn run_on_model(kind: &str, raw: serde_json::Value, stored: bool) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = models::build(&vs.root(), &spec());
+    let model = d.join("model.safetensors");
+    if stored {
+        cairn_stages::load::save_trained(&model, &vs, &spec()).unwrap();
+    } else {
+        cairn_stages::weights::save(&model, &cairn_stages::weights::state_dict(&vs), &BTreeMap::new()).unwrap();
+    }
+    cairn_stages::tensors::save(&d.join("images.arrow"), &Tensor::zeros([4, 3, SIDE, SIDE], (Kind::Uint8, Device::Cpu))).unwrap();
+    cairn_stages::tensors::save(&d.join("labels.arrow"), &Tensor::from_slice(&[0i64, 1, 2, 0])).unwrap();
+    Table::new()
+        .with("index", Column::I64(vec![0, 1, 2, 3]))
+        .with("label", Column::I64(vec![0, 1, 2, 0]))
+        .with("pred", Column::I64(vec![0, 0, 0, 0]))
+        .with("confidence", Column::F32(vec![0.9, 0.8, 0.7, 0.6]))
+        .write(&d.join("predictions.parquet"))
+        .unwrap();
+    let mut inputs = vec![("model", vec![model]), ("images", vec![d.join("images.arrow")]), ("labels", vec![d.join("labels.arrow")])];
+    if kind == "gradcam" {
+        inputs.push(("predictions", vec![d.join("predictions.parquet")]));
+    }
+    let mut ctx = common::ctx(kind, &raw, &inputs, &d.join("out"));
+    cairn_stages::run(&mut ctx).map_err(|e| e.to_string())
+}
+
+#[test]
+fn evaluate_and_gradcam_read_the_architecture_from_the_model_file() {
+    run_on_model("evaluate", json!({}), true).unwrap();
+    run_on_model("gradcam", json!({"per_class": 1, "worst": 2, "tile": 32}), true).unwrap();
+    // A stated model that agrees with the stored one is accepted.
+    run_on_model("evaluate", json!({"model": {"arch": "fast", "num_classes": K, "widths": [6, 8], "normalize": "none"}}), true).unwrap();
+}
+
+#[test]
+fn a_stated_model_that_contradicts_the_stored_one_is_refused_naming_both() {
+    for kind in ["evaluate", "gradcam"] {
+        let stated = json!({"model": {"arch": "fast", "num_classes": K, "widths": [6, 16], "normalize": "none"}});
+        let err = run_on_model(kind, stated, true).unwrap_err();
+        assert!(err.contains(&format!("stage `test_{kind}` states model")), "{err}");
+        assert!(err.contains("[6,16]") && err.contains("[6,8]"), "both specs are shown: {err}");
+        assert!(err.contains(&format!("remove `model` from [stages.test_{kind}]")), "the fix is named: {err}");
+    }
+}
+
+#[test]
+fn a_model_file_without_its_architecture_needs_a_stated_one() {
+    let err = run_on_model("evaluate", json!({}), false).unwrap_err();
+    assert!(err.contains("does not record its architecture") && err.contains("[stages.test_evaluate]"), "{err}");
+    // A layer checked once the model is known, with the choices.
+    let err = run_on_model("gradcam", json!({"layer": "layer4"}), true).unwrap_err();
+    assert!(err.contains("`layer4` is not a spatial block") && err.contains("group2"), "{err}");
 }

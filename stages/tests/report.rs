@@ -126,7 +126,7 @@ fn run_report() -> Run {
     ];
     let raw = json!({"title": "CIFAR-10 <subset> & fine-tune", "phases": ["frozen", "finetune"]});
     let mut ctx = common::ctx("report", &raw, &inputs, &out);
-    cairn_stages::report::run(&mut ctx).unwrap();
+    cairn_stages::run(&mut ctx).unwrap();
     Run { _dir: dir, out, label, pred }
 }
 

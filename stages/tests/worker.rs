@@ -261,6 +261,6 @@ fn same_seed_gives_identical_model_bytes() {
     let (a, b) = (a.join("m.safetensors"), b.join("m.safetensors"));
     assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "two runs with one seed wrote different weights");
     let w = cairn_stages::weights::read_safetensors(&a).unwrap();
-    assert!(w.metadata[cairn_stages::train::MODEL_META].contains("\"fast\""));
+    assert!(w.metadata[cairn_stages::load::MODEL_META].contains("\"fast\""));
     assert!(w.tensors.contains_key("group2.bn2.running_var"));
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
 
-use crate::typed;
+use crate::{canonical, typed, Declared};
 
 /// Where `load_subset` looks when `source` is not given.
 pub const CIFAR10_DEFAULT_SOURCE: &str = "data/cifar-10-binary.tar.gz";
@@ -119,6 +119,10 @@ impl LoadSubsetParams {
 
 pub struct LoadSubset;
 
+impl Declared for LoadSubset {
+    type Params = LoadSubsetParams;
+}
+
 impl LoadSubset {
     pub const VERSION: u32 = 1;
 }
@@ -134,7 +138,8 @@ impl Kind for LoadSubset {
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
-        let (p, params): (LoadSubsetParams, Value) = typed(raw)?;
+        let p: LoadSubsetParams = typed(raw)?;
+        let params = canonical(&p)?;
         if p.train_per_class == 0 {
             return Err(ParamError::at(&["train_per_class"], "must be at least 1"));
         }
@@ -217,6 +222,10 @@ impl ResizeParams {
 
 pub struct Resize;
 
+impl Declared for Resize {
+    type Params = ResizeParams;
+}
+
 impl Resize {
     pub const VERSION: u32 = 1;
 }
@@ -232,7 +241,7 @@ impl Kind for Resize {
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
-        let (mut p, _): (ResizeParams, Value) = typed(raw)?;
+        let mut p: ResizeParams = typed(raw)?;
         if !(1..=8192).contains(&p.size) {
             return Err(ParamError::at(&["size"], format!("{} is not in 1..=8192", p.size)));
         }
@@ -243,7 +252,7 @@ impl Kind for Resize {
         // Canonical params name the effective value, so leaving the default
         // implicit or spelling it out gives the same key.
         p.antialias = Some(p.antialias());
-        let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
+        let params = canonical(&p)?;
         if p.splits.is_empty() {
             return Err(ParamError::at(&["splits"], "name at least one split to resize"));
         }

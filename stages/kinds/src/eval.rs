@@ -1,6 +1,8 @@
 //! The `evaluate` kind's declaration: rebuild a trained network from the
-//! shared [`ModelSpec`] and score it on a labelled image set, optionally
-//! averaging over horizontal flips (test-time augmentation). Outputs
+//! [`ModelSpec`] its model file stores (`train` writes it; a stated `model`
+//! must agree with it, see [`crate::train::model_to_use`]) and score it on
+//! a labelled image set, optionally averaging over horizontal flips and
+//! shifts (test-time augmentation). Outputs
 //! per-image predictions, a confusion matrix and a metrics table whose
 //! `test_acc` / `test_loss` are also reported as stage metrics.
 
@@ -10,20 +12,25 @@ use serde_json::Value;
 use crate::train::{ModelSpec, Precision, Tta};
 use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
 
-use crate::typed;
+use crate::{canonical, typed, Declared};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateParams {
-    /// The same model section the training stage used.
-    pub model: ModelSpec,
+    /// Optional: the architecture is read from the model file. Stated, it
+    /// must be the one the file was trained as (it is needed only for a
+    /// file that records none, e.g. safetensors not written by `train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
     /// Test-time augmentation: average the logits over the image and its
     /// mirror (`flip`), or also over one-pixel shifts (`flip_translate`).
     #[serde(default)]
     pub tta: Tta,
     #[serde(default = "batch")]
     pub batch_size: u32,
-    /// `auto` (bf16 on CUDA, fp32 on CPU), `fp32` or `bf16`.
+    /// `auto` (bf16 on CUDA and on CPUs with native bf16, whose
+    /// `native_bf16` fact a CPU stage's key holds; fp32 elsewhere), `fp32`
+    /// or `bf16`.
     #[serde(default = "auto")]
     pub precision: Precision,
 }
@@ -36,9 +43,15 @@ fn batch() -> u32 {
     500
 }
 
-pub const VERSION: u32 = 4;
+/// 5: the model is read from the model file; `precision = "auto"`
+/// computes in bf16 on CPUs with native bf16.
+pub const VERSION: u32 = 5;
 
 pub struct Evaluate;
+
+impl Declared for Evaluate {
+    type Params = EvaluateParams;
+}
 
 impl Kind for Evaluate {
     fn info(&self) -> KindInfo {
@@ -51,14 +64,13 @@ impl Kind for Evaluate {
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
-        let (mut p, _) = typed::<EvaluateParams>(raw)?;
-        p.model = p.model.resolve("model")?;
+        let mut p: EvaluateParams = typed(raw)?;
+        p.model = p.model.map(|m| m.resolve("model")).transpose()?;
         if p.batch_size == 0 {
             return Err(ParamError::at(&["batch_size"], "must be at least 1"));
         }
-        let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
         Ok(Checked::new(
-            params,
+            canonical(&p)?,
             vec![InputSlot::one("model"), InputSlot::one("images"), InputSlot::one("labels"), InputSlot::optional("classes")],
             vec![
                 OutputDecl::new("predictions", ArtifactType::Table),
@@ -75,11 +87,12 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn shares_model_section_with_train() {
+    fn a_stated_model_is_resolved_like_train_s_and_none_is_needed() {
         let plan = Evaluate.check(&json!({"model": {"arch": "resnet18", "normalize": "cifar"}, "tta": "flip"})).unwrap();
         assert_eq!(plan.params["model"]["stem"], json!("imagenet"));
         assert_eq!(plan.params["model"]["normalize"], json!("cifar"));
         assert!(Evaluate.check(&json!({"model": {"arch": "fast"}, "flip": true})).is_err());
-        assert!(Evaluate.check(&json!({"tta": "flip"})).is_err());
+        let plan = Evaluate.check(&json!({"tta": "flip"})).unwrap();
+        assert_eq!(plan.params.get("model"), None, "an unstated model is not in the key (the file's hash is)");
     }
 }

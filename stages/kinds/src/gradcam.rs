@@ -14,16 +14,20 @@ use serde_json::Value;
 use crate::train::ModelSpec;
 use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
 
-use crate::typed;
+use crate::{canonical, typed, Declared};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GradCamParams {
-    /// The same model section the training stage used.
-    pub model: ModelSpec,
+    /// Optional: the architecture is read from the model file, as for
+    /// `evaluate` (a stated one must agree with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
     /// The block whose output activations are explained; defaults to the
     /// last block before `head` (`layer4` for ResNets, the fast net's last
-    /// group): the deepest, most class-specific spatial features.
+    /// group): the deepest, most class-specific spatial features. Checked
+    /// against the model here when `model` is stated, else by the worker
+    /// once it has read the model file ([`GradCamParams::layer_in`]).
     #[serde(default)]
     pub layer: Option<String>,
     /// Mistakes and correct predictions shown per true class (each).
@@ -59,11 +63,32 @@ fn tile() -> u32 {
     112
 }
 
+impl GradCamParams {
+    /// The explained block of `model`: `layer`, or by default the last
+    /// spatial block; an error if `layer` is not a spatial block of it.
+    pub fn layer_in(&self, model: &ModelSpec) -> Result<String, ParamError> {
+        let blocks = model.blocks();
+        // Blocks before the head; `head` itself has no spatial map.
+        let spatial = &blocks[..blocks.len() - 1];
+        let layer = self.layer.clone().unwrap_or_else(|| spatial[spatial.len() - 1].clone());
+        if !spatial.contains(&layer) {
+            return Err(ParamError::at(&["layer"], format!("`{layer}` is not a spatial block of this model"))
+                .with_help(format!("choose one of: {}", spatial.join(", "))));
+        }
+        Ok(layer)
+    }
+}
+
 /// 3: the random baseline of the faithfulness check comes from a private
 /// generator (libtorch's global one could be drawn from between reseed and use).
-pub const VERSION: u32 = 3;
+/// 4: the model is read from the model file.
+pub const VERSION: u32 = 4;
 
 pub struct GradCam;
+
+impl Declared for GradCam {
+    type Params = GradCamParams;
+}
 
 impl Kind for GradCam {
     fn info(&self) -> KindInfo {
@@ -76,15 +101,10 @@ impl Kind for GradCam {
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
-        let (mut p, _) = typed::<GradCamParams>(raw)?;
-        p.model = p.model.resolve("model")?;
-        let blocks = p.model.blocks();
-        // Blocks before the head; `head` itself has no spatial map.
-        let spatial = &blocks[..blocks.len() - 1];
-        let layer = p.layer.get_or_insert_with(|| spatial[spatial.len() - 1].clone());
-        if !spatial.contains(layer) {
-            return Err(ParamError::at(&["layer"], format!("`{layer}` is not a spatial block of this model"))
-                .with_help(format!("choose one of: {}", spatial.join(", "))));
+        let mut p: GradCamParams = typed(raw)?;
+        p.model = p.model.map(|m| m.resolve("model")).transpose()?;
+        if let Some(model) = &p.model {
+            p.layer = Some(p.layer_in(model)?);
         }
         if !(1..=100).contains(&p.per_class) {
             return Err(ParamError::at(&["per_class"], "must be between 1 and 100"));
@@ -101,9 +121,8 @@ impl Kind for GradCam {
         if !(32..=512).contains(&p.tile) {
             return Err(ParamError::at(&["tile"], "must be between 32 and 512 pixels"));
         }
-        let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
         Ok(Checked::new(
-            params,
+            canonical(&p)?,
             vec![
                 InputSlot::one("model"),
                 InputSlot::one("images"),
@@ -134,6 +153,8 @@ mod tests {
         let plan = GradCam.check(&json!({"model": {"arch": "fast", "widths": [8, 16]}})).unwrap();
         assert_eq!(plan.params["layer"], json!("group2"));
         assert_eq!(plan.params["per_class"], json!(3));
+        let unstated = GradCam.check(&json!({})).unwrap();
+        assert_eq!((unstated.params.get("model"), &unstated.params["layer"]), (None, &Value::Null), "resolved by the worker from the model file");
     }
 
     #[test]

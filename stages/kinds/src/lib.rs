@@ -3,10 +3,18 @@
 //!
 //! This crate links no libtorch, so the `cairn` binary can validate a whole
 //! pipeline, compute keys and answer `status` without loading it. The
-//! computing half of each kind lives in `cairn-stages` (the worker), which
-//! deserialises the same param structs from the canonical JSON the engine
-//! hands it. Keeping both halves on one struct is what makes "the params the
-//! key was computed from" and "the params the stage ran with" the same thing.
+//! computing half of each kind lives in `cairn-stages` (the worker), whose
+//! implementation functions receive the same param structs ([`Declared`]),
+//! deserialised once from the canonical JSON the engine hands it. Keeping
+//! both halves on one struct is what makes "the params the key was computed
+//! from" and "the params the stage ran with" the same thing.
+//!
+//! The serde steps from `pipeline.toml` to the optimizer are now three: the
+//! engine's TOML table becomes JSON (`spec`), [`typed`] deserialises it into
+//! the kind's struct and `check` serialises the checked struct to its
+//! canonical JSON ([`canonical`]: it enters the key and the job file); the
+//! worker deserialises that once into the struct its implementation takes.
+//! (The job file's own write and read are the protocol, not a param step.)
 //!
 //! Versions live here, next to the params: bump a kind's `VERSION` whenever
 //! its worker code changes results. `tests/kind_fingerprints.rs` pins a
@@ -76,11 +84,20 @@ pub fn find(name: &str) -> Option<&'static dyn Kind> {
     KindId::from_name(name).map(KindId::decl)
 }
 
+/// A declaration with its typed params: the struct its [`Kind::check`]
+/// canonicalises, and the one the worker's implementation receives
+/// (`cairn_stages::run` deserialises it once from the job's canonical JSON,
+/// with the kind named by [`KindId`], so the two sides cannot disagree on
+/// the type).
+pub trait Declared: Kind {
+    type Params: Serialize + DeserializeOwned;
+}
+
 /// Deserialises raw params into `P` (which should use
 /// `#[serde(deny_unknown_fields)]` and defaults), reporting the failing
-/// path, and returns `P` with its canonical JSON form.
-pub fn typed<P: DeserializeOwned + Serialize>(raw: &Value) -> Result<(P, Value), ParamError> {
-    let p: P = serde_path_to_error::deserialize(raw.clone()).map_err(|e| {
+/// path.
+pub fn typed<P: DeserializeOwned>(raw: &Value) -> Result<P, ParamError> {
+    serde_path_to_error::deserialize(raw).map_err(|e| {
         let path: Vec<String> = e
             .path()
             .iter()
@@ -91,9 +108,13 @@ pub fn typed<P: DeserializeOwned + Serialize>(raw: &Value) -> Result<(P, Value),
             })
             .collect();
         ParamError::new(path, e.into_inner().to_string())
-    })?;
-    let canonical = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
-    Ok((p, canonical))
+    })
+}
+
+/// The canonical JSON form of checked params: what enters the stage key
+/// and what the worker deserialises.
+pub fn canonical<P: Serialize>(params: &P) -> Result<Value, ParamError> {
+    serde_json::to_value(params).map_err(|e| ParamError::at(&[], e.to_string()))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
 
-use crate::typed;
+use crate::{canonical, typed, Declared};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +45,10 @@ pub const VERSION: u32 = 3;
 
 pub struct Report;
 
+impl Declared for Report {
+    type Params = ReportParams;
+}
+
 impl Kind for Report {
     fn info(&self) -> KindInfo {
         KindInfo {
@@ -56,7 +60,8 @@ impl Kind for Report {
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
-        let (p, params) = typed::<ReportParams>(raw)?;
+        let p: ReportParams = typed(raw)?;
+        let params = canonical(&p)?;
         if p.title.trim().is_empty() {
             return Err(ParamError::at(&["title"], "must not be empty"));
         }

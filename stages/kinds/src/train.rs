@@ -1,5 +1,6 @@
 //! The `train` kind's declaration: which network to build ([`ModelSpec`],
-//! shared with `evaluate` so both rebuild the same net), where its initial
+//! stored in the model file so `evaluate` and `gradcam` rebuild the same
+//! net without restating it, see [`model_to_use`]), where its initial
 //! weights come from ([`Init`]), which named blocks train, and the
 //! optimisation recipe (optimizer, schedule, augmentation, early stopping).
 //!
@@ -15,7 +16,7 @@ use serde_json::Value;
 
 use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
 
-use crate::typed;
+use crate::{canonical, typed, Declared};
 
 /// Network architectures the worker can build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,9 +57,10 @@ impl Normalize {
     }
 }
 
-/// How to rebuild a network: shared by `train` and `evaluate` (and any kind
-/// that loads a trained model), because a mismatch between the two — above
-/// all a different input normalisation — silently ruins accuracy.
+/// How to rebuild a network. `train` states it and stores it in the model
+/// file's metadata (`cairn.model`); kinds that load a trained model read it
+/// from there ([`model_to_use`]), because a mismatch between the two —
+/// above all a different input normalisation — silently ruins accuracy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
@@ -126,6 +128,30 @@ impl ModelSpec {
     }
 }
 
+/// Why a stage that loads a trained model cannot know its architecture.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelChoiceError {
+    /// The stage states one model and the file was trained as another.
+    Contradiction { stored: ModelSpec, stated: ModelSpec },
+    /// The file records none (not written by `train`) and the stage states none.
+    Unknown,
+}
+
+/// The architecture a stage that loads a trained model rebuilds: the one
+/// `train` stored in the model file, or the one the stage states for a file
+/// that records none. A stated one that contradicts the stored one is an
+/// error, never a silent choice.
+pub fn model_to_use(stored: Option<ModelSpec>, stated: Option<&ModelSpec>) -> Result<ModelSpec, ModelChoiceError> {
+    match (stored, stated) {
+        (Some(stored), Some(stated)) if &stored != stated => {
+            Err(ModelChoiceError::Contradiction { stored, stated: stated.clone() })
+        }
+        (Some(stored), _) => Ok(stored),
+        (None, Some(stated)) => Ok(stated.clone()),
+        (None, None) => Err(ModelChoiceError::Unknown),
+    }
+}
+
 /// Where the initial weights come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -179,11 +205,37 @@ pub enum Schedule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 on CUDA, fp32 on CPU.
+    /// bf16 on CUDA, and on a CPU where libtorch has native bf16 kernels
+    /// (the worker's `native_bf16` fact, which a CPU stage's key holds);
+    /// fp32 elsewhere. See [`Precision::uses_bf16`].
     Auto,
     Fp32,
-    /// bf16 everywhere; on CPUs with AMX (Sapphire Rapids+) about 1.8× faster.
+    /// bf16 everywhere: about 1.8× faster on a CPU with AMX (Sapphire
+    /// Rapids), at par with avx512_bf16 alone, 13× slower where bf16 is
+    /// emulated (measured on an AMD EPYC; the worker warns).
     Bf16,
+}
+
+impl Precision {
+    /// Whether this precision computes in bf16 on CUDA (`cuda`) or on a CPU
+    /// whose native bf16 support is `native_bf16` (the probe fact: the best
+    /// of `amx_bf16`, `avx512_bf16`, `avx_ne_convert`, `sve_bf16`, `bf16`,
+    /// or `none`). The fact is keyed for every thread-sensitive kind on a
+    /// CPU (`train`, `evaluate`), so stages whose `auto` resolves
+    /// differently never share a cache entry.
+    pub fn uses_bf16(self, cuda: bool, native_bf16: &str) -> bool {
+        match self {
+            Precision::Fp32 => false,
+            Precision::Bf16 => true,
+            Precision::Auto => cuda || has_native_bf16(native_bf16),
+        }
+    }
+}
+
+/// Whether the probe fact `native_bf16` names a native bf16 instruction set
+/// (anything but `none`, or the engine's `unknown` when it could not probe).
+pub fn has_native_bf16(fact: &str) -> bool {
+    !matches!(fact, "" | "none" | "unknown")
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -260,6 +312,9 @@ pub struct TrainParams {
     /// workspace. CPU runs are repeatable for a fixed thread count already.
     #[serde(default = "yes")]
     pub deterministic: bool,
+    /// `auto` (the default) chooses bf16 on CUDA and on CPUs with native
+    /// bf16 ([`Precision::uses_bf16`]); the CPU's `native_bf16` fact is in
+    /// the key of every `train` stage on a CPU.
     #[serde(default = "auto")]
     pub precision: Precision,
     /// Test-time augmentation for the per-epoch val metric (translations
@@ -410,9 +465,14 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
 /// different float rounding, so models differ in their last bits).
 /// 6: `history` and `summary` hold no wall-clock columns (timings are
 /// metrics), so every output is a function of the key.
-pub const VERSION: u32 = 6;
+/// 7: `precision = "auto"` computes in bf16 on CPUs with native bf16.
+pub const VERSION: u32 = 7;
 
 pub struct Train;
+
+impl Declared for Train {
+    type Params = TrainParams;
+}
 
 impl Kind for Train {
     fn info(&self) -> KindInfo {
@@ -425,7 +485,7 @@ impl Kind for Train {
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
-        let (mut p, _) = typed::<TrainParams>(raw)?;
+        let mut p: TrainParams = typed(raw)?;
         p.model = p.model.resolve("model")?;
         let blocks = p.trainable_blocks()?;
         p.trainable = Trainable::List(blocks);
@@ -457,8 +517,7 @@ impl Kind for Train {
         if p.caches_features() {
             outputs.push(OutputDecl::new("features", ArtifactType::Tensor));
         }
-        let params = serde_json::to_value(&p).map_err(|e| ParamError::at(&[], e.to_string()))?;
-        let checked = Checked::new(params, inputs, outputs);
+        let checked = Checked::new(canonical(&p)?, inputs, outputs);
         Ok(match init {
             Some(i) => checked.with_implied("init", i),
             None => checked,
@@ -502,6 +561,32 @@ mod tests {
         assert!(e.message.contains("lr_max"), "{}", e.message);
         let e = check(json!({"model": {"arch": "resnet50", "widths": [1]}})).unwrap_err();
         assert_eq!(e.path, vec!["model", "widths"]);
+    }
+
+    #[test]
+    fn auto_precision_takes_bf16_on_cuda_and_native_cpus_only() {
+        for fact in ["amx_bf16", "avx512_bf16", "avx_ne_convert", "sve_bf16", "bf16"] {
+            assert!(Precision::Auto.uses_bf16(false, fact), "{fact}");
+        }
+        for fact in ["none", "unknown", ""] {
+            assert!(!Precision::Auto.uses_bf16(false, fact), "{fact:?}");
+            assert!(Precision::Auto.uses_bf16(true, fact), "CUDA always has bf16");
+            assert!(Precision::Bf16.uses_bf16(false, fact), "an explicit bf16 is obeyed");
+        }
+        assert!(!Precision::Fp32.uses_bf16(true, "amx_bf16"));
+    }
+
+    #[test]
+    fn a_stated_model_must_agree_with_the_stored_one() {
+        let fast = |w: i64| ModelSpec { arch: Arch::Fast, num_classes: 10, stem: None, widths: Some(vec![w]), normalize: Normalize::Cifar };
+        assert_eq!(model_to_use(Some(fast(8)), None), Ok(fast(8)));
+        assert_eq!(model_to_use(Some(fast(8)), Some(&fast(8))), Ok(fast(8)));
+        assert_eq!(model_to_use(None, Some(&fast(4))), Ok(fast(4)));
+        assert_eq!(model_to_use(None, None), Err(ModelChoiceError::Unknown));
+        assert_eq!(
+            model_to_use(Some(fast(8)), Some(&fast(4))),
+            Err(ModelChoiceError::Contradiction { stored: fast(8), stated: fast(4) })
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use cairn_stages::ctx::WorkerCtx;
 use cairn_stages::models::{self, Feed};
 use cairn_stages::train::batches::Rng;
 use cairn_stages::train::optim::Optim;
-use cairn_stages::{evaluate, tensors, train};
+use cairn_stages::tensors;
 use tch::{nn, Device, Kind, Tensor};
 
 fn throughput(args: &[String]) -> Result<(), String> {
@@ -169,7 +169,7 @@ fn recipe(args: &[String]) -> Result<(), String> {
         &[("model", "model.safetensors"), ("history", "history.parquet"), ("summary", "summary.parquet"), ("features", "features.arrow")],
         &out,
     )?;
-    train::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
+    cairn_stages::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
     eprintln!("train: {:.1}s", t0.elapsed().as_secs_f64());
     if let Some(p) = args.get(2).filter(|s| !s.is_empty()) {
         let t1 = Instant::now();
@@ -181,7 +181,7 @@ fn recipe(args: &[String]) -> Result<(), String> {
             &[("predictions", "predictions.parquet"), ("confusion", "confusion.parquet"), ("metrics", "metrics.parquet")],
             &out,
         )?;
-        evaluate::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
+        cairn_stages::run(&mut WorkerCtx::new(j)).map_err(|e| e.to_string())?;
         eprintln!("evaluate: {:.1}s", t1.elapsed().as_secs_f64());
     }
     eprintln!("total: {:.1}s; artifacts in {}", t0.elapsed().as_secs_f64(), out.display());

@@ -15,8 +15,7 @@ use super::source::SourceTree;
 use super::{cifar, folder, subset, DataError, Item};
 use crate::ctx::{StageError, StageResult, WorkerCtx};
 
-pub fn load_subset(ctx: &mut WorkerCtx) -> StageResult {
-    let params: LoadSubsetParams = ctx.params()?;
+pub fn load_subset(ctx: &mut WorkerCtx, params: LoadSubsetParams) -> StageResult {
     let source = ctx.input("source")?.to_path_buf();
     let started = Instant::now();
     let pool = rayon::ThreadPoolBuilder::new()

@@ -20,8 +20,7 @@ use crate::tensors;
 /// Output bytes per slice (and f32 working memory for `area`, 4× this).
 const SLICE_BYTES: usize = 64 << 20;
 
-pub fn resize(ctx: &mut WorkerCtx) -> StageResult {
-    let params: ResizeParams = ctx.params()?;
+pub fn resize(ctx: &mut WorkerCtx, params: ResizeParams) -> StageResult {
     let mut total = 0;
     for split in &params.splits {
         total += resize_one(ctx, &params, split)?;

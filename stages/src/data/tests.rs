@@ -283,7 +283,7 @@ fn load_subset_writes_every_split_index_and_classes() {
     let (params, outputs) = checked(&cairn_kinds::data::LoadSubset, raw);
     let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
     let mut ctx = job("load_subset", params.clone(), &[("source", &source)], &outputs, &out);
-    super::load_subset(&mut ctx).unwrap();
+    crate::run(&mut ctx).unwrap();
 
     let shape = |name: &str| TensorFile::open(&out.join(format!("{name}.arrow"))).unwrap().shape().to_vec();
     assert_eq!(shape("train_images"), [6, 3, 4, 4]);
@@ -308,7 +308,7 @@ fn load_subset_writes_every_split_index_and_classes() {
     let again = tmp.path().join("again");
     std::fs::create_dir(&again).unwrap();
     let mut ctx = job("load_subset", params, &[("source", &source)], &outputs, &again);
-    super::load_subset(&mut ctx).unwrap();
+    crate::run(&mut ctx).unwrap();
     for name in ["train_images.arrow", "pool_labels.arrow", "index.parquet"] {
         assert_eq!(std::fs::read(out.join(name)).unwrap(), std::fs::read(again.join(name)).unwrap(), "{name}");
     }
@@ -321,7 +321,7 @@ fn load_subset_says_when_a_class_is_too_small() {
     let (params, outputs) = checked(&cairn_kinds::data::LoadSubset, json!({"source": "x", "train_per_class": 4}));
     let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
     let mut ctx = job("load_subset", params, &[("source", tmp.path())], &outputs, tmp.path());
-    let err = super::load_subset(&mut ctx).unwrap_err().to_string();
+    let err = crate::run(&mut ctx).unwrap_err().to_string();
     assert!(err.contains("class `bird` has 3 training images") && err.contains("lower train_per_class"), "{err}");
 }
 
@@ -348,7 +348,7 @@ fn resize_matches_libtorch_for_every_mode_and_keeps_u8() {
     .into();
     for (mode, raw) in modes {
         let (mut ctx, out) = resize_job(tmp.path(), &input, raw.clone());
-        super::resize(&mut ctx).unwrap();
+        crate::run(&mut ctx).unwrap();
         let got = crate::tensors::load(&out).unwrap();
         let size = raw["size"].as_i64().unwrap();
         assert_eq!(got.size(), [5, 3, size, size], "{mode}");
@@ -376,6 +376,6 @@ fn resize_refuses_non_image_tensors() {
     let input = tmp.path().join("labels.arrow");
     cairn_formats::write_tensor(&input, DType::I64, &[2], &[0u8; 16]).unwrap();
     let (mut ctx, _) = resize_job(tmp.path(), &input, json!({"size": 8}));
-    let err = super::resize(&mut ctx).unwrap_err().to_string();
+    let err = crate::run(&mut ctx).unwrap_err().to_string();
     assert!(err.contains("labels.arrow") && err.contains("N×C×H×W"), "{err}");
 }

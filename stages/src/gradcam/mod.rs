@@ -17,10 +17,10 @@ use cairn_kinds::gradcam::GradCamParams;
 use tch::{Device, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult, WorkerCtx};
+use crate::load;
 use crate::models::{Feed, Net};
 use crate::plot::montage::{self, Row, Tile};
 use crate::report::inputs::{self, Predictions};
-use crate::train::{load_labelled, load_trained};
 use crate::tensors;
 use select::{Pick, Selection};
 
@@ -33,14 +33,12 @@ fn err(e: impl std::fmt::Display) -> StageError {
     StageError::new(e.to_string())
 }
 
-pub fn run(ctx: &mut WorkerCtx) -> StageResult {
-    let p: GradCamParams = ctx.params()?;
-    tch::set_num_threads(ctx.threads() as i32);
-    let k = p.model.num_classes;
-    let (_vs, net) = load_trained(ctx.input("model")?, &p.model, ctx.device)?;
-    let layer = p.layer.clone().ok_or_else(|| StageError::new("`layer` was not resolved; is cairn-worker older than cairn?"))?;
+pub fn run(ctx: &mut WorkerCtx, p: GradCamParams) -> StageResult {
+    let model = load::trained(ctx, p.model.as_ref())?;
+    let (net, k) = (&model.net, model.spec.num_classes);
+    let layer = p.layer_in(&model.spec)?;
     let cut = net.index(&layer)?;
-    let (x, y) = load_labelled(ctx, "images", "labels", k)?;
+    let (x, y) = load::labelled(ctx, "images", "labels", k)?;
     let preds = Predictions::read(ctx.input("predictions")?).map_err(err)?;
     check_predictions(&preds, &y, k)?;
     let names = match ctx.inputs("classes").first() {
@@ -55,7 +53,7 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
 
     let picked = Tensor::from_slice(&sel.picks.iter().map(|q| q.index).collect::<Vec<_>>());
     let images = x.index_select(0, &picked);
-    let feed = Feed { normalize: p.model.normalize, kind: Kind::Float, device: ctx.device };
+    let feed = Feed { normalize: model.spec.normalize, kind: Kind::Float, device: ctx.device };
     let features = |t: &Tensor| net.forward_range(t, 0..cut + 1, |_| false);
     let head = |a: &Tensor| net.forward_range(a, cut + 1..net.blocks.len(), |_| false);
     let pred_t = Tensor::from_slice(&sel.picks.iter().map(|q| q.pred).collect::<Vec<_>>());
@@ -74,7 +72,7 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
     tensors::save(ctx.output("heatmaps")?, &heatmaps)?;
     selection_table(&sel).write(ctx.output("selection")?).map_err(err)?;
 
-    let faith = faithfulness_table(ctx, &p, &images, &heatmaps, &pred_t, &net, &feed)?;
+    let faith = faithfulness_table(ctx, &p, &images, &heatmaps, &pred_t, net, &feed)?;
     faith.write(ctx.output("faithfulness")?).map_err(err)?;
 
     ctx.progress("drawing figures");

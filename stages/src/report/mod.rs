@@ -77,8 +77,8 @@ pub fn num3(v: f64) -> String {
     format!("{v:.3}")
 }
 
-pub fn run(ctx: &mut WorkerCtx) -> StageResult {
-    Ok(build(ctx)?)
+pub fn run(ctx: &mut WorkerCtx, p: ReportParams) -> StageResult {
+    Ok(build(ctx, p)?)
 }
 
 fn plot_err(what: &'static str) -> impl Fn(PlotError) -> ReportError {
@@ -89,8 +89,7 @@ fn write(path: &std::path::Path, bytes: impl AsRef<[u8]>) -> Result<(), ReportEr
     std::fs::write(path, bytes).map_err(|source| ReportError::Io { path: path.into(), source })
 }
 
-fn build(ctx: &mut WorkerCtx) -> Result<(), ReportError> {
-    let p: ReportParams = ctx.params()?;
+fn build(ctx: &mut WorkerCtx, p: ReportParams) -> Result<(), ReportError> {
     let preds = Predictions::read(ctx.input("predictions")?)?;
     let names = ctx.inputs("classes").first().map(|path| inputs::read_classes(path)).transpose()?;
     let k = preds.num_classes(names.as_deref());

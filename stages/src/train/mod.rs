@@ -1,4 +1,7 @@
 //! The `train` kind: trains or fine-tunes a network from `cairn_kinds::train`.
+//! [`run`] reads as the steps it takes: load the data, build the net
+//! ([`init_net`]), freeze, cache the prefix's features ([`sources`]), fit
+//! ([`fit`]), keep the best epoch, write the outputs.
 //!
 //! Blocks outside `trainable` are frozen: their parameters get no gradient
 //! and no optimizer state, and their BatchNorm layers stay in eval mode
@@ -12,233 +15,84 @@
 //! net trained from scratch starts with a whitening stem
 //! ([`models::fast::whiten_stem`]). Data order and augmentation come from a
 //! seeded generator ([`batches`]), so equal seeds and thread counts give
-//! bit-identical weights on the CPU.
+//! bit-identical weights on the CPU. The model file stores the model spec
+//! ([`crate::load::save_trained`]), which is how `evaluate` and `gradcam`
+//! rebuild the net without restating it.
 
 pub mod batches;
+mod fit;
 mod fused;
 pub mod optim;
+mod runner;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use cairn_formats::table::{Column, Table};
-use cairn_kinds::train::{Arch, Init, Precision, TrainParams, Trainable, Tta};
+use cairn_kinds::train::{Arch, Init, TrainParams, Tta};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult, WorkerCtx};
+use crate::load;
 use crate::models::{self, Feed, Net};
+use crate::precision::compute_kind;
 use crate::{tensors, weights};
-use batches::Rng;
+use fit::{EpochRow, Fit, Split, Trainer};
+use runner::{Runner, Source};
 
-/// Metadata key under which the model spec is stored in the safetensors.
-pub const MODEL_META: &str = "cairn.model";
+/// The labelled train and val sets.
+struct Data {
+    xtr: Tensor,
+    ytr: Tensor,
+    xva: Tensor,
+    yva: Tensor,
+}
 
-/// Rebuilds a trained net from its safetensors file, refusing weights that
-/// were trained as another model (a different normalisation silently ruins
-/// accuracy, which is how the seed sprint got 10%).
-pub fn load_trained(path: &std::path::Path, spec: &cairn_kinds::train::ModelSpec, device: tch::Device) -> StageResult<(tch::nn::VarStore, models::Net)> {
-    let file = weights::read_safetensors(path)?;
-    if let Some(saved) = file.metadata.get(MODEL_META) {
-        let saved: cairn_kinds::train::ModelSpec = serde_json::from_str(saved).map_err(|e| StageError::new(format!("model file metadata: {e}")))?;
-        if &saved != spec {
-            return Err(StageError::new(format!(
-                "the model was trained as {} but this stage's `model` says {}; copy the training stage's model section",
-                serde_json::to_string(&saved).unwrap_or_default(),
-                serde_json::to_string(spec).unwrap_or_default()
-            )));
+impl Data {
+    fn load(ctx: &WorkerCtx, num_classes: i64) -> StageResult<Self> {
+        let (xtr, ytr) = load::labelled(ctx, "train_images", "train_labels", num_classes)?;
+        let (xva, yva) = load::labelled(ctx, "val_images", "val_labels", num_classes)?;
+        let n = xtr.size()[0];
+        if n < 2 {
+            return Err(StageError::new(format!("`train_images` has {n} images; training needs at least 2")));
         }
-    }
-    let vs = tch::nn::VarStore::new(device);
-    let net = models::build(&vs.root(), spec);
-    weights::load_into(&vs, &file.tensors, |_| false)?;
-    Ok((vs, net))
-}
-
-/// Loads an image/label pair and checks they fit a `num_classes` model.
-pub fn load_labelled(ctx: &WorkerCtx, images: &str, labels: &str, num_classes: i64) -> StageResult<(Tensor, Tensor)> {
-    let x = tensors::load(ctx.input(images)?)?;
-    let y = tensors::load(ctx.input(labels)?)?;
-    let s = x.size();
-    if x.kind() != Kind::Uint8 || s.len() != 4 || s[1] != 3 {
-        return Err(StageError::new(format!("`{images}` must be u8 images [N, 3, H, W], got {:?} {s:?}", x.kind())));
-    }
-    if y.kind() != Kind::Int64 || y.size() != [s[0]] {
-        return Err(StageError::new(format!("`{labels}` must be i64 [{}] to match `{images}`, got {:?} {:?}", s[0], y.kind(), y.size())));
-    }
-    if s[0] > 0 && (y.min().int64_value(&[]) < 0 || y.max().int64_value(&[]) >= num_classes) {
-        return Err(StageError::new(format!("`{labels}` holds labels outside 0..{num_classes} (model.num_classes)")));
-    }
-    Ok((x, y))
-}
-
-/// The compute dtype `precision` asks for on `device`.
-pub fn compute_kind(precision: Precision, device: Device) -> Kind {
-    match (precision, device) {
-        (Precision::Bf16, _) | (Precision::Auto, Device::Cuda(_)) => Kind::BFloat16,
-        _ => Kind::Float,
+        Ok(Self { xtr, ytr, xva, yva })
     }
 }
 
-/// Freezes every variable outside `trainable` blocks; returns the trainable ones.
-fn freeze(vs: &nn::VarStore, net: &Net, trainable: &[String]) -> Vec<Tensor> {
-    let mut vars: Vec<(String, Tensor)> = vs.trainable_variables_named();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = Vec::new();
-    for (name, mut v) in vars {
-        let on = net.owner(&name).is_some_and(|b| trainable.contains(&b.name));
-        let _ = v.requires_grad_(on);
-        if on {
-            out.push(v);
-        }
-    }
-    out
-}
-
-trait NamedVars {
-    fn trainable_variables_named(&self) -> Vec<(String, Tensor)>;
-}
-
-impl NamedVars for nn::VarStore {
-    /// Variables that take gradients (i.e. not BN running statistics).
-    fn trainable_variables_named(&self) -> Vec<(String, Tensor)> {
-        self.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
-    }
-}
-
-/// What the trainable tail is fed: raw images, or the cached output of the
-/// frozen prefix (and of its mirrored input, when flipping).
-enum Source {
-    Images(Tensor),
-    Features { plain: Tensor, flipped: Option<Tensor> },
-}
-
-/// The part of training that is the same for train and val batches.
-struct Runner<'a> {
-    net: &'a Net,
-    feed: Feed,
-    /// Index of the first trainable block: blocks before it form the prefix.
-    first: usize,
-    trains: Vec<bool>,
-}
-
-impl Runner<'_> {
-    /// Output of the frozen prefix for u8 images (eval mode, no grad).
-    fn prefix(&self, images: &Tensor) -> Tensor {
-        self.lift(&self.feed.input(images))
-    }
-
-    /// Output of the frozen prefix for a normalised input (itself when
-    /// nothing is frozen).
-    fn lift(&self, x: &Tensor) -> Tensor {
-        if self.first == 0 {
-            return x.shallow_clone();
-        }
-        tch::no_grad(|| self.net.forward_range(x, 0..self.first, |_| false))
-    }
-
-    /// Runs the prefix over all images in batches, keeping the result on the device.
-    fn features(&self, images: &Tensor, flip: bool, batch: i64) -> Tensor {
-        let n = images.size()[0];
-        let parts: Vec<Tensor> = (0..n)
-            .step_by(batch as usize)
-            .map(|s| {
-                let x = images.narrow(0, s, batch.min(n - s));
-                self.prefix(&if flip { x.flip([3]) } else { x })
-            })
-            .collect();
-        Tensor::cat(&parts, 0)
-    }
-
-    /// Logits for a batch whose tail input is `x` (prefix already applied).
-    fn tail(&self, x: &Tensor, train: bool) -> Tensor {
-        self.net.forward_range(x, self.first..self.net.blocks.len(), |i| train && self.trains[i]).to_kind(Kind::Float)
-    }
-
-    /// Tail input for rows `idx` of `src` with per-row flips / shifts.
-    fn batch(&self, src: &Source, idx: &Tensor, draw: &batches::Draw, translate: u32) -> Tensor {
-        match src {
-            Source::Images(x) => {
-                self.prefix(&batches::apply(&x.index_select(0, idx), draw, translate))
-            }
-            Source::Features { plain, flipped } => {
-                let idx = idx.to_device(plain.device());
-                let p = plain.index_select(0, &idx);
-                match flipped {
-                    Some(f) if draw.flip.iter().any(|&b| b) => {
-                        let mask = Tensor::from_slice(&draw.flip.iter().map(|&b| b as u8).collect::<Vec<_>>())
-                            .to_kind(Kind::Bool)
-                            .to_device(p.device());
-                        let shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat(1).take(p.dim() - 1)).collect();
-                        f.index_select(0, &idx).where_self(&mask.view(shape.as_slice()), &p)
-                    }
-                    _ => p,
-                }
-            }
-        }
-    }
-}
-
-/// Mean loss and accuracy of the current weights on a val source, over
-/// the `tta` views (cached features carry the mirror only, which
-/// `TrainParams::caches_features` guarantees is all they need).
-fn validate(r: &Runner, src: &Source, y: &Tensor, tta: Tta, batch: i64, smoothing: f64) -> (f64, f64) {
-    let n = y.size()[0];
-    let (mut loss, mut correct) = (0.0, 0i64);
-    tch::no_grad(|| {
-        for s in (0..n).step_by(batch as usize) {
-            let len = batch.min(n - s);
-            let logits = match src {
-                Source::Images(x) => {
-                    let v = r.feed.input(&x.narrow(0, s, len));
-                    models::tta_logits(&v, tta, |v| r.tail(&r.lift(v), false))
-                }
-                Source::Features { plain, flipped } => {
-                    let p = r.tail(&plain.narrow(0, s, len), false);
-                    match flipped {
-                        Some(f) if tta != Tta::None => (p + r.tail(&f.narrow(0, s, len), false)) * 0.5,
-                        _ => p,
-                    }
-                }
-            };
-            let t = y.narrow(0, s, len).to_device(logits.device());
-            loss += logits.cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Sum, -100, smoothing).double_value(&[]);
-            correct += logits.argmax(1, false).eq_tensor(&t).sum(Kind::Int64).int64_value(&[]);
-        }
-    });
-    (loss / n.max(1) as f64, correct as f64 / n.max(1) as f64)
-}
-
-struct EpochRow {
-    train_loss: f64,
-    train_acc: f64,
-    val_loss: f64,
-    val_acc: f64,
-    lr: f64,
-    seconds: f64,
-    images_per_sec: f64,
-}
-
-pub fn run(ctx: &mut WorkerCtx) -> StageResult {
-    let p: TrainParams = ctx.params()?;
-    let Trainable::List(trainable) = &p.trainable else {
-        return Err(StageError::new("params were not canonicalised (trainable should be a list); is the engine out of date?"));
-    };
-    tch::set_num_threads(ctx.threads() as i32);
-    tch::manual_seed(ctx.seed() as i64);
-    let device = ctx.device;
-    if device.is_cuda() {
+pub fn run(ctx: &mut WorkerCtx, p: TrainParams) -> StageResult {
+    if ctx.device.is_cuda() {
         crate::determinism::set(p.deterministic);
     }
-    let k = p.model.num_classes;
-    let (xtr, ytr) = load_labelled(ctx, "train_images", "train_labels", k)?;
-    let (xva, yva) = load_labelled(ctx, "val_images", "val_labels", k)?;
-    let n = xtr.size()[0];
-    let bs = (p.batch_size as i64).min(n);
-    if n < 2 {
-        return Err(StageError::new(format!("`train_images` has {n} images; training needs at least 2")));
-    }
+    // Canonical params list the blocks already; this only reads them.
+    let trainable = p.trainable_blocks()?;
+    let data = Data::load(ctx, p.model.num_classes)?;
+    let batch = (p.batch_size as i64).min(data.xtr.size()[0]);
+    let (vs, net) = init_net(ctx, &p, &data.xtr)?;
+    let vars = runner::freeze(&vs, &net, &trainable);
+    let feed = Feed { normalize: p.model.normalize, kind: compute_kind(p.precision, ctx), device: ctx.device };
+    let r = Runner::new(&net, feed, &trainable);
+    let (train, val) = sources(ctx, &p, &r, &data, batch)?;
+    let trainer = Trainer {
+        ctx,
+        p: &p,
+        vs: &vs,
+        runner: &r,
+        train: Split { source: &train, labels: &data.ytr },
+        val: Split { source: &val, labels: &data.yva },
+        batch,
+    };
+    let fit = trainer.fit(vars)?;
+    fit.restore_best(&vs)?;
+    load::save_trained(ctx.output("model")?, &vs, &p.model)?;
+    write_tables(ctx, &fit)?;
+    report_metrics(ctx, &fit);
+    Ok(())
+}
 
-    let vs = nn::VarStore::new(device);
+/// Builds the net and sets its initial weights: from the `init` input, or
+/// for a fast net from scratch, airbench's whitening stem.
+fn init_net(ctx: &WorkerCtx, p: &TrainParams, xtr: &Tensor) -> StageResult<(nn::VarStore, Net)> {
+    let vs = nn::VarStore::new(ctx.device);
     let net = models::build(&vs.root(), &p.model);
     if ctx.has_input("init") {
         let src = weights::read_any(ctx.input("init")?)?;
@@ -248,147 +102,33 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
     } else if !matches!(p.init, Init::Scratch(_)) {
         return Err(StageError::new("`init` names weights but the `init` input is not connected"));
     } else if p.model.arch == Arch::Fast {
-        // airbench's whitening init: from the first (up to) 5000 images, so
-        // the result depends on the data only, not on the seed.
-        let sample = xtr.narrow(0, 0, n.min(5000));
-        let fp32 = Feed { normalize: p.model.normalize, kind: Kind::Float, device };
+        // From the first (up to) 5000 images, so the result depends on the
+        // data only, not on the seed.
+        let sample = xtr.narrow(0, 0, xtr.size()[0].min(5000));
+        let fp32 = Feed { normalize: p.model.normalize, kind: Kind::Float, device: ctx.device };
         models::fast::whiten_stem(&vs, &fp32.input(&sample))?;
     }
-    let vars = freeze(&vs, &net, trainable);
-    let names = net.names();
-    let first = names.iter().position(|b| trainable.iter().any(|t| t == b)).unwrap_or(0);
-    let trains: Vec<bool> = names.iter().map(|b| trainable.iter().any(|t| t == b)).collect();
-    let feed = Feed { normalize: p.model.normalize, kind: compute_kind(p.precision, device), device };
-    let r = Runner { net: &net, feed, first, trains };
-
-    let (train_src, val_src) = if p.caches_features() && first > 0 {
-        let t0 = Instant::now();
-        let plain = r.features(&xtr, false, bs);
-        let flipped = p.augment.flip.then(|| r.features(&xtr, true, bs));
-        let vplain = r.features(&xva, false, bs);
-        let vflip = (p.tta != Tta::None).then(|| r.features(&xva, true, bs));
-        tensors::save(ctx.output("features")?, &plain.to_kind(Kind::Half).to_device(Device::Cpu))?;
-        ctx.log(format!("cached `{}` features {:?} in {:.1}s", names[first - 1], plain.size(), t0.elapsed().as_secs_f64()));
-        (Source::Features { plain, flipped }, Source::Features { plain: vplain, flipped: vflip })
-    } else {
-        (Source::Images(xtr.shallow_clone()), Source::Images(xva.shallow_clone()))
-    };
-
-    let steps_per_epoch = (n / bs) as usize; // drop the ragged last batch: BN needs real batches
-    let total = steps_per_epoch * p.epochs as usize;
-    let mut opt = optim::Optim::new(p.optimizer, vars, p.momentum, p.nesterov, p.weight_decay, p.bias_lr_scale);
-    let mut lookahead = p.lookahead.then(|| optim::Lookahead::new(total));
-    let mut rng = Rng::new(ctx.seed());
-    let mut rows: Vec<EpochRow> = Vec::new();
-    let mut best: Option<(usize, f64, BTreeMap<String, Tensor>)> = None;
-    let started = Instant::now();
-    let mut last_tick = started;
-    let mut step = 0;
-    for epoch in 0..p.epochs as usize {
-        let _epoch = tracing::info_span!("epoch", n = epoch + 1).entered();
-        let t0 = Instant::now();
-        let order = rng.permutation(n as usize);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
-        let mut lr = 0.0;
-        for b in 0..steps_per_epoch {
-            let idx = Tensor::from_slice(&order[b * bs as usize..(b + 1) * bs as usize]);
-            let draw = batches::draw(&mut rng, &p.augment, bs as usize);
-            let x = r.batch(&train_src, &idx, &draw, p.augment.translate);
-            let y = ytr.index_select(0, &idx).to_device(device);
-            lr = optim::lr_at(p.schedule, p.lr, p.warmup, step, total);
-            let logits = r.tail(&x, true);
-            let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, p.label_smoothing);
-            let lv = loss.double_value(&[]);
-            if !lv.is_finite() {
-                return Err(StageError::new(format!(
-                    "loss became {lv} at epoch {}, step {} (lr {lr:.3e}); lower `lr` or add warm-up",
-                    epoch + 1,
-                    b + 1
-                )));
-            }
-            opt.zero_grad();
-            loss.backward();
-            opt.step(lr).map_err(|e| StageError::new(format!("optimizer step at epoch {}, step {}: {e}", epoch + 1, b + 1)))?;
-            step += 1;
-            if let Some(la) = lookahead.as_mut() {
-                la.after_step(&vs, step);
-            }
-            if last_tick.elapsed().as_secs_f64() >= 1.0 {
-                last_tick = Instant::now();
-                let msg = format!("epoch {}/{} step {}/{steps_per_epoch} loss {:.3}", epoch + 1, p.epochs, b + 1, loss_sum / (seen as f64).max(1.0));
-                ctx.progress_at(msg, step as u64, total as u64, true);
-            }
-            loss_sum += lv * bs as f64;
-            correct += tch::no_grad(|| logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
-            seen += bs;
-        }
-        if let Some(la) = lookahead.as_mut() {
-            la.end_epoch();
-        }
-        let train_secs = t0.elapsed().as_secs_f64();
-        let (val_loss, val_acc) = validate(&r, &val_src, &yva, p.tta, bs.max(256), p.label_smoothing);
-        let row = EpochRow {
-            train_loss: loss_sum / seen as f64,
-            train_acc: correct as f64 / seen as f64,
-            val_loss,
-            val_acc,
-            lr,
-            seconds: t0.elapsed().as_secs_f64(),
-            images_per_sec: seen as f64 / train_secs,
-        };
-        let msg = format!(
-            "epoch {}/{} loss {:.3} acc {:.1}% val {:.1}% {:.0} img/s",
-            epoch + 1,
-            p.epochs,
-            row.train_loss,
-            100.0 * row.train_acc,
-            100.0 * val_acc,
-            row.images_per_sec
-        );
-        ctx.progress_at(msg, step as u64, total as u64, false);
-        tracing::info!(
-            train_loss = row.train_loss,
-            train_acc = row.train_acc,
-            val_loss,
-            val_acc,
-            lr,
-            images_per_sec = row.images_per_sec,
-            "epoch done"
-        );
-        if best.as_ref().is_none_or(|b| val_acc > b.1) {
-            let snap = vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
-            best = Some((epoch, val_acc, snap));
-        }
-        rows.push(row);
-        if let (Some(pat), Some((be, _, _))) = (p.patience, &best) {
-            if epoch - be >= pat as usize {
-                ctx.log(format!("early stop after epoch {}: no better val accuracy for {pat} epochs", epoch + 1));
-                break;
-            }
-        }
-    }
-    let (best_epoch, best_acc, snap) = best.expect("at least one epoch ran");
-    tch::no_grad(|| -> StageResult {
-        for (name, mut v) in vs.variables() {
-            v.f_copy_(&snap[&name])?;
-        }
-        Ok(())
-    })?;
-    let spec = serde_json::to_string(&p.model).map_err(|e| StageError::new(e.to_string()))?;
-    weights::save(ctx.output("model")?, &weights::state_dict(&vs), &BTreeMap::from([(MODEL_META.to_string(), spec)]))?;
-    write_tables(ctx, &rows, best_epoch, best_acc)?;
-    ctx.metric("best_val_acc", best_acc);
-    ctx.metric("best_epoch", best_epoch as f64 + 1.0);
-    // Wall-clock figures are metrics (run records), never outputs: outputs
-    // are a function of the key, so a re-run makes the same bytes.
-    ctx.metric("train_seconds", started.elapsed().as_secs_f64());
-    let n = rows.len().max(1) as f64;
-    ctx.metric("epoch_seconds", rows.iter().map(|r| r.seconds).sum::<f64>() / n);
-    ctx.metric("images_per_sec", rows.iter().map(|r| r.images_per_sec).sum::<f64>() / n);
-    Ok(())
+    Ok((vs, net))
 }
 
-fn write_tables(ctx: &WorkerCtx, rows: &[EpochRow], best_epoch: usize, best_acc: f64) -> StageResult {
+/// What the tail trains and validates on: the raw images, or (when a frozen
+/// prefix may be cached) its features, also written as the `features` output.
+fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64) -> StageResult<(Source, Source)> {
+    if !(p.caches_features() && r.first > 0) {
+        return Ok((Source::Images(data.xtr.shallow_clone()), Source::Images(data.xva.shallow_clone())));
+    }
+    let t0 = Instant::now();
+    let plain = r.features(&data.xtr, false, batch);
+    let flipped = p.augment.flip.then(|| r.features(&data.xtr, true, batch));
+    let vplain = r.features(&data.xva, false, batch);
+    let vflip = (p.tta != Tta::None).then(|| r.features(&data.xva, true, batch));
+    tensors::save(ctx.output("features")?, &plain.to_kind(Kind::Half).to_device(Device::Cpu))?;
+    ctx.log(format!("cached features {:?} in {:.1}s", plain.size(), t0.elapsed().as_secs_f64()));
+    Ok((Source::Features { plain, flipped }, Source::Features { plain: vplain, flipped: vflip }))
+}
+
+fn write_tables(ctx: &WorkerCtx, fit: &Fit) -> StageResult {
+    let rows = &fit.rows;
     let col = |f: fn(&EpochRow) -> f64| Column::F64(rows.iter().map(f).collect());
     let history = Table::new()
         .with("epoch", Column::I64((1..=rows.len() as i64).collect()))
@@ -399,10 +139,21 @@ fn write_tables(ctx: &WorkerCtx, rows: &[EpochRow], best_epoch: usize, best_acc:
         .with("lr", col(|r| r.lr));
     history.write(ctx.output("history")?).map_err(|e| StageError::new(e.to_string()))?;
     let summary = Table::new()
-        .with("best_epoch", Column::I64(vec![best_epoch as i64 + 1]))
-        .with("best_val_acc", Column::F64(vec![best_acc]))
+        .with("best_epoch", Column::I64(vec![fit.best_epoch as i64 + 1]))
+        .with("best_val_acc", Column::F64(vec![fit.best_acc]))
         .with("epochs_run", Column::I64(vec![rows.len() as i64]));
     summary.write(ctx.output("summary")?).map_err(|e| StageError::new(e.to_string()))
+}
+
+/// Wall-clock figures are metrics (run records), never outputs: outputs
+/// are a function of the key, so a re-run makes the same bytes.
+fn report_metrics(ctx: &WorkerCtx, fit: &Fit) {
+    ctx.metric("best_val_acc", fit.best_acc);
+    ctx.metric("best_epoch", fit.best_epoch as f64 + 1.0);
+    ctx.metric("train_seconds", fit.seconds);
+    let n = fit.rows.len().max(1) as f64;
+    ctx.metric("epoch_seconds", fit.rows.iter().map(|r| r.seconds).sum::<f64>() / n);
+    ctx.metric("images_per_sec", fit.rows.iter().map(|r| r.images_per_sec).sum::<f64>() / n);
 }
 
 #[cfg(test)]
@@ -428,7 +179,7 @@ mod tests {
         for o in &plan.outputs {
             job = job.with_output(&o.name, dir.join(&o.name));
         }
-        run(&mut WorkerCtx::new(job))?;
+        crate::run(&mut WorkerCtx::new(job))?;
         Ok(dir.join("model"))
     }
 

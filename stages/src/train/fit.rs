@@ -1,0 +1,188 @@
+//! The epoch loop: seeded batches through the trainable tail, the
+//! optimizer step at the scheduled learning rate, optional lookahead
+//! averaging, a val pass per epoch, and the best epoch's weights kept
+//! (early stopping with `patience` ends the loop; the caller restores
+//! them). Progress goes to the engine; wall-clock figures only into the
+//! returned [`Fit`], whose caller reports them as metrics.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use cairn_kinds::train::TrainParams;
+use tch::{nn, Kind, Tensor};
+
+use super::batches::{self, Rng};
+use super::optim::{self, Lookahead, Optim};
+use super::runner::{validate, Runner, Source};
+use crate::ctx::{StageError, StageResult, WorkerCtx};
+
+pub(super) struct EpochRow {
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub val_acc: f64,
+    pub lr: f64,
+    pub seconds: f64,
+    pub images_per_sec: f64,
+}
+
+/// What training produced: one row per epoch run and the best epoch.
+pub(super) struct Fit {
+    pub rows: Vec<EpochRow>,
+    /// Zero-based.
+    pub best_epoch: usize,
+    pub best_acc: f64,
+    best_weights: BTreeMap<String, Tensor>,
+    pub seconds: f64,
+}
+
+impl Fit {
+    /// Copies the best epoch's weights back into `vs`.
+    pub fn restore_best(&self, vs: &nn::VarStore) -> StageResult {
+        tch::no_grad(|| {
+            for (name, mut v) in vs.variables() {
+                v.f_copy_(&self.best_weights[&name])?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A labelled set as the tail sees it.
+pub(super) struct Split<'a> {
+    pub source: &'a Source,
+    pub labels: &'a Tensor,
+}
+
+/// Everything an epoch reads.
+pub(super) struct Trainer<'a> {
+    pub ctx: &'a WorkerCtx,
+    pub p: &'a TrainParams,
+    pub vs: &'a nn::VarStore,
+    pub runner: &'a Runner<'a>,
+    pub train: Split<'a>,
+    pub val: Split<'a>,
+    pub batch: i64,
+}
+
+/// What changes from step to step.
+struct State {
+    opt: Optim,
+    lookahead: Option<Lookahead>,
+    rng: Rng,
+    step: usize,
+    total: usize,
+    steps_per_epoch: usize,
+    last_tick: Instant,
+}
+
+impl Trainer<'_> {
+    /// Trains `vars` for up to `epochs` epochs.
+    pub fn fit(&self, vars: Vec<Tensor>) -> StageResult<Fit> {
+        let p = self.p;
+        let n = self.train.labels.size()[0];
+        let steps_per_epoch = (n / self.batch) as usize; // drop the ragged last batch: BN needs real batches
+        let total = steps_per_epoch * p.epochs as usize;
+        let mut st = State {
+            opt: Optim::new(p.optimizer, vars, p.momentum, p.nesterov, p.weight_decay, p.bias_lr_scale),
+            lookahead: p.lookahead.then(|| Lookahead::new(total)),
+            rng: Rng::new(self.ctx.seed()),
+            step: 0,
+            total,
+            steps_per_epoch,
+            last_tick: Instant::now(),
+        };
+        let started = Instant::now();
+        let mut rows: Vec<EpochRow> = Vec::new();
+        let mut best: Option<(usize, f64, BTreeMap<String, Tensor>)> = None;
+        for epoch in 0..p.epochs as usize {
+            let _epoch = tracing::info_span!("epoch", n = epoch + 1).entered();
+            let row = self.epoch(&mut st, epoch)?;
+            if best.as_ref().is_none_or(|b| row.val_acc > b.1) {
+                let snap = self.vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
+                best = Some((epoch, row.val_acc, snap));
+            }
+            rows.push(row);
+            if let (Some(pat), Some((be, _, _))) = (p.patience, &best) {
+                if epoch - be >= pat as usize {
+                    self.ctx.log(format!("early stop after epoch {}: no better val accuracy for {pat} epochs", epoch + 1));
+                    break;
+                }
+            }
+        }
+        let (best_epoch, best_acc, best_weights) = best.ok_or_else(|| StageError::new("no epoch ran (epochs = 0)"))?;
+        Ok(Fit { rows, best_epoch, best_acc, best_weights, seconds: started.elapsed().as_secs_f64() })
+    }
+
+    /// One pass over the training set, then the val metric.
+    fn epoch(&self, st: &mut State, epoch: usize) -> StageResult<EpochRow> {
+        let (p, bs) = (self.p, self.batch);
+        let t0 = Instant::now();
+        let order = st.rng.permutation(self.train.labels.size()[0] as usize);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
+        let mut lr = 0.0;
+        for b in 0..st.steps_per_epoch {
+            let idx = Tensor::from_slice(&order[b * bs as usize..(b + 1) * bs as usize]);
+            lr = optim::lr_at(p.schedule, p.lr, p.warmup, st.step, st.total);
+            let (loss, hits) = self.step(st, &idx, lr).map_err(|e| StageError::new(format!("epoch {}, step {}: {e}", epoch + 1, b + 1)))?;
+            if st.last_tick.elapsed().as_secs_f64() >= 1.0 {
+                st.last_tick = Instant::now();
+                let msg = format!("epoch {}/{} step {}/{} loss {:.3}", epoch + 1, p.epochs, b + 1, st.steps_per_epoch, loss_sum / (seen as f64).max(1.0));
+                self.ctx.progress_at(msg, st.step as u64, st.total as u64, true);
+            }
+            loss_sum += loss * bs as f64;
+            correct += hits;
+            seen += bs;
+        }
+        if let Some(la) = st.lookahead.as_mut() {
+            la.end_epoch();
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+        let (val_loss, val_acc) = validate(self.runner, self.val.source, self.val.labels, p.tta, bs.max(256), p.label_smoothing);
+        let row = EpochRow {
+            train_loss: loss_sum / seen as f64,
+            train_acc: correct as f64 / seen as f64,
+            val_loss,
+            val_acc,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+            images_per_sec: seen as f64 / train_secs,
+        };
+        let msg = format!(
+            "epoch {}/{} loss {:.3} acc {:.1}% val {:.1}% {:.0} img/s",
+            epoch + 1,
+            p.epochs,
+            row.train_loss,
+            100.0 * row.train_acc,
+            100.0 * val_acc,
+            row.images_per_sec
+        );
+        self.ctx.progress_at(msg, st.step as u64, st.total as u64, false);
+        tracing::info!(train_loss = row.train_loss, train_acc = row.train_acc, val_loss, val_acc, lr, images_per_sec = row.images_per_sec, "epoch done");
+        Ok(row)
+    }
+
+    /// One optimizer step on the rows `idx`; returns the batch's mean loss
+    /// and its number of correct predictions.
+    fn step(&self, st: &mut State, idx: &Tensor, lr: f64) -> Result<(f64, i64), String> {
+        let (p, r) = (self.p, self.runner);
+        let draw = batches::draw(&mut st.rng, &p.augment, self.batch as usize);
+        let x = r.batch(self.train.source, idx, &draw, p.augment.translate);
+        let y = self.train.labels.index_select(0, idx).to_device(r.feed.device);
+        let logits = r.tail(&x, true);
+        let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, p.label_smoothing);
+        let lv = loss.double_value(&[]);
+        if !lv.is_finite() {
+            return Err(format!("loss became {lv} (lr {lr:.3e}); lower `lr` or add warm-up"));
+        }
+        st.opt.zero_grad();
+        loss.backward();
+        st.opt.step(lr).map_err(|e| format!("optimizer step: {e}"))?;
+        st.step += 1;
+        if let Some(la) = st.lookahead.as_mut() {
+            la.after_step(self.vs, st.step);
+        }
+        let hits = tch::no_grad(|| logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
+        Ok((lv, hits))
+    }
+}

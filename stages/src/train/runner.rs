@@ -1,0 +1,147 @@
+//! The network as training sees it: a frozen prefix (eval mode, no grad)
+//! and a trainable tail, fed raw images or the prefix's cached features
+//! ([`Source`]), and the val metric over either.
+
+use tch::{nn, Kind, Tensor};
+
+use cairn_kinds::train::Tta;
+
+use super::batches;
+use crate::models::{self, Feed, Net};
+
+/// Freezes every variable outside `trainable` blocks; returns the trainable ones.
+pub(super) fn freeze(vs: &nn::VarStore, net: &Net, trainable: &[String]) -> Vec<Tensor> {
+    let mut vars: Vec<(String, Tensor)> = vs.trainable_variables_named();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    for (name, mut v) in vars {
+        let on = net.owner(&name).is_some_and(|b| trainable.contains(&b.name));
+        let _ = v.requires_grad_(on);
+        if on {
+            out.push(v);
+        }
+    }
+    out
+}
+
+trait NamedVars {
+    fn trainable_variables_named(&self) -> Vec<(String, Tensor)>;
+}
+
+impl NamedVars for nn::VarStore {
+    /// Variables that take gradients (i.e. not BN running statistics).
+    fn trainable_variables_named(&self) -> Vec<(String, Tensor)> {
+        self.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect()
+    }
+}
+
+/// What the trainable tail is fed: raw images, or the cached output of the
+/// frozen prefix (and of its mirrored input, when flipping).
+pub(super) enum Source {
+    Images(Tensor),
+    Features { plain: Tensor, flipped: Option<Tensor> },
+}
+
+/// The part of training that is the same for train and val batches.
+pub(super) struct Runner<'a> {
+    net: &'a Net,
+    pub(super) feed: Feed,
+    /// Index of the first trainable block: blocks before it form the prefix.
+    pub(super) first: usize,
+    trains: Vec<bool>,
+}
+
+impl<'a> Runner<'a> {
+    /// The prefix ends where the first `trainable` block starts.
+    pub(super) fn new(net: &'a Net, feed: Feed, trainable: &[String]) -> Self {
+        let names = net.names();
+        let trains: Vec<bool> = names.iter().map(|b| trainable.iter().any(|t| t == b)).collect();
+        let first = trains.iter().position(|&t| t).unwrap_or(0);
+        Self { net, feed, first, trains }
+    }
+
+    /// Output of the frozen prefix for u8 images (eval mode, no grad).
+    pub(super) fn prefix(&self, images: &Tensor) -> Tensor {
+        self.lift(&self.feed.input(images))
+    }
+
+    /// Output of the frozen prefix for a normalised input (itself when
+    /// nothing is frozen).
+    pub(super) fn lift(&self, x: &Tensor) -> Tensor {
+        if self.first == 0 {
+            return x.shallow_clone();
+        }
+        tch::no_grad(|| self.net.forward_range(x, 0..self.first, |_| false))
+    }
+
+    /// Runs the prefix over all images in batches, keeping the result on the device.
+    pub(super) fn features(&self, images: &Tensor, flip: bool, batch: i64) -> Tensor {
+        let n = images.size()[0];
+        let parts: Vec<Tensor> = (0..n)
+            .step_by(batch as usize)
+            .map(|s| {
+                let x = images.narrow(0, s, batch.min(n - s));
+                self.prefix(&if flip { x.flip([3]) } else { x })
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Logits for a batch whose tail input is `x` (prefix already applied).
+    pub(super) fn tail(&self, x: &Tensor, train: bool) -> Tensor {
+        self.net.forward_range(x, self.first..self.net.blocks.len(), |i| train && self.trains[i]).to_kind(Kind::Float)
+    }
+
+    /// Tail input for rows `idx` of `src` with per-row flips / shifts.
+    pub(super) fn batch(&self, src: &Source, idx: &Tensor, draw: &batches::Draw, translate: u32) -> Tensor {
+        match src {
+            Source::Images(x) => {
+                self.prefix(&batches::apply(&x.index_select(0, idx), draw, translate))
+            }
+            Source::Features { plain, flipped } => {
+                let idx = idx.to_device(plain.device());
+                let p = plain.index_select(0, &idx);
+                match flipped {
+                    Some(f) if draw.flip.iter().any(|&b| b) => {
+                        let mask = Tensor::from_slice(&draw.flip.iter().map(|&b| b as u8).collect::<Vec<_>>())
+                            .to_kind(Kind::Bool)
+                            .to_device(p.device());
+                        let shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat(1).take(p.dim() - 1)).collect();
+                        f.index_select(0, &idx).where_self(&mask.view(shape.as_slice()), &p)
+                    }
+                    _ => p,
+                }
+            }
+        }
+    }
+}
+
+/// Mean loss and accuracy of the current weights on a val source, over
+/// the `tta` views (cached features carry the mirror only, which
+/// `TrainParams::caches_features` guarantees is all they need).
+pub(super) fn validate(r: &Runner, src: &Source, y: &Tensor, tta: Tta, batch: i64, smoothing: f64) -> (f64, f64) {
+    let n = y.size()[0];
+    let (mut loss, mut correct) = (0.0, 0i64);
+    tch::no_grad(|| {
+        for s in (0..n).step_by(batch as usize) {
+            let len = batch.min(n - s);
+            let logits = match src {
+                Source::Images(x) => {
+                    let v = r.feed.input(&x.narrow(0, s, len));
+                    models::tta_logits(&v, tta, |v| r.tail(&r.lift(v), false))
+                }
+                Source::Features { plain, flipped } => {
+                    let p = r.tail(&plain.narrow(0, s, len), false);
+                    match flipped {
+                        Some(f) if tta != Tta::None => (p + r.tail(&f.narrow(0, s, len), false)) * 0.5,
+                        _ => p,
+                    }
+                }
+            };
+            let t = y.narrow(0, s, len).to_device(logits.device());
+            loss += logits.cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Sum, -100, smoothing).double_value(&[]);
+            correct += logits.argmax(1, false).eq_tensor(&t).sum(Kind::Int64).int64_value(&[]);
+        }
+    });
+    (loss / n.max(1) as f64, correct as f64 / n.max(1) as f64)
+}
