@@ -574,6 +574,9 @@ mod tests {
             assert!(Precision::Bf16.uses_bf16(false, fact), "an explicit bf16 is obeyed");
         }
         assert!(!Precision::Fp32.uses_bf16(true, "amx_bf16"));
+        // The fact the choice reads is keyed (on a CPU) for thread-sensitive
+        // kinds only, so every kind with a precision must be one.
+        assert!(Train.info().env.threads && crate::eval::Evaluate.info().env.threads);
     }
 
     #[test]
