@@ -50,13 +50,15 @@ pub fn before_run(cli: &Cli, locked: Option<&str>, console: &Console) -> Result<
 
 /// After a successful run: writes the lock, or compares the run with it.
 /// Returns the exit code.
-pub fn after_run(plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &RunReport, whole: bool, console: &Console) -> i32 {
+pub fn after_run(mut plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &RunReport, whole: bool, console: &Console) -> i32 {
     let warn = |m: String| console.warn_line(&m);
     let lookup = |key: &StageKey| -> Option<KeyInputs> { cache.manifest(key, &warn).ok().flatten().map(|m| m.key_inputs) };
     let in_pipeline = |name: &str| pipeline.stage(name).is_some();
     let Some(strict) = plan.strict else {
-        let mut lock = plan.on_disk.lock.clone().unwrap_or_default();
-        if !lock.record(&in_pipeline, report, &lookup) && plan.on_disk.lock.is_some() {
+        let read = plan.on_disk.lock.take();
+        let existed = read.is_some();
+        let mut lock = read.unwrap_or_default();
+        if !lock.record(&in_pipeline, report, &lookup) && existed {
             return exit::OK;
         }
         return match plan.on_disk.write(&lock) {
