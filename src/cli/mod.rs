@@ -16,9 +16,10 @@ use clap::{Args, Parser, Subcommand};
 /// Exit codes.
 pub mod exit {
     pub const OK: i32 = 0;
-    /// A stage failed, or `verify` found a difference.
+    /// A stage failed, `verify` found a difference, or `run --locked` found
+    /// a result that differs from cairn.lock (or no lock, or a stale one).
     pub const FAILED: i32 = 1;
-    /// The pipeline file or the command line is invalid.
+    /// The pipeline file, cairn.lock or the command line is invalid.
     pub const USAGE: i32 = 2;
     /// The cache or a file could not be read or written.
     pub const IO: i32 = 3;
