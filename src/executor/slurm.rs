@@ -158,6 +158,35 @@ mod tests {
         assert!(!transient("sbatch: error: Batch job submission failed: Invalid partition name specified"));
     }
 
+    /// A stand-in for `sbatch` that fails `fails` times with `complaint`,
+    /// then prints a job id; returns it and the file counting its calls.
+    fn flaky(dir: &std::path::Path, fails: u32, complaint: &str) -> (String, std::path::PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let (script, calls) = (dir.join("sbatch"), dir.join("calls"));
+        let text = format!(
+            "#!/bin/sh\necho x >> '{calls}'\nif [ $(wc -l < '{calls}') -le {fails} ]; then echo '{complaint}' >&2; exit 1; fi\necho 42\n",
+            calls = calls.display()
+        );
+        std::fs::write(&script, text).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (script.to_string_lossy().into_owned(), calls)
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_and_a_refusal_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sbatch, calls) = flaky(dir.path(), 2, "sbatch: error: Socket timed out on send/recv operation");
+        let out = run(&sbatch, &[]).expect("the third attempt succeeds");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+        assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 3);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (sbatch, calls) = flaky(dir.path(), 1, "sbatch: error: Invalid partition name specified");
+        let err = run(&sbatch, &[]).unwrap_err();
+        assert!(!err.is_transient() && err.to_string().contains("Invalid partition"), "{err}");
+        assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 1, "a refusal is not retried");
+    }
+
     #[test]
     fn arguments_survive_the_shell() {
         assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
