@@ -210,6 +210,12 @@ fn a_fresh_clone_pulls_from_the_remote_and_locked_passes() {
     let r = ok(cairn(&b, &["run", "--locked", "--push"]));
     assert!(r.stderr.contains("0 ran") && r.stderr.contains("2 pulled"), "{}", r.all());
     assert!(r.stderr.contains("2 stage(s) match"), "{}", r.all());
+
+    // A clone without a lock writes the same lock from what it pulled.
+    let c = Project::new(&std::fs::read_to_string(a.path().join("pipeline.toml")).unwrap());
+    let r = ok(cairn(&c, &["run"]));
+    assert!(r.stderr.contains("2 pulled"), "{}", r.all());
+    assert_eq!(lock_text(&c), lock_text(&a));
 }
 
 /// The Markdown cells of the table rows of `cairn diff --format markdown`
