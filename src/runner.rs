@@ -10,6 +10,13 @@
 //! so a stage that wrote its inputs, or an input edited while it ran, is
 //! never cached. A run that changes nothing writes nothing: refs are
 //! written once, at the end, and only when they changed.
+//!
+//! With a remote cache, the bytes of a stage found there are downloaded
+//! only when they are wanted (the stage is a target; every stage is when
+//! none is named) or read by a stage that executes; otherwise only its
+//! manifest is read, and nothing of it is installed locally, so the local
+//! cache never holds a manifest whose objects are absent (`status` says
+//! "on remote", and `cairn pull` brings the bytes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -156,6 +163,15 @@ struct Scheduler<'a> {
     forced: BTreeSet<usize>,
     /// Stages re-run because an output of theirs was found damaged.
     damaged: BTreeMap<usize, String>,
+    /// Stages whose outputs were asked for (the targets; all when none
+    /// are named): a remote hit is downloaded whole at once.
+    wanted: BTreeSet<usize>,
+    /// Stages served from the remote without their bytes (their manifest
+    /// is known, not installed): downloaded only if a stage that must
+    /// execute reads them.
+    lazy: BTreeMap<usize, Manifest>,
+    /// Stages whose remote bytes could not be had: computed here.
+    unfetched: BTreeSet<usize>,
     states: Vec<State>,
     reports: BTreeMap<usize, StageReport>,
     hashes: BTreeMap<String, BTreeMap<String, ArtifactHash>>,
@@ -275,7 +291,8 @@ impl<'a> Scheduler<'a> {
         let targets = opts.targets.iter().map(index).collect::<Result<Vec<_>, _>>()?;
         let forced = opts.force.iter().map(index).collect::<Result<BTreeSet<_>, _>>()?;
         let n = pipeline.stages.len();
-        let selected = if targets.is_empty() { (0..n).collect() } else { pipeline.graph.ancestors_of(&targets) };
+        let selected: BTreeSet<usize> = if targets.is_empty() { (0..n).collect() } else { pipeline.graph.ancestors_of(&targets) };
+        let wanted = if targets.is_empty() { selected.clone() } else { targets.iter().copied().collect() };
         Ok(Self {
             pipeline,
             cache,
@@ -286,6 +303,9 @@ impl<'a> Scheduler<'a> {
             selected,
             forced,
             damaged: BTreeMap::new(),
+            wanted,
+            lazy: BTreeMap::new(),
+            unfetched: BTreeSet::new(),
             states: (0..n).map(|_| State::Pending).collect(),
             reports: BTreeMap::new(),
             hashes: BTreeMap::new(),
@@ -334,7 +354,10 @@ impl<'a> Scheduler<'a> {
             self.serve_hit(i, ki, m, Outcome::Cached);
             return Ok(Step::Progressed);
         }
-        if let Some(m) = self.pull(i, &ki, &key)? {
+        if let Some((m, bytes_local)) = self.pull(i, &ki, &key)? {
+            if !bytes_local {
+                self.lazy.insert(i, m.clone());
+            }
             self.serve_hit(i, ki, m, Outcome::Pulled);
             return Ok(Step::Progressed);
         }
@@ -365,19 +388,42 @@ impl<'a> Scheduler<'a> {
         self.settle(i, State::Done(m.outputs), r);
     }
 
-    /// Asks the remote for a stage that missed locally. The first sign that
-    /// the remote is unusable is reported once (or, with
-    /// `remote_required`, stops the run); then the run goes on locally.
-    fn pull(&self, i: usize, ki: &KeyInputs, key: &StageKey) -> Result<Option<Manifest>, RunError> {
+    /// Asks the remote for a stage that missed locally: a wanted stage is
+    /// downloaded whole; another only has its manifest read (its bytes
+    /// stay on the remote until a stage that executes needs them, see
+    /// [`Scheduler::fetch_lazy`]). The manifest, and whether its bytes are
+    /// local.
+    fn pull(&self, i: usize, ki: &KeyInputs, key: &StageKey) -> Result<Option<(Manifest, bool)>, RunError> {
         let Some(remote) = self.opts.remote.as_deref() else { return Ok(None) };
-        if self.opts.dry_run || self.forced.contains(&i) || self.damaged.contains_key(&i) {
+        if self.opts.dry_run || self.forced.contains(&i) || self.damaged.contains_key(&i) || self.unfetched.contains(&i) {
             return Ok(None);
         }
         let warn = |m: String| self.observer.warn(&m);
         let stage = &self.pipeline.stages[i];
+        if !self.wanted.contains(&i) {
+            return self.remote_result(remote.peek_entry(stage, ki, key, &warn)).map(|m| m.map(|m| (m, false)));
+        }
         let progress = |done: u64, total: u64| self.observer.progress(&stage.name, &transfer_progress("pulling", done, total));
-        match remote.pull_entry(self.cache, stage, ki, key, &warn, &progress) {
-            Ok(p) => Ok(p.map(|p| p.manifest)),
+        self.remote_result(remote.pull_entry(self.cache, stage, ki, key, &warn, &progress)).map(|p| p.map(|p| (p.manifest, true)))
+    }
+
+    /// Downloads the bytes of stage `d`, served lazily, because a stage
+    /// that executes reads them. `false`: they could not be had (said
+    /// already); `d` is then computed here.
+    fn fetch_lazy(&self, d: usize, m: Manifest) -> Result<bool, RunError> {
+        let Some(remote) = self.opts.remote.as_deref() else { return Ok(false) };
+        let warn = |m: String| self.observer.warn(&m);
+        let stage = &self.pipeline.stages[d].name;
+        let progress = |done: u64, total: u64| self.observer.progress(stage, &transfer_progress("pulling", done, total));
+        Ok(self.remote_result(remote.fetch_entry(self.cache, m, &warn, &progress))?.is_some())
+    }
+
+    /// A remote answer for the run: the first sign that the remote is
+    /// unusable is reported once (or, with `remote_required`, stops the
+    /// run); then the run goes on locally.
+    fn remote_result<T>(&self, r: Result<Option<T>, crate::remote::RemoteError>) -> Result<Option<T>, RunError> {
+        match r {
+            Ok(p) => Ok(p),
             Err(e @ crate::remote::RemoteError::Unavailable { .. }) if !self.opts.remote_required => {
                 self.observer.warn(&format!("{e}; continuing with the local cache only"));
                 Ok(None)
@@ -402,6 +448,14 @@ impl<'a> Scheduler<'a> {
     fn ready(&mut self, i: usize, ki: KeyInputs, reasons: Vec<DirtyReason>) -> Result<Step, RunError> {
         let pipeline = self.pipeline;
         let stage = &pipeline.stages[i];
+        for &d in &pipeline.graph.deps[i] {
+            let Some(m) = self.lazy.remove(&d) else { continue };
+            if !self.fetch_lazy(d, m)? {
+                self.reset_from(d);
+                self.unfetched.insert(d);
+                return Ok(Step::Progressed);
+            }
+        }
         match self.resolver.check_inputs(i, &ki)? {
             None => {}
             Some(InputProblem::Damaged { producer: Some((up, output)), .. }) => {

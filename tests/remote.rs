@@ -573,3 +573,68 @@ inputs = { model = "make.model", images = "make.images", labels = "make.labels" 
     assert_eq!(evaluated(&p).trim(), "AVX512 cuda:NVIDIA A100");
     assert_eq!(std::fs::read_dir(shared.path().join("v1/manifests")).unwrap().count(), 4, "{:?}", files(shared.path()));
 }
+
+#[test]
+fn a_run_downloads_only_the_bytes_its_targets_and_executing_stages_need() {
+    let Some(w) = Weed::start("lazy_download") else { return };
+    let a = Project::new(PIPELINE);
+    assert_eq!(cairn(&a, &w, &["run", "--push"]).code, 0);
+    let big = blake3::hash(&artifact(&a, "gen/big.bin")).to_hex().to_string();
+    let has_big = |p: &Project| p.cache().join("objects").join(&big[..2]).join(&big[2..]).exists();
+
+    // B asks for `last`: only its bytes come; its ancestors are served
+    // from their remote manifests, and nothing of theirs is installed.
+    let b = Project::new(PIPELINE);
+    let r = cairn(&b, &w, &["run", "last", "--json"]);
+    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    assert!(!has_big(&b), "gen's 24 MiB were downloaded though nothing needed them");
+    assert_eq!(artifact(&b, "last/x.txt"), artifact(&a, "last/x.txt"));
+    assert!(!b.path().join("artifacts/gen").exists());
+    let v = b.cairn(&["cache", "verify"]);
+    assert_eq!(v.code, 0, "no local manifest names an absent object: {}", v.all());
+    let s = cairn(&b, &w, &["status"]);
+    assert_eq!(s.stdout.matches("on remote: will be pulled").count(), 3, "where the bytes are: {}", s.all());
+    assert!(s.stdout.contains("fresh      last"), "{}", s.all());
+
+    // A stage that must execute gets the bytes it reads (count's), and
+    // no more (gen's stay on the remote).
+    let r = cairn(&b, &w, &["run", "last", "--json", "--set", "tag.env={ N = \"2\" }"]);
+    let o = outcomes(&r);
+    assert_eq!((o["count"].as_str(), o["tag"].as_str(), o["last"].as_str()), ("pulled", "ran", "ran"), "{}", r.all());
+    assert!(!has_big(&b));
+    assert_eq!(b.cairn(&["cache", "verify"]).code, 0);
+
+    // `cairn pull` materialises everything; then the run is all local.
+    let p = cairn(&b, &w, &["pull"]);
+    assert_eq!(p.code, 0, "{}", p.all());
+    assert!(has_big(&b));
+    let r = cairn(&b, &w, &["run", "--json"]);
+    assert_eq!(outcomes(&r), all("cached"), "{}", r.all());
+    same_outputs(&a, &b);
+}
+
+#[test]
+fn lazily_served_bytes_that_turn_out_damaged_are_computed_here() {
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", shared.path().display());
+    let run = |p: &Project, args: &[&str]| -> Run {
+        let r: Run = p.cmd(args).env("CAIRN_REMOTE", &url).output().unwrap().into();
+        assert_eq!(r.code, 0, "{}", r.all());
+        r
+    };
+    let a = Project::new(PIPELINE);
+    run(&a, &["run", "--push"]);
+    let small = artifact(&a, "gen/small.txt");
+    std::fs::write(shared.path().join("v1/objects").join(blake3::hash(&small).to_hex().as_str()), b"smalL\n").unwrap();
+
+    // `count` must execute (its command changed) and reads gen's outputs,
+    // which were served lazily; one of them is damaged on the remote, so
+    // `gen` is computed here instead, and nothing damaged is installed.
+    let b = Project::new(&PIPELINE.replace("wc -c < {in.big}", "wc -c < {in.big} | tr -d ' '"));
+    let r = run(&b, &["run", "count", "--json"]);
+    let o = outcomes(&r);
+    assert_eq!((o["gen"].as_str(), o["count"].as_str()), ("ran", "ran"), "{}", r.all());
+    assert!(r.stderr.contains("damaged") && r.stderr.contains("not installed"), "{}", r.all());
+    assert_eq!(artifact(&b, "gen/small.txt"), small);
+    assert_eq!(b.cairn(&["cache", "verify"]).code, 0);
+}

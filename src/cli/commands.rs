@@ -209,7 +209,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
             report.run_id
         ));
     }
-    if let Some(code) = super::remote::after_run(opts, &pipeline, &report, console) {
+    if let Some(code) = super::remote::after_run(opts, &pipeline, &cache, &report, console) {
         return Ok(code);
     }
     if report.interrupted {
@@ -256,7 +256,9 @@ fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, report: &runner::R
         .stages
         .iter()
         .filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran))
-        .flat_map(|s| s.outputs.iter().map(move |(o, rec)| (s.stage.as_str(), o.as_str(), rec)));
+        .flat_map(|s| s.outputs.iter().map(move |(o, rec)| (s.stage.as_str(), o.as_str(), rec)))
+        // A stage served from the remote without its bytes has none here.
+        .filter(|(_, _, rec)| cache.has_object(&rec.hash));
     let in_run: std::collections::BTreeSet<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     let untouched = |stage: &str| pipeline.stage(stage).is_some() && !in_run.contains(stage);
     let dir = artifacts_dir(cli);
@@ -273,8 +275,8 @@ fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, report: &runner::R
 fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdResult {
     let (pipeline, env) = load(cli, config, console)?;
     let cache = Cache::open_read(&cli.cache_dir);
-    let states = stage_states(&pipeline, &cache, &env, console)?;
-    let on_remote = super::remote::on_remote(config, &pipeline, &cache, &env, &states, console)?;
+    let mut states = stage_states(&pipeline, &cache, &env, console)?;
+    let on_remote = super::remote::on_remote(config, &pipeline, &cache, &env, &mut states, console)?;
     if json {
         let rows: Vec<serde_json::Value> = states
             .iter()
@@ -316,9 +318,9 @@ fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Co
         return Err(fail(console, exit::USAGE, format!("no stage named `{stage}` (stages: {})", names.join(", "))));
     }
     let cache = Cache::open_read(&cli.cache_dir);
-    let states = stage_states(&pipeline, &cache, &env, console)?;
+    let mut states = stage_states(&pipeline, &cache, &env, console)?;
+    let on_remote = super::remote::on_remote(config, &pipeline, &cache, &env, &mut states, console)?.contains(stage);
     let (_, st) = states.iter().find(|(n, _)| n == stage).expect("stage exists");
-    let on_remote = super::remote::on_remote(config, &pipeline, &cache, &env, &states, console)?.contains(stage);
     if json {
         let v = match st {
             StageState::Fresh { key, .. } => serde_json::json!({"stage": stage, "status": "fresh", "key": key}),

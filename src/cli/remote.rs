@@ -52,8 +52,21 @@ fn required(config: &Config, pipeline: &Pipeline, console: &Console) -> Result<A
 /// After `cairn run`: the run's record on the remote when it pushed (what
 /// `cairn remote gc` keeps), the transfer summary, and the exit code when a
 /// required remote could not be used.
-pub fn after_run(opts: &RunOptions, pipeline: &Pipeline, report: &RunReport, console: &Console) -> Option<i32> {
+pub fn after_run(opts: &RunOptions, pipeline: &Pipeline, cache: &Cache, report: &RunReport, console: &Console) -> Option<i32> {
     let remote = opts.remote.as_deref()?;
+    let remote_only: Vec<&str> = report
+        .stages
+        .iter()
+        .filter(|s| s.outcome == Outcome::Pulled && s.outputs.values().any(|o| !cache.has_object(&o.hash)))
+        .map(|s| s.stage.as_str())
+        .collect();
+    if !remote_only.is_empty() {
+        console.line(&format!(
+            "on the remote only (nothing here needed their bytes): {}; `cairn pull {}` downloads them",
+            remote_only.join(", "),
+            remote_only.join(" ")
+        ));
+    }
     if opts.push && !opts.dry_run {
         let done = report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran));
         let keys = done.filter_map(|s| Some((s.stage.clone(), s.key?))).collect();
@@ -81,14 +94,20 @@ pub fn on_remote(
     pipeline: &Pipeline,
     cache: &Cache,
     env: &cairn::env::Environment,
-    states: &[(String, StageState)],
+    states: &mut [(String, StageState)],
     console: &Console,
 ) -> Result<BTreeSet<String>, i32> {
     let Some((remote, _)) = open(config, pipeline, console)? else { return Ok(BTreeSet::new()) };
-    Ok(remote_keys(&remote, pipeline, cache, env, states, console).into_keys().collect())
+    let (found, local) = remote_keys(&remote, pipeline, cache, env, states, console);
+    for (i, st) in local {
+        states[i].1 = st;
+    }
+    Ok(found.into_keys().collect())
 }
 
-/// The stale stages the remote has a valid entry for, with its key.
+/// The stale stages the remote has a valid entry for, with its key; and
+/// the stages complete here whose key became known only through the
+/// remote's manifests (their new, fresh state).
 fn remote_keys(
     remote: &Remote,
     pipeline: &Pipeline,
@@ -96,8 +115,8 @@ fn remote_keys(
     env: &cairn::env::Environment,
     states: &[(String, StageState)],
     console: &Console,
-) -> BTreeMap<String, StageKey> {
-    let mut found = BTreeMap::new();
+) -> (BTreeMap<String, StageKey>, Vec<(usize, StageState)>) {
+    let (mut found, mut local) = (BTreeMap::new(), Vec::new());
     let warn = |m: String| console.warn_line(&m);
     let resolver = Resolver::new(pipeline, cache, env, &warn);
     let mut outputs: BTreeMap<String, BTreeMap<String, ArtifactHash>> = BTreeMap::new();
@@ -107,6 +126,13 @@ fn remote_keys(
             StageState::Stale { .. } => {
                 let stage = &pipeline.stages[i];
                 let Ok(Some(ki)) = resolver.key_inputs(stage, &outputs, false) else { continue };
+                // Its key known only now (upstream is on the remote), the
+                // stage may well be complete here.
+                if let Ok(Some(m)) = resolver.lookup(stage, &ki.key()) {
+                    local.push((i, StageState::Fresh { key: m.key, manifest: Box::new(m.clone()) }));
+                    outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+                    continue;
+                }
                 match remote.peek_entry(stage, &ki, &ki.key(), &warn) {
                     Ok(Some(m)) => {
                         found.insert(name.clone(), m.key);
@@ -123,7 +149,7 @@ fn remote_keys(
         };
         outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
     }
-    found
+    (found, local)
 }
 
 pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) -> CmdResult {
@@ -309,7 +335,11 @@ fn cmd_remote_verify(cli: &Cli, config: &Config, all: bool, console: &Console) -
     } else {
         let cache = Cache::open_read(&cli.cache_dir);
         let states = stage_states(&pipeline, &cache, &env, console)?;
-        let mut keys = remote_keys(&remote, &pipeline, &cache, &env, &states, console);
+        let (mut keys, local) = remote_keys(&remote, &pipeline, &cache, &env, &states, console);
+        keys.extend(local.into_iter().filter_map(|(i, st)| match st {
+            StageState::Fresh { key, .. } => Some((pipeline.stages[i].name.clone(), key)),
+            _ => None,
+        }));
         for (name, st) in &states {
             if let StageState::Fresh { key, .. } = st {
                 keys.insert(name.clone(), *key);

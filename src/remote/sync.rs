@@ -32,7 +32,8 @@ pub struct PushStats {
 
 impl Remote {
     /// Pulls the entry of `stage` under `key` (computed here from `ki`)
-    /// into `cache`. `Ok(None)`: a miss — not on the remote, or rejected
+    /// into `cache`: [`Remote::peek_entry`], then [`Remote::fetch_entry`].
+    /// `Ok(None)`: a miss — not on the remote, or rejected
     /// with a warning through `warn`, or the remote is down (the first
     /// time, that is the error instead, for the caller to report once).
     pub fn pull_entry(
@@ -44,27 +45,28 @@ impl Remote {
         warn: &dyn Fn(String),
         progress: &dyn Fn(u64, u64),
     ) -> Result<Option<Pulled>, RemoteError> {
+        match self.peek_entry(stage, ki, key, warn)? {
+            Some(manifest) => self.fetch_entry(cache, manifest, warn, progress),
+            None => Ok(None),
+        }
+    }
+
+    /// Downloads the objects of `manifest` (a remote entry already
+    /// validated by [`Remote::peek_entry`]) that the local cache lacks,
+    /// then installs the manifest: what makes a lazily served stage's
+    /// bytes local. `Ok(None)`: the objects could not be had (with a
+    /// warning, or the remote is down).
+    pub fn fetch_entry(&self, cache: &Cache, manifest: Manifest, warn: &dyn Fn(String), progress: &dyn Fn(u64, u64)) -> Result<Option<Pulled>, RemoteError> {
         if !self.ready()? {
             return Ok(None);
         }
         let reject = |why: String| {
             warn(format!(
                 "the remote entry of `{}` (key {}) on {} {why}; not installed, the stage will be computed here",
-                stage.name,
-                key.short(),
+                manifest.stage,
+                manifest.key.short(),
                 self.display
             ));
-        };
-        let bytes = match self.block_on(self.get_manifest(key)) {
-            Ok(b) => b,
-            Err(f) => return self.settle(f, &reject),
-        };
-        let manifest = match validate(stage, ki, key, &bytes) {
-            Ok(m) => m,
-            Err(why) => {
-                reject(why);
-                return Ok(None);
-            }
         };
         let before = self.bytes_down.load(Ordering::Relaxed);
         let mut wanted = Vec::new();
