@@ -1,6 +1,10 @@
 //! Whole entries: pulling a stage's manifest and objects into the local
 //! cache (validated against what this machine computed for the stage),
-//! and pushing a local entry (objects first, manifest last).
+//! and pushing a local entry (objects first, manifest last). A pull is two
+//! steps, so that a run can stop after the first: [`Remote::peek_entry`]
+//! reads and checks the manifest only (enough to know the stage's output
+//! hashes, hence its descendants' keys), [`Remote::fetch_entry`] brings the
+//! objects and installs the manifest last.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
