@@ -638,3 +638,46 @@ fn lazily_served_bytes_that_turn_out_damaged_are_computed_here() {
     assert_eq!(artifact(&b, "gen/small.txt"), small);
     assert_eq!(b.cairn(&["cache", "verify"]).code, 0);
 }
+
+#[test]
+fn a_server_stopped_in_the_middle_of_a_download_leaves_the_run_to_finish_locally() {
+    const BIG: &str = r#"
+[remote]
+url = "s3://cairn/team"
+
+[stages.gen]
+kind = "command"
+cmd = "head -c 268435456 /dev/zero > {out.big}"
+outputs = { big = "big.bin" }
+
+[stages.count]
+kind = "command"
+cmd = "wc -c < {in.big} > {out.n}"
+inputs = { big = "gen.big" }
+outputs = { n = "n.txt" }
+"#;
+    let Some(mut w) = Weed::start("stopped_mid_download") else { return };
+    let a = Project::new(BIG);
+    assert_eq!(cairn(&a, &w, &["run", "--push"]).code, 0);
+    let b = Project::new(BIG);
+    let mut c = b.cmd(&["run", "--json"]);
+    w.env(&mut c);
+    let child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Stop the server once part of the object has arrived.
+    let tmp = b.cache().join("tmp");
+    let t0 = Instant::now();
+    let arriving = || std::fs::read_dir(&tmp).into_iter().flatten().flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0));
+    while !arriving() {
+        assert!(t0.elapsed().as_secs() < 60, "the download never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    w.stop();
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    let o = outcomes(&r);
+    assert_eq!((o["gen"].as_str(), o["count"].as_str()), ("ran", "ran"), "{}", r.all());
+    assert!(r.stderr.contains("continuing with the local cache only"), "{}", r.all());
+    assert_eq!(r.stderr.matches("127.0.0.1").count(), 1, "one error line naming the server: {}", r.all());
+    assert_eq!(b.cairn(&["cache", "verify"]).code, 0);
+    assert!(std::fs::read_dir(&tmp).map_or(true, |d| d.count() == 0), "the partial download is not left behind");
+}
