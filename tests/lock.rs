@@ -146,7 +146,7 @@ fn locked_fails_when_the_lock_is_missing_or_stale() {
     std::fs::write(p.path().join("pipeline.toml"), edited).unwrap();
     let r = p.cairn(&["run", "--locked"]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.stderr.contains("STALE        b: the lock is stale (class any): param `cmd`"), "{}", r.all());
+    assert!(r.stderr.contains("STALE        b: the lock is stale: param `cmd`"), "{}", r.all());
     assert!(r.stderr.contains("MISSING      c: not in the lock"), "{}", r.all());
 
     // A stage gone from the pipeline is stale in the lock too.

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{class_of, locked_outputs, same_computation, Lock, LockedOutput, FILE};
+use super::{class_of, locked_outputs, same_computation, Lock, LockedOutput, ANY_CLASS, FILE};
 use crate::digest::StageKey;
 use crate::key::{DirtyReason, KeyInputs};
 use crate::runner::{Outcome, RunReport};
@@ -133,8 +133,11 @@ impl fmt::Display for Finding {
             }
             Finding::Stale { class, reasons } => {
                 let why = if reasons.is_empty() { "its key changed".to_string() } else { reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ") };
-                let class = if class.is_empty() { String::new() } else { format!(" (class {class})") };
-                write!(f, "the lock is stale{class}: {why}; {FIX} {FILE}")
+                let class = if class.is_empty() || class == ANY_CLASS { String::new() } else { format!(" (class {class})") };
+                // Often the echo of a difference upstream, reported there.
+                let inputs_only = !reasons.is_empty() && reasons.iter().all(|r| matches!(r, DirtyReason::InputChanged { .. }));
+                let what = if inputs_only { "its inputs are not the lock's (an upstream output or an input file changed)" } else { "the lock is stale" };
+                write!(f, "{what}{class}: {why}; {FIX} {FILE} if the change is intended")
             }
             Finding::Missing => write!(f, "not in the lock; {FIX} {FILE}"),
             Finding::Removed => write!(f, "in the lock but not in the pipeline; {FIX} {FILE}"),
