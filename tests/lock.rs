@@ -1,9 +1,11 @@
 //! `cairn.lock` and `cairn run --locked` end to end, through the `cairn`
-//! binary, with `command` stages only (their environment class is `any`;
-//! the logic of other classes is tested in `src/lock/tests.rs`, since only
-//! libtorch kinds are keyed on machine facts). One test pulls from a real
-//! SeaweedFS remote (`support/weed.rs`).
+//! binary: `command` stages (environment class `any`), and an `evaluate`
+//! stage run by a stand-in worker that reports a CPU class
+//! (`support/class_worker.rs`), so no libtorch is needed. One test pulls
+//! from a real SeaweedFS remote (`support/weed.rs`).
 
+#[path = "support/class_worker.rs"]
+mod class_worker;
 mod common;
 #[path = "support/weed.rs"]
 mod weed;
@@ -156,25 +158,45 @@ fn locked_fails_when_the_lock_is_missing_or_stale() {
     assert!(r.stderr.contains("REMOVED      a: in the lock but not in the pipeline"), "{}", r.all());
 }
 
-/// Only libtorch stages have an environment class other than `any`, so
-/// this one is forged: the lock claims `a` was computed on an AVX512
-/// machine, which this run is not.
+/// `evaluate` is keyed on the CPU class; `make` is a data stage.
+const CLASSED: &str = r#"
+[stages.make]
+kind = "command"
+cmd = "printf m > {out.model}; printf i > {out.images}; printf l > {out.labels}"
+outputs = { model = "model.pt", images = "images.arrow", labels = "labels.arrow" }
+
+[stages.evaluate]
+kind = "evaluate"
+model = { arch = "resnet18" }
+inputs = { model = "make.model", images = "make.images", labels = "make.labels" }
+"#;
+
 #[test]
-fn a_stage_of_another_class_is_reported_not_compared_and_strict_fails_on_it() {
-    let p = project();
-    ok(p.cairn(&["run"]));
-    let mut v: serde_json::Value = serde_json::from_str(&lock_text(&p)).unwrap();
-    let mut entry = v["stages"]["a"]["any"].take();
-    entry["key_inputs"]["env"] = serde_json::json!({"cpu_capability": "AVX512", "native_bf16": "avx512_bf16"});
-    entry["key"] = serde_json::json!(blake3::hash(b"another key").to_hex().as_str());
-    v["stages"]["a"] = serde_json::json!({ "cpu_capability=AVX512, native_bf16=avx512_bf16": entry });
-    std::fs::write(lock_path(&p), serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    let r = ok(p.cairn(&["run", "--locked"]));
-    assert!(r.stderr.contains("not compared a: computed under cpu_capability=AVX512, native_bf16=avx512_bf16"), "{}", r.all());
-    assert!(r.stderr.contains("1 stage(s) match, 1 of another environment class not compared"), "{}", r.all());
-    let r = p.cairn(&["run", "--locked=strict"]);
+fn a_stage_of_another_cpu_class_is_reported_not_compared_and_each_class_keeps_its_entry() {
+    let p = Project::new(CLASSED);
+    let tools = tempfile::tempdir().unwrap();
+    let (avx512, avx2) = (class_worker::class_worker(tools.path(), "AVX512", "cpu"), class_worker::class_worker(tools.path(), "AVX2", "cpu"));
+    let run = |worker: &Path, args: &[&str]| -> Run { p.cmd(args).env("CAIRN_WORKER", worker).output().unwrap().into() };
+    ok(run(&avx512, &["run"]));
+
+    let r = ok(run(&avx2, &["run", "--locked"]));
+    let line = r.stderr.lines().find(|l| l.starts_with("not compared evaluate:")).unwrap_or_else(|| panic!("{}", r.all()));
+    assert!(line.ends_with("computed under cpu_capability=AVX512, this machine is cpu_capability=AVX2: not comparable"), "{line}");
+    assert!(r.stderr.contains("1 stage(s) match, 1 of another environment class not compared"), "make, a data stage, is compared: {}", r.all());
+    let r = run(&avx2, &["run", "--locked=strict"]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.stderr.contains("NOT COMPARED a:") && r.stderr.contains("--locked=strict"), "{}", r.all());
+    assert!(r.stderr.contains("NOT COMPARED evaluate:"), "{}", r.all());
+
+    // The AVX2 machine adds its entry and keeps the AVX512 one: both compare.
+    ok(run(&avx2, &["run"]));
+    let v: serde_json::Value = serde_json::from_str(&lock_text(&p)).unwrap();
+    let classes: Vec<&String> = v["stages"]["evaluate"].as_object().unwrap().keys().collect();
+    assert_eq!(classes.len(), 2, "{classes:?}");
+    assert!(classes.iter().any(|c| c.contains("cpu_capability=AVX512")) && classes.iter().any(|c| c.contains("cpu_capability=AVX2")), "{classes:?}");
+    for worker in [&avx512, &avx2] {
+        let r = ok(run(worker, &["run", "--locked=strict"]));
+        assert!(r.stderr.contains("2 stage(s) match"), "{}", r.all());
+    }
 }
 
 #[test]
