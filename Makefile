@@ -6,7 +6,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --release
 
-.PHONY: setup build run test bench bench-train fuzz fmt clippy
+.PHONY: setup build run test bench bench-train fuzz fmt clippy pack-device gpu-check
 
 # Installs libtorch once per machine (quiet when done) and builds everything.
 setup:
@@ -46,6 +46,19 @@ TORCH_HOME ?= $(or $(CAIRN_TORCH_HOME),$(HOME)/.cache/cairn/torch-$(TORCH_VERSIO
 PAIRS ?= 5
 bench-train: setup
 	$(TORCH_HOME)/bin/python scripts/bench_train_ratio.py $(PAIRS)
+
+# The GPU check (issue 13; scripts/gpu-check.sh says what it records).
+# Here: `make pack-device` packs the stripped, xz-compressed binaries and the
+# CIFAR-10 archive into target/device (under the device tool's 64 MiB carry).
+# There, with target/device carried and no cargo: `make gpu-check`, results
+# in $$OUT (else target/gpu-check). `make gpu-check GPU_CHECK_FLAGS=--cpu-smoke`
+# runs the same steps small on a CPU, as tests/gpu_check.rs does.
+pack-device: setup
+	bash scripts/pack-device.sh
+
+GPU_CHECK_FLAGS ?=
+gpu-check:
+	bash scripts/gpu-check.sh $(GPU_CHECK_FLAGS)
 
 # Property-based fuzzing (proptest) of the four parsers: pipeline.toml,
 # tensor files, CIFAR-10 binary batches, and .pth/safetensors weights.

@@ -95,19 +95,15 @@ BIN="$WORK/bin"
 export CAIRN_WORKER="$BIN/cairn-worker" CAIRN_BENCH_DEVICE="$DEV"
 
 unpack() {
+  if [ -f "$PACK/bin.tar.xz" ]; then
+    # Python's tarfile: the box may have no xz-utils.
+    "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))' "$PACK/bin.tar.xz" "$BIN"
+    return
+  fi
   for b in cairn cairn-worker bench_train; do
-    if [ -f "$PACK/$b.xz" ]; then
-      # Python's lzma where the box has no xz-utils.
-      if command -v xz >/dev/null; then xz -dc "$PACK/$b.xz" > "$BIN/$b"
-      else "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$PACK/$b.xz" "$BIN/$b"; fi
-    elif [ -x "$ROOT/target/release/$b" ]; then
-      echo "gpu-check: no $PACK/$b.xz; using target/release/$b"
-      ln -sf "$ROOT/target/release/$b" "$BIN/$b"
-    else
-      echo "gpu-check: neither $PACK/$b.xz nor target/release/$b; run \`make pack-device\` where it builds" >&2
-      exit 1
-    fi
-    chmod +x "$BIN/$b"
+    [ -x "$ROOT/target/release/$b" ] || { echo "gpu-check: neither $PACK/bin.tar.xz nor target/release/$b; run \`make pack-device\` where it builds" >&2; exit 1; }
+    echo "gpu-check: no $PACK/bin.tar.xz; using target/release/$b"
+    ln -sf "$ROOT/target/release/$b" "$BIN/$b"
   done
 }
 
@@ -164,6 +160,8 @@ verify() {
 echo "gpu-check: mode $MODE, profile $PROFILE, torch venv $VENV, data $CIFAR, out $OUT"
 step unpack 120 unpack
 step probe 60 probe
+# Without a worker that sees the device, the rest would only burn device time.
+cut -f2 "$WORK/steps.tsv" | grep -qvx 0 && { echo "gpu-check: stopped after the probe; see $OUT/summary.md" >&2; exit 1; }
 step data 60 data
 step bench "$CAP_BENCH" bench
 step pipeline "$CAP_PIPELINE" pipeline
