@@ -108,7 +108,7 @@ pub enum Cmd {
         /// Compare the run with the committed cairn.lock instead of updating
         /// it: exit 1 if an output differs or the lock is missing or stale.
         /// `--locked=strict` also fails on stages of another environment class.
-        #[arg(long, value_name = "strict", num_args = 0..=1, require_equals = true, default_missing_value = "compare", value_parser = ["compare", "strict"])]
+        #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "compare", value_parser = ["compare", "strict"])]
         locked: Option<String>,
         #[command(flatten)]
         config: Config,

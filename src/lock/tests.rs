@@ -1,6 +1,6 @@
 //! The lock's classes, updates and comparison, without running anything:
-//! environment classes other than `any` need libtorch stages, which the
-//! end-to-end tests (tests/lock.rs, `command` stages only) cannot make.
+//! the cases the end-to-end tests (tests/lock.rs) reach only slowly or not
+//! at all, such as a param moved under another class, and the messages.
 
 use std::collections::BTreeMap;
 
