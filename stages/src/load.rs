@@ -52,6 +52,36 @@ pub struct Trained {
     pub spec: ModelSpec,
 }
 
+/// Initial weights for a `train` stage from its `init` input. A model file
+/// written by `train` records the model it was trained as; the stage's
+/// stated model must be that one (the head's class count may differ when
+/// `reinit_head` replaces it), or the weights would be copied into a net
+/// that reads them differently: a different normalisation gives no shape
+/// error, just a ruined accuracy. Files that record nothing (torchvision
+/// `.pth` and `.safetensors` imports) are checked by name and shape only.
+pub fn init_weights(ctx: &WorkerCtx, model: &ModelSpec, reinit_head: bool) -> StageResult<BTreeMap<String, Tensor>> {
+    let path = ctx.input("init")?;
+    let file = weights::read_any(path)?;
+    if let Some(json) = file.metadata.get(MODEL_META) {
+        let mut stored = stored_spec(path, json)?;
+        if reinit_head {
+            stored.num_classes = model.num_classes;
+        }
+        if &stored != model {
+            let show = |s: &ModelSpec| serde_json::to_string(s).unwrap_or_default();
+            return Err(StageError::new(format!(
+                "stage `{stage}` states model {} but its init model file {} was trained as {}; make `model` in \
+                 [stages.{stage}] match the model it starts from",
+                show(model),
+                path.display(),
+                show(&stored),
+                stage = ctx.job.stage
+            )));
+        }
+    }
+    Ok(file.tensors)
+}
+
 /// Rebuilds the network in the `model` input from the spec the file stores,
 /// or from `stated` (the stage's `model` param) for a file that stores
 /// none; a stated spec that contradicts the stored one is an error naming

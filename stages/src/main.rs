@@ -113,15 +113,20 @@ fn print_probe() -> ExitCode {
 
 fn load_job(path: &Path) -> Result<Job, JobError> {
     let text = fs::read_to_string(path).map_err(|source| JobError::Read { path: path.into(), source })?;
-    // Read the version first so that a job from a different protocol gets
-    // the "rebuild" message, not a confusing missing-field error.
-    let raw: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| JobError::Parse { path: path.into(), source })?;
-    let found = raw.get("protocol").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-    if found != PROTOCOL_VERSION {
-        return Err(JobError::Protocol { path: path.into(), found });
+    // A job from another protocol gets the "rebuild" message, not a
+    // confusing missing-field error; the text is parsed twice only then.
+    match serde_json::from_str::<Job>(&text) {
+        Ok(job) if job.protocol == PROTOCOL_VERSION => Ok(job),
+        Ok(job) => Err(JobError::Protocol { path: path.into(), found: job.protocol }),
+        Err(source) => {
+            // JSON that is not a job of this protocol: which protocol is it?
+            let raw: serde_json::Value = serde_json::from_str(&text).map_err(|source| JobError::Parse { path: path.into(), source })?;
+            match raw.get("protocol").and_then(|v| v.as_u64()).unwrap_or(0) as u32 {
+                PROTOCOL_VERSION => Err(JobError::Parse { path: path.into(), source }),
+                found => Err(JobError::Protocol { path: path.into(), found }),
+            }
+        }
     }
-    serde_json::from_value(raw).map_err(|source| JobError::Parse { path: path.into(), source })
 }
 
 /// Why this worker must not run `job`, if it must not: an output is cached

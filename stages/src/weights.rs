@@ -141,14 +141,15 @@ pub fn parse_safetensors(bytes: &[u8]) -> StageResult<Weights> {
 }
 
 /// Reads initial weights from a safetensors file or a PyTorch zip
-/// checkpoint, told apart by their first bytes rather than the extension.
-pub fn read_any(path: &Path) -> StageResult<BTreeMap<String, Tensor>> {
+/// checkpoint (which has no metadata), told apart by their first bytes
+/// rather than the extension.
+pub fn read_any(path: &Path) -> StageResult<Weights> {
     let mut magic = [0u8; 4];
     let n = std::io::Read::read(&mut std::fs::File::open(path).map_err(|e| StageError::new(format!("{}: {e}", path.display())))?, &mut magic)?;
     if n == 4 && &magic == b"PK\x03\x04" {
-        crate::pth::read(path)
+        Ok(Weights { tensors: crate::pth::read(path)?, metadata: BTreeMap::new() })
     } else {
-        Ok(read_safetensors(path)?.tensors)
+        read_safetensors(path)
     }
 }
 

@@ -268,6 +268,12 @@ pub enum Trainable {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
+    /// Stated in every training stage, even one that starts from another
+    /// stage's model (which must be this same model: the worker checks it
+    /// against the spec stored in the init file). It cannot be inherited
+    /// from there: `trainable` is resolved against its blocks, and whether
+    /// the stage has a `features` output depends on them, both before
+    /// anything runs.
     pub model: ModelSpec,
     #[serde(default)]
     pub init: Init,

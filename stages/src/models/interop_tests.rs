@@ -125,7 +125,7 @@ fn torchvision_resnet18_pth_loads_and_agrees() {
     let spec = ModelSpec { arch: Arch::Resnet18, num_classes: 10, stem: Some(Stem::Imagenet), widths: None, normalize: Normalize::None };
     let net = models::build(&vs.root(), &spec);
     let src = weights::read_any(&d.join("r18.pth")).unwrap();
-    weights::load_into(&vs, &src, |_| false).unwrap();
+    weights::load_into(&vs, &src.tensors, |_| false).unwrap();
     let got: Vec<f32> = Vec::try_from(&net.forward_t(&probe(64), false).flatten(0, -1)).unwrap();
     assert_eq!(got.len(), want.len());
     for (a, b) in got.iter().zip(&want) {

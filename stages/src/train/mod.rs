@@ -95,8 +95,8 @@ fn init_net(ctx: &WorkerCtx, p: &TrainParams, xtr: &Tensor) -> StageResult<(nn::
     let vs = nn::VarStore::new(ctx.device);
     let net = models::build(&vs.root(), &p.model);
     if ctx.has_input("init") {
-        let src = weights::read_any(ctx.input("init")?)?;
         let reinit = p.reinit_head.unwrap_or(false);
+        let src = load::init_weights(ctx, &p.model, reinit)?;
         let copied = weights::load_into(&vs, &src, |v| reinit && net.owner(v).is_some_and(|b| b.name == "head"))?;
         ctx.log(format!("initialised {copied} tensors from {}", ctx.input("init")?.display()));
     } else if !matches!(p.init, Init::Scratch(_)) {
@@ -123,7 +123,8 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
     let vplain = r.features(&data.xva, false, batch);
     let vflip = (p.tta != Tta::None).then(|| r.features(&data.xva, true, batch));
     tensors::save(ctx.output("features")?, &plain.to_kind(Kind::Half).to_device(Device::Cpu))?;
-    ctx.log(format!("cached features {:?} in {:.1}s", plain.size(), t0.elapsed().as_secs_f64()));
+    let block = r.prefix_end().unwrap_or("input");
+    ctx.log(format!("cached `{block}` features {:?} in {:.1}s", plain.size(), t0.elapsed().as_secs_f64()));
     Ok((Source::Features { plain, flipped }, Source::Features { plain: vplain, flipped: vflip }))
 }
 
@@ -163,8 +164,9 @@ mod tests {
     use cairn_kinds::Kind as _;
     use std::path::{Path, PathBuf};
 
-    /// Runs one `train` job on a tiny synthetic set in `dir`; returns the model path.
-    fn train_once(dir: &Path, raw: serde_json::Value) -> StageResult<PathBuf> {
+    /// Runs one `train` job on a tiny synthetic set in `dir`, starting from
+    /// `init` if given; returns the model path.
+    fn train_from(dir: &Path, raw: serde_json::Value, init: Option<&Path>) -> StageResult<PathBuf> {
         std::fs::create_dir_all(dir).unwrap();
         tch::manual_seed(42);
         let x = Tensor::randint(256, [48, 3, 8, 8], (Kind::Uint8, Device::Cpu));
@@ -176,11 +178,18 @@ mod tests {
             tensors::save(&p, t).unwrap();
             job = job.with_input(slot, [p]);
         }
+        if let Some(init) = init {
+            job = job.with_input("init", [init]);
+        }
         for o in &plan.outputs {
             job = job.with_output(&o.name, dir.join(&o.name));
         }
         crate::run(&mut WorkerCtx::new(job))?;
         Ok(dir.join("model"))
+    }
+
+    fn train_once(dir: &Path, raw: serde_json::Value) -> StageResult<PathBuf> {
+        train_from(dir, raw, None)
     }
 
     fn params(lr: f64) -> serde_json::Value {
@@ -193,5 +202,27 @@ mod tests {
         let base = std::env::temp_dir().join(format!("cairn-train-nan-{}", std::process::id()));
         let e = train_once(&base, params(1e30)).unwrap_err().0;
         assert!(e.contains("epoch") && e.contains("step") && e.contains("lr"), "{e}");
+    }
+
+    #[test]
+    fn a_stated_model_must_be_the_one_its_init_model_was_trained_as() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = train_once(&dir.path().join("a"), params(0.1)).unwrap();
+        let from_first = |raw: &mut serde_json::Value| raw["init"] = serde_json::json!({"stage": "a.model"});
+        let mut same = params(0.1);
+        from_first(&mut same);
+        train_from(&dir.path().join("b"), same, Some(&first)).unwrap();
+        // Same shapes, another normalisation: only the stored spec tells.
+        let mut other = params(0.1);
+        from_first(&mut other);
+        other["model"]["normalize"] = serde_json::json!("none");
+        let e = train_from(&dir.path().join("c"), other, Some(&first)).unwrap_err().0;
+        assert!(e.contains("init model file") && e.contains("\"none\"") && e.contains("\"cifar\""), "{e}");
+        // A new head may have another class count.
+        let mut new_head = params(0.1);
+        from_first(&mut new_head);
+        new_head["model"]["num_classes"] = serde_json::json!(5);
+        new_head["reinit_head"] = serde_json::json!(true);
+        train_from(&dir.path().join("d"), new_head, Some(&first)).unwrap();
     }
 }

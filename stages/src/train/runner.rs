@@ -60,6 +60,11 @@ impl<'a> Runner<'a> {
         Self { net, feed, first, trains }
     }
 
+    /// The last frozen block, if any: where cached features come from.
+    pub(super) fn prefix_end(&self) -> Option<&str> {
+        self.first.checked_sub(1).map(|i| self.net.blocks[i].name.as_str())
+    }
+
     /// Output of the frozen prefix for u8 images (eval mode, no grad).
     pub(super) fn prefix(&self, images: &Tensor) -> Tensor {
         self.lift(&self.feed.input(images))
