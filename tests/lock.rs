@@ -158,22 +158,9 @@ fn locked_fails_when_the_lock_is_missing_or_stale() {
     assert!(r.stderr.contains("REMOVED      a: in the lock but not in the pipeline"), "{}", r.all());
 }
 
-/// `evaluate` is keyed on the CPU class; `make` is a data stage.
-const CLASSED: &str = r#"
-[stages.make]
-kind = "command"
-cmd = "printf m > {out.model}; printf i > {out.images}; printf l > {out.labels}"
-outputs = { model = "model.pt", images = "images.arrow", labels = "labels.arrow" }
-
-[stages.evaluate]
-kind = "evaluate"
-model = { arch = "resnet18" }
-inputs = { model = "make.model", images = "make.images", labels = "make.labels" }
-"#;
-
 #[test]
 fn a_stage_of_another_cpu_class_is_reported_not_compared_and_each_class_keeps_its_entry() {
-    let p = Project::new(CLASSED);
+    let p = Project::new(class_worker::CLASSED);
     let tools = tempfile::tempdir().unwrap();
     let (avx512, avx2) = (class_worker::class_worker(tools.path(), "AVX512", "cpu"), class_worker::class_worker(tools.path(), "AVX2", "cpu"));
     let run = |worker: &Path, args: &[&str]| -> Run { p.cmd(args).env("CAIRN_WORKER", worker).output().unwrap().into() };

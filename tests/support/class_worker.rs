@@ -8,6 +8,20 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+/// A pipeline with a data stage, `make`, and a stage keyed on the CPU
+/// class, `evaluate`, which the stand-in worker runs.
+pub const CLASSED: &str = r#"
+[stages.make]
+kind = "command"
+cmd = "printf m > {out.model}; printf i > {out.images}; printf l > {out.labels}"
+outputs = { model = "model.pt", images = "images.arrow", labels = "labels.arrow" }
+
+[stages.evaluate]
+kind = "evaluate"
+model = { arch = "resnet18" }
+inputs = { model = "make.model", images = "make.images", labels = "make.labels" }
+"#;
+
 /// Writes the stand-in worker for `cpu_capability` on `device` into `dir`
 /// and returns its path (for `CAIRN_WORKER`).
 pub fn class_worker(dir: &Path, cpu_capability: &str, device: &str) -> PathBuf {
