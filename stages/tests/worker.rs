@@ -209,6 +209,11 @@ fn unknown_kinds_exit_2_and_bad_jobs_exit_1() {
 /// A two-epoch `fast` net job on 32 fixed pseudo-random images, with
 /// `extra` params on top; `CAIRN_LOG` as given. Writes `m.safetensors`.
 fn tiny_train(dir: &Path, log: Option<&str>, extra: Value) -> Output {
+    tiny_train_keyed(dir, log, extra, json!({}))
+}
+
+/// [`tiny_train`] keyed on the environment entries `keyed`.
+fn tiny_train_keyed(dir: &Path, log: Option<&str>, extra: Value, keyed: Value) -> Output {
     std::fs::create_dir_all(dir).unwrap();
     let (x, y) = (dir.join("x.arrow"), dir.join("y.arrow"));
     let pixels: Vec<u8> = (0..32 * 3 * 32 * 32).map(|i| (i * 7 % 251) as u8).collect();
@@ -221,7 +226,9 @@ fn tiny_train(dir: &Path, log: Option<&str>, extra: Value) -> Output {
     let inputs = json!({"train_images": [x], "train_labels": [y], "val_images": [x], "val_labels": [y]});
     let outputs = json!({"model": dir.join("m.safetensors"), "history": dir.join("h.parquet"), "summary": dir.join("s.parquet")});
     let path = dir.join("job.json");
-    std::fs::write(&path, job("train", params, inputs, outputs, dir).to_string()).unwrap();
+    let mut j = job("train", params, inputs, outputs, dir);
+    j["env"]["keyed"] = keyed;
+    std::fs::write(&path, j.to_string()).unwrap();
     let mut cmd = worker();
     cmd.env_remove(cairn_kind::protocol::LOG_ENV);
     if let Some(filter) = log {
@@ -263,4 +270,19 @@ fn same_seed_gives_identical_model_bytes() {
     let w = cairn_stages::weights::read_safetensors(&a).unwrap();
     assert!(w.metadata[cairn_stages::load::MODEL_META].contains("\"fast\""));
     assert!(w.tensors.contains_key("group2.bn2.running_var"));
+}
+
+#[test]
+fn auto_precision_follows_the_keyed_native_bf16_fact() {
+    let dir = tempfile::tempdir().unwrap();
+    let native = probe(&[]).native_bf16;
+    let model = |precision: &str| {
+        let d = dir.path().join(precision);
+        tiny_train_keyed(&d, None, json!({"precision": precision}), json!({"native_bf16": native}));
+        std::fs::read(d.join("m.safetensors")).unwrap()
+    };
+    let (fp32, bf16, auto) = (model("fp32"), model("bf16"), model("auto"));
+    assert_ne!(fp32, bf16, "the two precisions give different weights");
+    let (expected, name) = if cairn_kinds::train::has_native_bf16(&native) { (&bf16, "bf16") } else { (&fp32, "fp32") };
+    assert!(&auto == expected, "auto must compute in {name} on a CPU whose native_bf16 is `{native}`");
 }
