@@ -70,7 +70,7 @@ pub fn after_run(opts: &RunOptions, pipeline: &Pipeline, cache: &Cache, report: 
     if opts.push && !opts.dry_run {
         let done = report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran));
         let keys = done.filter_map(|s| Some((s.stage.clone(), s.key?))).collect();
-        record_run(&remote, &RunRecord::new(&report.run_id, &pipeline.name, keys), console);
+        record_run(remote, &RunRecord::new(&report.run_id, &pipeline.name, keys), console);
     }
     let (down, up) = (remote.bytes_down.load(std::sync::atomic::Ordering::Relaxed), remote.bytes_up.load(std::sync::atomic::Ordering::Relaxed));
     if down > 0 || up > 0 {
