@@ -5,11 +5,13 @@
 //! under CI=true, where `.ci/run` installs Slurm).
 
 mod common;
+#[path = "support/skip.rs"]
+mod skip;
 #[path = "support/slurm.rs"]
 mod slurm;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Project, Run};
@@ -114,6 +116,114 @@ fn a_pipeline_on_slurm_matches_a_local_run_and_then_is_cached_locally() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(stages(&r).values().all(|(s, _)| s == "cached"), "{}", r.all());
     assert_eq!(keys(&stages(&r)), keys(&remote));
+}
+
+/// The flagship's first stages at toy size, on the cluster: `load_subset`
+/// of a CIFAR-10-format folder written here, `resize`, and one epoch of
+/// `train`, all run by `cairn-worker` inside Slurm jobs.
+const ML_PIPELINE: &str = r#"
+[pipeline]
+name = "ml-on-slurm"
+seed = 7
+
+[executors.cluster]
+kind = "slurm"
+cpus = 2
+mem = "2G"
+
+[executors.here]
+kind = "local"
+
+[stages.load]
+kind = "load_subset"
+source = "data/cifar"
+format = "cifar10-binary"
+train_per_class = 6
+val_per_class = 2
+executor = "cluster"
+
+[stages.resize]
+kind = "resize"
+size = 8
+splits = ["train", "val"]
+inputs = { train = "load.train_images", val = "load.val_images" }
+executor = "cluster"
+
+[stages.train]
+kind = "train"
+model = { arch = "fast", widths = [8, 16], normalize = "cifar" }
+lr = 0.1
+epochs = 1
+batch_size = 10
+precision = "fp32"
+inputs = { train_images = "resize.train", train_labels = "load.train_labels", val_images = "resize.val", val_labels = "load.val_labels" }
+executor = "cluster"
+
+[profiles.here]
+"load.executor" = "here"
+"resize.executor" = "here"
+"train.executor" = "here"
+"#;
+
+/// A CIFAR-10 binary release in miniature: five training batches and a
+/// test batch of 3,073-byte records (label, then 32x32x3 pixels).
+fn write_cifar(p: &Project) {
+    let dir = p.path().join("data/cifar");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut state = 0x2545_f491_u32;
+    let mut batch = |records: usize| -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in 0..records {
+            out.push((r % 10) as u8);
+            out.extend((0..3072).map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 24) as u8
+            }));
+        }
+        out
+    };
+    for i in 1..=5 {
+        std::fs::write(dir.join(format!("data_batch_{i}.bin")), batch(20)).unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), batch(20)).unwrap();
+}
+
+/// stage → output → hash, from `cairn run --json`.
+fn output_hashes(r: &Run) -> BTreeMap<String, BTreeMap<String, String>> {
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("json ({e}): {}", r.all()));
+    let hashes = |s: &serde_json::Value| s["outputs"].as_object().unwrap().iter().map(|(k, o)| (k.clone(), o["hash"].as_str().unwrap().to_string())).collect();
+    v["stages"].as_array().unwrap().iter().map(|s| (s["stage"].as_str().unwrap().to_string(), hashes(s))).collect()
+}
+
+#[test]
+fn ml_stages_on_slurm_match_a_local_run() {
+    let test = "ml_stages_on_slurm_match_a_local_run";
+    let worker = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-worker");
+    if !Command::new(&worker).arg("--probe").output().is_ok_and(|o| o.status.success()) {
+        skip::missing(test, "cairn-worker is not built or libtorch is missing (`make setup`, then `cargo build --release --workspace`)");
+        return;
+    }
+    let Some(c) = Cluster::start(test) else { return };
+    let on_slurm = Project::new(ML_PIPELINE);
+    write_cifar(&on_slurm);
+    let r = cairn(&on_slurm, &c, &["run", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+    let remote = stages(&r);
+    assert!(remote.values().all(|(s, _)| s == "ran"), "{remote:?}");
+    let remote_outputs = output_hashes(&r);
+
+    let local = Project::new(ML_PIPELINE);
+    write_cifar(&local);
+    let r = cairn(&local, &c, &["run", "--json", "--profile", "here"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let here = stages(&r);
+    for stage in ["load", "resize", "train"] {
+        assert_eq!(remote[stage].1, here[stage].1, "`{stage}`: the executor must not change the key");
+    }
+    assert_eq!(remote_outputs, output_hashes(&r), "a Slurm job and a local run must write the same bytes");
+
+    let r = cairn(&on_slurm, &c, &["run", "--json", "--profile", "here"]);
+    assert!(stages(&r).values().all(|(s, _)| s == "cached"), "{}", r.all());
 }
 
 /// Two stages that sleep, each writing when it started and ended.

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cache::hash_file;
+use crate::cache::statcache::StatCache;
 use crate::digest::ArtifactHash;
 use crate::env::Environment;
-use crate::kind::{Progress, Reporter, StageCtx, StageFailure};
+use crate::kind::{EnvNeeds, Progress, Reporter, StageCtx, StageFailure};
 use crate::kinds::Registry;
 
 pub const JOB_FILE: &str = "job.json";
@@ -48,13 +48,24 @@ pub struct JobSpec {
     pub seed: u64,
     /// The cache directory, for the worker's probe answers.
     pub cache_dir: Option<PathBuf>,
+    /// The environment entries of the stage's key, as the engine's machine
+    /// gave them, and which facts they cover: the node must have the same.
+    pub keyed_env: BTreeMap<String, String>,
+    pub needs_torch: bool,
+    pub needs_threads: bool,
 }
 
 /// An output as the job hashed it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobOutput {
     pub hash: ArtifactHash,
-    pub size: u64,
+}
+
+/// The content hash of a file or a directory (its Merkle hash), read in
+/// full: no stat cache, whose answers are another machine's.
+pub fn content_hash(path: &Path) -> Result<ArtifactHash, StageFailure> {
+    let fresh = StatCache::load(Path::new("/nonexistent/cairn-no-stat-cache"));
+    fresh.hash(path).map_err(|e| StageFailure::new(e.to_string()))
 }
 
 /// What a job answers (`result.json`).
@@ -147,7 +158,7 @@ fn run_stage(spec: &JobSpec, registry: &Registry, cancel: &AtomicBool, metrics: 
         .ok_or_else(|| StageFailure::new(format!("this cairn does not know kind `{}`; install the same cairn on the compute node", spec.kind)))?;
     for (slot, inputs) in &spec.inputs {
         for input in inputs {
-            let (hash, _) = hash_file(&input.path).map_err(|e| StageFailure::new(format!("input `{slot}` ({}): {e}", input.path.display())))?;
+            let hash = content_hash(&input.path).map_err(|e| StageFailure::new(format!("input `{slot}`: {}", e.message)))?;
             if hash != input.hash {
                 return Err(StageFailure::new(format!(
                     "input `{slot}` ({}) has hash {} on this node, not the keyed {}; the shared filesystem served other bytes",
@@ -163,6 +174,7 @@ fn run_stage(spec: &JobSpec, registry: &Registry, cancel: &AtomicBool, metrics: 
     if let Some(dir) = &spec.cache_dir {
         env = env.with_probe_cache(dir);
     }
+    check_env(spec, &env)?;
     let mut ctx = StageCtx {
         stage: &spec.stage,
         params: &spec.params,
@@ -181,12 +193,34 @@ fn run_stage(spec: &JobSpec, registry: &Registry, cancel: &AtomicBool, metrics: 
     Ok(())
 }
 
+/// Refuses to run where the facts the stage was keyed with do not hold: a
+/// result computed here would be served as one from the keyed machine.
+fn check_env(spec: &JobSpec, env: &Environment) -> Result<(), StageFailure> {
+    let needs = EnvNeeds { torch: spec.needs_torch, threads: spec.needs_threads };
+    let here = env.key_entries(needs);
+    if here == spec.keyed_env {
+        return Ok(());
+    }
+    let differ: Vec<String> = spec
+        .keyed_env
+        .keys()
+        .chain(here.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| spec.keyed_env.get(*k) != here.get(*k))
+        .map(|k| format!("{k}: keyed {:?}, this node {:?}", spec.keyed_env.get(k), here.get(k)))
+        .collect();
+    Err(StageFailure::new(format!(
+        "this node's environment differs from the one the stage was keyed with ({}); cairn keys with the facts of the machine running it, so run cairn on a machine like the nodes, or keep this stage on a local executor",
+        differ.join("; ")
+    )))
+}
+
 fn hash_outputs(spec: &JobSpec) -> Result<BTreeMap<String, JobOutput>, StageFailure> {
     let mut out = BTreeMap::new();
     for (name, path) in &spec.outputs {
-        let (hash, size) = hash_file(path)
-            .map_err(|e| StageFailure::new(format!("finished without a readable output `{name}` ({}): {e}", path.display())))?;
-        out.insert(name.clone(), JobOutput { hash, size });
+        let hash = content_hash(path).map_err(|e| StageFailure::new(format!("finished without a readable output `{name}`: {}", e.message)))?;
+        out.insert(name.clone(), JobOutput { hash });
     }
     Ok(out)
 }
@@ -203,4 +237,34 @@ fn peak_rss_mb() -> f64 {
         if unsafe { libc::getrusage(who, &mut u) } == 0 { u.ru_maxrss as f64 } else { 0.0 }
     };
     max_rss_kib(libc::RUSAGE_SELF).max(max_rss_kib(libc::RUSAGE_CHILDREN)) / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(keyed_env: BTreeMap<String, String>) -> JobSpec {
+        JobSpec {
+            stage: "train".into(),
+            kind: "command".into(),
+            params: Value::Null,
+            inputs: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            scratch: PathBuf::from("/nonexistent"),
+            seed: 0,
+            cache_dir: None,
+            keyed_env,
+            needs_torch: false,
+            needs_threads: false,
+        }
+    }
+
+    #[test]
+    fn a_node_unlike_the_keyed_machine_is_refused() {
+        let env = Environment::detect(true);
+        assert!(check_env(&spec(BTreeMap::new()), &env).is_ok());
+        let keyed = BTreeMap::from([("device".to_string(), "cuda:NVIDIA H200".to_string())]);
+        let err = check_env(&spec(keyed), &env).unwrap_err().message;
+        assert!(err.contains(r#"device: keyed Some("cuda:NVIDIA H200"), this node None"#), "{err}");
+    }
 }

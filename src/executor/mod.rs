@@ -130,7 +130,7 @@ impl Dispatch {
             return Cow::Borrowed(stage);
         };
         let mut s = stage.clone();
-        s.kind = Arc::new(submitted::Submitted::new(stage.kind.clone(), backend.clone(), &self.run_id));
+        s.kind = Arc::new(submitted::Submitted::new(stage.kind.clone(), stage.checked.env, backend.clone(), &self.run_id));
         Cow::Owned(s)
     }
 

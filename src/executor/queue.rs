@@ -76,17 +76,16 @@ impl Queue {
         self.lock().polls
     }
 
-    /// Waits until job `id` ends or `cancel` is set, calling `seen` with
-    /// each new state the job is found in.
-    pub fn wait(&self, id: &JobId, cancel: &AtomicBool, seen: &dyn Fn(&JobState)) -> Waited {
-        let mut shown = JobState::Queued;
+    /// Waits until job `id` ends or `cancel` is set, calling `watch` with
+    /// the job's last known state at every wake-up (at least every 200 ms),
+    /// without the queue's lock held.
+    pub fn wait(&self, id: &JobId, cancel: &AtomicBool, watch: &dyn Fn(&JobState)) -> Waited {
         let mut s = self.lock();
         loop {
             let now = s.jobs.get(id).cloned().unwrap_or(JobState::Gone);
-            if now != shown {
-                seen(&now);
-                shown = now.clone();
-            }
+            drop(s);
+            watch(&now);
+            s = self.lock();
             if now.is_final() {
                 s.jobs.remove(id);
                 return Waited::Final(now);

@@ -5,6 +5,7 @@
 //! and every output re-hashes to the hash the record gives. From there
 //! `crate::exec` stores the outputs exactly as for a local run.
 
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,8 +15,7 @@ use serde_json::Value;
 use super::job::{self, JobInput, JobSpec, ResultRecord};
 use super::queue::{Queue, Waited};
 use super::{Executor, JobId, JobState, Prepared};
-use crate::cache::hash_file;
-use crate::kind::{Checked, ParamError, Progress, StageCtx, StageFailure, StageKind};
+use crate::kind::{Checked, EnvNeeds, ParamError, Progress, StageCtx, StageFailure, StageKind};
 
 /// How many lines of a failed job's log its message shows.
 const LOG_TAIL_LINES: usize = 15;
@@ -37,13 +37,15 @@ impl Backend {
 /// A stage's kind, run through an executor.
 pub struct Submitted {
     inner: Arc<dyn StageKind>,
+    /// Which environment facts the stage's key holds.
+    needs: EnvNeeds,
     backend: Arc<Backend>,
     run_id: String,
 }
 
 impl Submitted {
-    pub fn new(inner: Arc<dyn StageKind>, backend: Arc<Backend>, run_id: &str) -> Self {
-        Self { inner, backend, run_id: run_id.to_string() }
+    pub fn new(inner: Arc<dyn StageKind>, needs: EnvNeeds, backend: Arc<Backend>, run_id: &str) -> Self {
+        Self { inner, needs, backend, run_id: run_id.to_string() }
     }
 
     fn prepare(&self, ctx: &StageCtx<'_>) -> Result<Prepared, StageFailure> {
@@ -69,9 +71,12 @@ impl Submitted {
             scratch: abs(ctx.scratch),
             seed: ctx.seed,
             cache_dir,
+            keyed_env: ctx.env.key_entries(self.needs),
+            needs_torch: self.needs.torch,
+            needs_threads: self.needs.threads,
         };
         job::write_json(&dir, job::JOB_FILE, &spec).map_err(|e| StageFailure::new(e.to_string()))?;
-        let exe = std::env::current_exe().map_err(|e| StageFailure::new(format!("cannot find the cairn binary to run on the node: {e}")))?;
+        let exe = cairn_exe().map_err(|e| StageFailure::new(format!("cannot find the cairn binary to run on the node: {e}")))?;
         Ok(Prepared {
             name: format!("cairn-{}-{}", self.run_id, ctx.stage),
             log: dir.join(job::LOG_FILE),
@@ -90,7 +95,7 @@ impl Submitted {
         }
         for (name, path) in &ctx.outputs {
             let claimed = record.outputs.get(name).ok_or_else(|| StageFailure::new(format!("{label} job {id}: its result record lacks output `{name}`")))?;
-            let (hash, _) = hash_file(path).map_err(|e| StageFailure::new(format!("{label} job {id}: output `{name}` ({}): {e}", path.display())))?;
+            let hash = job::content_hash(path).map_err(|e| StageFailure::new(format!("{label} job {id}: output `{name}`: {}", e.message)))?;
             if hash != claimed.hash {
                 return Err(StageFailure::new(format!(
                     "{label} job {id}: output `{name}` hashes to {} here, not the {} its record gives; nothing was cached",
@@ -112,6 +117,46 @@ impl Submitted {
         }
         StageFailure { message: format!("interrupted; {label} job {id} cancelled"), interrupted: true }
     }
+}
+
+/// Reads the lines a job appends to its log, for `-v` (per-epoch lines
+/// reach the terminal as a local worker's do).
+struct LogFollower<'a> {
+    path: &'a Path,
+    read: Cell<u64>,
+}
+
+impl<'a> LogFollower<'a> {
+    fn new(path: &'a Path) -> Self {
+        Self { path, read: Cell::new(0) }
+    }
+
+    /// Hands each new complete line to `out`, without the job's `[stage] `.
+    fn forward(&self, out: impl Fn(&str)) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(self.path) else { return };
+        let mut bytes = Vec::new();
+        if f.seek(SeekFrom::Start(self.read.get())).is_err() || f.read_to_end(&mut bytes).is_err() {
+            return;
+        }
+        // Only whole lines; a partial one is read again next time.
+        let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return };
+        self.read.set(self.read.get() + end as u64 + 1);
+        for line in String::from_utf8_lossy(&bytes[..end]).lines() {
+            let line = line.strip_prefix('[').and_then(|l| l.split_once("] ")).map_or(line, |(_, rest)| rest);
+            out(line);
+        }
+    }
+}
+
+/// This `cairn`'s path, for the job to run. A binary rebuilt while the run
+/// goes on reads as `<path> (deleted)` on Linux: the job runs the new one.
+fn cairn_exe() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) => path.into(),
+        None => exe,
+    })
 }
 
 /// The result record, allowing a shared filesystem a moment to show it.
@@ -159,17 +204,23 @@ impl StageKind for Submitted {
         tracing::info!(job = %id, stage = ctx.stage, "submitted");
         self.backend.queue.add(&id);
         let (stage, reporter) = (ctx.stage, ctx.reporter);
-        let seen = |st: &JobState| {
+        let shown = Cell::new(None);
+        let log = LogFollower::new(&job.log);
+        let watch = |st: &JobState| {
+            log.forward(|line| reporter.log(stage, line));
             let what = match st {
                 JobState::Queued => "queued",
                 JobState::Running => "running",
                 _ => return,
             };
-            let message = format!("{what} as {label} job {id}");
-            reporter.progress(stage, &Progress { message, done: None, total: None, transient: true });
+            if shown.replace(Some(what)) != Some(what) {
+                let message = format!("{what} as {label} job {id}");
+                reporter.progress(stage, &Progress { message, done: None, total: None, transient: true });
+            }
         };
-        seen(&JobState::Queued);
-        match self.backend.queue.wait(&id, ctx.cancel, &seen) {
+        let waited = self.backend.queue.wait(&id, ctx.cancel, &watch);
+        log.forward(|line| reporter.log(stage, line));
+        match waited {
             Waited::Final(JobState::Completed) => self.accept(&id, &job, ctx),
             Waited::Final(JobState::Gone) => self.accept(&id, &job, ctx).map_err(|e| {
                 StageFailure::new(format!("{label} job {id} left the queue: {}", e.message))
@@ -194,6 +245,24 @@ impl StageKind for Submitted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_followed_log_gives_each_whole_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.log");
+        let follower = LogFollower::new(&path);
+        let got = std::cell::RefCell::new(Vec::new());
+        let take = || {
+            follower.forward(|l| got.borrow_mut().push(l.to_string()));
+            got.borrow_mut().drain(..).collect::<Vec<_>>()
+        };
+        assert!(take().is_empty(), "no log yet");
+        std::fs::write(&path, "[train] epoch 1\nplain line\n[train] epo").unwrap();
+        assert_eq!(take(), ["epoch 1", "plain line"]);
+        std::fs::write(&path, "[train] epoch 1\nplain line\n[train] epoch 2\n").unwrap();
+        assert_eq!(take(), ["epoch 2"]);
+        assert!(take().is_empty());
+    }
 
     #[test]
     fn a_log_tail_keeps_the_last_lines() {
