@@ -196,9 +196,9 @@ fn runs(cli: &Cli, a: Option<&str>, b: Option<&str>) -> Result<[Side; 2], i32> {
 fn against_lock(cli: &Cli, config: &Config, path: Option<&Path>, console: &Console) -> Result<[Side; 2], i32> {
     let default = cairn::lock::path_for(&cli.file);
     let path = path.unwrap_or(&default);
-    let lock = match OnDisk::read(path) {
-        Ok(OnDisk { lock: Some(lock), .. }) => lock,
-        Ok(_) => return Err(fail(console, exit::USAGE, format!("there is no lock at {}\n  help: run `cairn run` to write one", path.display()))),
+    let lock = match OnDisk::read(path).and_then(|d| d.lock()) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return Err(fail(console, exit::USAGE, format!("there is no lock at {}\n  help: run `cairn run` to write one", path.display()))),
         Err(e) => return Err(fail(console, exit::USAGE, e)),
     };
     let (pipeline, env) = load(cli, config, console)?;

@@ -38,7 +38,7 @@ pub fn before_run(cli: &Cli, locked: Option<&str>, console: &Console) -> Result<
     let path = cairn::lock::path_for(&cli.file);
     let on_disk = OnDisk::read(&path).map_err(|e| lock_error(console, e))?;
     let strict = locked.map(|mode| mode == STRICT);
-    if strict.is_some() && on_disk.lock.is_none() {
+    if strict.is_some() && !on_disk.exists() {
         return Err(fail(
             console,
             exit::FAILED,
@@ -50,24 +50,26 @@ pub fn before_run(cli: &Cli, locked: Option<&str>, console: &Console) -> Result<
 
 /// After a successful run: writes the lock, or compares the run with it.
 /// Returns the exit code.
-pub fn after_run(mut plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &RunReport, whole: bool, console: &Console) -> i32 {
+pub fn after_run(plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &RunReport, whole: bool, console: &Console) -> i32 {
+    let in_pipeline = |name: &str| pipeline.stage(name).is_some();
+    if plan.strict.is_none() && plan.on_disk.holds(&in_pipeline, report) {
+        return exit::OK;
+    }
     let warn = |m: String| console.warn_line(&m);
     let lookup = |key: &StageKey| -> Option<KeyInputs> { cache.manifest(key, &warn).ok().flatten().map(|m| m.key_inputs) };
-    let in_pipeline = |name: &str| pipeline.stage(name).is_some();
+    let lock = match plan.on_disk.lock() {
+        Ok(lock) => lock.unwrap_or_default(),
+        Err(e) => return lock_error(console, e),
+    };
     let Some(strict) = plan.strict else {
-        let read = plan.on_disk.lock.take();
-        let existed = read.is_some();
-        let mut lock = read.unwrap_or_default();
-        if !lock.record(&in_pipeline, report, &lookup) && existed {
-            return exit::OK;
-        }
+        let mut lock = lock;
+        lock.record(&in_pipeline, report, &lookup);
         return match plan.on_disk.write(&lock) {
             Ok(_) => exit::OK,
             Err(e) => lock_error(console, e),
         };
     };
-    let lock = plan.on_disk.lock.as_ref().expect("--locked read a lock");
-    let result = check(lock, report, whole.then_some(&in_pipeline as &dyn Fn(&str) -> bool), &lookup);
+    let result = check(&lock, report, whole.then_some(&in_pipeline as &dyn Fn(&str) -> bool), &lookup);
     for (stage, finding) in &result.stages {
         let label = match finding {
             Finding::Matches => continue,

@@ -66,11 +66,12 @@ pub enum LockError {
     Schema { path: PathBuf, found: u32 },
 }
 
-/// The whole lock: stage → class → entry.
+/// The whole lock: stage → class → entry. A no-op run reads it as
+/// `Lock<EntryResult>`, which skips everything but keys and outputs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Lock {
+pub struct Lock<E = Entry> {
     pub lock_schema: u32,
-    pub stages: BTreeMap<String, BTreeMap<String, Entry>>,
+    pub stages: BTreeMap<String, BTreeMap<String, E>>,
 }
 
 /// What one stage produced under one environment class.
@@ -81,6 +82,38 @@ pub struct Entry {
     pub outputs: BTreeMap<String, LockedOutput>,
     #[serde(default)]
     pub metrics: BTreeMap<String, Option<f64>>,
+}
+
+/// The part of an entry that says whether a run changes it: its key and
+/// outputs. The rest is skipped when parsing, not built.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct EntryResult {
+    pub key: StageKey,
+    pub outputs: BTreeMap<String, LockedOutput>,
+}
+
+/// Entries whose key and outputs can be read.
+pub trait Recorded {
+    fn key(&self) -> &StageKey;
+    fn outputs(&self) -> &BTreeMap<String, LockedOutput>;
+}
+
+impl Recorded for Entry {
+    fn key(&self) -> &StageKey {
+        &self.key
+    }
+    fn outputs(&self) -> &BTreeMap<String, LockedOutput> {
+        &self.outputs
+    }
+}
+
+impl Recorded for EntryResult {
+    fn key(&self) -> &StageKey {
+        &self.key
+    }
+    fn outputs(&self) -> &BTreeMap<String, LockedOutput> {
+        &self.outputs
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,24 +142,42 @@ impl Default for Lock {
     }
 }
 
-/// A lock as read from disk, with its bytes, so an unchanged lock is not
-/// rewritten.
+/// A lock as read from disk: its bytes, so an unchanged lock is not
+/// rewritten, and each entry's key and outputs, which is all a no-op run
+/// needs (see BENCHMARKS.md, engine overhead).
 pub struct OnDisk {
     pub path: PathBuf,
-    pub bytes: Option<Vec<u8>>,
-    pub lock: Option<Lock>,
+    bytes: Option<Vec<u8>>,
+    results: Option<Lock<EntryResult>>,
 }
 
 impl OnDisk {
-    /// Reads the lock at `path`; a missing file is `lock: None`.
+    /// Reads the lock at `path` (a missing file is no lock), checking its
+    /// syntax and schema.
     pub fn read(path: &Path) -> Result<Self, LockError> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { path: path.into(), bytes: None, lock: None }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { path: path.into(), bytes: None, results: None }),
             Err(source) => return Err(LockError::Read { path: path.into(), source }),
         };
-        let lock = Lock::parse(path, &bytes)?;
-        Ok(Self { path: path.into(), bytes: Some(bytes), lock: Some(lock) })
+        let results = Some(parse(path, &bytes)?);
+        Ok(Self { path: path.into(), bytes: Some(bytes), results })
+    }
+
+    pub fn exists(&self) -> bool {
+        self.bytes.is_some()
+    }
+
+    /// The whole lock, parsed now; `None` when there is no file.
+    pub fn lock(&self) -> Result<Option<Lock>, LockError> {
+        self.bytes.as_deref().map(|b| parse(&self.path, b)).transpose()
+    }
+
+    /// Whether recording `report` would leave the lock as it is: every
+    /// stage it brought up to date has its key and outputs there, and every
+    /// locked stage is `in_pipeline`.
+    pub fn holds(&self, in_pipeline: &dyn Fn(&str) -> bool, report: &RunReport) -> bool {
+        self.results.as_ref().is_some_and(|l| unrecorded(&l.stages, report).is_empty() && l.stages.keys().all(|n| in_pipeline(n)))
     }
 
     /// Writes `lock` unless the file already holds exactly it. Returns
@@ -141,27 +192,38 @@ impl OnDisk {
     }
 }
 
-impl Lock {
-    fn parse(path: &Path, bytes: &[u8]) -> Result<Self, LockError> {
-        let parse_error = |e: serde_json::Error| LockError::Parse { path: path.into(), line: e.line(), column: e.column(), message: e.to_string() };
-        #[derive(Deserialize)]
-        struct Head {
-            lock_schema: u32,
-        }
-        // Parsed once (a no-op run reads the lock, see BENCHMARKS.md); only
-        // a lock that does not parse is read again for its schema, so a
-        // lock of another layout is named as such.
-        let lock: Result<Self, _> = serde_json::from_slice(bytes);
-        match lock {
-            Ok(lock) if lock.lock_schema == LOCK_SCHEMA => Ok(lock),
-            Ok(Lock { lock_schema: found, .. }) => Err(LockError::Schema { path: path.into(), found }),
-            Err(e) => match serde_json::from_slice::<Head>(bytes) {
-                Ok(head) if head.lock_schema != LOCK_SCHEMA => Err(LockError::Schema { path: path.into(), found: head.lock_schema }),
-                _ => Err(parse_error(e)),
-            },
-        }
+/// Parses a lock, naming a lock of another schema as such.
+fn parse<E: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<Lock<E>, LockError> {
+    let parse_error = |e: serde_json::Error| LockError::Parse { path: path.into(), line: e.line(), column: e.column(), message: e.to_string() };
+    #[derive(Deserialize)]
+    struct Head {
+        lock_schema: u32,
     }
+    // Only a lock that does not parse is read again, for its schema.
+    match serde_json::from_slice::<Lock<E>>(bytes) {
+        Ok(lock) if lock.lock_schema == LOCK_SCHEMA => Ok(lock),
+        Ok(Lock { lock_schema: found, .. }) => Err(LockError::Schema { path: path.into(), found }),
+        Err(e) => match serde_json::from_slice::<Head>(bytes) {
+            Ok(head) if head.lock_schema != LOCK_SCHEMA => Err(LockError::Schema { path: path.into(), found: head.lock_schema }),
+            _ => Err(parse_error(e)),
+        },
+    }
+}
 
+/// The stages of `report` that it brought up to date with a key and
+/// outputs that `stages` does not hold.
+fn unrecorded<'r, E: Recorded>(stages: &BTreeMap<String, BTreeMap<String, E>>, report: &'r RunReport) -> Vec<(&'r StageReport, StageKey)> {
+    let done = report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran));
+    done.filter_map(|s| {
+        let key = s.key?;
+        let outputs = locked_outputs(s);
+        let held = stages.get(&s.stage).is_some_and(|c| c.values().any(|e| *e.key() == key && *e.outputs() == outputs));
+        (!held).then_some((s, key))
+    })
+    .collect()
+}
+
+impl Lock {
     /// Pretty JSON, maps sorted, ending in a newline.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("a lock serialises");
@@ -169,29 +231,19 @@ impl Lock {
         bytes
     }
 
-    /// Records the stages a successful run brought up to date, and returns
-    /// whether anything changed. `lookup` gives the key inputs of a key
-    /// (from its manifest); it is asked only for stages whose entry
-    /// changed, so a no-op run reads nothing. Stages that are not
-    /// `in_pipeline` are dropped.
-    pub fn record(&mut self, in_pipeline: &dyn Fn(&str) -> bool, report: &RunReport, lookup: &dyn Fn(&StageKey) -> Option<KeyInputs>) -> bool {
-        let mut changed = false;
-        for s in report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran)) {
-            let Some(key) = s.key else { continue };
-            let outputs = locked_outputs(s);
-            let classes = self.stages.entry(s.stage.clone()).or_default();
-            if classes.values().any(|e| e.key == key && e.outputs == outputs) {
-                continue;
-            }
+    /// Records the stages a successful run brought up to date. `lookup`
+    /// gives the key inputs of a key (from its manifest); it is asked only
+    /// for stages whose entry changed. Stages that are not `in_pipeline`
+    /// are dropped.
+    pub fn record(&mut self, in_pipeline: &dyn Fn(&str) -> bool, report: &RunReport, lookup: &dyn Fn(&StageKey) -> Option<KeyInputs>) {
+        for (s, key) in unrecorded(&self.stages, report) {
             let Some(key_inputs) = lookup(&key) else { continue };
+            let classes = self.stages.entry(s.stage.clone()).or_default();
             classes.retain(|_, e| same_computation(&e.key_inputs, &key_inputs));
             let metrics = s.metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect();
-            classes.insert(class_of(&key_inputs.env), Entry { key, key_inputs, outputs, metrics });
-            changed = true;
+            classes.insert(class_of(&key_inputs.env), Entry { key, key_inputs, outputs: locked_outputs(s), metrics });
         }
-        let before = self.stages.len();
         self.stages.retain(|name, classes| in_pipeline(name) && !classes.is_empty());
-        changed || self.stages.len() != before
     }
 }
 

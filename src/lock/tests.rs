@@ -111,11 +111,15 @@ fn the_lock_round_trips_sorted_with_nan_metrics_as_null() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(FILE);
     let none = OnDisk::read(&path).unwrap();
-    assert!(none.lock.is_none());
+    assert!(!none.exists() && none.lock().unwrap().is_none());
     assert!(none.write(&lock).unwrap());
     let back = OnDisk::read(&path).unwrap();
-    assert_eq!(back.lock.as_ref(), Some(&lock));
+    assert_eq!(back.lock().unwrap().as_ref(), Some(&lock));
     assert!(!back.write(&lock).unwrap(), "the same lock is not written again");
+    let ki = ki(0.1, env("AVX2", "none"));
+    assert!(back.holds(&|_| true, &report(&ki, b"a")), "a no-op run");
+    assert!(!back.holds(&|_| true, &report(&ki, b"b")), "another output");
+    assert!(!back.holds(&|s| s != "train", &report(&ki, b"a")), "a stage gone from the pipeline");
 }
 
 #[test]
