@@ -4,5 +4,6 @@
 //! [`super::Dispatch::stage`] leaves a local stage as it is. It is named
 //! here so that every executor of `[executors]` has its file.
 
-/// The executor a stage without `executor = "..."` runs on.
+/// The executor a stage without `executor = "..."` runs on; a stage (or a
+/// profile) may name it without declaring `[executors.local]`.
 pub const DEFAULT: &str = "local";

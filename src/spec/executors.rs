@@ -193,7 +193,9 @@ fn is_time(s: &str) -> bool {
 }
 
 /// The executor a stage chose with `executor = "NAME"`, taken out of its
-/// params (so it never reaches the kind or the key). `Err` is (message, help).
+/// params (so it never reaches the kind or the key); `None` is this
+/// machine, which is also what an undeclared `"local"` names.
+/// `Err` is (message, help).
 pub fn take_choice(
     params: &mut serde_json::Map<String, Value>,
     executors: &BTreeMap<String, ExecutorSpec>,
@@ -208,6 +210,7 @@ pub fn take_choice(
     };
     match value {
         Value::String(name) if executors.contains_key(&name) => Ok(Some(name)),
+        Value::String(name) if name == crate::executor::local::DEFAULT => Ok(None),
         Value::String(name) => Err((
             format!("no executor named `{name}`"),
             match closest(&name, executors.keys().map(String::as_str)) {
@@ -287,5 +290,7 @@ mod tests {
         assert!(!params.contains_key("executor"));
         let mut params = serde_json::json!({"executor": "gpus"}).as_object().unwrap().clone();
         assert_eq!(take_choice(&mut params, &specs), Err(("no executor named `gpus`".into(), "did you mean `gpu`?".into())));
+        let mut params = serde_json::json!({"executor": "local"}).as_object().unwrap().clone();
+        assert_eq!(take_choice(&mut params, &BTreeMap::new()), Ok(None), "`local` needs no declaration");
     }
 }
