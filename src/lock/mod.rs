@@ -1,7 +1,8 @@
 //! `cairn.lock`: what each stage produced, committed next to `pipeline.toml`.
 //!
 //! `cairn run` writes the lock after every successful run (atomically, and
-//! only when its bytes would change, so a no-op run writes nothing);
+//! only when its bytes would change, so a no-op run writes nothing; it
+//! reads only each entry's key and outputs, see [`OnDisk`]);
 //! `cairn run --locked` runs and then compares the run against it without
 //! rewriting it ([`check`]). It is pretty-printed JSON with every map
 //! sorted, one fact a line, so `git diff cairn.lock` shows which results a
