@@ -403,7 +403,8 @@ impl<'a> Scheduler<'a> {
         if !self.wanted.contains(&i) {
             return self.remote_result(remote.peek_entry(stage, ki, key, &warn)).map(|m| m.map(|m| (m, false)));
         }
-        let progress = |done: u64, total: u64| self.observer.progress(&stage.name, &transfer_progress("pulling", done, total));
+        let t0 = std::time::Instant::now();
+        let progress = |done: u64, total: u64| self.observer.progress(&stage.name, &transfer_progress("pulling", done, total, t0));
         self.remote_result(remote.pull_entry(self.cache, stage, ki, key, &warn, &progress)).map(|p| p.map(|p| (p.manifest, true)))
     }
 
@@ -414,7 +415,8 @@ impl<'a> Scheduler<'a> {
         let Some(remote) = self.opts.remote.as_deref() else { return Ok(false) };
         let warn = |m: String| self.observer.warn(&m);
         let stage = &self.pipeline.stages[d].name;
-        let progress = |done: u64, total: u64| self.observer.progress(stage, &transfer_progress("pulling", done, total));
+        let t0 = std::time::Instant::now();
+        let progress = |done: u64, total: u64| self.observer.progress(stage, &transfer_progress("pulling", done, total, t0));
         Ok(self.remote_result(remote.fetch_entry(self.cache, m, &warn, &progress))?.is_some())
     }
 
@@ -567,17 +569,19 @@ fn run_id(started_at: &str) -> String {
 fn push_after(remote: &crate::remote::Remote, cache: &Cache, key: &StageKey, observer: &dyn Observer, stage: &str) {
     let warn = |m: String| observer.warn(&m);
     let Ok(Some(m)) = cache.manifest(key, &warn) else { return };
-    let progress = |done: u64, total: u64| observer.progress(stage, &transfer_progress("pushing", done, total));
+    let t0 = std::time::Instant::now();
+    let progress = |done: u64, total: u64| observer.progress(stage, &transfer_progress("pushing", done, total, t0));
     if let Err(e) = remote.push_entry(cache, &m, &progress) {
         observer.warn(&format!("{e}; the result stays in the local cache only"));
     }
 }
 
-/// A transfer's position, for the stage's progress bar.
-pub fn transfer_progress(what: &str, done: u64, total: u64) -> crate::kind::Progress {
+/// A transfer's position and rate since `since`, for the stage's progress bar.
+pub fn transfer_progress(what: &str, done: u64, total: u64, since: std::time::Instant) -> crate::kind::Progress {
     let mib = |n: u64| n as f64 / (1 << 20) as f64;
+    let rate = mib(done) / since.elapsed().as_secs_f64().max(1e-3);
     crate::kind::Progress {
-        message: format!("{what} {:.1} of {:.1} MiB (remote cache)", mib(done), mib(total)),
+        message: format!("{what} {:.1} of {:.1} MiB at {rate:.0} MiB/s (remote cache)", mib(done), mib(total)),
         done: Some(done),
         total: Some(total),
         transient: true,

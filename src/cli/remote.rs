@@ -170,7 +170,8 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
             console.line(&format!("not cached {name:<12} nothing to push (run it first)"));
             continue;
         };
-        let progress = |done: u64, total: u64| console.progress(name, &cairn::runner::transfer_progress("pushing", done, total));
+        let t0 = Instant::now();
+        let progress = |done: u64, total: u64| console.progress(name, &cairn::runner::transfer_progress("pushing", done, total, t0));
         let result = remote.push_entry(&cache, manifest, &progress);
         console.finish_bar(name);
         match result {
@@ -286,7 +287,8 @@ fn pull_one(
     console: &Console,
 ) -> Result<Option<cairn::remote::Pulled>, RemoteError> {
     let warn = |m: String| console.warn_line(&m);
-    let progress = |done: u64, total: u64| console.progress(&stage.name, &cairn::runner::transfer_progress("pulling", done, total));
+    let t0 = Instant::now();
+    let progress = |done: u64, total: u64| console.progress(&stage.name, &cairn::runner::transfer_progress("pulling", done, total, t0));
     let pulled = remote.pull_entry(cache, stage, ki, key, &warn, &progress);
     console.finish_bar(&stage.name);
     pulled
@@ -351,7 +353,7 @@ fn cmd_remote_verify(cli: &Cli, config: &Config, all: bool, console: &Console) -
         Some(keys.into_values().collect())
     };
     let t0 = Instant::now();
-    let progress = |done: u64| console.progress("verify", &cairn::runner::transfer_progress("re-hashing", done, done));
+    let progress = |done: u64| console.progress("verify", &cairn::runner::transfer_progress("re-hashing", done, done, t0));
     let result = remote.verify(keys.as_deref(), all, &progress);
     console.finish_bar("verify");
     let report = result.map_err(|e| fail(console, exit_code(&e), e))?;
