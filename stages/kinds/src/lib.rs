@@ -9,12 +9,16 @@
 //! both halves on one struct is what makes "the params the key was computed
 //! from" and "the params the stage ran with" the same thing.
 //!
-//! The serde steps from `pipeline.toml` to the optimizer are now three: the
-//! engine's TOML table becomes JSON (`spec`), [`typed`] deserialises it into
-//! the kind's struct and `check` serialises the checked struct to its
-//! canonical JSON ([`canonical`]: it enters the key and the job file); the
-//! worker deserialises that once into the struct its implementation takes.
-//! (The job file's own write and read are the protocol, not a param step.)
+//! Params take four serde steps from `pipeline.toml` to the optimizer: the
+//! engine turns the stage's TOML table into JSON (`spec`); [`typed`]
+//! deserialises that into the kind's struct (borrowing it, no copy); `check`
+//! serialises the checked struct once to its canonical JSON ([`canonical`]),
+//! which enters the key and the job file; and `cairn_stages::run`
+//! deserialises that once (borrowing again) into the struct the
+//! implementation takes. (Before issue 13, `check` serialised twice, both
+//! deserialisations copied the JSON first, and the worker parsed its job
+//! file into a JSON value before converting it to a `Job`; now the job file
+//! is parsed once, straight into a `Job`.)
 //!
 //! Versions live here, next to the params: bump a kind's `VERSION` whenever
 //! its worker code changes results. `tests/kind_fingerprints.rs` pins a
@@ -36,9 +40,9 @@ pub mod train;
 
 /// Every built-in ML kind, by name in code. This list drives both sides:
 /// [`all`] (what the engine registers, keys and checks a worker's probe
-/// against) is derived from it, and the worker's `cairn_stages::implementation`
-/// is an exhaustive `match` over it, so a kind declared here but not
-/// implemented there does not compile.
+/// against) is derived from it, and the worker's `cairn_stages::run` is an
+/// exhaustive `match` over it, so a kind declared here but not implemented
+/// there does not compile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KindId {
     LoadSubset,
