@@ -336,24 +336,46 @@ fn ctrl_c_cancels_the_submitted_jobs_and_says_so() {
 #[test]
 fn a_job_past_its_time_limit_is_reported_as_timed_out() {
     let Some(c) = Cluster::start("a_job_past_its_time_limit_is_reported_as_timed_out") else { return };
-    let p = Project::new(&SLEEPER.replace("TIME", "1"));
-    let t0 = Instant::now();
-    let r = cairn(&p, &c, &["run"]);
-    assert_eq!(r.code, 1, "{}", r.all());
+    let (r, took) = failing_run(&c, &SLEEPER.replace("TIME", "1"));
     assert!(r.stderr.contains("ended in state TIMEOUT (it ran past its time limit: raise `time` in its executor)"), "{}", r.all());
-    assert!(t0.elapsed() >= Duration::from_secs(59), "a 1-minute job timed out after {:?}", t0.elapsed());
-    nothing_cached(&p);
+    assert!(took >= Duration::from_secs(59), "a 1-minute job timed out after {took:?}");
 }
 
 #[test]
 fn a_refused_submission_names_slurm_s_reason() {
     let Some(c) = Cluster::start("a_refused_submission_names_slurm_s_reason") else { return };
-    let p = Project::new(&SLEEPER.replace("time = \"TIME\"", "partition = \"nosuch\""));
-    let t0 = Instant::now();
-    let r = cairn(&p, &c, &["run"]);
-    assert_eq!(r.code, 1, "{}", r.all());
+    let (r, took) = failing_run(&c, &SLEEPER.replace("time = \"TIME\"", "partition = \"nosuch\""));
     assert!(r.stderr.contains("cannot submit to Slurm") && r.stderr.contains("Invalid partition name"), "{}", r.all());
-    assert!(t0.elapsed() < Duration::from_secs(5), "a refusal is not retried: {:?}", t0.elapsed());
+    assert!(took < Duration::from_secs(5), "a refusal is not retried: {took:?}");
+}
+
+/// Runs `pipeline` to its failure, checks nothing was cached, and says how long it took.
+fn failing_run(c: &Cluster, pipeline: &str) -> (Run, Duration) {
+    let p = Project::new(pipeline);
+    let t0 = Instant::now();
+    let r = cairn(&p, c, &["run"]);
+    let took = t0.elapsed();
+    assert_eq!(r.code, 1, "{}", r.all());
+    nothing_cached(&p);
+    (r, took)
+}
+
+/// Needs no cluster: a stage naming an executor that does not exist, in
+/// the file or through `--set`, is a spec error at its place.
+#[test]
+fn a_misnamed_executor_is_an_error_at_its_place() {
+    let text = PIPELINE.replace("executor = \"gpu\"", "executor = \"gpus\"");
+    let line = 1 + text.lines().position(|l| l.contains("\"gpus\"")).unwrap();
+    let r = Project::new(&text).cairn(&["status"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let at = format!("pipeline.toml:{line}:12: error: stage `sum`: no executor named `gpus`");
+    assert!(r.stderr.contains(&at), "wanted {at:?} in:\n{}", r.all());
+    assert!(r.stderr.contains("did you mean `gpu`?"), "{}", r.all());
+    let p = Project::new(PIPELINE);
+    let r = p.cairn(&["status", "--set", "words.executor=nowhere"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("--set words.executor=nowhere") && r.stderr.contains("no executor named `nowhere`"), "{}", r.all());
+    assert!(p.cairn(&["status", "--set", "words.executor=local"]).code == 0, "`local` is always there");
 }
 
 /// The overhead of running small stages as Slurm jobs: a chain of five
