@@ -297,6 +297,12 @@ fn wrong_credentials_and_a_stopped_server_give_one_clear_error_and_the_run_compl
     assert!(r.stderr.contains("connection refused") && r.stderr.contains("127.0.0.1"), "{}", r.all());
     assert!(r.stderr.contains("continuing with the local cache only"), "{}", r.all());
     assert!(t.elapsed().as_secs() < 30, "a stopped server is reported within seconds");
+    let r = cairn(&Project::new(PIPELINE), &w, &["run", "--remote-required"]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(r.stderr.lines().filter(|l| l.contains("connection refused")).count(), 1, "{}", r.all());
+    let v = cairn(&d, &w, &["remote", "verify"]);
+    assert_eq!(v.code, 3, "{}", v.all());
+    assert_eq!(v.stderr.lines().filter(|l| l.contains("connection refused")).count(), 1, "{}", v.all());
 }
 
 #[test]
