@@ -30,6 +30,20 @@ impl Graph {
         self.deps[from_consumer].insert(to_producer);
     }
 
+    /// The same graph with its nodes renumbered: node `order[k]` becomes
+    /// `k` (`order` is a permutation of `0..n`, e.g. a topological order).
+    pub fn reordered(&self, order: &[usize]) -> Graph {
+        let mut renumbered = vec![0; order.len()];
+        for (k, &old) in order.iter().enumerate() {
+            renumbered[old] = k;
+        }
+        let mut graph = Graph::new(order.iter().map(|&old| self.names[old].clone()).collect());
+        for (k, &old) in order.iter().enumerate() {
+            graph.deps[k] = self.deps[old].iter().map(|&d| renumbered[d]).collect();
+        }
+        graph
+    }
+
     /// A topological order (producers first), ties broken by declaration
     /// order so the order is stable; or one cycle, as stage names with the
     /// first repeated at the end.
@@ -148,6 +162,19 @@ mod tests {
             g.add_edge(a, b);
         }
         g
+    }
+
+    #[test]
+    fn reordering_renumbers_names_edges_and_the_index() {
+        // s0 reads s2, s1 reads s0: producers first is [2, 0, 1].
+        let g = graph(&[(0, 2), (1, 0)], 3);
+        let order = g.topo_order().unwrap();
+        assert_eq!(order, vec![2, 0, 1]);
+        let r = g.reordered(&order);
+        assert_eq!(r.names, vec!["s2", "s0", "s1"]);
+        assert_eq!(r.deps, vec![BTreeSet::new(), BTreeSet::from([0]), BTreeSet::from([1])]);
+        assert_eq!(r.index_of("s1"), Some(2));
+        assert_eq!(r.topo_order().unwrap(), vec![0, 1, 2]);
     }
 
     #[test]

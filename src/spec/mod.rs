@@ -198,15 +198,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
         return Err(SpecError::Invalid(diags));
     }
 
-    let mut graph = Graph::new(stages.iter().map(|s| s.name.clone()).collect());
-    let index: BTreeMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
-    for (i, s) in stages.iter().enumerate() {
-        for r in s.inputs.values().flatten() {
-            if let InputRef::Output { stage, .. } = r {
-                graph.add_edge(i, index[stage.as_str()]);
-            }
-        }
-    }
+    let graph = dependency_graph(&stages);
     let order = graph.topo_order().map_err(|cycle| {
         let path = vec!["stages".to_string(), cycle[0].clone(), "inputs".to_string()];
         SpecError::Invalid(vec![Diagnostic {
@@ -215,21 +207,29 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
             help: Some("a stage cannot read, directly or indirectly, its own outputs".into()),
         }])
     })?;
-    let stages: Vec<Stage> = order.iter().map(|&i| stages[i].clone()).collect();
-    let mut sorted_graph = Graph::new(stages.iter().map(|s| s.name.clone()).collect());
-    let pos: BTreeMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
-    for (i, s) in stages.iter().enumerate() {
-        for r in s.inputs.values().flatten() {
-            if let InputRef::Output { stage, .. } = r {
-                sorted_graph.add_edge(i, pos[stage.as_str()]);
-            }
-        }
-    }
+    let graph = graph.reordered(&order);
+    let mut slots: Vec<Option<Stage>> = stages.into_iter().map(Some).collect();
+    let stages: Vec<Stage> = order.iter().map(|&i| slots[i].take().expect("a topological order names each stage once")).collect();
 
     // Absolute, because stages run in their own working directory.
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let root = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-    Ok(Pipeline { name: raw.name, seed: raw.seed, file: path.to_path_buf(), root, profile, stages, graph: sorted_graph, remote: raw.remote, executors: raw.executors, stage_executors })
+    Ok(Pipeline { name: raw.name, seed: raw.seed, file: path.to_path_buf(), root, profile, stages, graph, remote: raw.remote, executors: raw.executors, stage_executors })
+}
+
+/// The graph of stages (in declaration order) and the stages whose outputs
+/// each reads; references are resolved by now.
+fn dependency_graph(stages: &[Stage]) -> Graph {
+    let mut graph = Graph::new(stages.iter().map(|s| s.name.clone()).collect());
+    for (i, s) in stages.iter().enumerate() {
+        for r in s.inputs.values().flatten() {
+            if let InputRef::Output { stage, .. } = r {
+                let producer = graph.index_of(stage).expect("references are resolved before the graph is built");
+                graph.add_edge(i, producer);
+            }
+        }
+    }
+    graph
 }
 
 /// For each stage, the params paths `--set` flags and profiles changed, with where.
