@@ -132,12 +132,12 @@ fn huge_declared_footer_is_rejected_without_allocating() {
 #[path = "../../../tests/support/skip.rs"]
 mod skip;
 
+#[path = "../../../tests/support/torch_venv.rs"]
+mod torch_venv;
+
 /// The venv python holding pyarrow, if `make setup` has installed it.
 pub(crate) fn venv_python() -> Option<PathBuf> {
-    let home = std::env::var_os("CAIRN_TORCH_HOME").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn/torch-2.11.0"))
-    })?;
-    let py = home.join("bin/python");
+    let py = torch_venv::venv_python();
     py.exists().then_some(py)
 }
 

@@ -17,26 +17,9 @@ use crate::{models, pth, weights};
 #[path = "../../../tests/support/skip.rs"]
 mod skip;
 
-/// The torch venv's python, found as `scripts/setup-torch.sh` places it:
-/// `$CAIRN_TORCH_HOME`, else `~/.cache/cairn/torch-<TORCH_VERSION>` with
-/// the version read from that script. `CAIRN_TORCH_PYTHON` overrides.
-fn venv_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAIRN_TORCH_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("CAIRN_TORCH_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup-torch.sh");
-        let text = std::fs::read_to_string(&script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-        let version = text
-            .lines()
-            .find_map(|l| l.strip_prefix("TORCH_VERSION="))
-            .unwrap_or_else(|| panic!("{} sets no TORCH_VERSION", script.display()))
-            .trim();
-        let user_home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        user_home.join(format!(".cache/cairn/torch-{version}"))
-    });
-    home.join("bin/python")
-}
+#[path = "../../../tests/support/torch_venv.rs"]
+mod torch_venv;
+use torch_venv::venv_python;
 
 /// The venv python when it has torch and torchvision; otherwise the test
 /// skips visibly (and fails under CI, whose `make setup` installs them).
