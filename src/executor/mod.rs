@@ -65,6 +65,8 @@ pub struct Prepared {
     /// Where the job's stdout and stderr go.
     pub log: PathBuf,
     pub argv: Vec<String>,
+    /// Variables the job must see, on top of the submitter's environment.
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -85,22 +85,35 @@ fn parse_squeue(stdout: &str) -> BTreeMap<JobId, JobState> {
         .collect()
 }
 
-impl Executor for Slurm {
-    fn label(&self) -> &str {
-        "Slurm"
-    }
-
-    fn submit(&self, job: &Prepared) -> Result<JobId, ExecutorError> {
+impl Slurm {
+    /// `sbatch`'s arguments for `job`: name, log, directory, the variables
+    /// the job needs, the executor's shape (the user's `sbatch_args` last,
+    /// so they win), and the command.
+    fn sbatch_args(&self, job: &Prepared) -> Vec<String> {
         let mut args = vec![
             "--parsable".to_string(),
             format!("--job-name={}", job.name),
             format!("--output={}", job.log.display()),
             format!("--chdir={}", job.dir.display()),
         ];
+        if !job.env.is_empty() {
+            let vars: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            args.push(format!("--export=ALL,{}", vars.join(",")));
+        }
         args.extend(self.shape.sbatch_options());
         // --wrap runs the command under /bin/sh; each word is quoted.
         args.push(format!("--wrap=exec {}", job.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")));
-        let out = run("sbatch", &args)?;
+        args
+    }
+}
+
+impl Executor for Slurm {
+    fn label(&self) -> &str {
+        "Slurm"
+    }
+
+    fn submit(&self, job: &Prepared) -> Result<JobId, ExecutorError> {
+        let out = run("sbatch", &self.sbatch_args(job))?;
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
         // `--parsable` prints `id` or `id;cluster`.
         let id = stdout.split(';').next().unwrap_or_default().to_string();
@@ -185,6 +198,31 @@ mod tests {
         let err = run(&sbatch, &[]).unwrap_err();
         assert!(!err.is_transient() && err.to_string().contains("Invalid partition"), "{err}");
         assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 1, "a refusal is not retried");
+    }
+
+    #[test]
+    fn a_job_becomes_one_sbatch_call_with_its_shape_and_environment() {
+        let shape = SlurmShape { gpus: Some(1), sbatch_args: vec!["--export=NONE".into()], ..Default::default() };
+        let job = Prepared {
+            name: "cairn-run-train".into(),
+            dir: "/c/tmp/train-x/job".into(),
+            log: "/c/tmp/train-x/job/job.log".into(),
+            argv: vec!["/opt/cairn".into(), "exec-job".into(), "/c/tmp/train-x/job".into()],
+            env: BTreeMap::from([("CAIRN_THREADS".to_string(), "8".to_string())]),
+        };
+        assert_eq!(
+            Slurm::new(shape).sbatch_args(&job),
+            [
+                "--parsable",
+                "--job-name=cairn-run-train",
+                "--output=/c/tmp/train-x/job/job.log",
+                "--chdir=/c/tmp/train-x/job",
+                "--export=ALL,CAIRN_THREADS=8",
+                "--gres=gpu:1",
+                "--export=NONE",
+                "--wrap=exec '/opt/cairn' 'exec-job' '/c/tmp/train-x/job'",
+            ]
+        );
     }
 
     #[test]

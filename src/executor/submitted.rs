@@ -75,6 +75,10 @@ impl Submitted {
             needs_torch: self.needs.torch,
             needs_threads: self.needs.threads,
         };
+        // A key that holds the CPU thread count (float reductions are
+        // ordered per thread) is computed with that count on the node too
+        // (`CAIRN_THREADS`, read by `cairn_kind::protocol::threads_from_env`).
+        let env = spec.keyed_env.get("threads").map(|n| ("CAIRN_THREADS".to_string(), n.clone())).into_iter().collect();
         job::write_json(&dir, job::JOB_FILE, &spec).map_err(|e| StageFailure::new(e.to_string()))?;
         let exe = cairn_exe().map_err(|e| StageFailure::new(format!("cannot find the cairn binary to run on the node: {e}")))?;
         Ok(Prepared {
@@ -82,6 +86,7 @@ impl Submitted {
             log: dir.join(job::LOG_FILE),
             argv: vec![exe.to_string_lossy().into_owned(), "exec-job".into(), dir.to_string_lossy().into_owned()],
             dir,
+            env,
         })
     }
 
