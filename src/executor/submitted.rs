@@ -128,15 +128,17 @@ impl Submitted {
 /// reach the terminal as a local worker's do).
 struct LogFollower<'a> {
     path: &'a Path,
+    /// What the job puts before the stage's own lines (`[stage] `).
+    prefix: String,
     read: Cell<u64>,
 }
 
 impl<'a> LogFollower<'a> {
-    fn new(path: &'a Path) -> Self {
-        Self { path, read: Cell::new(0) }
+    fn new(path: &'a Path, stage: &str) -> Self {
+        Self { path, prefix: format!("[{stage}] "), read: Cell::new(0) }
     }
 
-    /// Hands each new complete line to `out`, without the job's `[stage] `.
+    /// Hands each new complete line to `out`, without the job's prefix.
     fn forward(&self, out: impl Fn(&str)) {
         use std::io::{Read, Seek, SeekFrom};
         let Ok(mut f) = std::fs::File::open(self.path) else { return };
@@ -148,8 +150,7 @@ impl<'a> LogFollower<'a> {
         let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else { return };
         self.read.set(self.read.get() + end as u64 + 1);
         for line in String::from_utf8_lossy(&bytes[..end]).lines() {
-            let line = line.strip_prefix('[').and_then(|l| l.split_once("] ")).map_or(line, |(_, rest)| rest);
-            out(line);
+            out(line.strip_prefix(&self.prefix).unwrap_or(line));
         }
     }
 }
@@ -204,13 +205,16 @@ impl StageKind for Submitted {
 
     fn run(&self, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
         let label = self.backend.exec.label();
+        if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StageFailure { message: "interrupted before it was submitted".into(), interrupted: true });
+        }
         let job = self.prepare(ctx)?;
         let id = self.backend.exec.submit(&job).map_err(|e| StageFailure::new(format!("cannot submit to {label}: {e}")))?;
         tracing::info!(job = %id, stage = ctx.stage, "submitted");
         self.backend.queue.add(&id);
         let (stage, reporter) = (ctx.stage, ctx.reporter);
         let shown = Cell::new(None);
-        let log = LogFollower::new(&job.log);
+        let log = LogFollower::new(&job.log, stage);
         let watch = |st: &JobState| {
             log.forward(|line| reporter.log(stage, line));
             let what = match st {
@@ -255,16 +259,16 @@ mod tests {
     fn a_followed_log_gives_each_whole_line_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.log");
-        let follower = LogFollower::new(&path);
+        let follower = LogFollower::new(&path, "train");
         let got = std::cell::RefCell::new(Vec::new());
         let take = || {
             follower.forward(|l| got.borrow_mut().push(l.to_string()));
             got.borrow_mut().drain(..).collect::<Vec<_>>()
         };
         assert!(take().is_empty(), "no log yet");
-        std::fs::write(&path, "[train] epoch 1\nplain line\n[train] epo").unwrap();
-        assert_eq!(take(), ["epoch 1", "plain line"]);
-        std::fs::write(&path, "[train] epoch 1\nplain line\n[train] epoch 2\n").unwrap();
+        std::fs::write(&path, "[train] epoch 1\n[INFO] plain line\n[train] epo").unwrap();
+        assert_eq!(take(), ["epoch 1", "[INFO] plain line"]);
+        std::fs::write(&path, "[train] epoch 1\n[INFO] plain line\n[train] epoch 2\n").unwrap();
         assert_eq!(take(), ["epoch 2"]);
         assert!(take().is_empty());
     }
