@@ -220,9 +220,10 @@ fn a_fresh_clone_pulls_from_the_remote_and_locked_passes() {
     assert!(r.stderr.contains("0 ran") && r.stderr.contains("2 pulled"), "{}", r.all());
     assert!(r.stderr.contains("2 stage(s) match"), "{}", r.all());
 
-    // A clone without a lock writes the same lock from what it pulled.
+    // A clone without a lock writes the same lock from what it pulled,
+    // also for a stage whose bytes stayed on the remote (not a target).
     let c = Project::new(&std::fs::read_to_string(a.path().join("pipeline.toml")).unwrap());
-    let r = ok(cairn(&c, &["run"]));
+    let r = ok(cairn(&c, &["run", "b"]));
     assert!(r.stderr.contains("2 pulled"), "{}", r.all());
     assert_eq!(lock_text(&c), lock_text(&a));
 }

@@ -2,7 +2,7 @@
 //! after a successful one, either updated (the default) or, with
 //! `--locked`, compared and left as it is (see `cairn::lock`).
 
-use cairn::cache::Cache;
+use cairn::cache::{Cache, StageRef};
 use cairn::digest::StageKey;
 use cairn::key::KeyInputs;
 use cairn::lock::check::{check, Finding};
@@ -55,8 +55,12 @@ pub fn after_run(plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &Ru
     if plan.strict.is_none() && plan.on_disk.holds(&in_pipeline, report) {
         return exit::OK;
     }
-    let warn = |m: String| console.warn_line(&m);
-    let lookup = |key: &StageKey| -> Option<KeyInputs> { cache.manifest(key, &warn).ok().flatten().map(|m| m.key_inputs) };
+    // The refs hold every stage the run brought up to date, with the key
+    // inputs it had (read once, and only when the lock changes).
+    let refs = std::sync::OnceLock::new();
+    let lookup = |stage: &str, key: &StageKey| -> Option<KeyInputs> {
+        refs.get_or_init(|| cache.stage_refs()).get(stage).filter(|r: &&StageRef| r.key == *key).map(|r| r.key_inputs.clone())
+    };
     let lock = match plan.on_disk.lock() {
         Ok(lock) => lock.unwrap_or_default(),
         Err(e) => return lock_error(console, e),

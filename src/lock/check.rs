@@ -12,8 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{class_of, locked_outputs, same_computation, Lock, LockedOutput, ANY_CLASS, FILE};
-use crate::digest::StageKey;
+use super::{class_of, locked_outputs, same_computation, KeyLookup, Lock, LockedOutput, ANY_CLASS, FILE};
 use crate::key::{DirtyReason, KeyInputs};
 use crate::runner::{Outcome, RunReport};
 
@@ -68,7 +67,7 @@ impl LockCheck {
 /// Compares a successful run with the lock. `whole_pipeline` is given when
 /// the run covered every stage (no targets): stages the lock holds that it
 /// does not name are reported too.
-pub fn check(lock: &Lock, report: &RunReport, whole_pipeline: Option<&dyn Fn(&str) -> bool>, lookup: &dyn Fn(&StageKey) -> Option<KeyInputs>) -> LockCheck {
+pub fn check(lock: &Lock, report: &RunReport, whole_pipeline: Option<&dyn Fn(&str) -> bool>, lookup: KeyLookup<'_>) -> LockCheck {
     let mut out = LockCheck::default();
     for s in report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran)) {
         let Some(key) = s.key else { continue };
@@ -76,7 +75,7 @@ pub fn check(lock: &Lock, report: &RunReport, whole_pipeline: Option<&dyn Fn(&st
             None => Finding::Missing,
             Some(classes) => match classes.values().find(|e| e.key == key) {
                 Some(e) => compare_outputs(&e.outputs, &locked_outputs(s)),
-                None => by_class(classes, lookup(&key)),
+                None => by_class(classes, lookup(&s.stage, &key)),
             },
         };
         out.stages.push((s.stage.clone(), finding));

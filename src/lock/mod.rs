@@ -46,6 +46,11 @@ use crate::digest::{ArtifactHash, StageKey};
 use crate::key::KeyInputs;
 use crate::runner::{Outcome, RunReport, StageReport};
 
+/// The key inputs stage `stage` had with key `key`, if known: what the run
+/// recorded in the cache's refs, since a stage served from the remote
+/// without its bytes has no local manifest.
+pub type KeyLookup<'a> = &'a dyn Fn(&str, &StageKey) -> Option<KeyInputs>;
+
 /// Version of the layout above.
 pub const LOCK_SCHEMA: u32 = 1;
 
@@ -233,12 +238,12 @@ impl Lock {
     }
 
     /// Records the stages a successful run brought up to date. `lookup`
-    /// gives the key inputs of a key (from its manifest); it is asked only
-    /// for stages whose entry changed. Stages that are not `in_pipeline`
-    /// are dropped.
-    pub fn record(&mut self, in_pipeline: &dyn Fn(&str) -> bool, report: &RunReport, lookup: &dyn Fn(&StageKey) -> Option<KeyInputs>) {
+    /// gives the key inputs a stage had with a key (see [`KeyLookup`]); it
+    /// is asked only for stages whose entry changed. Stages that are not
+    /// `in_pipeline` are dropped.
+    pub fn record(&mut self, in_pipeline: &dyn Fn(&str) -> bool, report: &RunReport, lookup: KeyLookup<'_>) {
         for (s, key) in unrecorded(&self.stages, report) {
-            let Some(key_inputs) = lookup(&key) else { continue };
+            let Some(key_inputs) = lookup(&s.stage, &key) else { continue };
             let classes = self.stages.entry(s.stage.clone()).or_default();
             classes.retain(|_, e| same_computation(&e.key_inputs, &key_inputs));
             let metrics = s.metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect();

@@ -44,14 +44,14 @@ fn recorded(runs: &[(&KeyInputs, &[u8])]) -> Lock {
     let mut lock = Lock::default();
     for (ki, bytes) in runs {
         let ki = (*ki).clone();
-        lock.record(&|_| true, &report(&ki, bytes), &move |_| Some(ki.clone()));
+        lock.record(&|_| true, &report(&ki, bytes), &move |_, _| Some(ki.clone()));
     }
     lock
 }
 
 fn finding(lock: &Lock, ki: &KeyInputs, bytes: &[u8]) -> Finding {
     let ki2 = ki.clone();
-    let c = check(lock, &report(ki, bytes), None, &move |_| Some(ki2.clone()));
+    let c = check(lock, &report(ki, bytes), None, &move |_, _| Some(ki2.clone()));
     c.stages.into_iter().next().expect("one stage").1
 }
 
@@ -80,7 +80,7 @@ fn another_class_is_reported_not_compared() {
         f.to_string(),
         "computed under cpu_capability=AVX512, native_bf16=avx512_bf16, this machine is cpu_capability=AVX2, native_bf16=none: not comparable"
     );
-    let c = check(&lock, &report(&ki(0.1, env("AVX2", "none")), b"z"), None, &|_| Some(ki(0.1, env("AVX2", "none"))));
+    let c = check(&lock, &report(&ki(0.1, env("AVX2", "none")), b"z"), None, &|_, _| Some(ki(0.1, env("AVX2", "none"))));
     assert!(!c.failed(false) && c.failed(true), "only strict fails on a stage it could not compare");
 }
 
