@@ -2,10 +2,12 @@
 //! after a successful one, either updated (the default) or, with
 //! `--locked`, compared and left as it is (see `cairn::lock`).
 
+use std::path::Path;
+
 use cairn::cache::{Cache, StageRef};
 use cairn::digest::StageKey;
 use cairn::key::KeyInputs;
-use cairn::lock::check::{check, Finding};
+use cairn::lock::check::{check, Finding, LockCheck};
 use cairn::lock::{LockError, OnDisk};
 use cairn::runner::RunReport;
 use cairn::spec::Pipeline;
@@ -74,6 +76,12 @@ pub fn after_run(plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &Ru
         };
     };
     let result = check(&lock, report, whole.then_some(&in_pipeline as &dyn Fn(&str) -> bool), &lookup);
+    print_check(&result, strict, &plan.on_disk.path, console)
+}
+
+/// Prints each stage that does not match and the verdict; returns the exit
+/// code.
+fn print_check(result: &LockCheck, strict: bool, path: &Path, console: &Console) -> i32 {
     for (stage, finding) in &result.stages {
         let label = match finding {
             Finding::Matches => continue,
@@ -88,7 +96,7 @@ pub fn after_run(plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &Ru
     }
     let matched = result.count(|f| matches!(f, Finding::Matches));
     let other = result.count(|f| matches!(f, Finding::NotComparable { .. }));
-    let path = plan.on_disk.path.display();
+    let path = path.display();
     if result.failed(strict) {
         let why = if strict && other > 0 { " (--locked=strict fails on stages it could not compare)" } else { "" };
         return fail(console, exit::FAILED, format!("this run does not match {path}{why}; {matched} stage(s) matched"));
