@@ -281,7 +281,8 @@ outputs = { x = "x.txt" }
 executor = "cluster"
 "#;
 
-/// Starts `cairn run` in the background and waits until its job runs.
+/// Starts `cairn run` in the background and waits until the job of its
+/// stage `slow` runs.
 fn start_slow_run(p: &Project, c: &Cluster) -> (Child, String) {
     let child = p.cmd(&["run"]).envs(c.env()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let t0 = Instant::now();
@@ -416,4 +417,19 @@ fn overhead_of_a_small_stage_on_slurm() {
     let here = median((0..5).map(|_| time(Some("here"))).collect());
     let slurm = median((0..5).map(|_| time(None)).collect());
     eprintln!("5-stage chain, median of 5: here {here:.2} s, on Slurm {slurm:.2} s: {:.2} s more per stage", (slurm - here) / 5.0);
+}
+
+/// A controller restart while a job runs: the job goes on on the node and
+/// the run finishes normally. (Slurm's client itself waits about 18 s for
+/// a missing controller before `squeue` fails; cairn's retries with backoff
+/// for longer outages are unit-tested in `src/executor/slurm.rs`.)
+#[test]
+fn a_controller_restart_mid_run_is_ridden_out() {
+    let Some(mut c) = Cluster::start("a_controller_restart_mid_run_is_ridden_out") else { return };
+    let p = Project::new(&SLEEPER.replace("TIME", "5").replace("sleep 300", "sleep 8"));
+    let (child, id) = start_slow_run(&p, &c);
+    c.restart_controller(Duration::from_secs(3));
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 0, "job {id}: {}\n{}", r.all(), c.logs());
+    assert_eq!(String::from_utf8(artifact(&p, "slow/x.txt")).unwrap(), "done\n");
 }

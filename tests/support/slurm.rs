@@ -180,6 +180,19 @@ impl Cluster {
         Err(format!("no {what} after {limit:?}:\n{}", self.logs()))
     }
 
+    /// Stops `slurmctld` (SIGTERM: it saves its state), leaves the cluster
+    /// without a controller for `down_for`, and starts it again, as an
+    /// operator's restart would. Jobs go on running on the node meanwhile.
+    pub fn restart_controller(&mut self, down_for: Duration) {
+        let i = self.children.iter().position(|(name, _)| name == "slurmctld").expect("slurmctld runs");
+        let (_, mut child) = self.children.remove(i);
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        std::thread::sleep(down_for);
+        let f = self.conf.to_string_lossy().into_owned();
+        self.spawn("slurmctld", "/usr/sbin/slurmctld", &["-D", "-f", &f]).unwrap();
+    }
+
     /// `sinfo`'s word for the node (idle, mixed, allocated, down...).
     pub fn node_state(&self) -> Option<String> {
         let out = self.command("sinfo").args(["--noheader", "--format=%T"]).output().ok()?;
