@@ -1,13 +1,15 @@
 //! Executing one stage: a private scratch directory, the kind's `run`, a
 //! check that every declared output was written, and (unless verifying)
-//! moving the outputs into the store and writing the manifest last.
+//! moving the outputs into the store and writing the manifest last. A
+//! stored execution also names the key's checkpoint directory, which a
+//! resumable kind uses and which is removed once the manifest is written.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::cache::{hash_file, Cache, Manifest, OutputRecord};
+use crate::cache::{gc, hash_file, Cache, Manifest, OutputRecord};
 use crate::env::Environment;
 use crate::key::KeyInputs;
 use crate::kind::{Reporter, StageCtx, StageFailure};
@@ -62,6 +64,8 @@ pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFai
         input_hashes: req.key_inputs.inputs.clone(),
         outputs: outputs.clone(),
         scratch: &work_dir,
+        // `verify` re-executes from the start: a resumed run proves nothing.
+        checkpoint_dir: req.store.then(|| gc::checkpoint_dir(cache, &req.key_inputs.key())),
         seed: req.seed,
         env: req.env,
         reporter: req.reporter,
@@ -108,6 +112,7 @@ pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFai
     };
     if req.store {
         cache.write_manifest(&manifest).map_err(|e| StageFailure::new(e.to_string()))?;
+        gc::remove_checkpoint(cache, &manifest.key);
     }
     Ok(Executed { outputs: records, metrics, duration_s, manifest: Some(manifest) })
 }

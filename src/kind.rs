@@ -61,6 +61,10 @@ pub struct StageCtx<'a> {
     pub outputs: BTreeMap<String, PathBuf>,
     /// A private, empty directory, deleted after the stage.
     pub scratch: &'a Path,
+    /// Where a resumable kind may keep a checkpoint between executions of
+    /// this stage key (`cache/checkpoints/<key>`, not yet created; removed
+    /// once the result is stored). `None` where nothing may resume (`verify`).
+    pub checkpoint_dir: Option<PathBuf>,
     pub seed: u64,
     pub env: &'a crate::env::Environment,
     pub reporter: &'a dyn Reporter,

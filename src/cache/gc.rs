@@ -2,14 +2,20 @@
 //!
 //! `collect` deletes objects outside a keep set (what the current pipeline
 //! and recent runs reference) and the manifests that name deleted objects,
-//! so no manifest is left pointing at nothing. It runs under the cache
-//! lock, so it can never race a run that is writing new entries.
+//! so no manifest is left pointing at nothing, and the training checkpoints
+//! nothing will resume (see [`orphan_checkpoints`]). It runs under the
+//! cache lock, so it can never race a run that is writing new entries.
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use super::{Cache, CacheError};
-use crate::digest::ArtifactHash;
+use crate::digest::{ArtifactHash, StageKey};
+
+/// Where interrupted executions of resumable kinds keep their checkpoints,
+/// one directory per stage key. Never objects: nothing in it is a result.
+const CHECKPOINTS: &str = "checkpoints";
 
 #[derive(Debug, Default)]
 pub struct GcReport {
@@ -17,6 +23,75 @@ pub struct GcReport {
     pub bytes: u64,
     pub manifests: usize,
     pub kept: usize,
+    /// Orphaned checkpoint directories, and their bytes.
+    pub checkpoints: usize,
+    pub checkpoint_bytes: u64,
+}
+
+/// The checkpoint directory of `key` (not created here).
+pub fn checkpoint_dir(cache: &Cache, key: &StageKey) -> PathBuf {
+    cache.root().join(CHECKPOINTS).join(key.to_hex())
+}
+
+/// Removes `key`'s checkpoint, if any: its stage's result is stored. Only
+/// inside a real `checkpoints/` directory, never through a link to one.
+pub fn remove_checkpoint(cache: &Cache, key: &StageKey) {
+    if checkpoints_root(cache).is_some() {
+        let _ = fs::remove_dir_all(checkpoint_dir(cache, key));
+    }
+}
+
+/// `cache/checkpoints` when it is a real directory (cairn's own).
+fn checkpoints_root(cache: &Cache) -> Option<PathBuf> {
+    let root = cache.root().join(CHECKPOINTS);
+    fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()).then_some(root)
+}
+
+/// Checkpoints nothing will resume, with their sizes. One is an orphan when
+/// its key has a manifest (the stage completed, or was pulled, since), or
+/// when it was last written before the newest recorded run started and
+/// that run did not plan its key (its params or inputs changed since). A
+/// run killed outright records nothing, so what it checkpointed is newer
+/// than the newest record and is kept for the next run to resume.
+pub fn orphan_checkpoints(cache: &Cache) -> Vec<(PathBuf, u64)> {
+    let Some(root) = checkpoints_root(cache) else { return Vec::new() };
+    let Ok(dirs) = fs::read_dir(&root) else { return Vec::new() };
+    let newest = newest_run(cache);
+    let mut out = Vec::new();
+    for d in dirs.flatten() {
+        let name = d.file_name().to_string_lossy().to_string();
+        let Ok(key) = name.parse::<StageKey>() else { continue };
+        let (written, bytes) = last_written(&d.path());
+        let superseded = newest.as_ref().is_some_and(|(started, keys)| written < *started && !keys.contains(&name));
+        if cache.manifest(&key, &|_: String| {}).ok().flatten().is_some() || superseded {
+            out.push((d.path(), bytes));
+        }
+    }
+    out
+}
+
+/// When the newest recorded run started (its id's `YYYYMMDDTHHMMSS`, UTC)
+/// and the keys it planned; `None` when there is none or it cannot be read.
+fn newest_run(cache: &Cache) -> Option<(String, BTreeSet<String>)> {
+    let id = crate::history::run_ids(cache.root()).pop()?;
+    let rows = crate::history::load(cache.root(), &id).ok()?;
+    Some((id.chars().take(15).collect(), rows.into_iter().map(|r| r.key).collect()))
+}
+
+/// The latest modification time under a checkpoint directory, stamped as
+/// run ids are, and the bytes of its files. Links are not followed.
+fn last_written(dir: &Path) -> (String, u64) {
+    let mut times = vec![fs::symlink_metadata(dir).and_then(|m| m.modified()).ok()];
+    let mut bytes = 0;
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Ok(m) = e.path().symlink_metadata() {
+            bytes += m.len();
+            times.push(m.modified().ok());
+        }
+    }
+    let latest = times.into_iter().flatten().max().map(time::OffsetDateTime::from);
+    let stamp = latest.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default();
+    (stamp.replace([':', '-'], "").chars().take(15).collect(), bytes)
 }
 
 /// Every object in the store, with its size.
@@ -60,6 +135,13 @@ pub fn collect(cache: &Cache, keep: &BTreeSet<ArtifactHash>, dry_run: bool) -> R
         for h in &deleted {
             let p = cache.object_path(h);
             fs::remove_file(&p).map_err(|e| CacheError::io("cannot delete", p, e))?;
+        }
+    }
+    for (dir, bytes) in orphan_checkpoints(cache) {
+        report.checkpoints += 1;
+        report.checkpoint_bytes += bytes;
+        if !dry_run {
+            fs::remove_dir_all(&dir).map_err(|e| CacheError::io("cannot delete", dir, e))?;
         }
     }
     Ok(report)

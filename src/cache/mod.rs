@@ -10,6 +10,8 @@
 //!                       (for `explain`; not part of any key)
 //! runs/<run>.parquet    the run history
 //! tmp/                  scratch directories and files being written
+//! checkpoints/<key>/    resumable stages' checkpoints (never results; see
+//!                       `gc::orphan_checkpoints`)
 //! statcache.json        content hashes of files (external inputs and
 //!                       objects) by (dev, inode, size, mtime, ctime)
 //! probe/<id>.json       the worker's environment facts, per worker binary

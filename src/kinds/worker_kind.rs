@@ -4,7 +4,9 @@
 //! process, streaming its events back to the runner. The job carries the
 //! kind version and environment entries the stage was keyed with, so the
 //! worker can refuse to run anything its key does not describe, and each
-//! input's content hash next to its path.
+//! input's content hash next to its path. A resumable kind's job also names
+//! the key's checkpoint directory, created here, so an interrupted
+//! execution resumes where it stopped.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -59,6 +61,11 @@ impl StageKind for WorkerKind {
         }
         for (name, path) in &ctx.outputs {
             job = job.with_output(name, path);
+        }
+        if let Some(dir) = ctx.checkpoint_dir.as_ref().filter(|_| self.decl.resumable()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StageFailure::new(format!("cannot create the checkpoint directory {}: {e}", dir.display())))?;
+            job = job.with_checkpoint_dir(dir);
         }
         let job_path = ctx.scratch.join("job.json");
         std::fs::write(&job_path, serde_json::to_vec_pretty(&job).map_err(|e| StageFailure::new(e.to_string()))?)?;

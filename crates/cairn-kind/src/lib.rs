@@ -280,6 +280,13 @@ pub trait Kind: Sync {
     fn checked(&self, raw: &Value) -> Result<Checked, ParamError> {
         Ok(self.check(raw)?.with_env(self.info().env))
     }
+    /// Whether the kind can resume an interrupted execution: the engine
+    /// then hands its jobs a checkpoint directory named by the stage key
+    /// ([`protocol::Job::checkpoint_dir`]). Not part of the key: a resumed
+    /// execution must produce the bytes an uninterrupted one would.
+    fn resumable(&self) -> bool {
+        false
+    }
 }
 
 /// A progress update from a running stage.

@@ -22,6 +22,11 @@
 //! Each input names its content hash next to its path ([`JobInput`]): a
 //! worker on another machine can fetch it by digest; a local worker reads
 //! the path.
+//!
+//! A job of a resumable kind ([`crate::Kind::resumable`]) may name a
+//! [`Job::checkpoint_dir`]: a directory that outlives the job, named by the
+//! stage key, where the worker keeps what it needs to resume an interrupted
+//! execution of the same key. It is never an output.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +43,10 @@ pub const LOG_ENV: &str = "CAIRN_LOG";
 /// Bumped when [`Job`], [`Event`] or [`Probe`] change incompatibly.
 /// 2: jobs carry the kind version and keyed environment; `--probe`.
 /// 3: inputs carry their content hash next to their path.
+///
+/// An optional field that either side may ignore is not a bump: a job's
+/// `checkpoint_dir` is left out when unset, an older worker ignores it (and
+/// so does not checkpoint), and a newer worker reads its absence as none.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The environment variable naming the worker binary, overriding the one
@@ -72,6 +81,11 @@ pub struct Job {
     pub env: JobEnv,
     /// Whether a human is watching a terminal (progress bars on stderr).
     pub interactive: bool,
+    /// Where a resumable kind keeps its checkpoint between executions of
+    /// the same stage key (it exists; the engine removes it once the
+    /// stage's result is stored). `None`: do not checkpoint or resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 /// One input artifact of a job.
@@ -123,6 +137,7 @@ impl Job {
             seed: 0,
             env: JobEnv::cpu(1),
             interactive: false,
+            checkpoint_dir: None,
         }
     }
 
@@ -152,6 +167,11 @@ impl Job {
 
     pub fn with_env(mut self, env: JobEnv) -> Self {
         self.env = env;
+        self
+    }
+
+    pub fn with_checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.checkpoint_dir = Some(dir.into());
         self
     }
 
@@ -288,5 +308,21 @@ mod tests {
         assert_eq!(json["inputs"]["images"][0]["hash"], serde_json::json!("ab".repeat(32)));
         assert!(json["inputs"]["images"][1].get("hash").is_none());
         assert_eq!(serde_json::from_value::<Job>(json).unwrap(), job);
+    }
+
+    /// Without a bump of `PROTOCOL_VERSION`, both sides must read what the
+    /// other writes: a job without a checkpoint directory is the JSON an
+    /// older engine wrote, and an older worker ignores the field.
+    #[test]
+    fn a_checkpoint_dir_is_optional_both_ways() {
+        let info = KindInfo { name: "train", version: 8, summary: "", env: EnvNeeds::default() };
+        let plain = Job::new(info, "s", serde_json::json!({}), "/scratch");
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("checkpoint_dir").is_none(), "an unset field is left out: {json}");
+        assert_eq!(serde_json::from_value::<Job>(json).unwrap().checkpoint_dir, None);
+        let resumable = plain.with_checkpoint_dir("/cache/checkpoints/ab");
+        let json = serde_json::to_value(&resumable).unwrap();
+        assert_eq!(json["checkpoint_dir"], serde_json::json!("/cache/checkpoints/ab"));
+        assert_eq!(serde_json::from_value::<Job>(json).unwrap(), resumable);
     }
 }

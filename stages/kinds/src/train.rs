@@ -472,7 +472,9 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
 /// 6: `history` and `summary` hold no wall-clock columns (timings are
 /// metrics), so every output is a function of the key.
 /// 7: `precision = "auto"` computes in bf16 on CPUs with native bf16.
-pub const VERSION: u32 = 7;
+/// 8: checkpoints at each epoch's end and resumes from them; libtorch's
+/// generator is reseeded from the stage seed at each epoch's start.
+pub const VERSION: u32 = 8;
 
 pub struct Train;
 
@@ -488,6 +490,10 @@ impl Kind for Train {
             summary: "train (or fine-tune) a resnet18/resnet50/fast net; frozen prefixes are cached as features",
             env: EnvNeeds { torch: true, threads: true },
         }
+    }
+
+    fn resumable(&self) -> bool {
+        true
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {

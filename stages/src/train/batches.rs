@@ -23,6 +23,12 @@ impl Rng {
         Rng(seed)
     }
 
+    /// The whole state: `Rng::new(r.state())` continues `r`'s stream (a
+    /// checkpoint keeps it).
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -100,6 +106,14 @@ mod tests {
         let mut s = a.clone();
         s.sort();
         assert_eq!(s, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_saved_state_continues_the_stream() {
+        let mut a = Rng::new(7);
+        a.permutation(10);
+        let mut b = Rng::new(a.state());
+        assert_eq!(a.permutation(50), b.permutation(50));
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! optimizer step at the scheduled learning rate, optional lookahead
 //! averaging, a val pass per epoch, and the best epoch's weights kept
 //! (early stopping with `patience` ends the loop; the caller restores
-//! them). Progress goes to the engine; wall-clock figures only into the
-//! returned [`Fit`], whose caller reports them as metrics.
+//! them). Each epoch but the last ends with a checkpoint, and the loop
+//! starts after the job's checkpoint when it has one ([`checkpoint`]);
+//! libtorch's generator is reseeded from the stage seed at each epoch's
+//! start, so what an epoch draws from it does not depend on where the
+//! execution started. Progress goes to the engine; wall-clock figures only
+//! into the returned [`Fit`], whose caller reports them as metrics.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -12,6 +16,7 @@ use cairn_kinds::train::TrainParams;
 use tch::{nn, Kind, Tensor};
 
 use super::batches::{self, Rng};
+use super::checkpoint::{self, Start};
 use super::optim::{self, Lookahead, Optim};
 use super::runner::{validate, Runner, Source};
 use crate::ctx::{StageError, StageResult, WorkerCtx};
@@ -48,6 +53,28 @@ impl Fit {
     }
 }
 
+/// What the epochs so far produced (a checkpoint keeps it).
+#[derive(Default)]
+pub(super) struct Record {
+    pub rows: Vec<EpochRow>,
+    /// The best epoch so far (zero-based), its val accuracy and a copy of
+    /// its weights.
+    pub best: Option<(usize, f64, BTreeMap<String, Tensor>)>,
+    /// Seconds trained by the executions this one resumed.
+    pub seconds_before: f64,
+}
+
+impl Record {
+    /// Adds epoch `epoch`'s row, keeping `vs`'s weights if it is the best.
+    fn push(&mut self, epoch: usize, row: EpochRow, vs: &nn::VarStore) {
+        if self.best.as_ref().is_none_or(|b| row.val_acc > b.1) {
+            let snap = vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
+            self.best = Some((epoch, row.val_acc, snap));
+        }
+        self.rows.push(row);
+    }
+}
+
 /// A labelled set as the tail sees it.
 pub(super) struct Split<'a> {
     pub source: &'a Source,
@@ -65,25 +92,54 @@ pub(super) struct Trainer<'a> {
     pub batch: i64,
 }
 
-/// What changes from step to step.
-struct State {
-    opt: Optim,
-    lookahead: Option<Lookahead>,
-    rng: Rng,
-    step: usize,
+/// What changes from step to step (a checkpoint keeps it).
+pub(super) struct State {
+    pub opt: Optim,
+    pub lookahead: Option<Lookahead>,
+    pub rng: Rng,
+    pub step: usize,
     total: usize,
-    steps_per_epoch: usize,
+    pub steps_per_epoch: usize,
     last_tick: Instant,
 }
 
 impl Trainer<'_> {
-    /// Trains `vars` for up to `epochs` epochs.
+    /// Trains `vars` for up to `epochs` epochs, from the job's checkpoint
+    /// when it has a usable one.
     pub fn fit(&self, vars: Vec<Tensor>) -> StageResult<Fit> {
+        let p = self.p;
+        let mut st = self.state(&vars);
+        let mut rec = Record::default();
+        let first = self.resume(&mut st, &mut rec, &vars)?;
+        let started = Instant::now();
+        let seconds = |rec: &Record| rec.seconds_before + started.elapsed().as_secs_f64();
+        for epoch in first..p.epochs as usize {
+            let _epoch = tracing::info_span!("epoch", n = epoch + 1).entered();
+            seed_libtorch(self.ctx.seed(), epoch);
+            let row = self.epoch(&mut st, epoch)?;
+            rec.push(epoch, row, self.vs);
+            let best = rec.best.as_ref().map_or(epoch, |b| b.0);
+            if let Some(pat) = p.patience.filter(|&pat| epoch - best >= pat as usize) {
+                self.ctx.log(format!("early stop after epoch {}: no better val accuracy for {pat} epochs", epoch + 1));
+                break;
+            }
+            if epoch + 1 < p.epochs as usize {
+                checkpoint::save(self, &st, &rec, epoch + 1, seconds(&rec));
+            }
+        }
+        let seconds = seconds(&rec);
+        let (best_epoch, best_acc, best_weights) = rec.best.ok_or_else(|| StageError::new("no epoch ran (epochs = 0)"))?;
+        Ok(Fit { rows: rec.rows, best_epoch, best_acc, best_weights, seconds })
+    }
+
+    /// Fresh optimizer, lookahead and data generator for `vars`.
+    fn state(&self, vars: &[Tensor]) -> State {
         let p = self.p;
         let n = self.train.labels.size()[0];
         let steps_per_epoch = (n / self.batch) as usize; // drop the ragged last batch: BN needs real batches
         let total = steps_per_epoch * p.epochs as usize;
-        let mut st = State {
+        let vars = vars.iter().map(Tensor::shallow_clone).collect();
+        State {
             opt: Optim::new(p.optimizer, vars, p.momentum, p.nesterov, p.weight_decay, p.bias_lr_scale),
             lookahead: p.lookahead.then(|| Lookahead::new(total)),
             rng: Rng::new(self.ctx.seed()),
@@ -91,27 +147,28 @@ impl Trainer<'_> {
             total,
             steps_per_epoch,
             last_tick: Instant::now(),
-        };
-        let started = Instant::now();
-        let mut rows: Vec<EpochRow> = Vec::new();
-        let mut best: Option<(usize, f64, BTreeMap<String, Tensor>)> = None;
-        for epoch in 0..p.epochs as usize {
-            let _epoch = tracing::info_span!("epoch", n = epoch + 1).entered();
-            let row = self.epoch(&mut st, epoch)?;
-            if best.as_ref().is_none_or(|b| row.val_acc > b.1) {
-                let snap = self.vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
-                best = Some((epoch, row.val_acc, snap));
+        }
+    }
+
+    /// The first epoch to run: after the checkpoint's, or 0 (an unusable
+    /// checkpoint is reported and removed, and the state starts fresh).
+    fn resume(&self, st: &mut State, rec: &mut Record, vars: &[Tensor]) -> StageResult<usize> {
+        let epochs = self.p.epochs;
+        match checkpoint::resume(self, st, rec)? {
+            Start::Fresh => Ok(0),
+            Start::Resumed(done) => {
+                self.ctx.progress_at(format!("resuming {} from epoch {done}/{epochs}", self.ctx.job.stage), st.step as u64, st.total as u64, false);
+                Ok(done)
             }
-            rows.push(row);
-            if let (Some(pat), Some((be, _, _))) = (p.patience, &best) {
-                if epoch - be >= pat as usize {
-                    self.ctx.log(format!("early stop after epoch {}: no better val accuracy for {pat} epochs", epoch + 1));
-                    break;
-                }
+            Start::Unusable(reason) => {
+                tracing::warn!("ignoring an unusable checkpoint: {reason}");
+                self.ctx.progress(format!("warning: ignoring an unusable checkpoint ({reason}); training from the first epoch"));
+                checkpoint::discard(self.ctx);
+                *st = self.state(vars);
+                *rec = Record::default();
+                Ok(0)
             }
         }
-        let (best_epoch, best_acc, best_weights) = best.ok_or_else(|| StageError::new("no epoch ran (epochs = 0)"))?;
-        Ok(Fit { rows, best_epoch, best_acc, best_weights, seconds: started.elapsed().as_secs_f64() })
     }
 
     /// One pass over the training set, then the val metric.
@@ -185,4 +242,12 @@ impl Trainer<'_> {
         let hits = tch::no_grad(|| logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
         Ok((lv, hits))
     }
+}
+
+/// Seeds libtorch's generators (CPU and CUDA) for epoch `epoch` from the
+/// stage seed, so their state at an epoch's start is the same whether the
+/// execution began there or earlier: nothing else needs restoring.
+fn seed_libtorch(seed: u64, epoch: usize) {
+    let mut mix = Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+    tch::manual_seed((mix.next_u64() >> 1) as i64);
 }

@@ -17,13 +17,19 @@
 //! seeded generator ([`batches`]), so equal seeds and thread counts give
 //! bit-identical weights on the CPU. The model file stores the model spec
 //! ([`crate::load::save_trained`]), which is how `evaluate` and `gradcam`
-//! rebuild the net without restating it.
+//! rebuild the net without restating it. When the job names a checkpoint
+//! directory, each epoch but the last ends with a [`checkpoint`] there and
+//! a later execution of the same key resumes after it, to the same bytes.
 
 pub mod batches;
+pub mod checkpoint;
 mod fit;
 mod fused;
 pub mod optim;
 mod runner;
+
+#[cfg(test)]
+mod checkpoint_tests;
 
 use std::time::Instant;
 
@@ -167,10 +173,17 @@ mod tests {
     /// Runs one `train` job on a tiny synthetic set in `dir`, starting from
     /// `init` if given; returns the model path.
     fn train_from(dir: &Path, raw: serde_json::Value, init: Option<&Path>) -> StageResult<PathBuf> {
+        train_job(dir, raw, init, None)
+    }
+
+    /// [`train_from`], checkpointing in (and resuming from) `checkpoints`.
+    pub(super) fn train_job(dir: &Path, raw: serde_json::Value, init: Option<&Path>, checkpoints: Option<&Path>) -> StageResult<PathBuf> {
         std::fs::create_dir_all(dir).unwrap();
-        tch::manual_seed(42);
-        let x = Tensor::randint(256, [48, 3, 8, 8], (Kind::Uint8, Device::Cpu));
-        let y = Tensor::randint(3, [48], (Kind::Int64, Device::Cpu));
+        // Not libtorch's generator: tests running in parallel share it.
+        let mut rng = batches::Rng::new(42);
+        let pixels: Vec<u8> = (0..48 * 3 * 8 * 8).map(|_| rng.below(256) as u8).collect();
+        let x = Tensor::from_slice(&pixels).view([48, 3, 8, 8]);
+        let y = Tensor::from_slice(&(0..48).map(|_| rng.below(3) as i64).collect::<Vec<_>>());
         let plan = cairn_kinds::train::Train.check(&raw).map_err(|e| StageError::new(e.message))?;
         let mut job = Job::new(cairn_kinds::train::Train.info(), "t", plan.params, dir).with_seed(7);
         for (slot, t) in [("train_images", &x), ("train_labels", &y), ("val_images", &x), ("val_labels", &y)] {
@@ -184,6 +197,10 @@ mod tests {
         for o in &plan.outputs {
             job = job.with_output(&o.name, dir.join(&o.name));
         }
+        if let Some(c) = checkpoints {
+            std::fs::create_dir_all(c).unwrap();
+            job = job.with_checkpoint_dir(c);
+        }
         crate::run(&mut WorkerCtx::new(job))?;
         Ok(dir.join("model"))
     }
@@ -192,7 +209,7 @@ mod tests {
         train_from(dir, raw, None)
     }
 
-    fn params(lr: f64) -> serde_json::Value {
+    pub(super) fn params(lr: f64) -> serde_json::Value {
         serde_json::json!({"model": {"arch": "fast", "num_classes": 3, "widths": [4, 8], "normalize": "cifar"},
             "lr": lr, "epochs": 2, "batch_size": 16, "augment": {"flip": true, "translate": 1}})
     }

@@ -10,6 +10,8 @@
 //! rate). Gradients are reset to none, not zero-filled, between steps, as
 //! PyTorch's `zero_grad()` does.
 
+use std::collections::BTreeMap;
+
 use cairn_kinds::train::{Optimizer, Schedule};
 use tch::Tensor;
 
@@ -103,6 +105,67 @@ impl Optim {
     }
 }
 
+impl Optim {
+    /// Every parameter's state, as `<group>.<index>.<m|v|step>` (a
+    /// checkpoint keeps it; parameters without state have no entry).
+    pub fn state(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (g, group) in self.groups.iter().enumerate() {
+            for (i, s) in group.params.iter().enumerate().filter_map(|(i, p)| Some((i, p.state.as_ref()?))) {
+                out.insert(format!("{g}.{i}.m"), s.m.shallow_clone());
+                if let Some((v, step)) = &s.v {
+                    out.insert(format!("{g}.{i}.v"), v.shallow_clone());
+                    out.insert(format!("{g}.{i}.step"), step.shallow_clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets every parameter's state from what [`Optim::state`] returned.
+    /// Nothing changes unless all of it fits these parameters.
+    pub fn load_state(&mut self, src: &BTreeMap<String, Tensor>) -> Result<(), String> {
+        let adam = self.kind == Optimizer::Adamw;
+        let mut states = Vec::new();
+        for (g, group) in self.groups.iter().enumerate() {
+            for (i, p) in group.params.iter().enumerate() {
+                let name = |part: &str| format!("{g}.{i}.{part}");
+                let Some(m) = src.get(&name("m")) else {
+                    states.push(None);
+                    continue;
+                };
+                let entry = |part: &str| src.get(&name(part)).ok_or_else(|| format!("optimizer state `{}` is missing", name(part)));
+                let v = if adam {
+                    let step = Tensor::zeros([], (tch::Kind::Float, p.var.device()));
+                    Some((like(&p.var, entry("v")?, &name("v"))?, like(&step, entry("step")?, &name("step"))?))
+                } else {
+                    None
+                };
+                states.push(Some(State { m: like(&p.var, m, &name("m"))?, v }));
+            }
+        }
+        let used = states.iter().flatten().map(|s| 1 + 2 * s.v.is_some() as usize).sum::<usize>();
+        if used != src.len() {
+            return Err(format!("{} optimizer state entries fit no parameter", src.len().abs_diff(used)));
+        }
+        for (p, s) in self.groups.iter_mut().flat_map(|g| &mut g.params).zip(states) {
+            p.state = s;
+        }
+        Ok(())
+    }
+}
+
+/// A copy of `src` shaped, typed and placed like `target`, or why it cannot be.
+fn like(target: &Tensor, src: &Tensor, name: &str) -> Result<Tensor, String> {
+    if src.size() != target.size() || src.kind() != target.kind() {
+        return Err(format!("`{name}` is {:?} {:?}, its parameter needs {:?} {:?}", src.kind(), src.size(), target.kind(), target.size()));
+    }
+    tch::no_grad(|| {
+        let mut t = target.zeros_like();
+        t.f_copy_(src).map(|_| t).map_err(|e| format!("`{name}`: {e}"))
+    })
+}
+
 /// Lookahead weight averaging (Zhang et al., "Lookahead Optimizer: k steps
 /// forward, 1 step back", arXiv:1907.08610) in airbench's form: once 30%
 /// of the steps are done, every 5th step pulls the weights to an
@@ -131,16 +194,41 @@ impl Lookahead {
             return;
         }
         match &self.avg {
-            None => {
-                let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.is_floating_point()).collect();
-                vars.sort_by(|a, b| a.0.cmp(&b.0));
-                self.avg = Some(vars.into_iter().map(|(_, v)| (v.detach().copy(), v)).collect());
-            }
+            None => self.avg = Some(floating(vs).into_iter().map(|(_, v)| (v.detach().copy(), v)).collect()),
             Some(_) => {
                 let base = LOOKAHEAD_DECAY.powi(LOOKAHEAD_EVERY as i32);
                 self.pull(base * (step as f64 / self.total as f64).powi(LOOKAHEAD_POW));
             }
         }
+    }
+
+    /// The average by variable name, once averaging has begun (a
+    /// checkpoint keeps it).
+    pub fn state(&self, vs: &tch::nn::VarStore) -> Option<BTreeMap<String, Tensor>> {
+        let avg = self.avg.as_ref()?;
+        Some(floating(vs).into_iter().zip(avg).map(|((name, _), (a, _))| (name, a.shallow_clone())).collect())
+    }
+
+    /// Sets the average from what [`Lookahead::state`] returned (`None`:
+    /// not begun). Nothing changes unless it fits `vs`.
+    pub fn load_state(&mut self, vs: &tch::nn::VarStore, src: Option<&BTreeMap<String, Tensor>>) -> Result<(), String> {
+        let Some(src) = src else {
+            self.avg = None;
+            return Ok(());
+        };
+        let vars = floating(vs);
+        if vars.len() != src.len() {
+            return Err(format!("the lookahead average holds {} tensors, the model {}", src.len(), vars.len()));
+        }
+        let avg = vars
+            .into_iter()
+            .map(|(name, w)| {
+                let a = src.get(&name).ok_or_else(|| format!("the lookahead average lacks `{name}`"))?;
+                Ok((like(&w, a, &name)?, w))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        self.avg = Some(avg);
+        Ok(())
     }
 
     /// Ends an epoch on the averaged weights.
@@ -158,6 +246,13 @@ impl Lookahead {
             }
         });
     }
+}
+
+/// The variables the average covers, by name.
+fn floating(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.is_floating_point()).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 /// The learning rate at `step` (0-based) of `total`, peaking at `lr` after
