@@ -1,12 +1,16 @@
 //! The run history: one Parquet file per `cairn run` under `cache/runs/`,
 //! one row per stage, so `cairn runs` and `cairn diff` — or polars, pandas
-//! and DuckDB — can compare params and metrics across runs.
+//! and DuckDB — can compare params and metrics across runs. A sweep's run
+//! (`run --sweep`) also records its grid (`sweep`, the same in every row)
+//! and, for each stage that differs between points, the points it belongs
+//! to (`sweep_points`; empty for shared stages).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::formats::table::{Column, Table, TableError};
 use crate::runner::{Outcome, RunReport};
+use crate::spec::sweep::Sweep;
 
 /// One stage of one run, as read back.
 #[derive(Clone, Debug)]
@@ -22,6 +26,11 @@ pub struct HistoryRow {
     pub params: serde_json::Value,
     pub metrics: BTreeMap<String, f64>,
     pub outputs: BTreeMap<String, String>,
+    /// The run's sweep points, each `(STAGE.PARAM, value)`s; empty when
+    /// the run was no sweep.
+    pub sweep: Vec<Vec<(String, String)>>,
+    /// The points (0-based) this stage belongs to; empty when shared.
+    pub sweep_points: Vec<usize>,
 }
 
 fn runs_dir(cache_root: &Path) -> PathBuf {
@@ -40,9 +49,11 @@ fn status_name(o: &Outcome) -> &'static str {
     }
 }
 
-/// Appends a run to the history.
-pub fn record(cache: &crate::cache::Cache, report: &RunReport) -> Result<PathBuf, TableError> {
+/// Appends a run to the history; `sweep` is the merged pipeline's, if any.
+pub fn record(cache: &crate::cache::Cache, report: &RunReport, sweep: Option<&Sweep>) -> Result<PathBuf, TableError> {
     let s = &report.stages;
+    let grid = sweep.map(|w| serde_json::to_string(&w.points).unwrap_or_default()).unwrap_or_default();
+    let points = |stage: &str| sweep.and_then(|w| w.variants.get(stage)).map(|(_, p)| serde_json::to_string(p).unwrap_or_default());
     let col_str = |f: &dyn Fn(&crate::runner::StageReport) -> String| Column::Str(s.iter().map(f).collect());
     let table = Table::new()
         .with("run_id", col_str(&|_| report.run_id.clone()))
@@ -62,7 +73,9 @@ pub fn record(cache: &crate::cache::Cache, report: &RunReport) -> Result<PathBuf
                 let m: BTreeMap<&String, String> = r.outputs.iter().map(|(k, o)| (k, o.hash.to_hex())).collect();
                 serde_json::to_string(&m).unwrap_or_default()
             }),
-        );
+        )
+        .with("sweep", col_str(&|_| grid.clone()))
+        .with("sweep_points", col_str(&|r| points(&r.stage).unwrap_or_default()));
     let path = runs_dir(cache.root()).join(format!("{}.parquet", report.run_id));
     let tmp = cache.root().join("tmp").join(format!("{}.parquet", report.run_id));
     table.write(&tmp)?;
@@ -93,6 +106,7 @@ pub fn load(cache_root: &Path, run_id: &str) -> Result<Vec<HistoryRow>, TableErr
             _ => vec![String::new(); t.num_rows()],
         }
     };
+    let (grid, points) = (strs("sweep"), strs("sweep_points"));
     let (ids, started, profile, stage, kind, status, key, params, metrics, outputs) = (
         strs("run_id"),
         strs("started_at"),
@@ -122,6 +136,8 @@ pub fn load(cache_root: &Path, run_id: &str) -> Result<Vec<HistoryRow>, TableErr
             params: serde_json::from_str(&params[i]).unwrap_or_default(),
             metrics: serde_json::from_str(&metrics[i]).unwrap_or_default(),
             outputs: serde_json::from_str(&outputs[i]).unwrap_or_default(),
+            sweep: serde_json::from_str(&grid[i]).unwrap_or_default(),
+            sweep_points: serde_json::from_str(&points[i]).unwrap_or_default(),
         })
         .collect())
 }

@@ -226,6 +226,57 @@ fn ml_stages_on_slurm_match_a_local_run() {
     assert!(stages(&r).values().all(|(s, _)| s == "cached"), "{}", r.all());
 }
 
+/// The epochs done in the first checkpoint under `cache/checkpoints`, read
+/// from its safetensors header (`cairn.checkpoint` metadata).
+fn checkpointed_epochs(p: &Project) -> Option<u64> {
+    let dir = std::fs::read_dir(p.cache().join("checkpoints")).ok()?.flatten().next()?.path();
+    let bytes = std::fs::read(dir.join("checkpoint.safetensors")).ok()?;
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8 + len)?).ok()?;
+    let meta: serde_json::Value = serde_json::from_str(header["__metadata__"]["cairn.checkpoint"].as_str()?).ok()?;
+    meta["epochs_done"].as_u64()
+}
+
+#[test]
+fn a_requeued_train_job_resumes_from_its_checkpoint() {
+    let test = "a_requeued_train_job_resumes_from_its_checkpoint";
+    let worker = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-worker");
+    if !Command::new(&worker).arg("--probe").output().is_ok_and(|o| o.status.success()) {
+        skip::missing(test, "cairn-worker is not built or libtorch is missing (`make setup`, then `cargo build --release --workspace`)");
+        return;
+    }
+    let Some(c) = Cluster::start(test) else { return };
+    let long = ML_PIPELINE.replace("epochs = 1", "epochs = 60");
+    let p = Project::new(&long);
+    write_cifar(&p);
+    let child = p.cmd(&["run", "-v"]).envs(c.env()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while checkpointed_epochs(&p).is_none_or(|n| n < 10) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint past epoch 10 after 2 minutes:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = c.command("squeue").args(["--noheader", "--format=%i|%j"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (id, _) = text.lines().filter_map(|l| l.split_once('|')).find(|(_, n)| n.ends_with("-train")).unwrap_or_else(|| panic!("no train job: {text}"));
+    let requeue = c.command("scontrol").args(["requeue", id]).output().unwrap();
+    assert!(requeue.status.success(), "scontrol requeue: {}", String::from_utf8_lossy(&requeue.stderr));
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+    assert!(r.stderr.contains("resuming train from epoch"), "the requeued job did not resume:\n{}", r.stderr);
+    assert!(checkpointed_epochs(&p).is_none(), "the checkpoint is removed once the result is stored");
+
+    let local = Project::new(&long);
+    write_cifar(&local);
+    let here = cairn(&local, &c, &["run", "--json", "--profile", "here"]);
+    assert_eq!(here.code, 0, "{}", here.all());
+    let files = |p: &Project| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(p.path().join("artifacts/train")).unwrap().flatten().map(|e| (e.file_name(), std::fs::read(e.path()).unwrap())).collect();
+        v.sort();
+        v
+    };
+    assert!(files(&p) == files(&local), "a resumed job must write an uninterrupted run's bytes");
+}
+
 /// Two stages that sleep, each writing when it started and ended.
 const TWO_SLEEPERS: &str = r#"
 [pipeline]
@@ -264,6 +315,53 @@ fn independent_stages_run_as_concurrent_jobs() {
     let ((l0, l1), (r0, r1)) = (interval(&p, "left"), interval(&p, "right"));
     assert!(l0 < r1 && r0 < l1, "the jobs did not overlap: left {l0}..{l1}, right {r0}..{r1}");
     eprintln!("two 3 s stages as concurrent Slurm jobs: {:.1} s in all", t0.elapsed().as_secs_f64());
+}
+
+/// A shared upstream stage and a stage swept over `K`, whose job writes
+/// when it ran, its job id and its `K`.
+const SWEPT: &str = r#"
+[pipeline]
+name = "sweep"
+
+[executors.cluster]
+kind = "slurm"
+cpus = 1
+
+[stages.gen]
+kind = "command"
+cmd = "seq 1 10 > {out.n}"
+outputs = { n = "n.txt" }
+executor = "cluster"
+
+[stages.point]
+kind = "command"
+cmd = "date +%s.%N > {out.t}; sleep 3; date +%s.%N >> {out.t}; echo $SLURM_JOB_ID $K $(wc -l < {in.n}) > {out.job}"
+env = { K = "0" }
+inputs = { n = "gen.n" }
+outputs = { t = "t.txt", job = "job.txt" }
+executor = "cluster"
+"#;
+
+#[test]
+fn a_sweep_submits_one_job_per_point_at_once_and_shares_the_upstream_stage() {
+    let Some(c) = Cluster::start("a_sweep_submits_one_job_per_point_at_once_and_shares_the_upstream_stage") else { return };
+    let p = Project::new(SWEPT);
+    let r = cairn(&p, &c, &["run", "--json", "--sweep", r#"point.env.K="1","2","3""#]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+    let names: Vec<String> = stages(&r).into_keys().collect();
+    assert_eq!(names, ["gen", "point@1", "point@2", "point@3"], "{}", r.all());
+    let mut ids = std::collections::BTreeSet::new();
+    for k in 1..=3 {
+        let job = String::from_utf8(artifact(&p, &format!("point@{k}/job.txt"))).unwrap();
+        let fields: Vec<&str> = job.split_whitespace().collect();
+        assert_eq!(fields[1..], [k.to_string().as_str(), "10"], "point {k} ran with its own K on gen's output: {job:?}");
+        assert!(fields[0].parse::<u64>().is_ok(), "point {k} did not run under Slurm: {job:?}");
+        ids.insert(fields[0].to_string());
+    }
+    assert_eq!(ids.len(), 3, "one job per point: {ids:?}");
+    let spans: Vec<(f64, f64)> = (1..=3).map(|k| interval(&p, &format!("point@{k}"))).collect();
+    let (latest_start, first_end) = (spans.iter().map(|s| s.0).fold(f64::MIN, f64::max), spans.iter().map(|s| s.1).fold(f64::MAX, f64::min));
+    assert!(latest_start < first_end, "the three jobs did not all run at once: {spans:?}");
 }
 
 const SLEEPER: &str = r#"

@@ -25,18 +25,19 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
     }
     let result = match &cli.command {
-        Cmd::Run { targets, force, dry_run, jobs, no_wait, json, push, remote_required, locked, config, .. } => {
+        Cmd::Run { targets, force, dry_run, jobs, no_wait, json, push, remote_required, locked, sweep, config, .. } => {
             let opts = RunOptions {
                 targets: targets.clone(),
                 force: force.clone(),
                 dry_run: *dry_run,
-                jobs: *jobs,
+                jobs: jobs.unwrap_or(1),
                 push: *push,
                 remote_required: *remote_required,
                 remote: None,
             };
             let quiet = Console::new(cli.quiet || *json, cli.verbose > 0);
-            cmd_run(&cli, config, &opts, !no_wait, *json, locked.as_deref(), &quiet)
+            let run = RunCmd { wait: !no_wait, json: *json, locked: locked.as_deref(), sweep, jobs_set: jobs.is_some() };
+            cmd_run(&cli, config, &opts, &run, &quiet)
         }
         Cmd::Push { stages, config } => super::remote::cmd_push(&cli, config, stages, &console),
         Cmd::Pull { stages, config } => super::remote::cmd_pull(&cli, config, stages, &console),
@@ -154,10 +155,29 @@ fn artifacts_dir(cli: &Cli) -> std::path::PathBuf {
         .unwrap_or_else(|| cli.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("artifacts"))
 }
 
-fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool, locked: Option<&str>, console: &Console) -> CmdResult {
-    let (pipeline, env) = load(cli, config, console)?;
-    let lock_plan = super::lock::before_run(cli, locked, console)?;
+/// How `cairn run` was asked to run, beyond [`RunOptions`].
+struct RunCmd<'a> {
+    wait: bool,
+    json: bool,
+    locked: Option<&'a str>,
+    /// The `--sweep` flags.
+    sweep: &'a [String],
+    /// Whether `--jobs` was given (a sweep otherwise runs its points at once).
+    jobs_set: bool,
+}
+
+fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console: &Console) -> CmdResult {
+    let (wait, json) = (run.wait, run.json);
+    let (pipeline, env) = if run.sweep.is_empty() { load(cli, config, console)? } else { super::sweep::load_merged(cli, config, run.sweep, console)? };
+    let lock_plan = super::lock::before_run(cli, run.locked, console)?;
     let mut opts = opts.clone();
+    if let Some(w) = &pipeline.sweep {
+        opts.targets = super::sweep::expand(&pipeline, &opts.targets);
+        opts.force = super::sweep::expand(&pipeline, &opts.force);
+        if !run.jobs_set {
+            opts.jobs = w.points.len();
+        }
+    }
     if let Some((remote, push)) = super::remote::open(config, &pipeline, console)? {
         opts.push |= push;
         opts.remote = Some(remote);
@@ -187,7 +207,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
         // were verified through it.
         cache.stat().save();
         if !report.all_cached() {
-            if let Err(e) = cairn::history::record(&cache, &report) {
+            if let Err(e) = cairn::history::record(&cache, &report, pipeline.sweep.as_ref()) {
                 console.warn_line(&format!("could not record the run history: {e}"));
             }
         }
@@ -209,6 +229,11 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
             report.run_id
         ));
     }
+    if pipeline.sweep.is_some() && !json && !opts.dry_run {
+        if let Some(table) = cairn::history::load(cache.root(), &report.run_id).ok().and_then(|rows| super::sweep::table(&rows, false)) {
+            console.line(table.trim_end());
+        }
+    }
     if let Some(code) = super::remote::after_run(opts, &pipeline, &cache, &report, console) {
         return Ok(code);
     }
@@ -227,6 +252,10 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, wait: bool, json: bool
         return Ok(exit::FAILED);
     }
     if opts.dry_run {
+        return Ok(exit::OK);
+    }
+    if pipeline.sweep.is_some() {
+        // cairn.lock records the pipeline as committed, not a sweep's points.
         return Ok(exit::OK);
     }
     Ok(super::lock::after_run(lock_plan, &pipeline, &cache, &report, opts.targets.is_empty(), console))
@@ -412,6 +441,10 @@ fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, console: 
         report.manifests,
         report.kept
     );
+    if report.checkpoints > 0 {
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        println!("{verb} {} orphaned training checkpoint(s), {}", report.checkpoints, human_bytes(report.checkpoint_bytes));
+    }
     Ok(exit::OK)
 }
 

@@ -2,7 +2,8 @@
 //! working tree (the pipeline as it is now, with the metrics of its fresh
 //! stages) against `cairn.lock`, as aligned text (the default) or as a
 //! Markdown table for a pull-request comment. Params are shown where they
-//! differ, metrics always, with their change.
+//! differ, metrics always, with their change. A sweep's run (named, or the
+//! newest when none is) is shown as its table of points instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -46,6 +47,12 @@ pub struct DiffArgs<'a> {
 }
 
 pub fn diff(cli: &Cli, config: &Config, args: &DiffArgs, console: &Console) -> CmdResult {
+    if args.lock.is_none() && args.run_b.is_none() {
+        if let Some(table) = sweep_table(cli, args.run_a, args.markdown)? {
+            print!("{table}");
+            return Ok(exit::OK);
+        }
+    }
     let [a, b] = match args.lock {
         Some(path) => against_lock(cli, config, path, console)?,
         None => runs(cli, args.run_a, args.run_b)?,
@@ -170,6 +177,17 @@ fn named(cli: &Cli, ids: &[String], given: &str) -> Result<(String, Vec<HistoryR
             Err(exit::IO)
         }
     }
+}
+
+/// The table of points when the run named (else the newest) is a sweep's:
+/// its points are what there is to compare.
+fn sweep_table(cli: &Cli, given: Option<&str>, markdown: bool) -> Result<Option<String>, i32> {
+    let ids = history::run_ids(&cli.cache_dir);
+    let rows = match given {
+        Some(g) => Some(named(cli, &ids, g)?.1),
+        None => ids.last().and_then(|id| readable(cli, id)),
+    };
+    Ok(rows.and_then(|rows| super::sweep::table(&rows, markdown)))
 }
 
 /// The two runs to compare: those named, the newest readable ones standing

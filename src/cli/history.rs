@@ -1,5 +1,6 @@
 //! `cairn runs`: the run history, read back from Parquet (`cairn diff`
-//! compares two of its runs, see `diff.rs`).
+//! compares two of its runs, see `diff.rs`); a sweep's run is followed by
+//! its table of points.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +34,8 @@ pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
                 "started_at": rows.first().map(|r| r.started_at.clone()).unwrap_or_default(),
                 "profile": rows.first().map(|r| r.profile.clone()).unwrap_or_default(),
                 "ran": count("ran"), "cached": count("cached"), "pulled": count("pulled"), "failed": count("failed"),
-                "stages": rows.iter().map(|r| serde_json::json!({"stage": r.stage, "status": r.status, "metrics": r.metrics, "duration_s": r.duration_s})).collect::<Vec<_>>(),
+                "stages": rows.iter().map(|r| serde_json::json!({"stage": r.stage, "status": r.status, "metrics": r.metrics, "duration_s": r.duration_s, "sweep_points": r.sweep_points})).collect::<Vec<_>>(),
+                "sweep": rows.first().map(|r| r.sweep.clone()).unwrap_or_default(),
             }));
         } else {
             println!(
@@ -48,6 +50,9 @@ pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
                 count("failed"),
                 headline(&rows)
             );
+            if let Some(table) = super::sweep::table(&rows, false) {
+                println!("{}", super::ui::indent(&table));
+            }
         }
     }
     if json {

@@ -7,6 +7,7 @@ mod inspect;
 mod local;
 mod lock;
 mod remote;
+mod sweep;
 mod ui;
 
 use std::path::PathBuf;
@@ -76,7 +77,7 @@ pub struct Config {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run the targets (default: every stage) and what they depend on.
-    #[command(after_help = "Examples:\n  cairn run\n  cairn run evaluate --set finetune.lr=1e-4\n  cairn run --force finetune\n  cairn run --dry-run --json")]
+    #[command(after_help = "Examples:\n  cairn run\n  cairn run evaluate --set finetune.lr=1e-4\n  cairn run --force finetune\n  cairn run --sweep finetune.lr=1e-3,3e-4,1e-4\n  cairn run --dry-run --json")]
     Run {
         /// Stages to bring up to date, with their ancestors.
         targets: Vec<String>,
@@ -86,9 +87,10 @@ pub enum Cmd {
         /// Show what would run, run nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Independent stages to run at once.
-        #[arg(short, long, default_value_t = 1)]
-        jobs: usize,
+        /// Independent stages to run at once [default: 1; with --sweep,
+        /// the number of points].
+        #[arg(short, long)]
+        jobs: Option<usize>,
         /// Fail instead of waiting when another run holds the cache.
         #[arg(long)]
         no_wait: bool,
@@ -110,6 +112,11 @@ pub enum Cmd {
         /// `--locked=strict` also fails on stages of another environment class.
         #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "compare", value_parser = ["compare", "strict"])]
         locked: Option<String>,
+        /// Run the pipeline once per value (a grid over several flags),
+        /// sharing every stage the points agree on; the stages that differ
+        /// are named `STAGE@K` after point K. Repeatable.
+        #[arg(long, value_name = "STAGE.PARAM=V1,V2,...", conflicts_with_all = ["locked", "save_overrides"])]
+        sweep: Vec<String>,
         #[command(flatten)]
         config: Config,
     },

@@ -53,6 +53,12 @@ pub struct JobSpec {
     pub keyed_env: BTreeMap<String, String>,
     pub needs_torch: bool,
     pub needs_threads: bool,
+    /// The stage key's checkpoint directory in the shared cache, where a
+    /// resumable kind checkpoints, so a requeued job or a later run's job
+    /// resumes where the last one stopped (absent: `verify`, or older job
+    /// files).
+    #[serde(default)]
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 /// An output as the job hashed it.
@@ -182,6 +188,7 @@ fn run_stage(spec: &JobSpec, registry: &Registry, cancel: &AtomicBool, metrics: 
         input_hashes: spec.inputs.iter().map(|(s, v)| (s.clone(), v.iter().map(|i| i.hash).collect())).collect(),
         outputs: spec.outputs.clone(),
         scratch: &spec.scratch,
+        checkpoint_dir: spec.checkpoint_dir.clone(),
         seed: spec.seed,
         env: &env,
         reporter: &LogReporter,
@@ -256,6 +263,7 @@ mod tests {
             keyed_env,
             needs_torch: false,
             needs_threads: false,
+            checkpoint_dir: None,
         }
     }
 

@@ -94,6 +94,8 @@ impl Slurm {
             "--parsable".to_string(),
             format!("--job-name={}", job.name),
             format!("--output={}", job.log.display()),
+            // A requeued job continues the log the engine is following.
+            "--open-mode=append".to_string(),
             format!("--chdir={}", job.dir.display()),
         ];
         if !job.env.is_empty() {
@@ -216,6 +218,7 @@ mod tests {
                 "--parsable",
                 "--job-name=cairn-run-train",
                 "--output=/c/tmp/train-x/job/job.log",
+                "--open-mode=append",
                 "--chdir=/c/tmp/train-x/job",
                 "--export=ALL,CAIRN_THREADS=8",
                 "--gres=gpu:1",

@@ -74,6 +74,7 @@ impl Submitted {
             keyed_env: ctx.env.key_entries(self.needs),
             needs_torch: self.needs.torch,
             needs_threads: self.needs.threads,
+            checkpoint_dir: ctx.checkpoint_dir.as_deref().map(abs),
         };
         // A key that holds the CPU thread count (float reductions are
         // ordered per thread) is computed with that count on the node too

@@ -14,6 +14,7 @@ pub mod overrides;
 pub mod parse;
 pub mod remote;
 pub mod rules;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,8 @@ pub struct Pipeline {
     /// Stage → the executor it chose (`executor = "NAME"`); absent: local.
     /// Kept beside the stages, never in them: it is not part of any key.
     pub stage_executors: BTreeMap<String, String>,
+    /// The sweep this pipeline was merged from (`run --sweep`), if any.
+    pub sweep: Option<sweep::Sweep>,
 }
 
 impl Pipeline {
@@ -111,6 +114,12 @@ impl Pipeline {
         self.stages.iter().map(|s| s.name.as_str())
     }
 
+    /// The name `stage` has in `pipeline.toml`: a sweep's variant
+    /// `finetune@2` is `finetune`.
+    pub fn declared_name<'a>(&'a self, stage: &'a str) -> &'a str {
+        self.sweep.as_ref().map_or(stage, |s| s.declared(stage))
+    }
+
     /// The document behind an [`InputRef::UpstreamParams`] input of stage
     /// `i`: `{"stages": {name: {"kind": k, "params": canonical}}}` for `i`
     /// and every stage it reads from, transitively. Stages it does not
@@ -122,7 +131,7 @@ impl Pipeline {
             .into_iter()
             .map(|j| {
                 let s = &self.stages[j];
-                (s.name.clone(), serde_json::json!({"kind": s.kind.name(), "params": s.checked.params}))
+                (self.declared_name(&s.name).to_string(), serde_json::json!({"kind": s.kind.name(), "params": s.checked.params}))
             })
             .collect();
         serde_json::to_vec_pretty(&serde_json::json!({ "stages": stages })).expect("JSON values serialise")
@@ -198,8 +207,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
         return Err(SpecError::Invalid(diags));
     }
 
-    let graph = dependency_graph(&stages);
-    let order = graph.topo_order().map_err(|cycle| {
+    let (stages, graph) = ordered(stages).map_err(|cycle| {
         let path = vec!["stages".to_string(), cycle[0].clone(), "inputs".to_string()];
         SpecError::Invalid(vec![Diagnostic {
             origin: raw.source.origin(raw.span_of(&path)),
@@ -207,14 +215,38 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
             help: Some("a stage cannot read, directly or indirectly, its own outputs".into()),
         }])
     })?;
-    let graph = graph.reordered(&order);
-    let mut slots: Vec<Option<Stage>> = stages.into_iter().map(Some).collect();
-    let stages: Vec<Stage> = order.iter().map(|&i| slots[i].take().expect("a topological order names each stage once")).collect();
 
     // Absolute, because stages run in their own working directory.
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let root = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-    Ok(Pipeline { name: raw.name, seed: raw.seed, file: path.to_path_buf(), root, profile, stages, graph, remote: raw.remote, executors: raw.executors, stage_executors })
+    Ok(Pipeline {
+        name: raw.name,
+        seed: raw.seed,
+        file: path.to_path_buf(),
+        root,
+        profile,
+        stages,
+        graph,
+        remote: raw.remote,
+        executors: raw.executors,
+        stage_executors,
+        sweep: None,
+    })
+}
+
+/// The stages in topological order, with their graph; `Err` names the
+/// stages of a cycle.
+fn ordered(stages: Vec<Stage>) -> Result<(Vec<Stage>, Graph), Vec<String>> {
+    let graph = dependency_graph(&stages);
+    let order = graph.topo_order()?;
+    let mut slots: Vec<Option<Stage>> = stages.into_iter().map(Some).collect();
+    let stages = order.iter().map(|&i| slots[i].take().expect("a topological order names each stage once")).collect();
+    Ok((stages, graph.reordered(&order)))
+}
+
+/// [`ordered`] for stages known to be acyclic (merged sweep points).
+fn assemble(stages: Vec<Stage>) -> (Vec<Stage>, Graph) {
+    ordered(stages).expect("stages merged from acyclic pipelines form no cycle")
 }
 
 /// The graph of stages (in declaration order) and the stages whose outputs
