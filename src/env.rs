@@ -25,6 +25,15 @@
 //! (temporary file, then rename) and only into a directory tagged as a cairn
 //! cache; a read-only cache only means probing once per invocation.
 //!
+//! A stage that runs on a scheduler's node is keyed with that node's facts,
+//! not this machine's: each executor of the pipeline that submits jobs has
+//! its own [`Environment`] ([`Environment::for_executor`]) whose probe is a
+//! job of the executor's shape running `cairn-worker --probe` on a node
+//! ([`RemoteProbe`], made in `crate::executor`). Its answer is cached like a
+//! local one, under an id that also hashes the executor's configuration.
+//! The job re-checks its own node's facts before it runs, so a cluster
+//! whose nodes changed since is refused, never mislabelled.
+//!
 //! The thread count comes from `CAIRN_THREADS` or the number of CPUs.
 
 use std::collections::BTreeMap;
@@ -32,7 +41,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +72,26 @@ pub enum ProbeError {
     Parse { path: PathBuf, reason: String },
     #[error("{} comes from another checkout than this cairn: {what}\n  help: rebuild it with `make setup` so that cairn and cairn-worker come from the same checkout", path.display())]
     Stale { path: PathBuf, what: String },
+    #[error("cannot learn the facts of the nodes of {label}: {reason}\n  help: the nodes need cairn-worker and libtorch at the paths this machine uses; `sbatch` must accept the executor's job shape")]
+    Remote { label: String, reason: String },
+}
+
+/// How to probe the nodes of a scheduler executor: `run(worker, out)`
+/// submits a job that runs `<worker> --probe` with its output in `out` (a
+/// file on the shared cache), waits for it, and returns that output.
+#[derive(Clone)]
+pub struct RemoteProbe {
+    /// Says where it ran, in errors (`executor `gpu` (Slurm)`).
+    pub label: String,
+    /// The executor's configuration, hashed into the probe cache's id.
+    pub config: String,
+    pub run: Arc<dyn Fn(&Path, &Path) -> Result<String, String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for RemoteProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteProbe").field("label", &self.label).field("config", &self.config).finish()
+    }
 }
 
 /// The engine's view of the machine. Cheap to make; the worker's facts are
@@ -81,11 +110,47 @@ pub struct Environment {
     /// others comes from another checkout. `None` checks no kinds.
     worker_kinds: Option<BTreeMap<String, u32>>,
     probe: OnceLock<Result<Probe, ProbeError>>,
+    /// Where the probe runs: `None` here, else on a scheduler's node.
+    remote: Option<RemoteProbe>,
+    /// The environments of the scheduler executors, by executor name.
+    executors: BTreeMap<String, Environment>,
 }
 
 impl Environment {
     pub fn detect(force_cpu: bool) -> Self {
-        Self { threads: threads_from_env(), force_cpu, worker: None, cache_root: None, worker_kinds: None, probe: OnceLock::new() }
+        Self {
+            threads: threads_from_env(),
+            force_cpu,
+            worker: None,
+            cache_root: None,
+            worker_kinds: None,
+            probe: OnceLock::new(),
+            remote: None,
+            executors: BTreeMap::new(),
+        }
+    }
+
+    /// Gives each named scheduler executor an environment probed on its
+    /// nodes; call it last, the executors copy the rest of the settings.
+    pub fn with_executors(mut self, probes: BTreeMap<String, RemoteProbe>) -> Self {
+        let like = |remote: RemoteProbe| Environment {
+            threads: self.threads,
+            force_cpu: self.force_cpu,
+            worker: self.worker.clone(),
+            cache_root: self.cache_root.clone(),
+            worker_kinds: self.worker_kinds.clone(),
+            probe: OnceLock::new(),
+            remote: Some(remote),
+            executors: BTreeMap::new(),
+        };
+        self.executors = probes.into_iter().map(|(name, p)| (name, like(p))).collect();
+        self
+    }
+
+    /// The environment a stage on `executor` is keyed with and runs in:
+    /// its nodes' for a scheduler executor, else this machine's.
+    pub fn for_executor(&self, executor: Option<&str>) -> &Environment {
+        executor.and_then(|e| self.executors.get(e)).unwrap_or(self)
     }
 
     /// Caches probe answers under `<cache_root>/probe/`.
@@ -156,18 +221,36 @@ impl Environment {
             Some(w) => w.clone(),
             None => crate::worker::locate().map_err(ProbeError::NoWorker)?,
         };
-        let cache = self.cache_root.as_deref().and_then(|root| ProbeCache::new(root, &worker));
+        let config = self.remote.as_ref().map_or("", |r| r.config.as_str());
+        let cache = self.cache_root.as_deref().and_then(|root| ProbeCache::new(root, &worker, config));
         if let Some(probe) = cache.as_ref().and_then(ProbeCache::read) {
             // Checked again: this cairn may be newer than the cached answer.
             check_probe(&worker, &probe, self.worker_kinds.as_ref())?;
             return Ok(probe);
         }
-        let probe = run_probe(&worker)?;
+        let probe = match &self.remote {
+            None => run_probe(&worker)?,
+            Some(remote) => self.run_remote_probe(remote, &worker)?,
+        };
         check_probe(&worker, &probe, self.worker_kinds.as_ref())?;
         if let Some(cache) = &cache {
             cache.write(&probe);
         }
         Ok(probe)
+    }
+}
+
+impl Environment {
+    /// Probes a node through `remote`, its output in a file of the shared
+    /// cache's `tmp/` (the system's temporary directory without a cache).
+    fn run_remote_probe(&self, remote: &RemoteProbe, worker: &Path) -> Result<Probe, ProbeError> {
+        let dir = self.cache_root.as_ref().map(|r| r.join("tmp")).filter(|d| d.is_dir()).unwrap_or_else(std::env::temp_dir);
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let out = dir.join(format!("probe-{}-{}.out", std::process::id(), blake3::hash(remote.config.as_bytes()).to_hex()[..8].to_string()));
+        let answer = (remote.run)(worker, &out);
+        let _ = std::fs::remove_file(&out);
+        let fail = |reason: String| ProbeError::Remote { label: remote.label.clone(), reason };
+        parse_probe(&answer.map_err(fail)?).map_err(|e| fail(format!("its output holds no probe ({e})")))
     }
 }
 
@@ -263,8 +346,8 @@ struct ProbeCache {
 
 impl ProbeCache {
     /// `None` when the worker cannot be stat'ed (probing will say why).
-    fn new(root: &Path, worker: &Path) -> Option<Self> {
-        let id = probe_id(worker)?;
+    fn new(root: &Path, worker: &Path, executor: &str) -> Option<Self> {
+        let id = probe_id(worker, executor)?;
         Some(Self { root: root.into(), file: root.join(PROBE_DIR).join(format!("{id}.json")) })
     }
 
@@ -301,8 +384,9 @@ impl ProbeCache {
 }
 
 /// Hex blake3 of everything that could change a worker's probe answer on
-/// this machine; see the module docs.
-fn probe_id(worker: &Path) -> Option<String> {
+/// this machine, and of the executor's configuration (empty here); see the
+/// module docs.
+fn probe_id(worker: &Path, executor: &str) -> Option<String> {
     let path = std::fs::canonicalize(worker).ok()?;
     let id = FileId::of(&path)?;
     let mut h = blake3::Hasher::new();
@@ -317,6 +401,9 @@ fn probe_id(worker: &Path) -> Option<String> {
     field("cpu", cpu_identity().as_bytes());
     for var in PROBE_ENV_VARS {
         field(var, std::env::var_os(var).unwrap_or_default().as_encoded_bytes());
+    }
+    if !executor.is_empty() {
+        field("executor", executor.as_bytes());
     }
     Some(h.finalize().to_hex()[..32].to_string())
 }

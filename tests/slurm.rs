@@ -277,6 +277,56 @@ fn a_requeued_train_job_resumes_from_its_checkpoint() {
     assert!(files(&p) == files(&local), "a resumed job must write an uninterrupted run's bytes");
 }
 
+/// The environment entries a stage was keyed with, from its manifest.
+fn keyed_env(p: &Project, key: &str) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(p.cache().join("manifests").join(format!("{key}.json"))).unwrap_or_else(|e| panic!("manifest {key}: {e}"));
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_value(m["key_inputs"]["env"].clone()).unwrap()
+}
+
+/// Probe jobs the cluster has seen.
+fn probe_jobs(c: &Cluster) -> usize {
+    let out = c.command("squeue").args(["--noheader", "--states=all", "--format=%j"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim() == "cairn-probe").count()
+}
+
+#[test]
+fn a_slurm_stage_is_keyed_with_its_nodes_facts() {
+    let test = "a_slurm_stage_is_keyed_with_its_nodes_facts";
+    let worker = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-worker");
+    if !Command::new(&worker).arg("--probe").output().is_ok_and(|o| o.status.success()) {
+        skip::missing(test, "cairn-worker is not built or libtorch is missing (`make setup`, then `cargo build --release --workspace`)");
+        return;
+    }
+    let Some(c) = Cluster::start(test) else { return };
+    // Nodes unlike this machine: their libtorch dispatches to AVX2 kernels.
+    let shape = "cpus = 2\nmem = \"2G\"";
+    let pipeline = ML_PIPELINE.replace(shape, &format!("{shape}\nsbatch_args = [\"--export=ALL,ATEN_CPU_CAPABILITY=avx2,CAIRN_THREADS=2\"]"));
+    let run = |p: &Project, args: &[&str]| -> Run { p.cmd(args).envs(c.env()).env("CAIRN_THREADS", "2").output().unwrap().into() };
+    let on_slurm = Project::new(&pipeline);
+    write_cifar(&on_slurm);
+    let r = run(&on_slurm, &["run", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+    let remote = stages(&r);
+    assert_eq!(keyed_env(&on_slurm, &remote["train"].1)["cpu_capability"], "AVX2", "train is keyed with the node's facts");
+    assert_eq!(probe_jobs(&c), 1, "one probe job for the executor");
+
+    let local = Project::new(&pipeline);
+    write_cifar(&local);
+    let r = run(&local, &["run", "--json", "--profile", "here"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let here = stages(&r);
+    assert_ne!(keyed_env(&local, &here["train"].1)["cpu_capability"], "AVX2");
+    assert_ne!(remote["train"].1, here["train"].1, "a result of AVX2 nodes never serves this machine");
+    assert_eq!(remote["load"].1, here["load"].1, "a stage keyed without the CPU class is shared");
+
+    // The probe's answer is cached: another run on the cluster is a no-op
+    // and submits nothing.
+    let r = run(&on_slurm, &["run", "--json"]);
+    assert!(stages(&r).values().all(|(s, _)| s == "cached"), "{}", r.all());
+    assert_eq!(probe_jobs(&c), 1, "the probe is not repeated");
+}
+
 /// Two stages that sleep, each writing when it started and ended.
 const TWO_SLEEPERS: &str = r#"
 [pipeline]

@@ -100,6 +100,8 @@ pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, 
             if let Some((name, true)) = &p.profile {
                 console.line(&format!("no CUDA device found: using profile `{name}` (override with --profile)"));
             }
+            // Stages on a scheduler are keyed with its nodes' facts.
+            let env = env.with_executors(cairn::executor::node_probes(&p));
             Ok((p, env))
         }
         Err(e @ SpecError::Read { .. }) => Err(fail(console, exit::USAGE, format!("{e}\n  help: run cairn in the directory holding pipeline.toml, or pass -f PATH"))),

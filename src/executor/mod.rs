@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::env::RemoteProbe;
 use crate::spec::executors::ExecutorSpec;
 use crate::spec::{Pipeline, Stage};
 
@@ -96,6 +97,21 @@ pub trait Executor: Send + Sync {
     /// is [`JobState::Gone`].
     fn poll(&self, jobs: &[JobId]) -> Result<BTreeMap<JobId, JobState>, ExecutorError>;
     fn cancel(&self, jobs: &[JobId]) -> Result<(), ExecutorError>;
+}
+
+/// For each scheduler executor a stage of `pipeline` uses, how to probe
+/// its nodes (see `crate::env`): the key of a stage that runs there holds
+/// the facts of the node that will run it.
+pub fn node_probes(pipeline: &Pipeline) -> BTreeMap<String, RemoteProbe> {
+    let used: std::collections::BTreeSet<&String> = pipeline.stage_executors.values().collect();
+    let mut out = BTreeMap::new();
+    for (name, spec) in pipeline.executors.iter().filter(|(n, _)| used.contains(n)) {
+        let ExecutorSpec::Slurm(shape) = spec else { continue };
+        let slurm = Arc::new(slurm::Slurm::new(shape.clone()));
+        let run = Arc::new(move |worker: &std::path::Path, out: &std::path::Path| slurm.probe(worker, out));
+        out.insert(name.clone(), RemoteProbe { label: format!("executor `{name}` (Slurm)"), config: format!("slurm {shape:?}"), run });
+    }
+    out
 }
 
 /// The executors of one run: which stage goes where, and what was

@@ -11,6 +11,7 @@
 //! fails the stage at once with Slurm's words.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -28,6 +29,26 @@ pub struct Slurm {
 impl Slurm {
     pub fn new(shape: SlurmShape) -> Self {
         Self { shape }
+    }
+
+    /// Runs `<worker> --probe` as a job of this executor's shape, waits
+    /// for it (`sbatch --wait`) and returns what it printed, from `out`.
+    pub fn probe(&self, worker: &Path, out: &Path) -> Result<String, String> {
+        run("sbatch", &self.probe_args(worker, out)).map_err(|e| e.to_string())?;
+        std::fs::read_to_string(out).map_err(|e| format!("the probe job's output {}: {e}", out.display()))
+    }
+
+    fn probe_args(&self, worker: &Path, out: &Path) -> Vec<String> {
+        let mut args = vec![
+            "--parsable".to_string(),
+            "--wait".into(),
+            "--job-name=cairn-probe".into(),
+            format!("--output={}", out.display()),
+            "--export=ALL,CAIRN_LOG=error".into(),
+        ];
+        args.extend(self.shape.sbatch_options());
+        args.push(format!("--wrap=exec {} --probe", shell_quote(&worker.to_string_lossy())));
+        args
     }
 }
 
@@ -226,6 +247,15 @@ mod tests {
                 "--wrap=exec '/opt/cairn' 'exec-job' '/c/tmp/train-x/job'",
             ]
         );
+    }
+
+    #[test]
+    fn the_probe_job_has_the_executor_s_shape() {
+        let shape = SlurmShape { partition: Some("gpu".into()), gpus: Some(2), ..Default::default() };
+        let args = Slurm::new(shape).probe_args(Path::new("/opt/cairn-worker"), Path::new("/c/tmp/probe.out"));
+        assert_eq!(args[..5], ["--parsable", "--wait", "--job-name=cairn-probe", "--output=/c/tmp/probe.out", "--export=ALL,CAIRN_LOG=error"]);
+        assert!(args.contains(&"--partition=gpu".to_string()) && args.contains(&"--gres=gpu:2".to_string()), "{args:?}");
+        assert_eq!(args.last().unwrap(), "--wrap=exec '/opt/cairn-worker' --probe");
     }
 
     #[test]
