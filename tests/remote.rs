@@ -3,6 +3,8 @@
 //! `file://` remote. Only `command` stages: no libtorch.
 
 mod common;
+#[path = "support/class_worker.rs"]
+mod class_worker;
 #[path = "support/weed.rs"]
 mod weed;
 
@@ -506,52 +508,13 @@ fn remote_gc_keeps_what_the_last_runs_need_and_is_a_dry_run_unless_asked() {
     assert_eq!((o["gen"].as_str(), o["count"].as_str(), o["tag"].as_str(), o["last"].as_str()), ("cached", "cached", "ran", "ran"), "{}", r.all());
 }
 
-/// A stand-in `cairn-worker` for a machine of class `class`: its probe
-/// reports that class (`cpu_capability`, or a CUDA device), and a job
-/// writes the class into every output, as a result computed there would
-/// differ.
-fn class_worker(dir: &Path, cpu_capability: &str, device: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let probe = cairn::worker::Probe {
-        protocol: cairn::worker::PROTOCOL_VERSION,
-        libtorch: cairn::env::TORCH_VERSION.into(),
-        libtorch_path: None,
-        cuda: device != "cpu",
-        device: device.into(),
-        cpu_capability: cpu_capability.into(),
-        native_bf16: "none".into(),
-        kinds: cairn_kinds::all().iter().map(|k| (k.info().name.to_string(), k.info().version)).collect(),
-    };
-    let path = dir.join(format!("worker-{cpu_capability}-{}", device.replace([':', ' '], "_")));
-    let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = --probe ]; then echo '{json}'; exit 0; fi\n\
-         sed -n '/\"outputs\": {{/,/}}/p' \"$2\" | grep -o '\": \"[^\"]*\"' | sed 's/^\": \"//; s/\"$//' | \
-         while read -r p; do echo '{cpu_capability} {device}' > \"$p\"; done\n",
-        json = serde_json::to_string(&probe).unwrap()
-    );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
 #[test]
 fn a_remote_never_serves_a_result_computed_on_another_cpu_or_gpu_class() {
-    const CLASSED: &str = r#"
-[stages.make]
-kind = "command"
-cmd = "printf m > {out.model}; printf i > {out.images}; printf l > {out.labels}"
-outputs = { model = "model.pt", images = "images.arrow", labels = "labels.arrow" }
-
-[stages.evaluate]
-kind = "evaluate"
-model = { arch = "resnet18" }
-inputs = { model = "make.model", images = "make.images", labels = "make.labels" }
-"#;
     let shared = tempfile::tempdir().unwrap();
     let tools = tempfile::tempdir().unwrap();
     let url = format!("file://{}", shared.path().display());
     let run = |worker: &Path, push: bool| -> (Project, Run) {
-        let p = Project::new(CLASSED);
+        let p = Project::new(class_worker::CLASSED);
         let args: &[&str] = if push { &["run", "--json", "--push"] } else { &["run", "--json"] };
         let r: Run = p.cmd(args).env("CAIRN_REMOTE", &url).env("CAIRN_WORKER", worker).output().unwrap().into();
         assert_eq!(r.code, 0, "{}", r.all());
@@ -559,7 +522,7 @@ inputs = { model = "make.model", images = "make.images", labels = "make.labels" 
     };
     let evaluated = |p: &Project| std::fs::read_to_string(p.path().join("artifacts/evaluate/metrics.parquet")).unwrap_or_else(|e| panic!("{e}"));
 
-    let avx512 = class_worker(tools.path(), "AVX512", "cpu");
+    let avx512 = class_worker::class_worker(tools.path(), "AVX512", "cpu");
     let (_, r) = run(&avx512, true);
     assert_eq!(outcomes(&r)["evaluate"], "ran", "{}", r.all());
 
@@ -568,13 +531,13 @@ inputs = { model = "make.model", images = "make.images", labels = "make.labels" 
     assert_eq!((outcomes(&r)["make"].as_str(), outcomes(&r)["evaluate"].as_str()), ("pulled", "pulled"), "{}", r.all());
     assert_eq!(evaluated(&p).trim(), "AVX512 cpu");
     for (cpu, device) in [("AVX2", "cpu"), ("AVX512", "cuda:NVIDIA H200")] {
-        let (p, r) = run(&class_worker(tools.path(), cpu, device), true);
+        let (p, r) = run(&class_worker::class_worker(tools.path(), cpu, device), true);
         let o = outcomes(&r);
         assert_eq!((o["make"].as_str(), o["evaluate"].as_str()), ("pulled", "ran"), "{cpu} {device}: {}", r.all());
         assert_eq!(evaluated(&p).trim(), format!("{cpu} {device}"));
     }
     // Each class has its own entry; the first GPU class is not another's.
-    let (p, r) = run(&class_worker(tools.path(), "AVX512", "cuda:NVIDIA A100"), false);
+    let (p, r) = run(&class_worker::class_worker(tools.path(), "AVX512", "cuda:NVIDIA A100"), false);
     assert_eq!(outcomes(&r)["evaluate"], "ran", "{}", r.all());
     assert_eq!(evaluated(&p).trim(), "AVX512 cuda:NVIDIA A100");
     assert_eq!(std::fs::read_dir(shared.path().join("v1/manifests")).unwrap().count(), 4, "{:?}", files(shared.path()));

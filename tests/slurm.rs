@@ -195,15 +195,20 @@ fn output_hashes(r: &Run) -> BTreeMap<String, BTreeMap<String, String>> {
     v["stages"].as_array().unwrap().iter().map(|s| (s["stage"].as_str().unwrap().to_string(), hashes(s))).collect()
 }
 
-#[test]
-fn ml_stages_on_slurm_match_a_local_run() {
-    let test = "ml_stages_on_slurm_match_a_local_run";
+/// A cluster for a test that runs ML stages, or `None` after a visible
+/// skip when the worker cannot run here (or the cluster cannot start).
+fn ml_cluster(test: &str) -> Option<Cluster> {
     let worker = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-worker");
     if !Command::new(&worker).arg("--probe").output().is_ok_and(|o| o.status.success()) {
         skip::missing(test, "cairn-worker is not built or libtorch is missing (`make setup`, then `cargo build --release --workspace`)");
-        return;
+        return None;
     }
-    let Some(c) = Cluster::start(test) else { return };
+    Cluster::start(test)
+}
+
+#[test]
+fn ml_stages_on_slurm_match_a_local_run() {
+    let Some(c) = ml_cluster("ml_stages_on_slurm_match_a_local_run") else { return };
     let on_slurm = Project::new(ML_PIPELINE);
     write_cifar(&on_slurm);
     let r = cairn(&on_slurm, &c, &["run", "--json"]);
@@ -239,13 +244,7 @@ fn checkpointed_epochs(p: &Project) -> Option<u64> {
 
 #[test]
 fn a_requeued_train_job_resumes_from_its_checkpoint() {
-    let test = "a_requeued_train_job_resumes_from_its_checkpoint";
-    let worker = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-worker");
-    if !Command::new(&worker).arg("--probe").output().is_ok_and(|o| o.status.success()) {
-        skip::missing(test, "cairn-worker is not built or libtorch is missing (`make setup`, then `cargo build --release --workspace`)");
-        return;
-    }
-    let Some(c) = Cluster::start(test) else { return };
+    let Some(c) = ml_cluster("a_requeued_train_job_resumes_from_its_checkpoint") else { return };
     let long = ML_PIPELINE.replace("epochs = 1", "epochs = 60");
     let p = Project::new(&long);
     write_cifar(&p);
@@ -292,13 +291,7 @@ fn probe_jobs(c: &Cluster) -> usize {
 
 #[test]
 fn a_slurm_stage_is_keyed_with_its_nodes_facts() {
-    let test = "a_slurm_stage_is_keyed_with_its_nodes_facts";
-    let worker = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-worker");
-    if !Command::new(&worker).arg("--probe").output().is_ok_and(|o| o.status.success()) {
-        skip::missing(test, "cairn-worker is not built or libtorch is missing (`make setup`, then `cargo build --release --workspace`)");
-        return;
-    }
-    let Some(c) = Cluster::start(test) else { return };
+    let Some(c) = ml_cluster("a_slurm_stage_is_keyed_with_its_nodes_facts") else { return };
     // Nodes unlike this machine: their libtorch dispatches to AVX2 kernels.
     let shape = "cpus = 2\nmem = \"2G\"";
     let pipeline = ML_PIPELINE.replace(shape, &format!("{shape}\nsbatch_args = [\"--export=ALL,ATEN_CPU_CAPABILITY=avx2,CAIRN_THREADS=2\"]"));
@@ -565,6 +558,55 @@ fn overhead_of_a_small_stage_on_slurm() {
     let here = median((0..5).map(|_| time(Some("here"))).collect());
     let slurm = median((0..5).map(|_| time(None)).collect());
     eprintln!("5-stage chain, median of 5: here {here:.2} s, on Slurm {slurm:.2} s: {:.2} s more per stage", (slurm - here) / 5.0);
+}
+
+/// A 3-point learning-rate sweep of the flagship's `finetune` (cpu
+/// profile, from scratch on a 200-image-a-class subset of the real
+/// CIFAR-10, evaluated on 100 test images a class) on the cluster, against
+/// the same three runs one after another; both start with `load` and
+/// `resize` cached. A measurement, not a check: `cargo test --release
+/// --workspace --test slurm -- --ignored --nocapture sweep_of` (needs
+/// `../shared/data/cifar10-jpg.tar.gz`; figures in BENCHMARKS.md).
+#[test]
+#[ignore]
+fn sweep_of_the_flagship_finetune_on_slurm() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpg.tar.gz");
+    assert!(data.is_file(), "{} is missing", data.display());
+    let Some(c) = ml_cluster("sweep_of_the_flagship_finetune_on_slurm") else { return };
+    let flagship = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.toml")).unwrap();
+    let text = format!("{flagship}\n[executors.cluster]\nkind = \"slurm\"\ncpus = 2\nmem = \"3G\"\n");
+    let source = format!("load.source={}", data.display());
+    let sets = ["--profile", "cpu", "--set", &source, "--set", "load.train_per_class=200", "--set", "load.test=100", "--set", "finetune.init=\"scratch\"", "--set", "finetune.lr=0.05", "--set", "finetune.executor=\"cluster\"", "--set", "evaluate.executor=\"cluster\""];
+    let run = |p: &Project, extra: &[&str]| -> (Run, f64) {
+        let t0 = Instant::now();
+        let r = cairn(p, &c, &[&["run", "evaluate", "--json"][..], &sets, extra].concat());
+        assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+        (r, t0.elapsed().as_secs_f64())
+    };
+    let one_by_one = Project::new(&text);
+    let upstream = cairn(&one_by_one, &c, &[&["run", "resize"][..], &sets].concat());
+    assert_eq!(upstream.code, 0, "{}", upstream.all());
+    let swept = Project::new(&text);
+    let copied = Command::new("cp").arg("-a").arg(one_by_one.cache()).arg(swept.path()).status().unwrap();
+    assert!(copied.success());
+    let lrs = ["0.05", "0.1", "0.2"];
+    let mut sequential = 0.0;
+    let mut keys = Vec::new();
+    for lr in lrs {
+        let (r, secs) = run(&one_by_one, &["--set", &format!("finetune.lr={lr}")]);
+        sequential += secs;
+        keys.push(stages(&r)["finetune"].1.clone());
+    }
+    let (r, sweep) = run(&swept, &["--sweep", &format!("finetune.lr={}", lrs.join(","))]);
+    let st = stages(&r);
+    let shared: Vec<&String> = st.keys().filter(|k| !k.contains('@')).collect();
+    for (k, key) in keys.iter().enumerate() {
+        assert_eq!(&st[&format!("finetune@{}", k + 1)].1, key, "a point is keyed as its plain run");
+    }
+    eprintln!(
+        "3-point finetune.lr sweep on Slurm: {sweep:.1} s; the three runs one after another: {sequential:.1} s ({:.2}x); shared stages: {shared:?}",
+        sequential / sweep
+    );
 }
 
 /// A controller restart while a job runs: the job goes on on the node and
