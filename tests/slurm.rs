@@ -586,9 +586,11 @@ fn sweep_of_the_flagship_finetune_on_slurm() {
     let one_by_one = Project::new(&text);
     let upstream = cairn(&one_by_one, &c, &[&["run", "resize"][..], &sets].concat());
     assert_eq!(upstream.code, 0, "{}", upstream.all());
-    let swept = Project::new(&text);
-    let copied = Command::new("cp").arg("-a").arg(one_by_one.cache()).arg(swept.path()).status().unwrap();
-    assert!(copied.success());
+    let (swept, in_turn) = (Project::new(&text), Project::new(&text));
+    for p in [&swept, &in_turn] {
+        let copied = Command::new("cp").arg("-a").arg(one_by_one.cache()).arg(p.path()).status().unwrap();
+        assert!(copied.success());
+    }
     let lrs = ["0.05", "0.1", "0.2"];
     let mut sequential = 0.0;
     let mut keys = Vec::new();
@@ -597,6 +599,7 @@ fn sweep_of_the_flagship_finetune_on_slurm() {
         sequential += secs;
         keys.push(stages(&r)["finetune"].1.clone());
     }
+    let (_, sweep_j1) = run(&in_turn, &["--sweep", &format!("finetune.lr={}", lrs.join(",")), "-j", "1"]);
     let (r, sweep) = run(&swept, &["--sweep", &format!("finetune.lr={}", lrs.join(","))]);
     let st = stages(&r);
     let shared: Vec<&String> = st.keys().filter(|k| !k.contains('@')).collect();
@@ -604,8 +607,7 @@ fn sweep_of_the_flagship_finetune_on_slurm() {
         assert_eq!(&st[&format!("finetune@{}", k + 1)].1, key, "a point is keyed as its plain run");
     }
     eprintln!(
-        "3-point finetune.lr sweep on Slurm: {sweep:.1} s; the three runs one after another: {sequential:.1} s ({:.2}x); shared stages: {shared:?}",
-        sequential / sweep
+        "3-point finetune.lr sweep on Slurm: {sweep:.1} s (jobs at once), {sweep_j1:.1} s (-j 1); the three runs one after another: {sequential:.1} s; shared stages: {shared:?}"
     );
 }
 

@@ -164,7 +164,8 @@ struct RunCmd<'a> {
     locked: Option<&'a str>,
     /// The `--sweep` flags.
     sweep: &'a [String],
-    /// Whether `--jobs` was given (a sweep otherwise runs its points at once).
+    /// Whether `--jobs` was given (else a sweep picks its own, see
+    /// `sweep::default_jobs`).
     jobs_set: bool,
 }
 
@@ -177,7 +178,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console:
         opts.targets = super::sweep::expand(&pipeline, &opts.targets);
         opts.force = super::sweep::expand(&pipeline, &opts.force);
         if !run.jobs_set {
-            opts.jobs = w.points.len();
+            opts.jobs = super::sweep::default_jobs(&pipeline, w);
         }
     }
     if let Some((remote, push)) = super::remote::open(config, &pipeline, console)? {

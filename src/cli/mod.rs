@@ -87,8 +87,8 @@ pub enum Cmd {
         /// Show what would run, run nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Independent stages to run at once [default: 1; with --sweep,
-        /// the number of points].
+        /// Independent stages to run at once [default: 1; with --sweep
+        /// over stages on a scheduler, the number of points].
         #[arg(short, long)]
         jobs: Option<usize>,
         /// Fail instead of waiting when another run holds the cache.

@@ -38,6 +38,23 @@ pub fn load_merged(cli: &Cli, config: &Config, flags: &[String], console: &Conso
     Ok((merged, env.expect("at least one point")))
 }
 
+/// `-j` for a sweep when none is given: the number of points when a stage
+/// that differs between them runs on a scheduler, whose nodes bring their
+/// own cores; else 1, since points of CPU stages side by side on this
+/// machine only share its cores (a 3-point sweep of CPU training at once
+/// took 1.1-1.6x as long as one point after another, BENCHMARKS.md).
+pub fn default_jobs(pipeline: &Pipeline, w: &Sweep) -> usize {
+    let on_scheduler = |stage: &String| {
+        let executor = pipeline.stage_executors.get(stage).and_then(|e| pipeline.executors.get(e));
+        executor.is_some_and(|e| !matches!(e, cairn::spec::executors::ExecutorSpec::Local))
+    };
+    if w.variants.keys().any(on_scheduler) {
+        w.points.len()
+    } else {
+        1
+    }
+}
+
 fn per_point(w: &Sweep) -> usize {
     w.variants.values().filter(|(_, pts)| pts.contains(&0)).count()
 }
