@@ -25,8 +25,11 @@
 //!   thread count, when on the CPU, also `threads`, `cpu_capability` (the
 //!   kernels libtorch dispatches to: `DEFAULT`, `AVX2`, `AVX512`…) and
 //!   `native_bf16` (`amx_bf16`, `avx512_bf16`… or `none`), since results
-//!   differ across CPU classes. The worker refuses a job keyed on facts
-//!   that are not its own. Kinds that need none of these (`command`) have
+//!   differ across CPU classes. For a stage on a scheduler executor
+//!   (Slurm), these are the facts of the nodes it runs on, from a probe job
+//!   of the executor's shape (see [`crate::env`]), not of the machine
+//!   running `cairn`. The worker refuses a job keyed on facts that are not
+//!   its own. Kinds that need none of these (`command`) have
 //!   an empty map and never start the worker.
 //!
 //! # What stays out, deliberately
