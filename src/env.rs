@@ -32,7 +32,8 @@
 //! ([`RemoteProbe`], made in `crate::executor`). Its answer is cached like a
 //! local one, under an id that also hashes the executor's configuration.
 //! The job re-checks its own node's facts before it runs, so a cluster
-//! whose nodes changed since is refused, never mislabelled.
+//! whose nodes changed since is refused, never mislabelled, and the
+//! engine then forgets the cached answer ([`Environment::forget_probe`]).
 //!
 //! The thread count comes from `CAIRN_THREADS` or the number of CPUs.
 
@@ -145,6 +146,15 @@ impl Environment {
         };
         self.executors = probes.into_iter().map(|(name, p)| (name, like(p))).collect();
         self
+    }
+
+    /// Deletes the cached probe answer this environment was keyed with,
+    /// so the next invocation probes again; whether there was one.
+    pub fn forget_probe(&self) -> bool {
+        let Ok(worker) = self.worker.clone().map_or_else(crate::worker::locate, Ok) else { return false };
+        let config = self.remote.as_ref().map_or("", |r| r.config.as_str());
+        let cache = self.cache_root.as_deref().and_then(|root| ProbeCache::new(root, &worker, config));
+        cache.is_some_and(|c| std::fs::remove_file(&c.file).is_ok())
     }
 
     /// The environment a stage on `executor` is keyed with and runs in:

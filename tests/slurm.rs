@@ -320,6 +320,31 @@ fn a_slurm_stage_is_keyed_with_its_nodes_facts() {
     assert_eq!(probe_jobs(&c), 1, "the probe is not repeated");
 }
 
+#[test]
+fn nodes_unlike_their_cached_probe_are_refused_then_probed_again() {
+    let Some(c) = ml_cluster("nodes_unlike_their_cached_probe_are_refused_then_probed_again") else { return };
+    let p = Project::new(ML_PIPELINE);
+    write_cifar(&p);
+    let r = cairn(&p, &c, &["run"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+    // The executor's answer is the first written: the jobs' own checks
+    // cache theirs afterwards. Make it claim other nodes.
+    let mut probes: Vec<(std::time::SystemTime, std::path::PathBuf)> =
+        std::fs::read_dir(p.cache().join("probe")).unwrap().flatten().map(|e| (e.metadata().unwrap().modified().unwrap(), e.path())).collect();
+    probes.sort();
+    let file = &probes[0].1;
+    let text = std::fs::read_to_string(file).unwrap().replace("\"AVX512\"", "\"AVX2\"");
+    assert!(text.contains("AVX2"), "{text}");
+    std::fs::write(file, text).unwrap();
+
+    let r = cairn(&p, &c, &["run"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.all().contains("this node's environment differs") && r.all().contains("probes them again"), "{}", r.all());
+    assert!(!file.exists(), "the stale answer is dropped");
+    let r = cairn(&p, &c, &["run"]);
+    assert_eq!(r.code, 0, "the next run probes the nodes again and runs:\n{}\n{}", r.all(), c.logs());
+}
+
 /// Two stages that sleep, each writing when it started and ended.
 const TWO_SLEEPERS: &str = r#"
 [pipeline]

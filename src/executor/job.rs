@@ -85,6 +85,10 @@ pub struct ResultRecord {
     pub peak_rss_mb: f64,
     pub host: String,
     pub duration_s: f64,
+    /// The node refused the job: its facts are not those the stage was
+    /// keyed with (the engine then drops its cached probe of the nodes).
+    #[serde(default)]
+    pub env_refused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,13 +145,21 @@ pub fn run_job(dir: &Path, registry: &Registry) -> Result<bool, JobError> {
         peak_rss_mb: 0.0,
         host: hostname(),
         duration_s: 0.0,
+        env_refused: false,
     };
-    match run_stage(&spec, registry, &cancel, &mut record.metrics) {
+    let mut env = Environment::detect(false).with_worker_kinds(registry.worker_kinds().clone());
+    if let Some(dir) = &spec.cache_dir {
+        env = env.with_probe_cache(dir);
+    }
+    match check_env(&spec, &env).and_then(|()| run_stage(&spec, registry, &env, &cancel, &mut record.metrics)) {
         Ok(()) => match hash_outputs(&spec) {
             Ok(outputs) => record.outputs = outputs,
             Err(e) => record.error = Some(e.message),
         },
-        Err(e) => record.error = Some(e.message),
+        Err(e) => {
+            record.env_refused = e.message.starts_with(ENV_REFUSED);
+            record.error = Some(e.message);
+        }
     }
     record.duration_s = t0.elapsed().as_secs_f64();
     record.peak_rss_mb = peak_rss_mb();
@@ -158,7 +170,7 @@ pub fn run_job(dir: &Path, registry: &Registry) -> Result<bool, JobError> {
     Ok(record.error.is_none())
 }
 
-fn run_stage(spec: &JobSpec, registry: &Registry, cancel: &AtomicBool, metrics: &mut BTreeMap<String, f64>) -> Result<(), StageFailure> {
+fn run_stage(spec: &JobSpec, registry: &Registry, env: &Environment, cancel: &AtomicBool, metrics: &mut BTreeMap<String, f64>) -> Result<(), StageFailure> {
     let kind = registry
         .get(&spec.kind)
         .ok_or_else(|| StageFailure::new(format!("this cairn does not know kind `{}`; install the same cairn on the compute node", spec.kind)))?;
@@ -176,11 +188,6 @@ fn run_stage(spec: &JobSpec, registry: &Registry, cancel: &AtomicBool, metrics: 
         }
     }
     std::fs::create_dir_all(&spec.scratch)?;
-    let mut env = Environment::detect(false).with_worker_kinds(registry.worker_kinds().clone());
-    if let Some(dir) = &spec.cache_dir {
-        env = env.with_probe_cache(dir);
-    }
-    check_env(spec, &env)?;
     let mut ctx = StageCtx {
         stage: &spec.stage,
         params: &spec.params,
@@ -190,7 +197,7 @@ fn run_stage(spec: &JobSpec, registry: &Registry, cancel: &AtomicBool, metrics: 
         scratch: &spec.scratch,
         checkpoint_dir: spec.checkpoint_dir.clone(),
         seed: spec.seed,
-        env: &env,
+        env,
         reporter: &LogReporter,
         metrics: BTreeMap::new(),
         cancel,
@@ -199,6 +206,9 @@ fn run_stage(spec: &JobSpec, registry: &Registry, cancel: &AtomicBool, metrics: 
     *metrics = std::mem::take(&mut ctx.metrics);
     Ok(())
 }
+
+/// How [`check_env`]'s refusal begins.
+const ENV_REFUSED: &str = "this node's environment differs from the one the stage was keyed with";
 
 /// Refuses to run where the facts the stage was keyed with do not hold: a
 /// result computed here would be served as one from the keyed machine.
@@ -218,7 +228,7 @@ fn check_env(spec: &JobSpec, env: &Environment) -> Result<(), StageFailure> {
         .map(|k| format!("{k}: keyed {:?}, this node {:?}", spec.keyed_env.get(k), here.get(k)))
         .collect();
     Err(StageFailure::new(format!(
-        "this node's environment differs from the one the stage was keyed with ({}); cairn keys with the facts of the machine running it, so run cairn on a machine like the nodes, or keep this stage on a local executor",
+        "{ENV_REFUSED} ({}): the nodes changed since cairn probed them, or the job landed on a node unlike the one probed (constrain the executor's job shape to one kind of node)",
         differ.join("; ")
     )))
 }

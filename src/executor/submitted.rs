@@ -97,7 +97,8 @@ impl Submitted {
             StageFailure::new(format!("{label} job {id} completed without a result record{}", log_tail(&job.log)))
         })?;
         if let Some(e) = &record.error {
-            return Err(StageFailure::new(format!("{label} job {id} on {}: {e}{}", record.host, log_tail(&job.log))));
+            let reprobe = reprobe(Some(&record), ctx);
+            return Err(StageFailure::new(format!("{label} job {id} on {}: {e}{reprobe}{}", record.host, log_tail(&job.log))));
         }
         for (name, path) in &ctx.outputs {
             let claimed = record.outputs.get(name).ok_or_else(|| StageFailure::new(format!("{label} job {id}: its result record lacks output `{name}`")))?;
@@ -164,6 +165,17 @@ fn cairn_exe() -> std::io::Result<std::path::PathBuf> {
         Some(path) => path.into(),
         None => exe,
     })
+}
+
+/// When the node refused the job for its facts, the cached probe of the
+/// executor's nodes is wrong (they changed since): drop it so the next run
+/// asks them again instead of failing the same way, and say so.
+fn reprobe(record: Option<&ResultRecord>, ctx: &StageCtx<'_>) -> &'static str {
+    if record.is_some_and(|r| r.env_refused) && ctx.env.forget_probe() {
+        "; the cached probe of these nodes was dropped, so the next run probes them again"
+    } else {
+        ""
+    }
 }
 
 /// The result record, allowing a shared filesystem a moment to show it.
@@ -243,7 +255,9 @@ impl StageKind for Submitted {
                     _ => "",
                 };
                 // The log ends with the stage's own error, when it had one.
-                Err(StageFailure::new(format!("{label} job {id} ended in state {state}{why}; nothing was cached{}", log_tail(&job.log))))
+                let record = job::read_json::<ResultRecord>(&job.dir.join(job::RESULT_FILE)).ok();
+                let reprobe = reprobe(record.as_ref(), ctx);
+                Err(StageFailure::new(format!("{label} job {id} ended in state {state}{why}; nothing was cached{reprobe}{}", log_tail(&job.log))))
             }
             Waited::Final(other) => unreachable!("{other:?} is not final"),
             Waited::Interrupted => Err(self.interrupted(&id)),
