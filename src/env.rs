@@ -152,9 +152,13 @@ impl Environment {
     /// so the next invocation probes again; whether there was one.
     pub fn forget_probe(&self) -> bool {
         let Ok(worker) = self.worker.clone().map_or_else(crate::worker::locate, Ok) else { return false };
+        self.probe_cache(&worker).is_some_and(|c| std::fs::remove_file(&c.file).is_ok())
+    }
+
+    /// Where this environment's probe answer for `worker` is cached.
+    fn probe_cache(&self, worker: &Path) -> Option<ProbeCache> {
         let config = self.remote.as_ref().map_or("", |r| r.config.as_str());
-        let cache = self.cache_root.as_deref().and_then(|root| ProbeCache::new(root, &worker, config));
-        cache.is_some_and(|c| std::fs::remove_file(&c.file).is_ok())
+        self.cache_root.as_deref().and_then(|root| ProbeCache::new(root, worker, config))
     }
 
     /// The environment a stage on `executor` is keyed with and runs in:
@@ -231,8 +235,7 @@ impl Environment {
             Some(w) => w.clone(),
             None => crate::worker::locate().map_err(ProbeError::NoWorker)?,
         };
-        let config = self.remote.as_ref().map_or("", |r| r.config.as_str());
-        let cache = self.cache_root.as_deref().and_then(|root| ProbeCache::new(root, &worker, config));
+        let cache = self.probe_cache(&worker);
         if let Some(probe) = cache.as_ref().and_then(ProbeCache::read) {
             // Checked again: this cairn may be newer than the cached answer.
             check_probe(&worker, &probe, self.worker_kinds.as_ref())?;

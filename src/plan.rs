@@ -124,7 +124,7 @@ impl<'a> Resolver<'a> {
             params: stage.checked.params.clone(),
             seed: self.pipeline.seed,
             inputs,
-            env: self.env.for_executor(self.pipeline.stage_executors.get(&stage.name).map(String::as_str)).key_entries(stage.checked.env),
+            env: self.env.for_executor(self.pipeline.executor_of(&stage.name)).key_entries(stage.checked.env),
         }))
     }
 

@@ -214,8 +214,7 @@ pub fn run(
                         progressed = true;
                         s.running += 1;
                         let (resolver, tx) = (&resolver, tx.clone());
-                        let name = &pipeline.stages[ready.i].name;
-                        let env = env.for_executor(pipeline.stage_executors.get(name).map(String::as_str));
+                        let env = env.for_executor(pipeline.executor_of(&pipeline.stages[ready.i].name));
                         let (stage, ctx) = (dispatch.stage(&pipeline.stages[ready.i]), (cache, env, observer, cancel, seed));
                         let push = opts.remote.as_deref().filter(|_| opts.push);
                         scope.spawn(move || {

@@ -45,7 +45,7 @@ pub fn load_merged(cli: &Cli, config: &Config, flags: &[String], console: &Conso
 /// took 1.1-1.6x as long as one point after another, BENCHMARKS.md).
 pub fn default_jobs(pipeline: &Pipeline, w: &Sweep) -> usize {
     let on_scheduler = |stage: &String| {
-        let executor = pipeline.stage_executors.get(stage).and_then(|e| pipeline.executors.get(e));
+        let executor = pipeline.executor_of(stage).and_then(|e| pipeline.executors.get(e));
         executor.is_some_and(|e| !matches!(e, cairn::spec::executors::ExecutorSpec::Local))
     };
     if w.variants.keys().any(on_scheduler) {

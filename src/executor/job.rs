@@ -151,15 +151,16 @@ pub fn run_job(dir: &Path, registry: &Registry) -> Result<bool, JobError> {
     if let Some(dir) = &spec.cache_dir {
         env = env.with_probe_cache(dir);
     }
-    match check_env(&spec, &env).and_then(|()| run_stage(&spec, registry, &env, &cancel, &mut record.metrics)) {
-        Ok(()) => match hash_outputs(&spec) {
-            Ok(outputs) => record.outputs = outputs,
-            Err(e) => record.error = Some(e.message),
-        },
-        Err(e) => {
-            record.env_refused = e.message.starts_with(ENV_REFUSED);
-            record.error = Some(e.message);
+    let ran = match check_env(&spec, &env) {
+        Err(refused) => {
+            record.env_refused = true;
+            Err(refused)
         }
+        Ok(()) => run_stage(&spec, registry, &env, &cancel, &mut record.metrics).and_then(|()| hash_outputs(&spec)),
+    };
+    match ran {
+        Ok(outputs) => record.outputs = outputs,
+        Err(e) => record.error = Some(e.message),
     }
     record.duration_s = t0.elapsed().as_secs_f64();
     record.peak_rss_mb = peak_rss_mb();
@@ -207,9 +208,6 @@ fn run_stage(spec: &JobSpec, registry: &Registry, env: &Environment, cancel: &At
     Ok(())
 }
 
-/// How [`check_env`]'s refusal begins.
-const ENV_REFUSED: &str = "this node's environment differs from the one the stage was keyed with";
-
 /// Refuses to run where the facts the stage was keyed with do not hold: a
 /// result computed here would be served as one from the keyed machine.
 fn check_env(spec: &JobSpec, env: &Environment) -> Result<(), StageFailure> {
@@ -228,7 +226,7 @@ fn check_env(spec: &JobSpec, env: &Environment) -> Result<(), StageFailure> {
         .map(|k| format!("{k}: keyed {:?}, this node {:?}", spec.keyed_env.get(k), here.get(k)))
         .collect();
     Err(StageFailure::new(format!(
-        "{ENV_REFUSED} ({}): the nodes changed since cairn probed them, or the job landed on a node unlike the one probed (constrain the executor's job shape to one kind of node)",
+        "this node's environment differs from the one the stage was keyed with ({}): the nodes changed since cairn probed them, or the job landed on a node unlike the one probed (constrain the executor's job shape to one kind of node)",
         differ.join("; ")
     )))
 }

@@ -110,6 +110,11 @@ impl Pipeline {
         self.index_of(name).map(|i| &self.stages[i])
     }
 
+    /// The executor `stage` chose, if any (absent: local).
+    pub fn executor_of(&self, stage: &str) -> Option<&str> {
+        self.stage_executors.get(stage).map(String::as_str)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.stages.iter().map(|s| s.name.as_str())
     }

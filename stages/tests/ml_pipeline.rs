@@ -17,6 +17,8 @@
 //! `cargo build --release --workspace` first. `CAIRN_BIN` overrides where
 //! `cairn` is.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -185,20 +187,6 @@ fn write_archive(path: &Path) {
     tar.into_inner().unwrap().finish().unwrap();
 }
 
-fn cairn_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAIRN_BIN") {
-        return PathBuf::from(p);
-    }
-    let worker = PathBuf::from(env!("CARGO_BIN_EXE_cairn-worker"));
-    let cairn = worker.with_file_name("cairn");
-    assert!(
-        cairn.is_file(),
-        "{} is missing: build the workspace first (`cargo build --release --workspace`; `make test` does)",
-        cairn.display()
-    );
-    cairn
-}
-
 struct Run {
     code: i32,
     stdout: String,
@@ -270,7 +258,7 @@ fn flagship_shape_runs_caches_reruns_verifies_and_repairs_through_cairn() {
     std::fs::write(dir.path().join("pipeline.toml"), PIPELINE).unwrap();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     write_archive(&dir.path().join("data/shapes-jpg.tar.gz"));
-    let p = Project { dir, cairn: cairn_bin() };
+    let p = Project { dir, cairn: common::cairn_bin() };
 
     // 1. Everything runs, once.
     let first = p.cairn(&["run"]);

@@ -11,6 +11,8 @@
 //! Like `ml_pipeline.rs`, it drives `cairn` from the build directory: run
 //! `cargo build --release --workspace` first (`make test` does).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
@@ -61,11 +63,10 @@ fn project() -> tempfile::TempDir {
     dir
 }
 
-/// `cairn` next to the `cairn-worker` this test was built with.
+/// `cairn` in `dir`, with nothing from the caller's environment that
+/// would move its cache or worker.
 fn cairn(dir: &Path) -> Command {
-    let bin = Path::new(env!("CARGO_BIN_EXE_cairn-worker")).with_file_name("cairn");
-    assert!(bin.is_file(), "{} is missing: run `cargo build --release --workspace` first", bin.display());
-    let mut c = Command::new(bin);
+    let mut c = Command::new(common::cairn_bin());
     c.current_dir(dir).env_remove("CAIRN_CACHE_DIR").env_remove("CAIRN_WORKER").env("CUDA_VISIBLE_DEVICES", "");
     c
 }

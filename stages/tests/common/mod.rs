@@ -53,3 +53,19 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// The `cairn` binary next to the `cairn-worker` these tests were built
+/// with (`CAIRN_BIN` overrides it), for tests that drive `cairn run`.
+pub fn cairn_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_BIN") {
+        return PathBuf::from(p);
+    }
+    let worker = PathBuf::from(env!("CARGO_BIN_EXE_cairn-worker"));
+    let cairn = worker.with_file_name("cairn");
+    assert!(
+        cairn.is_file(),
+        "{} is missing: build the workspace first (`cargo build --release --workspace`; `make test` does)",
+        cairn.display()
+    );
+    cairn
+}
