@@ -14,6 +14,12 @@
 //! v1/runs/<time>-<id>.json     one run that pushed: the stage keys it
 //!                              produced or used (`runs::RunRecord`); what
 //!                              `cairn remote gc --keep-runs N` keeps
+//! v1/jobs/<run>/<stage>-<nonce>/
+//!     job.json                 a job of a `data = "remote"` executor: its
+//!                              description, inputs named by hash (written
+//!                              by the engine, create-only; `jobs`)
+//!     result.json              its result record, written by the node
+//!     job.log                  the tail of its log, written by the node
 //! ```
 //!
 //! `v1` is [`REMOTE_SCHEMA`]; a change to this layout or to how manifests
@@ -55,6 +61,7 @@
 
 pub mod config;
 pub mod gc;
+pub mod jobs;
 pub mod runs;
 pub mod sync;
 pub mod transfer;

@@ -81,15 +81,21 @@ impl Remote {
 
     /// Downloads a manifest or a run record (at most [`MANIFEST_MAX`] bytes).
     pub(crate) async fn get_small(&self, path: &RemotePath) -> Result<Vec<u8>, Failure> {
+        self.get_bounded(path, MANIFEST_MAX, "manifest").await
+    }
+
+    /// Downloads a small entry (`what`: a manifest, a job's record...),
+    /// refusing one of more than `max` bytes whatever the server claims.
+    pub(crate) async fn get_bounded(&self, path: &RemotePath, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
         let got = bounded(self.c().store.get(path)).await?.map_err(|e| self.failure(&e))?;
-        if got.meta.size > MANIFEST_MAX {
-            return Err(Failure::Bad(format!("its manifest is {} bytes, more than any manifest", got.meta.size)));
+        if got.meta.size > max {
+            return Err(Failure::Bad(format!("its {what} is {} bytes, more than any {what} ({max})", got.meta.size)));
         }
         let mut out = Vec::new();
         let mut stream = got.into_stream();
         while let Some(chunk) = self.next_chunk(&mut stream).await? {
-            if (out.len() + chunk.len()) as u64 > MANIFEST_MAX {
-                return Err(Failure::Bad("its manifest is larger than any manifest".into()));
+            if (out.len() + chunk.len()) as u64 > max {
+                return Err(Failure::Bad(format!("its {what} is larger than any {what} ({max} bytes)")));
             }
             out.extend_from_slice(&chunk);
         }
@@ -99,10 +105,27 @@ impl Remote {
 
     /// Downloads object `h` of `size` bytes into the local store, checked.
     pub(crate) async fn fetch_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<(), Failure> {
+        let (file, tmp_path) = self.download_checked(h, size, &cache.root().join("tmp")).await?;
+        install(cache, file, tmp_path, h).map_err(Failure::Bad)
+    }
+
+    /// Downloads object `h` of `size` bytes to `dest` (a new read-only
+    /// file; its directory must exist), checked as a pull checks it: what
+    /// a job's node reads its inputs from, and the engine a job's outputs.
+    pub(crate) async fn fetch_to(&self, h: ArtifactHash, size: u64, dest: &std::path::Path) -> Result<(), Failure> {
+        let dir = dest.parent().unwrap_or(std::path::Path::new("."));
+        let (file, tmp_path) = self.download_checked(h, size, dir).await?;
+        drop(file);
+        fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o444)).map_err(|e| Failure::Bad(format!("cannot make {} read-only: {e}", tmp_path.display())))?;
+        tmp_path.persist(dest).map_err(|e| Failure::Bad(format!("cannot move a download to {}: {}", dest.display(), e.error)))
+    }
+
+    /// Streams object `h` into a temporary file in `tmp_dir`, hashed on
+    /// the way; the file only when its size and hash are `h`'s.
+    async fn download_checked(&self, h: ArtifactHash, size: u64, tmp_dir: &std::path::Path) -> Result<(fs::File, tempfile::TempPath), Failure> {
         let (got, mut check) = self.get_object(h, size).await?;
         let mut stream = got.into_stream();
-        let tmp_dir = cache.root().join("tmp");
-        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| Failure::Bad(format!("cannot create a temp file in {}: {e}", tmp_dir.display())))?;
+        let tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(|e| Failure::Bad(format!("cannot create a temp file in {}: {e}", tmp_dir.display())))?;
         let (file, tmp_path) = tmp.into_parts();
         // Large writes: each one is a hop to tokio's blocking pool.
         let mut file = tokio::io::BufWriter::with_capacity(4 << 20, tokio::fs::File::from_std(file));
@@ -114,8 +137,7 @@ impl Remote {
         }
         check.finish().map_err(|why| self.damage(h, why))?;
         file.flush().await.map_err(|e| Failure::Bad(e.to_string()))?;
-        let file = file.into_inner().into_std().await;
-        install(cache, file, tmp_path, h).map_err(Failure::Bad)
+        Ok((file.into_inner().into_std().await, tmp_path))
     }
 
     /// Re-hashes object `h` of `size` bytes on the remote without keeping
@@ -165,23 +187,29 @@ impl Remote {
     /// Uploads local object `h` unless the remote has it.
     /// Returns the bytes sent (0 when it was already there).
     pub(crate) async fn push_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<u64, Failure> {
+        self.push_file(&cache.object_path(&h), h, size).await
+    }
+
+    /// Uploads the file `local`, whose bytes must hash to `h`, as object
+    /// `h` unless the remote has it (a cache object, an external input, a
+    /// job's output). Returns the bytes sent (0 when it was already there).
+    pub(crate) async fn push_file(&self, local: &std::path::Path, h: ArtifactHash, size: u64) -> Result<u64, Failure> {
         let path = self.object_path(&h);
         let repair = self.damaged.lock().unwrap().contains(&h);
         match bounded(self.c().store.head(&path)).await? {
             Ok(meta) if meta.size == size && !repair => return Ok(0),
             // A wrong-sized object under this name is damage; the
             // multipart path below overwrites it with the right bytes.
-            Ok(_) => return self.upload_multipart(cache, h, &path).await,
+            Ok(_) => return self.upload_multipart(local, h, &path).await,
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.failure(&e)),
         }
         if size > SINGLE_PUT_MAX {
-            return self.upload_multipart(cache, h, &path).await;
+            return self.upload_multipart(local, h, &path).await;
         }
-        let local = cache.object_path(&h);
-        let bytes = tokio::fs::read(&local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
+        let bytes = tokio::fs::read(local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
         if ArtifactHash::of_bytes(&bytes) != h {
-            return Err(Failure::Bad(format!("the local object {} is damaged (run `cairn cache verify`); not pushed", h.short())));
+            return Err(Failure::Bad(not_hashing(local, h)));
         }
         let n = bytes.len() as u64;
         if repair {
@@ -196,9 +224,8 @@ impl Remote {
         Ok(n)
     }
 
-    async fn upload_multipart(&self, cache: &Cache, h: ArtifactHash, path: &RemotePath) -> Result<u64, Failure> {
-        let local = cache.object_path(&h);
-        let mut file = tokio::fs::File::open(&local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
+    async fn upload_multipart(&self, local: &std::path::Path, h: ArtifactHash, path: &RemotePath) -> Result<u64, Failure> {
+        let mut file = tokio::fs::File::open(local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
         let upload = bounded(self.c().store.put_multipart(path)).await?.map_err(|e| self.failure(&e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
         let mut hasher = blake3::Hasher::new();
@@ -223,7 +250,7 @@ impl Remote {
         }
         if ArtifactHash::from_blake3(hasher.finalize()) != h {
             let _ = w.abort().await;
-            return Err(Failure::Bad(format!("the local object {} is damaged (run `cairn cache verify`); not pushed", h.short())));
+            return Err(Failure::Bad(not_hashing(local, h)));
         }
         bounded(w.finish()).await?.map_err(|e| self.failure(&e))?;
         self.damaged.lock().unwrap().remove(&h);
@@ -251,6 +278,15 @@ impl Remote {
         self.count(0, n);
         Ok(())
     }
+}
+
+/// Why a file meant to be uploaded as object `h` was not.
+fn not_hashing(local: &std::path::Path, h: ArtifactHash) -> String {
+    format!(
+        "{} no longer hashes to {} (damaged or changed since it was hashed; for a cache object run `cairn cache verify`); not pushed",
+        local.display(),
+        h.short()
+    )
 }
 
 /// An object's bytes as they arrive, checked against its name: never

@@ -1,0 +1,114 @@
+//! The remote as the data plane of submitted jobs (`data = "remote"`, see
+//! `crate::executor::remote_job`): a job's files under `v1/jobs/<job>/`
+//! (its description, result record and log) and the blocking transfers of
+//! single objects between the remote and plain files, each checked as a
+//! pull checks it. Objects are written create-only like every other
+//! object; a job's description is too (a job name is never reused), while
+//! its record and log are overwritten by a requeued job that runs again.
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use object_store::path::Path as RemotePath;
+use object_store::{ObjectStoreExt, PutPayload};
+
+use super::transfer::{bounded, Failure};
+use super::{Remote, RemoteConfig, RemoteError, CONCURRENCY};
+use crate::digest::ArtifactHash;
+
+/// A file to upload as an object: its path, the hash its bytes must have
+/// and its size.
+pub type LocalObject = (PathBuf, ArtifactHash, u64);
+
+impl Remote {
+    /// The configuration this remote was opened with (no credentials).
+    pub fn config(&self) -> &RemoteConfig {
+        &self.cfg
+    }
+
+    /// `v1/jobs/<job>/<name>`; `job` is made of safe names and `/`.
+    fn job_path(&self, job: &str, name: &str) -> RemotePath {
+        job.split('/').fold(self.c().base.clone().join("jobs"), |p, part| p.join(part)).join(name)
+    }
+
+    /// An error unless the remote can be used (the cause when it is down).
+    fn usable(&self) -> Result<(), RemoteError> {
+        if self.ready()? {
+            return Ok(());
+        }
+        let cause = self.down().unwrap_or_else(|| "it was found unusable earlier in this run".into());
+        Err(RemoteError::Unavailable { url: self.display.clone(), cause })
+    }
+
+    /// One failed transfer as an error, the remote marked down when it is.
+    fn transfer_error(&self, f: Failure, what: String) -> RemoteError {
+        match f {
+            Failure::Down(cause) => {
+                let _ = self.mark_down(cause.clone());
+                RemoteError::Unavailable { url: self.display.clone(), cause }
+            }
+            Failure::Missing => RemoteError::Transfer { url: self.display.clone(), what, cause: "not on the remote".into() },
+            Failure::Bad(cause) => RemoteError::Transfer { url: self.display.clone(), what, cause },
+        }
+    }
+
+    /// Writes a job's file: create-only (a job's description), or
+    /// replacing an earlier one (a record or log a requeued job rewrites).
+    pub fn put_job_file(&self, job: &str, name: &str, bytes: Vec<u8>, create_only: bool) -> Result<(), RemoteError> {
+        self.usable()?;
+        let path = self.job_path(job, name);
+        let n = bytes.len() as u64;
+        let put = async {
+            if create_only {
+                return self.put_create(&path, PutPayload::from(bytes)).await;
+            }
+            bounded(self.c().store.put(&path, PutPayload::from(bytes))).await?.map(|_| ()).map_err(|e| self.failure(&e))
+        };
+        self.block_on(put).map_err(|f| self.transfer_error(f, format!("cannot write {path}")))?;
+        self.count(0, n);
+        Ok(())
+    }
+
+    /// Reads a job's file, refusing more than `max` bytes; `Ok(None)` when
+    /// it is not there.
+    pub fn get_job_file(&self, job: &str, name: &str, max: u64) -> Result<Option<Vec<u8>>, RemoteError> {
+        self.usable()?;
+        let path = self.job_path(job, name);
+        match self.block_on(self.get_bounded(&path, max, name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(Failure::Missing) => Ok(None),
+            Err(f) => Err(self.transfer_error(f, format!("cannot read {path}"))),
+        }
+    }
+
+    /// Uploads `files` as objects (those the remote lacks), a few at a
+    /// time, each re-read and checked against its hash; the bytes sent.
+    pub fn push_files(&self, files: &[LocalObject]) -> Result<u64, RemoteError> {
+        self.usable()?;
+        let results: Vec<Result<u64, (Failure, &Path)>> = self.block_on(
+            futures::stream::iter(files.iter().map(|(p, h, size)| async move { self.push_file(p, *h, *size).await.map_err(|f| (f, p.as_path())) }))
+                .buffer_unordered(CONCURRENCY)
+                .collect(),
+        );
+        let mut sent = 0;
+        for r in results {
+            sent += r.map_err(|(f, p)| self.transfer_error(f, format!("cannot upload {}", p.display())))?;
+        }
+        Ok(sent)
+    }
+
+    /// Downloads objects to new files, a few at a time, each checked for
+    /// its size and hash before it is given its name.
+    pub fn fetch_files(&self, files: &[(ArtifactHash, u64, PathBuf)]) -> Result<(), RemoteError> {
+        self.usable()?;
+        let results: Vec<Result<(), (Failure, ArtifactHash, u64)>> = self.block_on(
+            futures::stream::iter(files.iter().map(|(h, size, dest)| async move { self.fetch_to(*h, *size, dest).await.map_err(|f| (f, *h, *size)) }))
+                .buffer_unordered(CONCURRENCY)
+                .collect(),
+        );
+        for r in results {
+            r.map_err(|(f, h, size)| self.transfer_error(f, format!("object {} ({size} bytes)", h.short())))?;
+        }
+        Ok(())
+    }
+}
