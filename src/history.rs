@@ -49,33 +49,58 @@ fn status_name(o: &Outcome) -> &'static str {
     }
 }
 
+/// The run's rows as the history keeps them; `sweep` is the merged
+/// pipeline's, if any. What `record` writes, and what a sweep's closing
+/// table is built from (so an all-cached sweep, which writes no record,
+/// still gets its table).
+pub fn rows(report: &RunReport, sweep: Option<&Sweep>) -> Vec<HistoryRow> {
+    let grid = sweep.map(|w| w.points.clone()).unwrap_or_default();
+    report
+        .stages
+        .iter()
+        .map(|r| HistoryRow {
+            run_id: report.run_id.clone(),
+            started_at: report.started_at.clone(),
+            profile: report.profile.clone().unwrap_or_default(),
+            stage: r.stage.clone(),
+            kind: r.kind.clone(),
+            status: status_name(&r.outcome).to_string(),
+            key: r.key.map(|k| k.to_hex()).unwrap_or_default(),
+            duration_s: r.duration_s,
+            params: r.params.clone(),
+            metrics: r.metrics.clone(),
+            outputs: r.outputs.iter().map(|(k, o)| (k.clone(), o.hash.to_hex())).collect(),
+            sweep: grid.clone(),
+            sweep_points: sweep.and_then(|w| w.variants.get(&r.stage)).map(|(_, p)| p.clone()).unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// Appends a run to the history; `sweep` is the merged pipeline's, if any.
 pub fn record(cache: &crate::cache::Cache, report: &RunReport, sweep: Option<&Sweep>) -> Result<PathBuf, TableError> {
-    let s = &report.stages;
-    let grid = sweep.map(|w| serde_json::to_string(&w.points).unwrap_or_default()).unwrap_or_default();
-    let points = |stage: &str| sweep.and_then(|w| w.variants.get(stage)).map(|(_, p)| serde_json::to_string(p).unwrap_or_default());
-    let col_str = |f: &dyn Fn(&crate::runner::StageReport) -> String| Column::Str(s.iter().map(f).collect());
+    let rows = rows(report, sweep);
+    let json = |v: &dyn Fn(&HistoryRow) -> String| Column::Str(rows.iter().map(v).collect());
+    let text = |v: &dyn Fn(&HistoryRow) -> &String| Column::Str(rows.iter().map(|r| v(r).clone()).collect());
+    let in_sweep = sweep.is_some();
     let table = Table::new()
-        .with("run_id", col_str(&|_| report.run_id.clone()))
-        .with("started_at", col_str(&|_| report.started_at.clone()))
-        .with("finished_at", col_str(&|_| report.finished_at.clone()))
-        .with("profile", col_str(&|_| report.profile.clone().unwrap_or_default()))
-        .with("stage", col_str(&|r| r.stage.clone()))
-        .with("kind", col_str(&|r| r.kind.clone()))
-        .with("status", col_str(&|r| status_name(&r.outcome).to_string()))
-        .with("key", col_str(&|r| r.key.map(|k| k.to_hex()).unwrap_or_default()))
-        .with("duration_s", Column::F64(s.iter().map(|r| r.duration_s).collect()))
-        .with("params", col_str(&|r| r.params.to_string()))
-        .with("metrics", col_str(&|r| serde_json::to_string(&r.metrics).unwrap_or_default()))
-        .with(
-            "outputs",
-            col_str(&|r| {
-                let m: BTreeMap<&String, String> = r.outputs.iter().map(|(k, o)| (k, o.hash.to_hex())).collect();
-                serde_json::to_string(&m).unwrap_or_default()
-            }),
-        )
-        .with("sweep", col_str(&|_| grid.clone()))
-        .with("sweep_points", col_str(&|r| points(&r.stage).unwrap_or_default()));
+        .with("run_id", text(&|r| &r.run_id))
+        .with("started_at", text(&|r| &r.started_at))
+        .with("finished_at", json(&|_| report.finished_at.clone()))
+        .with("profile", text(&|r| &r.profile))
+        .with("stage", text(&|r| &r.stage))
+        .with("kind", text(&|r| &r.kind))
+        .with("status", text(&|r| &r.status))
+        .with("key", text(&|r| &r.key))
+        .with("duration_s", Column::F64(rows.iter().map(|r| r.duration_s).collect()))
+        .with("params", json(&|r| r.params.to_string()))
+        .with("metrics", json(&|r| serde_json::to_string(&r.metrics).unwrap_or_default()))
+        .with("outputs", json(&|r| serde_json::to_string(&r.outputs).unwrap_or_default()))
+        // Columns of a run that was no sweep stay empty strings.
+        .with("sweep", json(&|r| if in_sweep { serde_json::to_string(&r.sweep).unwrap_or_default() } else { String::new() }))
+        .with("sweep_points", json(&|r| match sweep.and_then(|w| w.variants.get(&r.stage)) {
+            Some(_) => serde_json::to_string(&r.sweep_points).unwrap_or_default(),
+            None => String::new(),
+        }));
     let path = runs_dir(cache.root()).join(format!("{}.parquet", report.run_id));
     let tmp = cache.root().join("tmp").join(format!("{}.parquet", report.run_id));
     table.write(&tmp)?;

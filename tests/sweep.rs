@@ -102,6 +102,14 @@ fn runs_and_diff_show_the_points_as_one_table() {
     let json = p.cairn(&["runs", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v[0]["sweep"][3], serde_json::json!([["scale.env.K", "\"2\""], ["fmt.env.X", "\"b\""]]));
+
+    // The same sweep again: every stage hits, no run is recorded, and the
+    // table is still printed.
+    let again = p.cairn(&["run", "--sweep", r#"scale.env.K="1","2""#, "--sweep", r#"fmt.env.X="a","b""#]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    let cached: Vec<Vec<String>> = want.iter().map(|r| r.iter().map(|c| c.replace("ran", "cached")).collect()).collect();
+    assert_eq!(table_rows(&again.stderr), cached, "an all-cached sweep ends with its table too:\n{}", again.stderr);
+    assert_eq!(p.cairn(&["runs", "--json"]).stdout, json.stdout, "and records no run");
 }
 
 #[test]

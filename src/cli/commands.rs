@@ -233,7 +233,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console:
         ));
     }
     if pipeline.sweep.is_some() && !json && !opts.dry_run {
-        if let Some(table) = cairn::history::load(cache.root(), &report.run_id).ok().and_then(|rows| super::sweep::table(&rows, false)) {
+        if let Some(table) = super::sweep::table(&cairn::history::rows(&report, pipeline.sweep.as_ref()), false) {
             console.line(table.trim_end());
         }
     }
