@@ -86,8 +86,11 @@ pub struct RemoteProbe {
     pub label: String,
     /// The executor's configuration, hashed into the probe cache's id.
     pub config: String,
-    pub run: Arc<dyn Fn(&Path, &Path) -> Result<String, String> + Send + Sync>,
+    pub run: ProbeRun,
 }
+
+/// Runs a probe job for a worker path, its output to a file (see [`RemoteProbe`]).
+pub type ProbeRun = Arc<dyn Fn(&Path, &Path) -> Result<String, String> + Send + Sync>;
 
 impl std::fmt::Debug for RemoteProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -123,6 +123,9 @@ pub enum RunError {
     UnknownStage(String),
     #[error(transparent)]
     Remote(#[from] crate::remote::RemoteError),
+    /// The run's executors cannot be set up as the spec asks.
+    #[error("{0}")]
+    Executors(String),
 }
 
 enum State {
@@ -198,7 +201,7 @@ pub fn run(
     let seed = pipeline.seed;
     let jobs = opts.jobs.max(1);
     // Stages on a non-local executor are submitted as jobs (see crate::executor).
-    let dispatch = crate::executor::Dispatch::new(pipeline, &run_id(&started_at));
+    let dispatch = crate::executor::Dispatch::new(pipeline, &run_id(&started_at), opts.remote.as_ref(), cache).map_err(RunError::Executors)?;
     std::thread::scope(|scope| -> Result<(), RunError> {
         let (tx, rx) = mpsc::channel::<Finished>();
         loop {

@@ -9,12 +9,14 @@ mod common;
 mod skip;
 #[path = "support/slurm.rs"]
 mod slurm;
+#[path = "support/weed.rs"]
+mod weed;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Project, Run};
+use common::{artifact, stages, Project, Run};
 use slurm::Cluster;
 
 /// Three stages, two of them independent, on two executors (one asks for a
@@ -65,21 +67,6 @@ executor = "cluster"
 
 fn cairn(p: &Project, c: &Cluster, args: &[&str]) -> Run {
     p.cmd(args).envs(c.env()).output().expect("cairn runs").into()
-}
-
-/// stage → (status, key) from `cairn run --json`.
-fn stages(r: &Run) -> BTreeMap<String, (String, String)> {
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("json ({e}): {}", r.all()));
-    v["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["stage"].as_str().unwrap().to_string(), (s["status"].as_str().unwrap().to_string(), s["key"].as_str().unwrap_or("").to_string())))
-        .collect()
-}
-
-fn artifact(p: &Project, rel: &str) -> Vec<u8> {
-    std::fs::read(p.path().join("artifacts").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 #[test]
@@ -209,9 +196,34 @@ fn ml_cluster(test: &str) -> Option<Cluster> {
 #[test]
 fn ml_stages_on_slurm_match_a_local_run() {
     let Some(c) = ml_cluster("ml_stages_on_slurm_match_a_local_run") else { return };
-    let on_slurm = Project::new(ML_PIPELINE);
+    ml_run_matches_local(&c, ML_PIPELINE, &|p, args| cairn(p, &c, args));
+}
+
+/// The same stages on an executor whose jobs share only the remote cache
+/// (a real S3 server) with the engine: the data set directory, the
+/// resized tensors and the weights travel through it, the nodes' probe
+/// answers through it too, and the bytes are a local run's.
+#[test]
+fn ml_stages_on_slurm_with_remote_data_match_a_local_run() {
+    let test = "ml_stages_on_slurm_with_remote_data_match_a_local_run";
+    let Some(c) = ml_cluster(test) else { return };
+    let Some(w) = weed::Weed::start(test) else { return };
+    let pipeline = ML_PIPELINE.replace("mem = \"2G\"", "mem = \"2G\"\ndata = \"remote\"").replace("[executors.cluster]", "[remote]\nurl = \"s3://cairn/ml\"\n\n[executors.cluster]");
+    ml_run_matches_local(&c, &pipeline, &|p, args| {
+        let mut cmd = p.cmd(args);
+        cmd.envs(c.env()).env_remove("CAIRN_REMOTE");
+        w.env(&mut cmd);
+        cmd.output().unwrap().into()
+    });
+}
+
+/// Runs `pipeline` (`run` runs cairn for it) on the cluster and the same
+/// stages here: the keys and bytes agree, and the cluster's results are
+/// cache hits here.
+fn ml_run_matches_local(c: &Cluster, pipeline: &str, run: &dyn Fn(&Project, &[&str]) -> Run) {
+    let on_slurm = Project::new(pipeline);
     write_cifar(&on_slurm);
-    let r = cairn(&on_slurm, &c, &["run", "--json"]);
+    let r = run(&on_slurm, &["run", "--json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
     let remote = stages(&r);
     assert!(remote.values().all(|(s, _)| s == "ran"), "{remote:?}");
@@ -219,7 +231,7 @@ fn ml_stages_on_slurm_match_a_local_run() {
 
     let local = Project::new(ML_PIPELINE);
     write_cifar(&local);
-    let r = cairn(&local, &c, &["run", "--json", "--profile", "here"]);
+    let r = cairn(&local, c, &["run", "--json", "--profile", "here"]);
     assert_eq!(r.code, 0, "{}", r.all());
     let here = stages(&r);
     for stage in ["load", "resize", "train"] {
@@ -227,7 +239,7 @@ fn ml_stages_on_slurm_match_a_local_run() {
     }
     assert_eq!(remote_outputs, output_hashes(&r), "a Slurm job and a local run must write the same bytes");
 
-    let r = cairn(&on_slurm, &c, &["run", "--json", "--profile", "here"]);
+    let r = run(&on_slurm, &["run", "--json", "--profile", "here"]);
     assert!(stages(&r).values().all(|(s, _)| s == "cached"), "{}", r.all());
 }
 
@@ -451,21 +463,11 @@ executor = "cluster"
 /// stage `slow` runs.
 fn start_slow_run(p: &Project, c: &Cluster) -> (Child, String) {
     let child = p.cmd(&["run"]).envs(c.env()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(60) {
-        let out = c.command("squeue").args(["--noheader", "--states=RUNNING", "--format=%i|%j"]).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some((id, _)) = text.lines().filter_map(|l| l.split_once('|')).find(|(_, name)| name.starts_with("cairn-") && name.ends_with("-slow")) {
-            return (child, id.to_string());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the job never ran:\n{}", c.logs());
+    (child, c.running_job("-slow"))
 }
 
 fn nothing_cached(p: &Project) {
-    let manifests = std::fs::read_dir(p.cache().join("manifests")).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(manifests, 0, "a failed job left a cache entry");
+    common::nothing_cached(p);
     assert!(!p.path().join("artifacts/slow/x.txt").exists());
 }
 

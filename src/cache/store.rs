@@ -89,6 +89,11 @@ impl Cache {
         &self.stat
     }
 
+    /// The same stat cache, for a holder that outlives this handle.
+    pub fn stat_handle(&self) -> Arc<StatCache> {
+        self.stat.clone()
+    }
+
     pub fn object_path(&self, h: &ArtifactHash) -> PathBuf {
         let hex = h.to_hex();
         self.root.join("objects").join(&hex[..2]).join(&hex[2..])

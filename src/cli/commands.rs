@@ -56,9 +56,18 @@ pub fn dispatch(cli: Cli) -> i32 {
         Cmd::Verify { stages, config } => cmd_verify(&cli, config, stages, &console),
         Cmd::Cache { command: CacheCmd::Verify } => cmd_cache_verify(&cli, &console),
         Cmd::Remote { command } => super::remote::cmd_remote(&cli, command, &console),
-        Cmd::ExecJob { dir } => cairn::executor::job::run_job(dir, &registry())
-            .map(|ok| if ok { exit::OK } else { exit::FAILED })
-            .map_err(|e| fail(&console, exit::IO, e)),
+        Cmd::ExecJob { dir, remote_job, probe_worker } => {
+            let ran = match (dir, remote_job) {
+                (_, Some(address)) => match probe_worker {
+                    Some(worker) => cairn::executor::remote_job::run_remote_probe(address, worker),
+                    None => cairn::executor::remote_job::run_remote_job(address, &registry()),
+                }
+                .map_err(|e| e.to_string()),
+                (Some(dir), None) => cairn::executor::job::run_job(dir, &registry()).map_err(|e| e.to_string()),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            ran.map(|ok| if ok { exit::OK } else { exit::FAILED }).map_err(|e| fail(&console, exit::IO, e))
+        }
     };
     result.unwrap_or_else(|code| code)
 }
@@ -101,7 +110,9 @@ pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, 
                 console.line(&format!("no CUDA device found: using profile `{name}` (override with --profile)"));
             }
             // Stages on a scheduler are keyed with its nodes' facts.
-            let env = env.with_executors(cairn::executor::node_probes(&p));
+            // (A remote that does not resolve is reported by the command that uses it.)
+            let remote = cairn::remote::RemoteConfig::resolve(config.remote.as_deref(), p.remote.as_ref()).ok().flatten();
+            let env = env.with_executors(cairn::executor::node_probes(&p, remote.as_ref()));
             Ok((p, env))
         }
         Err(e @ SpecError::Read { .. }) => Err(fail(console, exit::USAGE, format!("{e}\n  help: run cairn in the directory holding pipeline.toml, or pass -f PATH"))),
@@ -195,7 +206,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console:
     let t0 = std::time::Instant::now();
     let report = runner::run(&pipeline, &cache, &env, opts, console, &cancel).map_err(|e| {
         let code = match e {
-            runner::RunError::UnknownStage(_) => exit::USAGE,
+            runner::RunError::UnknownStage(_) | runner::RunError::Executors(_) => exit::USAGE,
             runner::RunError::Cache(_) | runner::RunError::External { .. } => exit::IO,
             runner::RunError::Remote(ref e) => super::remote::exit_code(e),
         };

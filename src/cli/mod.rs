@@ -226,7 +226,18 @@ pub enum Cmd {
     /// Runs a submitted stage's job directory on this node: what a job of a
     /// non-local executor (Slurm) executes. Not for hand use.
     #[command(hide = true)]
-    ExecJob { dir: PathBuf },
+    ExecJob {
+        /// The job directory (an executor with `data = "shared"`).
+        #[arg(required_unless_present = "remote_job")]
+        dir: Option<PathBuf>,
+        /// The job's address on the remote cache (JSON; `data = "remote"`).
+        #[arg(long, conflicts_with = "dir")]
+        remote_job: Option<String>,
+        /// Instead of a stage, run this worker's `--probe` and leave its
+        /// answer beside the job's address (a probe of the nodes).
+        #[arg(long, requires = "remote_job")]
+        probe_worker: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -392,6 +392,9 @@ fn cmd_remote_gc(cli: &Cli, config: &Config, opts: GcOptions, console: &Console)
         report.runs.count,
         remote.display()
     );
+    if report.jobs.count > 0 {
+        println!("{verb} {} file(s) of finished jobs ({})", report.jobs.count, human_bytes(report.jobs.bytes));
+    }
     println!(
         "kept {} run(s): {} manifest(s), {} object(s) ({}); nothing younger than {:.0} h is deleted",
         report.runs_kept,
@@ -400,7 +403,7 @@ fn cmd_remote_gc(cli: &Cli, config: &Config, opts: GcOptions, console: &Console)
         human_bytes(report.kept_objects.bytes),
         opts.grace.as_secs_f64() / 3600.0
     );
-    if !opts.delete && report.manifests.count + report.objects.count + report.runs.count > 0 {
+    if !opts.delete && report.manifests.count + report.objects.count + report.runs.count + report.jobs.count > 0 {
         println!("dry run: nothing was deleted; add --delete to delete the above (the remote is shared: check first)");
     }
     Ok(exit::OK)

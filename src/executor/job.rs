@@ -65,6 +65,9 @@ pub struct JobSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobOutput {
     pub hash: ArtifactHash,
+    /// Its size in bytes (what a job of the remote data plane uploaded).
+    #[serde(default)]
+    pub size: u64,
 }
 
 /// The content hash of a file or a directory (its Merkle hash), read in
@@ -132,6 +135,19 @@ impl Reporter for LogReporter {
 /// Returns whether the stage succeeded (the process's exit status).
 pub fn run_job(dir: &Path, registry: &Registry) -> Result<bool, JobError> {
     let spec: JobSpec = read_json(&dir.join(JOB_FILE))?;
+    let mut env = Environment::detect(false).with_worker_kinds(registry.worker_kinds().clone());
+    if let Some(dir) = &spec.cache_dir {
+        env = env.with_probe_cache(dir);
+    }
+    let record = execute(&spec, registry, &env, &mut || Ok(()));
+    write_json(dir, RESULT_FILE, &record)?;
+    Ok(record.error.is_none())
+}
+
+/// Runs `spec` on this node and says how it went: the node's facts are
+/// checked first, then `fetch` brings the inputs (nothing to do where the
+/// filesystem is shared), then the stage runs and its outputs are hashed.
+pub(super) fn execute(spec: &JobSpec, registry: &Registry, env: &Environment, fetch: &mut dyn FnMut() -> Result<(), StageFailure>) -> ResultRecord {
     let t0 = std::time::Instant::now();
     // scancel and a time limit send SIGTERM first: stop the stage cleanly.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -147,16 +163,12 @@ pub fn run_job(dir: &Path, registry: &Registry) -> Result<bool, JobError> {
         duration_s: 0.0,
         env_refused: false,
     };
-    let mut env = Environment::detect(false).with_worker_kinds(registry.worker_kinds().clone());
-    if let Some(dir) = &spec.cache_dir {
-        env = env.with_probe_cache(dir);
-    }
-    let ran = match check_env(&spec, &env) {
+    let ran = match check_env(spec, env) {
         Err(refused) => {
             record.env_refused = true;
             Err(refused)
         }
-        Ok(()) => run_stage(&spec, registry, &env, &cancel, &mut record.metrics).and_then(|()| hash_outputs(&spec)),
+        Ok(()) => fetch().and_then(|()| run_stage(spec, registry, env, &cancel, &mut record.metrics)).and_then(|()| hash_outputs(spec)),
     };
     match ran {
         Ok(outputs) => record.outputs = outputs,
@@ -167,8 +179,7 @@ pub fn run_job(dir: &Path, registry: &Registry) -> Result<bool, JobError> {
     if let Some(e) = &record.error {
         eprintln!("cairn exec-job: stage `{}` failed: {e}", spec.stage);
     }
-    write_json(dir, RESULT_FILE, &record)?;
-    Ok(record.error.is_none())
+    record
 }
 
 fn run_stage(spec: &JobSpec, registry: &Registry, env: &Environment, cancel: &AtomicBool, metrics: &mut BTreeMap<String, f64>) -> Result<(), StageFailure> {
@@ -235,12 +246,13 @@ fn hash_outputs(spec: &JobSpec) -> Result<BTreeMap<String, JobOutput>, StageFail
     let mut out = BTreeMap::new();
     for (name, path) in &spec.outputs {
         let hash = content_hash(path).map_err(|e| StageFailure::new(format!("finished without a readable output `{name}`: {}", e.message)))?;
-        out.insert(name.clone(), JobOutput { hash });
+        let size = std::fs::metadata(path).map(|m| if m.is_file() { m.len() } else { 0 })?;
+        out.insert(name.clone(), JobOutput { hash, size });
     }
     Ok(out)
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 

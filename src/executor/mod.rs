@@ -15,13 +15,17 @@
 //! One scheduler is one file implementing [`Executor`] (today [`slurm`]);
 //! a Kubernetes or Ray executor is a new file beside it (submit = create a
 //! Job / a task, poll = one list call, cancel = delete) plus one arm in
-//! [`Dispatch::new`], not a rewrite. This step uses the shared-filesystem
-//! mode: the cache directory is visible on the compute node (a single-node
-//! cluster, an NFS mount).
+//! [`Dispatch::new`], not a rewrite. An executor's `data` says how a job's
+//! bytes reach its node: through the cache directory on a filesystem the
+//! nodes share ([`job`]), or, with nothing shared but the remote cache,
+//! through the remote ([`remote_submit`] on this side, [`remote_job`] on
+//! the node).
 
 pub mod job;
 pub mod local;
 pub mod queue;
+pub mod remote_job;
+pub mod remote_submit;
 pub mod slurm;
 pub mod submitted;
 
@@ -30,8 +34,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::cache::Cache;
 use crate::env::RemoteProbe;
-use crate::spec::executors::ExecutorSpec;
+use crate::remote::{Remote, RemoteConfig};
+use crate::spec::executors::{DataPlane, ExecutorSpec};
 use crate::spec::{Pipeline, Stage};
 
 /// A scheduler's id for a submitted job (Slurm's job id).
@@ -101,14 +107,23 @@ pub trait Executor: Send + Sync {
 
 /// For each scheduler executor a stage of `pipeline` uses, how to probe
 /// its nodes (see `crate::env`): the key of a stage that runs there holds
-/// the facts of the node that will run it.
-pub fn node_probes(pipeline: &Pipeline) -> BTreeMap<String, RemoteProbe> {
+/// the facts of the node that will run it. A probe of an executor with
+/// `data = "remote"` answers through `remote` (the run's remote cache);
+/// what the nodes are does not depend on it, so neither does the id its
+/// answer is cached under.
+pub fn node_probes(pipeline: &Pipeline, remote: Option<&RemoteConfig>) -> BTreeMap<String, RemoteProbe> {
     let used: std::collections::BTreeSet<&String> = pipeline.stage_executors.values().collect();
     let mut out = BTreeMap::new();
     for (name, spec) in pipeline.executors.iter().filter(|(n, _)| used.contains(n)) {
-        let ExecutorSpec::Slurm(shape) = spec else { continue };
+        let ExecutorSpec::Slurm { shape, data } = spec else { continue };
         let slurm = Arc::new(slurm::Slurm::new(shape.clone()));
-        let run = Arc::new(move |worker: &std::path::Path, out: &std::path::Path| slurm.probe(worker, out));
+        let run: crate::env::ProbeRun = match (data, remote) {
+            (DataPlane::Remote, Some(cfg)) => {
+                let cfg = cfg.clone();
+                Arc::new(move |worker: &std::path::Path, _: &std::path::Path| remote_submit::probe(&slurm, &cfg, worker))
+            }
+            _ => Arc::new(move |worker: &std::path::Path, out: &std::path::Path| slurm.probe(worker, out)),
+        };
         out.insert(name.clone(), RemoteProbe { label: format!("executor `{name}` (Slurm)"), config: format!("slurm {shape:?}"), run });
     }
     out
@@ -124,20 +139,26 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    pub fn new(pipeline: &Pipeline, run_id: &str) -> Self {
+    /// The run's executors; `remote` is the run's remote cache, which an
+    /// executor with `data = "remote"` needs when a stage of the run uses it.
+    pub fn new(pipeline: &Pipeline, run_id: &str, remote: Option<&Arc<Remote>>, cache: &Cache) -> Result<Self, String> {
         let cancelled = Arc::new(Mutex::new(Vec::new()));
-        let backends = pipeline
-            .executors
-            .iter()
-            .filter_map(|(name, spec)| {
-                let exec: Arc<dyn Executor> = match spec {
-                    ExecutorSpec::Local => return None,
-                    ExecutorSpec::Slurm(shape) => Arc::new(slurm::Slurm::new(shape.clone())),
-                };
-                Some((name.clone(), Arc::new(submitted::Backend::new(exec, cancelled.clone()))))
-            })
-            .collect();
-        Self { backends, by_stage: pipeline.stage_executors.clone(), run_id: run_id.to_string(), cancelled }
+        let used: std::collections::BTreeSet<&String> = pipeline.stage_executors.values().collect();
+        let mut backends = BTreeMap::new();
+        for (name, spec) in &pipeline.executors {
+            let ExecutorSpec::Slurm { shape, data } = spec else { continue };
+            let data = match (data, remote) {
+                (DataPlane::Shared, _) => None,
+                (DataPlane::Remote, Some(remote)) => Some(remote_submit::RemoteData { remote: remote.clone(), stat: cache.stat_handle() }),
+                (DataPlane::Remote, None) if used.contains(name) => return Err(format!(
+                    "executor `{name}` moves its jobs' data through the remote cache (`executors.{name}.data = \"remote\"`), but this run has no remote cache\n  help: set `url` in a `[remote]` table of pipeline.toml, or pass --remote s3://bucket/prefix (or CAIRN_REMOTE); not --remote none"
+                )),
+                (DataPlane::Remote, None) => None,
+            };
+            let exec: Arc<dyn Executor> = Arc::new(slurm::Slurm::new(shape.clone()));
+            backends.insert(name.clone(), Arc::new(submitted::Backend::new(exec, cancelled.clone(), data)));
+        }
+        Ok(Self { backends, by_stage: pipeline.stage_executors.clone(), run_id: run_id.to_string(), cancelled })
     }
 
     /// The stage as it must run: unchanged for a local stage, else with

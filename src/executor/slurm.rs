@@ -34,20 +34,26 @@ impl Slurm {
     /// Runs `<worker> --probe` as a job of this executor's shape, waits
     /// for it (`sbatch --wait`) and returns what it printed, from `out`.
     pub fn probe(&self, worker: &Path, out: &Path) -> Result<String, String> {
-        run("sbatch", &self.probe_args(worker, out)).map_err(|e| e.to_string())?;
+        self.probe_with(&[worker.to_string_lossy().into_owned(), "--probe".into()], &out.to_string_lossy())?;
         std::fs::read_to_string(out).map_err(|e| format!("the probe job's output {}: {e}", out.display()))
     }
 
-    fn probe_args(&self, worker: &Path, out: &Path) -> Vec<String> {
+    /// Runs `argv` as a probe job of this executor's shape, its output
+    /// to `out` (a path on the node), and waits for it.
+    pub fn probe_with(&self, argv: &[String], out: &str) -> Result<(), String> {
+        run("sbatch", &self.probe_args(argv, out)).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn probe_args(&self, argv: &[String], out: &str) -> Vec<String> {
         let mut args = vec![
             "--parsable".to_string(),
             "--wait".into(),
             "--job-name=cairn-probe".into(),
-            format!("--output={}", out.display()),
+            format!("--output={out}"),
             "--export=ALL,CAIRN_LOG=error".into(),
         ];
         args.extend(self.shape.sbatch_options());
-        args.push(format!("--wrap=exec {} --probe", shell_quote(&worker.to_string_lossy())));
+        args.push(format!("--wrap=exec {}", argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")));
         args
     }
 }
@@ -252,10 +258,10 @@ mod tests {
     #[test]
     fn the_probe_job_has_the_executor_s_shape() {
         let shape = SlurmShape { partition: Some("gpu".into()), gpus: Some(2), ..Default::default() };
-        let args = Slurm::new(shape).probe_args(Path::new("/opt/cairn-worker"), Path::new("/c/tmp/probe.out"));
+        let args = Slurm::new(shape).probe_args(&["/opt/cairn-worker".into(), "--probe".into()], "/c/tmp/probe.out");
         assert_eq!(args[..5], ["--parsable", "--wait", "--job-name=cairn-probe", "--output=/c/tmp/probe.out", "--export=ALL,CAIRN_LOG=error"]);
         assert!(args.contains(&"--partition=gpu".to_string()) && args.contains(&"--gres=gpu:2".to_string()), "{args:?}");
-        assert_eq!(args.last().unwrap(), "--wrap=exec '/opt/cairn-worker' --probe");
+        assert_eq!(args.last().unwrap(), "--wrap=exec '/opt/cairn-worker' '--probe'");
     }
 
     #[test]

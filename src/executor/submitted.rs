@@ -3,7 +3,9 @@
 //! directory, submits it, waits for it with the run's [`Queue`], and
 //! accepts what it wrote only when its result record says it succeeded
 //! and every output re-hashes to the hash the record gives. From there
-//! `crate::exec` stores the outputs exactly as for a local run.
+//! `crate::exec` stores the outputs exactly as for a local run. An
+//! executor with `data = "remote"` moves the job's files through the
+//! remote cache instead of the shared filesystem ([`super::remote_submit`]).
 
 use std::cell::Cell;
 use std::path::Path;
@@ -14,6 +16,7 @@ use serde_json::Value;
 
 use super::job::{self, JobInput, JobSpec, ResultRecord};
 use super::queue::{Queue, Waited};
+use super::remote_submit::{self, JobFacts, RemoteData, RemoteJob};
 use super::{Executor, JobId, JobState, Prepared};
 use crate::kind::{Checked, EnvNeeds, ParamError, Progress, StageCtx, StageFailure, StageKind};
 
@@ -26,11 +29,13 @@ pub struct Backend {
     queue: Queue,
     /// The run's record of jobs cancelled on an interrupt (label, id).
     cancelled: Arc<Mutex<Vec<(String, JobId)>>>,
+    /// `Some`: the executor's jobs share only the remote cache.
+    data: Option<RemoteData>,
 }
 
 impl Backend {
-    pub fn new(exec: Arc<dyn Executor>, cancelled: Arc<Mutex<Vec<(String, JobId)>>>) -> Self {
-        Self { queue: Queue::new(exec.clone()), exec, cancelled }
+    pub fn new(exec: Arc<dyn Executor>, cancelled: Arc<Mutex<Vec<(String, JobId)>>>, data: Option<RemoteData>) -> Self {
+        Self { queue: Queue::new(exec.clone()), exec, cancelled, data }
     }
 }
 
@@ -76,31 +81,39 @@ impl Submitted {
             needs_threads: self.needs.threads,
             checkpoint_dir: ctx.checkpoint_dir.as_deref().map(abs),
         };
-        // A key that holds the CPU thread count (float reductions are
-        // ordered per thread) is computed with that count on the node too
-        // (`CAIRN_THREADS`, read by `cairn_kind::protocol::threads_from_env`).
-        let env = spec.keyed_env.get("threads").map(|n| ("CAIRN_THREADS".to_string(), n.clone())).into_iter().collect();
         job::write_json(&dir, job::JOB_FILE, &spec).map_err(|e| StageFailure::new(e.to_string()))?;
-        let exe = cairn_exe().map_err(|e| StageFailure::new(format!("cannot find the cairn binary to run on the node: {e}")))?;
         Ok(Prepared {
             name: format!("cairn-{}-{}", self.run_id, ctx.stage),
             log: dir.join(job::LOG_FILE),
-            argv: vec![exe.to_string_lossy().into_owned(), "exec-job".into(), dir.to_string_lossy().into_owned()],
+            argv: vec![exe()?.to_string_lossy().into_owned(), "exec-job".into(), dir.to_string_lossy().into_owned()],
             dir,
-            env,
+            env: threads_env(&spec.keyed_env),
         })
     }
 
-    fn accept(&self, id: &JobId, job: &Prepared, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
+    /// The job to submit, and where its files are when not beside it.
+    fn prepare_job(&self, ctx: &StageCtx<'_>) -> Result<(Prepared, Option<RemoteJob>), StageFailure> {
+        let Some(data) = &self.backend.data else { return Ok((self.prepare(ctx)?, None)) };
+        let facts = JobFacts { kind: self.inner.name(), needs: self.needs, run_id: &self.run_id, exe: exe()?, env: threads_env(&ctx.env.key_entries(self.needs)) };
+        let (job, remote) = remote_submit::prepare(data, facts, ctx)?;
+        Ok((job, Some(remote)))
+    }
+
+    fn accept(&self, id: &JobId, job: &Prepared, remote: Option<&RemoteJob>, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
         let label = self.backend.exec.label();
-        let record = read_record(&job.dir).ok_or_else(|| {
-            StageFailure::new(format!("{label} job {id} completed without a result record{}", log_tail(&job.log)))
-        })?;
+        let record = match remote.map_or_else(|| Ok(read_record(&job.dir)), |r| r.record(true)) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(StageFailure::new(format!("{label} job {id} completed without a result record; nothing was cached{}", tail(job, remote)))),
+            Err(why) => return Err(StageFailure::new(format!("{label} job {id}: {why}; nothing was cached{}", tail(job, remote)))),
+        };
         if let Some(e) = &record.error {
             let reprobe = reprobe(Some(&record), ctx);
-            return Err(StageFailure::new(format!("{label} job {id} on {}: {e}{reprobe}{}", record.host, log_tail(&job.log))));
+            return Err(StageFailure::new(format!("{label} job {id} on {}: {e}{reprobe}{}", record.host, tail(job, remote))));
         }
-        for (name, path) in &ctx.outputs {
+        if let Some(r) = remote {
+            r.fetch_outputs(&record, &ctx.outputs).map_err(|why| StageFailure::new(format!("{label} job {id} on {}: {why}; nothing was cached", record.host)))?;
+        }
+        for (name, path) in ctx.outputs.iter().filter(|_| remote.is_none()) {
             let claimed = record.outputs.get(name).ok_or_else(|| StageFailure::new(format!("{label} job {id}: its result record lacks output `{name}`")))?;
             let hash = job::content_hash(path).map_err(|e| StageFailure::new(format!("{label} job {id}: output `{name}`: {}", e.message)))?;
             if hash != claimed.hash {
@@ -157,6 +170,23 @@ impl<'a> LogFollower<'a> {
     }
 }
 
+/// A key that holds the CPU thread count (float reductions are ordered per
+/// thread) is computed with that count on the node too (`CAIRN_THREADS`,
+/// read by `cairn_kind::protocol::threads_from_env`).
+fn threads_env(keyed_env: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    keyed_env.get("threads").map(|n| ("CAIRN_THREADS".to_string(), n.clone())).into_iter().collect()
+}
+
+/// This `cairn`'s path for a job, or why there is none.
+pub(super) fn exe() -> Result<std::path::PathBuf, StageFailure> {
+    cairn_exe().map_err(|e| StageFailure::new(format!("cannot find the cairn binary to run on the node: {e}")))
+}
+
+/// The end of a job's log, from beside its job file or from the remote.
+fn tail(job: &Prepared, remote: Option<&RemoteJob>) -> String {
+    remote.map_or_else(|| log_tail(&job.log), RemoteJob::log_tail)
+}
+
 /// This `cairn`'s path, for the job to run. A binary rebuilt while the run
 /// goes on reads as `<path> (deleted)` on Linux: the job runs the new one.
 fn cairn_exe() -> std::io::Result<std::path::PathBuf> {
@@ -192,7 +222,11 @@ fn read_record(dir: &Path) -> Option<ResultRecord> {
 
 /// The last lines of a job's log, as the end of a message.
 fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    tail_message(&std::fs::read_to_string(log).unwrap_or_default())
+}
+
+/// The last lines of a log's `text`, as the end of a message.
+pub(super) fn tail_message(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     if lines.is_empty() {
         return "; its log is empty".to_string();
@@ -221,15 +255,17 @@ impl StageKind for Submitted {
         if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StageFailure { message: "interrupted before it was submitted".into(), interrupted: true });
         }
-        let job = self.prepare(ctx)?;
+        let (job, remote) = self.prepare_job(ctx)?;
         let id = self.backend.exec.submit(&job).map_err(|e| StageFailure::new(format!("cannot submit to {label}: {e}")))?;
         tracing::info!(job = %id, stage = ctx.stage, "submitted");
         self.backend.queue.add(&id);
         let (stage, reporter) = (ctx.stage, ctx.reporter);
         let shown = Cell::new(None);
         let log = LogFollower::new(&job.log, stage);
+        // A job of the remote data plane keeps its log on the node until it ends.
+        let follow = || if remote.is_none() { log.forward(|line| reporter.log(stage, line)) };
         let watch = |st: &JobState| {
-            log.forward(|line| reporter.log(stage, line));
+            follow();
             let what = match st {
                 JobState::Queued => "queued",
                 JobState::Running => "running",
@@ -241,10 +277,11 @@ impl StageKind for Submitted {
             }
         };
         let waited = self.backend.queue.wait(&id, ctx.cancel, &watch);
-        log.forward(|line| reporter.log(stage, line));
+        follow();
+        let remote = remote.as_ref();
         match waited {
-            Waited::Final(JobState::Completed) => self.accept(&id, &job, ctx),
-            Waited::Final(JobState::Gone) => self.accept(&id, &job, ctx).map_err(|e| {
+            Waited::Final(JobState::Completed) => self.accept(&id, &job, remote, ctx),
+            Waited::Final(JobState::Gone) => self.accept(&id, &job, remote, ctx).map_err(|e| {
                 StageFailure::new(format!("{label} job {id} left the queue: {}", e.message))
             }),
             Waited::Final(JobState::Ended { state }) => {
@@ -255,9 +292,12 @@ impl StageKind for Submitted {
                     _ => "",
                 };
                 // The log ends with the stage's own error, when it had one.
-                let record = job::read_json::<ResultRecord>(&job.dir.join(job::RESULT_FILE)).ok();
+                let record = match remote {
+                    Some(r) => r.record(false).ok().flatten(),
+                    None => job::read_json::<ResultRecord>(&job.dir.join(job::RESULT_FILE)).ok(),
+                };
                 let reprobe = reprobe(record.as_ref(), ctx);
-                Err(StageFailure::new(format!("{label} job {id} ended in state {state}{why}; nothing was cached{reprobe}{}", log_tail(&job.log))))
+                Err(StageFailure::new(format!("{label} job {id} ended in state {state}{why}; nothing was cached{reprobe}{}", tail(&job, remote))))
             }
             Waited::Final(other) => unreachable!("{other:?} is not final"),
             Waited::Interrupted => Err(self.interrupted(&id)),

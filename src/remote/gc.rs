@@ -7,7 +7,9 @@
 //! period (a push in progress writes objects and manifests before its run
 //! record, and a CI job may still be pulling an entry it just looked up).
 //! Deleted, in this order: manifests, then objects, then old run records,
-//! so no manifest ever names an object already gone.
+//! so no manifest ever names an object already gone; last, the files of
+//! jobs (`v1/jobs/`) older than the grace period, which nothing reads once
+//! their job was accepted.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -54,6 +56,8 @@ pub struct GcReport {
     pub objects: Tally,
     pub kept_manifests: Tally,
     pub kept_objects: Tally,
+    /// Files of finished jobs of the remote data plane.
+    pub jobs: Tally,
     /// Run records that do not parse (kept, reported).
     pub bad_runs: Vec<String>,
 }
@@ -112,8 +116,14 @@ impl Remote {
             }
         }
 
+        let mut doomed_jobs = Vec::new();
+        for meta in self.list_meta("jobs")?.into_iter().filter(|m| !young(m)) {
+            report.jobs.add(meta.size);
+            doomed_jobs.push(meta.location);
+        }
+
         if opts.delete {
-            for path in doomed_manifests.iter().chain(&doomed_objects).chain(&old_runs) {
+            for path in doomed_manifests.iter().chain(&doomed_objects).chain(&old_runs).chain(&doomed_jobs) {
                 self.delete(path)?;
             }
         }

@@ -41,7 +41,10 @@
 //! characters in any text. Every object is streamed into the local cache's
 //! `tmp/`, hashed as it arrives, and moved into the store only when its
 //! size and blake3 match its name; the local manifest is written last. Any
-//! failure is a warning and a miss: the stage is computed locally.
+//! failure is a warning and a miss: the stage is computed locally. A job's
+//! result record (`v1/jobs/`) is read with a size bound and must parse,
+//! and each output it claims is downloaded with the same checks before
+//! the stage's result is stored; otherwise the stage fails.
 //!
 //! Credentials come only from the standard AWS environment
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,

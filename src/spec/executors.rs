@@ -12,13 +12,15 @@
 //! account = "ml"
 //! qos = "normal"
 //! sbatch_args = ["--constraint=h200"]
+//! data = "shared"             # or "remote": see [`DataPlane`]
 //!
 //! [stages.train]
 //! executor = "gpu"            # profiles may switch it: `train.executor = "..."`
 //! ```
 //!
-//! Where a stage runs does not change what it means, so the executor is
-//! never part of a stage key; the stage's `executor` key is taken out of
+//! Where a stage runs, and how its data reaches the node, do not change
+//! what it means, so neither the executor nor its `data` is ever part of a
+//! stage key; the stage's `executor` key is taken out of
 //! its params before the kind checks them ([`take_choice`]).
 
 use std::collections::BTreeMap;
@@ -35,7 +37,20 @@ use super::parse::is_safe_name;
 pub enum ExecutorSpec {
     /// This machine, in process (today's behaviour).
     Local,
-    Slurm(SlurmShape),
+    Slurm { shape: SlurmShape, data: DataPlane },
+}
+
+/// How a job's inputs and outputs reach the compute node (`data`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPlane {
+    /// The cache directory is on a filesystem the nodes see at the same
+    /// path (a single-node cluster, NFS, Lustre).
+    #[default]
+    Shared,
+    /// Nothing is shared but the remote cache: inputs, outputs, the job
+    /// description, its result record and log go through it (see
+    /// `crate::executor::remote_job`). Needs a `[remote]` (or `--remote`).
+    Remote,
 }
 
 /// The shape of a Slurm job, as `sbatch` options.
@@ -75,7 +90,7 @@ impl SlurmShape {
 /// One problem in `[executors]`: where, what, and a hint.
 pub type Problem = (Option<Range<usize>>, String, Option<String>);
 
-const SLURM_KEYS: &[&str] = &["kind", "partition", "gpus", "cpus", "mem", "time", "account", "qos", "sbatch_args"];
+const SLURM_KEYS: &[&str] = &["kind", "partition", "gpus", "cpus", "mem", "time", "account", "qos", "sbatch_args", "data"];
 
 /// Parses the `[executors]` table; problems come back as (span, message, help).
 pub fn parse(item: &Item) -> (BTreeMap<String, ExecutorSpec>, Vec<Problem>) {
@@ -113,6 +128,7 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
         },
     };
     let mut shape = SlurmShape::default();
+    let mut data = DataPlane::default();
     for (key, value) in t.iter() {
         let at = format!("executors.{name}.{key}");
         let span = value.span();
@@ -148,6 +164,15 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
             "mem" => shape.mem = string(errors, is_mem, "a size such as \"4G\" or \"500M\""),
             "time" => shape.time = string(errors, is_time, "a Slurm time such as \"30\" (minutes), \"2:00:00\" or \"1-12:00:00\""),
             "sbatch_args" => shape.sbatch_args = sbatch_args(&at, value, errors),
+            "data" => match value.as_str() {
+                Some("shared") => data = DataPlane::Shared,
+                Some("remote") => data = DataPlane::Remote,
+                _ => errors.push((
+                    span,
+                    format!("`{at}` must be \"shared\" or \"remote\""),
+                    Some("\"shared\": the nodes see the cache directory; \"remote\": inputs and outputs move through the remote cache".into()),
+                )),
+            },
             other => errors.push((
                 t.get_key_value(other).and_then(|(k, _)| k.span()).or(span),
                 format!("unknown key `{at}`"),
@@ -158,7 +183,7 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
             )),
         }
     }
-    Some(if kind == "local" { ExecutorSpec::Local } else { ExecutorSpec::Slurm(shape) })
+    Some(if kind == "local" { ExecutorSpec::Local } else { ExecutorSpec::Slurm { shape, data } })
 }
 
 fn sbatch_args(at: &str, value: &Item, errors: &mut Vec<Problem>) -> Vec<String> {
@@ -239,7 +264,8 @@ mod tests {
         );
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(specs["here"], ExecutorSpec::Local);
-        let ExecutorSpec::Slurm(shape) = &specs["gpu"] else { panic!("not slurm: {specs:?}") };
+        let ExecutorSpec::Slurm { shape, data } = &specs["gpu"] else { panic!("not slurm: {specs:?}") };
+        assert_eq!(*data, DataPlane::Shared, "the default");
         assert_eq!(
             shape.sbatch_options(),
             ["--partition=gpu", "--gres=gpu:2", "--cpus-per-task=4", "--mem=8G", "--time=1:30:00", "--account=ml", "--qos=hi", "--exclusive"]
@@ -249,7 +275,7 @@ mod tests {
     #[test]
     fn mistakes_are_named_with_a_fix() {
         let (_, errors) = parse_text(
-            "[executors.a]\nkind = \"slurm\"\npartiton = \"x\"\nmem = \"lots\"\ntime = \"soon\"\ncpus = 0\nsbatch_args = \"--exclusive\"\n[executors.b]\ngpus = 1\n[executors.c]\nkind = \"k8s\"\n",
+            "[executors.a]\nkind = \"slurm\"\npartiton = \"x\"\nmem = \"lots\"\ntime = \"soon\"\ncpus = 0\nsbatch_args = \"--exclusive\"\ndata = \"s3\"\n[executors.b]\ngpus = 1\n[executors.c]\nkind = \"k8s\"\n",
         );
         let all = errors.join("\n");
         for needle in [
@@ -260,10 +286,11 @@ mod tests {
             "`executors.a.sbatch_args` must be a list",
             "`executors.b.gpus`: a local executor takes no job shape / add `kind = \"slurm\"`",
             "`executors.c.kind` must be \"local\" or \"slurm\"",
+            "`executors.a.data` must be \"shared\" or \"remote\"",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
-        assert_eq!(errors.len(), 7, "{all}");
+        assert_eq!(errors.len(), 8, "{all}");
     }
 
     #[test]

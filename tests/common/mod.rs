@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -40,6 +41,28 @@ impl From<Output> for Run {
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
     }
+}
+
+/// stage → (status, key) from `cairn run --json`.
+pub fn stages(r: &Run) -> BTreeMap<String, (String, String)> {
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("json ({e}): {}", r.all()));
+    v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stage"].as_str().unwrap().to_string(), (s["status"].as_str().unwrap().to_string(), s["key"].as_str().unwrap_or("").to_string())))
+        .collect()
+}
+
+/// The bytes of `artifacts/<rel>` in `p`.
+pub fn artifact(p: &Project, rel: &str) -> Vec<u8> {
+    std::fs::read(p.path().join("artifacts").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Asserts that `p`'s cache holds no entry (after a failed run).
+pub fn nothing_cached(p: &Project) {
+    let manifests = std::fs::read_dir(p.cache().join("manifests")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(manifests, 0, "a failed job left a cache entry");
 }
 
 impl Project {

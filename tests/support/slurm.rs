@@ -249,6 +249,21 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// Waits until a job whose name ends with `suffix` (`-<stage>`) runs;
+    /// its id.
+    pub fn running_job(&self, suffix: &str) -> String {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            let out = self.command("squeue").args(["--noheader", "--states=RUNNING", "--format=%i|%j"]).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Some((id, _)) = text.lines().filter_map(|l| l.split_once('|')).find(|(_, name)| name.starts_with("cairn-") && name.ends_with(suffix)) {
+                return id.to_string();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no job `*{suffix}` ever ran:\n{}", self.logs());
+    }
+
     /// Jobs queued, running or being cleaned up.
     pub fn active_jobs(&self) -> usize {
         let out = self.command("squeue").args(["--noheader", "--format=%i"]).output();

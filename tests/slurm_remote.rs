@@ -1,0 +1,238 @@
+//! Stages on a real Slurm cluster whose jobs share nothing with the engine
+//! but the remote cache (`data = "remote"`): a private single-node cluster
+//! (`support/slurm.rs`) and a real S3 server (`support/weed.rs`) per test.
+//! The node is this machine, so the tests prove the node did not use the
+//! engine's files by what its jobs print into their logs (which they
+//! upload): every path a stage read or wrote is under the node's own
+//! temporary directory. A test whose cluster or server cannot start skips
+//! visibly (and fails under CI=true).
+
+mod common;
+#[path = "support/skip.rs"]
+mod skip;
+#[path = "support/slurm.rs"]
+mod slurm;
+#[path = "support/weed.rs"]
+mod weed;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{artifact, nothing_cached, stages, Project, Run};
+use object_store::{ObjectStore, ObjectStoreExt};
+use slurm::Cluster;
+use weed::Weed;
+
+/// `gen` → `sum` (which also reads an external directory with an empty
+/// subdirectory), and `words`, on an executor whose jobs see only the
+/// remote; the `here` profile moves them to this machine. Each stage
+/// prints where it read and wrote, into its job's log.
+const PIPELINE: &str = r#"
+[pipeline]
+name = "slurm-remote-test"
+
+[remote]
+url = "s3://cairn/team"
+
+[executors.cluster]
+kind = "slurm"
+cpus = 1
+mem = "200M"
+time = "5"
+data = "remote"
+sbatch_args = ["--export=ALL,TMPDIR=NODE_TMP"]
+
+[executors.here]
+kind = "local"
+
+[stages.gen]
+kind = "command"
+cmd = "seq 1 5000 > {out.numbers}; echo \"wrote {out.numbers}\""
+outputs = { numbers = "numbers.txt" }
+executor = "cluster"
+
+[stages.sum]
+kind = "command"
+cmd = "awk '{ s += $1 } END { print s }' {in.numbers} > {out.total}; cat {in.data}/a.txt {in.data}/sub/b.txt >> {out.total}; (cd {in.data} && find . | sort) >> {out.total}; echo \"read {in.numbers} {in.data} wrote {out.total}\""
+inputs = { numbers = "gen.numbers", data = { file = "data" } }
+outputs = { total = "total.txt" }
+executor = "cluster"
+
+[stages.words]
+kind = "command"
+cmd = "echo independent > {out.w}; echo \"wrote {out.w}\""
+outputs = { w = "w.txt" }
+executor = "cluster"
+
+[profiles.here]
+"gen.executor" = "here"
+"sum.executor" = "here"
+"words.executor" = "here"
+"#;
+
+fn cairn(p: &Project, c: &Cluster, w: &Weed, args: &[&str]) -> Run {
+    command(p, c, w, args).output().expect("cairn runs").into()
+}
+
+fn command(p: &Project, c: &Cluster, w: &Weed, args: &[&str]) -> Command {
+    let mut cmd = p.cmd(args);
+    cmd.envs(c.env()).env_remove("CAIRN_REMOTE");
+    w.env(&mut cmd);
+    cmd
+}
+
+/// A project of `pipeline` whose jobs' temporary directory is `node_tmp`,
+/// with its external directory input.
+fn project(pipeline: &str, node_tmp: &Path) -> Project {
+    let p = Project::new(&pipeline.replace("NODE_TMP", &node_tmp.display().to_string()));
+    p.write("data/a.txt", "alpha\n");
+    p.write("data/sub/b.txt", "beta\n");
+    std::fs::create_dir_all(p.path().join("data/empty")).unwrap();
+    p
+}
+
+/// Every object under `prefix` on the server, by path.
+fn remote_files(w: &Weed, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    w.block_on(async {
+        use futures::TryStreamExt;
+        let store = w.store();
+        let list: Vec<_> = store.list(Some(&prefix.into())).try_collect().await.unwrap();
+        let mut out = BTreeMap::new();
+        for meta in list {
+            let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+            out.insert(meta.location.to_string(), bytes.to_vec());
+        }
+        out
+    })
+}
+
+#[test]
+fn stages_whose_jobs_share_only_the_remote_match_a_local_run() {
+    let test = "stages_whose_jobs_share_only_the_remote_match_a_local_run";
+    let Some(c) = Cluster::start(test) else { return };
+    let Some(w) = Weed::start(test) else { return };
+    let node_tmp = tempfile::Builder::new().prefix("cairn-node-tmp-").tempdir().unwrap();
+    let on_slurm = project(PIPELINE, node_tmp.path());
+    let r = cairn(&on_slurm, &c, &w, &["run", "--json", "-j", "3"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+    let remote = stages(&r);
+    assert!(remote.values().all(|(s, _)| s == "ran"), "{remote:?}");
+
+    // What the jobs printed reached the remote with their records; every
+    // path a stage read or wrote was in the node's own directory.
+    let jobs = remote_files(&w, "team/v1/jobs");
+    let logs: Vec<String> = jobs.iter().filter(|(k, _)| k.ends_with("/job.log")).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect();
+    assert_eq!(logs.len(), 3, "one log per job: {:?}", jobs.keys().collect::<Vec<_>>());
+    assert_eq!(jobs.keys().filter(|k| k.ends_with("/result.json")).count(), 3);
+    let project_dir = on_slurm.path().display().to_string();
+    let node_dir = node_tmp.path().display().to_string();
+    let sum_log = logs.iter().find(|l| l.contains("] read ")).unwrap_or_else(|| panic!("no log of `sum`: {logs:?}"));
+    for log in &logs {
+        assert!(log.contains(&format!("working in {node_dir}/cairn-job-")), "{log}");
+        assert!(!log.contains(&project_dir), "a job touched the engine's files: {log}");
+    }
+    let paths: Vec<&str> = sum_log.lines().find(|l| l.contains("] read ")).unwrap().split_whitespace().map(|w| w.trim_matches('\'')).filter(|w| w.starts_with('/')).collect();
+    assert_eq!(paths.len(), 3, "{sum_log}");
+    assert!(paths.iter().all(|p| p.starts_with(&node_dir)), "`sum` read and wrote outside the node's directory: {paths:?}");
+    assert_eq!(std::fs::read_dir(node_tmp.path()).unwrap().count(), 0, "the jobs' directories are removed");
+    assert!(!std::fs::read_dir(on_slurm.cache().join("tmp")).unwrap().flatten().any(|e| e.path().join("job").exists()), "no job directory in the cache");
+
+    // The same pipeline here: the same keys and the same bytes.
+    let local = project(PIPELINE, node_tmp.path());
+    let r = cairn(&local, &c, &w, &["run", "--json", "--profile", "here", "--remote", "none"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let here = stages(&r);
+    for stage in ["gen", "sum", "words"] {
+        assert_eq!(remote[stage].1, here[stage].1, "`{stage}`: where it ran must not change its key");
+    }
+    for rel in ["gen/numbers.txt", "sum/total.txt", "words/w.txt"] {
+        assert!(artifact(&on_slurm, rel) == artifact(&local, rel), "{rel} differs");
+    }
+    // The directory arrived whole, its empty subdirectory included.
+    assert_eq!(String::from_utf8(artifact(&on_slurm, "sum/total.txt")).unwrap(), "12502500\nalpha\nbeta\n.\n./a.txt\n./empty\n./sub\n./sub/b.txt\n");
+
+    // Back on this machine, nothing runs again.
+    let r = cairn(&on_slurm, &c, &w, &["run", "--json", "--profile", "here"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(stages(&r).values().all(|(s, _)| s == "cached"), "{}", r.all());
+
+    // The jobs' files go with `remote gc` once past its grace period.
+    let r = cairn(&on_slurm, &c, &w, &["remote", "gc", "--keep-runs", "1", "--grace-hours", "0", "--delete"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains(&format!("deleted {} file(s) of finished jobs", jobs.len())), "{}", r.all());
+    assert!(remote_files(&w, "team/v1/jobs").is_empty());
+}
+
+/// One stage writing known bytes.
+const ONE: &str = r#"
+[pipeline]
+name = "slurm-remote-damage"
+
+[remote]
+url = "s3://cairn/team"
+
+[executors.cluster]
+kind = "slurm"
+cpus = 1
+time = "TIME"
+data = "remote"
+
+[stages.one]
+kind = "command"
+cmd = "CMD"
+outputs = { x = "x.txt" }
+executor = "cluster"
+"#;
+
+#[test]
+fn a_damaged_output_object_on_the_remote_fails_the_stage_and_caches_nothing() {
+    let test = "a_damaged_output_object_on_the_remote_fails_the_stage_and_caches_nothing";
+    let Some(c) = Cluster::start(test) else { return };
+    let Some(w) = Weed::start(test) else { return };
+    // Other bytes of the same size already under the output's name: the
+    // job's create-only upload keeps them, and the engine must refuse them.
+    let bytes = b"hello remote\n";
+    let name = format!("team/v1/objects/{}", blake3::hash(bytes).to_hex());
+    w.block_on(async { w.store().put(&name.as_str().into(), b"jello remote\n".to_vec().into()).await }).unwrap();
+    let p = Project::new(&ONE.replace("TIME", "5").replace("CMD", "echo hello remote > {out.x}"));
+    let r = cairn(&p, &c, &w, &["run"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("its outputs cannot be had from the remote") && r.stderr.contains("its bytes are damaged"), "{}", r.all());
+    assert!(r.stderr.contains("nothing was cached"), "{}", r.all());
+    nothing_cached(&p);
+    assert!(!p.path().join("artifacts/one/x.txt").exists());
+}
+
+#[test]
+fn a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log() {
+    let test = "a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log";
+    let Some(c) = Cluster::start(test) else { return };
+    let Some(w) = Weed::start(test) else { return };
+    let p = Project::new(&ONE.replace("TIME", "5").replace("CMD", "echo started; sleep 300; echo done > {out.x}"));
+    let child = command(&p, &c, &w, &["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let id = c.running_job("-one");
+    // Let the stage start (its first line is in the log the job uploads).
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(c.command("scancel").arg(&id).status().unwrap().success());
+    let r: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains(&format!("Slurm job {id} ended in state CANCELLED")), "{}", r.all());
+    assert!(r.stderr.contains("the end of its log") && r.stderr.contains("started"), "the message should quote the job's uploaded log: {}\n{}", r.all(), c.logs());
+    nothing_cached(&p);
+}
+
+/// Needs no cluster: `data = "remote"` without a remote cache is refused
+/// before anything is submitted, naming the place; a bad value too.
+#[test]
+fn remote_data_without_a_remote_is_an_error_naming_the_executor() {
+    let p = Project::new(&ONE.replace("TIME", "5").replace("CMD", "true").replace("[remote]\nurl = \"s3://cairn/team\"\n", ""));
+    let r = p.cairn(&["run"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("`executors.cluster.data = \"remote\"`") && r.stderr.contains("no remote cache"), "{}", r.all());
+    let p = Project::new(&ONE.replace("TIME", "5").replace("CMD", "true").replace("data = \"remote\"", "data = \"nfs\""));
+    let r = p.cairn(&["status"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("`executors.cluster.data` must be \"shared\" or \"remote\""), "{}", r.all());
+}
