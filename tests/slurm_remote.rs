@@ -199,8 +199,8 @@ fn a_damaged_output_object_on_the_remote_fails_the_stage_and_caches_nothing() {
     let p = Project::new(&ONE.replace("TIME", "5").replace("CMD", "echo hello remote > {out.x}"));
     let r = cairn(&p, &c, &w, &["run"]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.stderr.contains("its outputs cannot be had from the remote") && r.stderr.contains("its bytes are damaged"), "{}", r.all());
-    assert!(r.stderr.contains("nothing was cached"), "{}", r.all());
+    assert!(r.stderr.contains("its outputs cannot be had from the remote, so nothing was cached") && r.stderr.contains("its bytes are damaged"), "{}", r.all());
+    assert!(r.stderr.contains("help: `cairn remote verify --all` lists damaged objects"), "{}", r.all());
     nothing_cached(&p);
     assert!(!p.path().join("artifacts/one/x.txt").exists());
 }
@@ -220,6 +220,23 @@ fn a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log() {
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains(&format!("Slurm job {id} ended in state CANCELLED")), "{}", r.all());
     assert!(r.stderr.contains("the end of its log") && r.stderr.contains("started"), "the message should quote the job's uploaded log: {}\n{}", r.all(), c.logs());
+    nothing_cached(&p);
+}
+
+/// Slurm's smallest time limit is a minute: this test takes one or two,
+/// beside the others.
+#[test]
+fn a_remote_job_past_its_time_limit_fails_naming_its_state_and_log() {
+    let test = "a_remote_job_past_its_time_limit_fails_naming_its_state_and_log";
+    let Some(c) = Cluster::start(test) else { return };
+    let Some(w) = Weed::start(test) else { return };
+    let p = Project::new(&ONE.replace("TIME", "1").replace("CMD", "echo started; sleep 300; echo done > {out.x}"));
+    let r = cairn(&p, &c, &w, &["run"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("ended in state TIMEOUT (it ran past its time limit: raise `time` in its executor)"), "{}", r.all());
+    assert!(r.stderr.contains("the end of its log") && r.stderr.contains("started"), "{}\n{}", r.all(), c.logs());
+    // A time limit is SIGTERM first: the job's last words, uploaded at its end, are there.
+    assert!(r.stderr.contains("cairn exec-job: stage `one` failed"), "{}\n{}", r.all(), c.logs());
     nothing_cached(&p);
 }
 

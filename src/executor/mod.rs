@@ -23,6 +23,7 @@
 
 pub mod job;
 pub mod local;
+pub mod node_log;
 pub mod queue;
 pub mod remote_job;
 pub mod remote_submit;

@@ -13,13 +13,13 @@
 //! credentials: the node reads those from its own AWS environment.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::job::{self, JobInput, JobSpec, ResultRecord, JOB_FILE, LOG_FILE, RESULT_FILE};
+use super::node_log;
 use crate::digest::ArtifactHash;
 use crate::env::Environment;
 use crate::kind::StageFailure;
@@ -220,12 +220,12 @@ pub fn run_remote_job(address: &str, registry: &Registry) -> Result<bool, Remote
     spec.check().map_err(invalid)?;
     let work = work_dir()?;
     let log = work.path().join(LOG_FILE);
-    let _redirected = redirect_output(&log)?;
+    let _redirected = node_log::redirect_output(&log)?;
     println!("cairn exec-job: job {} working in {}", addr.job, work.path().display());
     let local = spec.local(work.path());
     std::fs::create_dir_all(work.path().join("out"))?;
     let env = Environment::detect(false).with_worker_kinds(registry.worker_kinds().clone());
-    let uploader = LogUploader::start(remote.clone(), addr.job.clone(), log.clone());
+    let uploader = node_log::LogUploader::start(remote.clone(), addr.job.clone(), log.clone());
     let mut record = job::execute(&local, registry, &env, &mut || pull_inputs(&remote, &spec, work.path()));
     if record.error.is_none() {
         let files: Vec<_> = record.outputs.iter().map(|(name, o)| (local.outputs[name].clone(), o.hash, o.size)).collect();
@@ -263,109 +263,14 @@ fn finish(remote: &Remote, job: &str, record: &ResultRecord, log: &Path) -> Resu
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    remote.put_job_file(job, LOG_FILE, tail(log, LOG_MAX), false)?;
+    remote.put_job_file(job, LOG_FILE, node_log::tail(log, LOG_MAX), false)?;
     Ok(())
-}
-
-/// Uploads the log's tail while the stage runs, when it grew: every second
-/// at first, then every [`LOG_EVERY`]. A job that is killed outright
-/// (`scancel` kills a batch job at once) still leaves the start of its
-/// log, and at most that much of its end is missing.
-struct LogUploader {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-/// How often a running job's log is uploaded once it has run a while.
-pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl LogUploader {
-    fn start(remote: std::sync::Arc<Remote>, job: String, log: PathBuf) -> Self {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let (t0, mut last_tick, mut sent) = (std::time::Instant::now(), std::time::Instant::now(), 0);
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                let every = if t0.elapsed() < LOG_EVERY { std::time::Duration::from_secs(1) } else { LOG_EVERY };
-                let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-                if last_tick.elapsed() >= every && len != sent {
-                    last_tick = std::time::Instant::now();
-                    // A failure is retried at the next tick; the final upload reports.
-                    if remote.put_job_file(&job, LOG_FILE, tail(&log, LOG_MAX), false).is_ok() {
-                        sent = len;
-                    }
-                }
-            }
-        });
-        Self { stop, thread }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
-}
-
-/// The last `max` bytes of `log`, from a line's start.
-fn tail(log: &Path, max: u64) -> Vec<u8> {
-    let Ok(mut f) = std::fs::File::open(log) else { return Vec::new() };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut out = Vec::new();
-    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() || f.read_to_end(&mut out).is_err() {
-        return Vec::new();
-    }
-    if len > max {
-        let start = out.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-        out.drain(..start);
-        out.splice(0..0, b"[... earlier lines dropped]\n".iter().copied());
-    }
-    out
 }
 
 /// A fresh directory on the node's own disk.
 fn work_dir() -> std::io::Result<tempfile::TempDir> {
     let base = ["SLURM_TMPDIR", "TMPDIR"].iter().filter_map(std::env::var_os).map(PathBuf::from).find(|p| p.is_dir()).unwrap_or_else(|| "/tmp".into());
     tempfile::Builder::new().prefix("cairn-job-").tempdir_in(base)
-}
-
-/// Sends this process's stdout and stderr (and its children's) to `log`,
-/// which the job uploads at its end, until the guard is dropped: the
-/// Slurm output (on the node) keeps only what happens before and after.
-fn redirect_output(log: &Path) -> std::io::Result<Redirected> {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::create(log)?;
-    std::io::stdout().flush()?;
-    let mut saved = [-1; 2];
-    for (i, fd) in [1, 2].into_iter().enumerate() {
-        // SAFETY: dup and dup2 on descriptors this process owns.
-        saved[i] = unsafe { libc::dup(fd) };
-        if saved[i] < 0 || unsafe { libc::dup2(file.as_raw_fd(), fd) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(Redirected { saved })
-}
-
-/// Puts stdout and stderr back when dropped.
-struct Redirected {
-    saved: [i32; 2],
-}
-
-impl Drop for Redirected {
-    fn drop(&mut self) {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        for (fd, saved) in [1, 2].into_iter().zip(self.saved) {
-            // SAFETY: `saved` are this process's own duplicates.
-            unsafe {
-                libc::dup2(saved, fd);
-                libc::close(saved);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -412,13 +317,5 @@ mod tests {
         assert!(local.cache_dir.is_none(), "nothing of the engine's cache on the node");
     }
 
-    #[test]
-    fn a_long_log_keeps_its_last_whole_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("job.log");
-        std::fs::write(&log, (0..100).map(|i| format!("line {i}\n")).collect::<String>()).unwrap();
-        let t = String::from_utf8(tail(&log, 50)).unwrap();
-        assert!(t.starts_with("[... earlier lines dropped]\nline ") && t.ends_with("line 99\n"), "{t}");
-        assert_eq!(tail(&log, 10_000), std::fs::read(&log).unwrap());
-    }
+
 }

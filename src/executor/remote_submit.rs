@@ -184,10 +184,18 @@ impl RemoteJob {
     pub fn fetch_outputs(&self, record: &ResultRecord, outputs: &BTreeMap<String, PathBuf>) -> Result<(), String> {
         let mut files = Vec::new();
         for (name, path) in outputs {
-            let o = record.outputs.get(name).ok_or_else(|| format!("its result record lacks output `{name}`"))?;
+            let o = record.outputs.get(name).ok_or_else(|| format!("its result record lacks output `{name}`; nothing was cached"))?;
             files.push((o.hash, o.size, path.clone()));
         }
-        self.remote.fetch_files(&files).map_err(|e| format!("its outputs cannot be had from the remote: {e}"))
+        self.remote.fetch_files(&files).map_err(|e| {
+            // A job's upload is create-only: damaged bytes already under an
+            // output's name stay there, and the next job would meet them too.
+            let help = match e {
+                crate::remote::RemoteError::Transfer { .. } => "\n  help: `cairn remote verify --all` lists damaged objects; delete that object from the remote, then run again",
+                _ => "",
+            };
+            format!("its outputs cannot be had from the remote, so nothing was cached: {e}{help}")
+        })
     }
 }
 

@@ -111,7 +111,7 @@ impl Submitted {
             return Err(StageFailure::new(format!("{label} job {id} on {}: {e}{reprobe}{}", record.host, tail(job, remote))));
         }
         if let Some(r) = remote {
-            r.fetch_outputs(&record, &ctx.outputs).map_err(|why| StageFailure::new(format!("{label} job {id} on {}: {why}; nothing was cached", record.host)))?;
+            r.fetch_outputs(&record, &ctx.outputs).map_err(|why| StageFailure::new(format!("{label} job {id} on {}: {why}", record.host)))?;
         }
         for (name, path) in ctx.outputs.iter().filter(|_| remote.is_none()) {
             let claimed = record.outputs.get(name).ok_or_else(|| StageFailure::new(format!("{label} job {id}: its result record lacks output `{name}`")))?;
