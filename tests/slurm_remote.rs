@@ -178,6 +178,7 @@ kind = "slurm"
 cpus = 1
 time = "TIME"
 data = "remote"
+sbatch_args = ["--export=ALL,TMPDIR=NODE_TMP"]
 
 [stages.one]
 kind = "command"
@@ -185,6 +186,12 @@ cmd = "CMD"
 outputs = { x = "x.txt" }
 executor = "cluster"
 "#;
+
+/// A project of [`ONE`] running `cmd` with time limit `time`, its jobs'
+/// temporary directory `node_tmp`.
+fn one(node_tmp: &Path, time: &str, cmd: &str) -> Project {
+    Project::new(&ONE.replace("NODE_TMP", &node_tmp.display().to_string()).replace("TIME", time).replace("CMD", cmd))
+}
 
 #[test]
 fn a_damaged_output_object_on_the_remote_fails_the_stage_and_caches_nothing() {
@@ -196,7 +203,8 @@ fn a_damaged_output_object_on_the_remote_fails_the_stage_and_caches_nothing() {
     let bytes = b"hello remote\n";
     let name = format!("team/v1/objects/{}", blake3::hash(bytes).to_hex());
     w.block_on(async { w.store().put(&name.as_str().into(), b"jello remote\n".to_vec().into()).await }).unwrap();
-    let p = Project::new(&ONE.replace("TIME", "5").replace("CMD", "echo hello remote > {out.x}"));
+    let node_tmp = tempfile::tempdir().unwrap();
+    let p = one(node_tmp.path(), "5", "echo hello remote > {out.x}");
     let r = cairn(&p, &c, &w, &["run"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("its outputs cannot be had from the remote, so nothing was cached") && r.stderr.contains("its bytes are damaged"), "{}", r.all());
@@ -210,7 +218,9 @@ fn a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log() {
     let test = "a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log";
     let Some(c) = Cluster::start(test) else { return };
     let Some(w) = Weed::start(test) else { return };
-    let p = Project::new(&ONE.replace("TIME", "5").replace("CMD", "echo started; sleep 300; echo done > {out.x}"));
+    // Killed outright, the job leaves its directory: in this one, not /tmp.
+    let node_tmp = tempfile::tempdir().unwrap();
+    let p = one(node_tmp.path(), "5", "echo started; sleep 300; echo done > {out.x}");
     let child = command(&p, &c, &w, &["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let id = c.running_job("-one");
     // Let the stage start (its first line is in the log the job uploads).
@@ -230,7 +240,8 @@ fn a_remote_job_past_its_time_limit_fails_naming_its_state_and_log() {
     let test = "a_remote_job_past_its_time_limit_fails_naming_its_state_and_log";
     let Some(c) = Cluster::start(test) else { return };
     let Some(w) = Weed::start(test) else { return };
-    let p = Project::new(&ONE.replace("TIME", "1").replace("CMD", "echo started; sleep 300; echo done > {out.x}"));
+    let node_tmp = tempfile::tempdir().unwrap();
+    let p = one(node_tmp.path(), "1", "echo started; sleep 300; echo done > {out.x}");
     let r = cairn(&p, &c, &w, &["run"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("ended in state TIMEOUT (it ran past its time limit: raise `time` in its executor)"), "{}", r.all());

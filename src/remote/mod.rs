@@ -20,6 +20,9 @@
 //!                              by the engine, create-only; `jobs`)
 //!     result.json              its result record, written by the node
 //!     job.log                  the tail of its log, written by the node
+//! v1/jobs/probes/<nonce>/
+//!     probe.out                what a probe job of such an executor's
+//!                              nodes answered (`cairn-worker --probe`)
 //! ```
 //!
 //! `v1` is [`REMOTE_SCHEMA`]; a change to this layout or to how manifests
