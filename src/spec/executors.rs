@@ -266,6 +266,9 @@ mod tests {
         assert_eq!(specs["here"], ExecutorSpec::Local);
         let ExecutorSpec::Slurm { shape, data } = &specs["gpu"] else { panic!("not slurm: {specs:?}") };
         assert_eq!(*data, DataPlane::Shared, "the default");
+        let (specs, errors) = parse_text("[executors.far]\nkind = \"slurm\"\ndata = \"remote\"\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(matches!(specs["far"], ExecutorSpec::Slurm { data: DataPlane::Remote, .. }), "{specs:?}");
         assert_eq!(
             shape.sbatch_options(),
             ["--partition=gpu", "--gres=gpu:2", "--cpus-per-task=4", "--mem=8G", "--time=1:30:00", "--account=ml", "--qos=hi", "--exclusive"]
