@@ -97,14 +97,13 @@ def throughput(name="fast", res="32", batch="256", steps="5", precision="fp32", 
     y = torch.randint(0, 10, (batch,), device=dev)
     mean = torch.tensor([0.4914, 0.4822, 0.4465], device=dev).view(1, 3, 1, 1)
     std = torch.tensor([0.2470, 0.2435, 0.2616], device=dev).view(1, 3, 1, 1)
-    if bf16:  # what cairn does for bf16: channels-last activations
-        model = model.to(memory_format=torch.channels_last)
+    # What cairn does in every precision: channels-last activations.
+    model = model.to(memory_format=torch.channels_last)
     times = []  # per step: forward, backward, optimizer seconds
     for _ in range(steps + 1):
         t0 = time.perf_counter()
         inp = (x.float() / 255 - mean) / std
-        if bf16:
-            inp = inp.contiguous(memory_format=torch.channels_last)
+        inp = inp.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(inp).float(), y)
         loss.item()

@@ -188,6 +188,38 @@ impl Default for Init {
 pub enum Optimizer {
     Sgd,
     Adamw,
+    /// Muon for the conv filters, SGD for the rest (see [`Muon`]).
+    Muon,
+}
+
+/// Muon's own settings (K. Jordan et al., "Muon: An optimizer for hidden
+/// layers in neural networks", 2024, kellerjordan.github.io/posts/muon):
+/// each conv filter bank steps along its Nesterov momentum made
+/// orthogonal by a Newton–Schulz iteration, at a rate of its own, and is
+/// renormalised every step instead of decayed. The head and the
+/// one-dimensional parameters keep SGD with `lr`, `momentum`,
+/// `weight_decay` and `bias_lr_scale`; the schedule scales both rates.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Muon {
+    #[serde(default = "muon_lr")]
+    pub lr: f64,
+    #[serde(default = "muon_momentum")]
+    pub momentum: f64,
+}
+
+impl Default for Muon {
+    fn default() -> Self {
+        Muon { lr: muon_lr(), momentum: muon_momentum() }
+    }
+}
+
+/// airbench94_muon's rate and momentum for the filters.
+fn muon_lr() -> f64 {
+    0.24
+}
+fn muon_momentum() -> f64 {
+    0.6
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +321,10 @@ pub struct TrainParams {
     pub optimizer: Optimizer,
     #[serde(default = "lr")]
     pub lr: f64,
+    /// With `optimizer = "muon"` (filled with its defaults there); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muon: Option<Muon>,
     #[serde(default = "momentum")]
     pub momentum: f64,
     #[serde(default = "yes")]
@@ -474,9 +510,29 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
 /// 7: `precision = "auto"` computes in bf16 on CPUs with native bf16.
 /// 8: checkpoints at each epoch's end and resumes from them; libtorch's
 /// generator is reseeded from the stage seed at each epoch's start.
-pub const VERSION: u32 = 8;
+/// 9: inputs enter the net channels-last in fp32 too (float rounding
+/// differs); `optimizer = "muon"`.
+pub const VERSION: u32 = 9;
 
 pub struct Train;
+
+/// `muon` goes with `optimizer = "muon"` only, and gets its defaults there.
+fn check_muon(p: &mut TrainParams) -> Result<(), ParamError> {
+    if p.optimizer != Optimizer::Muon {
+        return match p.muon {
+            Some(_) => Err(ParamError::at(&["muon"], "applies to `optimizer = \"muon\"` only").with_help("remove it, or set `optimizer = \"muon\"`")),
+            None => Ok(()),
+        };
+    }
+    let m = p.muon.get_or_insert_with(Muon::default);
+    if !(m.lr > 0.0 && m.lr.is_finite()) {
+        return Err(ParamError::at(&["muon", "lr"], "must be a positive number"));
+    }
+    if !(0.0..1.0).contains(&m.momentum) {
+        return Err(ParamError::at(&["muon", "momentum"], "must be in [0, 1)"));
+    }
+    Ok(())
+}
 
 impl Declared for Train {
     type Params = TrainParams;
@@ -505,6 +561,7 @@ impl Kind for Train {
         if !(p.lr > 0.0 && p.lr.is_finite()) {
             return Err(ParamError::at(&["lr"], "must be a positive number"));
         }
+        check_muon(&mut p)?;
         if !(p.bias_lr_scale > 0.0 && p.bias_lr_scale.is_finite()) {
             return Err(ParamError::at(&["bias_lr_scale"], "must be a positive number"));
         }
@@ -553,6 +610,18 @@ mod tests {
         assert_eq!(plan.params["model"]["stem"], json!("imagenet"));
         assert_eq!(plan.params["reinit_head"], json!(false));
         assert!(plan.outputs.iter().any(|o| o.name == "features"));
+    }
+
+    #[test]
+    fn muon_goes_with_its_optimizer_and_gets_its_defaults_there() {
+        let plan = check(json!({"model": {"arch": "fast"}, "optimizer": "muon"})).unwrap();
+        assert_eq!(plan.params["muon"], json!({"lr": 0.24, "momentum": 0.6}));
+        let plain = check(json!({"model": {"arch": "fast"}})).unwrap();
+        assert!(plain.params.get("muon").is_none(), "other optimizers' keys do not mention muon");
+        let err = check(json!({"model": {"arch": "fast"}, "muon": {"lr": 0.1}})).unwrap_err();
+        assert_eq!(err.path, vec!["muon".to_string()]);
+        let err = check(json!({"model": {"arch": "fast"}, "optimizer": "muon", "muon": {"momentum": 1.0}})).unwrap_err();
+        assert_eq!(err.path, vec!["muon".to_string(), "momentum".to_string()]);
     }
 
     #[test]

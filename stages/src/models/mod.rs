@@ -105,10 +105,13 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// u8 images `[B, 3, H, W]` → normalised network input. Mixed precision
-    /// also switches to channels-last, the layout oneDNN's and cuDNN's bf16
-    /// kernels are fast in (tch has no `to(memory_format)`, so the layout is
-    /// made through a permuted copy, which gives the same strides).
+    /// u8 images `[B, 3, H, W]` → normalised network input, channels-last:
+    /// oneDNN's convolutions (and cuDNN's tensor-core ones) run natively in
+    /// that layout, while an NCHW input makes every conv reorder its
+    /// activations. Measured on an AMD EPYC, the fast net trains 1.4x
+    /// faster in fp32 and in bf16 (BENCHMARKS "Training throughput"). The
+    /// layout follows the input through every layer; tch has no
+    /// `to(memory_format)`, so a permuted copy makes the same strides.
     pub fn input(&self, images: &Tensor) -> Tensor {
         let mut x = images.to_device(self.device).to_kind(Kind::Float) / 255.0;
         if let Some((mean, std)) = self.normalize.stats() {
@@ -116,12 +119,7 @@ impl Feed {
             let s = Tensor::from_slice(&std).to_kind(Kind::Float).to_device(self.device).view([1, 3, 1, 1]);
             x = (x - m) / s;
         }
-        let x = x.to_kind(self.kind);
-        if self.kind == Kind::Float {
-            x
-        } else {
-            x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
-        }
+        x.to_kind(self.kind).permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
     }
 }
 

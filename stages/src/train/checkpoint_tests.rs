@@ -56,7 +56,7 @@ fn edit_meta(ckpt: &Path, edit: impl FnOnce(&mut Value)) {
 
 #[test]
 fn a_resumed_execution_makes_the_bytes_of_an_uninterrupted_one() {
-    for optimizer in ["sgd", "adamw"] {
+    for optimizer in ["sgd", "adamw", "muon"] {
         let d = tempfile::tempdir().unwrap();
         let (init, plain, ckpt) = (start(d.path()), d.path().join("plain"), d.path().join("ckpt"));
         train(&plain, raw(optimizer), &init, None);

@@ -140,7 +140,7 @@ impl Trainer<'_> {
         let total = steps_per_epoch * p.epochs as usize;
         let vars = vars.iter().map(Tensor::shallow_clone).collect();
         State {
-            opt: Optim::new(p.optimizer, vars, p.momentum, p.nesterov, p.weight_decay, p.bias_lr_scale),
+            opt: with_muon(Optim::new(p.optimizer, vars, p.momentum, p.nesterov, p.weight_decay, p.bias_lr_scale), p),
             lookahead: p.lookahead.then(|| Lookahead::new(total)),
             rng: Rng::new(self.ctx.seed()),
             step: 0,
@@ -250,4 +250,13 @@ impl Trainer<'_> {
 fn seed_libtorch(seed: u64, epoch: usize) {
     let mut mix = Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
     tch::manual_seed((mix.next_u64() >> 1) as i64);
+}
+
+/// The filters go to Muon when the stage asks for it (its rate relative to
+/// `lr`, so one schedule scales both).
+fn with_muon(opt: Optim, p: &TrainParams) -> Optim {
+    match p.muon {
+        Some(m) if p.optimizer == cairn_kinds::train::Optimizer::Muon => opt.with_muon(m.lr / p.lr, m.momentum),
+        _ => opt,
+    }
 }

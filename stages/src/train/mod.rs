@@ -25,6 +25,7 @@ pub mod batches;
 pub mod checkpoint;
 mod fit;
 mod fused;
+mod muon;
 pub mod optim;
 mod runner;
 

@@ -7,7 +7,7 @@
 //! fused kernels ([`fused`]), the ones PyTorch's `SGD(nesterov=True,
 //! fused=True)` and `AdamW(fused=True)` run, over two groups: matrices
 //! (decayed, base rate) and vectors (not decayed, `bias_lr_scale` × the
-//! rate). Gradients are reset to none, not zero-filled, between steps, as
+//! rate); with Muon, a third group takes the conv filters ([`muon`]). Gradients are reset to none, not zero-filled, between steps, as
 //! PyTorch's `zero_grad()` does.
 
 use std::collections::BTreeMap;
@@ -15,13 +15,13 @@ use std::collections::BTreeMap;
 use cairn_kinds::train::{Optimizer, Schedule};
 use tch::Tensor;
 
-use super::fused;
+use super::{fused, muon};
 
 /// Per-parameter state, created at the parameter's first gradient.
 struct State {
-    /// SGD's momentum buffer, or Adam's first moment.
+    /// SGD's or Muon's momentum buffer, or Adam's first moment.
     m: Tensor,
-    /// Adam's second moment and step count (undefined for SGD).
+    /// Adam's second moment and step count (undefined otherwise).
     v: Option<(Tensor, Tensor)>,
 }
 
@@ -30,18 +30,24 @@ struct Param {
     state: Option<State>,
 }
 
-/// Parameters that share a learning-rate scale and weight decay.
+/// How a group's parameters step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Rule {
+    Sgd { momentum: f64, nesterov: bool },
+    Adamw { beta1: f64 },
+    Muon { momentum: f64 },
+}
+
+/// Parameters that share a rule, a learning-rate scale and weight decay.
 struct Group {
     params: Vec<Param>,
     lr_scale: f64,
     weight_decay: f64,
+    rule: Rule,
 }
 
 pub struct Optim {
-    kind: Optimizer,
-    groups: [Group; 2],
-    momentum: f64,
-    nesterov: bool,
+    groups: Vec<Group>,
 }
 
 const ADAM_BETA2: f64 = 0.999;
@@ -51,13 +57,27 @@ impl Optim {
     /// `vars` are the trainable variables; those with more than one
     /// dimension (conv and linear weights) are decayed, the others (biases,
     /// BatchNorm shifts and scales) step at `bias_lr_scale` × the rate.
+    /// `Optimizer::Muon` steps all of them by SGD until [`Optim::with_muon`].
     pub fn new(kind: Optimizer, vars: Vec<Tensor>, momentum: f64, nesterov: bool, weight_decay: f64, bias_lr_scale: f64) -> Self {
+        let rule = match kind {
+            Optimizer::Sgd | Optimizer::Muon => Rule::Sgd { momentum, nesterov },
+            Optimizer::Adamw => Rule::Adamw { beta1: momentum },
+        };
         let (matrices, vectors): (Vec<_>, Vec<_>) = vars.into_iter().map(|var| Param { var, state: None }).partition(|p| p.var.dim() > 1);
-        let groups = [
-            Group { params: matrices, lr_scale: 1.0, weight_decay },
-            Group { params: vectors, lr_scale: bias_lr_scale, weight_decay: 0.0 },
+        let groups = vec![
+            Group { params: matrices, lr_scale: 1.0, weight_decay, rule },
+            Group { params: vectors, lr_scale: bias_lr_scale, weight_decay: 0.0, rule },
         ];
-        Self { kind, groups, momentum, nesterov }
+        Self { groups }
+    }
+
+    /// Moves the conv filters (the four-dimensional parameters) to Muon,
+    /// at `lr_scale` × the scheduled rate with momentum `momentum`.
+    pub fn with_muon(mut self, lr_scale: f64, momentum: f64) -> Self {
+        let (filters, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.groups[0].params).into_iter().partition(|p| p.var.dim() == 4);
+        self.groups[0].params = rest;
+        self.groups.push(Group { params: filters, lr_scale, weight_decay: 0.0, rule: Rule::Muon { momentum } });
+        self
     }
 
     pub fn zero_grad(&mut self) {
@@ -69,9 +89,9 @@ impl Optim {
     /// One update at learning rate `lr` of every parameter that has a
     /// gradient. An error is libtorch refusing the fused kernel's inputs.
     pub fn step(&mut self, lr: f64) -> Result<(), String> {
-        let (kind, mom, nesterov) = (self.kind, self.momentum, self.nesterov);
         tch::no_grad(|| {
             for g in &mut self.groups {
+                let adam = matches!(g.rule, Rule::Adamw { .. });
                 let mut live: Vec<(&Tensor, Tensor, &State)> = Vec::new();
                 for p in &mut g.params {
                     let grad = p.var.grad();
@@ -80,7 +100,7 @@ impl Optim {
                     }
                     let state = p.state.get_or_insert_with(|| State {
                         m: grad.zeros_like(),
-                        v: (kind == Optimizer::Adamw).then(|| (grad.zeros_like(), Tensor::zeros([], (tch::Kind::Float, grad.device())))),
+                        v: adam.then(|| (grad.zeros_like(), Tensor::zeros([], (tch::Kind::Float, grad.device())))),
                     });
                     live.push((&p.var, grad, state));
                 }
@@ -91,12 +111,17 @@ impl Optim {
                 let grads: Vec<&Tensor> = live.iter().map(|l| &l.1).collect();
                 let ms: Vec<&Tensor> = live.iter().map(|l| &l.2.m).collect();
                 let lr = lr * g.lr_scale;
-                match kind {
-                    Optimizer::Sgd => fused::sgd(&vars, &grads, &ms, g.weight_decay, mom, lr, nesterov)?,
-                    Optimizer::Adamw => {
+                match g.rule {
+                    Rule::Sgd { momentum, nesterov } => fused::sgd(&vars, &grads, &ms, g.weight_decay, momentum, lr, nesterov)?,
+                    Rule::Adamw { beta1 } => {
                         let vs: Vec<&Tensor> = live.iter().filter_map(|l| l.2.v.as_ref().map(|v| &v.0)).collect();
                         let steps: Vec<&Tensor> = live.iter().filter_map(|l| l.2.v.as_ref().map(|v| &v.1)).collect();
-                        fused::adamw(&vars, &grads, &ms, &vs, &steps, lr, (mom, ADAM_BETA2), g.weight_decay, ADAM_EPS)?
+                        fused::adamw(&vars, &grads, &ms, &vs, &steps, lr, (beta1, ADAM_BETA2), g.weight_decay, ADAM_EPS)?
+                    }
+                    Rule::Muon { momentum } => {
+                        for ((var, grad), m) in vars.iter().zip(&grads).zip(&ms) {
+                            muon::step(var, grad, m, lr, momentum);
+                        }
                     }
                 }
             }
@@ -125,7 +150,6 @@ impl Optim {
     /// Sets every parameter's state from what [`Optim::state`] returned.
     /// Nothing changes unless all of it fits these parameters.
     pub fn load_state(&mut self, src: &BTreeMap<String, Tensor>) -> Result<(), String> {
-        let adam = self.kind == Optimizer::Adamw;
         let mut states = Vec::new();
         for (g, group) in self.groups.iter().enumerate() {
             for (i, p) in group.params.iter().enumerate() {
@@ -135,7 +159,7 @@ impl Optim {
                     continue;
                 };
                 let entry = |part: &str| src.get(&name(part)).ok_or_else(|| format!("optimizer state `{}` is missing", name(part)));
-                let v = if adam {
+                let v = if matches!(group.rule, Rule::Adamw { .. }) {
                     let step = Tensor::zeros([], (tch::Kind::Float, p.var.device()));
                     Some((like(&p.var, entry("v")?, &name("v"))?, like(&step, entry("step")?, &name("step"))?))
                 } else {
@@ -355,6 +379,33 @@ mod tests {
         assert!(o.groups[0].params[1].state.is_none());
         o.zero_grad();
         assert!(!w.grad().defined(), "zero_grad resets gradients to none");
+    }
+
+    #[test]
+    fn muon_takes_the_filters_and_its_state_round_trips() {
+        tch::manual_seed(5);
+        let filt = (Tensor::randn([4, 2, 3, 3], (Kind::Float, Device::Cpu)) * 2.0).set_requires_grad(true);
+        let head = Tensor::ones([3, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let bias = Tensor::zeros([4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let vars = || vec![filt.shallow_clone(), head.shallow_clone(), bias.shallow_clone()];
+        let mut o = Optim::new(Optimizer::Muon, vars(), 0.85, true, 0.0, 64.0).with_muon(0.5, 0.6);
+        assert_eq!((o.groups[0].params.len(), o.groups[1].params.len(), o.groups[2].params.len()), (1, 1, 1));
+        o.zero_grad();
+        ((&filt * 0.3).sum(Kind::Float) + head.sum(Kind::Float) + bias.sum(Kind::Float)).backward();
+        let f0 = filt.detach().copy();
+        o.step(0.2).unwrap();
+        // The filters moved by Muon at 0.5 × 0.2: rescaled to norm 2, then an
+        // orthogonal step (nesterov: grad × 1.6).
+        let rescaled = &f0 * (2.0 / f0.norm().double_value(&[]));
+        let want = &rescaled - super::muon::orthogonalise(&(Tensor::full([4, 18], 0.3 * 1.6, (Kind::Float, Device::Cpu)))).reshape([4, 2, 3, 3]) * 0.1;
+        assert!(filt.allclose(&want, 1e-5, 1e-6, false));
+        // The head by SGD at 0.2 (nesterov: 1 + 0.85).
+        assert!((head.double_value(&[0, 0]) - (1.0 - 0.2 * 1.85)).abs() < 1e-6);
+        let state = o.state();
+        assert!(state.contains_key("2.0.m"), "{:?}", state.keys().collect::<Vec<_>>());
+        let mut fresh = Optim::new(Optimizer::Muon, vars(), 0.85, true, 0.0, 64.0).with_muon(0.5, 0.6);
+        fresh.load_state(&state).unwrap();
+        assert!(fresh.groups[2].params[0].state.as_ref().unwrap().m.equal(&state["2.0.m"]));
     }
 
     #[test]
