@@ -346,9 +346,12 @@ pub struct TrainParams {
     pub augment: Augment,
     /// Stop after this many epochs without a better val accuracy, then
     /// restore the best epoch's weights. Absent: train all epochs, keep the
-    /// best epoch's weights.
+    /// weights `keep` names.
     #[serde(default)]
     pub patience: Option<u32>,
+    /// Which epoch's weights the model holds (without `patience`).
+    #[serde(default, skip_serializing_if = "Keep::is_best")]
+    pub keep: Keep,
     /// On CUDA: deterministic cuDNN, no autotuning, deterministic kernels
     /// wherever libtorch has one (others log a warning) and a fixed cuBLAS
     /// workspace. CPU runs are repeatable for a fixed thread count already.
@@ -377,6 +380,25 @@ pub struct TrainParams {
     /// Cache the frozen prefix's activations when only a tail trains.
     #[serde(default = "yes")]
     pub cache_features: bool,
+}
+
+/// The epoch whose weights a `train` stage's model holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// The epoch with the best val accuracy (what early stopping restores).
+    #[default]
+    Best,
+    /// The last epoch: for a schedule that decays to zero the last epoch is
+    /// the best in expectation, and choosing by a small val set only adds
+    /// its noise (an 800-image val set once kept epoch 9 of 10).
+    Last,
+}
+
+impl Keep {
+    pub fn is_best(&self) -> bool {
+        *self == Keep::Best
+    }
 }
 
 /// Test-time augmentation: the logits averaged over views of each image.
@@ -511,7 +533,7 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
 /// 8: checkpoints at each epoch's end and resumes from them; libtorch's
 /// generator is reseeded from the stage seed at each epoch's start.
 /// 9: inputs enter the net channels-last in fp32 too (float rounding
-/// differs); `optimizer = "muon"`.
+/// differs); `optimizer = "muon"`; `keep = "last"`.
 pub const VERSION: u32 = 9;
 
 pub struct Train;
@@ -562,6 +584,9 @@ impl Kind for Train {
             return Err(ParamError::at(&["lr"], "must be a positive number"));
         }
         check_muon(&mut p)?;
+        if p.keep == Keep::Last && p.patience.is_some() {
+            return Err(ParamError::at(&["keep"], "early stopping (`patience`) keeps the best epoch").with_help("remove `patience` or `keep`"));
+        }
         if !(p.bias_lr_scale > 0.0 && p.bias_lr_scale.is_finite()) {
             return Err(ParamError::at(&["bias_lr_scale"], "must be a positive number"));
         }
@@ -610,6 +635,16 @@ mod tests {
         assert_eq!(plan.params["model"]["stem"], json!("imagenet"));
         assert_eq!(plan.params["reinit_head"], json!(false));
         assert!(plan.outputs.iter().any(|o| o.name == "features"));
+    }
+
+    #[test]
+    fn keep_last_is_stated_only_and_refuses_early_stopping() {
+        let last = check(json!({"model": {"arch": "fast"}, "keep": "last"})).unwrap();
+        assert_eq!(last.params["keep"], json!("last"));
+        let best = check(json!({"model": {"arch": "fast"}, "keep": "best"})).unwrap();
+        assert!(best.params.get("keep").is_none(), "the default is not in the key");
+        let err = check(json!({"model": {"arch": "fast"}, "keep": "last", "patience": 2})).unwrap_err();
+        assert_eq!(err.path, vec!["keep".to_string()]);
     }
 
     #[test]

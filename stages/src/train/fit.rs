@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use cairn_kinds::train::TrainParams;
+use cairn_kinds::train::{Keep, TrainParams};
 use tch::{nn, Kind, Tensor};
 
 use super::batches::{self, Rng};
@@ -31,22 +31,27 @@ pub(super) struct EpochRow {
     pub images_per_sec: f64,
 }
 
-/// What training produced: one row per epoch run and the best epoch.
+/// What training produced: one row per epoch run, the best epoch by val
+/// accuracy and the epoch whose weights the model keeps.
 pub(super) struct Fit {
     pub rows: Vec<EpochRow>,
     /// Zero-based.
     pub best_epoch: usize,
     pub best_acc: f64,
-    best_weights: BTreeMap<String, Tensor>,
+    /// Zero-based.
+    pub kept_epoch: usize,
+    /// The kept epoch and its weights, when they are not the last's.
+    kept: Option<(usize, BTreeMap<String, Tensor>)>,
     pub seconds: f64,
 }
 
 impl Fit {
-    /// Copies the best epoch's weights back into `vs`.
-    pub fn restore_best(&self, vs: &nn::VarStore) -> StageResult {
+    /// Puts the kept epoch's weights into `vs` (a no-op for the last's).
+    pub fn restore_kept(&self, vs: &nn::VarStore) -> StageResult {
+        let Some((_, weights)) = &self.kept else { return Ok(()) };
         tch::no_grad(|| {
             for (name, mut v) in vs.variables() {
-                v.f_copy_(&self.best_weights[&name])?;
+                v.f_copy_(&weights[&name])?;
             }
             Ok(())
         })
@@ -129,7 +134,9 @@ impl Trainer<'_> {
         }
         let seconds = seconds(&rec);
         let (best_epoch, best_acc, best_weights) = rec.best.ok_or_else(|| StageError::new("no epoch ran (epochs = 0)"))?;
-        Ok(Fit { rows: rec.rows, best_epoch, best_acc, best_weights, seconds })
+        // `keep = "last"`: the weights in `vs` now are the last epoch's.
+        let kept = (p.keep == Keep::Best).then_some((best_epoch, best_weights));
+        Ok(Fit { kept_epoch: kept.as_ref().map_or(rec.rows.len() - 1, |k| k.0), rows: rec.rows, best_epoch, best_acc, kept, seconds })
     }
 
     /// Fresh optimizer, lookahead and data generator for `vars`.

@@ -89,7 +89,7 @@ pub fn run(ctx: &mut WorkerCtx, p: TrainParams) -> StageResult {
         batch,
     };
     let fit = trainer.fit(vars)?;
-    fit.restore_best(&vs)?;
+    fit.restore_kept(&vs)?;
     load::save_trained(ctx.output("model")?, &vs, &p.model)?;
     write_tables(ctx, &fit)?;
     report_metrics(ctx, &fit);
@@ -149,6 +149,7 @@ fn write_tables(ctx: &WorkerCtx, fit: &Fit) -> StageResult {
     let summary = Table::new()
         .with("best_epoch", Column::I64(vec![fit.best_epoch as i64 + 1]))
         .with("best_val_acc", Column::F64(vec![fit.best_acc]))
+        .with("kept_epoch", Column::I64(vec![fit.kept_epoch as i64 + 1]))
         .with("epochs_run", Column::I64(vec![rows.len() as i64]));
     summary.write(ctx.output("summary")?).map_err(|e| StageError::new(e.to_string()))
 }
@@ -158,6 +159,7 @@ fn write_tables(ctx: &WorkerCtx, fit: &Fit) -> StageResult {
 fn report_metrics(ctx: &WorkerCtx, fit: &Fit) {
     ctx.metric("best_val_acc", fit.best_acc);
     ctx.metric("best_epoch", fit.best_epoch as f64 + 1.0);
+    ctx.metric("kept_epoch", fit.kept_epoch as f64 + 1.0);
     ctx.metric("train_seconds", fit.seconds);
     let n = fit.rows.len().max(1) as f64;
     ctx.metric("epoch_seconds", fit.rows.iter().map(|r| r.seconds).sum::<f64>() / n);
@@ -213,6 +215,33 @@ mod tests {
     pub(super) fn params(lr: f64) -> serde_json::Value {
         serde_json::json!({"model": {"arch": "fast", "num_classes": 3, "widths": [4, 8], "normalize": "cifar"},
             "lr": lr, "epochs": 2, "batch_size": 16, "augment": {"flip": true, "translate": 1}})
+    }
+
+    /// `(best_epoch, kept_epoch, epochs_run)` from a run's summary.
+    fn summary(dir: &Path) -> (i64, i64, i64) {
+        let t = Table::read(&dir.join("summary")).unwrap();
+        let int = |c: &str| match t.column(c) {
+            Some(Column::I64(v)) => v[0],
+            other => panic!("{c}: {other:?}"),
+        };
+        (int("best_epoch"), int("kept_epoch"), int("epochs_run"))
+    }
+
+    #[test]
+    fn keep_last_holds_the_last_epoch_and_best_the_best() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = params(0.05);
+        raw["epochs"] = 4.into();
+        let best = train_once(&dir.path().join("best"), raw.clone()).unwrap();
+        raw["keep"] = "last".into();
+        let last = train_once(&dir.path().join("last"), raw).unwrap();
+        let (b, kept_b, n) = summary(&dir.path().join("best"));
+        let (b2, kept_l, n2) = summary(&dir.path().join("last"));
+        assert_eq!((b, kept_b, n), (b2, b, n2), "the same training; best keeps its best epoch");
+        assert_eq!(kept_l, n, "last keeps the last");
+        assert!(b < n, "this tiny set peaks early (best {b} of {n}), so keeping the last must change the model");
+        let same = std::fs::read(&best).unwrap() == std::fs::read(&last).unwrap();
+        assert_eq!(same, b == n, "the models differ exactly when the best epoch is not the last (best {b} of {n})");
     }
 
     #[test]
