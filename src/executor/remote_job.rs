@@ -215,7 +215,7 @@ pub fn run_remote_job(address: &str, registry: &Registry) -> Result<bool, Remote
     let addr: JobAddress = serde_json::from_str(address).map_err(|e| RemoteJobError::Address(address.to_string(), e))?;
     let remote = std::sync::Arc::new(Remote::open(&addr.config()?)?);
     let invalid = |why: String| RemoteJobError::Invalid { job: addr.job.clone(), why };
-    let bytes = remote.get_job_file(&addr.job, JOB_FILE, JOB_MAX)?.ok_or_else(|| RemoteJobError::NoJob(addr.job.clone()))?;
+    let bytes = remote.get_job_file(&addr.job, JOB_FILE, JOB_MAX, true)?.ok_or_else(|| RemoteJobError::NoJob(addr.job.clone()))?;
     let spec: RemoteJobSpec = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
     spec.check().map_err(invalid)?;
     let work = work_dir()?;

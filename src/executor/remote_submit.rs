@@ -143,7 +143,7 @@ pub fn probe(slurm: &super::slurm::Slurm, cfg: &crate::remote::RemoteConfig, wor
     let exe = super::submitted::exe().map_err(|e| e.message)?;
     let argv = [exe.to_string_lossy().into_owned(), "exec-job".into(), "--remote-job".into(), address, "--probe-worker".into(), worker.to_string_lossy().into_owned()];
     slurm.probe_with(&argv, NODE_LOG)?;
-    match remote.get_job_file(&job, PROBE_FILE, 1 << 20).map_err(|e| e.to_string())? {
+    match remote.get_job_file(&job, PROBE_FILE, 1 << 20, true).map_err(|e| e.to_string())? {
         Some(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
         None => Err(format!("the probe job left no answer on the remote (see {NODE_LOG} on the node, %j being its job id)")),
     }
@@ -151,18 +151,9 @@ pub fn probe(slurm: &super::slurm::Slurm, cfg: &crate::remote::RemoteConfig, wor
 
 impl RemoteJob {
     /// The job's record; `Ok(None)` when it left none; `Err` says why the
-    /// one there cannot be used. With `wait` (the job completed, so it
-    /// wrote one), a store slow to show a new object gets a moment.
+    /// one there cannot be used. `wait`: the job completed, so it wrote one.
     pub fn record(&self, wait: bool) -> Result<Option<ResultRecord>, String> {
-        let mut tries = if wait { 10 } else { 1 };
-        let bytes = loop {
-            tries -= 1;
-            match self.remote.get_job_file(&self.job, RESULT_FILE, RECORD_MAX).map_err(|e| e.to_string())? {
-                Some(bytes) => break bytes,
-                None if tries == 0 => return Ok(None),
-                None => std::thread::sleep(std::time::Duration::from_millis(200)),
-            }
-        };
+        let Some(bytes) = self.remote.get_job_file(&self.job, RESULT_FILE, RECORD_MAX, wait).map_err(|e| e.to_string())? else { return Ok(None) };
         let mut r: ResultRecord = serde_json::from_slice(&bytes).map_err(|e| format!("its result record on the remote does not parse ({e})"))?;
         r.error = r.error.map(|e| clean(&e, 4000));
         r.host = clean(&r.host, 256);
@@ -172,7 +163,7 @@ impl RemoteJob {
 
     /// The end of the job's log, as the end of a message.
     pub fn log_tail(&self) -> String {
-        match self.remote.get_job_file(&self.job, LOG_FILE, LOG_MAX + 64) {
+        match self.remote.get_job_file(&self.job, LOG_FILE, LOG_MAX + 64, false) {
             Ok(Some(bytes)) => super::submitted::tail_message(&clean(&String::from_utf8_lossy(&bytes), usize::MAX)),
             Ok(None) => "; its log never reached the remote (the job was killed before it could upload it, or `cairn` did not start on the node: see /tmp/cairn-job-<id>.log there)".into(),
             Err(e) => format!("; its log could not be read: {e}"),

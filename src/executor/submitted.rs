@@ -293,7 +293,9 @@ impl StageKind for Submitted {
                 };
                 // The log ends with the stage's own error, when it had one.
                 let record = match remote {
-                    Some(r) => r.record(false).ok().flatten(),
+                    // Slurm may call the job over while it still uploads
+                    // its last words (a time limit's SIGTERM): a moment for them.
+                    Some(r) => r.record(true).ok().flatten(),
                     None => job::read_json::<ResultRecord>(&job.dir.join(job::RESULT_FILE)).ok(),
                 };
                 let reprobe = reprobe(record.as_ref(), ctx);

@@ -70,14 +70,21 @@ impl Remote {
     }
 
     /// Reads a job's file, refusing more than `max` bytes; `Ok(None)` when
-    /// it is not there.
-    pub fn get_job_file(&self, job: &str, name: &str, max: u64) -> Result<Option<Vec<u8>>, RemoteError> {
+    /// it is not there. `written`: it is known to have been written (by
+    /// the engine before the job, by a job that ended), so a store slow to
+    /// show a new object gets two seconds.
+    pub fn get_job_file(&self, job: &str, name: &str, max: u64, written: bool) -> Result<Option<Vec<u8>>, RemoteError> {
         self.usable()?;
         let path = self.job_path(job, name);
-        match self.block_on(self.get_bounded(&path, max, name)) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(Failure::Missing) => Ok(None),
-            Err(f) => Err(self.transfer_error(f, format!("cannot read {path}"))),
+        let mut tries = if written { 10 } else { 1 };
+        loop {
+            tries -= 1;
+            match self.block_on(self.get_bounded(&path, max, name)) {
+                Ok(bytes) => return Ok(Some(bytes)),
+                Err(Failure::Missing) if tries > 0 => std::thread::sleep(std::time::Duration::from_millis(200)),
+                Err(Failure::Missing) => return Ok(None),
+                Err(f) => return Err(self.transfer_error(f, format!("cannot read {path}"))),
+            }
         }
     }
 
