@@ -223,8 +223,13 @@ fn a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log() {
     let p = one(node_tmp.path(), "5", "echo started; sleep 300; echo done > {out.x}");
     let child = command(&p, &c, &w, &["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let id = c.running_job("-one");
-    // Let the stage start (its first line is in the log the job uploads).
-    std::thread::sleep(Duration::from_secs(2));
+    // Cancel once the stage has started and the job has uploaded its log
+    // with the stage's first line (it does so while it runs).
+    let t0 = std::time::Instant::now();
+    while !remote_files(&w, "team/v1/jobs").iter().any(|(k, v)| k.ends_with("/job.log") && String::from_utf8_lossy(v).contains("started")) {
+        assert!(t0.elapsed() < Duration::from_secs(60), "job {id} uploaded no log with its first line:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(c.command("scancel").arg(&id).status().unwrap().success());
     let r: Run = child.wait_with_output().unwrap().into();
     assert_eq!(r.code, 1, "{}", r.all());
