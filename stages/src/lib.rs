@@ -8,6 +8,7 @@
 //! calls the kind's implementation with them. Implementations never read
 //! the JSON params themselves, and never re-check what `check` checked.
 
+pub mod alloc;
 pub mod ctx;
 pub mod data;
 pub mod determinism;

@@ -43,6 +43,7 @@ enum JobError {
 }
 
 fn main() -> ExitCode {
+    cairn_stages::alloc::keep_freed_memory();
     // cuBLAS reads this when its first handle is made, so it must be set
     // before any CUDA work (see `cairn_stages::determinism`). A value the
     // user set wins.

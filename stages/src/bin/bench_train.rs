@@ -189,6 +189,7 @@ fn recipe(args: &[String]) -> Result<(), String> {
 }
 
 fn main() {
+    cairn_stages::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("throughput") => throughput(&args[1..]),
