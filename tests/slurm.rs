@@ -555,36 +555,18 @@ fn a_misnamed_executor_is_an_error_at_its_place() {
 #[ignore]
 fn overhead_of_a_small_stage_on_slurm() {
     let Some(c) = Cluster::start("overhead_of_a_small_stage_on_slurm") else { return };
-    let mut text = String::from(
+    let text = slurm::overhead_chain(
         "[pipeline]\nname = \"overhead\"\n[executors.cluster]\nkind = \"slurm\"\ncpus = 1\nmem = \"100M\"\n[executors.here]\nkind = \"local\"\n",
     );
-    for i in 0..5 {
-        let input = if i == 0 { String::new() } else { format!("inputs = {{ x = \"s{}.y\" }}\n", i - 1) };
-        let cmd = if i == 0 { "echo 0 > {out.y}".to_string() } else { format!("cat {{in.x}} > {{out.y}}; echo {i} >> {{out.y}}") };
-        text += &format!("[stages.s{i}]\nkind = \"command\"\ncmd = \"{cmd}\"\n{input}outputs = {{ y = \"y.txt\" }}\nexecutor = \"cluster\"\n");
-    }
-    text += "[profiles.here]\n";
-    for i in 0..5 {
-        text += &format!("\"s{i}.executor\" = \"here\"\n");
-    }
-    let time = |profile: Option<&str>| {
+    slurm::report_overhead("", |profile| {
         let p = Project::new(&text);
         let mut args = vec!["run"];
-        if let Some(pr) = profile {
-            args.extend(["--profile", pr]);
-        }
+        args.extend(profile.iter().flat_map(|pr| ["--profile", pr]));
         let t0 = Instant::now();
         let r = cairn(&p, &c, &args);
         assert_eq!(r.code, 0, "{}", r.all());
         t0.elapsed().as_secs_f64()
-    };
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let here = median((0..5).map(|_| time(Some("here"))).collect());
-    let slurm = median((0..5).map(|_| time(None)).collect());
-    eprintln!("5-stage chain, median of 5: here {here:.2} s, on Slurm {slurm:.2} s: {:.2} s more per stage", (slurm - here) / 5.0);
+    });
 }
 
 /// A 3-point learning-rate sweep of the flagship's `finetune` (cpu

@@ -284,37 +284,19 @@ fn overhead_of_a_small_stage_with_remote_data() {
     let Some(c) = Cluster::start("overhead_of_a_small_stage_with_remote_data") else { return };
     let Some(w) = Weed::start("overhead_of_a_small_stage_with_remote_data") else { return };
     let node_tmp = tempfile::tempdir().unwrap();
-    let mut text = format!(
+    let text = slurm::overhead_chain(&format!(
         "[pipeline]\nname = \"overhead\"\n[remote]\nurl = \"URL\"\n[executors.cluster]\nkind = \"slurm\"\ncpus = 1\nmem = \"100M\"\ndata = \"remote\"\nsbatch_args = [\"--export=ALL,TMPDIR={}\"]\n[executors.here]\nkind = \"local\"\n",
         node_tmp.path().display()
-    );
-    for i in 0..5 {
-        let input = if i == 0 { String::new() } else { format!("inputs = {{ x = \"s{}.y\" }}\n", i - 1) };
-        let cmd = if i == 0 { "echo 0 > {out.y}".to_string() } else { format!("cat {{in.x}} > {{out.y}}; echo {i} >> {{out.y}}") };
-        text += &format!("[stages.s{i}]\nkind = \"command\"\ncmd = \"{cmd}\"\n{input}outputs = {{ y = \"y.txt\" }}\nexecutor = \"cluster\"\n");
-    }
-    text += "[profiles.here]\n";
-    for i in 0..5 {
-        text += &format!("\"s{i}.executor\" = \"here\"\n");
-    }
+    ));
     let mut round = 0;
-    let mut time = |profile: Option<&str>| {
+    slurm::report_overhead(", remote data", |profile| {
         round += 1;
         let p = Project::new(&text.replace("URL", &format!("s3://cairn/overhead-{round}")));
         let mut args = vec!["run"];
-        if let Some(pr) = profile {
-            args.extend(["--profile", pr]);
-        }
+        args.extend(profile.iter().flat_map(|pr| ["--profile", pr]));
         let t0 = std::time::Instant::now();
         let r = cairn(&p, &c, &w, &args);
         assert_eq!(r.code, 0, "{}", r.all());
         t0.elapsed().as_secs_f64()
-    };
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let here = median((0..5).map(|_| time(Some("here"))).collect());
-    let slurm = median((0..5).map(|_| time(None)).collect());
-    eprintln!("5-stage chain, remote data, median of 5: here {here:.2} s, on Slurm {slurm:.2} s: {:.2} s more per stage", (slurm - here) / 5.0);
+    });
 }

@@ -270,3 +270,33 @@ impl Cluster {
         out.map(|o| String::from_utf8_lossy(&o.stdout).lines().count()).unwrap_or(0)
     }
 }
+
+/// The overhead benchmarks' pipeline: `head` (the `[pipeline]` and
+/// executor tables), then a chain of five one-line `command` stages on
+/// executor `cluster`, and a `here` profile that moves them to executor
+/// `here`.
+pub fn overhead_chain(head: &str) -> String {
+    let mut text = head.to_string();
+    for i in 0..5 {
+        let input = if i == 0 { String::new() } else { format!("inputs = {{ x = \"s{}.y\" }}\n", i - 1) };
+        let cmd = if i == 0 { "echo 0 > {out.y}".to_string() } else { format!("cat {{in.x}} > {{out.y}}; echo {i} >> {{out.y}}") };
+        text += &format!("[stages.s{i}]\nkind = \"command\"\ncmd = \"{cmd}\"\n{input}outputs = {{ y = \"y.txt\" }}\nexecutor = \"cluster\"\n");
+    }
+    text += "[profiles.here]\n";
+    for i in 0..5 {
+        text += &format!("\"s{i}.executor\" = \"here\"\n");
+    }
+    text
+}
+
+/// The median of five timings of `run(profile)` here (`Some("here")`) and
+/// on the cluster (`None`), printed with the overhead per stage.
+pub fn report_overhead(what: &str, mut run: impl FnMut(Option<&str>) -> f64) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let here = median((0..5).map(|_| run(Some("here"))).collect());
+    let slurm = median((0..5).map(|_| run(None)).collect());
+    eprintln!("5-stage chain{what}, median of 5: here {here:.2} s, on Slurm {slurm:.2} s: {:.2} s more per stage", (slurm - here) / 5.0);
+}
