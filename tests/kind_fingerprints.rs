@@ -40,7 +40,10 @@ const KINDS: [(&str, &str, &[&str]); 6] = [
     ("gradcam", "gradcam.rs", &["gradcam"]),
 ];
 
-const PLUMBING: [&str; 3] = ["lib.rs", "main.rs", "ctx.rs"];
+/// Worker files every kind runs through that compute nothing a result
+/// depends on (`alloc.rs` tunes the heap; libtorch aligns every tensor to
+/// 64 bytes whatever the allocator does).
+const PLUMBING: [&str; 4] = ["lib.rs", "main.rs", "ctx.rs", "alloc.rs"];
 const PINS: &str = "stages/kinds/fingerprints.toml";
 
 fn root() -> PathBuf {
