@@ -81,7 +81,6 @@ pub fn record(cache: &crate::cache::Cache, report: &RunReport, sweep: Option<&Sw
     let rows = rows(report, sweep);
     let json = |v: &dyn Fn(&HistoryRow) -> String| Column::Str(rows.iter().map(v).collect());
     let text = |v: &dyn Fn(&HistoryRow) -> &String| Column::Str(rows.iter().map(|r| v(r).clone()).collect());
-    let in_sweep = sweep.is_some();
     let table = Table::new()
         .with("run_id", text(&|r| &r.run_id))
         .with("started_at", text(&|r| &r.started_at))
@@ -95,12 +94,10 @@ pub fn record(cache: &crate::cache::Cache, report: &RunReport, sweep: Option<&Sw
         .with("params", json(&|r| r.params.to_string()))
         .with("metrics", json(&|r| serde_json::to_string(&r.metrics).unwrap_or_default()))
         .with("outputs", json(&|r| serde_json::to_string(&r.outputs).unwrap_or_default()))
-        // Columns of a run that was no sweep stay empty strings.
-        .with("sweep", json(&|r| if in_sweep { serde_json::to_string(&r.sweep).unwrap_or_default() } else { String::new() }))
-        .with("sweep_points", json(&|r| match sweep.and_then(|w| w.variants.get(&r.stage)) {
-            Some(_) => serde_json::to_string(&r.sweep_points).unwrap_or_default(),
-            None => String::new(),
-        }));
+        // Empty strings where the run was no sweep, or the stage is shared
+        // (every sweep has a point, every variant belongs to one).
+        .with("sweep", json(&|r| if r.sweep.is_empty() { String::new() } else { serde_json::to_string(&r.sweep).unwrap_or_default() }))
+        .with("sweep_points", json(&|r| if r.sweep_points.is_empty() { String::new() } else { serde_json::to_string(&r.sweep_points).unwrap_or_default() }));
     let path = runs_dir(cache.root()).join(format!("{}.parquet", report.run_id));
     let tmp = cache.root().join("tmp").join(format!("{}.parquet", report.run_id));
     table.write(&tmp)?;

@@ -40,15 +40,15 @@ pub(super) struct Fit {
     pub best_acc: f64,
     /// Zero-based.
     pub kept_epoch: usize,
-    /// The kept epoch and its weights, when they are not the last's.
-    kept: Option<(usize, BTreeMap<String, Tensor>)>,
+    /// The kept epoch's weights, when they are not the last's.
+    kept: Option<BTreeMap<String, Tensor>>,
     pub seconds: f64,
 }
 
 impl Fit {
     /// Puts the kept epoch's weights into `vs` (a no-op for the last's).
     pub fn restore_kept(&self, vs: &nn::VarStore) -> StageResult {
-        let Some((_, weights)) = &self.kept else { return Ok(()) };
+        let Some(weights) = &self.kept else { return Ok(()) };
         tch::no_grad(|| {
             for (name, mut v) in vs.variables() {
                 v.f_copy_(&weights[&name])?;
@@ -135,8 +135,9 @@ impl Trainer<'_> {
         let seconds = seconds(&rec);
         let (best_epoch, best_acc, best_weights) = rec.best.ok_or_else(|| StageError::new("no epoch ran (epochs = 0)"))?;
         // `keep = "last"`: the weights in `vs` now are the last epoch's.
-        let kept = (p.keep == Keep::Best).then_some((best_epoch, best_weights));
-        Ok(Fit { kept_epoch: kept.as_ref().map_or(rec.rows.len() - 1, |k| k.0), rows: rec.rows, best_epoch, best_acc, kept, seconds })
+        let keep_best = p.keep == Keep::Best;
+        let kept_epoch = if keep_best { best_epoch } else { rec.rows.len() - 1 };
+        Ok(Fit { rows: rec.rows, best_epoch, best_acc, kept_epoch, kept: keep_best.then_some(best_weights), seconds })
     }
 
     /// Fresh optimizer, lookahead and data generator for `vars`.
@@ -262,8 +263,9 @@ fn seed_libtorch(seed: u64, epoch: usize) {
 /// The filters go to Muon when the stage asks for it (its rate relative to
 /// `lr`, so one schedule scales both).
 fn with_muon(opt: Optim, p: &TrainParams) -> Optim {
+    // The kind's check gives `muon` to `optimizer = "muon"` only.
     match p.muon {
-        Some(m) if p.optimizer == cairn_kinds::train::Optimizer::Muon => opt.with_muon(m.lr / p.lr, m.momentum),
-        _ => opt,
+        Some(m) => opt.with_muon(m.lr / p.lr, m.momentum),
+        None => opt,
     }
 }
