@@ -5,7 +5,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,8 @@ use crate::remote::Remote;
 /// (`scancel` kills a batch job at once) still leaves the start of its
 /// log, and at most that much of its end is missing.
 pub struct LogUploader {
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the thread at once, not at its next tick.
+    stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -27,12 +28,10 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl LogUploader {
     pub fn start(remote: Arc<Remote>, job: String, log: PathBuf) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let (t0, mut last_tick, mut sent) = (Instant::now(), Instant::now(), 0);
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(100)) {
                 let every = if t0.elapsed() < LOG_EVERY { Duration::from_secs(1) } else { LOG_EVERY };
                 let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
                 if last_tick.elapsed() >= every && len != sent {
@@ -48,7 +47,7 @@ impl LogUploader {
     }
 
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop);
         let _ = self.thread.join();
     }
 }

@@ -4,8 +4,11 @@
 //! Each stage thread waits for its own job in [`Queue::wait`]; whichever
 //! waiter finds the last answer too old asks the scheduler about every
 //! unfinished job at once, and the others are woken with the answer. The
-//! interval starts short (a small stage should not wait long for its
-//! answer) and backs off to [`MAX_INTERVAL`]; a new submission resets it.
+//! interval is a quarter of the time since anything last happened (a
+//! submission, or a job changing state), between [`MIN_INTERVAL`] and
+//! [`MAX_INTERVAL`]: a small stage that just started is seen ending within
+//! a fifth of a second, while a long one costs a poll every few seconds,
+//! and finding an ending late costs at most a quarter of the wait so far.
 //! A failing poll (controller busy or restarting) is retried at the next
 //! interval; only [`MAX_POLL_FAILURES`] in a row fail the waiting jobs.
 
@@ -20,11 +23,17 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(200);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_POLL_FAILURES: u32 = 8;
 
+/// How long to wait between polls when the last event was `since` ago.
+fn interval(since: Duration) -> Duration {
+    (since / 4).clamp(MIN_INTERVAL, MAX_INTERVAL)
+}
+
 struct State {
     jobs: BTreeMap<JobId, JobState>,
     polling: bool,
     last_poll: Option<Instant>,
-    interval: Duration,
+    /// The last submission, or the last change of a job's state.
+    last_event: Instant,
     failures: u32,
     last_error: Option<String>,
     /// How many times the scheduler was asked (for tests).
@@ -53,7 +62,7 @@ impl Queue {
             jobs: BTreeMap::new(),
             polling: false,
             last_poll: None,
-            interval: MIN_INTERVAL,
+            last_event: Instant::now(),
             failures: 0,
             last_error: None,
             polls: 0,
@@ -69,7 +78,7 @@ impl Queue {
     pub fn add(&self, id: &JobId) {
         let mut s = self.lock();
         s.jobs.insert(id.clone(), JobState::Queued);
-        s.interval = MIN_INTERVAL;
+        s.last_event = Instant::now();
     }
 
     pub fn polls(&self) -> u64 {
@@ -96,7 +105,7 @@ impl Queue {
             if cancel.load(Ordering::Relaxed) {
                 return Waited::Interrupted;
             }
-            let due = s.last_poll.map_or(Duration::ZERO, |t| s.interval.saturating_sub(t.elapsed()));
+            let due = s.last_poll.map_or(Duration::ZERO, |t| interval(s.last_event.elapsed()).saturating_sub(t.elapsed()));
             if !s.polling && due.is_zero() {
                 s = self.poll_all(s);
                 continue;
@@ -117,13 +126,14 @@ impl Queue {
         s.polling = false;
         s.polls += 1;
         s.last_poll = Some(Instant::now());
-        s.interval = (s.interval.mul_f32(1.5)).min(MAX_INTERVAL);
         match answer {
             Ok(states) => {
                 s.failures = 0;
                 for id in ids {
                     let st = states.get(&id).cloned().unwrap_or(JobState::Gone);
-                    s.jobs.insert(id, st);
+                    if s.jobs.insert(id, st.clone()).is_some_and(|was| was != st) {
+                        s.last_event = Instant::now();
+                    }
                 }
             }
             Err(e) => {
@@ -182,6 +192,13 @@ mod tests {
         let calls = fake.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 3, "one poll per interval for all six jobs: {calls:?}");
         assert_eq!(calls[0], 6, "the first poll asks about every job: {calls:?}");
+    }
+
+    #[test]
+    fn the_interval_is_a_quarter_of_the_time_since_the_last_event() {
+        assert_eq!(interval(Duration::ZERO), MIN_INTERVAL);
+        assert_eq!(interval(Duration::from_secs(4)), Duration::from_secs(1));
+        assert_eq!(interval(Duration::from_secs(600)), MAX_INTERVAL);
     }
 
     #[test]

@@ -50,12 +50,23 @@ impl Slurm {
             "--wait".into(),
             "--job-name=cairn-probe".into(),
             format!("--output={out}"),
-            "--export=ALL,CAIRN_LOG=error".into(),
         ];
         args.extend(self.shape.sbatch_options());
-        args.push(format!("--wrap=exec {}", argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")));
+        args.push(wrap(&BTreeMap::from([("CAIRN_LOG".to_string(), "error".to_string())]), argv));
         args
     }
+}
+
+/// `--wrap` for `argv` (run under /bin/sh, each word quoted), with `env`
+/// set by `env(1)` in the command rather than by `--export`: an
+/// `--export` that names variables made slurmctld 22.05 hold each job's
+/// launch about a second (BENCHMARKS "Stages on Slurm"), and the user's
+/// own `--export=NONE` in `sbatch_args` would drop them.
+fn wrap(env: &BTreeMap<String, String>, argv: &[String]) -> String {
+    let vars = env.iter().map(|(k, v)| format!("{k}={}", shell_quote(v)));
+    let words: Vec<String> = vars.chain(argv.iter().map(|a| shell_quote(a))).collect();
+    let env = if env.is_empty() { "" } else { "env " };
+    format!("--wrap=exec {env}{}", words.join(" "))
 }
 
 /// Whether Slurm's complaint means "try again later".
@@ -125,13 +136,8 @@ impl Slurm {
             "--open-mode=append".to_string(),
             format!("--chdir={}", job.dir.display()),
         ];
-        if !job.env.is_empty() {
-            let vars: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            args.push(format!("--export=ALL,{}", vars.join(",")));
-        }
         args.extend(self.shape.sbatch_options());
-        // --wrap runs the command under /bin/sh; each word is quoted.
-        args.push(format!("--wrap=exec {}", job.argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")));
+        args.push(wrap(&job.env, &job.argv));
         args
     }
 }
@@ -247,10 +253,9 @@ mod tests {
                 "--output=/c/tmp/train-x/job/job.log",
                 "--open-mode=append",
                 "--chdir=/c/tmp/train-x/job",
-                "--export=ALL,CAIRN_THREADS=8",
                 "--gres=gpu:1",
                 "--export=NONE",
-                "--wrap=exec '/opt/cairn' 'exec-job' '/c/tmp/train-x/job'",
+                "--wrap=exec env CAIRN_THREADS='8' '/opt/cairn' 'exec-job' '/c/tmp/train-x/job'",
             ]
         );
     }
@@ -259,9 +264,9 @@ mod tests {
     fn the_probe_job_has_the_executor_s_shape() {
         let shape = SlurmShape { partition: Some("gpu".into()), gpus: Some(2), ..Default::default() };
         let args = Slurm::new(shape).probe_args(&["/opt/cairn-worker".into(), "--probe".into()], "/c/tmp/probe.out");
-        assert_eq!(args[..5], ["--parsable", "--wait", "--job-name=cairn-probe", "--output=/c/tmp/probe.out", "--export=ALL,CAIRN_LOG=error"]);
+        assert_eq!(args[..4], ["--parsable", "--wait", "--job-name=cairn-probe", "--output=/c/tmp/probe.out"]);
         assert!(args.contains(&"--partition=gpu".to_string()) && args.contains(&"--gres=gpu:2".to_string()), "{args:?}");
-        assert_eq!(args.last().unwrap(), "--wrap=exec '/opt/cairn-worker' '--probe'");
+        assert_eq!(args.last().unwrap(), "--wrap=exec env CAIRN_LOG='error' '/opt/cairn-worker' '--probe'");
     }
 
     #[test]
