@@ -25,6 +25,13 @@
 //! (temporary file, then rename) and only into a directory tagged as a cairn
 //! cache; a read-only cache only means probing once per invocation.
 //!
+//! Since the id holds nothing of the project, the command line also keeps
+//! this machine's answers in a per-user directory
+//! ([`Environment::with_user_probe_cache`]: `$XDG_CACHE_HOME/cairn/probe`,
+//! else `~/.cache/cairn/probe`), read after the project's: a fresh clone's
+//! first `status`, `pull` or `run` does not load libtorch again. Entries
+//! there whose worker binary is gone are dropped whenever one is written.
+//!
 //! A stage that runs on a scheduler's node is keyed with that node's facts,
 //! not this machine's: each executor of the pipeline that submits jobs has
 //! its own [`Environment`] ([`Environment::for_executor`]) whose probe is a
@@ -110,6 +117,8 @@ pub struct Environment {
     worker: Option<PathBuf>,
     /// The cache directory whose `probe/` holds probe answers.
     cache_root: Option<PathBuf>,
+    /// The per-user directory whose `probe/` also holds this machine's.
+    user_root: Option<PathBuf>,
     /// The worker kinds this cairn runs, name → version: a probe listing
     /// others comes from another checkout. `None` checks no kinds.
     worker_kinds: Option<BTreeMap<String, u32>>,
@@ -127,6 +136,7 @@ impl Environment {
             force_cpu,
             worker: None,
             cache_root: None,
+            user_root: None,
             worker_kinds: None,
             probe: OnceLock::new(),
             remote: None,
@@ -142,6 +152,8 @@ impl Environment {
             force_cpu: self.force_cpu,
             worker: self.worker.clone(),
             cache_root: self.cache_root.clone(),
+            // A cluster's nodes change without this machine knowing.
+            user_root: None,
             worker_kinds: self.worker_kinds.clone(),
             probe: OnceLock::new(),
             remote: Some(remote),
@@ -155,13 +167,16 @@ impl Environment {
     /// so the next invocation probes again; whether there was one.
     pub fn forget_probe(&self) -> bool {
         let Ok(worker) = self.worker.clone().map_or_else(crate::worker::locate, Ok) else { return false };
-        self.probe_cache(&worker).is_some_and(|c| std::fs::remove_file(&c.file).is_ok())
+        self.probe_caches(&worker).iter().filter(|c| std::fs::remove_file(&c.file).is_ok()).count() > 0
     }
 
-    /// Where this environment's probe answer for `worker` is cached.
-    fn probe_cache(&self, worker: &Path) -> Option<ProbeCache> {
+    /// Where this environment's probe answer for `worker` is cached: the
+    /// project's cache, then the user's, the faster first.
+    fn probe_caches(&self, worker: &Path) -> Vec<ProbeCache> {
         let config = self.remote.as_ref().map_or("", |r| r.config.as_str());
-        self.cache_root.as_deref().and_then(|root| ProbeCache::new(root, worker, config))
+        let project = self.cache_root.as_deref().and_then(|root| ProbeCache::new(root, worker, config, false));
+        let user = self.user_root.as_deref().and_then(|root| ProbeCache::new(root, worker, config, true));
+        project.into_iter().chain(user).collect()
     }
 
     /// The environment a stage on `executor` is keyed with and runs in:
@@ -173,6 +188,13 @@ impl Environment {
     /// Caches probe answers under `<cache_root>/probe/`.
     pub fn with_probe_cache(mut self, cache_root: impl Into<PathBuf>) -> Self {
         self.cache_root = Some(cache_root.into());
+        self
+    }
+
+    /// Also caches this machine's probe answers under `<dir>/probe/`
+    /// (created if need be); `dir` is per user, shared by projects.
+    pub fn with_user_probe_cache(mut self, dir: Option<PathBuf>) -> Self {
+        self.user_root = dir;
         self
     }
 
@@ -238,10 +260,11 @@ impl Environment {
             Some(w) => w.clone(),
             None => crate::worker::locate().map_err(ProbeError::NoWorker)?,
         };
-        let cache = self.probe_cache(&worker);
-        if let Some(probe) = cache.as_ref().and_then(ProbeCache::read) {
+        let caches = self.probe_caches(&worker);
+        if let Some((i, probe)) = caches.iter().enumerate().find_map(|(i, c)| c.read().map(|p| (i, p))) {
             // Checked again: this cairn may be newer than the cached answer.
             check_probe(&worker, &probe, self.worker_kinds.as_ref())?;
+            caches[..i].iter().for_each(|c| c.write(&probe, &worker));
             return Ok(probe);
         }
         let probe = match &self.remote {
@@ -249,9 +272,7 @@ impl Environment {
             Some(remote) => self.run_remote_probe(remote, &worker)?,
         };
         check_probe(&worker, &probe, self.worker_kinds.as_ref())?;
-        if let Some(cache) = &cache {
-            cache.write(&probe);
-        }
+        caches.iter().for_each(|c| c.write(&probe, &worker));
         Ok(probe)
     }
 }
@@ -331,6 +352,10 @@ fn check_probe(worker: &Path, probe: &Probe, ours: Option<&BTreeMap<String, u32>
 struct CachedProbe {
     probe: Probe,
     libtorch_file: Option<FileId>,
+    /// The worker probed, so that a per-user entry can be dropped once
+    /// it is gone.
+    #[serde(default)]
+    worker: Option<PathBuf>,
 }
 
 /// What changes when a file is replaced or rewritten.
@@ -355,16 +380,18 @@ impl FileId {
 struct ProbeCache {
     /// The cache root. Keys are computed after the cache is opened (and
     /// claimed as cairn's), so an existing root is ours; a missing one is
-    /// never created here.
+    /// created only for the per-user cache.
     root: PathBuf,
     file: PathBuf,
+    /// The per-user cache: made when missing, pruned of the gone workers.
+    user: bool,
 }
 
 impl ProbeCache {
     /// `None` when the worker cannot be stat'ed (probing will say why).
-    fn new(root: &Path, worker: &Path, executor: &str) -> Option<Self> {
+    fn new(root: &Path, worker: &Path, executor: &str, user: bool) -> Option<Self> {
         let id = probe_id(worker, executor)?;
-        Some(Self { root: root.into(), file: root.join(PROBE_DIR).join(format!("{id}.json")) })
+        Some(Self { root: root.into(), file: root.join(PROBE_DIR).join(format!("{id}.json")), user })
     }
 
     fn read(&self) -> Option<Probe> {
@@ -375,13 +402,17 @@ impl ProbeCache {
 
     /// Best effort: a cache we may not write to only costs a probe per
     /// invocation.
-    fn write(&self, probe: &Probe) {
-        if let Err(e) = self.try_write(probe) {
+    fn write(&self, probe: &Probe, worker: &Path) {
+        if let Err(e) = self.try_write(probe, worker) {
             tracing::debug!("not caching the worker probe in {}: {e}", self.file.display());
         }
     }
 
-    fn try_write(&self, probe: &Probe) -> std::io::Result<()> {
+    fn try_write(&self, probe: &Probe, worker: &Path) -> std::io::Result<()> {
+        if self.user {
+            std::fs::create_dir_all(&self.root)?;
+            self.prune();
+        }
         if !self.root.is_dir() {
             return Ok(());
         }
@@ -390,13 +421,36 @@ impl ProbeCache {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
-        let cached = CachedProbe { probe: probe.clone(), libtorch_file: probe.libtorch_path.as_deref().and_then(FileId::of) };
+        let worker = Some(std::fs::canonicalize(worker).unwrap_or_else(|_| worker.into()));
+        let cached = CachedProbe { probe: probe.clone(), libtorch_file: probe.libtorch_path.as_deref().and_then(FileId::of), worker };
         let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), self.file.file_name().unwrap().to_string_lossy()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&cached)?)?;
         std::fs::rename(&tmp, &self.file).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })
     }
+}
+
+impl ProbeCache {
+    /// Drops the entries of workers that no longer exist (temporary ones,
+    /// old checkouts), so the per-user directory does not only grow.
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(self.root.join(PROBE_DIR)) else { return };
+        for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+            let gone = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<CachedProbe>(&b).ok()).and_then(|c| c.worker).is_some_and(|w| !w.exists());
+            if gone {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// The per-user directory for machine-wide answers:
+/// `$XDG_CACHE_HOME/cairn`, else `$HOME/.cache/cairn`.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base = xdg.or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+    base.is_absolute().then(|| base.join("cairn"))
 }
 
 /// Hex blake3 of everything that could change a worker's probe answer on
@@ -553,6 +607,35 @@ mod tests {
         fake_worker(t.path(), &avx512);
         assert_eq!(fresh().facts().unwrap().cpu_capability, "AVX512");
         assert_eq!(probes_run(t.path()), 2);
+    }
+
+    #[test]
+    fn a_fresh_project_reads_the_user_s_answer_and_gone_workers_are_pruned() {
+        let t = tempfile::tempdir().unwrap();
+        let worker = fake_worker(t.path(), &sample_probe());
+        let user = t.path().join("user");
+        let project = |name: &str| {
+            let root = t.path().join(name);
+            std::fs::create_dir_all(&root).unwrap();
+            Environment::detect(false).with_worker(&worker).with_probe_cache(root).with_user_probe_cache(Some(user.clone()))
+        };
+        assert_eq!(project("a").facts().unwrap(), &sample_probe());
+        assert_eq!(project("b").facts().unwrap(), &sample_probe());
+        assert_eq!(probes_run(t.path()), 1, "the second project reads the user's answer");
+        assert_eq!(std::fs::read_dir(t.path().join("b").join(PROBE_DIR)).unwrap().count(), 1, "and keeps it in its own cache");
+        assert!(project("c").forget_probe());
+        assert_eq!(project("c").facts().unwrap(), &sample_probe());
+        assert_eq!(probes_run(t.path()), 2, "a forgotten answer is forgotten everywhere");
+
+        let other = tempfile::tempdir().unwrap();
+        let gone = fake_worker(other.path(), &sample_probe());
+        Environment::detect(false).with_worker(&gone).with_user_probe_cache(Some(user.clone())).facts().unwrap();
+        assert_eq!(std::fs::read_dir(user.join(PROBE_DIR)).unwrap().count(), 2);
+        drop(other);
+        let fresh = fake_worker(&t.path().join("user"), &sample_probe());
+        Environment::detect(false).with_worker(&fresh).with_user_probe_cache(Some(user.clone())).facts().unwrap();
+        let left: Vec<_> = std::fs::read_dir(user.join(PROBE_DIR)).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(left.len(), 2, "the gone worker's entry was pruned: {left:?}");
     }
 
     #[test]

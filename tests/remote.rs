@@ -208,6 +208,16 @@ fn a_flipped_byte_on_the_remote_is_detected_and_the_stage_recomputed() {
     assert!(line.starts_with("damaged") && line.contains("`gen.small`") && line.contains("damaged"), "{line}");
     assert_eq!(v.stdout.lines().filter(|l| l.starts_with("damaged") || l.starts_with("missing")).count(), 1, "{}", v.all());
 
+    // `cairn pull` installs every entry whose objects are intact, and
+    // only those (the others' keys are known from `gen`'s manifest).
+    let p = Project::new(PIPELINE);
+    let r = cairn(&p, &w, &["pull"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("damaged") && r.stderr.contains("not installed"), "{}", r.all());
+    assert!(r.stderr.contains("not there  gen          its objects could not be had"), "{}", r.all());
+    assert!(r.stderr.contains("3 pulled, 0 already local, 1 not available"), "{}", r.all());
+    assert_eq!(p.cairn(&["cache", "verify"]).code, 0);
+
     // B pushes what it computes (as CI does).
     let b = Project::new(PIPELINE);
     let r = cairn(&b, &w, &["run", "--json", "--push"]);

@@ -89,9 +89,12 @@ pub fn registry() -> Registry {
 /// Loads the pipeline with the invocation's profile and overrides.
 pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, Environment), i32> {
     // The worker's facts are probed only when a key needs them, and cached
-    // under the cache directory (see `cairn::env`).
+    // under the cache directory and per user (see `cairn::env`).
     let registry = registry();
-    let env = Environment::detect(config.cpu).with_probe_cache(&cli.cache_dir).with_worker_kinds(registry.worker_kinds().clone());
+    let env = Environment::detect(config.cpu)
+        .with_probe_cache(&cli.cache_dir)
+        .with_user_probe_cache(cairn::env::user_cache_dir())
+        .with_worker_kinds(registry.worker_kinds().clone());
     let local = super::local::Overrides::read(&cli.file).map_err(|e| fail(console, exit::USAGE, e))?;
     if !local.is_empty() {
         console.line(&format!("using {} ({})", super::local::FILE, local.describe()));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cairn::cache::{Cache, CacheLock};
+use cairn::cache::{Cache, CacheLock, Manifest};
 use cairn::digest::{ArtifactHash, StageKey};
 use cairn::plan::{Resolver, StageState};
 use cairn::remote::gc::GcOptions;
@@ -223,7 +223,10 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     let selected = if targets.is_empty() { (0..pipeline.stages.len()).collect() } else { pipeline.graph.ancestors_of(&targets) };
     let t0 = Instant::now();
     let mut outputs: BTreeMap<String, BTreeMap<String, ArtifactHash>> = BTreeMap::new();
-    let (mut pulled, mut local, mut missing) = (0, 0, 0);
+    let (mut local, mut missing) = (0, 0);
+    // First every manifest (a key needs its upstream's output hashes,
+    // not its bytes), then all the objects at once.
+    let mut found = Vec::new();
     for (i, stage) in pipeline.stages.iter().enumerate() {
         if !selected.contains(&i) {
             continue;
@@ -249,11 +252,10 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
                 console.line(&format!("local      {name:<12} already in the local cache"));
                 m
             }
-            None => match pull_one(&remote, &cache, stage, &ki, &key, console) {
-                Ok(Some(p)) => {
-                    pulled += 1;
-                    console.line(&format!("pulled     {name:<12} {}", human_bytes(p.bytes)));
-                    p.manifest
+            None => match remote.peek_entry(stage, &ki, &key, &warn) {
+                Ok(Some(m)) => {
+                    found.push(m.clone());
+                    m
                 }
                 Ok(None) => {
                     missing += 1;
@@ -265,6 +267,9 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
         };
         outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
     }
+    let pulled = fetch_all(&remote, &cache, found, console)?;
+    missing += pulled.iter().filter(|p| p.is_none()).count();
+    let pulled = pulled.len() - pulled.iter().filter(|p| p.is_none()).count();
     cache.stat().save();
     let down = remote.bytes_down.load(std::sync::atomic::Ordering::Relaxed);
     console.line(&format!(
@@ -277,21 +282,24 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     Ok(exit::OK)
 }
 
-/// Pulls one stage's entry with a progress bar.
-fn pull_one(
-    remote: &Remote,
-    cache: &Cache,
-    stage: &cairn::spec::Stage,
-    ki: &cairn::key::KeyInputs,
-    key: &cairn::digest::StageKey,
-    console: &Console,
-) -> Result<Option<cairn::remote::Pulled>, RemoteError> {
+/// Downloads the objects of every entry in `found` at once, with one
+/// progress bar, and says what became of each.
+fn fetch_all(remote: &Remote, cache: &Cache, found: Vec<Manifest>, console: &Console) -> Result<Vec<Option<cairn::remote::Pulled>>, i32> {
     let warn = |m: String| console.warn_line(&m);
+    let names: Vec<String> = found.iter().map(|m| m.stage.clone()).collect();
     let t0 = Instant::now();
-    let progress = |done: u64, total: u64| console.progress(&stage.name, &cairn::runner::transfer_progress("pulling", done, total, t0));
-    let pulled = remote.pull_entry(cache, stage, ki, key, &warn, &progress);
-    console.finish_bar(&stage.name);
-    pulled
+    let bar = format!("{} stage(s)", found.len());
+    let progress = |done: u64, total: u64| console.progress(&bar, &cairn::runner::transfer_progress("pulling", done, total, t0));
+    let pulled = remote.fetch_entries(cache, found, &warn, &progress);
+    console.finish_bar(&bar);
+    let pulled = pulled.map_err(|e| fail(console, exit_code(&e), e))?;
+    for (name, p) in names.iter().zip(&pulled) {
+        match p {
+            Some(p) => console.line(&format!("pulled     {name:<12} {}", human_bytes(p.bytes))),
+            None => console.line(&format!("not there  {name:<12} its objects could not be had (`cairn run` will compute it)")),
+        }
+    }
+    Ok(pulled)
 }
 
 fn check_names(pipeline: &Pipeline, names: &[String], console: &Console) -> Result<(), i32> {

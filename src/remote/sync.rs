@@ -6,6 +6,7 @@
 //! hashes, hence its descendants' keys), [`Remote::fetch_entry`] brings the
 //! objects and installs the manifest last.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
@@ -13,7 +14,7 @@ use futures::StreamExt;
 use super::transfer::Failure;
 use super::{Remote, RemoteError, CONCURRENCY};
 use crate::cache::{Cache, Manifest};
-use crate::digest::StageKey;
+use crate::digest::{ArtifactHash, StageKey};
 use crate::key::KeyInputs;
 use crate::spec::Stage;
 
@@ -61,41 +62,65 @@ impl Remote {
     /// bytes local. `Ok(None)`: the objects could not be had (with a
     /// warning, or the remote is down).
     pub fn fetch_entry(&self, cache: &Cache, manifest: Manifest, warn: &dyn Fn(String), progress: &dyn Fn(u64, u64)) -> Result<Option<Pulled>, RemoteError> {
+        Ok(self.fetch_entries(cache, vec![manifest], warn, progress)?.pop().flatten())
+    }
+
+    /// [`Remote::fetch_entry`] for several entries at once (`cairn pull`):
+    /// the objects any of them lacks are downloaded together, each once,
+    /// [`CONCURRENCY`] at a time, so small entries do not wait in line
+    /// behind a large one; then each manifest whose objects all arrived is
+    /// installed, in the order given. One result per entry, in that order.
+    pub fn fetch_entries(&self, cache: &Cache, manifests: Vec<Manifest>, warn: &dyn Fn(String), progress: &dyn Fn(u64, u64)) -> Result<Vec<Option<Pulled>>, RemoteError> {
         if !self.ready()? {
-            return Ok(None);
+            return Ok(manifests.iter().map(|_| None).collect());
         }
-        let reject = |why: String| {
-            warn(format!(
-                "the remote entry of `{}` (key {}) on {} {why}; not installed, the stage will be computed here",
-                manifest.stage,
-                manifest.key.short(),
-                self.display
-            ));
-        };
-        let before = self.bytes_down.load(Ordering::Relaxed);
-        let mut wanted = Vec::new();
-        for o in manifest.outputs.values() {
-            if !cache.object_intact(&o.hash)? && !wanted.iter().any(|(h, _)| *h == o.hash) {
-                wanted.push((o.hash, o.size));
+        let mut wanted: BTreeMap<ArtifactHash, u64> = BTreeMap::new();
+        for o in manifests.iter().flat_map(|m| m.outputs.values()) {
+            if !wanted.contains_key(&o.hash) && !cache.object_intact(&o.hash)? {
+                wanted.insert(o.hash, o.size);
             }
         }
-        let total: u64 = wanted.iter().map(|(_, size)| size).sum();
-        let results: Vec<Result<(), Failure>> = self.metered(
-            futures::stream::iter(wanted.into_iter().map(|(h, size)| self.fetch_object(cache, h, size)))
+        let total: u64 = wanted.values().sum();
+        let results: Vec<(ArtifactHash, Result<(), Failure>)> = self.metered(
+            futures::stream::iter(wanted.iter().map(|(&h, &size)| async move { (h, self.fetch_object(cache, h, size).await) }))
                 .buffer_unordered(CONCURRENCY)
                 .collect(),
             &self.bytes_down,
             &|done| progress(done, total),
         );
-        for r in results {
-            if let Err(f) = r {
-                return self.settle(f, &|why| reject(format!("is unusable: {why}")));
+        // Why each object failed: `None` for a plain miss.
+        let mut failed: BTreeMap<ArtifactHash, Option<String>> = BTreeMap::new();
+        for (h, r) in results {
+            match r {
+                Ok(()) => {}
+                Err(Failure::Down(cause)) => {
+                    return self.mark_down(cause).map_or_else(|| Ok(manifests.iter().map(|_| None).collect()), Err);
+                }
+                Err(Failure::Missing) => drop(failed.insert(h, None)),
+                Err(Failure::Bad(why)) => drop(failed.insert(h, Some(why))),
             }
         }
-        // Objects are in place and verified; the manifest goes last.
-        cache.write_manifest(&manifest)?;
-        let bytes = self.bytes_down.load(Ordering::Relaxed) - before;
-        Ok(Some(Pulled { manifest, bytes }))
+        let mut out = Vec::with_capacity(manifests.len());
+        for manifest in manifests {
+            if let Some(why) = manifest.outputs.values().find_map(|o| failed.get(&o.hash)) {
+                if let Some(why) = why {
+                    warn(format!(
+                        "the remote entry of `{}` (key {}) on {} is unusable: {why}; not installed, the stage will be computed here",
+                        manifest.stage,
+                        manifest.key.short(),
+                        self.display
+                    ));
+                }
+                out.push(None);
+                continue;
+            }
+            // Objects are in place and verified; the manifest goes last.
+            cache.write_manifest(&manifest)?;
+            // Each object's bytes count for the first entry that wanted it.
+            let bytes = manifest.outputs.values().filter_map(|o| wanted.remove(&o.hash)).sum();
+            out.push(Some(Pulled { manifest, bytes }));
+        }
+        Ok(out)
     }
 
     /// The remote's manifest for `key`, validated like a pull's, without
