@@ -7,10 +7,12 @@
 //! checks of a pull (size and blake3 as it arrives; a directory's Merkle
 //! hash once rebuilt), checks its own facts, runs the stage as
 //! `super::job` does, uploads the outputs create-only, then its result
-//! record and the tail of its log, and deletes the directory. Checkpoints
-//! stay in that directory, so a requeued job restarts its stage. The
-//! address on the command line holds the remote's URL and settings, never
-//! credentials: the node reads those from its own AWS environment.
+//! record and the tail of its log, and deletes the directory. The stage's
+//! checkpoints are kept on the remote under the job's name while it runs,
+//! and a job brings back what is there before its stage runs
+//! ([`super::node_checkpoints`]), so a requeued job resumes on any node.
+//! The address on the command line holds the remote's URL and settings,
+//! never credentials: the node reads those from its own AWS environment.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::job::{self, JobInput, JobSpec, ResultRecord, JOB_FILE, LOG_FILE, RESULT_FILE};
-use super::node_log;
+use super::{node_checkpoints, node_log};
 use crate::digest::ArtifactHash;
 use crate::env::Environment;
 use crate::kind::StageFailure;
@@ -165,7 +167,7 @@ impl RemoteJobSpec {
             keyed_env: self.keyed_env.clone(),
             needs_torch: self.needs_torch,
             needs_threads: self.needs_threads,
-            checkpoint_dir: Some(work.join("checkpoints")),
+            checkpoint_dir: Some(work.join(node_checkpoints::DIR)),
         }
     }
 }
@@ -225,9 +227,15 @@ pub fn run_remote_job(address: &str, registry: &Registry) -> Result<bool, Remote
     let local = spec.local(work.path());
     std::fs::create_dir_all(work.path().join("out"))?;
     let env = Environment::detect(false).with_worker_kinds(registry.worker_kinds().clone());
-    let uploader = node_log::LogUploader::start(remote.clone(), addr.job.clone(), log.clone());
-    let mut record = job::execute(&local, registry, &env, &mut || pull_inputs(&remote, &spec, work.path()));
-    if record.error.is_none() {
+    let checkpoints = work.path().join(node_checkpoints::DIR);
+    let uploader = node_log::Uploader::start(node_log::NodeFiles::new(remote.clone(), &addr.job, log.clone(), checkpoints));
+    let mut fetch = || pull_inputs(&remote, &spec, work.path()).map(|()| uploader.with(|f| f.restore_checkpoints()));
+    let mut record = job::execute(&local, registry, &env, &mut fetch);
+    if record.error.is_some() {
+        // Stopped (a requeue, a preemption): the last epoch's checkpoint
+        // is what the job resumes from when it runs again.
+        uploader.with(|f| f.sync_checkpoints());
+    } else {
         let files: Vec<_> = record.outputs.iter().map(|(name, o)| (local.outputs[name].clone(), o.hash, o.size)).collect();
         if let Err(e) = remote.push_files(&files) {
             eprintln!("cairn exec-job: cannot upload the outputs: {e}");

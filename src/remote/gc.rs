@@ -8,8 +8,10 @@
 //! record, and a CI job may still be pulling an entry it just looked up).
 //! Deleted, in this order: manifests, then objects, then old run records,
 //! so no manifest ever names an object already gone; last, the files of
-//! jobs (`v1/jobs/`) older than the grace period, which nothing reads once
-//! their job was accepted.
+//! jobs (`v1/jobs/`: descriptions, records, logs, checkpoints) older than
+//! the grace period, each by its own age, which nothing reads once their
+//! job has ended (only a requeued job reads its checkpoints, and a job
+//! that is running rewrites them).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,18 +1,20 @@
 //! The remote as the data plane of submitted jobs (`data = "remote"`, see
 //! `crate::executor::remote_job`): a job's files under `v1/jobs/<job>/`
-//! (its description, result record and log) and the blocking transfers of
-//! single objects between the remote and plain files, each checked as a
-//! pull checks it. Objects are written create-only like every other
-//! object; a job's description is too (a job name is never reused), while
-//! its record and log are overwritten by a requeued job that runs again.
+//! (its description, result record, log and `checkpoints/`) and the
+//! blocking transfers of single objects between the remote and plain
+//! files, each checked as a pull checks it. Objects are written
+//! create-only like every other object; a job's description is too (a job
+//! name is never reused), while its record, log and checkpoints are
+//! overwritten: a running job rewrites them, and a requeued job that runs
+//! again under the same name too.
 
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
-use object_store::path::Path as RemotePath;
+use object_store::path::{Path as RemotePath, PathPart};
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::transfer::{bounded, Failure};
+use super::transfer::{bounded, Failure, SINGLE_PUT_MAX};
 use super::{Remote, RemoteConfig, RemoteError, CONCURRENCY};
 use crate::digest::ArtifactHash;
 
@@ -26,9 +28,10 @@ impl Remote {
         &self.cfg
     }
 
-    /// `v1/jobs/<job>/<name>`; `job` is made of safe names and `/`.
+    /// `v1/jobs/<job>/<name>`; `job` and `name` are made of safe names
+    /// and `/`.
     fn job_path(&self, job: &str, name: &str) -> RemotePath {
-        job.split('/').fold(self.c().base.clone().join("jobs"), |p, part| p.join(part)).join(name)
+        job.split('/').chain(name.split('/')).fold(self.c().base.clone().join("jobs"), |p, part| p.join(part))
     }
 
     /// An error unless the remote can be used (the cause when it is down).
@@ -88,6 +91,47 @@ impl Remote {
         }
     }
 
+    /// Uploads the file `local` as a job's file, replacing an earlier one
+    /// (a checkpoint the job rewrites); streamed in parts when large.
+    /// Returns the bytes sent.
+    pub fn put_job_file_from(&self, job: &str, name: &str, local: &Path) -> Result<u64, RemoteError> {
+        let unreadable = |e: std::io::Error| RemoteError::Transfer { url: self.display.clone(), what: format!("cannot upload {}", local.display()), cause: e.to_string() };
+        let size = std::fs::metadata(local).map_err(unreadable)?.len();
+        if size <= SINGLE_PUT_MAX {
+            let bytes = std::fs::read(local).map_err(unreadable)?;
+            let n = bytes.len() as u64;
+            return self.put_job_file(job, name, bytes, false).map(|()| n);
+        }
+        self.usable()?;
+        let path = self.job_path(job, name);
+        self.block_on(self.upload_multipart(local, None, &path)).map_err(|f| self.transfer_error(f, format!("cannot write {path}")))
+    }
+
+    /// The files under `v1/jobs/<job>/<dir>/`, each as its path below it
+    /// (`/`-separated) and size. A name the store escapes is left out: it
+    /// could not be asked for again by that name.
+    pub fn list_job_files(&self, job: &str, dir: &str) -> Result<Vec<(String, u64)>, RemoteError> {
+        self.usable()?;
+        let prefix = self.job_path(job, dir);
+        let mut out = Vec::new();
+        for meta in self.list_under(&prefix)? {
+            let Some(parts) = meta.location.prefix_match(&prefix) else { continue };
+            let parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+            if parts.iter().all(|p| PathPart::from(p.as_str()).as_ref() == p) {
+                out.push((parts.join("/"), meta.size));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloads a job's file into the new file `dest` (its directory must
+    /// exist), refusing more than `max` bytes.
+    pub fn fetch_job_file(&self, job: &str, name: &str, max: u64, dest: &Path) -> Result<(), RemoteError> {
+        self.usable()?;
+        let path = self.job_path(job, name);
+        self.block_on(self.download_bounded(&path, max, dest)).map_err(|f| self.transfer_error(f, format!("cannot read {path}")))
+    }
+
     /// Uploads `files` as objects (those the remote lacks), a few at a
     /// time, each re-read and checked against its hash; the bytes sent.
     pub fn push_files(&self, files: &[LocalObject]) -> Result<u64, RemoteError> {
@@ -117,5 +161,15 @@ impl Remote {
             r.map_err(|(f, h, size)| self.transfer_error(f, format!("object {} ({size} bytes)", h.short())))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Remote {
+    /// A `file://` remote in the directory `dir` (created).
+    pub(crate) fn in_dir(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let url = format!("file://{}", dir.display());
+        Remote::open(&RemoteConfig::resolve(Some(&url), None).unwrap().unwrap()).unwrap()
     }
 }

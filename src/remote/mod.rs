@@ -20,6 +20,9 @@
 //!                              by the engine, create-only; `jobs`)
 //!     result.json              its result record, written by the node
 //!     job.log                  the tail of its log, written by the node
+//!     checkpoints/<file>       its stage's checkpoint files, written by
+//!                              the node as they change, read by the job
+//!                              when it is requeued and runs again
 //! v1/jobs/probes/<nonce>/
 //!     probe.out                what a probe job of such an executor's
 //!                              nodes answered (`cairn-worker --probe`)

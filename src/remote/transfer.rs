@@ -124,6 +124,19 @@ impl Remote {
     /// the way; the file only when its size and hash are `h`'s.
     async fn download_checked(&self, h: ArtifactHash, size: u64, tmp_dir: &std::path::Path) -> Result<(fs::File, tempfile::TempPath), Failure> {
         let (got, mut check) = self.get_object(h, size).await?;
+        let (file, tmp_path) = self.stream_to_temp(got, tmp_dir, |chunk| check.feed(chunk).map_err(|why| self.damage(h, why))).await?;
+        check.finish().map_err(|why| self.damage(h, why))?;
+        Ok((file, tmp_path))
+    }
+
+    /// Streams a download into a new temporary file in `tmp_dir`, handing
+    /// each chunk to `check` first (which stops it with an error).
+    async fn stream_to_temp(
+        &self,
+        got: object_store::GetResult,
+        tmp_dir: &std::path::Path,
+        mut check: impl FnMut(&[u8]) -> Result<(), Failure>,
+    ) -> Result<(fs::File, tempfile::TempPath), Failure> {
         let mut stream = got.into_stream();
         let tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(|e| Failure::Bad(format!("cannot create a temp file in {}: {e}", tmp_dir.display())))?;
         let (file, tmp_path) = tmp.into_parts();
@@ -131,13 +144,32 @@ impl Remote {
         let mut file = tokio::io::BufWriter::with_capacity(4 << 20, tokio::fs::File::from_std(file));
         use tokio::io::AsyncWriteExt;
         while let Some(chunk) = self.next_chunk(&mut stream).await? {
-            check.feed(&chunk).map_err(|why| self.damage(h, why))?;
+            check(&chunk)?;
             file.write_all(&chunk).await.map_err(|e| Failure::Bad(format!("cannot write {}: {e}", tmp_path.display())))?;
             self.count(chunk.len() as u64, 0);
         }
-        check.finish().map_err(|why| self.damage(h, why))?;
         file.flush().await.map_err(|e| Failure::Bad(e.to_string()))?;
         Ok((file.into_inner().into_std().await, tmp_path))
+    }
+
+    /// Downloads the entry at `path` (a job's checkpoint) into the new
+    /// file `dest`, refusing one of more than `max` bytes whatever the
+    /// server claims: nothing but its size is known to check.
+    pub(crate) async fn download_bounded(&self, path: &RemotePath, max: u64, dest: &std::path::Path) -> Result<(), Failure> {
+        let got = bounded(self.c().store.get(path)).await?.map_err(|e| self.failure(&e))?;
+        let too_large = || Failure::Bad(format!("it is larger than the {max} bytes allowed"));
+        if got.meta.size > max {
+            return Err(too_large());
+        }
+        let mut n = 0u64;
+        let dir = dest.parent().unwrap_or(std::path::Path::new("."));
+        let (file, tmp_path) = self.stream_to_temp(got, dir, |chunk| {
+            n += chunk.len() as u64;
+            if n > max { Err(too_large()) } else { Ok(()) }
+        })
+        .await?;
+        drop(file);
+        tmp_path.persist(dest).map_err(|e| Failure::Bad(format!("cannot move a download to {}: {}", dest.display(), e.error)))
     }
 
     /// Re-hashes object `h` of `size` bytes on the remote without keeping
@@ -200,12 +232,12 @@ impl Remote {
             Ok(meta) if meta.size == size && !repair => return Ok(0),
             // A wrong-sized object under this name is damage; the
             // multipart path below overwrites it with the right bytes.
-            Ok(_) => return self.upload_multipart(local, h, &path).await,
+            Ok(_) => return self.upload_multipart(local, Some(h), &path).await,
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.failure(&e)),
         }
         if size > SINGLE_PUT_MAX {
-            return self.upload_multipart(local, h, &path).await;
+            return self.upload_multipart(local, Some(h), &path).await;
         }
         let bytes = tokio::fs::read(local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
         if ArtifactHash::of_bytes(&bytes) != h {
@@ -224,7 +256,9 @@ impl Remote {
         Ok(n)
     }
 
-    async fn upload_multipart(&self, local: &std::path::Path, h: ArtifactHash, path: &RemotePath) -> Result<u64, Failure> {
+    /// Streams the file `local` to `path` in parts, replacing what is
+    /// there; with `expect`, aborted unless its bytes hash to it.
+    pub(crate) async fn upload_multipart(&self, local: &std::path::Path, expect: Option<ArtifactHash>, path: &RemotePath) -> Result<u64, Failure> {
         let mut file = tokio::fs::File::open(local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
         let upload = bounded(self.c().store.put_multipart(path)).await?.map_err(|e| self.failure(&e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
@@ -248,12 +282,14 @@ impl Remote {
             n += got as u64;
             self.count(0, got as u64);
         }
-        if ArtifactHash::from_blake3(hasher.finalize()) != h {
+        if let Some(h) = expect.filter(|h| ArtifactHash::from_blake3(hasher.finalize()) != *h) {
             let _ = w.abort().await;
             return Err(Failure::Bad(not_hashing(local, h)));
         }
         bounded(w.finish()).await?.map_err(|e| self.failure(&e))?;
-        self.damaged.lock().unwrap().remove(&h);
+        if let Some(h) = expect {
+            self.damaged.lock().unwrap().remove(&h);
+        }
         Ok(n)
     }
 

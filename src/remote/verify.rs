@@ -116,8 +116,12 @@ impl Remote {
 
     /// Everything under `v1/<dir>/`: path, size and age.
     pub(crate) fn list_meta(&self, dir: &str) -> Result<Vec<object_store::ObjectMeta>, RemoteError> {
-        let prefix: RemotePath = self.c().base.clone().join(dir);
-        let listed = self.block_on(bounded(self.c().store.list(Some(&prefix)).try_collect::<Vec<_>>()));
+        self.list_under(&self.c().base.clone().join(dir))
+    }
+
+    /// Everything under `prefix`, at any depth.
+    pub(crate) fn list_under(&self, prefix: &RemotePath) -> Result<Vec<object_store::ObjectMeta>, RemoteError> {
+        let listed = self.block_on(bounded(self.c().store.list(Some(prefix)).try_collect::<Vec<_>>()));
         match listed {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(object_store::Error::NotFound { .. })) => Ok(Vec::new()),
