@@ -46,6 +46,11 @@ pub trait Reporter: Send + Sync {
     fn progress(&self, stage: &str, progress: &Progress);
     /// Free-form log line from the stage.
     fn log(&self, stage: &str, line: &str);
+    /// Whether [`Reporter::log`] shows its lines (`-v`): a submitted stage
+    /// whose log must be fetched from the remote fetches it only then.
+    fn wants_log(&self) -> bool {
+        true
+    }
 }
 
 /// Everything a running stage may touch.

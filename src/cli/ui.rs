@@ -170,9 +170,13 @@ impl Reporter for Console {
     }
 
     fn log(&self, stage: &str, line: &str) {
-        if self.verbose {
+        if self.wants_log() {
             self.line(&format!("  {stage:<12} | {line}"));
         }
+    }
+
+    fn wants_log(&self) -> bool {
+        self.verbose && !self.quiet
     }
 }
 

@@ -161,10 +161,17 @@ impl RemoteJob {
         Ok(Some(r))
     }
 
+    /// The job's log as it uploaded it (its tail), without control
+    /// characters; `Ok(None)` while there is none.
+    pub fn log_text(&self) -> Result<Option<String>, crate::remote::RemoteError> {
+        let bytes = self.remote.get_job_file(&self.job, LOG_FILE, LOG_MAX + 64, false)?;
+        Ok(bytes.map(|b| clean(&String::from_utf8_lossy(&b), usize::MAX)))
+    }
+
     /// The end of the job's log, as the end of a message.
     pub fn log_tail(&self) -> String {
-        match self.remote.get_job_file(&self.job, LOG_FILE, LOG_MAX + 64, false) {
-            Ok(Some(bytes)) => super::submitted::tail_message(&clean(&String::from_utf8_lossy(&bytes), usize::MAX)),
+        match self.log_text() {
+            Ok(Some(text)) => super::submitted::tail_message(&text),
             Ok(None) => "; its log never reached the remote (the job was killed before it could upload it, or `cairn` did not start on the node: see /tmp/cairn-job-<id>.log there)".into(),
             Err(e) => format!("; its log could not be read: {e}"),
         }
@@ -200,11 +207,17 @@ fn clean(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::digest::ArtifactHash;
-    use crate::remote::RemoteConfig;
 
-    fn remote(dir: &Path) -> Arc<Remote> {
-        let url = format!("file://{}", dir.display());
-        Arc::new(Remote::open(&RemoteConfig::resolve(Some(&url), None).unwrap().unwrap()).unwrap())
+    impl RemoteJob {
+        /// Job `job` on a `file://` remote in `dir`.
+        pub(in crate::executor) fn on_file_remote(dir: &Path, job: &str) -> Self {
+            Self { remote: Arc::new(Remote::in_dir(dir)), job: job.into() }
+        }
+
+        /// Uploads `bytes` as the job's log, as its node does.
+        pub(in crate::executor) fn put_log(&self, bytes: &[u8]) {
+            self.remote.put_job_file(&self.job, LOG_FILE, bytes.to_vec(), false).unwrap();
+        }
     }
 
     #[test]
@@ -228,7 +241,7 @@ mod tests {
     #[test]
     fn a_hostile_record_or_missing_output_fails_clearly() {
         let t = tempfile::tempdir().unwrap();
-        let r = RemoteJob { remote: remote(t.path()), job: "run/s-1".into() };
+        let r = RemoteJob::on_file_remote(t.path(), "run/s-1");
         assert!(r.record(false).unwrap().is_none(), "no record yet");
         assert!(r.log_tail().contains("never reached the remote"));
         r.remote.put_job_file(&r.job, RESULT_FILE, b"{not json".to_vec(), false).unwrap();

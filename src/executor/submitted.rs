@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::job::{self, JobInput, JobSpec, ResultRecord};
 use super::queue::{Queue, Waited};
+use super::remote_log::LogMirror;
 use super::remote_submit::{self, JobFacts, RemoteData, RemoteJob};
 use super::{Executor, JobId, JobState, Prepared};
 use crate::kind::{Checked, EnvNeeds, ParamError, Progress, StageCtx, StageFailure, StageKind};
@@ -55,8 +56,7 @@ impl Submitted {
 
     fn prepare(&self, ctx: &StageCtx<'_>) -> Result<Prepared, StageFailure> {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        // `ctx.scratch` is `<stage tmp>/work`; the job directory goes beside it.
-        let dir = ctx.scratch.parent().map(|p| abs(&p.join("job"))).ok_or_else(|| StageFailure::new("the stage has no scratch directory"))?;
+        let dir = job_dir(ctx)?;
         std::fs::create_dir_all(&dir)?;
         let inputs = ctx
             .inputs
@@ -140,7 +140,8 @@ impl Submitted {
 }
 
 /// Reads the lines a job appends to its log, for `-v` (per-epoch lines
-/// reach the terminal as a local worker's do).
+/// reach the terminal as a local worker's do): the log itself where the
+/// filesystem is shared, else the copy a [`LogMirror`] keeps.
 struct LogFollower<'a> {
     path: &'a Path,
     /// What the job puts before the stage's own lines (`[stage] `).
@@ -168,6 +169,13 @@ impl<'a> LogFollower<'a> {
             out(line.strip_prefix(&self.prefix).unwrap_or(line));
         }
     }
+}
+
+/// The stage's job directory: `ctx.scratch` is `<stage tmp>/work`, and
+/// the job directory goes beside it.
+fn job_dir(ctx: &StageCtx<'_>) -> Result<std::path::PathBuf, StageFailure> {
+    let dir = ctx.scratch.parent().map(|p| p.join("job")).ok_or_else(|| StageFailure::new("the stage has no scratch directory"))?;
+    Ok(std::path::absolute(&dir).unwrap_or(dir))
 }
 
 /// A key that holds the CPU thread count (float reductions are ordered per
@@ -261,11 +269,18 @@ impl StageKind for Submitted {
         self.backend.queue.add(&id);
         let (stage, reporter) = (ctx.stage, ctx.reporter);
         let shown = Cell::new(None);
-        let log = LogFollower::new(&job.log, stage);
-        // A job of the remote data plane keeps its log on the node until it ends.
-        let follow = || if remote.is_none() { log.forward(|line| reporter.log(stage, line)) };
+        // A job of the remote data plane uploads its log: follow a copy.
+        let mirror = remote.as_ref().map(|r| job_dir(ctx).map(|d| LogMirror::new(r, d.join(job::LOG_FILE)))).transpose()?;
+        let log = LogFollower::new(mirror.as_ref().map_or(&job.log, |m| &m.path), stage);
+        let wants_log = reporter.wants_log();
+        let follow = |now: bool| {
+            if wants_log {
+                mirror.iter().for_each(|m| m.update(now));
+                log.forward(|line| reporter.log(stage, line));
+            }
+        };
         let watch = |st: &JobState| {
-            follow();
+            follow(false);
             let what = match st {
                 JobState::Queued => "queued",
                 JobState::Running => "running",
@@ -277,7 +292,8 @@ impl StageKind for Submitted {
             }
         };
         let waited = self.backend.queue.wait(&id, ctx.cancel, &watch);
-        follow();
+        // A job that ended has uploaded its whole log: its last lines now.
+        follow(matches!(waited, Waited::Final(_)));
         let remote = remote.as_ref();
         match waited {
             Waited::Final(JobState::Completed) => self.accept(&id, &job, remote, ctx),
