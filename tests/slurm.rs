@@ -7,6 +7,8 @@
 mod common;
 #[path = "support/skip.rs"]
 mod skip;
+#[path = "support/ml_slurm.rs"]
+mod ml;
 #[path = "support/slurm.rs"]
 mod slurm;
 #[path = "support/weed.rs"]
@@ -17,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{artifact, stages, Project, Run};
+use ml::{ml_cluster, write_cifar, ML_PIPELINE};
 use slurm::Cluster;
 
 /// Three stages, two of them independent, on two executors (one asks for a
@@ -105,92 +108,11 @@ fn a_pipeline_on_slurm_matches_a_local_run_and_then_is_cached_locally() {
     assert_eq!(keys(&stages(&r)), keys(&remote));
 }
 
-/// The flagship's first stages at toy size, on the cluster: `load_subset`
-/// of a CIFAR-10-format folder written here, `resize`, and one epoch of
-/// `train`, all run by `cairn-worker` inside Slurm jobs.
-const ML_PIPELINE: &str = r#"
-[pipeline]
-name = "ml-on-slurm"
-seed = 7
-
-[executors.cluster]
-kind = "slurm"
-cpus = 2
-mem = "2G"
-
-[executors.here]
-kind = "local"
-
-[stages.load]
-kind = "load_subset"
-source = "data/cifar"
-format = "cifar10-binary"
-train_per_class = 6
-val_per_class = 2
-executor = "cluster"
-
-[stages.resize]
-kind = "resize"
-size = 8
-splits = ["train", "val"]
-inputs = { train = "load.train_images", val = "load.val_images" }
-executor = "cluster"
-
-[stages.train]
-kind = "train"
-model = { arch = "fast", widths = [8, 16], normalize = "cifar" }
-lr = 0.1
-epochs = 1
-batch_size = 10
-precision = "fp32"
-inputs = { train_images = "resize.train", train_labels = "load.train_labels", val_images = "resize.val", val_labels = "load.val_labels" }
-executor = "cluster"
-
-[profiles.here]
-"load.executor" = "here"
-"resize.executor" = "here"
-"train.executor" = "here"
-"#;
-
-/// A CIFAR-10 binary release in miniature: five training batches and a
-/// test batch of 3,073-byte records (label, then 32x32x3 pixels).
-fn write_cifar(p: &Project) {
-    let dir = p.path().join("data/cifar");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut state = 0x2545_f491_u32;
-    let mut batch = |records: usize| -> Vec<u8> {
-        let mut out = Vec::new();
-        for r in 0..records {
-            out.push((r % 10) as u8);
-            out.extend((0..3072).map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (state >> 24) as u8
-            }));
-        }
-        out
-    };
-    for i in 1..=5 {
-        std::fs::write(dir.join(format!("data_batch_{i}.bin")), batch(20)).unwrap();
-    }
-    std::fs::write(dir.join("test_batch.bin"), batch(20)).unwrap();
-}
-
 /// stage → output → hash, from `cairn run --json`.
 fn output_hashes(r: &Run) -> BTreeMap<String, BTreeMap<String, String>> {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("json ({e}): {}", r.all()));
     let hashes = |s: &serde_json::Value| s["outputs"].as_object().unwrap().iter().map(|(k, o)| (k.clone(), o["hash"].as_str().unwrap().to_string())).collect();
     v["stages"].as_array().unwrap().iter().map(|s| (s["stage"].as_str().unwrap().to_string(), hashes(s))).collect()
-}
-
-/// A cluster for a test that runs ML stages, or `None` after a visible
-/// skip when the worker cannot run here (or the cluster cannot start).
-fn ml_cluster(test: &str) -> Option<Cluster> {
-    let worker = std::path::Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-worker");
-    if !Command::new(&worker).arg("--probe").output().is_ok_and(|o| o.status.success()) {
-        skip::missing(test, "cairn-worker is not built or libtorch is missing (`make setup`, then `cargo build --release --workspace`)");
-        return None;
-    }
-    Cluster::start(test)
 }
 
 #[test]
@@ -208,7 +130,7 @@ fn ml_stages_on_slurm_with_remote_data_match_a_local_run() {
     let test = "ml_stages_on_slurm_with_remote_data_match_a_local_run";
     let Some(c) = ml_cluster(test) else { return };
     let Some(w) = weed::Weed::start(test) else { return };
-    let pipeline = ML_PIPELINE.replace("mem = \"2G\"", "mem = \"2G\"\ndata = \"remote\"").replace("[executors.cluster]", "[remote]\nurl = \"s3://cairn/ml\"\n\n[executors.cluster]");
+    let pipeline = ml::with_remote_data(ML_PIPELINE, "s3://cairn/ml");
     ml_run_matches_local(&c, &pipeline, &|p, args| {
         let mut cmd = p.cmd(args);
         cmd.envs(c.env()).env_remove("CAIRN_REMOTE");
@@ -243,15 +165,10 @@ fn ml_run_matches_local(c: &Cluster, pipeline: &str, run: &dyn Fn(&Project, &[&s
     assert!(stages(&r).values().all(|(s, _)| s == "cached"), "{}", r.all());
 }
 
-/// The epochs done in the first checkpoint under `cache/checkpoints`, read
-/// from its safetensors header (`cairn.checkpoint` metadata).
+/// The epochs done in the first checkpoint under `cache/checkpoints`.
 fn checkpointed_epochs(p: &Project) -> Option<u64> {
     let dir = std::fs::read_dir(p.cache().join("checkpoints")).ok()?.flatten().next()?.path();
-    let bytes = std::fs::read(dir.join("checkpoint.safetensors")).ok()?;
-    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
-    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8 + len)?).ok()?;
-    let meta: serde_json::Value = serde_json::from_str(header["__metadata__"]["cairn.checkpoint"].as_str()?).ok()?;
-    meta["epochs_done"].as_u64()
+    ml::epochs_done(&std::fs::read(dir.join("checkpoint.safetensors")).ok()?)
 }
 
 #[test]
@@ -280,12 +197,7 @@ fn a_requeued_train_job_resumes_from_its_checkpoint() {
     write_cifar(&local);
     let here = cairn(&local, &c, &["run", "--json", "--profile", "here"]);
     assert_eq!(here.code, 0, "{}", here.all());
-    let files = |p: &Project| -> Vec<(std::ffi::OsString, Vec<u8>)> {
-        let mut v: Vec<_> = std::fs::read_dir(p.path().join("artifacts/train")).unwrap().flatten().map(|e| (e.file_name(), std::fs::read(e.path()).unwrap())).collect();
-        v.sort();
-        v
-    };
-    assert!(files(&p) == files(&local), "a resumed job must write an uninterrupted run's bytes");
+    assert!(ml::train_artifacts(&p) == ml::train_artifacts(&local), "a resumed job must write an uninterrupted run's bytes");
 }
 
 /// The environment entries a stage was keyed with, from its manifest.
