@@ -10,17 +10,22 @@
 mod common;
 #[path = "support/skip.rs"]
 mod skip;
+#[path = "support/ml_slurm.rs"]
+mod ml;
 #[path = "support/slurm.rs"]
 mod slurm;
 #[path = "support/weed.rs"]
 mod weed;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::{artifact, nothing_cached, stages, Project, Run};
+use ml::{ml_cluster, write_cifar, ML_PIPELINE};
 use object_store::{ObjectStore, ObjectStoreExt};
 use slurm::Cluster;
 use weed::Weed;
@@ -213,6 +218,39 @@ fn a_damaged_output_object_on_the_remote_fails_the_stage_and_caches_nothing() {
     assert!(!p.path().join("artifacts/one/x.txt").exists());
 }
 
+/// A running `cairn` whose stderr is read as it comes.
+struct Watched {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Watched {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (lines, into) = (BufReader::new(child.stderr.take().unwrap()).lines(), stderr.clone());
+        let reader = std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| *into.lock().unwrap() += &format!("{l}\n")));
+        Self { child, stderr, reader }
+    }
+
+    /// Waits until the stderr so far holds `text`.
+    fn wait_for(&self, text: &str, c: &Cluster) {
+        let t0 = Instant::now();
+        while !self.stderr.lock().unwrap().contains(text) {
+            assert!(t0.elapsed() < Duration::from_secs(90), "no {text:?} in cairn's output:\n{}\n{}", self.stderr.lock().unwrap(), c.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn finish(self) -> Run {
+        let out = self.child.wait_with_output().unwrap();
+        self.reader.join().unwrap();
+        let stderr = std::mem::take(&mut *self.stderr.lock().unwrap());
+        Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr }
+    }
+}
+
 #[test]
 fn a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log() {
     let test = "a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log";
@@ -221,21 +259,64 @@ fn a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log() {
     // Killed outright, the job leaves its directory: in this one, not /tmp.
     let node_tmp = tempfile::tempdir().unwrap();
     let p = one(node_tmp.path(), "5", "echo started; sleep 300; echo done > {out.x}");
-    let child = command(&p, &c, &w, &["run"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let run = Watched::start(command(&p, &c, &w, &["run", "-v"]));
     let id = c.running_job("-one");
-    // Cancel once the stage has started and the job has uploaded its log
-    // with the stage's first line (it does so while it runs).
-    let t0 = std::time::Instant::now();
-    while !remote_files(&w, "team/v1/jobs").iter().any(|(k, v)| k.ends_with("/job.log") && String::from_utf8_lossy(v).contains("started")) {
-        assert!(t0.elapsed() < Duration::from_secs(60), "job {id} uploaded no log with its first line:\n{}", c.logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Cancel once the stage has started and its first line, which the job
+    // uploads in its log while it runs, has reached `-v`.
+    run.wait_for("| started", &c);
     assert!(c.command("scancel").arg(&id).status().unwrap().success());
-    let r: Run = child.wait_with_output().unwrap().into();
+    let r = run.finish();
     assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(r.stderr.matches("| started").count(), 1, "each line of the log once: {}", r.all());
     assert!(r.stderr.contains(&format!("Slurm job {id} ended in state CANCELLED")), "{}", r.all());
     assert!(r.stderr.contains("the end of its log") && r.stderr.contains("started"), "the message should quote the job's uploaded log: {}\n{}", r.all(), c.logs());
     nothing_cached(&p);
+}
+
+/// A `train` job whose executor shares only the remote, requeued once a
+/// checkpoint of it reached the remote: Slurm runs the same job again, in
+/// a new directory with nothing of the first run's, and it resumes from
+/// that checkpoint (which `-v` shows, from the log it uploads) to an
+/// uninterrupted run's bytes.
+#[test]
+fn a_requeued_remote_train_job_resumes_from_its_checkpoint_on_the_remote() {
+    let test = "a_requeued_remote_train_job_resumes_from_its_checkpoint_on_the_remote";
+    let Some(c) = ml_cluster(test) else { return };
+    let Some(w) = Weed::start(test) else { return };
+    // About 20 ms an epoch here: long enough to requeue it mid-training.
+    let long = ML_PIPELINE.replace("epochs = 1", "epochs = 400");
+    let p = Project::new(&ml::with_remote_data(&long, "s3://cairn/ml"));
+    write_cifar(&p);
+    let run = Watched::start(command(&p, &c, &w, &["run", "-v"]));
+    let t0 = Instant::now();
+    let checkpointed = || remote_files(&w, "ml/v1/jobs").into_iter().find(|(k, _)| k.ends_with("/checkpoints/checkpoint.safetensors")).and_then(|(_, v)| ml::epochs_done(&v));
+    while checkpointed().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint reached the remote after 2 minutes:\n{}\n{}", run.stderr.lock().unwrap(), c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let id = c.running_job("-train");
+    let requeue = c.command("scontrol").args(["requeue", &id]).output().unwrap();
+    assert!(requeue.status.success(), "scontrol requeue: {}", String::from_utf8_lossy(&requeue.stderr));
+    let r = run.finish();
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), c.logs());
+    let once = |text: &str| r.stderr.matches(&format!("train        | {text}")).count() == 1;
+    assert!(once("cairn exec-job: restored checkpoint checkpoint.safetensors ("), "the requeued job found no checkpoint:\n{}", r.stderr);
+    assert!(once("resuming train from epoch"), "the requeued job did not resume:\n{}", r.stderr);
+    assert!(once("epoch 400/400 "), "the job's epoch lines reach -v, each once:\n{}", r.stderr);
+    eprintln!("{}", r.stderr.lines().find(|l| l.contains("resuming train")).unwrap_or_default());
+
+    let local = Project::new(&long);
+    write_cifar(&local);
+    let here = cairn(&local, &c, &w, &["run", "--profile", "here", "--remote", "none"]);
+    assert_eq!(here.code, 0, "{}", here.all());
+    assert!(ml::train_artifacts(&p) == ml::train_artifacts(&local), "a resumed job must write an uninterrupted run's bytes");
+
+    // The checkpoint stays on the remote until `remote gc` removes it with
+    // the job's other files.
+    assert!(checkpointed().is_some());
+    let r = cairn(&p, &c, &w, &["remote", "gc", "--keep-runs", "1", "--grace-hours", "0", "--delete"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(remote_files(&w, "ml/v1/jobs").is_empty());
 }
 
 /// Slurm's smallest time limit is a minute: this test takes one or two,
