@@ -311,9 +311,10 @@ fn a_requeued_remote_train_job_resumes_from_its_checkpoint_on_the_remote() {
     assert_eq!(here.code, 0, "{}", here.all());
     assert!(ml::train_artifacts(&p) == ml::train_artifacts(&local), "a resumed job must write an uninterrupted run's bytes");
 
-    // The checkpoint stays on the remote until `remote gc` removes it with
-    // the job's other files.
-    assert!(checkpointed().is_some());
+    // The finished job deleted its checkpoint; `remote gc` removes the
+    // job's other files.
+    assert!(checkpointed().is_none(), "a finished job's checkpoint is gone from the remote");
+    assert!(!remote_files(&w, "ml/v1/jobs").is_empty());
     let r = cairn(&p, &c, &w, &["remote", "gc", "--keep-runs", "1", "--grace-hours", "0", "--delete"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(remote_files(&w, "ml/v1/jobs").is_empty());

@@ -244,6 +244,13 @@ pub fn run_remote_job(address: &str, registry: &Registry) -> Result<bool, Remote
     }
     uploader.stop();
     finish(&remote, &addr.job, &record, &log)?;
+    if record.error.is_none() {
+        // Checkpoints are never results: gone once the record is written
+        // (a job killed in between leaves them to `remote gc`).
+        if let Err(e) = remote.delete_job_files(&addr.job, node_checkpoints::DIR) {
+            eprintln!("cairn exec-job: cannot delete the job's checkpoints on the remote ({e}); `cairn remote gc` will");
+        }
+    }
     if let Ok(id) = std::env::var("SLURM_JOB_ID") {
         let slurm_log = PathBuf::from(NODE_LOG.replace("%j", &id));
         if std::fs::metadata(&slurm_log).is_ok_and(|m| m.len() == 0) {

@@ -142,7 +142,7 @@ impl Remote {
         }
     }
 
-    fn delete(&self, path: &RemotePath) -> Result<(), RemoteError> {
+    pub(super) fn delete(&self, path: &RemotePath) -> Result<(), RemoteError> {
         match self.block_on(bounded(self.c().store.delete(path))) {
             Ok(Ok(())) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
             Ok(Err(e)) => Err(match self.failure(&e) {

@@ -124,6 +124,16 @@ impl Remote {
         Ok(out)
     }
 
+    /// Deletes the files under `v1/jobs/<job>/<dir>/` (a finished job's
+    /// checkpoints); how many there were.
+    pub fn delete_job_files(&self, job: &str, dir: &str) -> Result<usize, RemoteError> {
+        let files = self.list_job_files(job, dir)?;
+        for (name, _) in &files {
+            self.delete(&self.job_path(job, &format!("{dir}/{name}")))?;
+        }
+        Ok(files.len())
+    }
+
     /// Downloads a job's file into the new file `dest` (its directory must
     /// exist), refusing more than `max` bytes.
     pub fn fetch_job_file(&self, job: &str, name: &str, max: u64, dest: &Path) -> Result<(), RemoteError> {

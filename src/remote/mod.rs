@@ -22,7 +22,8 @@
 //!     job.log                  the tail of its log, written by the node
 //!     checkpoints/<file>       its stage's checkpoint files, written by
 //!                              the node as they change, read by the job
-//!                              when it is requeued and runs again
+//!                              when it is requeued and runs again,
+//!                              deleted by the node when its stage succeeds
 //! v1/jobs/probes/<nonce>/
 //!     probe.out                what a probe job of such an executor's
 //!                              nodes answered (`cairn-worker --probe`)
