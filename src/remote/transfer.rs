@@ -143,12 +143,18 @@ impl Remote {
         // Large writes: each one is a hop to tokio's blocking pool.
         let mut file = tokio::io::BufWriter::with_capacity(4 << 20, tokio::fs::File::from_std(file));
         use tokio::io::AsyncWriteExt;
+        let write_error = |e: std::io::Error| Failure::Bad(format!("cannot write {}: {e}", tmp_path.display()));
+        let mut writeback = Writeback::default();
         while let Some(chunk) = self.next_chunk(&mut stream).await? {
             check(&chunk)?;
-            file.write_all(&chunk).await.map_err(|e| Failure::Bad(format!("cannot write {}: {e}", tmp_path.display())))?;
+            file.write_all(&chunk).await.map_err(write_error)?;
             self.count(chunk.len() as u64, 0);
+            if writeback.due(chunk.len()) {
+                file.flush().await.map_err(write_error)?;
+                writeback.start(file.get_ref());
+            }
         }
-        file.flush().await.map_err(|e| Failure::Bad(e.to_string()))?;
+        file.flush().await.map_err(write_error)?;
         Ok((file.into_inner().into_std().await, tmp_path))
     }
 
@@ -323,6 +329,38 @@ fn not_hashing(local: &std::path::Path, h: ArtifactHash) -> String {
         local.display(),
         h.short()
     )
+}
+
+/// Starts the disk writes of a download while it goes on, every
+/// [`Writeback::EVERY`] bytes (`sync_file_range`, as RocksDB's
+/// `bytes_per_sync`), so that the fsync before its rename finds little
+/// left to write instead of the whole file: the rename still waits for
+/// that fsync, so what is durable is unchanged.
+#[derive(Default)]
+struct Writeback {
+    /// Bytes written, and where the last range started.
+    written: u64,
+    started: u64,
+}
+
+impl Writeback {
+    const EVERY: u64 = 8 << 20;
+
+    /// Counts `n` more bytes; whether a range is due.
+    fn due(&mut self, n: usize) -> bool {
+        self.written += n as u64;
+        self.written - self.started >= Self::EVERY
+    }
+
+    /// Asks the kernel to start writing the bytes since the last range
+    /// (they have been flushed to `file`); a failure only loses the head start.
+    fn start(&mut self, file: &tokio::fs::File) {
+        use std::os::fd::AsRawFd;
+        let (offset, len) = (self.started as libc::off64_t, (self.written - self.started) as libc::off64_t);
+        // SAFETY: a descriptor the file owns, for the duration of the call.
+        unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+        self.started = self.written;
+    }
 }
 
 /// An object's bytes as they arrive, checked against its name: never
