@@ -17,8 +17,8 @@
 //! `<id>` hashes what could change it: the worker binary's identity (path,
 //! size, mtime, ctime, inode), the NVIDIA driver version, the CPU's model
 //! and flags, and the variables libtorch reads at start-up
-//! (`CUDA_VISIBLE_DEVICES`, `ATEN_CPU_CAPABILITY`, `LD_LIBRARY_PATH`,
-//! `LD_PRELOAD`). An entry is also dropped when the libtorch library file it
+//! (`CUDA_VISIBLE_DEVICES`, `ATEN_CPU_CAPABILITY`, `ONEDNN_MAX_CPU_ISA`,
+//! `DNNL_MAX_CPU_ISA`, `LD_LIBRARY_PATH`, `LD_PRELOAD`). An entry is also dropped when the libtorch library file it
 //! names changed (a reinstall). So rebuilding the worker, updating the
 //! driver or using the cache from another machine probes again, and
 //! `cairn status` stays fast otherwise. Entries are written atomically
@@ -65,7 +65,7 @@ pub const UNKNOWN: &str = "unknown (cairn-worker --probe failed)";
 pub const PROBE_DIR: &str = "probe";
 
 /// Variables libtorch reads at start-up that change what it reports.
-const PROBE_ENV_VARS: [&str; 4] = ["CUDA_VISIBLE_DEVICES", "ATEN_CPU_CAPABILITY", "LD_LIBRARY_PATH", "LD_PRELOAD"];
+const PROBE_ENV_VARS: [&str; 6] = ["CUDA_VISIBLE_DEVICES", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "LD_LIBRARY_PATH", "LD_PRELOAD"];
 
 /// Why the worker's facts are not known.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

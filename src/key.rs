@@ -23,7 +23,9 @@
 //!   `libtorch` (the version loaded) and `device` (`cpu` or
 //!   `cuda:<device name>`); for kinds whose float reductions depend on the
 //!   thread count, when on the CPU, also `threads`, `cpu_capability` (the
-//!   kernels libtorch dispatches to: `DEFAULT`, `AVX2`, `AVX512`…) and
+//!   kernels libtorch dispatches to: `DEFAULT`, `AVX2`, `AVX512`…, with
+//!   oneDNN's cap when `ONEDNN_MAX_CPU_ISA` or `DNNL_MAX_CPU_ISA` sets one)
+//!   and
 //!   `native_bf16` (`amx_bf16`, `avx512_bf16`… or `none`), since results
 //!   differ across CPU classes. For a stage on a scheduler executor
 //!   (Slurm), these are the facts of the nodes it runs on, from a probe job

@@ -286,8 +286,18 @@ mod facts {
             .ok_or_else(|| "libtorch's build settings name no TORCH_VERSION".to_string())
     }
 
+    /// ATen's kernel class (`DEFAULT`/`AVX2`/`AVX512`), and oneDNN's
+    /// instruction-set cap where one is set: oneDNN picks its convolution
+    /// kernels on its own, and capping it (`ONEDNN_MAX_CPU_ISA=AVX2`, as
+    /// one does to stand in for an older CPU) changes the numbers and makes
+    /// training 1.8x slower on an AVX512 CPU (BENCHMARKS).
     pub fn cpu_capability() -> Result<String, String> {
-        shim_string(cairn_probe_cpu_capability).ok_or_else(|| "libtorch cannot say its CPU capability".to_string())
+        let aten = shim_string(cairn_probe_cpu_capability).ok_or_else(|| "libtorch cannot say its CPU capability".to_string())?;
+        let onednn = ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()));
+        Ok(match onednn {
+            Some(isa) => format!("{aten}, oneDNN capped at {}", isa.trim().to_ascii_uppercase()),
+            None => aten,
+        })
     }
 
     pub fn native_bf16() -> String {

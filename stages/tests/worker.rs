@@ -53,7 +53,7 @@ fn job(kind: &str, params: Value, inputs: Value, outputs: Value, dir: &Path) -> 
 }
 
 fn probe(extra_env: &[(&str, &str)]) -> Probe {
-    let out = worker().arg("--probe").envs(extra_env.iter().copied()).output().unwrap();
+    let out = worker().arg("--probe").env_remove("ONEDNN_MAX_CPU_ISA").env_remove("DNNL_MAX_CPU_ISA").envs(extra_env.iter().copied()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "one JSON object on one line: {text}");
@@ -103,6 +103,9 @@ fn probe_reports_facts_from_libtorch() {
     // The capability is the one libtorch dispatches to, so it follows
     // libtorch's own override.
     assert_eq!(probe(&[("ATEN_CPU_CAPABILITY", "default")]).cpu_capability, "DEFAULT");
+    // oneDNN picks its convolution kernels on its own: a cap on it is part
+    // of the fact.
+    assert_eq!(probe(&[("DNNL_MAX_CPU_ISA", "avx2")]).cpu_capability, format!("{}, oneDNN capped at AVX2", p.cpu_capability));
 }
 
 #[test]
