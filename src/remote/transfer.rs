@@ -106,7 +106,15 @@ impl Remote {
     /// Downloads object `h` of `size` bytes into the local store, checked.
     pub(crate) async fn fetch_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<(), Failure> {
         let (file, tmp_path) = self.download_checked(h, size, &cache.root().join("tmp")).await?;
-        install(cache, file, tmp_path, h).map_err(Failure::Bad)
+        // The fsyncs block: off the task that drives the other downloads.
+        let dest = cache.object_path(&h);
+        let installed = dest.clone();
+        tokio::task::spawn_blocking(move || install(file, tmp_path, &installed))
+            .await
+            .map_err(|e| Failure::Bad(format!("installing object {} failed: {e}", h.short())))?
+            .map_err(Failure::Bad)?;
+        cache.stat().record_verified(&dest, h);
+        Ok(())
     }
 
     /// Downloads object `h` of `size` bytes to `dest` (a new read-only
@@ -394,20 +402,18 @@ impl Incoming {
     }
 }
 
-/// Moves a verified download into the store: fsynced, read-only, renamed
-/// into place, remembered as verified.
-fn install(cache: &Cache, file: fs::File, tmp_path: tempfile::TempPath, h: ArtifactHash) -> Result<(), String> {
+/// Moves a verified download into the store at `dest`: fsynced,
+/// read-only, renamed into place.
+fn install(file: fs::File, tmp_path: tempfile::TempPath, dest: &std::path::Path) -> Result<(), String> {
     let mut file = file;
     file.flush().and_then(|_| file.sync_all()).map_err(|e| format!("cannot sync {}: {e}", tmp_path.display()))?;
     drop(file);
     fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o444)).map_err(|e| format!("cannot make {} read-only: {e}", tmp_path.display()))?;
-    let dest = cache.object_path(&h);
     let dir = dest.parent().expect("objects have a parent directory");
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    tmp_path.persist(&dest).map_err(|e| format!("cannot move a download into {}: {}", dest.display(), e.error))?;
+    tmp_path.persist(dest).map_err(|e| format!("cannot move a download into {}: {}", dest.display(), e.error))?;
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    cache.stat().record_verified(&dest, h);
     Ok(())
 }
