@@ -429,9 +429,7 @@ impl ProbeCache {
             let _ = std::fs::remove_file(&tmp);
         })
     }
-}
 
-impl ProbeCache {
     /// Drops the entries of workers that no longer exist (temporary ones,
     /// old checkouts), so the per-user directory does not only grow.
     fn prune(&self) {

@@ -267,9 +267,10 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
         };
         outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
     }
-    let pulled = fetch_all(&remote, &cache, found, console)?;
-    missing += pulled.iter().filter(|p| p.is_none()).count();
-    let pulled = pulled.len() - pulled.iter().filter(|p| p.is_none()).count();
+    let fetched = fetch_all(&remote, &cache, found, console)?;
+    let failed = fetched.iter().filter(|p| p.is_none()).count();
+    missing += failed;
+    let pulled = fetched.len() - failed;
     cache.stat().save();
     let down = remote.bytes_down.load(std::sync::atomic::Ordering::Relaxed);
     console.line(&format!(
