@@ -10,13 +10,13 @@
 //! (enough to read a public bucket) and no metadata service is asked.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as RemotePath;
 use object_store::{ClientOptions, ObjectStore};
 
+use super::plain_http::{is_plain_http, PlainHttp, CONNECT_TIMEOUT};
 use super::RemoteError;
 use crate::spec::remote::RemoteSpec;
 
@@ -104,17 +104,18 @@ pub(crate) fn build_store(cfg: &RemoteConfig) -> Result<(Arc<dyn ObjectStore>, R
     let err = |message: String| RemoteError::Config { url: cfg.url.clone(), message };
     match &cfg.kind {
         RemoteKind::S3 { bucket, prefix } => {
+            let allow_http = cfg.allow_http.unwrap_or_else(|| env_true("AWS_ALLOW_HTTP"));
             let mut b = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_virtual_hosted_style_request(false)
                 .with_retry(super::retry_config())
                 .with_client_options(
                     ClientOptions::new()
-                        .with_connect_timeout(Duration::from_secs(5))
+                        .with_connect_timeout(CONNECT_TIMEOUT)
                         // Large objects stream for as long as they take;
                         // a stalled connection is caught by the pool.
                         .with_timeout_disabled()
-                        .with_allow_http(cfg.allow_http.unwrap_or_else(|| env_true("AWS_ALLOW_HTTP"))),
+                        .with_allow_http(allow_http),
                 );
             if anonymous() {
                 // No credentials in the environment: anonymous requests
@@ -124,6 +125,10 @@ pub(crate) fn build_store(cfg: &RemoteConfig) -> Result<(Arc<dyn ObjectStore>, R
             }
             if let Some(ep) = &cfg.endpoint {
                 b = b.with_endpoint(ep);
+            }
+            let endpoint = cfg.endpoint.clone().or_else(|| b.get_config_value(&AmazonS3ConfigKey::Endpoint));
+            if allow_http && endpoint.as_deref().is_some_and(is_plain_http) {
+                b = b.with_http_connector(PlainHttp);
             }
             if let Some(r) = &cfg.region {
                 b = b.with_region(r);

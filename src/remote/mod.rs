@@ -72,6 +72,7 @@
 pub mod config;
 pub mod gc;
 pub mod jobs;
+mod plain_http;
 pub mod runs;
 pub mod sync;
 pub mod transfer;
