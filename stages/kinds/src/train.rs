@@ -279,14 +279,33 @@ pub struct Augment {
     /// Random translation by up to this many pixels (reflect padding + crop).
     #[serde(default)]
     pub translate: u32,
+    /// Progressive resizing in its cheapest form (Howard's fast.ai DAWNBench
+    /// runs trained small first): the first `crop_epochs` epochs train on
+    /// random `crop`-pixel squares of the (translated) images, which cost
+    /// (crop/side)² of the FLOPs; later epochs, the val pass and every
+    /// other stage see whole images. The net must pool globally (`fast`
+    /// and the ResNets do). 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crop: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crop_epochs: u32,
 }
 
 impl Augment {
     /// Augmentations that commute with a frozen prefix: flips can be cached
-    /// as a second copy of the features, translations cannot.
+    /// as a second copy of the features, translations and crops cannot.
     pub fn cacheable(&self) -> bool {
-        self.translate == 0
+        self.translate == 0 && self.crop == 0
     }
+
+    /// The crop side for zero-based epoch `epoch`, if it trains on crops.
+    pub fn crop_at(&self, epoch: usize) -> Option<u32> {
+        (self.crop > 0 && epoch < self.crop_epochs as usize).then_some(self.crop)
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `trainable` as written: a preset/`+`-joined string or a list of blocks.
@@ -458,7 +477,7 @@ fn batch() -> u32 {
     256
 }
 fn no_augment() -> Augment {
-    Augment { flip: false, translate: 0 }
+    Augment { flip: false, translate: 0, crop: 0, crop_epochs: 0 }
 }
 fn auto() -> Precision {
     Precision::Auto
@@ -602,6 +621,7 @@ impl Kind for Train {
         if p.augment.translate > 16 {
             return Err(ParamError::at(&["augment", "translate"], "at most 16 pixels"));
         }
+        check_crop(&p.augment, p.epochs)?;
         let mut inputs = vec![InputSlot::one("train_images"), InputSlot::one("train_labels"), InputSlot::one("val_images"), InputSlot::one("val_labels")];
         let init = init_input(&p.init)?;
         if init.is_some() {
@@ -616,6 +636,20 @@ impl Kind for Train {
             Some(i) => checked.with_implied("init", i),
             None => checked,
         })
+    }
+}
+
+/// `crop` and `crop_epochs` come together, and the crops end before
+/// training does (the last epochs adapt the net to whole images).
+fn check_crop(a: &Augment, epochs: u32) -> Result<(), ParamError> {
+    match (a.crop, a.crop_epochs) {
+        (0, 0) => Ok(()),
+        (0, _) | (_, 0) => Err(ParamError::at(&["augment", if a.crop == 0 { "crop" } else { "crop_epochs" }], "`crop` and `crop_epochs` go together")
+            .with_help("set both (e.g. `crop = 24, crop_epochs = 8`) or neither")),
+        (c, _) if c < 8 => Err(ParamError::at(&["augment", "crop"], "at least 8 pixels")),
+        (_, n) if n >= epochs => Err(ParamError::at(&["augment", "crop_epochs"], format!("must be fewer than `epochs` ({epochs})"))
+            .with_help("the last epochs train on whole images, as the net is tested")),
+        _ => Ok(()),
     }
 }
 
@@ -666,6 +700,20 @@ mod tests {
         let all = check(json!({"model": {"arch": "fast"}})).unwrap();
         assert!(!all.outputs.iter().any(|o| o.name == "features"));
         assert_eq!(all.params["model"]["widths"], json!([64, 256, 256]));
+    }
+
+    #[test]
+    fn crops_come_with_their_epochs_end_before_training_does_and_stay_out_of_other_keys() {
+        let aug = |a: Value| check(json!({"model": {"arch": "resnet18"}, "trainable": "head", "epochs": 10, "augment": a}));
+        let plan = aug(json!({"flip": true, "crop": 24, "crop_epochs": 8})).unwrap();
+        assert_eq!(plan.params["augment"], json!({"flip": true, "translate": 0, "crop": 24, "crop_epochs": 8}));
+        assert!(!plan.outputs.iter().any(|o| o.name == "features"), "crops need raw images");
+        assert_eq!(aug(json!({"crop": 24})).unwrap_err().path, ["augment", "crop_epochs"]);
+        assert_eq!(aug(json!({"crop_epochs": 3})).unwrap_err().path, ["augment", "crop"]);
+        assert_eq!(aug(json!({"crop": 4, "crop_epochs": 3})).unwrap_err().path, ["augment", "crop"]);
+        assert_eq!(aug(json!({"crop": 24, "crop_epochs": 10})).unwrap_err().path, ["augment", "crop_epochs"]);
+        let plain = aug(json!({"flip": true})).unwrap();
+        assert_eq!(plain.params["augment"], json!({"flip": true, "translate": 0}), "keys without crops are unchanged");
     }
 
     #[test]

@@ -56,29 +56,32 @@ impl Rng {
 /// One batch's augmentation decisions.
 pub struct Draw {
     pub flip: Vec<bool>,
-    /// (dy, dx) crop offsets into the padded image, in `0..=2t`.
+    /// (dy, dx) crop offsets into the padded image, in `0..=2t + slack`.
     pub shift: Vec<(i64, i64)>,
+    /// The side of a square crop, when this epoch trains on crops.
+    pub crop: Option<i64>,
 }
 
-pub fn draw(rng: &mut Rng, aug: &Augment, n: usize) -> Draw {
+/// A batch's flips and offsets; `slack` is how much smaller than the
+/// images this epoch's crop is (0 without one).
+pub fn draw(rng: &mut Rng, aug: &Augment, n: usize, crop: Option<(u32, u32)>) -> Draw {
     let flip = (0..n).map(|_| aug.flip && rng.below(2) == 1).collect();
-    let span = 2 * aug.translate as u64 + 1;
-    let shift = (0..n)
-        .map(|_| if aug.translate > 0 { (rng.below(span) as i64, rng.below(span) as i64) } else { (aug.translate as i64, aug.translate as i64) })
-        .collect();
-    Draw { flip, shift }
+    let slack = crop.map_or(0, |(side, image)| image.saturating_sub(side)) as u64;
+    let span = 2 * aug.translate as u64 + slack + 1;
+    let shift = (0..n).map(|_| if span > 1 { (rng.below(span) as i64, rng.below(span) as i64) } else { (0, 0) }).collect();
+    Draw { flip, shift, crop: crop.map(|(side, _)| side as i64) }
 }
 
-/// Applies `d` to u8 images `[B, C, H, W]`, translating by up to `t` px.
+/// Applies `d` to u8 images `[B, C, H, W]`, translating by up to `t` px
+/// and cropping to `d.crop`.
 pub fn apply(images: &Tensor, d: &Draw, t: u32) -> Tensor {
     let mask = Tensor::from_slice(&d.flip.iter().map(|&f| f as u8).collect::<Vec<_>>()).to_kind(Kind::Bool).view([-1, 1, 1, 1]);
     let x = if d.flip.iter().any(|&f| f) { images.flip([3]).where_self(&mask, images) } else { images.shallow_clone() };
-    if t == 0 {
+    if t == 0 && d.crop.is_none() {
         return x;
     }
-    let (h, w) = (x.size()[2], x.size()[3]);
-    let t = t as i64;
-    let padded = reflect_pad(&x, t);
+    let (h, w) = d.crop.map_or((x.size()[2], x.size()[3]), |c| (c, c));
+    let padded = if t > 0 { reflect_pad(&x, t as i64) } else { x };
     let crops: Vec<Tensor> = d.shift.iter().enumerate().map(|(i, &(dy, dx))| padded.get(i as i64).narrow(1, dy, h).narrow(2, dx, w)).collect();
     Tensor::stack(&crops, 0)
 }
@@ -119,7 +122,7 @@ mod tests {
     #[test]
     fn flip_and_shift_move_pixels() {
         let x = Tensor::arange(2 * 4 * 4, (Kind::Uint8, tch::Device::Cpu)).view([2, 1, 4, 4]);
-        let d = Draw { flip: vec![true, false], shift: vec![(1, 1), (0, 2)] };
+        let d = Draw { flip: vec![true, false], shift: vec![(1, 1), (0, 2)], crop: None };
         let y = apply(&x, &d, 1);
         // Image 0: mirrored, no net shift.
         assert!(y.get(0).equal(&x.get(0).flip([2])));
@@ -129,5 +132,33 @@ mod tests {
         assert_eq!(y.get(1).get(0).get(1).int64_value(&[0]), px(0, 1));
         assert_eq!(y.get(1).get(0).get(0).int64_value(&[0]), px(1, 1), "top row reflects row 1");
         assert_eq!(y.get(1).get(0).get(1).int64_value(&[3]), px(0, 2), "right column reflects column 2");
+    }
+
+    #[test]
+    fn a_crop_takes_a_random_square_of_the_translated_image() {
+        let aug = Augment { flip: false, translate: 1, crop: 2, crop_epochs: 1 };
+        let d = draw(&mut Rng::new(3), &aug, 64, Some((2, 4)));
+        // 2 px of translation either way plus 2 px of slack: offsets 0..=4.
+        assert!(d.shift.iter().all(|&(y, x)| (0..=4).contains(&y) && (0..=4).contains(&x)));
+        assert!(d.shift.iter().any(|&(y, _)| y == 4) && d.shift.iter().any(|&(_, x)| x == 0));
+        let x = Tensor::arange(4 * 4, (Kind::Uint8, tch::Device::Cpu)).view([1, 1, 4, 4]).repeat([64, 1, 1, 1]);
+        let y = apply(&x, &d, 1);
+        assert_eq!(y.size(), [64, 1, 2, 2]);
+        let (dy, dx) = d.shift[0];
+        // Offset (dy, dx) in the 1-px padded image is pixel (dy - 1, dx - 1).
+        let src = |r: i64, c: i64| x.get(0).get(0).get((r - 1).abs().min(7 - r)).int64_value(&[(c - 1).abs().min(7 - c)]);
+        assert_eq!(y.get(0).get(0).get(0).int64_value(&[0]), src(dy, dx));
+        assert_eq!(y.get(0).get(0).get(1).int64_value(&[1]), src(dy + 1, dx + 1));
+    }
+
+    #[test]
+    fn no_crop_draws_as_before() {
+        let aug = Augment { flip: true, translate: 2, crop: 0, crop_epochs: 0 };
+        let mut a = Rng::new(9);
+        let d = draw(&mut a, &aug, 8, None);
+        let mut b = Rng::new(9);
+        let flips: Vec<bool> = (0..8).map(|_| b.below(2) == 1).collect();
+        let shifts: Vec<(i64, i64)> = (0..8).map(|_| (b.below(5) as i64, b.below(5) as i64)).collect();
+        assert_eq!((d.flip, d.shift, d.crop), (flips, shifts, None));
     }
 }

@@ -113,6 +113,11 @@ impl Trainer<'_> {
     /// when it has a usable one.
     pub fn fit(&self, vars: Vec<Tensor>) -> StageResult<Fit> {
         let p = self.p;
+        let side = self.train.source.side();
+        if p.augment.crop > 0 && p.augment.crop >= side {
+            let crop = p.augment.crop;
+            return Err(StageError::new(format!("augment.crop = {crop} is not smaller than the {side}-px training images: lower it, or remove it")));
+        }
         let mut st = self.state(&vars);
         let mut rec = Record::default();
         let first = self.resume(&mut st, &mut rec, &vars)?;
@@ -189,7 +194,7 @@ impl Trainer<'_> {
         for b in 0..st.steps_per_epoch {
             let idx = Tensor::from_slice(&order[b * bs as usize..(b + 1) * bs as usize]);
             lr = optim::lr_at(p.schedule, p.lr, p.warmup, st.step, st.total);
-            let (loss, hits) = self.step(st, &idx, lr).map_err(|e| StageError::new(format!("epoch {}, step {}: {e}", epoch + 1, b + 1)))?;
+            let (loss, hits) = self.step(st, &idx, lr, epoch).map_err(|e| StageError::new(format!("epoch {}, step {}: {e}", epoch + 1, b + 1)))?;
             if st.last_tick.elapsed().as_secs_f64() >= 1.0 {
                 st.last_tick = Instant::now();
                 let msg = format!("epoch {}/{} step {}/{} loss {:.3}", epoch + 1, p.epochs, b + 1, st.steps_per_epoch, loss_sum / (seen as f64).max(1.0));
@@ -229,9 +234,10 @@ impl Trainer<'_> {
 
     /// One optimizer step on the rows `idx`; returns the batch's mean loss
     /// and its number of correct predictions.
-    fn step(&self, st: &mut State, idx: &Tensor, lr: f64) -> Result<(f64, i64), String> {
+    fn step(&self, st: &mut State, idx: &Tensor, lr: f64, epoch: usize) -> Result<(f64, i64), String> {
         let (p, r) = (self.p, self.runner);
-        let draw = batches::draw(&mut st.rng, &p.augment, self.batch as usize);
+        let crop = p.augment.crop_at(epoch).map(|side| (side, self.train.source.side()));
+        let draw = batches::draw(&mut st.rng, &p.augment, self.batch as usize, crop);
         let x = r.batch(self.train.source, idx, &draw, p.augment.translate);
         let y = self.train.labels.index_select(0, idx).to_device(r.feed.device);
         let logits = r.tail(&x, true);

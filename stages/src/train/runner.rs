@@ -42,6 +42,17 @@ pub(super) enum Source {
     Features { plain: Tensor, flipped: Option<Tensor> },
 }
 
+impl Source {
+    /// The shorter side of the images, in pixels (0 for features, which
+    /// are never cropped).
+    pub(super) fn side(&self) -> u32 {
+        match self {
+            Source::Images(x) => x.size()[2].min(x.size()[3]) as u32,
+            Source::Features { .. } => 0,
+        }
+    }
+}
+
 /// The part of training that is the same for train and val batches.
 pub(super) struct Runner<'a> {
     net: &'a Net,
