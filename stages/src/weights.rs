@@ -198,7 +198,8 @@ mod tests {
 
     #[test]
     fn round_trips_bytes_and_metadata() {
-        let dir = tempdir();
+        let tmp = tempdir();
+        let dir = tmp.path();
         let mut m = BTreeMap::new();
         m.insert("b.weight".to_string(), Tensor::from_slice(&[1.5f32, -2.0, 3.25, 4.0]).view([2, 2]));
         m.insert("a.running_mean".to_string(), Tensor::from_slice(&[7i64, 8]));
@@ -240,9 +241,8 @@ mod tests {
         assert!(load_into(&vs, &src, |_| false).unwrap_err().0.contains("shape"));
     }
 
-    pub(crate) fn tempdir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("cairn-weights-{}-{:?}", std::process::id(), std::thread::current().id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A scratch directory, removed when the test ends.
+    pub(crate) fn tempdir() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("cairn-weights-").tempdir().unwrap()
     }
 }

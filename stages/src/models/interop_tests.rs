@@ -41,10 +41,9 @@ fn run_py(py: &Path, script: &str, args: &[&Path]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cairn-interop-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when the test ends.
+fn dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("cairn-interop-{tag}-")).tempdir().unwrap()
 }
 
 /// A fixed input both sides can build: values in [-1, 1).
@@ -60,7 +59,8 @@ fn floats(s: &str) -> Vec<f64> {
 #[test]
 fn pth_reader_matches_torch_save() {
     let Some(py) = python("pth_reader_matches_torch_save") else { return };
-    let d = dir("pth");
+    let tmp = dir("pth");
+    let d = tmp.path();
     let script = r#"
 import sys, torch, collections
 t = collections.OrderedDict()
@@ -97,7 +97,8 @@ print(' '.join(str(float(v)) for v in m.state_dict()['0.weight'].flatten()))
 #[test]
 fn torchvision_resnet18_pth_loads_and_agrees() {
     let Some(py) = python("torchvision_resnet18_pth_loads_and_agrees") else { return };
-    let d = dir("r18");
+    let tmp = dir("r18");
+    let d = tmp.path();
     let script = format!(
         "import sys, torch, torchvision\ntorch.manual_seed(0)\nm = torchvision.models.resnet18(num_classes=10)\n\
          for mod in m.modules():\n    if isinstance(mod, torch.nn.BatchNorm2d):\n        mod.running_mean.uniform_(-0.1, 0.1); mod.running_var.uniform_(0.5, 1.5)\n\
@@ -119,7 +120,8 @@ fn torchvision_resnet18_pth_loads_and_agrees() {
 #[test]
 fn saved_resnet50_loads_into_torchvision() {
     let Some(py) = python("saved_resnet50_loads_into_torchvision") else { return };
-    let d = dir("r50");
+    let tmp = dir("r50");
+    let d = tmp.path();
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let spec = ModelSpec { arch: Arch::Resnet50, num_classes: 10, stem: Some(Stem::Imagenet), widths: None, normalize: Normalize::None };

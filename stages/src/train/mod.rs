@@ -246,8 +246,8 @@ mod tests {
 
     #[test]
     fn diverging_loss_names_epoch_step_and_lr() {
-        let base = std::env::temp_dir().join(format!("cairn-train-nan-{}", std::process::id()));
-        let e = train_once(&base, params(1e30)).unwrap_err().0;
+        let base = tempfile::tempdir().unwrap();
+        let e = train_once(base.path(), params(1e30)).unwrap_err().0;
         assert!(e.contains("epoch") && e.contains("step") && e.contains("lr"), "{e}");
     }
 
