@@ -284,7 +284,10 @@ pub struct Augment {
     /// random `crop`-pixel squares of the (translated) images, which cost
     /// (crop/side)² of the FLOPs; later epochs, the val pass and every
     /// other stage see whole images. The net must pool globally (`fast`
-    /// and the ResNets do). 0: off.
+    /// and the ResNets do). 0: off. In the flagship's `cpu` profile, 24 px
+    /// crops for 10 of 14 epochs saved a third of the FLOPs but lost 0.9
+    /// points of test accuracy, more than fewer epochs lose for the same
+    /// saving (BENCHMARKS.md), so no profile uses them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub crop: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
