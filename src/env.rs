@@ -283,7 +283,7 @@ impl Environment {
     fn run_remote_probe(&self, remote: &RemoteProbe, worker: &Path) -> Result<Probe, ProbeError> {
         let dir = self.cache_root.as_ref().map(|r| r.join("tmp")).filter(|d| d.is_dir()).unwrap_or_else(std::env::temp_dir);
         let dir = std::path::absolute(&dir).unwrap_or(dir);
-        let out = dir.join(format!("probe-{}-{}.out", std::process::id(), blake3::hash(remote.config.as_bytes()).to_hex()[..8].to_string()));
+        let out = dir.join(format!("probe-{}-{}.out", std::process::id(), &blake3::hash(remote.config.as_bytes()).to_hex()[..8]));
         let answer = (remote.run)(worker, &out);
         let _ = std::fs::remove_file(&out);
         let fail = |reason: String| ProbeError::Remote { label: remote.label.clone(), reason };

@@ -263,14 +263,14 @@ enum Edit {
 fn edit() -> impl Strategy<Value = Edit> {
     let at = any::<usize>();
     prop_oneof![
-        3 => (at.clone(), 1..=255u8).prop_map(|(at, mask)| Edit::FlipByte { at, mask }),
-        2 => (at.clone(), prop::collection::vec(any::<u8>(), 1..8)).prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
-        2 => (at.clone(), 1..64usize).prop_map(|(at, len)| Edit::Delete { at, len }),
-        1 => at.clone().prop_map(|at| Edit::Truncate { at }),
-        6 => (at.clone(), 0..TOKENS.len()).prop_map(|(at, token)| Edit::Token { at, token }),
-        4 => (at.clone(), 0..LINES.len()).prop_map(|(at, line)| Edit::Line { at, line }),
-        2 => at.clone().prop_map(|at| Edit::DupLine { at }),
-        1 => at.clone().prop_map(|at| Edit::SwapLines { at }),
+        3 => (at, 1..=255u8).prop_map(|(at, mask)| Edit::FlipByte { at, mask }),
+        2 => (at, prop::collection::vec(any::<u8>(), 1..8)).prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
+        2 => (at, 1..64usize).prop_map(|(at, len)| Edit::Delete { at, len }),
+        1 => at.prop_map(|at| Edit::Truncate { at }),
+        6 => (at, 0..TOKENS.len()).prop_map(|(at, token)| Edit::Token { at, token }),
+        4 => (at, 0..LINES.len()).prop_map(|(at, line)| Edit::Line { at, line }),
+        2 => at.prop_map(|at| Edit::DupLine { at }),
+        1 => at.prop_map(|at| Edit::SwapLines { at }),
         1 => (at, prop_oneof![3 => 1..80usize, 1 => 80..5000usize], any::<bool>()).prop_map(|(at, depth, table)| Edit::Nest { at, depth, table }),
     ]
 }

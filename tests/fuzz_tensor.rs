@@ -130,14 +130,14 @@ enum Edit {
 fn edit() -> impl Strategy<Value = Edit> {
     let at = any::<usize>();
     prop_oneof![
-        4 => (at.clone(), 1..=255u8).prop_map(|(at, mask)| Edit::Flip { at, mask }),
-        2 => (at.clone(), any::<u8>()).prop_map(|(at, byte)| Edit::Set { at, byte }),
-        1 => (at.clone(), prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
-        1 => (at.clone(), 1..64usize).prop_map(|(at, len)| Edit::Delete { at, len }),
-        2 => (at.clone(), at.clone(), 1..32usize).prop_map(|(from, at, len)| Edit::Copy { from, at, len }),
-        1 => at.clone().prop_map(|at| Edit::Truncate { at }),
+        4 => (at, 1..=255u8).prop_map(|(at, mask)| Edit::Flip { at, mask }),
+        2 => (at, any::<u8>()).prop_map(|(at, byte)| Edit::Set { at, byte }),
+        1 => (at, prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| Edit::Insert { at, bytes }),
+        1 => (at, 1..64usize).prop_map(|(at, len)| Edit::Delete { at, len }),
+        2 => (at, at, 1..32usize).prop_map(|(from, at, len)| Edit::Copy { from, at, len }),
+        1 => at.prop_map(|at| Edit::Truncate { at }),
         1 => prop::collection::vec(any::<u8>(), 1..64).prop_map(|bytes| Edit::Extend { bytes }),
-        6 => (at.clone(), prop::sample::select(&[4usize, 8][..]), prop_oneof![prop::sample::select(INTERESTING), any::<i64>()])
+        6 => (at, prop::sample::select(&[4usize, 8][..]), prop_oneof![prop::sample::select(INTERESTING), any::<i64>()])
             .prop_map(|(at, width, value)| Edit::Field { at, width, value }),
         3 => (at, -16..=16i32).prop_map(|(at, delta)| Edit::Nudge { at, delta }),
     ]

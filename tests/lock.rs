@@ -7,6 +7,8 @@
 #[path = "support/class_worker.rs"]
 mod class_worker;
 mod common;
+#[path = "support/skip.rs"]
+mod skip;
 #[path = "support/weed.rs"]
 mod weed;
 

@@ -5,6 +5,8 @@
 mod common;
 #[path = "support/class_worker.rs"]
 mod class_worker;
+#[path = "support/skip.rs"]
+mod skip;
 #[path = "support/weed.rs"]
 mod weed;
 

@@ -25,9 +25,8 @@ pub fn load_merged(cli: &Cli, config: &Config, flags: &[String], console: &Conso
     for (k, point) in points.iter().enumerate() {
         let mut c = config.clone();
         c.sets.extend(point.iter().map(|(t, v)| format!("{t}={v}")));
-        let (p, e) = load(cli, &c, if k == 0 { console } else { &quiet }).map_err(|code| {
+        let (p, e) = load(cli, &c, if k == 0 { console } else { &quiet }).inspect_err(|_code| {
             console.error(&format!("  in sweep point {} ({})", k + 1, assignments(point)));
-            code
         })?;
         loaded.push(p);
         env.get_or_insert(e);

@@ -289,9 +289,7 @@ impl Remote {
                     return Err(Failure::Bad(format!("cannot read {}: {e}", local.display())));
                 }
             };
-            if let Err(e) = bounded(w.wait_for_capacity(super::CONCURRENCY)).await?.map_err(|e| self.failure(&e)) {
-                return Err(e);
-            }
+            bounded(w.wait_for_capacity(super::CONCURRENCY)).await?.map_err(|e| self.failure(&e))?;
             if let Some(hasher) = hasher.as_mut() {
                 hasher.update(&buf[..got]);
             }

@@ -365,7 +365,7 @@ fn to_json(cx: &mut Ctx, path: &[String], item: &Item, depth: usize) -> Option<V
         }
         return Some(Value::Array(out));
     }
-    match item.as_value().map(|v| to_json_value(v)) {
+    match item.as_value().map(to_json_value) {
         Some(Some(v)) => Some(v),
         _ => {
             cx.error(

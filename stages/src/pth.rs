@@ -211,7 +211,7 @@ impl TensorRef {
         // Materialising copies the view, so a view larger than its storage
         // (stride 0 repeating it) would allocate what the file only declares.
         let elements = self.size.iter().try_fold(1i64, |a, &n| a.checked_mul(n));
-        if elements.map_or(true, |e| e > numel) {
+        if elements.is_none_or(|e| e > numel) {
             return err(format!(
                 "`{name}`: view {:?}/{:?} has more elements than its {}-element storage (a stride-0 expansion?); re-save it with .contiguous()",
                 self.size, self.stride, numel
@@ -330,7 +330,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn take(&mut self, n: usize) -> R<&'a [u8]> {
-        let s = self.b.get(self.at..self.at.checked_add(n).unwrap_or(usize::MAX)).ok_or_else(|| PthError("data.pkl is truncated".into()))?;
+        let s = self.b.get(self.at..self.at.saturating_add(n)).ok_or_else(|| PthError("data.pkl is truncated".into()))?;
         self.at += n;
         Ok(s)
     }
@@ -563,7 +563,7 @@ mod tests {
     #[test]
     fn big_values_are_printed_briefly() {
         let mut p = b"\x80\x02]".to_vec();
-        p.extend(std::iter::repeat(b"\x88a").take(100_000).flatten());
+        p.extend(std::iter::repeat_n(b"\x88a", 100_000).flatten());
         p.push(b'Q');
         let e = Unpickler::new(&p).run().unwrap_err().0;
         assert!(e.starts_with("data.pkl: unexpected persistent id List([Bool(true)") && e.ends_with(" …") && e.len() < 300, "{e}");

@@ -359,7 +359,7 @@ fn zip(entries: &[(String, Vec<u8>)], zip64: bool) -> Vec<u8> {
         let pad = (64 - base % 64) % 64;
         let mut local_extra = vec![0x46, 0x42];
         local_extra.extend((pad as u16).to_le_bytes());
-        local_extra.extend(std::iter::repeat(b'Z').take(pad));
+        local_extra.extend(std::iter::repeat_n(b'Z', pad));
         let crc = crc32(data);
         out.extend(0x0403_4b50u32.to_le_bytes());
         out.extend([45, 0, 0, 0, 0, 0, 0, 0, 0, 0x21]); // version, flags, method 0, time, date
@@ -503,13 +503,13 @@ fn op() -> impl Strategy<Value = Op> {
 fn op_edit() -> impl Strategy<Value = OpEdit> {
     let i = any::<usize>();
     prop_oneof![
-        2 => i.clone().prop_map(OpEdit::Delete),
-        1 => i.clone().prop_map(OpEdit::Duplicate),
-        1 => i.clone().prop_map(OpEdit::Swap),
-        2 => (i.clone(), op()).prop_map(|(i, op)| OpEdit::Insert(i, op)),
-        5 => (i.clone(), prop_oneof![3 => prop::sample::select(HOSTILE_INTS), 1 => any::<i64>()]).prop_map(|(i, v)| OpEdit::Int(i, v)),
-        3 => (i.clone(), prop::sample::select(STRINGS)).prop_map(|(i, s)| OpEdit::Str(i, s)),
-        1 => i.clone().prop_map(OpEdit::Truncate),
+        2 => i.prop_map(OpEdit::Delete),
+        1 => i.prop_map(OpEdit::Duplicate),
+        1 => i.prop_map(OpEdit::Swap),
+        2 => (i, op()).prop_map(|(i, op)| OpEdit::Insert(i, op)),
+        5 => (i, prop_oneof![3 => prop::sample::select(HOSTILE_INTS), 1 => any::<i64>()]).prop_map(|(i, v)| OpEdit::Int(i, v)),
+        3 => (i, prop::sample::select(STRINGS)).prop_map(|(i, s)| OpEdit::Str(i, s)),
+        1 => i.prop_map(OpEdit::Truncate),
         1 => (i, 1..5usize, prop_oneof![3 => 2..16usize, 1 => 1000..200_000usize])
             .prop_map(|(at, len, times)| OpEdit::Repeat { at, len, times }),
     ]
@@ -575,9 +575,9 @@ const ENTRY_NAMES: &[&str] =
 fn entry_edit() -> impl Strategy<Value = EntryEdit> {
     let e = any::<usize>();
     prop_oneof![
-        6 => (e.clone(), any::<usize>()).prop_map(|(entry, len)| EntryEdit::Cut { entry, len }),
-        1 => (e.clone(), 1..64usize).prop_map(|(entry, by)| EntryEdit::Extend { entry, by }),
-        1 => e.clone().prop_map(|entry| EntryEdit::Drop { entry }),
+        6 => (e, any::<usize>()).prop_map(|(entry, len)| EntryEdit::Cut { entry, len }),
+        1 => (e, 1..64usize).prop_map(|(entry, by)| EntryEdit::Extend { entry, by }),
+        1 => e.prop_map(|entry| EntryEdit::Drop { entry }),
         1 => Just(EntryEdit::BigEndian),
         1 => (e, prop::sample::select(ENTRY_NAMES)).prop_map(|(entry, to)| EntryEdit::Rename { entry, to }),
     ]
@@ -594,7 +594,7 @@ fn apply_entry_edit(entries: &mut Vec<(String, Vec<u8>)>, e: &EntryEdit) {
             let l = d.len();
             d.truncate(len % (l + 1));
         }
-        EntryEdit::Extend { entry, by } => entries[entry % n].1.extend(std::iter::repeat(0xab).take(*by)),
+        EntryEdit::Extend { entry, by } => entries[entry % n].1.extend(std::iter::repeat_n(0xab, *by)),
         EntryEdit::Drop { entry } => drop(entries.remove(entry % n)),
         EntryEdit::BigEndian => {
             if let Some(e) = entries.iter_mut().find(|e| e.0.ends_with("byteorder")) {
@@ -622,11 +622,11 @@ enum ByteEdit {
 fn byte_edit() -> impl Strategy<Value = ByteEdit> {
     let at = any::<usize>();
     prop_oneof![
-        3 => (at.clone(), 1..=255u8).prop_map(|(at, mask)| ByteEdit::Flip { at, mask }),
-        4 => (at.clone(), prop::sample::select(&[2usize, 4, 8][..]), prop_oneof![3 => prop::sample::select(FIELD_VALUES), 1 => any::<u64>()])
+        3 => (at, 1..=255u8).prop_map(|(at, mask)| ByteEdit::Flip { at, mask }),
+        4 => (at, prop::sample::select(&[2usize, 4, 8][..]), prop_oneof![3 => prop::sample::select(FIELD_VALUES), 1 => any::<u64>()])
             .prop_map(|(at, width, value)| ByteEdit::Field { at, width, value }),
-        1 => at.clone().prop_map(|at| ByteEdit::Truncate { at }),
-        1 => (at.clone(), prop::collection::vec(any::<u8>(), 1..8)).prop_map(|(at, bytes)| ByteEdit::Insert { at, bytes }),
+        1 => at.prop_map(|at| ByteEdit::Truncate { at }),
+        1 => (at, prop::collection::vec(any::<u8>(), 1..8)).prop_map(|(at, bytes)| ByteEdit::Insert { at, bytes }),
         1 => (at, 1..32usize).prop_map(|(at, len)| ByteEdit::Delete { at, len }),
     ]
 }

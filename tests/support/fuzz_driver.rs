@@ -33,10 +33,10 @@ pub fn fuzz<S: Strategy>(name: &str, default: u64, strategy: S, test: impl Fn(S:
         last.set(now);
         Ok(())
     };
-    while done < total && limit.map_or(true, |l| active.get() < l) {
+    while done < total && limit.is_none_or(|l| active.get() < l) {
         let batch = (total - done).min(10_000);
         let config = Config { cases: batch as u32, failure_persistence: None, ..Config::default() };
-        if let Err(e) = TestRunner::new(config).run(&strategy, &counted) {
+        if let Err(e) = TestRunner::new(config).run(&strategy, counted) {
             panic!("{name}: {e}");
         }
         done += batch;

@@ -8,8 +8,8 @@
 
 #![allow(dead_code)]
 
-#[path = "skip.rs"]
-mod skip;
+// Every test crate that includes this file declares `mod skip` at its root.
+use crate::skip;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

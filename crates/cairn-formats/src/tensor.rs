@@ -224,7 +224,7 @@ impl TensorWriter {
 
     /// Appends whole rows, given as native-endian element bytes.
     pub fn write_rows(&mut self, mut bytes: &[u8]) -> Result<()> {
-        if bytes.len() % self.row_bytes != 0 {
+        if !bytes.len().is_multiple_of(self.row_bytes) {
             return Err(TensorError::Invalid {
                 path: self.path.clone(),
                 reason: format!(
@@ -455,7 +455,7 @@ impl TensorFile {
     /// batch boundaries. `out` must hold whole rows that exist.
     pub fn read_rows(&self, first: usize, out: &mut [u8]) -> Result<()> {
         let count = out.len() / self.row_bytes;
-        if out.len() % self.row_bytes != 0 || first.checked_add(count).map_or(true, |end| end > self.rows()) {
+        if !out.len().is_multiple_of(self.row_bytes) || first.checked_add(count).is_none_or(|end| end > self.rows()) {
             return Err(TensorError::Invalid {
                 path: self.path.clone(),
                 reason: format!(
@@ -581,7 +581,7 @@ fn read_block(
     let values = buffers.get(2);
     let v_off = usize::try_from(values.offset()).map_err(|_| "negative buffer offset".to_string())?;
     let v_len = usize::try_from(values.length()).map_err(|_| "negative buffer length".to_string())?;
-    if v_len < byte_len || v_off.checked_add(byte_len).map_or(true, |e| e > body_len) {
+    if v_len < byte_len || v_off.checked_add(byte_len).is_none_or(|e| e > body_len) {
         return Err(format!(
             "values buffer ({v_len} bytes at {v_off}) does not hold {rows} rows of {row_bytes} bytes inside the {body_len}-byte body"
         ));

@@ -90,7 +90,7 @@ pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
 
 /// Validates one batch file and lists its records.
 fn records(shown: &str, base: &str, bytes: &[u8], file: usize, classes: usize) -> Result<Vec<Item>, DataError> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(DataError::invalid(
             shown,
             format!(

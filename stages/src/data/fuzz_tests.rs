@@ -99,15 +99,15 @@ enum FileEdit {
 fn file_edit() -> impl Strategy<Value = FileEdit> {
     let f = any::<usize>();
     prop_oneof![
-        3 => (f.clone(), any::<usize>()).prop_map(|(file, at)| FileEdit::Truncate { file, at }),
-        2 => (f.clone(), prop_oneof![1..8usize, Just(1), Just(RECORD - 1), Just(RECORD), Just(RECORD + 1), 1..2 * RECORD], any::<u8>())
+        3 => (f, any::<usize>()).prop_map(|(file, at)| FileEdit::Truncate { file, at }),
+        2 => (f, prop_oneof![1..8usize, Just(1), Just(RECORD - 1), Just(RECORD), Just(RECORD + 1), 1..2 * RECORD], any::<u8>())
             .prop_map(|(file, bytes, fill)| FileEdit::Extend { file, bytes, fill }),
-        4 => (f.clone(), any::<usize>(), prop_oneof![9..=11u8, Just(255), any::<u8>()])
+        4 => (f, any::<usize>(), prop_oneof![9..=11u8, Just(255), any::<u8>()])
             .prop_map(|(file, record, label)| FileEdit::Label { file, record, label }),
-        2 => (f.clone(), any::<usize>(), 1..=255u8).prop_map(|(file, at, mask)| FileEdit::Flip { file, at, mask }),
-        1 => f.clone().prop_map(|file| FileEdit::Remove { file }),
-        1 => f.clone().prop_map(|file| FileEdit::Empty { file }),
-        1 => (f.clone(), 0..NAMES.len()).prop_map(|(file, name)| FileEdit::Rename { file, name }),
+        2 => (f, any::<usize>(), 1..=255u8).prop_map(|(file, at, mask)| FileEdit::Flip { file, at, mask }),
+        1 => f.prop_map(|file| FileEdit::Remove { file }),
+        1 => f.prop_map(|file| FileEdit::Empty { file }),
+        1 => (f, 0..NAMES.len()).prop_map(|(file, name)| FileEdit::Rename { file, name }),
         1 => (f, 0..NAMES.len()).prop_map(|(file, name)| FileEdit::Duplicate { file, name }),
         1 => (0..METAS.len()).prop_map(|text| FileEdit::Meta { text }),
     ]
@@ -128,7 +128,7 @@ fn apply_file_edit(files: &mut Vec<(String, Vec<u8>)>, e: &FileEdit) {
             let len = b.len();
             b.truncate(at % (len + 1));
         }
-        FileEdit::Extend { file, bytes, fill } => files[file % n].1.extend(std::iter::repeat(fill).take(bytes)),
+        FileEdit::Extend { file, bytes, fill } => files[file % n].1.extend(std::iter::repeat_n(fill, bytes)),
         FileEdit::Label { file, record, label } => {
             let b = &mut files[file % n].1;
             let records = b.len() / RECORD;
@@ -241,7 +241,7 @@ pub(super) fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// Applies an archive edit to the tar bytes (before compression) or to the
 /// compressed bytes, whichever it is about.
-fn apply_archive_edit(tar: &mut Vec<u8>, packed: &mut Vec<u8>, e: &ArchiveEdit) {
+fn apply_archive_edit(tar: &mut [u8], packed: &mut Vec<u8>, e: &ArchiveEdit) {
     match e {
         ArchiveEdit::TarSize { header, size } => {
             // Header blocks are those whose `ustar` magic is at 257.

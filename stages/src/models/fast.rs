@@ -34,8 +34,8 @@ fn dirac_conv(p: nn::Path, cin: i64, cout: i64) -> Conv {
     let m = cin.min(cout);
     let dirac = Tensor::zeros([m, cin, 3, 3], (Kind::Float, c.weight().device()));
     tch::no_grad(|| {
-        let _ = dirac.narrow(2, 1, 1).narrow(3, 1, 1).copy_(&Tensor::eye_m(m, cin, (Kind::Float, dirac.device())).view([m, cin, 1, 1]));
-        let _ = c.weight().narrow(0, 0, m).copy_(&dirac);
+        dirac.narrow(2, 1, 1).narrow(3, 1, 1).copy_(&Tensor::eye_m(m, cin, (Kind::Float, dirac.device())).view([m, cin, 1, 1]));
+        c.weight().narrow(0, 0, m).copy_(&dirac);
     });
     c
 }

@@ -75,7 +75,7 @@ m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
 torch.save({'epoch': 3, 'state_dict': m.state_dict()}, sys.argv[1] + '/wrapped.pth')
 print(' '.join(str(float(v)) for v in m.state_dict()['0.weight'].flatten()))
 "#;
-    let conv = floats(&run_py(&py, script, &[&d]));
+    let conv = floats(&run_py(&py, script, &[d]));
     let t = pth::read(&d.join("plain.pth")).unwrap();
     assert_eq!(Vec::<f32>::try_from(&t["a.weight"].flatten(0, -1)).unwrap(), (0..12).map(|i| i as f32 / 7.0).collect::<Vec<_>>());
     assert_eq!(t["view"].size(), [4, 2]);
@@ -104,7 +104,7 @@ fn torchvision_resnet18_pth_loads_and_agrees() {
          for mod in m.modules():\n    if isinstance(mod, torch.nn.BatchNorm2d):\n        mod.running_mean.uniform_(-0.1, 0.1); mod.running_var.uniform_(0.5, 1.5)\n\
          torch.save(m.state_dict(), sys.argv[1] + '/r18.pth')\nm.eval()\nH = 64\n{PROBE_PY}print(' '.join(str(float(v)) for v in m(x).flatten()))\n"
     );
-    let want = floats(&run_py(&py, &script, &[&d]));
+    let want = floats(&run_py(&py, &script, &[d]));
     let vs = nn::VarStore::new(Device::Cpu);
     let spec = ModelSpec { arch: Arch::Resnet18, num_classes: 10, stem: Some(Stem::Imagenet), widths: None, normalize: Normalize::None };
     let net = models::build(&vs.root(), &spec);

@@ -214,7 +214,7 @@ impl Lookahead {
 
     /// Call after optimizer step number `step` (1-based).
     pub fn after_step(&mut self, vs: &tch::nn::VarStore, step: usize) {
-        if (step as f64) < LOOKAHEAD_START * self.total as f64 || step % LOOKAHEAD_EVERY != 0 {
+        if (step as f64) < LOOKAHEAD_START * self.total as f64 || !step.is_multiple_of(LOOKAHEAD_EVERY) {
             return;
         }
         match &self.avg {
@@ -266,7 +266,7 @@ impl Lookahead {
         tch::no_grad(|| {
             for (a, w) in avg.iter_mut() {
                 let _ = a.g_mul_scalar_(decay).g_add_(&(&*w * (1.0 - decay)));
-                let _ = w.copy_(a);
+                w.copy_(a);
             }
         });
     }

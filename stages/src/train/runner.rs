@@ -122,7 +122,7 @@ impl<'a> Runner<'a> {
                         let mask = Tensor::from_slice(&draw.flip.iter().map(|&b| b as u8).collect::<Vec<_>>())
                             .to_kind(Kind::Bool)
                             .to_device(p.device());
-                        let shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat(1).take(p.dim() - 1)).collect();
+                        let shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat_n(1, p.dim() - 1)).collect();
                         f.index_select(0, &idx).where_self(&mask.view(shape.as_slice()), &p)
                     }
                     _ => p,
