@@ -54,7 +54,7 @@ use std::sync::{Arc, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use crate::kind::EnvNeeds;
-use crate::worker::{threads_from_env, Probe, PROTOCOL_VERSION};
+use crate::worker::{threads_from_env, Probe, ONEDNN_ISA_VARS, PROTOCOL_VERSION};
 
 pub use crate::worker::TORCH_VERSION;
 
@@ -65,7 +65,14 @@ pub const UNKNOWN: &str = "unknown (cairn-worker --probe failed)";
 pub const PROBE_DIR: &str = "probe";
 
 /// Variables libtorch reads at start-up that change what it reports.
-const PROBE_ENV_VARS: [&str; 6] = ["CUDA_VISIBLE_DEVICES", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "LD_LIBRARY_PATH", "LD_PRELOAD"];
+const PROBE_ENV_VARS: [&str; 6] = [
+    "CUDA_VISIBLE_DEVICES",
+    "ATEN_CPU_CAPABILITY",
+    ONEDNN_ISA_VARS[0],
+    ONEDNN_ISA_VARS[1],
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+];
 
 /// Why the worker's facts are not known.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

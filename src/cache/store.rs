@@ -392,7 +392,7 @@ fn ensure_real_dir(dir: &Path) -> Result<(), CacheError> {
 }
 
 /// Makes a rename durable. Best effort: not every filesystem supports it.
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

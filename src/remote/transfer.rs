@@ -297,9 +297,11 @@ impl Remote {
             n += got as u64;
             self.count(0, got as u64);
         }
-        if let Some(h) = expect.filter(|h| hasher.is_some_and(|hasher| ArtifactHash::from_blake3(hasher.finalize()) != *h)) {
-            let _ = w.abort().await;
-            return Err(Failure::Bad(not_hashing(local, h)));
+        if let (Some(h), Some(hasher)) = (expect, hasher) {
+            if ArtifactHash::from_blake3(hasher.finalize()) != h {
+                let _ = w.abort().await;
+                return Err(Failure::Bad(not_hashing(local, h)));
+            }
         }
         bounded(w.finish()).await?.map_err(|e| self.failure(&e))?;
         if let Some(h) = expect {
@@ -406,15 +408,12 @@ impl Incoming {
 /// Moves a verified download into the store at `dest`: fsynced,
 /// read-only, renamed into place.
 fn install(file: fs::File, tmp_path: tempfile::TempPath, dest: &std::path::Path) -> Result<(), String> {
-    let mut file = file;
-    file.flush().and_then(|_| file.sync_all()).map_err(|e| format!("cannot sync {}: {e}", tmp_path.display()))?;
+    file.sync_all().map_err(|e| format!("cannot sync {}: {e}", tmp_path.display()))?;
     drop(file);
     fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o444)).map_err(|e| format!("cannot make {} read-only: {e}", tmp_path.display()))?;
     let dir = dest.parent().expect("objects have a parent directory");
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     tmp_path.persist(dest).map_err(|e| format!("cannot move a download into {}: {}", dest.display(), e.error))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    crate::cache::store::sync_dir(dir);
     Ok(())
 }

@@ -293,7 +293,7 @@ mod facts {
     /// training 1.8x slower on an AVX512 CPU (BENCHMARKS).
     pub fn cpu_capability() -> Result<String, String> {
         let aten = shim_string(cairn_probe_cpu_capability).ok_or_else(|| "libtorch cannot say its CPU capability".to_string())?;
-        let onednn = ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"].iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()));
+        let onednn = cairn_kind::protocol::ONEDNN_ISA_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()));
         Ok(match onednn {
             Some(isa) => format!("{aten}, oneDNN capped at {}", isa.trim().to_ascii_uppercase()),
             None => aten,

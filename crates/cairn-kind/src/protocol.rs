@@ -49,6 +49,12 @@ pub const LOG_ENV: &str = "CAIRN_LOG";
 /// so does not checkpoint), and a newer worker reads its absence as none.
 pub const PROTOCOL_VERSION: u32 = 3;
 
+/// The variables that cap oneDNN's instruction set (its current name and
+/// its old one): they change its convolution kernels and their numbers,
+/// so the worker reports a cap in its `cpu_capability` fact and the
+/// engine probes again when one changes.
+pub const ONEDNN_ISA_VARS: [&str; 2] = ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"];
+
 /// The environment variable naming the worker binary, overriding the one
 /// next to the `cairn` executable.
 pub const WORKER_ENV: &str = "CAIRN_WORKER";
