@@ -247,6 +247,10 @@ mod facts {
     /// them, best first: the first present one is reported.
     const BF16_FLAGS: [&str; 5] = ["amx_bf16", "avx512_bf16", "avx_ne_convert", "sve_bf16", "bf16"];
 
+    /// oneDNN's `ONEDNN_MAX_CPU_ISA` values below its first bf16 ISAs
+    /// (`AVX2_VNNI_2`, `AVX512_CORE_BF16`), from its CPU dispatcher docs.
+    const ONEDNN_ISAS_WITHOUT_BF16: [&str; 6] = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"];
+
     pub fn probe() -> Result<Probe, String> {
         let cuda = tch::Cuda::is_available();
         Ok(Probe {
@@ -293,14 +297,26 @@ mod facts {
     /// training 1.8x slower on an AVX512 CPU (BENCHMARKS).
     pub fn cpu_capability() -> Result<String, String> {
         let aten = shim_string(cairn_probe_cpu_capability).ok_or_else(|| "libtorch cannot say its CPU capability".to_string())?;
-        let onednn = cairn_kind::protocol::ONEDNN_ISA_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()));
-        Ok(match onednn {
-            Some(isa) => format!("{aten}, oneDNN capped at {}", isa.trim().to_ascii_uppercase()),
+        Ok(match onednn_cap() {
+            Some(isa) => format!("{aten}, oneDNN capped at {isa}"),
             None => aten,
         })
     }
 
+    /// oneDNN's instruction-set cap from the environment, upper-cased.
+    fn onednn_cap() -> Option<String> {
+        let var = cairn_kind::protocol::ONEDNN_ISA_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()));
+        var.map(|isa| isa.trim().to_ascii_uppercase())
+    }
+
+    /// The first of [`BF16_FLAGS`] the CPU has, or `none`; also `none` when
+    /// oneDNN is capped below its bf16 kernels, since the convolutions, most
+    /// of a step, would then emulate bf16 (and `precision = "auto"` must
+    /// pick fp32).
     pub fn native_bf16() -> String {
+        if onednn_cap().is_some_and(|isa| ONEDNN_ISAS_WITHOUT_BF16.contains(&isa.as_str())) {
+            return "none".into();
+        }
         let has = |flag: &str| {
             let name = CString::new(flag).expect("flag names have no NUL");
             // SAFETY: a NUL-terminated name the shim only reads.

@@ -105,7 +105,12 @@ fn probe_reports_facts_from_libtorch() {
     assert_eq!(probe(&[("ATEN_CPU_CAPABILITY", "default")]).cpu_capability, "DEFAULT");
     // oneDNN picks its convolution kernels on its own: a cap on it is part
     // of the fact.
-    assert_eq!(probe(&[("DNNL_MAX_CPU_ISA", "avx2")]).cpu_capability, format!("{}, oneDNN capped at AVX2", p.cpu_capability));
+    let capped = probe(&[("DNNL_MAX_CPU_ISA", "avx2")]);
+    assert_eq!(capped.cpu_capability, format!("{}, oneDNN capped at AVX2", p.cpu_capability));
+    // Below its bf16 ISAs oneDNN emulates bf16, whatever the CPU has, so
+    // `auto` must see none; a cap at or above them changes nothing.
+    assert_eq!(capped.native_bf16, "none");
+    assert_eq!(probe(&[("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")]).native_bf16, p.native_bf16);
 }
 
 #[test]
