@@ -6,7 +6,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --release
 
-.PHONY: setup build run test bench bench-train fuzz fmt clippy pack-device gpu-check
+.PHONY: setup build run test bench bench-train bench-flagship fuzz fmt clippy pack-device gpu-check
 
 # Installs libtorch once per machine (quiet when done) and builds everything.
 setup:
@@ -46,6 +46,13 @@ TORCH_HOME ?= $(or $(CAIRN_TORCH_HOME),$(HOME)/.cache/cairn/torch-$(TORCH_VERSIO
 PAIRS ?= 5
 bench-train: setup
 	$(TORCH_HOME)/bin/python scripts/bench_train_ratio.py $(PAIRS)
+
+# The flagship from an empty cache, timed, with the CPU and the facts its
+# stages were keyed on: a block for BENCHMARKS.md. ISA=AVX2 caps oneDNN and
+# ATen at AVX2, standing in for a CPU without AVX512.
+ISA ?=
+bench-flagship: setup
+	bash scripts/bench_flagship.sh $(if $(ISA),--isa $(ISA))
 
 # The GPU check (issue 13; scripts/gpu-check.sh says what it records).
 # Here: `make pack-device` packs the stripped, xz-compressed binaries and the

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The flagship from an empty cache, timed (`make bench-flagship`): what
+# BENCHMARKS.md "Flagship pipeline on CPU" records for each CPU kind.
+#
+#   bash scripts/bench_flagship.sh [--isa AVX2] [--keep DIR] [-- --set k=v ...]
+#
+# Runs `cairn run` (what `make run` runs, with the shared CIFAR-10 archive)
+# in a fresh project directory with its own empty cache, alone on the
+# machine, and prints one block to paste into BENCHMARKS.md: the CPU
+# (`lscpu` model name and the flags that decide the kernels), the facts
+# the stages were keyed on (so the precision `auto` chose), each stage's
+# wall time, the whole run's wall time and peak memory, and the test
+# accuracy. `--isa AVX2` caps oneDNN and ATen at AVX2
+# (`DNNL_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`), standing in for a CPU
+# without AVX512; the cap is part of the stages' keys. `--keep DIR` runs
+# in DIR (which must not exist) and keeps it; otherwise a temporary
+# directory is removed afterwards.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA="${CAIRN_BENCH_DATA:-$ROOT/../shared/data/cifar10-jpg.tar.gz}"
+ISA="" KEEP="" EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --isa) ISA="${2:?--isa needs a value, e.g. AVX2}"; shift 2 ;;
+    --keep) KEEP="${2:?--keep needs a directory}"; shift 2 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "bench_flagship: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+[ -f "$DATA" ] || { echo "bench_flagship: no data set at $DATA (set CAIRN_BENCH_DATA)" >&2; exit 1; }
+for bin in cairn cairn-worker; do
+  [ -x "$ROOT/target/release/$bin" ] || { echo "bench_flagship: $bin is not built; run make setup" >&2; exit 1; }
+done
+if [ -n "$KEEP" ]; then
+  [ ! -e "$KEEP" ] || { echo "bench_flagship: $KEEP exists; name a new directory" >&2; exit 1; }
+  mkdir -p "$KEEP" && DIR="$(cd "$KEEP" && pwd)"
+else
+  DIR="$(mktemp -d)" && trap 'rm -rf "$DIR"' EXIT
+fi
+if [ -n "$ISA" ]; then
+  export DNNL_MAX_CPU_ISA="$ISA" ATEN_CPU_CAPABILITY="$(echo "$ISA" | tr '[:upper:]' '[:lower:]')"
+fi
+cp "$ROOT/pipeline.toml" "$DIR/"
+cd "$DIR"
+
+flags="$(grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1); $(nproc) CPUs; flags: ${flags:-none of avx2/avx512/amx}"
+"$ROOT/target/release/cairn-worker" --probe | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+cap, bf16 = p["cpu_capability"], p["native_bf16"]
+auto = "fp32" if bf16 == "none" else "bf16"
+print(f"worker facts: cpu_capability = {cap}, native_bf16 = {bf16} (precision auto: {auto})")'
+echo "commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD || echo ' (with uncommitted changes)'); $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "command: cairn run --set load.source=$DATA ${EXTRA[*]:-} ${ISA:+(DNNL_MAX_CPU_ISA=$DNNL_MAX_CPU_ISA ATEN_CPU_CAPABILITY=$ATEN_CPU_CAPABILITY)}"
+
+start=$(date +%s.%N)
+/usr/bin/time -f '%M' -o time.txt "$ROOT/target/release/cairn" run --set "load.source=$DATA" "${EXTRA[@]}" > run.log 2>&1 \
+  || { tail -20 run.log >&2; echo "bench_flagship: the run failed (log: $DIR/run.log)" >&2; exit 1; }
+wall=$(echo "$(date +%s.%N) - $start" | bc)
+
+"$ROOT/target/release/cairn" runs --json 2>/dev/null | python3 -c '
+import json, sys
+wall, rss_kb = float(sys.argv[1]), int(sys.argv[2])
+run = json.load(sys.stdin)[0]
+print("| stage | wall | peak RSS |")
+print("|---|---|---|")
+for st in run["stages"]:
+    name, secs, rss = st["stage"], st["duration_s"], st["metrics"].get("peak_rss_mb", 0)
+    print(f"| {name} | {secs:.1f} s | {rss:.0f} MB |")
+acc = next(st["metrics"]["test_acc"] for st in run["stages"] if st["stage"] == "evaluate")
+print()
+print(f"whole run: {int(wall // 60)} min {wall % 60:.0f} s wall; largest process peak RSS {rss_kb / 1024:.0f} MB")
+print(f"test accuracy: {100 * acc:.2f}%")' "$wall" "$(tail -1 time.txt)"
