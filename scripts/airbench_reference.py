@@ -12,8 +12,10 @@ default, channels-last) and fed what a `cairn run` of the `cpu` profile
 cached: it trains on `pretrain`'s input (the 41,200 pool images) and
 scores the 10,000 test images, as `evaluate` does. So it answers: what
 does the reference reach on these JPEG re-encodings, in how many epochs?
+`--prune R` adds InfoBatch's dynamic data pruning (see `kept`), to ask
+whether skipping well-learned samples buys accuracy per FLOP here.
 
-    python scripts/airbench_reference.py PROJECT [--epochs 9.9] [--seed 0] [--fp32]
+    python scripts/airbench_reference.py PROJECT [--epochs 9.9] [--seed 0] [--fp32] [--prune 0.5]
 
 PROJECT is a directory where `cairn run` of the `cpu` profile ran (it reads
 PROJECT/artifacts/{resize/pool,resize/test,load/pool_labels,load/test_labels}.arrow).
@@ -134,6 +136,22 @@ def accuracy(net, x, y, bf16, tta):
     return (torch.cat(logits).argmax(1) == y).float().mean().item()
 
 
+def kept(scores, epoch, args):
+    """InfoBatch (Qin et al., ICLR 2024, arXiv:2401.04412): which samples an
+    epoch trains on and their loss weights. Of the samples whose last loss is
+    below the mean, a random `prune` share sits the epoch out and the rest
+    count 1/(1 - prune), so the expected gradient is unchanged; the first
+    epoch and the last (1 - delta) of training use every sample."""
+    n = len(scores)
+    weight = torch.ones(n)
+    if args.prune == 0 or not 0 < epoch < args.delta * args.epochs:
+        return torch.arange(n), weight
+    well = scores < scores.mean()
+    keep = ~(well & (torch.rand(n) < args.prune))
+    weight[well & keep] = 1 / (1 - args.prune)
+    return keep.nonzero().squeeze(1), weight
+
+
 def train(args):
     xs, ys, xt, yt = load(args.project)
     bs, momentum = args.batch_size, HYP["momentum"]
@@ -145,11 +163,11 @@ def train(args):
     net = Net().to(memory_format=torch.channels_last)
     norm_biases = [p for k, p in net.named_parameters() if "norm" in k and p.requires_grad]
     others = [p for k, p in net.named_parameters() if "norm" not in k and p.requires_grad]
-    opt = torch.optim.SGD([dict(params=norm_biases, lr=lr_b, weight_decay=wd / lr_b),
-                           dict(params=others, lr=lr, weight_decay=wd / lr)], momentum=momentum, nesterov=True)
+    groups = [dict(params=norm_biases, lr=lr_b, weight_decay=wd / lr_b), dict(params=others, lr=lr, weight_decay=wd / lr)]
+    opt = torch.optim.SGD(groups, momentum=momentum, nesterov=True)
+    base = [g["lr"] for g in opt.param_groups]
     warm = int(total * 0.23)
     shape = lambda s: 0.2 + 0.8 * s / warm if s < warm else 1 - 0.93 * (s - warm) / (total - warm)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, shape)
     alpha = 0.95**5 * (torch.arange(total + 1) / total) ** 3
     ema = {k: v.clone() for k, v in net.state_dict().items()}
 
@@ -164,31 +182,41 @@ def train(args):
     # Alternating flip: one random flip per image, then every other epoch all flipped.
     flipped = torch.where((torch.rand(len(xs)) < 0.5).view(-1, 1, 1, 1), xs.flip(-1), xs)
     padded = F.pad(flipped, (2,) * 4, "reflect")
-    step, t0 = 0, time.time()
+    scores = torch.ones(len(xs))
+    step, seen, t0 = 0, 0, time.time()
     for epoch in range(ceil(args.epochs)):
         net.whiten.bias.requires_grad = epoch < HYP["whiten_bias_epochs"]
         images = crop(padded)
         images = images.flip(-1) if epoch % 2 == 1 else images
-        order = torch.randperm(len(xs))
+        idx, weight = kept(scores, epoch, args)
+        order = idx[torch.randperm(len(idx))]
+        steps = len(order) // bs
         net.train()
-        for i in range(steps_per_epoch):
+        # The schedules run on the planned step axis; a pruned epoch covers
+        # its share of it in fewer, longer strides.
+        for i in range(min(steps, total - epoch * steps_per_epoch)):
+            pos = epoch * steps_per_epoch + i * steps_per_epoch / steps
+            for g, b0 in zip(opt.param_groups, base):
+                g["lr"] = b0 * shape(pos)
             b = order[i * bs : (i + 1) * bs]
-            loss = loss_fn(forward(net, images[b], args.bf16), ys[b]).sum()
+            per_sample = loss_fn(forward(net, images[b], args.bf16), ys[b])
+            scores[b] = per_sample.detach()
+            loss = (per_sample * weight[b]).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-            step += 1
+            step, seen = step + 1, seen + len(b)
             if step % 5 == 0:
-                lookahead(alpha[step].item())
-            if step >= total:
-                lookahead(1.0)
-                break
+                lookahead(alpha[round(pos) + 1].item())
+        if epoch == ceil(args.epochs) - 1:
+            lookahead(1.0)
         acc = accuracy(net, xt, yt, args.bf16, tta=False)
-        print(f"epoch {epoch + 1} step {step}/{total} loss {loss.item() / bs:.4f} test {acc:.4f} {time.time() - t0:.0f}s", flush=True)
+        print(f"epoch {epoch + 1} samples {len(idx)} steps {step} loss {loss.item() / bs:.4f} test {acc:.4f} {time.time() - t0:.0f}s", flush=True)
     acc = accuracy(net, xt, yt, args.bf16, tta=True)
     precision = "bf16" if args.bf16 else "fp32"
-    print(f"six-view TTA test accuracy {acc:.4f} after {args.epochs} epochs ({precision}, batch {bs}, seed {args.seed}) in {time.time() - t0:.0f}s", flush=True)
+    pruning = f", InfoBatch prune {args.prune} delta {args.delta}" if args.prune else ""
+    print(f"six-view TTA test accuracy {acc:.4f} after {args.epochs} epochs{pruning}: {seen / len(xs):.2f} epochs of samples "
+          f"({precision}, batch {bs}, seed {args.seed}) in {time.time() - t0:.0f}s", flush=True)
 
 
 def main():
@@ -198,6 +226,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--fp32", dest="bf16", action="store_false")
+    ap.add_argument("--prune", type=float, default=0.0, help="InfoBatch's pruning share (0: off, as airbench94)")
+    ap.add_argument("--delta", type=float, default=0.875, help="InfoBatch: prune only before this share of the epochs")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CAIRN_THREADS", 2)))
     torch.manual_seed(args.seed)
