@@ -62,8 +62,8 @@ pub struct Draw {
     pub crop: Option<i64>,
 }
 
-/// A batch's flips and offsets; `slack` is how much smaller than the
-/// images this epoch's crop is (0 without one).
+/// A batch's flips and offsets; `crop` is `(side, image side)` when this
+/// epoch trains on crops, whose offsets then also span the difference.
 pub fn draw(rng: &mut Rng, aug: &Augment, n: usize, crop: Option<(u32, u32)>) -> Draw {
     let flip = (0..n).map(|_| aug.flip && rng.below(2) == 1).collect();
     let slack = crop.map_or(0, |(side, image)| image.saturating_sub(side)) as u64;
