@@ -273,9 +273,13 @@ pub fn has_native_bf16(fact: &str) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Augment {
-    /// Random horizontal flips.
+    /// Horizontal flips: `true` mirrors each image at random in each epoch;
+    /// `"alternate"` is airbench's derandomised flip (K. Jordan, "94% on
+    /// CIFAR-10 in 3.29 seconds on a single GPU", 2024, arXiv:2404.00498):
+    /// each image gets one seeded coin, is mirrored by it in even epochs and
+    /// the other way in odd ones, so every pair of epochs shows it both ways.
     #[serde(default)]
-    pub flip: bool,
+    pub flip: Flip,
     /// Random translation by up to this many pixels (reflect padding + crop).
     #[serde(default)]
     pub translate: u32,
@@ -292,6 +296,50 @@ pub struct Augment {
     pub crop: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub crop_epochs: u32,
+}
+
+/// How `augment.flip` mirrors images. Written as `false`, `true` or
+/// `"alternate"`, so the canonical params (and keys) of the two boolean
+/// forms are what they were before `"alternate"` existed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flip {
+    #[default]
+    Off,
+    Random,
+    Alternate,
+}
+
+impl Flip {
+    /// Whether any image is ever mirrored.
+    pub fn any(self) -> bool {
+        self != Flip::Off
+    }
+}
+
+impl Serialize for Flip {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Flip::Off => s.serialize_bool(false),
+            Flip::Random => s.serialize_bool(true),
+            Flip::Alternate => s.serialize_str("alternate"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Flip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bool(bool),
+            Name(String),
+        }
+        match Written::deserialize(d).map_err(|_| serde::de::Error::custom("expected true, false or \"alternate\""))? {
+            Written::Bool(b) => Ok(if b { Flip::Random } else { Flip::Off }),
+            Written::Name(n) if n == "alternate" => Ok(Flip::Alternate),
+            Written::Name(n) => Err(serde::de::Error::custom(format!("unknown flip `{n}`: expected true, false or \"alternate\""))),
+        }
+    }
 }
 
 impl Augment {
@@ -480,7 +528,7 @@ fn batch() -> u32 {
     256
 }
 fn no_augment() -> Augment {
-    Augment { flip: false, translate: 0, crop: 0, crop_epochs: 0 }
+    Augment { flip: Flip::Off, translate: 0, crop: 0, crop_epochs: 0 }
 }
 fn auto() -> Precision {
     Precision::Auto
@@ -717,6 +765,18 @@ mod tests {
         assert_eq!(aug(json!({"crop": 24, "crop_epochs": 10})).unwrap_err().path, ["augment", "crop_epochs"]);
         let plain = aug(json!({"flip": true})).unwrap();
         assert_eq!(plain.params["augment"], json!({"flip": true, "translate": 0}), "keys without crops are unchanged");
+    }
+
+    #[test]
+    fn flip_is_a_boolean_or_alternate_and_the_booleans_keep_their_canonical_form() {
+        let aug = |a: Value| check(json!({"model": {"arch": "fast"}, "augment": a}));
+        let form = |a: Value| aug(a).unwrap().params["augment"]["flip"].clone();
+        assert_eq!((form(json!({"flip": true})), form(json!({"flip": false})), form(json!({}))), (json!(true), json!(false), json!(false)));
+        assert_eq!(form(json!({"flip": "alternate"})), json!("alternate"));
+        let err = aug(json!({"flip": "sometimes"})).unwrap_err();
+        assert_eq!(err.path, ["augment", "flip"]);
+        assert!(err.to_string().contains("\"alternate\""), "{err}");
+        assert!(aug(json!({"flip": 1})).is_err());
     }
 
     #[test]

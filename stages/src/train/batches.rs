@@ -11,7 +11,7 @@
 //! reflects the image, as airbench's does: zero borders are an artefact the
 //! test images never show, and cost accuracy.
 
-use cairn_kinds::train::Augment;
+use cairn_kinds::train::{Augment, Flip};
 use tch::{Kind, Tensor};
 
 /// SplitMix64 (Steele, Lea & Flood 2014): tiny, fast, good enough to
@@ -62,14 +62,27 @@ pub struct Draw {
     pub crop: Option<i64>,
 }
 
-/// A batch's flips and offsets; `crop` is `(side, image side)` when this
-/// epoch trains on crops, whose offsets then also span the difference.
-pub fn draw(rng: &mut Rng, aug: &Augment, n: usize, crop: Option<(u32, u32)>) -> Draw {
-    let flip = (0..n).map(|_| aug.flip && rng.below(2) == 1).collect();
+/// The flips and offsets of the batch of images `rows` in zero-based
+/// `epoch` of a stage seeded `seed`; `crop` is `(side, image side)` when
+/// this epoch trains on crops, whose offsets then also span the
+/// difference. Random flips are drawn for `"alternate"` too, and replaced,
+/// so both forms draw the same shifts.
+pub fn draw(rng: &mut Rng, aug: &Augment, (seed, epoch): (u64, usize), rows: &[i64], crop: Option<(u32, u32)>) -> Draw {
+    let n = rows.len();
+    let mut flip: Vec<bool> = (0..n).map(|_| aug.flip.any() && rng.below(2) == 1).collect();
+    if aug.flip == Flip::Alternate {
+        flip = rows.iter().map(|&i| coin(seed, i) != (epoch % 2 == 1)).collect();
+    }
     let slack = crop.map_or(0, |(side, image)| image.saturating_sub(side)) as u64;
     let span = 2 * aug.translate as u64 + slack + 1;
     let shift = (0..n).map(|_| if span > 1 { (rng.below(span) as i64, rng.below(span) as i64) } else { (0, 0) }).collect();
     Draw { flip, shift, crop: crop.map(|(side, _)| side as i64) }
+}
+
+/// Image `row`'s fixed coin for alternating flips: a hash of the stage
+/// seed and the row, the same in every epoch and execution.
+fn coin(seed: u64, row: i64) -> bool {
+    Rng::new(seed ^ (row as u64).wrapping_add(1).wrapping_mul(0xa076_1d64_78bd_642f)).next_u64() & 1 == 1
 }
 
 /// Applies `d` to u8 images `[B, C, H, W]`, translating by up to `t` px
@@ -136,8 +149,8 @@ mod tests {
 
     #[test]
     fn a_crop_takes_a_random_square_of_the_translated_image() {
-        let aug = Augment { flip: false, translate: 1, crop: 2, crop_epochs: 1 };
-        let d = draw(&mut Rng::new(3), &aug, 64, Some((2, 4)));
+        let aug = Augment { flip: Flip::Off, translate: 1, crop: 2, crop_epochs: 1 };
+        let d = draw(&mut Rng::new(3), &aug, (5, 0), &[0; 64], Some((2, 4)));
         // 2 px of translation either way plus 2 px of slack: offsets 0..=4.
         assert!(d.shift.iter().all(|&(y, x)| (0..=4).contains(&y) && (0..=4).contains(&x)));
         assert!(d.shift.iter().any(|&(y, _)| y == 4) && d.shift.iter().any(|&(_, x)| x == 0));
@@ -153,12 +166,31 @@ mod tests {
 
     #[test]
     fn no_crop_draws_as_before() {
-        let aug = Augment { flip: true, translate: 2, crop: 0, crop_epochs: 0 };
+        let aug = Augment { flip: Flip::Random, translate: 2, crop: 0, crop_epochs: 0 };
         let mut a = Rng::new(9);
-        let d = draw(&mut a, &aug, 8, None);
+        let d = draw(&mut a, &aug, (5, 0), &[7; 8], None);
         let mut b = Rng::new(9);
         let flips: Vec<bool> = (0..8).map(|_| b.below(2) == 1).collect();
         let shifts: Vec<(i64, i64)> = (0..8).map(|_| (b.below(5) as i64, b.below(5) as i64)).collect();
         assert_eq!((d.flip, d.shift, d.crop), (flips, shifts, None));
+    }
+
+    #[test]
+    fn alternating_flips_mirror_each_image_the_other_way_each_epoch() {
+        let aug = Augment { flip: Flip::Alternate, translate: 2, crop: 0, crop_epochs: 0 };
+        let rows: Vec<i64> = (0..256).collect();
+        let at = |seed, epoch, rows: &[i64]| draw(&mut Rng::new(epoch as u64), &aug, (seed, epoch), rows, None);
+        let (e0, e1, e2) = (at(5, 0, &rows), at(5, 1, &rows), at(5, 2, &rows));
+        assert!(e0.flip.iter().zip(&e1.flip).all(|(a, b)| a != b), "odd epochs invert");
+        assert_eq!(e0.flip, e2.flip, "even epochs repeat");
+        let mirrored = e0.flip.iter().filter(|&&f| f).count();
+        assert!((96..160).contains(&mirrored), "about half of the images: {mirrored}");
+        // The coin belongs to the image, not to its place in a batch.
+        let shuffled: Vec<i64> = rows.iter().rev().copied().collect();
+        assert_eq!(at(5, 0, &shuffled).flip, e0.flip.iter().rev().copied().collect::<Vec<_>>());
+        assert_ne!(at(6, 0, &rows).flip, e0.flip, "another seed, other coins");
+        // The shifts are those random flips would draw.
+        let random = Augment { flip: Flip::Random, ..aug };
+        assert_eq!(e1.shift, draw(&mut Rng::new(1), &random, (5, 1), &rows, None).shift);
     }
 }

@@ -192,9 +192,9 @@ impl Trainer<'_> {
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
         let mut lr = 0.0;
         for b in 0..st.steps_per_epoch {
-            let idx = Tensor::from_slice(&order[b * bs as usize..(b + 1) * bs as usize]);
+            let rows = &order[b * bs as usize..(b + 1) * bs as usize];
             lr = optim::lr_at(p.schedule, p.lr, p.warmup, st.step, st.total);
-            let (loss, hits) = self.step(st, &idx, lr, epoch).map_err(|e| StageError::new(format!("epoch {}, step {}: {e}", epoch + 1, b + 1)))?;
+            let (loss, hits) = self.step(st, rows, lr, epoch).map_err(|e| StageError::new(format!("epoch {}, step {}: {e}", epoch + 1, b + 1)))?;
             if st.last_tick.elapsed().as_secs_f64() >= 1.0 {
                 st.last_tick = Instant::now();
                 let msg = format!("epoch {}/{} step {}/{} loss {:.3}", epoch + 1, p.epochs, b + 1, st.steps_per_epoch, loss_sum / (seen as f64).max(1.0));
@@ -232,14 +232,15 @@ impl Trainer<'_> {
         Ok(row)
     }
 
-    /// One optimizer step on the rows `idx`; returns the batch's mean loss
-    /// and its number of correct predictions.
-    fn step(&self, st: &mut State, idx: &Tensor, lr: f64, epoch: usize) -> Result<(f64, i64), String> {
+    /// One optimizer step on the training images `rows`; returns the
+    /// batch's mean loss and its number of correct predictions.
+    fn step(&self, st: &mut State, rows: &[i64], lr: f64, epoch: usize) -> Result<(f64, i64), String> {
         let (p, r) = (self.p, self.runner);
         let crop = p.augment.crop_at(epoch).map(|side| (side, self.train.source.side()));
-        let draw = batches::draw(&mut st.rng, &p.augment, self.batch as usize, crop);
-        let x = r.batch(self.train.source, idx, &draw, p.augment.translate);
-        let y = self.train.labels.index_select(0, idx).to_device(r.feed.device);
+        let draw = batches::draw(&mut st.rng, &p.augment, (self.ctx.seed(), epoch), rows, crop);
+        let idx = Tensor::from_slice(rows);
+        let x = r.batch(self.train.source, &idx, &draw, p.augment.translate);
+        let y = self.train.labels.index_select(0, &idx).to_device(r.feed.device);
         let logits = r.tail(&x, true);
         let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, p.label_smoothing);
         let lv = loss.double_value(&[]);

@@ -126,7 +126,7 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
     }
     let t0 = Instant::now();
     let plain = r.features(&data.xtr, false, batch);
-    let flipped = p.augment.flip.then(|| r.features(&data.xtr, true, batch));
+    let flipped = p.augment.flip.any().then(|| r.features(&data.xtr, true, batch));
     let vplain = r.features(&data.xva, false, batch);
     let vflip = (p.tta != Tta::None).then(|| r.features(&data.xva, true, batch));
     tensors::save(ctx.output("features")?, &plain.to_kind(Kind::Half).to_device(Device::Cpu))?;
