@@ -450,6 +450,14 @@ pub struct TrainParams {
     /// Cache the frozen prefix's activations when only a tail trains.
     #[serde(default = "yes")]
     pub cache_features: bool,
+    /// `fast` only: the stem (its bias; the whitening filters never train)
+    /// trains for the first this-many epochs and is fixed after them, as
+    /// airbench94 trains its whitening bias for 3. With the stem fixed,
+    /// backpropagation stops at `group1`, whose first conv then skips its
+    /// input gradient. Absent, or `epochs` or more: the stem trains
+    /// throughout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stem_epochs: Option<u32>,
 }
 
 /// The epoch whose weights a `train` stage's model holds.
@@ -673,6 +681,7 @@ impl Kind for Train {
             return Err(ParamError::at(&["augment", "translate"], "at most 16 pixels"));
         }
         check_crop(&p.augment, p.epochs)?;
+        check_stem_epochs(&p)?;
         let mut inputs = vec![InputSlot::one("train_images"), InputSlot::one("train_labels"), InputSlot::one("val_images"), InputSlot::one("val_labels")];
         let init = init_input(&p.init)?;
         if init.is_some() {
@@ -688,6 +697,25 @@ impl Kind for Train {
             None => checked,
         })
     }
+}
+
+/// `stem_epochs` fixes a trainable fast-net stem part-way through training.
+fn check_stem_epochs(p: &TrainParams) -> Result<(), ParamError> {
+    let Some(n) = p.stem_epochs else { return Ok(()) };
+    let refuse = |msg: String, help: &str| Err(ParamError::at(&["stem_epochs"], msg).with_help(help));
+    if p.model.arch != Arch::Fast {
+        let why = "applies to the fast net only (a ResNet's stem holds BatchNorm, which a frozen block runs in eval mode)";
+        return refuse(why.into(), "remove it, or leave `stem` out of `trainable` to freeze the stem throughout");
+    }
+    if !p.trainable_blocks()?.iter().any(|b| b == "stem") {
+        return refuse("the stem is not in `trainable`, so it is fixed throughout already".into(), "remove it");
+    }
+    // `epochs` or more trains the stem throughout, so a profile's count
+    // still fits a shorter run (`--set pretrain.epochs=2`).
+    if n == 0 {
+        return refuse("must be at least 1".into(), "0 would fix the stem throughout: leave `stem` out of `trainable` instead");
+    }
+    Ok(())
 }
 
 /// `crop` and `crop_epochs` come together, and the crops end before
@@ -765,6 +793,24 @@ mod tests {
         assert_eq!(aug(json!({"crop": 24, "crop_epochs": 10})).unwrap_err().path, ["augment", "crop_epochs"]);
         let plain = aug(json!({"flip": true})).unwrap();
         assert_eq!(plain.params["augment"], json!({"flip": true, "translate": 0}), "keys without crops are unchanged");
+    }
+
+    #[test]
+    fn stem_epochs_fixes_a_trainable_fast_stem_and_stays_out_of_other_keys() {
+        let plan = |extra: Value| {
+            let mut raw = json!({"model": {"arch": "fast"}, "epochs": 10});
+            raw.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            check(raw)
+        };
+        assert_eq!(plan(json!({"stem_epochs": 3})).unwrap().params["stem_epochs"], json!(3));
+        assert!(plan(json!({})).unwrap().params.get("stem_epochs").is_none(), "absent, the key is as before");
+        assert!(plan(json!({"stem_epochs": 12})).is_ok(), "a profile's count fits a shorter run");
+        for bad in [json!({"stem_epochs": 0}), json!({"stem_epochs": 3, "trainable": "group1+group2+group3+head"})] {
+            assert_eq!(plan(bad.clone()).unwrap_err().path, ["stem_epochs"], "{bad}");
+        }
+        let resnet = check(json!({"model": {"arch": "resnet18"}, "epochs": 10, "stem_epochs": 3})).unwrap_err();
+        assert_eq!(resnet.path, ["stem_epochs"]);
+        assert!(resnet.message.contains("fast net only"), "{}", resnet.message);
     }
 
     #[test]

@@ -109,3 +109,33 @@ fn an_unusable_checkpoint_is_ignored_and_training_starts_over() {
     train(&out, raw("sgd"), &init, Some(&ckpt));
     assert_eq!(outputs(&out), outputs(&plain), "an inconsistent checkpoint is ignored");
 }
+
+/// `stem_epochs = 2` of 3: the final stem bias is the one the checkpoint
+/// after epoch 2 holds, while the groups trained on; without it the bias
+/// moves in epoch 3 too. A run resumed from that checkpoint fixes the stem
+/// as well: the same bytes.
+#[test]
+fn stem_epochs_fixes_the_stem_after_its_epochs_in_a_resumed_run_too() {
+    let d = tempfile::tempdir().unwrap();
+    let init = start(d.path());
+    let mut fixed = raw("sgd");
+    fixed["lookahead"] = false.into(); // its averaging would move the fixed bias
+    fixed.as_object_mut().unwrap().remove("patience");
+    fixed["keep"] = "last".into();
+    let free = fixed.clone();
+    fixed["stem_epochs"] = 2.into();
+    let ckpt = d.path().join("ckpt");
+    let (fixed_dir, free_dir) = (d.path().join("fixed"), d.path().join("free"));
+    train(&fixed_dir, fixed.clone(), &init, Some(&ckpt));
+    train(&free_dir, free, &init, None);
+    let after2 = weights::read_safetensors(&ckpt.join(FILE)).unwrap().tensors;
+    let model = |dir: &Path| weights::read_safetensors(&dir.join("model")).unwrap().tensors;
+    let (fixed_model, free_model) = (model(&fixed_dir), model(&free_dir));
+    let at2 = |name: &str| &after2[&format!("model/{name}")];
+    assert!(fixed_model["stem.conv.bias"].equal(at2("stem.conv.bias")), "the stem is fixed in epoch 3");
+    assert!(!fixed_model["group1.conv1.weight"].equal(at2("group1.conv1.weight")), "the groups train on");
+    assert!(!free_model["stem.conv.bias"].equal(at2("stem.conv.bias")), "without stem_epochs the stem trains in epoch 3");
+    let resumed = d.path().join("resumed");
+    train(&resumed, fixed, &init, Some(&ckpt));
+    assert_eq!(outputs(&resumed), outputs(&fixed_dir), "a resumed run fixes the stem too");
+}

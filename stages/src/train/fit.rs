@@ -95,6 +95,9 @@ pub(super) struct Trainer<'a> {
     pub train: Split<'a>,
     pub val: Split<'a>,
     pub batch: i64,
+    /// The stem's trainable variables, which `stem_epochs` fixes after
+    /// its epochs (empty without it).
+    pub stem: Vec<Tensor>,
 }
 
 /// What changes from step to step (a checkpoint keeps it).
@@ -126,6 +129,7 @@ impl Trainer<'_> {
         for epoch in first..p.epochs as usize {
             let _epoch = tracing::info_span!("epoch", n = epoch + 1).entered();
             seed_libtorch(self.ctx.seed(), epoch);
+            self.train_stem(epoch < p.stem_epochs.map_or(usize::MAX, |n| n as usize));
             let row = self.epoch(&mut st, epoch)?;
             rec.push(epoch, row, self.vs);
             let best = rec.best.as_ref().map_or(epoch, |b| b.0);
@@ -181,6 +185,14 @@ impl Trainer<'_> {
                 *rec = Record::default();
                 Ok(0)
             }
+        }
+    }
+
+    /// Whether the stem takes gradients this epoch. Set at every epoch's
+    /// start, so a resumed execution sets what a whole one would.
+    fn train_stem(&self, on: bool) {
+        for v in &self.stem {
+            let _ = v.shallow_clone().set_requires_grad(on);
         }
     }
 

@@ -13,7 +13,8 @@
 //! which are also written as the `features` output. The best epoch by val
 //! accuracy is kept (early stopping with `patience` restores it). A fast
 //! net trained from scratch starts with a whitening stem
-//! ([`models::fast::whiten_stem`]). Data order and augmentation come from a
+//! ([`models::fast::whiten_stem`]), whose bias `stem_epochs` fixes after
+//! the first epochs, as airbench does. Data order and augmentation come from a
 //! seeded generator ([`batches`]), so equal seeds and thread counts give
 //! bit-identical weights on the CPU. The model file stores the model spec
 //! ([`crate::load::save_trained`]), which is how `evaluate` and `gradcam`
@@ -87,6 +88,7 @@ pub fn run(ctx: &mut WorkerCtx, p: TrainParams) -> StageResult {
         train: Split { source: &train, labels: &data.ytr },
         val: Split { source: &val, labels: &data.yva },
         batch,
+        stem: p.stem_epochs.map_or_else(Vec::new, |_| runner::trainable_in(&vs, &net, "stem")),
     };
     let fit = trainer.fit(vars)?;
     fit.restore_kept(&vs)?;

@@ -24,6 +24,12 @@ pub(super) fn freeze(vs: &nn::VarStore, net: &Net, trainable: &[String]) -> Vec<
     out
 }
 
+/// The variables of block `block` that take gradients (after [`freeze`]).
+pub(super) fn trainable_in(vs: &nn::VarStore, net: &Net, block: &str) -> Vec<Tensor> {
+    let owned = |name: &str| net.owner(name).is_some_and(|b| b.name == block);
+    vs.trainable_variables_named().into_iter().filter(|(name, _)| owned(name)).map(|(_, v)| v).collect()
+}
+
 trait NamedVars {
     fn trainable_variables_named(&self) -> Vec<(String, Tensor)>;
 }
