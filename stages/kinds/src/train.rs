@@ -451,8 +451,9 @@ pub struct TrainParams {
     #[serde(default = "yes")]
     pub cache_features: bool,
     /// `fast` only: the stem (its bias; the whitening filters never train)
-    /// trains for the first this-many epochs and is fixed after them, as
-    /// airbench94 trains its whitening bias for 3. With the stem fixed,
+    /// trains for the first this-many epochs and takes no gradient after
+    /// them (lookahead's averaging still moves it, as in airbench94, which
+    /// trains its whitening bias for 3). With the stem fixed,
     /// backpropagation stops at `group1`, whose first conv then skips its
     /// input gradient. Absent, or `epochs` or more: the stem trains
     /// throughout.
