@@ -1,10 +1,12 @@
-//! Classification statistics from per-image predictions, computed with
-//! polars: per-class true positives, support and predicted counts by
-//! group-by and joins, then precision, recall and F1 (0 where undefined, as
-//! scikit-learn's `zero_division=0`), their macro (unweighted) and
-//! support-weighted averages, accuracy, the confusion matrix and the most
-//! confused class pairs. Classes that never occur still get a row, so the
-//! table always has one row per class.
+//! Classification statistics from per-image predictions: polars' eager
+//! frame counts per-class true positives, support, predictions and the
+//! confusion matrix by group-by over the prediction rows; from those counts
+//! come precision, recall and F1 (0 where undefined, as scikit-learn's
+//! `zero_division=0`), their macro (unweighted) and support-weighted
+//! averages, accuracy and the most confused class pairs. Classes that never
+//! occur still get a row, so the table always has one row per class. The
+//! eager API (not the lazy one) keeps polars' query planner and streaming
+//! engine out of the build.
 
 use polars::prelude::*;
 
@@ -65,26 +67,50 @@ pub enum StatsError {
     Invalid(String),
 }
 
-fn f64_col(df: &DataFrame, name: &str) -> Result<Vec<f64>, StatsError> {
-    Ok(df.column(name)?.f64()?.into_no_null_iter().collect())
+/// `num / den`, 0 where `den` is 0.
+fn ratio(num: f64, den: f64) -> f64 {
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
 }
 
-fn u64_col(df: &DataFrame, name: &str) -> Result<Vec<u64>, StatsError> {
-    Ok(df.column(name)?.cast(&DataType::UInt64)?.u64()?.into_no_null_iter().collect())
+/// The key columns and size of each group of `rows` by the columns `by`.
+fn group_sizes(rows: &DataFrame, by: &[&str]) -> Result<(Vec<Vec<i64>>, Vec<u64>), StatsError> {
+    let groups = rows.group_by(by.iter().copied())?;
+    let keys = groups.keys().iter().map(|c| Ok(c.i64()?.into_no_null_iter().collect())).collect::<PolarsResult<_>>()?;
+    let sizes = groups.get_groups().group_count().into_no_null_iter().map(u64::from).collect();
+    Ok((keys, sizes))
 }
 
-/// `num / den` as floats, 0 where `den` is 0.
-fn ratio(num: Expr, den: Expr) -> Expr {
-    when(den.clone().gt(lit(0)))
-        .then(num.cast(DataType::Float64) / den.cast(DataType::Float64))
-        .otherwise(lit(0.0))
+/// How many of `rows` fall in each class of the column `by` (0 for classes
+/// with no rows, so every class has its count).
+fn count_by(rows: &DataFrame, by: &str, k: usize) -> Result<Vec<u64>, StatsError> {
+    let (keys, sizes) = group_sizes(rows, &[by])?;
+    let mut counts = vec![0; k];
+    for (class, n) in keys[0].iter().zip(sizes) {
+        counts[*class as usize] = n;
+    }
+    Ok(counts)
 }
 
-/// Counts per class of `by` among `rows`, as columns `class`, `alias`.
-fn count_by(rows: LazyFrame, by: &str, alias: &str) -> LazyFrame {
-    rows.group_by([col(by)])
-        .agg([len().cast(DataType::Int64).alias(alias)])
-        .select([col(by).alias("class"), col(alias)])
+/// The `k`×`k` matrix of (label, pred) counts.
+fn confusion(rows: &DataFrame, k: usize) -> Result<Vec<Vec<u64>>, StatsError> {
+    let (keys, sizes) = group_sizes(rows, &["label", "pred"])?;
+    let mut m = vec![vec![0u64; k]; k];
+    for ((l, p), n) in keys[0].iter().zip(&keys[1]).zip(sizes) {
+        m[*l as usize][*p as usize] = n;
+    }
+    Ok(m)
+}
+
+/// The unweighted and the support-weighted mean of one metric over classes.
+fn means(classes: &[ClassRow], metric: impl Fn(&ClassRow) -> f64) -> (f64, f64) {
+    let support: u64 = classes.iter().map(|c| c.support).sum();
+    let unweighted = ratio(classes.iter().map(&metric).sum(), classes.len() as f64);
+    let weighted = ratio(classes.iter().map(|c| metric(c) * c.support as f64).sum(), support as f64);
+    (unweighted, weighted)
 }
 
 /// Statistics of `label` vs `pred` over the classes `names` (index = class).
@@ -96,84 +122,25 @@ pub fn compute(label: &[i64], pred: &[i64], names: &[String]) -> Result<Stats, S
     if let Some(bad) = label.iter().chain(pred).find(|&&c| c < 0 || c as usize >= k) {
         return Err(StatsError::Invalid(format!("class {bad} is outside 0..{k} ({k} classes)")));
     }
-    let rows = polars::df!("label" => label, "pred" => pred)?.lazy();
-    let classes = polars::df!("class" => (0..k as i64).collect::<Vec<_>>(), "name" => names)?.lazy();
-    let hits = rows.clone().filter(col("label").eq(col("pred")));
-    let per_class = classes
-        .left_join(count_by(rows.clone(), "label", "support"), col("class"), col("class"))
-        .left_join(count_by(rows.clone(), "pred", "predicted"), col("class"), col("class"))
-        .left_join(count_by(hits, "label", "tp"), col("class"), col("class"))
-        .with_columns([
-            col("support").fill_null(lit(0i64)),
-            col("predicted").fill_null(lit(0i64)),
-            col("tp").fill_null(lit(0i64)),
-        ])
-        .with_columns([ratio(col("tp"), col("predicted")).alias("precision"), ratio(col("tp"), col("support")).alias("recall")])
-        .with_columns([when((col("precision") + col("recall")).gt(lit(0.0)))
-            .then(lit(2.0) * col("precision") * col("recall") / (col("precision") + col("recall")))
-            .otherwise(lit(0.0))
-            .alias("f1")])
-        .sort(["class"], SortMultipleOptions::default())
-        .collect()?;
-
-    let metrics = ["precision", "recall", "f1"];
-    let weighted = |m: &str| (col(m) * col("support").cast(DataType::Float64)).sum() / col("support").cast(DataType::Float64).sum();
-    let summary = per_class
-        .clone()
-        .lazy()
-        .select(
-            metrics
-                .iter()
-                .map(|m| col(*m).mean().alias(format!("macro_{m}")))
-                .chain(metrics.iter().map(|m| weighted(m).alias(format!("weighted_{m}"))))
-                .chain([(col("tp").sum().cast(DataType::Float64) / col("support").sum().cast(DataType::Float64)).alias("accuracy")])
-                .collect::<Vec<_>>(),
-        )
-        .collect()?;
-    let first = |name: &str| -> Result<f64, StatsError> {
-        // Empty inputs give NaN means; report them as 0 like undefined ratios.
-        Ok(summary.column(name)?.f64()?.get(0).filter(|v| v.is_finite()).unwrap_or(0.0))
-    };
-    let average = |prefix: &str| -> Result<Average, StatsError> {
-        Ok(Average {
-            precision: first(&format!("{prefix}_precision"))?,
-            recall: first(&format!("{prefix}_recall"))?,
-            f1: first(&format!("{prefix}_f1"))?,
-        })
-    };
-
-    let (precision, recall, f1) = (f64_col(&per_class, "precision")?, f64_col(&per_class, "recall")?, f64_col(&per_class, "f1")?);
-    let (support, predicted) = (u64_col(&per_class, "support")?, u64_col(&per_class, "predicted")?);
-    let classes = (0..k)
-        .map(|c| ClassRow {
-            class: c,
-            name: names[c].clone(),
-            precision: precision[c],
-            recall: recall[c],
-            f1: f1[c],
-            support: support[c],
-            predicted: predicted[c],
+    let rows = polars::df!("label" => label, "pred" => pred)?;
+    let hits = rows.filter(&rows.column("label")?.i64()?.equal(rows.column("pred")?.i64()?))?;
+    let (support, predicted, tp) = (count_by(&rows, "label", k)?, count_by(&rows, "pred", k)?, count_by(&hits, "label", k)?);
+    let classes: Vec<ClassRow> = (0..k)
+        .map(|c| {
+            let (precision, recall) = (ratio(tp[c] as f64, predicted[c] as f64), ratio(tp[c] as f64, support[c] as f64));
+            let f1 = ratio(2.0 * precision * recall, precision + recall);
+            ClassRow { class: c, name: names[c].clone(), precision, recall, f1, support: support[c], predicted: predicted[c] }
         })
         .collect();
+    let [(mp, wp), (mr, wr), (mf, wf)] = [means(&classes, |c| c.precision), means(&classes, |c| c.recall), means(&classes, |c| c.f1)];
     Ok(Stats {
-        classes,
-        macro_avg: average("macro")?,
-        weighted_avg: average("weighted")?,
-        accuracy: first("accuracy")?,
+        macro_avg: Average { precision: mp, recall: mr, f1: mf },
+        weighted_avg: Average { precision: wp, recall: wr, f1: wf },
+        accuracy: ratio(hits.height() as f64, rows.height() as f64),
         examples: label.len() as u64,
-        confusion: confusion(rows, k)?,
+        confusion: confusion(&rows, k)?,
+        classes,
     })
-}
-
-/// The `k`×`k` matrix of (label, pred) counts.
-fn confusion(rows: LazyFrame, k: usize) -> Result<Vec<Vec<u64>>, StatsError> {
-    let cells = rows.group_by([col("label"), col("pred")]).agg([len().alias("n")]).collect()?;
-    let mut m = vec![vec![0u64; k]; k];
-    let (l, p, n) = (cells.column("label")?.i64()?, cells.column("pred")?.i64()?, u64_col(&cells, "n")?);
-    for ((l, p), n) in l.into_no_null_iter().zip(p.into_no_null_iter()).zip(n) {
-        m[l as usize][p as usize] = n;
-    }
-    Ok(m)
 }
 
 /// Every pair of distinct classes confused at least once, most confused
