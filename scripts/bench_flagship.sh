@@ -2,7 +2,7 @@
 # The flagship from an empty cache, timed (`make bench-flagship`): what
 # BENCHMARKS.md "Flagship pipeline on CPU" records for each CPU kind.
 #
-#   bash scripts/bench_flagship.sh [--isa AVX2] [--keep DIR] [-- --set k=v ...]
+#   bash scripts/bench_flagship.sh [--isa AVX2] [--seed N] [--keep DIR] [-- --set k=v ...]
 #
 # Runs `cairn run` (what `make run` runs, with the shared CIFAR-10 archive)
 # in a fresh project directory with its own empty cache, alone on the
@@ -12,16 +12,20 @@
 # wall time, the whole run's wall time and peak memory, and the test
 # accuracy. `--isa AVX2` caps oneDNN and ATen at AVX2
 # (`DNNL_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`), standing in for a CPU
-# without AVX512; the cap is part of the stages' keys. `--keep DIR` runs
-# in DIR (which must not exist) and keeps it; otherwise a temporary
-# directory is removed afterwards.
+# without AVX512; the cap is part of the stages' keys. `--seed N` runs
+# the pipeline with `[pipeline] seed = N` instead of the repo's seed (the
+# spread between seeds is what a single accuracy figure hides). `--keep
+# DIR` runs in DIR (which must not exist) and keeps it; otherwise a
+# temporary directory is removed afterwards.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="${CAIRN_BENCH_DATA:-$ROOT/../shared/data/cifar10-jpg.tar.gz}"
-ISA="" KEEP="" EXTRA=()
+ISA="" SEED="" KEEP="" EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --isa) ISA="${2:?--isa needs a value, e.g. AVX2}"; shift 2 ;;
+    --seed) SEED="${2:?--seed needs a number}"; shift 2
+      [[ "$SEED" =~ ^[0-9]+$ ]] || { echo "bench_flagship: --seed needs a non-negative integer, not $SEED" >&2; exit 2; } ;;
     --keep) KEEP="${2:?--keep needs a directory}"; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "bench_flagship: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
@@ -42,6 +46,10 @@ if [ -n "$ISA" ]; then
 fi
 cp "$ROOT/pipeline.toml" "$DIR/"
 cd "$DIR"
+if [ -n "$SEED" ]; then
+  sed -i -E "0,/^seed = [0-9]+$/s//seed = $SEED/" pipeline.toml
+  grep -q "^seed = $SEED\$" pipeline.toml || { echo "bench_flagship: no 'seed = N' line in pipeline.toml to replace" >&2; exit 1; }
+fi
 
 flags="$(grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1); $(nproc) CPUs; flags: ${flags:-none of avx2/avx512/amx}"
@@ -52,6 +60,7 @@ cap, bf16 = p["cpu_capability"], p["native_bf16"]
 auto = "fp32" if bf16 == "none" else "bf16"
 print(f"worker facts: cpu_capability = {cap}, native_bf16 = {bf16} (precision auto: {auto})")'
 echo "commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD || echo ' (with uncommitted changes)'); $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "seed: $(sed -n -E 's/^seed = ([0-9]+)$/\1/p' pipeline.toml | head -1)"
 echo "command: cairn run --set load.source=$DATA ${EXTRA[*]:-} ${ISA:+(DNNL_MAX_CPU_ISA=$DNNL_MAX_CPU_ISA ATEN_CPU_CAPABILITY=$ATEN_CPU_CAPABILITY)}"
 
 start=$(date +%s.%N)
