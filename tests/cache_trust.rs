@@ -324,6 +324,27 @@ fn item9_a_cache_dir_that_is_not_a_cache_is_refused() {
     assert!(!p.path().join("home/objects").exists(), "nothing was written into it");
 }
 
+/// A run killed before it tagged the cache directory it had just made
+/// (or before making it) leaves an empty or no directory: an empty cache,
+/// which `cache verify` reports as such and the next run takes over.
+#[test]
+fn item9_a_missing_or_empty_cache_dir_is_an_empty_cache() {
+    let p = Project::new(CHAIN);
+    for made in [false, true] {
+        if made {
+            fs::create_dir(p.cache()).unwrap();
+        }
+        let v = p.cairn(&["cache", "verify"]);
+        assert_eq!(v.code, 0, "made={made}: {}", v.all());
+        assert!(v.stderr.contains("nothing to verify"), "made={made}: {}", v.all());
+        assert!(v.stdout.contains("0 object(s) checked"), "made={made}: {}", v.all());
+    }
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let v = p.cairn(&["cache", "verify"]);
+    assert_eq!(v.code, 0, "{}", v.all());
+    assert!(!v.stderr.contains("nothing to verify"), "{}", v.all());
+}
+
 fn pid_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     let exists = unsafe { libc::kill(pid, 0) == 0 };

@@ -68,9 +68,11 @@ impl Cache {
     }
 
     /// Opens an existing cache for reading, refusing a directory that is
-    /// not one (for commands that report on a cache's health).
+    /// not one (for commands that report on a cache's health). A missing
+    /// or empty directory is an empty cache: a run killed before it had
+    /// tagged the directory it just made leaves one.
     pub fn open_existing(root: &Path) -> Result<Self, CacheError> {
-        if !is_cache(root) {
+        if !is_cache(root) && !is_missing_or_empty(root) {
             return Err(CacheError::Foreign {
                 path: root.to_path_buf(),
                 reason: "it has no CACHEDIR.TAG and not the layout of one".into(),
@@ -346,6 +348,14 @@ fn is_legacy_cache(root: &Path) -> bool {
         && names.iter().all(|n| LEGACY_ENTRIES.contains(&n.as_str()) || n == CACHE_TAG)
 }
 
+/// Whether `root` does not exist or is an empty directory.
+fn is_missing_or_empty(root: &Path) -> bool {
+    match fs::read_dir(root) {
+        Ok(mut d) => d.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
 /// Makes `root` a cache directory, or checks that it is one.
 fn claim(root: &Path) -> Result<(), CacheError> {
     let foreign = |reason: &str| CacheError::Foreign { path: root.to_path_buf(), reason: reason.to_string() };
@@ -360,7 +370,7 @@ fn claim(root: &Path) -> Result<(), CacheError> {
     if root.join(CACHE_TAG).is_file() {
         return Ok(());
     }
-    let empty = fs::read_dir(root).map(|mut d| d.next().is_none()).unwrap_or(false);
+    let empty = is_missing_or_empty(root);
     if !empty && !is_legacy_cache(root) {
         return Err(foreign("it holds files that are not cairn's"));
     }

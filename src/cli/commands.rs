@@ -584,6 +584,10 @@ fn reexecute(
 
 fn cmd_cache_verify(cli: &Cli, console: &Console) -> CmdResult {
     let cache = Cache::open_existing(&cli.cache_dir).map_err(|e| fail(console, exit::USAGE, e))?;
+    // Accepted but not a cache: the directory is missing or empty.
+    if !cairn::cache::store::is_cache(&cli.cache_dir) {
+        console.line(&format!("no cache at {} yet: nothing to verify", cli.cache_dir.display()));
+    }
     let report = cairn::cache::gc::verify_all(&cache).map_err(|e| fail(console, exit::IO, e))?;
     for (h, problem) in &report.problems {
         println!("{problem:<9} {}", h.to_hex());
