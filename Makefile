@@ -50,12 +50,11 @@ bench-train: setup
 # The flagship from an empty cache, timed, with the CPU and the facts its
 # stages were keyed on: a block for BENCHMARKS.md. ISA=AVX2 caps oneDNN and
 # ATen at AVX2, standing in for a CPU without AVX512; SEED=N runs with
-# `seed = N`; PROFILE=cpu-long runs that profile.
-ISA ?=
-SEED ?=
-PROFILE ?=
+# `seed = N`; PROFILE=cpu-long runs that profile. Only values given on the
+# command line count: an exported SEED or PROFILE is not this target's.
+arg = $(if $(filter command line,$(origin $(1))),$($(1)))
 bench-flagship: setup
-	bash scripts/bench_flagship.sh $(if $(ISA),--isa $(ISA)) $(if $(SEED),--seed $(SEED)) $(if $(PROFILE),-- --profile $(PROFILE))
+	bash scripts/bench_flagship.sh $(if $(call arg,ISA),--isa $(ISA)) $(if $(call arg,SEED),--seed $(SEED)) $(if $(call arg,PROFILE),-- --profile $(PROFILE))
 
 # The GPU check (issue 13; scripts/gpu-check.sh says what it records).
 # Here: `make pack-device` packs the stripped, xz-compressed binaries and the
