@@ -14,11 +14,15 @@ scores the 10,000 test images, as `evaluate` does. So it answers: what
 does the reference reach on these JPEG re-encodings, in how many epochs?
 `--prune R` adds InfoBatch's dynamic data pruning (see `kept`), to ask
 whether skipping well-learned samples buys accuracy per FLOP here.
+`--with-subset` trains on the pool and the 8,000-image subset (what
+`load.pool = "with_train"` gives `pretrain`), to ask what more distinct
+images buy at equal samples.
 
-    python scripts/airbench_reference.py PROJECT [--epochs 9.9] [--seed 0] [--fp32] [--prune 0.5]
+    python scripts/airbench_reference.py PROJECT [--epochs 9.9] [--seed 0] [--fp32] [--prune 0.5] [--with-subset]
 
 PROJECT is a directory where `cairn run` of the `cpu` profile ran (it reads
-PROJECT/artifacts/{resize/pool,resize/test,load/pool_labels,load/test_labels}.arrow).
+PROJECT/artifacts/{resize/pool,resize/test,load/pool_labels,load/test_labels}.arrow,
+and resize/train, load/train_labels with --with-subset).
 Threads: CAIRN_THREADS, else 2.
 """
 import argparse
@@ -45,11 +49,13 @@ def tensor(path, shape):
     return torch.from_numpy(flat.reshape(shape))
 
 
-def load(project):
+def load(project, with_subset):
     a = os.path.join(project, "artifacts")
     images = lambda f: ((tensor(f"{a}/{f}", (-1, 3, 32, 32)).float() / 255) - MEAN) / STD
-    return (images("resize/pool.arrow"), tensor(f"{a}/load/pool_labels.arrow", (-1,)),
-            images("resize/test.arrow"), tensor(f"{a}/load/test_labels.arrow", (-1,)))
+    labels = lambda f: tensor(f"{a}/load/{f}_labels.arrow", (-1,))
+    splits = ["pool", "train"] if with_subset else ["pool"]
+    return (torch.cat([images(f"resize/{s}.arrow") for s in splits]), torch.cat([labels(s) for s in splits]),
+            images("resize/test.arrow"), labels("test"))
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -153,7 +159,7 @@ def kept(scores, epoch, args):
 
 
 def train(args):
-    xs, ys, xt, yt = load(args.project)
+    xs, ys, xt, yt = load(args.project, args.with_subset)
     bs, momentum = args.batch_size, HYP["momentum"]
     kilostep = 1024 * (1 + 1 / (1 - momentum))
     lr, wd = HYP["lr"] / kilostep, HYP["wd"] * bs / kilostep
@@ -227,6 +233,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--fp32", dest="bf16", action="store_false")
     ap.add_argument("--prune", type=float, default=0.0, help="InfoBatch's pruning share (0: off, as airbench94)")
+    ap.add_argument("--with-subset", action="store_true", help="train on the pool and the 8,000-image subset (val stays out)")
     ap.add_argument("--delta", type=float, default=0.875, help="InfoBatch: prune only before this share of the epochs")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CAIRN_THREADS", 2)))

@@ -77,6 +77,53 @@ impl<'de> Deserialize<'de> for TestAmount {
     }
 }
 
+/// Which training images `load_subset` also emits as the pool (`pool_*`),
+/// the data a pretraining stage learns from before the subset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pool {
+    /// No pool (`false`).
+    #[default]
+    None,
+    /// The training images left out of the subset and of validation (`true`).
+    Rest,
+    /// Every training image but validation's: the rest and the subset
+    /// (`"with_train"`). More data to pretrain on, at the price of a
+    /// pretrained net that has seen the subset it is fine-tuned on.
+    WithTrain,
+}
+
+impl Serialize for Pool {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Pool::None => s.serialize_bool(false),
+            Pool::Rest => s.serialize_bool(true),
+            Pool::WithTrain => s.serialize_str("with_train"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Pool {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Pool;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#"true (the training images outside the subset and val), false, or "with_train" (the subset too)"#)
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Pool, E> {
+                Ok(if b { Pool::Rest } else { Pool::None })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Pool, E> {
+                match s {
+                    "with_train" => Ok(Pool::WithTrain),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 fn default_source() -> String {
     CIFAR10_DEFAULT_SOURCE.to_string()
 }
@@ -101,9 +148,9 @@ pub struct LoadSubsetParams {
     pub val_fraction: Option<f64>,
     #[serde(default)]
     pub test: TestAmount,
-    /// Also emit the training images left out of the subset (`pool_*`).
+    /// Also emit a pool of training images (`pool_*`); see [`Pool`].
     #[serde(default)]
-    pub pool: bool,
+    pub pool: Pool,
 }
 
 impl LoadSubsetParams {
@@ -166,7 +213,7 @@ impl Kind for LoadSubset {
         if p.val_count() > 0 {
             splits.insert(1, "val");
         }
-        if p.pool {
+        if p.pool != Pool::None {
             splits.push("pool");
         }
         for split in splits {
@@ -312,6 +359,22 @@ mod tests {
         assert_eq!(err.path, ["val_fraction"]);
         let err = LoadSubset.check(&json!({"train_per_class": 10, "format": "cifar100"})).unwrap_err();
         assert_eq!(err.path, ["format"]);
+        let err = LoadSubset.check(&json!({"train_per_class": 10, "pool": "everything"})).unwrap_err();
+        assert_eq!(err.path, ["pool"]);
+        assert!(err.message.contains("with_train"), "{err:?}");
+    }
+
+    #[test]
+    fn load_subset_pool_keeps_its_canonical_form() {
+        // `true` and `false` canonicalise as before `with_train` existed, so
+        // no pipeline's key moved when it was added.
+        let canon = |pool: Value| LoadSubset.check(&json!({"train_per_class": 10, "pool": pool})).unwrap().params["pool"].clone();
+        assert_eq!(canon(json!(true)), json!(true));
+        assert_eq!(canon(json!(false)), json!(false));
+        assert_eq!(canon(json!("with_train")), json!("with_train"));
+        let absent = LoadSubset.check(&json!({"train_per_class": 10})).unwrap();
+        assert_eq!(absent.params["pool"], json!(false));
+        assert!(!absent.outputs.iter().any(|o| o.name.starts_with("pool")));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use cairn_formats::{write_tensor, Column, DType, Table};
-use cairn_kinds::data::{LoadSubsetParams, SourceFormat};
+use cairn_kinds::data::{LoadSubsetParams, Pool, SourceFormat};
 
 use super::catalog::Catalog;
 use super::source::SourceTree;
@@ -38,7 +38,7 @@ pub fn load_subset(ctx: &mut WorkerCtx, params: LoadSubsetParams) -> StageResult
         ("train", &picks.train, &catalog.train, true),
         ("val", &picks.val, &catalog.train, params.val_count() > 0),
         ("test", &picks.test, &catalog.test, true),
-        ("pool", &picks.pool, &catalog.train, params.pool),
+        ("pool", &picks.pool, &catalog.train, params.pool != Pool::None),
     ];
     for (split, chosen, items, emitted) in splits {
         if !emitted {

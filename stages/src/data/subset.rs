@@ -1,7 +1,7 @@
 //! Draws the stratified subset: per class, a seeded shuffle of that class's
 //! official training items gives the training picks, then the validation
-//! picks, and the rest form the pool; the test split is all test items or a
-//! seeded per-class draw.
+//! picks, and the rest form the pool (with the training picks too where
+//! asked); the test split is all test items or a seeded per-class draw.
 //!
 //! The shuffle is a Fisher–Yates driven by SplitMix64 seeded from the
 //! pipeline seed, the split and the class, so the subset depends on nothing
@@ -9,7 +9,7 @@
 //! before, not on a library's RNG version). Each split's picks are returned
 //! in source order, which keeps the index table easy to read.
 
-use cairn_kinds::data::{LoadSubsetParams, TestAmount};
+use cairn_kinds::data::{LoadSubsetParams, Pool, TestAmount};
 
 use super::catalog::Item;
 
@@ -91,8 +91,13 @@ pub(crate) fn pick(
         let order = shuffled(members, seed, TRAIN_STREAM, class);
         picks.train.extend_from_slice(&order[..params.train_per_class]);
         picks.val.extend_from_slice(&order[params.train_per_class..wanted]);
-        if params.pool {
-            picks.pool.extend_from_slice(&order[wanted..]);
+        match params.pool {
+            Pool::None => {}
+            Pool::Rest => picks.pool.extend_from_slice(&order[wanted..]),
+            Pool::WithTrain => {
+                picks.pool.extend_from_slice(&order[..params.train_per_class]);
+                picks.pool.extend_from_slice(&order[wanted..]);
+            }
         }
     }
     match params.test {
@@ -126,7 +131,7 @@ mod tests {
             .collect()
     }
 
-    fn params(train: usize, val: Option<usize>, test: TestAmount, pool: bool) -> LoadSubsetParams {
+    fn params(train: usize, val: Option<usize>, test: TestAmount, pool: impl serde::Serialize) -> LoadSubsetParams {
         serde_json::from_value(serde_json::json!({
             "train_per_class": train, "val_per_class": val, "test": test, "pool": pool
         }))
@@ -147,6 +152,19 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..60).collect::<Vec<_>>(), "train, val and pool partition the training split");
         assert_eq!(p.test.len(), 12);
+    }
+
+    #[test]
+    fn a_pool_with_train_holds_every_training_item_but_val() {
+        let classes: Vec<String> = (0..3).map(|c| format!("c{c}")).collect();
+        let (train, test) = (items(20, 3), items(2, 3));
+        let rest = pick(&classes, &train, &test, &params(5, Some(3), TestAmount::All, true), 7).unwrap();
+        let with = pick(&classes, &train, &test, &params(5, Some(3), TestAmount::All, "with_train"), 7).unwrap();
+        assert_eq!((with.train.clone(), with.val.clone()), (rest.train.clone(), rest.val.clone()), "the subset does not move");
+        let mut expected: Vec<usize> = rest.pool.iter().chain(&rest.train).copied().collect();
+        expected.sort_unstable();
+        assert_eq!(with.pool, expected);
+        assert!(with.val.iter().all(|i| !with.pool.contains(i)), "val stays out of the pool");
     }
 
     #[test]
