@@ -17,7 +17,13 @@ Each half is `target/release/bench_train throughput CFG` or
 median step). PyTorch runs its default CPU optimizer (the per-parameter
 loop); the `fused` column is `SGD(fused=True)`, the kernel cairn calls,
 measured in the same rounds.
+
+Where the CPU has no native bf16 (`cairn-worker --probe` says
+`native_bf16 = none`), the bf16 configs are skipped with a row saying so:
+`precision = "auto"` never picks bf16 there, and emulated bf16 runs ~13x
+slower (one half of the fast net's config would take ~8 minutes).
 """
+import json
 import os
 import re
 import statistics
@@ -27,6 +33,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 RUST = os.path.join(ROOT, "target", "release", "bench_train")
+WORKER = os.path.join(ROOT, "target", "release", "cairn-worker")
 CONFIGS = [  # net, res, batch, steps, precision
     ("fast", 32, 256, 8, "bf16"),
     ("fast", 32, 256, 5, "fp32"),
@@ -43,13 +50,25 @@ def run(cmd, env=None):
     return float(m.group(1))
 
 
+def native_bf16():
+    """The worker's probe: the CPU feature that makes bf16 native, or "none"."""
+    out = subprocess.run([WORKER, "--probe"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"bench_train_ratio: {WORKER} --probe failed:\n{out.stdout}{out.stderr}")
+    return json.loads(out.stdout)["native_bf16"]
+
+
 def main():
     pairs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     threads = os.environ.setdefault("CAIRN_THREADS", str(os.cpu_count()))
-    print(f"threads={threads} pairs={pairs}")
+    bf16 = native_bf16()
+    print(f"threads={threads} pairs={pairs} native_bf16={bf16}")
     print("| net | res | batch | precision | cairn img/s | PyTorch img/s | PyTorch fused img/s | cairn / PyTorch | cairn / PyTorch fused |")
     print("|---|---|---|---|---|---|---|---|---|")
     for net, res, batch, steps, prec in CONFIGS:
+        if prec == "bf16" and bf16 == "none":
+            print(f"| {net} | {res} | {batch} | {prec} | skipped: no native bf16 on this CPU (`auto` runs fp32) | | | | |", flush=True)
+            continue
         args = ["throughput", net, str(res), str(batch), str(steps), prec]
         rust, torch, fused, ratios, fused_ratios = [], [], [], [], []
         for i in range(pairs):
