@@ -21,7 +21,8 @@ measured in the same rounds.
 Where the CPU has no native bf16 (`cairn-worker --probe` says
 `native_bf16 = none`), the bf16 configs are skipped with a row saying so:
 `precision = "auto"` never picks bf16 there, and emulated bf16 runs ~13x
-slower (one half of the fast net's config would take ~8 minutes).
+slower (one half of the fast net's config would take about 9 minutes
+at the 4.3 img/s issue 14 reports; estimated, not run).
 """
 import json
 import os
