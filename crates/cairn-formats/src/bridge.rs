@@ -1,70 +1,67 @@
-//! The one place where arrow-rs and polars meet.
+//! The one place where cairn tables and polars meet.
 //!
-//! The two crates implement Arrow independently and share no types, so data
-//! crosses between them as Arrow IPC file bytes: arrow-rs writes, polars
-//! reads, and back. IPC is Arrow's own interchange format, so the crossing
-//! is lossless for every type cairn tables hold, and it costs one memcpy-like
-//! pass, which is nothing next to what tables in cairn are used for
-//! (indexes, metrics, predictions; never tensors). Keeping every crossing
-//! here means the rest of the code base uses one or the other, never both.
+//! A cairn [`Table`] is a list of dense, typed vectors, so it crosses to a
+//! polars frame column by column: each vector becomes a polars column of
+//! the same type, and back. Nothing goes through an interchange format,
+//! which keeps polars' IPC reader, writer and their compression codecs
+//! (zstd, lz4) out of the build. Tables in cairn are small (indexes,
+//! metrics, predictions; never tensors), so the copy costs nothing that
+//! matters. Keeping every crossing here means the rest of the code base
+//! uses one or the other, never both.
 
-use std::io::Cursor;
+use polars::prelude::{Column as PlColumn, DataFrame, DataType, PolarsError};
 
-use arrow_array::RecordBatch;
-use arrow_ipc::reader::FileReader;
-use arrow_ipc::writer::FileWriter;
-use arrow_schema::ArrowError;
-use polars::prelude::{CompatLevel, DataFrame, IpcReader, IpcWriter, PolarsError, SerReader, SerWriter};
-
-use super::table::Table;
+use super::table::{Column, Table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    #[error("arrow-rs side of the arrow/polars bridge: {0}")]
-    Arrow(#[from] ArrowError),
-    #[error("polars side of the arrow/polars bridge: {0}")]
+    #[error("polars side of the table/polars bridge: {0}")]
     Polars(#[from] PolarsError),
-    #[error("arrow/polars bridge: {0}")]
+    #[error("table/polars bridge: {0}")]
     Table(String),
-}
-
-/// Converts arrow-rs record batches (all of one schema) to a polars frame.
-pub fn to_polars(batches: &[RecordBatch]) -> Result<DataFrame, BridgeError> {
-    let Some(first) = batches.first() else {
-        return Ok(DataFrame::empty());
-    };
-    let mut bytes = Vec::new();
-    let mut writer = FileWriter::try_new(&mut bytes, first.schema().as_ref())?;
-    for batch in batches {
-        writer.write(batch)?;
-    }
-    writer.finish()?;
-    drop(writer);
-    Ok(IpcReader::new(Cursor::new(bytes)).finish()?)
-}
-
-/// Converts a polars frame to arrow-rs record batches.
-pub fn from_polars(df: &mut DataFrame) -> Result<Vec<RecordBatch>, BridgeError> {
-    let mut bytes = Vec::new();
-    // The oldest compat level writes plain (large) strings rather than
-    // views, which every arrow-rs reader understands.
-    IpcWriter::new(&mut bytes).with_compat_level(CompatLevel::oldest()).finish(df)?;
-    let reader = FileReader::try_new(Cursor::new(bytes), None)?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// A cairn table as a polars frame (for queries and pretty-printing).
 pub fn table_to_polars(table: &Table) -> Result<DataFrame, BridgeError> {
-    to_polars(&[table.to_record_batch()?])
+    let columns = table.columns.iter().map(|(name, col)| to_polars_column(name, col)).collect();
+    Ok(DataFrame::new_infer_height(columns)?)
 }
 
-/// A polars frame as a cairn table; fails on column types tables lack.
-pub fn table_from_polars(df: &mut DataFrame) -> Result<Table, BridgeError> {
+/// A polars frame as a cairn table; fails on nulls and on column types
+/// tables lack, naming the column.
+pub fn table_from_polars(df: &DataFrame) -> Result<Table, BridgeError> {
     let mut table = Table::new();
-    for batch in from_polars(df)? {
-        table.append_batch(&batch).map_err(BridgeError::Table)?;
+    for col in df.columns() {
+        let name = col.name().to_string();
+        if col.null_count() > 0 {
+            return Err(BridgeError::Table(format!("column `{name}` has nulls, which cairn tables do not hold")));
+        }
+        table.columns.push((name, from_polars_column(col)?));
     }
     Ok(table)
+}
+
+fn to_polars_column(name: &str, col: &Column) -> PlColumn {
+    let name = name.into();
+    match col {
+        Column::I64(v) => PlColumn::new(name, v),
+        Column::F64(v) => PlColumn::new(name, v),
+        Column::F32(v) => PlColumn::new(name, v),
+        Column::Str(v) => PlColumn::new(name, v),
+        Column::Bool(v) => PlColumn::new(name, v),
+    }
+}
+
+fn from_polars_column(col: &PlColumn) -> Result<Column, BridgeError> {
+    Ok(match col.dtype() {
+        DataType::Int64 => Column::I64(col.i64()?.into_no_null_iter().collect()),
+        DataType::Float64 => Column::F64(col.f64()?.into_no_null_iter().collect()),
+        DataType::Float32 => Column::F32(col.f32()?.into_no_null_iter().collect()),
+        // Nulls were refused above, so `None` never occurs here.
+        DataType::String => Column::Str(col.str()?.iter().map(|s| s.unwrap_or_default().to_string()).collect()),
+        DataType::Boolean => Column::Bool(col.bool()?.iter().map(|b| b.unwrap_or_default()).collect()),
+        other => return Err(BridgeError::Table(format!("column `{}` has unsupported type {other}", col.name()))),
+    })
 }
 
 #[cfg(test)]
@@ -79,10 +76,10 @@ mod tests {
             .with("class_name", Column::Str(vec!["cat".into(), "automobile".into(), "bird".into()]))
             .with("score", Column::F32(vec![0.5, 0.25, 1.0]))
             .with("correct", Column::Bool(vec![true, false, true]));
-        let mut df = table_to_polars(&table).unwrap();
+        let df = table_to_polars(&table).unwrap();
         assert_eq!(df.shape(), (3, 4));
         assert_eq!(df.column("class_name").unwrap().str().unwrap().get(0), Some("cat"));
-        assert_eq!(table_from_polars(&mut df).unwrap(), table);
+        assert_eq!(table_from_polars(&df).unwrap(), table);
     }
 
     #[test]
@@ -90,8 +87,8 @@ mod tests {
         use polars::prelude::*;
         let df = polars::df!("label" => [2i64, 0, 2, 1], "loss" => [0.5f64, 1.5, 2.5, 3.5]).unwrap();
         let big = df.column("loss").unwrap().f64().unwrap().gt(1.0);
-        let mut rows = df.filter(&big).unwrap().sort(["label"], Default::default()).unwrap();
-        let table = table_from_polars(&mut rows).unwrap();
+        let rows = df.filter(&big).unwrap().sort(["label"], Default::default()).unwrap();
+        let table = table_from_polars(&rows).unwrap();
         assert_eq!(table.column("label"), Some(&crate::table::Column::I64(vec![0, 1, 2])));
         assert_eq!(table.column("loss"), Some(&crate::table::Column::F64(vec![1.5, 3.5, 2.5])));
     }

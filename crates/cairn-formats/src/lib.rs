@@ -1,6 +1,6 @@
 //! Artifact file formats: tensors as Arrow IPC files of the canonical
 //! `arrow.fixed_shape_tensor` type ([`tensor`]), tables as Parquet
-//! ([`table`]), the one bridge between arrow-rs and polars ([`bridge`]), and
+//! ([`table`]), the one bridge between cairn tables and polars ([`bridge`]), and
 //! PNG image grids for `cairn inspect --grid` ([`grid`]). Everything here is
 //! libtorch-free so the engine can read and show any artifact.
 

@@ -134,8 +134,8 @@ impl Table {
         self.columns.first().map_or(0, |(_, c)| c.len())
     }
 
-    /// The table as one arrow-rs record batch (for [`super::bridge`]).
-    pub fn to_record_batch(&self) -> Result<RecordBatch, ArrowError> {
+    /// The table as one arrow-rs record batch (what Parquet writes).
+    fn to_record_batch(&self) -> Result<RecordBatch, ArrowError> {
         let fields: Vec<Field> = self
             .columns
             .iter()
