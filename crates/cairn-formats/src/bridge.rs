@@ -92,4 +92,20 @@ mod tests {
         assert_eq!(table.column("label"), Some(&crate::table::Column::I64(vec![0, 1, 2])));
         assert_eq!(table.column("loss"), Some(&crate::table::Column::F64(vec![1.5, 3.5, 2.5])));
     }
+
+    #[test]
+    fn nulls_and_foreign_types_are_refused_by_column_name() {
+        let nulls = polars::df!("ok" => [1i64, 2], "gap" => [Some(1.0f64), None]).unwrap();
+        let err = table_from_polars(&nulls).unwrap_err().to_string();
+        assert!(err.contains("`gap` has nulls"), "{err}");
+        let narrow = polars::df!("ok" => [1i64, 2], "small" => [1i32, 2]).unwrap();
+        let err = table_from_polars(&narrow).unwrap_err().to_string();
+        assert!(err.contains("`small` has unsupported type i32"), "{err}");
+    }
+
+    #[test]
+    fn uneven_tables_are_refused() {
+        let table = Table::new().with("a", Column::I64(vec![1, 2])).with("b", Column::I64(vec![1]));
+        assert!(table_to_polars(&table).is_err());
+    }
 }
