@@ -48,8 +48,5 @@ fn compile_shim(lib: &str) {
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
-        // Calls into libtorch's compiled kernels and nothing else, so -O1
-        // runs as fast and compiles in two-thirds of -O3's time.
-        .opt_level(1)
         .compile("cairn_shim");
 }

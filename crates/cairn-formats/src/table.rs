@@ -146,7 +146,7 @@ impl Table {
     }
 
     /// Appends a record batch's rows; the error names the offending column.
-    pub fn append_batch(&mut self, batch: &RecordBatch) -> Result<(), String> {
+    fn append_batch(&mut self, batch: &RecordBatch) -> Result<(), String> {
         let schema = batch.schema();
         for (i, field) in schema.fields().iter().enumerate() {
             let array = batch.column(i);
