@@ -389,3 +389,20 @@ fn saved_overrides_apply_to_later_commands() {
     assert_eq!(p.cairn(&["run", "--save-overrides"]).outcome("b").as_deref(), Some("ran"));
     assert_eq!(p.read_artifact("b", "text.txt"), "hello\none\n");
 }
+
+/// `build.rs` links `cairn` at a fixed address on Linux (no start-up
+/// relocations; BENCHMARKS.md, "Startup") unless built with `CAIRN_PIE=1`.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_binary_is_linked_position_dependent() {
+    use std::io::Read;
+    let mut header = [0u8; 18];
+    std::fs::File::open(env!("CARGO_BIN_EXE_cairn")).and_then(|mut f| f.read_exact(&mut header)).expect("the cairn binary");
+    assert_eq!(&header[..4], b"\x7fELF");
+    let e_type = u16::from_le_bytes([header[16], header[17]]);
+    let (want, what) = match option_env!("CAIRN_PIE") {
+        Some("1") => (3, "a PIE (ET_DYN), as CAIRN_PIE=1 asks"),
+        _ => (2, "position-dependent (ET_EXEC)"),
+    };
+    assert_eq!(e_type, want, "cairn should be {what}");
+}
