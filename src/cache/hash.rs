@@ -5,7 +5,11 @@
 //! its time in the allocator. Large files are read in bounded chunks, each
 //! hashed with blake3's multi-threaded tree mode, so hashing a 9 GB
 //! artifact keeps memory flat (mapping the whole file, as blake3's
-//! `update_mmap_rayon` does, grew the engine's RSS to the file's size).
+//! `update_mmap_rayon` does, grew the engine's RSS to the file's size, and
+//! a file truncated while mapped would kill the process with SIGBUS).
+//! While one chunk is hashed the next is read into a second buffer: the
+//! kernel's copy was a third of the CPU time, and on two cores reading
+//! and hashing in turn left one of them idle (BENCHMARKS.md, "Hashing").
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -23,6 +27,9 @@ const RAYON_MIN: usize = 1 << 20;
 
 thread_local! {
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The chunk being read while `BUF`'s is hashed; grown only by inputs
+    /// larger than one chunk.
+    static NEXT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Hashes a file's bytes. Returns the hash and the number of bytes read.
@@ -32,28 +39,38 @@ pub fn hash_file(path: &Path) -> std::io::Result<(ArtifactHash, u64)> {
 }
 
 /// Hashes everything `reader` yields.
-pub fn hash_reader(mut reader: impl Read) -> std::io::Result<(ArtifactHash, u64)> {
+pub fn hash_reader(mut reader: impl Read + Send) -> std::io::Result<(ArtifactHash, u64)> {
     BUF.with(|cell| {
         let mut buf = cell.borrow_mut();
         let mut hasher = blake3::Hasher::new();
-        let mut size = 0u64;
-        loop {
-            let filled = fill(&mut reader, &mut buf)?;
-            if filled == 0 {
-                break;
-            }
-            if filled >= RAYON_MIN {
-                hasher.update_rayon(&buf[..filled]);
-            } else {
-                hasher.update(&buf[..filled]);
-            }
-            size += filled as u64;
-            if filled < buf.len() {
-                break;
-            }
+        let mut filled = fill(&mut reader, &mut buf)?;
+        let mut size = filled as u64;
+        if filled == HASH_CHUNK {
+            NEXT.with(|next| -> std::io::Result<()> {
+                let mut next = next.borrow_mut();
+                loop {
+                    let (spare, chunk): (&mut Vec<u8>, &[u8]) = (&mut next, &buf[..filled]);
+                    let (read, ()) = rayon_core::join(|| fill(&mut reader, spare), || update(&mut hasher, chunk));
+                    filled = read?;
+                    size += filled as u64;
+                    std::mem::swap(&mut *buf, &mut *next);
+                    if filled < HASH_CHUNK {
+                        return Ok(());
+                    }
+                }
+            })?;
         }
+        update(&mut hasher, &buf[..filled]);
         Ok((ArtifactHash::from_blake3(hasher.finalize()), size))
     })
+}
+
+fn update(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    if bytes.len() >= RAYON_MIN {
+        hasher.update_rayon(bytes);
+    } else {
+        hasher.update(bytes);
+    }
 }
 
 /// Reads into `buf` until it is full or the input ends, growing `buf` from
@@ -94,6 +111,27 @@ mod tests {
             let (h, size) = hash_file(&p).unwrap();
             assert_eq!(size, len as u64);
             assert_eq!(h, ArtifactHash::of_bytes(&bytes), "length {len}");
+        }
+    }
+
+    /// A reader that hands out at most 1,000,003 bytes a call, so chunk
+    /// ends never fall on read ends.
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = out.len().min(self.0.len()).min(1_000_003);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn reading_ahead_hashes_every_chunk_once_in_order() {
+        let bytes: Vec<u8> = (0..3 * HASH_CHUNK + 5).map(|i| (i * 7 % 253) as u8).collect();
+        for len in [HASH_CHUNK, HASH_CHUNK + 1, 2 * HASH_CHUNK, bytes.len()] {
+            let (h, size) = hash_reader(Trickle(&bytes[..len])).unwrap();
+            assert_eq!((h, size), (ArtifactHash::of_bytes(&bytes[..len]), len as u64), "length {len}");
         }
     }
 
