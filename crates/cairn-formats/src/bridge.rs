@@ -4,10 +4,10 @@
 //! polars frame column by column: each vector becomes a polars column of
 //! the same type, and back. Nothing goes through an interchange format,
 //! which keeps polars' IPC reader and writer, the crates they bring
-//! (polars-io, polars-ops) and the lz4 codec out of the build. Tables in cairn are small (indexes,
-//! metrics, predictions; never tensors), so the copy costs nothing that
-//! matters. Keeping every crossing here means the rest of the code base
-//! uses one or the other, never both.
+//! (polars-io, polars-ops) and the lz4 codec out of the build. Tables in
+//! cairn are small (indexes, metrics, predictions; never tensors), so the
+//! copy costs nothing that matters. Keeping every crossing here means the
+//! rest of the code base uses one or the other, never both.
 
 use polars::prelude::{Column as PlColumn, DataFrame, DataType, PolarsError};
 
