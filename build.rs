@@ -4,7 +4,7 @@
 //! relative relocations (vtables, `&'static str`s, panic locations) that
 //! the dynamic loader applies at every start, copying about 2 MB of
 //! read-only data page by page: ~790 of the ~1,000 page faults of a fully
-//! cached 8-stage `cairn run`, and 4 to 6 ms of its 12 to 14 ms on a 2-core
+//! cached 8-stage `cairn run`, and 4 to 6 ms of its 12 to 15 ms on a 2-core
 //! VM (BENCHMARKS.md, "Startup"). Linked at a fixed address the binary
 //! needs no such relocations; shared libraries keep their randomised
 //! addresses, only the executable's own image loses ASLR. Build with
