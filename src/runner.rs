@@ -533,11 +533,11 @@ impl<'a> Scheduler<'a> {
         if self.opts.dry_run {
             return Ok(());
         }
-        let old = self.resolver.refs();
-        if self.refs.iter().all(|(name, r)| old.get(name) == Some(r)) {
+        let keys = self.cache.stage_ref_keys();
+        if self.refs.iter().all(|(name, r)| keys.get(name) == Some(&r.key)) {
             return Ok(());
         }
-        let mut all = old.clone();
+        let mut all = self.resolver.refs().clone();
         all.extend(self.refs.clone());
         self.cache.write_stage_refs(&all)
     }
