@@ -53,7 +53,8 @@ struct Record {
 
 /// Makes `dir` hold exactly the given outputs, as far as what is there is
 /// cairn's to change. Files placed earlier for stages that `untouched`
-/// names are kept as they are.
+/// names are kept as they are; an output whose object is not in `cache`
+/// is left out.
 pub fn materialize<'a>(
     dir: &Path,
     cache: &Cache,
@@ -80,6 +81,7 @@ pub fn materialize<'a>(
                 done.linked += 1;
             }
             Placed::NotOurs(p) => done.left_alone.push(p),
+            Placed::Absent => {}
         }
     }
     remove_stale(dir, &old, &record);
@@ -93,6 +95,9 @@ enum Placed {
     Kept((u64, u64)),
     Linked((u64, u64)),
     NotOurs(PathBuf),
+    /// The object is not in this cache (a stage served from a remote
+    /// without its bytes).
+    Absent,
 }
 
 fn identity(m: &fs::Metadata) -> (u64, u64) {
@@ -101,6 +106,11 @@ fn identity(m: &fs::Metadata) -> (u64, u64) {
 
 /// Puts one object at `dir/rel`, unless something not cairn's is there.
 fn place(dir: &Path, stage: &str, rel: &str, src: &Path, old: &Record, cache: &Cache) -> Result<Placed, ArtifactsError> {
+    let src_id = match fs::metadata(src) {
+        Ok(m) => identity(&m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Placed::Absent),
+        Err(e) => return Err(io_err("cannot read", src)(e)),
+    };
     let stage_dir = dir.join(stage);
     match fs::symlink_metadata(&stage_dir) {
         Ok(m) if m.is_dir() => {}
@@ -108,7 +118,6 @@ fn place(dir: &Path, stage: &str, rel: &str, src: &Path, old: &Record, cache: &C
         Err(_) => fs::create_dir(&stage_dir).map_err(io_err("cannot create", &stage_dir))?,
     }
     let dest = dir.join(rel);
-    let src_id = fs::metadata(src).map(|m| identity(&m)).map_err(io_err("cannot read", src))?;
     match fs::symlink_metadata(&dest) {
         Ok(m) if m.is_file() && identity(&m) == src_id => return Ok(Placed::Kept(src_id)),
         Ok(m) if m.is_file() && old.files.get(rel) == Some(&identity(&m)) => {

@@ -302,9 +302,7 @@ fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, report: &runner::R
         .stages
         .iter()
         .filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran))
-        .flat_map(|s| s.outputs.iter().map(move |(o, rec)| (s.stage.as_str(), o.as_str(), rec)))
-        // A stage served from the remote without its bytes has none here.
-        .filter(|(_, _, rec)| cache.has_object(&rec.hash));
+        .flat_map(|s| s.outputs.iter().map(move |(o, rec)| (s.stage.as_str(), o.as_str(), rec)));
     let in_run: std::collections::BTreeSet<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     let untouched = |stage: &str| pipeline.stage(stage).is_some() && !in_run.contains(stage);
     let dir = artifacts_dir(cli);
