@@ -154,7 +154,6 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
     let display = path.to_path_buf();
     let mut raw = parse::parse(diag::SourceMap::new(display, text), text).map_err(SpecError::Invalid)?;
     let mut diags = Vec::new();
-
     let profile = choose_profile(&raw, &opts.profile);
     let mut all_overrides = Vec::new();
     if let Some((name, _)) = &profile {
@@ -172,8 +171,9 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
     let origins = overrides::apply(&mut raw, &all_overrides, &mut diags);
     let stage_executors = take_executor_choices(&mut raw, &origins, &mut diags);
 
-    let mut stages = Vec::new();
-    for rs in &raw.stages {
+    let mut stages = Vec::with_capacity(raw.stages.len());
+    for i in 0..raw.stages.len() {
+        let rs = &raw.stages[i];
         let stage_path = vec!["stages".to_string(), rs.name.clone()];
         let Some(kind) = registry.get(&rs.kind) else {
             let mut kp = stage_path.clone();
@@ -188,10 +188,18 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
             });
             continue;
         };
-        match kind.check(&Value::Object(rs.params.clone())) {
+        // The kind reads params as a JSON object: lent to it, not copied,
+        // and put back for the rules and messages below.
+        let params = Value::Object(std::mem::take(&mut raw.stages[i].params));
+        let result = kind.check(&params);
+        if let Value::Object(m) = params {
+            raw.stages[i].params = m;
+        }
+        let rs = &raw.stages[i];
+        match result {
             Ok(checked) => {
                 diags.extend(rule_violations(&raw, &origins, rs, &checked));
-                stages.push((rs.clone(), kind, checked));
+                stages.push((i, kind, checked));
             }
             Err(e) => {
                 // The kind's path ends at the offending key, an unknown one
@@ -338,89 +346,100 @@ fn choose_profile(raw: &RawSpec, choice: &ProfileChoice) -> Option<(String, bool
     }
 }
 
-/// Checks every stage's input slots and references, adding implied inputs.
-fn resolve_inputs(
-    raw: &RawSpec,
-    checked: Vec<(parse::RawStage, Arc<dyn StageKind>, Checked)>,
-    diags: &mut Vec<Diagnostic>,
-) -> Vec<Stage> {
+/// Checks every stage's input slots and references, adding implied
+/// inputs. `checked` names each stage by its index in `raw.stages`.
+fn resolve_inputs(raw: &RawSpec, checked: Vec<(usize, Arc<dyn StageKind>, Checked)>, diags: &mut Vec<Diagnostic>) -> Vec<Stage> {
     let outputs: BTreeMap<&str, Vec<&str>> = checked
         .iter()
-        .map(|(rs, _, c)| (rs.name.as_str(), c.outputs.iter().map(|o| o.name.as_str()).collect()))
+        .map(|(i, _, c)| (raw.stages[*i].name.as_str(), c.outputs.iter().map(|o| o.name.as_str()).collect()))
         .collect();
     let all_names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
-    let mut out = Vec::new();
-    for (rs, kind, c) in &checked {
-        let is_implied = |slot: &str| c.implied_inputs.iter().any(|(s, _)| s == slot);
-        let loc = |slot: Option<&str>| {
-            let mut p = vec!["stages".to_string(), rs.name.clone()];
-            match slot {
-                // An implied slot is named after the param that implies it.
-                Some(s) if is_implied(s) => p.push(s.to_string()),
-                Some(s) => p.extend(["inputs".to_string(), s.to_string()]),
-                None => p.push("inputs".to_string()),
-            }
-            raw.source.origin(raw.span_of(&p))
-        };
-        let mut err = |slot: Option<&str>, message: String, help: Option<String>| {
-            diags.push(Diagnostic { origin: loc(slot), message: format!("stage `{}`: {message}", rs.name), help });
-        };
-        let mut inputs = rs.inputs.clone();
-        for (slot, r) in &c.implied_inputs {
-            if inputs.contains_key(slot) {
-                err(Some(slot), format!("input `{slot}` is given both in `inputs` and by a param"), Some("keep one of them".into()));
-            }
-            inputs.insert(slot.clone(), vec![r.clone()]);
+    let inputs: Vec<_> = checked.iter().map(|(i, _, c)| stage_inputs(raw, &raw.stages[*i], c, &outputs, &all_names, diags)).collect();
+    checked
+        .into_iter()
+        .zip(inputs)
+        .map(|((i, kind, checked), inputs)| Stage { name: raw.stages[i].name.clone(), kind, checked, inputs })
+        .collect()
+}
+
+/// One stage's inputs, declared and implied, with what is wrong with
+/// them added to `diags`.
+fn stage_inputs(
+    raw: &RawSpec,
+    rs: &parse::RawStage,
+    c: &Checked,
+    outputs: &BTreeMap<&str, Vec<&str>>,
+    all_names: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Vec<InputRef>> {
+    let is_implied = |slot: &str| c.implied_inputs.iter().any(|(s, _)| s == slot);
+    let loc = |slot: Option<&str>| {
+        let mut p = vec!["stages".to_string(), rs.name.clone()];
+        match slot {
+            // An implied slot is named after the param that implies it.
+            Some(s) if is_implied(s) => p.push(s.to_string()),
+            Some(s) => p.extend(["inputs".to_string(), s.to_string()]),
+            None => p.push("inputs".to_string()),
         }
-        let slot_names: Vec<&str> = c.inputs.iter().map(|s| s.name.as_str()).collect();
-        for (slot, refs) in &inputs {
-            // Slots a param implies are the kind's own doing, not declared
-            // ones; what they refer to is checked like any reference.
-            if !is_implied(slot) {
-                let Some(decl) = c.inputs.iter().find(|s| &s.name == slot) else {
-                    let help = match diag::closest(slot, slot_names.iter().copied()) {
-                        Some(s) => format!("did you mean `{s}`?"),
-                        None => format!("`{}` takes: {}", rs.kind, if slot_names.is_empty() { "no inputs".into() } else { slot_names.join(", ") }),
-                    };
-                    err(Some(slot), format!("kind `{}` has no input slot `{slot}`", rs.kind), Some(help));
-                    continue;
-                };
-                if !decl.many && refs.len() != 1 {
-                    err(Some(slot), format!("input `{slot}` takes exactly one reference, got {}", refs.len()), None);
-                }
-            }
-            for r in refs {
-                let InputRef::Output { stage, output } = r else { continue };
-                match outputs.get(stage.as_str()) {
-                    None if all_names.contains(&stage.as_str()) => {} // that stage has its own error
-                    None => err(
-                        Some(slot),
-                        format!("input `{slot}` refers to `{stage}`, which is not a stage"),
-                        diag::closest(stage, all_names.iter().copied()).map(|s| format!("did you mean `{s}.{output}`?")),
-                    ),
-                    Some(outs) if !outs.contains(&output.as_str()) => err(
-                        Some(slot),
-                        format!("input `{slot}` refers to `{stage}.{output}`, but `{stage}` has no output `{output}`"),
-                        Some(format!("`{stage}` produces: {}", outs.join(", "))),
-                    ),
-                    Some(_) if stage == &rs.name => err(Some(slot), format!("input `{slot}` reads the stage's own output"), None),
-                    Some(_) => {}
-                }
-            }
+        raw.source.origin(raw.span_of(&p))
+    };
+    let mut err = |slot: Option<&str>, message: String, help: Option<String>| {
+        diags.push(Diagnostic { origin: loc(slot), message: format!("stage `{}`: {message}", rs.name), help });
+    };
+    let mut inputs = rs.inputs.clone();
+    for (slot, r) in &c.implied_inputs {
+        if inputs.contains_key(slot) {
+            err(Some(slot), format!("input `{slot}` is given both in `inputs` and by a param"), Some("keep one of them".into()));
         }
-        for decl in &c.inputs {
-            if decl.required && !inputs.contains_key(&decl.name) {
-                err(None, format!("required input `{}` is not connected", decl.name), Some(format!("add `{} = \"<stage>.<output>\"` to `[stages.{}].inputs`", decl.name, rs.name)));
-            }
-        }
-        for o in &c.outputs {
-            if !is_safe_name(&o.name) {
-                err(None, format!("kind `{}` declares an output with an unsafe name {:?}", rs.kind, o.name), Some(NAME_HELP.into()));
-            }
-        }
-        out.push(Stage { name: rs.name.clone(), kind: kind.clone(), checked: c.clone(), inputs });
+        inputs.insert(slot.clone(), vec![r.clone()]);
     }
-    out
+    let slot_names: Vec<&str> = c.inputs.iter().map(|s| s.name.as_str()).collect();
+    for (slot, refs) in &inputs {
+        // Slots a param implies are the kind's own doing, not declared
+        // ones; what they refer to is checked like any reference.
+        if !is_implied(slot) {
+            let Some(decl) = c.inputs.iter().find(|s| &s.name == slot) else {
+                let help = match diag::closest(slot, slot_names.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("`{}` takes: {}", rs.kind, if slot_names.is_empty() { "no inputs".into() } else { slot_names.join(", ") }),
+                };
+                err(Some(slot), format!("kind `{}` has no input slot `{slot}`", rs.kind), Some(help));
+                continue;
+            };
+            if !decl.many && refs.len() != 1 {
+                err(Some(slot), format!("input `{slot}` takes exactly one reference, got {}", refs.len()), None);
+            }
+        }
+        for r in refs {
+            let InputRef::Output { stage, output } = r else { continue };
+            match outputs.get(stage.as_str()) {
+                None if all_names.contains(&stage.as_str()) => {} // that stage has its own error
+                None => err(
+                    Some(slot),
+                    format!("input `{slot}` refers to `{stage}`, which is not a stage"),
+                    diag::closest(stage, all_names.iter().copied()).map(|s| format!("did you mean `{s}.{output}`?")),
+                ),
+                Some(outs) if !outs.contains(&output.as_str()) => err(
+                    Some(slot),
+                    format!("input `{slot}` refers to `{stage}.{output}`, but `{stage}` has no output `{output}`"),
+                    Some(format!("`{stage}` produces: {}", outs.join(", "))),
+                ),
+                Some(_) if stage == &rs.name => err(Some(slot), format!("input `{slot}` reads the stage's own output"), None),
+                Some(_) => {}
+            }
+        }
+    }
+    for decl in &c.inputs {
+        if decl.required && !inputs.contains_key(&decl.name) {
+            err(None, format!("required input `{}` is not connected", decl.name), Some(format!("add `{} = \"<stage>.<output>\"` to `[stages.{}].inputs`", decl.name, rs.name)));
+        }
+    }
+    for o in &c.outputs {
+        if !is_safe_name(&o.name) {
+            err(None, format!("kind `{}` declares an output with an unsafe name {:?}", rs.kind, o.name), Some(NAME_HELP.into()));
+        }
+    }
+    inputs
 }
 
 #[cfg(test)]
