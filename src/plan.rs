@@ -128,13 +128,13 @@ impl<'a> Resolver<'a> {
         }))
     }
 
-    /// A complete cache entry for `stage` under `key`: its manifest, if it
-    /// records exactly the outputs the stage declares and every object it
-    /// names is intact. Anything else is a miss, with a warning (and, when
+    /// A complete cache entry for `stage` under `key` (the key of `ki`):
+    /// its manifest, if it records exactly the outputs the stage declares
+    /// and every object it names is intact. Anything else is a miss, with a warning (and, when
     /// repairing, damaged objects are evicted).
-    pub fn lookup(&self, stage: &Stage, key: &StageKey) -> Result<Option<Manifest>, CacheError> {
+    pub fn lookup(&self, stage: &Stage, ki: &KeyInputs, key: &StageKey) -> Result<Option<Manifest>, CacheError> {
         let warn = |m: String| (self.warn)(m);
-        let Some(m) = self.cache.manifest(key, &warn)? else { return Ok(None) };
+        let Some(m) = self.cache.manifest_for(ki, key, &warn)? else { return Ok(None) };
         if let Some(problem) = outputs_mismatch(stage, &m) {
             warn(format!("the cache entry of `{}` (key {}) {problem}; treating it as a miss", stage.name, key.short()));
             return Ok(None);
@@ -248,7 +248,7 @@ impl<'a> Resolver<'a> {
                 Ok(None) => StageState::Stale { reasons: self.reasons(&stage.name, None, upstream.as_deref()), key_inputs: None },
                 Ok(Some(ki)) => {
                     let key = ki.key();
-                    match self.lookup(stage, &key)? {
+                    match self.lookup(stage, &ki, &key)? {
                         Some(m) => StageState::Fresh { key, manifest: Box::new(m) },
                         None => StageState::Stale { reasons: self.reasons(&stage.name, Some(&ki), None), key_inputs: Some(ki) },
                     }

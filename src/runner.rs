@@ -353,7 +353,7 @@ impl<'a> Scheduler<'a> {
             Err(source) => return Err(RunError::External { stage: stage.name.clone(), source }),
         };
         let key = ki.key();
-        let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &key)? };
+        let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &ki, &key)? };
         if let Some(m) = hit {
             self.serve_hit(i, ki, m, Outcome::Cached);
             return Ok(Step::Progressed);

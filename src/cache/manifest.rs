@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{ArtifactHash, StageKey};
@@ -17,10 +18,16 @@ pub struct OutputRecord {
     pub ext: String,
 }
 
+/// A finished stage execution, with its key inputs.
+pub type Manifest = ManifestOf<KeyInputs>;
+
+/// A manifest as stored, generic over its key inputs: a lookup that holds
+/// them already (they are what its key hashes) reads the rest only, as
+/// `ManifestOf<IgnoredAny>`, and puts its own in ([`ManifestOf::with_key_inputs`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
+pub struct ManifestOf<K> {
     pub key: StageKey,
-    pub key_inputs: KeyInputs,
+    pub key_inputs: K,
     /// The stage name that first produced this entry (informational).
     pub stage: String,
     pub outputs: BTreeMap<String, OutputRecord>,
@@ -31,6 +38,13 @@ pub struct Manifest {
     pub cairn_version: String,
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+}
+
+impl ManifestOf<IgnoredAny> {
+    pub fn with_key_inputs(self, key_inputs: KeyInputs) -> Manifest {
+        let ManifestOf { key, key_inputs: _, stage, outputs, started_at, finished_at, duration_s, cairn_version, metrics } = self;
+        ManifestOf { key, key_inputs, stage, outputs, started_at, finished_at, duration_s, cairn_version, metrics }
+    }
 }
 
 /// The key inputs a stage name last ran or hit with, so `explain` can say

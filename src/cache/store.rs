@@ -13,11 +13,14 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::de::IgnoredAny;
+
 use super::hash::hash_file;
-use super::manifest::{Manifest, StageRef};
+use super::manifest::{Manifest, ManifestOf, StageRef};
 use super::statcache::StatCache;
 use super::CacheError;
 use crate::digest::{ArtifactHash, StageKey};
+use crate::key::KeyInputs;
 
 /// The marker that makes a directory a cairn cache (the Cache Directory
 /// Tagging Specification's tag, so backup tools skip it too).
@@ -226,13 +229,25 @@ impl Cache {
     /// The manifest for a key. A miss is `Ok(None)`. A manifest that does
     /// not parse is reported through `warn` and treated as a miss.
     pub fn manifest(&self, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<Manifest>, CacheError> {
+        self.read_manifest(key, warn)
+    }
+
+    /// The manifest of `key`, whose key inputs are `key_inputs`: they are
+    /// what the key hashes, so they are taken as given, not read back
+    /// (most of a manifest's parse on a no-op run).
+    pub fn manifest_for(&self, key_inputs: &KeyInputs, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<Manifest>, CacheError> {
+        let m: Option<ManifestOf<IgnoredAny>> = self.read_manifest(key, warn)?;
+        Ok(m.map(|m| m.with_key_inputs(key_inputs.clone())))
+    }
+
+    fn read_manifest<K: serde::de::DeserializeOwned>(&self, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<ManifestOf<K>>, CacheError> {
         let p = self.manifest_path(key);
         let bytes = match fs::read(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CacheError::io("cannot read manifest", p, e)),
         };
-        match serde_json::from_slice::<Manifest>(&bytes) {
+        match serde_json::from_slice::<ManifestOf<K>>(&bytes) {
             Ok(m) if m.key == *key => Ok(Some(m)),
             Ok(_) => {
                 warn(format!("manifest {} names another key; ignoring it", p.display()));

@@ -128,7 +128,7 @@ fn remote_keys(
                 let Ok(Some(ki)) = resolver.key_inputs(stage, &outputs, false) else { continue };
                 // Its key known only now (upstream is on the remote), the
                 // stage may well be complete here.
-                if let Ok(Some(m)) = resolver.lookup(stage, &ki.key()) {
+                if let Ok(Some(m)) = resolver.lookup(stage, &ki, &ki.key()) {
                     local.push((i, StageState::Fresh { key: m.key, manifest: Box::new(m.clone()) }));
                     outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
                     continue;
@@ -246,7 +246,7 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
             }
         };
         let key = ki.key();
-        let m = match resolver.lookup(stage, &key).map_err(|e| fail(console, exit::IO, e))? {
+        let m = match resolver.lookup(stage, &ki, &key).map_err(|e| fail(console, exit::IO, e))? {
             Some(m) => {
                 local += 1;
                 console.line(&format!("local      {name:<12} already in the local cache"));
