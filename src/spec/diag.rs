@@ -1,7 +1,9 @@
 //! Diagnostics for bad pipelines: where (file:line:col, or the command-line
 //! flag), what is wrong, and what would fix it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hasher;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -37,6 +39,46 @@ impl fmt::Display for Diagnostic {
             write!(f, "\n  help: {help}")?;
         }
         Ok(())
+    }
+}
+
+/// Where in the file each value is, by its path from the document root
+/// (e.g. `["stages", "train", "lr"]`). A path is held as a hash of its
+/// segments, extended one segment at a time as the parser descends: the
+/// parser records a span for every value of a pipeline with thousands of
+/// stages, and owned paths as map keys cost more than the parse. A
+/// collision could only misplace an error message's location.
+#[derive(Clone, Debug, Default)]
+pub struct Spans(HashMap<u64, Range<usize>>);
+
+/// A path, hashed (see [`Spans`]).
+pub type PathHash = u64;
+
+impl Spans {
+    /// The document root's path.
+    pub const ROOT: PathHash = 0;
+
+    /// The path of `segment` under `parent`.
+    pub fn child(parent: PathHash, segment: &str) -> PathHash {
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(parent);
+        h.write(segment.as_bytes());
+        h.finish()
+    }
+
+    pub fn insert(&mut self, at: PathHash, span: Option<Range<usize>>) {
+        if let Some(span) = span {
+            self.0.insert(at, span);
+        }
+    }
+
+    /// The span of `path`, or of its nearest parent that has one.
+    pub fn nearest(&self, path: &[String]) -> Option<Range<usize>> {
+        let prefixes: Vec<PathHash> = std::iter::once(Self::ROOT).chain(path.iter().scan(Self::ROOT, |h, s| {
+            *h = Self::child(*h, s);
+            Some(*h)
+        })).collect();
+        prefixes.iter().rev().find_map(|h| self.0.get(h).cloned())
     }
 }
 
@@ -99,6 +141,23 @@ mod tests {
         assert_eq!(sm.origin(Some(0..1)).to_string(), "p.toml:1:1");
         // 'é' is two bytes but one column.
         assert_eq!(sm.origin(Some(10..11)).to_string(), "p.toml:2:4");
+    }
+
+    #[test]
+    fn a_path_without_a_span_takes_its_nearest_parents() {
+        let path = |segments: &[&str]| segments.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let at = |segments: &[&str]| segments.iter().fold(Spans::ROOT, |h, s| Spans::child(h, s));
+        let mut spans = Spans::default();
+        spans.insert(at(&["stages", "a"]), Some(0..5));
+        spans.insert(at(&["stages", "a", "lr"]), Some(6..8));
+        spans.insert(at(&["stages", "ab"]), Some(9..10));
+        spans.insert(at(&["stages", "c"]), None);
+        assert_eq!(spans.nearest(&path(&["stages", "a", "lr"])), Some(6..8));
+        assert_eq!(spans.nearest(&path(&["stages", "a", "lr", "x"])), Some(6..8));
+        assert_eq!(spans.nearest(&path(&["stages", "a", "epochs"])), Some(0..5));
+        assert_eq!(spans.nearest(&path(&["stages", "c"])), None, "no span recorded");
+        assert_eq!(spans.nearest(&path(&["stages", "a", "b"])), Some(0..5), "segments are not concatenated");
+        assert_eq!(spans.nearest(&path(&["stages"])), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::ops::Range;
 use serde_json::{Map, Value};
 use toml_edit::{Document, Item, Table};
 
-use super::diag::{Diagnostic, SourceMap};
+use super::diag::{Diagnostic, PathHash, SourceMap, Spans};
 use crate::kind::InputRef;
 
 /// The deepest nesting accepted in params; deeper is hostile or a mistake.
@@ -48,15 +48,14 @@ pub struct RawSpec {
     /// The `[executors.NAME]` tables.
     pub executors: BTreeMap<String, super::executors::ExecutorSpec>,
     pub source: SourceMap,
-    /// Span of every value, by path from the document root
-    /// (e.g. `["stages", "train", "lr"]`).
-    pub spans: BTreeMap<Vec<String>, Range<usize>>,
+    /// Span of every value, by path from the document root.
+    pub spans: Spans,
 }
 
 impl RawSpec {
     /// The best span for a path: the value itself or its nearest parent.
     pub fn span_of(&self, path: &[String]) -> Option<Range<usize>> {
-        (0..=path.len()).rev().find_map(|n| self.spans.get(&path[..n]).cloned())
+        self.spans.nearest(path)
     }
 }
 
@@ -68,7 +67,7 @@ pub const NAME_HELP: &str =
 
 struct Ctx {
     source: SourceMap,
-    spans: BTreeMap<Vec<String>, Range<usize>>,
+    spans: Spans,
     diags: Vec<Diagnostic>,
 }
 
@@ -91,7 +90,7 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
             }]);
         }
     };
-    let mut cx = Ctx { source, spans: BTreeMap::new(), diags: Vec::new() };
+    let mut cx = Ctx { source, spans: Spans::default(), diags: Vec::new() };
     let root = doc.as_table();
 
     for (key, _) in root.iter() {
@@ -181,7 +180,7 @@ fn parse_header(cx: &mut Ctx, root: &Table) -> (String, u64) {
 }
 
 fn parse_stage(cx: &mut Ctx, name: &str, item: &Item) -> Option<RawStage> {
-    let path = vec!["stages".to_string(), name.to_string()];
+    let path = Spans::child(Spans::child(Spans::ROOT, "stages"), name);
     let Some(table) = item.as_table_like() else {
         cx.error(item.span(), format!("stage `{name}` must be a table"), Some(format!("write `[stages.{name}]`")));
         return None;
@@ -190,28 +189,23 @@ fn parse_stage(cx: &mut Ctx, name: &str, item: &Item) -> Option<RawStage> {
         cx.error(item.span(), format!("invalid stage name {name:?}"), Some(NAME_HELP.into()));
         return None;
     }
-    if let Some(s) = item.span() {
-        cx.spans.insert(path.clone(), s);
-    }
+    cx.spans.insert(path, item.span());
     let mut kind = None;
     let mut inputs = BTreeMap::new();
     let mut params = Map::new();
     for (key, value) in table.iter() {
-        let mut p = path.clone();
-        p.push(key.to_string());
+        let p = Spans::child(path, key);
         match key {
             "kind" => match value.as_str() {
                 Some(k) => {
                     kind = Some(k.to_string());
-                    if let Some(s) = value.span() {
-                        cx.spans.insert(p, s);
-                    }
+                    cx.spans.insert(p, value.span());
                 }
                 None => cx.error(value.span(), format!("`stages.{name}.kind` must be a string"), None),
             },
-            "inputs" => inputs = parse_inputs(cx, &p, value),
+            "inputs" => inputs = parse_inputs(cx, p, value),
             _ => {
-                if let Some(v) = to_json(cx, &p, value, 0) {
+                if let Some(v) = to_json(cx, p, value, 0) {
                     params.insert(key.to_string(), v);
                 }
             }
@@ -228,18 +222,14 @@ fn parse_stage(cx: &mut Ctx, name: &str, item: &Item) -> Option<RawStage> {
     Some(RawStage { name: name.to_string(), kind, inputs, params })
 }
 
-fn parse_inputs(cx: &mut Ctx, path: &[String], item: &Item) -> BTreeMap<String, Vec<InputRef>> {
+fn parse_inputs(cx: &mut Ctx, path: PathHash, item: &Item) -> BTreeMap<String, Vec<InputRef>> {
     let mut out = BTreeMap::new();
     let Some(t) = item.as_table_like() else {
         cx.error(item.span(), "`inputs` must be a table of slot = \"stage.output\"", None);
         return out;
     };
     for (slot, value) in t.iter() {
-        let mut p = path.to_vec();
-        p.push(slot.to_string());
-        if let Some(s) = value.span() {
-            cx.spans.insert(p.clone(), s);
-        }
+        cx.spans.insert(Spans::child(path, slot), value.span());
         if !is_safe_name(slot) {
             cx.error(value.span(), format!("invalid input slot name {slot:?}"), Some(NAME_HELP.into()));
             continue;
@@ -308,18 +298,16 @@ fn parse_profiles(cx: &mut Ctx, item: &Item) -> BTreeMap<String, RawProfile> {
         }
         let mut profile = RawProfile::default();
         for (key, value) in pt.iter() {
-            let p = vec!["profiles".to_string(), name.to_string(), key.to_string()];
+            let p = Spans::child(Spans::child(Spans::child(Spans::ROOT, "profiles"), name), key);
             if key == "extends" {
                 match value.as_str() {
                     Some(s) => profile.extends = Some(s.to_string()),
                     None => cx.error(value.span(), "`extends` must name a profile", None),
                 }
-                if let Some(s) = value.span() {
-                    cx.spans.insert(p, s);
-                }
+                cx.spans.insert(p, value.span());
                 continue;
             }
-            if let Some(v) = to_json(cx, &p, value, 0) {
+            if let Some(v) = to_json(cx, p, value, 0) {
                 profile.sets.push((key.to_string(), v));
             }
         }
@@ -330,10 +318,8 @@ fn parse_profiles(cx: &mut Ctx, item: &Item) -> BTreeMap<String, RawProfile> {
 
 /// Converts a TOML item to JSON, recording spans and rejecting what params
 /// cannot hold (NaN and infinities, absurd nesting).
-fn to_json(cx: &mut Ctx, path: &[String], item: &Item, depth: usize) -> Option<Value> {
-    if let Some(s) = item.span() {
-        cx.spans.insert(path.to_vec(), s);
-    }
+fn to_json(cx: &mut Ctx, path: PathHash, item: &Item, depth: usize) -> Option<Value> {
+    cx.spans.insert(path, item.span());
     if depth > MAX_DEPTH {
         cx.error(item.span(), format!("params nest deeper than {MAX_DEPTH} levels"), None);
         return None;
@@ -341,27 +327,21 @@ fn to_json(cx: &mut Ctx, path: &[String], item: &Item, depth: usize) -> Option<V
     if let Some(t) = item.as_table_like() {
         let mut m = Map::new();
         for (k, v) in t.iter() {
-            let mut p = path.to_vec();
-            p.push(k.to_string());
-            m.insert(k.to_string(), to_json(cx, &p, v, depth + 1)?);
+            m.insert(k.to_string(), to_json(cx, Spans::child(path, k), v, depth + 1)?);
         }
         return Some(Value::Object(m));
     }
     if let Some(arr) = item.as_array() {
         let mut out = Vec::new();
         for (i, v) in arr.iter().enumerate() {
-            let mut p = path.to_vec();
-            p.push(i.to_string());
-            out.push(to_json(cx, &p, &Item::Value(v.clone()), depth + 1)?);
+            out.push(to_json(cx, Spans::child(path, &i.to_string()), &Item::Value(v.clone()), depth + 1)?);
         }
         return Some(Value::Array(out));
     }
     if let Some(aot) = item.as_array_of_tables() {
         let mut out = Vec::new();
         for (i, t) in aot.iter().enumerate() {
-            let mut p = path.to_vec();
-            p.push(i.to_string());
-            out.push(to_json(cx, &p, &Item::Table(t.clone()), depth + 1)?);
+            out.push(to_json(cx, Spans::child(path, &i.to_string()), &Item::Table(t.clone()), depth + 1)?);
         }
         return Some(Value::Array(out));
     }
