@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde_json::Value;
-use toml_edit::Item;
+use super::parse::{integer, table, Item};
 
 use super::diag::closest;
 use super::parse::is_safe_name;
@@ -96,13 +96,14 @@ const SLURM_KEYS: &[&str] = &["kind", "partition", "gpus", "cpus", "mem", "time"
 pub fn parse(item: &Item) -> (BTreeMap<String, ExecutorSpec>, Vec<Problem>) {
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
-    let Some(t) = item.as_table_like() else {
-        errors.push((item.span(), "`executors` must be a table of tables".to_string(), Some("write `[executors.<name>]`".into())));
+    let Some(t) = table(item) else {
+        errors.push((Some(item.span()), "`executors` must be a table of tables".to_string(), Some("write `[executors.<name>]`".into())));
         return (out, errors);
     };
     for (name, item) in t.iter() {
+        let name = name.get_ref().as_ref();
         if !is_safe_name(name) {
-            errors.push((item.span(), format!("invalid executor name {name:?}"), Some(super::parse::NAME_HELP.into())));
+            errors.push((Some(item.span()), format!("invalid executor name {name:?}"), Some(super::parse::NAME_HELP.into())));
             continue;
         }
         if let Some(spec) = parse_one(name, item, &mut errors) {
@@ -113,33 +114,34 @@ pub fn parse(item: &Item) -> (BTreeMap<String, ExecutorSpec>, Vec<Problem>) {
 }
 
 fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<ExecutorSpec> {
-    let Some(t) = item.as_table_like() else {
-        errors.push((item.span(), format!("`executors.{name}` must be a table"), Some(format!("write `[executors.{name}]`"))));
+    let Some(t) = table(item) else {
+        errors.push((Some(item.span()), format!("`executors.{name}` must be a table"), Some(format!("write `[executors.{name}]`"))));
         return None;
     };
     let kind = match t.get("kind") {
         None => "local",
-        Some(v) => match v.as_str() {
+        Some(v) => match v.get_ref().as_str() {
             Some(k @ ("local" | "slurm")) => k,
             _ => {
-                errors.push((v.span(), format!("`executors.{name}.kind` must be \"local\" or \"slurm\""), None));
+                errors.push((Some(v.span()), format!("`executors.{name}.kind` must be \"local\" or \"slurm\""), None));
                 return None;
             }
         },
     };
     let mut shape = SlurmShape::default();
     let mut data = DataPlane::default();
-    for (key, value) in t.iter() {
+    for (key_item, value) in t.iter() {
+        let key = key_item.get_ref().as_ref();
         let at = format!("executors.{name}.{key}");
-        let span = value.span();
-        let string = |errors: &mut Vec<Problem>, check: fn(&str) -> bool, form: &str| match value.as_str() {
+        let span = Some(value.span());
+        let string = |errors: &mut Vec<Problem>, check: fn(&str) -> bool, form: &str| match value.get_ref().as_str() {
             Some(s) if check(s) => Some(s.to_string()),
             _ => {
                 errors.push((span.clone(), format!("`{at}` must be {form}"), None));
                 None
             }
         };
-        let count = |errors: &mut Vec<Problem>, min: i64| match value.as_integer() {
+        let count = |errors: &mut Vec<Problem>, min: i64| match integer(value) {
             Some(n) if n >= min && n <= u32::MAX as i64 => Some(n as u32),
             _ => {
                 errors.push((span.clone(), format!("`{at}` must be a whole number of at least {min}"), None));
@@ -148,7 +150,7 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
         };
         if kind == "local" && key != "kind" {
             errors.push((
-                t.get_key_value(key).and_then(|(k, _)| k.span()).or(span),
+                Some(key_item.span()),
                 format!("`{at}`: a local executor takes no job shape"),
                 Some(format!("add `kind = \"slurm\"` to `[executors.{name}]`, or remove `{key}`")),
             ));
@@ -164,7 +166,7 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
             "mem" => shape.mem = string(errors, is_mem, "a size such as \"4G\" or \"500M\""),
             "time" => shape.time = string(errors, is_time, "a Slurm time such as \"30\" (minutes), \"2:00:00\" or \"1-12:00:00\""),
             "sbatch_args" => shape.sbatch_args = sbatch_args(&at, value, errors),
-            "data" => match value.as_str() {
+            "data" => match value.get_ref().as_str() {
                 Some("shared") => data = DataPlane::Shared,
                 Some("remote") => data = DataPlane::Remote,
                 _ => errors.push((
@@ -174,7 +176,7 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
                 )),
             },
             other => errors.push((
-                t.get_key_value(other).and_then(|(k, _)| k.span()).or(span),
+                Some(key_item.span()),
                 format!("unknown key `{at}`"),
                 Some(match closest(other, SLURM_KEYS.iter().copied()) {
                     Some(s) => format!("did you mean `{s}`?"),
@@ -187,12 +189,12 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
 }
 
 fn sbatch_args(at: &str, value: &Item, errors: &mut Vec<Problem>) -> Vec<String> {
-    let strings = value.as_array().and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<Vec<_>>>());
+    let strings = value.get_ref().as_array().and_then(|a| a.iter().map(|v| v.get_ref().as_str().map(str::to_string)).collect::<Option<Vec<_>>>());
     match strings {
         Some(args) if args.iter().all(|a| a.starts_with('-')) => args,
         _ => {
             errors.push((
-                value.span(),
+                Some(value.span()),
                 format!("`{at}` must be a list of sbatch options"),
                 Some("write e.g. `sbatch_args = [\"--constraint=h200\", \"--exclusive\"]`".into()),
             ));
@@ -252,8 +254,8 @@ mod tests {
     use super::*;
 
     fn parse_text(text: &str) -> (BTreeMap<String, ExecutorSpec>, Vec<String>) {
-        let doc = toml_edit::Document::parse(text.to_string()).unwrap();
-        let (specs, errors) = parse(doc.as_table().get("executors").unwrap());
+        let doc = toml::de::DeTable::parse(text).unwrap();
+        let (specs, errors) = parse(doc.get_ref().get("executors").unwrap());
         (specs, errors.into_iter().map(|(_, m, h)| format!("{m} / {}", h.unwrap_or_default())).collect())
     }
 

@@ -37,8 +37,9 @@ pub fn parse_flag(flag: &str) -> Result<Override, Diagnostic> {
 }
 
 fn parse_value(raw: &str) -> Option<Value> {
-    match format!("v = {raw}").parse::<toml_edit::DocumentMut>() {
-        Ok(doc) => doc.get("v").and_then(|i| i.as_value()).and_then(super::parse::to_json_value),
+    let text = format!("v = {raw}");
+    match toml::de::DeTable::parse(&text) {
+        Ok(doc) => doc.get_ref().get("v").and_then(|v| super::parse::to_json_value(v.get_ref()).ok()),
         Err(_) => Some(Value::String(raw.to_string())),
     }
 }

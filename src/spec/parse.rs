@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde_json::{Map, Value};
-use toml_edit::{Document, Item, Table};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 use super::diag::{Diagnostic, PathHash, SourceMap, Spans};
 use crate::kind::InputRef;
@@ -77,9 +78,24 @@ impl Ctx {
     }
 }
 
+/// A value of the document with its place in the text.
+pub type Item<'i> = Spanned<DeValue<'i>>;
+
+/// The table `item` holds, if it is one.
+pub fn table<'a, 'i>(item: &'a Item<'i>) -> Option<&'a DeTable<'i>> {
+    item.get_ref().as_table()
+}
+
+/// The integer `item` holds, if it is one that fits in 64 bits.
+pub fn integer(item: &Item) -> Option<i64> {
+    item.get_ref().as_integer().and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok())
+}
+
 /// Parses the text of a pipeline file.
 pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> {
-    let doc = match Document::parse(text.to_string()) {
+    // The document borrows its strings from `text`: a pipeline of thousands
+    // of stages is parsed without a copy of each.
+    let doc = match DeTable::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
             let msg = e.message().trim().to_string();
@@ -91,28 +107,28 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
         }
     };
     let mut cx = Ctx { source, spans: Spans::default(), diags: Vec::new() };
-    let root = doc.as_table();
+    let root = doc.get_ref();
 
     for (key, _) in root.iter() {
-        if !matches!(key, "pipeline" | "stages" | "profiles" | "remote" | "executors") {
+        if !matches!(key.get_ref().as_ref(), "pipeline" | "stages" | "profiles" | "remote" | "executors") {
             cx.error(
-                item_span(root, key),
-                format!("unknown top-level key `{key}`"),
+                Some(key.span()),
+                format!("unknown top-level key `{}`", key.get_ref()),
                 Some("a pipeline has `[pipeline]`, `[stages.<name>]`, `[profiles.<name>]`, `[remote]` and `[executors.<name>]`".into()),
             );
         }
     }
 
     let (name, seed) = parse_header(&mut cx, root);
-    let stages = match root.get("stages").map(|item| (item, item.as_table_like())) {
-        Some((_, Some(t))) if !t.is_empty() => t.iter().filter_map(|(name, item)| parse_stage(&mut cx, name, item)).collect(),
+    let stages = match root.get("stages").map(|item| (item, table(item))) {
+        Some((_, Some(t))) if !t.is_empty() => t.iter().filter_map(|(name, item)| parse_stage(&mut cx, name.get_ref(), item)).collect(),
         Some((item, None)) => {
-            cx.error(item.span(), "`stages` must be a table of tables", None);
+            cx.error(Some(item.span()), "`stages` must be a table of tables", None);
             Vec::new()
         }
         // Missing or empty: the same mistake.
         missing_or_empty => {
-            let span = missing_or_empty.and_then(|(item, _)| item.span());
+            let span = missing_or_empty.map(|(item, _)| item.span());
             cx.error(span, "the pipeline declares no stages", Some("add a `[stages.<name>]` table".into()));
             Vec::new()
         }
@@ -145,32 +161,26 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
     }
 }
 
-fn item_span(table: &Table, key: &str) -> Option<Range<usize>> {
-    table
-        .get_key_value(key)
-        .and_then(|(k, item)| k.span().or_else(|| item.span()))
-}
-
-fn parse_header(cx: &mut Ctx, root: &Table) -> (String, u64) {
+fn parse_header(cx: &mut Ctx, root: &DeTable) -> (String, u64) {
     let mut name = "pipeline".to_string();
     let mut seed = 0u64;
     let Some(item) = root.get("pipeline") else { return (name, seed) };
-    let Some(t) = item.as_table_like() else {
-        cx.error(item.span(), "`pipeline` must be a table", None);
+    let Some(t) = table(item) else {
+        cx.error(Some(item.span()), "`pipeline` must be a table", None);
         return (name, seed);
     };
     for (key, value) in t.iter() {
-        match key {
-            "name" => match value.as_str() {
+        match key.get_ref().as_ref() {
+            "name" => match value.get_ref().as_str() {
                 Some(s) => name = s.to_string(),
-                None => cx.error(value.span(), "`pipeline.name` must be a string", None),
+                None => cx.error(Some(value.span()), "`pipeline.name` must be a string", None),
             },
-            "seed" => match value.as_integer() {
+            "seed" => match integer(value) {
                 Some(s) if s >= 0 => seed = s as u64,
-                _ => cx.error(value.span(), "`pipeline.seed` must be a non-negative integer", None),
+                _ => cx.error(Some(value.span()), "`pipeline.seed` must be a non-negative integer", None),
             },
             other => cx.error(
-                t.get_key_value(other).and_then(|(k, _)| k.span()).or_else(|| value.span()),
+                Some(key.span()),
                 format!("unknown key `pipeline.{other}`"),
                 Some("`[pipeline]` takes `name` and `seed`".into()),
             ),
@@ -181,27 +191,28 @@ fn parse_header(cx: &mut Ctx, root: &Table) -> (String, u64) {
 
 fn parse_stage(cx: &mut Ctx, name: &str, item: &Item) -> Option<RawStage> {
     let path = Spans::child(Spans::child(Spans::ROOT, "stages"), name);
-    let Some(table) = item.as_table_like() else {
-        cx.error(item.span(), format!("stage `{name}` must be a table"), Some(format!("write `[stages.{name}]`")));
+    let Some(table) = table(item) else {
+        cx.error(Some(item.span()), format!("stage `{name}` must be a table"), Some(format!("write `[stages.{name}]`")));
         return None;
     };
     if !is_safe_name(name) {
-        cx.error(item.span(), format!("invalid stage name {name:?}"), Some(NAME_HELP.into()));
+        cx.error(Some(item.span()), format!("invalid stage name {name:?}"), Some(NAME_HELP.into()));
         return None;
     }
-    cx.spans.insert(path, item.span());
+    cx.spans.insert(path, Some(item.span()));
     let mut kind = None;
     let mut inputs = BTreeMap::new();
     let mut params = Map::new();
     for (key, value) in table.iter() {
+        let key = key.get_ref().as_ref();
         let p = Spans::child(path, key);
         match key {
-            "kind" => match value.as_str() {
+            "kind" => match value.get_ref().as_str() {
                 Some(k) => {
                     kind = Some(k.to_string());
-                    cx.spans.insert(p, value.span());
+                    cx.spans.insert(p, Some(value.span()));
                 }
-                None => cx.error(value.span(), format!("`stages.{name}.kind` must be a string"), None),
+                None => cx.error(Some(value.span()), format!("`stages.{name}.kind` must be a string"), None),
             },
             "inputs" => inputs = parse_inputs(cx, p, value),
             _ => {
@@ -213,7 +224,7 @@ fn parse_stage(cx: &mut Ctx, name: &str, item: &Item) -> Option<RawStage> {
     }
     let Some(kind) = kind else {
         cx.error(
-            item.span(),
+            Some(item.span()),
             format!("stage `{name}` has no `kind`"),
             Some(format!("add `kind = \"...\"` under `[stages.{name}]`")),
         );
@@ -224,23 +235,20 @@ fn parse_stage(cx: &mut Ctx, name: &str, item: &Item) -> Option<RawStage> {
 
 fn parse_inputs(cx: &mut Ctx, path: PathHash, item: &Item) -> BTreeMap<String, Vec<InputRef>> {
     let mut out = BTreeMap::new();
-    let Some(t) = item.as_table_like() else {
-        cx.error(item.span(), "`inputs` must be a table of slot = \"stage.output\"", None);
+    let Some(t) = table(item) else {
+        cx.error(Some(item.span()), "`inputs` must be a table of slot = \"stage.output\"", None);
         return out;
     };
     for (slot, value) in t.iter() {
-        cx.spans.insert(Spans::child(path, slot), value.span());
+        let slot = slot.get_ref().as_ref();
+        cx.spans.insert(Spans::child(path, slot), Some(value.span()));
         if !is_safe_name(slot) {
-            cx.error(value.span(), format!("invalid input slot name {slot:?}"), Some(NAME_HELP.into()));
+            cx.error(Some(value.span()), format!("invalid input slot name {slot:?}"), Some(NAME_HELP.into()));
             continue;
         }
-        let refs = if let Some(arr) = value.as_array() {
-            arr.iter().map(|v| parse_ref(cx, v.span(), &to_json_value(v))).collect::<Option<Vec<_>>>()
-        } else if let Some(v) = value.as_value() {
-            parse_ref(cx, value.span(), &to_json_value(v)).map(|r| vec![r])
-        } else {
-            cx.error(value.span(), "an input must be \"stage.output\", a list of them, or { file = \"path\" }", None);
-            None
+        let refs = match value.get_ref().as_array() {
+            Some(arr) => arr.iter().map(|v| parse_ref(cx, Some(v.span()), &to_json_value(v.get_ref()))).collect::<Option<Vec<_>>>(),
+            None => parse_ref(cx, Some(value.span()), &to_json_value(value.get_ref())).map(|r| vec![r]),
         };
         if let Some(refs) = refs {
             out.insert(slot.to_string(), refs);
@@ -267,10 +275,13 @@ pub fn parse_ref_value(v: &Value) -> Result<InputRef, String> {
     }
 }
 
-fn parse_ref(cx: &mut Ctx, span: Option<Range<usize>>, v: &Option<Value>) -> Option<InputRef> {
-    let Some(v) = v else {
-        cx.error(span, "this value cannot be an input reference", None);
-        return None;
+fn parse_ref(cx: &mut Ctx, span: Option<Range<usize>>, v: &Result<Value, NotParam>) -> Option<InputRef> {
+    let v = match v {
+        Ok(v) => v,
+        Err(e) => {
+            cx.error(span, format!("this value cannot be an input reference: {}", e.message()), None);
+            return None;
+        }
     };
     match parse_ref_value(v) {
         Ok(r) => Some(r),
@@ -283,28 +294,30 @@ fn parse_ref(cx: &mut Ctx, span: Option<Range<usize>>, v: &Option<Value>) -> Opt
 
 fn parse_profiles(cx: &mut Ctx, item: &Item) -> BTreeMap<String, RawProfile> {
     let mut out = BTreeMap::new();
-    let Some(t) = item.as_table_like() else {
-        cx.error(item.span(), "`profiles` must be a table of tables", None);
+    let Some(t) = table(item) else {
+        cx.error(Some(item.span()), "`profiles` must be a table of tables", None);
         return out;
     };
     for (name, item) in t.iter() {
-        let Some(pt) = item.as_table_like() else {
-            cx.error(item.span(), format!("profile `{name}` must be a table"), None);
+        let name = name.get_ref().as_ref();
+        let Some(pt) = table(item) else {
+            cx.error(Some(item.span()), format!("profile `{name}` must be a table"), None);
             continue;
         };
         if !is_safe_name(name) {
-            cx.error(item.span(), format!("invalid profile name {name:?}"), Some(NAME_HELP.into()));
+            cx.error(Some(item.span()), format!("invalid profile name {name:?}"), Some(NAME_HELP.into()));
             continue;
         }
         let mut profile = RawProfile::default();
         for (key, value) in pt.iter() {
+            let key = key.get_ref().as_ref();
             let p = Spans::child(Spans::child(Spans::child(Spans::ROOT, "profiles"), name), key);
             if key == "extends" {
-                match value.as_str() {
+                match value.get_ref().as_str() {
                     Some(s) => profile.extends = Some(s.to_string()),
-                    None => cx.error(value.span(), "`extends` must name a profile", None),
+                    None => cx.error(Some(value.span()), "`extends` must name a profile", None),
                 }
-                cx.spans.insert(p, value.span());
+                cx.spans.insert(p, Some(value.span()));
                 continue;
             }
             if let Some(v) = to_json(cx, p, value, 0) {
@@ -317,60 +330,76 @@ fn parse_profiles(cx: &mut Ctx, item: &Item) -> BTreeMap<String, RawProfile> {
 }
 
 /// Converts a TOML item to JSON, recording spans and rejecting what params
-/// cannot hold (NaN and infinities, absurd nesting).
+/// cannot hold (NaN and infinities, integers beyond 64 bits, absurd
+/// nesting).
 fn to_json(cx: &mut Ctx, path: PathHash, item: &Item, depth: usize) -> Option<Value> {
-    cx.spans.insert(path, item.span());
+    cx.spans.insert(path, Some(item.span()));
     if depth > MAX_DEPTH {
-        cx.error(item.span(), format!("params nest deeper than {MAX_DEPTH} levels"), None);
+        cx.error(Some(item.span()), format!("params nest deeper than {MAX_DEPTH} levels"), None);
         return None;
     }
-    if let Some(t) = item.as_table_like() {
-        let mut m = Map::new();
-        for (k, v) in t.iter() {
-            m.insert(k.to_string(), to_json(cx, Spans::child(path, k), v, depth + 1)?);
+    match item.get_ref() {
+        DeValue::Table(t) => {
+            let mut m = Map::new();
+            for (k, v) in t.iter() {
+                let k = k.get_ref().as_ref();
+                m.insert(k.to_string(), to_json(cx, Spans::child(path, k), v, depth + 1)?);
+            }
+            Some(Value::Object(m))
         }
-        return Some(Value::Object(m));
-    }
-    if let Some(arr) = item.as_array() {
-        let mut out = Vec::new();
-        for (i, v) in arr.iter().enumerate() {
-            out.push(to_json(cx, Spans::child(path, &i.to_string()), &Item::Value(v.clone()), depth + 1)?);
+        DeValue::Array(arr) => {
+            let mut out = Vec::with_capacity(arr.len());
+            for (i, v) in arr.iter().enumerate() {
+                out.push(to_json(cx, Spans::child(path, &i.to_string()), v, depth + 1)?);
+            }
+            Some(Value::Array(out))
         }
-        return Some(Value::Array(out));
+        scalar => match to_json_value(scalar) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                cx.error(Some(item.span()), e.message(), Some(e.help().into()));
+                None
+            }
+        },
     }
-    if let Some(aot) = item.as_array_of_tables() {
-        let mut out = Vec::new();
-        for (i, t) in aot.iter().enumerate() {
-            out.push(to_json(cx, Spans::child(path, &i.to_string()), &Item::Table(t.clone()), depth + 1)?);
+}
+
+/// Why a TOML value cannot be a param.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NotParam {
+    NotFinite,
+    TooLarge,
+}
+
+impl NotParam {
+    pub fn message(self) -> &'static str {
+        match self {
+            NotParam::NotFinite => "NaN and infinite numbers are not allowed in params",
+            NotParam::TooLarge => "this integer does not fit in 64 bits",
         }
-        return Some(Value::Array(out));
     }
-    match item.as_value().map(to_json_value) {
-        Some(Some(v)) => Some(v),
-        _ => {
-            cx.error(
-                item.span(),
-                "NaN and infinite numbers are not allowed in params",
-                Some("use a finite number".into()),
-            );
-            None
+
+    fn help(self) -> &'static str {
+        match self {
+            NotParam::NotFinite => "use a finite number",
+            NotParam::TooLarge => "use a number from -2^63 to 2^63-1, or a float",
         }
     }
 }
 
-/// A TOML value as JSON; `None` for non-finite floats.
-pub fn to_json_value(v: &toml_edit::Value) -> Option<Value> {
-    use toml_edit::Value as T;
-    Some(match v {
-        T::String(s) => Value::String(s.value().clone()),
-        T::Integer(i) => Value::from(*i.value()),
-        T::Float(f) => Value::Number(serde_json::Number::from_f64(*f.value())?),
-        T::Boolean(b) => Value::Bool(*b.value()),
-        T::Datetime(d) => Value::String(d.value().to_string()),
-        T::Array(a) => Value::Array(a.iter().map(to_json_value).collect::<Option<_>>()?),
-        T::InlineTable(t) => Value::Object(
-            t.iter().map(|(k, v)| Some((k.to_string(), to_json_value(v)?))).collect::<Option<_>>()?,
-        ),
+/// A TOML value as JSON.
+pub fn to_json_value(v: &DeValue) -> Result<Value, NotParam> {
+    Ok(match v {
+        DeValue::String(s) => Value::String(s.to_string()),
+        DeValue::Integer(i) => Value::from(i64::from_str_radix(i.as_str(), i.radix()).map_err(|_| NotParam::TooLarge)?),
+        DeValue::Float(f) => {
+            let x: f64 = f.as_str().parse().map_err(|_| NotParam::NotFinite)?;
+            Value::Number(serde_json::Number::from_f64(x).ok_or(NotParam::NotFinite)?)
+        }
+        DeValue::Boolean(b) => Value::Bool(*b),
+        DeValue::Datetime(d) => Value::String(d.to_string()),
+        DeValue::Array(a) => Value::Array(a.iter().map(|v| to_json_value(v.get_ref())).collect::<Result<_, _>>()?),
+        DeValue::Table(t) => Value::Object(t.iter().map(|(k, v)| Ok((k.get_ref().to_string(), to_json_value(v.get_ref())?))).collect::<Result<_, _>>()?),
     })
 }
 

@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use toml_edit::Item;
+use super::parse::{table, Item};
 
 /// The `[remote]` table as written.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,22 +33,23 @@ pub type Problem = (Option<Range<usize>>, String, Option<String>);
 pub fn parse(item: &Item) -> (RemoteSpec, Vec<Problem>) {
     let mut spec = RemoteSpec::default();
     let mut errors = Vec::new();
-    let Some(t) = item.as_table_like() else {
-        errors.push((item.span(), "`remote` must be a table".to_string(), None));
+    let Some(t) = table(item) else {
+        errors.push((Some(item.span()), "`remote` must be a table".to_string(), None));
         return (spec, errors);
     };
-    for (key, value) in t.iter() {
-        let string = |errors: &mut Vec<_>| match value.as_str() {
+    for (key_item, value) in t.iter() {
+        let key = key_item.get_ref().as_ref();
+        let string = |errors: &mut Vec<_>| match value.get_ref().as_str() {
             Some(s) => Some(s.to_string()),
             None => {
-                errors.push((value.span(), format!("`remote.{key}` must be a string"), None));
+                errors.push((Some(value.span()), format!("`remote.{key}` must be a string"), None));
                 None
             }
         };
-        let boolean = |errors: &mut Vec<_>| match value.as_bool() {
+        let boolean = |errors: &mut Vec<_>| match value.get_ref().as_bool() {
             Some(b) => Some(b),
             None => {
-                errors.push((value.span(), format!("`remote.{key}` must be true or false"), None));
+                errors.push((Some(value.span()), format!("`remote.{key}` must be true or false"), None));
                 None
             }
         };
@@ -59,12 +60,12 @@ pub fn parse(item: &Item) -> (RemoteSpec, Vec<Problem>) {
             "allow_http" => spec.allow_http = boolean(&mut errors),
             "push" => spec.push = boolean(&mut errors).unwrap_or(false),
             k @ ("access_key_id" | "secret_access_key" | "aws_access_key_id" | "aws_secret_access_key" | "token" | "session_token") => errors.push((
-                t.get_key_value(k).and_then(|(k, _)| k.span()),
+                Some(key_item.span()),
                 format!("`remote.{k}`: credentials do not belong in pipeline.toml"),
                 Some("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment instead (and remove it from the file and its history)".into()),
             )),
             other => errors.push((
-                t.get_key_value(other).and_then(|(k, _)| k.span()).or_else(|| value.span()),
+                Some(key_item.span()),
                 format!("unknown key `remote.{other}`"),
                 Some("`[remote]` takes `url`, `endpoint`, `region`, `allow_http` and `push`".into()),
             )),
