@@ -242,7 +242,7 @@ impl Cache {
 
     fn read_manifest<K: serde::de::DeserializeOwned>(&self, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<ManifestOf<K>>, CacheError> {
         let p = self.manifest_path(key);
-        let bytes = match fs::read(&p) {
+        let bytes = match read_small(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CacheError::io("cannot read manifest", p, e)),
@@ -381,6 +381,16 @@ fn is_missing_or_empty(root: &Path) -> bool {
         Ok(mut d) => d.next().is_none(),
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
+}
+
+/// Reads a file of a few KiB (a manifest) in as few calls as the kernel
+/// allows: `fs::read` first asks the file's size, a call more per
+/// manifest, and a no-op run reads one per stage.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(4096);
+    File::open(path)?.take(u64::MAX).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Makes `root` a cache directory, or checks that it is one.
