@@ -111,14 +111,20 @@ fn place(dir: &Path, stage: &str, rel: &str, src: &Path, old: &Record, cache: &C
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Placed::Absent),
         Err(e) => return Err(io_err("cannot read", src)(e)),
     };
+    let dest = dir.join(rel);
+    let found = fs::symlink_metadata(&dest);
+    // Placed here earlier, through a stage directory checked then, and
+    // still that object: nothing to do, so nothing to check.
+    if found.as_ref().is_ok_and(|m| m.is_file() && identity(m) == src_id && old.files.get(rel) == Some(&src_id)) {
+        return Ok(Placed::Kept(src_id));
+    }
     let stage_dir = dir.join(stage);
     match fs::symlink_metadata(&stage_dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Ok(Placed::NotOurs(stage_dir)),
         Err(_) => fs::create_dir(&stage_dir).map_err(io_err("cannot create", &stage_dir))?,
     }
-    let dest = dir.join(rel);
-    match fs::symlink_metadata(&dest) {
+    match found {
         Ok(m) if m.is_file() && identity(&m) == src_id => return Ok(Placed::Kept(src_id)),
         Ok(m) if m.is_file() && old.files.get(rel) == Some(&identity(&m)) => {
             fs::remove_file(&dest).map_err(io_err("cannot replace", &dest))?;
