@@ -106,8 +106,10 @@ fn identity(m: &fs::Metadata) -> (u64, u64) {
 
 /// Puts one object at `dir/rel`, unless something not cairn's is there.
 fn place(dir: &Path, stage: &str, rel: &str, src: &Path, old: &Record, cache: &Cache) -> Result<Placed, ArtifactsError> {
-    let src_id = match fs::metadata(src) {
-        Ok(m) => identity(&m),
+    // An object this run looked up was just found at its stat; asking
+    // again would cost a path lookup per output.
+    let src_id = match cache.stat().checked_identity(src).map(Ok).unwrap_or_else(|| fs::metadata(src).map(|m| identity(&m))) {
+        Ok(id) => id,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Placed::Absent),
         Err(e) => return Err(io_err("cannot read", src)(e)),
     };

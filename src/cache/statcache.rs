@@ -18,7 +18,9 @@
 //! a link points to, so that is what is hashed. A link cycle or a dangling
 //! link is an error naming the link.
 //!
-//! The stat cache only saves work; it never enters a key. If it is damaged
+//! The stat cache only saves work; it never enters a key. It also tells
+//! `artifacts` the identity of an object this process has just checked,
+//! so placing its link need not look the object up again. If it is damaged
 //! or missing, everything is simply re-hashed. Entries for files that no
 //! longer exist are pruned when it is saved.
 
@@ -76,6 +78,10 @@ struct Entry {
     hash: ArtifactHash,
     /// When the hash was computed (ns since the epoch).
     hashed_at_ns: i128,
+    /// Whether this process found the file at `stat` (and so its hash
+    /// trusted): its identity may then be taken from here.
+    #[serde(skip)]
+    checked: bool,
 }
 
 impl Entry {
@@ -175,8 +181,9 @@ impl StatCache {
 
     fn hash_canonical_file(&self, abs: PathBuf, meta: &fs::Metadata) -> Result<ArtifactHash, HashError> {
         let stat = Stat::of(meta);
-        if let Some(e) = self.entries.lock().unwrap().get(&abs) {
+        if let Some(e) = self.entries.lock().unwrap().get_mut(&abs) {
             if e.trusted_for(&stat) {
+                e.checked = true;
                 return Ok(e.hash);
             }
         }
@@ -184,7 +191,7 @@ impl StatCache {
         let (hash, _) = hash_file(&abs).map_err(|e| HashError::io(&abs, e))?;
         // Record the stat seen before reading: a write during the read
         // changes the stat, so the next look re-hashes.
-        self.entries.lock().unwrap().insert(abs, Entry { stat, hash, hashed_at_ns });
+        self.entries.lock().unwrap().insert(abs, Entry { stat, hash, hashed_at_ns, checked: true });
         *self.dirty.lock().unwrap() = true;
         Ok(hash)
     }
@@ -226,8 +233,16 @@ impl StatCache {
     pub fn record_verified(&self, path: &Path, hash: ArtifactHash) {
         let (Ok(abs), Ok(stat)) = (fs::canonicalize(path), Stat::read(path)) else { return };
         let hashed_at_ns = stat.mtime_ns.max(stat.ctime_ns) + RACY_WINDOW_NS;
-        self.entries.lock().unwrap().insert(abs, Entry { stat, hash, hashed_at_ns });
+        self.entries.lock().unwrap().insert(abs, Entry { stat, hash, hashed_at_ns, checked: true });
         *self.dirty.lock().unwrap() = true;
+    }
+
+    /// The (device, inode) of canonical `abs` as this process found it
+    /// when it trusted or recorded its hash (an object looked up or stored
+    /// in this run, under the cache lock), without asking again; `None`
+    /// when it has not looked.
+    pub fn checked_identity(&self, abs: &Path) -> Option<(u64, u64)> {
+        self.entries.lock().unwrap().get(abs).filter(|e| e.checked).map(|e| (e.stat.dev, e.stat.ino))
     }
 
     /// Whether `path` (a file) has a trusted entry for its current stat.
@@ -378,7 +393,7 @@ mod tests {
         // Pretend it was hashed long after its last change, so it is trusted.
         sc.entries.lock().unwrap().insert(
             fs::canonicalize(&f).unwrap(),
-            Entry { stat: old, hash: ArtifactHash::of_bytes(b"aaaa"), hashed_at_ns: now_ns() + 10 * RACY_WINDOW_NS },
+            Entry { stat: old, hash: ArtifactHash::of_bytes(b"aaaa"), hashed_at_ns: now_ns() + 10 * RACY_WINDOW_NS, checked: false },
         );
         assert!(sc.knows(&f));
         let mtime = fs::metadata(&f).unwrap().modified().unwrap();
@@ -399,6 +414,24 @@ mod tests {
         let sc = StatCache::default();
         sc.hash(&f).unwrap();
         assert!(!sc.knows(&f), "hashed within the racy window of its last write");
+    }
+
+    #[test]
+    fn an_identity_is_given_only_for_what_this_process_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let f = fs::canonicalize(t.path()).unwrap().join("f");
+        fs::write(&f, b"obj").unwrap();
+        let sc = StatCache::load(t.path());
+        sc.hash_object(&f).unwrap();
+        sc.save();
+        let id = fs::metadata(&f).map(|m| (m.dev(), m.ino())).unwrap();
+        assert_eq!(sc.checked_identity(&f), Some(id), "hashed here");
+        let back = StatCache::load(t.path());
+        assert_eq!(back.checked_identity(&f), None, "an entry read from disk was not checked by this process");
+        back.hash_object(&f).unwrap();
+        assert_eq!(back.checked_identity(&f), Some(id), "checked now");
+        back.forget(&f);
+        assert_eq!(back.checked_identity(&f), None, "forgotten");
     }
 
     #[test]
