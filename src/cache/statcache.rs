@@ -20,9 +20,9 @@
 //!
 //! The stat cache only saves work; it never enters a key. It also tells
 //! `artifacts` the identity of an object this process has just checked,
-//! so placing its link need not look the object up again. If it is damaged
-//! or missing, everything is simply re-hashed. Entries for files that no
-//! longer exist are pruned when it is saved.
+//! so placing its link need not look the object up again. If the stat
+//! cache is damaged or missing, everything is simply re-hashed. Entries
+//! for files that no longer exist are pruned when it is saved.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
