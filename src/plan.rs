@@ -130,8 +130,8 @@ impl<'a> Resolver<'a> {
 
     /// A complete cache entry for `stage` under `key` (the key of `ki`):
     /// its manifest, if it records exactly the outputs the stage declares
-    /// and every object it names is intact. Anything else is a miss, with a warning (and, when
-    /// repairing, damaged objects are evicted).
+    /// and every object it names is intact. Anything else is a miss, with
+    /// a warning (and, when repairing, damaged objects are evicted).
     pub fn lookup(&self, stage: &Stage, ki: &KeyInputs, key: &StageKey) -> Result<Option<Manifest>, CacheError> {
         let warn = |m: String| (self.warn)(m);
         let Some(m) = self.cache.manifest_for(ki, key, &warn)? else { return Ok(None) };

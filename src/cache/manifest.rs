@@ -23,7 +23,8 @@ pub type Manifest = ManifestOf<KeyInputs>;
 
 /// A manifest as stored, generic over its key inputs: a lookup that holds
 /// them already (they are what its key hashes) reads the rest only, as
-/// `ManifestOf<IgnoredAny>`, and puts its own in ([`ManifestOf::with_key_inputs`]).
+/// `ManifestOf<IgnoredAny>`, and puts its own in
+/// ([`ManifestOf::with_key_inputs`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ManifestOf<K> {
     pub key: StageKey,

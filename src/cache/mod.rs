@@ -33,7 +33,7 @@ pub mod statcache;
 pub mod store;
 
 pub use lock::CacheLock;
-pub use manifest::{Manifest, ManifestOf, OutputRecord, StageRef};
+pub use manifest::{Manifest, OutputRecord, StageRef};
 pub use hash::hash_file;
 pub use store::Cache;
 

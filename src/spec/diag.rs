@@ -66,10 +66,8 @@ impl Spans {
         h.finish()
     }
 
-    pub fn insert(&mut self, at: PathHash, span: Option<Range<usize>>) {
-        if let Some(span) = span {
-            self.0.insert(at, span);
-        }
+    pub fn insert(&mut self, at: PathHash, span: Range<usize>) {
+        self.0.insert(at, span);
     }
 
     /// The span of `path`, or of its nearest parent that has one.
@@ -148,10 +146,9 @@ mod tests {
         let path = |segments: &[&str]| segments.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let at = |segments: &[&str]| segments.iter().fold(Spans::ROOT, |h, s| Spans::child(h, s));
         let mut spans = Spans::default();
-        spans.insert(at(&["stages", "a"]), Some(0..5));
-        spans.insert(at(&["stages", "a", "lr"]), Some(6..8));
-        spans.insert(at(&["stages", "ab"]), Some(9..10));
-        spans.insert(at(&["stages", "c"]), None);
+        spans.insert(at(&["stages", "a"]), 0..5);
+        spans.insert(at(&["stages", "a", "lr"]), 6..8);
+        spans.insert(at(&["stages", "ab"]), 9..10);
         assert_eq!(spans.nearest(&path(&["stages", "a", "lr"])), Some(6..8));
         assert_eq!(spans.nearest(&path(&["stages", "a", "lr", "x"])), Some(6..8));
         assert_eq!(spans.nearest(&path(&["stages", "a", "epochs"])), Some(0..5));

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde_json::{Map, Value};
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeInteger, DeTable, DeValue};
 use toml::Spanned;
 
 use super::diag::{Diagnostic, PathHash, SourceMap, Spans};
@@ -88,7 +88,12 @@ pub fn table<'a, 'i>(item: &'a Item<'i>) -> Option<&'a DeTable<'i>> {
 
 /// The integer `item` holds, if it is one that fits in 64 bits.
 pub fn integer(item: &Item) -> Option<i64> {
-    item.get_ref().as_integer().and_then(|i| i64::from_str_radix(i.as_str(), i.radix()).ok())
+    item.get_ref().as_integer().and_then(int64)
+}
+
+/// The parser keeps an integer's digits; they are read only here.
+fn int64(i: &DeInteger) -> Option<i64> {
+    i64::from_str_radix(i.as_str(), i.radix()).ok()
 }
 
 /// Parses the text of a pipeline file.
@@ -199,7 +204,7 @@ fn parse_stage(cx: &mut Ctx, name: &str, item: &Item) -> Option<RawStage> {
         cx.error(Some(item.span()), format!("invalid stage name {name:?}"), Some(NAME_HELP.into()));
         return None;
     }
-    cx.spans.insert(path, Some(item.span()));
+    cx.spans.insert(path, item.span());
     let mut kind = None;
     let mut inputs = BTreeMap::new();
     let mut params = Map::new();
@@ -210,7 +215,7 @@ fn parse_stage(cx: &mut Ctx, name: &str, item: &Item) -> Option<RawStage> {
             "kind" => match value.get_ref().as_str() {
                 Some(k) => {
                     kind = Some(k.to_string());
-                    cx.spans.insert(p, Some(value.span()));
+                    cx.spans.insert(p, value.span());
                 }
                 None => cx.error(Some(value.span()), format!("`stages.{name}.kind` must be a string"), None),
             },
@@ -241,7 +246,7 @@ fn parse_inputs(cx: &mut Ctx, path: PathHash, item: &Item) -> BTreeMap<String, V
     };
     for (slot, value) in t.iter() {
         let slot = slot.get_ref().as_ref();
-        cx.spans.insert(Spans::child(path, slot), Some(value.span()));
+        cx.spans.insert(Spans::child(path, slot), value.span());
         if !is_safe_name(slot) {
             cx.error(Some(value.span()), format!("invalid input slot name {slot:?}"), Some(NAME_HELP.into()));
             continue;
@@ -317,7 +322,7 @@ fn parse_profiles(cx: &mut Ctx, item: &Item) -> BTreeMap<String, RawProfile> {
                     Some(s) => profile.extends = Some(s.to_string()),
                     None => cx.error(Some(value.span()), "`extends` must name a profile", None),
                 }
-                cx.spans.insert(p, Some(value.span()));
+                cx.spans.insert(p, value.span());
                 continue;
             }
             if let Some(v) = to_json(cx, p, value, 0) {
@@ -333,7 +338,7 @@ fn parse_profiles(cx: &mut Ctx, item: &Item) -> BTreeMap<String, RawProfile> {
 /// cannot hold (NaN and infinities, integers beyond 64 bits, absurd
 /// nesting).
 fn to_json(cx: &mut Ctx, path: PathHash, item: &Item, depth: usize) -> Option<Value> {
-    cx.spans.insert(path, Some(item.span()));
+    cx.spans.insert(path, item.span());
     if depth > MAX_DEPTH {
         cx.error(Some(item.span()), format!("params nest deeper than {MAX_DEPTH} levels"), None);
         return None;
@@ -391,7 +396,7 @@ impl NotParam {
 pub fn to_json_value(v: &DeValue) -> Result<Value, NotParam> {
     Ok(match v {
         DeValue::String(s) => Value::String(s.to_string()),
-        DeValue::Integer(i) => Value::from(i64::from_str_radix(i.as_str(), i.radix()).map_err(|_| NotParam::TooLarge)?),
+        DeValue::Integer(i) => Value::from(int64(i).ok_or(NotParam::TooLarge)?),
         DeValue::Float(f) => {
             let x: f64 = f.as_str().parse().map_err(|_| NotParam::NotFinite)?;
             Value::Number(serde_json::Number::from_f64(x).ok_or(NotParam::NotFinite)?)
