@@ -189,6 +189,10 @@ impl Observer for Console {
 
     fn finished(&self, r: &StageReport) {
         self.finish_bar(&r.stage);
+        let failed = matches!(r.outcome, Outcome::Failed { .. });
+        if self.quiet && !failed {
+            return;
+        }
         let label = outcome_label(&r.outcome);
         let detail = match &r.outcome {
             Outcome::Ran => format!("{:.1}s", r.duration_s),
@@ -202,7 +206,7 @@ impl Observer for Console {
             Outcome::Interrupted => "stopped; nothing from it was cached".into(),
         };
         let text = format!("{:<11} {:<12} {detail}", label, r.stage);
-        if matches!(r.outcome, Outcome::Failed { .. }) {
+        if failed {
             self.error(&text);
         } else {
             self.line(&text);

@@ -69,14 +69,11 @@ fn pieces(cmd: &str) -> Vec<Piece<'_>> {
     out
 }
 
-fn placeholders(cmd: &str) -> Vec<(String, String)> {
-    pieces(cmd)
-        .into_iter()
-        .filter_map(|p| match p {
-            Piece::Slot { ns, name } => Some((ns.to_string(), name.to_string())),
-            Piece::Text(_) => None,
-        })
-        .collect()
+fn placeholders(cmd: &str) -> impl Iterator<Item = (&str, &str)> {
+    pieces(cmd).into_iter().filter_map(|p| match p {
+        Piece::Slot { ns, name } => Some((ns, name)),
+        Piece::Text(_) => None,
+    })
 }
 
 /// Fills a template in one pass: substituted paths are never scanned for
@@ -138,7 +135,7 @@ impl StageKind for Command {
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
-        let p: Params = serde_path_to_error::deserialize(raw.clone()).map_err(|e| {
+        let p: Params = serde_path_to_error::deserialize(raw).map_err(|e| {
             let path = e.path().iter().filter_map(|s| match s {
                 serde_path_to_error::Segment::Map { key } => Some(key.clone()),
                 _ => None,
@@ -151,10 +148,10 @@ impl StageKind for Command {
         }
         let mut inputs: Vec<InputSlot> = Vec::new();
         for (ns, name) in placeholders(&p.cmd) {
-            match ns.as_str() {
-                "in" if !inputs.iter().any(|s| s.name == name) => inputs.push(InputSlot::one(&name)),
+            match ns {
+                "in" if !inputs.iter().any(|s| s.name == name) => inputs.push(InputSlot::one(name)),
                 "in" => {}
-                "out" if p.outputs.contains_key(&name) => {}
+                "out" if p.outputs.contains_key(name) => {}
                 "out" => {
                     return Err(ParamError::new(vec!["cmd".into()], format!("`{{out.{name}}}` names no declared output"))
                         .with_help(format!("add `{name} = \"<file name>\"` to `outputs`")))
