@@ -21,17 +21,22 @@ macro_rules! digest_type {
                 Self(*h.as_bytes())
             }
             pub fn to_hex(&self) -> String {
-                blake3::Hash::from_bytes(self.0).to_hex().to_string()
+                self.hex().to_string()
+            }
+            /// The hex digits on the stack: cache paths are built from
+            /// them on every lookup.
+            pub fn hex(&self) -> impl std::ops::Deref<Target = str> {
+                blake3::Hash::from_bytes(self.0).to_hex()
             }
             /// The first 12 hex digits, for humans.
             pub fn short(&self) -> String {
-                self.to_hex()[..12].to_string()
+                self.hex()[..12].to_string()
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.to_hex())
+                f.write_str(&self.hex())
             }
         }
 

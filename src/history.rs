@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::formats::table::{Column, Table, TableError};
 use crate::runner::{Outcome, RunReport};
-use crate::spec::sweep::Sweep;
+use crate::spec::Pipeline;
 
 /// One stage of one run, as read back.
 #[derive(Clone, Debug)]
@@ -49,11 +49,12 @@ fn status_name(o: &Outcome) -> &'static str {
     }
 }
 
-/// The run's rows as the history keeps them; `sweep` is the merged
-/// pipeline's, if any. What `record` writes, and what a sweep's closing
+/// The run's rows as the history keeps them, with each stage's params
+/// from `pipeline` (the merged one of a sweep). What `record` writes, and what a sweep's closing
 /// table is built from (so an all-cached sweep, which writes no record,
 /// still gets its table).
-pub fn rows(report: &RunReport, sweep: Option<&Sweep>) -> Vec<HistoryRow> {
+pub fn rows(report: &RunReport, pipeline: &Pipeline) -> Vec<HistoryRow> {
+    let sweep = pipeline.sweep.as_ref();
     let grid = sweep.map(|w| w.points.clone()).unwrap_or_default();
     report
         .stages
@@ -67,7 +68,7 @@ pub fn rows(report: &RunReport, sweep: Option<&Sweep>) -> Vec<HistoryRow> {
             status: status_name(&r.outcome).to_string(),
             key: r.key.map(|k| k.to_hex()).unwrap_or_default(),
             duration_s: r.duration_s,
-            params: r.params.clone(),
+            params: pipeline.stage(&r.stage).map(|s| s.checked.params.clone()).unwrap_or_default(),
             metrics: r.metrics.clone(),
             outputs: r.outputs.iter().map(|(k, o)| (k.clone(), o.hash.to_hex())).collect(),
             sweep: grid.clone(),
@@ -76,9 +77,9 @@ pub fn rows(report: &RunReport, sweep: Option<&Sweep>) -> Vec<HistoryRow> {
         .collect()
 }
 
-/// Appends a run to the history; `sweep` is the merged pipeline's, if any.
-pub fn record(cache: &crate::cache::Cache, report: &RunReport, sweep: Option<&Sweep>) -> Result<PathBuf, TableError> {
-    let rows = rows(report, sweep);
+/// Appends a run of `pipeline` to the history.
+pub fn record(cache: &crate::cache::Cache, report: &RunReport, pipeline: &Pipeline) -> Result<PathBuf, TableError> {
+    let rows = rows(report, pipeline);
     let json = |v: &dyn Fn(&HistoryRow) -> String| Column::Str(rows.iter().map(v).collect());
     let text = |v: &dyn Fn(&HistoryRow) -> &String| Column::Str(rows.iter().map(|r| v(r).clone()).collect());
     let table = Table::new()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::cache::{Cache, CacheError, Manifest, StageRef};
+use crate::cache::{Cache, CacheError, Hit, Manifest, OutputRecord, StageRef};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::env::Environment;
 use crate::external::{self, ExternalError};
@@ -132,10 +132,10 @@ impl<'a> Resolver<'a> {
     /// its manifest, if it records exactly the outputs the stage declares
     /// and every object it names is intact. Anything else is a miss, with
     /// a warning (and, when repairing, damaged objects are evicted).
-    pub fn lookup(&self, stage: &Stage, ki: &KeyInputs, key: &StageKey) -> Result<Option<Manifest>, CacheError> {
+    pub fn lookup(&self, stage: &Stage, key: &StageKey) -> Result<Option<Hit>, CacheError> {
         let warn = |m: String| (self.warn)(m);
-        let Some(m) = self.cache.manifest_for(ki, key, &warn)? else { return Ok(None) };
-        if let Some(problem) = outputs_mismatch(stage, &m) {
+        let Some(m) = self.cache.manifest_hit(key, &warn)? else { return Ok(None) };
+        if let Some(problem) = outputs_mismatch(stage, &m.outputs) {
             warn(format!("the cache entry of `{}` (key {}) {problem}; treating it as a miss", stage.name, key.short()));
             return Ok(None);
         }
@@ -248,8 +248,8 @@ impl<'a> Resolver<'a> {
                 Ok(None) => StageState::Stale { reasons: self.reasons(&stage.name, None, upstream.as_deref()), key_inputs: None },
                 Ok(Some(ki)) => {
                     let key = ki.key();
-                    match self.lookup(stage, &ki, &key)? {
-                        Some(m) => StageState::Fresh { key, manifest: Box::new(m) },
+                    match self.lookup(stage, &key)? {
+                        Some(m) => StageState::Fresh { key, manifest: Box::new(m.with_key_inputs(ki)) },
                         None => StageState::Stale { reasons: self.reasons(&stage.name, Some(&ki), None), key_inputs: Some(ki) },
                     }
                 }
@@ -267,10 +267,10 @@ impl<'a> Resolver<'a> {
 }
 
 /// How a manifest's outputs differ from what the stage declares, if they do.
-pub fn outputs_mismatch(stage: &Stage, m: &Manifest) -> Option<String> {
+pub fn outputs_mismatch(stage: &Stage, outputs: &BTreeMap<String, OutputRecord>) -> Option<String> {
     let declared = &stage.checked.outputs;
     for d in declared {
-        match m.outputs.get(&d.name) {
+        match outputs.get(&d.name) {
             None => return Some(format!("has no output `{}`", d.name)),
             Some(o) if o.ty != d.ty || o.ext != d.ext => {
                 return Some(format!("records output `{}` as {} .{}, the stage declares {} .{}", d.name, o.ty, o.ext, d.ty, d.ext))
@@ -278,5 +278,5 @@ pub fn outputs_mismatch(stage: &Stage, m: &Manifest) -> Option<String> {
             Some(_) => {}
         }
     }
-    m.outputs.keys().find(|k| !declared.iter().any(|d| &d.name == *k)).map(|k| format!("has an undeclared output `{k}`"))
+    outputs.keys().find(|k| !declared.iter().any(|d| &d.name == *k)).map(|k| format!("has an undeclared output `{k}`"))
 }

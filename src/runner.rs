@@ -25,6 +25,7 @@ use std::sync::mpsc;
 
 use serde::Serialize;
 
+use crate::cache::manifest::ManifestOf;
 use crate::cache::{Cache, CacheError, Manifest, OutputRecord, StageRef};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::env::Environment;
@@ -78,8 +79,6 @@ pub struct StageReport {
     pub duration_s: f64,
     pub outputs: BTreeMap<String, OutputRecord>,
     pub metrics: BTreeMap<String, f64>,
-    #[serde(skip)]
-    pub params: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -131,7 +130,8 @@ pub enum RunError {
 enum State {
     Pending,
     Running,
-    Done(BTreeMap<String, OutputRecord>),
+    /// Its outputs' hashes are in [`Scheduler::hashes`].
+    Done,
     /// `--dry-run`: it would run, so its outputs are not known.
     WouldRun,
     Failed,
@@ -177,6 +177,7 @@ struct Scheduler<'a> {
     unfetched: BTreeSet<usize>,
     states: Vec<State>,
     reports: BTreeMap<usize, StageReport>,
+    /// The output hashes of each done stage, by stage and output name.
     hashes: BTreeMap<String, BTreeMap<String, ArtifactHash>>,
     key_inputs: BTreeMap<usize, KeyInputs>,
     refs: BTreeMap<String, StageRef>,
@@ -341,7 +342,7 @@ impl<'a> Scheduler<'a> {
             self.settle(i, State::WouldRun, report(stage, Outcome::WouldRun, None, reasons));
             return Ok(Step::Progressed);
         }
-        if !deps.iter().all(|&d| matches!(self.states[d], State::Done(_))) || self.cancel.load(Ordering::Relaxed) {
+        if !deps.iter().all(|&d| matches!(self.states[d], State::Done)) || self.cancel.load(Ordering::Relaxed) {
             return Ok(Step::Wait);
         }
         let ki = match self.resolver.key_inputs(stage, &self.hashes, !self.opts.dry_run) {
@@ -353,7 +354,7 @@ impl<'a> Scheduler<'a> {
             Err(source) => return Err(RunError::External { stage: stage.name.clone(), source }),
         };
         let key = ki.key();
-        let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &ki, &key)? };
+        let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &key)? };
         if let Some(m) = hit {
             self.serve_hit(i, ki, m, Outcome::Cached);
             return Ok(Step::Progressed);
@@ -376,7 +377,7 @@ impl<'a> Scheduler<'a> {
         self.ready(i, ki, reasons)
     }
 
-    fn serve_hit(&mut self, i: usize, ki: KeyInputs, m: Manifest, outcome: Outcome) {
+    fn serve_hit<K>(&mut self, i: usize, ki: KeyInputs, m: ManifestOf<K>, outcome: Outcome) {
         let pipeline = self.pipeline;
         let stage = &pipeline.stages[i];
         tracing::debug!(stage = %stage.name, key = %m.key.short(), "cache hit");
@@ -385,11 +386,11 @@ impl<'a> Scheduler<'a> {
         }
         self.hashes.insert(stage.name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
         let mut r = report(stage, outcome, Some(m.key), vec![]);
-        r.outputs = m.outputs.clone();
-        r.metrics = m.metrics.clone();
+        r.outputs = m.outputs;
+        r.metrics = m.metrics;
         r.duration_s = m.duration_s;
         self.refs.insert(stage.name.clone(), StageRef { key: m.key, key_inputs: ki });
-        self.settle(i, State::Done(m.outputs), r);
+        self.settle(i, State::Done, r);
     }
 
     /// Asks the remote for a stage that missed locally: a wanted stage is
@@ -477,15 +478,10 @@ impl<'a> Scheduler<'a> {
                 return Ok(Step::Progressed);
             }
         }
-        let states = &self.states;
-        let inputs = self.resolver.input_paths(i, |up, output| match &states[pipeline.index_of(up).expect("references are checked")] {
-            State::Done(outs) => outs[output].hash,
-            _ => unreachable!("inputs are done before a stage runs"),
-        })?;
+        let hashes = &self.hashes;
+        let inputs = self.resolver.input_paths(i, |up, output| hashes[up][output])?;
         self.observer.started(&stage.name, &reasons);
-        let mut r = report(stage, Outcome::Ran, Some(ki.key()), reasons);
-        r.params = stage.checked.params.clone();
-        self.reports.insert(i, r);
+        self.reports.insert(i, report(stage, Outcome::Ran, Some(ki.key()), reasons));
         self.key_inputs.insert(i, ki.clone());
         self.states[i] = State::Running;
         Ok(Step::Execute(Ready { i, key_inputs: ki, inputs }))
@@ -497,13 +493,13 @@ impl<'a> Scheduler<'a> {
         let r = self.reports.get_mut(&i).expect("running stages have a report");
         match res {
             Ok(done) => {
-                r.outputs = done.outputs.clone();
+                self.hashes.insert(stage.name.clone(), done.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+                r.outputs = done.outputs;
                 r.metrics = done.metrics;
                 r.duration_s = done.duration_s;
                 let key = r.key.expect("ran stages have a key");
                 self.refs.insert(stage.name.clone(), StageRef { key, key_inputs: self.key_inputs[&i].clone() });
-                self.hashes.insert(stage.name.clone(), done.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
-                self.states[i] = State::Done(done.outputs);
+                self.states[i] = State::Done;
             }
             Err(f) => {
                 r.outcome = if f.interrupted { Outcome::Interrupted } else { Outcome::Failed { error: f.message } };
@@ -521,7 +517,7 @@ impl<'a> Scheduler<'a> {
             self.hashes.remove(&self.pipeline.stages[p].name);
             self.reports.remove(&p);
             for (j, deps) in self.pipeline.graph.deps.iter().enumerate() {
-                if deps.contains(&p) && self.selected.contains(&j) && matches!(self.states[j], State::Done(_)) {
+                if deps.contains(&p) && self.selected.contains(&j) && matches!(self.states[j], State::Done) {
                     stack.push(j);
                 }
             }
@@ -602,6 +598,5 @@ fn report(stage: &Stage, outcome: Outcome, key: Option<StageKey>, reasons: Vec<D
         duration_s: 0.0,
         outputs: BTreeMap::new(),
         metrics: BTreeMap::new(),
-        params: stage.checked.params.clone(),
     }
 }

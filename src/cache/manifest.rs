@@ -21,10 +21,12 @@ pub struct OutputRecord {
 /// A finished stage execution, with its key inputs.
 pub type Manifest = ManifestOf<KeyInputs>;
 
-/// A manifest as stored, generic over its key inputs: a lookup that holds
-/// them already (they are what its key hashes) reads the rest only, as
-/// `ManifestOf<IgnoredAny>`, and puts its own in
-/// ([`ManifestOf::with_key_inputs`]).
+/// A manifest read without its key inputs, as a lookup reads it: the
+/// caller holds them already (they are what the key hashes), and puts them
+/// in where it needs a whole [`Manifest`] ([`Hit::with_key_inputs`]).
+pub type Hit = ManifestOf<IgnoredAny>;
+
+/// A manifest as stored, generic over its key inputs (see [`Hit`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ManifestOf<K> {
     pub key: StageKey,
@@ -41,7 +43,7 @@ pub struct ManifestOf<K> {
     pub metrics: BTreeMap<String, f64>,
 }
 
-impl ManifestOf<IgnoredAny> {
+impl Hit {
     pub fn with_key_inputs(self, key_inputs: KeyInputs) -> Manifest {
         let ManifestOf { key, key_inputs: _, stage, outputs, started_at, finished_at, duration_s, cairn_version, metrics } = self;
         ManifestOf { key, key_inputs, stage, outputs, started_at, finished_at, duration_s, cairn_version, metrics }

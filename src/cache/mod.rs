@@ -29,11 +29,12 @@ pub mod gc;
 pub mod hash;
 pub mod lock;
 pub mod manifest;
+mod open_dir;
 pub mod statcache;
 pub mod store;
 
 pub use lock::CacheLock;
-pub use manifest::{Manifest, OutputRecord, StageRef};
+pub use manifest::{Hit, Manifest, OutputRecord, StageRef};
 pub use hash::hash_file;
 pub use store::Cache;
 

@@ -66,6 +66,17 @@ impl Stat {
         }
     }
 
+    /// From a raw `stat` (a lookup from an open directory).
+    pub fn of_raw(st: &rustix::fs::Stat) -> Self {
+        Stat {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+            ctime_ns: st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128,
+        }
+    }
+
     /// The stat of `path`, following links.
     pub fn read(path: &Path) -> io::Result<Self> {
         fs::metadata(path).map(|m| Self::of(&m))
@@ -164,7 +175,7 @@ impl StatCache {
 
     fn hash_regular(&self, path: &Path, meta: &fs::Metadata) -> Result<ArtifactHash, HashError> {
         let abs = fs::canonicalize(path).map_err(|e| HashError::io(path, e))?;
-        self.hash_canonical_file(abs, meta)
+        self.hash_object_at(&abs, Stat::of(meta))
     }
 
     /// The content hash of a regular file named by a path that is already
@@ -176,22 +187,23 @@ impl StatCache {
         if !meta.is_file() {
             return Err(HashError::Special { path: abs.to_path_buf() });
         }
-        self.hash_canonical_file(abs.to_path_buf(), &meta)
+        self.hash_object_at(abs, Stat::of(&meta))
     }
 
-    fn hash_canonical_file(&self, abs: PathBuf, meta: &fs::Metadata) -> Result<ArtifactHash, HashError> {
-        let stat = Stat::of(meta);
-        if let Some(e) = self.entries.lock().unwrap().get_mut(&abs) {
+    /// The content hash of the regular file at canonical path `abs`, whose
+    /// stat the caller has just read.
+    pub fn hash_object_at(&self, abs: &Path, stat: Stat) -> Result<ArtifactHash, HashError> {
+        if let Some(e) = self.entries.lock().unwrap().get_mut(abs) {
             if e.trusted_for(&stat) {
                 e.checked = true;
                 return Ok(e.hash);
             }
         }
         let hashed_at_ns = now_ns();
-        let (hash, _) = hash_file(&abs).map_err(|e| HashError::io(&abs, e))?;
+        let (hash, _) = hash_file(abs).map_err(|e| HashError::io(abs, e))?;
         // Record the stat seen before reading: a write during the read
         // changes the stat, so the next look re-hashes.
-        self.entries.lock().unwrap().insert(abs, Entry { stat, hash, hashed_at_ns, checked: true });
+        self.entries.lock().unwrap().insert(abs.to_path_buf(), Entry { stat, hash, hashed_at_ns, checked: true });
         *self.dirty.lock().unwrap() = true;
         Ok(hash)
     }
@@ -233,7 +245,7 @@ impl StatCache {
     pub fn record_verified(&self, path: &Path, hash: ArtifactHash) {
         let (Ok(abs), Ok(stat)) = (fs::canonicalize(path), Stat::read(path)) else { return };
         let hashed_at_ns = stat.mtime_ns.max(stat.ctime_ns) + RACY_WINDOW_NS;
-        self.entries.lock().unwrap().insert(abs, Entry { stat, hash, hashed_at_ns, checked: true });
+        self.entries.lock().unwrap().insert(abs.to_path_buf(), Entry { stat, hash, hashed_at_ns, checked: true });
         *self.dirty.lock().unwrap() = true;
     }
 

@@ -13,14 +13,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::de::IgnoredAny;
-
 use super::hash::hash_file;
-use super::manifest::{Manifest, ManifestOf, StageRef};
-use super::statcache::StatCache;
+use super::manifest::{Hit, Manifest, ManifestOf, StageRef};
+use super::open_dir::OpenDir;
+use super::statcache::{HashError, StatCache};
 use super::CacheError;
 use crate::digest::{ArtifactHash, StageKey};
-use crate::key::KeyInputs;
 
 /// The marker that makes a directory a cairn cache (the Cache Directory
 /// Tagging Specification's tag, so backup tools skip it too).
@@ -40,6 +38,19 @@ pub struct Cache {
     root: PathBuf,
     /// Hashes of external inputs and of objects, by stat.
     stat: Arc<StatCache>,
+    /// `objects/` and `manifests/`, where every lookup starts.
+    dirs: Arc<LookupDirs>,
+}
+
+struct LookupDirs {
+    objects: OpenDir,
+    manifests: OpenDir,
+}
+
+impl LookupDirs {
+    fn open(root: &Path) -> Arc<Self> {
+        Arc::new(Self { objects: OpenDir::new(root.join("objects")), manifests: OpenDir::new(root.join("manifests")) })
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -60,14 +71,14 @@ impl Cache {
         // Absolute, because stages run in their own working directory.
         let root = fs::canonicalize(root).map_err(|e| CacheError::io("cannot open cache directory", root, e))?;
         let stat = Arc::new(StatCache::load(&root));
-        Ok(Self { root, stat })
+        Ok(Self { dirs: LookupDirs::open(&root), root, stat })
     }
 
     /// Opens a cache for reading only; a missing cache is simply empty.
     pub fn open_read(root: &Path) -> Self {
         let root = fs::canonicalize(root).or_else(|_| std::path::absolute(root)).unwrap_or_else(|_| root.to_path_buf());
         let stat = Arc::new(StatCache::load(&root));
-        Self { root, stat }
+        Self { dirs: LookupDirs::open(&root), root, stat }
     }
 
     /// Opens an existing cache for reading, refusing a directory that is
@@ -100,8 +111,20 @@ impl Cache {
     }
 
     pub fn object_path(&self, h: &ArtifactHash) -> PathBuf {
-        let hex = h.to_hex();
-        self.root.join("objects").join(&hex[..2]).join(&hex[2..])
+        let hex = h.hex();
+        self.path_under(&["objects", &hex[..2], &hex[2..]])
+    }
+
+    /// `root/a/b/…` in one allocation, with room for an extension: a path
+    /// is made for each lookup.
+    fn path_under(&self, parts: &[&str]) -> PathBuf {
+        let len = self.root.as_os_str().len() + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+        let mut path = PathBuf::with_capacity(len + ".json".len());
+        path.push(&self.root);
+        for part in parts {
+            path.push(part);
+        }
+        path
     }
 
     pub fn has_object(&self, h: &ArtifactHash) -> bool {
@@ -114,7 +137,12 @@ impl Cache {
     /// metadata is found by [`Cache::verify_object`], which always reads.
     pub fn object_intact(&self, h: &ArtifactHash) -> Result<bool, CacheError> {
         let p = self.object_path(h);
-        match self.stat.hash_object(&p) {
+        let hashed = match self.dirs.objects.file_stat(&p) {
+            Ok(Some(stat)) => self.stat.hash_object_at(&p, stat),
+            Ok(None) => Err(HashError::Special { path: p }),
+            Err(e) => Err(HashError::Io { path: p, source: e }),
+        };
+        match hashed {
             Ok(actual) => Ok(actual == *h),
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => Ok(false),
             Err(e) => Err(CacheError::Hash(e)),
@@ -223,7 +251,9 @@ impl Cache {
     }
 
     fn manifest_path(&self, key: &StageKey) -> PathBuf {
-        self.root.join("manifests").join(format!("{}.json", key.to_hex()))
+        let mut path = self.path_under(&["manifests", &key.hex()]);
+        path.set_extension("json");
+        path
     }
 
     /// The manifest for a key. A miss is `Ok(None)`. A manifest that does
@@ -232,17 +262,17 @@ impl Cache {
         self.read_manifest(key, warn)
     }
 
-    /// The manifest of `key`, whose key inputs are `key_inputs`: they are
-    /// what the key hashes, so they are taken as given, not read back
-    /// (most of a manifest's parse on a no-op run).
-    pub fn manifest_for(&self, key_inputs: &KeyInputs, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<Manifest>, CacheError> {
-        let m: Option<ManifestOf<IgnoredAny>> = self.read_manifest(key, warn)?;
-        Ok(m.map(|m| m.with_key_inputs(key_inputs.clone())))
+    /// The manifest of `key` without its key inputs: a caller that looks a
+    /// key up holds them already (they are what the key hashes), so they
+    /// are skipped, not read back (most of a manifest's parse on a no-op
+    /// run). [`Hit::with_key_inputs`] completes it.
+    pub fn manifest_hit(&self, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<Hit>, CacheError> {
+        self.read_manifest(key, warn)
     }
 
     fn read_manifest<K: serde::de::DeserializeOwned>(&self, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<ManifestOf<K>>, CacheError> {
         let p = self.manifest_path(key);
-        let bytes = match read_small(&p) {
+        let bytes = match self.dirs.manifests.open(&p).and_then(read_small) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CacheError::io("cannot read manifest", p, e)),
@@ -386,10 +416,10 @@ fn is_missing_or_empty(root: &Path) -> bool {
 /// Reads a file of a few KiB (a manifest) in as few calls as the kernel
 /// allows: `fs::read` first asks the file's size, a call more per
 /// manifest, and a no-op run reads one per stage.
-fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+fn read_small(file: File) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::with_capacity(4096);
-    File::open(path)?.take(u64::MAX).read_to_end(&mut bytes)?;
+    file.take(u64::MAX).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 

@@ -224,7 +224,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console:
         // were verified through it.
         cache.stat().save();
         if !report.all_cached() {
-            if let Err(e) = cairn::history::record(&cache, &report, pipeline.sweep.as_ref()) {
+            if let Err(e) = cairn::history::record(&cache, &report, &pipeline) {
                 console.warn_line(&format!("could not record the run history: {e}"));
             }
         }
@@ -247,7 +247,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console:
         ));
     }
     if pipeline.sweep.is_some() && !json && !opts.dry_run {
-        if let Some(table) = super::sweep::table(&cairn::history::rows(&report, pipeline.sweep.as_ref()), false) {
+        if let Some(table) = super::sweep::table(&cairn::history::rows(&report, &pipeline), false) {
             console.line(table.trim_end());
         }
     }

@@ -128,9 +128,9 @@ fn remote_keys(
                 let Ok(Some(ki)) = resolver.key_inputs(stage, &outputs, false) else { continue };
                 // Its key known only now (upstream is on the remote), the
                 // stage may well be complete here.
-                if let Ok(Some(m)) = resolver.lookup(stage, &ki, &ki.key()) {
-                    local.push((i, StageState::Fresh { key: m.key, manifest: Box::new(m.clone()) }));
+                if let Ok(Some(m)) = resolver.lookup(stage, &ki.key()) {
                     outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+                    local.push((i, StageState::Fresh { key: m.key, manifest: Box::new(m.with_key_inputs(ki)) }));
                     continue;
                 }
                 match remote.peek_entry(stage, &ki, &ki.key(), &warn) {
@@ -246,11 +246,11 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
             }
         };
         let key = ki.key();
-        let m = match resolver.lookup(stage, &ki, &key).map_err(|e| fail(console, exit::IO, e))? {
+        let m = match resolver.lookup(stage, &key).map_err(|e| fail(console, exit::IO, e))? {
             Some(m) => {
                 local += 1;
                 console.line(&format!("local      {name:<12} already in the local cache"));
-                m
+                m.with_key_inputs(ki)
             }
             None => match remote.peek_entry(stage, &ki, &key, &warn) {
                 Ok(Some(m)) => {

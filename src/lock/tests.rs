@@ -35,7 +35,6 @@ fn report(ki: &KeyInputs, bytes: &[u8]) -> RunReport {
         duration_s: 1.0,
         outputs: BTreeMap::from([("model".to_string(), out)]),
         metrics: BTreeMap::from([("acc".to_string(), 0.5), ("loss".to_string(), f64::NAN)]),
-        params: ki.params.clone(),
     };
     RunReport { run_id: "r".into(), started_at: String::new(), finished_at: String::new(), profile: None, stages: vec![stage], interrupted: false }
 }
