@@ -66,7 +66,9 @@ impl Stat {
         }
     }
 
-    /// From a raw `stat` (a lookup from an open directory).
+    /// From a raw `stat` (a lookup from an open directory), whose field
+    /// types differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
     pub fn of_raw(st: &rustix::fs::Stat) -> Self {
         Stat {
             dev: st.st_dev as u64,

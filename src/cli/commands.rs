@@ -184,24 +184,11 @@ struct RunCmd<'a> {
 }
 
 fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console: &Console) -> CmdResult {
-    let (wait, json) = (run.wait, run.json);
     let (pipeline, env) = if run.sweep.is_empty() { load(cli, config, console)? } else { super::sweep::load_merged(cli, config, run.sweep, console)? };
     let lock_plan = super::lock::before_run(cli, run.locked, console)?;
-    let mut opts = opts.clone();
-    if let Some(w) = &pipeline.sweep {
-        opts.targets = super::sweep::expand(&pipeline, &opts.targets);
-        opts.force = super::sweep::expand(&pipeline, &opts.force);
-        if !run.jobs_set {
-            opts.jobs = super::sweep::default_jobs(&pipeline, w);
-        }
-    }
-    if let Some((remote, push)) = super::remote::open(config, &pipeline, console)? {
-        opts.push |= push;
-        opts.remote = Some(remote);
-    }
-    let opts = &opts;
+    let opts = &run_options(opts, run, &pipeline, config, console)?;
     let cache = open_cache(cli, console)?;
-    let _lock = if opts.dry_run { None } else { Some(lock(cli, wait, console)?) };
+    let _lock = if opts.dry_run { None } else { Some(lock(cli, run.wait, console)?) };
     if !opts.dry_run {
         cache.clean_tmp();
     }
@@ -215,67 +202,96 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console:
         };
         fail(console, code, e)
     })?;
-
-    // A run that changed nothing writes nothing: no history row, and
-    // artifacts/ is only touched where it differs.
     if !opts.dry_run {
-        materialize(cli, &pipeline, &cache, &report, console);
-        // Links made in artifacts/ changed objects' ctimes; remember they
-        // were verified through it.
-        cache.stat().save();
-        if !report.all_cached() {
-            if let Err(e) = cairn::history::record(&cache, &report, &pipeline) {
-                console.warn_line(&format!("could not record the run history: {e}"));
-            }
-        }
+        record_run(cli, &pipeline, &cache, &report, console);
     }
-    let ran = report.count(|o| matches!(o, Outcome::Ran));
-    let cached = report.count(|o| matches!(o, Outcome::Cached));
-    let pulled = report.count(|o| matches!(o, Outcome::Pulled));
-    let failed = report.count(|o| matches!(o, Outcome::Failed { .. }));
-    let would = report.count(|o| matches!(o, Outcome::WouldRun));
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-    } else if opts.dry_run {
-        console.line(&format!("dry run: {would} would run, {cached} cached"));
-    } else {
-        let pulled = if opts.remote.is_some() { format!(", {pulled} pulled") } else { String::new() };
-        console.line(&format!(
-            "{ran} ran, {cached} cached{pulled}, {failed} failed in {:.1}s (run {})",
-            t0.elapsed().as_secs_f64(),
-            report.run_id
-        ));
-    }
-    if pipeline.sweep.is_some() && !json && !opts.dry_run {
-        if let Some(table) = super::sweep::table(&cairn::history::rows(&report, &pipeline), false) {
-            console.line(table.trim_end());
-        }
-    }
+    print_summary(&pipeline, &report, opts, run.json, t0.elapsed(), console);
     if let Some(code) = super::remote::after_run(opts, &pipeline, &cache, &report, console) {
         return Ok(code);
     }
-    if report.interrupted {
-        console.error(&format!(
-            "interrupted: {} finished stage(s) are cached and will not re-run; the stage in progress was discarded",
-            ran
-        ));
-        return Ok(exit::INTERRUPTED);
+    if let Some(code) = failure_code(&report, &cache, console) {
+        return Ok(code);
     }
-    if let Some((stage, why)) = cache_io_failure(&report) {
-        console.error(&format!("`{stage}` failed because {why} ({}); earlier results are intact", cache.root().display()));
-        return Ok(exit::IO);
-    }
-    if report.failed() {
-        return Ok(exit::FAILED);
-    }
-    if opts.dry_run {
-        return Ok(exit::OK);
-    }
-    if pipeline.sweep.is_some() {
+    if opts.dry_run || pipeline.sweep.is_some() {
         // cairn.lock records the pipeline as committed, not a sweep's points.
         return Ok(exit::OK);
     }
     Ok(super::lock::after_run(lock_plan, &pipeline, &cache, &report, opts.targets.is_empty(), console))
+}
+
+/// The run's options for this pipeline: a sweep's targets expanded to its
+/// points (and its own job count unless `--jobs` was given), the remote
+/// cache opened if one is configured.
+fn run_options(opts: &RunOptions, run: &RunCmd, pipeline: &Pipeline, config: &Config, console: &Console) -> Result<RunOptions, i32> {
+    let mut opts = opts.clone();
+    if let Some(w) = &pipeline.sweep {
+        opts.targets = super::sweep::expand(pipeline, &opts.targets);
+        opts.force = super::sweep::expand(pipeline, &opts.force);
+        if !run.jobs_set {
+            opts.jobs = super::sweep::default_jobs(pipeline, w);
+        }
+    }
+    if let Some((remote, push)) = super::remote::open(config, pipeline, console)? {
+        opts.push |= push;
+        opts.remote = Some(remote);
+    }
+    Ok(opts)
+}
+
+/// What a (not dry) run leaves behind. A run that changed nothing writes
+/// nothing: no history row, and artifacts/ is only touched where it
+/// differs.
+fn record_run(cli: &Cli, pipeline: &Pipeline, cache: &Cache, report: &runner::RunReport, console: &Console) {
+    materialize(cli, pipeline, cache, report, console);
+    // Links made in artifacts/ changed objects' ctimes; remember they were
+    // verified through it.
+    cache.stat().save();
+    if !report.all_cached() {
+        if let Err(e) = cairn::history::record(cache, report, pipeline) {
+            console.warn_line(&format!("could not record the run history: {e}"));
+        }
+    }
+}
+
+/// The closing line (or the JSON report), and a sweep's table.
+fn print_summary(pipeline: &Pipeline, report: &runner::RunReport, opts: &RunOptions, json: bool, took: std::time::Duration, console: &Console) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        return;
+    }
+    let cached = report.count(|o| matches!(o, Outcome::Cached));
+    if opts.dry_run {
+        console.line(&format!("dry run: {} would run, {cached} cached", report.count(|o| matches!(o, Outcome::WouldRun))));
+        return;
+    }
+    let ran = report.count(|o| matches!(o, Outcome::Ran));
+    let failed = report.count(|o| matches!(o, Outcome::Failed { .. }));
+    let pulled = match opts.remote {
+        Some(_) => format!(", {} pulled", report.count(|o| matches!(o, Outcome::Pulled))),
+        None => String::new(),
+    };
+    console.line(&format!("{ran} ran, {cached} cached{pulled}, {failed} failed in {:.1}s (run {})", took.as_secs_f64(), report.run_id));
+    if pipeline.sweep.is_some() {
+        if let Some(table) = super::sweep::table(&cairn::history::rows(report, pipeline), false) {
+            console.line(table.trim_end());
+        }
+    }
+}
+
+/// The exit code of a run that did not finish cleanly, said on stderr.
+fn failure_code(report: &runner::RunReport, cache: &Cache, console: &Console) -> Option<i32> {
+    if report.interrupted {
+        let ran = report.count(|o| matches!(o, Outcome::Ran));
+        console.error(&format!(
+            "interrupted: {ran} finished stage(s) are cached and will not re-run; the stage in progress was discarded"
+        ));
+        return Some(exit::INTERRUPTED);
+    }
+    if let Some((stage, why)) = cache_io_failure(report) {
+        console.error(&format!("`{stage}` failed because {why} ({}); earlier results are intact", cache.root().display()));
+        return Some(exit::IO);
+    }
+    report.failed().then_some(exit::FAILED)
 }
 
 /// The first stage that failed because the cache could not be written (a

@@ -155,80 +155,16 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
     let mut raw = parse::parse(diag::SourceMap::new(display, text), text).map_err(SpecError::Invalid)?;
     let mut diags = Vec::new();
     let profile = choose_profile(&raw, &opts.profile);
-    let mut all_overrides = Vec::new();
-    if let Some((name, _)) = &profile {
-        match overrides::profile_overrides(&raw, name, Origin::Flag(format!("(profile {name})"))) {
-            Ok(o) => all_overrides.extend(o),
-            Err(d) => diags.push(d),
-        }
-    }
-    for flag in &opts.sets {
-        match overrides::parse_flag(flag) {
-            Ok(o) => all_overrides.push(o),
-            Err(d) => diags.push(d),
-        }
-    }
-    let origins = overrides::apply(&mut raw, &all_overrides, &mut diags);
+    let chosen = chosen_overrides(&raw, profile.as_ref().map(|(name, _)| name.as_str()), &opts.sets, &mut diags);
+    let origins = overrides::apply(&mut raw, &chosen, &mut diags);
     let stage_executors = take_executor_choices(&mut raw, &origins, &mut diags);
-
-    let mut stages = Vec::with_capacity(raw.stages.len());
-    for i in 0..raw.stages.len() {
-        let rs = &raw.stages[i];
-        let stage_path = vec!["stages".to_string(), rs.name.clone()];
-        let Some(kind) = registry.get(&rs.kind) else {
-            let mut kp = stage_path.clone();
-            kp.push("kind".into());
-            diags.push(Diagnostic {
-                origin: raw.source.origin(raw.span_of(&kp)),
-                message: format!("unknown stage kind `{}`", rs.kind),
-                help: Some(match diag::closest(&rs.kind, registry.names()) {
-                    Some(s) => format!("did you mean `{s}`? (known kinds: {})", registry.names().collect::<Vec<_>>().join(", ")),
-                    None => format!("known kinds: {}", registry.names().collect::<Vec<_>>().join(", ")),
-                }),
-            });
-            continue;
-        };
-        // The kind reads params as a JSON object: lent to it, not copied,
-        // and put back for the rules and messages below.
-        let params = Value::Object(std::mem::take(&mut raw.stages[i].params));
-        let result = kind.check(&params);
-        if let Value::Object(m) = params {
-            raw.stages[i].params = m;
-        }
-        let rs = &raw.stages[i];
-        match result {
-            Ok(checked) => {
-                diags.extend(rule_violations(&raw, &origins, rs, &checked));
-                stages.push((i, kind, checked));
-            }
-            Err(e) => {
-                // The kind's path ends at the offending key, an unknown one
-                // included (serde_path_to_error records the key it failed on).
-                let shown = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path.join(".")) };
-                diags.push(Diagnostic {
-                    origin: param_origin(&raw, &origins, &rs.name, &e.path),
-                    message: format!("stage `{}` ({}): param{shown}: {}", rs.name, rs.kind, e.message),
-                    help: e.help.clone(),
-                });
-            }
-        }
-    }
-
-    let stages = resolve_inputs(&raw, stages, &mut diags);
+    let checked = (0..raw.stages.len()).filter_map(|i| check_stage(&mut raw, i, &origins, registry, &mut diags)).collect();
+    let stages = resolve_inputs(&raw, checked, &mut diags);
     if !diags.is_empty() {
         diags.sort_by(|a, b| a.origin.cmp(&b.origin));
         return Err(SpecError::Invalid(diags));
     }
-
-    let (stages, graph) = ordered(stages).map_err(|cycle| {
-        let path = vec!["stages".to_string(), cycle[0].clone(), "inputs".to_string()];
-        SpecError::Invalid(vec![Diagnostic {
-            origin: raw.source.origin(raw.span_of(&path)),
-            message: format!("the stages form a cycle: {}", cycle.join(" → ")),
-            help: Some("a stage cannot read, directly or indirectly, its own outputs".into()),
-        }])
-    })?;
-
+    let (stages, graph) = ordered(stages).map_err(|cycle| cycle_error(&raw, &cycle))?;
     // Absolute, because stages run in their own working directory.
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let root = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
@@ -245,6 +181,85 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
         stage_executors,
         sweep: None,
     })
+}
+
+/// The profile's overrides, then the `--set` flags (later ones win).
+fn chosen_overrides(raw: &RawSpec, profile: Option<&str>, sets: &[String], diags: &mut Vec<Diagnostic>) -> Vec<overrides::Override> {
+    let mut chosen = Vec::new();
+    if let Some(name) = profile {
+        match overrides::profile_overrides(raw, name, Origin::Flag(format!("(profile {name})"))) {
+            Ok(o) => chosen.extend(o),
+            Err(d) => diags.push(d),
+        }
+    }
+    for flag in sets {
+        match overrides::parse_flag(flag) {
+            Ok(o) => chosen.push(o),
+            Err(d) => diags.push(d),
+        }
+    }
+    chosen
+}
+
+/// Stage `i` checked by its kind, or `None` with what is wrong in `diags`.
+fn check_stage(
+    raw: &mut RawSpec,
+    i: usize,
+    origins: &Origins,
+    registry: &Registry,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(usize, Arc<dyn StageKind>, Checked)> {
+    let Some(kind) = registry.get(&raw.stages[i].kind) else {
+        diags.push(unknown_kind(raw, &raw.stages[i], registry));
+        return None;
+    };
+    // The kind reads params as a JSON object: lent to it, not copied, and
+    // put back for the rules and messages below.
+    let params = Value::Object(std::mem::take(&mut raw.stages[i].params));
+    let result = kind.check(&params);
+    if let Value::Object(m) = params {
+        raw.stages[i].params = m;
+    }
+    let rs = &raw.stages[i];
+    match result {
+        Ok(checked) => {
+            diags.extend(rule_violations(raw, origins, rs, &checked));
+            Some((i, kind, checked))
+        }
+        Err(e) => {
+            // The kind's path ends at the offending key, an unknown one
+            // included (serde_path_to_error records the key it failed on).
+            let shown = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path.join(".")) };
+            diags.push(Diagnostic {
+                origin: param_origin(raw, origins, &rs.name, &e.path),
+                message: format!("stage `{}` ({}): param{shown}: {}", rs.name, rs.kind, e.message),
+                help: e.help,
+            });
+            None
+        }
+    }
+}
+
+fn unknown_kind(raw: &RawSpec, rs: &parse::RawStage, registry: &Registry) -> Diagnostic {
+    let path = ["stages".to_string(), rs.name.clone(), "kind".into()];
+    let known = registry.names().collect::<Vec<_>>().join(", ");
+    Diagnostic {
+        origin: raw.source.origin(raw.span_of(&path)),
+        message: format!("unknown stage kind `{}`", rs.kind),
+        help: Some(match diag::closest(&rs.kind, registry.names()) {
+            Some(s) => format!("did you mean `{s}`? (known kinds: {known})"),
+            None => format!("known kinds: {known}"),
+        }),
+    }
+}
+
+fn cycle_error(raw: &RawSpec, cycle: &[String]) -> SpecError {
+    let path = ["stages".to_string(), cycle[0].clone(), "inputs".to_string()];
+    SpecError::Invalid(vec![Diagnostic {
+        origin: raw.source.origin(raw.span_of(&path)),
+        message: format!("the stages form a cycle: {}", cycle.join(" → ")),
+        help: Some("a stage cannot read, directly or indirectly, its own outputs".into()),
+    }])
 }
 
 /// The stages in topological order, with their graph; `Err` names the
@@ -393,17 +408,12 @@ fn stage_inputs(
         }
         inputs.insert(slot.clone(), vec![r.clone()]);
     }
-    let slot_names: Vec<&str> = c.inputs.iter().map(|s| s.name.as_str()).collect();
     for (slot, refs) in &inputs {
         // Slots a param implies are the kind's own doing, not declared
         // ones; what they refer to is checked like any reference.
         if !is_implied(slot) {
             let Some(decl) = c.inputs.iter().find(|s| &s.name == slot) else {
-                let help = match diag::closest(slot, slot_names.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("`{}` takes: {}", rs.kind, if slot_names.is_empty() { "no inputs".into() } else { slot_names.join(", ") }),
-                };
-                err(Some(slot), format!("kind `{}` has no input slot `{slot}`", rs.kind), Some(help));
+                err(Some(slot), format!("kind `{}` has no input slot `{slot}`", rs.kind), Some(slot_help(rs, c, slot)));
                 continue;
             };
             if !decl.many && refs.len() != 1 {
@@ -411,21 +421,8 @@ fn stage_inputs(
             }
         }
         for r in refs {
-            let InputRef::Output { stage, output } = r else { continue };
-            match outputs.get(stage.as_str()) {
-                None if all_names.contains(&stage.as_str()) => {} // that stage has its own error
-                None => err(
-                    Some(slot),
-                    format!("input `{slot}` refers to `{stage}`, which is not a stage"),
-                    diag::closest(stage, all_names.iter().copied()).map(|s| format!("did you mean `{s}.{output}`?")),
-                ),
-                Some(outs) if !outs.contains(&output.as_str()) => err(
-                    Some(slot),
-                    format!("input `{slot}` refers to `{stage}.{output}`, but `{stage}` has no output `{output}`"),
-                    Some(format!("`{stage}` produces: {}", outs.join(", "))),
-                ),
-                Some(_) if stage == &rs.name => err(Some(slot), format!("input `{slot}` reads the stage's own output"), None),
-                Some(_) => {}
+            if let Some((message, help)) = reference_problem(&rs.name, slot, r, outputs, all_names) {
+                err(Some(slot), message, help);
             }
         }
     }
@@ -440,6 +437,41 @@ fn stage_inputs(
         }
     }
     inputs
+}
+
+/// The help for a slot the stage's kind does not have: the nearest
+/// name, or the slots it has.
+fn slot_help(rs: &parse::RawStage, c: &Checked, slot: &str) -> String {
+    let names: Vec<&str> = c.inputs.iter().map(|s| s.name.as_str()).collect();
+    match diag::closest(slot, names.iter().copied()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => format!("`{}` takes: {}", rs.kind, if names.is_empty() { "no inputs".into() } else { names.join(", ") }),
+    }
+}
+
+/// What is wrong with reference `r` in input `slot` of stage `own`: a
+/// message and its help.
+fn reference_problem(
+    own: &str,
+    slot: &str,
+    r: &InputRef,
+    outputs: &BTreeMap<&str, Vec<&str>>,
+    all_names: &[&str],
+) -> Option<(String, Option<String>)> {
+    let InputRef::Output { stage, output } = r else { return None };
+    match outputs.get(stage.as_str()) {
+        None if all_names.contains(&stage.as_str()) => None, // that stage has its own error
+        None => Some((
+            format!("input `{slot}` refers to `{stage}`, which is not a stage"),
+            diag::closest(stage, all_names.iter().copied()).map(|s| format!("did you mean `{s}.{output}`?")),
+        )),
+        Some(outs) if !outs.contains(&output.as_str()) => Some((
+            format!("input `{slot}` refers to `{stage}.{output}`, but `{stage}` has no output `{output}`"),
+            Some(format!("`{stage}` produces: {}", outs.join(", "))),
+        )),
+        Some(_) if stage == own => Some((format!("input `{slot}` reads the stage's own output"), None)),
+        Some(_) => None,
+    }
 }
 
 #[cfg(test)]
