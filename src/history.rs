@@ -50,9 +50,9 @@ fn status_name(o: &Outcome) -> &'static str {
 }
 
 /// The run's rows as the history keeps them, with each stage's params
-/// from `pipeline` (the merged one of a sweep). What `record` writes, and what a sweep's closing
-/// table is built from (so an all-cached sweep, which writes no record,
-/// still gets its table).
+/// from `pipeline` (the merged one of a sweep). What `record` writes, and
+/// what a sweep's closing table is built from (so an all-cached sweep,
+/// which writes no record, still gets its table).
 pub fn rows(report: &RunReport, pipeline: &Pipeline) -> Vec<HistoryRow> {
     let sweep = pipeline.sweep.as_ref();
     let grid = sweep.map(|w| w.points.clone()).unwrap_or_default();

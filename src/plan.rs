@@ -128,10 +128,11 @@ impl<'a> Resolver<'a> {
         }))
     }
 
-    /// A complete cache entry for `stage` under `key` (the key of `ki`):
-    /// its manifest, if it records exactly the outputs the stage declares
-    /// and every object it names is intact. Anything else is a miss, with
-    /// a warning (and, when repairing, damaged objects are evicted).
+    /// A complete cache entry for `stage` under `key`: its manifest
+    /// (without the key inputs, which the caller holds), if it records
+    /// exactly the outputs the stage declares and every object it names is
+    /// intact. Anything else is a miss, with a warning (and, when
+    /// repairing, damaged objects are evicted).
     pub fn lookup(&self, stage: &Stage, key: &StageKey) -> Result<Option<Hit>, CacheError> {
         let warn = |m: String| (self.warn)(m);
         let Some(m) = self.cache.manifest_hit(key, &warn)? else { return Ok(None) };
