@@ -45,6 +45,38 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// Runs the stage's kind; a panicking in-process kind fails its stage,
+/// not the whole run.
+fn run_kind(stage: &Stage, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(ctx))).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(StageFailure::new(format!("stage kind panicked: {}", msg.unwrap_or_default())))
+    })
+}
+
+/// Each declared output, stored (or, for `verify`, only hashed). A
+/// missing one fails the stage.
+fn record_outputs(
+    cache: &Cache,
+    stage: &Stage,
+    outputs: &BTreeMap<String, PathBuf>,
+    store: bool,
+) -> Result<BTreeMap<String, OutputRecord>, StageFailure> {
+    let mut records = BTreeMap::new();
+    for decl in &stage.checked.outputs {
+        let path = &outputs[&decl.name];
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(StageFailure::new(format!(
+                "finished without writing declared output `{}` ({} {})",
+                decl.name, decl.ty, decl.file_name()
+            )));
+        }
+        let (hash, size) = if store { cache.ingest(path).map_err(|e| StageFailure::new(e.to_string()))? } else { hash_file(path)? };
+        records.insert(decl.name.clone(), OutputRecord { hash, size, ty: decl.ty, ext: decl.ext.clone() });
+    }
+    Ok(records)
+}
+
 pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFailure> {
     let stage = req.stage;
     let scratch = cache.scratch_dir(&stage.name).map_err(|e| StageFailure::new(e.to_string()))?;
@@ -72,33 +104,11 @@ pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFai
         metrics: BTreeMap::new(),
         cancel: req.cancel,
     };
-    // A panicking in-process kind fails its stage, not the whole run.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&mut ctx)))
-        .unwrap_or_else(|p| {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Err(StageFailure::new(format!("stage kind panicked: {}", msg.unwrap_or_default())))
-        });
-    result?;
+    run_kind(stage, &mut ctx)?;
     (req.check_inputs)()?;
     let duration_s = t0.elapsed().as_secs_f64();
     let metrics = std::mem::take(&mut ctx.metrics);
-
-    let mut records = BTreeMap::new();
-    for decl in &stage.checked.outputs {
-        let path = &outputs[&decl.name];
-        if std::fs::symlink_metadata(path).is_err() {
-            return Err(StageFailure::new(format!(
-                "finished without writing declared output `{}` ({} {})",
-                decl.name, decl.ty, decl.file_name()
-            )));
-        }
-        let (hash, size) = if req.store {
-            cache.ingest(path).map_err(|e| StageFailure::new(e.to_string()))?
-        } else {
-            hash_file(path)?
-        };
-        records.insert(decl.name.clone(), OutputRecord { hash, size, ty: decl.ty, ext: decl.ext.clone() });
-    }
+    let records = record_outputs(cache, stage, &outputs, req.store)?;
     let manifest = Manifest {
         key: req.key_inputs.key(),
         key_inputs: req.key_inputs.clone(),

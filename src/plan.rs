@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::cache::{Cache, CacheError, Hit, Manifest, OutputRecord, StageRef};
+use crate::cache::{output_hashes, Cache, CacheError, Hit, Manifest, OutputRecord, StageRef};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::env::Environment;
 use crate::external::{self, ExternalError};
@@ -256,7 +256,7 @@ impl<'a> Resolver<'a> {
                 }
             };
             if let StageState::Fresh { manifest, .. } = &state {
-                outputs.insert(stage.name.clone(), manifest.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+                outputs.insert(stage.name.clone(), output_hashes(&manifest.outputs));
             } else {
                 stale_upstream.insert(stage.name.clone(), upstream.unwrap_or_else(|| stage.name.clone()));
             }

@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use serde::Serialize;
 
 use crate::cache::manifest::ManifestOf;
-use crate::cache::{Cache, CacheError, Manifest, OutputRecord, StageRef};
+use crate::cache::{output_hashes, Cache, CacheError, Manifest, OutputRecord, StageRef};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::env::Environment;
 use crate::exec::{execute, ExecRequest, Executed};
@@ -384,7 +384,7 @@ impl<'a> Scheduler<'a> {
         if let (Outcome::Cached, Some(remote), true) = (&outcome, self.opts.remote.as_deref(), self.opts.push) {
             push_after(remote, self.cache, &m.key, self.observer, &stage.name);
         }
-        self.hashes.insert(stage.name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+        self.hashes.insert(stage.name.clone(), output_hashes(&m.outputs));
         let mut r = report(stage, outcome, Some(m.key), vec![]);
         r.outputs = m.outputs;
         r.metrics = m.metrics;
@@ -493,7 +493,7 @@ impl<'a> Scheduler<'a> {
         let r = self.reports.get_mut(&i).expect("running stages have a report");
         match res {
             Ok(done) => {
-                self.hashes.insert(stage.name.clone(), done.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+                self.hashes.insert(stage.name.clone(), output_hashes(&done.outputs));
                 r.outputs = done.outputs;
                 r.metrics = done.metrics;
                 r.duration_s = done.duration_s;

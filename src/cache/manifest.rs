@@ -21,6 +21,12 @@ pub struct OutputRecord {
 /// A finished stage execution, with its key inputs.
 pub type Manifest = ManifestOf<KeyInputs>;
 
+/// Each output's content hash, by output name: what a downstream key
+/// reads of a finished stage.
+pub fn output_hashes(outputs: &BTreeMap<String, OutputRecord>) -> BTreeMap<String, ArtifactHash> {
+    outputs.iter().map(|(name, o)| (name.clone(), o.hash)).collect()
+}
+
 /// A manifest read without its key inputs, as a lookup reads it: the
 /// caller holds them already (they are what the key hashes), and puts them
 /// in where it needs a whole [`Manifest`] ([`Hit::with_key_inputs`]).

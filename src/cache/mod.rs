@@ -34,7 +34,7 @@ pub mod statcache;
 pub mod store;
 
 pub use lock::CacheLock;
-pub use manifest::{Hit, Manifest, OutputRecord, StageRef};
+pub use manifest::{output_hashes, Hit, Manifest, OutputRecord, StageRef};
 pub use hash::hash_file;
 pub use store::Cache;
 

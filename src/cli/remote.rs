@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cairn::cache::{Cache, CacheLock, Manifest};
+use cairn::cache::{output_hashes, Cache, CacheLock, Manifest};
 use cairn::digest::{ArtifactHash, StageKey};
 use cairn::plan::{Resolver, StageState};
 use cairn::remote::gc::GcOptions;
@@ -129,7 +129,7 @@ fn remote_keys(
                 // Its key known only now (upstream is on the remote), the
                 // stage may well be complete here.
                 if let Ok(Some(m)) = resolver.lookup(stage, &ki.key()) {
-                    outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+                    outputs.insert(name.clone(), output_hashes(&m.outputs));
                     local.push((i, StageState::Fresh { key: m.key, manifest: Box::new(m.with_key_inputs(ki)) }));
                     continue;
                 }
@@ -147,7 +147,7 @@ fn remote_keys(
             }
             StageState::Blocked { .. } => continue,
         };
-        outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
+        outputs.insert(name.clone(), output_hashes(&m.outputs));
     }
     (found, local)
 }
@@ -222,51 +222,7 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     let targets: Vec<usize> = only.iter().filter_map(|s| pipeline.index_of(s)).collect();
     let selected = if targets.is_empty() { (0..pipeline.stages.len()).collect() } else { pipeline.graph.ancestors_of(&targets) };
     let t0 = Instant::now();
-    let mut outputs: BTreeMap<String, BTreeMap<String, ArtifactHash>> = BTreeMap::new();
-    let (mut local, mut missing) = (0, 0);
-    // First every manifest (a key needs its upstream's output hashes,
-    // not its bytes), then all the objects at once.
-    let mut found = Vec::new();
-    for (i, stage) in pipeline.stages.iter().enumerate() {
-        if !selected.contains(&i) {
-            continue;
-        }
-        let name = &stage.name;
-        let ki = match resolver.key_inputs(stage, &outputs, false) {
-            Ok(Some(ki)) => ki,
-            Ok(None) => {
-                missing += 1;
-                console.line(&format!("unknown    {name:<12} an upstream stage is neither local nor on the remote"));
-                continue;
-            }
-            Err(e) => {
-                missing += 1;
-                console.line(&format!("blocked    {name:<12} {}", e.to_string().lines().next().unwrap_or("")));
-                continue;
-            }
-        };
-        let key = ki.key();
-        let m = match resolver.lookup(stage, &key).map_err(|e| fail(console, exit::IO, e))? {
-            Some(m) => {
-                local += 1;
-                console.line(&format!("local      {name:<12} already in the local cache"));
-                m.with_key_inputs(ki)
-            }
-            None => match remote.peek_entry(stage, &ki, &key, &warn) {
-                Ok(Some(m)) => {
-                    found.push(m.clone());
-                    m
-                }
-                Ok(None) => {
-                    missing += 1;
-                    console.line(&format!("not there  {name:<12} not on the remote (`cairn run` will compute it)"));
-                    continue;
-                }
-                Err(e) => return Err(fail(console, exit_code(&e), e)),
-            },
-        };
-        outputs.insert(name.clone(), m.outputs.iter().map(|(k, o)| (k.clone(), o.hash)).collect());
-    }
+    let Survey { found, local, mut missing } = survey(&pipeline, &selected, &resolver, &remote, console)?;
     let fetched = fetch_all(&remote, &cache, found, console)?;
     let failed = fetched.iter().filter(|p| p.is_none()).count();
     missing += failed;
@@ -281,6 +237,61 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
         remote.display()
     ));
     Ok(exit::OK)
+}
+
+/// What `pull` found for the selected stages: the remote entries to
+/// download, and how many stages were local already or are nowhere.
+struct Survey {
+    found: Vec<Manifest>,
+    local: usize,
+    missing: usize,
+}
+
+/// Every selected stage's manifest, in order, locally or on the remote: a
+/// key needs its upstream's output hashes, not its bytes, so the objects
+/// are downloaded afterwards, all at once. Says what it found per stage.
+fn survey(pipeline: &Pipeline, selected: &BTreeSet<usize>, resolver: &Resolver, remote: &Remote, console: &Console) -> Result<Survey, i32> {
+    let warn = |m: String| console.warn_line(&m);
+    let mut outputs: BTreeMap<String, BTreeMap<String, ArtifactHash>> = BTreeMap::new();
+    let mut s = Survey { found: Vec::new(), local: 0, missing: 0 };
+    for stage in pipeline.stages.iter().enumerate().filter(|(i, _)| selected.contains(i)).map(|(_, s)| s) {
+        let name = &stage.name;
+        let ki = match resolver.key_inputs(stage, &outputs, false) {
+            Ok(Some(ki)) => ki,
+            Ok(None) => {
+                s.missing += 1;
+                console.line(&format!("unknown    {name:<12} an upstream stage is neither local nor on the remote"));
+                continue;
+            }
+            Err(e) => {
+                s.missing += 1;
+                console.line(&format!("blocked    {name:<12} {}", e.to_string().lines().next().unwrap_or("")));
+                continue;
+            }
+        };
+        let key = ki.key();
+        let hashes = if let Some(m) = resolver.lookup(stage, &key).map_err(|e| fail(console, exit::IO, e))? {
+            s.local += 1;
+            console.line(&format!("local      {name:<12} already in the local cache"));
+            output_hashes(&m.outputs)
+        } else {
+            match remote.peek_entry(stage, &ki, &key, &warn) {
+                Ok(Some(m)) => {
+                    let hashes = output_hashes(&m.outputs);
+                    s.found.push(m);
+                    hashes
+                }
+                Ok(None) => {
+                    s.missing += 1;
+                    console.line(&format!("not there  {name:<12} not on the remote (`cairn run` will compute it)"));
+                    continue;
+                }
+                Err(e) => return Err(fail(console, exit_code(&e), e)),
+            }
+        };
+        outputs.insert(name.clone(), hashes);
+    }
+    Ok(s)
 }
 
 /// Downloads the objects of every entry in `found` at once, with one
