@@ -25,7 +25,7 @@
 //! for files that no longer exist are pruned when it is saved.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -109,13 +109,42 @@ impl Entry {
 #[derive(Default, Serialize, Deserialize)]
 struct OnDisk {
     format: u32,
-    entries: HashMap<PathBuf, Entry>,
+    entries: HashMap<Key, Entry>,
+}
+
+/// A canonical path as a map key, hashed and compared by its bytes:
+/// canonical paths are equal exactly when their bytes are, and `Path`'s
+/// own `Hash` and `Eq` split both sides into components on every lookup.
+/// Stored as the path itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+struct Key(PathBuf);
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_os_str().hash(state)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_os_str() == other.0.as_os_str()
+    }
+}
+
+impl Eq for Key {}
+
+/// Looked up as `path.as_os_str()`, which hashes the same bytes.
+impl std::borrow::Borrow<OsStr> for Key {
+    fn borrow(&self) -> &OsStr {
+        self.0.as_os_str()
+    }
 }
 
 #[derive(Default)]
 pub struct StatCache {
     path: PathBuf,
-    entries: Mutex<HashMap<PathBuf, Entry>>,
+    entries: Mutex<HashMap<Key, Entry>>,
     dirty: Mutex<bool>,
 }
 
@@ -195,7 +224,7 @@ impl StatCache {
     /// The content hash of the regular file at canonical path `abs`, whose
     /// stat the caller has just read.
     pub fn hash_object_at(&self, abs: &Path, stat: Stat) -> Result<ArtifactHash, HashError> {
-        if let Some(e) = self.entries.lock().unwrap().get_mut(abs) {
+        if let Some(e) = self.entries.lock().unwrap().get_mut(abs.as_os_str()) {
             if e.trusted_for(&stat) {
                 e.checked = true;
                 return Ok(e.hash);
@@ -205,7 +234,7 @@ impl StatCache {
         let (hash, _) = hash_file(abs).map_err(|e| HashError::io(abs, e))?;
         // Record the stat seen before reading: a write during the read
         // changes the stat, so the next look re-hashes.
-        self.entries.lock().unwrap().insert(abs.to_path_buf(), Entry { stat, hash, hashed_at_ns, checked: true });
+        self.entries.lock().unwrap().insert(Key(abs.to_path_buf()), Entry { stat, hash, hashed_at_ns, checked: true });
         *self.dirty.lock().unwrap() = true;
         Ok(hash)
     }
@@ -247,7 +276,7 @@ impl StatCache {
     pub fn record_verified(&self, path: &Path, hash: ArtifactHash) {
         let (Ok(abs), Ok(stat)) = (fs::canonicalize(path), Stat::read(path)) else { return };
         let hashed_at_ns = stat.mtime_ns.max(stat.ctime_ns) + RACY_WINDOW_NS;
-        self.entries.lock().unwrap().insert(abs.to_path_buf(), Entry { stat, hash, hashed_at_ns, checked: true });
+        self.entries.lock().unwrap().insert(Key(abs.to_path_buf()), Entry { stat, hash, hashed_at_ns, checked: true });
         *self.dirty.lock().unwrap() = true;
     }
 
@@ -256,19 +285,19 @@ impl StatCache {
     /// in this run, under the cache lock), without asking again; `None`
     /// when it has not looked.
     pub fn checked_identity(&self, abs: &Path) -> Option<(u64, u64)> {
-        self.entries.lock().unwrap().get(abs).filter(|e| e.checked).map(|e| (e.stat.dev, e.stat.ino))
+        self.entries.lock().unwrap().get(abs.as_os_str()).filter(|e| e.checked).map(|e| (e.stat.dev, e.stat.ino))
     }
 
     /// Whether `path` (a file) has a trusted entry for its current stat.
     pub fn knows(&self, path: &Path) -> bool {
         let (Ok(meta), Ok(abs)) = (fs::metadata(path), fs::canonicalize(path)) else { return false };
-        self.entries.lock().unwrap().get(&abs).is_some_and(|e| e.trusted_for(&Stat::of(&meta)))
+        self.entries.lock().unwrap().get(abs.as_os_str()).is_some_and(|e| e.trusted_for(&Stat::of(&meta)))
     }
 
     /// Drops what is remembered about a file (e.g. it failed its checksum).
     pub fn forget(&self, path: &Path) {
         if let Ok(abs) = fs::canonicalize(path) {
-            self.entries.lock().unwrap().remove(&abs);
+            self.entries.lock().unwrap().remove(abs.as_os_str());
             *self.dirty.lock().unwrap() = true;
         }
     }
@@ -280,14 +309,14 @@ impl StatCache {
         let abs = fs::canonicalize(path).ok();
         let before = abs.as_ref().and_then(|a| Stat::read(a).ok());
         let trusted = match (&abs, before) {
-            (Some(a), Some(s)) => self.entries.lock().unwrap().get(a).is_some_and(|e| e.trusted_for(&s)),
+            (Some(a), Some(s)) => self.entries.lock().unwrap().get(a.as_os_str()).is_some_and(|e| e.trusted_for(&s)),
             _ => false,
         };
         let out = op();
         if let (true, Some(a)) = (trusted, abs) {
             if let Ok(after) = Stat::read(&a) {
                 let mut entries = self.entries.lock().unwrap();
-                if let Some(e) = entries.get_mut(&a) {
+                if let Some(e) = entries.get_mut(a.as_os_str()) {
                     if (after.dev, after.ino, after.size, after.mtime_ns) == (e.stat.dev, e.stat.ino, e.stat.size, e.stat.mtime_ns) {
                         e.stat = after;
                         e.hashed_at_ns = e.hashed_at_ns.max(after.ctime_ns + RACY_WINDOW_NS);
@@ -310,7 +339,7 @@ impl StatCache {
             return;
         }
         let mut entries = self.entries.lock().unwrap();
-        entries.retain(|p, _| p.exists());
+        entries.retain(|p, _| p.0.exists());
         let disk = OnDisk { format: FORMAT, entries: std::mem::take(&mut *entries) };
         let bytes = serde_json::to_vec(&disk).unwrap_or_default();
         *entries = disk.entries;
@@ -406,7 +435,7 @@ mod tests {
         let old = Stat::read(&f).unwrap();
         // Pretend it was hashed long after its last change, so it is trusted.
         sc.entries.lock().unwrap().insert(
-            fs::canonicalize(&f).unwrap(),
+            Key(fs::canonicalize(&f).unwrap()),
             Entry { stat: old, hash: ArtifactHash::of_bytes(b"aaaa"), hashed_at_ns: now_ns() + 10 * RACY_WINDOW_NS, checked: false },
         );
         assert!(sc.knows(&f));
@@ -462,6 +491,6 @@ mod tests {
         let back = StatCache::load(t.path());
         let entries = back.entries.lock().unwrap();
         assert_eq!(entries.len(), 1);
-        assert!(entries.contains_key(&fs::canonicalize(&a).unwrap()));
+        assert!(entries.contains_key(fs::canonicalize(&a).unwrap().as_os_str()));
     }
 }
