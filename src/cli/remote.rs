@@ -198,13 +198,8 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     }
     record_run(&remote, &RunRecord::new(&format!("push-{:04x}", std::process::id() & 0xffff), &pipeline.name, on_remote), console);
     let up = remote.bytes_up.load(std::sync::atomic::Ordering::Relaxed);
-    console.line(&format!(
-        "{pushed} pushed, {present} already there, {not_cached} not cached, {failed} failed: {} in {:.1}s ({}/s) to {}",
-        human_bytes(up),
-        t0.elapsed().as_secs_f64(),
-        human_bytes((up as f64 / t0.elapsed().as_secs_f64().max(1e-3)) as u64),
-        remote.display()
-    ));
+    let counts = format!("{pushed} pushed, {present} already there, {not_cached} not cached, {failed} failed");
+    console.line(&transferred(&counts, up, t0, "to", &remote));
     Ok(if failed > 0 { exit::IO } else { exit::OK })
 }
 
@@ -229,14 +224,17 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     let pulled = fetched.len() - failed;
     cache.stat().save();
     let down = remote.bytes_down.load(std::sync::atomic::Ordering::Relaxed);
-    console.line(&format!(
-        "{pulled} pulled, {local} already local, {missing} not available: {} in {:.1}s ({}/s) from {}",
-        human_bytes(down),
-        t0.elapsed().as_secs_f64(),
-        human_bytes((down as f64 / t0.elapsed().as_secs_f64().max(1e-3)) as u64),
-        remote.display()
-    ));
+    let counts = format!("{pulled} pulled, {local} already local, {missing} not available");
+    console.line(&transferred(&counts, down, t0, "from", &remote));
     Ok(exit::OK)
+}
+
+/// A push's or pull's closing line: its counts, then the bytes moved since
+/// `t0` and their rate.
+fn transferred(counts: &str, bytes: u64, t0: Instant, direction: &str, remote: &Remote) -> String {
+    let secs = t0.elapsed().as_secs_f64();
+    let rate = human_bytes((bytes as f64 / secs.max(1e-3)) as u64);
+    format!("{counts}: {} in {secs:.1}s ({rate}/s) {direction} {}", human_bytes(bytes), remote.display())
 }
 
 /// What `pull` found for the selected stages: the remote entries to
