@@ -118,10 +118,11 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
         errors.push((Some(item.span()), format!("`executors.{name}` must be a table"), Some(format!("write `[executors.{name}]`"))));
         return None;
     };
-    let kind = match t.get("kind") {
-        None => "local",
+    let slurm = match t.get("kind") {
+        None => false,
         Some(v) => match v.get_ref().as_str() {
-            Some(k @ ("local" | "slurm")) => k,
+            Some("local") => false,
+            Some("slurm") => true,
             _ => {
                 errors.push((Some(v.span()), format!("`executors.{name}.kind` must be \"local\" or \"slurm\""), None));
                 return None;
@@ -132,23 +133,11 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
     let mut data = DataPlane::default();
     for (key_item, value) in t.iter() {
         let key = key_item.get_ref().as_ref();
+        if key == "kind" {
+            continue;
+        }
         let at = format!("executors.{name}.{key}");
-        let span = Some(value.span());
-        let string = |errors: &mut Vec<Problem>, check: fn(&str) -> bool, form: &str| match value.get_ref().as_str() {
-            Some(s) if check(s) => Some(s.to_string()),
-            _ => {
-                errors.push((span.clone(), format!("`{at}` must be {form}"), None));
-                None
-            }
-        };
-        let count = |errors: &mut Vec<Problem>, min: i64| match integer(value) {
-            Some(n) if n >= min && n <= u32::MAX as i64 => Some(n as u32),
-            _ => {
-                errors.push((span.clone(), format!("`{at}` must be a whole number of at least {min}"), None));
-                None
-            }
-        };
-        if kind == "local" && key != "kind" {
+        if !slurm {
             errors.push((
                 Some(key_item.span()),
                 format!("`{at}`: a local executor takes no job shape"),
@@ -156,36 +145,57 @@ fn parse_one(name: &str, item: &Item, errors: &mut Vec<Problem>) -> Option<Execu
             ));
             continue;
         }
-        match key {
-            "kind" => {}
-            "partition" => shape.partition = string(errors, is_word, "a partition name"),
-            "account" => shape.account = string(errors, is_word, "an account name"),
-            "qos" => shape.qos = string(errors, is_word, "a QOS name"),
-            "gpus" => shape.gpus = count(errors, 0),
-            "cpus" => shape.cpus = count(errors, 1),
-            "mem" => shape.mem = string(errors, is_mem, "a size such as \"4G\" or \"500M\""),
-            "time" => shape.time = string(errors, is_time, "a Slurm time such as \"30\" (minutes), \"2:00:00\" or \"1-12:00:00\""),
-            "sbatch_args" => shape.sbatch_args = sbatch_args(&at, value, errors),
-            "data" => match value.get_ref().as_str() {
-                Some("shared") => data = DataPlane::Shared,
-                Some("remote") => data = DataPlane::Remote,
-                _ => errors.push((
-                    span,
-                    format!("`{at}` must be \"shared\" or \"remote\""),
-                    Some("\"shared\": the nodes see the cache directory; \"remote\": inputs and outputs move through the remote cache".into()),
-                )),
-            },
-            other => errors.push((
-                Some(key_item.span()),
-                format!("unknown key `{at}`"),
-                Some(match closest(other, SLURM_KEYS.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("a slurm executor takes {}", SLURM_KEYS.join(", ")),
-                }),
-            )),
-        }
+        set_slurm_key(&at, (key, key_item.span()), value, &mut shape, &mut data, errors);
     }
-    Some(if kind == "local" { ExecutorSpec::Local } else { ExecutorSpec::Slurm { shape, data } })
+    Some(if slurm { ExecutorSpec::Slurm { shape, data } } else { ExecutorSpec::Local })
+}
+
+/// Reads one key of a slurm executor's table (`at` is its dotted path,
+/// `key` the key and where it is) into its job shape or data plane; a bad
+/// value or unknown key is added to `errors`.
+fn set_slurm_key(at: &str, key: (&str, Range<usize>), value: &Item, shape: &mut SlurmShape, data: &mut DataPlane, errors: &mut Vec<Problem>) {
+    let span = Some(value.span());
+    let string = |errors: &mut Vec<Problem>, check: fn(&str) -> bool, form: &str| match value.get_ref().as_str() {
+        Some(s) if check(s) => Some(s.to_string()),
+        _ => {
+            errors.push((span.clone(), format!("`{at}` must be {form}"), None));
+            None
+        }
+    };
+    let count = |errors: &mut Vec<Problem>, min: i64| match integer(value) {
+        Some(n) if n >= min && n <= u32::MAX as i64 => Some(n as u32),
+        _ => {
+            errors.push((span.clone(), format!("`{at}` must be a whole number of at least {min}"), None));
+            None
+        }
+    };
+    match key.0 {
+        "partition" => shape.partition = string(errors, is_word, "a partition name"),
+        "account" => shape.account = string(errors, is_word, "an account name"),
+        "qos" => shape.qos = string(errors, is_word, "a QOS name"),
+        "gpus" => shape.gpus = count(errors, 0),
+        "cpus" => shape.cpus = count(errors, 1),
+        "mem" => shape.mem = string(errors, is_mem, "a size such as \"4G\" or \"500M\""),
+        "time" => shape.time = string(errors, is_time, "a Slurm time such as \"30\" (minutes), \"2:00:00\" or \"1-12:00:00\""),
+        "sbatch_args" => shape.sbatch_args = sbatch_args(at, value, errors),
+        "data" => match value.get_ref().as_str() {
+            Some("shared") => *data = DataPlane::Shared,
+            Some("remote") => *data = DataPlane::Remote,
+            _ => errors.push((
+                span,
+                format!("`{at}` must be \"shared\" or \"remote\""),
+                Some("\"shared\": the nodes see the cache directory; \"remote\": inputs and outputs move through the remote cache".into()),
+            )),
+        },
+        other => errors.push((
+            Some(key.1),
+            format!("unknown key `{at}`"),
+            Some(match closest(other, SLURM_KEYS.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("a slurm executor takes {}", SLURM_KEYS.join(", ")),
+            }),
+        )),
+    }
 }
 
 fn sbatch_args(at: &str, value: &Item, errors: &mut Vec<Problem>) -> Vec<String> {
