@@ -27,8 +27,24 @@ fn layout(name: &str) -> Option<(&str, &str, &str)> {
     }
 }
 
+/// An image's index in the tree, its split and its class folder.
+type Placed<'a> = (usize, &'a str, &'a str);
+
 pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
-    let origin = tree.origin.display().to_string();
+    let (prefix, placed) = place(&tree)?;
+    let classes = classes(&tree, &prefix, &placed)?;
+    let [train, test] = split_items(&tree, &prefix, &classes, placed)?;
+    let first = &tree.files[train[0].file];
+    let dims = decode::dims(&first.display(&tree), &first.read()?)?;
+    if dims.0 == 0 || dims.1 == 0 {
+        return Err(DataError::invalid(first.display(&tree), "image has no pixels"));
+    }
+    Ok(Catalog { classes, train, test, pixels: Pixels::Encoded { tree, dims } })
+}
+
+/// Every image's split and class, and the top folder they share (as a
+/// `top/` prefix, empty when there is none).
+fn place(tree: &SourceTree) -> Result<(String, Vec<Placed<'_>>), DataError> {
     let mut top: Option<&str> = None;
     let mut placed = Vec::new();
     for (i, file) in tree.files.iter().enumerate() {
@@ -37,27 +53,32 @@ pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
         }
         let Some((t, split, class)) = layout(&file.name) else {
             return Err(DataError::invalid(
-                file.display(&tree),
+                file.display(tree),
                 "image is not laid out as [<top>/]<split>/<class>/<file> with split `train` or `test`",
             ));
         };
         if *top.get_or_insert(t) != t {
             return Err(DataError::invalid(
-                file.display(&tree),
+                file.display(tree),
                 format!("image is under top folder `{t}`, others under `{}`; keep one top folder", top.unwrap_or("")),
             ));
         }
         placed.push((i, split, class));
     }
-    let Some(top) = top else {
-        return Err(DataError::invalid(
-            origin,
+    match top {
+        None => Err(DataError::invalid(
+            tree.origin.display().to_string(),
             "no .jpg/.jpeg/.png images found; expected [<top>/]train/<class>/<file> and test/<class>/<file>",
-        ));
-    };
-    let prefix = if top.is_empty() { String::new() } else { format!("{top}/") };
+        )),
+        Some("") => Ok((String::new(), placed)),
+        Some(top) => Ok((format!("{top}/"), placed)),
+    }
+}
 
-    // Class folders per split, from directories too, so empty ones show.
+/// The sorted class folders, which both splits must have the same of.
+fn classes(tree: &SourceTree, prefix: &str, placed: &[Placed<'_>]) -> Result<Vec<String>, DataError> {
+    let origin = || tree.origin.display().to_string();
+    // From directories too, so empty class folders show.
     let folders = |split: &str| -> BTreeSet<String> {
         let split_dir = format!("{prefix}{split}/");
         let from_dirs = tree.dirs.iter().filter_map(|d| d.strip_prefix(&split_dir)).filter(|c| !c.contains('/'));
@@ -67,18 +88,22 @@ pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
     let train_classes = folders("train");
     let test_classes = folders("test");
     if train_classes.is_empty() {
-        return Err(DataError::invalid(origin, format!("no class folders under `{prefix}train/`")));
+        return Err(DataError::invalid(origin(), format!("no class folders under `{prefix}train/`")));
     }
     for (split, mine, other) in [("test", &test_classes, &train_classes), ("train", &train_classes, &test_classes)] {
         if let Some(class) = other.difference(mine).next() {
             return Err(DataError::invalid(
-                origin,
+                origin(),
                 format!("class folder `{prefix}{split}/{class}` is missing (the other split has it); both splits need the same classes"),
             ));
         }
     }
-    let classes: Vec<String> = train_classes.into_iter().collect();
+    Ok(train_classes.into_iter().collect())
+}
 
+/// The train and test items, labelled by class position; every class
+/// folder of each split must hold an image.
+fn split_items(tree: &SourceTree, prefix: &str, classes: &[String], placed: Vec<Placed<'_>>) -> Result<[Vec<Item>; 2], DataError> {
     let mut splits: [Vec<Item>; 2] = Default::default();
     for (i, split, class) in placed {
         let label = classes.binary_search_by(|c| c.as_str().cmp(class)).expect("class collected above");
@@ -89,17 +114,11 @@ pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
         for (label, class) in classes.iter().enumerate() {
             if !items.iter().any(|it| it.label == label) {
                 return Err(DataError::invalid(
-                    origin,
+                    tree.origin.display().to_string(),
                     format!("class folder `{prefix}{}/{class}` has no images", SPLITS[s]),
                 ));
             }
         }
     }
-    let [train, test] = splits;
-    let first = &tree.files[train[0].file];
-    let dims = decode::dims(&first.display(&tree), &first.read()?)?;
-    if dims.0 == 0 || dims.1 == 0 {
-        return Err(DataError::invalid(first.display(&tree), "image has no pixels"));
-    }
-    Ok(Catalog { classes, train, test, pixels: Pixels::Encoded { tree, dims } })
+    Ok(splits)
 }
