@@ -7,6 +7,10 @@ use std::hash::Hasher;
 use std::ops::Range;
 use std::path::PathBuf;
 
+/// One problem a table of the pipeline has (`[remote]`, `[executors]`):
+/// where in the text, what, and a hint.
+pub type Problem = (Option<Range<usize>>, String, Option<String>);
+
 /// Where a piece of configuration came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Origin {

@@ -29,7 +29,7 @@ use std::ops::Range;
 use serde_json::Value;
 use super::parse::{integer, table, Item};
 
-use super::diag::closest;
+use super::diag::{closest, Problem};
 use super::parse::is_safe_name;
 
 /// One `[executors.NAME]` table.
@@ -86,9 +86,6 @@ impl SlurmShape {
         out
     }
 }
-
-/// One problem in `[executors]`: where, what, and a hint.
-pub type Problem = (Option<Range<usize>>, String, Option<String>);
 
 const SLURM_KEYS: &[&str] = &["kind", "partition", "gpus", "cpus", "mem", "time", "account", "qos", "sbatch_args", "data"];
 

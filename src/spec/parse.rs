@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use toml::de::{DeInteger, DeTable, DeValue};
 use toml::Spanned;
 
-use super::diag::{Diagnostic, PathHash, SourceMap, Spans};
+use super::diag::{Diagnostic, PathHash, Problem, SourceMap, Spans};
 use crate::kind::InputRef;
 
 /// The deepest nesting accepted in params; deeper is hostile or a mistake.
@@ -76,6 +76,14 @@ impl Ctx {
     fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>, help: Option<String>) {
         self.diags.push(Diagnostic { origin: self.source.origin(span), message: message.into(), help });
     }
+
+    /// Records the problems a table's parser found and passes on what it parsed.
+    fn take_problems<T>(&mut self, (parsed, problems): (T, Vec<Problem>)) -> T {
+        for (span, message, help) in problems {
+            self.error(span, message, help);
+        }
+        parsed
+    }
 }
 
 /// A value of the document with its place in the text.
@@ -113,7 +121,23 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
     };
     let mut cx = Ctx { source, spans: Spans::default(), diags: Vec::new() };
     let root = doc.get_ref();
+    check_top_keys(&mut cx, root);
+    let (name, seed) = parse_header(&mut cx, root);
+    let stages = parse_stages(&mut cx, root.get("stages"));
+    let profiles = match root.get("profiles") {
+        None => BTreeMap::new(),
+        Some(item) => parse_profiles(&mut cx, item),
+    };
+    let remote = root.get("remote").map(|item| cx.take_problems(super::remote::parse(item)));
+    let executors = root.get("executors").map_or_else(BTreeMap::new, |item| cx.take_problems(super::executors::parse(item)));
+    if cx.diags.is_empty() {
+        Ok(RawSpec { name, seed, stages, profiles, remote, executors, source: cx.source, spans: cx.spans })
+    } else {
+        Err(cx.diags)
+    }
+}
 
+fn check_top_keys(cx: &mut Ctx, root: &DeTable) {
     for (key, _) in root.iter() {
         if !matches!(key.get_ref().as_ref(), "pipeline" | "stages" | "profiles" | "remote" | "executors") {
             cx.error(
@@ -123,10 +147,11 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
             );
         }
     }
+}
 
-    let (name, seed) = parse_header(&mut cx, root);
-    let stages = match root.get("stages").map(|item| (item, table(item))) {
-        Some((_, Some(t))) if !t.is_empty() => t.iter().filter_map(|(name, item)| parse_stage(&mut cx, name.get_ref(), item)).collect(),
+fn parse_stages(cx: &mut Ctx, stages: Option<&Item>) -> Vec<RawStage> {
+    match stages.map(|item| (item, table(item))) {
+        Some((_, Some(t))) if !t.is_empty() => t.iter().filter_map(|(name, item)| parse_stage(cx, name.get_ref(), item)).collect(),
         Some((item, None)) => {
             cx.error(Some(item.span()), "`stages` must be a table of tables", None);
             Vec::new()
@@ -137,32 +162,6 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
             cx.error(span, "the pipeline declares no stages", Some("add a `[stages.<name>]` table".into()));
             Vec::new()
         }
-    };
-    let profiles = match root.get("profiles") {
-        None => BTreeMap::new(),
-        Some(item) => parse_profiles(&mut cx, item),
-    };
-
-    let remote = root.get("remote").map(|item| {
-        let (spec, errors) = super::remote::parse(item);
-        for (span, message, help) in errors {
-            cx.error(span, message, help);
-        }
-        spec
-    });
-
-    let executors = root.get("executors").map_or_else(BTreeMap::new, |item| {
-        let (specs, errors) = super::executors::parse(item);
-        for (span, message, help) in errors {
-            cx.error(span, message, help);
-        }
-        specs
-    });
-
-    if cx.diags.is_empty() {
-        Ok(RawSpec { name, seed, stages, profiles, remote, executors, source: cx.source, spans: cx.spans })
-    } else {
-        Err(cx.diags)
     }
 }
 

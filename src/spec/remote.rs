@@ -12,8 +12,7 @@
 //!
 //! Credentials never go here: they come from the standard AWS environment.
 
-use std::ops::Range;
-
+use super::diag::Problem;
 use super::parse::{table, Item};
 
 /// The `[remote]` table as written.
@@ -25,9 +24,6 @@ pub struct RemoteSpec {
     pub allow_http: Option<bool>,
     pub push: bool,
 }
-
-/// One problem in `[remote]`: where, what, and a hint.
-pub type Problem = (Option<Range<usize>>, String, Option<String>);
 
 /// Parses `[remote]`; problems come back as (span, message, help).
 pub fn parse(item: &Item) -> (RemoteSpec, Vec<Problem>) {
