@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use object_store::path::Path as RemotePath;
-use object_store::ObjectStoreExt;
+use object_store::{ObjectMeta, ObjectStoreExt};
 
 use super::transfer::{bounded, Failure};
 use super::{Remote, RemoteError};
@@ -74,11 +74,29 @@ impl Remote {
         }
         let mut report = GcReport::default();
         let now = now_secs();
-        let young = |meta: &object_store::ObjectMeta| now.saturating_sub(unix(meta)) < opts.grace.as_secs();
+        let young = |meta: &ObjectMeta| now.saturating_sub(unix(meta)) < opts.grace.as_secs();
+        let (keep_keys, old_runs) = self.mark_runs(&mut report, opts.keep_runs, &young)?;
+        let (keep_objects, doomed_manifests) = self.mark_manifests(&mut report, &keep_keys, &young)?;
+        let doomed_objects = self.mark_objects(&mut report, &keep_objects, &young)?;
+        let mut doomed_jobs = Vec::new();
+        for meta in self.list_meta("jobs")?.into_iter().filter(|m| !young(m)) {
+            report.jobs.add(meta.size);
+            doomed_jobs.push(meta.location);
+        }
+        if opts.delete {
+            for path in doomed_manifests.iter().chain(&doomed_objects).chain(&old_runs).chain(&doomed_jobs) {
+                self.delete(path)?;
+            }
+        }
+        Ok(report)
+    }
 
+    /// The stage keys the kept runs (the newest `keep_runs` and the young)
+    /// name, and the older runs to delete.
+    fn mark_runs(&self, report: &mut GcReport, keep_runs: usize, young: &impl Fn(&ObjectMeta) -> bool) -> Result<(BTreeSet<StageKey>, Vec<RemotePath>), RemoteError> {
         let runs = self.run_records()?;
-        let newest = runs.len().saturating_sub(opts.keep_runs);
-        let mut keep_keys: BTreeSet<StageKey> = BTreeSet::new();
+        let newest = runs.len().saturating_sub(keep_runs);
+        let mut keep_keys = BTreeSet::new();
         let mut old_runs = Vec::new();
         for (i, (meta, record)) in runs.into_iter().enumerate() {
             match record {
@@ -93,9 +111,19 @@ impl Remote {
                 }
             }
         }
+        Ok((keep_keys, old_runs))
+    }
 
-        let mut doomed_manifests = Vec::new();
-        let mut keep_objects: BTreeSet<ArtifactHash> = BTreeSet::new();
+    /// The objects the kept manifests (named by a kept run, or young) name,
+    /// and the other manifests, to delete.
+    fn mark_manifests(
+        &self,
+        report: &mut GcReport,
+        keep_keys: &BTreeSet<StageKey>,
+        young: &impl Fn(&ObjectMeta) -> bool,
+    ) -> Result<(BTreeSet<ArtifactHash>, Vec<RemotePath>), RemoteError> {
+        let mut doomed = Vec::new();
+        let mut keep_objects = BTreeSet::new();
         for meta in self.list_meta("manifests")? {
             let key = meta.location.filename().and_then(|n| n.strip_suffix(".json")).and_then(|k| k.parse::<StageKey>().ok());
             if young(&meta) || key.is_some_and(|k| keep_keys.contains(&k)) {
@@ -103,33 +131,25 @@ impl Remote {
                 keep_objects.extend(self.named_objects(&meta.location)?);
             } else {
                 report.manifests.add(meta.size);
-                doomed_manifests.push(meta.location);
+                doomed.push(meta.location);
             }
         }
+        Ok((keep_objects, doomed))
+    }
 
-        let mut doomed_objects = Vec::new();
+    /// The objects neither a kept manifest names nor young, to delete.
+    fn mark_objects(&self, report: &mut GcReport, keep: &BTreeSet<ArtifactHash>, young: &impl Fn(&ObjectMeta) -> bool) -> Result<Vec<RemotePath>, RemoteError> {
+        let mut doomed = Vec::new();
         for meta in self.list_meta("objects")? {
-            let named = meta.location.filename().and_then(|n| n.parse::<ArtifactHash>().ok()).is_some_and(|h| keep_objects.contains(&h));
+            let named = meta.location.filename().and_then(|n| n.parse::<ArtifactHash>().ok()).is_some_and(|h| keep.contains(&h));
             if named || young(&meta) {
                 report.kept_objects.add(meta.size);
             } else {
                 report.objects.add(meta.size);
-                doomed_objects.push(meta.location);
+                doomed.push(meta.location);
             }
         }
-
-        let mut doomed_jobs = Vec::new();
-        for meta in self.list_meta("jobs")?.into_iter().filter(|m| !young(m)) {
-            report.jobs.add(meta.size);
-            doomed_jobs.push(meta.location);
-        }
-
-        if opts.delete {
-            for path in doomed_manifests.iter().chain(&doomed_objects).chain(&old_runs).chain(&doomed_jobs) {
-                self.delete(path)?;
-            }
-        }
-        Ok(report)
+        Ok(doomed)
     }
 
     /// The objects a remote manifest names (none when it does not parse:
@@ -160,6 +180,6 @@ fn now_secs() -> u64 {
 }
 
 /// An entry's modification time, in seconds since the epoch.
-fn unix(meta: &object_store::ObjectMeta) -> u64 {
+fn unix(meta: &ObjectMeta) -> u64 {
     meta.last_modified.timestamp().max(0) as u64
 }
