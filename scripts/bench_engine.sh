@@ -7,8 +7,8 @@
 #     `git hash-object --stdin-paths` over the same files;
 #  4. the 8-stage chain's no-op beside DVC's no-op `dvc repro` of the same chain;
 #  5. 1,000 command stages (10 chains of 100): the first run (per-stage
-#     overhead), the no-op run and `status`, beside `snakemake -n` over the
-#     same graph.
+#     overhead), the no-op run and `status`, beside Snakemake's first build
+#     and `snakemake -n` over the same graph.
 # DVC and Snakemake come from BENCH_VENV (default ~/.cache/cairn/bench-venv,
 # made with `python3 -m venv ... && pip install dvc snakemake`); parts 4 and 5
 # skip their reference when it is missing.
@@ -153,7 +153,12 @@ status1k=$(median_ms "$CAIRN" status)
 echo "no-op run, 1,000 cached stages: median ${noop1k} ms; status: median ${status1k} ms ($(ratio "$noop1k" "$status1k")x status)"
 if [ -x "$BENCH_VENV/bin/snakemake" ]; then
   # Under `set -e` a failing build would end the script without a word.
+  # Its first build, one job at a time as cairn's (default `--jobs 1`).
+  t0=$(date +%s%N)
   if "$BENCH_VENV/bin/snakemake" -c1 -q >snakemake.log 2>&1; then
+    t1=$(date +%s%N)
+    snake_first=$(( (t1 - t0) / 1000000 ))
+    echo "snakemake -c1, first build of the 1,000 stages: ${snake_first} ms = $(awk -v ms="$snake_first" 'BEGIN {printf "%.1f", ms / 1000}') ms a stage; cairn's first run $(ratio "$snake_first" "$first_ms")x faster"
     snake_ms=$(median_ms "$BENCH_VENV/bin/snakemake" -n -c1 -q)
     echo "snakemake -n, same 1,000 stages built: median ${snake_ms} ms; cairn's no-op $(ratio "$snake_ms" "$noop1k")x faster"
   else
