@@ -244,6 +244,7 @@ pub fn run(
         Ok(())
     })?;
     dispatch.cancelled_messages().iter().for_each(|m| observer.warn(m));
+    cache.sync_manifests();
     s.save_refs()?;
     cache.stat().save();
     Ok(s.into_report(started_at))

@@ -273,6 +273,29 @@ fn item7_a_manifest_missing_an_output_is_a_miss_with_a_warning() {
     assert_eq!(r.outcome("a").as_deref(), Some("ran"), "{}", r.all());
 }
 
+/// Manifests are renamed into place unsynced and made durable when the run
+/// ends, after the objects they name: a crash before that can leave one
+/// empty or cut short, which must read as a miss, its stage run again and
+/// the entry rewritten.
+#[test]
+fn a_manifest_a_crash_left_empty_or_cut_short_is_a_miss_and_rewritten() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    for cut in [0, 40] {
+        for m in fs::read_dir(p.cache().join("manifests")).unwrap().flatten() {
+            let bytes = fs::read(m.path()).unwrap();
+            fs::write(m.path(), &bytes[..cut.min(bytes.len())]).unwrap();
+        }
+        let r = p.cairn(&["run"]);
+        assert_eq!(r.code, 0, "{}", r.all());
+        assert!(r.stderr.contains("is damaged") && r.stderr.contains("treating it as a miss"), "{}", r.all());
+        assert_eq!(r.outcome("a").as_deref(), Some("ran"), "{}", r.all());
+        let again = p.cairn(&["run"]);
+        assert_eq!(again.outcome("a").as_deref(), Some("cached"), "the entry was rewritten: {}", again.all());
+        assert!(!again.stderr.contains("damaged"), "{}", again.all());
+    }
+}
+
 #[test]
 fn item9_cleanup_never_follows_a_symlink_into_someone_elses_files() {
     let p = Project::new(CHAIN);

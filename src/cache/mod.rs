@@ -19,11 +19,16 @@
 //! lock                  held by `cairn run` and `gc`
 //! ```
 //!
-//! Writes are atomic: a file is written under `tmp/`, fsynced and renamed
-//! into place, and a stage's manifest is written only after all its objects
-//! are in place. A crash at any moment leaves either no entry or a complete
-//! one; orphaned temp files are removed by the next run. A run that changes
-//! nothing writes nothing.
+//! Writes are atomic: a file is written under `tmp/` and renamed into
+//! place. Objects and refs are fsynced (file, then directory) before and
+//! after; a stage's manifest is written only once all its objects are
+//! durable, and is not synced itself: the command that wrote manifests
+//! syncs them all at its end (`Cache::sync_manifests`). So a crash at any
+//! moment leaves each entry complete, absent, or with a manifest that is
+//! empty or cut short, which reads as a miss (it does not parse, or names
+//! another key); never a manifest whose objects are missing or partly
+//! written. Orphaned temp files are removed by the next run. A run that
+//! changes nothing writes nothing.
 
 pub mod gc;
 pub mod hash;

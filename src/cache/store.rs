@@ -11,6 +11,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::hash::hash_file;
@@ -40,6 +41,8 @@ pub struct Cache {
     stat: Arc<StatCache>,
     /// `objects/` and `manifests/`, where every lookup starts.
     dirs: Arc<LookupDirs>,
+    /// Set when a manifest was written and not yet made durable.
+    unsynced: Arc<AtomicBool>,
 }
 
 struct LookupDirs {
@@ -71,14 +74,14 @@ impl Cache {
         // Absolute, because stages run in their own working directory.
         let root = fs::canonicalize(root).map_err(|e| CacheError::io("cannot open cache directory", root, e))?;
         let stat = Arc::new(StatCache::load(&root));
-        Ok(Self { dirs: LookupDirs::open(&root), root, stat })
+        Ok(Self { dirs: LookupDirs::open(&root), root, stat, unsynced: Arc::default() })
     }
 
     /// Opens a cache for reading only; a missing cache is simply empty.
     pub fn open_read(root: &Path) -> Self {
         let root = fs::canonicalize(root).or_else(|_| std::path::absolute(root)).unwrap_or_else(|_| root.to_path_buf());
         let stat = Arc::new(StatCache::load(&root));
-        Self { dirs: LookupDirs::open(&root), root, stat }
+        Self { dirs: LookupDirs::open(&root), root, stat, unsynced: Arc::default() }
     }
 
     /// Opens an existing cache for reading, refusing a directory that is
@@ -290,9 +293,28 @@ impl Cache {
         }
     }
 
+    /// Writes a manifest, renamed into place but not synced: every object
+    /// it names is durable before (see [`Cache::ingest`]), so a crash before
+    /// [`Cache::sync_manifests`] can lose it or leave it damaged, and either
+    /// reads as a miss; never as a hit on objects that are not all there.
     pub fn write_manifest(&self, m: &Manifest) -> Result<(), CacheError> {
         let bytes = serde_json::to_vec_pretty(m).expect("manifests serialise");
-        self.write_atomic(&self.manifest_path(&m.key), &bytes)
+        self.write_renamed(&self.manifest_path(&m.key), &bytes, false)?;
+        self.unsynced.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes the manifests written through this cache durable: one `syncfs`
+    /// of its filesystem when a command ends, not two fsyncs per manifest
+    /// while stages wait (it flushes whatever else is dirty there too).
+    /// Does nothing when none was written, so a no-op syncs nothing. Best
+    /// effort, as [`sync_dir`].
+    pub fn sync_manifests(&self) {
+        if self.unsynced.swap(false, Ordering::AcqRel) {
+            if let Ok(dir) = File::open(self.root.join("manifests")) {
+                let _ = rustix::fs::syncfs(&dir);
+            }
+        }
     }
 
     pub fn remove_manifest(&self, key: &StageKey) {
@@ -342,12 +364,20 @@ impl Cache {
 
     /// Writes via temp file + fsync + rename, so readers see old or new.
     pub fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+        self.write_renamed(dest, bytes, true)
+    }
+
+    /// Writes via a temp file renamed into place, so readers see old or
+    /// new; `durable` syncs the file before and its directory after.
+    fn write_renamed(&self, dest: &Path, bytes: &[u8], durable: bool) -> Result<(), CacheError> {
         let tmp_dir = self.root.join("tmp");
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| CacheError::io("cannot create temp file in", &tmp_dir, e))?;
         tmp.write_all(bytes).map_err(|e| CacheError::io("cannot write", tmp.path().to_path_buf(), e))?;
-        tmp.as_file().sync_all().map_err(|e| CacheError::io("cannot sync", tmp.path().to_path_buf(), e))?;
+        if durable {
+            tmp.as_file().sync_all().map_err(|e| CacheError::io("cannot sync", tmp.path().to_path_buf(), e))?;
+        }
         tmp.persist(dest).map_err(|e| CacheError::io("cannot write", dest, e.error))?;
-        if let Some(dir) = dest.parent() {
+        if let (true, Some(dir)) = (durable, dest.parent()) {
             sync_dir(dir);
         }
         Ok(())
