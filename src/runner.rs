@@ -244,7 +244,6 @@ pub fn run(
         Ok(())
     })?;
     dispatch.cancelled_messages().iter().for_each(|m| observer.warn(m));
-    cache.sync_manifests();
     s.save_refs()?;
     cache.stat().save();
     Ok(s.into_report(started_at))

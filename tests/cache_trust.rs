@@ -273,10 +273,9 @@ fn item7_a_manifest_missing_an_output_is_a_miss_with_a_warning() {
     assert_eq!(r.outcome("a").as_deref(), Some("ran"), "{}", r.all());
 }
 
-/// Manifests are renamed into place unsynced and made durable when the run
-/// ends, after the objects they name: a crash before that can leave one
-/// empty or cut short, which must read as a miss, its stage run again and
-/// the entry rewritten.
+/// A quick stage's manifest is renamed into place unsynced, after the
+/// objects it names are durable: a crash can leave it empty or cut short,
+/// which must read as a miss, its stage run again and the entry rewritten.
 #[test]
 fn a_manifest_a_crash_left_empty_or_cut_short_is_a_miss_and_rewritten() {
     let p = Project::new(CHAIN);

@@ -20,15 +20,16 @@
 //! ```
 //!
 //! Writes are atomic: a file is written under `tmp/` and renamed into
-//! place. Objects and refs are fsynced (file, then directory) before and
-//! after; a stage's manifest is written only once all its objects are
-//! durable, and is not synced itself: the command that wrote manifests
-//! syncs them all at its end (`Cache::sync_manifests`). So a crash at any
-//! moment leaves each entry complete, absent, or with a manifest that is
-//! empty or cut short, which reads as a miss (it does not parse, or names
-//! another key); never a manifest whose objects are missing or partly
-//! written. Orphaned temp files are removed by the next run. A run that
-//! changes nothing writes nothing.
+//! place. Objects and refs are fsynced (file, then directory); a stage's
+//! manifest is written only once all its objects are durable, and is
+//! fsynced only when the stage took a second or more: a quicker one's is
+//! left to the kernel's writeback, since running the stage again costs
+//! less than syncing each. So a crash at any moment leaves each entry
+//! complete, absent, or with a manifest that is empty or cut short, which
+//! reads as a miss (it does not parse, or names another key); never a
+//! manifest whose objects are missing or partly written. Orphaned temp
+//! files are removed by the next run. A run that changes nothing writes
+//! nothing.
 
 pub mod gc;
 pub mod hash;

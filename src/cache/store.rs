@@ -11,7 +11,6 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::hash::hash_file;
@@ -34,6 +33,10 @@ const SUBDIRS: [&str; 4] = ["objects", "manifests", "runs", "tmp"];
 /// adopted (tagged) when opened.
 const LEGACY_ENTRIES: [&str; 8] = ["objects", "manifests", "refs", "runs", "tmp", "lock", "statcache.json", "refs.json"];
 
+/// A stage that took this long or more has its manifest fsynced at once:
+/// redoing it after a crash would cost more than a thousand fsyncs.
+const SYNC_AT_ONCE_S: f64 = 1.0;
+
 #[derive(Clone)]
 pub struct Cache {
     root: PathBuf,
@@ -41,8 +44,6 @@ pub struct Cache {
     stat: Arc<StatCache>,
     /// `objects/` and `manifests/`, where every lookup starts.
     dirs: Arc<LookupDirs>,
-    /// Set when a manifest was written and not yet made durable.
-    unsynced: Arc<AtomicBool>,
 }
 
 struct LookupDirs {
@@ -74,14 +75,14 @@ impl Cache {
         // Absolute, because stages run in their own working directory.
         let root = fs::canonicalize(root).map_err(|e| CacheError::io("cannot open cache directory", root, e))?;
         let stat = Arc::new(StatCache::load(&root));
-        Ok(Self { dirs: LookupDirs::open(&root), root, stat, unsynced: Arc::default() })
+        Ok(Self { dirs: LookupDirs::open(&root), root, stat })
     }
 
     /// Opens a cache for reading only; a missing cache is simply empty.
     pub fn open_read(root: &Path) -> Self {
         let root = fs::canonicalize(root).or_else(|_| std::path::absolute(root)).unwrap_or_else(|_| root.to_path_buf());
         let stat = Arc::new(StatCache::load(&root));
-        Self { dirs: LookupDirs::open(&root), root, stat, unsynced: Arc::default() }
+        Self { dirs: LookupDirs::open(&root), root, stat }
     }
 
     /// Opens an existing cache for reading, refusing a directory that is
@@ -293,28 +294,16 @@ impl Cache {
         }
     }
 
-    /// Writes a manifest, renamed into place but not synced: every object
-    /// it names is durable before (see [`Cache::ingest`]), so a crash before
-    /// [`Cache::sync_manifests`] can lose it or leave it damaged, and either
-    /// reads as a miss; never as a hit on objects that are not all there.
+    /// Writes a manifest, after every object it names is durable (see
+    /// [`Cache::ingest`]). It is fsynced when its stage took
+    /// [`SYNC_AT_ONCE_S`] or more; a quicker stage's is left to the
+    /// kernel's writeback, so a crash soon after can lose it or leave it cut
+    /// short. Either reads as a miss and the stage runs again, which costs
+    /// less than the two fsyncs every quick stage would pay; never as a hit
+    /// on objects that are not all there.
     pub fn write_manifest(&self, m: &Manifest) -> Result<(), CacheError> {
         let bytes = serde_json::to_vec_pretty(m).expect("manifests serialise");
-        self.write_renamed(&self.manifest_path(&m.key), &bytes, false)?;
-        self.unsynced.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// Makes the manifests written through this cache durable: one `syncfs`
-    /// of its filesystem when a command ends, not two fsyncs per manifest
-    /// while stages wait (it flushes whatever else is dirty there too).
-    /// Does nothing when none was written, so a no-op syncs nothing. Best
-    /// effort, as [`sync_dir`].
-    pub fn sync_manifests(&self) {
-        if self.unsynced.swap(false, Ordering::AcqRel) {
-            if let Ok(dir) = File::open(self.root.join("manifests")) {
-                let _ = rustix::fs::syncfs(&dir);
-            }
-        }
+        self.write_renamed(&self.manifest_path(&m.key), &bytes, m.duration_s >= SYNC_AT_ONCE_S)
     }
 
     pub fn remove_manifest(&self, key: &StageKey) {

@@ -222,7 +222,6 @@ pub fn cmd_pull(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     let failed = fetched.iter().filter(|p| p.is_none()).count();
     missing += failed;
     let pulled = fetched.len() - failed;
-    cache.sync_manifests();
     cache.stat().save();
     let down = remote.bytes_down.load(std::sync::atomic::Ordering::Relaxed);
     let counts = format!("{pulled} pulled, {local} already local, {missing} not available");
