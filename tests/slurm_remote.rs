@@ -135,7 +135,7 @@ fn stages_whose_jobs_share_only_the_remote_match_a_local_run() {
     let node_dir = node_tmp.path().display().to_string();
     let sum_log = logs.iter().find(|l| l.contains("] read ")).unwrap_or_else(|| panic!("no log of `sum`: {logs:?}"));
     for log in &logs {
-        assert!(log.contains(&format!("working in {node_dir}/cairn-job-")), "{log}");
+        assert!(log.contains(&format!("working in {node_dir}/cairn-jobdir-")), "{log}");
         assert!(!log.contains(&project_dir), "a job touched the engine's files: {log}");
     }
     let paths: Vec<&str> = sum_log.lines().find(|l| l.contains("] read ")).unwrap().split_whitespace().map(|w| w.trim_matches('\'')).filter(|w| w.starts_with('/')).collect();
@@ -277,7 +277,9 @@ fn a_scancelled_remote_job_fails_its_stage_naming_its_state_and_log() {
 /// checkpoint of it reached the remote: Slurm runs the same job again, in
 /// a new directory with nothing of the first run's, and it resumes from
 /// that checkpoint (which `-v` shows, from the log it uploads) to an
-/// uninterrupted run's bytes.
+/// uninterrupted run's bytes. The first attempt outlives the test
+/// cluster's 2 s `KillWait` (it uploads its checkpoint), so it is killed
+/// with its directory in place; the second removes it when it starts.
 #[test]
 fn a_requeued_remote_train_job_resumes_from_its_checkpoint_on_the_remote() {
     let test = "a_requeued_remote_train_job_resumes_from_its_checkpoint_on_the_remote";
@@ -285,7 +287,9 @@ fn a_requeued_remote_train_job_resumes_from_its_checkpoint_on_the_remote() {
     let Some(w) = Weed::start(test) else { return };
     // About 20 ms an epoch here: long enough to requeue it mid-training.
     let long = ML_PIPELINE.replace("epochs = 1", "epochs = 400");
-    let p = Project::new(&ml::with_remote_data(&long, "s3://cairn/ml"));
+    let node_tmp = tempfile::Builder::new().prefix("cairn-node-tmp-").tempdir().unwrap();
+    let on_node_tmp = format!("data = \"remote\"\nsbatch_args = [\"--export=ALL,TMPDIR={}\"]", node_tmp.path().display());
+    let p = Project::new(&ml::with_remote_data(&long, "s3://cairn/ml").replace("data = \"remote\"", &on_node_tmp));
     write_cifar(&p);
     let run = Watched::start(command(&p, &c, &w, &["run", "-v"]));
     let t0 = Instant::now();
@@ -304,6 +308,8 @@ fn a_requeued_remote_train_job_resumes_from_its_checkpoint_on_the_remote() {
     assert!(once("resuming train from epoch"), "the requeued job did not resume:\n{}", r.stderr);
     assert!(once("epoch 400/400 "), "the job's epoch lines reach -v, each once:\n{}", r.stderr);
     eprintln!("{}", r.stderr.lines().find(|l| l.contains("resuming train")).unwrap_or_default());
+    let left: Vec<_> = std::fs::read_dir(node_tmp.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "the killed attempt's directory and the finished one's are removed: {left:?}");
 
     let local = Project::new(&long);
     write_cifar(&local);

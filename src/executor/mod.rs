@@ -18,12 +18,14 @@
 //! [`Dispatch::new`], not a rewrite. An executor's `data` says how a job's
 //! bytes reach its node: through the cache directory on a filesystem the
 //! nodes share ([`job`]), or, with nothing shared but the remote cache,
-//! through the remote ([`remote_submit`] and [`remote_log`] on this side,
-//! [`remote_job`], [`node_log`] and [`node_checkpoints`] on the node).
+//! through the remote ([`remote_submit`] and [`remote_log`] on this side;
+//! [`remote_job`], [`node_dir`], [`node_log`] and [`node_checkpoints`] on
+//! the node).
 
 pub mod job;
 pub mod local;
 pub mod node_checkpoints;
+pub mod node_dir;
 pub mod node_log;
 pub mod queue;
 pub mod remote_job;

@@ -220,7 +220,7 @@ pub fn run_remote_job(address: &str, registry: &Registry) -> Result<bool, Remote
     let bytes = remote.get_job_file(&addr.job, JOB_FILE, JOB_MAX, true)?.ok_or_else(|| RemoteJobError::NoJob(addr.job.clone()))?;
     let spec: RemoteJobSpec = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
     spec.check().map_err(invalid)?;
-    let work = work_dir()?;
+    let work = super::node_dir::NodeDir::create()?;
     let log = work.path().join(LOG_FILE);
     let _redirected = node_log::redirect_output(&log)?;
     println!("cairn exec-job: job {} working in {}", addr.job, work.path().display());
@@ -280,12 +280,6 @@ fn finish(remote: &Remote, job: &str, record: &ResultRecord, log: &Path) -> Resu
     let _ = std::io::stderr().flush();
     remote.put_job_file(job, LOG_FILE, node_log::tail(log, LOG_MAX), false)?;
     Ok(())
-}
-
-/// A fresh directory on the node's own disk.
-fn work_dir() -> std::io::Result<tempfile::TempDir> {
-    let base = ["SLURM_TMPDIR", "TMPDIR"].iter().filter_map(std::env::var_os).map(PathBuf::from).find(|p| p.is_dir()).unwrap_or_else(|| "/tmp".into());
-    tempfile::Builder::new().prefix("cairn-job-").tempdir_in(base)
 }
 
 #[cfg(test)]
