@@ -1,6 +1,9 @@
 //! A real S3 server for the remote-cache tests: SeaweedFS (`weed mini`)
 //! on free loopback ports, with one access key from a config file and one
-//! bucket, killed when dropped. `weed` is found through `CAIRN_WEED`, the
+//! bucket, killed when dropped. Everything it writes stays in the test's
+//! temporary directory: its logs (`-logdir`), its S3 and filer sockets
+//! (their flags), and the gRPC sockets it always puts in `/tmp`, which
+//! [`Weed::stop`] removes. `weed` is found through `CAIRN_WEED`, the
 //! venv `scripts/setup-seaweedfs.sh` installs (running the script when it
 //! is missing), or `PATH`. Where it cannot be had, [`Weed::start`] fails
 //! the test under CI (`CI=true`) and otherwise prints a skip line and
@@ -24,6 +27,8 @@ pub struct Weed {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub s3_port: u16,
+    /// The gRPC sockets `weed` makes in `/tmp` for the ports it was given.
+    sockets: Vec<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -81,14 +86,18 @@ impl Weed {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
         let s3_port = free_port();
-        let port = |name: &str| format!("-{name}={}", free_port());
+        let names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc"];
+        let ports: Vec<(&str, u16)> = names.iter().map(|n| (*n, free_port())).collect();
+        let sockets = ports.iter().filter_map(|(n, p)| n.strip_suffix(".port.grpc").map(|svc| PathBuf::from(format!("/tmp/seaweedfs-{svc}-grpc-{p}.sock")))).collect();
         let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
         let child = Command::new(weed)
+            .arg(format!("-logdir={}", dir.path().display()))
             .arg("mini")
             .arg(format!("-dir={}", data.display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .args([port("master.port"), port("master.port.grpc"), port("volume.port"), port("volume.port.grpc")])
-            .args([port("filer.port"), port("filer.port.grpc"), port("s3.port.grpc"), port("admin.port"), port("admin.port.grpc")])
+            .args(ports.iter().map(|(n, p)| format!("-{n}={p}")))
+            .arg(format!("-s3.localSocket={}", dir.path().join("s3.sock").display()))
+            .arg(format!("-filer.localSocket={}", dir.path().join("filer.sock").display()))
             .arg(format!("-s3.port={s3_port}"))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", "-master.telemetry=false"])
             .arg(format!("-s3.config={}", config.display()))
@@ -98,7 +107,7 @@ impl Weed {
             .stderr(log)
             .spawn()
             .expect("weed starts");
-        let mut w = Weed { child: Some(child), dir, s3_port };
+        let mut w = Weed { child: Some(child), dir, s3_port, sockets };
         // Up when a signed request on the bucket succeeds.
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(60) {
@@ -157,6 +166,9 @@ impl Weed {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            for socket in &self.sockets {
+                let _ = std::fs::remove_file(socket);
+            }
         }
     }
 }
