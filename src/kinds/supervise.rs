@@ -5,16 +5,20 @@
 //! gives its peak resident memory: every executed stage reports it as the
 //! `peak_rss_mb` metric, so memory bounds show up in `cairn runs`.
 //!
-//! A stage is a process group, not a process: [`spawn`] makes the child
-//! the leader of a new group, so the stage's own children (a `sleep` under
-//! `sh`, data-loader workers) can be stopped with it. The group is sent
-//! SIGTERM (then SIGKILL) when the run is interrupted, and SIGKILL once the
-//! leader has exited, so nothing keeps writing after a stage is over. If the
-//! engine itself dies (even by SIGKILL), the leader gets SIGKILL from the
-//! kernel (`PR_SET_PDEATHSIG`) and a small guard process, which waits on a
-//! pipe only the engine holds, kills the rest of the group.
+//! A stage is a process group, not a process, so the stage's own children
+//! (a `sleep` under `sh`, data-loader workers) can be stopped with it. The
+//! group is sent SIGTERM (then SIGKILL) when the run is interrupted, and
+//! SIGKILL once the stage's process has exited, so nothing keeps writing
+//! after a stage is over. [`spawn`] first starts the group's leader, a
+//! small guard process that waits on a pipe only the engine holds and
+//! kills the group when it closes: so if the engine itself dies (even by
+//! SIGKILL), the stage dies with it. The stage's process then joins that
+//! group, started with `posix_spawn`, which does not copy the engine's page
+//! tables as a fork would. Where no guard can start, the stage leads its
+//! own group and gets SIGKILL from the kernel when the engine dies
+//! (`PR_SET_PDEATHSIG`, which needs a fork).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -56,9 +60,34 @@ fn try_reap(child: &Child) -> std::io::Result<Option<(ExitStatus, u64)>> {
 /// How long an interrupted stage gets to exit after SIGTERM.
 const TERM_GRACE: Duration = Duration::from_secs(3);
 
-/// Spawns `cmd` as the leader of a new process group that dies with the
-/// engine.
-pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+/// A stage's process, started by [`spawn`], and the group it is in.
+pub(crate) struct Spawned {
+    child: Child,
+    /// The group to signal: the guard's, or the stage's own without one.
+    pgid: u32,
+    guard: Option<Guard>,
+}
+
+/// Spawns `cmd` in a new process group that dies with the engine (see the
+/// module doc).
+pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Spawned> {
+    let Some(guard) = Guard::start() else {
+        let child = spawn_leader(cmd)?;
+        return Ok(Spawned { pgid: child.id(), child, guard: None });
+    };
+    let pgid = guard.child.id();
+    match cmd.process_group(pgid as i32).spawn() {
+        Ok(child) => Ok(Spawned { child, pgid, guard: Some(guard) }),
+        Err(e) => {
+            guard.release();
+            Err(e)
+        }
+    }
+}
+
+/// Spawns `cmd` as the leader of a new process group, killed by the kernel
+/// when the engine dies.
+fn spawn_leader(cmd: &mut Command) -> std::io::Result<Child> {
     let engine = std::process::id();
     cmd.process_group(0);
     // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.
@@ -77,16 +106,20 @@ pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-/// Kills a stage's process group if the engine dies: a `sh` that blocks
-/// reading a pipe whose only writer is the engine. End of file (the engine
-/// is gone) kills the group; a line (the stage is over) lets it exit quietly.
+/// Leads a stage's process group and kills it if the engine dies: a `sh`
+/// that blocks reading a pipe whose only writer is the engine, and kills
+/// its own group at end of file (the engine is gone, or has closed the pipe
+/// because the stage is over and the group was killed already). Nothing is
+/// ever written to the pipe (the engine dies of SIGPIPE, restored for its
+/// stdout, if it writes to a closed one). It ignores the SIGTERM and SIGINT
+/// an interrupted run sends the group.
 struct Guard {
     child: Child,
     pipe: std::fs::File,
 }
 
 impl Guard {
-    fn start(pgid: u32) -> Option<Guard> {
+    fn start() -> Option<Guard> {
         let mut fds = [0; 2];
         // SAFETY: pipe2 fills two fresh descriptors, owned below.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -94,34 +127,38 @@ impl Guard {
         }
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let child = Command::new("sh")
-            .args(["-c", r#"read line || kill -9 -"$0" 2>/dev/null"#])
-            .arg(pgid.to_string())
+            .args(["-c", "trap '' TERM INT HUP; read line; kill -9 0"])
             .stdin(Stdio::from(read))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            // Its own group, so a Ctrl-C at the terminal does not end it.
+            // A group of its own, which the stage joins; not the
+            // terminal's, so a Ctrl-C there reaches only the engine.
             .process_group(0)
             .spawn()
             .ok()?;
         Some(Guard { child, pipe: std::fs::File::from(write) })
     }
 
+    /// Closes the pipe and reaps the guard, which the group's final
+    /// SIGKILL or the end of file ends.
     fn release(mut self) {
-        let _ = self.pipe.write_all(b"done\n");
+        drop(self.pipe);
         let _ = self.child.wait();
     }
 }
 
-/// Signals every process of the group led by `leader` (harmless when there
-/// is no such group any more: its id cannot be reused while it exists).
-fn signal_group(leader: &Child, signal: libc::c_int) {
+/// Signals every process of group `pgid` (harmless when there is no such
+/// group any more: its leader, the guard or the stage, is not reaped before
+/// the last signal, so the id cannot have been reused).
+fn signal_group(pgid: u32, signal: libc::c_int) {
     // SAFETY: kill with a negative pid signals a process group.
-    unsafe { libc::kill(-(leader.id() as libc::pid_t), signal) };
+    unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
 }
 
 /// What the supervisor hears: a line from one of the child's pipes, or
-/// that the child has exited (not yet reaped, so its pid, which is also
-/// its group's id, cannot be reused while the group is signalled).
+/// that the child has exited (not yet reaped, so its pid, which is its
+/// group's id when no guard leads it, cannot be reused while the group is
+/// signalled).
 enum Line {
     Out(String),
     Err(String),
@@ -158,15 +195,15 @@ fn drain(pipe: Option<impl std::io::Read>, tx: std::sync::mpsc::Sender<Line>, wr
     all
 }
 
-/// Waits for `child`, calling `on_out` for each stdout line and `on_err`
-/// for each stderr line.
+/// Waits for the stage's process, calling `on_out` for each stdout line
+/// and `on_err` for each stderr line.
 pub(crate) fn supervise(
-    mut child: Child,
+    spawned: Spawned,
     cancel: &AtomicBool,
     mut on_out: impl FnMut(&str),
     mut on_err: impl FnMut(&str),
 ) -> Result<Ended, StageFailure> {
-    let guard = Guard::start(child.id());
+    let Spawned { mut child, pgid, guard } = spawned;
     let (tx, rx) = std::sync::mpsc::channel::<Line>();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let out_tx = tx.clone();
@@ -201,14 +238,14 @@ pub(crate) fn supervise(
     let interrupted = !wait_for_exit(None);
     if interrupted {
         // SIGTERM first, so a stage can save what it must; SIGKILL after a grace.
-        signal_group(&child, libc::SIGTERM);
+        signal_group(pgid, libc::SIGTERM);
         if !wait_for_exit(Some(Instant::now() + TERM_GRACE)) {
-            signal_group(&child, libc::SIGKILL);
+            signal_group(pgid, libc::SIGKILL);
             wait_for_exit(Some(Instant::now() + Duration::from_secs(3600)));
         }
     }
-    // The leader is over: whatever it left running must not write on.
-    signal_group(&child, libc::SIGKILL);
+    // The stage's process is over: whatever it left running must not write on.
+    signal_group(pgid, libc::SIGKILL);
     let reaped = try_reap(&child);
     if let Some(g) = guard {
         g.release();
@@ -235,7 +272,7 @@ mod tests {
         // Invalid UTF-8 on stderr must not stop the draining, or a child
         // that writes more could block on a full pipe.
         let script = r"printf 'a\n'; printf 'x\377y\n' >&2; printf 'b\n'; printf 'z\n' >&2; head -c 200000 /dev/zero | tr '\0' e >&2";
-        let child = Command::new("sh").args(["-c", script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let child = spawn(Command::new("sh").args(["-c", script]).stdout(Stdio::piped()).stderr(Stdio::piped())).unwrap();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let cancel = AtomicBool::new(false);
         let ended = supervise(child, &cancel, |l| out.push(l.to_string()), |l| err.push(l.to_string())).unwrap();
