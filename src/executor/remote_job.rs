@@ -3,11 +3,12 @@
 //! every input by content hash (a directory as the tree of its files'
 //! hashes) and is read from `v1/jobs/<job>/job.json`; the node side
 //! (`cairn exec-job --remote-job ADDRESS`) works in a node-local directory
-//! (`SLURM_TMPDIR`, `TMPDIR` or `/tmp`), downloads each input with the
+//! ([`super::node_dir`]), downloads each input with the
 //! checks of a pull (size and blake3 as it arrives; a directory's Merkle
 //! hash once rebuilt), checks its own facts, runs the stage as
 //! `super::job` does, uploads the outputs create-only, then its result
-//! record and the tail of its log, and deletes the directory. The stage's
+//! record and the tail of its log, and deletes the directory (or, if it
+//! is killed, the next job on the node does). The stage's
 //! checkpoints are kept on the remote under the job's name while it runs,
 //! and a job brings back what is there before its stage runs
 //! ([`super::node_checkpoints`]), so a requeued job resumes on any node.
