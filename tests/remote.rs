@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{Project, Run};
+use common::{artifact, statuses, Project, Run};
 use object_store::{ObjectStore, ObjectStoreExt};
 use weed::Weed;
 
@@ -60,18 +60,8 @@ fn cairn(p: &Project, w: &Weed, args: &[&str]) -> Run {
     c.output().expect("cairn runs").into()
 }
 
-/// Each stage's outcome in `cairn run --json`.
-fn outcomes(r: &Run) -> BTreeMap<String, String> {
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("json ({e}): {}", r.all()));
-    v["stages"].as_array().unwrap().iter().map(|s| (s["stage"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string())).collect()
-}
-
 fn all(outcome: &str) -> BTreeMap<String, String> {
     ["gen", "count", "tag", "last"].iter().map(|s| (s.to_string(), outcome.to_string())).collect()
-}
-
-fn artifact(p: &Project, rel: &str) -> Vec<u8> {
-    std::fs::read(p.path().join("artifacts").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 fn same_outputs(a: &Project, b: &Project) {
@@ -87,7 +77,7 @@ fn clone_b_pulls_everything_a_pushed_then_runs_only_what_a_param_changed() {
     let t = Instant::now();
     let r = cairn(&a, &w, &["run", "--push", "--json"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(outcomes(&r), all("ran"));
+    assert_eq!(statuses(&r), all("ran"));
     eprintln!("A: run --push in {:.2}s; {}", t.elapsed().as_secs_f64(), r.stderr.lines().filter(|l| l.contains("uploaded")).collect::<String>());
 
     let b = Project::new(PIPELINE);
@@ -100,7 +90,7 @@ fn clone_b_pulls_everything_a_pushed_then_runs_only_what_a_param_changed() {
     let r = cairn(&b, &w, &["run", "--json"]);
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    assert_eq!(statuses(&r), all("pulled"), "{}", r.all());
     eprintln!("B: pulled {:.1} MB in {secs:.2}s ({:.0} MB/s, whole run)", 25.2, 25.2 / secs);
     same_outputs(&a, &b);
     let v = b.cairn(&["cache", "verify"]);
@@ -110,12 +100,12 @@ fn clone_b_pulls_everything_a_pushed_then_runs_only_what_a_param_changed() {
 
     // Nothing executes again, and the pulled entries are plain local hits.
     let r = cairn(&b, &w, &["run", "--json"]);
-    assert_eq!(outcomes(&r), all("cached"), "{}", r.all());
+    assert_eq!(statuses(&r), all("cached"), "{}", r.all());
 
     // A param change: only `tag` and what follows it run.
     let r = cairn(&b, &w, &["run", "--json", "--set", "tag.env={ N = \"2\" }"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    let o = outcomes(&r);
+    let o = statuses(&r);
     assert_eq!((o["gen"].as_str(), o["count"].as_str(), o["tag"].as_str(), o["last"].as_str()), ("cached", "cached", "ran", "ran"), "{}", r.all());
 }
 
@@ -139,7 +129,7 @@ fn pull_command_and_push_command_move_everything() {
     assert!(r.stderr.contains("2 pulled"), "{}", r.all());
     eprintln!("pull: {:.2}s: {}", t.elapsed().as_secs_f64(), r.stderr.lines().last().unwrap_or(""));
     let r = cairn(&b, &w, &["run", "--json", "--remote", "none"]);
-    let o = outcomes(&r);
+    let o = statuses(&r);
     assert_eq!((o["gen"].as_str(), o["count"].as_str(), o["tag"].as_str()), ("cached", "cached", "ran"), "{}", r.all());
 }
 
@@ -188,7 +178,7 @@ fn two_concurrent_pushes_of_the_same_results_both_succeed() {
     assert!(v.stdout.contains("4 manifest(s), 5 object(s) checked") && v.stdout.contains(": 0 problem(s)"), "{}", v.all());
     let b = Project::new(PIPELINE);
     let r = cairn(&b, &w, &["run", "--json"]);
-    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    assert_eq!(statuses(&r), all("pulled"), "{}", r.all());
     same_outputs(&a, &b);
 }
 
@@ -224,7 +214,7 @@ fn a_flipped_byte_on_the_remote_is_detected_and_the_stage_recomputed() {
     let b = Project::new(PIPELINE);
     let r = cairn(&b, &w, &["run", "--json", "--push"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(outcomes(&r)["gen"], "ran", "{}", r.all());
+    assert_eq!(statuses(&r)["gen"], "ran", "{}", r.all());
     assert!(r.stderr.contains("damaged") && r.stderr.contains("not installed"), "{}", r.all());
     assert_eq!(b.cairn(&["cache", "verify"]).code, 0);
     assert_eq!(artifact(&b, "gen/small.txt"), small);
@@ -238,7 +228,7 @@ fn a_flipped_byte_on_the_remote_is_detected_and_the_stage_recomputed() {
     assert_eq!(v.code, 0, "repaired: {}", v.all());
     let c = Project::new(PIPELINE);
     let r = cairn(&c, &w, &["run", "--json"]);
-    assert_eq!(outcomes(&r)["gen"], "pulled", "{}", r.all());
+    assert_eq!(statuses(&r)["gen"], "pulled", "{}", r.all());
 }
 
 #[test]
@@ -265,7 +255,7 @@ fn a_hostile_manifest_is_refused() {
     assert_eq!(rewritten, 1);
     let b = Project::new(PIPELINE);
     let r = cairn(&b, &w, &["run", "--json"]);
-    let o = outcomes(&r);
+    let o = statuses(&r);
     assert_eq!((o["gen"].as_str(), o["count"].as_str()), ("pulled", "ran"), "{}", r.all());
     assert!(r.stderr.contains("undeclared output `evil`"), "{}", r.all());
 }
@@ -279,7 +269,7 @@ fn wrong_credentials_and_a_stopped_server_give_one_clear_error_and_the_run_compl
     c.env("AWS_SECRET_ACCESS_KEY", "wrong-secret-xyzzy");
     let r: Run = c.output().unwrap().into();
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(outcomes(&r), all("ran"));
+    assert_eq!(statuses(&r), all("ran"));
     assert!(r.stderr.contains("access denied") && r.stderr.contains("s3://cairn/team"), "{}", r.all());
     assert_eq!(r.stderr.matches("access denied").count(), 1, "one error line, not one per stage: {}", r.all());
     assert!(!r.all().contains("wrong-secret-xyzzy"), "credentials are never printed");
@@ -291,7 +281,7 @@ fn wrong_credentials_and_a_stopped_server_give_one_clear_error_and_the_run_compl
     c.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
     let r: Run = c.output().unwrap().into();
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(outcomes(&r), all("ran"));
+    assert_eq!(statuses(&r), all("ran"));
     assert!(r.stderr.contains("access denied"), "{}", r.all());
 
     let fresh = Project::new(PIPELINE);
@@ -307,7 +297,7 @@ fn wrong_credentials_and_a_stopped_server_give_one_clear_error_and_the_run_compl
     let t = Instant::now();
     let r = cairn(&d, &w, &["run", "--json", "--push"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(outcomes(&r), all("ran"));
+    assert_eq!(statuses(&r), all("ran"));
     assert!(r.stderr.contains("connection refused") && r.stderr.contains("127.0.0.1"), "{}", r.all());
     assert!(r.stderr.contains("continuing with the local cache only"), "{}", r.all());
     assert!(t.elapsed().as_secs() < 30, "a stopped server is reported within seconds");
@@ -331,11 +321,11 @@ fn a_file_remote_works_too() {
     };
     let a = Project::new(PIPELINE);
     let r = run(&a, &["run", "--push", "--json"]);
-    assert_eq!(outcomes(&r), all("ran"), "{}", r.all());
+    assert_eq!(statuses(&r), all("ran"), "{}", r.all());
     assert!(shared.path().join("v1/manifests").read_dir().unwrap().count() == 4);
     let b = Project::new(PIPELINE);
     let r = run(&b, &["run", "--json"]);
-    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    assert_eq!(statuses(&r), all("pulled"), "{}", r.all());
     same_outputs(&a, &b);
 
     // Truncate an object on the share: refused, recomputed.
@@ -344,7 +334,7 @@ fn a_file_remote_works_too() {
     std::fs::write(&obj, &small[..2]).unwrap();
     let c = Project::new(PIPELINE);
     let r = run(&c, &["run", "--json"]);
-    assert_eq!(outcomes(&r)["gen"], "ran", "{}", r.all());
+    assert_eq!(statuses(&r)["gen"], "ran", "{}", r.all());
     assert!(r.stderr.contains("bytes on the remote"), "{}", r.all());
     assert!(Path::new(&obj).exists());
 }
@@ -386,7 +376,7 @@ fn sigkill_during_a_push_and_during_a_pull_leaves_both_caches_valid() {
     }
     let r = cairn(&b, &w, &["run", "--json"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(outcomes(&r).values().all(|o| o == "pulled" || o == "cached"), "{}", r.all());
+    assert!(statuses(&r).values().all(|o| o == "pulled" || o == "cached"), "{}", r.all());
     same_outputs(&a, &b);
 }
 
@@ -417,7 +407,7 @@ fn a_manifest_filed_under_another_key_is_refused() {
     std::fs::copy(&tag, &last).unwrap();
     let b = Project::new(PIPELINE);
     let r = run(&b, &["run", "--json"]);
-    let o = outcomes(&r);
+    let o = statuses(&r);
     assert_eq!((o["tag"].as_str(), o["last"].as_str()), ("pulled", "ran"), "{}", r.all());
     assert!(r.stderr.contains("has a manifest for another key"), "{}", r.all());
     same_outputs(&a, &b);
@@ -514,9 +504,9 @@ fn remote_gc_keeps_what_the_last_runs_need_and_is_a_dry_run_unless_asked() {
     // The kept run is served whole; the collected one is computed again.
     let b = Project::new(PIPELINE);
     let r = cairn(&b, &w, &[&["run", "--json"][..], &n2].concat());
-    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    assert_eq!(statuses(&r), all("pulled"), "{}", r.all());
     let r = cairn(&b, &w, &["run", "--json"]);
-    let o = outcomes(&r);
+    let o = statuses(&r);
     assert_eq!((o["gen"].as_str(), o["count"].as_str(), o["tag"].as_str(), o["last"].as_str()), ("cached", "cached", "ran", "ran"), "{}", r.all());
 }
 
@@ -536,21 +526,21 @@ fn a_remote_never_serves_a_result_computed_on_another_cpu_or_gpu_class() {
 
     let avx512 = class_worker::class_worker(tools.path(), "AVX512", "cpu");
     let (_, r) = run(&avx512, true);
-    assert_eq!(outcomes(&r)["evaluate"], "ran", "{}", r.all());
+    assert_eq!(statuses(&r)["evaluate"], "ran", "{}", r.all());
 
     // Same class: served. Another CPU class, or a GPU: computed there.
     let (p, r) = run(&avx512, false);
-    assert_eq!((outcomes(&r)["make"].as_str(), outcomes(&r)["evaluate"].as_str()), ("pulled", "pulled"), "{}", r.all());
+    assert_eq!((statuses(&r)["make"].as_str(), statuses(&r)["evaluate"].as_str()), ("pulled", "pulled"), "{}", r.all());
     assert_eq!(evaluated(&p).trim(), "AVX512 cpu");
     for (cpu, device) in [("AVX2", "cpu"), ("AVX512", "cuda:NVIDIA H200")] {
         let (p, r) = run(&class_worker::class_worker(tools.path(), cpu, device), true);
-        let o = outcomes(&r);
+        let o = statuses(&r);
         assert_eq!((o["make"].as_str(), o["evaluate"].as_str()), ("pulled", "ran"), "{cpu} {device}: {}", r.all());
         assert_eq!(evaluated(&p).trim(), format!("{cpu} {device}"));
     }
     // Each class has its own entry; the first GPU class is not another's.
     let (p, r) = run(&class_worker::class_worker(tools.path(), "AVX512", "cuda:NVIDIA A100"), false);
-    assert_eq!(outcomes(&r)["evaluate"], "ran", "{}", r.all());
+    assert_eq!(statuses(&r)["evaluate"], "ran", "{}", r.all());
     assert_eq!(evaluated(&p).trim(), "AVX512 cuda:NVIDIA A100");
     assert_eq!(std::fs::read_dir(shared.path().join("v1/manifests")).unwrap().count(), 4, "{:?}", files(shared.path()));
 }
@@ -567,7 +557,7 @@ fn a_run_downloads_only_the_bytes_its_targets_and_executing_stages_need() {
     // from their remote manifests, and nothing of theirs is installed.
     let b = Project::new(PIPELINE);
     let r = cairn(&b, &w, &["run", "last", "--json"]);
-    assert_eq!(outcomes(&r), all("pulled"), "{}", r.all());
+    assert_eq!(statuses(&r), all("pulled"), "{}", r.all());
     assert!(!has_big(&b), "gen's 24 MiB were downloaded though nothing needed them");
     assert_eq!(artifact(&b, "last/x.txt"), artifact(&a, "last/x.txt"));
     assert!(!b.path().join("artifacts/gen").exists());
@@ -580,7 +570,7 @@ fn a_run_downloads_only_the_bytes_its_targets_and_executing_stages_need() {
     // A stage that must execute gets the bytes it reads (count's), and
     // no more (gen's stay on the remote).
     let r = cairn(&b, &w, &["run", "last", "--json", "--set", "tag.env={ N = \"2\" }"]);
-    let o = outcomes(&r);
+    let o = statuses(&r);
     assert_eq!((o["count"].as_str(), o["tag"].as_str(), o["last"].as_str()), ("pulled", "ran", "ran"), "{}", r.all());
     assert!(!has_big(&b));
     assert_eq!(b.cairn(&["cache", "verify"]).code, 0);
@@ -590,7 +580,7 @@ fn a_run_downloads_only_the_bytes_its_targets_and_executing_stages_need() {
     assert_eq!(p.code, 0, "{}", p.all());
     assert!(has_big(&b));
     let r = cairn(&b, &w, &["run", "--json"]);
-    assert_eq!(outcomes(&r), all("cached"), "{}", r.all());
+    assert_eq!(statuses(&r), all("cached"), "{}", r.all());
     same_outputs(&a, &b);
 }
 
@@ -613,7 +603,7 @@ fn lazily_served_bytes_that_turn_out_damaged_are_computed_here() {
     // `gen` is computed here instead, and nothing damaged is installed.
     let b = Project::new(&PIPELINE.replace("wc -c < {in.big}", "wc -c < {in.big} | tr -d ' '"));
     let r = run(&b, &["run", "count", "--json"]);
-    let o = outcomes(&r);
+    let o = statuses(&r);
     assert_eq!((o["gen"].as_str(), o["count"].as_str()), ("ran", "ran"), "{}", r.all());
     assert!(r.stderr.contains("damaged") && r.stderr.contains("not installed"), "{}", r.all());
     assert_eq!(artifact(&b, "gen/small.txt"), small);
@@ -655,7 +645,7 @@ outputs = { n = "n.txt" }
     w.stop();
     let r: Run = child.wait_with_output().unwrap().into();
     assert_eq!(r.code, 0, "{}", r.all());
-    let o = outcomes(&r);
+    let o = statuses(&r);
     assert_eq!((o["gen"].as_str(), o["count"].as_str()), ("ran", "ran"), "{}", r.all());
     assert!(r.stderr.contains("continuing with the local cache only"), "{}", r.all());
     assert_eq!(r.stderr.matches("127.0.0.1").count(), 1, "one error line naming the server: {}", r.all());

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Project, Run};
+use common::{statuses, Project};
 
 /// `gen` feeds `scale` (swept through its env, whose values are TOML
 /// strings: `--sweep 'scale.env.K="1","2"'`) which feeds `fmt`; `side`
@@ -41,12 +41,6 @@ kind = "command"
 cmd = "echo side > {out.x}"
 outputs = { x = "x.txt" }
 "#;
-
-/// stage → status from `cairn run --json`.
-fn statuses(r: &Run) -> BTreeMap<String, String> {
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("json ({e}): {}", r.all()));
-    v["stages"].as_array().unwrap().iter().map(|s| (s["stage"].as_str().unwrap().to_string(), s["status"].as_str().unwrap().to_string())).collect()
-}
 
 fn expect(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()

@@ -54,6 +54,16 @@ pub fn stages(r: &Run) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// A port on 127.0.0.1 that was free a moment ago (for a test server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// stage → status from `cairn run --json`.
+pub fn statuses(r: &Run) -> BTreeMap<String, String> {
+    stages(r).into_iter().map(|(stage, (status, _))| (stage, status)).collect()
+}
+
 /// The bytes of `artifacts/<rel>` in `p`.
 pub fn artifact(p: &Project, rel: &str) -> Vec<u8> {
     std::fs::read(p.path().join("artifacts").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))

@@ -11,10 +11,11 @@
 
 #![allow(dead_code)]
 
-// Every test crate that includes this file declares `mod skip` at its root.
+// Every test crate that includes this file declares `mod skip` and `mod
+// common` at its root.
+use crate::common::free_port;
 use crate::skip;
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,10 +30,6 @@ pub struct Cluster {
     children: Vec<(String, Child)>,
     pub dir: tempfile::TempDir,
     pub conf: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 const DAEMONS: [&str; 3] = ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd"];

@@ -11,10 +11,11 @@
 
 #![allow(dead_code)]
 
-// Every test crate that includes this file declares `mod skip` at its root.
+// Every test crate that includes this file declares `mod skip` and `mod
+// common` at its root.
+use crate::common::free_port;
 use crate::skip;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,10 +30,6 @@ pub struct Weed {
     pub s3_port: u16,
     /// The gRPC sockets `weed` makes in `/tmp` for the ports it was given.
     sockets: Vec<PathBuf>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `weed`'s path, looked up (and installed) once per test process.
