@@ -14,7 +14,7 @@ use cairn::plan::{Resolver, StageState};
 use cairn::runner::{self, Outcome, RunOptions};
 use cairn::spec::{self, LoadOptions, Pipeline, ProfileChoice, SpecError};
 
-use super::ui::{human_bytes, reasons_text, Console};
+use super::ui::{human_bytes, reasons_text, when, Console};
 use super::{exit, CacheCmd, Cli, Cmd, Config};
 
 pub fn dispatch(cli: Cli) -> i32 {
@@ -358,7 +358,7 @@ fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdR
     }
     for (name, st) in &states {
         let line = match st {
-            StageState::Fresh { manifest, .. } => format!("fresh      {name:<12} (ran {}, {:.1}s)", manifest.finished_at, manifest.duration_s),
+            StageState::Fresh { manifest, .. } => format!("fresh      {name:<12} (ran {}, {:.1}s)", when(&manifest.finished_at), manifest.duration_s),
             StageState::Stale { .. } if on_remote.contains(name) => format!("stale      {name:<12} on remote: will be pulled"),
             StageState::Stale { reasons, .. } if reasons.iter().any(|r| matches!(r, cairn::key::DirtyReason::NeverRun)) => {
                 format!("never run  {name:<12}")
@@ -394,7 +394,7 @@ fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Co
     }
     match st {
         StageState::Fresh { key, manifest } => {
-            println!("`{stage}` is fresh: key {} was computed at {} ({:.1}s)", key.short(), manifest.finished_at, manifest.duration_s);
+            println!("`{stage}` is fresh: key {} was computed at {} ({:.1}s)", key.short(), when(&manifest.finished_at), manifest.duration_s);
         }
         StageState::Stale { reasons, .. } => {
             if on_remote {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use cairn::history::{self, HistoryRow};
 
 use super::commands::CmdResult;
+use super::ui::when;
 use super::exit;
 use super::Cli;
 
@@ -40,7 +41,7 @@ pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
         } else {
             println!(
                 "{id}  {}  ran {:>2} cached {:>2}{} failed {:>2}  {}",
-                rows.first().map(|r| r.started_at.as_str()).unwrap_or(""),
+                rows.first().map(|r| when(&r.started_at)).unwrap_or_default(),
                 count("ran"),
                 count("cached"),
                 match count("pulled") {

@@ -13,7 +13,7 @@ use cairn::spec::Pipeline;
 
 use super::commands::{fail, CmdResult};
 use super::exit;
-use super::ui::{human_bytes, Console};
+use super::ui::{human_bytes, when, Console};
 use super::Cli;
 
 #[allow(clippy::too_many_arguments)]
@@ -45,7 +45,7 @@ pub fn run(
         if json {
             println!("{}", serde_json::to_string_pretty(&manifest.outputs).unwrap_or_default());
         } else {
-            println!("{stage}: {} output(s), ran {} in {:.1}s", manifest.outputs.len(), manifest.finished_at, manifest.duration_s);
+            println!("{stage}: {} output(s), ran {} in {:.1}s", manifest.outputs.len(), when(&manifest.finished_at), manifest.duration_s);
             for (name, rec) in &manifest.outputs {
                 println!("  {name:<16} {:<7} {:>10}  {}  {}", rec.ty, human_bytes(rec.size), rec.hash.short(), cache.object_path(&rec.hash).display());
             }

@@ -231,6 +231,18 @@ fn heartbeat_line(stage: &str, p: &Progress, elapsed: Duration) -> String {
     format!("  {stage:<12} {at}{}", p.message)
 }
 
+/// A recorded RFC 3339 UTC time (`2026-12-03T11:52:46.231376935Z`) as a
+/// person reads it: `2026-12-03 11:52:46 UTC`. Anything else is shown as
+/// it was recorded. `--json` output keeps the full value.
+pub fn when(rfc3339: &str) -> String {
+    let b = rfc3339.as_bytes();
+    let shaped = b.len() >= 20 && b[10] == b'T' && b[19] != b':' && rfc3339.ends_with('Z');
+    match (shaped, rfc3339.get(..10), rfc3339.get(11..19)) {
+        (true, Some(day), Some(time)) => format!("{day} {time} UTC"),
+        _ => rfc3339.to_string(),
+    }
+}
+
 /// Seconds as `1h02m`, `3m05s` or `42s`.
 fn clock(secs: f64) -> String {
     if !secs.is_finite() {
@@ -274,5 +286,13 @@ mod tests {
         assert_eq!(line, "  pretrain     step 120/1600 (8%), ETA 2h03m, loss 1.93 8.1 img/s");
         let plain = heartbeat_line("load", &Progress::line("decoding"), Duration::from_secs(5));
         assert_eq!(plain, "  load         decoding");
+    }
+
+    #[test]
+    fn recorded_times_read_to_the_second_in_utc() {
+        assert_eq!(when("2026-12-03T11:52:46.231376935Z"), "2026-12-03 11:52:46 UTC");
+        assert_eq!(when("2026-12-03T11:52:46Z"), "2026-12-03 11:52:46 UTC");
+        assert_eq!(when(""), "");
+        assert_eq!(when("2026-12-03T11:52:46+01:00"), "2026-12-03T11:52:46+01:00");
     }
 }

@@ -111,7 +111,8 @@ impl WorkerCtx {
     }
 
     /// Progress with a bar position: `done` of `total` units. A `transient`
-    /// update only moves a terminal's bar (logs keep one line per epoch).
+    /// update moves a terminal's bar; a log gets it only as a heartbeat, at
+    /// most every 30 s (logs keep one line per epoch).
     pub fn progress_at(&self, message: impl Into<String>, done: u64, total: u64, transient: bool) {
         emit(&Event::Progress(Progress { message: message.into(), done: Some(done), total: Some(total), transient }));
     }

@@ -11,6 +11,8 @@
 //! normalisation or architecture than training fails loudly instead of
 //! scoring 10%.
 
+use std::time::Instant;
+
 use cairn_formats::table::{Column, Table};
 use cairn_kinds::eval::EvaluateParams;
 use tch::Kind;
@@ -39,14 +41,27 @@ fn class_names(ctx: &WorkerCtx, k: i64) -> StageResult<Vec<String>> {
     }
 }
 
+/// Reports, at most once a second, how far scoring `n` images has got, so
+/// a long evaluation moves a terminal's bar and a log's heartbeat.
+fn scoring_progress(ctx: &WorkerCtx, n: i64) -> impl FnMut(i64) + '_ {
+    let (t0, mut last) = (Instant::now(), Instant::now());
+    move |done| {
+        if last.elapsed().as_secs_f64() >= 1.0 {
+            last = Instant::now();
+            let rate = done as f64 / t0.elapsed().as_secs_f64();
+            ctx.progress_at(format!("scoring at {rate:.0} img/s"), done as u64, n as u64, true);
+        }
+    }
+}
+
 pub fn run(ctx: &mut WorkerCtx, p: EvaluateParams) -> StageResult {
     let model = load::trained(ctx, p.model.as_ref())?;
     let (net, k) = (&model.net, model.spec.num_classes);
     let (x, y) = load::labelled(ctx, "images", "labels", k)?;
     let classes = class_names(ctx, k)?;
     let feed = Feed { normalize: model.spec.normalize, kind: compute_kind(p.precision, ctx), device: ctx.device };
-    let logits = models::predict(net, &x, &feed, p.batch_size as i64, p.tta);
     let n = y.size()[0];
+    let logits = models::predict(net, &x, &feed, p.batch_size as i64, p.tta, scoring_progress(ctx, n));
     let loss = if n > 0 { logits.cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0).double_value(&[]) } else { f64::NAN };
     let probs = logits.softmax(1, Kind::Float);
     let (conf, pred) = probs.max_dim(1, false);

@@ -140,15 +140,18 @@ pub fn tta_logits(x: &Tensor, tta: Tta, f: impl Fn(&Tensor) -> Tensor) -> Tensor
 }
 
 /// fp32 logits of `net` (eval mode) for u8 `images`, computed in batches,
-/// averaged over the `tta` views and returned on the CPU.
-pub fn predict(net: &Net, images: &Tensor, feed: &Feed, batch: i64, tta: Tta) -> Tensor {
+/// averaged over the `tta` views and returned on the CPU. `done` hears the
+/// number of images scored after each batch.
+pub fn predict(net: &Net, images: &Tensor, feed: &Feed, batch: i64, tta: Tta, mut done: impl FnMut(i64)) -> Tensor {
     tch::no_grad(|| {
         let n = images.size()[0];
         let mut out = Vec::new();
         for start in (0..n).step_by(batch.max(1) as usize) {
-            let x = feed.input(&images.narrow(0, start, batch.min(n - start)));
+            let len = batch.min(n - start);
+            let x = feed.input(&images.narrow(0, start, len));
             let y = tta_logits(&x, tta, |v| net.forward_t(v, false).to_kind(Kind::Float));
             out.push(y.to_device(Device::Cpu));
+            done(start + len);
         }
         Tensor::cat(&out, 0)
     })

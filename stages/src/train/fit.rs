@@ -207,14 +207,22 @@ impl Trainer<'_> {
             let rows = &order[b * bs as usize..(b + 1) * bs as usize];
             lr = optim::lr_at(p.schedule, p.lr, p.warmup, st.step, st.total);
             let (loss, hits) = self.step(st, rows, lr, epoch).map_err(|e| StageError::new(format!("epoch {}, step {}: {e}", epoch + 1, b + 1)))?;
-            if st.last_tick.elapsed().as_secs_f64() >= 1.0 {
-                st.last_tick = Instant::now();
-                let msg = format!("epoch {}/{} step {}/{} loss {:.3}", epoch + 1, p.epochs, b + 1, st.steps_per_epoch, loss_sum / (seen as f64).max(1.0));
-                self.ctx.progress_at(msg, st.step as u64, st.total as u64, true);
-            }
             loss_sum += loss * bs as f64;
             correct += hits;
             seen += bs;
+            if st.last_tick.elapsed().as_secs_f64() >= 1.0 {
+                st.last_tick = Instant::now();
+                let msg = format!(
+                    "epoch {}/{} step {}/{} loss {:.3} {:.0} img/s",
+                    epoch + 1,
+                    p.epochs,
+                    b + 1,
+                    st.steps_per_epoch,
+                    loss_sum / seen as f64,
+                    seen as f64 / t0.elapsed().as_secs_f64()
+                );
+                self.ctx.progress_at(msg, st.step as u64, st.total as u64, true);
+            }
         }
         if let Some(la) = st.lookahead.as_mut() {
             la.end_epoch();
