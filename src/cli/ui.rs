@@ -236,7 +236,7 @@ fn heartbeat_line(stage: &str, p: &Progress, elapsed: Duration) -> String {
 /// it was recorded. `--json` output keeps the full value.
 pub fn when(rfc3339: &str) -> String {
     let b = rfc3339.as_bytes();
-    let shaped = b.len() >= 20 && b[10] == b'T' && b[19] != b':' && rfc3339.ends_with('Z');
+    let shaped = b.len() >= 20 && b[10] == b'T' && matches!(b[19], b'.' | b'Z') && rfc3339.ends_with('Z');
     match (shaped, rfc3339.get(..10), rfc3339.get(11..19)) {
         (true, Some(day), Some(time)) => format!("{day} {time} UTC"),
         _ => rfc3339.to_string(),
@@ -294,5 +294,6 @@ mod tests {
         assert_eq!(when("2026-12-03T11:52:46Z"), "2026-12-03 11:52:46 UTC");
         assert_eq!(when(""), "");
         assert_eq!(when("2026-12-03T11:52:46+01:00"), "2026-12-03T11:52:46+01:00");
+        assert_eq!(when("2026-12-03 11:52Z"), "2026-12-03 11:52Z");
     }
 }
