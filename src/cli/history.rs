@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use cairn::history::{self, HistoryRow};
 
 use super::commands::CmdResult;
-use super::ui::when;
 use super::exit;
+use super::ui::when;
 use super::Cli;
 
 fn headline(rows: &[HistoryRow]) -> String {

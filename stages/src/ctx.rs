@@ -1,9 +1,11 @@
 //! What a worker-side stage sees: its job, its device, and a channel back to
 //! the engine (events on stdout, see `cairn_kind::protocol`).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use cairn_kind::protocol::{Event, Job};
 use cairn_kind::Progress;
@@ -51,6 +53,8 @@ pub struct WorkerCtx {
     pub device: tch::Device,
     /// Slot → the local paths of the job's inputs.
     input_paths: BTreeMap<String, Vec<PathBuf>>,
+    /// When [`WorkerCtx::progress_due`] last said yes.
+    last_update: Cell<Instant>,
 }
 
 impl WorkerCtx {
@@ -60,7 +64,7 @@ impl WorkerCtx {
         let device = if job.env.is_cuda() { tch::Device::Cuda(0) } else { tch::Device::Cpu };
         let input_paths =
             job.inputs.iter().map(|(slot, inputs)| (slot.clone(), inputs.iter().map(|i| i.path.clone()).collect())).collect();
-        Self { job, device, input_paths }
+        Self { job, device, input_paths, last_update: Cell::new(Instant::now()) }
     }
 
     pub fn input(&self, slot: &str) -> StageResult<&Path> {
@@ -108,6 +112,16 @@ impl WorkerCtx {
 
     pub fn progress(&self, message: impl Into<String>) {
         emit(&Event::Progress(Progress::line(message)));
+    }
+
+    /// Whether a mid-step update (a transient [`WorkerCtx::progress_at`])
+    /// is due: at most once a second, so a loop can ask every step.
+    pub fn progress_due(&self) -> bool {
+        let due = self.last_update.get().elapsed() >= Duration::from_secs(1);
+        if due {
+            self.last_update.set(Instant::now());
+        }
+        due
     }
 
     /// Progress with a bar position: `done` of `total` units. A `transient`

@@ -41,13 +41,12 @@ fn class_names(ctx: &WorkerCtx, k: i64) -> StageResult<Vec<String>> {
     }
 }
 
-/// Reports, at most once a second, how far scoring `n` images has got, so
-/// a long evaluation moves a terminal's bar and a log's heartbeat.
+/// Reports how far scoring `n` images has got, so a long evaluation moves
+/// a terminal's bar and a log's heartbeat.
 fn scoring_progress(ctx: &WorkerCtx, n: i64) -> impl FnMut(i64) + '_ {
-    let (t0, mut last) = (Instant::now(), Instant::now());
+    let t0 = Instant::now();
     move |done| {
-        if last.elapsed().as_secs_f64() >= 1.0 {
-            last = Instant::now();
+        if ctx.progress_due() {
             let rate = done as f64 / t0.elapsed().as_secs_f64();
             ctx.progress_at(format!("scoring at {rate:.0} img/s"), done as u64, n as u64, true);
         }

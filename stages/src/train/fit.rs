@@ -108,7 +108,6 @@ pub(super) struct State {
     pub step: usize,
     total: usize,
     pub steps_per_epoch: usize,
-    last_tick: Instant,
 }
 
 impl Trainer<'_> {
@@ -163,7 +162,6 @@ impl Trainer<'_> {
             step: 0,
             total,
             steps_per_epoch,
-            last_tick: Instant::now(),
         }
     }
 
@@ -210,8 +208,7 @@ impl Trainer<'_> {
             loss_sum += loss * bs as f64;
             correct += hits;
             seen += bs;
-            if st.last_tick.elapsed().as_secs_f64() >= 1.0 {
-                st.last_tick = Instant::now();
+            if self.ctx.progress_due() {
                 let msg = format!(
                     "epoch {}/{} step {}/{} loss {:.3} {:.0} img/s",
                     epoch + 1,
