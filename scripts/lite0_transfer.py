@@ -34,10 +34,11 @@ import os
 import time
 
 import numpy as np
-import pyarrow.ipc as ipc
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from airbench_reference import tensor  # scripts/ is on the path when run as a script
 
 SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 # (kernel, stride, expansion, output channels, repeats) of Lite0's seven stages.
@@ -103,15 +104,18 @@ class Lite0(nn.Module):
             x = b(x)
         return x
 
+    def pooled(self, x):
+        """The 1,280 pooled features of the last block's output."""
+        return F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+
     def rest(self, x, k):
         """Blocks k onwards, the head and the classifier."""
         for b in self._blocks[k:]:
             x = b(x)
-        return self._fc(F.relu6(self._bn1(self._conv_head(x))).mean((2, 3)))
+        return self._fc(self.pooled(x))
 
     def features(self, x):
-        x = self.prefix(x, len(self._blocks))
-        return F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+        return self.pooled(self.prefix(x, len(self._blocks)))
 
     def forward(self, x):
         return self.rest(self.prefix(x, 0), 0)
@@ -123,12 +127,6 @@ def pretrained(path):
     m = Lite0()
     m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return m
-
-
-def tensor(path, shape):
-    """A cairn Arrow IPC tensor (fixed-shape tensor column) as a torch tensor."""
-    col = ipc.open_file(path).read_all().column(0).combine_chunks()
-    return torch.from_numpy(np.array(col.storage.flatten().to_numpy(zero_copy_only=False)).reshape(shape))
 
 
 def split(project, name):
@@ -198,16 +196,16 @@ def finetune(m, args, xtr, ytr, xte, yte):
             if step % max(steps // 6, 1) == 0:
                 print(f"step {step}/{steps} {time.time() - t1:.0f}s loss {loss.item():.3f}", flush=True)
     print(f"trained {steps * bs} images in {time.time() - t1:.0f} s", flush=True)
+    # What `m.rest` takes for test images [i, i + 200) seen in view v (1: mirrored).
+    if k:
+        test_input = lambda v, i: fte[v, i:i + 200].contiguous(memory_format=torch.channels_last)
+    else:
+        test_input = lambda v, i: m.prefix(prep(xte[i:i + 200], args.size, v == 1), 0)
     m.eval()
     with torch.inference_mode():
         for views in (1, 2):
             t = time.time()
-            if k:
-                p = sum(torch.cat([m.rest(fte[v, i:i + 200].contiguous(memory_format=torch.channels_last), k).softmax(1)
-                                   for i in range(0, len(yte), 200)]) for v in range(views))
-            else:
-                p = sum(torch.cat([m(prep(xte[i:i + 200], args.size, v == 1)).softmax(1) for i in range(0, len(yte), 200)])
-                        for v in range(views))
+            p = sum(torch.cat([m.rest(test_input(v, i), k).softmax(1) for i in range(0, len(yte), 200)]) for v in range(views))
             acc = (p.argmax(1) == yte).float().mean().item()
             print(f"test {acc:.4f} ({views} view(s), {time.time() - t:.0f} s); {time.time() - t0:.0f} s since the start", flush=True)
 
