@@ -167,7 +167,7 @@ def finetune(m, args, xtr, ytr, xte, yte):
         batch = lambda idx: ftr[torch.randint(0, 2, (len(idx),)), idx].contiguous(memory_format=torch.channels_last)
     else:
         frozen = []
-        batch = lambda idx: prep(augment(xtr[idx]).round(), args.size)
+        batch = lambda idx: m.prefix(prep(augment(xtr[idx]).round(), args.size), 0)
     frozen_ids = {id(p) for f in frozen for p in f.parameters()}
     params = [p for p in m.parameters() if id(p) not in frozen_ids]
     decay = [p for p in params if p.ndim > 1]
