@@ -17,17 +17,17 @@
 use std::path::Path;
 
 use cairn::kinds::Registry;
-
-/// The kinds the `cairn` binary knows: `command` and the built-in ML kinds.
-fn registry() -> Registry {
-    Registry::builtin().with_worker_kinds(cairn_kinds::all())
-}
 use cairn::spec::{load_str, LoadOptions, Origin, ProfileChoice, SpecError};
 use proptest::prelude::*;
 
 #[path = "support/fuzz_driver.rs"]
 mod fuzz_driver;
 use fuzz_driver::fuzz;
+
+/// The kinds the `cairn` binary knows: `command` and the built-in ML kinds.
+fn registry() -> Registry {
+    Registry::builtin().with_worker_kinds(cairn_kinds::all())
+}
 
 const REPO_PIPELINE: &str = include_str!("../pipeline.toml");
 
