@@ -184,7 +184,7 @@ def finetune(m, args, xtr, ytr, xte, yte):
         frozen_ids |= {id(b._depthwise_conv.weight) for b in m._blocks[k:]}
     for p in m.parameters():
         p.requires_grad_(id(p) not in frozen_ids)
-    params = [p for p in m.parameters() if id(p) not in frozen_ids]
+    params = [p for p in m.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     rest = [p for p in params if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-5}, {"params": rest, "weight_decay": 0}],
