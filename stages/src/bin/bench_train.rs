@@ -1,7 +1,7 @@
 //! `bench_train`: measures training throughput and runs whole recipes
 //! through the real `train` / `evaluate` kinds, outside the engine.
 //!
-//! `bench_train throughput <fast|resnet18|resnet50> <res> <batch> <steps> [fp32|bf16] [cifar]`
+//! `bench_train throughput <fast|resnet18|resnet50|efficientnet_lite0> <res> <batch> <steps> [fp32|bf16] [cifar]`
 //! times forward + backward + SGD steps on random data (the first step is a
 //! warm-up and not counted) and prints images/s from the median step — the Rust half of
 //! `scripts/bench_train.py`. `CAIRN_BENCH_DEVICE=cuda` runs it on the first
@@ -35,7 +35,7 @@ fn throughput(args: &[String]) -> Result<(), String> {
     let arch: Arch = serde_json::from_value(serde_json::json!(arg(0, "fast"))).map_err(|e| e.to_string())?;
     let (res, batch, steps): (i64, i64, usize) = (arg(1, "32").parse().unwrap_or(32), arg(2, "256").parse().unwrap_or(256), arg(3, "5").parse().unwrap_or(5));
     let kind = if arg(4, "fp32") == "bf16" { Kind::BFloat16 } else { Kind::Float };
-    let stem = (arch != Arch::Fast).then(|| if arg(5, "imagenet") == "cifar" { Stem::Cifar } else { Stem::Imagenet });
+    let stem = matches!(arch, Arch::Resnet18 | Arch::Resnet50).then(|| if arg(5, "imagenet") == "cifar" { Stem::Cifar } else { Stem::Imagenet });
     let threads = threads_from_env();
     tch::set_num_threads(threads as i32);
     tch::manual_seed(0);

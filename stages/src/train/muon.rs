@@ -62,6 +62,7 @@ mod tests {
 
     #[test]
     fn orthogonalise_pushes_singular_values_towards_one() {
+        let _rng = crate::rng_guard();
         tch::manual_seed(3);
         for shape in [[16, 72], [72, 16]] {
             let g = Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 5.0;
@@ -73,6 +74,7 @@ mod tests {
 
     #[test]
     fn a_step_renormalises_then_moves_by_the_orthogonal_update() {
+        let _rng = crate::rng_guard();
         tch::manual_seed(4);
         let var = Tensor::randn([8, 4, 3, 3], (Kind::Float, Device::Cpu)) * 3.0;
         let grad = Tensor::randn([8, 4, 3, 3], (Kind::Float, Device::Cpu));

@@ -383,6 +383,7 @@ mod tests {
 
     #[test]
     fn muon_takes_the_filters_and_its_state_round_trips() {
+        let _rng = crate::rng_guard();
         tch::manual_seed(5);
         let filt = (Tensor::randn([4, 2, 3, 3], (Kind::Float, Device::Cpu)) * 2.0).set_requires_grad(true);
         let head = Tensor::ones([3, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
@@ -410,6 +411,7 @@ mod tests {
 
     #[test]
     fn lookahead_averages_late_and_ends_epochs_on_the_average() {
+        let _rng = crate::rng_guard();
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let mut w = vs.root().zeros("w", &[1]);
         let mut la = Lookahead::new(100);

@@ -123,7 +123,7 @@ impl<'a> Runner<'a> {
             Source::Features { plain, flipped } => {
                 let idx = idx.to_device(plain.device());
                 let p = plain.index_select(0, &idx);
-                match flipped {
+                let x = match flipped {
                     Some(f) if draw.flip.iter().any(|&b| b) => {
                         let mask = Tensor::from_slice(&draw.flip.iter().map(|&b| b as u8).collect::<Vec<_>>())
                             .to_kind(Kind::Bool)
@@ -132,6 +132,12 @@ impl<'a> Runner<'a> {
                         f.index_select(0, &idx).where_self(&mask.view(shape.as_slice()), &p)
                     }
                     _ => p,
+                };
+                // `index_select` returns NCHW: back to the layout the convs run fast in.
+                if x.dim() == 4 {
+                    models::channels_last(&x)
+                } else {
+                    x
                 }
             }
         }

