@@ -11,7 +11,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NAME=efficientnet-lite0-57934424.pth
 SHA256=579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db
 OUT="$ROOT/weights/$NAME"
-PY="${CAIRN_TORCH_HOME:-$HOME/.cache/cairn/torch-2.11.0}/bin/python"
+TORCH_VERSION="$(sed -n 's/^TORCH_VERSION=//p' "$ROOT/scripts/setup-torch.sh")"
+PY="${CAIRN_TORCH_HOME:-$HOME/.cache/cairn/torch-$TORCH_VERSION}/bin/python"
 
 intact() { [ -f "$OUT" ] && echo "$SHA256  $OUT" | sha256sum --check --status; }
 intact && exit 0

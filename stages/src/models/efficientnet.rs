@@ -18,7 +18,7 @@
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
-use super::layers::{conv, depthwise, linear, Conv};
+use super::layers::{avg_pool_linear, conv, depthwise, sequence, Conv};
 use super::{Block, Net};
 
 /// (kernel, stride, expansion, output channels, blocks) of each stage.
@@ -44,13 +44,14 @@ fn relu6(x: Tensor) -> Tensor {
 /// (`x64:gemm:jit`, 30–80 ms each), which made a whole training step at
 /// 64 px 1.7x slower on an AVX2 EPYC (`bench_train throughput
 /// efficientnet_lite0 64 64 10`: 70 against 118 img/s).
+#[derive(Debug)]
 struct SameConv {
     conv: Conv,
     k: i64,
     stride: i64,
 }
 
-impl SameConv {
+impl Module for SameConv {
     fn forward(&self, x: &Tensor) -> Tensor {
         let pad = |n: i64| (((n + self.stride - 1) / self.stride - 1) * self.stride + self.k - n).max(0);
         let (h, w) = (pad(x.size()[2]), pad(x.size()[3]));
@@ -87,12 +88,8 @@ fn inverted_residual(p: nn::Path, cin: i64, cout: i64, (k, stride, expand): (i64
 }
 
 /// A conv, its BatchNorm and ReLU6 as one block.
-fn conv_bn(conv: SameConv, bn: nn::BatchNorm) -> nn::FuncT<'static> {
+fn conv_bn(conv: impl Module + 'static, bn: nn::BatchNorm) -> nn::FuncT<'static> {
     nn::func_t(move |x, train| relu6(bn.forward_t(&conv.forward(x), train)))
-}
-
-fn sequence(fs: Vec<nn::FuncT<'static>>) -> nn::FuncT<'static> {
-    nn::func_t(move |x, train| fs.iter().fold(x.shallow_clone(), |x, f| f.forward_t(&x, train)))
 }
 
 pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
@@ -112,10 +109,8 @@ pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
         blocks.push(Block::new(&format!("stage{}", i + 1), &prefixes, sequence(fs)));
         (cin, index) = (cout, index + n);
     }
-    let top = SameConv { conv: conv(p / "_conv_head", cin, TOP, 1, 1, 0, false), k: 1, stride: 1 };
+    let top = conv(p / "_conv_head", cin, TOP, 1, 1, 0, false);
     blocks.push(Block::new("top", &["_conv_head", "_bn1"], conv_bn(top, bn(p / "_bn1", TOP))));
-    let fc = linear(p / "_fc", TOP, num_classes, true);
-    let head = nn::func_t(move |x, _| fc.forward(&x.mean_dim([2i64, 3].as_slice(), false, None::<tch::Kind>)));
-    blocks.push(Block::new("head", &["_fc"], head));
+    blocks.push(Block::new("head", &["_fc"], avg_pool_linear(p / "_fc", TOP, num_classes)));
     Net { blocks }
 }

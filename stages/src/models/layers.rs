@@ -81,3 +81,15 @@ impl nn::Module for Linear {
         x.linear(&self.ws.to_kind(k), bs.as_ref())
     }
 }
+
+/// Runs `fs` one after another: a stage of blocks as one function.
+pub fn sequence(fs: Vec<nn::FuncT<'static>>) -> nn::FuncT<'static> {
+    nn::func_t(move |x, train| fs.iter().fold(x.shallow_clone(), |x, f| nn::ModuleT::forward_t(f, &x, train)))
+}
+
+/// Global average pooling, then a linear classifier with bias (`p` names
+/// the linear layer): the ImageNet nets' head.
+pub fn avg_pool_linear(p: nn::Path, cin: i64, num_classes: i64) -> nn::FuncT<'static> {
+    let fc = linear(p, cin, num_classes, true);
+    nn::func_t(move |x, _| nn::Module::forward(&fc, &x.mean_dim([2i64, 3].as_slice(), false, None::<tch::Kind>)))
+}

@@ -11,7 +11,7 @@
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
-use super::layers::{bn, conv, linear, Conv};
+use super::layers::{avg_pool_linear, bn, conv, sequence, Conv};
 use super::{Block, Net};
 
 const BN_MOMENTUM: f64 = 0.1;
@@ -59,8 +59,7 @@ fn bottleneck(p: nn::Path, cin: i64, planes: i64, stride: i64) -> nn::FuncT<'sta
 
 /// A `layerN`: `n` residual blocks, the first one striding.
 fn layer(p: nn::Path, n: i64, mut make: impl FnMut(nn::Path, usize) -> nn::FuncT<'static>) -> nn::FuncT<'static> {
-    let blocks: Vec<_> = (0..n as usize).map(|i| make(&p / i, i)).collect();
-    nn::func_t(move |x, train| blocks.iter().fold(x.shallow_clone(), |x, b| b.forward_t(&x, train)))
+    sequence((0..n as usize).map(|i| make(&p / i, i)).collect())
 }
 
 fn stem(p: &nn::Path, cifar: bool) -> nn::FuncT<'static> {
@@ -75,11 +74,6 @@ fn stem(p: &nn::Path, cifar: bool) -> nn::FuncT<'static> {
             y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
         }
     })
-}
-
-fn head(p: &nn::Path, cin: i64, num_classes: i64) -> nn::FuncT<'static> {
-    let fc = linear(p / "fc", cin, num_classes, true);
-    nn::func_t(move |x, _| fc.forward(&x.mean_dim([2i64, 3].as_slice(), false, None::<tch::Kind>)))
 }
 
 fn resnet(p: &nn::Path, num_classes: i64, cifar: bool, depths: [i64; 4], bottle: bool) -> Net {
@@ -100,7 +94,7 @@ fn resnet(p: &nn::Path, num_classes: i64, cifar: bool, depths: [i64; 4], bottle:
         cin = planes * expansion;
         blocks.push(Block::new(&name, &[name.as_str()], f));
     }
-    blocks.push(Block::new("head", &["fc"], head(p, cin, num_classes)));
+    blocks.push(Block::new("head", &["fc"], avg_pool_linear(p / "fc", cin, num_classes)));
     Net { blocks }
 }
 
