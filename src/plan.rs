@@ -81,9 +81,10 @@ impl<'a> Resolver<'a> {
     /// The content hash of an external input.
     pub fn external(&self, r: &InputRef, fetch: bool) -> Result<Option<ArtifactHash>, ExternalError> {
         match r {
-            InputRef::External { path, url, sha256 } => {
+            InputRef::External { path, url, sha256, fetch: how } => {
                 let p = external::resolve(&self.pipeline.root, path);
-                external::hash(self.cache.stat(), &p, url.as_deref(), sha256.as_deref(), fetch).map(Some)
+                let source = external::Source { url: url.as_deref(), sha256: sha256.as_deref(), fetch: how.as_deref() };
+                external::hash(self.cache.stat(), &p, source, fetch).map(Some)
             }
             InputRef::Output { .. } | InputRef::UpstreamParams => Ok(None),
         }

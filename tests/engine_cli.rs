@@ -312,6 +312,28 @@ outputs = { o = "o.txt" }
 }
 
 #[test]
+fn a_missing_file_names_its_fetch_command_and_cairn_does_not_run_it() {
+    let p = Project::new(
+        r#"
+[stages.read]
+kind = "command"
+cmd = "cat {in.data} > {out.o}"
+inputs = { data = { file = "data/w.bin", fetch = "touch data/fetched && bash get-w.sh" } }
+outputs = { o = "o.txt" }
+"#,
+    );
+    let missing = p.cairn(&["run"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("data/w.bin does not exist"), "{}", missing.stderr);
+    assert!(missing.stderr.contains("run `touch data/fetched && bash get-w.sh`"), "{}", missing.stderr);
+    assert!(!p.path().join("data/fetched").exists(), "cairn ran the fetch command");
+    let status = p.cairn(&["status"]);
+    assert!(status.all().contains("get-w.sh"), "{}", status.all());
+    p.write("data/w.bin", "w\n");
+    assert_eq!(p.cairn(&["run"]).outcome("read").as_deref(), Some("ran"));
+}
+
+#[test]
 fn independent_stages_run_in_parallel_with_jobs() {
     // Each of a and b marks that it started and finishes only once the
     // other has started too (or fails after 30 s): both must run at once.

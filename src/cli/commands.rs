@@ -364,7 +364,8 @@ fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdR
                 format!("never run  {name:<12}")
             }
             StageState::Stale { reasons, .. } => format!("stale      {name:<12} {}", reasons_text(reasons)),
-            StageState::Blocked { error } => format!("blocked    {name:<12} {}", error.lines().next().unwrap_or("")),
+            // The error's help lines too: they say how to unblock it.
+            StageState::Blocked { error } => format!("blocked    {name:<12} {}", error.trim_end().replace('\n', &format!("\n{:24}", ""))),
         };
         println!("{line}");
     }

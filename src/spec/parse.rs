@@ -261,17 +261,19 @@ fn parse_inputs(cx: &mut Ctx, path: PathHash, item: &Item) -> BTreeMap<String, V
     out
 }
 
-/// Parses one reference: `"stage.output"` or `{ file = "...", url = "...", sha256 = "..." }`.
+/// Parses one reference: `"stage.output"` or `{ file = "...", url = "...", sha256 = "...", fetch = "..." }`.
 pub fn parse_ref_value(v: &Value) -> Result<InputRef, String> {
     match v {
         Value::String(s) => InputRef::parse_output(s),
         Value::Object(m) => {
             let get = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_string);
-            if let Some(bad) = m.keys().find(|k| !matches!(k.as_str(), "file" | "url" | "sha256")) {
-                return Err(format!("unknown key `{bad}` in a file input (expected file, url, sha256)"));
+            if let Some(bad) = m.keys().find(|k| !matches!(k.as_str(), "file" | "url" | "sha256" | "fetch")) {
+                return Err(format!("unknown key `{bad}` in a file input (expected file, url, sha256, fetch)"));
             }
             match get("file") {
-                Some(path) if !path.is_empty() => Ok(InputRef::External { path, url: get("url"), sha256: get("sha256") }),
+                Some(path) if !path.is_empty() => {
+                    Ok(InputRef::External { path, url: get("url"), sha256: get("sha256"), fetch: get("fetch") })
+                },
                 _ => Err("a file input needs `file = \"path\"`".into()),
             }
         }

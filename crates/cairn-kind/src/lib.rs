@@ -151,8 +151,15 @@ pub enum InputRef {
     Output { stage: String, output: String },
     /// A file or directory outside the cache, relative to the pipeline
     /// file, hashed by content. A missing file with a `url` is downloaded
-    /// and checked against `sha256`.
-    External { path: String, url: Option<String>, sha256: Option<String> },
+    /// and checked against `sha256`; one with a `fetch` command names that
+    /// command in its error (cairn never runs it).
+    External {
+        path: String,
+        url: Option<String>,
+        sha256: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fetch: Option<String>,
+    },
     /// The canonical params of the consuming stage and of every stage
     /// upstream of it, as a JSON document `{"stages": {name: {"kind",
     /// "params"}}}` that the engine writes (for reports that show what

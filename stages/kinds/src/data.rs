@@ -207,6 +207,7 @@ impl Kind for LoadSubset {
             path: p.source.clone(),
             url: official.then(|| CIFAR10_URL.to_string()),
             sha256: official.then(|| CIFAR10_SHA256.to_string()),
+            fetch: None,
         };
         let mut outputs = Vec::new();
         let mut splits = vec!["train", "test"];

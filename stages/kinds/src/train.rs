@@ -184,11 +184,17 @@ pub enum Init {
         stage: String,
     },
     /// A torchvision-layout `.safetensors` file or PyTorch `.pth` checkpoint,
-    /// by local path or URL (a URL needs `sha256`).
+    /// by local path or URL (a URL needs `sha256`). `fetch` names the
+    /// command that puts a local file in place, for the error when it is
+    /// missing. It is a param like any other, so it is in the key: the
+    /// spec checks every written key against the canonical params, and a
+    /// key that reached the hash-free side would escape that check.
     Weights {
         weights: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sha256: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fetch: Option<String>,
     },
 }
 
@@ -604,7 +610,7 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
             }
             Some(InputRef::parse_output(stage).map_err(|m| ParamError::new(vec![], m))?)
         }
-        Init::Weights { weights, sha256 } => {
+        Init::Weights { weights, sha256, fetch } => {
             let is_url = weights.starts_with("http://") || weights.starts_with("https://");
             if let Some(h) = sha256 {
                 if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -612,14 +618,19 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
                 }
             }
             if is_url {
+                if fetch.is_some() {
+                    return Err(ParamError::at(&["init", "fetch"], "cairn downloads a weights URL itself")
+                        .with_help("`fetch` names the command for a local file; drop it, or give a local path"));
+                }
                 if sha256.is_none() {
                     return Err(ParamError::at(&["init", "sha256"], "a weights URL needs its sha256")
                         .with_help("the download is checked against it and cached by content"));
                 }
                 let name = weights.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("weights.pth");
-                Some(InputRef::External { path: format!("weights/{name}"), url: Some(weights.clone()), sha256: sha256.clone() })
+                let path = format!("weights/{name}");
+                Some(InputRef::External { path, url: Some(weights.clone()), sha256: sha256.clone(), fetch: None })
             } else {
-                Some(InputRef::External { path: weights.clone(), url: None, sha256: sha256.clone() })
+                Some(InputRef::External { path: weights.clone(), url: None, sha256: sha256.clone(), fetch: fetch.clone() })
             }
         }
     })
@@ -910,12 +921,29 @@ mod tests {
         assert_eq!(plan.params["reinit_head"], json!(true));
         assert_eq!(
             plan.implied_inputs,
-            vec![("init".into(), InputRef::External { path: "weights/resnet50-0676ba61.pth".into(), url: Some(url.into()), sha256: Some(sha.into()) })]
+            vec![("init".into(), InputRef::External {
+                path: "weights/resnet50-0676ba61.pth".into(),
+                url: Some(url.into()),
+                sha256: Some(sha.into()),
+                fetch: None,
+            })]
         );
         assert!(check(json!({"model": {"arch": "resnet50"}, "init": {"weights": url}})).is_err());
         let plan = check(json!({"model": {"arch": "fast"}, "init": {"stage": "pretrain.model"}})).unwrap();
         assert_eq!(plan.implied_inputs, vec![("init".into(), InputRef::Output { stage: "pretrain".into(), output: "model".into() })]);
         assert!(check(json!({"model": {"arch": "fast"}, "init": "random"})).is_err());
         assert!(check(json!({"model": {"arch": "fast"}, "init": "scratch"})).unwrap().implied_inputs.is_empty());
+    }
+
+    #[test]
+    fn a_fetch_command_reaches_the_input() {
+        let init = json!({"weights": "weights/w.pth", "sha256": "ab".repeat(32), "fetch": "bash scripts/get.sh"});
+        let plan = check(json!({"model": {"arch": "fast"}, "init": init})).unwrap();
+        let InputRef::External { fetch, .. } = &plan.implied_inputs[0].1 else { panic!("not a file") };
+        assert_eq!(fetch.as_deref(), Some("bash scripts/get.sh"));
+        assert_eq!(plan.params["init"]["fetch"], json!("bash scripts/get.sh"));
+        let url = json!({"weights": "https://h/w.pth", "sha256": "ab".repeat(32), "fetch": "x"});
+        let err = check(json!({"model": {"arch": "fast"}, "init": url})).unwrap_err();
+        assert!(err.to_string().contains("fetch"), "{err}");
     }
 }
