@@ -50,12 +50,13 @@ pub struct Source<'a> {
 }
 
 /// The content hash of an external input, downloading it first if it is
-/// missing and has a URL (only when `fetch` is set; `status` never fetches).
-pub fn hash(stat: &StatCache, path: &Path, source: Source, fetch: bool) -> Result<ArtifactHash, ExternalError> {
+/// missing and has a URL (only when `download_missing` is set; `status` never
+/// downloads).
+pub fn hash(stat: &StatCache, path: &Path, source: Source, download_missing: bool) -> Result<ArtifactHash, ExternalError> {
     let sha256 = source.sha256;
     if !path.exists() {
         let missing = |help: String| ExternalError::Missing { path: path.to_path_buf(), help };
-        match (source.url, fetch) {
+        match (source.url, download_missing) {
             (Some(url), true) => download(url, path, sha256.unwrap_or("(not given)"))?,
             (Some(url), false) => return Err(missing(format!("`cairn run` will download it from {url}"))),
             (None, _) => {

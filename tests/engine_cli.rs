@@ -288,17 +288,17 @@ outputs = { o = "o.txt" }
     assert_eq!(again.outcome("bad").as_deref(), Some("FAILED"), "{}", again.all());
 }
 
+/// A project whose one stage, `read`, copies the file input written as
+/// `data` (a TOML inline table) to its output.
+fn reading(data: &str) -> Project {
+    Project::new(&format!(
+        "[stages.read]\nkind = \"command\"\ncmd = \"cat {{in.data}} > {{out.o}}\"\ninputs = {{ data = {data} }}\noutputs = {{ o = \"o.txt\" }}\n"
+    ))
+}
+
 #[test]
 fn external_inputs_are_hashed_by_content() {
-    let p = Project::new(
-        r#"
-[stages.read]
-kind = "command"
-cmd = "cat {in.data} > {out.o}"
-inputs = { data = { file = "data/input.txt" } }
-outputs = { o = "o.txt" }
-"#,
-    );
+    let p = reading(r#"{ file = "data/input.txt" }"#);
     let missing = p.cairn(&["run"]);
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("data/input.txt does not exist"), "{}", missing.stderr);
@@ -313,15 +313,7 @@ outputs = { o = "o.txt" }
 
 #[test]
 fn a_missing_file_names_its_fetch_command_and_cairn_does_not_run_it() {
-    let p = Project::new(
-        r#"
-[stages.read]
-kind = "command"
-cmd = "cat {in.data} > {out.o}"
-inputs = { data = { file = "data/w.bin", fetch = "touch data/fetched && bash get-w.sh" } }
-outputs = { o = "o.txt" }
-"#,
-    );
+    let p = reading(r#"{ file = "data/w.bin", fetch = "touch data/fetched && bash get-w.sh" }"#);
     let missing = p.cairn(&["run"]);
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("data/w.bin does not exist"), "{}", missing.stderr);
@@ -375,15 +367,7 @@ outputs = {{ o = "o.txt" }}
 
 #[test]
 fn checksum_mismatch_is_a_clear_error() {
-    let p = Project::new(
-        r#"
-[stages.read]
-kind = "command"
-cmd = "cat {in.data} > {out.o}"
-inputs = { data = { file = "data.bin", sha256 = "0000000000000000000000000000000000000000000000000000000000000000" } }
-outputs = { o = "o.txt" }
-"#,
-    );
+    let p = reading(&format!(r#"{{ file = "data.bin", sha256 = "{}" }}"#, "0".repeat(64)));
     p.write("data.bin", "not what was published\n");
     let r = p.cairn(&["run"]);
     assert_ne!(r.code, 0);

@@ -273,7 +273,7 @@ pub fn parse_ref_value(v: &Value) -> Result<InputRef, String> {
             match get("file") {
                 Some(path) if !path.is_empty() => {
                     Ok(InputRef::External { path, url: get("url"), sha256: get("sha256"), fetch: get("fetch") })
-                },
+                }
                 _ => Err("a file input needs `file = \"path\"`".into()),
             }
         }
