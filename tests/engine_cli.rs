@@ -412,3 +412,19 @@ fn the_binary_is_linked_position_dependent() {
     };
     assert_eq!(e_type, want, "cairn should be {what}");
 }
+
+/// A log (stderr not a terminal) hears from a stage that reports nothing,
+/// at the interval `CAIRN_HEARTBEAT` sets; a bad interval is named.
+#[test]
+fn a_silent_stage_gets_heartbeats_in_a_log() {
+    let p = Project::new("[stages.quiet]\nkind = \"command\"\ncmd = \"sleep 1.2; echo done > {out.o}\"\noutputs = { o = \"o.txt\" }\n");
+    let r: common::Run = p.cmd(&["run"]).env("CAIRN_HEARTBEAT", "0.25").output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    let beats = r.stderr.lines().filter(|l| l.starts_with("  quiet        running for ") && l.ends_with("no progress reported yet")).count();
+    assert!((2..=6).contains(&beats), "one line every 0.25 s of a 1.2 s stage:\n{}", r.stderr);
+
+    let r: common::Run = p.cmd(&["run", "--force", "quiet"]).env("CAIRN_HEARTBEAT", "soon").output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("warning: CAIRN_HEARTBEAT=soon is not a positive number of seconds; heartbeats come every 30s"), "{}", r.stderr);
+    assert!(!r.stderr.contains("running for"), "30 s never pass in 1.2 s:\n{}", r.stderr);
+}

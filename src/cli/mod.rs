@@ -2,6 +2,7 @@
 
 mod commands;
 mod diff;
+mod heartbeat;
 mod history;
 mod inspect;
 mod local;

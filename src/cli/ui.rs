@@ -3,18 +3,19 @@
 //! On a terminal each running stage gets an indicatif bar (position, ETA
 //! and its latest status, e.g. loss and img/s) and per-epoch lines scroll
 //! above the bars. When stderr is not a terminal (CI logs) there are no
-//! bars: each per-epoch message is printed as its own line, and mid-epoch
-//! updates become a heartbeat line at most every [`HEARTBEAT`] (step/total,
-//! the stage's status, ETA), so a log never goes quiet for long while a
-//! slow epoch runs. `--quiet` and `--json` silence everything but errors.
+//! bars: each per-epoch message is printed as its own line, and every
+//! running stage gets a heartbeat line ([`super::heartbeat`]), so a log
+//! never goes quiet for long while a slow epoch runs. `--quiet` and
+//! `--json` silence everything but errors.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::heartbeat::{self, Heartbeats};
 use crate::cli::Cli;
 use cairn::key::DirtyReason;
 use cairn::kind::{Progress, Reporter};
@@ -39,9 +40,6 @@ pub fn init_tracing(cli: &Cli) {
     }
 }
 
-/// How often a non-terminal log gets a line while a stage makes progress.
-pub const HEARTBEAT: Duration = Duration::from_secs(30);
-
 pub struct Console {
     quiet: bool,
     verbose: bool,
@@ -49,21 +47,30 @@ pub struct Console {
     /// (indicatif hides them otherwise).
     bars: MultiProgress,
     running: Mutex<BTreeMap<String, ProgressBar>>,
-    /// Per running stage, for heartbeats: when it started and when a line
-    /// about it was last printed.
-    beats: Mutex<BTreeMap<String, (Instant, Instant)>>,
+    /// Heartbeats, printed by their own thread when there are no bars.
+    beats: Arc<Heartbeats>,
 }
 
 impl Console {
     pub fn new(quiet: bool, verbose: bool) -> Self {
         let target = if quiet || !std::io::stderr().is_terminal() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
-        Self {
+        let every = Heartbeats::interval_from_env().unwrap_or_else(|why| {
+            eprintln!("warning: {why}");
+            heartbeat::HEARTBEAT
+        });
+        let console = Self {
             quiet,
             verbose,
             bars: MultiProgress::with_draw_target(target),
             running: Mutex::new(BTreeMap::new()),
-            beats: Mutex::new(BTreeMap::new()),
+            beats: Arc::new(Heartbeats::new(every)),
+        };
+        if console.bars.is_hidden() && !quiet {
+            console.beats.tick(|l| {
+                let _ = writeln!(std::io::stderr().lock(), "{l}");
+            });
         }
+        console
     }
 
     pub fn line(&self, text: &str) {
@@ -99,23 +106,8 @@ impl Console {
             .clone()
     }
 
-    /// On a log (no bars): a line for a mid-epoch update when the stage's
-    /// last line is older than [`HEARTBEAT`].
-    fn heartbeat(&self, stage: &str, p: &Progress) {
-        let now = Instant::now();
-        let mut beats = self.beats.lock().unwrap();
-        let (started, last) = beats.entry(stage.to_string()).or_insert((now, now));
-        if now.duration_since(*last) < HEARTBEAT {
-            return;
-        }
-        *last = now;
-        let elapsed = now.duration_since(*started);
-        drop(beats);
-        self.print(&heartbeat_line(stage, p, elapsed));
-    }
-
     pub fn finish_bar(&self, stage: &str) {
-        self.beats.lock().unwrap().remove(stage);
+        self.beats.finished(stage);
         if let Some(bar) = self.running.lock().unwrap().remove(stage) {
             bar.finish_and_clear();
             self.bars.remove(&bar);
@@ -146,12 +138,9 @@ impl Reporter for Console {
         }
         if !p.transient {
             self.print(&format!("  {stage:<12} {}", p.message));
-            if let Some(beat) = self.beats.lock().unwrap().get_mut(stage) {
-                beat.1 = Instant::now();
-            }
         }
+        self.beats.update(stage, p, !p.transient, Instant::now());
         if self.bars.is_hidden() {
-            self.heartbeat(stage, p);
             return;
         }
         let bar = self.bar(stage);
@@ -182,8 +171,7 @@ impl Reporter for Console {
 
 impl Observer for Console {
     fn started(&self, stage: &str, reasons: &[DirtyReason]) {
-        let now = Instant::now();
-        self.beats.lock().unwrap().insert(stage.to_string(), (now, now));
+        self.beats.started(stage, Instant::now());
         self.line(&format!("  {stage:<12} running ({})", reasons_text(reasons)));
     }
 
@@ -218,19 +206,6 @@ impl Observer for Console {
     }
 }
 
-/// A heartbeat: where the stage is, its latest status, and when it should end.
-fn heartbeat_line(stage: &str, p: &Progress, elapsed: Duration) -> String {
-    let at = match (p.done, p.total) {
-        (Some(done), Some(total)) if total > 0 => {
-            let done = done.min(total);
-            let eta = if done > 0 { elapsed.as_secs_f64() * (total - done) as f64 / done as f64 } else { f64::NAN };
-            format!("step {done}/{total} ({:.0}%), ETA {}, ", 100.0 * done as f64 / total as f64, clock(eta))
-        }
-        _ => String::new(),
-    };
-    format!("  {stage:<12} {at}{}", p.message)
-}
-
 /// A recorded RFC 3339 UTC time (`2026-12-03T11:52:46.231376935Z`) as a
 /// person reads it: `2026-12-03 11:52:46 UTC`. Anything else is shown as
 /// it was recorded. `--json` output keeps the full value.
@@ -240,19 +215,6 @@ pub fn when(rfc3339: &str) -> String {
     match (shaped, rfc3339.get(..10), rfc3339.get(11..19)) {
         (true, Some(day), Some(time)) => format!("{day} {time} UTC"),
         _ => rfc3339.to_string(),
-    }
-}
-
-/// Seconds as `1h02m`, `3m05s` or `42s`.
-fn clock(secs: f64) -> String {
-    if !secs.is_finite() {
-        return "?".into();
-    }
-    let s = secs.round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -278,15 +240,6 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn heartbeat_says_where_the_stage_is_and_when_it_ends() {
-        let p = Progress { message: "loss 1.93 8.1 img/s".into(), done: Some(120), total: Some(1600), transient: true };
-        let line = heartbeat_line("pretrain", &p, Duration::from_secs(600));
-        assert_eq!(line, "  pretrain     step 120/1600 (8%), ETA 2h03m, loss 1.93 8.1 img/s");
-        let plain = heartbeat_line("load", &Progress::line("decoding"), Duration::from_secs(5));
-        assert_eq!(plain, "  load         decoding");
-    }
 
     #[test]
     fn recorded_times_read_to_the_second_in_utc() {

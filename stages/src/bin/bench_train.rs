@@ -6,7 +6,9 @@
 //! warm-up and not counted) and prints images/s from the median step — the Rust half of
 //! `scripts/bench_train.py`. `CAIRN_BENCH_DEVICE=cuda` runs it on the first
 //! GPU (default `cpu`), synchronising after each phase so the phase times
-//! are the GPU's. `bench_train recipe <data-dir> <train.json>
+//! are the GPU's. `bench_train infer <model> <res> <batch> <images> [fp32|bf16]`
+//! times eval-mode scoring (what `evaluate` does) of random images in
+//! batches of `<batch>`. `bench_train recipe <data-dir> <train.json>
 //! [eval.json] [ntrain]` loads raw CIFAR arrays (`{train,test}_x.u8` N×3×32×32 and
 //! `{train,test}_y.i64`, as `scripts/bench_train.py dump` writes them),
 //! stores them as tensor artifacts, and runs one `train` job (val = 2000
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cairn_kind::protocol::{threads_from_env, Job, JobEnv};
-use cairn_kinds::train::{Arch, ModelSpec, Normalize, Optimizer, Stem};
+use cairn_kinds::train::{Arch, ModelSpec, Normalize, Optimizer, Stem, Tta};
 use cairn_stages::ctx::WorkerCtx;
 use cairn_stages::models::{self, Feed};
 use cairn_stages::train::batches::Rng;
@@ -30,21 +32,70 @@ use cairn_stages::train::optim::Optim;
 use cairn_stages::tensors;
 use tch::{nn, Device, Kind, Tensor};
 
+/// What `throughput` and `infer` share: `<model> <res> <batch> <n>
+/// [fp32|bf16] [cifar]`, the thread count and the device.
+struct Setup {
+    arch: Arch,
+    res: i64,
+    batch: i64,
+    n: usize,
+    kind: Kind,
+    stem: Option<Stem>,
+    threads: usize,
+    device: Device,
+}
+
+impl Setup {
+    fn parse(args: &[String], n_default: &str) -> Result<Self, String> {
+        let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_string());
+        let arch: Arch = serde_json::from_value(serde_json::json!(arg(0, "fast"))).map_err(|e| e.to_string())?;
+        let num = |i: usize, d: &str| arg(i, d).parse::<i64>().map_err(|e| format!("argument {}: {e}", i + 2));
+        let kind = if arg(4, "fp32") == "bf16" { Kind::BFloat16 } else { Kind::Float };
+        let stem = matches!(arch, Arch::Resnet18 | Arch::Resnet50).then(|| if arg(5, "imagenet") == "cifar" { Stem::Cifar } else { Stem::Imagenet });
+        let device = match std::env::var("CAIRN_BENCH_DEVICE").as_deref() {
+            Ok("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
+            Ok("cuda") => return Err("CAIRN_BENCH_DEVICE=cuda but libtorch sees no CUDA device".into()),
+            Ok("cpu") | Err(_) => Device::Cpu,
+            Ok(other) => return Err(format!("CAIRN_BENCH_DEVICE={other}: expected cpu or cuda")),
+        };
+        let threads = threads_from_env();
+        tch::set_num_threads(threads as i32);
+        tch::manual_seed(0);
+        Ok(Setup { arch, res: num(1, "32")?, batch: num(2, "256")?, n: num(3, n_default)? as usize, kind, stem, threads, device })
+    }
+
+    fn net(&self, vs: &nn::VarStore) -> Result<models::Net, String> {
+        let spec = ModelSpec { arch: self.arch, num_classes: 10, stem: self.stem, widths: None, normalize: Normalize::Cifar };
+        Ok(models::build(&vs.root(), &spec.resolve("model").map_err(|e| e.message)?))
+    }
+}
+
+/// Eval-mode scoring of `<n>` random images through `models::predict`
+/// (what `evaluate` runs, without test-time augmentation): images/s of the
+/// median of five passes after a warm-up.
+fn infer(args: &[String]) -> Result<(), String> {
+    let s = Setup::parse(args, "2000")?;
+    let vs = nn::VarStore::new(s.device);
+    let net = s.net(&vs)?;
+    let feed = Feed { normalize: Normalize::Cifar, kind: s.kind, device: s.device };
+    let x = Tensor::randint(256, [s.n as i64, 3, s.res, s.res], (Kind::Uint8, Device::Cpu));
+    let mut t: Vec<f64> = (0..6)
+        .map(|_| {
+            let t0 = Instant::now();
+            let _ = models::predict(&net, &x, &feed, s.batch, Tta::None, |_| {});
+            t0.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    t.sort_by(f64::total_cmp);
+    let (arch, res, batch, kind, threads) = (s.arch, s.res, s.batch, s.kind, s.threads);
+    println!("rust infer {arch:?} res={res} batch={batch} {kind:?} threads={threads}: {:.1} img/s (median of 5 passes over {} images)", s.n as f64 / t[2], s.n);
+    Ok(())
+}
+
 fn throughput(args: &[String]) -> Result<(), String> {
-    let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_string());
-    let arch: Arch = serde_json::from_value(serde_json::json!(arg(0, "fast"))).map_err(|e| e.to_string())?;
-    let (res, batch, steps): (i64, i64, usize) = (arg(1, "32").parse().unwrap_or(32), arg(2, "256").parse().unwrap_or(256), arg(3, "5").parse().unwrap_or(5));
-    let kind = if arg(4, "fp32") == "bf16" { Kind::BFloat16 } else { Kind::Float };
-    let stem = matches!(arch, Arch::Resnet18 | Arch::Resnet50).then(|| if arg(5, "imagenet") == "cifar" { Stem::Cifar } else { Stem::Imagenet });
-    let threads = threads_from_env();
-    tch::set_num_threads(threads as i32);
-    tch::manual_seed(0);
-    let device = match std::env::var("CAIRN_BENCH_DEVICE").as_deref() {
-        Ok("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
-        Ok("cuda") => return Err("CAIRN_BENCH_DEVICE=cuda but libtorch sees no CUDA device".into()),
-        Ok("cpu") | Err(_) => Device::Cpu,
-        Ok(other) => return Err(format!("CAIRN_BENCH_DEVICE={other}: expected cpu or cuda")),
-    };
+    let s = Setup::parse(args, "5")?;
+    let (arch, res, batch, steps, kind, threads, device) = (s.arch, s.res, s.batch, s.n, s.kind, s.threads, s.device);
     // CUDA runs asynchronously: wait for the queued kernels before reading
     // the clock, or backward's time would land in the next forward.
     let sync = || {
@@ -52,9 +103,8 @@ fn throughput(args: &[String]) -> Result<(), String> {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let spec = ModelSpec { arch, num_classes: 10, stem, widths: None, normalize: Normalize::Cifar }.resolve("model").map_err(|e| e.message)?;
     let vs = nn::VarStore::new(device);
-    let net = models::build(&vs.root(), &spec);
+    let net = s.net(&vs)?;
     let mut opt = Optim::new(Optimizer::Sgd, vs.trainable_variables(), 0.9, true, 5e-4, 1.0);
     let feed = Feed { normalize: Normalize::Cifar, kind, device };
     let x = Tensor::randint(256, [batch, 3, res, res], (Kind::Uint8, device));
@@ -193,9 +243,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("throughput") => throughput(&args[1..]),
+        Some("infer") => infer(&args[1..]),
         Some("recipe") => recipe(&args[1..]),
         Some("job") => job_file(&args[1..]),
-        _ => Err("usage: bench_train throughput <model> <res> <batch> <steps> [fp32|bf16] [cifar] | recipe <data-dir> <train.json> [eval.json] [ntrain] \
+        _ => Err("usage: bench_train throughput <model> <res> <batch> <steps> [fp32|bf16] [cifar] | infer <model> <res> <batch> <images> [fp32|bf16] [cifar] | recipe <data-dir> <train.json> [eval.json] [ntrain] \
                   | job <kind> <params> <inputs> <outputs> <dir>"
             .into()),
     };

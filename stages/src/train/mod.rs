@@ -127,12 +127,24 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
         return Ok((Source::Images(data.xtr.shallow_clone()), Source::Images(data.xva.shallow_clone())));
     }
     let t0 = Instant::now();
-    let plain = r.features(&data.xtr, false, batch);
-    let flipped = p.augment.flip.any().then(|| r.features(&data.xtr, true, batch));
-    let vplain = r.features(&data.xva, false, batch);
-    let vflip = (p.tta != Tta::None).then(|| r.features(&data.xva, true, batch));
-    tensors::save(ctx.output("features")?, &plain.to_kind(Kind::Half).to_device(Device::Cpu))?;
     let block = r.prefix_end().unwrap_or("input");
+    let (flip, vflip) = (p.augment.flip.any(), p.tta != Tta::None);
+    let (ntr, nva) = (data.xtr.size()[0], data.xva.size()[0]);
+    let total = (ntr * (1 + flip as i64) + nva * (1 + vflip as i64)) as u64;
+    // One pass over every image (and mirror) can take minutes: say where it is.
+    let mut done = 0u64;
+    let mut report = |n: i64| {
+        done += n as u64;
+        if ctx.progress_due() {
+            let rate = done as f64 / t0.elapsed().as_secs_f64();
+            ctx.progress_at(format!("caching `{block}` features at {rate:.0} img/s"), done, total, true);
+        }
+    };
+    let plain = r.features(&data.xtr, false, batch, &mut report);
+    let flipped = flip.then(|| r.features(&data.xtr, true, batch, &mut report));
+    let vplain = r.features(&data.xva, false, batch, &mut report);
+    let vflip = vflip.then(|| r.features(&data.xva, true, batch, &mut report));
+    tensors::save(ctx.output("features")?, &plain.to_kind(Kind::Half).to_device(Device::Cpu))?;
     ctx.log(format!("cached `{block}` features {:?} in {:.1}s", plain.size(), t0.elapsed().as_secs_f64()));
     Ok((Source::Features { plain, flipped }, Source::Features { plain: vplain, flipped: vflip }))
 }

@@ -96,14 +96,18 @@ impl<'a> Runner<'a> {
         tch::no_grad(|| self.net.forward_range(x, 0..self.first, |_| false))
     }
 
-    /// Runs the prefix over all images in batches, keeping the result on the device.
-    pub(super) fn features(&self, images: &Tensor, flip: bool, batch: i64) -> Tensor {
+    /// Runs the prefix over all images in batches, keeping the result on
+    /// the device; `done` hears the size of each batch done.
+    pub(super) fn features(&self, images: &Tensor, flip: bool, batch: i64, done: &mut impl FnMut(i64)) -> Tensor {
         let n = images.size()[0];
         let parts: Vec<Tensor> = (0..n)
             .step_by(batch as usize)
             .map(|s| {
-                let x = images.narrow(0, s, batch.min(n - s));
-                self.prefix(&if flip { x.flip([3]) } else { x })
+                let len = batch.min(n - s);
+                let x = images.narrow(0, s, len);
+                let f = self.prefix(&if flip { x.flip([3]) } else { x });
+                done(len);
+                f
             })
             .collect();
         Tensor::cat(&parts, 0)
