@@ -21,6 +21,12 @@ struct Beat {
     last_line: Instant,
     /// Its latest progress, and when that came.
     latest: Option<(Progress, Instant)>,
+    /// Where the current count began: its total, when and at which count.
+    /// A stage can count one thing and then another (images through a
+    /// frozen prefix, then optimizer steps); each ETA comes from the rate
+    /// of its own count. The first count began with the stage, at zero;
+    /// a later one at its first report.
+    count: Option<(u64, Instant, u64)>,
 }
 
 pub struct Heartbeats {
@@ -45,13 +51,19 @@ impl Heartbeats {
     }
 
     pub fn started(&self, stage: &str, now: Instant) {
-        self.beats.lock().unwrap().insert(stage.into(), Beat { started: now, last_line: now, latest: None });
+        self.beats.lock().unwrap().insert(stage.into(), Beat { started: now, last_line: now, latest: None, count: None });
     }
 
     /// Records `p`; `printed` says a line about the stage just went out.
     pub fn update(&self, stage: &str, p: &Progress, printed: bool, now: Instant) {
         if let Some(b) = self.beats.lock().unwrap().get_mut(stage) {
             b.latest = Some((p.clone(), now));
+            if let Some(total) = p.total.filter(|&t| b.count.is_none_or(|(t0, ..)| t0 != t)) {
+                b.count = Some(match b.count {
+                    None => (total, b.started, 0),
+                    Some(_) => (total, now, p.done.unwrap_or(0)),
+                });
+            }
             if printed {
                 b.last_line = now;
             }
@@ -100,10 +112,12 @@ fn line(stage: &str, b: &Beat, now: Instant, every: Duration) -> String {
     let position = match (p.done, p.total) {
         (Some(done), Some(total)) if total > 0 => {
             let done = done.min(total);
-            // From the last report's time, so a quiet spell does not shrink the ETA.
-            let so_far = at.duration_since(b.started).as_secs_f64();
-            let eta = if done > 0 { so_far * (total - done) as f64 / done as f64 } else { f64::NAN };
-            format!("{done}/{total} ({:.0}%), ETA {}, ", 100.0 * done as f64 / total as f64, clock(eta))
+            // The rate since the count began, up to the last report (so a
+            // quiet spell does not shrink the ETA).
+            let (_, from, base) = b.count.unwrap_or((total, b.started, 0));
+            let so_far = at.duration_since(from).as_secs_f64();
+            let eta = (done > base).then(|| format!("ETA {}, ", clock(so_far * (total - done) as f64 / (done - base) as f64)));
+            format!("{done}/{total} ({:.0}%), {}", 100.0 * done as f64 / total as f64, eta.unwrap_or_default())
         }
         _ => String::new(),
     };
@@ -138,6 +152,21 @@ mod tests {
         h.update("pretrain", &p, false, t0 + S(600));
         assert_eq!(h.due(t0 + S(600)), ["  pretrain     120/1600 (8%), ETA 2h03m, loss 1.93 8.1 img/s"]);
         assert!(h.due(t0 + S(629)).is_empty(), "at most one line per interval");
+    }
+
+    #[test]
+    fn a_new_count_gets_an_eta_from_its_own_rate() {
+        let (h, t0) = (Heartbeats::new(S(30)), Instant::now());
+        h.started("pretrain", t0);
+        let at = |done, total| Progress { message: "m".into(), done: Some(done), total: Some(total), transient: true };
+        h.update("pretrain", &at(50_000, 100_000), false, t0 + S(60));
+        h.update("pretrain", &at(100_000, 100_000), false, t0 + S(120));
+        // Two minutes of caching, then steps: 100 in the first 30 s, 200 by 90 s.
+        h.update("pretrain", &at(100, 1000), false, t0 + S(150));
+        h.update("pretrain", &at(200, 1000), false, t0 + S(210));
+        assert_eq!(h.due(t0 + S(210)), ["  pretrain     200/1000 (20%), ETA 8m00s, m"], "100 steps a minute, not 200 in 3.5 minutes");
+        h.update("pretrain", &at(1, 50), false, t0 + S(240));
+        assert_eq!(h.due(t0 + S(240)), ["  pretrain     1/50 (2%), m"], "no rate yet for a count that has just begun");
     }
 
     #[test]
