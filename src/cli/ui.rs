@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -47,8 +47,11 @@ pub struct Console {
     /// (indicatif hides them otherwise).
     bars: MultiProgress,
     running: Mutex<BTreeMap<String, ProgressBar>>,
-    /// Heartbeats, printed by their own thread when there are no bars.
+    /// Heartbeats, printed by their own thread when there are no bars;
+    /// the thread starts with the first stage that runs, so a no-op never
+    /// pays for it.
     beats: Arc<Heartbeats>,
+    ticking: Once,
 }
 
 impl Console {
@@ -58,19 +61,14 @@ impl Console {
             eprintln!("warning: {why}");
             heartbeat::HEARTBEAT
         });
-        let console = Self {
+        Self {
             quiet,
             verbose,
             bars: MultiProgress::with_draw_target(target),
             running: Mutex::new(BTreeMap::new()),
             beats: Arc::new(Heartbeats::new(every)),
-        };
-        if console.bars.is_hidden() && !quiet {
-            console.beats.tick(|l| {
-                let _ = writeln!(std::io::stderr().lock(), "{l}");
-            });
+            ticking: Once::new(),
         }
-        console
     }
 
     pub fn line(&self, text: &str) {
@@ -172,6 +170,13 @@ impl Reporter for Console {
 impl Observer for Console {
     fn started(&self, stage: &str, reasons: &[DirtyReason]) {
         self.beats.started(stage, Instant::now());
+        if self.bars.is_hidden() && !self.quiet {
+            self.ticking.call_once(|| {
+                self.beats.tick(|l| {
+                    let _ = writeln!(std::io::stderr().lock(), "{l}");
+                })
+            });
+        }
         self.line(&format!("  {stage:<12} running ({})", reasons_text(reasons)));
     }
 
