@@ -79,12 +79,12 @@ impl<'a> Resolver<'a> {
     }
 
     /// The content hash of an external input.
-    pub fn external(&self, r: &InputRef, fetch: bool) -> Result<Option<ArtifactHash>, ExternalError> {
+    pub fn external(&self, r: &InputRef, download_missing: bool) -> Result<Option<ArtifactHash>, ExternalError> {
         match r {
-            InputRef::External { path, url, sha256, fetch: how } => {
+            InputRef::External { path, url, sha256, fetch } => {
                 let p = external::resolve(&self.pipeline.root, path);
-                let source = external::Source { url: url.as_deref(), sha256: sha256.as_deref(), fetch: how.as_deref() };
-                external::hash(self.cache.stat(), &p, source, fetch).map(Some)
+                let source = external::Source { url: url.as_deref(), sha256: sha256.as_deref(), fetch: fetch.as_deref() };
+                external::hash(self.cache.stat(), &p, source, download_missing).map(Some)
             }
             InputRef::Output { .. } | InputRef::UpstreamParams => Ok(None),
         }
@@ -100,7 +100,7 @@ impl<'a> Resolver<'a> {
         &self,
         stage: &Stage,
         outputs: &BTreeMap<String, BTreeMap<String, ArtifactHash>>,
-        fetch: bool,
+        download_missing: bool,
     ) -> Result<Option<KeyInputs>, ExternalError> {
         let mut inputs = BTreeMap::new();
         for (slot, refs) in &stage.inputs {
@@ -112,7 +112,7 @@ impl<'a> Resolver<'a> {
                         None => return Ok(None),
                     },
                     InputRef::UpstreamParams => ArtifactHash::of_bytes(&self.pipeline.upstream_params(self.index(stage))),
-                    ext => self.external(ext, fetch)?.expect("external refs hash"),
+                    ext => self.external(ext, download_missing)?.expect("external refs hash"),
                 };
                 hashes.push(h);
             }

@@ -21,12 +21,13 @@ struct Beat {
     last_line: Instant,
     /// Its latest progress, and when that came.
     latest: Option<(Progress, Instant)>,
-    /// Where the current count began: its total, when and at which count.
-    /// A stage can count one thing and then another (images through a
-    /// frozen prefix, then optimizer steps); each ETA comes from the rate
-    /// of its own count. The first count began with the stage, at zero;
+    /// The total of the current count, and when and at which value that
+    /// count began. A stage can count one thing and then another (images
+    /// through a frozen prefix, then optimizer steps); each ETA comes from
+    /// the rate of its own count. The first began with the stage, at zero;
     /// a later one at its first report.
-    count: Option<(u64, Instant, u64)>,
+    total: Option<u64>,
+    count_began: (Instant, u64),
 }
 
 pub struct Heartbeats {
@@ -51,18 +52,18 @@ impl Heartbeats {
     }
 
     pub fn started(&self, stage: &str, now: Instant) {
-        self.beats.lock().unwrap().insert(stage.into(), Beat { started: now, last_line: now, latest: None, count: None });
+        self.beats.lock().unwrap().insert(stage.into(), Beat { started: now, last_line: now, latest: None, total: None, count_began: (now, 0) });
     }
 
     /// Records `p`; `printed` says a line about the stage just went out.
     pub fn update(&self, stage: &str, p: &Progress, printed: bool, now: Instant) {
         if let Some(b) = self.beats.lock().unwrap().get_mut(stage) {
             b.latest = Some((p.clone(), now));
-            if let Some(total) = p.total.filter(|&t| b.count.is_none_or(|(t0, ..)| t0 != t)) {
-                b.count = Some(match b.count {
-                    None => (total, b.started, 0),
-                    Some(_) => (total, now, p.done.unwrap_or(0)),
-                });
+            if p.total.is_some() && p.total != b.total {
+                if b.total.is_some() {
+                    b.count_began = (now, p.done.unwrap_or(0));
+                }
+                b.total = p.total;
             }
             if printed {
                 b.last_line = now;
@@ -114,7 +115,7 @@ fn line(stage: &str, b: &Beat, now: Instant, every: Duration) -> String {
             let done = done.min(total);
             // The rate since the count began, up to the last report (so a
             // quiet spell does not shrink the ETA).
-            let (_, from, base) = b.count.unwrap_or((total, b.started, 0));
+            let (from, base) = b.count_began;
             let so_far = at.duration_since(from).as_secs_f64();
             let eta = (done > base).then(|| format!("ETA {}, ", clock(so_far * (total - done) as f64 / (done - base) as f64)));
             format!("{done}/{total} ({:.0}%), {}", 100.0 * done as f64 / total as f64, eta.unwrap_or_default())
@@ -126,10 +127,7 @@ fn line(stage: &str, b: &Beat, now: Instant, every: Duration) -> String {
 }
 
 /// Seconds as `42s`, `3m07s` or `2h03m`.
-pub fn clock(secs: f64) -> String {
-    if !secs.is_finite() {
-        return "?".into();
-    }
+fn clock(secs: f64) -> String {
     let s = secs.round() as u64;
     match s {
         0..=59 => format!("{s}s"),
