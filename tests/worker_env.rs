@@ -148,3 +148,44 @@ fn jobs_name_inputs_by_path_and_content_hash() {
     assert_eq!(std::fs::read(&input.path).unwrap(), b"x", "the path is the object holding those bytes");
     assert!(job.outputs.contains_key("images"), "{:?}", job.outputs);
 }
+
+/// A `command` stage whose output names the profile applied.
+const PROFILED: &str = r#"
+[stages.s]
+kind = "command"
+cmd = "echo none > {out.o}"
+outputs = { o = "o.txt" }
+
+[profiles.cpu]
+"s.cmd" = "echo cpu > {out.o}"
+
+[profiles.cpu-fp32]
+"s.cmd" = "echo cpu-fp32 > {out.o}"
+"#;
+
+#[test]
+fn a_cpu_without_native_bf16_gets_the_cpu_fp32_profile_and_says_so() {
+    for (bf16, profile, why) in [("none", "cpu-fp32", "this CPU has no native bf16"), ("avx512_bf16", "cpu", "no CUDA device found")] {
+        let p = Project::new(PROFILED);
+        let tools = tempfile::tempdir().unwrap();
+        let worker = fake_worker(tools.path(), &Probe { native_bf16: bf16.into(), ..probe(0) });
+        let r: common::Run = p.cmd(&["run", "--cpu"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
+        assert_eq!(r.code, 0, "{}", r.all());
+        assert_eq!(p.read_artifact("s", "o.txt"), format!("{profile}\n"), "native_bf16 = {bf16}: {}", r.all());
+        assert!(r.all().contains(&format!("{why}: using profile `{profile}`")), "{}", r.all());
+        assert_eq!(calls(tools.path()), ["--probe"], "the choice probes once, and only for bf16");
+        let named: common::Run = p.cmd(&["status", "--cpu", "--profile", "cpu"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
+        assert!(!named.all().contains("using profile"), "a named profile is not announced: {}", named.all());
+    }
+}
+
+#[test]
+fn a_pipeline_without_a_cpu_fp32_profile_chooses_without_the_worker() {
+    let p = Project::new(&PROFILED.replace("[profiles.cpu-fp32]", "[profiles.other]"));
+    let tools = tempfile::tempdir().unwrap();
+    let worker = fake_worker(tools.path(), &probe(0));
+    let r: common::Run = p.cmd(&["run", "--cpu"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(p.read_artifact("s", "o.txt"), "cpu\n");
+    assert!(calls(tools.path()).is_empty(), "the worker was started: {:?}", calls(tools.path()));
+}

@@ -100,17 +100,17 @@ pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, 
         console.line(&format!("using {} ({})", super::local::FILE, local.describe()));
     }
     let profile = match config.profile.as_deref().or(local.profile.as_deref()) {
-        None => ProfileChoice::Auto { has_cuda: env.cuda_hint() },
+        None => ProfileChoice::Auto(&env),
         Some("none") => ProfileChoice::None,
-        Some(p) => ProfileChoice::Named(p.to_string()),
+        Some(p) => ProfileChoice::Named(p),
     };
     // Flags on the command line come last, so they win.
     let sets = local.set.iter().chain(&config.sets).cloned().collect();
     let opts = LoadOptions { profile, sets };
     match spec::load(&cli.file, &opts, &registry) {
         Ok(p) => {
-            if let Some((name, true)) = &p.profile {
-                console.line(&format!("no CUDA device found: using profile `{name}` (override with --profile)"));
+            if let Some(line) = p.profile.as_ref().and_then(|(name, why)| why.announce(name)) {
+                console.line(&line);
             }
             // Stages on a scheduler are keyed with its nodes' facts.
             // (A remote that does not resolve is reported by the command that uses it.)

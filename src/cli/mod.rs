@@ -63,7 +63,9 @@ pub struct Config {
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub sets: Vec<String>,
     /// Apply a named profile from `[profiles]`. Without it, `cpu` is used when
-    /// no CUDA device is present and the pipeline has such a profile; `none` disables that.
+    /// no CUDA device is present and the pipeline has such a profile, or
+    /// `cpu-fp32` where the CPU has no native bf16 and the pipeline has that
+    /// one; `none` disables that.
     #[arg(long)]
     pub profile: Option<String>,
     /// Use the CPU even when a CUDA device is present.

@@ -8,6 +8,7 @@
 //! checked for cycles. All problems found are reported together,
 //! each with `file:line:col` and a hint.
 
+pub mod auto_profile;
 pub mod diag;
 pub mod executors;
 pub mod overrides;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use auto_profile::{Chosen, ProfileChoice};
 pub use diag::{Diagnostic, Origin};
 use parse::{is_safe_name, RawSpec, NAME_HELP};
 
@@ -46,23 +48,14 @@ fn render(diags: &[Diagnostic]) -> String {
     s.join("\n")
 }
 
-/// Which profile to apply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProfileChoice {
-    /// `cpu` when the file has such a profile and no CUDA device is present.
-    Auto { has_cuda: bool },
-    None,
-    Named(String),
-}
-
 #[derive(Clone, Debug)]
-pub struct LoadOptions {
-    pub profile: ProfileChoice,
+pub struct LoadOptions<'a> {
+    pub profile: ProfileChoice<'a>,
     /// Raw `--set` flags.
     pub sets: Vec<String>,
 }
 
-impl Default for LoadOptions {
+impl Default for LoadOptions<'_> {
     fn default() -> Self {
         Self { profile: ProfileChoice::None, sets: Vec::new() }
     }
@@ -86,8 +79,8 @@ pub struct Pipeline {
     pub file: PathBuf,
     /// Directory relative paths in the spec are resolved against.
     pub root: PathBuf,
-    /// The profile applied, if any, and whether it was chosen automatically.
-    pub profile: Option<(String, bool)>,
+    /// The profile applied, if any, and why.
+    pub profile: Option<(String, Chosen)>,
     pub stages: Vec<Stage>,
     pub graph: Graph,
     /// The `[remote]` table, when present.
@@ -154,7 +147,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
     let display = path.to_path_buf();
     let mut raw = parse::parse(diag::SourceMap::new(display, text), text).map_err(SpecError::Invalid)?;
     let mut diags = Vec::new();
-    let profile = choose_profile(&raw, &opts.profile);
+    let profile = auto_profile::choose(&raw, opts.profile);
     let chosen = chosen_overrides(&raw, profile.as_ref().map(|(name, _)| name.as_str()), &opts.sets, &mut diags);
     let origins = overrides::apply(&mut raw, &chosen, &mut diags);
     let stage_executors = take_executor_choices(&mut raw, &origins, &mut diags);
@@ -349,16 +342,6 @@ fn rule_violations(raw: &RawSpec, origins: &Origins, rs: &parse::RawStage, c: &C
         });
     }
     out
-}
-
-fn choose_profile(raw: &RawSpec, choice: &ProfileChoice) -> Option<(String, bool)> {
-    match choice {
-        ProfileChoice::None => None,
-        ProfileChoice::Named(n) => Some((n.clone(), false)),
-        ProfileChoice::Auto { has_cuda } => {
-            (!has_cuda && raw.profiles.contains_key("cpu")).then(|| ("cpu".to_string(), true))
-        }
-    }
 }
 
 /// Checks every stage's input slots and references, adding implied

@@ -251,6 +251,12 @@ pub struct Probe {
     pub kinds: BTreeMap<String, u32>,
 }
 
+/// Whether the probe fact `native_bf16` names a native bf16 instruction set
+/// (anything but `none`, or an `unknown` when the engine could not probe).
+pub fn has_native_bf16(fact: &str) -> bool {
+    !(fact.is_empty() || fact == "none" || fact.starts_with("unknown"))
+}
+
 /// Each kind's name → its version, as a [`Probe`] lists them.
 pub fn kind_versions(kinds: impl IntoIterator<Item = KindInfo>) -> BTreeMap<String, u32> {
     kinds.into_iter().map(|k| (k.name.to_string(), k.version)).collect()

@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use cairn_kind::protocol::has_native_bf16;
 use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
 
 use crate::{canonical, typed, Declared};
@@ -291,11 +292,6 @@ impl Precision {
     }
 }
 
-/// Whether the probe fact `native_bf16` names a native bf16 instruction set
-/// (anything but `none`, or the engine's `unknown` when it could not probe).
-pub fn has_native_bf16(fact: &str) -> bool {
-    !matches!(fact, "" | "none" | "unknown")
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
