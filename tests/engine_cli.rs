@@ -382,7 +382,11 @@ fn saved_overrides_apply_to_later_commands() {
     let p = Project::new(CHAIN);
     let r = p.cairn(&["run", "--save-overrides", "--set", "b.env.SUFFIX=two"]);
     assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("saved --set b.env.SUFFIX=two to"), "{}", r.all());
     assert_eq!(p.read_artifact("b", "text.txt"), "hello\ntwo\n");
+    // The same flags again (`make run` twice): nothing new to save or say.
+    let again = p.cairn(&["run", "--save-overrides", "--set", "b.env.SUFFIX=two"]);
+    assert!(!again.stderr.contains("saved") && again.stderr.contains("using cairn.local.toml"), "{}", again.all());
     // status sees the pipeline the last run used, and says why.
     let s = p.cairn(&["status"]);
     assert!(s.stdout.contains("fresh      b"), "{}", s.all());

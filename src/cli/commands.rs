@@ -126,12 +126,15 @@ pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, 
     }
 }
 
-/// Writes this invocation's `--set` and `--profile` to `cairn.local.toml`.
+/// Writes this invocation's `--set` and `--profile` to `cairn.local.toml`,
+/// and says so where that changed it.
 fn save_overrides(cli: &Cli, config: &Config, console: &Console) -> Result<(), ()> {
     let o = super::local::Overrides { set: config.sets.clone(), profile: config.profile.clone() };
     match o.save(&cli.file) {
-        Ok(path) => {
-            console.line(&format!("saved {} to {}; later commands apply it", o.describe(), path.display()));
+        Ok(written) => {
+            if let Some(path) = written {
+                console.line(&format!("saved {} to {}; later commands apply it", o.describe(), path.display()));
+            }
             Ok(())
         }
         Err(e) => {

@@ -45,13 +45,18 @@ impl Overrides {
         parse(&text).map_err(|message| LocalError::Parse { path, message })
     }
 
-    /// Replaces the file beside `pipeline_file` with these overrides.
-    pub fn save(&self, pipeline_file: &Path) -> Result<PathBuf, LocalError> {
+    /// Replaces the file beside `pipeline_file` with these overrides, and
+    /// returns its path; `None` when it already held them, so that a
+    /// `make run` with nothing new writes nothing.
+    pub fn save(&self, pipeline_file: &Path) -> Result<Option<PathBuf>, LocalError> {
         let path = path_for(pipeline_file);
         let body = self.to_toml();
         let text = format!("# Local overrides for this checkout, written by `cairn run --save-overrides`.\n# Every cairn command applies them; flags on the command line win. Not committed.\n{body}");
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+            return Ok(None);
+        }
         std::fs::write(&path, text).map_err(|source| LocalError::Write { path: path.clone(), source })?;
-        Ok(path)
+        Ok(Some(path))
     }
 
     fn to_toml(&self) -> String {
@@ -103,9 +108,27 @@ mod tests {
         let file = dir.path().join("pipeline.toml");
         assert!(Overrides::read(&file).unwrap().is_empty(), "no file, no overrides");
         let o = Overrides { set: vec!["load.source=\"../data/x.tar.gz\"".into()], profile: Some("cpu".into()) };
-        assert_eq!(o.save(&file).unwrap(), dir.path().join(FILE));
+        assert_eq!(o.save(&file).unwrap(), Some(dir.path().join(FILE)));
         assert_eq!(Overrides::read(&file).unwrap(), o);
         assert_eq!(o.describe(), "--profile cpu --set load.source=\"../data/x.tar.gz\"");
+    }
+
+    #[test]
+    fn saving_the_same_overrides_again_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.toml");
+        let local = dir.path().join(FILE);
+        let o = Overrides { set: vec!["a.b=1".into()], profile: None };
+        assert!(o.save(&file).unwrap().is_some());
+        // An old mtime that any write would replace.
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options().write(true).open(&local).unwrap().set_modified(old).unwrap();
+        let modified = || std::fs::metadata(&local).unwrap().modified().unwrap();
+        assert_eq!(o.save(&file).unwrap(), None);
+        assert_eq!(modified(), old, "the same overrides were written again");
+        let other = Overrides { set: vec!["a.b=2".into()], profile: None };
+        assert_eq!(other.save(&file).unwrap(), Some(local.clone()));
+        assert_eq!(Overrides::read(&file).unwrap(), other);
     }
 
     #[test]
