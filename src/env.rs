@@ -509,7 +509,6 @@ fn cpu_identity() -> String {
         .join("\n")
 }
 
-
 /// The model name of the first NVIDIA GPU, if the driver is loaded.
 /// `CUDA_VISIBLE_DEVICES=""` hides it, as it does from libtorch.
 pub fn cuda_device_name() -> Option<String> {
