@@ -275,7 +275,7 @@ impl Declared for Resize {
 }
 
 impl Resize {
-    pub const VERSION: u32 = 1;
+    pub const VERSION: u32 = 2;
 }
 
 impl Kind for Resize {

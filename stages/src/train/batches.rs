@@ -88,7 +88,10 @@ fn coin(seed: u64, row: i64) -> bool {
 /// Applies `d` to u8 images `[B, C, H, W]`, translating by up to `t` px
 /// and cropping to `d.crop`.
 pub fn apply(images: &Tensor, d: &Draw, t: u32) -> Tensor {
-    let mask = Tensor::from_slice(&d.flip.iter().map(|&f| f as u8).collect::<Vec<_>>()).to_kind(Kind::Bool).view([-1, 1, 1, 1]);
+    let mask = Tensor::from_slice(&d.flip.iter().map(|&f| f as u8).collect::<Vec<_>>())
+        .to_kind(Kind::Bool)
+        .to_device(images.device())
+        .view([-1, 1, 1, 1]);
     let x = if d.flip.iter().any(|&f| f) { images.flip([3]).where_self(&mask, images) } else { images.shallow_clone() };
     if t == 0 && d.crop.is_none() {
         return x;

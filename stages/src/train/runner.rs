@@ -122,7 +122,11 @@ impl<'a> Runner<'a> {
     pub(super) fn batch(&self, src: &Source, idx: &Tensor, draw: &batches::Draw, translate: u32) -> Tensor {
         match src {
             Source::Images(x) => {
-                self.prefix(&batches::apply(&x.index_select(0, idx), draw, translate))
+                // Augmenting on the device: the u8 gathers give the same
+                // bytes anywhere, and on a GPU doing them on the CPU took
+                // 3x the training step (ResNet50 at 224 px on an H200).
+                let rows = x.index_select(0, idx).to_device(self.feed.device);
+                self.prefix(&batches::apply(&rows, draw, translate))
             }
             Source::Features { plain, flipped } => {
                 let idx = idx.to_device(plain.device());
