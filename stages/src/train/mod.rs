@@ -78,7 +78,7 @@ pub fn run(ctx: &mut WorkerCtx, p: TrainParams) -> StageResult {
     let (vs, net) = init_net(ctx, &p, &data.xtr)?;
     let vars = runner::freeze(&vs, &net, &trainable);
     let feed = Feed { normalize: p.model.normalize, kind: compute_kind(p.precision, ctx), device: ctx.device };
-    let r = Runner::new(&net, feed, &trainable);
+    let r = Runner::new(&net, feed, &trainable, p.freeze_bn);
     let (train, val) = sources(ctx, &p, &r, &data, batch)?;
     let trainer = Trainer {
         ctx,
@@ -185,6 +185,7 @@ mod tests {
     use super::*;
     use cairn_kind::protocol::Job;
     use cairn_kinds::Kind as _;
+    use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
     /// Runs one `train` job on a tiny synthetic set in `dir`, starting from
@@ -256,6 +257,27 @@ mod tests {
         assert!(b < n, "this tiny set peaks early (best {b} of {n}), so keeping the last must change the model");
         let same = std::fs::read(&best).unwrap() == std::fs::read(&last).unwrap();
         assert_eq!(same, b == n, "the models differ exactly when the best epoch is not the last (best {b} of {n})");
+    }
+
+    #[test]
+    fn freeze_bn_trains_a_block_but_keeps_its_running_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = train_once(&dir.path().join("a"), params(0.1)).unwrap();
+        let tune = |name: &str, freeze: bool| {
+            let mut raw = params(0.05);
+            raw["init"] = serde_json::json!({"stage": "a.model"});
+            raw["trainable"] = serde_json::json!("group2+head");
+            raw["freeze_bn"] = freeze.into();
+            crate::weights::read_safetensors(&train_from(&dir.path().join(name), raw, Some(&first)).unwrap()).unwrap().tensors
+        };
+        let before = crate::weights::read_safetensors(&first).unwrap().tensors;
+        let (frozen, free) = (tune("frozen", true), tune("free", false));
+        let same = |a: &BTreeMap<String, Tensor>, k: &str| a[k].equal(&before[k]);
+        for stat in ["group2.bn1.running_mean", "group2.bn1.running_var"] {
+            assert!(same(&frozen, stat), "{stat} moved under freeze_bn");
+            assert!(!same(&free, stat), "{stat} did not move in training mode");
+        }
+        assert!(!same(&frozen, "group2.conv1.weight") && !same(&frozen, "group2.bn1.bias"), "the block still trains");
     }
 
     #[test]

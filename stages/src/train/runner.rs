@@ -65,15 +65,19 @@ pub(super) struct Runner<'a> {
     pub(super) feed: Feed,
     /// Index of the first trainable block: blocks before it form the prefix.
     pub(super) first: usize,
+    /// Which blocks run in training mode (BatchNorm batch statistics and
+    /// running-stat updates) when the tail trains.
     trains: Vec<bool>,
 }
 
 impl<'a> Runner<'a> {
-    /// The prefix ends where the first `trainable` block starts.
-    pub(super) fn new(net: &'a Net, feed: Feed, trainable: &[String]) -> Self {
+    /// The prefix ends where the first `trainable` block starts; with
+    /// `freeze_bn` the trainable blocks run in eval mode too.
+    pub(super) fn new(net: &'a Net, feed: Feed, trainable: &[String], freeze_bn: bool) -> Self {
         let names = net.names();
-        let trains: Vec<bool> = names.iter().map(|b| trainable.iter().any(|t| t == b)).collect();
-        let first = trains.iter().position(|&t| t).unwrap_or(0);
+        let learns: Vec<bool> = names.iter().map(|b| trainable.iter().any(|t| t == b)).collect();
+        let first = learns.iter().position(|&t| t).unwrap_or(0);
+        let trains = learns.iter().map(|&l| l && !freeze_bn).collect();
         Self { net, feed, first, trains }
     }
 
