@@ -145,6 +145,19 @@ fn unknown_key_is_reported_under_its_own_name() {
     refused_naming(&loose, &[], "init.sha265", "sha265");
 }
 
+#[test]
+fn a_param_written_at_its_default_is_accepted() {
+    // `keep`, `freeze_bn` and `augment.crop` are left out of the canonical
+    // params at their defaults (so adding them kept old keys); writing
+    // the default out is still a param the kind reads, not an unknown one.
+    for (at, line) in [("init = { stage = \"pre.model\" }\n", "keep = \"best\""), ("init = { stage = \"pre.model\" }\n", "freeze_bn = false"), ("init = { stage = \"pre.model\" }\n", "augment = { flip = true, crop = 0 }")] {
+        let text = TRAIN.replace(at, &format!("{at}{line}\n"));
+        let r = Project::new(&text).cairn(&["dag"]);
+        assert_eq!(r.code, 0, "{line}: {}", r.all());
+    }
+    refused_naming(&TRAIN.replace("init = { stage = \"pre.model\" }\n", "init = { stage = \"pre.model\" }\nkepp = \"best\"\n"), &[], "kepp", "kepp");
+}
+
 /// Runs that record history: the first, then two more forced ones.
 fn project_with_runs(n: usize) -> (Project, Vec<String>) {
     let p = Project::new(CHAIN);

@@ -216,7 +216,7 @@ fn check_stage(
     let rs = &raw.stages[i];
     match result {
         Ok(checked) => {
-            diags.extend(rule_violations(raw, origins, rs, &checked));
+            diags.extend(rule_violations(raw, origins, rs, &checked, kind.as_ref()));
             Some((i, kind, checked))
         }
         Err(e) => {
@@ -324,9 +324,10 @@ fn take_executor_choices(raw: &mut RawSpec, origins: &Origins, diags: &mut Vec<D
 }
 
 /// What the kind accepted but the rules every stage follows refuse (see [`rules`]).
-fn rule_violations(raw: &RawSpec, origins: &Origins, rs: &parse::RawStage, c: &Checked) -> Vec<Diagnostic> {
+fn rule_violations(raw: &RawSpec, origins: &Origins, rs: &parse::RawStage, c: &Checked, kind: &dyn StageKind) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    for ig in rules::ignored_keys(&rs.params, &c.params) {
+    let accepts = |m: &serde_json::Map<String, Value>| kind.check(&Value::Object(m.clone())).is_ok();
+    for ig in rules::ignored_keys(&rs.params, &c.params, accepts) {
         out.push(Diagnostic {
             origin: param_origin(raw, origins, &rs.name, &ig.path),
             message: format!("stage `{}` ({}): unknown param `{}`", rs.name, rs.kind, ig.path.join(".")),

@@ -6,7 +6,10 @@
 //!   key missing from them was silently ignored: most often a typo under a
 //!   table the kind reads loosely (e.g. an untagged `init = { ... }`). It is
 //!   reported under its own name, found structurally rather than by reading
-//!   serde's error text.
+//!   serde's error text. A key the kind reads but leaves out of its
+//!   canonical params at its default (so adding a param keeps old keys)
+//!   is told apart by a probe: the kind refuses the key with a value no
+//!   param takes, where an ignored key is accepted with anything.
 //! - No two outputs of a stage may be written as the same file: one would
 //!   overwrite the other, and the stage would fail only after running.
 
@@ -35,14 +38,35 @@ impl Ignored {
     }
 }
 
-/// Keys in `raw` (the stage's params as written) that `canonical` lacks.
-pub fn ignored_keys(raw: &Map<String, Value>, canonical: &Value) -> Vec<Ignored> {
+/// Keys in `raw` (the stage's params as written) that `canonical` lacks
+/// and the kind does not read: `accepts` says whether the kind accepts a
+/// copy of `raw` with one key's value replaced by the probe.
+pub fn ignored_keys(raw: &Map<String, Value>, canonical: &Value, accepts: impl Fn(&Map<String, Value>) -> bool) -> Vec<Ignored> {
     let mut out = Vec::new();
     // A kind whose params are not a table at all cannot be compared.
     if let Value::Object(c) = canonical {
         walk(raw, c, &mut Vec::new(), &mut out);
     }
+    out.retain(|ig| accepts(&with_probe(raw, &ig.path)));
     out
+}
+
+/// `raw` with the value at `path` replaced by one that no param's type
+/// takes: a list holding a table with a key no kind names.
+fn with_probe(raw: &Map<String, Value>, path: &[String]) -> Map<String, Value> {
+    let mut copy = raw.clone();
+    let mut table = &mut copy;
+    for (i, key) in path.iter().enumerate() {
+        if i + 1 == path.len() {
+            table.insert(key.clone(), serde_json::json!([{ "\u{1}cairn probe": null }]));
+            break;
+        }
+        match table.get_mut(key) {
+            Some(Value::Object(t)) => table = t,
+            _ => break,
+        }
+    }
+    copy
 }
 
 fn walk(raw: &Map<String, Value>, canonical: &Map<String, Value>, at: &mut Vec<String>, out: &mut Vec<Ignored>) {
@@ -137,12 +161,28 @@ mod tests {
     #[test]
     fn keys_the_kind_dropped_are_found_at_any_depth() {
         let canonical = json!({"lr": 0.1, "init": {"stage": "a.model"}, "trainable": ["head"]});
-        let found = ignored_keys(&raw(json!({"lr": 1, "init": {"stage": "a.model", "sha265": "x"}, "trainable": "head", "lrr": 2})), &canonical);
+        let found = ignored_keys(&raw(json!({"lr": 1, "init": {"stage": "a.model", "sha265": "x"}, "trainable": "head", "lrr": 2})), &canonical, |_| true);
         let paths: Vec<Vec<String>> = found.iter().map(|i| i.path.clone()).collect();
         assert_eq!(paths, [vec!["init".to_string(), "sha265".into()], vec!["lrr".into()]]);
         assert_eq!(found[1].help(), "did you mean `lr`?");
-        assert!(ignored_keys(&raw(json!({"lr": 1})), &canonical).is_empty());
-        assert!(ignored_keys(&raw(json!({"x": 1})), &Value::Null).is_empty(), "nothing to compare with");
+        assert!(ignored_keys(&raw(json!({"lr": 1})), &canonical, |_| true).is_empty());
+        assert!(ignored_keys(&raw(json!({"x": 1})), &Value::Null, |_| true).is_empty(), "nothing to compare with");
+    }
+
+    #[test]
+    fn a_key_the_kind_reads_but_omits_at_its_default_is_not_ignored() {
+        let canonical = json!({"lr": 0.1, "augment": {"flip": true}});
+        let written = raw(json!({"lr": 0.1, "keep": "best", "augment": {"flip": true, "crop": 0}, "kepp": "best"}));
+        // The kind refuses the probe where it reads the key: `keep` and `augment.crop`.
+        let reads = |m: &Map<String, Value>| {
+            let probed = |v: Option<&Value>| v.is_some_and(Value::is_array);
+            !(probed(m.get("keep")) || probed(m["augment"].get("crop")))
+        };
+        let found = ignored_keys(&written, &canonical, reads);
+        let paths: Vec<Vec<String>> = found.iter().map(|i| i.path.clone()).collect();
+        assert_eq!(paths, [vec!["kepp".to_string()]]);
+        let probe = with_probe(&written, &["augment".to_string(), "crop".to_string()]);
+        assert!(probe["augment"]["crop"].is_array() && probe["augment"]["flip"] == json!(true) && probe["keep"] == json!("best"));
     }
 
     #[test]
