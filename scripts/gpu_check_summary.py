@@ -7,7 +7,8 @@ a step that fails or overruns still leaves the others' results.
 
 Reads WORK/steps.tsv (step, exit status, milliseconds), probe.json, gpu.txt
 (nvidia-smi), bench.txt (bench_train and scripts/bench_train.py lines),
-runs.json (`cairn runs --json --limit 1`) and verify.txt (`cairn verify`).
+runs.json and recipe-runs.json (`cairn runs --json --limit 1` after the
+smoke pipeline and after the recipe) and verify.txt (`cairn verify`).
 Standard library only: it runs on the device's bare Python too.
 """
 import json
@@ -45,8 +46,8 @@ def throughput(work, config):
     return {"config": config, "cairn_img_s": rust, "pytorch_img_s": torch, "cairn_median": med(rust), "pytorch_median": med(torch), "ratio_median": med(ratios)}
 
 
-def pipeline(work, profile):
-    runs = read(work, "runs.json")
+def pipeline(work, profile, name="runs.json"):
+    runs = read(work, name)
     try:
         run = json.loads(runs)[0]
     except (TypeError, ValueError, IndexError):
@@ -88,21 +89,30 @@ def markdown(s):
     fmt = lambda v: "-" if v is None else f"{v:.1f}"
     out += [f"cairn {fmt(t['cairn_median'])} img/s, PyTorch eager {fmt(t['pytorch_median'])} img/s, "
             f"cairn / PyTorch {'-' if t['ratio_median'] is None else '%.2f' % t['ratio_median']} (runs: cairn {t['cairn_img_s']}, PyTorch {t['pytorch_img_s']})"]
-    p = s["pipeline"]
-    if p:
-        out += ["", f"## Pipeline (profile {p['profile']}): test accuracy {'-' if p['test_acc'] is None else '%.2f%%' % (100 * p['test_acc'])}, {p['seconds']:.1f} s in stages", ""]
-        out += ["| stage | status | seconds | img/s | metrics |", "|---|---|---|---|---|"]
-        for st in p["stages"]:
-            m = st["metrics"]
-            keys = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("test_acc", "best_val_acc", "best_epoch", "accuracy", "peak_rss_mb"))
-            out.append(f"| {st['stage']} | {st['status']} | {fmt(st['seconds'])} | {fmt(m.get('images_per_sec'))} | {keys} |")
+    out += stage_table("Pipeline", s["pipeline"])
     v = s["verify"]
     if v is not None:
         out += ["", "## cairn verify finetune evaluate", ""]
         for stage, r in v.items():
             outs = ", ".join(f"{o} {'identical' if same else 'DIFFERS'}" for o, same in r["outputs"].items())
             out.append(f"- {stage}: {'bit-identical' if r['identical'] else 'DIFFERS'} ({outs})")
+    out += stage_table("Recipe", s["recipe"])
     return "\n".join(out) + "\n"
+
+
+def stage_table(title, p):
+    """A run's heading (profile, test accuracy, time) and a row a stage."""
+    if not p:
+        return []
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"
+    acc = "-" if p["test_acc"] is None else "%.2f%%" % (100 * p["test_acc"])
+    out = ["", f"## {title} (profile {p['profile'] or 'default'}): test accuracy {acc}, {p['seconds']:.1f} s in stages", ""]
+    out += ["| stage | status | seconds | img/s | metrics |", "|---|---|---|---|---|"]
+    for st in p["stages"]:
+        m = st["metrics"]
+        keys = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("test_acc", "best_val_acc", "best_epoch", "accuracy", "peak_rss_mb"))
+        out.append(f"| {st['stage']} | {st['status']} | {fmt(st['seconds'])} | {fmt(m.get('images_per_sec'))} | {keys} |")
+    return out
 
 
 def main():
@@ -123,11 +133,12 @@ def main():
         "pipeline": pipeline(work, profile),
     }
     s["verify"] = verify(work)
+    s["recipe"] = pipeline(work, "", "recipe-runs.json")
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(s, f, indent=2)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(markdown(s))
-    for name in ("run.json", "verify.txt"):
+    for name in ("run.json", "verify.txt", "recipe-runs.json"):
         if os.path.exists(os.path.join(work, name)):
             shutil.copy(os.path.join(work, name), out)
 

@@ -2,8 +2,9 @@
 //! as `make pack-device` does, runs
 //! `scripts/gpu-check.sh --cpu-smoke` from that pack, and checks the summary
 //! it writes: the probe, every step's success, every pipeline stage with
-//! its time, the test accuracy, both throughput figures, and `cairn verify`
-//! finding every output of finetune and evaluate bit-identical.
+//! its time, the test accuracy, both throughput figures, `cairn verify`
+//! finding every output of finetune and evaluate bit-identical, and the
+//! recipe step re-running only the fine-tune and what follows.
 //!
 //! It uses the binaries already built beside `cairn` (`make test` builds
 //! them all; alone, run `cargo build --release --workspace` first) and the
@@ -68,7 +69,7 @@ fn gpu_check_cpu_smoke() {
 
     assert_eq!(s["probe"]["libtorch"], cairn::env::TORCH_VERSION, "{}", ctx());
     assert_eq!(s["probe"]["cuda"], false, "{}", ctx());
-    for step in ["unpack", "probe", "data", "bench", "pipeline", "verify"] {
+    for step in ["unpack", "probe", "data", "bench", "pipeline", "verify", "recipe"] {
         assert_eq!(s["steps"][step]["ok"], true, "step {step} did not succeed: {}", ctx());
         assert!(s["steps"][step]["seconds"].as_f64().is_some(), "step {step} has no time: {}", ctx());
     }
@@ -95,8 +96,16 @@ fn gpu_check_cpu_smoke() {
         let outputs = v["outputs"].as_object().unwrap();
         assert!(!outputs.is_empty() && outputs.values().all(|o| o == true), "{stage}: {}", ctx());
     }
+    // The recipe step reuses the cache: another fine-tune rate re-runs it
+    // and what follows, nothing before it.
+    let r = &s["recipe"];
+    let status: Vec<&str> = r["stages"].as_array().unwrap().iter().map(|st| st["status"].as_str().unwrap()).collect();
+    assert_eq!(status, ["cached", "cached", "cached", "cached", "ran", "ran", "ran", "ran"], "{}", ctx());
+    assert!(r["test_acc"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{}", ctx());
+    assert!(out.join("recipe-runs.json").is_file(), "recipe-runs.json did not come back");
+
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    for needle in ["Training throughput", "test accuracy", "cairn verify finetune evaluate", "| finetune | ran |"] {
+    for needle in ["Training throughput", "test accuracy", "cairn verify finetune evaluate", "| finetune | ran |", "## Recipe (profile gpu-smoke-cpu)"] {
         assert!(md.contains(needle), "summary.md lacks {needle:?}:\n{md}");
     }
 }
