@@ -55,7 +55,7 @@ def pipeline(work, profile, name="runs.json"):
     stages = [{"stage": s["stage"], "status": s["status"], "seconds": s.get("duration_s"), "metrics": s.get("metrics", {})} for s in run["stages"]]
     by = {s["stage"]: s for s in stages}
     acc = by.get("evaluate", {}).get("metrics", {}).get("test_acc")
-    return {"profile": run.get("profile", profile), "run_id": run.get("run_id"), "test_acc": acc, "seconds": sum(s["seconds"] or 0 for s in stages), "stages": stages}
+    return {"profile": run.get("profile", profile), "run_id": run.get("run_id"), "test_acc": acc, "seconds": sum(s["seconds"] or 0 for s in stages if s["status"] != "cached"), "stages": stages}
 
 
 def verify(work):
@@ -80,13 +80,16 @@ def verify(work):
     return result
 
 
+def fmt(v):
+    return "-" if v is None else f"{v:.1f}"
+
+
 def markdown(s):
     out = [f"# cairn gpu-check ({s['mode']})", "", f"{s['date']}; device: {s['device']}; libtorch {s['probe'].get('libtorch', '?') if s['probe'] else '?'}", ""]
     out += ["| step | ok | seconds |", "|---|---|---|"]
     out += [f"| {k} | {'yes' if v['ok'] else 'NO (exit %d)' % v['exit']} | {v['seconds']:.1f} |" for k, v in s["steps"].items()]
     t = s["throughput"]
     out += ["", f"## Training throughput ({t['config']})", ""]
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"
     out += [f"cairn {fmt(t['cairn_median'])} img/s, PyTorch eager {fmt(t['pytorch_median'])} img/s, "
             f"cairn / PyTorch {'-' if t['ratio_median'] is None else '%.2f' % t['ratio_median']} (runs: cairn {t['cairn_img_s']}, PyTorch {t['pytorch_img_s']})"]
     out += stage_table("Pipeline", s["pipeline"])
@@ -104,9 +107,8 @@ def stage_table(title, p):
     """A run's heading (profile, test accuracy, time) and a row a stage."""
     if not p:
         return []
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"
     acc = "-" if p["test_acc"] is None else "%.2f%%" % (100 * p["test_acc"])
-    out = ["", f"## {title} (profile {p['profile'] or 'default'}): test accuracy {acc}, {p['seconds']:.1f} s in stages", ""]
+    out = ["", f"## {title} (profile {p['profile'] or 'default'}): test accuracy {acc}, {p['seconds']:.1f} s in the stages that ran", ""]
     out += ["| stage | status | seconds | img/s | metrics |", "|---|---|---|---|---|"]
     for st in p["stages"]:
         m = st["metrics"]
