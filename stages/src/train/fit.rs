@@ -21,6 +21,11 @@ use super::optim::{self, Lookahead, Optim};
 use super::runner::{validate, Runner, Source};
 use crate::ctx::{StageError, StageResult, WorkerCtx};
 
+/// Train minus val accuracy after a fine-tune's first epoch above which
+/// [`Trainer::warn_if_bn_misfits`] speaks: overfitting opens such a gap
+/// over many epochs, not in one.
+const BN_MISFIT_GAP: f64 = 0.4;
+
 pub(super) struct EpochRow {
     pub train_loss: f64,
     pub train_acc: f64,
@@ -130,6 +135,9 @@ impl Trainer<'_> {
             seed_libtorch(self.ctx.seed(), epoch);
             self.train_stem(epoch < p.stem_epochs.map_or(usize::MAX, |n| n as usize));
             let row = self.epoch(&mut st, epoch)?;
+            if epoch == first {
+                self.warn_if_bn_misfits(&row);
+            }
             rec.push(epoch, row, self.vs);
             let best = rec.best.as_ref().map_or(epoch, |b| b.0);
             if let Some(pat) = p.patience.filter(|&pat| epoch - best >= pat as usize) {
@@ -146,6 +154,25 @@ impl Trainer<'_> {
         let keep_best = p.keep == Keep::Best;
         let kept_epoch = if keep_best { best_epoch } else { rec.rows.len() - 1 };
         Ok(Fit { rows: rec.rows, best_epoch, best_acc, kept_epoch, kept: keep_best.then_some(best_weights), seconds })
+    }
+
+    /// A fine-tune behind frozen blocks whose val accuracy (eval mode) sits
+    /// far below its train accuracy (training mode) after one epoch: the
+    /// signature of BatchNorm statistics re-estimated in training mode that
+    /// do not fit the eval-mode net (a layer4 fine-tune on an H200: train
+    /// 84.9%, val 14.2%). Says so, and names the param that avoids it.
+    fn warn_if_bn_misfits(&self, row: &EpochRow) {
+        if !bn_misfits(row, self.runner.first > 0, self.p.freeze_bn) {
+            return;
+        }
+        let warning = format!(
+            "warning: val accuracy {:.1}% is far below train accuracy {:.1}% after one epoch behind frozen blocks; \
+             if it stays so, the trainable blocks' BatchNorm statistics do not fit the eval-mode net: set freeze_bn = true",
+            100.0 * row.val_acc,
+            100.0 * row.train_acc
+        );
+        tracing::warn!("{warning}");
+        self.ctx.progress(warning);
     }
 
     /// Fresh optimizer, lookahead and data generator for `vars`.
@@ -276,6 +303,13 @@ impl Trainer<'_> {
     }
 }
 
+/// Whether an epoch's accuracies look like BatchNorm statistics that do
+/// not fit the eval-mode net: blocks frozen before the trainable ones,
+/// their BatchNorm in training mode, and val far below train.
+fn bn_misfits(row: &EpochRow, frozen_prefix: bool, freeze_bn: bool) -> bool {
+    frozen_prefix && !freeze_bn && row.train_acc - row.val_acc >= BN_MISFIT_GAP
+}
+
 /// Seeds libtorch's generators (CPU and CUDA) for epoch `epoch` from the
 /// stage seed, so their state at an epoch's start is the same whether the
 /// execution began there or earlier: nothing else needs restoring.
@@ -291,5 +325,26 @@ fn with_muon(opt: Optim, p: &TrainParams) -> Optim {
     match p.muon {
         Some(m) => opt.with_muon(m.lr / p.lr, m.momentum),
         None => opt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(train_acc: f64, val_acc: f64) -> EpochRow {
+        EpochRow { train_loss: 0.5, train_acc, val_loss: 2.0, val_acc, lr: 1e-4, seconds: 1.0, images_per_sec: 1.0 }
+    }
+
+    #[test]
+    fn a_bn_misfit_is_a_wide_gap_behind_frozen_blocks_without_freeze_bn() {
+        // The H200's layer4 fine-tune: train 84.9%, val 14.2% after epoch 1.
+        let collapsed = row(0.849, 0.142);
+        assert!(bn_misfits(&collapsed, true, false));
+        assert!(!bn_misfits(&collapsed, true, true), "freeze_bn already set");
+        assert!(!bn_misfits(&collapsed, false, false), "nothing frozen: no advice about freeze_bn");
+        // The repro's healthy fine-tune and an ordinary first epoch.
+        assert!(!bn_misfits(&row(0.435, 0.420), true, false));
+        assert!(!bn_misfits(&row(0.950, 0.880), true, false));
     }
 }
