@@ -21,19 +21,14 @@ import struct
 import sys
 
 import numpy as np
-import pyarrow.ipc as ipc
 import torch
 import torchvision
+
+from airbench_reference import tensor
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
 BATCH = 128
-
-
-def tensor(path):
-    """A cairn Arrow IPC tensor, flat."""
-    col = ipc.open_file(path).read_all().column(0).combine_chunks()
-    return torch.from_numpy(np.array(col.storage.flatten().to_numpy(zero_copy_only=False)))
 
 
 def model(path):
@@ -69,8 +64,8 @@ def forwards(m, x, order):
 def main():
     mp, xtr, ytr, xva, yva, side = sys.argv[1:7]
     side = int(side)
-    xtr, xva = tensor(xtr).view(-1, 3, side, side), tensor(xva).view(-1, 3, side, side)
-    ytr, yva = tensor(ytr), tensor(yva)
+    xtr, xva = tensor(xtr, (-1, 3, side, side)), tensor(xva, (-1, 3, side, side))
+    ytr, yva = tensor(ytr, -1), tensor(yva, -1)
     order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))
 
     m = model(mp)

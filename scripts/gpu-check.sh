@@ -153,26 +153,29 @@ data() {
   tar czf "$DATA" -C "$WORK/subset" .
 }
 
-FLAGS=("${RUN_FLAGS[@]}" --profile "$PROFILE" --set "load.source=\"$DATA\"")
+SOURCE=(--set "load.source=\"$DATA\"")
+FLAGS=("${RUN_FLAGS[@]}" --profile "$PROFILE" "${SOURCE[@]}")
+# recorded RUNS ARGS...: `cairn run ARGS` in the work folder under the
+# step's cap, then its entry in the run history (each stage's time and
+# metrics, an interrupted run's too) into RUNS; exits with the run's status.
+recorded() {
+  local runs=$1 rc=0
+  shift
+  cd "$WORK"
+  capped "$BIN/cairn" run "$@" || rc=$?
+  "$BIN/cairn" runs --json --limit 1 > "$runs"
+  exit "$rc"
+}
 pipeline() {
   cp "$ROOT/pipeline.toml" "$WORK/pipeline.toml"
-  cd "$WORK"
-  local rc=0
-  capped "$BIN/cairn" run --json "${FLAGS[@]}" > run.json || rc=$?
-  # The run history holds each stage's time and metrics, an interrupted run too.
-  "$BIN/cairn" runs --json --limit 1 > runs.json
-  exit "$rc"
+  recorded runs.json --json "${FLAGS[@]}" > "$WORK/run.json"
 }
 verify() {
   cd "$WORK"
   capped "$BIN/cairn" verify finetune evaluate "${FLAGS[@]}" | tee verify.txt
 }
 recipe() {
-  cd "$WORK"
-  local rc=0
-  capped "$BIN/cairn" run "${RUN_FLAGS[@]}" "${RECIPE_FLAGS[@]}" --set "load.source=\"$DATA\"" || rc=$?
-  "$BIN/cairn" runs --json --limit 1 > recipe-runs.json
-  exit "$rc"
+  recorded recipe-runs.json "${RUN_FLAGS[@]}" "${RECIPE_FLAGS[@]}" "${SOURCE[@]}"
 }
 
 echo "gpu-check: mode $MODE, profile $PROFILE, torch venv $VENV, data $CIFAR, out $OUT"
