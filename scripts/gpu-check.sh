@@ -14,7 +14,7 @@
 #   recipe     the default recipe (no profile: the full epochs) in the same
 #              cache, reusing load and resize, with whatever time is left
 #              of RECIPE_BUDGET seconds since the start (default 580; about
-#              280 s of it on an H200): time, metrics and test accuracy
+#              195 s of it on an H200): time, metrics and test accuracy
 # It writes summary.md, summary.json, log.txt, run.json, verify.txt and
 # recipe-runs.json into $OUT (the device tool's folder that comes back),
 # else target/gpu-check/.

@@ -12,6 +12,7 @@ pub mod alloc;
 pub mod ctx;
 pub mod data;
 pub mod determinism;
+pub mod device;
 pub mod evaluate;
 pub mod gradcam;
 pub mod load;

@@ -26,6 +26,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult};
+use crate::device::upload;
 
 /// One named stage of a network.
 pub struct Block {
@@ -111,8 +112,8 @@ impl Feed {
     pub fn input(&self, images: &Tensor) -> Tensor {
         let mut x = images.to_device(self.device).to_kind(Kind::Float) / 255.0;
         if let Some((mean, std)) = self.normalize.stats() {
-            let m = Tensor::from_slice(&mean).to_kind(Kind::Float).to_device(self.device).view([1, 3, 1, 1]);
-            let s = Tensor::from_slice(&std).to_kind(Kind::Float).to_device(self.device).view([1, 3, 1, 1]);
+            let m = upload(&Tensor::from_slice(&mean).to_kind(Kind::Float), self.device).view([1, 3, 1, 1]);
+            let s = upload(&Tensor::from_slice(&std).to_kind(Kind::Float), self.device).view([1, 3, 1, 1]);
             x = (x - m) / s;
         }
         channels_last(&x.to_kind(self.kind))

@@ -14,6 +14,8 @@
 use cairn_kinds::train::{Augment, Flip};
 use tch::{Kind, Tensor};
 
+use crate::device::upload;
+
 /// SplitMix64 (Steele, Lea & Flood 2014): tiny, fast, good enough to
 /// shuffle and to pick augmentations, and fully specified.
 pub struct Rng(u64);
@@ -88,10 +90,8 @@ fn coin(seed: u64, row: i64) -> bool {
 /// Applies `d` to u8 images `[B, C, H, W]`, translating by up to `t` px
 /// and cropping to `d.crop`.
 pub fn apply(images: &Tensor, d: &Draw, t: u32) -> Tensor {
-    let mask = Tensor::from_slice(&d.flip.iter().map(|&f| f as u8).collect::<Vec<_>>())
-        .to_kind(Kind::Bool)
-        .to_device(images.device())
-        .view([-1, 1, 1, 1]);
+    let mask = Tensor::from_slice(&d.flip.iter().map(|&f| f as u8).collect::<Vec<_>>()).to_kind(Kind::Bool);
+    let mask = upload(&mask, images.device()).view([-1, 1, 1, 1]);
     let x = if d.flip.iter().any(|&f| f) { images.flip([3]).where_self(&mask, images) } else { images.shallow_clone() };
     if t == 0 && d.crop.is_none() {
         return x;
@@ -108,7 +108,7 @@ pub fn apply(images: &Tensor, d: &Draw, t: u32) -> Tensor {
 fn reflect_pad(x: &Tensor, t: i64) -> Tensor {
     let index = |n: i64| {
         let idx: Vec<i64> = (-t..n + t).map(|i| if i < 0 { -i } else if i >= n { 2 * (n - 1) - i } else { i }).collect();
-        Tensor::from_slice(&idx).to_device(x.device())
+        upload(&Tensor::from_slice(&idx), x.device())
     };
     x.index_select(2, &index(x.size()[2])).index_select(3, &index(x.size()[3]))
 }

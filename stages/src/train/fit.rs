@@ -20,11 +20,16 @@ use super::checkpoint::{self, Start};
 use super::optim::{self, Lookahead, Optim};
 use super::runner::{validate, Runner, Source};
 use crate::ctx::{StageError, StageResult, WorkerCtx};
+use crate::device;
 
 /// Train minus val accuracy after a fine-tune's first epoch above which
 /// [`Trainer::warn_if_bn_misfits`] speaks: overfitting opens such a gap
 /// over many epochs, not in one.
 const BN_MISFIT_GAP: f64 = 0.4;
+
+/// Steps whose loss and hits may wait on the device before they are read
+/// ([`Unread`]); a non-finite loss stops the stage at most this many steps late.
+const READ_EVERY: usize = 16;
 
 pub(super) struct EpochRow {
     pub train_loss: f64,
@@ -228,14 +233,22 @@ impl Trainer<'_> {
         let order = st.rng.permutation(self.train.labels.size()[0] as usize);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
         let mut lr = 0.0;
+        let mut pending = Vec::new();
         for b in 0..st.steps_per_epoch {
             let rows = &order[b * bs as usize..(b + 1) * bs as usize];
             lr = optim::lr_at(p.schedule, p.lr, p.warmup, st.step, st.total);
             let (loss, hits) = self.step(st, rows, lr, epoch).map_err(|e| StageError::new(format!("epoch {}, step {}: {e}", epoch + 1, b + 1)))?;
-            loss_sum += loss * bs as f64;
-            correct += hits;
-            seen += bs;
-            if self.ctx.progress_due() {
+            pending.push(Unread { step: b + 1, lr, loss, hits });
+            let due = self.ctx.progress_due();
+            if !(due || pending.len() >= READ_EVERY || b + 1 == st.steps_per_epoch) {
+                continue;
+            }
+            for (lv, hits) in read(&mut pending, epoch)? {
+                loss_sum += lv * bs as f64;
+                correct += hits;
+                seen += bs;
+            }
+            if due {
                 let msg = format!(
                     "epoch {}/{} step {}/{} loss {:.3} {:.0} img/s",
                     epoch + 1,
@@ -277,20 +290,17 @@ impl Trainer<'_> {
     }
 
     /// One optimizer step on the training images `rows`; returns the
-    /// batch's mean loss and its number of correct predictions.
-    fn step(&self, st: &mut State, rows: &[i64], lr: f64, epoch: usize) -> Result<(f64, i64), String> {
+    /// batch's mean loss and its number of correct predictions, as tensors
+    /// on the device ([`read`] checks and reads them).
+    fn step(&self, st: &mut State, rows: &[i64], lr: f64, epoch: usize) -> Result<(Tensor, Tensor), String> {
         let (p, r) = (self.p, self.runner);
         let crop = p.augment.crop_at(epoch).map(|side| (side, self.train.source.side()));
         let draw = batches::draw(&mut st.rng, &p.augment, (self.ctx.seed(), epoch), rows, crop);
         let idx = Tensor::from_slice(rows);
         let x = r.batch(self.train.source, &idx, &draw, p.augment.translate);
-        let y = self.train.labels.index_select(0, &idx).to_device(r.feed.device);
+        let y = device::gather(self.train.labels, &idx, r.feed.device);
         let logits = r.tail(&x, true);
         let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, p.label_smoothing);
-        let lv = loss.double_value(&[]);
-        if !lv.is_finite() {
-            return Err(format!("loss became {lv} (lr {lr:.3e}); lower `lr` or add warm-up"));
-        }
         st.opt.zero_grad();
         loss.backward();
         st.opt.step(lr).map_err(|e| format!("optimizer step: {e}"))?;
@@ -298,9 +308,40 @@ impl Trainer<'_> {
         if let Some(la) = st.lookahead.as_mut() {
             la.after_step(self.vs, st.step);
         }
-        let hits = tch::no_grad(|| logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
-        Ok((lv, hits))
+        let hits = tch::no_grad(|| logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64));
+        Ok((loss.detach(), hits))
     }
+}
+
+/// A step whose loss and hit count are still on the device: reading a
+/// GPU tensor waits for every kernel queued before it, so steps are read
+/// in groups ([`READ_EVERY`], a progress update, the epoch's end) rather
+/// than one by one, and the host keeps queueing work meanwhile.
+struct Unread {
+    /// One-based, within the epoch.
+    step: usize,
+    lr: f64,
+    loss: Tensor,
+    hits: Tensor,
+}
+
+/// Reads (and empties) `pending` in one transfer: each step's loss and
+/// hits, in step order. A non-finite loss is an error naming the first
+/// step that had one; the steps after it trained on, but the stage fails
+/// before anything is kept or checkpointed.
+fn read(pending: &mut Vec<Unread>, epoch: usize) -> StageResult<Vec<(f64, i64)>> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let steps = std::mem::take(pending);
+    let fetch = |ts: Vec<&Tensor>| Tensor::stack(&ts, 0).to_device(tch::Device::Cpu);
+    let losses = Vec::<f32>::try_from(&fetch(steps.iter().map(|u| &u.loss).collect())).map_err(|e| StageError::new(e.to_string()))?;
+    let hits = Vec::<i64>::try_from(&fetch(steps.iter().map(|u| &u.hits).collect())).map_err(|e| StageError::new(e.to_string()))?;
+    if let Some((u, lv)) = steps.iter().zip(&losses).find(|(_, lv)| !lv.is_finite()) {
+        let (step, lr) = (u.step, u.lr);
+        return Err(StageError::new(format!("epoch {}, step {step}: loss became {lv} (lr {lr:.3e}); lower `lr` or add warm-up", epoch + 1)));
+    }
+    Ok(losses.into_iter().map(f64::from).zip(hits).collect())
 }
 
 /// Whether an epoch's accuracies look like BatchNorm statistics that do
@@ -334,6 +375,17 @@ mod tests {
 
     fn row(train_acc: f64, val_acc: f64) -> EpochRow {
         EpochRow { train_loss: 0.5, train_acc, val_loss: 2.0, val_acc, lr: 1e-4, seconds: 1.0, images_per_sec: 1.0 }
+    }
+
+    #[test]
+    fn reading_steps_keeps_their_order_and_names_the_first_non_finite_loss() {
+        let unread = |step: usize, loss: f32, hits: i64| Unread { step, lr: 0.1, loss: Tensor::from(loss), hits: Tensor::from(hits) };
+        let mut pending = vec![unread(1, 0.5, 3), unread(2, 0.25, 4)];
+        assert_eq!(read(&mut pending, 0).unwrap(), vec![(0.5, 3), (0.25, 4)]);
+        assert!(pending.is_empty(), "read empties what it read");
+        let mut pending = vec![unread(7, 0.5, 3), unread(8, f32::NAN, 4), unread(9, f32::INFINITY, 0)];
+        let e = read(&mut pending, 2).unwrap_err().0;
+        assert!(e.starts_with("epoch 3, step 8: loss became NaN (lr 1.000e-1)"), "{e}");
     }
 
     #[test]

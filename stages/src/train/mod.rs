@@ -43,7 +43,7 @@ use crate::ctx::{StageError, StageResult, WorkerCtx};
 use crate::load;
 use crate::models::{self, Feed, Net};
 use crate::precision::compute_kind;
-use crate::{tensors, weights};
+use crate::{device, tensors, weights};
 use fit::{EpochRow, Fit, Split, Trainer};
 use runner::{Runner, Source};
 
@@ -65,6 +65,23 @@ impl Data {
         }
         Ok(Self { xtr, ytr, xva, yva })
     }
+
+    /// The set on the compute device when it fits there for the whole
+    /// stage ([`device::fits_in_free_memory`]), else where it is.
+    fn onto(self, ctx: &WorkerCtx) -> Self {
+        let all = [&self.xtr, &self.ytr, &self.xva, &self.yva];
+        let bytes = all.iter().map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64).sum();
+        let (fits, why) = device::fits_in_free_memory(ctx.device, bytes);
+        // On a GPU, where the data live decides the speed: say it.
+        if !why.is_empty() {
+            ctx.progress(why);
+        }
+        if !fits {
+            return self;
+        }
+        let to = |t: Tensor| t.to_device(ctx.device);
+        Self { xtr: to(self.xtr), ytr: to(self.ytr), xva: to(self.xva), yva: to(self.yva) }
+    }
 }
 
 pub fn run(ctx: &mut WorkerCtx, p: TrainParams) -> StageResult {
@@ -73,7 +90,7 @@ pub fn run(ctx: &mut WorkerCtx, p: TrainParams) -> StageResult {
     }
     // Canonical params list the blocks already; this only reads them.
     let trainable = p.trainable_blocks()?;
-    let data = Data::load(ctx, p.model.num_classes)?;
+    let data = Data::load(ctx, p.model.num_classes)?.onto(ctx);
     let batch = (p.batch_size as i64).min(data.xtr.size()[0]);
     let (vs, net) = init_net(ctx, &p, &data.xtr)?;
     let vars = runner::freeze(&vs, &net, &trainable);

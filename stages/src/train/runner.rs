@@ -7,6 +7,7 @@ use tch::{nn, Kind, Tensor};
 use cairn_kinds::train::Tta;
 
 use super::batches;
+use crate::device;
 use crate::models::{self, Feed, Net};
 
 /// Freezes every variable outside `trainable` blocks; returns the trainable ones.
@@ -129,19 +130,17 @@ impl<'a> Runner<'a> {
                 // Augmenting on the device: the u8 gathers give the same
                 // bytes anywhere, and on a GPU doing them on the CPU took
                 // 3x the training step (ResNet50 at 224 px on an H200).
-                let rows = x.index_select(0, idx).to_device(self.feed.device);
+                let rows = device::gather(x, idx, self.feed.device);
                 self.prefix(&batches::apply(&rows, draw, translate))
             }
             Source::Features { plain, flipped } => {
-                let idx = idx.to_device(plain.device());
-                let p = plain.index_select(0, &idx);
+                let dev = plain.device();
+                let p = device::gather(plain, idx, dev);
                 let x = match flipped {
                     Some(f) if draw.flip.iter().any(|&b| b) => {
-                        let mask = Tensor::from_slice(&draw.flip.iter().map(|&b| b as u8).collect::<Vec<_>>())
-                            .to_kind(Kind::Bool)
-                            .to_device(p.device());
+                        let mask = Tensor::from_slice(&draw.flip.iter().map(|&b| b as u8).collect::<Vec<_>>()).to_kind(Kind::Bool);
                         let shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat_n(1, p.dim() - 1)).collect();
-                        f.index_select(0, &idx).where_self(&mask.view(shape.as_slice()), &p)
+                        device::gather(f, idx, dev).where_self(&device::upload(&mask, dev).view(shape.as_slice()), &p)
                     }
                     _ => p,
                 };
