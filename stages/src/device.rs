@@ -19,13 +19,17 @@ const RESIDENT_SHARE: f64 = 0.25;
 
 /// `t`, a tensor made on the host, on `device`; on a GPU without waiting
 /// for it: copied into pinned memory, which libtorch's host allocator keeps
-/// until the transfer ends. (`_pin_memory`, since `pin_memory` warns on
-/// every call that names a device, and tch always names one.)
+/// until the transfer ends, or by a blocking copy when pinning fails.
+/// (`_pin_memory`, since `pin_memory` warns on every call that names a
+/// device, and tch always names one.)
 pub fn upload(t: &Tensor, device: Device) -> Tensor {
     if !device.is_cuda() {
         return t.to_device(device);
     }
-    t.internal_pin_memory(device).to_device_(device, t.kind(), true, false)
+    match t.f_internal_pin_memory(device) {
+        Ok(pinned) => pinned.to_device_(device, t.kind(), true, false),
+        Err(_) => t.to_device(device),
+    }
 }
 
 /// Rows `idx` (a host tensor) of `t`, on `device`: gathered where `t`

@@ -79,8 +79,16 @@ impl Data {
         if !fits {
             return self;
         }
-        let to = |t: Tensor| t.to_device(ctx.device);
-        Self { xtr: to(self.xtr), ytr: to(self.ytr), xva: to(self.xva), yva: to(self.yva) }
+        // Free memory can shrink meanwhile (another process): then the
+        // set stays where it is rather than the stage failing.
+        match [&self.xtr, &self.ytr, &self.xva, &self.yva].map(|t| t.f_to_device(ctx.device)) {
+            [Ok(xtr), Ok(ytr), Ok(xva), Ok(yva)] => Self { xtr, ytr, xva, yva },
+            moved => {
+                let e = moved.into_iter().find_map(Result::err).map_or_else(String::new, |e| e.to_string().lines().next().unwrap_or("").to_string());
+                ctx.progress(format!("training data stay in host memory: moving them to the GPU failed ({e})"));
+                self
+            }
+        }
     }
 }
 
