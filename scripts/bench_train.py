@@ -72,6 +72,14 @@ def make(name, cifar_stem):
 
     if name == "fast":
         return Fast()
+    if name == "efficientnet_lite0":
+        # The network of the `cpu-lite0` profile, built as cairn builds it
+        # (TensorFlow "same" padding as a separate op).
+        from lite0_transfer import Lite0
+
+        m = Lite0()
+        m._fc = nn.Linear(1280, 10)
+        return m
     m = getattr(torchvision.models, name)(num_classes=10)
     if cifar_stem:
         m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)

@@ -10,7 +10,9 @@ reports per side the median images/s, and the median of the per-pair
 ratios (Rust / PyTorch), which cancels slow phases that hit both halves
 of a pair.
 
-    python scripts/bench_train_ratio.py [PAIRS]
+    python scripts/bench_train_ratio.py [PAIRS] [NET...]
+
+NET limits the run to those nets' configs (e.g. `efficientnet_lite0`).
 
 Each half is `target/release/bench_train throughput CFG` or
 `python scripts/bench_train.py throughput CFG` (both print img/s from their
@@ -40,6 +42,9 @@ CONFIGS = [  # net, res, batch, steps, precision
     ("fast", 32, 256, 5, "fp32"),
     ("resnet50", 32, 32, 10, "fp32"),
     ("resnet50", 224, 8, 3, "fp32"),
+    # The `cpu-lite0` / `cpu-fp32` profile's network at its 80 px, whole.
+    ("efficientnet_lite0", 80, 64, 5, "bf16"),
+    ("efficientnet_lite0", 80, 64, 5, "fp32"),
 ]
 
 
@@ -61,12 +66,15 @@ def native_bf16():
 
 def main():
     pairs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    nets = set(sys.argv[2:])
     threads = os.environ.setdefault("CAIRN_THREADS", str(os.cpu_count()))
     bf16 = native_bf16()
     print(f"threads={threads} pairs={pairs} native_bf16={bf16}")
     print("| net | res | batch | precision | cairn img/s | PyTorch img/s | PyTorch fused img/s | cairn / PyTorch | cairn / PyTorch fused |")
     print("|---|---|---|---|---|---|---|---|---|")
     for net, res, batch, steps, prec in CONFIGS:
+        if nets and net not in nets:
+            continue
         if prec == "bf16" and bf16 == "none":
             print(f"| {net} | {res} | {batch} | {prec} | skipped: no native bf16 on this CPU (`auto` runs fp32) | | | | |", flush=True)
             continue
