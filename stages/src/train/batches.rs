@@ -87,12 +87,20 @@ fn coin(seed: u64, row: i64) -> bool {
     Rng::new(seed ^ (row as u64).wrapping_add(1).wrapping_mul(0xa076_1d64_78bd_642f)).next_u64() & 1 == 1
 }
 
+impl Draw {
+    /// Which rows flip, as a bool tensor on `device` shaped to broadcast
+    /// over a batch of `dims` dimensions (`[B, 1, 1, ...]`).
+    pub fn flip_mask(&self, device: tch::Device, dims: usize) -> Tensor {
+        let mask = Tensor::from_slice(&self.flip.iter().map(|&f| f as u8).collect::<Vec<_>>()).to_kind(Kind::Bool);
+        let shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat_n(1, dims - 1)).collect();
+        upload(&mask, device).view(shape.as_slice())
+    }
+}
+
 /// Applies `d` to u8 images `[B, C, H, W]`, translating by up to `t` px
 /// and cropping to `d.crop`.
 pub fn apply(images: &Tensor, d: &Draw, t: u32) -> Tensor {
-    let mask = Tensor::from_slice(&d.flip.iter().map(|&f| f as u8).collect::<Vec<_>>()).to_kind(Kind::Bool);
-    let mask = upload(&mask, images.device()).view([-1, 1, 1, 1]);
-    let x = if d.flip.iter().any(|&f| f) { images.flip([3]).where_self(&mask, images) } else { images.shallow_clone() };
+    let x = if d.flip.iter().any(|&f| f) { images.flip([3]).where_self(&d.flip_mask(images.device(), 4), images) } else { images.shallow_clone() };
     if t == 0 && d.crop.is_none() {
         return x;
     }

@@ -81,7 +81,7 @@ impl Data {
         }
         // Free memory can shrink meanwhile (another process): then the
         // set stays where it is rather than the stage failing.
-        match [&self.xtr, &self.ytr, &self.xva, &self.yva].map(|t| t.f_to_device(ctx.device)) {
+        match all.map(|t| t.f_to_device(ctx.device)) {
             [Ok(xtr), Ok(ytr), Ok(xva), Ok(yva)] => Self { xtr, ytr, xva, yva },
             moved => {
                 let e = moved.into_iter().find_map(Result::err).map_or_else(String::new, |e| e.to_string().lines().next().unwrap_or("").to_string());

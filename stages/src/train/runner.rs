@@ -137,11 +137,7 @@ impl<'a> Runner<'a> {
                 let dev = plain.device();
                 let p = device::gather(plain, idx, dev);
                 let x = match flipped {
-                    Some(f) if draw.flip.iter().any(|&b| b) => {
-                        let mask = Tensor::from_slice(&draw.flip.iter().map(|&b| b as u8).collect::<Vec<_>>()).to_kind(Kind::Bool);
-                        let shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat_n(1, p.dim() - 1)).collect();
-                        device::gather(f, idx, dev).where_self(&device::upload(&mask, dev).view(shape.as_slice()), &p)
-                    }
+                    Some(f) if draw.flip.iter().any(|&b| b) => device::gather(f, idx, dev).where_self(&draw.flip_mask(dev, p.dim()), &p),
                     _ => p,
                 };
                 // `index_select` returns NCHW: back to the layout the convs run fast in.
