@@ -7,7 +7,10 @@
 //! and a file is removed only when the record names it and it is still
 //! that very file. Links are never followed while deleting, a stage
 //! directory that is a symbolic link is left alone, and a non-empty
-//! directory without the record is refused. Objects are read-only; an edit
+//! directory without the record is refused. Before placing anything the
+//! record names the paths about to be placed (`pending`), so a run killed
+//! midway leaves a directory that is still cairn's and whose half-placed
+//! files the next run may replace. Objects are read-only; an edit
 //! made through a link anyway (as root) changes the object's stat, so the
 //! next `status` or `run` re-hashes it, finds the damage and recomputes it.
 
@@ -23,6 +26,12 @@ use crate::cache::{Cache, OutputRecord};
 
 /// The record of what cairn placed, inside the artifacts directory.
 pub const RECORD: &str = ".cairn-artifacts.json";
+/// How the record's temp files begin, before one becomes the record.
+const RECORD_TEMP: &str = ".cairn-artifacts.json.";
+
+fn is_record_temp(p: &Path) -> bool {
+    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RECORD_TEMP)) && fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactsError {
@@ -45,10 +54,21 @@ pub struct Materialized {
     pub left_alone: Vec<PathBuf>,
 }
 
-/// Relative path → (device, inode) of each file cairn placed.
+/// Relative path → (device, inode) of each file cairn placed, and the
+/// paths it was placing when it wrote the record last (empty once a run
+/// finished placing).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 struct Record {
     files: BTreeMap<String, (u64, u64)>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pending: BTreeSet<String>,
+}
+
+impl Record {
+    /// Whether the file found at `rel` is one cairn placed (or was placing).
+    fn owns(&self, rel: &str, found: &fs::Metadata) -> bool {
+        found.is_file() && (self.files.get(rel) == Some(&identity(found)) || self.pending.contains(rel))
+    }
 }
 
 /// Makes `dir` hold exactly the given outputs, as far as what is there is
@@ -63,26 +83,33 @@ pub fn materialize<'a>(
 ) -> Result<Materialized, ArtifactsError> {
     let old = claim(dir)?;
     let mut record = Record::default();
-    for (rel, id) in &old.files {
-        if rel.split_once('/').is_some_and(|(stage, _)| untouched(stage)) {
-            record.files.insert(rel.clone(), *id);
-        }
-    }
+    let kept = |rel: &String| rel.split_once('/').is_some_and(|(stage, _)| untouched(stage));
+    record.files.extend(old.files.iter().filter(|(rel, _)| kept(rel)).map(|(rel, id)| (rel.clone(), *id)));
+    record.pending.extend(old.pending.iter().filter(|rel| kept(rel)).cloned());
     let mut done = Materialized::default();
+    let mut todo = Vec::new();
     for (stage, name, rec) in outputs {
         let rel = format!("{stage}/{name}.{}", rec.ext);
         let src = cache.object_path(&rec.hash);
-        match place(dir, stage, &rel, &src, &old, cache)? {
-            Placed::Kept(id) => {
+        match check(dir, stage, &rel, &src, &old, cache)? {
+            Check::Kept(id) => {
                 record.files.insert(rel, id);
             }
-            Placed::Linked(id) => {
-                record.files.insert(rel, id);
-                done.linked += 1;
-            }
-            Placed::NotOurs(p) => done.left_alone.push(p),
-            Placed::Absent => {}
+            Check::Place(replace) => todo.push((stage, rel, src, replace)),
+            Check::NotOurs(p) => done.left_alone.push(p),
+            Check::Absent => {}
         }
+    }
+    if todo.iter().any(|(_, rel, ..)| !old.pending.contains(rel)) {
+        // Written ahead, so that a run killed while placing leaves a
+        // directory the next one still recognises as cairn's.
+        let mut intent = old.clone();
+        intent.pending.extend(todo.iter().map(|(_, rel, ..)| rel.clone()));
+        write_record(dir, &intent)?;
+    }
+    for (stage, rel, src, replace) in todo {
+        record.files.insert(rel.clone(), place(dir, stage, &rel, &src, replace, cache)?);
+        done.linked += 1;
     }
     remove_stale(dir, &old, &record);
     if record != old {
@@ -91,9 +118,13 @@ pub fn materialize<'a>(
     Ok(done)
 }
 
-enum Placed {
+/// What one output needs.
+enum Check {
+    /// Already there: the object itself, linked earlier.
     Kept((u64, u64)),
-    Linked((u64, u64)),
+    /// To be linked or copied, replacing cairn's own file there if `true`.
+    Place(bool),
+    /// Something not cairn's is in the way; left alone.
     NotOurs(PathBuf),
     /// The object is not in this cache (a stage served from a remote
     /// without its bytes).
@@ -104,43 +135,49 @@ fn identity(m: &fs::Metadata) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
-/// Puts one object at `dir/rel`, unless something not cairn's is there.
-fn place(dir: &Path, stage: &str, rel: &str, src: &Path, old: &Record, cache: &Cache) -> Result<Placed, ArtifactsError> {
+/// Decides what placing one object at `dir/rel` takes, changing nothing.
+fn check(dir: &Path, stage: &str, rel: &str, src: &Path, old: &Record, cache: &Cache) -> Result<Check, ArtifactsError> {
     // An object this run looked up was just found at its stat; asking
     // again would cost a path lookup per output.
     let src_id = match cache.stat().checked_identity(src).map(Ok).unwrap_or_else(|| fs::metadata(src).map(|m| identity(&m))) {
         Ok(id) => id,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Placed::Absent),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Check::Absent),
         Err(e) => return Err(io_err("cannot read", src)(e)),
     };
-    let dest = dir.join(rel);
-    let found = fs::symlink_metadata(&dest);
+    let found = fs::symlink_metadata(dir.join(rel));
     // Placed here earlier, through a stage directory checked then, and
     // still that object: nothing to do, so nothing to check.
     if found.as_ref().is_ok_and(|m| m.is_file() && identity(m) == src_id && old.files.get(rel) == Some(&src_id)) {
-        return Ok(Placed::Kept(src_id));
+        return Ok(Check::Kept(src_id));
     }
     let stage_dir = dir.join(stage);
-    match fs::symlink_metadata(&stage_dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Ok(Placed::NotOurs(stage_dir)),
-        Err(_) => fs::create_dir(&stage_dir).map_err(io_err("cannot create", &stage_dir))?,
+    if fs::symlink_metadata(&stage_dir).is_ok_and(|m| !m.is_dir()) {
+        return Ok(Check::NotOurs(stage_dir));
     }
-    match found {
-        Ok(m) if m.is_file() && identity(&m) == src_id => return Ok(Placed::Kept(src_id)),
-        Ok(m) if m.is_file() && old.files.get(rel) == Some(&identity(&m)) => {
-            fs::remove_file(&dest).map_err(io_err("cannot replace", &dest))?;
-        }
-        Ok(_) => return Ok(Placed::NotOurs(dest)),
-        Err(_) => {}
+    Ok(match found {
+        Ok(m) if m.is_file() && identity(&m) == src_id => Check::Kept(src_id),
+        Ok(m) if old.owns(rel, &m) => Check::Place(true),
+        Ok(_) => Check::NotOurs(dir.join(rel)),
+        Err(_) => Check::Place(false),
+    })
+}
+
+/// Links (or copies) one object to `dir/rel`, as [`check`] decided.
+fn place(dir: &Path, stage: &str, rel: &str, src: &Path, replace: bool, cache: &Cache) -> Result<(u64, u64), ArtifactsError> {
+    let stage_dir = dir.join(stage);
+    if fs::symlink_metadata(&stage_dir).is_err() {
+        fs::create_dir(&stage_dir).map_err(io_err("cannot create", &stage_dir))?;
+    }
+    let dest = dir.join(rel);
+    if replace {
+        fs::remove_file(&dest).map_err(io_err("cannot replace", &dest))?;
     }
     // A new hard link changes only the object's ctime; keep its verified
     // hash through it so the next status need not re-read it.
     if cache.stat().keep_through(src, || fs::hard_link(src, &dest)).is_err() {
         fs::copy(src, &dest).map_err(io_err("cannot copy to", &dest))?;
     }
-    let id = fs::symlink_metadata(&dest).map(|m| identity(&m)).map_err(io_err("cannot read", &dest))?;
-    Ok(Placed::Linked(id))
+    fs::symlink_metadata(&dest).map(|m| identity(&m)).map_err(io_err("cannot read", &dest))
 }
 
 /// Checks `dir` is cairn's (creating it if missing) and returns its record.
@@ -149,9 +186,13 @@ fn claim(dir: &Path) -> Result<Record, ArtifactsError> {
     if let Ok(bytes) = fs::read(&record_path) {
         return Ok(serde_json::from_slice(&bytes).unwrap_or_default());
     }
-    match fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
-        Ok(false) => Err(ArtifactsError::Foreign { path: dir.to_path_buf() }),
-        Ok(true) => Ok(Record::default()),
+    match fs::read_dir(dir).map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>()) {
+        Ok(entries) if entries.iter().all(|p| is_record_temp(p)) => {
+            // Left by a run killed while it wrote the first record.
+            entries.iter().for_each(|p| drop(fs::remove_file(p)));
+            Ok(Record::default())
+        }
+        Ok(_) => Err(ArtifactsError::Foreign { path: dir.to_path_buf() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
             Ok(Record::default())
@@ -166,12 +207,14 @@ fn claim(dir: &Path) -> Result<Record, ArtifactsError> {
 /// links themselves.
 fn remove_stale(dir: &Path, old: &Record, new: &Record) {
     let mut stages = BTreeSet::new();
-    for (rel, id) in &old.files {
-        if new.files.contains_key(rel) {
+    let placed = old.files.iter().map(|(rel, id)| (rel, Some(id)));
+    for (rel, id) in placed.chain(old.pending.iter().map(|rel| (rel, None))) {
+        if new.files.contains_key(rel) || new.pending.contains(rel) {
             continue;
         }
         let p = dir.join(rel);
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && identity(&m) == *id) {
+        // A pending path holds, if anything, what cairn was placing there.
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && id.is_none_or(|id| identity(&m) == *id)) {
             let _ = fs::remove_file(&p);
         }
         if let Some((stage, _)) = rel.split_once('/') {
@@ -192,8 +235,12 @@ fn write_record(dir: &Path, record: &Record) -> Result<(), ArtifactsError> {
     let path = dir.join(RECORD);
     let bytes = serde_json::to_vec_pretty(record).expect("records serialise");
     // A fresh temp file (never an existing name, which could be a link).
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err("cannot write in", dir))?;
+    let mut tmp = tempfile::Builder::new().prefix(RECORD_TEMP).tempfile_in(dir).map_err(io_err("cannot write in", dir))?;
     tmp.write_all(&bytes).map_err(io_err("cannot write", &path))?;
     tmp.persist(&path).map_err(|e| io_err("cannot write", &path)(e.error))?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "artifacts_tests.rs"]
+mod tests;
