@@ -654,7 +654,8 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
 /// differs); `optimizer = "muon"`; `keep = "last"`.
 /// 10: batches of cached features enter the tail channels-last too (float
 /// rounding differs); `efficientnet_lite0`.
-pub const VERSION: u32 = 10;
+/// 11: Lite0's ReLU6 is libtorch's `hardtanh` (float rounding differs).
+pub const VERSION: u32 = 11;
 
 pub struct Train;
 

@@ -33,8 +33,12 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     nn::batch_norm2d(p, c, nn::BatchNormConfig { eps: 1e-3, momentum: 0.01, ws_init: nn::Init::Const(1.0), ..Default::default() })
 }
 
+/// libtorch's `relu6` is `hardtanh`, one fused backward kernel; `clamp(0,
+/// 6)` computes the same values but its backward builds and combines two
+/// masks, which made a whole Lite0 training step 1.35x slower on an AVX2
+/// EPYC (BENCHMARKS.md, "Lite0's ReLU6 as libtorch's `hardtanh`").
 fn relu6(x: Tensor) -> Tensor {
-    x.clamp(0.0, 6.0)
+    x.relu6()
 }
 
 /// A convolution padded as TensorFlow's "same": output size ⌈input / stride⌉.
