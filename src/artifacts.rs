@@ -95,7 +95,7 @@ pub fn materialize<'a>(
             Check::Kept(id) => {
                 record.files.insert(rel, id);
             }
-            Check::Place(replace) => todo.push((stage, rel, src, replace)),
+            Check::Place { replace, make_dir } => todo.push((stage, rel, src, replace, make_dir)),
             Check::NotOurs(p) => done.left_alone.push(p),
             Check::Absent => {}
         }
@@ -107,8 +107,14 @@ pub fn materialize<'a>(
         intent.pending.extend(todo.iter().map(|(_, rel, ..)| rel.clone()));
         write_record(dir, &intent)?;
     }
-    for (stage, rel, src, replace) in todo {
-        record.files.insert(rel.clone(), place(dir, stage, &rel, &src, replace, cache)?);
+    let mut made = BTreeSet::new();
+    for (stage, rel, src, replace, make_dir) in todo {
+        // Each output of a stage without its directory was told to make it.
+        if make_dir && made.insert(stage) {
+            let stage_dir = dir.join(stage);
+            fs::create_dir(&stage_dir).map_err(io_err("cannot create", &stage_dir))?;
+        }
+        record.files.insert(rel.clone(), place(&dir.join(&rel), &src, replace, cache)?);
         done.linked += 1;
     }
     remove_stale(dir, &old, &record);
@@ -122,8 +128,9 @@ pub fn materialize<'a>(
 enum Check {
     /// Already there: the object itself, linked earlier.
     Kept((u64, u64)),
-    /// To be linked or copied, replacing cairn's own file there if `true`.
-    Place(bool),
+    /// To be linked or copied, replacing cairn's own file there, into a
+    /// stage directory to be made first.
+    Place { replace: bool, make_dir: bool },
     /// Something not cairn's is in the way; left alone.
     NotOurs(PathBuf),
     /// The object is not in this cache (a stage served from a remote
@@ -151,33 +158,30 @@ fn check(dir: &Path, stage: &str, rel: &str, src: &Path, old: &Record, cache: &C
         return Ok(Check::Kept(src_id));
     }
     let stage_dir = dir.join(stage);
-    if fs::symlink_metadata(&stage_dir).is_ok_and(|m| !m.is_dir()) {
-        return Ok(Check::NotOurs(stage_dir));
-    }
+    let make_dir = match fs::symlink_metadata(&stage_dir) {
+        Ok(m) if m.is_dir() => false,
+        Ok(_) => return Ok(Check::NotOurs(stage_dir)),
+        Err(_) => true,
+    };
     Ok(match found {
         Ok(m) if m.is_file() && identity(&m) == src_id => Check::Kept(src_id),
-        Ok(m) if old.owns(rel, &m) => Check::Place(true),
+        Ok(m) if old.owns(rel, &m) => Check::Place { replace: true, make_dir },
         Ok(_) => Check::NotOurs(dir.join(rel)),
-        Err(_) => Check::Place(false),
+        Err(_) => Check::Place { replace: false, make_dir },
     })
 }
 
-/// Links (or copies) one object to `dir/rel`, as [`check`] decided.
-fn place(dir: &Path, stage: &str, rel: &str, src: &Path, replace: bool, cache: &Cache) -> Result<(u64, u64), ArtifactsError> {
-    let stage_dir = dir.join(stage);
-    if fs::symlink_metadata(&stage_dir).is_err() {
-        fs::create_dir(&stage_dir).map_err(io_err("cannot create", &stage_dir))?;
-    }
-    let dest = dir.join(rel);
+/// Links (or copies) one object to `dest`, as [`check`] decided.
+fn place(dest: &Path, src: &Path, replace: bool, cache: &Cache) -> Result<(u64, u64), ArtifactsError> {
     if replace {
-        fs::remove_file(&dest).map_err(io_err("cannot replace", &dest))?;
+        fs::remove_file(dest).map_err(io_err("cannot replace", dest))?;
     }
     // A new hard link changes only the object's ctime; keep its verified
     // hash through it so the next status need not re-read it.
-    if cache.stat().keep_through(src, || fs::hard_link(src, &dest)).is_err() {
-        fs::copy(src, &dest).map_err(io_err("cannot copy to", &dest))?;
+    if cache.stat().keep_through(src, || fs::hard_link(src, dest)).is_err() {
+        fs::copy(src, dest).map_err(io_err("cannot copy to", dest))?;
     }
-    fs::symlink_metadata(&dest).map(|m| identity(&m)).map_err(io_err("cannot read", &dest))
+    fs::symlink_metadata(dest).map(|m| identity(&m)).map_err(io_err("cannot read", dest))
 }
 
 /// Checks `dir` is cairn's (creating it if missing) and returns its record.
