@@ -83,7 +83,8 @@ impl GradCamParams {
 /// generator (libtorch's global one could be drawn from between reseed and use).
 /// 4: the model is read from the model file.
 /// 5: fp32 inputs enter the net channels-last (float rounding differs).
-pub const VERSION: u32 = 5;
+/// 6: Lite0 runs with BatchNorm folded into its convs (float rounding differs).
+pub const VERSION: u32 = 6;
 
 pub struct GradCam;
 

@@ -27,10 +27,13 @@ const STAGES: [(i64, i64, i64, i64, usize); 7] =
 const STEM: i64 = 32;
 const TOP: i64 = 1280;
 
+/// TensorFlow's BatchNorm epsilon, which the weights were trained with.
+const BN_EPS: f64 = 1e-3;
+
 /// TensorFlow's BatchNorm settings (eps 1e-3, decay 0.99): the running
 /// statistics the weights come with move slowly.
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, nn::BatchNormConfig { eps: 1e-3, momentum: 0.01, ws_init: nn::Init::Const(1.0), ..Default::default() })
+    nn::batch_norm2d(p, c, nn::BatchNormConfig { eps: BN_EPS, momentum: 0.01, ws_init: nn::Init::Const(1.0), ..Default::default() })
 }
 
 /// libtorch's `relu6` is `hardtanh`, one fused backward kernel; `clamp(0,
@@ -55,14 +58,40 @@ struct SameConv {
     stride: i64,
 }
 
-impl Module for SameConv {
-    fn forward(&self, x: &Tensor) -> Tensor {
+impl SameConv {
+    fn new(conv: Conv, k: i64, stride: i64) -> Self {
+        Self { conv, k, stride }
+    }
+
+    /// The input padded as TensorFlow's "same" pads it for this conv.
+    fn pad(&self, x: &Tensor) -> Tensor {
         let pad = |n: i64| (((n + self.stride - 1) / self.stride - 1) * self.stride + self.k - n).max(0);
         let (h, w) = (pad(x.size()[2]), pad(x.size()[3]));
         if h == 0 && w == 0 {
-            return self.conv.forward(x);
+            return x.shallow_clone();
         }
-        self.conv.forward(&x.constant_pad_nd([w / 2, w - w / 2, h / 2, h - h / 2]))
+        x.constant_pad_nd([w / 2, w - w / 2, h / 2, h - h / 2])
+    }
+}
+
+/// A "same" convolution and its BatchNorm. In eval mode (the frozen
+/// prefix whose features `train` caches, `evaluate`, Grad-CAM) the
+/// BatchNorm is folded into the convolution, saving a pass over every
+/// activation (BENCHMARKS.md, "BatchNorm folded into Lite0's convs").
+#[derive(Debug)]
+struct ConvBn {
+    conv: SameConv,
+    bn: nn::BatchNorm,
+}
+
+impl ModuleT for ConvBn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = self.conv.pad(x);
+        if train {
+            self.bn.forward_t(&self.conv.conv.forward(&x), true)
+        } else {
+            self.conv.conv.folded(&self.bn, BN_EPS).forward(&x)
+        }
     }
 }
 
@@ -70,19 +99,21 @@ impl Module for SameConv {
 /// linear projection, and a skip connection where the shape allows.
 fn inverted_residual(p: nn::Path, cin: i64, cout: i64, (k, stride, expand): (i64, i64, i64)) -> nn::FuncT<'static> {
     let mid = cin * expand;
-    let expansion = (expand != 1).then(|| (conv(&p / "_expand_conv", cin, mid, 1, 1, 0, false), bn(&p / "_bn0", mid)));
-    let dw = SameConv { conv: depthwise(&p / "_depthwise_conv", mid, k, stride, 0), k, stride };
-    let bn1 = bn(&p / "_bn1", mid);
-    let project = conv(&p / "_project_conv", mid, cout, 1, 1, 0, false);
-    let bn2 = bn(&p / "_bn2", cout);
+    let pointwise = |name: &str, bn_name: &str, cin, cout| ConvBn {
+        conv: SameConv::new(conv(&p / name, cin, cout, 1, 1, 0, false), 1, 1),
+        bn: bn(&p / bn_name, cout),
+    };
+    let expansion = (expand != 1).then(|| pointwise("_expand_conv", "_bn0", cin, mid));
+    let dw = ConvBn { conv: SameConv::new(depthwise(&p / "_depthwise_conv", mid, k, stride, 0), k, stride), bn: bn(&p / "_bn1", mid) };
+    let project = pointwise("_project_conv", "_bn2", mid, cout);
     let skip = stride == 1 && cin == cout;
     nn::func_t(move |x, train| {
         let y = match &expansion {
-            Some((c, b)) => relu6(b.forward_t(&c.forward(x), train)),
+            Some(e) => relu6(e.forward_t(x, train)),
             None => x.shallow_clone(),
         };
-        let y = relu6(bn1.forward_t(&dw.forward(&y), train));
-        let y = bn2.forward_t(&project.forward(&y), train);
+        let y = relu6(dw.forward_t(&y, train));
+        let y = project.forward_t(&y, train);
         if skip {
             y + x
         } else {
@@ -92,13 +123,13 @@ fn inverted_residual(p: nn::Path, cin: i64, cout: i64, (k, stride, expand): (i64
 }
 
 /// A conv, its BatchNorm and ReLU6 as one block.
-fn conv_bn(conv: impl Module + 'static, bn: nn::BatchNorm) -> nn::FuncT<'static> {
-    nn::func_t(move |x, train| relu6(bn.forward_t(&conv.forward(x), train)))
+fn conv_bn_relu6(conv: ConvBn) -> nn::FuncT<'static> {
+    nn::func_t(move |x, train| relu6(conv.forward_t(x, train)))
 }
 
 pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
-    let stem = SameConv { conv: conv(p / "_conv_stem", 3, STEM, 3, 2, 0, false), k: 3, stride: 2 };
-    let mut blocks = vec![Block::new("stem", &["_conv_stem", "_bn0"], conv_bn(stem, bn(p / "_bn0", STEM)))];
+    let stem = ConvBn { conv: SameConv::new(conv(p / "_conv_stem", 3, STEM, 3, 2, 0, false), 3, 2), bn: bn(p / "_bn0", STEM) };
+    let mut blocks = vec![Block::new("stem", &["_conv_stem", "_bn0"], conv_bn_relu6(stem))];
     let (mut cin, mut index) = (STEM, 0);
     let all = p / "_blocks";
     for (i, &(k, stride, expand, cout, n)) in STAGES.iter().enumerate() {
@@ -113,8 +144,8 @@ pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
         blocks.push(Block::new(&format!("stage{}", i + 1), &prefixes, sequence(fs)));
         (cin, index) = (cout, index + n);
     }
-    let top = conv(p / "_conv_head", cin, TOP, 1, 1, 0, false);
-    blocks.push(Block::new("top", &["_conv_head", "_bn1"], conv_bn(top, bn(p / "_bn1", TOP))));
+    let top = ConvBn { conv: SameConv::new(conv(p / "_conv_head", cin, TOP, 1, 1, 0, false), 1, 1), bn: bn(p / "_bn1", TOP) };
+    blocks.push(Block::new("top", &["_conv_head", "_bn1"], conv_bn_relu6(top)));
     blocks.push(Block::new("head", &["_fc"], avg_pool_linear(p / "_fc", TOP, num_classes)));
     Net { blocks }
 }

@@ -47,6 +47,30 @@ impl Conv {
     }
 }
 
+impl Conv {
+    /// This convolution with the eval-mode BatchNorm `bn` (epsilon `eps`)
+    /// folded in: weight `w·γ/σ`, bias `β + (b − μ)·γ/σ` with `σ = √(var +
+    /// eps)`. Built from the live parameters on each call, so gradients
+    /// still reach the conv weight and `γ`, `β` (a `freeze_bn` tail).
+    pub fn folded(&self, bn: &nn::BatchNorm, eps: f64) -> Conv {
+        let inv_std = (&bn.running_var + eps).rsqrt();
+        let scale = match &bn.ws {
+            Some(g) => g * inv_std,
+            None => inv_std,
+        };
+        let shift = match &self.bs {
+            Some(b) => (b - &bn.running_mean) * &scale,
+            None => -(&bn.running_mean * &scale),
+        };
+        let bs = match &bn.bs {
+            Some(beta) => beta + shift,
+            None => shift,
+        };
+        let ws = &self.ws * scale.view([-1, 1, 1, 1]);
+        Conv { ws, bs: Some(bs), stride: self.stride, padding: self.padding, groups: self.groups }
+    }
+}
+
 impl nn::Module for Conv {
     fn forward(&self, x: &Tensor) -> Tensor {
         let k = x.kind();
@@ -92,4 +116,38 @@ pub fn sequence(fs: Vec<nn::FuncT<'static>>) -> nn::FuncT<'static> {
 pub fn avg_pool_linear(p: nn::Path, cin: i64, num_classes: i64) -> nn::FuncT<'static> {
     let fc = linear(p, cin, num_classes, true);
     nn::func_t(move |x, _| nn::Module::forward(&fc, &x.mean_dim([2i64, 3].as_slice(), false, None::<tch::Kind>)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{Module, ModuleT};
+    use tch::{Device, Kind};
+
+    /// Folding is the same function as the conv and its eval-mode
+    /// BatchNorm, and its gradients still reach the weights and `γ`, `β`.
+    #[test]
+    fn folded_conv_is_conv_then_eval_batchnorm() {
+        let _rng = crate::rng_guard();
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs.root();
+        let eps = 1e-3;
+        for (c, groups) in [(conv(&p / "c", 4, 6, 3, 2, 1, true), 1), (depthwise(&p / "d", 4, 5, 1, 2), 4)] {
+            let cout = c.weight().size()[0];
+            let mut b = nn::batch_norm2d(&p / format!("bn{groups}"), cout, nn::BatchNormConfig { eps, ..Default::default() });
+            b.running_mean = Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 0.1;
+            b.running_var = Tensor::rand([cout], (Kind::Float, Device::Cpu)) + 0.5;
+            tch::no_grad(|| b.ws.as_mut().unwrap().copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) + 0.5)));
+            let x = Tensor::randn([2, 4, 9, 9], (Kind::Float, Device::Cpu));
+            let want = b.forward_t(&c.forward(&x), false);
+            let got = c.folded(&b, eps).forward(&x);
+            assert!(got.allclose(&want, 1e-5, 1e-5, false), "groups {groups}: {}", (&got - &want).abs().max());
+            got.sum(None).backward();
+            assert!(c.weight().grad().abs().sum(None).double_value(&[]) > 0.0);
+            for t in [b.ws.as_ref().unwrap(), b.bs.as_ref().unwrap()] {
+                assert!(t.grad().abs().sum(None).double_value(&[]) > 0.0);
+            }
+        }
+    }
 }
