@@ -44,28 +44,28 @@ fn relu6(x: Tensor) -> Tensor {
     x.relu6()
 }
 
-/// A convolution padded as TensorFlow's "same": output size ⌈input / stride⌉.
-/// The padding is always a separate op, even where it is even: with the
-/// conv padding by itself, oneDNN computes the weight gradients of the
-/// depthwise 3×3 and 5×5 convs on 2×2 and 4×4 maps through a GEMM
-/// (`x64:gemm:jit`, 30–80 ms each), which made a whole training step at
-/// 64 px 1.7x slower on an AVX2 EPYC (`bench_train throughput
-/// efficientnet_lite0 64 64 10`: 70 against 118 img/s).
+/// A convolution padded as TensorFlow's "same" (output size ⌈input /
+/// stride⌉), and its BatchNorm. The padding is always a separate op, even
+/// where it is even: with the conv padding by itself, oneDNN computes the
+/// weight gradients of the depthwise 3×3 and 5×5 convs on 2×2 and 4×4 maps
+/// through a GEMM (`x64:gemm:jit`, 30–80 ms each), which made a whole
+/// training step at 64 px 1.7x slower on an AVX2 EPYC (`bench_train
+/// throughput efficientnet_lite0 64 64 10`: 70 against 118 img/s). In eval
+/// mode (the frozen prefix whose features `train` caches, `evaluate`,
+/// Grad-CAM) the BatchNorm is folded into the convolution, saving a pass
+/// over every activation (BENCHMARKS.md, "Lite0 at 88 px from stage 5,
+/// BatchNorm folded in the frozen blocks").
 #[derive(Debug)]
-struct SameConv {
+struct ConvBn {
     conv: Conv,
-    k: i64,
-    stride: i64,
+    bn: nn::BatchNorm,
 }
 
-impl SameConv {
-    fn new(conv: Conv, k: i64, stride: i64) -> Self {
-        Self { conv, k, stride }
-    }
-
+impl ConvBn {
     /// The input padded as TensorFlow's "same" pads it for this conv.
     fn pad(&self, x: &Tensor) -> Tensor {
-        let pad = |n: i64| (((n + self.stride - 1) / self.stride - 1) * self.stride + self.k - n).max(0);
+        let (k, stride) = (self.conv.weight().size()[2], self.conv.stride());
+        let pad = |n: i64| (((n + stride - 1) / stride - 1) * stride + k - n).max(0);
         let (h, w) = (pad(x.size()[2]), pad(x.size()[3]));
         if h == 0 && w == 0 {
             return x.shallow_clone();
@@ -74,23 +74,13 @@ impl SameConv {
     }
 }
 
-/// A "same" convolution and its BatchNorm. In eval mode (the frozen
-/// prefix whose features `train` caches, `evaluate`, Grad-CAM) the
-/// BatchNorm is folded into the convolution, saving a pass over every
-/// activation (BENCHMARKS.md, "BatchNorm folded into Lite0's convs").
-#[derive(Debug)]
-struct ConvBn {
-    conv: SameConv,
-    bn: nn::BatchNorm,
-}
-
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = self.conv.pad(x);
+        let x = self.pad(x);
         if train {
-            self.bn.forward_t(&self.conv.conv.forward(&x), true)
+            self.bn.forward_t(&self.conv.forward(&x), true)
         } else {
-            self.conv.conv.folded(&self.bn, BN_EPS).forward(&x)
+            self.conv.folded(&self.bn, BN_EPS).forward(&x)
         }
     }
 }
@@ -99,12 +89,9 @@ impl ModuleT for ConvBn {
 /// linear projection, and a skip connection where the shape allows.
 fn inverted_residual(p: nn::Path, cin: i64, cout: i64, (k, stride, expand): (i64, i64, i64)) -> nn::FuncT<'static> {
     let mid = cin * expand;
-    let pointwise = |name: &str, bn_name: &str, cin, cout| ConvBn {
-        conv: SameConv::new(conv(&p / name, cin, cout, 1, 1, 0, false), 1, 1),
-        bn: bn(&p / bn_name, cout),
-    };
+    let pointwise = |name: &str, bn_name: &str, cin, cout| ConvBn { conv: conv(&p / name, cin, cout, 1, 1, 0, false), bn: bn(&p / bn_name, cout) };
     let expansion = (expand != 1).then(|| pointwise("_expand_conv", "_bn0", cin, mid));
-    let dw = ConvBn { conv: SameConv::new(depthwise(&p / "_depthwise_conv", mid, k, stride, 0), k, stride), bn: bn(&p / "_bn1", mid) };
+    let dw = ConvBn { conv: depthwise(&p / "_depthwise_conv", mid, k, stride, 0), bn: bn(&p / "_bn1", mid) };
     let project = pointwise("_project_conv", "_bn2", mid, cout);
     let skip = stride == 1 && cin == cout;
     nn::func_t(move |x, train| {
@@ -128,7 +115,7 @@ fn conv_bn_relu6(conv: ConvBn) -> nn::FuncT<'static> {
 }
 
 pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
-    let stem = ConvBn { conv: SameConv::new(conv(p / "_conv_stem", 3, STEM, 3, 2, 0, false), 3, 2), bn: bn(p / "_bn0", STEM) };
+    let stem = ConvBn { conv: conv(p / "_conv_stem", 3, STEM, 3, 2, 0, false), bn: bn(p / "_bn0", STEM) };
     let mut blocks = vec![Block::new("stem", &["_conv_stem", "_bn0"], conv_bn_relu6(stem))];
     let (mut cin, mut index) = (STEM, 0);
     let all = p / "_blocks";
@@ -144,7 +131,7 @@ pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
         blocks.push(Block::new(&format!("stage{}", i + 1), &prefixes, sequence(fs)));
         (cin, index) = (cout, index + n);
     }
-    let top = ConvBn { conv: SameConv::new(conv(p / "_conv_head", cin, TOP, 1, 1, 0, false), 1, 1), bn: bn(p / "_bn1", TOP) };
+    let top = ConvBn { conv: conv(p / "_conv_head", cin, TOP, 1, 1, 0, false), bn: bn(p / "_bn1", TOP) };
     blocks.push(Block::new("top", &["_conv_head", "_bn1"], conv_bn_relu6(top)));
     blocks.push(Block::new("head", &["_fc"], avg_pool_linear(p / "_fc", TOP, num_classes)));
     Net { blocks }

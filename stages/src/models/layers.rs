@@ -45,6 +45,10 @@ impl Conv {
     pub fn weight(&self) -> &Tensor {
         &self.ws
     }
+
+    pub fn stride(&self) -> i64 {
+        self.stride
+    }
 }
 
 impl Conv {
