@@ -10,7 +10,8 @@
 //! it directly, which is why `torch-sys` is a direct dependency here.
 //!
 //! It also compiles the C++ shims in `csrc/` — libtorch's global
-//! determinism switches, its fused optimizer kernels and the facts
+//! determinism switches, its fused optimizer kernels, a depthwise
+//! convolution with its own weight gradient and the facts
 //! `cairn-worker --probe` reports — for which tch has no binding.
 
 use std::env;
@@ -35,8 +36,9 @@ fn main() {
 /// Builds the C++ shims against libtorch's headers (`<lib>/../include`),
 /// with the C++ ABI the PyPI wheels use.
 fn compile_shim(lib: &str) {
-    const SOURCES: [&str; 3] = ["csrc/determinism.cpp", "csrc/optim.cpp", "csrc/probe.cpp"];
-    for src in SOURCES {
+    const SOURCES: [&str; 4] = ["csrc/depthwise.cpp", "csrc/determinism.cpp", "csrc/optim.cpp", "csrc/probe.cpp"];
+    const HEADERS: [&str; 1] = ["csrc/guarded.h"];
+    for src in SOURCES.iter().chain(&HEADERS) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = std::path::Path::new(lib).join("../include");

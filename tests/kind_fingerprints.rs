@@ -7,9 +7,9 @@
 //! A kind's sources are its root modules in `stages/src` ([`KINDS`]), every
 //! module they reach through `crate::<module>` paths, transitively, and the
 //! C++ shims in `stages/csrc` defining the `cairn_*` functions those modules
-//! call. Left out: test files (`tests.rs`, `*_tests.rs`) and the worker's
-//! plumbing (`lib.rs`, `main.rs`, `ctx.rs`: they move jobs, params and
-//! events, not numbers). The fingerprint is blake3 over each file's path and
+//! call, with the headers of that folder they include. Left out: test
+//! files (`tests.rs`, `*_tests.rs`) and the worker's plumbing (`lib.rs`,
+//! `main.rs`, `ctx.rs`: they move jobs, params and events, not numbers). The fingerprint is blake3 over each file's path and
 //! bytes (line endings normalised), in path order. The pins live in
 //! `stages/kinds/fingerprints.toml`.
 
@@ -119,6 +119,11 @@ fn shim_functions(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The headers of `stages/csrc` a shim includes (`#include "name.h"`).
+fn local_includes(text: &str) -> Vec<String> {
+    text.lines().filter_map(|l| l.trim().strip_prefix("#include \"")?.split('"').next().map(str::to_string)).collect()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).replace("\r\n", "\n")
 }
@@ -141,6 +146,7 @@ fn sources(roots: &[&str]) -> BTreeSet<PathBuf> {
         let cpp = entry.unwrap().path();
         let called = shim_functions(&read(&cpp)).iter().any(|f| rust.iter().any(|r| r.contains(&format!("fn {f}("))));
         if called {
+            files.extend(local_includes(&read(&cpp)).into_iter().map(|h| root().join("stages/csrc").join(h)));
             files.insert(cpp);
         }
     }
@@ -221,7 +227,15 @@ fn every_stage_source_belongs_to_a_kind() {
 #[test]
 fn sources_follow_crate_paths_and_shims() {
     let train = sources(&["train"]);
-    for f in ["stages/src/train/mod.rs", "stages/src/models/fast.rs", "stages/src/determinism.rs", "stages/csrc/optim.cpp", "stages/csrc/determinism.cpp"] {
+    for f in [
+        "stages/src/train/mod.rs",
+        "stages/src/models/fast.rs",
+        "stages/src/determinism.rs",
+        "stages/csrc/optim.cpp",
+        "stages/csrc/determinism.cpp",
+        "stages/csrc/depthwise.cpp",
+        "stages/csrc/guarded.h",
+    ] {
         assert!(train.contains(Path::new(f)), "{f} missing from {train:?}");
     }
     assert!(!train.iter().any(|f| f.ends_with("ctx.rs") || f.ends_with("interop_tests.rs")), "{train:?}");

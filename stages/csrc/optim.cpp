@@ -3,16 +3,16 @@
 // `AdamW` with `fused=True` call these same kernels: one pass over all of a
 // group's parameters instead of several small ops per parameter.
 //
-// Tensors arrive as tch's `C_tensor*`, which are `at::Tensor*`. C++
-// exceptions must not cross into Rust: each entry point catches them and
-// copies the message into the caller's buffer, returning non-zero.
+// Tensors arrive as tch's `C_tensor*`, which are `at::Tensor*`; failures
+// come back as messages (guarded.h).
 // The three ops, not <ATen/ATen.h>: a third of the build time of this file.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_foreach_add.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/_fused_sgd.h>
-#include <cstring>
 #include <vector>
+
+#include "guarded.h"
 
 namespace {
 std::vector<at::Tensor> list(at::Tensor** ts, int n) {
@@ -22,46 +22,29 @@ std::vector<at::Tensor> list(at::Tensor** ts, int n) {
   return v;
 }
 
-int fail(const char* what, char* err, int err_len) {
-  if (err_len > 0) {
-    std::strncpy(err, what, err_len - 1);
-    err[err_len - 1] = '\0';
-  }
-  return 1;
-}
 }  // namespace
 
 extern "C" int cairn_fused_sgd(at::Tensor** params, at::Tensor** grads, at::Tensor** bufs, int n, double weight_decay,
                                double momentum, double lr, int nesterov, char* err, int err_len) {
-  try {
+  return cairn::guarded([&] {
     // Buffers start at zero, so `is_first_step = false` gives the same
     // first update (buf = momentum·0 + grad) as PyTorch's copy of the grad.
     // Without momentum the kernel wants no buffers at all.
     at::_fused_sgd_(list(params, n), list(grads, n), list(bufs, momentum == 0.0 ? 0 : n), weight_decay, momentum, lr, /*dampening=*/0.0,
                     nesterov != 0, /*maximize=*/false, /*is_first_step=*/false);
-    return 0;
-  } catch (const c10::Error& e) {
-    return fail(e.what_without_backtrace(), err, err_len);
-  } catch (const std::exception& e) {
-    return fail(e.what(), err, err_len);
-  }
+  }, err, err_len);
 }
 
 extern "C" int cairn_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Tensor** exp_avgs, at::Tensor** exp_avg_sqs,
                                  at::Tensor** steps, int n, double lr, double beta1, double beta2, double weight_decay,
                                  double eps, char* err, int err_len) {
-  try {
+  return cairn::guarded([&] {
     auto s = list(steps, n);
     // The kernel reads the step count; the Python optimizer bumps it first.
     at::_foreach_add_(s, 1.0);
     at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n), /*max_exp_avg_sqs=*/{},
                       s, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
-    return 0;
-  } catch (const c10::Error& e) {
-    return fail(e.what_without_backtrace(), err, err_len);
-  } catch (const std::exception& e) {
-    return fail(e.what(), err, err_len);
-  }
+  }, err, err_len);
 }
 
 // `param.grad = None`: the next backward writes the gradient into a fresh

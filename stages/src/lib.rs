@@ -21,6 +21,7 @@ pub mod pth;
 pub mod plot;
 pub mod precision;
 pub mod report;
+pub mod shim;
 pub mod tensors;
 pub mod train;
 pub mod weights;

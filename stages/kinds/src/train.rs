@@ -657,7 +657,10 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
 /// 11: Lite0's ReLU6 is libtorch's `hardtanh` (float rounding differs).
 /// 12: Lite0's frozen blocks run with BatchNorm folded into their convs
 /// (float rounding of the cached features differs).
-pub const VERSION: u32 = 12;
+/// 13: depthwise convs with filters of 5×5 and more compute their weight
+/// gradient in cairn's own kernel on AVX2 CPUs (its summation order need
+/// not be oneDNN's on every CPU).
+pub const VERSION: u32 = 13;
 
 pub struct Train;
 

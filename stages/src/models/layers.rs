@@ -49,6 +49,11 @@ impl Conv {
     pub fn stride(&self) -> i64 {
         self.stride
     }
+
+    /// One filter per channel (groups = channels).
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.ws.size()[0]
+    }
 }
 
 impl Conv {

@@ -8,6 +8,8 @@
 use tch::Tensor;
 use torch_sys::C_tensor;
 
+use crate::shim::checked;
+
 extern "C" {
     fn cairn_fused_sgd(
         params: *const *mut C_tensor,
@@ -44,17 +46,6 @@ extern "C" {
 /// mutates the tensors' data, never the handles.
 fn handles(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
     ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
-}
-
-/// Runs `f` with an error buffer and turns a non-zero return into the
-/// C++ exception's message.
-fn checked(f: impl FnOnce(*mut u8, i32) -> i32) -> Result<(), String> {
-    let mut err = vec![0u8; 1024];
-    if f(err.as_mut_ptr(), err.len() as i32) == 0 {
-        return Ok(());
-    }
-    let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
-    Err(String::from_utf8_lossy(&err[..end]).into_owned())
 }
 
 /// SGD (PyTorch's update, dampening 0) over equal-length lists; `bufs`

@@ -1,0 +1,194 @@
+// A depthwise convolution whose weight gradient, for filters of 5×5 and
+// more on an x86 CPU with AVX2 and FMA, is computed here instead of by
+// oneDNN. oneDNN's depthwise weight gradient runs a JIT kernel for 3×3
+// filters but a slow path for 5×5 ones: on a 2-core AVX2 EPYC it took 5–16
+// ms a layer where the forward took 1–3 ms, a quarter of a Lite0 training
+// step (BENCHMARKS.md, "A depthwise weight gradient that streams").
+//
+// Everything else is libtorch's: the forward is `at::conv2d`, the input
+// gradient `at::convolution_backward`, exactly what autograd runs for a
+// plain conv. The weight gradient sums, for each channel and tap, over
+// images, output rows and columns in that order, one channel per lane of
+// an 8-wide FMA; threads split the channels, so the result does not depend
+// on the thread count. Taps that read the zero padding are skipped (their
+// products are zero); the input arrives padded because oneDNN computes
+// the convolution faster that way (see `ConvBn` in models/efficientnet.rs).
+//
+// Tensors arrive as tch's `C_tensor*`, which are `at::Tensor*`; failures
+// come back as messages (guarded.h).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Version.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/convolution_backward.h>
+#include <ATen/ops/empty.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "guarded.h"
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The shapes of one weight gradient: padded input [B, C, Hp, Wp] and
+// output gradient [B, C, Ho, Wo], both channels-last; filter K×K, stride
+// s; the unpadded input occupies rows [top, top+H) and columns [left,
+// left+W).
+struct Geometry {
+  int64_t B, C, Hp, Wp, Ho, Wo, K, s, top, left, H, W;
+
+  // Output positions o whose input o·s + tap lies inside [lo, lo + n).
+  std::pair<int64_t, int64_t> inside(int64_t tap, int64_t lo, int64_t n, int64_t outputs) const {
+    const int64_t first = lo - tap > 0 ? (lo - tap + s - 1) / s : 0;
+    const int64_t end = std::min(outputs, (lo + n - tap + s - 1) / s);
+    return {first, std::max(first, end)};
+  }
+};
+
+#if defined(__x86_64__)
+// Adds one image's contribution to the gradient of channels [c0, c0 +
+// 8·NV): acc is [K·K][8·NV]. NV independent accumulators keep the FMA
+// units busy (one chain waits on each FMA's latency).
+template <int NV>
+__attribute__((target("avx2,fma"))) void image_taps(const float* x, const float* dy, float* acc, const Geometry& g, int64_t c0) {
+  for (int64_t i = 0; i < g.K; ++i) {
+    const auto [h0, h1] = g.inside(i, g.top, g.H, g.Ho);
+    for (int64_t j = 0; j < g.K; ++j) {
+      const auto [w0, w1] = g.inside(j, g.left, g.W, g.Wo);
+      float* a = acc + (i * g.K + j) * NV * 8;
+      __m256 r[NV];
+      for (int v = 0; v < NV; ++v) r[v] = _mm256_loadu_ps(a + 8 * v);
+      for (int64_t ho = h0; ho < h1; ++ho) {
+        const float* xr = x + ((ho * g.s + i) * g.Wp + j) * g.C + c0;
+        const float* dr = dy + ho * g.Wo * g.C + c0;
+        for (int64_t wo = w0; wo < w1; ++wo) {
+          const float* d = dr + wo * g.C;
+          const float* xp = xr + wo * g.s * g.C;
+          for (int v = 0; v < NV; ++v) r[v] = _mm256_fmadd_ps(_mm256_loadu_ps(d + 8 * v), _mm256_loadu_ps(xp + 8 * v), r[v]);
+        }
+      }
+      for (int v = 0; v < NV; ++v) _mm256_storeu_ps(a + 8 * v, r[v]);
+    }
+  }
+}
+
+// The gradient of channels [c0, c0 + 8·NV) over all images, into out
+// ([C, 1, K, K]).
+template <int NV>
+void channel_block(const float* x, const float* dy, float* out, const Geometry& g, int64_t c0) {
+  constexpr int64_t n = 8 * NV;
+  std::vector<float> acc(g.K * g.K * n, 0.f);
+  for (int64_t b = 0; b < g.B; ++b) image_taps<NV>(x + b * g.Hp * g.Wp * g.C, dy + b * g.Ho * g.Wo * g.C, acc.data(), g, c0);
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t t = 0; t < g.K * g.K; ++t) out[(c0 + c) * g.K * g.K + t] = acc[t * n + c];
+}
+
+// Channel blocks of 64 (eight FMA chains), the rest in blocks of 32, 16
+// and 8; threads take whole blocks.
+void weight_grad_blocks(const float* x, const float* dy, float* out, const Geometry& g) {
+  std::vector<std::pair<int64_t, int>> blocks;  // (first channel, 8-lane vectors)
+  for (int64_t c = 0; c < g.C;) {
+    const int nv = g.C - c >= 64 ? 8 : g.C - c >= 32 ? 4 : g.C - c >= 16 ? 2 : 1;
+    blocks.emplace_back(c, nv);
+    c += 8 * nv;
+  }
+  at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const auto [c0, nv] = blocks[i];
+      if (nv == 8) channel_block<8>(x, dy, out, g, c0);
+      else if (nv == 4) channel_block<4>(x, dy, out, g, c0);
+      else if (nv == 2) channel_block<2>(x, dy, out, g, c0);
+      else channel_block<1>(x, dy, out, g, c0);
+    }
+  });
+}
+#endif
+
+// Whether this process computes the weight gradient itself: x86 with AVX2
+// and FMA, and libtorch's kernels not capped below AVX2
+// (`ATEN_CPU_CAPABILITY=default`, which the stage keys record).
+bool have_kernel() {
+#if defined(__x86_64__)
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && at::get_cpu_capability() != "DEFAULT";
+  return yes;
+#else
+  return false;
+#endif
+}
+
+bool kernel_applies(const at::Tensor& x, const at::Tensor& w) {
+  return have_kernel() && x.is_cpu() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && x.dim() == 4 && w.dim() == 4 &&
+         w.size(0) == x.size(1) && w.size(1) == 1 && w.size(2) >= 5 && w.size(2) == w.size(3) && x.size(1) % 8 == 0;
+}
+
+at::Tensor weight_grad(const at::Tensor& x_, const at::Tensor& dy_, const Geometry& g0) {
+  const auto x = x_.contiguous(at::MemoryFormat::ChannelsLast);
+  const auto dy = dy_.contiguous(at::MemoryFormat::ChannelsLast);
+  Geometry g = g0;
+  g.B = x.size(0), g.C = x.size(1), g.Hp = x.size(2), g.Wp = x.size(3), g.Ho = dy.size(2), g.Wo = dy.size(3);
+  auto out = at::empty({g.C, 1, g.K, g.K}, x.options().memory_format(at::MemoryFormat::Contiguous));
+#if defined(__x86_64__)
+  const float* xp = x.const_data_ptr<float>();
+  const float* dp = dy.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  weight_grad_blocks(xp, dp, op, g);
+#endif
+  return out;
+}
+
+// The convolution as tch's `conv2d` runs it.
+at::Tensor plain(const at::Tensor& x, const at::Tensor& w, int64_t stride) {
+  const int64_t s[2] = {stride, stride}, zero[2] = {0, 0}, one[2] = {1, 1};
+  return at::conv2d(x, w, std::nullopt, s, zero, one, w.size(0));
+}
+
+struct DepthwiseConv : public torch::autograd::Function<DepthwiseConv> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t top, int64_t bottom,
+                            int64_t left, int64_t right) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["geometry"] = std::vector<int64_t>{stride, top, left, x.size(2) - top - bottom, x.size(3) - left - right};
+    return plain(x, w, stride);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1], &dy = grads[0];
+    const auto geo = ctx->saved_data["geometry"].toIntVector();
+    const int64_t s = geo[0];
+    at::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) {
+      dx = std::get<0>(at::convolution_backward(dy, x, w, std::nullopt, {s, s}, {0, 0}, {1, 1}, false, {0, 0}, w.size(0), {true, false, false}));
+    }
+    if (ctx->needs_input_grad(1)) {
+      dw = weight_grad(x, dy, Geometry{0, 0, 0, 0, 0, 0, w.size(2), s, geo[1], geo[2], geo[3], geo[4]});
+    }
+    return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
+// y = the depthwise convolution (groups = channels, no bias, no padding of
+// its own) of `x`, which the caller padded by top/bottom/left/right zeros,
+// with weight `w` [C, 1, K, K]. Where the kernel above applies and `w`
+// needs a gradient, autograd records `DepthwiseConv`; otherwise a plain
+// `at::conv2d`. The result is a new tensor the caller owns.
+extern "C" int cairn_depthwise_conv(at::Tensor* x, at::Tensor* w, int64_t stride, int64_t top, int64_t bottom, int64_t left,
+                                    int64_t right, at::Tensor** out, char* err, int err_len) {
+  return cairn::guarded([&] {
+    at::Tensor y = kernel_applies(*x, *w) && w->requires_grad() ? DepthwiseConv::apply(*x, *w, stride, top, bottom, left, right)
+                                                                : plain(*x, *w, stride);
+    *out = new at::Tensor(std::move(y));
+  }, err, err_len);
+}
+
+// 1 where `cairn_depthwise_conv` computes the weight gradient of a 5×5
+// filter itself on this process's CPU, 0 where libtorch does.
+extern "C" int cairn_depthwise_kernel() { return have_kernel() ? 1 : 0; }
