@@ -43,7 +43,7 @@ CONFIGS = [  # net, res, batch, steps, precision
     ("resnet50", 32, 32, 10, "fp32"),
     ("resnet50", 224, 8, 3, "fp32"),
     # The `cpu-lite0` / `cpu-fp32` profile's network, whole, at 80 px (the
-    # profile trains stages 5-7 at 88 px; the figures in BENCHMARKS.md are
+    # profile trains stages 5-7 at 96 px; the figures in BENCHMARKS.md are
     # at 80 px).
     ("efficientnet_lite0", 80, 64, 5, "bf16"),
     ("efficientnet_lite0", 80, 64, 5, "fp32"),
