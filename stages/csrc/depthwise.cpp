@@ -129,17 +129,17 @@ bool kernel_applies(const at::Tensor& x, const at::Tensor& w) {
          w.size(0) == x.size(1) && w.size(1) == 1 && w.size(2) >= 5 && w.size(2) == w.size(3) && x.size(1) % 8 == 0;
 }
 
-at::Tensor weight_grad(const at::Tensor& x_, const at::Tensor& dy_, const Geometry& g0) {
+// dL/dw [C, 1, K, K] for the padded input `x_` (padding `pad` = top,
+// bottom, left, right), the output gradient `dy_` and stride `s`.
+at::Tensor weight_grad(const at::Tensor& x_, const at::Tensor& dy_, int64_t K, int64_t s, const std::vector<int64_t>& pad) {
+  TORCH_CHECK(have_kernel(), "cairn's depthwise weight gradient needs an x86 CPU with AVX2 and FMA");
   const auto x = x_.contiguous(at::MemoryFormat::ChannelsLast);
   const auto dy = dy_.contiguous(at::MemoryFormat::ChannelsLast);
-  Geometry g = g0;
-  g.B = x.size(0), g.C = x.size(1), g.Hp = x.size(2), g.Wp = x.size(3), g.Ho = dy.size(2), g.Wo = dy.size(3);
-  auto out = at::empty({g.C, 1, g.K, g.K}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t Hp = x.size(2), Wp = x.size(3);
+  const Geometry g{x.size(0), x.size(1), Hp, Wp, dy.size(2), dy.size(3), K, s, pad[0], pad[2], Hp - pad[0] - pad[1], Wp - pad[2] - pad[3]};
+  auto out = at::empty({g.C, 1, K, K}, x.options().memory_format(at::MemoryFormat::Contiguous));
 #if defined(__x86_64__)
-  const float* xp = x.const_data_ptr<float>();
-  const float* dp = dy.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  weight_grad_blocks(xp, dp, op, g);
+  weight_grad_blocks(x.const_data_ptr<float>(), dy.const_data_ptr<float>(), out.mutable_data_ptr<float>(), g);
 #endif
   return out;
 }
@@ -154,21 +154,21 @@ struct DepthwiseConv : public torch::autograd::Function<DepthwiseConv> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t top, int64_t bottom,
                             int64_t left, int64_t right) {
     ctx->save_for_backward({x, w});
-    ctx->saved_data["geometry"] = std::vector<int64_t>{stride, top, left, x.size(2) - top - bottom, x.size(3) - left - right};
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = std::vector<int64_t>{top, bottom, left, right};
     return plain(x, w, stride);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &w = saved[1], &dy = grads[0];
-    const auto geo = ctx->saved_data["geometry"].toIntVector();
-    const int64_t s = geo[0];
+    const int64_t s = ctx->saved_data["stride"].toInt();
     at::Tensor dx, dw;
     if (ctx->needs_input_grad(0)) {
       dx = std::get<0>(at::convolution_backward(dy, x, w, std::nullopt, {s, s}, {0, 0}, {1, 1}, false, {0, 0}, w.size(0), {true, false, false}));
     }
     if (ctx->needs_input_grad(1)) {
-      dw = weight_grad(x, dy, Geometry{0, 0, 0, 0, 0, 0, w.size(2), s, geo[1], geo[2], geo[3], geo[4]});
+      dw = weight_grad(x, dy, w.size(2), s, ctx->saved_data["padding"].toIntVector());
     }
     return {dx, dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

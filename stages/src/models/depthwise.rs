@@ -33,6 +33,15 @@ extern "C" {
 /// top, bottom]`, as `constant_pad_nd` takes it.
 pub type Padding = [i64; 4];
 
+/// The zeros TensorFlow's "same" padding adds around an `h`×`w` input for
+/// a `k`×`k` filter at `stride` (output size ⌈input / stride⌉); the right
+/// and bottom get the odd one.
+pub fn same_padding(h: i64, w: i64, k: i64, stride: i64) -> Padding {
+    let pad = |n: i64| (((n + stride - 1) / stride - 1) * stride + k - n).max(0);
+    let (h, w) = (pad(h), pad(w));
+    [w / 2, w - w / 2, h / 2, h - h / 2]
+}
+
 /// The depthwise convolution (groups = channels, no bias) of `x`, which
 /// was padded by `pad`, with `w` [C, 1, K, K] of `x`'s dtype at `stride`.
 /// Gradients reach `x` and `w` as they would through `conv2d`.

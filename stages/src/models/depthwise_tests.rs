@@ -6,13 +6,6 @@ use tch::{Device, Kind, Tensor};
 /// block), uneven padding, and a 3×3 filter, which stays libtorch's.
 const CASES: [(i64, i64, i64, i64); 6] = [(8, 5, 1, 6), (48, 5, 2, 6), (96, 5, 1, 3), (192, 5, 2, 7), (24, 5, 1, 5), (16, 3, 1, 4)];
 
-/// TensorFlow "same" padding for `k` at `stride` on `n` pixels, as
-/// `constant_pad_nd` takes it.
-fn same(n: i64, k: i64, stride: i64) -> Padding {
-    let p = (((n + stride - 1) / stride - 1) * stride + k - n).max(0);
-    [p / 2, p - p / 2, p / 2, p - p / 2]
-}
-
 /// Gradients of `x` and `w` through `f`, for a fixed output gradient.
 fn grads(f: impl Fn(&Tensor, &Tensor) -> Tensor, x: &Tensor, w: &Tensor, dy: &Tensor) -> (Tensor, Tensor, Tensor) {
     let (x, w) = (x.detach().requires_grad_(true), w.detach().requires_grad_(true));
@@ -22,7 +15,7 @@ fn grads(f: impl Fn(&Tensor, &Tensor) -> Tensor, x: &Tensor, w: &Tensor, dy: &Te
 }
 
 fn case(c: i64, k: i64, stride: i64, n: i64) -> (Tensor, Tensor, Tensor, Padding) {
-    let pad = same(n, k, stride);
+    let pad = same_padding(n, n, k, stride);
     let x = crate::models::channels_last(&Tensor::randn([4, c, n, n], (Kind::Float, Device::Cpu))).constant_pad_nd(pad);
     let w = Tensor::randn([c, 1, k, k], (Kind::Float, Device::Cpu));
     let out = (n + stride - 1) / stride;

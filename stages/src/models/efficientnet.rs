@@ -18,7 +18,7 @@
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
-use super::depthwise::{self, Padding};
+use super::depthwise::{self, same_padding, Padding};
 use super::layers::{avg_pool_linear, conv, depthwise as depthwise_conv, sequence, Conv};
 use super::{Block, Net};
 
@@ -65,10 +65,7 @@ struct ConvBn {
 impl ConvBn {
     /// The zeros TensorFlow's "same" adds around `x` for this conv.
     fn padding(&self, x: &Tensor) -> Padding {
-        let (k, stride) = (self.conv.weight().size()[2], self.conv.stride());
-        let pad = |n: i64| (((n + stride - 1) / stride - 1) * stride + k - n).max(0);
-        let (h, w) = (pad(x.size()[2]), pad(x.size()[3]));
-        [w / 2, w - w / 2, h / 2, h - h / 2]
+        same_padding(x.size()[2], x.size()[3], self.conv.weight().size()[2], self.conv.stride())
     }
 
     /// The conv in training: depthwise ones through [`depthwise::conv`],
