@@ -5,7 +5,8 @@
 //! of the memory-mapped file into it with one `memcpy`; no element is copied
 //! on its own. Saving writes a contiguous CPU view of the tensor straight
 //! from libtorch's memory, in slices of rows, so a tensor is never held
-//! twice; tensors on a GPU come back to the host one slice at a time.
+//! twice: a tensor on a GPU comes back to the host, a strided one is made
+//! contiguous and a converted one (`save_as`) converted, a slice at a time.
 
 use std::path::Path;
 
@@ -14,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult};
 
-/// Rows moved from a GPU per copy when saving: bounds host memory.
+/// The most bytes of rows copied, moved or converted at once when saving.
 const SAVE_SLICE_BYTES: usize = 64 << 20;
 
 impl From<TensorError> for StageError {
@@ -81,16 +82,22 @@ pub fn load_rows(file: &TensorFile, first: usize, count: usize) -> StageResult<T
 /// Appends a tensor's rows (its first axis) to an open writer. The tensor
 /// must have the writer's dtype and row shape; it may live on any device.
 pub fn write_rows(writer: &mut TensorWriter, t: &Tensor) -> StageResult<()> {
+    write_rows_as(writer, t, t.kind(), SAVE_SLICE_BYTES)
+}
+
+/// [`write_rows`] for a tensor whose elements are converted to `kind`
+/// (the writer's dtype) on the way, `slice_bytes` of rows at a time.
+fn write_rows_as(writer: &mut TensorWriter, t: &Tensor, kind: Kind, slice_bytes: usize) -> StageResult<()> {
     let rows = t.size().first().copied().unwrap_or(0);
     if rows == 0 {
         return Ok(());
     }
     let row_bytes = writer.row_bytes();
-    let step = if t.device() == Device::Cpu { rows } else { ((SAVE_SLICE_BYTES / row_bytes).max(1) as i64).min(rows) };
+    let step = ((slice_bytes / row_bytes).max(1) as i64).min(rows);
     let mut start = 0;
     while start < rows {
         let n = step.min(rows - start);
-        let slice = t.f_narrow(0, start, n)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let slice = t.f_narrow(0, start, n)?.f_to_kind(kind)?.f_to_device(Device::Cpu)?.f_contiguous()?;
         let len = n as usize * row_bytes;
         if slice.numel() * slice.kind().elt_size_in_bytes() != len {
             return Err(StageError::new(format!(
@@ -110,12 +117,18 @@ pub fn write_rows(writer: &mut TensorWriter, t: &Tensor) -> StageResult<()> {
 
 /// Saves a tensor (any device, rank >= 1) as a tensor artifact.
 pub fn save(path: &Path, t: &Tensor) -> StageResult<()> {
+    save_as(path, t, t.kind())
+}
+
+/// Saves a tensor with its elements converted to `kind` (e.g. f32
+/// features stored as f16), never holding the converted tensor whole.
+pub fn save_as(path: &Path, t: &Tensor, kind: Kind) -> StageResult<()> {
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let Some((_, inner)) = shape.split_first() else {
         return Err(StageError::new(format!("{}: cannot store a 0-dimensional tensor; reshape it to [1]", path.display())));
     };
-    let mut writer = TensorWriter::create(path, dtype_of(t.kind())?, inner)?;
-    write_rows(&mut writer, t)?;
+    let mut writer = TensorWriter::create(path, dtype_of(kind)?, inner)?;
+    write_rows_as(&mut writer, t, kind, SAVE_SLICE_BYTES)?;
     writer.finish()?;
     Ok(())
 }
@@ -148,6 +161,24 @@ mod tests {
         assert_eq!(file.shape(), &[5, 6]);
         assert!(load_rows(&file, 1, 3).unwrap().equal(&t.narrow(0, 1, 3)));
         assert!(load_rows(&file, 4, 2).is_err(), "rows past the end must fail");
+    }
+
+    #[test]
+    fn converts_and_writes_a_strided_tensor_in_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.arrow");
+        // Channels-last [7, 3, 2, 2] f32, as cached features are, stored as
+        // f16 in slices of two rows (and a last one of one row).
+        let t = (Tensor::arange(7 * 12, (Kind::Float, Device::Cpu)) * 0.1).reshape([7, 2, 2, 3]).permute([0, 3, 1, 2]);
+        assert!(!t.is_contiguous());
+        let mut writer = TensorWriter::create(&path, DType::F16, &[3, 2, 2]).unwrap();
+        write_rows_as(&mut writer, &t, Kind::Half, 2 * 12 * 2 + 1).unwrap();
+        writer.finish().unwrap();
+        let back = load(&path).unwrap();
+        assert_eq!(back.kind(), Kind::Half);
+        assert!(back.equal(&t.to_kind(Kind::Half)), "slice-by-slice conversion must match converting the whole");
+        save_as(&dir.path().join("w.arrow"), &t, Kind::Half).unwrap();
+        assert!(load(&dir.path().join("w.arrow")).unwrap().equal(&back));
     }
 
     #[test]

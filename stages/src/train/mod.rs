@@ -37,7 +37,7 @@ use std::time::Instant;
 
 use cairn_formats::table::{Column, Table};
 use cairn_kinds::train::{Arch, Init, TrainParams, Tta};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult, WorkerCtx};
 use crate::load;
@@ -169,7 +169,7 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
     let flipped = flip.then(|| r.features(&data.xtr, true, batch, &mut report));
     let vplain = r.features(&data.xva, false, batch, &mut report);
     let vflip = vflip.then(|| r.features(&data.xva, true, batch, &mut report));
-    tensors::save(ctx.output("features")?, &plain.to_kind(Kind::Half).to_device(Device::Cpu))?;
+    tensors::save_as(ctx.output("features")?, &plain, Kind::Half)?;
     ctx.log(format!("cached `{block}` features {:?} in {:.1}s", plain.size(), t0.elapsed().as_secs_f64()));
     Ok((Source::Features { plain, flipped }, Source::Features { plain: vplain, flipped: vflip }))
 }

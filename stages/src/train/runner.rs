@@ -102,20 +102,20 @@ impl<'a> Runner<'a> {
     }
 
     /// Runs the prefix over all images in batches, keeping the result on
-    /// the device; `done` hears the size of each batch done.
+    /// the device; `done` hears the size of each batch done. Each batch is
+    /// copied into one tensor allocated up front, so the features are never
+    /// held twice (concatenating the batches at the end would).
     pub(super) fn features(&self, images: &Tensor, flip: bool, batch: i64, done: &mut impl FnMut(i64)) -> Tensor {
         let n = images.size()[0];
-        let parts: Vec<Tensor> = (0..n)
-            .step_by(batch as usize)
-            .map(|s| {
-                let len = batch.min(n - s);
-                let x = images.narrow(0, s, len);
-                let f = self.prefix(&if flip { x.flip([3]) } else { x });
-                done(len);
-                f
-            })
-            .collect();
-        Tensor::cat(&parts, 0)
+        let mut out: Option<Tensor> = None;
+        for s in (0..n).step_by(batch as usize) {
+            let len = batch.min(n - s);
+            let x = images.narrow(0, s, len);
+            let f = self.prefix(&if flip { x.flip([3]) } else { x });
+            out.get_or_insert_with(|| empty_rows_like(&f, n)).narrow(0, s, len).copy_(&f);
+            done(len);
+        }
+        out.unwrap_or_else(|| self.prefix(images))
     }
 
     /// Logits for a batch whose tail input is `x` (prefix already applied).
@@ -151,6 +151,20 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// An uninitialised tensor of `n` rows shaped, typed and laid out like
+/// `part`'s rows: channels-last when `part` is, so the tail runs on the
+/// cached features in the layout it would get from the prefix.
+fn empty_rows_like(part: &Tensor, n: i64) -> Tensor {
+    let mut size = part.size();
+    size[0] = n;
+    let opts = (part.kind(), part.device());
+    if size.len() == 4 && !part.is_contiguous() && part.permute([0, 2, 3, 1]).is_contiguous() {
+        let [n, c, h, w] = [size[0], size[1], size[2], size[3]];
+        return Tensor::empty([n, h, w, c], opts).permute([0, 3, 1, 2]);
+    }
+    Tensor::empty(size, opts)
+}
+
 /// Mean loss and accuracy of the current weights on a val source, over
 /// the `tta` views (cached features carry the mirror only, which
 /// `TrainParams::caches_features` guarantees is all they need).
@@ -179,4 +193,33 @@ pub(super) fn validate(r: &Runner, src: &Source, y: &Tensor, tta: Tta, batch: i6
         }
     });
     (loss / n.max(1) as f64, correct as f64 / n.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_kinds::train::{Arch, ModelSpec, Normalize};
+    use tch::Device;
+
+    #[test]
+    fn features_are_the_prefix_batches_in_one_tensor_and_layout() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let spec = ModelSpec { arch: Arch::Fast, num_classes: 3, stem: None, widths: Some(vec![4, 8]), normalize: Normalize::Cifar };
+        let net = models::build(&vs.root(), &spec);
+        let feed = Feed { normalize: spec.normalize, kind: Kind::Float, device: Device::Cpu };
+        let r = Runner::new(&net, feed, &["group2".to_string(), "head".to_string()], false);
+        let pixels: Vec<u8> = (0..10 * 3 * 8 * 8).map(|i| (i * 37 % 251) as u8).collect();
+        let images = Tensor::from_slice(&pixels).view([10, 3, 8, 8]);
+        for flip in [false, true] {
+            let mut seen = 0;
+            let got = r.features(&images, flip, 4, &mut |n| seen += n);
+            let x = if flip { images.flip([3]) } else { images.shallow_clone() };
+            let want = Tensor::cat(&[0, 4, 8].map(|s| r.prefix(&x.narrow(0, s, 4.min(10 - s)))), 0);
+            assert_eq!(seen, 10);
+            assert!(got.equal(&want), "flip {flip}: features differ from the prefix's batches");
+            assert_eq!(got.stride(), want.stride(), "flip {flip}: not the prefix's layout");
+        }
+        assert!(!r.features(&images, false, 4, &mut |_| {}).is_contiguous(), "the fast net's prefix runs channels-last");
+        assert_eq!(r.features(&images.narrow(0, 0, 0), false, 4, &mut |_| {}).size()[0], 0);
+    }
 }
