@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cairn_formats::tensor::{DType, TensorFile};
 use cairn_kinds::train::{model_to_use, ModelChoiceError, ModelSpec};
 use tch::{nn, Kind, Tensor};
 
@@ -24,13 +25,20 @@ pub const MODEL_META: &str = "cairn.model";
 
 /// Loads an image/label pair and checks they fit a `num_classes` model.
 pub fn labelled(ctx: &WorkerCtx, images: &str, labels: &str, num_classes: i64) -> StageResult<(Tensor, Tensor)> {
-    let x = tensors::load(ctx.input(images)?)?;
-    let y = tensors::load(ctx.input(labels)?)?;
-    let s = x.size();
-    if x.kind() != Kind::Uint8 || s.len() != 4 || s[1] != 3 {
-        return Err(StageError::new(format!("`{images}` must be u8 images [N, 3, H, W], got {:?} {s:?}", x.kind())));
+    let (x, y) = labelled_file(ctx, images, labels, num_classes)?;
+    Ok((tensors::load_rows(&x, 0, x.rows())?, y))
+}
+
+/// [`labelled`] with the images left in their (memory-mapped) file, for a
+/// stage that reads them a slice at a time ([`tensors::load_rows`]).
+pub fn labelled_file(ctx: &WorkerCtx, images: &str, labels: &str, num_classes: i64) -> StageResult<(TensorFile, Tensor)> {
+    let x = TensorFile::open(ctx.input(images)?)?;
+    let s = x.shape();
+    if x.dtype() != DType::U8 || s.len() != 4 || s[1] != 3 {
+        return Err(StageError::new(format!("`{images}` must be u8 images [N, 3, H, W], got {} {s:?}", x.dtype())));
     }
-    if y.kind() != Kind::Int64 || y.size() != [s[0]] {
+    let y = tensors::load(ctx.input(labels)?)?;
+    if y.kind() != Kind::Int64 || y.size() != [s[0] as i64] {
         return Err(StageError::new(format!("`{labels}` must be i64 [{}] to match `{images}`, got {:?} {:?}", s[0], y.kind(), y.size())));
     }
     if s[0] > 0 && (y.min().int64_value(&[]) < 0 || y.max().int64_value(&[]) >= num_classes) {

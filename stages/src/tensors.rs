@@ -1,9 +1,10 @@
 //! The bridge between tensor artifacts (`cairn_formats::tensor`, Arrow IPC
 //! files) and `tch::Tensor`.
 //!
-//! Loading allocates one contiguous CPU tensor and copies each record batch
-//! of the memory-mapped file into it with one `memcpy`; no element is copied
-//! on its own. Saving writes a contiguous CPU view of the tensor straight
+//! Loading allocates one contiguous CPU tensor and reads each record batch
+//! of the file into it with one `pread` (not through the mapping, so the
+//! pages read do not stay in the stage's resident memory); no element is
+//! copied on its own. Saving writes a contiguous CPU view of the tensor straight
 //! from libtorch's memory, in slices of rows, so a tensor is never held
 //! twice: a tensor on a GPU comes back to the host, a strided one is made
 //! contiguous and a converted one (`save_as`) converted, a slice at a time.

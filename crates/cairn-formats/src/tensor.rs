@@ -20,6 +20,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -340,7 +341,10 @@ struct Chunk {
 }
 
 /// A tensor file mapped into memory. Opening validates the whole layout;
-/// the element bytes are then borrowed straight from the mapping.
+/// the element bytes are then borrowed straight from the mapping
+/// ([`TensorFile::chunks`]) or copied out of the file ([`TensorFile::read_rows`],
+/// which reads rather than maps them, so a reader that copies a large
+/// tensor slice by slice does not also hold every page it read).
 ///
 /// The mapping assumes the file is not modified while open, which holds for
 /// cache artifacts (they are read-only and replaced, never rewritten).
@@ -351,6 +355,7 @@ pub struct TensorFile {
     row_bytes: usize,
     chunks: Vec<Chunk>,
     map: Mmap,
+    file: File,
 }
 
 impl std::fmt::Debug for TensorFile {
@@ -415,7 +420,7 @@ impl TensorFile {
                 )));
             }
         }
-        Ok(Self { path: path.to_path_buf(), dtype, shape, row_bytes, chunks, map })
+        Ok(Self { path: path.to_path_buf(), dtype, shape, row_bytes, chunks, map, file })
     }
 
     pub fn path(&self) -> &Path {
@@ -476,7 +481,7 @@ impl TensorFile {
             }
             let skip = (row - c.first_row) * self.row_bytes;
             let n = (c.len - skip).min(out.len() - filled);
-            out[filled..filled + n].copy_from_slice(&self.map[c.start + skip..c.start + skip + n]);
+            self.file.read_exact_at(&mut out[filled..filled + n], (c.start + skip) as u64).map_err(io_err(&self.path))?;
             filled += n;
             row += n / self.row_bytes;
         }

@@ -9,7 +9,8 @@
 //! that leaves a frozen backbone's BN re-estimating statistics on a new
 //! input distribution. When every frozen block precedes the trainable tail
 //! and augmentation is at most a flip, the frozen prefix is run once over
-//! the data (and its mirror) and the tail trains on those cached features,
+//! the data (and its mirror; on a CPU read from the images' file a batch at
+//! a time, never loaded whole) and the tail trains on those cached features,
 //! which are also written as the `features` output. The best epoch by val
 //! accuracy is kept (early stopping with `patience` restores it). A fast
 //! net trained from scratch starts with a whitening stem
@@ -36,6 +37,7 @@ mod checkpoint_tests;
 use std::time::Instant;
 
 use cairn_formats::table::{Column, Table};
+use cairn_formats::tensor::TensorFile;
 use cairn_kinds::train::{Arch, Init, TrainParams, Tta};
 use tch::{nn, Kind, Tensor};
 
@@ -47,19 +49,59 @@ use crate::{device, tensors, weights};
 use fit::{EpochRow, Fit, Split, Trainer};
 use runner::{Runner, Source};
 
+/// Images the net reads: a tensor, or rows left in their file and read a
+/// batch at a time, so a stage that trains on cached features never holds
+/// the images and the features at once.
+enum Images {
+    Loaded(Tensor),
+    File(TensorFile),
+}
+
+impl Images {
+    fn rows(&self) -> i64 {
+        match self {
+            Images::Loaded(t) => t.size()[0],
+            Images::File(f) => f.rows() as i64,
+        }
+    }
+
+    /// Rows `first..first + count` (a view of a loaded tensor).
+    fn slice(&self, first: i64, count: i64) -> StageResult<Tensor> {
+        match self {
+            Images::Loaded(t) => Ok(t.narrow(0, first, count)),
+            Images::File(f) => tensors::load_rows(f, first as usize, count as usize),
+        }
+    }
+
+    /// All rows as one tensor (read whole from a file).
+    fn whole(&self) -> StageResult<Tensor> {
+        match self {
+            Images::Loaded(t) => Ok(t.shallow_clone()),
+            Images::File(f) => tensors::load_rows(f, 0, f.rows()),
+        }
+    }
+}
+
 /// The labelled train and val sets.
 struct Data {
-    xtr: Tensor,
+    xtr: Images,
     ytr: Tensor,
     xva: Tensor,
     yva: Tensor,
 }
 
 impl Data {
-    fn load(ctx: &WorkerCtx, num_classes: i64) -> StageResult<Self> {
-        let (xtr, ytr) = load::labelled(ctx, "train_images", "train_labels", num_classes)?;
+    /// With `stream`, the train images stay in their file ([`Images::File`]).
+    fn load(ctx: &WorkerCtx, num_classes: i64, stream: bool) -> StageResult<Self> {
+        let (xtr, ytr) = if stream {
+            let (x, y) = load::labelled_file(ctx, "train_images", "train_labels", num_classes)?;
+            (Images::File(x), y)
+        } else {
+            let (x, y) = load::labelled(ctx, "train_images", "train_labels", num_classes)?;
+            (Images::Loaded(x), y)
+        };
         let (xva, yva) = load::labelled(ctx, "val_images", "val_labels", num_classes)?;
-        let n = xtr.size()[0];
+        let n = xtr.rows();
         if n < 2 {
             return Err(StageError::new(format!("`train_images` has {n} images; training needs at least 2")));
         }
@@ -69,7 +111,10 @@ impl Data {
     /// The set on the compute device when it fits there for the whole
     /// stage ([`device::fits_in_free_memory`]), else where it is.
     fn onto(self, ctx: &WorkerCtx) -> Self {
-        let all = [&self.xtr, &self.ytr, &self.xva, &self.yva];
+        let Images::Loaded(xtr) = &self.xtr else {
+            return self;
+        };
+        let all = [xtr, &self.ytr, &self.xva, &self.yva];
         let bytes = all.iter().map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64).sum();
         let (fits, why) = device::fits_in_free_memory(ctx.device, bytes);
         // On a GPU, where the data live decides the speed: say it.
@@ -82,7 +127,7 @@ impl Data {
         // Free memory can shrink meanwhile (another process): then the
         // set stays where it is rather than the stage failing.
         match all.map(|t| t.f_to_device(ctx.device)) {
-            [Ok(xtr), Ok(ytr), Ok(xva), Ok(yva)] => Self { xtr, ytr, xva, yva },
+            [Ok(xtr), Ok(ytr), Ok(xva), Ok(yva)] => Self { xtr: Images::Loaded(xtr), ytr, xva, yva },
             moved => {
                 let e = moved.into_iter().find_map(Result::err).map_or_else(String::new, |e| e.to_string().lines().next().unwrap_or("").to_string());
                 ctx.progress(format!("training data stay in host memory: moving them to the GPU failed ({e})"));
@@ -98,8 +143,12 @@ pub fn run(ctx: &mut WorkerCtx, p: TrainParams) -> StageResult {
     }
     // Canonical params list the blocks already; this only reads them.
     let trainable = p.trainable_blocks()?;
-    let data = Data::load(ctx, p.model.num_classes)?.onto(ctx);
-    let batch = (p.batch_size as i64).min(data.xtr.size()[0]);
+    // On a CPU, training on cached features reads the images from their
+    // file a batch at a time; on a GPU they go to its memory when they fit
+    // (`onto`), where the prefix reads them fastest.
+    let stream = p.caches_features() && !ctx.device.is_cuda();
+    let data = Data::load(ctx, p.model.num_classes, stream)?.onto(ctx);
+    let batch = (p.batch_size as i64).min(data.xtr.rows());
     let (vs, net) = init_net(ctx, &p, &data.xtr)?;
     let vars = runner::freeze(&vs, &net, &trainable);
     let feed = Feed { normalize: p.model.normalize, kind: compute_kind(p.precision, ctx), device: ctx.device };
@@ -125,7 +174,7 @@ pub fn run(ctx: &mut WorkerCtx, p: TrainParams) -> StageResult {
 
 /// Builds the net and sets its initial weights: from the `init` input, or
 /// for a fast net from scratch, airbench's whitening stem.
-fn init_net(ctx: &WorkerCtx, p: &TrainParams, xtr: &Tensor) -> StageResult<(nn::VarStore, Net)> {
+fn init_net(ctx: &WorkerCtx, p: &TrainParams, xtr: &Images) -> StageResult<(nn::VarStore, Net)> {
     let vs = nn::VarStore::new(ctx.device);
     let net = models::build(&vs.root(), &p.model);
     if ctx.has_input("init") {
@@ -138,7 +187,7 @@ fn init_net(ctx: &WorkerCtx, p: &TrainParams, xtr: &Tensor) -> StageResult<(nn::
     } else if p.model.arch == Arch::Fast {
         // From the first (up to) 5000 images, so the result depends on the
         // data only, not on the seed.
-        let sample = xtr.narrow(0, 0, xtr.size()[0].min(5000));
+        let sample = xtr.slice(0, xtr.rows().min(5000))?;
         let fp32 = Feed { normalize: p.model.normalize, kind: Kind::Float, device: ctx.device };
         models::fast::whiten_stem(&vs, &fp32.input(&sample))?;
     }
@@ -149,12 +198,12 @@ fn init_net(ctx: &WorkerCtx, p: &TrainParams, xtr: &Tensor) -> StageResult<(nn::
 /// prefix may be cached) its features, also written as the `features` output.
 fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64) -> StageResult<(Source, Source)> {
     if !(p.caches_features() && r.first > 0) {
-        return Ok((Source::Images(data.xtr.shallow_clone()), Source::Images(data.xva.shallow_clone())));
+        return Ok((Source::Images(data.xtr.whole()?), Source::Images(data.xva.shallow_clone())));
     }
     let t0 = Instant::now();
     let block = r.prefix_end().unwrap_or("input");
     let (flip, vflip) = (p.augment.flip.any(), p.tta != Tta::None);
-    let (ntr, nva) = (data.xtr.size()[0], data.xva.size()[0]);
+    let (ntr, nva) = (data.xtr.rows(), data.xva.size()[0]);
     let total = (ntr * (1 + flip as i64) + nva * (1 + vflip as i64)) as u64;
     // One pass over every image (and mirror) can take minutes: say where it is.
     let mut done = 0u64;
@@ -165,10 +214,11 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
             ctx.progress_at(format!("caching `{block}` features at {rate:.0} img/s"), done, total, true);
         }
     };
-    let plain = r.features(&data.xtr, false, batch, &mut report);
-    let flipped = flip.then(|| r.features(&data.xtr, true, batch, &mut report));
-    let vplain = r.features(&data.xva, false, batch, &mut report);
-    let vflip = vflip.then(|| r.features(&data.xva, true, batch, &mut report));
+    let xva = Images::Loaded(data.xva.shallow_clone());
+    let plain = r.features(&data.xtr, false, batch, &mut report)?;
+    let flipped = flip.then(|| r.features(&data.xtr, true, batch, &mut report)).transpose()?;
+    let vplain = r.features(&xva, false, batch, &mut report)?;
+    let vflip = vflip.then(|| r.features(&xva, true, batch, &mut report)).transpose()?;
     tensors::save_as(ctx.output("features")?, &plain, Kind::Half)?;
     ctx.log(format!("cached `{block}` features {:?} in {:.1}s", plain.size(), t0.elapsed().as_secs_f64()));
     Ok((Source::Features { plain, flipped }, Source::Features { plain: vplain, flipped: vflip }))
@@ -284,17 +334,22 @@ mod tests {
         assert_eq!(same, b == n, "the models differ exactly when the best epoch is not the last (best {b} of {n})");
     }
 
+    /// Fine-tunes `group2+head` of the model at `first` (trained in
+    /// `dir/a`) in `dir/name`, with `set` applied to the params; returns
+    /// the weights.
+    fn tune_group2(dir: &Path, first: &Path, name: &str, set: impl FnOnce(&mut serde_json::Value)) -> BTreeMap<String, Tensor> {
+        let mut raw = params(0.05);
+        raw["init"] = serde_json::json!({"stage": "a.model"});
+        raw["trainable"] = serde_json::json!("group2+head");
+        set(&mut raw);
+        crate::weights::read_safetensors(&train_from(&dir.join(name), raw, Some(first)).unwrap()).unwrap().tensors
+    }
+
     #[test]
     fn freeze_bn_trains_a_block_but_keeps_its_running_statistics() {
         let dir = tempfile::tempdir().unwrap();
         let first = train_once(&dir.path().join("a"), params(0.1)).unwrap();
-        let tune = |name: &str, freeze: bool| {
-            let mut raw = params(0.05);
-            raw["init"] = serde_json::json!({"stage": "a.model"});
-            raw["trainable"] = serde_json::json!("group2+head");
-            raw["freeze_bn"] = freeze.into();
-            crate::weights::read_safetensors(&train_from(&dir.path().join(name), raw, Some(&first)).unwrap()).unwrap().tensors
-        };
+        let tune = |name: &str, freeze: bool| tune_group2(dir.path(), &first, name, |raw| raw["freeze_bn"] = freeze.into());
         let before = crate::weights::read_safetensors(&first).unwrap().tensors;
         let (frozen, free) = (tune("frozen", true), tune("free", false));
         let same = |a: &BTreeMap<String, Tensor>, k: &str| a[k].equal(&before[k]);
@@ -303,6 +358,27 @@ mod tests {
             assert!(!same(&free, stat), "{stat} did not move in training mode");
         }
         assert!(!same(&frozen, "group2.conv1.weight") && !same(&frozen, "group2.bn1.bias"), "the block still trains");
+    }
+
+    #[test]
+    fn a_frozen_prefix_is_cached_from_the_image_file_and_trained_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = train_once(&dir.path().join("a"), params(0.1)).unwrap();
+        let tune = |name: &str, cache: bool| {
+            tune_group2(dir.path(), &first, name, |raw| {
+                raw["augment"] = serde_json::json!({"flip": true, "translate": 0});
+                raw["cache_features"] = cache.into();
+            })
+        };
+        let (cached, direct) = (tune("cached", true), tune("direct", false));
+        let features = tensors::load(&dir.path().join("cached").join("features")).unwrap();
+        assert_eq!((features.size()[0], features.kind()), (48, Kind::Half), "one f16 row per training image");
+        assert!(!dir.path().join("direct").join("features").exists(), "nothing cached without cache_features");
+        let before = crate::weights::read_safetensors(&first).unwrap().tensors;
+        let w = "group2.conv1.weight";
+        assert!(!cached[w].equal(&before[w]), "the tail trains on the cached features");
+        let gap = (&cached[w] - &direct[w]).abs().max().double_value(&[]);
+        assert!(gap < 1e-3, "cached features train the tail as the images do (max weight gap {gap})");
     }
 
     #[test]

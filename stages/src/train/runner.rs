@@ -6,7 +6,8 @@ use tch::{nn, Kind, Tensor};
 
 use cairn_kinds::train::Tta;
 
-use super::batches;
+use super::{batches, Images};
+use crate::ctx::StageResult;
 use crate::device;
 use crate::models::{self, Feed, Net};
 
@@ -101,21 +102,25 @@ impl<'a> Runner<'a> {
         tch::no_grad(|| self.net.forward_range(x, 0..self.first, |_| false))
     }
 
-    /// Runs the prefix over all images in batches, keeping the result on
-    /// the device; `done` hears the size of each batch done. Each batch is
+    /// Runs the prefix over all images in batches (read from their file a
+    /// batch at a time when they are in one), keeping the result on the
+    /// device; `done` hears the size of each batch done. Each batch is
     /// copied into one tensor allocated up front, so the features are never
     /// held twice (concatenating the batches at the end would).
-    pub(super) fn features(&self, images: &Tensor, flip: bool, batch: i64, done: &mut impl FnMut(i64)) -> Tensor {
-        let n = images.size()[0];
+    pub(super) fn features(&self, images: &Images, flip: bool, batch: i64, done: &mut impl FnMut(i64)) -> StageResult<Tensor> {
+        let n = images.rows();
         let mut out: Option<Tensor> = None;
         for s in (0..n).step_by(batch as usize) {
             let len = batch.min(n - s);
-            let x = images.narrow(0, s, len);
+            let x = images.slice(s, len)?;
             let f = self.prefix(&if flip { x.flip([3]) } else { x });
             out.get_or_insert_with(|| empty_rows_like(&f, n)).narrow(0, s, len).copy_(&f);
             done(len);
         }
-        out.unwrap_or_else(|| self.prefix(images))
+        match out {
+            Some(features) => Ok(features),
+            None => Ok(self.prefix(&images.slice(0, 0)?)),
+        }
     }
 
     /// Logits for a batch whose tail input is `x` (prefix already applied).
@@ -198,6 +203,7 @@ pub(super) fn validate(r: &Runner, src: &Source, y: &Tensor, tta: Tta, batch: i6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_formats::tensor::TensorFile;
     use cairn_kinds::train::{Arch, ModelSpec, Normalize};
     use tch::Device;
 
@@ -210,16 +216,20 @@ mod tests {
         let r = Runner::new(&net, feed, &["group2".to_string(), "head".to_string()], false);
         let pixels: Vec<u8> = (0..10 * 3 * 8 * 8).map(|i| (i * 37 % 251) as u8).collect();
         let images = Tensor::from_slice(&pixels).view([10, 3, 8, 8]);
-        for flip in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("images.arrow");
+        crate::tensors::save(&path, &images).unwrap();
+        let sources = [Images::Loaded(images.shallow_clone()), Images::File(TensorFile::open(&path).unwrap())];
+        for (src, flip) in sources.iter().flat_map(|s| [(s, false), (s, true)]) {
             let mut seen = 0;
-            let got = r.features(&images, flip, 4, &mut |n| seen += n);
+            let got = r.features(src, flip, 4, &mut |n| seen += n).unwrap();
             let x = if flip { images.flip([3]) } else { images.shallow_clone() };
             let want = Tensor::cat(&[0, 4, 8].map(|s| r.prefix(&x.narrow(0, s, 4.min(10 - s)))), 0);
             assert_eq!(seen, 10);
             assert!(got.equal(&want), "flip {flip}: features differ from the prefix's batches");
             assert_eq!(got.stride(), want.stride(), "flip {flip}: not the prefix's layout");
         }
-        assert!(!r.features(&images, false, 4, &mut |_| {}).is_contiguous(), "the fast net's prefix runs channels-last");
-        assert_eq!(r.features(&images.narrow(0, 0, 0), false, 4, &mut |_| {}).size()[0], 0);
+        assert!(!r.features(&sources[1], false, 4, &mut |_| {}).unwrap().is_contiguous(), "the fast net's prefix runs channels-last");
+        assert_eq!(r.features(&Images::Loaded(images.narrow(0, 0, 0)), false, 4, &mut |_| {}).unwrap().size()[0], 0);
     }
 }
