@@ -9,8 +9,9 @@
 //! C++ shims in `stages/csrc` defining the `cairn_*` functions those modules
 //! call, with the headers of that folder they include. Left out: test
 //! files (`tests.rs`, `*_tests.rs`) and the worker's plumbing (`lib.rs`,
-//! `main.rs`, `ctx.rs`: they move jobs, params and events, not numbers). The fingerprint is blake3 over each file's path and
-//! bytes (line endings normalised), in path order. The pins live in
+//! `main.rs`, `ctx.rs`: they move jobs, params and events, not numbers).
+//! The fingerprint is blake3 over each file's path and bytes (line endings
+//! normalised), in path order. The pins live in
 //! `stages/kinds/fingerprints.toml`.
 
 use std::collections::{BTreeMap, BTreeSet};

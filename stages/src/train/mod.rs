@@ -93,13 +93,9 @@ struct Data {
 impl Data {
     /// With `stream`, the train images stay in their file ([`Images::File`]).
     fn load(ctx: &WorkerCtx, num_classes: i64, stream: bool) -> StageResult<Self> {
-        let (xtr, ytr) = if stream {
-            let (x, y) = load::labelled_file(ctx, "train_images", "train_labels", num_classes)?;
-            (Images::File(x), y)
-        } else {
-            let (x, y) = load::labelled(ctx, "train_images", "train_labels", num_classes)?;
-            (Images::Loaded(x), y)
-        };
+        let (file, ytr) = load::labelled_file(ctx, "train_images", "train_labels", num_classes)?;
+        let xtr = Images::File(file);
+        let xtr = if stream { xtr } else { Images::Loaded(xtr.whole()?) };
         let (xva, yva) = load::labelled(ctx, "val_images", "val_labels", num_classes)?;
         let n = xtr.rows();
         if n < 2 {
