@@ -40,9 +40,18 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
 /// libtorch's `relu6` is `hardtanh`, one fused backward kernel; `clamp(0,
 /// 6)` computes the same values but its backward builds and combines two
 /// masks, which made a whole Lite0 training step 1.35x slower on an AVX2
-/// EPYC (BENCHMARKS.md, "Lite0's ReLU6 as libtorch's `hardtanh`").
-fn relu6(x: Tensor) -> Tensor {
-    x.relu6()
+/// EPYC (BENCHMARKS.md, "Lite0's ReLU6 as libtorch's `hardtanh`"). In eval
+/// mode in place, one activation-sized buffer less per layer: `x` is
+/// always a conv's fresh output that nothing else holds (and a conv's
+/// backward, which Grad-CAM runs in eval mode, never reads its output).
+/// Training keeps `hardtanh`: in place it made a training step 3–12%
+/// slower (BENCHMARKS.md, "ReLU6 in place in eval mode").
+fn relu6(mut x: Tensor, train: bool) -> Tensor {
+    if train {
+        x.relu6()
+    } else {
+        x.relu6_()
+    }
 }
 
 /// A convolution padded as TensorFlow's "same" (output size ⌈input /
@@ -102,10 +111,10 @@ fn inverted_residual(p: nn::Path, cin: i64, cout: i64, (k, stride, expand): (i64
     let skip = stride == 1 && cin == cout;
     nn::func_t(move |x, train| {
         let y = match &expansion {
-            Some(e) => relu6(e.forward_t(x, train)),
+            Some(e) => relu6(e.forward_t(x, train), train),
             None => x.shallow_clone(),
         };
-        let y = relu6(dw.forward_t(&y, train));
+        let y = relu6(dw.forward_t(&y, train), train);
         let y = project.forward_t(&y, train);
         if skip {
             y + x
@@ -117,7 +126,7 @@ fn inverted_residual(p: nn::Path, cin: i64, cout: i64, (k, stride, expand): (i64
 
 /// A conv, its BatchNorm and ReLU6 as one block.
 fn conv_bn_relu6(conv: ConvBn) -> nn::FuncT<'static> {
-    nn::func_t(move |x, train| relu6(conv.forward_t(x, train)))
+    nn::func_t(move |x, train| relu6(conv.forward_t(x, train), train))
 }
 
 pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
