@@ -151,3 +151,37 @@ pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
     blocks.push(Block::new("head", &["_fc"], avg_pool_linear(p / "_fc", TOP, num_classes)));
     Net { blocks }
 }
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::relu6;
+
+    /// Eval mode's in-place ReLU6 gives a conv's output the values and
+    /// passes back the gradients that training's out-of-place `hardtanh`
+    /// does (Grad-CAM differentiates through eval mode), at the clamp's
+    /// edges too.
+    #[test]
+    fn relu6_in_place_matches_out_of_place_with_gradients() {
+        let _rng = crate::rng_guard();
+        tch::manual_seed(0);
+        let opts = (Kind::Float, Device::Cpu);
+        let x0 = Tensor::randn([2, 4, 6, 6], opts) * 4.0;
+        let w = Tensor::randn([8, 4, 3, 3], opts);
+        let edges = Tensor::from_slice(&[-1.0f32, 0.0, 3.0, 6.0, 7.0]);
+        let run = |train: bool| {
+            let x = x0.detach().set_requires_grad(true);
+            let e = edges.detach().set_requires_grad(true);
+            let y = relu6(x.conv2d(&w, None::<Tensor>, 1, 1, 1, 1), train);
+            let z = relu6(&e * 1.0, train);
+            (y.sum(Kind::Float) + z.sum(Kind::Float)).backward();
+            (y.detach(), x.grad(), z.detach(), e.grad())
+        };
+        let (y, gx, z, ge) = run(true);
+        let (yi, gxi, zi, gei) = run(false);
+        assert!(y.equal(&yi) && gx.equal(&gxi) && z.equal(&zi) && ge.equal(&gei));
+        assert!(y.min().double_value(&[]) == 0.0 && y.max().double_value(&[]) == 6.0, "the test's outputs must reach both edges");
+        assert_eq!(Vec::<f32>::try_from(&gei).unwrap(), [0.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+}
