@@ -26,11 +26,11 @@ pub const MODEL_META: &str = "cairn.model";
 /// Loads an image/label pair and checks they fit a `num_classes` model.
 pub fn labelled(ctx: &WorkerCtx, images: &str, labels: &str, num_classes: i64) -> StageResult<(Tensor, Tensor)> {
     let (x, y) = labelled_file(ctx, images, labels, num_classes)?;
-    Ok((tensors::load_rows(&x, 0, x.rows())?, y))
+    Ok((tensors::load_file(&x)?, y))
 }
 
-/// [`labelled`] with the images left in their (memory-mapped) file, for a
-/// stage that reads them a slice at a time ([`tensors::load_rows`]).
+/// [`labelled`] with the images left in their file, for a stage that
+/// reads them a slice at a time ([`tensors::load_rows`]).
 pub fn labelled_file(ctx: &WorkerCtx, images: &str, labels: &str, num_classes: i64) -> StageResult<(TensorFile, Tensor)> {
     let x = TensorFile::open(ctx.input(images)?)?;
     let s = x.shape();

@@ -60,8 +60,12 @@ fn shape_i64(shape: &[usize]) -> Vec<i64> {
 
 /// Loads a whole tensor artifact into a CPU tensor.
 pub fn load(path: &Path) -> StageResult<Tensor> {
-    let file = TensorFile::open(path)?;
-    load_rows(&file, 0, file.rows())
+    load_file(&TensorFile::open(path)?)
+}
+
+/// Loads every row of an open tensor file into one CPU tensor.
+pub fn load_file(file: &TensorFile) -> StageResult<Tensor> {
+    load_rows(file, 0, file.rows())
 }
 
 /// Loads rows `first..first + count` of an open tensor file into a CPU

@@ -77,7 +77,7 @@ impl Images {
     fn whole(&self) -> StageResult<Tensor> {
         match self {
             Images::Loaded(t) => Ok(t.shallow_clone()),
-            Images::File(f) => tensors::load_rows(f, 0, f.rows()),
+            Images::File(f) => tensors::load_file(f),
         }
     }
 }
