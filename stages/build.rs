@@ -11,7 +11,8 @@
 //!
 //! It also compiles the C++ shims in `csrc/` — libtorch's global
 //! determinism switches, its fused optimizer kernels, a depthwise
-//! convolution with its own weight gradient and the facts
+//! convolution with its own weight gradient, a convolution with ReLU6
+//! fused for inference and the facts
 //! `cairn-worker --probe` reports — for which tch has no binding.
 
 use std::env;
@@ -36,7 +37,7 @@ fn main() {
 /// Builds the C++ shims against libtorch's headers (`<lib>/../include`),
 /// with the C++ ABI the PyPI wheels use.
 fn compile_shim(lib: &str) {
-    const SOURCES: [&str; 4] = ["csrc/depthwise.cpp", "csrc/determinism.cpp", "csrc/optim.cpp", "csrc/probe.cpp"];
+    const SOURCES: [&str; 5] = ["csrc/conv_relu6.cpp", "csrc/depthwise.cpp", "csrc/determinism.cpp", "csrc/optim.cpp", "csrc/probe.cpp"];
     const HEADERS: [&str; 1] = ["csrc/guarded.h"];
     for src in SOURCES.iter().chain(&HEADERS) {
         println!("cargo:rerun-if-changed={src}");

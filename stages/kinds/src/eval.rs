@@ -47,7 +47,9 @@ fn batch() -> u32 {
 /// computes in bf16 on CPUs with native bf16.
 /// 6: fp32 inputs enter the net channels-last (float rounding differs).
 /// 7: Lite0 scores with BatchNorm folded into its convs (float rounding differs).
-pub const VERSION: u32 = 7;
+/// 8: Lite0 runs each conv, its even padding and ReLU6 as one oneDNN
+/// primitive (float rounding may differ on some CPUs).
+pub const VERSION: u32 = 8;
 
 pub struct Evaluate;
 

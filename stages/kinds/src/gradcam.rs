@@ -84,7 +84,9 @@ impl GradCamParams {
 /// 4: the model is read from the model file.
 /// 5: fp32 inputs enter the net channels-last (float rounding differs).
 /// 6: Lite0 runs with BatchNorm folded into its convs (float rounding differs).
-pub const VERSION: u32 = 6;
+/// 7: Lite0's feature pass runs each conv, its even padding and ReLU6 as
+/// one oneDNN primitive (float rounding may differ on some CPUs).
+pub const VERSION: u32 = 7;
 
 pub struct GradCam;
 

@@ -660,7 +660,10 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
 /// 13: depthwise convs with filters of 5×5 and more compute their weight
 /// gradient in cairn's own kernel on AVX2 CPUs (its summation order need
 /// not be oneDNN's on every CPU).
-pub const VERSION: u32 = 13;
+/// 14: Lite0's frozen blocks run each conv, its even padding and ReLU6 as
+/// one oneDNN primitive (the same bits on the AVX2 EPYC it was measured
+/// on; oneDNN's kernel choice, and so float rounding, may differ on others).
+pub const VERSION: u32 = 14;
 
 pub struct Train;
 

@@ -18,6 +18,7 @@
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
+use super::conv_relu6::same_conv_relu6;
 use super::depthwise::{self, same_padding, Padding};
 use super::layers::{avg_pool_linear, conv, depthwise as depthwise_conv, sequence, Conv};
 use super::{Block, Net};
@@ -41,11 +42,12 @@ fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
 /// 6)` computes the same values but its backward builds and combines two
 /// masks, which made a whole Lite0 training step 1.35x slower on an AVX2
 /// EPYC (BENCHMARKS.md, "Lite0's ReLU6 as libtorch's `hardtanh`"). In eval
-/// mode in place, one activation-sized buffer less per layer: `x` is
-/// always a conv's fresh output that nothing else holds (and a conv's
-/// backward, which Grad-CAM runs in eval mode, never reads its output).
-/// Training keeps `hardtanh`: in place it made a training step 3–12%
-/// slower (BENCHMARKS.md, "ReLU6 in place in eval mode").
+/// mode with gradients (Grad-CAM's graded layers, a `freeze_bn` tail; pure
+/// inference fuses it, [`ConvBn::forward_relu6`]) in place, one
+/// activation-sized buffer less per layer: `x` is always a conv's fresh
+/// output that nothing else holds (and a conv's backward never reads its
+/// output). Training keeps `hardtanh`: in place it made a training step
+/// 3–12% slower (BENCHMARKS.md, "ReLU6 in place in eval mode").
 fn relu6(mut x: Tensor, train: bool) -> Tensor {
     if train {
         x.relu6()
@@ -88,6 +90,21 @@ impl ConvBn {
     }
 }
 
+impl ConvBn {
+    /// `relu6(self.forward_t(x, train))`; in inference (eval mode, no
+    /// gradient wanted) the folded conv, its even padding and the clamp in
+    /// one oneDNN primitive ([`same_conv_relu6`]), to the same bits.
+    fn forward_relu6(&self, x: &Tensor, train: bool) -> Tensor {
+        if !train {
+            let conv = self.conv.folded(&self.bn, BN_EPS);
+            if !x.requires_grad() && !conv.weight().requires_grad() {
+                return same_conv_relu6(&conv, x, self.padding(x));
+            }
+        }
+        relu6(self.forward_t(x, train), train)
+    }
+}
+
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let pad = self.padding(x);
@@ -111,10 +128,10 @@ fn inverted_residual(p: nn::Path, cin: i64, cout: i64, (k, stride, expand): (i64
     let skip = stride == 1 && cin == cout;
     nn::func_t(move |x, train| {
         let y = match &expansion {
-            Some(e) => relu6(e.forward_t(x, train), train),
+            Some(e) => e.forward_relu6(x, train),
             None => x.shallow_clone(),
         };
-        let y = relu6(dw.forward_t(&y, train), train);
+        let y = dw.forward_relu6(&y, train);
         let y = project.forward_t(&y, train);
         if skip {
             y + x
@@ -126,7 +143,7 @@ fn inverted_residual(p: nn::Path, cin: i64, cout: i64, (k, stride, expand): (i64
 
 /// A conv, its BatchNorm and ReLU6 as one block.
 fn conv_bn_relu6(conv: ConvBn) -> nn::FuncT<'static> {
-    nn::func_t(move |x, train| relu6(conv.forward_t(x, train), train))
+    nn::func_t(move |x, train| conv.forward_relu6(x, train))
 }
 
 pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
@@ -154,9 +171,27 @@ pub fn efficientnet_lite0(p: &nn::Path, num_classes: i64) -> Net {
 
 #[cfg(test)]
 mod tests {
+    use tch::nn;
     use tch::{Device, Kind, Tensor};
 
-    use super::relu6;
+    use super::{efficientnet_lite0, relu6};
+    use crate::models::channels_last;
+
+    /// The whole net in inference (fused conv + ReLU6, even padding in the
+    /// conv) computes the same logits, bit for bit, as in eval mode with a
+    /// gradient wanted (padded copies, separate clamps), at 96 px where
+    /// every stride-2 conv pads unevenly.
+    #[test]
+    fn inference_matches_eval_mode_with_gradients() {
+        let _rng = crate::rng_guard();
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = efficientnet_lite0(&vs.root(), 10);
+        let x = channels_last(&Tensor::randn([4, 3, 96, 96], (Kind::Float, Device::Cpu)));
+        let fused = tch::no_grad(|| net.forward_t(&x, false));
+        let plain = net.forward_t(&x.detach().set_requires_grad(true), false);
+        assert!(fused.equal(&plain.detach()), "max gap {}", (&fused - &plain).abs().max());
+    }
 
     /// Eval mode's in-place ReLU6 gives a conv's output the values and
     /// passes back the gradients that training's out-of-place `hardtanh`

@@ -50,6 +50,19 @@ impl Conv {
         self.stride
     }
 
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bs.as_ref()
+    }
+
+    pub fn groups(&self) -> i64 {
+        self.groups
+    }
+
+    /// The zeros the conv itself adds on every side.
+    pub fn padding(&self) -> i64 {
+        self.padding
+    }
+
     /// One filter per channel (groups = channels).
     pub fn is_depthwise(&self) -> bool {
         self.groups > 1 && self.groups == self.ws.size()[0]

@@ -1,0 +1,109 @@
+//! Lite0's convolution + ReLU6 for inference (eval mode, nothing needing a
+//! gradient: the frozen prefix whose features `train` caches, `evaluate`,
+//! Grad-CAM's feature pass), two passes over each activation fewer than
+//! the layer-by-layer form. TensorFlow's "same" padding, where it is even,
+//! is the conv's own rather than a zero-filled padded copy of the input
+//! (training keeps the copy: see `ConvBn` in `efficientnet.rs`), and the
+//! bias and clamp run inside the convolution's oneDNN primitive
+//! (`csrc/conv_relu6.cpp`). Both give the same bits as the plain ops.
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+use super::depthwise::Padding;
+use super::layers::Conv;
+use crate::shim::checked;
+
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn cairn_conv_relu6(
+        x: *mut C_tensor,
+        w: *mut C_tensor,
+        b: *mut C_tensor,
+        stride: i64,
+        pad_h: i64,
+        pad_w: i64,
+        groups: i64,
+        out: *mut *mut C_tensor,
+        err: *mut u8,
+        err_len: i32,
+    ) -> i32;
+}
+
+/// `relu6(conv(x padded by pad))` for a conv with a bias (a folded
+/// BatchNorm's), computed in `x`'s dtype.
+///
+/// # Panics
+/// Where libtorch rejects the shapes, as tch's own ops do.
+pub fn same_conv_relu6(conv: &Conv, x: &Tensor, pad: Padding) -> Tensor {
+    let [left, right, top, bottom] = pad;
+    let even = left == right && top == bottom;
+    let x = if even { x.shallow_clone() } else { x.constant_pad_nd(pad) };
+    let (pad_h, pad_w) = if even { (top, left) } else { (0, 0) };
+    let own = conv.padding();
+    let k = x.kind();
+    let w = conv.weight().to_kind(k);
+    let b = conv.bias().expect("same_conv_relu6 takes a conv with a bias").to_kind(k);
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `x`, `w` and `b` are live tensors borrowed for the call; on
+    // success the shim stores a new `at::Tensor*` in `out`, which the
+    // returned tch tensor owns and frees.
+    checked(|err, len| unsafe {
+        cairn_conv_relu6(x.as_ptr() as *mut C_tensor, w.as_ptr() as *mut C_tensor, b.as_ptr() as *mut C_tensor, conv.stride(), pad_h + own, pad_w + own, conv.groups(), &mut out, err, len)
+    })
+    .unwrap_or_else(|e| panic!("conv + ReLU6 of {:?} with {:?}: {e}", x.size(), w.size()));
+    // SAFETY: the call succeeded, so `out` is a tensor no one else owns.
+    unsafe { Tensor::from_ptr(out) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::channels_last;
+    use crate::models::depthwise::same_padding;
+    use crate::models::layers::{conv, depthwise};
+    use tch::nn::{self, Module};
+    use tch::{Device, Kind};
+
+    /// The layer-by-layer form this replaces: pad, conv, clamp in place.
+    fn plain(c: &Conv, x: &Tensor, pad: Padding) -> Tensor {
+        c.forward(&x.constant_pad_nd(pad)).relu6_()
+    }
+
+    /// Bit for bit the padded conv then ReLU6, in the same layout, for
+    /// Lite0's shapes: the stem, 1×1 convs, 3×3 and 5×5 depthwise ones at
+    /// strides 1 (even padding, the conv's own) and 2 (uneven, a padded
+    /// copy), on batches of 1, 3 and 16, outputs on both sides of the clamp.
+    #[test]
+    fn matches_padded_conv_then_relu6() {
+        let _rng = crate::rng_guard();
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs.root();
+        let layers = [
+            ("stem", conv(&p / "stem", 3, 32, 3, 2, 0, false), 3, 17),
+            ("pointwise", conv(&p / "pw", 16, 96, 1, 1, 0, false), 16, 12),
+            ("dw3", depthwise(&p / "dw3", 96, 3, 1, 0), 96, 12),
+            ("dw3 s2", depthwise(&p / "dw3s2", 96, 3, 2, 0), 96, 12),
+            ("dw5", depthwise(&p / "dw5", 144, 5, 1, 0), 144, 7),
+            ("dw5 s2", depthwise(&p / "dw5s2", 144, 5, 2, 0), 144, 8),
+        ];
+        for (name, c, cin, hw) in layers {
+            let cout = c.weight().size()[0];
+            let mut bn = nn::batch_norm2d(&p / format!("{name}_bn"), cout, Default::default());
+            bn.running_mean = Tensor::randn([cout], (Kind::Float, Device::Cpu));
+            // Small variances scale the filters up, so outputs pass 6.
+            bn.running_var = Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 0.01 + 1e-3;
+            let c = tch::no_grad(|| c.folded(&bn, 1e-3));
+            let pad = same_padding(hw, hw, c.weight().size()[2], c.stride());
+            for batch in [1, 3, 16] {
+                let x = channels_last(&(Tensor::randn([batch, cin, hw, hw], (Kind::Float, Device::Cpu)) * 4.0));
+                let (want, got) = tch::no_grad(|| (plain(&c, &x, pad), same_conv_relu6(&c, &x, pad)));
+                assert!(want.equal(&got), "{name}, batch {batch}: max gap {}", (&want - &got).abs().max());
+                assert_eq!(want.stride(), got.stride(), "{name}, batch {batch}: layout");
+                let (lo, hi) = (got.min().double_value(&[]), got.max().double_value(&[]));
+                assert!(lo == 0.0 && hi == 6.0, "{name}: the outputs must reach both edges of the clamp ({lo}..{hi})");
+            }
+        }
+    }
+}
