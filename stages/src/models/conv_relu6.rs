@@ -1,6 +1,6 @@
 //! Lite0's convolution + ReLU6 for inference (eval mode, nothing needing a
 //! gradient: the frozen prefix whose features `train` caches, `evaluate`,
-//! Grad-CAM's feature pass), two passes over each activation fewer than
+//! Grad-CAM's feature pass), with fewer passes over each activation than
 //! the layer-by-layer form. TensorFlow's "same" padding, where it is even,
 //! is the conv's own rather than a zero-filled padded copy of the input
 //! (training keeps the copy: see `ConvBn` in `efficientnet.rs`), and the

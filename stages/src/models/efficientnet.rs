@@ -57,16 +57,17 @@ fn relu6(mut x: Tensor, train: bool) -> Tensor {
 }
 
 /// A convolution padded as TensorFlow's "same" (output size ⌈input /
-/// stride⌉), and its BatchNorm. The padding is always a separate op, even
-/// where it is even: with the conv padding by itself, oneDNN computes the
-/// weight gradients of the depthwise 3×3 and 5×5 convs on 2×2 and 4×4 maps
-/// through a GEMM (`x64:gemm:jit`, 30–80 ms each), which made a whole
+/// stride⌉), and its BatchNorm. Where gradients flow the padding is a
+/// separate op, even where it is even: with the conv padding by itself,
+/// oneDNN computes the weight gradients of the depthwise 3×3 and 5×5 convs
+/// on 2×2 and 4×4 maps through a GEMM (`x64:gemm:jit`, 30–80 ms each), which made a whole
 /// training step at 64 px 1.7x slower on an AVX2 EPYC (`bench_train
 /// throughput efficientnet_lite0 64 64 10`: 70 against 118 img/s). In eval
 /// mode (the frozen prefix whose features `train` caches, `evaluate`,
 /// Grad-CAM) the BatchNorm is folded into the convolution, saving a pass
 /// over every activation (BENCHMARKS.md, "Lite0 at 88 px from stage 5,
-/// BatchNorm folded in the frozen blocks").
+/// BatchNorm folded in the frozen blocks"); in inference the even padding
+/// and the ReLU6 go into the conv too ([`ConvBn::forward_relu6`]).
 #[derive(Debug)]
 struct ConvBn {
     conv: Conv,
@@ -88,9 +89,7 @@ impl ConvBn {
             self.conv.forward(x)
         }
     }
-}
 
-impl ConvBn {
     /// `relu6(self.forward_t(x, train))`; in inference (eval mode, no
     /// gradient wanted) the folded conv, its even padding and the clamp in
     /// one oneDNN primitive ([`same_conv_relu6`]), to the same bits.
