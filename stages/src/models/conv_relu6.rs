@@ -73,7 +73,9 @@ mod tests {
     /// Bit for bit the padded conv then ReLU6, in the same layout, for
     /// Lite0's shapes: the stem, 1×1 convs, 3×3 and 5×5 depthwise ones at
     /// strides 1 (even padding, the conv's own) and 2 (uneven, a padded
-    /// copy), on batches of 1, 3 and 16, outputs on both sides of the clamp.
+    /// copy), on batches of 1, 3 and 16, outputs on both sides of the clamp;
+    /// in fp32 and in bf16 (there the fused op clamps before rounding to
+    /// bf16, the plain one after: the same, as 0 and 6 are bf16 values).
     #[test]
     fn matches_padded_conv_then_relu6() {
         let _rng = crate::rng_guard();
@@ -96,11 +98,12 @@ mod tests {
             bn.running_var = Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 0.01 + 1e-3;
             let c = tch::no_grad(|| c.folded(&bn, 1e-3));
             let pad = same_padding(hw, hw, c.weight().size()[2], c.stride());
-            for batch in [1, 3, 16] {
-                let x = channels_last(&(Tensor::randn([batch, cin, hw, hw], (Kind::Float, Device::Cpu)) * 4.0));
+            for (batch, kind) in [1, 3, 16].into_iter().flat_map(|b| [(b, Kind::Float), (b, Kind::BFloat16)]) {
+                let x = channels_last(&(Tensor::randn([batch, cin, hw, hw], (Kind::Float, Device::Cpu)) * 4.0).to_kind(kind));
                 let (want, got) = tch::no_grad(|| (plain(&c, &x, pad), same_conv_relu6(&c, &x, pad)));
-                assert!(want.equal(&got), "{name}, batch {batch}: max gap {}", (&want - &got).abs().max());
-                assert_eq!(want.stride(), got.stride(), "{name}, batch {batch}: layout");
+                assert_eq!(got.kind(), kind);
+                assert!(want.equal(&got), "{name}, batch {batch}, {kind:?}: max gap {}", (&want - &got).abs().max());
+                assert_eq!(want.stride(), got.stride(), "{name}, batch {batch}, {kind:?}: layout");
                 let (lo, hi) = (got.min().double_value(&[]), got.max().double_value(&[]));
                 assert!(lo == 0.0 && hi == 6.0, "{name}: the outputs must reach both edges of the clamp ({lo}..{hi})");
             }
