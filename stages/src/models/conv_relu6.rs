@@ -38,7 +38,7 @@ extern "C" {
 pub fn same_conv_relu6(conv: &Conv, x: &Tensor, pad: Padding) -> Tensor {
     let [left, right, top, bottom] = pad;
     let even = left == right && top == bottom;
-    let x = if even { x.shallow_clone() } else { x.constant_pad_nd(pad) };
+    let x = if even { x.shallow_clone() } else { zero_padded(x, pad) };
     let (pad_h, pad_w) = if even { (top, left) } else { (0, 0) };
     let own = conv.padding();
     let k = x.kind();
@@ -56,6 +56,26 @@ pub fn same_conv_relu6(conv: &Conv, x: &Tensor, pad: Padding) -> Tensor {
     unsafe { Tensor::from_ptr(out) }
 }
 
+/// `x` [N, C, H, W] with `pad` zeros around it, in its layout: what
+/// `constant_pad_nd` returns, but that zero-fills the whole result before
+/// copying `x` in; here only the border is written with zeros.
+fn zero_padded(x: &Tensor, pad: Padding) -> Tensor {
+    let [left, right, top, bottom] = pad;
+    let (n, c, h, w) = x.size4().expect("a batch of images");
+    let (hp, wp) = (h + top + bottom, w + left + right);
+    let channels_last = !x.is_contiguous() && x.permute([0, 2, 3, 1]).is_contiguous();
+    let out = if channels_last {
+        x.new_empty([n, hp, wp, c], (x.kind(), x.device())).permute([0, 3, 1, 2])
+    } else {
+        x.new_empty([n, c, hp, wp], (x.kind(), x.device()))
+    };
+    for (dim, start, len) in [(2, 0, top), (2, top + h, bottom), (3, 0, left), (3, left + w, right)] {
+        let _ = out.narrow(dim, start, len).fill_(0.0);
+    }
+    let _ = out.narrow(2, top, h).narrow(3, left, w).copy_(x);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +88,22 @@ mod tests {
     /// The layer-by-layer form this replaces: pad, conv, clamp in place.
     fn plain(c: &Conv, x: &Tensor, pad: Padding) -> Tensor {
         c.forward(&x.constant_pad_nd(pad)).relu6_()
+    }
+
+    /// The border-only padding is `constant_pad_nd`'s result: values and
+    /// layout, channels-last or not, for uneven and one-sided padding.
+    #[test]
+    fn zero_padded_is_constant_pad_nd() {
+        let _rng = crate::rng_guard();
+        tch::manual_seed(0);
+        let x = Tensor::randn([2, 5, 7, 6], (Kind::Float, Device::Cpu));
+        for x in [x.shallow_clone(), channels_last(&x)] {
+            for pad in [[0, 1, 0, 1], [1, 2, 1, 2], [0, 0, 2, 0], [3, 0, 0, 1]] {
+                let (want, got) = (x.constant_pad_nd(pad), zero_padded(&x, pad));
+                assert!(want.equal(&got), "pad {pad:?}");
+                assert_eq!(want.stride(), got.stride(), "pad {pad:?}: layout");
+            }
+        }
     }
 
     /// Bit for bit the padded conv then ReLU6, in the same layout, for
