@@ -2,8 +2,9 @@
 //! gradient: the frozen prefix whose features `train` caches, `evaluate`,
 //! Grad-CAM's feature pass), with fewer passes over each activation than
 //! the layer-by-layer form. TensorFlow's "same" padding, where it is even,
-//! is the conv's own rather than a zero-filled padded copy of the input
-//! (training keeps the copy: see `ConvBn` in `efficientnet.rs`), and the
+//! is the conv's own rather than a zero-filled padded copy of the input,
+//! and where it is uneven a copy whose border alone is zeroed (training
+//! keeps `constant_pad_nd`: see `ConvBn` in `efficientnet.rs`), and the
 //! bias and clamp run inside the convolution's oneDNN primitive
 //! (`csrc/conv_relu6.cpp`). Both give the same bits as the plain ops.
 
@@ -72,7 +73,7 @@ fn zero_padded(x: &Tensor, pad: Padding) -> Tensor {
     for (dim, start, len) in [(2, 0, top), (2, top + h, bottom), (3, 0, left), (3, left + w, right)] {
         let _ = out.narrow(dim, start, len).fill_(0.0);
     }
-    let _ = out.narrow(2, top, h).narrow(3, left, w).copy_(x);
+    out.narrow(2, top, h).narrow(3, left, w).copy_(x);
     out
 }
 
