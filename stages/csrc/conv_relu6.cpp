@@ -10,9 +10,11 @@
 // clamps its output exactly, so it is used only where `at::conv2d` would
 // pick oneDNN itself (libtorch's own `select_conv_backend` decides);
 // elsewhere (CUDA, a conv libtorch runs with another backend) the result
-// is `at::conv2d` then an in-place `hardtanh`, the same values. Autograd
-// has no derivative for the fused op: callers use it only when nothing
-// needs a gradient.
+// is `at::conv2d` then an in-place `hardtanh`, the same values. Where a
+// libtorch build has the op but rejects the post-op (oneDNN on another
+// architecture), the first failure switches the process to that plain form
+// for good. Autograd has no derivative for the fused op: callers use it
+// only when nothing needs a gradient.
 //
 // Tensors arrive as tch's `C_tensor*`, which are `at::Tensor*`; failures
 // come back as messages (guarded.h).
@@ -22,12 +24,16 @@
 #include <ATen/ops/conv2d.h>
 #include <ATen/ops/hardtanh.h>
 
+#include <atomic>
 #include <optional>
 #include <vector>
 
 #include "guarded.h"
 
 namespace {
+// False once the fused op has failed in this process.
+std::atomic<bool> fusing{true};
+
 bool onednn_runs_it(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, c10::SymIntArrayRef stride,
                     c10::SymIntArrayRef padding, int64_t groups) {
   const std::vector<c10::SymInt> one{1, 1}, zero{0, 0};
@@ -56,12 +62,22 @@ extern "C" int cairn_conv_relu6(at::Tensor* x, at::Tensor* w, at::Tensor* b, int
     const std::vector<int64_t> s{stride, stride}, p{pad_h, pad_w};
     const std::vector<c10::SymInt> ss(s.begin(), s.end()), sp(p.begin(), p.end());
     at::Tensor y;
-    if (onednn_runs_it(*x, *w, *b, ss, sp, groups)) {
-      y = fused(*x, *w, *b, s, p, groups);
-    } else {
+    if (fusing && onednn_runs_it(*x, *w, *b, ss, sp, groups)) {
+      try {
+        y = fused(*x, *w, *b, s, p, groups);
+      } catch (const c10::Error&) {
+        fusing = false;
+      }
+    }
+    if (!y.defined()) {
       y = at::conv2d(*x, *w, *b, s, p, {1, 1}, groups);
       at::hardtanh_(y, 0.0, 6.0);
     }
     *out = new at::Tensor(std::move(y));
   }, err, err_len);
 }
+
+// 1 while convolutions that libtorch runs with oneDNN get the fused op, 0
+// after it failed (for tests: a build whose op throws would otherwise
+// lose the speed without a sign).
+extern "C" int cairn_conv_relu6_fusing() { return fusing ? 1 : 0; }

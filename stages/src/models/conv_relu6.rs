@@ -107,6 +107,10 @@ mod tests {
         }
     }
 
+    extern "C" {
+        fn cairn_conv_relu6_fusing() -> i32;
+    }
+
     /// Bit for bit the padded conv then ReLU6, in the same layout, for
     /// Lite0's shapes: the stem, 1×1 convs, 3×3 and 5×5 depthwise ones at
     /// strides 1 (even padding, the conv's own) and 2 (uneven, a padded
@@ -144,6 +148,10 @@ mod tests {
                 let (lo, hi) = (got.min().double_value(&[]), got.max().double_value(&[]));
                 assert!(lo == 0.0 && hi == 6.0, "{name}: the outputs must reach both edges of the clamp ({lo}..{hi})");
             }
+        }
+        if cfg!(target_arch = "x86_64") {
+            // SAFETY: reads a flag; no arguments.
+            assert_eq!(unsafe { cairn_conv_relu6_fusing() }, 1, "the fused oneDNN op failed on this x86 CPU and was switched off");
         }
     }
 }
