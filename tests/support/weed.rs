@@ -54,6 +54,21 @@ fn locate_weed() -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("weed")).find(|p| p.is_file()))
 }
 
+/// The free space where `weed` keeps its volumes: with too little it
+/// cannot assign one and never comes up (its log says only "assign
+/// volume: context deadline exceeded").
+fn free_space_note() -> String {
+    let tmp = std::env::temp_dir();
+    let path = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: statvfs writes only into `st`, a zeroed struct of its type.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return format!("free space in {} unknown", tmp.display());
+    }
+    let gib = st.f_bavail as f64 * st.f_frsize as f64 / (1u64 << 30) as f64;
+    format!("{gib:.1} GiB free in {}; weed needs a few GiB for its volumes", tmp.display())
+}
+
 impl Weed {
     /// Starts a server, or says why not (see the module doc).
     pub fn start(test: &str) -> Option<Weed> {
@@ -67,7 +82,7 @@ impl Weed {
             }
             eprintln!("{test}: weed did not come up (attempt {}), retrying on other ports", attempt + 1);
         }
-        panic!("{test}: weed mini did not start; see its log above");
+        panic!("{test}: weed mini did not start; see its log above ({})", free_space_note());
     }
 
     fn try_start(weed: &Path) -> Option<Weed> {
