@@ -94,20 +94,31 @@ impl ConvBn {
     /// gradient wanted) the folded conv, its even padding and the clamp in
     /// one oneDNN primitive ([`same_conv_relu6`]), to the same bits.
     fn forward_relu6(&self, x: &Tensor, train: bool) -> Tensor {
-        if !train {
-            let conv = self.conv.folded(&self.bn, BN_EPS);
-            if !x.requires_grad() && !conv.weight().requires_grad() {
-                return same_conv_relu6(&conv, x, self.padding(x));
-            }
+        if train {
+            return relu6(self.forward_t(x, true), true);
         }
-        relu6(self.forward_t(x, train), train)
+        let (conv, pad) = (self.conv.folded(&self.bn, BN_EPS), self.padding(x));
+        if x.requires_grad() || conv.weight().requires_grad() {
+            relu6(conv.forward(&padded(x, pad)), false)
+        } else {
+            same_conv_relu6(&conv, x, pad)
+        }
+    }
+}
+
+/// `x` with `pad` zeros around it (itself where there are none).
+fn padded(x: &Tensor, pad: Padding) -> Tensor {
+    if pad == [0; 4] {
+        x.shallow_clone()
+    } else {
+        x.constant_pad_nd(pad)
     }
 }
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let pad = self.padding(x);
-        let x = if pad == [0; 4] { x.shallow_clone() } else { x.constant_pad_nd(pad) };
+        let x = padded(x, pad);
         if train {
             self.bn.forward_t(&self.train_conv(&x, pad), true)
         } else {
