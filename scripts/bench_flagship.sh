@@ -69,7 +69,9 @@ start=$(date +%s.%N)
 /usr/bin/time -f '%M' -o time.txt "$ROOT/target/release/cairn" run --set "load.source=$DATA" "${EXTRA[@]}" > run.log 2>&1 \
   || { tail -20 run.log >&2; echo "bench_flagship: the run failed (log: $DIR/run.log)" >&2; exit 1; }
 wall=$(echo "$(date +%s.%N) - $start" | bc)
-echo "profile: $(grep -o -m1 'using profile `[^`]*`' run.log | sed 's/using profile //' || echo "none chosen automatically")${EXTRA[*]:+ (flags: ${EXTRA[*]})}"
+named="" prev=""
+for a in "${EXTRA[@]}"; do [ "$prev" != --profile ] || named="\`$a\` (named by --profile)"; prev="$a"; done
+echo "profile: ${named:-$(grep -o -m1 'using profile `[^`]*`' run.log | sed 's/using profile //' || echo "none chosen automatically")}${EXTRA[*]:+ (flags: ${EXTRA[*]})}"
 
 "$ROOT/target/release/cairn" runs --json 2>/dev/null | python3 -c '
 import json, sys

@@ -284,15 +284,15 @@ impl Environment {
     }
 }
 
-/// This machine, for choosing a profile: CUDA from the driver, bf16 from
+/// This machine, for choosing a profile: CUDA from the driver, AMX from
 /// the probe (so only a pipeline whose choice depends on it probes).
 impl crate::spec::auto_profile::Machine for Environment {
     fn has_cuda(&self) -> bool {
         self.cuda_hint()
     }
 
-    fn native_bf16(&self) -> Option<bool> {
-        self.facts().ok().map(|p| crate::worker::has_native_bf16(&p.native_bf16))
+    fn amx(&self) -> Option<bool> {
+        self.facts().ok().map(|p| crate::worker::has_amx(&p.native_bf16))
     }
 }
 

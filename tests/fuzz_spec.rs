@@ -573,12 +573,12 @@ fn structured() -> impl Strategy<Value = String> {
 
 /// Every answer the automatic choice of profile can get.
 static MACHINES: [Known; 6] = [
-    Known { cuda: true, native_bf16: None },
-    Known { cuda: true, native_bf16: Some(true) },
-    Known { cuda: false, native_bf16: None },
-    Known { cuda: false, native_bf16: Some(true) },
-    Known { cuda: false, native_bf16: Some(false) },
-    Known { cuda: true, native_bf16: Some(false) },
+    Known { cuda: true, amx: None },
+    Known { cuda: true, amx: Some(true) },
+    Known { cuda: false, amx: None },
+    Known { cuda: false, amx: Some(true) },
+    Known { cuda: false, amx: Some(false) },
+    Known { cuda: true, amx: Some(false) },
 ];
 
 fn options() -> impl Strategy<Value = LoadOptions<'static>> {

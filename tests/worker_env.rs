@@ -164,8 +164,9 @@ outputs = { o = "o.txt" }
 "#;
 
 #[test]
-fn a_cpu_without_native_bf16_gets_the_cpu_fp32_profile_and_says_so() {
-    for (bf16, profile, why) in [("none", "cpu-fp32", "this CPU has no native bf16"), ("avx512_bf16", "cpu", "no CUDA device found")] {
+fn a_cpu_without_amx_gets_the_cpu_fp32_profile_and_says_so() {
+    let no_amx = "no CUDA device found and this CPU has no AMX";
+    for (bf16, profile, why) in [("none", "cpu-fp32", no_amx), ("avx512_bf16", "cpu-fp32", no_amx), ("amx_bf16", "cpu", "no CUDA device found")] {
         let p = Project::new(PROFILED);
         let tools = tempfile::tempdir().unwrap();
         let worker = fake_worker(tools.path(), &Probe { native_bf16: bf16.into(), ..probe(0) });
@@ -173,7 +174,7 @@ fn a_cpu_without_native_bf16_gets_the_cpu_fp32_profile_and_says_so() {
         assert_eq!(r.code, 0, "{}", r.all());
         assert_eq!(p.read_artifact("s", "o.txt"), format!("{profile}\n"), "native_bf16 = {bf16}: {}", r.all());
         assert!(r.all().contains(&format!("{why}: using profile `{profile}`")), "{}", r.all());
-        assert_eq!(calls(tools.path()), ["--probe"], "the choice probes once, and only for bf16");
+        assert_eq!(calls(tools.path()), ["--probe"], "the choice probes once, and only for AMX");
         let named: common::Run = p.cmd(&["status", "--cpu", "--profile", "cpu"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
         assert!(!named.all().contains("using profile"), "a named profile is not announced: {}", named.all());
     }

@@ -64,7 +64,7 @@ pub struct Config {
     pub sets: Vec<String>,
     /// Apply a named profile from `[profiles]`. Without it, `cpu` is used when
     /// no CUDA device is present and the pipeline has such a profile, or
-    /// `cpu-fp32` where the CPU has no native bf16 and the pipeline has that
+    /// `cpu-fp32` where the CPU has no AMX and the pipeline has that
     /// one; `none` disables that.
     #[arg(long)]
     pub profile: Option<String>,

@@ -312,17 +312,22 @@ mod facts {
     /// The first of [`BF16_FLAGS`] the CPU has, or `none`; also `none` when
     /// oneDNN is capped below its bf16 kernels, since the convolutions, most
     /// of a step, would then emulate bf16 (and `precision = "auto"` must
-    /// pick fp32).
+    /// pick fp32), and not `amx_bf16` when it is capped below AMX (every
+    /// oneDNN ISA with AMX has it in its name), since the automatic profile
+    /// choice asks for AMX.
     pub fn native_bf16() -> String {
-        if onednn_cap().is_some_and(|isa| ONEDNN_ISAS_WITHOUT_BF16.contains(&isa.as_str())) {
+        let cap = onednn_cap();
+        if cap.as_deref().is_some_and(|isa| ONEDNN_ISAS_WITHOUT_BF16.contains(&isa)) {
             return "none".into();
         }
+        let amx_capped = cap.is_some_and(|isa| isa != "DEFAULT" && !isa.contains("AMX"));
         let has = |flag: &str| {
             let name = CString::new(flag).expect("flag names have no NUL");
             // SAFETY: a NUL-terminated name the shim only reads.
             unsafe { cairn_probe_cpu_flag(name.as_ptr()) == 1 }
         };
-        BF16_FLAGS.iter().find(|f| has(f)).map_or("none", |f| f).to_string()
+        let usable = |flag: &&&str| !(amx_capped && **flag == "amx_bf16") && has(flag);
+        BF16_FLAGS.iter().find(usable).map_or("none", |f| f).to_string()
     }
 
     /// `cuda:<name of device 0>` when libtorch can use CUDA, else `cpu`.
