@@ -60,7 +60,7 @@ import json, sys
 p = json.load(sys.stdin)
 cap, bf16 = p["cpu_capability"], p["native_bf16"]
 auto = "fp32" if bf16 == "none" else "bf16"
-print(f"worker facts: cpu_capability = {cap}, native_bf16 = {bf16} (precision auto: {auto})")'
+print(f"worker facts: cpu_capability = {cap}, native_bf16 = {bf16} (precision auto: {auto}, where a profile leaves it auto)")'
 echo "commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD || echo ' (with uncommitted changes)'); $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "seed: $(sed -n -E 's/^seed = ([0-9]+)$/\1/p' pipeline.toml | head -1)"
 echo "command: cairn run --set load.source=$DATA ${EXTRA[*]:-} ${ISA:+(DNNL_MAX_CPU_ISA=$DNNL_MAX_CPU_ISA ATEN_CPU_CAPABILITY=$ATEN_CPU_CAPABILITY)}"
