@@ -27,7 +27,8 @@
 //!   oneDNN's cap when `ONEDNN_MAX_CPU_ISA` or `DNNL_MAX_CPU_ISA` sets one)
 //!   and
 //!   `native_bf16` (`amx_bf16`, `avx512_bf16`… or `none`, also `none` when
-//!   oneDNN is capped below its bf16 kernels), since results differ across
+//!   oneDNN is capped below its bf16 kernels, and not `amx_bf16` when it is
+//!   capped below AMX), since results differ across
 //!   CPU classes. For a stage on a scheduler executor
 //!   (Slurm), these are the facts of the nodes it runs on, from a probe job
 //!   of the executor's shape (see [`crate::env`]), not of the machine
