@@ -64,12 +64,7 @@ fn zero_padded(x: &Tensor, pad: Padding) -> Tensor {
     let [left, right, top, bottom] = pad;
     let (n, c, h, w) = x.size4().expect("a batch of images");
     let (hp, wp) = (h + top + bottom, w + left + right);
-    let channels_last = !x.is_contiguous() && x.permute([0, 2, 3, 1]).is_contiguous();
-    let out = if channels_last {
-        x.new_empty([n, hp, wp, c], (x.kind(), x.device())).permute([0, 3, 1, 2])
-    } else {
-        x.new_empty([n, c, hp, wp], (x.kind(), x.device()))
-    };
+    let out = super::empty_in_layout_of(x, [n, c, hp, wp]);
     for (dim, start, len) in [(2, 0, top), (2, top + h, bottom), (3, 0, left), (3, left + w, right)] {
         let _ = out.narrow(dim, start, len).fill_(0.0);
     }

@@ -134,6 +134,18 @@ pub fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
+/// An uninitialised `[n, c, h, w]` tensor of `like`'s kind and device, laid
+/// out channels-last when `like` (4-d) is, so what is written into it keeps
+/// the layout the convolutions were given.
+pub fn empty_in_layout_of(like: &Tensor, [n, c, h, w]: [i64; 4]) -> Tensor {
+    let opts = (like.kind(), like.device());
+    if like.dim() == 4 && !like.is_contiguous() && like.permute([0, 2, 3, 1]).is_contiguous() {
+        Tensor::empty([n, h, w, c], opts).permute([0, 3, 1, 2])
+    } else {
+        Tensor::empty([n, c, h, w], opts)
+    }
+}
+
 /// fp32 logits averaged over the `tta` views of the normalised batch `x`;
 /// `f` maps a view to its logits. Shifted views pad by reflection, as
 /// airbench does, so no black border appears that training never showed.

@@ -162,12 +162,10 @@ impl<'a> Runner<'a> {
 fn empty_rows_like(part: &Tensor, n: i64) -> Tensor {
     let mut size = part.size();
     size[0] = n;
-    let opts = (part.kind(), part.device());
-    if size.len() == 4 && !part.is_contiguous() && part.permute([0, 2, 3, 1]).is_contiguous() {
-        let [n, c, h, w] = [size[0], size[1], size[2], size[3]];
-        return Tensor::empty([n, h, w, c], opts).permute([0, 3, 1, 2]);
+    match size[..] {
+        [n, c, h, w] => models::empty_in_layout_of(part, [n, c, h, w]),
+        _ => Tensor::empty(size, (part.kind(), part.device())),
     }
-    Tensor::empty(size, opts)
 }
 
 /// Mean loss and accuracy of the current weights on a val source, over
