@@ -4,7 +4,10 @@
 //! `bench_train throughput <fast|resnet18|resnet50|efficientnet_lite0> <res> <batch> <steps> [fp32|bf16] [cifar]`
 //! times forward + backward + SGD steps on random data (the first step is a
 //! warm-up and not counted) and prints images/s from the median step — the Rust half of
-//! `scripts/bench_train.py`. `CAIRN_BENCH_DEVICE=cuda` runs it on the first
+//! `scripts/bench_train.py`. `CAIRN_BENCH_FROM=<block>` (e.g. `stage5`)
+//! trains only that block and the ones after it, on the frozen blocks'
+//! output computed once in eval mode, as `train` does with cached features
+//! (`cpu-lite0`'s `pretrain`). `CAIRN_BENCH_DEVICE=cuda` runs it on the first
 //! GPU (default `cpu`), synchronising after each phase so the phase times
 //! are the GPU's. `bench_train infer <model> <res> <batch> <images> [fp32|bf16]`
 //! times eval-mode scoring (what `evaluate` does) of random images in
@@ -105,15 +108,23 @@ fn throughput(args: &[String]) -> Result<(), String> {
     };
     let vs = nn::VarStore::new(device);
     let net = s.net(&vs)?;
-    let mut opt = Optim::new(Optimizer::Sgd, vs.trainable_variables(), 0.9, true, 5e-4, 1.0);
     let feed = Feed { normalize: Normalize::Cifar, kind, device };
     let x = Tensor::randint(256, [batch, 3, res, res], (Kind::Uint8, device));
     let y = Tensor::randint(10, [batch], (Kind::Int64, device));
+    let first = match std::env::var("CAIRN_BENCH_FROM") {
+        Ok(block) => net.index(&block).map_err(|e| format!("CAIRN_BENCH_FROM: {e}"))?,
+        Err(_) => 0,
+    };
+    let prefix = tch::no_grad(|| models::channels_last(&net.forward_range(&feed.input(&x), 0..first, |_| false)));
+    let tail = &net.blocks[first..];
+    let vars = vs.variables().into_iter().filter(|(name, v)| v.requires_grad() && tail.iter().any(|b| b.owns(name))).map(|(_, v)| v).collect();
+    let mut opt = Optim::new(Optimizer::Sgd, vars, 0.9, true, 5e-4, 1.0);
     // Per step: [forward, backward, optimizer] seconds.
     let mut t = Vec::new();
     for _ in 0..=steps {
         let t0 = Instant::now();
-        let loss = net.forward_t(&feed.input(&x), true).to_kind(Kind::Float).cross_entropy_for_logits(&y);
+        let input = if first == 0 { feed.input(&x) } else { prefix.shallow_clone() };
+        let loss = net.forward_range(&input, first..net.blocks.len(), |_| true).to_kind(Kind::Float).cross_entropy_for_logits(&y);
         let _ = loss.double_value(&[]);
         let t1 = Instant::now();
         opt.zero_grad();

@@ -4,8 +4,10 @@
 //! 5×5 layers spent a quarter of a training step in oneDNN's weight
 //! gradient on a 2-core AVX2 EPYC (BENCHMARKS.md, "A depthwise weight
 //! gradient that streams"). The forward and the input gradient stay
-//! libtorch's; elsewhere (3×3 filters, bf16, CUDA, other CPUs) the whole
-//! op is a plain `conv2d`.
+//! libtorch's, with the conv padding by itself where the padding is even
+//! (a padded copy's input gradient covers the padding too: 2.8–5.4x the
+//! pixels on Lite0's 6×6 and 3×3 maps); elsewhere (3×3 filters, bf16,
+//! CUDA, other CPUs) the whole op is a padded copy and a plain `conv2d`.
 
 use tch::Tensor;
 use torch_sys::C_tensor;
@@ -42,9 +44,11 @@ pub fn same_padding(h: i64, w: i64, k: i64, stride: i64) -> Padding {
     [w / 2, w - w / 2, h / 2, h - h / 2]
 }
 
-/// The depthwise convolution (groups = channels, no bias) of `x`, which
-/// was padded by `pad`, with `w` [C, 1, K, K] of `x`'s dtype at `stride`.
-/// Gradients reach `x` and `w` as they would through `conv2d`.
+/// The depthwise convolution (groups = channels, no bias) of the unpadded
+/// `x`, padded by `pad`, with `w` [C, 1, K, K] of `x`'s dtype at `stride`.
+/// Output and gradients have the bits of `conv2d` over
+/// `x.constant_pad_nd(pad)` (the weight gradient where the shim computes
+/// it: to float rounding, summed in its own order).
 ///
 /// # Panics
 /// Where libtorch rejects the shapes, as tch's own ops do.

@@ -62,7 +62,9 @@ fn relu6(mut x: Tensor, train: bool) -> Tensor {
 /// oneDNN computes the weight gradients of the depthwise 3×3 and 5×5 convs
 /// on 2×2 and 4×4 maps through a GEMM (`x64:gemm:jit`, 30–80 ms each), which made a whole
 /// training step at 64 px 1.7x slower on an AVX2 EPYC (`bench_train
-/// throughput efficientnet_lite0 64 64 10`: 70 against 118 img/s). In eval
+/// throughput efficientnet_lite0 64 64 10`: 70 against 118 img/s). The
+/// exception is a depthwise conv whose weight gradient cairn computes
+/// itself ([`depthwise::conv`] decides). In eval
 /// mode (the frozen prefix whose features `train` caches, `evaluate`,
 /// Grad-CAM) the BatchNorm is folded into the convolution, saving a pass
 /// over every activation (BENCHMARKS.md, "Lite0 at 88 px from stage 5,
@@ -80,13 +82,14 @@ impl ConvBn {
         same_padding(x.size()[2], x.size()[3], self.conv.weight().size()[2], self.conv.stride())
     }
 
-    /// The conv in training: depthwise ones through [`depthwise::conv`],
-    /// whose weight gradient is faster for 5×5 filters.
+    /// The conv of the unpadded `x` in training: depthwise ones through
+    /// [`depthwise::conv`], whose weight gradient is faster for 5×5
+    /// filters.
     fn train_conv(&self, x: &Tensor, pad: Padding) -> Tensor {
         if self.conv.is_depthwise() {
             depthwise::conv(x, &self.conv.weight().to_kind(x.kind()), self.conv.stride(), pad)
         } else {
-            self.conv.forward(x)
+            self.conv.forward(&padded(x, pad))
         }
     }
 
@@ -118,11 +121,10 @@ fn padded(x: &Tensor, pad: Padding) -> Tensor {
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let pad = self.padding(x);
-        let x = padded(x, pad);
         if train {
-            self.bn.forward_t(&self.train_conv(&x, pad), true)
+            self.bn.forward_t(&self.train_conv(x, pad), true)
         } else {
-            self.conv.folded(&self.bn, BN_EPS).forward(&x)
+            self.conv.folded(&self.bn, BN_EPS).forward(&padded(x, pad))
         }
     }
 }
