@@ -34,6 +34,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -80,11 +81,12 @@ __attribute__((target("avx2,fma"))) void image_taps(const float* x, const float*
       float* a = acc + (i * g.K + j) * NV * 8;
       __m256 r[NV];
       for (int v = 0; v < NV; ++v) r[v] = _mm256_loadu_ps(a + 8 * v);
-      for (int64_t ho = h0; ho < h1; ++ho) {
+      for (int64_t ho = h0; ho < h1 && w0 < w1; ++ho) {
         const float* dr = dy + ho * g.Wo * g.C + c0;
+        const float* xr = x + g.at(ho * g.s + i, w0 * g.s + j, c0);  // the row's first pixel read
         for (int64_t wo = w0; wo < w1; ++wo) {
           const float* d = dr + wo * g.C;
-          const float* xp = x + g.at(ho * g.s + i, wo * g.s + j, c0);
+          const float* xp = xr + (wo - w0) * g.s * g.C;
           for (int v = 0; v < NV; ++v) r[v] = _mm256_fmadd_ps(_mm256_loadu_ps(d + 8 * v), _mm256_loadu_ps(xp + 8 * v), r[v]);
         }
       }
@@ -176,12 +178,18 @@ at::Tensor padded(const at::Tensor& x, const std::vector<int64_t>& pad) {
 // input; otherwise `x` arrives padded and the conv pads nothing.
 bool even(const std::vector<int64_t>& pad) { return pad[0] == pad[1] && pad[2] == pad[3]; }
 
+// The padding the conv itself applies (rows, columns on each side).
+std::array<int64_t, 2> own_padding(const std::vector<int64_t>& pad) {
+  return even(pad) ? std::array<int64_t, 2>{pad[0], pad[2]} : std::array<int64_t, 2>{0, 0};
+}
+
 struct DepthwiseConv : public torch::autograd::Function<DepthwiseConv> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, int64_t stride, std::vector<int64_t> pad) {
     ctx->save_for_backward({x, w});
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = pad;
-    return even(pad) ? plain(x, w, stride, pad[0], pad[2]) : plain(x, w, stride);
+    const auto [ph, pw] = own_padding(pad);
+    return plain(x, w, stride, ph, pw);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -189,14 +197,13 @@ struct DepthwiseConv : public torch::autograd::Function<DepthwiseConv> {
     const auto &x = saved[0], &w = saved[1], &dy = grads[0];
     const int64_t s = ctx->saved_data["stride"].toInt();
     const auto pad = ctx->saved_data["padding"].toIntVector();
-    const bool self_padded = even(pad);
-    const int64_t ph = self_padded ? pad[0] : 0, pw = self_padded ? pad[2] : 0;
+    const auto [ph, pw] = own_padding(pad);
     at::Tensor dx, dw;
     if (ctx->needs_input_grad(0)) {
       dx = std::get<0>(at::convolution_backward(dy, x, w, std::nullopt, {s, s}, {ph, pw}, {1, 1}, false, {0, 0}, w.size(0), {true, false, false}));
     }
     if (ctx->needs_input_grad(1)) {
-      dw = weight_grad(x, dy, w.size(2), s, pad, !self_padded);
+      dw = weight_grad(x, dy, w.size(2), s, pad, !even(pad));
     }
     return {dx, dw, at::Tensor(), at::Tensor()};
   }

@@ -31,6 +31,7 @@ use cairn_kinds::train::{Arch, ModelSpec, Normalize, Optimizer, Stem, Tta};
 use cairn_stages::ctx::WorkerCtx;
 use cairn_stages::models::{self, Feed};
 use cairn_stages::train::batches::Rng;
+use cairn_stages::train::freeze;
 use cairn_stages::train::optim::Optim;
 use cairn_stages::tensors;
 use tch::{nn, Device, Kind, Tensor};
@@ -115,15 +116,14 @@ fn throughput(args: &[String]) -> Result<(), String> {
         Ok(block) => net.index(&block).map_err(|e| format!("CAIRN_BENCH_FROM: {e}"))?,
         Err(_) => 0,
     };
-    let prefix = tch::no_grad(|| models::channels_last(&net.forward_range(&feed.input(&x), 0..first, |_| false)));
-    let tail = &net.blocks[first..];
-    let vars = vs.variables().into_iter().filter(|(name, v)| v.requires_grad() && tail.iter().any(|b| b.owns(name))).map(|(_, v)| v).collect();
-    let mut opt = Optim::new(Optimizer::Sgd, vars, 0.9, true, 5e-4, 1.0);
+    let tail: Vec<String> = net.blocks[first..].iter().map(|b| b.name.clone()).collect();
+    let mut opt = Optim::new(Optimizer::Sgd, freeze(&vs, &net, &tail), 0.9, true, 5e-4, 1.0);
+    let prefix = (first > 0).then(|| tch::no_grad(|| models::channels_last(&net.forward_range(&feed.input(&x), 0..first, |_| false))));
     // Per step: [forward, backward, optimizer] seconds.
     let mut t = Vec::new();
     for _ in 0..=steps {
         let t0 = Instant::now();
-        let input = if first == 0 { feed.input(&x) } else { prefix.shallow_clone() };
+        let input = prefix.as_ref().map_or_else(|| feed.input(&x), Tensor::shallow_clone);
         let loss = net.forward_range(&input, first..net.blocks.len(), |_| true).to_kind(Kind::Float).cross_entropy_for_logits(&y);
         let _ = loss.double_value(&[]);
         let t1 = Instant::now();

@@ -31,6 +31,8 @@ mod muon;
 pub mod optim;
 mod runner;
 
+pub use runner::freeze;
+
 #[cfg(test)]
 mod checkpoint_tests;
 

@@ -12,7 +12,7 @@ use crate::device;
 use crate::models::{self, Feed, Net};
 
 /// Freezes every variable outside `trainable` blocks; returns the trainable ones.
-pub(super) fn freeze(vs: &nn::VarStore, net: &Net, trainable: &[String]) -> Vec<Tensor> {
+pub fn freeze(vs: &nn::VarStore, net: &Net, trainable: &[String]) -> Vec<Tensor> {
     let mut vars: Vec<(String, Tensor)> = vs.trainable_variables_named();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = Vec::new();
