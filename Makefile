@@ -63,8 +63,8 @@ bench-train: setup
 	$(TORCH_HOME)/bin/python scripts/bench_train_ratio.py $(PAIRS)
 
 # The flagship from an empty cache, timed, with the CPU and the facts its
-# stages were keyed on: a block for BENCHMARKS.md. ISA=AVX2 caps oneDNN and
-# ATen at AVX2, standing in for a CPU without AVX512; SEED=N runs with
+# stages were keyed on: a block for BENCHMARKS.md. ISA=AVX2 caps oneDNN,
+# ATen and MKL at AVX2, standing in for a CPU without AVX512; SEED=N runs with
 # `seed = N`; PROFILE=cpu-long runs that profile. Only values given on the
 # command line count: an exported SEED or PROFILE is not this target's.
 arg = $(if $(filter command line,$(origin $(1))),$($(1)))

@@ -10,9 +10,10 @@
 # (`lscpu` model name and the flags that decide the kernels), the facts
 # the stages were keyed on (so the precision `auto` chose), each stage's
 # wall time, the whole run's wall time and peak memory, and the test
-# accuracy. `--isa AVX2` caps oneDNN and ATen at AVX2
-# (`DNNL_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`), standing in for a CPU
-# without AVX512; the cap is part of the stages' keys. `--seed N` runs
+# accuracy. `--isa AVX2` caps oneDNN, ATen and MKL at AVX2
+# (`DNNL_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`, `MKL_ENABLE_INSTRUCTIONS`),
+# standing in for a CPU without AVX512; the cap is part of the stages'
+# keys. `--seed N` runs
 # the pipeline with `[pipeline] seed = N` instead of the repo's seed (the
 # spread between seeds is what a single accuracy figure hides). `--keep
 # DIR` runs in DIR (which must not exist) and keeps it; otherwise a
@@ -43,6 +44,8 @@ else
 fi
 if [ -n "$ISA" ]; then
   export DNNL_MAX_CPU_ISA="$ISA" ATEN_CPU_CAPABILITY="$(echo "$ISA" | tr '[:upper:]' '[:lower:]')"
+  # MKL names no other oneDNN ISA; it computes the matrix products.
+  if [ "$ISA" = AVX2 ]; then export MKL_ENABLE_INSTRUCTIONS=AVX2; fi
 fi
 cp "$ROOT/pipeline.toml" "$DIR/"
 # Fetched weights (scripts/fetch-lite0.sh) for the profiles that read them.
@@ -63,7 +66,7 @@ auto = "fp32" if bf16 == "none" else "bf16"
 print(f"worker facts: cpu_capability = {cap}, native_bf16 = {bf16} (precision auto: {auto}, where a profile leaves it auto)")'
 echo "commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD || echo ' (with uncommitted changes)'); $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "seed: $(sed -n -E 's/^seed = ([0-9]+)$/\1/p' pipeline.toml | head -1)"
-echo "command: cairn run --set load.source=$DATA ${EXTRA[*]:-} ${ISA:+(DNNL_MAX_CPU_ISA=$DNNL_MAX_CPU_ISA ATEN_CPU_CAPABILITY=$ATEN_CPU_CAPABILITY)}"
+echo "command: cairn run --set load.source=$DATA ${EXTRA[*]:-} ${ISA:+(DNNL_MAX_CPU_ISA=$DNNL_MAX_CPU_ISA ATEN_CPU_CAPABILITY=$ATEN_CPU_CAPABILITY${MKL_ENABLE_INSTRUCTIONS:+ MKL_ENABLE_INSTRUCTIONS=$MKL_ENABLE_INSTRUCTIONS})}"
 
 start=$(date +%s.%N)
 /usr/bin/time -f '%M' -o time.txt "$ROOT/target/release/cairn" run --set "load.source=$DATA" "${EXTRA[@]}" > run.log 2>&1 \

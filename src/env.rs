@@ -18,7 +18,8 @@
 //! size, mtime, ctime, inode), the NVIDIA driver version, the CPU's model
 //! and flags, and the variables libtorch reads at start-up
 //! (`CUDA_VISIBLE_DEVICES`, `ATEN_CPU_CAPABILITY`, `ONEDNN_MAX_CPU_ISA`,
-//! `DNNL_MAX_CPU_ISA`, `LD_LIBRARY_PATH`, `LD_PRELOAD`). An entry is also dropped when the libtorch library file it
+//! `DNNL_MAX_CPU_ISA`, `MKL_ENABLE_INSTRUCTIONS`, `MKL_CBWR`,
+//! `LD_LIBRARY_PATH`, `LD_PRELOAD`). An entry is also dropped when the libtorch library file it
 //! names changed (a reinstall). So rebuilding the worker, updating the
 //! driver or using the cache from another machine probes again, and
 //! `cairn status` stays fast otherwise. Entries are written atomically
@@ -54,7 +55,7 @@ use std::sync::{Arc, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use crate::kind::EnvNeeds;
-use crate::worker::{threads_from_env, Probe, ONEDNN_ISA_VARS, PROTOCOL_VERSION};
+use crate::worker::{threads_from_env, Probe, MKL_VARS, ONEDNN_ISA_VARS, PROTOCOL_VERSION};
 
 pub use crate::worker::TORCH_VERSION;
 
@@ -65,11 +66,13 @@ pub const UNKNOWN: &str = "unknown (cairn-worker --probe failed)";
 pub const PROBE_DIR: &str = "probe";
 
 /// Variables libtorch reads at start-up that change what it reports.
-const PROBE_ENV_VARS: [&str; 6] = [
+const PROBE_ENV_VARS: [&str; 8] = [
     "CUDA_VISIBLE_DEVICES",
     "ATEN_CPU_CAPABILITY",
     ONEDNN_ISA_VARS[0],
     ONEDNN_ISA_VARS[1],
+    MKL_VARS[0],
+    MKL_VARS[1],
     "LD_LIBRARY_PATH",
     "LD_PRELOAD",
 ];

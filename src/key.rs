@@ -24,7 +24,9 @@
 //!   `cuda:<device name>`); for kinds whose float reductions depend on the
 //!   thread count, when on the CPU, also `threads`, `cpu_capability` (the
 //!   kernels libtorch dispatches to: `DEFAULT`, `AVX2`, `AVX512`…, with
-//!   oneDNN's cap when `ONEDNN_MAX_CPU_ISA` or `DNNL_MAX_CPU_ISA` sets one)
+//!   oneDNN's cap when `ONEDNN_MAX_CPU_ISA` or `DNNL_MAX_CPU_ISA` sets one,
+//!   and `MKL_ENABLE_INSTRUCTIONS` and `MKL_CBWR` where set, as they change
+//!   which kernels compute matrix products)
 //!   and
 //!   `native_bf16` (`amx_bf16`, `avx512_bf16`… or `none`, also `none` when
 //!   oneDNN is capped below its bf16 kernels, and not `amx_bf16` when it is

@@ -290,17 +290,24 @@ mod facts {
             .ok_or_else(|| "libtorch's build settings name no TORCH_VERSION".to_string())
     }
 
-    /// ATen's kernel class (`DEFAULT`/`AVX2`/`AVX512`), and oneDNN's
-    /// instruction-set cap where one is set: oneDNN picks its convolution
-    /// kernels on its own, and capping it (`ONEDNN_MAX_CPU_ISA=AVX2`, as
-    /// one does to stand in for an older CPU) changes the numbers and makes
-    /// training 1.8x slower on an AVX512 CPU (BENCHMARKS).
+    /// ATen's kernel class (`DEFAULT`/`AVX2`/`AVX512`), oneDNN's
+    /// instruction-set cap where one is set, and MKL's settings where set:
+    /// oneDNN and MKL pick their convolution and matrix-product kernels on
+    /// their own, and capping them (`ONEDNN_MAX_CPU_ISA=AVX2`,
+    /// `MKL_ENABLE_INSTRUCTIONS=AVX2`, as one does to stand in for an older
+    /// CPU) changes the numbers and makes training 1.8x slower on an AVX512
+    /// CPU (BENCHMARKS).
     pub fn cpu_capability() -> Result<String, String> {
-        let aten = shim_string(cairn_probe_cpu_capability).ok_or_else(|| "libtorch cannot say its CPU capability".to_string())?;
-        Ok(match onednn_cap() {
-            Some(isa) => format!("{aten}, oneDNN capped at {isa}"),
-            None => aten,
-        })
+        let mut fact = shim_string(cairn_probe_cpu_capability).ok_or_else(|| "libtorch cannot say its CPU capability".to_string())?;
+        if let Some(isa) = onednn_cap() {
+            fact += &format!(", oneDNN capped at {isa}");
+        }
+        for var in cairn_kind::protocol::MKL_VARS {
+            if let Some(value) = std::env::var(var).ok().filter(|s| !s.trim().is_empty()) {
+                fact += &format!(", {var}={}", value.trim());
+            }
+        }
+        Ok(fact)
     }
 
     /// oneDNN's instruction-set cap from the environment, upper-cased.

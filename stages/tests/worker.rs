@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cairn_formats::{write_tensor, DType, TensorFile};
-use cairn_kind::protocol::{Event, Job, Probe, PROTOCOL_VERSION};
+use cairn_kind::protocol::{Event, Job, Probe, MKL_VARS, ONEDNN_ISA_VARS, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 
 fn worker() -> Command {
@@ -53,7 +53,11 @@ fn job(kind: &str, params: Value, inputs: Value, outputs: Value, dir: &Path) -> 
 }
 
 fn probe(extra_env: &[(&str, &str)]) -> Probe {
-    let out = worker().arg("--probe").env_remove("ONEDNN_MAX_CPU_ISA").env_remove("DNNL_MAX_CPU_ISA").envs(extra_env.iter().copied()).output().unwrap();
+    let mut cmd = worker();
+    for var in ONEDNN_ISA_VARS.iter().chain(&MKL_VARS) {
+        cmd.env_remove(var);
+    }
+    let out = cmd.arg("--probe").envs(extra_env.iter().copied()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "one JSON object on one line: {text}");
@@ -115,6 +119,11 @@ fn probe_reports_facts_from_libtorch() {
     let below_amx = if p.native_bf16 == "amx_bf16" { "avx512_bf16" } else { p.native_bf16.as_str() };
     assert_eq!(probe(&[("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")]).native_bf16, below_amx);
     assert_eq!(probe(&[("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")]).native_bf16, p.native_bf16);
+    // So does MKL for matrix products (Lite0's 1×1 convs in training, every
+    // classifier): its settings are part of the fact, after oneDNN's cap.
+    let both = probe(&[("DNNL_MAX_CPU_ISA", "avx2"), ("MKL_ENABLE_INSTRUCTIONS", "AVX2"), ("MKL_CBWR", " COMPATIBLE ")]);
+    assert_eq!(both.cpu_capability, format!("{}, oneDNN capped at AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2, MKL_CBWR=COMPATIBLE", p.cpu_capability));
+    assert_eq!(both.native_bf16, "none");
 }
 
 #[test]

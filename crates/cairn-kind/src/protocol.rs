@@ -55,6 +55,13 @@ pub const PROTOCOL_VERSION: u32 = 3;
 /// engine probes again when one changes.
 pub const ONEDNN_ISA_VARS: [&str; 2] = ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"];
 
+/// The variables that change which kernels MKL, libtorch's BLAS on x86,
+/// runs for matrix products (`MKL_ENABLE_INSTRUCTIONS` caps its
+/// instruction set, `MKL_CBWR` pins one code branch): each changes their
+/// numbers, so the worker reports them in its `cpu_capability` fact and
+/// the engine probes again when one changes.
+pub const MKL_VARS: [&str; 2] = ["MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR"];
+
 /// The environment variable naming the worker binary, overriding the one
 /// next to the `cairn` executable.
 pub const WORKER_ENV: &str = "CAIRN_WORKER";
