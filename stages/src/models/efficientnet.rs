@@ -84,10 +84,12 @@ impl ConvBn {
 
     /// The conv of the unpadded `x` in training: depthwise ones through
     /// [`depthwise::conv`], whose weight gradient is faster for 5×5
-    /// filters.
+    /// filters, 1×1 ones as matrix products ([`Conv::pointwise_as_matmul`]).
     fn train_conv(&self, x: &Tensor, pad: Padding) -> Tensor {
         if self.conv.is_depthwise() {
             depthwise::conv(x, &self.conv.weight().to_kind(x.kind()), self.conv.stride(), pad)
+        } else if self.conv.is_pointwise() {
+            self.conv.pointwise_as_matmul(x)
         } else {
             self.conv.forward(&padded(x, pad))
         }
