@@ -13,11 +13,10 @@
 # accuracy. `--isa AVX2` caps oneDNN, ATen and MKL at AVX2
 # (`DNNL_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`, `MKL_ENABLE_INSTRUCTIONS`),
 # standing in for a CPU without AVX512; the cap is part of the stages'
-# keys. `--seed N` runs
-# the pipeline with `[pipeline] seed = N` instead of the repo's seed (the
-# spread between seeds is what a single accuracy figure hides). `--keep
-# DIR` runs in DIR (which must not exist) and keeps it; otherwise a
-# temporary directory is removed afterwards.
+# keys. `--seed N` runs the pipeline with `[pipeline] seed = N` instead
+# of the repo's seed (the spread between seeds is what a single accuracy
+# figure hides). `--keep DIR` runs in DIR (which must not exist) and
+# keeps it; otherwise a temporary directory is removed afterwards.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="${CAIRN_BENCH_DATA:-$ROOT/../shared/data/cifar10-jpg.tar.gz}"
@@ -44,7 +43,8 @@ else
 fi
 if [ -n "$ISA" ]; then
   export DNNL_MAX_CPU_ISA="$ISA" ATEN_CPU_CAPABILITY="$(echo "$ISA" | tr '[:upper:]' '[:lower:]')"
-  # MKL names no other oneDNN ISA; it computes the matrix products.
+  # MKL computes the matrix products; of oneDNN's ISA names it knows
+  # only this one.
   if [ "$ISA" = AVX2 ]; then export MKL_ENABLE_INSTRUCTIONS=AVX2; fi
 fi
 cp "$ROOT/pipeline.toml" "$DIR/"
