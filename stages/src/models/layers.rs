@@ -77,10 +77,12 @@ impl Conv {
     /// This pointwise conv of `x` [N, C, H, W] as one matrix product on
     /// `x`'s `[N·H·W, C]` pixel-major view (no copy where `x` is
     /// channels-last), returned channels-last. Forward and backward are
-    /// then three GEMMs, which on a 2-core CPU beat oneDNN's 1×1 conv
-    /// primitives by 13–16% on Lite0's tail (BENCHMARKS.md, "Lite0's 1×1
-    /// convs as matrix products"). The sums run in another order than the
-    /// conv's, so the last bits differ from [`nn::Module::forward`]'s.
+    /// then three MKL GEMMs, which on a 2-core Xeon made Lite0's trained
+    /// tail's whole step 1.05–1.22x faster than with oneDNN's 1×1 conv
+    /// primitives, with and without instruction-set caps (BENCHMARKS.md,
+    /// "Lite0's 1×1 convs as matrix products"). The sums run in another
+    /// order than the conv's, so the last bits differ from
+    /// [`nn::Module::forward`]'s.
     pub fn pointwise_as_matmul(&self, x: &Tensor) -> Tensor {
         debug_assert!(self.is_pointwise());
         let (n, c, h, w) = x.size4().expect("a batch of images");
