@@ -303,17 +303,22 @@ mod facts {
             fact += &format!(", oneDNN capped at {isa}");
         }
         for var in cairn_kind::protocol::MKL_VARS {
-            if let Some(value) = std::env::var(var).ok().filter(|s| !s.trim().is_empty()) {
-                fact += &format!(", {var}={}", value.trim());
+            if let Some(value) = setting(var) {
+                fact += &format!(", {var}={value}");
             }
         }
         Ok(fact)
     }
 
+    /// A library setting from the environment, trimmed; unset or blank is
+    /// none.
+    fn setting(var: &str) -> Option<String> {
+        std::env::var(var).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
     /// oneDNN's instruction-set cap from the environment, upper-cased.
     fn onednn_cap() -> Option<String> {
-        let var = cairn_kind::protocol::ONEDNN_ISA_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()));
-        var.map(|isa| isa.trim().to_ascii_uppercase())
+        cairn_kind::protocol::ONEDNN_ISA_VARS.iter().find_map(|v| setting(v)).map(|isa| isa.to_ascii_uppercase())
     }
 
     /// The first of [`BF16_FLAGS`] the CPU has, or `none`; also `none` when
