@@ -13,7 +13,8 @@
 //! determinism switches, its fused optimizer kernels, a depthwise
 //! convolution with its own weight gradient, a convolution with ReLU6
 //! fused for inference and the facts
-//! `cairn-worker --probe` reports — for which tch has no binding.
+//! `cairn-worker --probe` reports — for which tch has no binding, with
+//! OpenMP, so that their loops run on libtorch's threads.
 
 use std::env;
 
@@ -37,19 +38,35 @@ fn main() {
 /// Builds the C++ shims against libtorch's headers (`<lib>/../include`),
 /// with the C++ ABI the PyPI wheels use.
 fn compile_shim(lib: &str) {
-    const SOURCES: [&str; 5] = ["csrc/conv_relu6.cpp", "csrc/depthwise.cpp", "csrc/determinism.cpp", "csrc/optim.cpp", "csrc/probe.cpp"];
+    const SOURCES: [&str; 6] =
+        ["csrc/conv_relu6.cpp", "csrc/depthwise.cpp", "csrc/determinism.cpp", "csrc/optim.cpp", "csrc/parallel.cpp", "csrc/probe.cpp"];
     const HEADERS: [&str; 1] = ["csrc/guarded.h"];
     for src in SOURCES.iter().chain(&HEADERS) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = std::path::Path::new(lib).join("../include");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .files(SOURCES)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .warnings(false)
-        .compile("cairn_shim");
+        .warnings(false);
+    // `at::parallel_for` is a header template that splits a loop across
+    // threads with `#pragma omp parallel` where libtorch was built with
+    // OpenMP, as the PyPI wheels are (they ship their `libgomp.so.1` beside
+    // libtorch); compiled without `-fopenmp` it runs every shim loop on one
+    // thread. Linked by that name, the shims share libtorch's OpenMP
+    // runtime and thread count.
+    let gomp = std::path::Path::new(lib).join("libgomp.so.1");
+    println!("cargo:rerun-if-changed={}", gomp.display());
+    if gomp.exists() {
+        build.flag("-fopenmp");
+    }
+    build.compile("cairn_shim");
+    if gomp.exists() {
+        println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
+    }
 }
