@@ -10,7 +10,8 @@
 //! it directly, which is why `torch-sys` is a direct dependency here.
 //!
 //! It also compiles the C++ shims in `csrc/` — libtorch's global
-//! determinism switches, its fused optimizer kernels, a depthwise
+//! determinism switches, its fused optimizer kernels, a training
+//! BatchNorm with ReLU6 fused, a depthwise
 //! convolution with its own weight gradient, a convolution with ReLU6
 //! fused for inference and the facts
 //! `cairn-worker --probe` reports — for which tch has no binding, with
@@ -38,8 +39,8 @@ fn main() {
 /// Builds the C++ shims against libtorch's headers (`<lib>/../include`),
 /// with the C++ ABI the PyPI wheels use.
 fn compile_shim(lib: &str) {
-    const SOURCES: [&str; 6] =
-        ["csrc/conv_relu6.cpp", "csrc/depthwise.cpp", "csrc/determinism.cpp", "csrc/optim.cpp", "csrc/parallel.cpp", "csrc/probe.cpp"];
+    const SOURCES: [&str; 7] =
+        ["csrc/batch_norm.cpp", "csrc/conv_relu6.cpp", "csrc/depthwise.cpp", "csrc/determinism.cpp", "csrc/optim.cpp", "csrc/parallel.cpp", "csrc/probe.cpp"];
     const HEADERS: [&str; 1] = ["csrc/guarded.h"];
     for src in SOURCES.iter().chain(&HEADERS) {
         println!("cargo:rerun-if-changed={src}");
@@ -52,6 +53,13 @@ fn compile_shim(lib: &str) {
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
+        // No fused multiply-adds the source does not spell out: a loop
+        // compiled for AVX2 and for plain x86-64 gives the same bits.
+        .flag("-ffp-contract=off")
+        // Float comparisons may be evaluated whether or not a branch needs
+        // them (their only side effect is a status flag no shim reads), so
+        // loops with a clamp's mask vectorise; values are unchanged.
+        .flag("-fno-trapping-math")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false);
     // `at::parallel_for` is a header template that splits a loop across

@@ -664,7 +664,9 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
 /// one oneDNN primitive (the same bits on the AVX2 EPYC it was measured
 /// on; oneDNN's kernel choice, and so float rounding, may differ on others).
 /// 15: Lite0's 1×1 convs train as matrix products (float rounding differs).
-pub const VERSION: u32 = 15;
+/// 16: Lite0's BatchNorms train in cairn's kernel, ReLU6 fused, fp32 on the
+/// CPU (statistics summed in another order and partly in double).
+pub const VERSION: u32 = 16;
 
 pub struct Train;
 

@@ -18,6 +18,7 @@
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
+use super::batch_norm::{self, Then};
 use super::conv_relu6::same_conv_relu6;
 use super::depthwise::{self, same_padding, Padding};
 use super::layers::{avg_pool_linear, conv, depthwise as depthwise_conv, sequence, Conv};
@@ -32,28 +33,22 @@ const TOP: i64 = 1280;
 /// TensorFlow's BatchNorm epsilon, which the weights were trained with.
 const BN_EPS: f64 = 1e-3;
 
-/// TensorFlow's BatchNorm settings (eps 1e-3, decay 0.99): the running
-/// statistics the weights come with move slowly.
+/// TensorFlow's BatchNorm decay, 0.99: the running statistics the weights
+/// come with move slowly.
+const BN_MOMENTUM: f64 = 0.01;
+
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, nn::BatchNormConfig { eps: BN_EPS, momentum: 0.01, ws_init: nn::Init::Const(1.0), ..Default::default() })
+    nn::batch_norm2d(p, c, nn::BatchNormConfig { eps: BN_EPS, momentum: BN_MOMENTUM, ws_init: nn::Init::Const(1.0), ..Default::default() })
 }
 
-/// libtorch's `relu6` is `hardtanh`, one fused backward kernel; `clamp(0,
-/// 6)` computes the same values but its backward builds and combines two
-/// masks, which made a whole Lite0 training step 1.35x slower on an AVX2
-/// EPYC (BENCHMARKS.md, "Lite0's ReLU6 as libtorch's `hardtanh`"). In eval
-/// mode with gradients (Grad-CAM's graded layers, a `freeze_bn` tail; pure
-/// inference fuses it, [`ConvBn::forward_relu6`]) in place, one
-/// activation-sized buffer less per layer: `x` is always a conv's fresh
-/// output that nothing else holds (and a conv's backward never reads its
-/// output). Training keeps `hardtanh`: in place it made a training step
-/// 3–12% slower (BENCHMARKS.md, "ReLU6 in place in eval mode").
-fn relu6(mut x: Tensor, train: bool) -> Tensor {
-    if train {
-        x.relu6()
-    } else {
-        x.relu6_()
-    }
+/// ReLU6 in eval mode with gradients (Grad-CAM's graded layers, a
+/// `freeze_bn` tail; pure inference fuses it, [`ConvBn::forward_relu6`]):
+/// libtorch's `hardtanh` in place, one activation-sized buffer less per
+/// layer: `x` is always a conv's fresh output that nothing else holds (and
+/// a conv's backward never reads its output). Training fuses it with the
+/// BatchNorm ([`batch_norm::train`]).
+fn relu6_in_place(mut x: Tensor) -> Tensor {
+    x.relu6_()
 }
 
 /// A convolution padded as TensorFlow's "same" (output size ⌈input /
@@ -69,7 +64,9 @@ fn relu6(mut x: Tensor, train: bool) -> Tensor {
 /// Grad-CAM) the BatchNorm is folded into the convolution, saving a pass
 /// over every activation (BENCHMARKS.md, "Lite0 at 88 px from stage 5,
 /// BatchNorm folded in the frozen blocks"); in inference the even padding
-/// and the ReLU6 go into the conv too ([`ConvBn::forward_relu6`]).
+/// and the ReLU6 go into the conv too ([`ConvBn::forward_relu6`]). In
+/// training the BatchNorm and the ReLU6 after it are one op
+/// ([`batch_norm::train`]).
 #[derive(Debug)]
 struct ConvBn {
     conv: Conv,
@@ -95,16 +92,21 @@ impl ConvBn {
         }
     }
 
+    /// The conv and its BatchNorm in training mode, then `then`.
+    fn train(&self, x: &Tensor, then: Then) -> Tensor {
+        batch_norm::train(&self.train_conv(x, self.padding(x)), &self.bn, BN_MOMENTUM, BN_EPS, then)
+    }
+
     /// `relu6(self.forward_t(x, train))`; in inference (eval mode, no
     /// gradient wanted) the folded conv, its even padding and the clamp in
     /// one oneDNN primitive ([`same_conv_relu6`]), to the same bits.
     fn forward_relu6(&self, x: &Tensor, train: bool) -> Tensor {
         if train {
-            return relu6(self.forward_t(x, true), true);
+            return self.train(x, Then::Relu6);
         }
         let (conv, pad) = (self.conv.folded(&self.bn, BN_EPS), self.padding(x));
         if x.requires_grad() || conv.weight().requires_grad() {
-            relu6(conv.forward(&padded(x, pad)), false)
+            relu6_in_place(conv.forward(&padded(x, pad)))
         } else {
             same_conv_relu6(&conv, x, pad)
         }
@@ -122,11 +124,10 @@ fn padded(x: &Tensor, pad: Padding) -> Tensor {
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let pad = self.padding(x);
         if train {
-            self.bn.forward_t(&self.train_conv(x, pad), true)
+            self.train(x, Then::Nothing)
         } else {
-            self.conv.folded(&self.bn, BN_EPS).forward(&padded(x, pad))
+            self.conv.folded(&self.bn, BN_EPS).forward(&padded(x, self.padding(x)))
         }
     }
 }
@@ -188,7 +189,7 @@ mod tests {
     use tch::nn;
     use tch::{Device, Kind, Tensor};
 
-    use super::{efficientnet_lite0, relu6};
+    use super::{efficientnet_lite0, relu6_in_place};
     use crate::models::channels_last;
 
     /// The whole net in inference (fused conv + ReLU6, even padding in the
@@ -208,9 +209,9 @@ mod tests {
     }
 
     /// Eval mode's in-place ReLU6 gives a conv's output the values and
-    /// passes back the gradients that training's out-of-place `hardtanh`
-    /// does (Grad-CAM differentiates through eval mode), at the clamp's
-    /// edges too.
+    /// passes back the gradients that the out-of-place `hardtanh` does
+    /// (Grad-CAM differentiates through eval mode), at the clamp's edges
+    /// too.
     #[test]
     fn relu6_in_place_matches_out_of_place_with_gradients() {
         let _rng = crate::rng_guard();
@@ -219,16 +220,17 @@ mod tests {
         let x0 = Tensor::randn([2, 4, 6, 6], opts) * 4.0;
         let w = Tensor::randn([8, 4, 3, 3], opts);
         let edges = Tensor::from_slice(&[-1.0f32, 0.0, 3.0, 6.0, 7.0]);
-        let run = |train: bool| {
+        let run = |in_place: bool| {
             let x = x0.detach().set_requires_grad(true);
             let e = edges.detach().set_requires_grad(true);
-            let y = relu6(x.conv2d(&w, None::<Tensor>, 1, 1, 1, 1), train);
-            let z = relu6(&e * 1.0, train);
+            let relu6 = |t: Tensor| if in_place { relu6_in_place(t) } else { t.relu6() };
+            let y = relu6(x.conv2d(&w, None::<Tensor>, 1, 1, 1, 1));
+            let z = relu6(&e * 1.0);
             (y.sum(Kind::Float) + z.sum(Kind::Float)).backward();
             (y.detach(), x.grad(), z.detach(), e.grad())
         };
-        let (y, gx, z, ge) = run(true);
-        let (yi, gxi, zi, gei) = run(false);
+        let (y, gx, z, ge) = run(false);
+        let (yi, gxi, zi, gei) = run(true);
         assert!(y.equal(&yi) && gx.equal(&gxi) && z.equal(&zi) && ge.equal(&gei));
         assert!(y.min().double_value(&[]) == 0.0 && y.max().double_value(&[]) == 6.0, "the test's outputs must reach both edges");
         assert_eq!(Vec::<f32>::try_from(&gei).unwrap(), [0.0, 0.0, 1.0, 0.0, 0.0]);

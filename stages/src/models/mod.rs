@@ -11,6 +11,7 @@
 //! torchvision (`conv1`, `bn1`, `layer1.0.conv1`, `fc`), so `.pth` /
 //! safetensors weights load without renaming.
 
+pub mod batch_norm;
 mod conv_relu6;
 pub mod depthwise;
 pub mod efficientnet;

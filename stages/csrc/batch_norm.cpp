@@ -1,0 +1,258 @@
+// BatchNorm in training (batch statistics), with ReLU6 fused where one
+// follows, over a channels-last fp32 activation on the CPU: Lite0's
+// trained layers. libtorch runs the two as separate ops, which between
+// them read or write each activation some thirteen times (forward: the
+// statistics, normalising, clamping; backward: the clamp's mask, the
+// BatchNorm's two sums, its input gradient) and keep both the BatchNorm's
+// input and output for the backward. Here the forward reads the input
+// twice and writes the result once, the backward reads the input and the
+// gradient twice and writes once, recomputing the clamp's mask from the
+// input, and only the input is kept.
+//
+// Each channel's sums run over its values in row order (images, rows,
+// columns) on one thread, in float over runs of 64 rows whose totals add
+// up in double: threads split the channels for the sums and the rows for
+// the elementwise passes, so no result depends on the thread count. The
+// loops are compiled for AVX2 and for plain x86-64 alike (the build turns
+// floating-point contraction off), lanes holding channels, so the bits do
+// not depend on the instruction set either.
+//
+// Tensors arrive as tch's `C_tensor*`, which are `at::Tensor*`; failures
+// come back as messages (guarded.h).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "guarded.h"
+
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+#if defined(__x86_64__)
+#define CAIRN_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CAIRN_CLONES
+#endif
+
+// An activation as a [M, C] matrix: M = images · rows · columns, channels
+// contiguous.
+struct Rows {
+  int64_t M, C;
+};
+
+// Threads take whole blocks of 16 channels (a cache line of floats).
+template <class F>
+void over_channels(const Rows& s, F f) {
+  constexpr int64_t block = 16;
+  at::parallel_for(0, (s.C + block - 1) / block, 1, [&](int64_t b0, int64_t b1) { f(b0 * block, std::min(s.C, b1 * block)); });
+}
+
+// Threads take runs of rows, at least some 64 KiB of floats each.
+template <class F>
+void over_rows(const Rows& s, F f) {
+  at::parallel_for(0, s.M, std::max<int64_t>(1, 16384 / s.C), f);
+}
+
+// Rows summed in float before their total joins a double sum: a float sum
+// over all of a layer's rows (147,456 for a 96 px batch's stem) would lose
+// digits, a double sum per value costs twice the arithmetic.
+constexpr int64_t kRun = 64;
+
+// Two sums per channel over all M rows, for channels [c0, c1): row r's
+// terms for channel c are `term(r, c, u, v)`. Rows are read in memory
+// order (a channel-block-at-a-time walk reads one cache line per row and
+// waits on each), the run's float sums kept in two small arrays.
+template <class Term>
+__attribute__((always_inline)) inline void channel_sums(int64_t M, int64_t c0, int64_t c1, const Term& term, double* su, double* sv) {
+  const int64_t w = c1 - c0;
+  std::vector<float> run_u(w), run_v(w);
+  float *__restrict fu = run_u.data(), *__restrict fv = run_v.data();
+  std::fill(su + c0, su + c1, 0.0);
+  std::fill(sv + c0, sv + c1, 0.0);
+  for (int64_t r0 = 0; r0 < M; r0 += kRun) {
+    std::fill(fu, fu + w, 0.f);
+    std::fill(fv, fv + w, 0.f);
+    for (int64_t r = r0; r < std::min(M, r0 + kRun); ++r) {
+      for (int64_t l = 0; l < w; ++l) {
+        float u, v;
+        term(r, c0 + l, u, v);
+        fu[l] += u;
+        fv[l] += v;
+      }
+    }
+    for (int64_t l = 0; l < w; ++l) {
+      su[c0 + l] += fu[l];
+      sv[c0 + l] += fv[l];
+    }
+  }
+}
+
+// sum[c] and sq[c]: the sums of x − x₀ and (x − x₀)² over channel c's
+// values, x₀ the first row's (so the sums stay small where a channel's
+// mean is far from zero), for channels [c0, c1).
+CAIRN_CLONES void shifted_sums(const float* __restrict x, Rows s, int64_t c0, int64_t c1, double* __restrict sum, double* __restrict sq) {
+  channel_sums(s.M, c0, c1, [&](int64_t r, int64_t c, float& u, float& v) {
+    u = x[r * s.C + c] - x[c];
+    v = u * u;
+  }, sum, sq);
+}
+
+// y = x·a + b per channel, clamped to [0, 6] where `clamp`, for rows
+// [r0, r1). NaN stays NaN.
+CAIRN_CLONES void scale_shift(const float* __restrict x, float* __restrict y, Rows s, int64_t r0, int64_t r1, const float* __restrict a,
+                              const float* __restrict b, bool clamp) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * s.C;
+    float* yr = y + r * s.C;
+    for (int64_t c = 0; c < s.C; ++c) {
+      const float v = xr[c] * a[c] + b[c];
+      yr[c] = clamp ? std::min(std::max(v, 0.f), 6.f) : v;
+    }
+  }
+}
+
+// The gradient reaching the BatchNorm's output: `dz` where the clamp
+// passed its value through (strictly inside (0, 6), as libtorch's
+// `hardtanh` backward has it), else 0; `dz` itself without a clamp.
+inline float through_clamp(float x, float dz, float a, float b, bool clamp) {
+  const float v = x * a + b;
+  return !clamp || (v > 0.f && v < 6.f) ? dz : 0.f;
+}
+
+// sg[c] = Σ g and sgx[c] = Σ g·(x − mean) over channel c's values,
+// g the gradient at the BatchNorm's output, for channels [c0, c1).
+CAIRN_CLONES void grad_sums(const float* __restrict x, const float* __restrict dz, Rows s, int64_t c0, int64_t c1, const float* __restrict a,
+                            const float* __restrict b, const float* __restrict mean, bool clamp, double* __restrict sg,
+                            double* __restrict sgx) {
+  channel_sums(s.M, c0, c1, [&](int64_t r, int64_t c, float& u, float& v) {
+    const float xv = x[r * s.C + c];
+    u = through_clamp(xv, dz[r * s.C + c], a[c], b[c], clamp);
+    v = u * (xv - mean[c]);
+  }, sg, sgx);
+}
+
+// dx = (g − mg − (x − mean)·k)·a for rows [r0, r1): the BatchNorm's input
+// gradient with mg = mean of g, k = mean of g·x̂ times 1/σ, a = γ/σ.
+CAIRN_CLONES void input_grad(const float* __restrict x, const float* __restrict dz, float* __restrict dx, Rows s, int64_t r0, int64_t r1,
+                             const float* __restrict a, const float* __restrict b, const float* __restrict mean,
+                             const float* __restrict mg, const float* __restrict k, bool clamp) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float *xr = x + r * s.C, *dr = dz + r * s.C;
+    float* out = dx + r * s.C;
+    for (int64_t c = 0; c < s.C; ++c) {
+      const float g = through_clamp(xr[c], dr[c], a[c], b[c], clamp);
+      out[c] = (g - mg[c] - (xr[c] - mean[c]) * k[c]) * a[c];
+    }
+  }
+}
+
+at::Tensor floats(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kFloat)); }
+at::Tensor doubles(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kDouble)); }
+
+// The [M, C] view of a 4-D channels-last tensor, copied into that layout
+// where it is not in it.
+std::pair<at::Tensor, Rows> as_rows(const at::Tensor& t) {
+  TORCH_CHECK(t.dim() == 4, "cairn's training BatchNorm takes a batch of images [N, C, H, W], not ", t.sizes());
+  auto c = t.contiguous(at::MemoryFormat::ChannelsLast);
+  return {c, Rows{c.size(0) * c.size(2) * c.size(3), c.size(1)}};
+}
+
+// A [C] fp32 CPU tensor with contiguous values, or an error naming `what`.
+const float* channel_values(const at::Tensor& t, int64_t C, const char* what) {
+  TORCH_CHECK(t.defined() && t.is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == C && t.is_contiguous(),
+              "cairn's training BatchNorm needs ", what, " as ", C, " contiguous fp32 values on the CPU");
+  return t.const_data_ptr<float>();
+}
+
+struct BatchNormTrain : public torch::autograd::Function<BatchNormTrain> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_, const at::Tensor& gamma, const at::Tensor& beta, at::Tensor running_mean,
+                            at::Tensor running_var, double momentum, double eps, bool clamp) {
+    const auto rows = as_rows(x_);
+    const at::Tensor& x = rows.first;
+    const Rows s = rows.second;
+    TORCH_CHECK(s.M > 1, "BatchNorm in training needs more than one value per channel, got input ", x_.sizes());
+    const float *g = channel_values(gamma, s.C, "γ"), *bt = channel_values(beta, s.C, "β");
+    float *rm = const_cast<float*>(channel_values(running_mean, s.C, "the running mean")),
+          *rv = const_cast<float*>(channel_values(running_var, s.C, "the running variance"));
+    std::vector<double> sum(s.C), sq(s.C);
+    const float* xp = x.const_data_ptr<float>();
+    over_channels(s, [&](int64_t c0, int64_t c1) { shifted_sums(xp, s, c0, c1, sum.data(), sq.data()); });
+    auto a = floats(s.C), b = floats(s.C), mean = floats(s.C), invstd = doubles(s.C);
+    float *ap = a.mutable_data_ptr<float>(), *bp = b.mutable_data_ptr<float>(), *mp = mean.mutable_data_ptr<float>();
+    double* ip = invstd.mutable_data_ptr<double>();
+    const double n = static_cast<double>(s.M);
+    for (int64_t c = 0; c < s.C; ++c) {
+      const double shifted = sum[c] / n, var = std::max(sq[c] / n - shifted * shifted, 0.0), m = xp[c] + shifted;
+      mp[c] = static_cast<float>(m);
+      ip[c] = 1.0 / std::sqrt(var + eps);
+      ap[c] = static_cast<float>(g[c] * ip[c]);
+      bp[c] = static_cast<float>(bt[c] - m * ap[c]);
+      rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * m);
+      rv[c] = static_cast<float>((1.0 - momentum) * rv[c] + momentum * var * n / (n - 1.0));
+    }
+    auto y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    float* yp = y.mutable_data_ptr<float>();
+    over_rows(s, [&](int64_t r0, int64_t r1) { scale_shift(xp, yp, s, r0, r1, ap, bp, clamp); });
+    ctx->save_for_backward({x});
+    ctx->saved_data["a"] = a;
+    ctx->saved_data["b"] = b;
+    ctx->saved_data["mean"] = mean;
+    ctx->saved_data["invstd"] = invstd;
+    ctx->saved_data["clamp"] = clamp;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto x = ctx->get_saved_variables()[0];
+    const auto rows = as_rows(grads[0]);
+    const at::Tensor& dz = rows.first;
+    const Rows s = rows.second;
+    const auto a = ctx->saved_data["a"].toTensor(), b = ctx->saved_data["b"].toTensor();
+    const auto mean = ctx->saved_data["mean"].toTensor(), invstd = ctx->saved_data["invstd"].toTensor();
+    const bool clamp = ctx->saved_data["clamp"].toBool();
+    const float *xp = x.const_data_ptr<float>(), *dp = dz.const_data_ptr<float>();
+    const float *ap = a.const_data_ptr<float>(), *bp = b.const_data_ptr<float>();
+    const float* mp = mean.const_data_ptr<float>();
+    const double* ip = invstd.const_data_ptr<double>();
+    std::vector<double> sg(s.C), sgx(s.C);
+    over_channels(s, [&](int64_t c0, int64_t c1) { grad_sums(xp, dp, s, c0, c1, ap, bp, mp, clamp, sg.data(), sgx.data()); });
+    auto dgamma = floats(s.C), dbeta = floats(s.C), mg = floats(s.C), k = floats(s.C);
+    float *dgp = dgamma.mutable_data_ptr<float>(), *dbp = dbeta.mutable_data_ptr<float>();
+    float *mgp = mg.mutable_data_ptr<float>(), *kp = k.mutable_data_ptr<float>();
+    const double n = static_cast<double>(s.M);
+    for (int64_t c = 0; c < s.C; ++c) {
+      dgp[c] = static_cast<float>(sgx[c] * ip[c]);
+      dbp[c] = static_cast<float>(sg[c]);
+      mgp[c] = static_cast<float>(sg[c] / n);
+      kp[c] = static_cast<float>(sgx[c] / n * ip[c] * ip[c]);
+    }
+    at::Tensor dx;
+    if (ctx->needs_input_grad(0)) {
+      dx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+      float* out = dx.mutable_data_ptr<float>();
+      over_rows(s, [&](int64_t r0, int64_t r1) { input_grad(xp, dp, out, s, r0, r1, ap, bp, mp, mgp, kp, clamp); });
+    }
+    return {dx, dgamma, dbeta, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
+// y = BatchNorm of `x` [N, C, H, W] with its batch statistics, γ `gamma`
+// and β `beta`, then clamped to [0, 6] where `clamp` is non-zero; the
+// running statistics move by `momentum` (the variance's unbiased). fp32 on
+// the CPU only. The result is a new channels-last tensor the caller owns.
+extern "C" int cairn_batch_norm_train(at::Tensor* x, at::Tensor* gamma, at::Tensor* beta, at::Tensor* running_mean, at::Tensor* running_var,
+                                      double momentum, double eps, int clamp, at::Tensor** out, char* err, int err_len) {
+  return cairn::guarded([&] {
+    TORCH_CHECK(x->is_cpu() && x->scalar_type() == at::kFloat, "cairn's training BatchNorm takes fp32 CPU tensors, not ", x->toString());
+    at::Tensor y = BatchNormTrain::apply(*x, *gamma, *beta, *running_mean, *running_var, momentum, eps, clamp != 0);
+    *out = new at::Tensor(std::move(y));
+  }, err, err_len);
+}
