@@ -104,3 +104,30 @@ fn other_dtypes_take_libtorch() {
     let want = tch::no_grad(|| libtorch(&x, &b, 0.1, 1e-3, Then::Relu6));
     assert!(got.equal(&want) && a.running_var.equal(&b.running_var));
 }
+
+/// At the clamp's edges (a normalised value of exactly 0 or 6) no
+/// gradient passes, as with libtorch's `hardtanh`: channels of −1, 0, 1
+/// have mean 0 exactly, so with β = 0 and β = 6 every 0 lands on an edge.
+#[test]
+fn clamp_edges_pass_no_gradient() {
+    let _rng = crate::rng_guard();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let (ours, theirs) = (layer(&vs, "ours", 2), layer(&vs, "theirs", 2));
+    for bn in [&ours, &theirs] {
+        tch::no_grad(|| {
+            let _ = bn.ws.as_ref().unwrap().shallow_clone().fill_(1.0);
+            bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::from_slice(&[0.0f32, 6.0]));
+        });
+    }
+    let x = Tensor::from_slice(&[-1.0f32, 0.0, 1.0]).repeat([24]).view([4, 2, 3, 3]);
+    let x = channels_last(&x);
+    tch::manual_seed(9);
+    let dy = Tensor::randn([4, 2, 3, 3], (Kind::Float, Device::Cpu));
+    let got = run(|x| train(x, &ours, 0.1, 1e-3, Then::Relu6), &ours, &x, &dy);
+    let want = run(|x| libtorch(x, &theirs, 0.1, 1e-3, Then::Relu6), &theirs, &x, &dy);
+    let edges = want[0].eq(0.0).logical_or(&want[0].eq(6.0)).logical_and(&x.eq(0.0)).sum(Kind::Int64).int64_value(&[]);
+    assert_eq!(edges, 24, "every 0 of the input must sit on an edge");
+    for (what, g, w) in [("output", &got[0], &want[0]), ("input gradient", &got[1], &want[1]), ("γ gradient", &got[2], &want[2]), ("β gradient", &got[3], &want[3])] {
+        assert!(g.allclose(w, 1e-5, 1e-5, false), "{what}: {g:?} against {w:?}");
+    }
+}
