@@ -171,6 +171,34 @@ const float* channel_values(const at::Tensor& t, int64_t C, const char* what) {
   return t.const_data_ptr<float>();
 }
 
+// What the forward applies and the backward needs, per channel: scale
+// a = γ/σ and shift b = β − mean·a, the mean, and 1/σ in double.
+struct Normalisation {
+  at::Tensor a, b, mean, invstd;
+};
+
+// The batch statistics of `x` ([M, C] rows), and the running statistics
+// moved toward them by `momentum` (the variance unbiased, as libtorch's).
+Normalisation normalise(const float* x, Rows s, const float* gamma, const float* beta, float* running_mean, float* running_var,
+                        double momentum, double eps) {
+  std::vector<double> sum(s.C), sq(s.C);
+  over_channels(s, [&](int64_t c0, int64_t c1) { shifted_sums(x, s, c0, c1, sum.data(), sq.data()); });
+  Normalisation out{floats(s.C), floats(s.C), floats(s.C), doubles(s.C)};
+  float *a = out.a.mutable_data_ptr<float>(), *b = out.b.mutable_data_ptr<float>(), *mean = out.mean.mutable_data_ptr<float>();
+  double* invstd = out.invstd.mutable_data_ptr<double>();
+  const double n = static_cast<double>(s.M);
+  for (int64_t c = 0; c < s.C; ++c) {
+    const double shifted = sum[c] / n, var = std::max(sq[c] / n - shifted * shifted, 0.0), m = x[c] + shifted;
+    mean[c] = static_cast<float>(m);
+    invstd[c] = 1.0 / std::sqrt(var + eps);
+    a[c] = static_cast<float>(gamma[c] * invstd[c]);
+    b[c] = static_cast<float>(beta[c] - m * a[c]);
+    running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * m);
+    running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * var * n / (n - 1.0));
+  }
+  return out;
+}
+
 struct BatchNormTrain : public torch::autograd::Function<BatchNormTrain> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_, const at::Tensor& gamma, const at::Tensor& beta, at::Tensor running_mean,
                             at::Tensor running_var, double momentum, double eps, bool clamp) {
@@ -178,33 +206,19 @@ struct BatchNormTrain : public torch::autograd::Function<BatchNormTrain> {
     const at::Tensor& x = rows.first;
     const Rows s = rows.second;
     TORCH_CHECK(s.M > 1, "BatchNorm in training needs more than one value per channel, got input ", x_.sizes());
-    const float *g = channel_values(gamma, s.C, "γ"), *bt = channel_values(beta, s.C, "β");
-    float *rm = const_cast<float*>(channel_values(running_mean, s.C, "the running mean")),
-          *rv = const_cast<float*>(channel_values(running_var, s.C, "the running variance"));
-    std::vector<double> sum(s.C), sq(s.C);
     const float* xp = x.const_data_ptr<float>();
-    over_channels(s, [&](int64_t c0, int64_t c1) { shifted_sums(xp, s, c0, c1, sum.data(), sq.data()); });
-    auto a = floats(s.C), b = floats(s.C), mean = floats(s.C), invstd = doubles(s.C);
-    float *ap = a.mutable_data_ptr<float>(), *bp = b.mutable_data_ptr<float>(), *mp = mean.mutable_data_ptr<float>();
-    double* ip = invstd.mutable_data_ptr<double>();
-    const double n = static_cast<double>(s.M);
-    for (int64_t c = 0; c < s.C; ++c) {
-      const double shifted = sum[c] / n, var = std::max(sq[c] / n - shifted * shifted, 0.0), m = xp[c] + shifted;
-      mp[c] = static_cast<float>(m);
-      ip[c] = 1.0 / std::sqrt(var + eps);
-      ap[c] = static_cast<float>(g[c] * ip[c]);
-      bp[c] = static_cast<float>(bt[c] - m * ap[c]);
-      rm[c] = static_cast<float>((1.0 - momentum) * rm[c] + momentum * m);
-      rv[c] = static_cast<float>((1.0 - momentum) * rv[c] + momentum * var * n / (n - 1.0));
-    }
+    const auto norm = normalise(xp, s, channel_values(gamma, s.C, "γ"), channel_values(beta, s.C, "β"),
+                                const_cast<float*>(channel_values(running_mean, s.C, "the running mean")),
+                                const_cast<float*>(channel_values(running_var, s.C, "the running variance")), momentum, eps);
+    const float *ap = norm.a.const_data_ptr<float>(), *bp = norm.b.const_data_ptr<float>();
     auto y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
     float* yp = y.mutable_data_ptr<float>();
     over_rows(s, [&](int64_t r0, int64_t r1) { scale_shift(xp, yp, s, r0, r1, ap, bp, clamp); });
     ctx->save_for_backward({x});
-    ctx->saved_data["a"] = a;
-    ctx->saved_data["b"] = b;
-    ctx->saved_data["mean"] = mean;
-    ctx->saved_data["invstd"] = invstd;
+    ctx->saved_data["a"] = norm.a;
+    ctx->saved_data["b"] = norm.b;
+    ctx->saved_data["mean"] = norm.mean;
+    ctx->saved_data["invstd"] = norm.invstd;
     ctx->saved_data["clamp"] = clamp;
     return y;
   }
