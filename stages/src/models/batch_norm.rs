@@ -77,7 +77,11 @@ pub fn train(x: &Tensor, bn: &nn::BatchNorm, momentum: f64, eps: f64, then: Then
 }
 
 /// libtorch's BatchNorm (as `nn::BatchNorm::forward_t` calls it) and
-/// `hardtanh` (its ReLU6, one fused backward kernel), as two ops.
+/// `hardtanh` (its ReLU6), as two ops. Not `clamp(0, 6)`: the same values,
+/// but its backward builds and combines two masks, which made a whole Lite0
+/// training step 1.35x slower on an AVX2 EPYC (BENCHMARKS.md, "Lite0's
+/// ReLU6 as libtorch's `hardtanh`"); and not in place, which made one 3–12%
+/// slower (BENCHMARKS.md, "ReLU6 in place in eval mode").
 fn libtorch(x: &Tensor, bn: &nn::BatchNorm, momentum: f64, eps: f64, then: Then) -> Tensor {
     let y = x.batch_norm(bn.ws.as_ref(), bn.bs.as_ref(), Some(&bn.running_mean), Some(&bn.running_var), true, momentum, eps, true);
     match then {
