@@ -70,11 +70,12 @@ fn compile_shim(lib: &str) {
     // runtime and thread count.
     let gomp = std::path::Path::new(lib).join("libgomp.so.1");
     println!("cargo:rerun-if-changed={}", gomp.display());
-    if gomp.exists() {
+    let openmp = gomp.exists();
+    if openmp {
         build.flag("-fopenmp");
     }
     build.compile("cairn_shim");
-    if gomp.exists() {
+    if openmp {
         println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
     }
 }

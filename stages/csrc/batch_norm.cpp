@@ -104,6 +104,11 @@ CAIRN_CLONES void shifted_sums(const float* __restrict x, Rows s, int64_t c0, in
   }, sum, sq);
 }
 
+// The BatchNorm's output for input x of a channel with scale a and shift
+// b: the forward and the backward's mask must compute it alike, bit for
+// bit.
+inline float normalised(float x, float a, float b) { return x * a + b; }
+
 // y = x·a + b per channel, clamped to [0, 6] where `clamp`, for rows
 // [r0, r1). NaN stays NaN.
 CAIRN_CLONES void scale_shift(const float* __restrict x, float* __restrict y, Rows s, int64_t r0, int64_t r1, const float* __restrict a,
@@ -112,7 +117,7 @@ CAIRN_CLONES void scale_shift(const float* __restrict x, float* __restrict y, Ro
     const float* xr = x + r * s.C;
     float* yr = y + r * s.C;
     for (int64_t c = 0; c < s.C; ++c) {
-      const float v = xr[c] * a[c] + b[c];
+      const float v = normalised(xr[c], a[c], b[c]);
       yr[c] = clamp ? std::min(std::max(v, 0.f), 6.f) : v;
     }
   }
@@ -122,7 +127,7 @@ CAIRN_CLONES void scale_shift(const float* __restrict x, float* __restrict y, Ro
 // passed its value through (strictly inside (0, 6), as libtorch's
 // `hardtanh` backward has it), else 0; `dz` itself without a clamp.
 inline float through_clamp(float x, float dz, float a, float b, bool clamp) {
-  const float v = x * a + b;
+  const float v = normalised(x, a, b);
   return !clamp || (v > 0.f && v < 6.f) ? dz : 0.f;
 }
 
@@ -155,6 +160,9 @@ CAIRN_CLONES void input_grad(const float* __restrict x, const float* __restrict 
 
 at::Tensor floats(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kFloat)); }
 at::Tensor doubles(int64_t n) { return at::empty({n}, at::TensorOptions().dtype(at::kDouble)); }
+
+// A new channels-last tensor of `x`'s shape and dtype.
+at::Tensor channels_last_like(const at::Tensor& x) { return at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast)); }
 
 // The [M, C] view of a 4-D channels-last tensor, copied into that layout
 // where it is not in it.
@@ -211,7 +219,7 @@ struct BatchNormTrain : public torch::autograd::Function<BatchNormTrain> {
                                 const_cast<float*>(channel_values(running_mean, s.C, "the running mean")),
                                 const_cast<float*>(channel_values(running_var, s.C, "the running variance")), momentum, eps);
     const float *ap = norm.a.const_data_ptr<float>(), *bp = norm.b.const_data_ptr<float>();
-    auto y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    auto y = channels_last_like(x);
     float* yp = y.mutable_data_ptr<float>();
     over_rows(s, [&](int64_t r0, int64_t r1) { scale_shift(xp, yp, s, r0, r1, ap, bp, clamp); });
     ctx->save_for_backward({x});
@@ -237,21 +245,21 @@ struct BatchNormTrain : public torch::autograd::Function<BatchNormTrain> {
     const double* ip = invstd.const_data_ptr<double>();
     std::vector<double> sg(s.C), sgx(s.C);
     over_channels(s, [&](int64_t c0, int64_t c1) { grad_sums(xp, dp, s, c0, c1, ap, bp, mp, clamp, sg.data(), sgx.data()); });
-    auto dgamma = floats(s.C), dbeta = floats(s.C), mg = floats(s.C), k = floats(s.C);
+    auto dgamma = floats(s.C), dbeta = floats(s.C);
     float *dgp = dgamma.mutable_data_ptr<float>(), *dbp = dbeta.mutable_data_ptr<float>();
-    float *mgp = mg.mutable_data_ptr<float>(), *kp = k.mutable_data_ptr<float>();
+    std::vector<float> mg(s.C), k(s.C);
     const double n = static_cast<double>(s.M);
     for (int64_t c = 0; c < s.C; ++c) {
       dgp[c] = static_cast<float>(sgx[c] * ip[c]);
       dbp[c] = static_cast<float>(sg[c]);
-      mgp[c] = static_cast<float>(sg[c] / n);
-      kp[c] = static_cast<float>(sgx[c] / n * ip[c] * ip[c]);
+      mg[c] = static_cast<float>(sg[c] / n);
+      k[c] = static_cast<float>(sgx[c] / n * ip[c] * ip[c]);
     }
     at::Tensor dx;
     if (ctx->needs_input_grad(0)) {
-      dx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+      dx = channels_last_like(x);
       float* out = dx.mutable_data_ptr<float>();
-      over_rows(s, [&](int64_t r0, int64_t r1) { input_grad(xp, dp, out, s, r0, r1, ap, bp, mp, mgp, kp, clamp); });
+      over_rows(s, [&](int64_t r0, int64_t r1) { input_grad(xp, dp, out, s, r0, r1, ap, bp, mp, mg.data(), k.data(), clamp); });
     }
     return {dx, dgamma, dbeta, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
