@@ -94,6 +94,10 @@ print(' '.join(str(float(v)) for v in m.state_dict()['0.weight'].flatten()))
     assert!(pth::parse(&bytes[..bytes.len() / 2]).is_err());
 }
 
+/// torchvision's ResNet-18 loaded by name: the same logits in eval mode,
+/// and in training mode the same logits and gradients (batch statistics,
+/// and the in-place ReLUs and residual adds of `resnet.rs` against
+/// torchvision's own).
 #[test]
 fn torchvision_resnet18_pth_loads_and_agrees() {
     let _rng = crate::rng_guard();
@@ -103,18 +107,41 @@ fn torchvision_resnet18_pth_loads_and_agrees() {
     let script = format!(
         "import sys, torch, torchvision\ntorch.manual_seed(0)\nm = torchvision.models.resnet18(num_classes=10)\n\
          for mod in m.modules():\n    if isinstance(mod, torch.nn.BatchNorm2d):\n        mod.running_mean.uniform_(-0.1, 0.1); mod.running_var.uniform_(0.5, 1.5)\n\
-         torch.save(m.state_dict(), sys.argv[1] + '/r18.pth')\nm.eval()\nH = 64\n{PROBE_PY}print(' '.join(str(float(v)) for v in m(x).flatten()))\n"
+         torch.save(m.state_dict(), sys.argv[1] + '/r18.pth')\nm.eval()\nH = 64\n{PROBE_PY}print(' '.join(str(float(v)) for v in m(x).flatten()))\n\
+         m.train()\ny = m(x)\n{LOSS_PY}loss(y).backward()\nprint(' '.join(str(float(v)) for v in y.flatten()))\n\
+         print(' '.join(str(float(v)) for n in {GRADS:?} for v in m.get_parameter(n).grad.flatten()[:64]))\n"
     );
-    let want = floats(&run_py(&py, &script, &[d]));
+    let out = run_py(&py, &script, &[d]);
+    let want: Vec<Vec<f64>> = out.lines().map(floats).collect();
     let vs = nn::VarStore::new(Device::Cpu);
     let spec = ModelSpec { arch: Arch::Resnet18, num_classes: 10, stem: Some(Stem::Imagenet), widths: None, normalize: Normalize::None };
     let net = models::build(&vs.root(), &spec);
     let src = weights::read_any(&d.join("r18.pth")).unwrap();
     weights::load_into(&vs, &src.tensors, |_| false).unwrap();
-    let got: Vec<f32> = Vec::try_from(&net.forward_t(&probe(64), false).flatten(0, -1)).unwrap();
+    let eval = tch::no_grad(|| net.forward_t(&probe(64), false));
+    close(&eval, &want[0], 1e-3);
+    let train = net.forward_t(&probe(64), true);
+    loss(&train).backward();
+    close(&train, &want[1], 1e-3);
+    let vars = vs.variables();
+    let grads = Tensor::cat(&GRADS.map(|n| vars[n].grad().flatten(0, -1).narrow(0, 0, 64)), 0);
+    let scale = want[2].iter().fold(0f64, |m, v| m.max(v.abs()));
+    close(&grads, &want[2], 1e-3 * scale);
+}
+
+/// A loss that weighs every logit differently, so every gradient differs.
+const LOSS_PY: &str = "loss = lambda y: (y * torch.arange(20.0).view(2, 10) / 20).sum()\n";
+fn loss(y: &Tensor) -> Tensor {
+    (y * Tensor::arange(20, (Kind::Float, Device::Cpu)).view([2, 10]) / 20.0).sum(Kind::Float)
+}
+/// Parameters at both ends of the net and on a residual path.
+const GRADS: [&str; 4] = ["conv1.weight", "layer1.0.bn2.weight", "layer3.0.downsample.0.weight", "layer4.1.conv2.weight"];
+
+fn close(got: &Tensor, want: &[f64], tol: f64) {
+    let got: Vec<f32> = Vec::try_from(&got.flatten(0, -1)).unwrap();
     assert_eq!(got.len(), want.len());
-    for (a, b) in got.iter().zip(&want) {
-        assert!((*a as f64 - b).abs() < 1e-3, "rust {a} vs torch {b}");
+    for (a, b) in got.iter().zip(want) {
+        assert!((*a as f64 - b).abs() < tol, "rust {a} vs torch {b}");
     }
 }
 
@@ -130,7 +157,7 @@ fn saved_resnet50_loads_into_torchvision() {
     let net = models::build(&vs.root(), &spec);
     let path = d.join("r50.safetensors");
     weights::save(&path, &weights::state_dict(&vs), &Default::default()).unwrap();
-    let mine: Vec<f32> = Vec::try_from(&net.forward_t(&probe(64), false).flatten(0, -1)).unwrap();
+    let mine = tch::no_grad(|| net.forward_t(&probe(64), false));
     // The venv has no `safetensors` package: parse the format by hand.
     let script = format!(
         "import sys, json, struct, numpy as np, torch, torchvision\nb = open(sys.argv[1], 'rb').read()\nn = struct.unpack('<Q', b[:8])[0]\n\
@@ -140,10 +167,7 @@ fn saved_resnet50_loads_into_torchvision() {
          assert not r.unexpected_keys, r.unexpected_keys\nassert all(k.endswith('num_batches_tracked') for k in r.missing_keys), r.missing_keys\n\
          m.eval()\nH = 64\n{PROBE_PY}print(' '.join(str(float(v)) for v in m(x).flatten()))\n"
     );
-    let theirs = floats(&run_py(&py, &script, &[&path]));
-    for (a, b) in mine.iter().zip(&theirs) {
-        assert!((*a as f64 - b).abs() < 1e-3, "rust {a} vs torchvision {b}");
-    }
+    close(&mine, &floats(&run_py(&py, &script, &[&path])), 1e-3);
 }
 
 /// cairn's EfficientNet-Lite0 against the PyTorch twin in

@@ -27,6 +27,18 @@ fn shortcut(ds: &Option<(Conv, nn::BatchNorm)>, x: &Tensor, train: bool) -> Tens
     }
 }
 
+/// `relu(y + shortcut)`, written into `y`, a BatchNorm's output: as
+/// torchvision's `out += identity; relu(out)` (in place). BatchNorm's
+/// backward needs its input, not its output, and ReLU's needs only its
+/// result, so no saved tensor is overwritten; the two ops in place skip two
+/// activation-sized allocations and their writes per block (the `relu_`
+/// after each BatchNorm saves one more each), with the same values as
+/// out of place.
+fn residual(mut y: Tensor, shortcut: &Tensor) -> Tensor {
+    y += shortcut;
+    y.relu_()
+}
+
 fn basic_block(p: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::FuncT<'static> {
     let conv1 = conv(&p / "conv1", cin, cout, 3, stride, 1, false);
     let bn1 = bn(&p / "bn1", cout, BN_MOMENTUM);
@@ -34,9 +46,9 @@ fn basic_block(p: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::FuncT<'stat
     let bn2 = bn(&p / "bn2", cout, BN_MOMENTUM);
     let ds = downsample(&p / "downsample", cin, cout, stride);
     nn::func_t(move |x, train| {
-        let y = bn1.forward_t(&conv1.forward(x), train).relu();
+        let y = bn1.forward_t(&conv1.forward(x), train).relu_();
         let y = bn2.forward_t(&conv2.forward(&y), train);
-        (y + shortcut(&ds, x, train)).relu()
+        residual(y, &shortcut(&ds, x, train))
     })
 }
 
@@ -50,10 +62,10 @@ fn bottleneck(p: nn::Path, cin: i64, planes: i64, stride: i64) -> nn::FuncT<'sta
     let bn3 = bn(&p / "bn3", cout, BN_MOMENTUM);
     let ds = downsample(&p / "downsample", cin, cout, stride);
     nn::func_t(move |x, train| {
-        let y = bn1.forward_t(&conv1.forward(x), train).relu();
-        let y = bn2.forward_t(&conv2.forward(&y), train).relu();
+        let y = bn1.forward_t(&conv1.forward(x), train).relu_();
+        let y = bn2.forward_t(&conv2.forward(&y), train).relu_();
         let y = bn3.forward_t(&conv3.forward(&y), train);
-        (y + shortcut(&ds, x, train)).relu()
+        residual(y, &shortcut(&ds, x, train))
     })
 }
 
@@ -67,7 +79,7 @@ fn stem(p: &nn::Path, cifar: bool) -> nn::FuncT<'static> {
     let conv1 = conv(p / "conv1", 3, 64, k, s, pad, false);
     let bn1 = bn(p / "bn1", 64, BN_MOMENTUM);
     nn::func_t(move |x, train| {
-        let y = bn1.forward_t(&conv1.forward(x), train).relu();
+        let y = bn1.forward_t(&conv1.forward(x), train).relu_();
         if cifar {
             y
         } else {
