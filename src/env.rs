@@ -287,15 +287,11 @@ impl Environment {
     }
 }
 
-/// This machine, for choosing a profile: CUDA from the driver, AMX from
-/// the probe (so only a pipeline whose choice depends on it probes).
+/// This machine, for choosing a profile: CUDA from the driver, without
+/// starting a worker.
 impl crate::spec::auto_profile::Machine for Environment {
     fn has_cuda(&self) -> bool {
         self.cuda_hint()
-    }
-
-    fn amx(&self) -> Option<bool> {
-        self.facts().ok().map(|p| crate::worker::has_amx(&p.native_bf16))
     }
 }
 

@@ -163,21 +163,19 @@ outputs = { o = "o.txt" }
 "s.cmd" = "echo cpu-fp32 > {out.o}"
 "#;
 
+/// AMX included: the choice does not start the worker to ask.
 #[test]
-fn a_cpu_without_amx_gets_the_cpu_fp32_profile_and_says_so() {
-    let no_amx = "no CUDA device found and this CPU has no AMX";
-    for (bf16, profile, why) in [("none", "cpu-fp32", no_amx), ("avx512_bf16", "cpu-fp32", no_amx), ("amx_bf16", "cpu", "no CUDA device found")] {
-        let p = Project::new(PROFILED);
-        let tools = tempfile::tempdir().unwrap();
-        let worker = fake_worker(tools.path(), &Probe { native_bf16: bf16.into(), ..probe(0) });
-        let r: common::Run = p.cmd(&["run", "--cpu"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
-        assert_eq!(r.code, 0, "{}", r.all());
-        assert_eq!(p.read_artifact("s", "o.txt"), format!("{profile}\n"), "native_bf16 = {bf16}: {}", r.all());
-        assert!(r.all().contains(&format!("{why}: using profile `{profile}`")), "{}", r.all());
-        assert_eq!(calls(tools.path()), ["--probe"], "the choice probes once, and only for AMX");
-        let named: common::Run = p.cmd(&["status", "--cpu", "--profile", "cpu"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
-        assert!(!named.all().contains("using profile"), "a named profile is not announced: {}", named.all());
-    }
+fn every_cpu_gets_the_cpu_fp32_profile_without_the_worker_and_says_so() {
+    let p = Project::new(PROFILED);
+    let tools = tempfile::tempdir().unwrap();
+    let worker = fake_worker(tools.path(), &Probe { native_bf16: "amx_bf16".into(), ..probe(0) });
+    let r: common::Run = p.cmd(&["run", "--cpu"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(p.read_artifact("s", "o.txt"), "cpu-fp32\n", "{}", r.all());
+    assert!(r.all().contains("no CUDA device found: using profile `cpu-fp32`"), "{}", r.all());
+    assert!(calls(tools.path()).is_empty(), "the worker was started: {:?}", calls(tools.path()));
+    let named: common::Run = p.cmd(&["status", "--cpu", "--profile", "cpu"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
+    assert!(!named.all().contains("using profile"), "a named profile is not announced: {}", named.all());
 }
 
 #[test]

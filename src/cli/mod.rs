@@ -62,10 +62,9 @@ pub struct Config {
     /// Override a param: `--set stage.param=value` (value is TOML). Repeatable.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub sets: Vec<String>,
-    /// Apply a named profile from `[profiles]`. Without it, `cpu` is used when
-    /// no CUDA device is present and the pipeline has such a profile, or
-    /// `cpu-fp32` where the CPU has no AMX and the pipeline has that
-    /// one; `none` disables that.
+    /// Apply a named profile from `[profiles]`. Without it, where no CUDA
+    /// device is present, `cpu-fp32` is used if the pipeline has such a
+    /// profile, else `cpu` if it has that one; `none` disables that.
     #[arg(long)]
     pub profile: Option<String>,
     /// Use the CPU even when a CUDA device is present.

@@ -264,13 +264,6 @@ pub fn has_native_bf16(fact: &str) -> bool {
     !(fact.is_empty() || fact == "none" || fact.starts_with("unknown"))
 }
 
-/// Whether the probe fact `native_bf16` names AMX, the bf16 unit that makes
-/// bf16 training several times fp32's on a CPU (AVX512-BF16 alone ranged
-/// from no faster to 2.7x on the CPUs measured).
-pub fn has_amx(fact: &str) -> bool {
-    fact == "amx_bf16"
-}
-
 /// Each kind's name → its version, as a [`Probe`] lists them.
 pub fn kind_versions(kinds: impl IntoIterator<Item = KindInfo>) -> BTreeMap<String, u32> {
     kinds.into_iter().map(|k| (k.name.to_string(), k.version)).collect()
