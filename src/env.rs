@@ -287,14 +287,6 @@ impl Environment {
     }
 }
 
-/// This machine, for choosing a profile: CUDA from the driver, without
-/// starting a worker.
-impl crate::spec::auto_profile::Machine for Environment {
-    fn has_cuda(&self) -> bool {
-        self.cuda_hint()
-    }
-}
-
 impl Environment {
     /// Probes a node through `remote`, its output in a file of the shared
     /// cache's `tmp/` (the system's temporary directory without a cache).

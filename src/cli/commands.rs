@@ -100,7 +100,7 @@ pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, 
         console.line(&format!("using {} ({})", super::local::FILE, local.describe()));
     }
     let profile = match config.profile.as_deref().or(local.profile.as_deref()) {
-        None => ProfileChoice::Auto(&env),
+        None => ProfileChoice::Auto { cuda: env.cuda_hint() },
         Some("none") => ProfileChoice::None,
         Some(p) => ProfileChoice::Named(p),
     };

@@ -12,8 +12,6 @@
 //! hint read from the driver, never a key entry: the profile changes
 //! params, and the facts that change results are keyed anyway.
 
-use std::fmt;
-
 use super::parse::RawSpec;
 
 /// The profile chosen on a machine without CUDA where no [`CPU_FP32`] is
@@ -22,41 +20,14 @@ pub const CPU: &str = "cpu";
 /// The profile chosen on a machine without CUDA where declared.
 pub const CPU_FP32: &str = "cpu-fp32";
 
-/// What the automatic choice asks of the machine it runs on.
-pub trait Machine {
-    /// Whether a CUDA device is present (and not set aside with `--cpu`).
-    fn has_cuda(&self) -> bool;
-}
-
-/// A machine whose answer is given, for tests and tools.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Known {
-    pub cuda: bool,
-}
-
-impl Machine for Known {
-    fn has_cuda(&self) -> bool {
-        self.cuda
-    }
-}
-
 /// Which profile to apply.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum ProfileChoice<'a> {
-    /// The one this machine calls for (see the module doc), if declared.
-    Auto(&'a dyn Machine),
+    /// The one a machine with or without a CUDA device calls for (see the
+    /// module doc), if declared.
+    Auto { cuda: bool },
     None,
     Named(&'a str),
-}
-
-impl fmt::Debug for ProfileChoice<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProfileChoice::Auto(m) => write!(f, "Auto(cuda: {})", m.has_cuda()),
-            ProfileChoice::None => f.write_str("None"),
-            ProfileChoice::Named(n) => write!(f, "Named({n:?})"),
-        }
-    }
 }
 
 /// Why a profile was applied.
@@ -84,8 +55,8 @@ pub(super) fn choose(raw: &RawSpec, choice: ProfileChoice) -> Option<(String, Ch
     match choice {
         ProfileChoice::None => None,
         ProfileChoice::Named(n) => Some((n.to_string(), Chosen::Named)),
-        ProfileChoice::Auto(m) if m.has_cuda() => None,
-        ProfileChoice::Auto(_) => {
+        ProfileChoice::Auto { cuda: true } => None,
+        ProfileChoice::Auto { cuda: false } => {
             let name = [CPU_FP32, CPU].into_iter().find(|name| raw.profiles.contains_key(*name))?;
             Some((name.to_string(), Chosen::NoCuda))
         }
@@ -106,8 +77,7 @@ mod tests {
 
     /// The profile chosen for `profiles` on a machine with or without CUDA.
     fn chosen(profiles: &str, cuda: bool) -> Option<(String, Chosen)> {
-        let m = Known { cuda };
-        let opts = LoadOptions { profile: ProfileChoice::Auto(&m), sets: Vec::new() };
+        let opts = LoadOptions { profile: ProfileChoice::Auto { cuda }, sets: Vec::new() };
         load_str(Path::new("p.toml"), &format!("{STAGE}{profiles}"), &opts, &Registry::builtin()).unwrap().profile
     }
 
