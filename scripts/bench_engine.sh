@@ -8,7 +8,9 @@
 #  4. the 8-stage chain's no-op beside DVC's no-op `dvc repro` of the same chain;
 #  5. 1,000 command stages (10 chains of 100): the first run (per-stage
 #     overhead), the no-op run and `status`, beside Snakemake's first build
-#     and `snakemake -n` over the same graph.
+#     and `snakemake -n` over the same graph;
+#  6. 10,000 independent command stages: the first run with `-j 2` (each
+#     stage is looked at once, not whenever another finishes) and the no-op.
 # DVC and Snakemake come from BENCH_VENV (default ~/.cache/cairn/bench-venv,
 # made with `python3 -m venv ... && pip install dvc snakemake`); parts 4 and 5
 # skip their reference when it is missing.
@@ -167,3 +169,15 @@ if [ -x "$BENCH_VENV/bin/snakemake" ]; then
 else
   echo "snakemake: not in $BENCH_VENV, reference skipped"
 fi
+
+# 6. 10,000 independent command stages.
+cd "$work" && mkdir wide && cd wide
+python3 -c '
+print("\n".join(f"[stages.s{i}]\nkind = \"command\"\ncmd = \"echo {i} > {{out.o}}\"\noutputs = {{ o = \"o.txt\" }}\n" for i in range(10000)))
+' > pipeline.toml
+t0=$(date +%s%N); "$CAIRN" run -q -j 2; t1=$(date +%s%N)
+wide_ms=$(( (t1 - t0) / 1000000 ))
+echo "first run, 10,000 independent stages, -j 2: ${wide_ms} ms = $(awk -v ms="$wide_ms" 'BEGIN {printf "%.2f", ms / 10000}') ms a stage"
+RUNS=$(( RUNS < 10 ? RUNS : 10 ))
+noop10k=$(median_ms "$CAIRN" run -q)
+echo "no-op run, 10,000 cached stages: median ${noop10k} ms"

@@ -17,6 +17,12 @@
 # fresh server and pulls them into an empty clone; then the no-op pull.
 # Needs about 3x the cache's size free on the disk of $TMPDIR. BASELINE=0
 # skips the AWS CLI (its rows then read 0); CAIRN_ONLY=1 stops after cairn.
+#
+# scripts/bench_remote.sh --stages N [CAIRN_OLD]: the remote's cost per
+# stage: N independent one-line stages run with `-j 1` and no remote, then
+# against an empty remote (each a miss, pushed as it finishes), then in an
+# empty clone that pulls all N. With CAIRN_OLD (another build's binary)
+# each is timed for both builds, alternating.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SIZE_MB="${1:-512}"
@@ -95,6 +101,31 @@ if [ "${1:-}" = --project ]; then
   row "cairn push" "$PUSH_S" "$PUSH_KB"; row "dvc push" "$DPUSH_S" "$DPUSH_KB"; row "aws s3 cp --recursive (upload, baseline)" "$AUP_S" "$AUP_KB"
   row "cairn pull (empty clone)" "$PULL_S" "$PULL_KB"; row "dvc pull (empty clone)" "$DPULL_S" "$DPULL_KB"; row "aws s3 cp --recursive (download + sync)" "$ADOWN_S"
   printf '%-44s %8s\n' "cairn pull, everything present" "$NOOP_S" "dvc pull, everything present" "$DNOOP_S"
+  exit 0
+fi
+
+if [ "${1:-}" = --stages ]; then
+  N="$2"; OLD="${3:-}"
+  start_weed
+  timed() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }; e=$(date +%s%N); echo "$(( (e - s) / 1000000 ))"; }
+  for build in "$CAIRN" ${OLD:+"$(realpath "$OLD")"}; do
+    tag=$(basename "$(dirname "$build")")-$RANDOM
+    for d in local a b; do
+      mkdir -p "$WORK/$tag/$d"
+      python3 - "$WORK/$tag/$d/pipeline.toml" "$N" "$tag" <<'PY'
+import sys
+path, n, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+spec = [f'[remote]\nurl = "s3://bench/{tag}"\n']
+spec += [f'[stages.s{i}]\nkind = "command"\ncmd = "echo {tag} {i} > {{out.o}}"\noutputs = {{ o = "o.txt" }}\n' for i in range(n)]
+open(path, "w").write("\n".join(spec))
+PY
+    done
+    LOCAL=$(cd "$WORK/$tag/local" && timed "$build" run -q -j 1 --remote none)
+    MISS=$(cd "$WORK/$tag/a" && timed "$build" run -q -j 1 --push)
+    PULL=$(cd "$WORK/$tag/b" && timed "$build" run -q -j 1)
+    [ "$(ls "$WORK/$tag/b/artifacts" | wc -l)" = "$N" ] || { echo "the clone did not get every stage" >&2; exit 1; }
+    echo "$build: $N stages, -j 1: no remote ${LOCAL} ms; empty remote, pushing ${MISS} ms; empty clone pulling all ${PULL} ms"
+  done
   exit 0
 fi
 

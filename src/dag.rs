@@ -44,18 +44,25 @@ impl Graph {
         graph
     }
 
+    /// For each stage, the stages that read it, among those `keep` accepts,
+    /// in index order.
+    pub fn users(&self, keep: impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
+        let mut users = vec![Vec::new(); self.deps.len()];
+        for (i, deps) in self.deps.iter().enumerate().filter(|&(i, _)| keep(i)) {
+            for &d in deps {
+                users[d].push(i);
+            }
+        }
+        users
+    }
+
     /// A topological order (producers first), ties broken by declaration
     /// order so the order is stable; or one cycle, as stage names with the
     /// first repeated at the end.
     pub fn topo_order(&self) -> Result<Vec<usize>, Vec<String>> {
         let n = self.names.len();
         let mut indegree: Vec<usize> = self.deps.iter().map(|d| d.len()).collect();
-        let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (i, deps) in self.deps.iter().enumerate() {
-            for &d in deps {
-                users[d].push(i);
-            }
-        }
+        let users = self.users(|_| true);
         let mut ready: BTreeSet<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(i) = ready.pop_first() {

@@ -366,6 +366,55 @@ outputs = {{ o = "o.txt" }}
 }
 
 #[test]
+fn a_stage_waiting_for_a_slot_is_served_by_a_twin_that_ran_meanwhile() {
+    // `x` and `y` are the same computation (a key leaves the stage's name
+    // out): with one job `y` waits while `x` runs, then finds its entry.
+    let twin = "kind = \"command\"\ncmd = \"sleep 0.2; echo same > {out.o}\"\noutputs = { o = \"o.txt\" }\n";
+    let p = Project::new(&format!("[stages.x]\n{twin}\n[stages.y]\n{twin}"));
+    let r = p.cairn(&["run", "-j", "1"]);
+    assert_eq!((r.outcome("x").as_deref(), r.outcome("y").as_deref()), (Some("ran"), Some("cached")), "{}", r.all());
+    assert_eq!(p.read_artifact("y", "o.txt"), "same\n");
+}
+
+#[test]
+fn an_input_damaged_after_its_producer_was_served_sends_the_producer_back_first() {
+    // `spoil` overwrites a's object in the cache once `a` has run; `c`
+    // reads a's output after `spoil`, finds it damaged as it starts, and
+    // waits for `a` to run again rather than read damaged bytes.
+    let p = Project::new("");
+    let cache = p.cache().display().to_string();
+    p.write(
+        "pipeline.toml",
+        &format!(
+            r#"
+[stages.a]
+kind = "command"
+cmd = "echo apple > {{out.o}}"
+outputs = {{ o = "o.txt" }}
+
+[stages.spoil]
+kind = "command"
+cmd = "grep -rlx apple {cache}/objects | while read f; do chmod u+w $f; echo rotten > $f; done; echo spoilt > {{out.o}}"
+outputs = {{ o = "o.txt" }}
+
+[stages.c]
+kind = "command"
+cmd = "cat {{in.x}} {{in.y}} > {{out.o}}"
+inputs = {{ x = "a.o", y = "spoil.o" }}
+outputs = {{ o = "o.txt" }}
+"#
+        ),
+    );
+    let r = p.cairn(&["run", "-j", "1"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("output `a.o` in the cache is damaged; re-running `a`"), "{}", r.all());
+    assert_eq!(r.outcome("c").as_deref(), Some("ran"));
+    assert_eq!(p.read_artifact("c", "o.txt"), "apple\nspoilt\n");
+    let again = p.cairn(&["run"]);
+    assert!(["a", "spoil", "c"].iter().all(|s| again.outcome(s).as_deref() == Some("cached")), "{}", again.all());
+}
+
+#[test]
 fn checksum_mismatch_is_a_clear_error() {
     let p = reading(&format!(r#"{{ file = "data.bin", sha256 = "{}" }}"#, "0".repeat(64)));
     p.write("data.bin", "not what was published\n");

@@ -1,6 +1,11 @@
 //! `cairn run`: walks the graph in dependency order, serves cache hits, and
 //! executes stale stages, up to `jobs` at a time.
 //!
+//! Each stage is looked at once, when its dependencies have settled
+//! ([`frontier`]); a stale one then waits for a job slot with its key,
+//! and is asked of the local cache once more as it starts, in case a stage
+//! with the same key finished meanwhile.
+//!
 //! A stage's key is computed only once all its inputs' content hashes are
 //! known, so a re-run stage whose outputs come out byte-identical leaves
 //! its descendants' keys unchanged and they stay cached (early cutoff).
@@ -34,6 +39,9 @@ use crate::key::{DirtyReason, KeyInputs};
 use crate::kind::{Reporter, StageFailure};
 use crate::plan::{InputProblem, Resolver};
 use crate::spec::{Pipeline, Stage};
+
+mod frontier;
+use frontier::Frontier;
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -129,6 +137,8 @@ pub enum RunError {
 
 enum State {
     Pending,
+    /// Stale, waiting for a job slot; its key is in [`Scheduler::queued`].
+    Queued,
     Running,
     /// Its outputs' hashes are in [`Scheduler::hashes`].
     Done,
@@ -138,6 +148,13 @@ enum State {
     Blocked,
 }
 
+impl State {
+    /// Whether the stage's users can be looked at.
+    fn settled(&self) -> bool {
+        matches!(self, State::Done | State::WouldRun | State::Failed | State::Blocked)
+    }
+}
+
 /// A stage ready to execute.
 struct Ready {
     i: usize,
@@ -145,14 +162,18 @@ struct Ready {
     inputs: BTreeMap<String, Vec<PathBuf>>,
 }
 
-/// What looking at one pending stage led to.
-enum Step {
-    /// Its state changed (hit, skipped, would run, reset).
-    Progressed,
+/// A stale stage waiting for a job slot.
+struct Queued {
+    key_inputs: KeyInputs,
+    reasons: Vec<DirtyReason>,
+}
+
+/// What starting a queued stage led to.
+enum Launch {
     /// It must execute now.
     Execute(Ready),
-    /// Nothing yet: upstream not done, or no free job slot.
-    Wait,
+    /// It was served, failed, or sent its producer back to pending instead.
+    Settled,
 }
 
 struct Scheduler<'a> {
@@ -163,6 +184,9 @@ struct Scheduler<'a> {
     cancel: &'a AtomicBool,
     resolver: &'a Resolver<'a>,
     selected: BTreeSet<usize>,
+    frontier: Frontier,
+    /// Stale stages waiting for a job slot, the lowest index first.
+    queued: BTreeMap<usize, Queued>,
     forced: BTreeSet<usize>,
     /// Stages re-run because an output of theirs was found damaged.
     damaged: BTreeMap<usize, String>,
@@ -207,39 +231,39 @@ pub fn run(
         let (tx, rx) = mpsc::channel::<Finished>();
         loop {
             let mut progressed = false;
-            for i in 0..pipeline.stages.len() {
-                if !s.selected.contains(&i) || !matches!(s.states[i], State::Pending) {
-                    continue;
-                }
-                match s.step(i, s.running < jobs)? {
-                    Step::Wait => {}
-                    Step::Progressed => progressed = true,
-                    Step::Execute(ready) => {
-                        progressed = true;
-                        s.running += 1;
-                        let (resolver, tx) = (&resolver, tx.clone());
-                        let env = env.for_executor(pipeline.executor_of(&pipeline.stages[ready.i].name));
-                        let (stage, ctx) = (dispatch.stage(&pipeline.stages[ready.i]), (cache, env, observer, cancel, seed));
-                        let push = opts.remote.as_deref().filter(|_| opts.push);
-                        scope.spawn(move || {
-                            let (i, key) = (ready.i, ready.key_inputs.key());
-                            let res = execute_ready(&stage, ready, resolver, ctx);
-                            if let (Ok(_), Some(remote)) = (&res, push) {
-                                push_after(remote, cache, &key, observer, &stage.name);
-                            }
-                            let _ = tx.send((i, res));
-                        });
-                    }
-                }
+            while let Some(i) = s.frontier.pop() {
+                s.examine(i)?;
+                progressed = true;
             }
-            if s.running == 0 && !progressed {
+            while s.running < jobs && !cancel.load(Ordering::Relaxed) {
+                let Some(launch) = s.launch_next()? else { break };
+                let Launch::Execute(ready) = launch else {
+                    progressed = true;
+                    continue;
+                };
+                s.running += 1;
+                let (resolver, tx) = (&resolver, tx.clone());
+                let env = env.for_executor(pipeline.executor_of(&pipeline.stages[ready.i].name));
+                let (stage, ctx) = (dispatch.stage(&pipeline.stages[ready.i]), (cache, env, observer, cancel, seed));
+                let push = opts.remote.as_deref().filter(|_| opts.push);
+                scope.spawn(move || {
+                    let (i, key) = (ready.i, ready.key_inputs.key());
+                    let res = execute_ready(&stage, ready, resolver, ctx);
+                    if let (Ok(_), Some(remote)) = (&res, push) {
+                        push_after(remote, cache, &key, observer, &stage.name);
+                    }
+                    let _ = tx.send((i, res));
+                });
+            }
+            if progressed {
+                continue;
+            }
+            if s.running == 0 {
                 break;
             }
-            if s.running > 0 && (!progressed || s.running >= jobs) {
-                let (i, res) = rx.recv().expect("a stage thread is running");
-                s.running -= 1;
-                s.finish(i, res);
-            }
+            let (i, res) = rx.recv().expect("a stage thread is running");
+            s.running -= 1;
+            s.finish(i, res);
         }
         Ok(())
     })?;
@@ -305,7 +329,9 @@ impl<'a> Scheduler<'a> {
             observer,
             cancel,
             resolver,
+            frontier: Frontier::new(&pipeline.graph, &selected),
             selected,
+            queued: BTreeMap::new(),
             forced,
             damaged: BTreeMap::new(),
             wanted,
@@ -324,32 +350,43 @@ impl<'a> Scheduler<'a> {
     fn settle(&mut self, i: usize, state: State, r: StageReport) {
         self.observer.finished(&r);
         self.reports.insert(i, r);
-        self.states[i] = state;
+        self.set_state(i, state);
     }
 
-    /// Looks at pending stage `i`: skips, serves, or readies it.
-    fn step(&mut self, i: usize, slot_free: bool) -> Result<Step, RunError> {
+    /// Every state change goes here, so the frontier hears of each stage
+    /// that settles.
+    fn set_state(&mut self, i: usize, state: State) {
+        let settles = state.settled();
+        self.states[i] = state;
+        if settles {
+            self.frontier.settled(i);
+        }
+    }
+
+    /// Looks at pending stage `i`, whose dependencies have settled: skips,
+    /// serves, or queues it to execute.
+    fn examine(&mut self, i: usize) -> Result<(), RunError> {
         let pipeline = self.pipeline;
         let stage = &pipeline.stages[i];
         let deps = &pipeline.graph.deps[i];
         if let Some(&d) = deps.iter().find(|&&d| matches!(self.states[d], State::Failed | State::Blocked)) {
             let because = format!("upstream stage `{}` did not finish", self.pipeline.stages[d].name);
             self.settle(i, State::Blocked, report(stage, Outcome::Skipped { because }, None, vec![]));
-            return Ok(Step::Progressed);
+            return Ok(());
         }
         if let Some(&d) = deps.iter().find(|&&d| matches!(self.states[d], State::WouldRun)) {
             let reasons = vec![DirtyReason::UpstreamStale { stage: self.pipeline.stages[d].name.clone() }];
             self.settle(i, State::WouldRun, report(stage, Outcome::WouldRun, None, reasons));
-            return Ok(Step::Progressed);
+            return Ok(());
         }
-        if !deps.iter().all(|&d| matches!(self.states[d], State::Done)) || self.cancel.load(Ordering::Relaxed) {
-            return Ok(Step::Wait);
+        if self.cancel.load(Ordering::Relaxed) {
+            return Ok(());
         }
         let ki = match self.resolver.key_inputs(stage, &self.hashes, !self.opts.dry_run) {
             Ok(ki) => ki.expect("all upstream stages are done"),
             Err(source) if self.opts.dry_run => {
                 self.settle(i, State::Blocked, report(stage, Outcome::Failed { error: source.to_string() }, None, vec![]));
-                return Ok(Step::Progressed);
+                return Ok(());
             }
             Err(source) => return Err(RunError::External { stage: stage.name.clone(), source }),
         };
@@ -357,24 +394,37 @@ impl<'a> Scheduler<'a> {
         let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &key)? };
         if let Some(m) = hit {
             self.serve_hit(i, ki, m, Outcome::Cached);
-            return Ok(Step::Progressed);
+            return Ok(());
         }
         if let Some((m, bytes_local)) = self.pull(i, &ki, &key)? {
             if !bytes_local {
                 self.lazy.insert(i, m.clone());
             }
             self.serve_hit(i, ki, m, Outcome::Pulled);
-            return Ok(Step::Progressed);
+            return Ok(());
         }
         let reasons = self.reasons(i, &ki);
         if self.opts.dry_run {
             self.settle(i, State::WouldRun, report(stage, Outcome::WouldRun, Some(key), reasons));
-            return Ok(Step::Progressed);
+        } else {
+            self.states[i] = State::Queued;
+            self.queued.insert(i, Queued { key_inputs: ki, reasons });
         }
-        if !slot_free {
-            return Ok(Step::Wait);
+        Ok(())
+    }
+
+    /// Starts the first queued stage, or serves it if a stage with the same
+    /// key finished while it waited. `None`: none is queued.
+    fn launch_next(&mut self) -> Result<Option<Launch>, RunError> {
+        let Some((i, q)) = self.queued.pop_first() else { return Ok(None) };
+        self.states[i] = State::Pending;
+        let stage = &self.pipeline.stages[i];
+        let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &q.key_inputs.key())? };
+        if let Some(m) = hit {
+            self.serve_hit(i, q.key_inputs, m, Outcome::Cached);
+            return Ok(Some(Launch::Settled));
         }
-        self.ready(i, ki, reasons)
+        self.ready(i, q.key_inputs, q.reasons).map(Some)
     }
 
     fn serve_hit<K>(&mut self, i: usize, ki: KeyInputs, m: ManifestOf<K>, outcome: Outcome) {
@@ -452,7 +502,7 @@ impl<'a> Scheduler<'a> {
 
     /// Checks the stage's inputs one last time and hands it out to run.
     /// A damaged input object sends its producer back to pending instead.
-    fn ready(&mut self, i: usize, ki: KeyInputs, reasons: Vec<DirtyReason>) -> Result<Step, RunError> {
+    fn ready(&mut self, i: usize, ki: KeyInputs, reasons: Vec<DirtyReason>) -> Result<Launch, RunError> {
         let pipeline = self.pipeline;
         let stage = &pipeline.stages[i];
         for &d in &pipeline.graph.deps[i] {
@@ -460,7 +510,7 @@ impl<'a> Scheduler<'a> {
             if !self.fetch_lazy(d, m)? {
                 self.reset_from(d);
                 self.unfetched.insert(d);
-                return Ok(Step::Progressed);
+                return Ok(Launch::Settled);
             }
         }
         match self.resolver.check_inputs(i, &ki)? {
@@ -470,12 +520,12 @@ impl<'a> Scheduler<'a> {
                 self.observer.warn(&format!("output `{up}.{output}` in the cache is damaged; re-running `{up}`"));
                 self.reset_from(p);
                 self.damaged.insert(p, output);
-                return Ok(Step::Progressed);
+                return Ok(Launch::Settled);
             }
             Some(problem) => {
                 let error = format!("{problem}; run again");
                 self.settle(i, State::Failed, report(stage, Outcome::Failed { error }, Some(ki.key()), reasons));
-                return Ok(Step::Progressed);
+                return Ok(Launch::Settled);
             }
         }
         let hashes = &self.hashes;
@@ -484,7 +534,7 @@ impl<'a> Scheduler<'a> {
         self.reports.insert(i, report(stage, Outcome::Ran, Some(ki.key()), reasons));
         self.key_inputs.insert(i, ki.clone());
         self.states[i] = State::Running;
-        Ok(Step::Execute(Ready { i, key_inputs: ki, inputs }))
+        Ok(Launch::Execute(Ready { i, key_inputs: ki, inputs }))
     }
 
     /// Records what an executed stage produced, or why it did not.
@@ -499,29 +549,30 @@ impl<'a> Scheduler<'a> {
                 r.duration_s = done.duration_s;
                 let key = r.key.expect("ran stages have a key");
                 self.refs.insert(stage.name.clone(), StageRef { key, key_inputs: self.key_inputs[&i].clone() });
-                self.states[i] = State::Done;
+                self.observer.finished(r);
+                self.set_state(i, State::Done);
             }
             Err(f) => {
                 r.outcome = if f.interrupted { Outcome::Interrupted } else { Outcome::Failed { error: f.message } };
-                self.states[i] = State::Failed;
+                self.observer.finished(r);
+                self.set_state(i, State::Failed);
             }
         }
-        self.observer.finished(r);
     }
 
-    /// Puts `producer` and its selected descendants back to pending.
+    /// Puts `producer` and its selected descendants that were served or
+    /// queued back to pending.
     fn reset_from(&mut self, producer: usize) {
         let mut stack = vec![producer];
         while let Some(p) = stack.pop() {
             self.states[p] = State::Pending;
+            self.queued.remove(&p);
             self.hashes.remove(&self.pipeline.stages[p].name);
             self.reports.remove(&p);
-            for (j, deps) in self.pipeline.graph.deps.iter().enumerate() {
-                if deps.contains(&p) && self.selected.contains(&j) && matches!(self.states[j], State::Done) {
-                    stack.push(j);
-                }
-            }
+            stack.extend(self.frontier.users(p).iter().filter(|&&j| matches!(self.states[j], State::Done | State::Queued)));
         }
+        let states = &self.states;
+        self.frontier.recount(&self.pipeline.graph, &self.selected, |d| states[d].settled(), |i| matches!(states[i], State::Pending));
     }
 
     /// Writes the refs of this run's stages, once, if any changed.
