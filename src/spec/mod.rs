@@ -250,9 +250,21 @@ fn cycle_error(raw: &RawSpec, cycle: &[String]) -> SpecError {
     let path = ["stages".to_string(), cycle[0].clone(), "inputs".to_string()];
     SpecError::Invalid(vec![Diagnostic {
         origin: raw.source.origin(raw.span_of(&path)),
-        message: format!("the stages form a cycle: {}", cycle.join(" → ")),
+        message: format!("the stages form a cycle: {}", cycle_text(cycle)),
         help: Some("a stage cannot read, directly or indirectly, its own outputs".into()),
     }])
+}
+
+/// A cycle as `a → b → … → a`, its middle left out past a dozen names: a
+/// generated pipeline's cycle can run through thousands of stages.
+fn cycle_text(cycle: &[String]) -> String {
+    const HEAD: usize = 8;
+    const TAIL: usize = 3;
+    if cycle.len() <= HEAD + TAIL + 1 {
+        return cycle.join(" → ");
+    }
+    let left_out = cycle.len() - HEAD - TAIL;
+    format!("{} → … {left_out} more … → {}", cycle[..HEAD].join(" → "), cycle[cycle.len() - TAIL..].join(" → "))
 }
 
 /// The stages in topological order, with their graph; `Err` names the
@@ -489,6 +501,14 @@ inputs = { predictions = "preds.t" }
     /// Found by fuzzing (tests/fuzz_spec.rs): a reference implied by a
     /// param (`init = { stage = "..." }`) to a stage that does not exist
     /// was never checked, and building the graph panicked on it.
+    #[test]
+    fn a_long_cycle_is_named_by_its_ends() {
+        let names = |n: usize| (0..n).map(|i| format!("s{i}")).chain(["s0".to_string()]).collect::<Vec<_>>();
+        assert_eq!(cycle_text(&names(2)), "s0 → s1 → s0");
+        assert_eq!(cycle_text(&names(11)), names(11).join(" → "), "a dozen names are shown whole");
+        assert_eq!(cycle_text(&names(5000)), "s0 → s1 → s2 → s3 → s4 → s5 → s6 → s7 → … 4990 more … → s4998 → s4999 → s0");
+    }
+
     #[test]
     fn implied_reference_to_a_missing_stage_is_an_error() {
         let spec = |init: &str| {
