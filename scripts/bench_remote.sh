@@ -22,7 +22,9 @@
 # stage: N independent one-line stages run with `-j 1` and no remote, then
 # against an empty remote (each a miss, pushed as it finishes), then in an
 # empty clone that pulls all N. With CAIRN_OLD (another build's binary)
-# each is timed for both builds, alternating.
+# each is timed for both builds, alternating. LATENCY_MS=T puts the server
+# T ms away each way (scripts/latency_proxy.py), as a remote across a
+# network is.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SIZE_MB="${1:-512}"
@@ -32,7 +34,7 @@ WEED="$(bash "$ROOT/scripts/setup-seaweedfs.sh" --print)"
 command -v curl >/dev/null || { echo "curl is needed for the baseline" >&2; exit 1; }
 
 WORK="$(mktemp -d)"
-cleanup() { [ -n "${WEED_PID:-}" ] && kill "$WEED_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+cleanup() { [ -n "${WEED_PID:-}" ] && kill "$WEED_PID" 2>/dev/null; [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 KEY=benchkey SECRET=benchsecret-local-only
@@ -107,6 +109,10 @@ fi
 if [ "${1:-}" = --stages ]; then
   N="$2"; OLD="${3:-}"
   start_weed
+  if [ -n "${LATENCY_MS:-}" ]; then
+    P=$(port); python3 "$ROOT/scripts/latency_proxy.py" "$P" "$S3" "$LATENCY_MS" & PROXY_PID=$!
+    export AWS_ENDPOINT_URL=http://127.0.0.1:$P; sleep 1
+  fi
   timed() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }; e=$(date +%s%N); echo "$(( (e - s) / 1000000 ))"; }
   for build in "$CAIRN" ${OLD:+"$(realpath "$OLD")"}; do
     tag=$(basename "$(dirname "$build")")-$RANDOM

@@ -96,6 +96,10 @@ pub const REMOTE_SCHEMA: u32 = 1;
 /// Objects transferred at once.
 pub const CONCURRENCY: usize = 4;
 
+/// Manifests asked for at once: each is a small request whose time is the
+/// round trip, so more of them share one wait.
+pub const MANIFEST_CONCURRENCY: usize = 32;
+
 /// Remote failures. A remote *miss* is never an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {

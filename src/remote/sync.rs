@@ -1,10 +1,10 @@
 //! Whole entries: pulling a stage's manifest and objects into the local
 //! cache (validated against what this machine computed for the stage),
 //! and pushing a local entry (objects first, manifest last). A pull is two
-//! steps, so that a run can stop after the first: [`Remote::peek_entry`]
-//! reads and checks the manifest only (enough to know the stage's output
-//! hashes, hence its descendants' keys), [`Remote::fetch_entry`] brings the
-//! objects and installs the manifest last.
+//! steps, so that a run can stop after the first: [`Remote::peek_entries`]
+//! reads and checks the manifests only (enough to know the stages' output
+//! hashes, hence their descendants' keys), [`Remote::fetch_entries`] brings
+//! the objects and installs each manifest last.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::StreamExt;
 
 use super::transfer::Failure;
-use super::{Remote, RemoteError, CONCURRENCY};
+use super::{Remote, RemoteError, CONCURRENCY, MANIFEST_CONCURRENCY};
 use crate::cache::{Cache, Manifest};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::key::KeyInputs;
@@ -36,37 +36,11 @@ pub struct PushStats {
 }
 
 impl Remote {
-    /// Pulls the entry of `stage` under `key` (computed here from `ki`)
-    /// into `cache`: [`Remote::peek_entry`], then [`Remote::fetch_entry`].
-    /// `Ok(None)`: a miss — not on the remote, or rejected
-    /// with a warning through `warn`, or the remote is down (the first
-    /// time, that is the error instead, for the caller to report once).
-    pub fn pull_entry(
-        &self,
-        cache: &Cache,
-        stage: &Stage,
-        ki: &KeyInputs,
-        key: &StageKey,
-        warn: &dyn Fn(String),
-        progress: &dyn Fn(u64, u64),
-    ) -> Result<Option<Pulled>, RemoteError> {
-        match self.peek_entry(stage, ki, key, warn)? {
-            Some(manifest) => self.fetch_entry(cache, manifest, warn, progress),
-            None => Ok(None),
-        }
-    }
-
-    /// Downloads the objects of `manifest` (a remote entry already
-    /// validated by [`Remote::peek_entry`]) that the local cache lacks,
-    /// then installs the manifest: what makes a lazily served stage's
-    /// bytes local. `Ok(None)`: the objects could not be had (with a
-    /// warning, or the remote is down).
-    pub fn fetch_entry(&self, cache: &Cache, manifest: Manifest, warn: &dyn Fn(String), progress: &dyn Fn(u64, u64)) -> Result<Option<Pulled>, RemoteError> {
-        Ok(self.fetch_entries(cache, vec![manifest], warn, progress)?.pop().flatten())
-    }
-
-    /// [`Remote::fetch_entry`] for several entries at once (`cairn pull`):
-    /// the objects any of them lacks are downloaded together, each once,
+    /// Downloads the objects of `manifests` (remote entries already
+    /// validated by [`Remote::peek_entries`]) that the local cache lacks,
+    /// then installs each manifest whose objects all arrived: what makes a
+    /// stage's bytes local. The objects any of them lacks are downloaded
+    /// together, each once,
     /// [`CONCURRENCY`] at a time, so small entries do not wait in line
     /// behind a large one; then each manifest whose objects all arrived is
     /// installed, in the order given. One result per entry, in that order.
@@ -127,21 +101,39 @@ impl Remote {
     /// downloading any object (for `status`: what a run would pull, and
     /// the output hashes that make the next stage's key known).
     pub fn peek_entry(&self, stage: &Stage, ki: &KeyInputs, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<Manifest>, RemoteError> {
+        debug_assert_eq!(ki.key(), *key);
+        Ok(self.peek_entries(&[(stage, ki)], warn)?.pop().flatten())
+    }
+
+    /// [`Remote::peek_entry`] for several stages at once, each under the
+    /// key of its key inputs: the manifests are asked for together,
+    /// [`MANIFEST_CONCURRENCY`] at a time, so stages that do not depend on each
+    /// other wait one round trip between them, not one each. One result
+    /// per stage, in order: `None` for a miss, or an entry rejected with a
+    /// warning through `warn`, or when the remote is down (the first time,
+    /// that is the error instead, for the caller to report once).
+    pub fn peek_entries(&self, entries: &[(&Stage, &KeyInputs)], warn: &dyn Fn(String)) -> Result<Vec<Option<Manifest>>, RemoteError> {
         if !self.ready()? {
-            return Ok(None);
+            return Ok(entries.iter().map(|_| None).collect());
         }
-        let reject = |why: String| warn(format!("the remote entry of `{}` (key {}) on {} {why}; it will not be used", stage.name, key.short(), self.display));
-        let bytes = match self.block_on(self.get_manifest(key)) {
-            Ok(b) => b,
-            Err(f) => return self.settle(f, &reject).map(|p| p.map(|p| p.manifest)),
-        };
-        match validate(stage, ki, key, &bytes) {
-            Ok(m) => Ok(Some(m)),
-            Err(why) => {
-                reject(why);
-                Ok(None)
-            }
+        let keys: Vec<StageKey> = entries.iter().map(|(_, ki)| ki.key()).collect();
+        let got: Vec<_> = self.block_on(futures::stream::iter(keys.iter().map(|key| self.get_manifest(key))).buffered(MANIFEST_CONCURRENCY).collect());
+        let mut out = Vec::with_capacity(entries.len());
+        for ((&(stage, ki), key), got) in entries.iter().zip(&keys).zip(got) {
+            let reject = |why: String| warn(format!("the remote entry of `{}` (key {}) on {} {why}; it will not be used", stage.name, key.short(), self.display));
+            out.push(match got.map(|bytes| validate(stage, ki, key, &bytes)) {
+                Ok(Ok(m)) => Some(m),
+                Ok(Err(why)) => {
+                    reject(why);
+                    None
+                }
+                Err(f) => {
+                    self.settle(f, &reject)?;
+                    None
+                }
+            });
         }
+        Ok(out)
     }
 
     /// Pushes a local entry: its objects (each verified as read), then its
@@ -218,13 +210,13 @@ impl Remote {
 
     /// A failed pull: a miss, with a warning when something was wrong,
     /// or the one report that the remote is down.
-    fn settle(&self, f: Failure, reject: &dyn Fn(String)) -> Result<Option<Pulled>, RemoteError> {
+    fn settle(&self, f: Failure, reject: &dyn Fn(String)) -> Result<(), RemoteError> {
         match f {
-            Failure::Missing => Ok(None),
-            Failure::Down(cause) => self.mark_down(cause).map_or(Ok(None), Err),
+            Failure::Missing => Ok(()),
+            Failure::Down(cause) => self.mark_down(cause).map_or(Ok(()), Err),
             Failure::Bad(why) => {
                 reject(why);
-                Ok(None)
+                Ok(())
             }
         }
     }

@@ -41,7 +41,10 @@ use crate::plan::{InputProblem, Resolver};
 use crate::spec::{Pipeline, Stage};
 
 mod frontier;
+mod remote;
 use frontier::Frontier;
+pub use remote::transfer_progress;
+use remote::{push_after, Ask};
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -230,11 +233,7 @@ pub fn run(
     std::thread::scope(|scope| -> Result<(), RunError> {
         let (tx, rx) = mpsc::channel::<Finished>();
         loop {
-            let mut progressed = false;
-            while let Some(i) = s.frontier.pop() {
-                s.examine(i)?;
-                progressed = true;
-            }
+            let mut progressed = s.examine_all()?;
             while s.running < jobs && !cancel.load(Ordering::Relaxed) {
                 let Some(launch) = s.launch_next()? else { break };
                 let Launch::Execute(ready) = launch else {
@@ -363,54 +362,72 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// Examines every examinable stage, then asks the remote at once about
+    /// those that missed locally. Whether any was examined.
+    fn examine_all(&mut self) -> Result<bool, RunError> {
+        let mut asks = Vec::new();
+        let mut progressed = false;
+        while let Some(i) = self.frontier.pop() {
+            asks.extend(self.examine(i)?);
+            progressed = true;
+        }
+        if !asks.is_empty() {
+            self.ask_remote(asks)?;
+        }
+        Ok(progressed)
+    }
+
     /// Looks at pending stage `i`, whose dependencies have settled: skips,
-    /// serves, or queues it to execute.
-    fn examine(&mut self, i: usize) -> Result<(), RunError> {
+    /// serves, or queues it to execute. `Some`: it missed locally, and the
+    /// remote is to be asked.
+    fn examine(&mut self, i: usize) -> Result<Option<Ask>, RunError> {
         let pipeline = self.pipeline;
         let stage = &pipeline.stages[i];
         let deps = &pipeline.graph.deps[i];
         if let Some(&d) = deps.iter().find(|&&d| matches!(self.states[d], State::Failed | State::Blocked)) {
             let because = format!("upstream stage `{}` did not finish", self.pipeline.stages[d].name);
             self.settle(i, State::Blocked, report(stage, Outcome::Skipped { because }, None, vec![]));
-            return Ok(());
+            return Ok(None);
         }
         if let Some(&d) = deps.iter().find(|&&d| matches!(self.states[d], State::WouldRun)) {
             let reasons = vec![DirtyReason::UpstreamStale { stage: self.pipeline.stages[d].name.clone() }];
             self.settle(i, State::WouldRun, report(stage, Outcome::WouldRun, None, reasons));
-            return Ok(());
+            return Ok(None);
         }
         if self.cancel.load(Ordering::Relaxed) {
-            return Ok(());
+            return Ok(None);
         }
         let ki = match self.resolver.key_inputs(stage, &self.hashes, !self.opts.dry_run) {
             Ok(ki) => ki.expect("all upstream stages are done"),
             Err(source) if self.opts.dry_run => {
                 self.settle(i, State::Blocked, report(stage, Outcome::Failed { error: source.to_string() }, None, vec![]));
-                return Ok(());
+                return Ok(None);
             }
             Err(source) => return Err(RunError::External { stage: stage.name.clone(), source }),
         };
-        let key = ki.key();
-        let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &key)? };
+        let hit = if self.forced.contains(&i) { None } else { self.resolver.lookup(stage, &ki.key())? };
         if let Some(m) = hit {
             self.serve_hit(i, ki, m, Outcome::Cached);
-            return Ok(());
+            return Ok(None);
         }
-        if let Some((m, bytes_local)) = self.pull(i, &ki, &key)? {
-            if !bytes_local {
-                self.lazy.insert(i, m.clone());
-            }
-            self.serve_hit(i, ki, m, Outcome::Pulled);
-            return Ok(());
+        if self.may_pull(i) {
+            return Ok(Some(Ask { i, key_inputs: ki }));
         }
+        self.stale(i, ki);
+        Ok(None)
+    }
+
+    /// Stage `i` must execute: it is queued for a job slot (or, in a dry
+    /// run, would run).
+    fn stale(&mut self, i: usize, ki: KeyInputs) {
         let reasons = self.reasons(i, &ki);
         if self.opts.dry_run {
-            self.settle(i, State::WouldRun, report(stage, Outcome::WouldRun, Some(key), reasons));
+            let key = ki.key();
+            self.settle(i, State::WouldRun, report(&self.pipeline.stages[i], Outcome::WouldRun, Some(key), reasons));
         } else {
             self.states[i] = State::Queued;
             self.queued.insert(i, Queued { key_inputs: ki, reasons });
         }
-        Ok(())
     }
 
     /// Starts the first queued stage, or serves it if a stage with the same
@@ -443,53 +460,6 @@ impl<'a> Scheduler<'a> {
         self.settle(i, State::Done, r);
     }
 
-    /// Asks the remote for a stage that missed locally: a wanted stage is
-    /// downloaded whole; another only has its manifest read (its bytes
-    /// stay on the remote until a stage that executes needs them, see
-    /// [`Scheduler::fetch_lazy`]). The manifest, and whether its bytes are
-    /// local.
-    fn pull(&self, i: usize, ki: &KeyInputs, key: &StageKey) -> Result<Option<(Manifest, bool)>, RunError> {
-        let Some(remote) = self.opts.remote.as_deref() else { return Ok(None) };
-        if self.opts.dry_run || self.forced.contains(&i) || self.damaged.contains_key(&i) || self.unfetched.contains(&i) {
-            return Ok(None);
-        }
-        let warn = |m: String| self.observer.warn(&m);
-        let stage = &self.pipeline.stages[i];
-        if !self.wanted.contains(&i) {
-            return self.remote_result(remote.peek_entry(stage, ki, key, &warn)).map(|m| m.map(|m| (m, false)));
-        }
-        let t0 = std::time::Instant::now();
-        let progress = |done: u64, total: u64| self.observer.progress(&stage.name, &transfer_progress("pulling", done, total, t0));
-        self.remote_result(remote.pull_entry(self.cache, stage, ki, key, &warn, &progress)).map(|p| p.map(|p| (p.manifest, true)))
-    }
-
-    /// Downloads the bytes of stage `d`, served lazily, because a stage
-    /// that executes reads them. `false`: they could not be had (said
-    /// already); `d` is then computed here.
-    fn fetch_lazy(&self, d: usize, m: Manifest) -> Result<bool, RunError> {
-        let Some(remote) = self.opts.remote.as_deref() else { return Ok(false) };
-        let warn = |m: String| self.observer.warn(&m);
-        let stage = &self.pipeline.stages[d].name;
-        let t0 = std::time::Instant::now();
-        let progress = |done: u64, total: u64| self.observer.progress(stage, &transfer_progress("pulling", done, total, t0));
-        Ok(self.remote_result(remote.fetch_entry(self.cache, m, &warn, &progress))?.is_some())
-    }
-
-    /// A remote answer for the run: the first sign that the remote is
-    /// unusable is reported once (or, with `remote_required`, stops the
-    /// run); then the run goes on locally.
-    fn remote_result<T>(&self, r: Result<Option<T>, crate::remote::RemoteError>) -> Result<Option<T>, RunError> {
-        match r {
-            Ok(p) => Ok(p),
-            Err(e @ crate::remote::RemoteError::Unavailable { .. }) if !self.opts.remote_required => {
-                self.observer.warn(&format!("{e}; continuing with the local cache only"));
-                Ok(None)
-            }
-            Err(crate::remote::RemoteError::Transfer { .. }) if !self.opts.remote_required => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     fn reasons(&self, i: usize, ki: &KeyInputs) -> Vec<DirtyReason> {
         if let Some(output) = self.damaged.get(&i) {
             vec![DirtyReason::OutputDamaged { output: output.clone() }]
@@ -507,7 +477,7 @@ impl<'a> Scheduler<'a> {
         let stage = &pipeline.stages[i];
         for &d in &pipeline.graph.deps[i] {
             let Some(m) = self.lazy.remove(&d) else { continue };
-            if !self.fetch_lazy(d, m)? {
+            if !self.fetch_lazy(m)? {
                 self.reset_from(d);
                 self.unfetched.insert(d);
                 return Ok(Launch::Settled);
@@ -615,29 +585,6 @@ fn run_id(started_at: &str) -> String {
     format!("{}-{:04x}", started_at.replace([':', '-'], "").chars().take(15).collect::<String>(), std::process::id() & 0xffff)
 }
 
-/// Pushes the local entry of `key` to the remote; a failure is a warning
-/// (the run's results are safe locally).
-fn push_after(remote: &crate::remote::Remote, cache: &Cache, key: &StageKey, observer: &dyn Observer, stage: &str) {
-    let warn = |m: String| observer.warn(&m);
-    let Ok(Some(m)) = cache.manifest(key, &warn) else { return };
-    let t0 = std::time::Instant::now();
-    let progress = |done: u64, total: u64| observer.progress(stage, &transfer_progress("pushing", done, total, t0));
-    if let Err(e) = remote.push_entry(cache, &m, &progress) {
-        observer.warn(&format!("{e}; the result stays in the local cache only"));
-    }
-}
-
-/// A transfer's position and rate since `since`, for the stage's progress bar.
-pub fn transfer_progress(what: &str, done: u64, total: u64, since: std::time::Instant) -> crate::kind::Progress {
-    let mib = |n: u64| n as f64 / (1 << 20) as f64;
-    let rate = mib(done) / since.elapsed().as_secs_f64().max(1e-3);
-    crate::kind::Progress {
-        message: format!("{what} {:.1} of {:.1} MiB at {rate:.0} MiB/s (remote cache)", mib(done), mib(total)),
-        done: Some(done),
-        total: Some(total),
-        transient: true,
-    }
-}
 
 fn report(stage: &Stage, outcome: Outcome, key: Option<StageKey>, reasons: Vec<DirtyReason>) -> StageReport {
     StageReport {
