@@ -20,8 +20,8 @@
 #
 # scripts/bench_remote.sh --stages N [CAIRN_OLD]: the remote's cost per
 # stage: N independent one-line stages run with `-j 1` and no remote, then
-# against an empty remote (each a miss, pushed as it finishes), then in an
-# empty clone that pulls all N. With CAIRN_OLD (another build's binary)
+# against an empty remote (each a miss, pushed as it finishes), then in
+# empty clones: `cairn run` pulling all N, `cairn status`, `cairn pull`. With CAIRN_OLD (another build's binary)
 # each is timed for both builds, alternating. LATENCY_MS=T puts the server
 # T ms away each way (scripts/latency_proxy.py), as a remote across a
 # network is.
@@ -116,7 +116,7 @@ if [ "${1:-}" = --stages ]; then
   timed() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }; e=$(date +%s%N); echo "$(( (e - s) / 1000000 ))"; }
   for build in "$CAIRN" ${OLD:+"$(realpath "$OLD")"}; do
     tag=$(basename "$(dirname "$build")")-$RANDOM
-    for d in local a b; do
+    for d in local a b c d; do
       mkdir -p "$WORK/$tag/$d"
       python3 - "$WORK/$tag/$d/pipeline.toml" "$N" "$tag" <<'PY'
 import sys
@@ -130,7 +130,9 @@ PY
     MISS=$(cd "$WORK/$tag/a" && timed "$build" run -q -j 1 --push)
     PULL=$(cd "$WORK/$tag/b" && timed "$build" run -q -j 1)
     [ "$(ls "$WORK/$tag/b/artifacts" | wc -l)" = "$N" ] || { echo "the clone did not get every stage" >&2; exit 1; }
-    echo "$build: $N stages, -j 1: no remote ${LOCAL} ms; empty remote, pushing ${MISS} ms; empty clone pulling all ${PULL} ms"
+    STATUS=$(cd "$WORK/$tag/c" && timed "$build" status)
+    PULLCMD=$(cd "$WORK/$tag/d" && timed "$build" pull)
+    echo "$build: $N stages, -j 1: no remote ${LOCAL} ms; empty remote, pushing ${MISS} ms; in empty clones: run pulling all ${PULL} ms, status ${STATUS} ms, pull ${PULLCMD} ms"
   done
   exit 0
 fi

@@ -56,6 +56,26 @@ impl Graph {
         users
     }
 
+    /// The stages `keep` accepts, in waves: each stage comes one wave after
+    /// the last of its dependencies, so the stages of a wave depend on
+    /// none of each other and can be asked about together. Within a wave,
+    /// index order. The graph must be numbered in a topological order (as
+    /// a pipeline's is), every dependency before its users.
+    pub fn waves(&self, keep: impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
+        let mut wave_of = vec![0; self.deps.len()];
+        let mut waves: Vec<Vec<usize>> = Vec::new();
+        for i in (0..self.deps.len()).filter(|&i| keep(i)) {
+            debug_assert!(self.deps[i].iter().all(|&d| d < i), "numbered in a topological order");
+            let w = self.deps[i].iter().filter(|&&d| keep(d)).map(|&d| wave_of[d] + 1).max().unwrap_or(0);
+            wave_of[i] = w;
+            if waves.len() <= w {
+                waves.resize_with(w + 1, Vec::new);
+            }
+            waves[w].push(i);
+        }
+        waves
+    }
+
     /// A topological order (producers first), ties broken by declaration
     /// order so the order is stable; or one cycle, as stage names with the
     /// first repeated at the end.
@@ -182,6 +202,16 @@ mod tests {
         assert_eq!(r.deps, vec![BTreeSet::new(), BTreeSet::from([0]), BTreeSet::from([1])]);
         assert_eq!(r.index_of("s1"), Some(2));
         assert_eq!(r.topo_order().unwrap(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn waves_put_each_stage_one_after_its_last_dependency() {
+        // s1 and s2 read s0, s3 reads s1 and s0, s4 reads s3, s5 alone.
+        let g = graph(&[(1, 0), (2, 0), (3, 1), (3, 0), (4, 3)], 6);
+        assert_eq!(g.waves(|_| true), vec![vec![0, 5], vec![1, 2], vec![3], vec![4]]);
+        // Without s1, s3 only waits on s0.
+        assert_eq!(g.waves(|i| i != 1), vec![vec![0, 5], vec![2, 3], vec![4]]);
+        assert!(g.waves(|_| false).is_empty());
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub fn after_run(opts: &RunOptions, pipeline: &Pipeline, cache: &Cache, report: 
 /// The stale stages a run would pull, when a remote is configured: one
 /// manifest request per stale stage whose key is known, where a stage
 /// after one on the remote gets its key from the remote manifest's output
-/// hashes. A remote that cannot be used is reported once and changes
+/// hashes; a wave's requests go together (see [`survey`]). A remote that cannot be used is reported once and changes
 /// nothing.
 pub fn on_remote(
     config: &Config,
@@ -120,34 +120,39 @@ fn remote_keys(
     let warn = |m: String| console.warn_line(&m);
     let resolver = Resolver::new(pipeline, cache, env, &warn);
     let mut outputs: BTreeMap<String, BTreeMap<String, ArtifactHash>> = BTreeMap::new();
-    for (i, (name, st)) in states.iter().enumerate() {
-        let m = match st {
-            StageState::Fresh { manifest, .. } => manifest.as_ref().clone(),
-            StageState::Stale { .. } => {
-                let stage = &pipeline.stages[i];
-                let Ok(Some(ki)) = resolver.key_inputs(stage, &outputs, false) else { continue };
-                // Its key known only now (upstream is on the remote), the
-                // stage may well be complete here.
-                if let Ok(Some(m)) = resolver.lookup(stage, &ki.key()) {
-                    outputs.insert(name.clone(), output_hashes(&m.outputs));
-                    local.push((i, StageState::Fresh { key: m.key, manifest: Box::new(m.with_key_inputs(ki)) }));
-                    continue;
+    for wave in pipeline.graph.waves(|_| true) {
+        let mut asks = Vec::new();
+        for i in wave {
+            let (name, stage) = (&states[i].0, &pipeline.stages[i]);
+            match &states[i].1 {
+                StageState::Fresh { manifest, .. } => {
+                    outputs.insert(name.clone(), output_hashes(&manifest.outputs));
                 }
-                match remote.peek_entry(stage, &ki, &ki.key(), &warn) {
-                    Ok(Some(m)) => {
-                        found.insert(name.clone(), m.key);
-                        m
-                    }
-                    Ok(None) => continue,
-                    Err(e) => {
-                        console.warn_line(&e.to_string());
-                        continue;
+                StageState::Stale { .. } => {
+                    let Ok(Some(ki)) = resolver.key_inputs(stage, &outputs, false) else { continue };
+                    // Its key known only now (upstream is on the remote), the
+                    // stage may well be complete here.
+                    if let Ok(Some(m)) = resolver.lookup(stage, &ki.key()) {
+                        outputs.insert(name.clone(), output_hashes(&m.outputs));
+                        local.push((i, StageState::Fresh { key: m.key, manifest: Box::new(m.with_key_inputs(ki)) }));
+                    } else {
+                        asks.push((stage, ki));
                     }
                 }
+                StageState::Blocked { .. } => {}
             }
-            StageState::Blocked { .. } => continue,
-        };
-        outputs.insert(name.clone(), output_hashes(&m.outputs));
+        }
+        let entries: Vec<_> = asks.iter().map(|(stage, ki)| (*stage, ki)).collect();
+        let answers = remote.peek_entries(&entries, &warn).unwrap_or_else(|e| {
+            console.warn_line(&e.to_string());
+            entries.iter().map(|_| None).collect()
+        });
+        for ((stage, _), m) in asks.iter().zip(answers) {
+            if let Some(m) = m {
+                found.insert(stage.name.clone(), m.key);
+                outputs.insert(stage.name.clone(), output_hashes(&m.outputs));
+            }
+        }
     }
     (found, local)
 }
@@ -245,49 +250,51 @@ struct Survey {
     missing: usize,
 }
 
-/// Every selected stage's manifest, in order, locally or on the remote: a
-/// key needs its upstream's output hashes, not its bytes, so the objects
-/// are downloaded afterwards, all at once. Says what it found per stage.
+/// Every selected stage's manifest, locally or on the remote: a key needs
+/// its upstream's output hashes, not its bytes, so the stages are looked at
+/// wave by wave ([`cairn::dag::Graph::waves`]), the remote asked about a
+/// wave's local misses at once, and the objects downloaded afterwards,
+/// all together. Says what it found per stage.
 fn survey(pipeline: &Pipeline, selected: &BTreeSet<usize>, resolver: &Resolver, remote: &Remote, console: &Console) -> Result<Survey, i32> {
     let warn = |m: String| console.warn_line(&m);
     let mut outputs: BTreeMap<String, BTreeMap<String, ArtifactHash>> = BTreeMap::new();
     let mut s = Survey { found: Vec::new(), local: 0, missing: 0 };
-    for stage in pipeline.stages.iter().enumerate().filter(|(i, _)| selected.contains(i)).map(|(_, s)| s) {
-        let name = &stage.name;
-        let ki = match resolver.key_inputs(stage, &outputs, false) {
-            Ok(Some(ki)) => ki,
-            Ok(None) => {
-                s.missing += 1;
-                console.line(&format!("unknown    {name:<12} an upstream stage is neither local nor on the remote"));
-                continue;
-            }
-            Err(e) => {
-                s.missing += 1;
-                console.line(&format!("blocked    {name:<12} {}", e.to_string().lines().next().unwrap_or("")));
-                continue;
-            }
-        };
-        let key = ki.key();
-        let hashes = if let Some(m) = resolver.lookup(stage, &key).map_err(|e| fail(console, exit::IO, e))? {
-            s.local += 1;
-            console.line(&format!("local      {name:<12} already in the local cache"));
-            output_hashes(&m.outputs)
-        } else {
-            match remote.peek_entry(stage, &ki, &key, &warn) {
-                Ok(Some(m)) => {
-                    let hashes = output_hashes(&m.outputs);
-                    s.found.push(m);
-                    hashes
-                }
+    for wave in pipeline.graph.waves(|i| selected.contains(&i)) {
+        let mut asks = Vec::new();
+        for stage in wave.iter().map(|&i| &pipeline.stages[i]) {
+            let name = &stage.name;
+            let ki = match resolver.key_inputs(stage, &outputs, false) {
+                Ok(Some(ki)) => ki,
                 Ok(None) => {
                     s.missing += 1;
-                    console.line(&format!("not there  {name:<12} not on the remote (`cairn run` will compute it)"));
+                    console.line(&format!("unknown    {name:<12} an upstream stage is neither local nor on the remote"));
                     continue;
                 }
-                Err(e) => return Err(fail(console, exit_code(&e), e)),
+                Err(e) => {
+                    s.missing += 1;
+                    console.line(&format!("blocked    {name:<12} {}", e.to_string().lines().next().unwrap_or("")));
+                    continue;
+                }
+            };
+            if let Some(m) = resolver.lookup(stage, &ki.key()).map_err(|e| fail(console, exit::IO, e))? {
+                s.local += 1;
+                console.line(&format!("local      {name:<12} already in the local cache"));
+                outputs.insert(name.clone(), output_hashes(&m.outputs));
+            } else {
+                asks.push((stage, ki));
             }
-        };
-        outputs.insert(name.clone(), hashes);
+        }
+        let entries: Vec<_> = asks.iter().map(|(stage, ki)| (*stage, ki)).collect();
+        let found = remote.peek_entries(&entries, &warn).map_err(|e| fail(console, exit_code(&e), e))?;
+        for ((stage, _), m) in asks.iter().zip(found) {
+            let Some(m) = m else {
+                s.missing += 1;
+                console.line(&format!("not there  {:<12} not on the remote (`cairn run` will compute it)", stage.name));
+                continue;
+            };
+            outputs.insert(stage.name.clone(), output_hashes(&m.outputs));
+            s.found.push(m);
+        }
     }
     Ok(s)
 }

@@ -206,6 +206,10 @@ impl Observer for Console {
         }
     }
 
+    fn transfer_done(&self, stage: &str) {
+        self.finish_bar(stage);
+    }
+
     fn warn(&self, message: &str) {
         self.error(&format!("warning: {message}"));
     }

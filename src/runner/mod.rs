@@ -44,7 +44,7 @@ mod frontier;
 mod remote;
 use frontier::Frontier;
 pub use remote::transfer_progress;
-use remote::{push_after, Ask};
+use remote::{Ask, Pusher};
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -120,6 +120,9 @@ pub trait Observer: Reporter {
     fn started(&self, stage: &str, reasons: &[DirtyReason]);
     fn finished(&self, report: &StageReport);
     fn warn(&self, message: &str);
+    /// A transfer reported under `stage` after the stage finished (a push
+    /// in the background) is over.
+    fn transfer_done(&self, _stage: &str) {}
 }
 
 /// Errors that stop a run as a whole (stage failures are in the report).
@@ -209,6 +212,9 @@ struct Scheduler<'a> {
     key_inputs: BTreeMap<usize, KeyInputs>,
     refs: BTreeMap<String, StageRef>,
     running: usize,
+    /// With `--push`, while the run goes on: pushes each stage that ran,
+    /// and each hit, in the background.
+    pusher: Option<Pusher>,
 }
 
 type Finished = (usize, Result<Executed, StageFailure>);
@@ -230,41 +236,44 @@ pub fn run(
     let jobs = opts.jobs.max(1);
     // Stages on a non-local executor are submitted as jobs (see crate::executor).
     let dispatch = crate::executor::Dispatch::new(pipeline, &run_id(&started_at), opts.remote.as_ref(), cache).map_err(RunError::Executors)?;
+    let push = opts.remote.as_deref().filter(|_| opts.push);
     std::thread::scope(|scope| -> Result<(), RunError> {
         let (tx, rx) = mpsc::channel::<Finished>();
-        loop {
-            let mut progressed = s.examine_all()?;
-            while s.running < jobs && !cancel.load(Ordering::Relaxed) {
-                let Some(launch) = s.launch_next()? else { break };
-                let Launch::Execute(ready) = launch else {
-                    progressed = true;
+        s.pusher = push.map(|remote| Pusher::start(scope, remote, cache, observer));
+        let mut drive = || -> Result<(), RunError> {
+            loop {
+                let mut progressed = s.examine_all()?;
+                while s.running < jobs && !cancel.load(Ordering::Relaxed) {
+                    let Some(launch) = s.launch_next()? else { break };
+                    let Launch::Execute(ready) = launch else {
+                        progressed = true;
+                        continue;
+                    };
+                    s.running += 1;
+                    let (resolver, tx) = (&resolver, tx.clone());
+                    let env = env.for_executor(pipeline.executor_of(&pipeline.stages[ready.i].name));
+                    let (stage, ctx) = (dispatch.stage(&pipeline.stages[ready.i]), (cache, env, observer, cancel, seed));
+                    scope.spawn(move || {
+                        let i = ready.i;
+                        let _ = tx.send((i, execute_ready(&stage, ready, resolver, ctx)));
+                    });
+                }
+                if progressed {
                     continue;
-                };
-                s.running += 1;
-                let (resolver, tx) = (&resolver, tx.clone());
-                let env = env.for_executor(pipeline.executor_of(&pipeline.stages[ready.i].name));
-                let (stage, ctx) = (dispatch.stage(&pipeline.stages[ready.i]), (cache, env, observer, cancel, seed));
-                let push = opts.remote.as_deref().filter(|_| opts.push);
-                scope.spawn(move || {
-                    let (i, key) = (ready.i, ready.key_inputs.key());
-                    let res = execute_ready(&stage, ready, resolver, ctx);
-                    if let (Ok(_), Some(remote)) = (&res, push) {
-                        push_after(remote, cache, &key, observer, &stage.name);
-                    }
-                    let _ = tx.send((i, res));
-                });
+                }
+                if s.running == 0 {
+                    return Ok(());
+                }
+                let (i, res) = rx.recv().expect("a stage thread is running");
+                s.running -= 1;
+                s.finish(i, res);
             }
-            if progressed {
-                continue;
-            }
-            if s.running == 0 {
-                break;
-            }
-            let (i, res) = rx.recv().expect("a stage thread is running");
-            s.running -= 1;
-            s.finish(i, res);
-        }
-        Ok(())
+        };
+        let driven = drive();
+        // Closes the push queue: the pushers finish what is queued, and
+        // the scope waits for them.
+        s.pusher = None;
+        driven
     })?;
     dispatch.cancelled_messages().iter().for_each(|m| observer.warn(m));
     s.save_refs()?;
@@ -342,6 +351,7 @@ impl<'a> Scheduler<'a> {
             key_inputs: BTreeMap::new(),
             refs: BTreeMap::new(),
             running: 0,
+            pusher: None,
         })
     }
 
@@ -448,8 +458,8 @@ impl<'a> Scheduler<'a> {
         let pipeline = self.pipeline;
         let stage = &pipeline.stages[i];
         tracing::debug!(stage = %stage.name, key = %m.key.short(), "cache hit");
-        if let (Outcome::Cached, Some(remote), true) = (&outcome, self.opts.remote.as_deref(), self.opts.push) {
-            push_after(remote, self.cache, &m.key, self.observer, &stage.name);
+        if let (Outcome::Cached, Some(pusher)) = (&outcome, &self.pusher) {
+            pusher.push(m.key, &stage.name);
         }
         self.hashes.insert(stage.name.clone(), output_hashes(&m.outputs));
         let mut r = report(stage, outcome, Some(m.key), vec![]);
@@ -519,6 +529,9 @@ impl<'a> Scheduler<'a> {
                 r.duration_s = done.duration_s;
                 let key = r.key.expect("ran stages have a key");
                 self.refs.insert(stage.name.clone(), StageRef { key, key_inputs: self.key_inputs[&i].clone() });
+                if let Some(pusher) = &self.pusher {
+                    pusher.push(key, &stage.name);
+                }
                 self.observer.finished(r);
                 self.set_state(i, State::Done);
             }

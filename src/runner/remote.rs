@@ -4,8 +4,11 @@
 //! a few round trips per wave, not a few per stage (BENCHMARKS.md "A
 //! remote across a network"). A stage found there that is not wanted is
 //! served by its manifest alone; its bytes come only if a stage that
-//! executes reads them ([`Scheduler::fetch_lazy`]).
+//! executes reads them ([`Scheduler::fetch_lazy`]). With `--push`, the
+//! stages are pushed in the background ([`Pusher`]).
 
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::Scope;
 use std::time::Instant;
 
 use super::{Observer, Outcome, RunError, Scheduler};
@@ -92,9 +95,43 @@ impl Scheduler<'_> {
     }
 }
 
+/// Pushes with `--push`, off the stages' job slots: each stage that ran
+/// (or hit, and the remote may lack) is queued here as it settles, and
+/// [`PUSHERS`] threads push the queue, so a push over a slow network
+/// overlaps the stages that follow instead of holding up the next one.
+/// Dropping the pusher closes the queue; the run's thread scope then
+/// waits for what is queued.
+pub(super) struct Pusher {
+    queue: mpsc::Sender<(StageKey, String)>,
+}
+
+/// Entries pushed at once.
+const PUSHERS: usize = 4;
+
+impl Pusher {
+    pub fn start<'scope, 'env>(scope: &'scope Scope<'scope, 'env>, remote: &'env Remote, cache: &'env Cache, observer: &'env dyn Observer) -> Self {
+        let (queue, rx) = mpsc::channel::<(StageKey, String)>();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..PUSHERS {
+            let rx = rx.clone();
+            scope.spawn(move || loop {
+                let next = rx.lock().unwrap().recv();
+                let Ok((key, stage)) = next else { break };
+                push_after(remote, cache, &key, observer, &stage);
+                observer.transfer_done(&stage);
+            });
+        }
+        Self { queue }
+    }
+
+    pub fn push(&self, key: StageKey, stage: &str) {
+        let _ = self.queue.send((key, stage.to_string()));
+    }
+}
+
 /// Pushes the local entry of `key` to the remote; a failure is a warning
 /// (the run's results are safe locally).
-pub(super) fn push_after(remote: &Remote, cache: &Cache, key: &StageKey, observer: &dyn Observer, stage: &str) {
+fn push_after(remote: &Remote, cache: &Cache, key: &StageKey, observer: &dyn Observer, stage: &str) {
     let warn = |m: String| observer.warn(&m);
     let Ok(Some(m)) = cache.manifest(key, &warn) else { return };
     let t0 = Instant::now();
