@@ -96,9 +96,32 @@ pub const REMOTE_SCHEMA: u32 = 1;
 /// Objects transferred at once.
 pub const CONCURRENCY: usize = 4;
 
-/// Manifests asked for at once: each is a small request whose time is the
-/// round trip, so more of them share one wait.
-pub const MANIFEST_CONCURRENCY: usize = 32;
+/// Manifests, and objects of at most [`SMALL_OBJECT`] bytes, asked for at
+/// once: each is a small request whose time is the round trip, so more of
+/// them share one wait.
+pub const SMALL_CONCURRENCY: usize = 32;
+
+/// The size up to which an object's transfer takes about a round trip (a
+/// MiB at 100 MB/s is 10 ms), so it goes with the small requests.
+pub const SMALL_OBJECT: u64 = 1 << 20;
+
+/// `work` over objects given with their sizes, [`CONCURRENCY`] large ones
+/// and [`SMALL_CONCURRENCY`] small ones at a time, side by side: a large
+/// transfer waits on bandwidth, a small one on the round trip. Results in
+/// the order they finish.
+pub(crate) fn by_size<'a, T, Fut: std::future::Future + 'a>(
+    items: impl IntoIterator<Item = (T, u64)>,
+    work: &'a impl Fn(T, u64) -> Fut,
+) -> impl futures::Stream<Item = Fut::Output> + 'a
+where
+    T: 'a,
+{
+    use futures::StreamExt;
+    let (small, large): (Vec<_>, Vec<_>) = items.into_iter().partition(|(_, size)| *size <= SMALL_OBJECT);
+    let small = futures::stream::iter(small.into_iter().map(|(t, size)| work(t, size))).buffer_unordered(SMALL_CONCURRENCY);
+    let large = futures::stream::iter(large.into_iter().map(|(t, size)| work(t, size))).buffer_unordered(CONCURRENCY);
+    futures::stream::select(small, large)
+}
 
 /// Remote failures. A remote *miss* is never an error.
 #[derive(Debug, thiserror::Error)]
@@ -342,5 +365,36 @@ pub(crate) fn retry_config() -> object_store::RetryConfig {
         backoff: object_store::BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5), base: 2.0 },
         max_retries: 4,
         retry_timeout: Duration::from_secs(30),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn small_and_large_objects_go_side_by_side_each_at_its_own_concurrency() {
+        let (in_flight, most) = ([AtomicUsize::new(0), AtomicUsize::new(0)], [AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let work = |id: usize, size: u64| {
+            let kind = usize::from(size > SMALL_OBJECT);
+            let (in_flight, most) = (&in_flight[kind], &most[kind]);
+            async move {
+                most.fetch_max(in_flight.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                (id, size)
+            }
+        };
+        let items: Vec<(usize, u64)> = (0..100).map(|i| (i, if i % 10 == 0 { SMALL_OBJECT + 1 } else { SMALL_OBJECT })).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut done: Vec<(usize, u64)> = rt.block_on(by_size(items.clone(), &work).collect());
+        done.sort();
+        assert_eq!(done, items, "every item once, with its size");
+        assert_eq!(most[0].load(Ordering::SeqCst), SMALL_CONCURRENCY, "small ones (a MiB or less) 32 at a time");
+        assert_eq!(most[1].load(Ordering::SeqCst), CONCURRENCY, "large ones 4 at a time");
     }
 }

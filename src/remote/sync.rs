@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::StreamExt;
 
 use super::transfer::Failure;
-use super::{Remote, RemoteError, CONCURRENCY, MANIFEST_CONCURRENCY};
+use super::{by_size, Remote, RemoteError, CONCURRENCY, SMALL_CONCURRENCY};
 use crate::cache::{Cache, Manifest};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::key::KeyInputs;
@@ -40,10 +40,10 @@ impl Remote {
     /// validated by [`Remote::peek_entries`]) that the local cache lacks,
     /// then installs each manifest whose objects all arrived: what makes a
     /// stage's bytes local. The objects any of them lacks are downloaded
-    /// together, each once,
-    /// [`CONCURRENCY`] at a time, so small entries do not wait in line
-    /// behind a large one; then each manifest whose objects all arrived is
-    /// installed, in the order given. One result per entry, in that order.
+    /// together, each once ([`by_size`]: small ones do not wait in line
+    /// behind a large one, nor for each other's round trips); then each
+    /// manifest whose objects all arrived is installed, in the order
+    /// given. One result per entry, in that order.
     pub fn fetch_entries(&self, cache: &Cache, manifests: Vec<Manifest>, warn: &dyn Fn(String), progress: &dyn Fn(u64, u64)) -> Result<Vec<Option<Pulled>>, RemoteError> {
         if !self.ready()? {
             return Ok(manifests.iter().map(|_| None).collect());
@@ -55,10 +55,9 @@ impl Remote {
             }
         }
         let total: u64 = wanted.values().sum();
+        let fetch = |h: ArtifactHash, size: u64| async move { (h, self.fetch_object(cache, h, size).await) };
         let results: Vec<(ArtifactHash, Result<(), Failure>)> = self.metered(
-            futures::stream::iter(wanted.iter().map(|(&h, &size)| async move { (h, self.fetch_object(cache, h, size).await) }))
-                .buffer_unordered(CONCURRENCY)
-                .collect(),
+            by_size(wanted.iter().map(|(&h, &size)| (h, size)), &fetch).collect(),
             &self.bytes_down,
             &|done| progress(done, total),
         );
@@ -107,7 +106,7 @@ impl Remote {
 
     /// [`Remote::peek_entry`] for several stages at once, each under the
     /// key of its key inputs: the manifests are asked for together,
-    /// [`MANIFEST_CONCURRENCY`] at a time, so stages that do not depend on each
+    /// [`SMALL_CONCURRENCY`] at a time, so stages that do not depend on each
     /// other wait one round trip between them, not one each. One result
     /// per stage, in order: `None` for a miss, or an entry rejected with a
     /// warning through `warn`, or when the remote is down (the first time,
@@ -117,7 +116,7 @@ impl Remote {
             return Ok(entries.iter().map(|_| None).collect());
         }
         let keys: Vec<StageKey> = entries.iter().map(|(_, ki)| ki.key()).collect();
-        let got: Vec<_> = self.block_on(futures::stream::iter(keys.iter().map(|key| self.get_manifest(key))).buffered(MANIFEST_CONCURRENCY).collect());
+        let got: Vec<_> = self.block_on(futures::stream::iter(keys.iter().map(|key| self.get_manifest(key))).buffered(SMALL_CONCURRENCY).collect());
         let mut out = Vec::with_capacity(entries.len());
         for ((&(stage, ki), key), got) in entries.iter().zip(&keys).zip(got) {
             let reject = |why: String| warn(format!("the remote entry of `{}` (key {}) on {} {why}; it will not be used", stage.name, key.short(), self.display));

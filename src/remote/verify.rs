@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as RemotePath;
 
 use super::transfer::{bounded, Failure};
-use super::{Remote, RemoteError, CONCURRENCY};
+use super::{by_size, Remote, RemoteError};
 use crate::cache::Manifest;
 use crate::digest::{ArtifactHash, StageKey};
 
@@ -67,10 +67,9 @@ impl Remote {
             }
         }
         report.objects = named.len();
+        let check = |(h, by): (ArtifactHash, String), size: u64| async move { (h, by, self.check_object(h, size).await) };
         let results: Vec<(ArtifactHash, String, Result<(), Failure>)> = self.metered(
-            futures::stream::iter(named.into_iter().map(|(h, (size, by))| async move { (h, by, self.check_object(h, size).await) }))
-                .buffer_unordered(CONCURRENCY)
-                .collect(),
+            by_size(named.into_iter().map(|(h, (size, by))| ((h, by), size)), &check).collect(),
             &self.bytes_down,
             progress,
         );
