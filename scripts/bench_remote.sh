@@ -21,7 +21,8 @@
 # scripts/bench_remote.sh --stages N [CAIRN_OLD]: the remote's cost per
 # stage: N independent one-line stages run with `-j 1` and no remote, then
 # against an empty remote (each a miss, pushed as it finishes), then in
-# empty clones: `cairn run` pulling all N, `cairn status`, `cairn pull`. With CAIRN_OLD (another build's binary)
+# empty clones: `cairn run` pulling all N, `cairn status`, `cairn pull`;
+# and `cairn push` of the first run's cache to an empty prefix. With CAIRN_OLD (another build's binary)
 # each is timed for both builds, alternating. LATENCY_MS=T puts the server
 # T ms away each way (scripts/latency_proxy.py), as a remote across a
 # network is.
@@ -118,21 +119,23 @@ if [ "${1:-}" = --stages ]; then
     tag=$(basename "$(dirname "$build")")-$RANDOM
     for d in local a b c d; do
       mkdir -p "$WORK/$tag/$d"
-      python3 - "$WORK/$tag/$d/pipeline.toml" "$N" "$tag" <<'PY'
+      # The no-remote run's cache is pushed afterwards, to a prefix of its own.
+      python3 - "$WORK/$tag/$d/pipeline.toml" "$N" "$tag" "$d" <<'PY'
 import sys
-path, n, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-spec = [f'[remote]\nurl = "s3://bench/{tag}"\n']
+path, n, tag, d = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+spec = [f'[remote]\nurl = "s3://bench/{tag}{"-own" if d == "local" else ""}"\n']
 spec += [f'[stages.s{i}]\nkind = "command"\ncmd = "echo {tag} {i} > {{out.o}}"\noutputs = {{ o = "o.txt" }}\n' for i in range(n)]
 open(path, "w").write("\n".join(spec))
 PY
     done
     LOCAL=$(cd "$WORK/$tag/local" && timed "$build" run -q -j 1 --remote none)
+    PUSHCMD=$(cd "$WORK/$tag/local" && timed "$build" push)
     MISS=$(cd "$WORK/$tag/a" && timed "$build" run -q -j 1 --push)
     PULL=$(cd "$WORK/$tag/b" && timed "$build" run -q -j 1)
     [ "$(ls "$WORK/$tag/b/artifacts" | wc -l)" = "$N" ] || { echo "the clone did not get every stage" >&2; exit 1; }
     STATUS=$(cd "$WORK/$tag/c" && timed "$build" status)
     PULLCMD=$(cd "$WORK/$tag/d" && timed "$build" pull)
-    echo "$build: $N stages, -j 1: no remote ${LOCAL} ms; empty remote, pushing ${MISS} ms; in empty clones: run pulling all ${PULL} ms, status ${STATUS} ms, pull ${PULLCMD} ms"
+    echo "$build: $N stages, -j 1: no remote ${LOCAL} ms, then \`cairn push\` ${PUSHCMD} ms; empty remote, pushing ${MISS} ms; in empty clones: run pulling all ${PULL} ms, status ${STATUS} ms, pull ${PULLCMD} ms"
   done
   exit 0
 fi

@@ -166,19 +166,20 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     let t0 = Instant::now();
     let (mut pushed, mut present, mut not_cached, mut failed) = (0, 0, 0, 0);
     let mut on_remote = BTreeMap::new();
-    for (name, st) in &states {
-        if !only.is_empty() && !only.contains(name) {
-            continue;
+    let mut fresh = Vec::new();
+    for (name, st) in states.iter().filter(|(name, _)| only.is_empty() || only.contains(name)) {
+        match st {
+            StageState::Fresh { manifest, .. } => fresh.push(manifest.as_ref()),
+            _ => {
+                not_cached += 1;
+                console.line(&format!("not cached {name:<12} nothing to push (run it first)"));
+            }
         }
-        let StageState::Fresh { manifest, .. } = st else {
-            not_cached += 1;
-            console.line(&format!("not cached {name:<12} nothing to push (run it first)"));
-            continue;
-        };
-        let t0 = Instant::now();
-        let progress = |done: u64, total: u64| console.progress(name, &cairn::runner::transfer_progress("pushing", done, total, t0));
-        let result = remote.push_entry(&cache, manifest, &progress);
-        console.finish_bar(name);
+    }
+    let progress = |stage: &str, done: u64, total: u64| console.progress(stage, &cairn::runner::transfer_progress("pushing", done, total, t0));
+    let results = remote.push_entries(&cache, &fresh, &progress, &|stage| console.finish_bar(stage));
+    for (manifest, result) in fresh.iter().zip(results) {
+        let name = &manifest.stage;
         match result {
             Ok(_) if remote.down().is_some() => break,
             Ok(s) if s.already => {

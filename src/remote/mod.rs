@@ -96,6 +96,10 @@ pub const REMOTE_SCHEMA: u32 = 1;
 /// Objects transferred at once.
 pub const CONCURRENCY: usize = 4;
 
+/// Entries pushed at once: a push is a few round trips (the manifest's
+/// check, the objects', their uploads, the manifest's) whatever its size.
+pub const PUSHERS: usize = 4;
+
 /// Manifests, and objects of at most [`SMALL_OBJECT`] bytes, asked for at
 /// once: each is a small request whose time is the round trip, so more of
 /// them share one wait.

@@ -7,12 +7,13 @@
 //! the objects and installs each manifest last.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use futures::StreamExt;
 
 use super::transfer::Failure;
-use super::{by_size, Remote, RemoteError, CONCURRENCY, SMALL_CONCURRENCY};
+use super::{by_size, Remote, RemoteError, CONCURRENCY, PUSHERS, SMALL_CONCURRENCY};
 use crate::cache::{Cache, Manifest};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::key::KeyInputs;
@@ -133,6 +134,32 @@ impl Remote {
             });
         }
         Ok(out)
+    }
+
+    /// [`Remote::push_entry`] for several entries, [`PUSHERS`] at a time
+    /// (`cairn push`). `progress(stage, done, total)` as each moves,
+    /// `pushed(stage)` as each ends; one result per entry, in order.
+    pub fn push_entries(
+        &self,
+        cache: &Cache,
+        manifests: &[&Manifest],
+        progress: &(dyn Fn(&str, u64, u64) + Sync),
+        pushed: &(dyn Fn(&str) + Sync),
+    ) -> Vec<Result<PushStats, RemoteError>> {
+        let next = AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<PushStats, RemoteError>>>> = manifests.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..PUSHERS.min(manifests.len()) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&m) = manifests.get(i) else { break };
+                    let r = self.push_entry(cache, m, &|done, total| progress(&m.stage, done, total));
+                    pushed(&m.stage);
+                    *results[i].lock().unwrap() = Some(r);
+                });
+            }
+        });
+        results.into_iter().map(|r| r.into_inner().unwrap().expect("every entry was pushed")).collect()
     }
 
     /// Pushes a local entry: its objects (each verified as read), then its

@@ -15,7 +15,7 @@ use super::{Observer, Outcome, RunError, Scheduler};
 use crate::cache::{Cache, Manifest};
 use crate::digest::StageKey;
 use crate::key::KeyInputs;
-use crate::remote::{Remote, RemoteError};
+use crate::remote::{Remote, RemoteError, PUSHERS};
 
 /// A stage that missed locally, to ask the remote about.
 pub(super) struct Ask {
@@ -104,9 +104,6 @@ impl Scheduler<'_> {
 pub(super) struct Pusher {
     queue: mpsc::Sender<(StageKey, String)>,
 }
-
-/// Entries pushed at once.
-const PUSHERS: usize = 4;
 
 impl Pusher {
     pub fn start<'scope, 'env>(scope: &'scope Scope<'scope, 'env>, remote: &'env Remote, cache: &'env Cache, observer: &'env dyn Observer) -> Self {
