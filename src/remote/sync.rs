@@ -113,7 +113,9 @@ impl Remote {
     /// warning through `warn`, or when the remote is down (the first time,
     /// that is the error instead, for the caller to report once).
     pub fn peek_entries(&self, entries: &[(&Stage, &KeyInputs)], warn: &dyn Fn(String)) -> Result<Vec<Option<Manifest>>, RemoteError> {
-        if !self.ready()? {
+        // Nothing to ask: the remote is not even opened (a wave of local
+        // hits, or `status` with every stage fresh).
+        if entries.is_empty() || !self.ready()? {
             return Ok(entries.iter().map(|_| None).collect());
         }
         let keys: Vec<StageKey> = entries.iter().map(|(_, ki)| ki.key()).collect();
