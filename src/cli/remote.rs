@@ -87,8 +87,8 @@ pub fn after_run(opts: &RunOptions, pipeline: &Pipeline, cache: &Cache, report: 
 /// The stale stages a run would pull, when a remote is configured: one
 /// manifest request per stale stage whose key is known, where a stage
 /// after one on the remote gets its key from the remote manifest's output
-/// hashes; a wave's requests go together (see [`survey`]). A remote that cannot be used is reported once and changes
-/// nothing.
+/// hashes; a wave's requests go together (see [`survey`]). A remote that
+/// cannot be used is reported once and changes nothing.
 pub fn on_remote(
     config: &Config,
     pipeline: &Pipeline,
@@ -142,10 +142,9 @@ fn remote_keys(
                 StageState::Blocked { .. } => {}
             }
         }
-        let entries: Vec<_> = asks.iter().map(|(stage, ki)| (*stage, ki)).collect();
-        let answers = remote.peek_entries(&entries, &warn).unwrap_or_else(|e| {
+        let answers = remote.peek_entries(&asks, &warn).unwrap_or_else(|e| {
             console.warn_line(&e.to_string());
-            entries.iter().map(|_| None).collect()
+            asks.iter().map(|_| None).collect()
         });
         for ((stage, _), m) in asks.iter().zip(answers) {
             if let Some(m) = m {
@@ -285,8 +284,7 @@ fn survey(pipeline: &Pipeline, selected: &BTreeSet<usize>, resolver: &Resolver, 
                 asks.push((stage, ki));
             }
         }
-        let entries: Vec<_> = asks.iter().map(|(stage, ki)| (*stage, ki)).collect();
-        let found = remote.peek_entries(&entries, &warn).map_err(|e| fail(console, exit_code(&e), e))?;
+        let found = remote.peek_entries(&asks, &warn).map_err(|e| fail(console, exit_code(&e), e))?;
         for ((stage, _), m) in asks.iter().zip(found) {
             let Some(m) = m else {
                 s.missing += 1;

@@ -6,9 +6,9 @@
 //! hashes, hence their descendants' keys), [`Remote::fetch_entries`] brings
 //! the objects and installs each manifest last.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use futures::StreamExt;
 
@@ -97,33 +97,27 @@ impl Remote {
         Ok(out)
     }
 
-    /// The remote's manifest for `key`, validated like a pull's, without
-    /// downloading any object (for `status`: what a run would pull, and
-    /// the output hashes that make the next stage's key known).
-    pub fn peek_entry(&self, stage: &Stage, ki: &KeyInputs, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<Manifest>, RemoteError> {
-        debug_assert_eq!(ki.key(), *key);
-        Ok(self.peek_entries(&[(stage, ki)], warn)?.pop().flatten())
-    }
-
-    /// [`Remote::peek_entry`] for several stages at once, each under the
-    /// key of its key inputs: the manifests are asked for together,
+    /// The remote's manifests for several stages, each under the key of
+    /// its key inputs, validated like a pull's, without downloading any
+    /// object (for `status`: what a run would pull, and the output hashes
+    /// that make the next stages' keys known). They are asked for together,
     /// [`SMALL_CONCURRENCY`] at a time, so stages that do not depend on each
     /// other wait one round trip between them, not one each. One result
     /// per stage, in order: `None` for a miss, or an entry rejected with a
     /// warning through `warn`, or when the remote is down (the first time,
     /// that is the error instead, for the caller to report once).
-    pub fn peek_entries(&self, entries: &[(&Stage, &KeyInputs)], warn: &dyn Fn(String)) -> Result<Vec<Option<Manifest>>, RemoteError> {
+    pub fn peek_entries<K: Borrow<KeyInputs>>(&self, entries: &[(&Stage, K)], warn: &dyn Fn(String)) -> Result<Vec<Option<Manifest>>, RemoteError> {
         // Nothing to ask: the remote is not even opened (a wave of local
         // hits, or `status` with every stage fresh).
         if entries.is_empty() || !self.ready()? {
             return Ok(entries.iter().map(|_| None).collect());
         }
-        let keys: Vec<StageKey> = entries.iter().map(|(_, ki)| ki.key()).collect();
+        let keys: Vec<StageKey> = entries.iter().map(|(_, ki)| ki.borrow().key()).collect();
         let got: Vec<_> = self.block_on(futures::stream::iter(keys.iter().map(|key| self.get_manifest(key))).buffered(SMALL_CONCURRENCY).collect());
         let mut out = Vec::with_capacity(entries.len());
-        for ((&(stage, ki), key), got) in entries.iter().zip(&keys).zip(got) {
+        for (((stage, ki), key), got) in entries.iter().zip(&keys).zip(got) {
             let reject = |why: String| warn(format!("the remote entry of `{}` (key {}) on {} {why}; it will not be used", stage.name, key.short(), self.display));
-            out.push(match got.map(|bytes| validate(stage, ki, key, &bytes)) {
+            out.push(match got.map(|bytes| validate(stage, ki.borrow(), key, &bytes)) {
                 Ok(Ok(m)) => Some(m),
                 Ok(Err(why)) => {
                     reject(why);
@@ -149,19 +143,23 @@ impl Remote {
         pushed: &(dyn Fn(&str) + Sync),
     ) -> Vec<Result<PushStats, RemoteError>> {
         let next = AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Result<PushStats, RemoteError>>>> = manifests.iter().map(|_| Mutex::new(None)).collect();
-        std::thread::scope(|scope| {
-            for _ in 0..PUSHERS.min(manifests.len()) {
-                scope.spawn(|| loop {
+        let mut done: Vec<(usize, Result<PushStats, RemoteError>)> = std::thread::scope(|scope| {
+            let pusher = || {
+                let mut done = Vec::new();
+                loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&m) = manifests.get(i) else { break };
-                    let r = self.push_entry(cache, m, &|done, total| progress(&m.stage, done, total));
+                    let r = self.push_entry(cache, m, &|sent, total| progress(&m.stage, sent, total));
                     pushed(&m.stage);
-                    *results[i].lock().unwrap() = Some(r);
-                });
-            }
+                    done.push((i, r));
+                }
+                done
+            };
+            let pushers: Vec<_> = (0..PUSHERS.min(manifests.len())).map(|_| scope.spawn(pusher)).collect();
+            pushers.into_iter().flat_map(|p| p.join().expect("a pusher does not panic")).collect()
         });
-        results.into_iter().map(|r| r.into_inner().unwrap().expect("every entry was pushed")).collect()
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Pushes a local entry: its objects (each verified as read), then its

@@ -362,8 +362,9 @@ impl<'a> Scheduler<'a> {
         self.set_state(i, state);
     }
 
-    /// Every state change goes here, so the frontier hears of each stage
-    /// that settles.
+    /// Every change to a settled state goes here (pending, queued and
+    /// running are set directly), so the frontier hears of each stage that
+    /// settles.
     fn set_state(&mut self, i: usize, state: State) {
         let settles = state.settled();
         self.states[i] = state;

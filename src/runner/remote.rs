@@ -39,7 +39,7 @@ impl Scheduler<'_> {
         let warn = |m: String| observer.warn(&m);
         let entries: Vec<_> = asks.iter().map(|a| (&self.pipeline.stages[a.i], &a.key_inputs)).collect();
         let found = self.remote_result(remote.peek_entries(&entries, &warn).map(Some))?.unwrap_or_else(|| asks.iter().map(|_| None).collect());
-        let wanted: Vec<Manifest> = asks.iter().zip(&found).filter(|(a, m)| m.is_some() && self.wanted.contains(&a.i)).filter_map(|(_, m)| m.clone()).collect();
+        let wanted: Vec<Manifest> = asks.iter().zip(&found).filter(|(a, _)| self.wanted.contains(&a.i)).filter_map(|(_, m)| m.clone()).collect();
         let mut fetched = self.fetch(&remote, wanted)?.into_iter();
         for (ask, manifest) in asks.into_iter().zip(found) {
             let Some(m) = manifest else {
@@ -48,7 +48,7 @@ impl Scheduler<'_> {
             };
             if !self.wanted.contains(&ask.i) {
                 self.lazy.insert(ask.i, m.clone());
-            } else if fetched.next().flatten().is_none() {
+            } else if fetched.next() != Some(true) {
                 self.stale(ask.i, ask.key_inputs);
                 continue;
             }
@@ -58,9 +58,9 @@ impl Scheduler<'_> {
     }
 
     /// Downloads the objects of `manifests` the local cache lacks, at once,
-    /// and installs each manifest whose objects arrived; one result per
-    /// manifest, in order (`None`: it could not be had, said already).
-    fn fetch(&self, remote: &Remote, manifests: Vec<Manifest>) -> Result<Vec<Option<()>>, RunError> {
+    /// and installs each manifest whose objects arrived; whether each was,
+    /// in order (`false`: it could not be had, said already).
+    fn fetch(&self, remote: &Remote, manifests: Vec<Manifest>) -> Result<Vec<bool>, RunError> {
         let Some(first) = manifests.first() else { return Ok(Vec::new()) };
         let n = manifests.len();
         let (bar, what) = (first.stage.clone(), if n == 1 { "pulling".to_string() } else { format!("pulling {n} stages,") });
@@ -68,7 +68,7 @@ impl Scheduler<'_> {
         let warn = |m: String| observer.warn(&m);
         let progress = |done: u64, total: u64| observer.progress(&bar, &transfer_progress(&what, done, total, t0));
         let pulled = self.remote_result(remote.fetch_entries(self.cache, manifests, &warn, &progress).map(Some))?;
-        Ok(pulled.map_or_else(|| vec![None; n], |p| p.into_iter().map(|p| p.map(|_| ())).collect()))
+        Ok(pulled.map_or_else(|| vec![false; n], |p| p.iter().map(Option::is_some).collect()))
     }
 
     /// Downloads the bytes of a stage served lazily (its manifest `m`),
@@ -76,7 +76,7 @@ impl Scheduler<'_> {
     /// had (said already); the stage is then computed here.
     pub(super) fn fetch_lazy(&self, m: Manifest) -> Result<bool, RunError> {
         let Some(remote) = self.opts.remote.as_deref() else { return Ok(false) };
-        Ok(self.fetch(remote, vec![m])?.pop().flatten().is_some())
+        Ok(self.fetch(remote, vec![m])?.pop() == Some(true))
     }
 
     /// A remote answer for the run: the first sign that the remote is
