@@ -133,6 +133,43 @@ fn pull_command_and_push_command_move_everything() {
     assert_eq!((o["gen"].as_str(), o["count"].as_str(), o["tag"].as_str()), ("cached", "cached", "ran"), "{}", r.all());
 }
 
+/// [`PIPELINE`] and `n` independent one-line stages `s0`.. beside it.
+fn with_small_stages(n: usize) -> String {
+    let small: String = (0..n).map(|i| format!("\n[stages.s{i}]\nkind = \"command\"\ncmd = \"echo {i} > {{out.o}}\"\noutputs = {{ o = \"o.txt\" }}\n")).collect();
+    format!("{PIPELINE}{small}")
+}
+
+#[test]
+fn many_small_entries_pushed_at_once_beside_a_large_one_each_arrive_once() {
+    let Some(w) = Weed::start("many_small_entries") else { return };
+    let spec = with_small_stages(60);
+    let a = Project::new(&spec);
+    let r = cairn(&a, &w, &["run", "--push", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(statuses(&r).values().all(|o| o == "ran") && statuses(&r).len() == 64, "{}", r.all());
+    let b = Project::new(&spec);
+    let r = cairn(&b, &w, &["run", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(statuses(&r).values().all(|o| o == "pulled") && statuses(&r).len() == 64, "every entry pushed by the run: {}", r.all());
+    assert!(artifact(&b, "s59/o.txt") == b"59\n" && artifact(&b, "s0/o.txt") == b"0\n");
+    same_outputs(&a, &b);
+
+    // `cairn push` of the same cache to another prefix: one line per
+    // stage as each push ends, each stage once.
+    let p = cairn(&a, &w, &["push", "--remote", "s3://cairn/second"]);
+    assert_eq!(p.code, 0, "{}", p.all());
+    assert!(p.stderr.contains("64 pushed, 0 already there"), "{}", p.all());
+    for stage in ["gen", "count", "tag", "last", "s0", "s59"] {
+        assert_eq!(p.stderr.lines().filter(|l| l.split_whitespace().take(2).eq(["pushed", stage])).count(), 1, "{stage}: {}", p.all());
+    }
+    let again = cairn(&a, &w, &["push", "--remote", "s3://cairn/second"]);
+    assert!(again.stderr.contains("0 pushed, 64 already there"), "{}", again.all());
+    let c = Project::new(&spec);
+    let r = cairn(&c, &w, &["run", "--json", "--remote", "s3://cairn/second"]);
+    assert!(statuses(&r).values().all(|o| o == "pulled") && statuses(&r).len() == 64, "{}", r.all());
+    same_outputs(&a, &c);
+}
+
 #[test]
 fn two_concurrent_pushes_of_the_same_results_both_succeed() {
     let Some(w) = Weed::start("two_concurrent_pushes") else { return };

@@ -11,7 +11,7 @@ use cairn::digest::{ArtifactHash, StageKey};
 use cairn::plan::{Resolver, StageState};
 use cairn::remote::gc::GcOptions;
 use cairn::remote::runs::RunRecord;
-use cairn::remote::{Remote, RemoteConfig, RemoteError};
+use cairn::remote::{PushResult, Remote, RemoteConfig, RemoteError};
 use cairn::runner::{Outcome, RunOptions, RunReport};
 use cairn::spec::Pipeline;
 
@@ -175,28 +175,35 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
             }
         }
     }
-    let progress = |stage: &str, done: u64, total: u64| console.progress(stage, &cairn::runner::transfer_progress("pushing", done, total, t0));
-    let results = remote.push_entries(&cache, &fresh, &progress, &|stage| console.finish_bar(stage));
-    for (manifest, result) in fresh.iter().zip(results) {
-        let name = &manifest.stage;
+    let progress = |stage: &str, done: u64, total: u64, since: Instant| console.progress(stage, &cairn::runner::transfer_progress("pushing", done, total, since));
+    let mut unavailable = None;
+    // Each line as its push ends, so a long push shows where it is.
+    let mut done = |i: usize, name: &str, result: PushResult| {
+        console.finish_bar(name);
+        let manifest = fresh[i];
         match result {
-            Ok(_) if remote.down().is_some() => break,
+            Ok(_) if remote.down().is_some() => {}
             Ok(s) if s.already => {
-                on_remote.insert(name.clone(), manifest.key);
+                on_remote.insert(name.to_string(), manifest.key);
                 present += 1;
                 console.line(&format!("present    {name:<12} already on the remote"));
             }
             Ok(s) => {
-                on_remote.insert(name.clone(), manifest.key);
+                on_remote.insert(name.to_string(), manifest.key);
                 pushed += 1;
                 console.line(&format!("pushed     {name:<12} {} object(s), {}", s.objects_sent, human_bytes(s.bytes_sent)));
             }
-            Err(e @ RemoteError::Unavailable { .. }) => return Err(fail(console, exit::IO, e)),
+            Err(e @ RemoteError::Unavailable { .. }) => unavailable = unavailable.take().or(Some(e)),
             Err(e) => {
                 failed += 1;
                 console.warn_line(&e.to_string());
             }
         }
+    };
+    let entries = futures::stream::iter(fresh.iter().map(|m| (m.stage.clone(), *m)));
+    remote.push_each(&cache, entries, &progress, &mut done);
+    if let Some(e) = unavailable {
+        return Err(fail(console, exit::IO, e));
     }
     if let Some(cause) = remote.down() {
         return Err(fail(console, exit::IO, format!("remote {}: {cause}", remote.display())));

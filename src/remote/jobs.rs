@@ -9,6 +9,7 @@
 //! again under the same name too.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use object_store::path::{Path as RemotePath, PathPart};
@@ -104,7 +105,7 @@ impl Remote {
         }
         self.usable()?;
         let path = self.job_path(job, name);
-        self.block_on(self.upload_multipart(local, None, &path)).map_err(|f| self.transfer_error(f, format!("cannot write {path}")))
+        self.block_on(self.upload_multipart(local, None, &path, &AtomicU64::new(0))).map_err(|f| self.transfer_error(f, format!("cannot write {path}")))
     }
 
     /// The files under `v1/jobs/<job>/<dir>/`, each as its path below it
@@ -146,16 +147,17 @@ impl Remote {
     /// time, each re-read and checked against its hash; the bytes sent.
     pub fn push_files(&self, files: &[LocalObject]) -> Result<u64, RemoteError> {
         self.usable()?;
+        let sent = AtomicU64::new(0);
+        let sent = &sent;
         let results: Vec<Result<u64, (Failure, &Path)>> = self.block_on(
-            futures::stream::iter(files.iter().map(|(p, h, size)| async move { self.push_file(p, *h, *size).await.map_err(|f| (f, p.as_path())) }))
+            futures::stream::iter(files.iter().map(|(p, h, size)| async move { self.push_file(p, *h, *size, sent).await.map_err(|f| (f, p.as_path())) }))
                 .buffer_unordered(CONCURRENCY)
                 .collect(),
         );
-        let mut sent = 0;
         for r in results {
-            sent += r.map_err(|(f, p)| self.transfer_error(f, format!("cannot upload {}", p.display())))?;
+            r.map_err(|(f, p)| self.transfer_error(f, format!("cannot upload {}", p.display())))?;
         }
-        Ok(sent)
+        Ok(sent.load(Ordering::Relaxed))
     }
 
     /// Downloads objects to new files, a few at a time, each checked for

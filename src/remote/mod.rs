@@ -86,7 +86,7 @@ use object_store::path::Path as RemotePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 pub use config::{RemoteConfig, RemoteKind};
-pub use sync::{Pulled, PushStats};
+pub use sync::{Pulled, PushResult, PushStats};
 
 use crate::digest::{ArtifactHash, StageKey};
 
@@ -96,8 +96,10 @@ pub const REMOTE_SCHEMA: u32 = 1;
 /// Objects transferred at once.
 pub const CONCURRENCY: usize = 4;
 
-/// Entries pushed at once: a push is a few round trips (the manifest's
-/// check, the objects', their uploads, the manifest's) whatever its size.
+/// Entries of more than [`SMALL_OBJECT`] bytes pushed at once (smaller
+/// ones go [`SMALL_CONCURRENCY`] at a time beside them, through a
+/// [`SizeGate`]): a push is a few round trips (the manifest's check, the
+/// objects', their uploads, the manifest's) whatever its size.
 pub const PUSHERS: usize = 4;
 
 /// Manifests, and objects of at most [`SMALL_OBJECT`] bytes, asked for at
@@ -109,10 +111,33 @@ pub const SMALL_CONCURRENCY: usize = 32;
 /// MiB at 100 MB/s is 10 ms), so it goes with the small requests.
 pub const SMALL_OBJECT: u64 = 1 << 20;
 
-/// `work` over objects given with their sizes, [`CONCURRENCY`] large ones
-/// and [`SMALL_CONCURRENCY`] small ones at a time, side by side: a large
-/// transfer waits on bandwidth, a small one on the round trip. Results in
-/// the order they finish.
+/// Admits transfers by size, side by side: a few large ones at a time
+/// (a large transfer waits on bandwidth) and [`SMALL_CONCURRENCY`] small
+/// ones (a small one waits on the round trip), so that neither kind
+/// waits in line behind the other.
+pub(crate) struct SizeGate {
+    small: tokio::sync::Semaphore,
+    large: tokio::sync::Semaphore,
+}
+
+impl SizeGate {
+    /// A gate that lets `large` transfers of more than [`SMALL_OBJECT`]
+    /// bytes through at once.
+    pub fn new(large: usize) -> Self {
+        Self { small: tokio::sync::Semaphore::new(SMALL_CONCURRENCY), large: tokio::sync::Semaphore::new(large) }
+    }
+
+    /// Runs `work`, which moves `size` bytes, once its kind has room.
+    pub async fn run<F: std::future::Future>(&self, size: u64, work: F) -> F::Output {
+        let kind = if size <= SMALL_OBJECT { &self.small } else { &self.large };
+        let _room = kind.acquire().await.expect("the gate's semaphores are never closed");
+        work.await
+    }
+}
+
+/// `work` over objects given with their sizes, through a [`SizeGate`]
+/// ([`CONCURRENCY`] large ones at a time). Results in the order they
+/// finish.
 pub(crate) fn by_size<'a, T, Fut: std::future::Future + 'a>(
     items: impl IntoIterator<Item = (T, u64)>,
     work: &'a impl Fn(T, u64) -> Fut,
@@ -120,11 +145,12 @@ pub(crate) fn by_size<'a, T, Fut: std::future::Future + 'a>(
 where
     T: 'a,
 {
-    use futures::StreamExt;
-    let (small, large): (Vec<_>, Vec<_>) = items.into_iter().partition(|(_, size)| *size <= SMALL_OBJECT);
-    let small = futures::stream::iter(small.into_iter().map(|(t, size)| work(t, size))).buffer_unordered(SMALL_CONCURRENCY);
-    let large = futures::stream::iter(large.into_iter().map(|(t, size)| work(t, size))).buffer_unordered(CONCURRENCY);
-    futures::stream::select(small, large)
+    let gate = Arc::new(SizeGate::new(CONCURRENCY));
+    let gated = items.into_iter().map(|(t, size)| {
+        let gate = gate.clone();
+        async move { gate.run(size, work(t, size)).await }
+    });
+    gated.collect::<futures::stream::FuturesUnordered<_>>()
 }
 
 /// Remote failures. A remote *miss* is never an error.
@@ -267,12 +293,12 @@ impl Remote {
 
     /// Whether the remote has a manifest for `key` (one HEAD). `Ok(false)`
     /// once the remote is down; the first failure is the error.
-    pub fn has_manifest(&self, key: &StageKey) -> Result<bool, RemoteError> {
+    pub(crate) async fn has_manifest(&self, key: &StageKey) -> Result<bool, RemoteError> {
         if !self.ready()? {
             return Ok(false);
         }
         let path = self.manifest_path(key);
-        let head = match self.block_on(transfer::bounded(self.c().store.head(&path))) {
+        let head = match transfer::bounded(self.c().store.head(&path)).await {
             Ok(head) => head,
             Err(f) => return self.mark_down(f.to_string()).map_or(Ok(false), Err),
         };

@@ -8,12 +8,14 @@
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 
 use super::transfer::Failure;
-use super::{by_size, Remote, RemoteError, CONCURRENCY, PUSHERS, SMALL_CONCURRENCY};
+use super::{by_size, Remote, RemoteError, SizeGate, CONCURRENCY, PUSHERS, SMALL_CONCURRENCY};
 use crate::cache::{Cache, Manifest};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::key::KeyInputs;
@@ -35,6 +37,9 @@ pub struct PushStats {
     /// The remote had the manifest already.
     pub already: bool,
 }
+
+/// What pushing one entry did, or why it failed.
+pub type PushResult = Result<PushStats, RemoteError>;
 
 impl Remote {
     /// Downloads the objects of `manifests` (remote entries already
@@ -132,48 +137,74 @@ impl Remote {
         Ok(out)
     }
 
-    /// [`Remote::push_entry`] for several entries, [`PUSHERS`] at a time
-    /// (`cairn push`). `progress(stage, done, total)` as each moves,
-    /// `pushed(stage)` as each ends; one result per entry, in order.
-    pub fn push_entries(
+    /// Pushes each entry `entries` yields, as it comes (`cairn push`'s
+    /// list, or a run's stages as they settle with `--push`), each given
+    /// with the stage name its progress goes under: entries of more than
+    /// [`SMALL_OBJECT`](super::SMALL_OBJECT) bytes [`PUSHERS`] at a time and smaller ones
+    /// [`SMALL_CONCURRENCY`] at a time beside them (a [`SizeGate`]), since
+    /// a small entry's push is a few round trips whatever it holds.
+    /// `progress(stage, sent, total, since)` while one moves bytes,
+    /// `done(i, stage, result)` as each ends, `i` its place in `entries`.
+    /// Returns once `entries` has ended and every push with it.
+    pub fn push_each<M: Borrow<Manifest>>(
         &self,
         cache: &Cache,
-        manifests: &[&Manifest],
-        progress: &(dyn Fn(&str, u64, u64) + Sync),
-        pushed: &(dyn Fn(&str) + Sync),
-    ) -> Vec<Result<PushStats, RemoteError>> {
-        let next = AtomicUsize::new(0);
-        let mut done: Vec<(usize, Result<PushStats, RemoteError>)> = std::thread::scope(|scope| {
-            let pusher = || {
-                let mut done = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&m) = manifests.get(i) else { break };
-                    let r = self.push_entry(cache, m, &|sent, total| progress(&m.stage, sent, total));
-                    pushed(&m.stage);
-                    done.push((i, r));
+        entries: impl Stream<Item = (String, M)>,
+        progress: &dyn Fn(&str, u64, u64, Instant),
+        done: &mut dyn FnMut(usize, &str, PushResult),
+    ) {
+        let entries = entries.enumerate();
+        match self.ready() {
+            Ok(true) => {}
+            // Nothing can be pushed: each entry ends at once, the first
+            // with the error when there is one.
+            not_ready => {
+                let mut error = not_ready.err();
+                let end = |(i, (stage, _)): (usize, (String, M))| {
+                    done(i, &stage, error.take().map_or(Ok(PushStats::default()), Err));
+                    futures::future::ready(())
+                };
+                return futures::executor::block_on(entries.for_each(end));
+            }
+        }
+        let gate = SizeGate::new(PUSHERS);
+        let push = |i: usize, stage: String, m: M| {
+            let size = m.borrow().outputs.values().map(|o| o.size).sum();
+            let gate = &gate;
+            async move {
+                let pushed = gate.run(size, async {
+                    let since = Instant::now();
+                    self.push_entry(cache, m.borrow(), &|sent, total| progress(&stage, sent, total, since)).await
+                });
+                let r = pushed.await;
+                (i, stage, r)
+            }
+        };
+        self.block_on(async {
+            let mut entries = std::pin::pin!(entries.fuse());
+            let mut pushing = FuturesUnordered::new();
+            loop {
+                futures::select! {
+                    next = entries.next() => if let Some((i, (stage, m))) = next {
+                        pushing.push(push(i, stage, m));
+                    },
+                    (i, stage, r) = pushing.select_next_some() => done(i, &stage, r),
+                    complete => break,
                 }
-                done
-            };
-            let pushers: Vec<_> = (0..PUSHERS.min(manifests.len())).map(|_| scope.spawn(pusher)).collect();
-            pushers.into_iter().flat_map(|p| p.join().expect("a pusher does not panic")).collect()
-        });
-        done.sort_by_key(|(i, _)| *i);
-        done.into_iter().map(|(_, r)| r).collect()
+            }
+        })
     }
 
     /// Pushes a local entry: its objects (each verified as read), then its
-    /// manifest. Nothing is sent when the remote already has the manifest.
-    pub fn push_entry(&self, cache: &Cache, manifest: &Manifest, progress: &dyn Fn(u64, u64)) -> Result<PushStats, RemoteError> {
+    /// manifest. Nothing is sent when the remote already has the manifest,
+    /// or once it is down.
+    async fn push_entry(&self, cache: &Cache, manifest: &Manifest, progress: &dyn Fn(u64, u64)) -> Result<PushStats, RemoteError> {
         let mut stats = PushStats::default();
-        if !self.ready()? {
-            return Ok(stats);
-        }
         let repair = {
             let damaged = self.damaged.lock().unwrap();
             manifest.outputs.values().any(|o| damaged.contains(&o.hash))
         };
-        if self.has_manifest(&manifest.key)? && !repair {
+        if self.has_manifest(&manifest.key).await? && !repair {
             stats.already = true;
             return Ok(stats);
         }
@@ -184,13 +215,9 @@ impl Remote {
         objects.sort();
         objects.dedup();
         let total: u64 = objects.iter().map(|(_, size)| size).sum();
-        let results: Vec<Result<u64, Failure>> = self.metered(
-            futures::stream::iter(objects.into_iter().map(|(h, size)| self.push_object(cache, h, size)))
-                .buffer_unordered(CONCURRENCY)
-                .collect(),
-            &self.bytes_up,
-            &|done| progress(done, total),
-        );
+        let sent = AtomicU64::new(0);
+        let uploads = futures::stream::iter(objects.into_iter().map(|(h, size)| self.push_object(cache, h, size, &sent)));
+        let results: Vec<Result<u64, Failure>> = meter(uploads.buffer_unordered(CONCURRENCY).collect(), &sent, &|done| progress(done, total)).await;
         for r in results {
             match r {
                 Ok(0) => {}
@@ -202,28 +229,16 @@ impl Remote {
             }
         }
         let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
-        if let Err(f) = self.block_on(self.put_manifest(&manifest.key, bytes)) {
+        if let Err(f) = self.put_manifest(&manifest.key, bytes).await {
             return self.push_failure(f, &manifest.stage).map(|_| stats);
         }
         Ok(stats)
     }
 
-    /// Runs `fut`, telling `progress` the bytes `counter` grew by, every
-    /// quarter second while it runs.
+    /// Runs `fut` to its end, telling `progress` the bytes `counter` grew
+    /// by every quarter second while it runs.
     pub(super) fn metered<F: std::future::Future>(&self, fut: F, counter: &AtomicU64, progress: &dyn Fn(u64)) -> F::Output {
-        let before = counter.load(Ordering::Relaxed);
-        self.block_on(async {
-            let tick = async {
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                    progress(counter.load(Ordering::Relaxed) - before);
-                }
-            };
-            match futures::future::select(std::pin::pin!(fut), std::pin::pin!(tick)).await {
-                futures::future::Either::Left((out, _)) => out,
-                futures::future::Either::Right((never, _)) => never,
-            }
-        })
+        self.block_on(meter(fut, counter, progress))
     }
 
     fn push_failure(&self, f: Failure, stage: &str) -> Result<(), RemoteError> {
@@ -246,6 +261,23 @@ impl Remote {
             }
         }
     }
+}
+
+/// Awaits `fut`, telling `progress` the bytes `counter` grew by every
+/// quarter second until it ends.
+async fn meter<F: std::future::Future>(fut: F, counter: &AtomicU64, progress: &dyn Fn(u64)) -> F::Output {
+    let before = counter.load(Ordering::Relaxed);
+    let tick = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            progress(counter.load(Ordering::Relaxed) - before);
+        }
+    };
+    let out = match futures::future::select(std::pin::pin!(fut), std::pin::pin!(tick)).await {
+        futures::future::Either::Left((out, _)) => out,
+        futures::future::Either::Right((never, _)) => never,
+    };
+    out
 }
 
 /// Checks a manifest from the remote against what this machine computed

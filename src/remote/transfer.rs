@@ -10,6 +10,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::time::Duration;
 
@@ -230,28 +231,31 @@ impl Remote {
         Failure::Bad(why)
     }
 
-    /// Uploads local object `h` unless the remote has it.
-    /// Returns the bytes sent (0 when it was already there).
-    pub(crate) async fn push_object(&self, cache: &Cache, h: ArtifactHash, size: u64) -> Result<u64, Failure> {
-        self.push_file(&cache.object_path(&h), h, size).await
+    /// Uploads local object `h` unless the remote has it, adding the bytes
+    /// to `sent` as they go. Returns the bytes sent (0 when it was already
+    /// there).
+    pub(crate) async fn push_object(&self, cache: &Cache, h: ArtifactHash, size: u64, sent: &AtomicU64) -> Result<u64, Failure> {
+        self.push_file(&cache.object_path(&h), h, size, sent).await
     }
 
     /// Uploads the file `local`, whose bytes must hash to `h`, as object
     /// `h` unless the remote has it (a cache object, an external input, a
-    /// job's output). Returns the bytes sent (0 when it was already there).
-    pub(crate) async fn push_file(&self, local: &std::path::Path, h: ArtifactHash, size: u64) -> Result<u64, Failure> {
+    /// job's output), adding the bytes to `sent` as they go (the progress
+    /// of the entry or the job it is part of). Returns the bytes sent (0
+    /// when it was already there).
+    pub(crate) async fn push_file(&self, local: &std::path::Path, h: ArtifactHash, size: u64, sent: &AtomicU64) -> Result<u64, Failure> {
         let path = self.object_path(&h);
         let repair = self.damaged.lock().unwrap().contains(&h);
         match bounded(self.c().store.head(&path)).await? {
             Ok(meta) if meta.size == size && !repair => return Ok(0),
             // A wrong-sized object under this name is damage; the
             // multipart path below overwrites it with the right bytes.
-            Ok(_) => return self.upload_multipart(local, Some(h), &path).await,
+            Ok(_) => return self.upload_multipart(local, Some(h), &path, sent).await,
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.failure(&e)),
         }
         if size > SINGLE_PUT_MAX {
-            return self.upload_multipart(local, Some(h), &path).await;
+            return self.upload_multipart(local, Some(h), &path, sent).await;
         }
         let bytes = tokio::fs::read(local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
         if ArtifactHash::of_bytes(&bytes) != h {
@@ -267,12 +271,14 @@ impl Remote {
             self.put_create(&path, PutPayload::from(bytes)).await?;
         }
         self.count(0, n);
+        sent.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
 
     /// Streams the file `local` to `path` in parts, replacing what is
-    /// there; with `expect`, aborted unless its bytes hash to it.
-    pub(crate) async fn upload_multipart(&self, local: &std::path::Path, expect: Option<ArtifactHash>, path: &RemotePath) -> Result<u64, Failure> {
+    /// there, adding the bytes to `sent` as they go; with `expect`,
+    /// aborted unless its bytes hash to it.
+    pub(crate) async fn upload_multipart(&self, local: &std::path::Path, expect: Option<ArtifactHash>, path: &RemotePath, sent: &AtomicU64) -> Result<u64, Failure> {
         let mut file = tokio::fs::File::open(local).await.map_err(|e| Failure::Bad(format!("cannot read {}: {e}", local.display())))?;
         let upload = bounded(self.c().store.put_multipart(path)).await?.map_err(|e| self.failure(&e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
@@ -296,6 +302,7 @@ impl Remote {
             w.write(&buf[..got]);
             n += got as u64;
             self.count(0, got as u64);
+            sent.fetch_add(got as u64, Ordering::Relaxed);
         }
         if let (Some(h), Some(hasher)) = (expect, hasher) {
             if ArtifactHash::from_blake3(hasher.finalize()) != h {

@@ -7,15 +7,17 @@
 //! executes reads them ([`Scheduler::fetch_lazy`]). With `--push`, the
 //! stages are pushed in the background ([`Pusher`]).
 
-use std::sync::{mpsc, Arc, Mutex};
 use std::thread::Scope;
 use std::time::Instant;
+
+use futures::channel::mpsc::UnboundedSender;
+use futures::StreamExt;
 
 use super::{Observer, Outcome, RunError, Scheduler};
 use crate::cache::{Cache, Manifest};
 use crate::digest::StageKey;
 use crate::key::KeyInputs;
-use crate::remote::{Remote, RemoteError, PUSHERS};
+use crate::remote::{Remote, RemoteError};
 
 /// A stage that missed locally, to ask the remote about.
 pub(super) struct Ask {
@@ -96,45 +98,36 @@ impl Scheduler<'_> {
 }
 
 /// Pushes with `--push`, off the stages' job slots: each stage that ran
-/// (or hit, and the remote may lack) is queued here as it settles, and
-/// [`PUSHERS`] threads push the queue, so a push over a slow network
-/// overlaps the stages that follow instead of holding up the next one.
+/// (or hit, and the remote may lack) is queued here as it settles, and a
+/// thread of its own pushes the queue ([`Remote::push_each`]: many small
+/// entries at once, a few large ones), so a push over a slow network
+/// overlaps the stages that follow instead of holding up the next one. A
+/// failed push is a warning: the run's results are safe locally.
 /// Dropping the pusher closes the queue; the run's thread scope then
 /// waits for what is queued.
 pub(super) struct Pusher {
-    queue: mpsc::Sender<(StageKey, String)>,
+    queue: UnboundedSender<(StageKey, String)>,
 }
 
 impl Pusher {
     pub fn start<'scope, 'env>(scope: &'scope Scope<'scope, 'env>, remote: &'env Remote, cache: &'env Cache, observer: &'env dyn Observer) -> Self {
-        let (queue, rx) = mpsc::channel::<(StageKey, String)>();
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..PUSHERS {
-            let rx = rx.clone();
-            scope.spawn(move || loop {
-                let next = rx.lock().unwrap().recv();
-                let Ok((key, stage)) = next else { break };
-                push_after(remote, cache, &key, observer, &stage);
-                observer.transfer_done(&stage);
+        let (queue, rx) = futures::channel::mpsc::unbounded::<(StageKey, String)>();
+        scope.spawn(move || {
+            let warn = |m: String| observer.warn(&m);
+            let entries = rx.filter_map(|(key, stage)| futures::future::ready(cache.manifest(&key, &warn).ok().flatten().map(|m| (stage, m))));
+            let progress = |stage: &str, done: u64, total: u64, since: Instant| observer.progress(stage, &transfer_progress("pushing", done, total, since));
+            remote.push_each(cache, entries, &progress, &mut |_, stage, pushed| {
+                if let Err(e) = pushed {
+                    observer.warn(&format!("{e}; the result stays in the local cache only"));
+                }
+                observer.transfer_done(stage);
             });
-        }
+        });
         Self { queue }
     }
 
     pub fn push(&self, key: StageKey, stage: &str) {
-        let _ = self.queue.send((key, stage.to_string()));
-    }
-}
-
-/// Pushes the local entry of `key` to the remote; a failure is a warning
-/// (the run's results are safe locally).
-fn push_after(remote: &Remote, cache: &Cache, key: &StageKey, observer: &dyn Observer, stage: &str) {
-    let warn = |m: String| observer.warn(&m);
-    let Ok(Some(m)) = cache.manifest(key, &warn) else { return };
-    let t0 = Instant::now();
-    let progress = |done: u64, total: u64| observer.progress(stage, &transfer_progress("pushing", done, total, t0));
-    if let Err(e) = remote.push_entry(cache, &m, &progress) {
-        observer.warn(&format!("{e}; the result stays in the local cache only"));
+        let _ = self.queue.unbounded_send((key, stage.to_string()));
     }
 }
 
