@@ -25,7 +25,8 @@
 # and `cairn push` of the first run's cache to an empty prefix. With CAIRN_OLD (another build's binary)
 # each is timed for both builds, alternating. LATENCY_MS=T puts the server
 # T ms away each way (scripts/latency_proxy.py), as a remote across a
-# network is.
+# network is. CHAIN=1 makes the N stages one chain (each reads the one
+# before) instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SIZE_MB="${1:-512}"
@@ -53,7 +54,10 @@ start_weed() {
   WEED_PID=$!
   export AWS_ACCESS_KEY_ID=$KEY AWS_SECRET_ACCESS_KEY=$SECRET AWS_ENDPOINT_URL=http://127.0.0.1:$S3 AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
   for _ in $(seq 1 240); do
-    curl -s -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$KEY:$SECRET" -T /dev/null "http://127.0.0.1:$S3/bench/probe" && return 0
+    # A few bytes, not none: the server's first write of data takes about
+    # a second (it allocates its volumes), which the first timed command
+    # would otherwise pay.
+    curl -s -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$KEY:$SECRET" -T "$WORK/s3.json" "http://127.0.0.1:$S3/bench/probe" && return 0
     sleep 0.25
   done
   echo "weed did not start: $WORK/weed.log" >&2; cat "$WORK/weed.log" >&2; exit 1
@@ -120,11 +124,15 @@ if [ "${1:-}" = --stages ]; then
     for d in local a b c d; do
       mkdir -p "$WORK/$tag/$d"
       # The no-remote run's cache is pushed afterwards, to a prefix of its own.
-      python3 - "$WORK/$tag/$d/pipeline.toml" "$N" "$tag" "$d" <<'PY'
+      python3 - "$WORK/$tag/$d/pipeline.toml" "$N" "$tag" "$d" "${CHAIN:-0}" <<'PY'
 import sys
-path, n, tag, d = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+path, n, tag, d, chain = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "1"
 spec = [f'[remote]\nurl = "s3://bench/{tag}{"-own" if d == "local" else ""}"\n']
-spec += [f'[stages.s{i}]\nkind = "command"\ncmd = "echo {tag} {i} > {{out.o}}"\noutputs = {{ o = "o.txt" }}\n' for i in range(n)]
+if chain:
+    spec += ['[stages.s0]\nkind = "command"\ncmd = "echo {tag} 0 > {{out.o}}"\noutputs = {{ o = "o.txt" }}\n'.format(tag=tag)]
+    spec += [f'[stages.s{i}]\nkind = "command"\ncmd = "cat {{in.i}} > {{out.o}}; echo {i} >> {{out.o}}"\ninputs = {{ i = "s{i - 1}.o" }}\noutputs = {{ o = "o.txt" }}\n' for i in range(1, n)]
+else:
+    spec += [f'[stages.s{i}]\nkind = "command"\ncmd = "echo {tag} {i} > {{out.o}}"\noutputs = {{ o = "o.txt" }}\n' for i in range(n)]
 open(path, "w").write("\n".join(spec))
 PY
     done

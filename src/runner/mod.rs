@@ -16,12 +16,13 @@
 //! never cached. A run that changes nothing writes nothing: refs are
 //! written once, at the end, and only when they changed.
 //!
-//! With a remote cache, the bytes of a stage found there are downloaded
-//! only when they are wanted (the stage is a target; every stage is when
-//! none is named) or read by a stage that executes; otherwise only its
-//! manifest is read, and nothing of it is installed locally, so the local
-//! cache never holds a manifest whose objects are absent (`status` says
-//! "on remote", and `cairn pull` brings the bytes).
+//! With a remote cache, a stage found there is served by its manifest;
+//! its bytes are downloaded only when they are wanted (the stage is a
+//! target; every stage is when none is named), all together once the rest
+//! of the run has settled, or when a stage that executes reads them.
+//! Otherwise only its manifest is read, and nothing of it is installed
+//! locally, so the local cache never holds a manifest whose objects are
+//! absent (`status` says "on remote", and `cairn pull` brings the bytes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -197,14 +198,18 @@ struct Scheduler<'a> {
     /// Stages re-run because an output of theirs was found damaged.
     damaged: BTreeMap<usize, String>,
     /// Stages whose outputs were asked for (the targets; all when none
-    /// are named): a remote hit is downloaded whole at once.
+    /// are named): a remote hit's bytes are downloaded by the end of the run.
     wanted: BTreeSet<usize>,
-    /// Stages served from the remote without their bytes (their manifest
-    /// is known, not installed): downloaded only if a stage that must
-    /// execute reads them.
+    /// Stages served from the remote without their bytes yet (their
+    /// manifest is known, not installed): downloaded when a stage that
+    /// must execute reads them, or at the end when they are wanted.
     lazy: BTreeMap<usize, Manifest>,
     /// Stages whose remote bytes could not be had: computed here.
     unfetched: BTreeSet<usize>,
+    /// The keys whose entries this run brought from the remote: a stage
+    /// served from one locally (sent back after an upstream's bytes could
+    /// not be had, and found the same) is still reported as pulled.
+    pulled: BTreeSet<StageKey>,
     states: Vec<State>,
     reports: BTreeMap<usize, StageReport>,
     /// The output hashes of each done stage, by stage and output name.
@@ -262,6 +267,9 @@ pub fn run(
                     continue;
                 }
                 if s.running == 0 {
+                    if s.fetch_wanted()? {
+                        continue;
+                    }
                     return Ok(());
                 }
                 let (i, res) = rx.recv().expect("a stage thread is running");
@@ -345,6 +353,7 @@ impl<'a> Scheduler<'a> {
             wanted,
             lazy: BTreeMap::new(),
             unfetched: BTreeSet::new(),
+            pulled: BTreeSet::new(),
             states: (0..n).map(|_| State::Pending).collect(),
             reports: BTreeMap::new(),
             hashes: BTreeMap::new(),
@@ -459,6 +468,7 @@ impl<'a> Scheduler<'a> {
         let pipeline = self.pipeline;
         let stage = &pipeline.stages[i];
         tracing::debug!(stage = %stage.name, key = %m.key.short(), "cache hit");
+        let outcome = if self.pulled.contains(&m.key) { Outcome::Pulled } else { outcome };
         if let (Outcome::Cached, Some(pusher)) = (&outcome, &self.pusher) {
             pusher.push(m.key, &stage.name);
         }
@@ -486,13 +496,9 @@ impl<'a> Scheduler<'a> {
     fn ready(&mut self, i: usize, ki: KeyInputs, reasons: Vec<DirtyReason>) -> Result<Launch, RunError> {
         let pipeline = self.pipeline;
         let stage = &pipeline.stages[i];
-        for &d in &pipeline.graph.deps[i] {
-            let Some(m) = self.lazy.remove(&d) else { continue };
-            if !self.fetch_lazy(m)? {
-                self.reset_from(d);
-                self.unfetched.insert(d);
-                return Ok(Launch::Settled);
-            }
+        let served: Vec<usize> = pipeline.graph.deps[i].iter().filter(|d| self.lazy.contains_key(d)).copied().collect();
+        if !self.fetch_served(served)? {
+            return Ok(Launch::Settled);
         }
         match self.resolver.check_inputs(i, &ki)? {
             None => {}
@@ -551,6 +557,7 @@ impl<'a> Scheduler<'a> {
         while let Some(p) = stack.pop() {
             self.states[p] = State::Pending;
             self.queued.remove(&p);
+            self.lazy.remove(&p);
             self.hashes.remove(&self.pipeline.stages[p].name);
             self.reports.remove(&p);
             stack.extend(self.frontier.users(p).iter().filter(|&&j| matches!(self.states[j], State::Done | State::Queued)));

@@ -1,10 +1,10 @@
 //! What a run asks of the remote cache. The stages that missed locally in
-//! one wave of the frontier are asked about together: their manifests at
-//! once, then the bytes of the wanted ones at once, so a wide graph waits
-//! a few round trips per wave, not a few per stage (BENCHMARKS.md "A
-//! remote across a network"). A stage found there that is not wanted is
-//! served by its manifest alone; its bytes come only if a stage that
-//! executes reads them ([`Scheduler::fetch_lazy`]). With `--push`, the
+//! one wave of the frontier are asked about together, their manifests at
+//! once, so a wide graph waits a round trip per wave, not one per stage
+//! (BENCHMARKS.md "A remote across a network"). A stage found there is
+//! served by its manifest, which makes its users' keys known; its bytes
+//! come when a stage that executes reads them, or, when it is wanted, with
+//! every other wanted stage's at the end of the run. With `--push`, the
 //! stages are pushed in the background ([`Pusher`]).
 
 use std::thread::Scope;
@@ -33,52 +33,72 @@ impl Scheduler<'_> {
         self.opts.remote.is_some() && !self.opts.dry_run && !self.forced.contains(&i) && !self.damaged.contains_key(&i) && !self.unfetched.contains(&i)
     }
 
-    /// Serves each asked stage that the remote has (wanted ones with their
-    /// bytes) and queues the others, in index order.
+    /// Serves each asked stage that the remote has by its manifest, which
+    /// is all its users' keys need, and queues the others, in index order.
+    /// Its bytes come later: when a stage that executes reads them
+    /// ([`Scheduler::fetch_served`]), or at the end of the run when the
+    /// stage is wanted ([`Scheduler::fetch_wanted`]).
     pub(super) fn ask_remote(&mut self, asks: Vec<Ask>) -> Result<(), RunError> {
         let remote = self.opts.remote.clone().expect("stages are asked of the remote only when there is one");
         let observer = self.observer;
         let warn = |m: String| observer.warn(&m);
         let entries: Vec<_> = asks.iter().map(|a| (&self.pipeline.stages[a.i], &a.key_inputs)).collect();
         let found = self.remote_result(remote.peek_entries(&entries, &warn).map(Some))?.unwrap_or_else(|| asks.iter().map(|_| None).collect());
-        let wanted: Vec<Manifest> = asks.iter().zip(&found).filter(|(a, _)| self.wanted.contains(&a.i)).filter_map(|(_, m)| m.clone()).collect();
-        let mut fetched = self.fetch(&remote, wanted)?.into_iter();
         for (ask, manifest) in asks.into_iter().zip(found) {
-            let Some(m) = manifest else {
-                self.stale(ask.i, ask.key_inputs);
-                continue;
-            };
-            if !self.wanted.contains(&ask.i) {
-                self.lazy.insert(ask.i, m.clone());
-            } else if fetched.next() != Some(true) {
-                self.stale(ask.i, ask.key_inputs);
-                continue;
+            match manifest {
+                Some(m) => {
+                    self.lazy.insert(ask.i, m.clone());
+                    self.serve_hit(ask.i, ask.key_inputs, m, Outcome::Pulled);
+                }
+                None => self.stale(ask.i, ask.key_inputs),
             }
-            self.serve_hit(ask.i, ask.key_inputs, m, Outcome::Pulled);
         }
         Ok(())
     }
 
-    /// Downloads the objects of `manifests` the local cache lacks, at once,
-    /// and installs each manifest whose objects arrived; whether each was,
-    /// in order (`false`: it could not be had, said already).
-    fn fetch(&self, remote: &Remote, manifests: Vec<Manifest>) -> Result<Vec<bool>, RunError> {
-        let Some(first) = manifests.first() else { return Ok(Vec::new()) };
+    /// Downloads, in one batch, the bytes of the wanted stages served by
+    /// their remote manifests, once everything else has settled: the
+    /// waves above wait for manifests only, so a chain of stages on the
+    /// remote costs one round trip a stage and one download for all.
+    /// Whether any could not be had, and was sent back to be computed
+    /// here (the run goes on). An interrupted run downloads nothing, and
+    /// those stages are reported as interrupted.
+    pub(super) fn fetch_wanted(&mut self) -> Result<bool, RunError> {
+        let wanted: Vec<usize> = self.lazy.keys().filter(|i| self.wanted.contains(i)).copied().collect();
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            wanted.iter().for_each(|i| drop(self.reports.remove(i)));
+            return Ok(false);
+        }
+        Ok(!self.fetch_served(wanted)?)
+    }
+
+    /// Downloads the bytes of `stages`, served by their remote manifests,
+    /// at once, and installs each entry whose objects arrived. Whether all
+    /// did: one that could not be had (said already) is sent back, with
+    /// its users, to be computed here.
+    pub(super) fn fetch_served(&mut self, stages: Vec<usize>) -> Result<bool, RunError> {
+        let Some(&first) = stages.first() else { return Ok(true) };
+        let Some(remote) = self.opts.remote.clone() else { return Ok(false) };
+        let manifests: Vec<Manifest> = stages.iter().map(|i| self.lazy.remove(i).expect("served stages have a manifest")).collect();
+        let keys: Vec<StageKey> = manifests.iter().map(|m| m.key).collect();
         let n = manifests.len();
-        let (bar, what) = (first.stage.clone(), if n == 1 { "pulling".to_string() } else { format!("pulling {n} stages,") });
+        let bar = self.pipeline.stages[first].name.clone();
+        let what = if n == 1 { "pulling".to_string() } else { format!("pulling {n} stages,") };
         let (observer, t0) = (self.observer, Instant::now());
         let warn = |m: String| observer.warn(&m);
         let progress = |done: u64, total: u64| observer.progress(&bar, &transfer_progress(&what, done, total, t0));
         let pulled = self.remote_result(remote.fetch_entries(self.cache, manifests, &warn, &progress).map(Some))?;
-        Ok(pulled.map_or_else(|| vec![false; n], |p| p.iter().map(Option::is_some).collect()))
-    }
-
-    /// Downloads the bytes of a stage served lazily (its manifest `m`),
-    /// because a stage that executes reads them. `false`: they could not be
-    /// had (said already); the stage is then computed here.
-    pub(super) fn fetch_lazy(&self, m: Manifest) -> Result<bool, RunError> {
-        let Some(remote) = self.opts.remote.as_deref() else { return Ok(false) };
-        Ok(self.fetch(remote, vec![m])?.pop() == Some(true))
+        observer.transfer_done(&bar);
+        let arrived = pulled.map_or_else(|| vec![false; n], |p| p.iter().map(Option::is_some).collect());
+        for ((&i, key), &ok) in stages.iter().zip(keys).zip(&arrived) {
+            if ok {
+                self.pulled.insert(key);
+            } else {
+                self.reset_from(i);
+                self.unfetched.insert(i);
+            }
+        }
+        Ok(arrived.iter().all(|&ok| ok))
     }
 
     /// A remote answer for the run: the first sign that the remote is
