@@ -175,6 +175,8 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
             }
         }
     }
+    // The largest first, so the push does not end with one started last.
+    fresh.sort_by_key(|m| std::cmp::Reverse(m.outputs.values().map(|o| o.size).sum::<u64>()));
     let progress = |stage: &str, done: u64, total: u64, since: Instant| console.progress(stage, &cairn::runner::transfer_progress("pushing", done, total, since));
     let mut unavailable = None;
     // Each line as its push ends, so a long push shows where it is.
