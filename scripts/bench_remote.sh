@@ -6,6 +6,9 @@
 # PUT; one GET to /dev/null, and one to a file that is then fsynced, as a
 # pull must) as the server's own limit. Prints seconds, MiB/s and peak
 # RSS. Usage: scripts/bench_remote.sh [SIZE_MB] (default 512).
+# LATENCY_MS=T and CONN_MBPS=R put cairn and curl behind
+# scripts/latency_proxy.py: T ms each way, each connection at most R MB/s
+# each way (one TCP connection's window over a long round trip).
 #
 # scripts/bench_remote.sh --project DIR [cairn args...]: the same for a real
 # cache, side by side with DVC (dvc-s3, `endpointurl` to the same server)
@@ -62,6 +65,15 @@ start_weed() {
   done
   echo "weed did not start: $WORK/weed.log" >&2; cat "$WORK/weed.log" >&2; exit 1
 }
+# With LATENCY_MS and/or CONN_MBPS, cairn and curl reach the server
+# through scripts/latency_proxy.py: T ms each way, each connection capped
+# at CONN_MBPS MB/s each way. EP is the address they use.
+maybe_proxy() {
+  EP=127.0.0.1:$S3
+  [ -n "${LATENCY_MS:-}${CONN_MBPS:-}" ] || return 0
+  local p; p=$(port); python3 "$ROOT/scripts/latency_proxy.py" "$p" "$S3" "${LATENCY_MS:-0}" ${CONN_MBPS:+"$CONN_MBPS"} & PROXY_PID=$!
+  EP=127.0.0.1:$p; export AWS_ENDPOINT_URL=http://$EP; sleep 1
+}
 t() { /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" > "$WORK/out" 2>&1 || { cat "$WORK/out" >&2; exit 1; }; cat "$WORK/t"; }
 row() { [ "$2" = 0 ] || printf '%-44s %8s %8s %9sM\n' "$1" "$2" "$(python3 -c "print(f'{$MB/$2:.0f}')")" "$(( ${3:-0} / 1024 ))"; }
 
@@ -114,10 +126,7 @@ fi
 if [ "${1:-}" = --stages ]; then
   N="$2"; OLD="${3:-}"
   start_weed
-  if [ -n "${LATENCY_MS:-}" ]; then
-    P=$(port); python3 "$ROOT/scripts/latency_proxy.py" "$P" "$S3" "$LATENCY_MS" & PROXY_PID=$!
-    export AWS_ENDPOINT_URL=http://127.0.0.1:$P; sleep 1
-  fi
+  maybe_proxy
   timed() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }; e=$(date +%s%N); echo "$(( (e - s) / 1000000 ))"; }
   for build in "$CAIRN" ${OLD:+"$(realpath "$OLD")"}; do
     tag=$(basename "$(dirname "$build")")-$RANDOM
@@ -149,6 +158,7 @@ PY
 fi
 
 start_weed
+maybe_proxy
 mkdir -p "$WORK/a" "$WORK/b"
 cat > "$WORK/a/pipeline.toml" <<TOML
 [remote]
@@ -167,11 +177,11 @@ read -r PULL_S PULL_KB < <(cd "$WORK/b" && t "$CAIRN" run)
 cmp -s "$WORK/a/artifacts/gen/big.bin" "$WORK/b/artifacts/gen/big.bin" || { echo "pulled bytes differ" >&2; exit 1; }
 read -r NOOP_S _ < <(cd "$WORK/b" && t "$CAIRN" run)
 BIG="$(readlink -f "$WORK/a/artifacts/gen/big.bin")"
-read -r CPUT_S _ < <(t curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$KEY:$SECRET" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -T "$BIG" "http://127.0.0.1:$S3/bench/base/big.bin")
-read -r CGET_S _ < <(t curl -sf -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$KEY:$SECRET" "http://127.0.0.1:$S3/bench/base/big.bin")
+read -r CPUT_S _ < <(t curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$KEY:$SECRET" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -T "$BIG" "http://$EP/bench/base/big.bin")
+read -r CGET_S _ < <(t curl -sf -o /dev/null --aws-sigv4 "aws:amz:us-east-1:s3" --user "$KEY:$SECRET" "http://$EP/bench/base/big.bin")
 # What a pull must also do: land the bytes on disk, durably.
-read -r CGETF_S _ < <(t bash -c "curl -sf -o '$WORK/dl.bin' --aws-sigv4 'aws:amz:us-east-1:s3' --user '$KEY:$SECRET' 'http://127.0.0.1:$S3/bench/base/big.bin' && python3 -c \"import os; os.fsync(os.open('$WORK/dl.bin', os.O_RDONLY))\"")
-printf '%-34s %8s %8s %10s\n' "($SIZE_MB MiB + 1 MB, loopback)" seconds MiB/s "peak RSS"
+read -r CGETF_S _ < <(t bash -c "curl -sf -o '$WORK/dl.bin' --aws-sigv4 'aws:amz:us-east-1:s3' --user '$KEY:$SECRET' 'http://$EP/bench/base/big.bin' && python3 -c \"import os; os.fsync(os.open('$WORK/dl.bin', os.O_RDONLY))\"")
+printf '%-34s %8s %8s %10s\n' "($SIZE_MB MiB + 1 MB, ${CONN_MBPS:+$CONN_MBPS MB/s a connection, }${LATENCY_MS:+$LATENCY_MS ms each way, }loopback)" seconds MiB/s "peak RSS"
 printf '%-34s %8s %8s %9sM\n' "cairn push" "$PUSH_S" "$(rate "$PUSH_S")" "$((PUSH_KB / 1024))"
 printf '%-34s %8s %8s\n' "curl PUT (one request, baseline)" "$CPUT_S" "$(rate "$CPUT_S")"
 printf '%-34s %8s %8s %9sM\n' "cairn run, all pulled (whole run)" "$PULL_S" "$(rate "$PULL_S")" "$((PULL_KB / 1024))"

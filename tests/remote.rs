@@ -171,6 +171,43 @@ fn many_small_entries_pushed_at_once_beside_a_large_one_each_arrive_once() {
 }
 
 #[test]
+fn an_object_over_64_mib_is_pulled_in_ranges_and_a_damaged_range_is_caught() {
+    let Some(w) = Weed::start("ranged_pull") else { return };
+    let spec = r#"
+[pipeline]
+name = "ranged"
+
+[remote]
+url = "s3://cairn/team"
+
+[stages.gen]
+kind = "command"
+cmd = "head -c 73400333 /dev/urandom > {out.big}"
+outputs = { big = "big.bin" }
+"#;
+    let a = Project::new(spec);
+    assert_eq!(cairn(&a, &w, &["run", "--push"]).code, 0);
+    let big = artifact(&a, "gen/big.bin");
+    let b = Project::new(spec);
+    let r = cairn(&b, &w, &["run", "--json"]);
+    assert_eq!(statuses(&r)["gen"], "pulled", "{}", r.all());
+    assert!(artifact(&b, "gen/big.bin") == big, "the ranges make up the object");
+
+    // One byte flipped in the fifth range (past 64 MiB).
+    let hash = blake3::hash(&big).to_hex().to_string();
+    let path = object_store::path::Path::from(format!("team/v1/objects/{hash}"));
+    let mut bad = big.clone();
+    bad[(68 << 20) + 5] ^= 1;
+    w.block_on(async { w.store().put(&path, bad.into()).await }).unwrap();
+    let c = Project::new(spec);
+    let r = cairn(&c, &w, &["run", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(statuses(&r)["gen"], "ran", "{}", r.all());
+    assert!(r.stderr.contains("damaged") && r.stderr.contains("not installed"), "{}", r.all());
+    assert_eq!(c.cairn(&["cache", "verify"]).code, 0);
+}
+
+#[test]
 fn two_concurrent_pushes_of_the_same_results_both_succeed() {
     let Some(w) = Weed::start("two_concurrent_pushes") else { return };
     let a = Project::new(PIPELINE);

@@ -200,6 +200,9 @@ struct Client {
     /// `<prefix>/v1`.
     base: RemotePath,
     rt: tokio::runtime::Runtime,
+    /// Parts of ranged downloads held at once, downloading or waiting to
+    /// be written, over all objects (`transfer::RANGE_SLOTS`).
+    range_slots: tokio::sync::Semaphore,
 }
 
 impl Client {
@@ -214,7 +217,8 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the transfer runtime: {e}"))?;
-        Ok(Self { store, base: base.join(format!("v{REMOTE_SCHEMA}").as_str()), rt })
+        let range_slots = tokio::sync::Semaphore::new(transfer::RANGE_SLOTS);
+        Ok(Self { store, base: base.join(format!("v{REMOTE_SCHEMA}").as_str()), rt, range_slots })
     }
 }
 

@@ -26,8 +26,19 @@ use crate::digest::{ArtifactHash, StageKey};
 /// Objects up to this size are uploaded in one create-only PUT (read into
 /// memory); larger ones stream through a multipart upload.
 pub const SINGLE_PUT_MAX: u64 = 16 << 20;
-/// Part size of multipart uploads.
+/// Part size of multipart uploads and of ranged downloads.
 const PART: usize = 16 << 20;
+/// Objects larger than this are downloaded as ranged GETs of [`PART`]
+/// bytes, [`RANGES`] at a time: one connection's throughput is bounded by
+/// its window over the round trip (tens of MB/s to a distant region),
+/// and a large dataset would otherwise crawl down a single one.
+pub const RANGED_MIN: u64 = 64 << 20;
+/// Ranges of one object asked for ahead of the one being written.
+const RANGES: usize = 4;
+/// Parts of ranged downloads in memory at once, over all objects (each is
+/// held from its request until it is written, in order): 128 MiB, however
+/// many large objects download side by side.
+pub const RANGE_SLOTS: usize = 8;
 /// The largest manifest accepted from a remote.
 pub const MANIFEST_MAX: u64 = 4 << 20;
 /// How long a download may go without a byte before the remote is taken
@@ -130,23 +141,74 @@ impl Remote {
     }
 
     /// Streams object `h` into a temporary file in `tmp_dir`, hashed on
-    /// the way; the file only when its size and hash are `h`'s.
+    /// the way (in ranges when it is large); the file only when its size
+    /// and hash are `h`'s.
     async fn download_checked(&self, h: ArtifactHash, size: u64, tmp_dir: &std::path::Path) -> Result<(fs::File, tempfile::TempPath), Failure> {
-        let (got, mut check) = self.get_object(h, size).await?;
-        let (file, tmp_path) = self.stream_to_temp(got, tmp_dir, |chunk| check.feed(chunk).map_err(|why| self.damage(h, why))).await?;
+        let mut check = Incoming { h, size, n: 0, hasher: blake3::Hasher::new() };
+        let mut feed = |chunk: &[u8]| check.feed(chunk).map_err(|why| self.damage(h, why));
+        let (file, tmp_path) = if size > RANGED_MIN {
+            self.stream_to_temp(self.ranges(h, size), tmp_dir, &mut feed).await?
+        } else {
+            self.stream_to_temp(self.chunks(self.get_object(h, size).await?), tmp_dir, &mut feed).await?
+        };
         check.finish().map_err(|why| self.damage(h, why))?;
         Ok((file, tmp_path))
     }
 
-    /// Streams a download into a new temporary file in `tmp_dir`, handing
-    /// each chunk to `check` first (which stops it with an error).
-    async fn stream_to_temp(
-        &self,
-        got: object_store::GetResult,
-        tmp_dir: &std::path::Path,
-        mut check: impl FnMut(&[u8]) -> Result<(), Failure>,
-    ) -> Result<(fs::File, tempfile::TempPath), Failure> {
+    /// Object `h` of `size` bytes as ranged GETs of [`PART`] bytes, up to
+    /// [`RANGES`] at a time, yielded in order.
+    fn ranges(&self, h: ArtifactHash, size: u64) -> impl Stream<Item = Result<Part<'_>, Failure>> + '_ {
+        let starts = (0..size).step_by(PART);
+        futures::stream::iter(starts.map(move |start| self.get_range(h, size, start..(start + PART as u64).min(size)))).buffered(RANGES)
+    }
+
+    /// Bytes `range` of object `h`, which must be `size` bytes long, once
+    /// one of the [`RANGE_SLOTS`] is free. An object's parts ask for their
+    /// slots in order (FIFO), so the part it waits for always has one.
+    async fn get_range(&self, h: ArtifactHash, size: u64, range: std::ops::Range<u64>) -> Result<Part<'_>, Failure> {
+        let slot = self.c().range_slots.acquire().await.expect("the slots are never closed");
+        let opts = object_store::GetOptions::default().with_range(Some(range.clone()));
+        let got = bounded(self.c().store.get_opts(&self.object_path(&h), opts)).await?.map_err(|e| self.failure(&e))?;
+        if got.meta.size != size {
+            return Err(self.damage(h, format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)));
+        }
+        let want = (range.end - range.start) as usize;
+        let mut out = bytes::BytesMut::with_capacity(want);
         let mut stream = got.into_stream();
+        while let Some(chunk) = self.next_chunk(&mut stream).await? {
+            if out.len() + chunk.len() > want {
+                return Err(self.damage(h, format!("object {}: the remote sent more than bytes {}..{}", h.short(), range.start, range.end)));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        if out.len() != want {
+            return Err(self.damage(h, format!("object {} arrived truncated (bytes {}..{}: {} of {want})", h.short(), range.start, range.end, out.len())));
+        }
+        Ok(Part { bytes: out.freeze(), _slot: slot })
+    }
+
+    /// A download's chunks; a server that sends nothing for [`STALL`]
+    /// ends them with the remote taken as down.
+    fn chunks(&self, got: object_store::GetResult) -> impl Stream<Item = Result<bytes::Bytes, Failure>> + '_ {
+        futures::stream::unfold(Some(got.into_stream()), move |stream| async move {
+            let mut stream = stream?;
+            match self.next_chunk(&mut stream).await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(stream))),
+                Ok(None) => None,
+                Err(f) => Some((Err(f), None)),
+            }
+        })
+    }
+
+    /// Writes `chunks` into a new temporary file in `tmp_dir`, handing
+    /// each to `check` first (which stops it with an error).
+    async fn stream_to_temp<B: AsRef<[u8]>>(
+        &self,
+        chunks: impl Stream<Item = Result<B, Failure>>,
+        tmp_dir: &std::path::Path,
+        check: &mut dyn FnMut(&[u8]) -> Result<(), Failure>,
+    ) -> Result<(fs::File, tempfile::TempPath), Failure> {
+        let mut chunks = std::pin::pin!(chunks);
         let tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(|e| Failure::Bad(format!("cannot create a temp file in {}: {e}", tmp_dir.display())))?;
         let (mut file, tmp_path) = tmp.into_parts();
         // Each chunk goes to the page cache from this task: that takes
@@ -156,9 +218,10 @@ impl Remote {
         // that way, 0.22 s this way).
         let write_error = |e: std::io::Error| Failure::Bad(format!("cannot write {}: {e}", tmp_path.display()));
         let mut writeback = Writeback::default();
-        while let Some(chunk) = self.next_chunk(&mut stream).await? {
-            check(&chunk)?;
-            file.write_all(&chunk).map_err(write_error)?;
+        while let Some(chunk) = chunks.next().await.transpose()? {
+            let chunk = chunk.as_ref();
+            check(chunk)?;
+            file.write_all(chunk).map_err(write_error)?;
             self.count(chunk.len() as u64, 0);
             if writeback.due(chunk.len()) {
                 writeback.start(&file);
@@ -178,11 +241,11 @@ impl Remote {
         }
         let mut n = 0u64;
         let dir = dest.parent().unwrap_or(std::path::Path::new("."));
-        let (file, tmp_path) = self.stream_to_temp(got, dir, |chunk| {
+        let mut bound = |chunk: &[u8]| {
             n += chunk.len() as u64;
             if n > max { Err(too_large()) } else { Ok(()) }
-        })
-        .await?;
+        };
+        let (file, tmp_path) = self.stream_to_temp(self.chunks(got), dir, &mut bound).await?;
         drop(file);
         tmp_path.persist(dest).map_err(|e| Failure::Bad(format!("cannot move a download to {}: {}", dest.display(), e.error)))
     }
@@ -190,7 +253,8 @@ impl Remote {
     /// Re-hashes object `h` of `size` bytes on the remote without keeping
     /// it (for `cairn remote verify`).
     pub(crate) async fn check_object(&self, h: ArtifactHash, size: u64) -> Result<(), Failure> {
-        let (got, mut check) = self.get_object(h, size).await?;
+        let got = self.get_object(h, size).await?;
+        let mut check = Incoming { h, size, n: 0, hasher: blake3::Hasher::new() };
         let mut stream = got.into_stream();
         while let Some(chunk) = self.next_chunk(&mut stream).await? {
             check.feed(&chunk).map_err(|why| self.damage(h, why))?;
@@ -201,13 +265,13 @@ impl Remote {
 
     /// Starts the download of object `h`, refused at once when the remote
     /// holds another size than `size`.
-    async fn get_object(&self, h: ArtifactHash, size: u64) -> Result<(object_store::GetResult, Incoming), Failure> {
+    async fn get_object(&self, h: ArtifactHash, size: u64) -> Result<object_store::GetResult, Failure> {
         let path = self.object_path(&h);
         let got = bounded(self.c().store.get(&path)).await?.map_err(|e| self.failure(&e))?;
         if got.meta.size != size {
             return Err(self.damage(h, format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)));
         }
-        Ok((got, Incoming { h, size, n: 0, hasher: blake3::Hasher::new() }))
+        Ok(got)
     }
 
     /// The next chunk of a download; a server that sends nothing for
@@ -381,6 +445,18 @@ impl Writeback {
     }
 }
 
+/// One range of a large object, holding its slot until it is written.
+struct Part<'a> {
+    bytes: bytes::Bytes,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl AsRef<[u8]> for Part<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// An object's bytes as they arrive, checked against its name: never
 /// longer than its size, and hashing to it at the end.
 struct Incoming {
@@ -423,4 +499,61 @@ fn install(file: fs::File, tmp_path: tempfile::TempPath, dest: &std::path::Path)
     tmp_path.persist(dest).map_err(|e| format!("cannot move a download into {}: {}", dest.display(), e.error))?;
     crate::cache::store::sync_dir(dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `file://` remote holding `bytes` as an object, and an empty cache.
+    fn remote_with(t: &std::path::Path, bytes: &[u8]) -> (Remote, Cache, ArtifactHash) {
+        let h = ArtifactHash::of_bytes(bytes);
+        let objects = t.join("remote/v1/objects");
+        fs::create_dir_all(&objects).unwrap();
+        fs::write(objects.join(h.to_hex().as_str()), bytes).unwrap();
+        (Remote::in_dir(&t.join("remote")), Cache::open(&t.join("cache")).unwrap(), h)
+    }
+
+    /// Bytes of more than [`RANGED_MIN`] that end in a short last part.
+    fn large() -> Vec<u8> {
+        let n = RANGED_MIN as usize + PART + 12_345;
+        (0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    }
+
+    #[test]
+    fn a_large_object_arrives_whole_through_ranges() {
+        let t = tempfile::tempdir().unwrap();
+        let bytes = large();
+        let (r, cache, h) = remote_with(t.path(), &bytes);
+        assert!(r.ready().unwrap());
+        let n = bytes.len() as u64;
+        let parts: Vec<bytes::Bytes> = r.block_on(r.ranges(h, n).map(|p| p.map(|p| p.bytes)).collect::<Vec<_>>()).into_iter().collect::<Result<_, _>>().unwrap();
+        assert_eq!(parts.len(), bytes.len().div_ceil(PART), "one range a part");
+        assert!(parts.iter().all(|p| p.len() <= PART) && parts.concat() == bytes, "in order, each at most a part");
+        r.block_on(r.fetch_object(&cache, h, n)).unwrap();
+        assert!(fs::read(cache.object_path(&h)).unwrap() == bytes);
+        assert_eq!(r.bytes_down.load(Ordering::Relaxed), n);
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_later_range_is_refused_and_nothing_installed() {
+        let t = tempfile::tempdir().unwrap();
+        let bytes = large();
+        let (r, cache, h) = remote_with(t.path(), &bytes);
+        let on_remote = t.path().join("remote/v1/objects").join(h.to_hex().as_str());
+        let mut bad = bytes.clone();
+        bad[RANGED_MIN as usize + 7] ^= 1;
+        fs::write(&on_remote, &bad).unwrap();
+        assert!(r.ready().unwrap());
+        match r.block_on(r.fetch_object(&cache, h, bytes.len() as u64)) {
+            Err(Failure::Bad(why)) => assert!(why.contains("damaged"), "{why}"),
+            other => panic!("a damaged object must be refused: {other:?}"),
+        }
+        assert!(!cache.object_path(&h).exists());
+        assert!(r.damaged.lock().unwrap().contains(&h), "a push repairs it");
+        // One of another length is refused by its first range's answer.
+        fs::write(&on_remote, &bytes[..bytes.len() - 1]).unwrap();
+        let short = r.block_on(r.fetch_object(&cache, h, bytes.len() as u64));
+        assert!(matches!(&short, Err(Failure::Bad(why)) if why.contains("bytes on the remote")), "{short:?}");
+    }
 }
