@@ -146,13 +146,22 @@ impl Remote {
     async fn download_checked(&self, h: ArtifactHash, size: u64, tmp_dir: &std::path::Path) -> Result<(fs::File, tempfile::TempPath), Failure> {
         let mut check = Incoming { h, size, n: 0, hasher: blake3::Hasher::new() };
         let mut feed = |chunk: &[u8]| check.feed(chunk).map_err(|why| self.damage(h, why));
-        let (file, tmp_path) = if size > RANGED_MIN {
-            self.stream_to_temp(self.ranges(h, size), tmp_dir, &mut feed).await?
-        } else {
-            self.stream_to_temp(self.chunks(self.get_object(h, size).await?), tmp_dir, &mut feed).await?
-        };
+        let (file, tmp_path) = self.stream_to_temp(self.object_bytes(h, size).await?, tmp_dir, &mut feed).await?;
         check.finish().map_err(|why| self.damage(h, why))?;
         Ok((file, tmp_path))
+    }
+
+    /// The bytes of object `h`, refused at once when the remote holds
+    /// another size than `size`: in ranges when it is over [`RANGED_MIN`],
+    /// else as one GET's chunks.
+    async fn object_bytes(&self, h: ArtifactHash, size: u64) -> Result<impl Stream<Item = Result<Chunk<'_>, Failure>> + '_, Failure> {
+        use futures::future::Either;
+        use futures::TryStreamExt;
+        Ok(if size > RANGED_MIN {
+            Either::Left(self.ranges(h, size).map_ok(Chunk::Range))
+        } else {
+            Either::Right(self.chunks(self.get_object(h, size).await?).map_ok(Chunk::Whole))
+        })
     }
 
     /// Object `h` of `size` bytes as ranged GETs of [`PART`] bytes, up to
@@ -253,12 +262,11 @@ impl Remote {
     /// Re-hashes object `h` of `size` bytes on the remote without keeping
     /// it (for `cairn remote verify`).
     pub(crate) async fn check_object(&self, h: ArtifactHash, size: u64) -> Result<(), Failure> {
-        let got = self.get_object(h, size).await?;
         let mut check = Incoming { h, size, n: 0, hasher: blake3::Hasher::new() };
-        let mut stream = got.into_stream();
-        while let Some(chunk) = self.next_chunk(&mut stream).await? {
-            check.feed(&chunk).map_err(|why| self.damage(h, why))?;
-            self.count(chunk.len() as u64, 0);
+        let mut chunks = std::pin::pin!(self.object_bytes(h, size).await?);
+        while let Some(chunk) = chunks.next().await.transpose()? {
+            check.feed(chunk.as_ref()).map_err(|why| self.damage(h, why))?;
+            self.count(chunk.as_ref().len() as u64, 0);
         }
         check.finish().map_err(|why| self.damage(h, why))
     }
@@ -451,9 +459,18 @@ struct Part<'a> {
     _slot: tokio::sync::SemaphorePermit<'a>,
 }
 
-impl AsRef<[u8]> for Part<'_> {
+/// A piece of an object as it arrives: a chunk of one GET, or a range.
+enum Chunk<'a> {
+    Whole(bytes::Bytes),
+    Range(Part<'a>),
+}
+
+impl AsRef<[u8]> for Chunk<'_> {
     fn as_ref(&self) -> &[u8] {
-        &self.bytes
+        match self {
+            Chunk::Whole(b) => b,
+            Chunk::Range(p) => &p.bytes,
+        }
     }
 }
 
@@ -533,6 +550,7 @@ mod tests {
         r.block_on(r.fetch_object(&cache, h, n)).unwrap();
         assert!(fs::read(cache.object_path(&h)).unwrap() == bytes);
         assert_eq!(r.bytes_down.load(Ordering::Relaxed), n);
+        r.block_on(r.check_object(h, n)).expect("`remote verify` reads it in ranges too");
     }
 
     #[test]
@@ -545,6 +563,8 @@ mod tests {
         bad[RANGED_MIN as usize + 7] ^= 1;
         fs::write(&on_remote, &bad).unwrap();
         assert!(r.ready().unwrap());
+        let verified = r.block_on(r.check_object(h, bytes.len() as u64));
+        assert!(matches!(&verified, Err(Failure::Bad(why)) if why.contains("damaged")), "{verified:?}");
         match r.block_on(r.fetch_object(&cache, h, bytes.len() as u64)) {
             Err(Failure::Bad(why)) => assert!(why.contains("damaged"), "{why}"),
             other => panic!("a damaged object must be refused: {other:?}"),
