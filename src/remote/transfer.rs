@@ -144,7 +144,7 @@ impl Remote {
     /// the way (in ranges when it is large); the file only when its size
     /// and hash are `h`'s.
     async fn download_checked(&self, h: ArtifactHash, size: u64, tmp_dir: &std::path::Path) -> Result<(fs::File, tempfile::TempPath), Failure> {
-        let mut check = Incoming { h, size, n: 0, hasher: blake3::Hasher::new() };
+        let mut check = Incoming::new(h, size);
         let mut feed = |chunk: &[u8]| check.feed(chunk).map_err(|why| self.damage(h, why));
         let (file, tmp_path) = self.stream_to_temp(self.object_bytes(h, size).await?, tmp_dir, &mut feed).await?;
         check.finish().map_err(|why| self.damage(h, why))?;
@@ -178,9 +178,7 @@ impl Remote {
         let slot = self.c().range_slots.acquire().await.expect("the slots are never closed");
         let opts = object_store::GetOptions::default().with_range(Some(range.clone()));
         let got = bounded(self.c().store.get_opts(&self.object_path(&h), opts)).await?.map_err(|e| self.failure(&e))?;
-        if got.meta.size != size {
-            return Err(self.damage(h, format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)));
-        }
+        self.same_size(h, size, &got)?;
         let want = (range.end - range.start) as usize;
         let mut out = bytes::BytesMut::with_capacity(want);
         let mut stream = got.into_stream();
@@ -262,7 +260,7 @@ impl Remote {
     /// Re-hashes object `h` of `size` bytes on the remote without keeping
     /// it (for `cairn remote verify`).
     pub(crate) async fn check_object(&self, h: ArtifactHash, size: u64) -> Result<(), Failure> {
-        let mut check = Incoming { h, size, n: 0, hasher: blake3::Hasher::new() };
+        let mut check = Incoming::new(h, size);
         let mut chunks = std::pin::pin!(self.object_bytes(h, size).await?);
         while let Some(chunk) = chunks.next().await.transpose()? {
             check.feed(chunk.as_ref()).map_err(|why| self.damage(h, why))?;
@@ -271,14 +269,21 @@ impl Remote {
         check.finish().map_err(|why| self.damage(h, why))
     }
 
+    /// An error unless the remote's object `h` (of which `got` is an
+    /// answer) is `size` bytes long, as its manifest says.
+    fn same_size(&self, h: ArtifactHash, size: u64, got: &object_store::GetResult) -> Result<(), Failure> {
+        if got.meta.size == size {
+            return Ok(());
+        }
+        Err(self.damage(h, format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)))
+    }
+
     /// Starts the download of object `h`, refused at once when the remote
     /// holds another size than `size`.
     async fn get_object(&self, h: ArtifactHash, size: u64) -> Result<object_store::GetResult, Failure> {
         let path = self.object_path(&h);
         let got = bounded(self.c().store.get(&path)).await?.map_err(|e| self.failure(&e))?;
-        if got.meta.size != size {
-            return Err(self.damage(h, format!("object {} is {} bytes on the remote, the manifest says {size}", h.short(), got.meta.size)));
-        }
+        self.same_size(h, size, &got)?;
         Ok(got)
     }
 
@@ -484,6 +489,10 @@ struct Incoming {
 }
 
 impl Incoming {
+    fn new(h: ArtifactHash, size: u64) -> Self {
+        Self { h, size, n: 0, hasher: blake3::Hasher::new() }
+    }
+
     fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
         self.n += chunk.len() as u64;
         if self.n > self.size {
