@@ -207,6 +207,72 @@ outputs = { big = "big.bin" }
     assert_eq!(c.cairn(&["cache", "verify"]).code, 0);
 }
 
+/// An S3 endpoint that serves `dir` (the layout a `file://` remote
+/// writes, under `/cairn/team/`) read-only and ignores `Range`, answering
+/// every GET with the whole object, as a server without range support
+/// would. Its port.
+fn serve_without_ranges(dir: std::path::PathBuf) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let mut parts = first.split_whitespace();
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let rel = target.split('?').next().unwrap_or("").trim_start_matches("/cairn/team/");
+                let mut out = conn;
+                let Ok(body) = std::fs::read(dir.join(rel)) else {
+                    let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    return;
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"e\"\r\nLast-Modified: Sat, 05 Dec 2026 00:00:00 GMT\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = out.write_all(head.as_bytes());
+                if method == "GET" {
+                    let _ = out.write_all(&body);
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_server_that_answers_ranges_with_whole_objects_is_read_whole() {
+    let spec = "[stages.gen]\nkind = \"command\"\ncmd = \"head -c 73400333 /dev/urandom > {out.big}\"\noutputs = { big = \"big.bin\" }\n";
+    let shared = tempfile::tempdir().unwrap();
+    let a = Project::new(spec);
+    let mut c = a.cmd(&["run", "--push"]);
+    c.env("CAIRN_REMOTE", format!("file://{}", shared.path().display()));
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    let port = serve_without_ranges(shared.path().to_path_buf());
+    let b = Project::new(spec);
+    let mut c = b.cmd(&["run", "--json"]);
+    for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("AWS_")) {
+        c.env_remove(k);
+    }
+    c.env("CAIRN_REMOTE", "s3://cairn/team").env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")).env("AWS_ALLOW_HTTP", "true");
+    c.env("AWS_ACCESS_KEY_ID", "k").env("AWS_SECRET_ACCESS_KEY", "s").env("AWS_REGION", "us-east-1");
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(statuses(&r)["gen"], "pulled", "read whole after the ranges were refused: {}", r.all());
+    assert!(artifact(&b, "gen/big.bin") == artifact(&a, "gen/big.bin"));
+    assert_eq!(b.cairn(&["cache", "verify"]).code, 0);
+}
+
 #[test]
 fn two_concurrent_pushes_of_the_same_results_both_succeed() {
     let Some(w) = Weed::start("two_concurrent_pushes") else { return };

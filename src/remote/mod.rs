@@ -203,6 +203,9 @@ struct Client {
     /// Parts of ranged downloads held at once, downloading or waiting to
     /// be written, over all objects (`transfer::RANGE_SLOTS`).
     range_slots: tokio::sync::Semaphore,
+    /// Set once the server answered a ranged GET with the whole object:
+    /// large objects are then read whole.
+    no_ranges: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -218,7 +221,8 @@ impl Client {
             .build()
             .map_err(|e| format!("cannot start the transfer runtime: {e}"))?;
         let range_slots = tokio::sync::Semaphore::new(transfer::RANGE_SLOTS);
-        Ok(Self { store, base: base.join(format!("v{REMOTE_SCHEMA}").as_str()), rt, range_slots })
+        let no_ranges = Default::default();
+        Ok(Self { store, base: base.join(format!("v{REMOTE_SCHEMA}").as_str()), rt, range_slots, no_ranges })
     }
 }
 

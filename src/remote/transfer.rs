@@ -144,6 +144,10 @@ impl Remote {
     /// the way (in ranges when it is large); the file only when its size
     /// and hash are `h`'s.
     async fn download_checked(&self, h: ArtifactHash, size: u64, tmp_dir: &std::path::Path) -> Result<(fs::File, tempfile::TempPath), Failure> {
+        self.whole_if_refused(size, || self.download_once(h, size, tmp_dir)).await
+    }
+
+    async fn download_once(&self, h: ArtifactHash, size: u64, tmp_dir: &std::path::Path) -> Result<(fs::File, tempfile::TempPath), Failure> {
         let mut check = Incoming::new(h, size);
         let mut feed = |chunk: &[u8]| check.feed(chunk).map_err(|why| self.damage(h, why));
         let (file, tmp_path) = self.stream_to_temp(self.object_bytes(h, size).await?, tmp_dir, &mut feed).await?;
@@ -151,13 +155,31 @@ impl Remote {
         Ok((file, tmp_path))
     }
 
+    /// Runs `attempt` (which reads an object of `size` bytes), and once
+    /// more when it read in ranges and the server refused them: a server
+    /// that answers a ranged GET with the whole object is read whole.
+    async fn whole_if_refused<T, F: std::future::Future<Output = Result<T, Failure>>>(&self, size: u64, attempt: impl Fn() -> F) -> Result<T, Failure> {
+        let ranged = self.ranged(size);
+        let first = attempt().await;
+        if first.is_err() && ranged && !self.ranged(size) {
+            return attempt().await;
+        }
+        first
+    }
+
+    /// Whether an object of `size` bytes is read in ranges: it is over
+    /// [`RANGED_MIN`], and the server has not refused a ranged GET.
+    fn ranged(&self, size: u64) -> bool {
+        size > RANGED_MIN && !self.c().no_ranges.load(Ordering::Relaxed)
+    }
+
     /// The bytes of object `h`, refused at once when the remote holds
-    /// another size than `size`: in ranges when it is over [`RANGED_MIN`],
-    /// else as one GET's chunks.
+    /// another size than `size`: in ranges when [`Remote::ranged`], else as
+    /// one GET's chunks.
     async fn object_bytes(&self, h: ArtifactHash, size: u64) -> Result<impl Stream<Item = Result<Chunk<'_>, Failure>> + '_, Failure> {
         use futures::future::Either;
         use futures::TryStreamExt;
-        Ok(if size > RANGED_MIN {
+        Ok(if self.ranged(size) {
             Either::Left(self.ranges(h, size).map_ok(Chunk::Range))
         } else {
             Either::Right(self.chunks(self.get_object(h, size).await?).map_ok(Chunk::Whole))
@@ -177,7 +199,14 @@ impl Remote {
     async fn get_range(&self, h: ArtifactHash, size: u64, range: std::ops::Range<u64>) -> Result<Part<'_>, Failure> {
         let slot = self.c().range_slots.acquire().await.expect("the slots are never closed");
         let opts = object_store::GetOptions::default().with_range(Some(range.clone()));
-        let got = bounded(self.c().store.get_opts(&self.object_path(&h), opts)).await?.map_err(|e| self.failure(&e))?;
+        let got = match bounded(self.c().store.get_opts(&self.object_path(&h), opts)).await? {
+            Ok(got) => got,
+            Err(e) if super::error_chain(&e).contains("non-partial response") => {
+                self.c().no_ranges.store(true, Ordering::Relaxed);
+                return Err(Failure::Bad("the server answers a ranged GET with the whole object".into()));
+            }
+            Err(e) => return Err(self.failure(&e)),
+        };
         self.same_size(h, size, &got)?;
         let want = (range.end - range.start) as usize;
         let mut out = bytes::BytesMut::with_capacity(want);
@@ -260,6 +289,10 @@ impl Remote {
     /// Re-hashes object `h` of `size` bytes on the remote without keeping
     /// it (for `cairn remote verify`).
     pub(crate) async fn check_object(&self, h: ArtifactHash, size: u64) -> Result<(), Failure> {
+        self.whole_if_refused(size, || self.check_once(h, size)).await
+    }
+
+    async fn check_once(&self, h: ArtifactHash, size: u64) -> Result<(), Failure> {
         let mut check = Incoming::new(h, size);
         let mut chunks = std::pin::pin!(self.object_bytes(h, size).await?);
         while let Some(chunk) = chunks.next().await.transpose()? {
