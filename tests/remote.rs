@@ -170,10 +170,9 @@ fn many_small_entries_pushed_at_once_beside_a_large_one_each_arrive_once() {
     same_outputs(&a, &c);
 }
 
-#[test]
-fn an_object_over_64_mib_is_pulled_in_ranges_and_a_damaged_range_is_caught() {
-    let Some(w) = Weed::start("ranged_pull") else { return };
-    let spec = r#"
+/// One stage writing a random object of 70 MiB: over `RANGED_MIN`, so
+/// pulled in ranges.
+const RANGED: &str = r#"
 [pipeline]
 name = "ranged"
 
@@ -185,6 +184,11 @@ kind = "command"
 cmd = "head -c 73400333 /dev/urandom > {out.big}"
 outputs = { big = "big.bin" }
 "#;
+
+#[test]
+fn an_object_over_64_mib_is_pulled_in_ranges_and_a_damaged_range_is_caught() {
+    let Some(w) = Weed::start("ranged_pull") else { return };
+    let spec = RANGED;
     let a = Project::new(spec);
     assert_eq!(cairn(&a, &w, &["run", "--push"]).code, 0);
     let big = artifact(&a, "gen/big.bin");
@@ -250,7 +254,7 @@ fn serve_without_ranges(dir: std::path::PathBuf) -> u16 {
 
 #[test]
 fn a_server_that_answers_ranges_with_whole_objects_is_read_whole() {
-    let spec = "[stages.gen]\nkind = \"command\"\ncmd = \"head -c 73400333 /dev/urandom > {out.big}\"\noutputs = { big = \"big.bin\" }\n";
+    let spec = RANGED;
     let shared = tempfile::tempdir().unwrap();
     let a = Project::new(spec);
     let mut c = a.cmd(&["run", "--push"]);
