@@ -122,7 +122,8 @@ pub trait Observer: Reporter {
     fn finished(&self, report: &StageReport);
     fn warn(&self, message: &str);
     /// A transfer reported under `stage` after the stage finished (a push
-    /// in the background) is over.
+    /// in the background, or its bytes downloaded at the end of the run)
+    /// is over.
     fn transfer_done(&self, _stage: &str) {}
 }
 
@@ -278,8 +279,8 @@ pub fn run(
             }
         };
         let driven = drive();
-        // Closes the push queue: the pushers finish what is queued, and
-        // the scope waits for them.
+        // Closes the push queue: the pusher finishes what is queued, and
+        // the scope waits for it.
         s.pusher = None;
         driven
     })?;
