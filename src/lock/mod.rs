@@ -2,7 +2,8 @@
 //!
 //! `cairn run` writes the lock after every successful run (atomically, and
 //! only when its bytes would change, so a no-op run writes nothing; it
-//! reads only each entry's key and outputs, see [`OnDisk`]);
+//! keeps only a fingerprint of each entry's key and outputs, see
+//! [`OnDisk`]);
 //! `cairn run --locked` runs and then compares the run against it without
 //! rewriting it ([`check`]). It is pretty-printed JSON with every map
 //! sorted, one fact a line, so `git diff cairn.lock` shows which results a
@@ -34,6 +35,7 @@
 //! schema is refused with the fix.
 
 pub mod check;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -45,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::key::KeyInputs;
 use crate::runner::{Outcome, RunReport, StageReport};
+pub use summary::Summary;
 
 /// The key inputs stage `stage` had with key `key`, if known: what the run
 /// recorded in the cache's refs, since a stage served from the remote
@@ -72,12 +75,15 @@ pub enum LockError {
     Schema { path: PathBuf, found: u32 },
 }
 
-/// The whole lock: stage → class → entry. A no-op run reads it as
-/// `Lock<EntryResult>`, which skips everything but keys and outputs.
+/// Each stage's entries by environment class.
+pub type Stages = BTreeMap<String, BTreeMap<String, Entry>>;
+
+/// The whole lock: stage → class → entry. A run reads it as
+/// `Lock<Summary>`, which keeps only a fingerprint of each entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Lock<E = Entry> {
+pub struct Lock<S = Stages> {
     pub lock_schema: u32,
-    pub stages: BTreeMap<String, BTreeMap<String, E>>,
+    pub stages: S,
 }
 
 /// What one stage produced under one environment class.
@@ -88,38 +94,6 @@ pub struct Entry {
     pub outputs: BTreeMap<String, LockedOutput>,
     #[serde(default)]
     pub metrics: BTreeMap<String, Option<f64>>,
-}
-
-/// The part of an entry that says whether a run changes it: its key and
-/// outputs. The rest is skipped when parsing, not built.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct EntryResult {
-    pub key: StageKey,
-    pub outputs: BTreeMap<String, LockedOutput>,
-}
-
-/// Entries whose key and outputs can be read.
-pub trait Recorded {
-    fn key(&self) -> &StageKey;
-    fn outputs(&self) -> &BTreeMap<String, LockedOutput>;
-}
-
-impl Recorded for Entry {
-    fn key(&self) -> &StageKey {
-        &self.key
-    }
-    fn outputs(&self) -> &BTreeMap<String, LockedOutput> {
-        &self.outputs
-    }
-}
-
-impl Recorded for EntryResult {
-    fn key(&self) -> &StageKey {
-        &self.key
-    }
-    fn outputs(&self) -> &BTreeMap<String, LockedOutput> {
-        &self.outputs
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,49 +122,52 @@ impl Default for Lock {
     }
 }
 
-/// A lock as read from disk: its bytes, so an unchanged lock is not
-/// rewritten, and each entry's key and outputs, which is all a no-op run
-/// needs (see BENCHMARKS.md, engine overhead).
+/// A lock as read from disk: the blake3 of its bytes, so an unchanged lock
+/// is not rewritten, and the [`Summary`] of its entries, which is all a
+/// no-op run needs (see BENCHMARKS.md, engine overhead). A run that changes
+/// the lock reads the whole file again ([`OnDisk::lock`]).
 pub struct OnDisk {
     pub path: PathBuf,
-    bytes: Option<Vec<u8>>,
-    results: Option<Lock<EntryResult>>,
+    /// `None`: there was no file.
+    read: Option<(blake3::Hash, Summary)>,
 }
 
 impl OnDisk {
     /// Reads the lock at `path` (a missing file is no lock), checking its
     /// syntax and schema.
     pub fn read(path: &Path) -> Result<Self, LockError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { path: path.into(), bytes: None, results: None }),
-            Err(source) => return Err(LockError::Read { path: path.into(), source }),
-        };
-        let results = Some(parse(path, &bytes)?);
-        Ok(Self { path: path.into(), bytes: Some(bytes), results })
+        let Some(bytes) = read_bytes(path)? else { return Ok(Self { path: path.into(), read: None }) };
+        let summary = parse::<Summary>(path, &bytes)?.stages;
+        Ok(Self { path: path.into(), read: Some((blake3::hash(&bytes), summary)) })
     }
 
     pub fn exists(&self) -> bool {
-        self.bytes.is_some()
+        self.read.is_some()
     }
 
-    /// The whole lock, parsed now; `None` when there is no file.
+    /// The whole lock, read and parsed now; `None` when there was no file.
     pub fn lock(&self) -> Result<Option<Lock>, LockError> {
-        self.bytes.as_deref().map(|b| parse(&self.path, b)).transpose()
+        if self.read.is_none() {
+            return Ok(None);
+        }
+        let bytes = read_bytes(&self.path)?.ok_or_else(|| LockError::Read { path: self.path.clone(), source: std::io::ErrorKind::NotFound.into() })?;
+        parse(&self.path, &bytes).map(Some)
     }
 
     /// Whether recording `report` would leave the lock as it is: every
     /// stage it brought up to date has its key and outputs there, and every
     /// locked stage is `in_pipeline`.
     pub fn holds(&self, in_pipeline: &dyn Fn(&str) -> bool, report: &RunReport) -> bool {
-        self.results.as_ref().is_some_and(|l| unrecorded(&l.stages, report).is_empty() && l.stages.keys().all(|n| in_pipeline(n)))
+        let Some((_, summary)) = &self.read else { return false };
+        let held = |s: &StageReport, key: &StageKey| summary.holds(&s.stage, key, &locked_outputs(s));
+        brought_up_to_date(report).all(|(s, key)| held(s, &key)) && summary.stages().all(in_pipeline)
     }
 
-    /// Writes `lock` unless the file already holds exactly it. Returns
-    /// whether it wrote.
+    /// Writes `lock` unless the file, as read, already holds exactly it.
+    /// Returns whether it wrote.
     pub fn write(&self, lock: &Lock) -> Result<bool, LockError> {
         let bytes = lock.to_bytes();
-        if self.bytes.as_deref() == Some(bytes.as_slice()) {
+        if self.read.as_ref().is_some_and(|(hash, _)| *hash == blake3::hash(&bytes)) {
             return Ok(false);
         }
         write_atomic(&self.path, &bytes).map_err(|source| LockError::Write { path: self.path.clone(), source })?;
@@ -198,15 +175,24 @@ impl OnDisk {
     }
 }
 
+/// The file's bytes; `None` when there is no file.
+fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, LockError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LockError::Read { path: path.into(), source }),
+    }
+}
+
 /// Parses a lock, naming a lock of another schema as such.
-fn parse<E: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<Lock<E>, LockError> {
+fn parse<S: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<Lock<S>, LockError> {
     let parse_error = |e: serde_json::Error| LockError::Parse { path: path.into(), line: e.line(), column: e.column(), message: e.to_string() };
     #[derive(Deserialize)]
     struct Head {
         lock_schema: u32,
     }
     // Only a lock that does not parse is read again, for its schema.
-    match serde_json::from_slice::<Lock<E>>(bytes) {
+    match serde_json::from_slice::<Lock<S>>(bytes) {
         Ok(lock) if lock.lock_schema == LOCK_SCHEMA => Ok(lock),
         Ok(Lock { lock_schema: found, .. }) => Err(LockError::Schema { path: path.into(), found }),
         Err(e) => match serde_json::from_slice::<Head>(bytes) {
@@ -216,17 +202,10 @@ fn parse<E: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<Lo
     }
 }
 
-/// The stages of `report` that it brought up to date with a key and
-/// outputs that `stages` does not hold.
-fn unrecorded<'r, E: Recorded>(stages: &BTreeMap<String, BTreeMap<String, E>>, report: &'r RunReport) -> Vec<(&'r StageReport, StageKey)> {
+/// The stages `report` brought up to date, with their keys.
+fn brought_up_to_date(report: &RunReport) -> impl Iterator<Item = (&StageReport, StageKey)> {
     let done = report.stages.iter().filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran));
-    done.filter_map(|s| {
-        let key = s.key?;
-        let outputs = locked_outputs(s);
-        let held = stages.get(&s.stage).is_some_and(|c| c.values().any(|e| *e.key() == key && *e.outputs() == outputs));
-        (!held).then_some((s, key))
-    })
-    .collect()
+    done.filter_map(|s| Some((s, s.key?)))
 }
 
 impl Lock {
@@ -242,12 +221,17 @@ impl Lock {
     /// is asked only for stages whose entry changed. Stages that are not
     /// `in_pipeline` are dropped.
     pub fn record(&mut self, in_pipeline: &dyn Fn(&str) -> bool, report: &RunReport, lookup: KeyLookup<'_>) {
-        for (s, key) in unrecorded(&self.stages, report) {
+        for (s, key) in brought_up_to_date(report) {
+            let outputs = locked_outputs(s);
+            let held = self.stages.get(&s.stage).is_some_and(|c| c.values().any(|e| e.key == key && e.outputs == outputs));
+            if held {
+                continue;
+            }
             let Some(key_inputs) = lookup(&s.stage, &key) else { continue };
             let classes = self.stages.entry(s.stage.clone()).or_default();
             classes.retain(|_, e| same_computation(&e.key_inputs, &key_inputs));
             let metrics = s.metrics.iter().map(|(k, v)| (k.clone(), v.is_finite().then_some(*v))).collect();
-            classes.insert(class_of(&key_inputs.env), Entry { key, key_inputs, outputs: locked_outputs(s), metrics });
+            classes.insert(class_of(&key_inputs.env), Entry { key, key_inputs, outputs, metrics });
         }
         self.stages.retain(|name, classes| in_pipeline(name) && !classes.is_empty());
     }

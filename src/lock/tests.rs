@@ -122,6 +122,26 @@ fn the_lock_round_trips_sorted_with_nan_metrics_as_null() {
 }
 
 #[test]
+fn a_run_read_from_disk_is_held_by_an_entry_of_any_class_with_its_key_and_outputs() {
+    let (avx512, avx2) = (ki(0.1, env("AVX512", "avx512_bf16")), ki(0.1, env("AVX2", "none")));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(FILE);
+    OnDisk::read(&path).unwrap().write(&recorded(&[(&avx512, b"a"), (&avx2, b"b")])).unwrap();
+    let on_disk = OnDisk::read(&path).unwrap();
+    assert!(on_disk.holds(&|_| true, &report(&avx512, b"a")) && on_disk.holds(&|_| true, &report(&avx2, b"b")));
+    assert!(!on_disk.holds(&|_| true, &report(&avx512, b"b")), "one class's key with another's outputs");
+    let mut renamed = report(&avx2, b"b");
+    renamed.stages[0].stage = "train2".into();
+    assert!(!on_disk.holds(&|_| true, &renamed), "the same entry under another stage");
+    let mut resized = report(&avx2, b"b");
+    resized.stages[0].outputs.get_mut("model").unwrap().size += 1;
+    assert!(!on_disk.holds(&|_| true, &resized), "another size");
+    let mut failed = report(&avx2, b"zzz");
+    failed.stages[0].outcome = Outcome::Failed { error: "x".into() };
+    assert!(on_disk.holds(&|_| true, &failed), "a stage that did not finish changes no entry");
+}
+
+#[test]
 fn a_corrupt_lock_names_the_file_line_and_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(FILE);
