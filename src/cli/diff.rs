@@ -10,7 +10,7 @@ use std::path::Path;
 
 use cairn::cache::Cache;
 use cairn::history::{self, HistoryRow};
-use cairn::lock::{class_of, Entry, OnDisk};
+use cairn::lock::{class_of, Entry, Lock};
 use cairn::plan::StageState;
 
 use super::commands::{fail, load, stage_states, CmdResult};
@@ -214,7 +214,7 @@ fn runs(cli: &Cli, a: Option<&str>, b: Option<&str>) -> Result<[Side; 2], i32> {
 fn against_lock(cli: &Cli, config: &Config, path: Option<&Path>, console: &Console) -> Result<[Side; 2], i32> {
     let default = cairn::lock::path_for(&cli.file);
     let path = path.unwrap_or(&default);
-    let lock = match OnDisk::read(path).and_then(|d| d.lock()) {
+    let lock = match Lock::read(path) {
         Ok(Some(lock)) => lock,
         Ok(None) => return Err(fail(console, exit::USAGE, format!("there is no lock at {}\n  help: run `cairn run` to write one", path.display()))),
         Err(e) => return Err(fail(console, exit::USAGE, e)),

@@ -150,8 +150,8 @@ impl OnDisk {
         if self.read.is_none() {
             return Ok(None);
         }
-        let bytes = read_bytes(&self.path)?.ok_or_else(|| LockError::Read { path: self.path.clone(), source: std::io::ErrorKind::NotFound.into() })?;
-        parse(&self.path, &bytes).map(Some)
+        let lock = Lock::read(&self.path)?;
+        lock.map(Some).ok_or_else(|| LockError::Read { path: self.path.clone(), source: std::io::ErrorKind::NotFound.into() })
     }
 
     /// Whether recording `report` would leave the lock as it is: every
@@ -209,6 +209,12 @@ fn brought_up_to_date(report: &RunReport) -> impl Iterator<Item = (&StageReport,
 }
 
 impl Lock {
+    /// The whole lock at `path`, checking its syntax and schema; `None`
+    /// when there is no file.
+    pub fn read(path: &Path) -> Result<Option<Self>, LockError> {
+        read_bytes(path)?.map(|bytes| parse(path, &bytes)).transpose()
+    }
+
     /// Pretty JSON, maps sorted, ending in a newline.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("a lock serialises");
