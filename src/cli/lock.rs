@@ -2,6 +2,7 @@
 //! after a successful one, either updated (the default) or, with
 //! `--locked`, compared and left as it is (see `cairn::lock`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use cairn::cache::{Cache, StageRef};
@@ -58,10 +59,13 @@ pub fn after_run(plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &Ru
         return exit::OK;
     }
     // The refs hold every stage the run brought up to date, with the key
-    // inputs it had (read once, and only when the lock changes).
-    let refs = std::sync::OnceLock::new();
+    // inputs it had (read once, and only when the lock changes). Each
+    // stage is asked for once, so its key inputs move into the lock.
+    let refs = std::cell::RefCell::new(None);
     let lookup = |stage: &str, key: &StageKey| -> Option<KeyInputs> {
-        refs.get_or_init(|| cache.stage_refs()).get(stage).filter(|r: &&StageRef| r.key == *key).map(|r| r.key_inputs.clone())
+        let mut refs = refs.borrow_mut();
+        let refs: &mut BTreeMap<String, StageRef> = refs.get_or_insert_with(|| cache.stage_refs());
+        refs.remove(stage).filter(|r| r.key == *key).map(|r| r.key_inputs)
     };
     let lock = match plan.on_disk.lock() {
         Ok(lock) => lock.unwrap_or_default(),

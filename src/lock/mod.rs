@@ -164,14 +164,12 @@ impl OnDisk {
     }
 
     /// Writes `lock` unless the file, as read, already holds exactly it.
-    /// Returns whether it wrote.
+    /// Returns whether it wrote. The lock streams into a temporary file
+    /// beside it, hashed on the way, so its bytes are never all in memory;
+    /// the temporary file replaces the lock only when the hashes differ.
     pub fn write(&self, lock: &Lock) -> Result<bool, LockError> {
-        let bytes = lock.to_bytes();
-        if self.read.as_ref().is_some_and(|(hash, _)| *hash == blake3::hash(&bytes)) {
-            return Ok(false);
-        }
-        write_atomic(&self.path, &bytes).map_err(|source| LockError::Write { path: self.path.clone(), source })?;
-        Ok(true)
+        let unchanged = |hash: blake3::Hash| self.read.as_ref().is_some_and(|(read, _)| *read == hash);
+        write_atomic_unless(&self.path, lock, unchanged).map_err(|source| LockError::Write { path: self.path.clone(), source })
     }
 }
 
@@ -217,9 +215,14 @@ impl Lock {
 
     /// Pretty JSON, maps sorted, ending in a newline.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).expect("a lock serialises");
-        bytes.push(b'\n');
+        let mut bytes = Vec::new();
+        self.write_to(&mut bytes).expect("a lock serialises");
         bytes
+    }
+
+    fn write_to(&self, mut out: impl Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut out, self)?;
+        out.write_all(b"\n")
     }
 
     /// Records the stages a successful run brought up to date. `lookup`
@@ -255,17 +258,41 @@ fn same_computation(a: &KeyInputs, b: &KeyInputs) -> bool {
 }
 
 /// Temporary file in the same directory, fsync, rename: readers see the
-/// old lock or the new one.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// old lock or the new one. Nothing is renamed when `unchanged` says so of
+/// the bytes' blake3. Whether it wrote.
+fn write_atomic_unless(path: &Path, lock: &Lock, unchanged: impl Fn(blake3::Hash) -> bool) -> std::io::Result<bool> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, Hashed { file: tmp, hasher: blake3::Hasher::new() });
+    lock.write_to(&mut out)?;
+    let Hashed { file: tmp, hasher } = out.into_inner().map_err(|e| e.into_error())?;
+    if unchanged(hasher.finalize()) {
+        return Ok(false);
+    }
     // Committed and read by everyone, like the pipeline file (a temporary
     // file is created private).
     tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    Ok(true)
+}
+
+/// Writes through to `file`, hashing what it wrote.
+struct Hashed<W> {
+    file: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 #[cfg(test)]

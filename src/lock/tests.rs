@@ -115,6 +115,7 @@ fn the_lock_round_trips_sorted_with_nan_metrics_as_null() {
     let back = OnDisk::read(&path).unwrap();
     assert_eq!(back.lock().unwrap().as_ref(), Some(&lock));
     assert!(!back.write(&lock).unwrap(), "the same lock is not written again");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left beside it");
     let ki = ki(0.1, env("AVX2", "none"));
     assert!(back.holds(&|_| true, &report(&ki, b"a")), "a no-op run");
     assert!(!back.holds(&|_| true, &report(&ki, b"b")), "another output");
