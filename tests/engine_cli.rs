@@ -3,7 +3,6 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::Project;
 
@@ -166,15 +165,6 @@ fn type_errors_point_at_file_line_col() {
     assert!(r.stderr.contains("--set b.env=3"), "{}", r.stderr);
 }
 
-/// Polls `cond` every 20 ms until it holds; fails the test after a minute.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn concurrent_runs_wait_or_fail_cleanly() {
     // The stage says when it has started and holds the lock until the test
@@ -192,7 +182,7 @@ outputs = {{ o = "o.txt" }}
         release.display()
     ));
     let mut first = p.cmd(&["run"]).stderr(Stdio::null()).spawn().unwrap();
-    wait_until("the first run's stage to start", || started.exists());
+    common::wait_until("the first run's stage to start", || started.exists());
     let refused = p.cairn(&["run", "--no-wait"]);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("locked by another cairn process"), "{}", refused.stderr);
@@ -200,7 +190,7 @@ outputs = {{ o = "o.txt" }}
     assert_eq!(p.cairn(&["status"]).code, 0);
     let log = sig.path().join("waiter.stderr");
     let mut waiter = p.cmd(&["run"]).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-    wait_until("the second run to say it waits", || {
+    common::wait_until("the second run to say it waits", || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("waiting for another cairn process"))
     });
     std::fs::write(&release, "").unwrap();

@@ -272,3 +272,39 @@ fn diff_as_markdown_of_two_runs_and_of_the_working_tree_against_the_lock() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("no lock at missing.lock"), "{}", r.all());
 }
+
+/// A run that waited for another to release the cache reads the lock that
+/// run left: here the other run moved the entry to `X=2`, and the waiting
+/// run, whose results are those of `X=1` (the lock as it was when the
+/// waiting run started), writes them back instead of taking the lock for
+/// already holding them.
+#[test]
+fn a_run_that_waited_for_the_cache_records_against_the_lock_the_other_run_left() {
+    let sig = tempfile::tempdir().unwrap();
+    let (gate, started, release) = (sig.path().join("gate"), sig.path().join("started"), sig.path().join("release"));
+    let p = Project::new(&format!(
+        r#"
+[stages.s]
+kind = "command"
+cmd = "if [ -e {gate} ]; then touch {started}; while [ ! -e {release} ]; do sleep 0.02; done; fi; echo $X > {{out.o}}"
+env = {{ X = "1" }}
+outputs = {{ o = "o.txt" }}
+"#,
+        gate = gate.display(),
+        started = started.display(),
+        release = release.display()
+    ));
+    ok(p.cairn(&["run"]));
+    let x1 = lock_text(&p);
+    std::fs::write(&gate, "").unwrap();
+    let mut other = p.cmd(&["run", "--set", "s.env.X=\"2\""]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    common::wait_until("the other run's stage to start", || started.exists());
+    let log = sig.path().join("waiter.stderr");
+    let mut waiter = p.cmd(&["run"]).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    common::wait_until("the run to say it waits", || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("waiting for another cairn process")));
+    std::fs::write(&release, "").unwrap();
+    assert!(other.wait().unwrap().success());
+    assert!(waiter.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("cached"), "X=1 is served from the cache");
+    assert_eq!(lock_text(&p), x1, "the lock records the last run, X=1");
+}

@@ -188,10 +188,11 @@ struct RunCmd<'a> {
 
 fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console: &Console) -> CmdResult {
     let (pipeline, env) = if run.sweep.is_empty() { load(cli, config, console)? } else { super::sweep::load_merged(cli, config, run.sweep, console)? };
-    let lock_plan = super::lock::before_run(cli, run.locked, console)?;
     let opts = &run_options(opts, run, &pipeline, config, console)?;
     let cache = open_cache(cli, console)?;
     let _lock = if opts.dry_run { None } else { Some(lock(cli, run.wait, console)?) };
+    // Read once the cache is ours: a run it waited for may have changed it.
+    let lock_plan = super::lock::before_run(cli, run.locked, console)?;
     if !opts.dry_run {
         cache.clean_tmp();
     }

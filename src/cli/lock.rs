@@ -35,8 +35,9 @@ fn lock_error(console: &Console, e: LockError) -> i32 {
     fail(console, code, e)
 }
 
-/// Reads the lock before the run. With `--locked`, a missing lock fails
-/// (exit 1) before anything runs.
+/// Reads the lock before the run, once the cache is locked for it (a run
+/// it waited for may have changed the lock). With `--locked`, a missing
+/// lock fails (exit 1) before anything runs.
 pub fn before_run(cli: &Cli, locked: Option<&str>, console: &Console) -> Result<LockPlan, i32> {
     let path = cairn::lock::path_for(&cli.file);
     let on_disk = OnDisk::read(&path).map_err(|e| lock_error(console, e))?;

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -108,5 +109,14 @@ impl Project {
 
     pub fn cache(&self) -> PathBuf {
         self.path().join("cache")
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; fails the test after a minute.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
