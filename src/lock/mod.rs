@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::key::KeyInputs;
 use crate::runner::{Outcome, RunReport, StageReport};
-pub use summary::Summary;
+use summary::Summary;
 
 /// The key inputs stage `stage` had with key `key`, if known: what the run
 /// recorded in the cache's refs, since a stage served from the remote
@@ -122,55 +122,59 @@ impl Default for Lock {
     }
 }
 
-/// A lock as read from disk: the blake3 of its bytes, so an unchanged lock
-/// is not rewritten, and the [`Summary`] of its entries, which is all a
-/// no-op run needs (see BENCHMARKS.md, engine overhead). A run that changes
-/// the lock reads the whole file again ([`OnDisk::lock`]).
+/// A lock as read from disk before the run: the [`Summary`] of its
+/// entries, which is all a no-op run needs (see BENCHMARKS.md, engine
+/// overhead). A run that changes the lock reads the file again, as it is
+/// then ([`OnDisk::lock`]).
 pub struct OnDisk {
     pub path: PathBuf,
     /// `None`: there was no file.
-    read: Option<(blake3::Hash, Summary)>,
+    summary: Option<Summary>,
 }
 
 impl OnDisk {
     /// Reads the lock at `path` (a missing file is no lock), checking its
     /// syntax and schema.
     pub fn read(path: &Path) -> Result<Self, LockError> {
-        let Some(bytes) = read_bytes(path)? else { return Ok(Self { path: path.into(), read: None }) };
-        let summary = parse::<Summary>(path, &bytes)?.stages;
-        Ok(Self { path: path.into(), read: Some((blake3::hash(&bytes), summary)) })
+        let summary = read_bytes(path)?.map(|bytes| parse::<Summary>(path, &bytes)).transpose()?;
+        Ok(Self { path: path.into(), summary: summary.map(|lock| lock.stages) })
     }
 
     pub fn exists(&self) -> bool {
-        self.read.is_some()
+        self.summary.is_some()
     }
 
-    /// The whole lock, read and parsed now; `None` when there was no file.
+    /// The whole lock as the file is now, read and parsed; `None` when
+    /// there is none (a lock deleted during the run is written anew).
     pub fn lock(&self) -> Result<Option<Lock>, LockError> {
-        if self.read.is_none() {
-            return Ok(None);
-        }
-        let lock = Lock::read(&self.path)?;
-        lock.map(Some).ok_or_else(|| LockError::Read { path: self.path.clone(), source: std::io::ErrorKind::NotFound.into() })
+        Lock::read(&self.path)
     }
 
     /// Whether recording `report` would leave the lock as it is: every
     /// stage it brought up to date has its key and outputs there, and every
     /// locked stage is `in_pipeline`.
     pub fn holds(&self, in_pipeline: &dyn Fn(&str) -> bool, report: &RunReport) -> bool {
-        let Some((_, summary)) = &self.read else { return false };
+        let Some(summary) = &self.summary else { return false };
         let held = |s: &StageReport, key: &StageKey| summary.holds(&s.stage, key, &locked_outputs(s));
         brought_up_to_date(report).all(|(s, key)| held(s, &key)) && summary.stages().all(in_pipeline)
     }
 
-    /// Writes `lock` unless the file, as read, already holds exactly it.
-    /// Returns whether it wrote. The lock streams into a temporary file
-    /// beside it, hashed on the way, so its bytes are never all in memory;
-    /// the temporary file replaces the lock only when the hashes differ.
+    /// Writes `lock` unless the file already holds exactly it. Returns
+    /// whether it wrote. The lock streams into a temporary file beside it,
+    /// hashed on the way, so its bytes are never all in memory; the
+    /// temporary file replaces the lock unless the file's bytes hash the
+    /// same.
     pub fn write(&self, lock: &Lock) -> Result<bool, LockError> {
-        let unchanged = |hash: blake3::Hash| self.read.as_ref().is_some_and(|(read, _)| *read == hash);
+        let unchanged = |hash: blake3::Hash| file_hash(&self.path).is_some_and(|now| now == hash);
         write_atomic_unless(&self.path, lock, unchanged).map_err(|source| LockError::Write { path: self.path.clone(), source })
     }
+}
+
+/// The blake3 of the file at `path`; `None` when it cannot be read.
+fn file_hash(path: &Path) -> Option<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path).ok()?).ok()?;
+    Some(hasher.finalize())
 }
 
 /// The file's bytes; `None` when there is no file.

@@ -143,6 +143,19 @@ fn a_run_read_from_disk_is_held_by_an_entry_of_any_class_with_its_key_and_output
 }
 
 #[test]
+fn a_lock_deleted_during_a_run_is_written_anew() {
+    let lock = recorded(&[(&ki(0.1, env("AVX2", "none")), b"a")]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(FILE);
+    OnDisk::read(&path).unwrap().write(&lock).unwrap();
+    let on_disk = OnDisk::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(on_disk.lock().unwrap(), None);
+    assert!(on_disk.write(&lock).unwrap());
+    assert_eq!(Lock::read(&path).unwrap().as_ref(), Some(&lock));
+}
+
+#[test]
 fn a_corrupt_lock_names_the_file_line_and_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(FILE);
