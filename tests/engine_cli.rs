@@ -167,33 +167,25 @@ fn type_errors_point_at_file_line_col() {
 
 #[test]
 fn concurrent_runs_wait_or_fail_cleanly() {
-    // The stage says when it has started and holds the lock until the test
-    // lets it finish, so nothing depends on how fast this machine is.
-    let sig = tempfile::tempdir().unwrap();
-    let (started, release) = (sig.path().join("started"), sig.path().join("release"));
+    let gate = common::Gate::new();
     let p = Project::new(&format!(
         r#"
 [stages.slow]
 kind = "command"
-cmd = "touch {}; while [ ! -e {} ]; do sleep 0.02; done; echo done > {{out.o}}"
+cmd = "{}; echo done > {{out.o}}"
 outputs = {{ o = "o.txt" }}
 "#,
-        started.display(),
-        release.display()
+        gate.hold()
     ));
     let mut first = p.cmd(&["run"]).stderr(Stdio::null()).spawn().unwrap();
-    common::wait_until("the first run's stage to start", || started.exists());
+    gate.wait_started();
     let refused = p.cairn(&["run", "--no-wait"]);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("locked by another cairn process"), "{}", refused.stderr);
     // status and inspect read without the lock.
     assert_eq!(p.cairn(&["status"]).code, 0);
-    let log = sig.path().join("waiter.stderr");
-    let mut waiter = p.cmd(&["run"]).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-    common::wait_until("the second run to say it waits", || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("waiting for another cairn process"))
-    });
-    std::fs::write(&release, "").unwrap();
+    let (mut waiter, log) = gate.spawn_waiting(&p, &["run"]);
+    gate.open();
     assert!(first.wait().unwrap().success());
     let code = waiter.wait().unwrap().code().unwrap_or(-1);
     let waited = common::Run { code, stdout: String::new(), stderr: std::fs::read_to_string(&log).unwrap() };

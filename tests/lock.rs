@@ -280,29 +280,26 @@ fn diff_as_markdown_of_two_runs_and_of_the_working_tree_against_the_lock() {
 /// already holding them.
 #[test]
 fn a_run_that_waited_for_the_cache_records_against_the_lock_the_other_run_left() {
-    let sig = tempfile::tempdir().unwrap();
-    let (gate, started, release) = (sig.path().join("gate"), sig.path().join("started"), sig.path().join("release"));
+    let gate = common::Gate::new();
+    let armed = gate.path("armed");
     let p = Project::new(&format!(
         r#"
 [stages.s]
 kind = "command"
-cmd = "if [ -e {gate} ]; then touch {started}; while [ ! -e {release} ]; do sleep 0.02; done; fi; echo $X > {{out.o}}"
+cmd = "if [ -e {armed} ]; then {hold}; fi; echo $X > {{out.o}}"
 env = {{ X = "1" }}
 outputs = {{ o = "o.txt" }}
 "#,
-        gate = gate.display(),
-        started = started.display(),
-        release = release.display()
+        armed = armed.display(),
+        hold = gate.hold()
     ));
     ok(p.cairn(&["run"]));
     let x1 = lock_text(&p);
-    std::fs::write(&gate, "").unwrap();
+    std::fs::write(&armed, "").unwrap();
     let mut other = p.cmd(&["run", "--set", "s.env.X=\"2\""]).stderr(std::process::Stdio::null()).spawn().unwrap();
-    common::wait_until("the other run's stage to start", || started.exists());
-    let log = sig.path().join("waiter.stderr");
-    let mut waiter = p.cmd(&["run"]).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-    common::wait_until("the run to say it waits", || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("waiting for another cairn process")));
-    std::fs::write(&release, "").unwrap();
+    gate.wait_started();
+    let (mut waiter, log) = gate.spawn_waiting(&p, &["run"]);
+    gate.open();
     assert!(other.wait().unwrap().success());
     assert!(waiter.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
     assert!(std::fs::read_to_string(&log).unwrap().contains("cached"), "X=1 is served from the cache");

@@ -120,3 +120,43 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Lets a test hold a run mid-stage: a stage whose command includes
+/// [`Gate::hold`] says when it has started and waits until the test calls
+/// [`Gate::open`], so nothing depends on how fast this machine is.
+pub struct Gate {
+    dir: tempfile::TempDir,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// A file of the gate's own directory (for a test's other signals).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Shell that says it started and waits for the gate to open.
+    pub fn hold(&self) -> String {
+        format!("touch {}; while [ ! -e {} ]; do sleep 0.02; done", self.path("started").display(), self.path("open").display())
+    }
+
+    pub fn wait_started(&self) {
+        wait_until("the held stage to start", || self.path("started").exists());
+    }
+
+    pub fn open(&self) {
+        std::fs::write(self.path("open"), "").unwrap();
+    }
+
+    /// Starts `cairn ARGS` in `p` and returns once it says it waits for
+    /// the cache, with the file its stderr goes to.
+    pub fn spawn_waiting(&self, p: &Project, args: &[&str]) -> (std::process::Child, PathBuf) {
+        let log = self.path("waiter.stderr");
+        let child = p.cmd(args).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        wait_until("the run to say it waits", || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("waiting for another cairn process")));
+        (child, log)
+    }
+}
