@@ -28,8 +28,8 @@ pub fn output_hashes(outputs: &BTreeMap<String, OutputRecord>) -> BTreeMap<Strin
 }
 
 /// A manifest read without its key inputs, as a lookup reads it: the
-/// caller holds them already (they are what the key hashes), and puts them
-/// in where it needs a whole [`Manifest`] ([`Hit::with_key_inputs`]).
+/// caller holds them already (they are what the key hashes), or reads the
+/// whole [`Manifest`] where it needs them.
 pub type Hit = ManifestOf<IgnoredAny>;
 
 /// A manifest as stored, generic over its key inputs (see [`Hit`]).
@@ -47,13 +47,6 @@ pub struct ManifestOf<K> {
     pub cairn_version: String,
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
-}
-
-impl Hit {
-    pub fn with_key_inputs(self, key_inputs: KeyInputs) -> Manifest {
-        let ManifestOf { key, key_inputs: _, stage, outputs, started_at, finished_at, duration_s, cairn_version, metrics } = self;
-        ManifestOf { key, key_inputs, stage, outputs, started_at, finished_at, duration_s, cairn_version, metrics }
-    }
 }
 
 /// The key inputs a stage name last ran or hit with, so `explain` can say

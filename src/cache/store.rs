@@ -269,7 +269,7 @@ impl Cache {
     /// The manifest of `key` without its key inputs: a caller that looks a
     /// key up holds them already (they are what the key hashes), so they
     /// are skipped, not read back (most of a manifest's parse on a no-op
-    /// run). [`Hit::with_key_inputs`] completes it.
+    /// run).
     pub fn manifest_hit(&self, key: &StageKey, warn: &dyn Fn(String)) -> Result<Option<Hit>, CacheError> {
         self.read_manifest(key, warn)
     }

@@ -499,9 +499,9 @@ fn cmd_verify(cli: &Cli, config: &Config, only: &[String], console: &Console) ->
         if !only.is_empty() && !only.contains(name) {
             continue;
         }
-        let StageState::Fresh { manifest, .. } = st else {
-            return Err(fail(console, exit::FAILED, format!("`{name}` is not cached (see any warning above); run `cairn run` first, then verify")));
-        };
+        let not_cached = || fail(console, exit::FAILED, format!("`{name}` is not cached (see any warning above); run `cairn run` first, then verify"));
+        let StageState::Fresh { key, .. } = st else { return Err(not_cached()) };
+        let manifest = &cache.manifest(key, &warn).map_err(|e| fail(console, exit::IO, e))?.ok_or_else(not_cached)?;
         let damage = stored_damage(&pipeline, &cache, i, manifest).map_err(|e| fail(console, exit::IO, e))?;
         if !damage.is_empty() {
             bad += 1;

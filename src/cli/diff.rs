@@ -226,14 +226,15 @@ fn against_lock(cli: &Cli, config: &Config, path: Option<&Path>, console: &Conso
     let mut now = BTreeMap::new();
     for (name, state) in &states {
         let Some(stage) = pipeline.stage(name) else { continue };
+        // The environment class of the stage's key, to pick the lock's entry.
         let (env, metrics) = match state {
-            StageState::Fresh { manifest, .. } => (Some(&manifest.key_inputs.env), manifest.metrics.clone()),
-            StageState::Stale { key_inputs, .. } => (key_inputs.as_ref().map(|k| &k.env), BTreeMap::new()),
+            StageState::Fresh { key, manifest } => (cache.manifest(key, &|_| {}).ok().flatten().map(|m| m.key_inputs.env), manifest.metrics.clone()),
+            StageState::Stale { key_inputs, .. } => (key_inputs.as_ref().map(|k| k.env.clone()), BTreeMap::new()),
             StageState::Blocked { .. } => (None, BTreeMap::new()),
         };
         now.insert(name.clone(), facts(&stage.checked.params, metrics));
         let classes = lock.stages.get(name);
-        if let Some(e) = classes.and_then(|c| env.and_then(|env| c.get(&class_of(env))).or_else(|| c.values().next())) {
+        if let Some(e) = classes.and_then(|c| env.as_ref().and_then(|env| c.get(&class_of(env))).or_else(|| c.values().next())) {
             locked.insert(name.clone(), entry_facts(e));
         }
     }

@@ -134,7 +134,7 @@ fn remote_keys(
                     // stage may well be complete here.
                     if let Ok(Some(m)) = resolver.lookup(stage, &ki.key()) {
                         outputs.insert(name.clone(), output_hashes(&m.outputs));
-                        local.push((i, StageState::Fresh { key: m.key, manifest: Box::new(m.with_key_inputs(ki)) }));
+                        local.push((i, StageState::Fresh { key: m.key, manifest: Box::new(m) }));
                     } else {
                         asks.push((stage, ki));
                     }
@@ -166,10 +166,16 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     let (mut pushed, mut present, mut not_cached, mut failed) = (0, 0, 0, 0);
     let mut on_remote = BTreeMap::new();
     let mut fresh = Vec::new();
+    let warn = |m: String| console.warn_line(&m);
     for (name, st) in states.iter().filter(|(name, _)| only.is_empty() || only.contains(name)) {
-        match st {
-            StageState::Fresh { manifest, .. } => fresh.push(manifest.as_ref()),
-            _ => {
+        // A remote manifest holds the key inputs, which `status` leaves out.
+        let whole = match st {
+            StageState::Fresh { key, .. } => cache.manifest(key, &warn).map_err(|e| fail(console, exit::IO, e))?,
+            _ => None,
+        };
+        match whole {
+            Some(m) => fresh.push(m),
+            None => {
                 not_cached += 1;
                 console.line(&format!("not cached {name:<12} nothing to push (run it first)"));
             }
@@ -182,7 +188,7 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
     // Each line as its push ends, so a long push shows where it is.
     let mut done = |i: usize, name: &str, result: PushResult| {
         console.finish_bar(name);
-        let manifest = fresh[i];
+        let manifest = &fresh[i];
         match result {
             Ok(_) if remote.down().is_some() => {}
             Ok(s) if s.already => {
@@ -202,7 +208,7 @@ pub fn cmd_push(cli: &Cli, config: &Config, only: &[String], console: &Console) 
             }
         }
     };
-    let entries = futures::stream::iter(fresh.iter().map(|m| (m.stage.clone(), *m)));
+    let entries = futures::stream::iter(fresh.iter().map(|m| (m.stage.clone(), m)));
     remote.push_each(&cache, entries, &progress, &mut done);
     if let Some(e) = unavailable {
         return Err(fail(console, exit::IO, e));
