@@ -165,16 +165,8 @@ impl OnDisk {
     /// temporary file replaces the lock unless the file's bytes hash the
     /// same.
     pub fn write(&self, lock: &Lock) -> Result<bool, LockError> {
-        let unchanged = |hash: blake3::Hash| file_hash(&self.path).is_some_and(|now| now == hash);
-        write_atomic_unless(&self.path, lock, unchanged).map_err(|source| LockError::Write { path: self.path.clone(), source })
+        write_atomic_if_changed(&self.path, lock).map_err(|source| LockError::Write { path: self.path.clone(), source })
     }
-}
-
-/// The blake3 of the file at `path`; `None` when it cannot be read.
-fn file_hash(path: &Path) -> Option<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path).ok()?).ok()?;
-    Some(hasher.finalize())
 }
 
 /// The file's bytes; `None` when there is no file.
@@ -262,15 +254,16 @@ fn same_computation(a: &KeyInputs, b: &KeyInputs) -> bool {
 }
 
 /// Temporary file in the same directory, fsync, rename: readers see the
-/// old lock or the new one. Nothing is renamed when `unchanged` says so of
-/// the bytes' blake3. Whether it wrote.
-fn write_atomic_unless(path: &Path, lock: &Lock, unchanged: impl Fn(blake3::Hash) -> bool) -> std::io::Result<bool> {
+/// old lock or the new one. Nothing is renamed when the file at `path`
+/// already hashes the same. Whether it wrote.
+fn write_atomic_if_changed(path: &Path, lock: &Lock) -> std::io::Result<bool> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 16, Hashed { file: tmp, hasher: blake3::Hasher::new() });
     lock.write_to(&mut out)?;
     let Hashed { file: tmp, hasher } = out.into_inner().map_err(|e| e.into_error())?;
-    if unchanged(hasher.finalize()) {
+    let now = crate::cache::hash::hash_file(path).ok().map(|(now, _)| now);
+    if now == Some(ArtifactHash::from_blake3(hasher.finalize())) {
         return Ok(false);
     }
     // Committed and read by everyone, like the pipeline file (a temporary
