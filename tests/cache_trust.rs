@@ -466,6 +466,9 @@ fn no_op_run_writes_nothing_to_the_cache() {
     let r = p.cairn(&["run"]);
     assert_eq!(r.outcome("b").as_deref(), Some("cached"));
     assert_eq!((snapshot(&p.cache()), snapshot(&p.path().join("artifacts"))), before, "a no-op run wrote something");
+    // Its summary names no run id: `cairn runs` would never list it.
+    assert!(r.stderr.contains("(nothing changed, no run recorded)"), "{}", r.all());
+    assert!(!r.stderr.contains("(run "), "{}", r.all());
 }
 
 #[test]

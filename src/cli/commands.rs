@@ -274,7 +274,10 @@ fn print_summary(pipeline: &Pipeline, report: &runner::RunReport, opts: &RunOpti
         Some(_) => format!(", {} pulled", report.count(|o| matches!(o, Outcome::Pulled))),
         None => String::new(),
     };
-    console.line(&format!("{ran} ran, {cached} cached{pulled}, {failed} failed in {:.1}s (run {})", took.as_secs_f64(), report.run_id));
+    // A run that changed nothing records nothing (`record_run`): naming
+    // its id would point `cairn runs` and `diff` at a run they never see.
+    let run = if report.all_cached() { "nothing changed, no run recorded".to_string() } else { format!("run {}", report.run_id) };
+    console.line(&format!("{ran} ran, {cached} cached{pulled}, {failed} failed in {:.1}s ({run})", took.as_secs_f64()));
     if pipeline.sweep.is_some() {
         if let Some(table) = super::sweep::table(&cairn::history::rows(report, pipeline), false) {
             console.line(table.trim_end());
