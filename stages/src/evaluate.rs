@@ -53,6 +53,22 @@ fn scoring_progress(ctx: &WorkerCtx, n: i64) -> impl FnMut(i64) + '_ {
     }
 }
 
+/// An error naming how many images got a non-finite output (and the
+/// first), where any did: their predictions and the accuracy would be
+/// noise, so nothing is written.
+fn finite_outputs(logits: &tch::Tensor) -> StageResult {
+    let bad = logits.isfinite().logical_not().any_dim(1, false);
+    let count = bad.sum(Kind::Int64).int64_value(&[]);
+    if count == 0 {
+        return Ok(());
+    }
+    let first = bad.nonzero().int64_value(&[0, 0]);
+    Err(StageError::new(format!(
+        "the model's outputs are not finite for {count} of {} images (the first: image {first}): its weights diverged in training or hold NaN or inf; evaluate a model that trained",
+        logits.size()[0]
+    )))
+}
+
 pub fn run(ctx: &mut WorkerCtx, p: EvaluateParams) -> StageResult {
     let model = load::trained(ctx, p.model.as_ref())?;
     let (net, k) = (&model.net, model.spec.num_classes);
@@ -61,6 +77,7 @@ pub fn run(ctx: &mut WorkerCtx, p: EvaluateParams) -> StageResult {
     let feed = Feed { normalize: model.spec.normalize, kind: compute_kind(p.precision, ctx), device: ctx.device };
     let n = y.size()[0];
     let logits = models::predict(net, &x, &feed, p.batch_size as i64, p.tta, scoring_progress(ctx, n));
+    finite_outputs(&logits)?;
     let loss = if n > 0 { logits.cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0).double_value(&[]) } else { f64::NAN };
     let probs = logits.softmax(1, Kind::Float);
     let (conf, pred) = probs.max_dim(1, false);
@@ -98,4 +115,20 @@ pub fn run(ctx: &mut WorkerCtx, p: EvaluateParams) -> StageResult {
     ctx.metric("test_loss", loss);
     ctx.progress(format!("test accuracy {:.2}% on {n} images (loss {loss:.4})", 100.0 * acc));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Tensor;
+
+    #[test]
+    fn outputs_that_are_not_finite_fail_naming_the_first_image() {
+        let logits = Tensor::zeros([4, 3], (Kind::Float, tch::Device::Cpu));
+        assert!(finite_outputs(&logits).is_ok());
+        let _ = logits.get(2).get(1).fill_(f64::NAN);
+        let _ = logits.get(3).get(0).fill_(f64::INFINITY);
+        let e = finite_outputs(&logits).unwrap_err().0;
+        assert!(e.starts_with("the model's outputs are not finite for 2 of 4 images (the first: image 2)"), "{e}");
+    }
 }

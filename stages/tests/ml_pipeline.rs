@@ -8,7 +8,8 @@
 //! bit-identical (timings are metrics, not outputs), so a forced re-run of
 //! finetune stops there (early cutoff though its timings changed); the
 //! report's files parse; a damaged upstream object is detected and
-//! recomputed. As in the flagship, only the training stages state the
+//! recomputed; a fine-tune that diverges fails with what to change and
+//! loses nothing cached. As in the flagship, only the training stages state the
 //! model: `evaluate` and `gradcam` read it from the model file.
 //!
 //! It drives `cairn` and `cairn-worker` from the build directory. `make
@@ -329,6 +330,23 @@ fn flagship_shape_runs_caches_reruns_verifies_and_repairs_through_cairn() {
     assert_eq!(std::fs::read(&object).unwrap(), good, "the object holds its true bytes again");
     let check = p.cairn(&["cache", "verify"]);
     assert_eq!(check.code, 0, "{}", check.all());
+
+    // 6. A fine-tune that diverges fails with what to change, and nothing
+    // cached is lost. In one step (a batch of all 120 images, one epoch)
+    // the blow-up shows first in the val loss; in six, in the training loss.
+    let diverged = p.cairn(&["run", "--set", "finetune.lr=1e30", "--set", "finetune.batch_size=120", "--set", "finetune.epochs=1"]);
+    assert_eq!(diverged.code, 1, "{}", diverged.all());
+    assert_eq!(diverged.outcome("finetune"), Some("FAILED"), "{}", diverged.all());
+    assert!(diverged.all().contains("epoch 1: the val loss became NaN"), "{}", diverged.all());
+    assert!(diverged.all().contains("lower `lr` or add warm-up"), "{}", diverged.all());
+    assert_eq!(diverged.outcome("evaluate"), Some("skipped"), "{}", diverged.all());
+    let later = p.cairn(&["run", "--set", "finetune.lr=1e30"]);
+    assert_eq!(later.code, 1, "{}", later.all());
+    assert!(later.all().contains("epoch 1, step ") && later.all().contains(": loss became"), "{}", later.all());
+    assert!(!later.all().contains("panicked") && !diverged.all().contains("panicked"), "{}{}", diverged.all(), later.all());
+    let kept = p.cairn(&["run"]);
+    assert_eq!(kept.code, 0, "{}", kept.all());
+    assert_eq!(kept.cached(), STAGES, "the failed runs lost nothing cached:\n{}", kept.all());
 
     eprintln!("ml pipeline test: accuracy {accuracy:.3}, {:.1}s in all", started.elapsed().as_secs_f64());
 }

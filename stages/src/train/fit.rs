@@ -266,6 +266,7 @@ impl Trainer<'_> {
         }
         let train_secs = t0.elapsed().as_secs_f64();
         let (val_loss, val_acc) = validate(self.runner, self.val.source, self.val.labels, p.tta, bs.max(256), p.label_smoothing);
+        diverged(val_loss, epoch, lr)?;
         let row = EpochRow {
             train_loss: loss_sum / seen as f64,
             train_acc: correct as f64 / seen as f64,
@@ -344,6 +345,21 @@ fn read(pending: &mut Vec<Unread>, epoch: usize) -> StageResult<Vec<(f64, i64)>>
     Ok(losses.into_iter().map(f64::from).zip(hits).collect())
 }
 
+/// An error where the val loss after epoch `epoch` (zero-based) is not
+/// finite. The loss of finite logits always is (cross-entropy is computed
+/// through a stable log-softmax), so the net's outputs overflowed: the last
+/// steps' updates blew the weights up, after the last training loss was
+/// read (an epoch of one step never shows it).
+fn diverged(val_loss: f64, epoch: usize, lr: f64) -> StageResult {
+    if val_loss.is_finite() {
+        return Ok(());
+    }
+    Err(StageError::new(format!(
+        "epoch {}: the val loss became {val_loss} after the epoch's last step (lr {lr:.3e}): the weights diverged; lower `lr` or add warm-up",
+        epoch + 1
+    )))
+}
+
 /// Whether an epoch's accuracies look like BatchNorm statistics that do
 /// not fit the eval-mode net: blocks frozen before the trainable ones,
 /// their BatchNorm in training mode, and val far below train.
@@ -386,6 +402,15 @@ mod tests {
         let mut pending = vec![unread(7, 0.5, 3), unread(8, f32::NAN, 4), unread(9, f32::INFINITY, 0)];
         let e = read(&mut pending, 2).unwrap_err().0;
         assert!(e.starts_with("epoch 3, step 8: loss became NaN (lr 1.000e-1)"), "{e}");
+    }
+
+    #[test]
+    fn a_val_loss_that_is_not_finite_fails_the_epoch_with_its_rate() {
+        assert!(diverged(2.3, 0, 0.1).is_ok());
+        assert!(diverged(0.0, 0, 0.1).is_ok(), "an empty val split scores 0, not NaN");
+        let e = diverged(f64::NAN, 0, 1e30).unwrap_err().0;
+        assert!(e.starts_with("epoch 1: the val loss became NaN after the epoch's last step (lr 1.000e30)"), "{e}");
+        assert!(diverged(f64::INFINITY, 4, 0.1).unwrap_err().0.starts_with("epoch 5: the val loss became inf"));
     }
 
     #[test]
