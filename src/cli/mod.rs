@@ -139,6 +139,7 @@ pub enum Cmd {
     },
     /// Each stage: fresh, stale (with the reason) or never run.
     Status {
+        /// Each stage's state, reasons and outputs as JSON on stdout.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -147,7 +148,9 @@ pub enum Cmd {
     /// Why a stage is stale, field by field.
     #[command(after_help = "Example:\n  cairn explain finetune --set finetune.lr=3e-4")]
     Explain {
+        /// The stage to explain.
         stage: String,
+        /// The changed fields as JSON on stdout.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -155,6 +158,7 @@ pub enum Cmd {
     },
     /// The stage graph.
     Dag {
+        /// `dot` for Graphviz, `mermaid` for Markdown pages.
         #[arg(long, value_parser = ["text", "dot", "mermaid"], default_value = "text")]
         format: String,
         #[command(flatten)]
@@ -165,6 +169,7 @@ pub enum Cmd {
     Inspect {
         /// `STAGE` or `STAGE.OUTPUT`.
         target: String,
+        /// The description (and a table's rows) as JSON on stdout.
         #[arg(long)]
         json: bool,
         /// Render the first images of an image tensor as a PNG grid.
@@ -178,8 +183,10 @@ pub enum Cmd {
     },
     /// The history of runs.
     Runs {
-        #[arg(long, default_value_t = 20)]
+        /// The newest N runs.
+        #[arg(long, value_name = "N", default_value_t = 20)]
         limit: usize,
+        /// The runs as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -187,8 +194,11 @@ pub enum Cmd {
     /// or of the working tree against cairn.lock.
     #[command(after_help = "Examples:\n  cairn diff\n  cairn diff --lock --format markdown     for a pull-request comment\n  git show main:cairn.lock > base.lock && cairn diff --lock=base.lock")]
     Diff {
+        /// Run A's id (see `cairn runs`; default: the newest but one).
         run_a: Option<String>,
+        /// Run B's id (default: the newest not named as A).
         run_b: Option<String>,
+        /// `markdown` for a pull-request comment.
         #[arg(long, value_parser = ["text", "markdown"], default_value = "text")]
         format: String,
         /// Compare the working tree against this lock (default: cairn.lock
@@ -200,9 +210,11 @@ pub enum Cmd {
     },
     /// Delete objects that neither the current pipeline nor the last N runs reference.
     Gc {
+        /// Say what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, default_value_t = 5)]
+        /// Also keep what the newest N recorded runs reference.
+        #[arg(long, value_name = "N", default_value_t = 5)]
         keep_runs: usize,
         #[command(flatten)]
         config: Config,

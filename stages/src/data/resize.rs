@@ -62,9 +62,14 @@ fn resize_one(ctx: &WorkerCtx, params: &ResizeParams, split: &str) -> StageResul
         let resized = resample(&images, params)?;
         tensors::write_rows(&mut writer, &resized)?;
         first += count;
-        ctx.progress(format!("{split}: resized {first}/{n} images {h}×{w} → {0}×{0}", params.size));
+        // A bar on a terminal; in a log, a heartbeat only where a split
+        // takes long (the line below closes each split).
+        if first < n && ctx.progress_due() {
+            ctx.progress_at(format!("{split}: resizing {h}×{w} → {0}×{0}", params.size), first as u64, n as u64, true);
+        }
     }
     writer.finish()?;
+    ctx.progress(format!("{split}: resized {n} images {h}×{w} → {0}×{0}", params.size));
     Ok(n)
 }
 
