@@ -469,6 +469,14 @@ fn no_op_run_writes_nothing_to_the_cache() {
     // Its summary names no run id: `cairn runs` would never list it.
     assert!(r.stderr.contains("(nothing changed, no run recorded)"), "{}", r.all());
     assert!(!r.stderr.contains("(run "), "{}", r.all());
+    let recorded = |args: &[&str]| -> (bool, String) {
+        let j = p.cairn(args);
+        let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap_or_else(|e| panic!("{e}: {}", j.all()));
+        (v["recorded"].as_bool().expect("a `recorded` field"), v["run_id"].as_str().unwrap().to_string())
+    };
+    assert!(!recorded(&["run", "--json"]).0, "a no-op's JSON says its run is not recorded");
+    let (forced, id) = recorded(&["run", "--json", "--force", "a"]);
+    assert!(forced && p.cairn(&["runs"]).stdout.contains(&id), "a run that executed is recorded under its id");
 }
 
 #[test]

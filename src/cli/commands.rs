@@ -260,7 +260,10 @@ fn record_run(cli: &Cli, pipeline: &Pipeline, cache: &Cache, report: &runner::Ru
 /// The closing line (or the JSON report), and a sweep's table.
 fn print_summary(pipeline: &Pipeline, report: &runner::RunReport, opts: &RunOptions, json: bool, took: std::time::Duration, console: &Console) {
     if json {
-        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        // `recorded`: whether `run_id` names a run `cairn runs` lists.
+        let mut doc = serde_json::to_value(report).unwrap_or_default();
+        doc["recorded"] = (!opts.dry_run && !report.all_cached()).into();
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
     let cached = report.count(|o| matches!(o, Outcome::Cached));
