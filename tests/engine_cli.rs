@@ -463,3 +463,49 @@ fn a_silent_stage_gets_heartbeats_in_a_log() {
     assert!(r.stderr.contains("warning: CAIRN_HEARTBEAT=soon is not a positive number of seconds; heartbeats come every 30s"), "{}", r.stderr);
     assert!(!r.stderr.contains("running for"), "30 s never pass in 1.2 s:\n{}", r.stderr);
 }
+
+/// `cairn inspect` of a model output: its header's metadata, counts and
+/// tensors without libtorch; a damaged one is named; `--grid` is refused
+/// for anything but a tensor.
+#[test]
+fn inspect_shows_a_model_from_its_header_and_names_a_damaged_one() {
+    let p = Project::new(
+        r#"
+[stages.m]
+kind = "command"
+cmd = "cp {in.w} {out.model}"
+inputs = { w = { file = "w.safetensors" } }
+outputs = { model = "model.safetensors" }
+
+[stages.bad]
+kind = "command"
+cmd = "echo junk > {out.model}"
+outputs = { model = "model.safetensors" }
+"#,
+    );
+    let head = r#"{"__metadata__":{"cairn.model":"{\"arch\":\"fast\"}"},"fc.bias":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"fc.weight":{"dtype":"BF16","shape":[2,3],"data_offsets":[8,20]}}"#;
+    let mut bytes = (head.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(head.as_bytes());
+    bytes.extend_from_slice(&[0; 20]);
+    std::fs::write(p.path().join("w.safetensors"), &bytes).unwrap();
+    assert_eq!(p.cairn(&["run"]).code, 0);
+
+    let shown = p.cairn(&["inspect", "m.model"]);
+    assert_eq!(shown.code, 0, "{}", shown.all());
+    assert!(shown.stdout.starts_with("model (safetensors): 2 tensors, 8 values (BF16 6, F32 2)"), "{}", shown.all());
+    assert!(shown.stdout.contains(r#"cairn.model = {"arch":"fast"}"#), "{}", shown.all());
+    assert!(shown.stdout.contains("fc.weight") && shown.stdout.contains("[2, 3]"), "{}", shown.all());
+    let first = p.cairn(&["inspect", "m.model", "--rows", "1"]);
+    assert!(first.stdout.contains("fc.bias") && !first.stdout.contains("fc.weight ") && first.stdout.contains("… 1 more"), "{}", first.all());
+    let json: serde_json::Value = serde_json::from_str(&p.cairn(&["inspect", "m.model", "--json"]).stdout).unwrap();
+    assert_eq!((json["type"].as_str(), json["values"].as_u64()), (Some("model"), Some(8)));
+    assert_eq!(json["tensors"]["fc.weight"]["shape"], serde_json::json!([2, 3]));
+
+    let damaged = p.cairn(&["inspect", "bad.model"]);
+    assert_eq!(damaged.code, 1, "{}", damaged.all());
+    assert!(damaged.stderr.contains("not a valid safetensors file"), "{}", damaged.all());
+    let grid = p.cairn(&["inspect", "m.model", "--grid", "g.png"]);
+    assert_eq!(grid.code, 2, "{}", grid.all());
+    assert!(grid.stderr.contains("is a model, not a tensor"), "{}", grid.all());
+    assert!(!p.path().join("g.png").exists());
+}

@@ -1,11 +1,15 @@
 //! `cairn inspect`: what a cached intermediate holds, without libtorch.
 //! Tensors show dtype, shape and statistics; tables show their schema and
-//! first rows (through polars); anything can be rendered as JSON.
+//! first rows (through polars); models (safetensors) their metadata (the
+//! network's spec), size and first tensors, from the header alone;
+//! anything can be rendered as JSON.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use cairn::cache::{Cache, OutputRecord};
 use cairn::env::Environment;
+use cairn::formats::safetensors::{self, Entry};
 use cairn::formats::tensor::{DType, TensorFile};
 use cairn::kind::ArtifactType;
 use cairn::plan::StageState;
@@ -60,6 +64,9 @@ pub fn run(
         return Err(fail(console, exit::USAGE, format!("`{stage}` has no output `{output}` (outputs: {})", names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))));
     };
     let path = cache.object_path(&rec.hash);
+    if grid.is_some() && rec.ty != ArtifactType::Tensor {
+        return Err(fail(console, exit::USAGE, format!("`{target}` is a {}, not a tensor: --grid draws a tensor of images (N×C×H×W)", rec.ty)));
+    }
     if let Some(grid_path) = grid {
         let info = cairn::formats::grid::render_grid(&path, &Default::default(), grid_path).map_err(|e| fail(console, exit::FAILED, e))?;
         console.line(&format!("wrote {} ({} images, {}×{} px)", grid_path.display(), info.images, info.width, info.height));
@@ -67,6 +74,7 @@ pub fn run(
     match rec.ty {
         ArtifactType::Tensor => show_tensor(&path, rec, json, console),
         ArtifactType::Table => show_table(&path, rec, json, rows, console),
+        ArtifactType::Model => show_model(&path, rec, json, rows, console),
         _ => {
             if json {
                 println!("{}", serde_json::json!({"type": rec.ty, "size": rec.size, "hash": rec.hash, "path": path}));
@@ -134,4 +142,46 @@ fn show_table(path: &Path, rec: &OutputRecord, json: bool, rows: usize, console:
     println!("{}", df.head(Some(rows)));
     println!("  {}", path.display());
     Ok(exit::OK)
+}
+
+fn show_model(path: &Path, rec: &OutputRecord, json: bool, rows: usize, console: &Console) -> CmdResult {
+    let header = safetensors::read_header(path).map_err(|e| fail(console, exit::FAILED, format!("{}: not a valid safetensors file: {e}", path.display())))?;
+    let values: u64 = header.tensors.values().map(Entry::numel).sum();
+    let mut dtypes = BTreeMap::<&str, u64>::new();
+    for e in header.tensors.values() {
+        *dtypes.entry(&e.dtype).or_default() += e.numel();
+    }
+    if json {
+        let tensors: serde_json::Map<String, serde_json::Value> =
+            header.tensors.iter().map(|(n, e)| (n.clone(), serde_json::json!({"dtype": e.dtype, "shape": e.shape}))).collect();
+        let v = serde_json::json!({"type": "model", "metadata": header.metadata, "values": values, "tensors": tensors, "size": rec.size, "hash": rec.hash, "path": path});
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    let by_dtype: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} {}", thousands(*n))).collect();
+    println!("model (safetensors): {} tensors, {} values ({})  ({}, {})", header.tensors.len(), thousands(values), by_dtype.join(", "), human_bytes(rec.size), rec.hash.short());
+    for (k, v) in &header.metadata {
+        println!("  {k} = {v}");
+    }
+    for (name, e) in header.tensors.iter().take(rows) {
+        println!("  {name:<40} {:<5} {:?}", e.dtype, e.shape);
+    }
+    if header.tensors.len() > rows {
+        println!("  … {} more (--rows N shows more)", header.tensors.len() - rows);
+    }
+    println!("  {}", path.display());
+    Ok(exit::OK)
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -7,19 +7,18 @@
 //! `strict=False` (only `num_batches_tracked` is absent). Files are written
 //! deterministically — names sorted, header built from a sorted map — so
 //! equal weights give byte-equal files and equal cache entries. The reader
-//! checks every declared offset and size against the file before it
-//! allocates anything.
+//! takes the header as [`cairn_formats::safetensors`] checked it (every
+//! declared offset and size against the file) before it allocates
+//! anything.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cairn_formats::safetensors;
 use serde_json::{json, Map, Value};
 use tch::{nn, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult};
-
-/// Header sizes beyond this are rejected: real headers are kilobytes.
-const MAX_HEADER: u64 = 100 << 20;
 
 fn dtype_name(k: Kind) -> StageResult<&'static str> {
     Ok(match k {
@@ -99,45 +98,18 @@ pub fn read_safetensors(path: &Path) -> StageResult<Weights> {
     parse_safetensors(&bytes).map_err(|e| StageError::new(format!("{}: not a valid safetensors file: {}", path.display(), e.0)))
 }
 
-/// Parses safetensors bytes, checking every size against `bytes.len()`.
+/// Parses safetensors bytes: the header checked by
+/// [`cairn_formats::safetensors`], each tensor copied from its range.
 pub fn parse_safetensors(bytes: &[u8]) -> StageResult<Weights> {
-    let bad = |m: String| StageError::new(m);
-    let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(|| bad("shorter than its 8-byte header length".into()))?.try_into().unwrap());
-    if n > MAX_HEADER || n > bytes.len() as u64 - 8 {
-        return Err(bad(format!("declares a {n}-byte header but the file has {} bytes", bytes.len())));
+    let header = safetensors::parse(bytes).map_err(|e| StageError::new(e.0))?;
+    let data = &bytes[header.data_start..];
+    let mut tensors = BTreeMap::new();
+    for (name, e) in header.tensors {
+        let kind = kind_of(&e.dtype).ok_or_else(|| StageError::new(format!("`{name}` has unsupported dtype `{}`", e.dtype)))?;
+        let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+        tensors.insert(name, Tensor::f_from_data_size(&data[e.range], &shape, kind)?);
     }
-    let data = &bytes[8 + n as usize..];
-    let header: Map<String, Value> =
-        serde_json::from_slice(&bytes[8..8 + n as usize]).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
-    let mut w = Weights { tensors: BTreeMap::new(), metadata: BTreeMap::new() };
-    for (name, entry) in header {
-        if name == "__metadata__" {
-            for (k, v) in entry.as_object().into_iter().flatten() {
-                w.metadata.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
-            }
-            continue;
-        }
-        let field = |f: &str| entry.get(f).ok_or_else(|| bad(format!("`{name}` has no `{f}`")));
-        let dtype = field("dtype")?.as_str().unwrap_or_default();
-        let kind = kind_of(dtype).ok_or_else(|| bad(format!("`{name}` has unsupported dtype `{dtype}`")))?;
-        let ints = |v: &Value| -> Option<Vec<u64>> { v.as_array()?.iter().map(|x| x.as_u64()).collect() };
-        let shape = ints(field("shape")?).ok_or_else(|| bad(format!("`{name}`: shape is not a list of sizes")))?;
-        let offs = ints(field("data_offsets")?).filter(|o| o.len() == 2).ok_or_else(|| bad(format!("`{name}`: bad data_offsets")))?;
-        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| bad(format!("`{name}`: shape overflows")))?;
-        let len = numel.checked_mul(kind.elt_size_in_bytes() as u64);
-        if offs[0] > offs[1] || offs[1] > data.len() as u64 || Some(offs[1] - offs[0]) != len {
-            return Err(bad(format!(
-                "`{name}`: {dtype} {shape:?} needs {} bytes but data_offsets {offs:?} span {} of a {}-byte data section",
-                len.map_or("too many".into(), |l| l.to_string()),
-                offs[1].saturating_sub(offs[0]),
-                data.len()
-            )));
-        }
-        let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(&data[offs[0] as usize..offs[1] as usize], &shape, kind)?;
-        w.tensors.insert(name, t);
-    }
-    Ok(w)
+    Ok(Weights { tensors, metadata: header.metadata })
 }
 
 /// Reads initial weights from a safetensors file or a PyTorch zip
@@ -148,7 +120,7 @@ pub fn read_any(path: &Path) -> StageResult<Weights> {
     let n = std::io::Read::read(&mut std::fs::File::open(path).map_err(|e| StageError::new(format!("{}: {e}", path.display())))?, &mut magic)?;
     // A zip (torch.save since 1.6), or the start of the legacy format's
     // magic-number pickle; as a safetensors header length the latter would
-    // exceed `MAX_HEADER`.
+    // exceed `safetensors::MAX_HEADER`.
     if n == 4 && (&magic == b"PK\x03\x04" || magic == [0x80, 0x02, 0x8a, 0x0a]) {
         Ok(Weights { tensors: crate::pth::read(path)?, metadata: BTreeMap::new() })
     } else {
