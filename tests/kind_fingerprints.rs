@@ -7,7 +7,11 @@
 //! A kind's sources are its root modules in `stages/src` ([`KINDS`]), every
 //! module they reach through `crate::<module>` paths, transitively, and the
 //! C++ shims in `stages/csrc` defining the `cairn_*` functions those modules
-//! call, with the headers of that folder they include. Left out: test
+//! call, with the headers of that folder they include, and the modules of
+//! `crates/cairn-formats` they use (`cairn_formats::<module>`, or an item
+//! its `lib.rs` re-exports from one; the files read and written through
+//! them are the kinds' inputs and outputs), with what those reach through
+//! `crate::` in that crate. Left out: test
 //! files (`tests.rs`, `*_tests.rs`) and the worker's plumbing (`lib.rs`,
 //! `main.rs`, `ctx.rs`: they move jobs, params and events, not numbers).
 //! The fingerprint is blake3 over each file's path and bytes (line endings
@@ -55,6 +59,11 @@ fn src() -> PathBuf {
     root().join("stages/src")
 }
 
+/// The artifact-format crate the worker reads and writes through.
+fn formats_src() -> PathBuf {
+    root().join("crates/cairn-formats/src")
+}
+
 fn is_test_file(path: &Path) -> bool {
     let name = path.file_name().unwrap().to_string_lossy();
     name == "tests.rs" || name.ends_with("_tests.rs")
@@ -70,11 +79,12 @@ fn files_of(rel: &str) -> Vec<PathBuf> {
     }
 }
 
-/// A module's files: `m.rs` and every file below `m/`.
-fn module_files(module: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = vec![src().join(format!("{module}.rs"))].into_iter().filter(|f| f.is_file()).collect();
-    if src().join(module).is_dir() {
-        files.extend(rs_files_below(&src().join(module)));
+/// A module's files in the crate whose sources are in `tree`: `m.rs` and
+/// every file below `m/`.
+fn module_files(tree: &Path, module: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = vec![tree.join(format!("{module}.rs"))].into_iter().filter(|f| f.is_file()).collect();
+    if tree.join(module).is_dir() {
+        files.extend(rs_files_below(&tree.join(module)));
     }
     files
 }
@@ -94,9 +104,32 @@ fn rs_files_below(dir: &Path) -> Vec<PathBuf> {
 
 /// Top-level modules named by `crate::m` or `crate::{m, n::…}` in `text`.
 fn crate_modules(text: &str) -> BTreeSet<String> {
+    path_heads(text, "crate::")
+}
+
+/// The `cairn-formats` modules a worker file uses: named in a path
+/// (`cairn_formats::tensor::…`) or holding an item it takes from the crate
+/// root, where `lib.rs` re-exports it (`cairn_formats::{DType, Table}`).
+fn formats_modules(text: &str) -> BTreeSet<String> {
+    let lib = read(&formats_src().join("lib.rs"));
+    let module_of = |item: &str| -> Option<String> {
+        lib.lines()
+            .filter_map(|l| l.trim().strip_prefix("pub use ")?.split_once("::"))
+            .find(|(_, items)| path_heads(&format!("x::{items}"), "x::").contains(item))
+            .map(|(m, _)| m.to_string())
+    };
+    path_heads(text, "cairn_formats::")
+        .into_iter()
+        .filter_map(|head| if formats_src().join(format!("{head}.rs")).is_file() { Some(head) } else { module_of(&head) })
+        .collect()
+}
+
+/// The first names after each `prefix` in `text`: `prefix m` or
+/// `prefix {m, n::…}`.
+fn path_heads(text: &str, prefix: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for (at, _) in text.match_indices("crate::") {
-        let rest = &text[at + "crate::".len()..];
+    for (at, _) in text.match_indices(prefix) {
+        let rest = &text[at + prefix.len()..];
         let names: Vec<&str> = match rest.strip_prefix('{') {
             Some(list) => list[..list.find('}').unwrap_or(0)].split(',').collect(),
             None => vec![rest],
@@ -134,12 +167,19 @@ fn sources(roots: &[&str]) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
     let mut todo: Vec<PathBuf> = roots.iter().flat_map(|r| files_of(r)).collect();
     while let Some(file) = todo.pop() {
-        let rel = file.strip_prefix(src()).unwrap().to_string_lossy().into_owned();
-        if is_test_file(&file) || PLUMBING.contains(&rel.as_str()) || !files.insert(file.clone()) {
+        let plumbing = file.strip_prefix(src()).is_ok_and(|rel| PLUMBING.iter().any(|p| rel == Path::new(p)));
+        if is_test_file(&file) || plumbing || !files.insert(file.clone()) {
             continue;
         }
-        for module in crate_modules(&read(&file)) {
-            todo.extend(module_files(&module));
+        let text = read(&file);
+        let tree = if file.starts_with(formats_src()) { formats_src() } else { src() };
+        for module in crate_modules(&text) {
+            todo.extend(module_files(&tree, &module));
+        }
+        if tree == src() {
+            for module in formats_modules(&text) {
+                todo.extend(module_files(&formats_src(), &module));
+            }
         }
     }
     let rust: Vec<String> = files.iter().map(|f| read(f)).collect();
@@ -236,6 +276,9 @@ fn sources_follow_crate_paths_and_shims() {
         "stages/csrc/determinism.cpp",
         "stages/csrc/depthwise.cpp",
         "stages/csrc/guarded.h",
+        "crates/cairn-formats/src/tensor.rs",
+        "crates/cairn-formats/src/table.rs",
+        "crates/cairn-formats/src/safetensors.rs",
     ] {
         assert!(train.contains(Path::new(f)), "{f} missing from {train:?}");
     }
@@ -243,4 +286,6 @@ fn sources_follow_crate_paths_and_shims() {
     let gradcam = sources(&["gradcam"]);
     assert!(gradcam.contains(Path::new("stages/src/models/fast.rs")), "a shared model change must reach gradcam");
     assert_eq!(crate_modules("use crate::{tensors, weights::X};\nuse crate::ctx::Y;"), BTreeSet::from(["ctx".into(), "tensors".into(), "weights".into()]));
+    let used = formats_modules("use cairn_formats::{write_tensor, Column};\nuse cairn_formats::safetensors;\n/// cairn_formats::NotAnItem");
+    assert_eq!(used, BTreeSet::from(["safetensors".into(), "table".into(), "tensor".into()]));
 }
