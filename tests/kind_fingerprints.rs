@@ -11,9 +11,12 @@
 //! `crates/cairn-formats` they use (`cairn_formats::<module>`, or an item
 //! its `lib.rs` re-exports from one; the files read and written through
 //! them are the kinds' inputs and outputs), with what those reach through
-//! `crate::` in that crate. Left out: test
-//! files (`tests.rs`, `*_tests.rs`) and the worker's plumbing (`lib.rs`,
-//! `main.rs`, `ctx.rs`: they move jobs, params and events, not numbers).
+//! `crate::` in that crate. Every kind's include `lib.rs`, which seeds
+//! libtorch and sets its thread count for a job, and `ctx.rs`, through
+//! which a kind reads its job (seed, threads, the keyed `native_bf16`
+//! fact). Left out: test files (`tests.rs`, `*_tests.rs`) and the process
+//! around a job (`main.rs`: it reads the job and refuses one keyed for
+//! other facts; `alloc.rs`: the heap).
 //! The fingerprint is blake3 over each file's path and bytes (line endings
 //! normalised), in path order. The pins live in
 //! `stages/kinds/fingerprints.toml`.
@@ -48,7 +51,9 @@ const KINDS: [(&str, &str, &[&str]); 6] = [
 /// Worker files every kind runs through that compute nothing a result
 /// depends on (`alloc.rs` tunes the heap; libtorch aligns every tensor to
 /// 64 bytes whatever the allocator does).
-const PLUMBING: [&str; 4] = ["lib.rs", "main.rs", "ctx.rs", "alloc.rs"];
+const PLUMBING: [&str; 2] = ["main.rs", "alloc.rs"];
+/// Worker files every job runs through that decide what it computes with.
+const JOB: [&str; 2] = ["lib.rs", "ctx.rs"];
 const PINS: &str = "stages/kinds/fingerprints.toml";
 
 fn root() -> PathBuf {
@@ -165,7 +170,7 @@ fn read(path: &Path) -> String {
 /// Every source file of a kind, by path relative to the repository.
 fn sources(roots: &[&str]) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
-    let mut todo: Vec<PathBuf> = roots.iter().flat_map(|r| files_of(r)).collect();
+    let mut todo: Vec<PathBuf> = roots.iter().chain(&JOB).flat_map(|r| files_of(r)).collect();
     while let Some(file) = todo.pop() {
         let plumbing = file.strip_prefix(src()).is_ok_and(|rel| PLUMBING.iter().any(|p| rel == Path::new(p)));
         if is_test_file(&file) || plumbing || !files.insert(file.clone()) {
@@ -282,7 +287,10 @@ fn sources_follow_crate_paths_and_shims() {
     ] {
         assert!(train.contains(Path::new(f)), "{f} missing from {train:?}");
     }
-    assert!(!train.iter().any(|f| f.ends_with("ctx.rs") || f.ends_with("interop_tests.rs")), "{train:?}");
+    assert!(train.contains(Path::new("stages/src/lib.rs")) && train.contains(Path::new("stages/src/ctx.rs")), "{train:?}");
+    assert!(!train.iter().any(|f| f.ends_with("main.rs") || f.ends_with("interop_tests.rs")), "{train:?}");
+    let load = sources(&["data/load_subset.rs"]);
+    assert!(!load.contains(Path::new("stages/src/train/mod.rs")), "the job files pull in no kind's code: {load:?}");
     let gradcam = sources(&["gradcam"]);
     assert!(gradcam.contains(Path::new("stages/src/models/fast.rs")), "a shared model change must reach gradcam");
     assert_eq!(crate_modules("use crate::{tensors, weights::X};\nuse crate::ctx::Y;"), BTreeSet::from(["ctx".into(), "tensors".into(), "weights".into()]));
