@@ -111,7 +111,13 @@ pub fn typed<P: DeserializeOwned>(raw: &Value) -> Result<P, ParamError> {
                 _ => None,
             })
             .collect();
-        ParamError::new(path, e.into_inner().to_string())
+        let message = e.into_inner().to_string();
+        // serde names a missing field in the message, at its parent's path:
+        // the user looks for the field itself.
+        match message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+            Some(field) => ParamError::new([path, vec![field.to_string()]].concat(), "is required and has no default".to_string()),
+            None => ParamError::new(path, message),
+        }
     })
 }
 
@@ -124,6 +130,24 @@ pub fn canonical<P: Serialize>(params: &P) -> Result<Value, ParamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_param_is_named_at_its_own_path() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            size: u32,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct P {
+            inner: Inner,
+        }
+        let e = typed::<P>(&serde_json::json!({"inner": {}})).unwrap_err();
+        assert_eq!(e.to_string(), "inner.size: is required and has no default");
+        let e = typed::<P>(&serde_json::json!({"inner": {"size": "x"}})).unwrap_err();
+        assert!(e.to_string().starts_with("inner.size: invalid type"), "{e}");
+    }
 
     #[test]
     fn every_kind_id_has_a_distinct_name_that_finds_it() {
