@@ -148,6 +148,8 @@ fn hostile_pipelines_get_exit_2_and_a_location() {
         ("[stages.a]\nkind = \"resize\"\nsize = 1e308\n", "pipeline.toml:"),
         ("[stages.é]\nkind = \"command\"\n", "invalid TOML"),
         ("[stages.\"é\"]\nkind = \"command\"\n", "invalid stage name"),
+        ("[stages.a]\nkind = \"command\"\noutputs = { o = \"o\" }\n", "param `cmd`: is required and has no default"),
+        ("[stages.a]\nkind = \"train\"\n", "param `model`: is required and has no default"),
         ("[profiles.a]\nextends = \"b\"\n[profiles.b]\nextends = \"a\"\n[stages.s]\nkind = \"command\"\ncmd = \"true\"\noutputs = { o = \"o\" }\n", "cycle"),
     ];
     for (toml, want) in cases {

@@ -135,13 +135,7 @@ impl StageKind for Command {
     }
 
     fn check(&self, raw: &Value) -> Result<Checked, ParamError> {
-        let p: Params = serde_path_to_error::deserialize(raw).map_err(|e| {
-            let path = e.path().iter().filter_map(|s| match s {
-                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
-                _ => None,
-            });
-            ParamError::new(path.collect(), e.into_inner().to_string())
-        })?;
+        let p: Params = cairn_kinds::typed(raw)?;
         if p.outputs.is_empty() {
             return Err(ParamError::new(vec!["outputs".into()], "a command stage must declare at least one output")
                 .with_help("e.g. `outputs = { result = \"result.csv\" }`"));
