@@ -191,6 +191,15 @@ mod tests {
     }
 
     #[test]
+    fn every_dtype_the_header_accepts_is_a_kind_of_its_size() {
+        for (name, size) in safetensors::DTYPES {
+            let kind = kind_of(name).unwrap_or_else(|| panic!("{name} has no kind"));
+            assert_eq!(kind.elt_size_in_bytes() as u64, size, "{name}");
+            assert_eq!(dtype_name(kind).unwrap(), name);
+        }
+    }
+
+    #[test]
     fn rejects_lying_headers_without_allocating() {
         let mut huge = (u64::MAX - 3).to_le_bytes().to_vec();
         huge.extend_from_slice(b"{}");

@@ -48,16 +48,15 @@ pub struct Header {
     pub data_start: usize,
 }
 
-/// Bytes a value of `dtype` takes, for the dtypes cairn reads; `None` for
-/// the others.
+/// The dtypes cairn reads, as the format spells them, with the bytes a
+/// value takes.
+pub const DTYPES: [(&str, u64); 10] =
+    [("F64", 8), ("I64", 8), ("F32", 4), ("I32", 4), ("F16", 2), ("BF16", 2), ("I16", 2), ("I8", 1), ("U8", 1), ("BOOL", 1)];
+
+/// Bytes a value of `dtype` takes, for the [`DTYPES`] cairn reads; `None`
+/// for the others.
 pub fn dtype_size(dtype: &str) -> Option<u64> {
-    Some(match dtype {
-        "F64" | "I64" => 8,
-        "F32" | "I32" => 4,
-        "F16" | "BF16" | "I16" => 2,
-        "I8" | "U8" | "BOOL" => 1,
-        _ => return None,
-    })
+    DTYPES.iter().find(|(name, _)| *name == dtype).map(|&(_, size)| size)
 }
 
 /// The header of a whole file's bytes.
