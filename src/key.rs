@@ -9,9 +9,10 @@
 //!   old cache can never be misread as a new one.
 //! - `kind` and `version`: the stage kind's name and implementation version.
 //!   A kind bumps its version whenever its behaviour changes; for the
-//!   built-in kinds `tests/kind_fingerprints.rs` fails when the worker
-//!   code they run through (their modules, the cairn-formats ones they
-//!   read and write with, the C++ shims) changes without a new pin.
+//!   built-in kinds `tests/kind_fingerprints.rs` fails when the code they
+//!   run through (the worker kinds' modules, the cairn-formats ones they
+//!   read and write with, the C++ shims; `src/kinds/command.rs`) changes
+//!   without a new pin.
 //! - `params`: the canonical params as the kind returned them from
 //!   [`crate::kind::StageKind::check`] (defaults filled in, types normalised),
 //!   encoded by [`crate::canon`]: sorted maps, floats as exact IEEE bits.

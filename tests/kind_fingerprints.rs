@@ -251,6 +251,27 @@ fn kind_sources_match_their_pinned_versions() {
     assert!(problems.is_empty(), "\n{}\n", problems.join("\n\n"));
 }
 
+/// The engine's own `command` kind: its outputs are mostly its user's
+/// command's, but how the command is expanded (`{in.…}`, `{out.…}`), run
+/// and where its outputs are collected from is `src/kinds/command.rs`, so
+/// that file is pinned with the kind's version like the worker kinds'
+/// sources (the process supervision around it, `supervise.rs`, moves
+/// lines and signals, not bytes).
+#[test]
+fn the_command_kind_is_pinned_to_its_code() {
+    use cairn::kind::StageKind;
+    let version = cairn::kinds::command::Command.version();
+    let fp = fingerprint(&BTreeSet::from([PathBuf::from("src/kinds/command.rs")]));
+    let (pinned, pinned_fp) = pins().remove("command").unwrap_or((-1, String::new()));
+    assert!(
+        pinned == version as i64 && pinned_fp == fp,
+        "src/kinds/command.rs or the `command` kind's version changed (pinned: version {pinned}, fingerprint {pinned_fp:?}).\n  \
+         If results can change, return {next} from `Command::version` and set `[command]` to `version = {next}` and `fingerprint = \"{fp}\"` in {PINS}; \
+         if they cannot, set `[command]` to `version = {version}` and `fingerprint = \"{fp}\"`.",
+        next = version + 1
+    );
+}
+
 /// A new source file must belong to some kind (or be plumbing or a test),
 /// or changes to it would go unnoticed.
 #[test]
