@@ -209,7 +209,8 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console:
     if !opts.dry_run {
         record_run(cli, &pipeline, &cache, &report, console);
     }
-    print_summary(&pipeline, &report, opts, run.json, t0.elapsed(), console);
+    let recorded = !opts.dry_run && in_history(&report);
+    print_summary(&pipeline, &report, opts, run.json, recorded, t0.elapsed(), console);
     if let Some(code) = super::remote::after_run(opts, &pipeline, &cache, &report, console) {
         return Ok(code);
     }
@@ -250,19 +251,25 @@ fn record_run(cli: &Cli, pipeline: &Pipeline, cache: &Cache, report: &runner::Ru
     // Links made in artifacts/ changed objects' ctimes; remember they were
     // verified through it.
     cache.stat().save();
-    if !report.all_cached() {
+    if in_history(report) {
         if let Err(e) = cairn::history::record(cache, report, pipeline) {
             console.warn_line(&format!("could not record the run history: {e}"));
         }
     }
 }
 
-/// The closing line (or the JSON report), and a sweep's table.
-fn print_summary(pipeline: &Pipeline, report: &runner::RunReport, opts: &RunOptions, json: bool, took: std::time::Duration, console: &Console) {
+/// Whether a (not dry) run goes into the history, so that `cairn runs`
+/// and `diff` know its id: only one that changed something.
+fn in_history(report: &runner::RunReport) -> bool {
+    !report.all_cached()
+}
+
+/// The closing line (or the JSON report, with `recorded`: whether the
+/// history has the run), and a sweep's table.
+fn print_summary(pipeline: &Pipeline, report: &runner::RunReport, opts: &RunOptions, json: bool, recorded: bool, took: std::time::Duration, console: &Console) {
     if json {
-        // `recorded`: whether `run_id` names a run `cairn runs` lists.
         let mut doc = serde_json::to_value(report).unwrap_or_default();
-        doc["recorded"] = (!opts.dry_run && !report.all_cached()).into();
+        doc["recorded"] = recorded.into();
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
@@ -277,9 +284,9 @@ fn print_summary(pipeline: &Pipeline, report: &runner::RunReport, opts: &RunOpti
         Some(_) => format!(", {} pulled", report.count(|o| matches!(o, Outcome::Pulled))),
         None => String::new(),
     };
-    // A run that changed nothing records nothing (`record_run`): naming
-    // its id would point `cairn runs` and `diff` at a run they never see.
-    let run = if report.all_cached() { "nothing changed, no run recorded".to_string() } else { format!("run {}", report.run_id) };
+    // Naming an id the history does not have would point `cairn runs` and
+    // `diff` at a run they never see.
+    let run = if recorded { format!("run {}", report.run_id) } else { "nothing changed, no run recorded".to_string() };
     console.line(&format!("{ran} ran, {cached} cached{pulled}, {failed} failed in {:.1}s ({run})", took.as_secs_f64()));
     if pipeline.sweep.is_some() {
         if let Some(table) = super::sweep::table(&cairn::history::rows(report, pipeline), false) {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use cairn::cache::{Cache, OutputRecord};
 use cairn::env::Environment;
-use cairn::formats::safetensors::{self, Entry};
+use cairn::formats::safetensors;
 use cairn::formats::tensor::{DType, TensorFile};
 use cairn::kind::ArtifactType;
 use cairn::plan::StageState;
@@ -146,11 +146,11 @@ fn show_table(path: &Path, rec: &OutputRecord, json: bool, rows: usize, console:
 
 fn show_model(path: &Path, rec: &OutputRecord, json: bool, rows: usize, console: &Console) -> CmdResult {
     let header = safetensors::read_header(path).map_err(|e| fail(console, exit::FAILED, format!("{}: not a valid safetensors file: {e}", path.display())))?;
-    let values: u64 = header.tensors.values().map(Entry::numel).sum();
     let mut dtypes = BTreeMap::<&str, u64>::new();
     for e in header.tensors.values() {
         *dtypes.entry(&e.dtype).or_default() += e.numel();
     }
+    let values: u64 = dtypes.values().sum();
     if json {
         let tensors: serde_json::Map<String, serde_json::Value> =
             header.tensors.iter().map(|(n, e)| (n.clone(), serde_json::json!({"dtype": e.dtype, "shape": e.shape}))).collect();
