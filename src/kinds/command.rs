@@ -39,9 +39,6 @@ struct Params {
     env: BTreeMap<String, String>,
 }
 
-/// How many bytes of stderr to keep for the failure message.
-const STDERR_TAIL: usize = 4000;
-
 /// A piece of a command template: literal text, or `{ns.name}`.
 enum Piece<'a> {
     Text(&'a str),
@@ -97,15 +94,6 @@ fn substitute(cmd: &str, mut path_of: impl FnMut(&str, &str) -> Result<Option<St
         }
     }
     Ok(out)
-}
-
-/// The last `max` bytes of `text`, cut at a character boundary.
-fn tail(text: &str, max: usize) -> &str {
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
 }
 
 fn artifact_type(file_name: &str) -> (ArtifactType, String) {
@@ -202,10 +190,9 @@ impl StageKind for Command {
         ctx.metrics.insert("peak_rss_mb".into(), ended.peak_rss_mb());
         let status = ended.status;
         if !status.success() {
-            let text = String::from_utf8_lossy(&ended.stderr);
             return Err(StageFailure::new(format!(
-                "command exited with {status}\n  command: {cmd}\n  stderr (tail):\n{}",
-                indent(tail(&text, STDERR_TAIL).trim_end())
+                "command exited with {status}\n  command: {cmd}{}",
+                super::supervise::stderr_tail(&String::from_utf8_lossy(&ended.stderr), "stderr")
             )));
         }
         for (name, file) in &p.outputs {
@@ -223,10 +210,6 @@ impl StageKind for Command {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]
@@ -247,14 +230,5 @@ mod tests {
     fn braces_that_are_not_placeholders_stay_literal() {
         let filled = substitute("awk '{print $1}' {in.x} {other}", |_, _| Ok(Some("p".into()))).unwrap();
         assert_eq!(filled, "awk '{print $1}' 'p' {other}");
-    }
-
-    #[test]
-    fn stderr_tail_is_cut_at_a_character_boundary() {
-        let text = "é".repeat(10);
-        for max in 0..=21 {
-            let t = tail(&text, max);
-            assert!(t.len() <= max && text.ends_with(t));
-        }
     }
 }

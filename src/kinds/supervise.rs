@@ -36,11 +36,40 @@ pub(crate) struct Ended {
     pub peak_rss: u64,
 }
 
+/// How much of a failed stage's stderr its error shows: the last lines,
+/// within a byte budget (a progress bar redrawn with `\r` is one long line).
+const STDERR_TAIL_LINES: usize = 20;
+const STDERR_TAIL_BYTES: usize = 4000;
+
 impl Ended {
     /// Peak RSS in MiB, the unit of the `peak_rss_mb` metric.
     pub fn peak_rss_mb(&self) -> f64 {
         self.peak_rss as f64 / (1024.0 * 1024.0)
     }
+}
+
+/// The end of what a stage's process wrote to stderr, for its failure
+/// message: a `{label} (tail):` line and the last lines indented under it,
+/// or a line saying stderr was empty (so the reader knows not to look for
+/// more).
+pub(crate) fn stderr_tail(stderr: &str, label: &str) -> String {
+    let text = last_bytes(stderr.trim_end(), STDERR_TAIL_BYTES);
+    if text.trim().is_empty() {
+        return format!("\n  ({label} was empty)");
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..];
+    let body: Vec<String> = tail.iter().map(|l| format!("    {l}")).collect();
+    format!("\n  {label} (tail):\n{}", body.join("\n"))
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn last_bytes(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// Reaps `child` if it has exited, without blocking: its status and peak RSS.
@@ -266,6 +295,24 @@ pub(crate) fn supervise(
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
+
+    #[test]
+    fn a_failure_shows_the_last_lines_of_stderr_or_says_there_were_none() {
+        let many: String = (1..=30).map(|i| format!("line {i}\n")).collect();
+        let shown = stderr_tail(&many, "stderr");
+        assert!(shown.starts_with("\n  stderr (tail):\n    line 11\n"), "{shown}");
+        assert!(shown.ends_with("    line 30") && !shown.contains("line 10\n"), "{shown}");
+        assert_eq!(stderr_tail(" \n\n", "stderr"), "\n  (stderr was empty)");
+    }
+
+    #[test]
+    fn stderr_tail_is_cut_at_a_character_boundary() {
+        let text = "é".repeat(10);
+        for max in 0..=21 {
+            let t = last_bytes(&text, max);
+            assert!(t.len() <= max && text.ends_with(t));
+        }
+    }
 
     #[test]
     fn both_pipes_stream_lines_and_stderr_is_kept() {

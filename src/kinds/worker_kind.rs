@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::kind::{Checked, Kind, KindInfo, ParamError, StageCtx, StageFailure, StageKind};
 use crate::worker::{Event, Job, JobEnv, JobInput};
+use super::supervise::stderr_tail;
 
 /// A declared kind, run by the worker.
 pub struct WorkerKind {
@@ -103,13 +104,16 @@ impl StageKind for WorkerKind {
         if status.success() {
             return Ok(());
         }
-        let text = String::from_utf8_lossy(&ended.stderr);
-        let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-        let mut message = error_message.unwrap_or_else(|| format!("cairn-worker exited with {status}"));
-        if !tail.is_empty() {
-            message.push_str("\n  worker stderr (tail):\n");
-            message.push_str(&tail.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"));
-        }
+        let stderr = String::from_utf8_lossy(&ended.stderr);
+        let message = match error_message {
+            // The worker echoes its error as its last stderr line (for a
+            // person running it by hand): shown once, with what came before.
+            Some(m) => match stderr.trim_end().strip_suffix(&format!("cairn-worker: {m}")).unwrap_or(&stderr) {
+                rest if rest.trim().is_empty() => m,
+                rest => m + &stderr_tail(rest, "worker stderr"),
+            },
+            None => format!("cairn-worker exited with {status}{}", stderr_tail(&stderr, "worker stderr")),
+        };
         Err(StageFailure::new(message))
     }
 }

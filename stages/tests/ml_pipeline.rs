@@ -339,6 +339,7 @@ fn flagship_shape_runs_caches_reruns_verifies_and_repairs_through_cairn() {
     assert_eq!(diverged.outcome("finetune"), Some("FAILED"), "{}", diverged.all());
     assert!(diverged.all().contains("epoch 1: the val loss became NaN"), "{}", diverged.all());
     assert!(diverged.all().contains("lower `lr` or add warm-up"), "{}", diverged.all());
+    assert_eq!(diverged.all().matches("the val loss became NaN").count(), 1, "the worker's error is shown once:\n{}", diverged.all());
     assert_eq!(diverged.outcome("evaluate"), Some("skipped"), "{}", diverged.all());
     let later = p.cairn(&["run", "--set", "finetune.lr=1e30"]);
     assert_eq!(later.code, 1, "{}", later.all());
