@@ -55,6 +55,12 @@
 //!   change results. (The cairn version is recorded in each manifest.)
 //! - Which upstream stage produced an input, and that stage's key: only the
 //!   bytes matter.
+//! - For a `command` stage, whatever it runs that is not declared as an
+//!   input: a script it names by path rather than as `{in.<slot>}`, the
+//!   programs it finds on `PATH` (the shell, `python` and its packages),
+//!   and environment variables other than its `env` param. Like Make,
+//!   DVC and Snakemake, cairn cannot see what a shell command reads; a
+//!   script that changes belongs in `inputs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
