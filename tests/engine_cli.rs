@@ -270,6 +270,25 @@ outputs = { o = "o.txt" }
     assert_eq!(again.outcome("bad").as_deref(), Some("FAILED"), "{}", again.all());
 }
 
+#[test]
+fn a_failed_command_that_names_a_project_file_says_to_declare_it() {
+    let p = Project::new(
+        r#"
+[stages.train]
+kind = "command"
+cmd = "sh scripts/train.sh data > {out.o}"
+outputs = { o = "o.txt" }
+"#,
+    );
+    p.write("scripts/train.sh", "echo trained\n");
+    let r = p.cairn(&["run"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("help: `scripts/train.sh` is a file here"), "{}", r.stderr);
+    assert!(r.stderr.contains(r#"script = { file = "scripts/train.sh" }"#), "{}", r.stderr);
+    // `data` names nothing in the project: no hint for a word that only looks like one.
+    assert!(!r.stderr.contains("`data`"), "{}", r.stderr);
+}
+
 /// A project whose one stage, `read`, copies the file input written as
 /// `data` (a TOML inline table) to its output.
 fn reading(data: &str) -> Project {

@@ -191,8 +191,9 @@ impl StageKind for Command {
         let status = ended.status;
         if !status.success() {
             return Err(StageFailure::new(format!(
-                "command exited with {status}\n  command: {cmd}{}",
-                super::supervise::stderr_tail(&String::from_utf8_lossy(&ended.stderr), "stderr")
+                "command exited with {status}\n  command: {cmd}{}{}",
+                super::supervise::stderr_tail(&String::from_utf8_lossy(&ended.stderr), "stderr"),
+                undeclared_files_help(&p.cmd)
             )));
         }
         for (name, file) in &p.outputs {
@@ -206,6 +207,28 @@ impl StageKind for Command {
         }
         Ok(())
     }
+}
+
+/// A hint for a failed command that names a file of the project by a
+/// relative path (`python train.py`): it runs in a scratch directory, where
+/// that name finds nothing, and an undeclared script is not in the key.
+/// Only files that exist relative to where cairn runs are named, so a word
+/// that merely looks like a path never is.
+fn undeclared_files_help(template: &str) -> String {
+    let mut files: Vec<&str> = Vec::new();
+    let words = template.split(|c: char| c.is_whitespace() || ";|&<>()'\"`=".contains(c));
+    for w in words.filter(|w| !w.is_empty() && !w.contains('{') && !w.starts_with(['-', '/', '$'])) {
+        if !files.contains(&w) && std::path::Path::new(w).is_file() {
+            files.push(w);
+        }
+    }
+    let Some(first) = files.first() else { return String::new() };
+    let named = files.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ");
+    format!(
+        "\n  help: {named} is a file here, but the command runs in a scratch directory where it is not: \
+         declare it as an input (`inputs = {{ script = {{ file = \"{first}\" }} }}`) and write `{{in.script}}` \
+         in `cmd` (then an edit to it re-runs the stage)"
+    )
 }
 
 fn shell_quote(s: &str) -> String {
