@@ -15,7 +15,10 @@
 //!   without a new pin.
 //! - `params`: the canonical params as the kind returned them from
 //!   [`crate::kind::StageKind::check`] (defaults filled in, types normalised),
-//!   encoded by [`crate::canon`]: sorted maps, floats as exact IEEE bits.
+//!   encoded by [`crate::canon`]: sorted maps, floats as exact IEEE bits;
+//!   less any param that only locates an implied input (`load_subset`'s
+//!   `source`, `train`'s `init`: see [`crate::kind::Checked::key_params`]),
+//!   whose content enters under `inputs` instead.
 //! - `seed`: the pipeline seed.
 //! - `inputs`: for each input slot, by name, the content hashes of the
 //!   artifacts connected to it, in the order given. Content, not producer:
@@ -48,9 +51,10 @@
 //!   the same computation and share one cache entry.
 //! - The profile's name, and why it was applied (named, or chosen for a
 //!   machine without CUDA or without native bf16): only the params it sets.
-//! - Absolute paths, the cache location, the pipeline file's location and
-//!   mtimes: moving a checkout or touching a file must not invalidate work.
-//!   External files enter by content hash only.
+//! - Paths, the cache location, the pipeline file's location and mtimes:
+//!   moving a checkout, moving or renaming a data or weights file (and
+//!   saying so in `pipeline.toml` or with `--set`), or touching a file
+//!   must not invalidate work. External files enter by content hash only.
 //! - The cairn version, the date, the user and the host name: they do not
 //!   change results. (The cairn version is recorded in each manifest.)
 //! - Which upstream stage produced an input, and that stage's key: only the

@@ -124,7 +124,7 @@ impl<'a> Resolver<'a> {
             schema: KEY_SCHEMA,
             kind: stage.kind.name().to_string(),
             version: stage.kind.version(),
-            params: stage.checked.params.clone(),
+            params: stage.checked.key_params(),
             seed: self.pipeline.seed,
             inputs,
             env: self.env.for_executor(self.pipeline.executor_of(&stage.name)).key_entries(stage.checked.env),

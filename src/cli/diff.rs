@@ -232,7 +232,7 @@ fn against_lock(cli: &Cli, config: &Config, path: Option<&Path>, console: &Conso
             StageState::Stale { key_inputs, .. } => (key_inputs.as_ref().map(|k| k.env.clone()), BTreeMap::new()),
             StageState::Blocked { .. } => (None, BTreeMap::new()),
         };
-        now.insert(name.clone(), facts(&stage.checked.params, metrics));
+        now.insert(name.clone(), facts(&stage.checked.key_params(), metrics));
         let classes = lock.stages.get(name);
         if let Some(e) = classes.and_then(|c| env.as_ref().and_then(|env| c.get(&class_of(env))).or_else(|| c.values().next())) {
             locked.insert(name.clone(), entry_facts(e));

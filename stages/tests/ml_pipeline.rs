@@ -283,6 +283,15 @@ fn flagship_shape_runs_caches_reruns_verifies_and_repairs_through_cairn() {
     assert_eq!(again.code, 0, "{}", again.all());
     assert_eq!(again.cached(), STAGES, "a second run must be all cache hits:\n{}", again.all());
 
+    // The same data under another name is the same input: `load`'s key
+    // holds the archive's content, not its path. Only the report, which
+    // prints every stage's params (the new path among them), is redone.
+    std::fs::rename(p.dir.path().join("data/shapes-jpg.tar.gz"), p.dir.path().join("moved.tar.gz")).unwrap();
+    let moved = p.cairn(&["run", "--set", "load.source=moved.tar.gz"]);
+    assert_eq!(moved.code, 0, "{}", moved.all());
+    assert_eq!(moved.ran(), ["report"], "moving the data re-runs nothing upstream:\n{}", moved.all());
+    std::fs::rename(p.dir.path().join("moved.tar.gz"), p.dir.path().join("data/shapes-jpg.tar.gz")).unwrap();
+
     // 3. A fine-tune learning-rate change re-runs finetune and what follows.
     let lr = p.cairn(&["run", "--set", "finetune.lr=0.004"]);
     assert_eq!(lr.code, 0, "{}", lr.all());

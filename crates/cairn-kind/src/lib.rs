@@ -221,7 +221,9 @@ pub struct Checked {
     pub params: Value,
     pub inputs: Vec<InputSlot>,
     pub outputs: Vec<OutputDecl>,
-    /// Inputs that params imply (e.g. a weights file named by a param).
+    /// Inputs that params imply (e.g. a weights file named by a param),
+    /// each under the name of the param that names it (or, for
+    /// [`InputRef::UpstreamParams`], a name no param has).
     pub implied_inputs: Vec<(String, InputRef)>,
     pub env: EnvNeeds,
 }
@@ -239,6 +241,24 @@ impl Checked {
     pub fn with_env(mut self, env: EnvNeeds) -> Self {
         self.env = env;
         self
+    }
+
+    /// The params as they enter the stage's key: without a param that
+    /// only says where an implied file or upstream output is (its path,
+    /// URL, sha256 or fetch command; the stage it comes from), since what
+    /// it names enters the key by content, as that input. Moving or
+    /// renaming a file, or spelling its location another way, then re-runs
+    /// nothing. The implementation still receives every param.
+    pub fn key_params(&self) -> Value {
+        let mut params = self.params.clone();
+        if let Value::Object(map) = &mut params {
+            for (slot, input) in &self.implied_inputs {
+                if matches!(input, InputRef::Output { .. } | InputRef::External { .. }) {
+                    map.remove(slot);
+                }
+            }
+        }
+        params
     }
 }
 
@@ -331,6 +351,24 @@ mod tests {
         assert_eq!(r.to_string(), "pretrain.model");
         assert!(InputRef::parse_output("pretrain").is_err());
         assert!(InputRef::parse_output("a.b.c").unwrap_err().contains("<stage>.<output>"));
+    }
+
+    #[test]
+    fn a_param_that_locates_an_implied_input_stays_out_of_the_key() {
+        let file = |path: &str| InputRef::External { path: path.into(), url: None, sha256: None, fetch: Some("make data".into()) };
+        let checked = |source: &str| {
+            Checked::new(serde_json::json!({"source": source, "size": 96, "init": {"stage": "a.model"}}), vec![], vec![])
+                .with_implied("source", file(source))
+                .with_implied("init", InputRef::parse_output("a.model").unwrap())
+                .with_implied("pipeline", InputRef::UpstreamParams)
+        };
+        let (here, there) = (checked("data/x.tar"), checked("/elsewhere/y.tar"));
+        assert_eq!(here.key_params(), serde_json::json!({"size": 96}));
+        assert_eq!(here.key_params(), there.key_params());
+        assert_eq!(here.params["source"], "data/x.tar", "the implementation still gets every param");
+        // A param no implied input is named after stays in.
+        let scratch = Checked::new(serde_json::json!({"init": "scratch"}), vec![], vec![]);
+        assert_eq!(scratch.key_params(), serde_json::json!({"init": "scratch"}));
     }
 
     #[test]
