@@ -36,17 +36,17 @@ pub(crate) struct Ended {
     pub peak_rss: u64,
 }
 
-/// How much of a failed stage's stderr its error shows: the last lines,
-/// within a byte budget (a progress bar redrawn with `\r` is one long line).
-const STDERR_TAIL_LINES: usize = 20;
-const STDERR_TAIL_BYTES: usize = 4000;
-
 impl Ended {
     /// Peak RSS in MiB, the unit of the `peak_rss_mb` metric.
     pub fn peak_rss_mb(&self) -> f64 {
         self.peak_rss as f64 / (1024.0 * 1024.0)
     }
 }
+
+/// How much of a failed stage's stderr its error shows: the last lines,
+/// within a byte budget (a progress bar redrawn with `\r` is one long line).
+const STDERR_TAIL_LINES: usize = 20;
+const STDERR_TAIL_BYTES: usize = 4000;
 
 /// The end of what a stage's process wrote to stderr, for its failure
 /// message: a `{label} (tail):` line and the last lines indented under it,
