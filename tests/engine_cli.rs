@@ -309,6 +309,7 @@ fn external_inputs_are_hashed_by_content() {
     p.write("data/input.txt", "v2\n");
     let r = p.cairn(&["explain", "read"]);
     assert!(r.stdout.contains("input `data` changed"), "{}", r.stdout);
+    assert!(r.stdout.contains("(reads file data/input.txt)"), "explain says where the new bytes come from:\n{}", r.stdout);
     assert_eq!(p.cairn(&["run"]).outcome("read").as_deref(), Some("ran"));
 }
 

@@ -419,8 +419,9 @@ fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Co
                 println!("`{stage}` is stale, on remote: will be pulled");
             }
             println!("`{stage}` is stale because:");
+            let declared = pipeline.stage(stage).expect("stage exists");
             for r in reasons {
-                println!("  - {r}");
+                println!("  - {r}{}", reads_now(declared, r));
             }
             if let Some(up) = reasons.iter().find_map(|r| match r {
                 cairn::key::DirtyReason::UpstreamStale { stage } => Some(stage.clone()),
@@ -432,6 +433,19 @@ fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Co
         StageState::Blocked { error } => println!("`{stage}` cannot run yet:\n{error}"),
     }
     Ok(exit::OK)
+}
+
+/// For a changed input, what its slot reads now (`file data/x.tar.gz`,
+/// `resize.train`): the hashes alone do not say where the new bytes came
+/// from, and a path is not in the key to show as a param.
+fn reads_now(stage: &cairn::spec::Stage, reason: &cairn::key::DirtyReason) -> String {
+    let cairn::key::DirtyReason::InputChanged { slot, .. } = reason else { return String::new() };
+    match stage.inputs.get(slot) {
+        Some(refs) if !refs.is_empty() => {
+            format!(" (reads {})", refs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "))
+        }
+        _ => String::new(),
+    }
 }
 
 fn cmd_dag(cli: &Cli, config: &Config, format: &str, console: &Console) -> CmdResult {
