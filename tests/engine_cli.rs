@@ -276,14 +276,15 @@ fn a_failed_command_that_names_a_project_file_says_to_declare_it() {
         r#"
 [stages.train]
 kind = "command"
-cmd = "sh scripts/train.sh data > {out.o}"
+cmd = "sh scripts/train.sh data configs > {out.o}"
 outputs = { o = "o.txt" }
 "#,
     );
     p.write("scripts/train.sh", "echo trained\n");
+    p.write("configs/a.toml", "");
     let r = p.cairn(&["run"]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.stderr.contains("help: `scripts/train.sh` is a file here"), "{}", r.stderr);
+    assert!(r.stderr.contains("help: the command runs in a scratch directory, without the project's `scripts/train.sh`, `configs`: declare each"), "{}", r.stderr);
     assert!(r.stderr.contains(r#"script = { file = "scripts/train.sh" }"#), "{}", r.stderr);
     // `data` names nothing in the project: no hint for a word that only looks like one.
     assert!(!r.stderr.contains("`data`"), "{}", r.stderr);

@@ -209,24 +209,25 @@ impl StageKind for Command {
     }
 }
 
-/// A hint for a failed command that names a file of the project by a
-/// relative path (`python train.py`): it runs in a scratch directory, where
-/// that name finds nothing, and an undeclared script is not in the key.
-/// Only files that exist relative to where cairn runs are named, so a word
-/// that merely looks like a path never is.
+/// A hint for a failed command that names a file or directory of the
+/// project by a relative path (`python train.py`, `ls data`): it runs in a
+/// scratch directory, where that name finds nothing, and an undeclared
+/// script is not in the key. Only paths that exist relative to where cairn
+/// runs are named, so a word that merely looks like a path never is.
 fn undeclared_files_help(template: &str) -> String {
     let mut files: Vec<&str> = Vec::new();
     let words = template.split(|c: char| c.is_whitespace() || ";|&<>()'\"`=".contains(c));
     for w in words.filter(|w| !w.is_empty() && !w.contains('{') && !w.starts_with(['-', '/', '$'])) {
-        if !files.contains(&w) && std::path::Path::new(w).is_file() {
+        if !files.contains(&w) && !matches!(w, "." | "..") && std::path::Path::new(w).exists() {
             files.push(w);
         }
     }
     let Some(first) = files.first() else { return String::new() };
     let named = files.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ");
+    let it = if files.len() == 1 { "it" } else { "each" };
     format!(
-        "\n  help: {named} is a file here, but the command runs in a scratch directory where it is not: \
-         declare it as an input (`inputs = {{ script = {{ file = \"{first}\" }} }}`) and write `{{in.script}}` \
+        "\n  help: the command runs in a scratch directory, without the project's {named}: \
+         declare {it} as an input (`inputs = {{ script = {{ file = \"{first}\" }} }}`) and write `{{in.script}}` \
          in `cmd` (then an edit to it re-runs the stage)"
     )
 }
