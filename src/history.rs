@@ -3,11 +3,14 @@
 //! and DuckDB — can compare params and metrics across runs. A sweep's run
 //! (`run --sweep`) also records its grid (`sweep`, the same in every row)
 //! and, for each stage that differs between points, the points it belongs
-//! to (`sweep_points`; empty for shared stages).
+//! to (`sweep_points`; empty for shared stages). Each row names the
+//! project (its pipeline file, see [`crate::cache::projects`]) whose run
+//! it was, so projects sharing a cache each see their own history.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::cache::Project;
 use crate::formats::table::{Column, Table, TableError};
 use crate::runner::{Outcome, RunReport};
 use crate::spec::Pipeline;
@@ -17,6 +20,9 @@ use crate::spec::Pipeline;
 pub struct HistoryRow {
     pub run_id: String,
     pub started_at: String,
+    /// The project's pipeline file; empty in runs recorded before projects
+    /// were (see [`Project::owns`]).
+    pub project: String,
     pub profile: String,
     pub stage: String,
     pub kind: String,
@@ -56,12 +62,14 @@ fn status_name(o: &Outcome) -> &'static str {
 pub fn rows(report: &RunReport, pipeline: &Pipeline) -> Vec<HistoryRow> {
     let sweep = pipeline.sweep.as_ref();
     let grid = sweep.map(|w| w.points.clone()).unwrap_or_default();
+    let project = Project::of(&pipeline.file).pipeline;
     report
         .stages
         .iter()
         .map(|r| HistoryRow {
             run_id: report.run_id.clone(),
             started_at: report.started_at.clone(),
+            project: project.clone(),
             profile: report.profile.clone().unwrap_or_default(),
             stage: r.stage.clone(),
             kind: r.kind.clone(),
@@ -86,6 +94,7 @@ pub fn record(cache: &crate::cache::Cache, report: &RunReport, pipeline: &Pipeli
         .with("run_id", text(&|r| &r.run_id))
         .with("started_at", text(&|r| &r.started_at))
         .with("finished_at", json(&|_| report.finished_at.clone()))
+        .with("project", text(&|r| &r.project))
         .with("profile", text(&|r| &r.profile))
         .with("stage", text(&|r| &r.stage))
         .with("kind", text(&|r| &r.kind))
@@ -119,6 +128,18 @@ pub fn run_ids(cache_root: &Path) -> Vec<String> {
     ids
 }
 
+/// Run ids of `project`, oldest first, with each one's rows (runs whose
+/// record cannot be read are left out).
+pub fn project_runs(cache_root: &Path, project: &Project) -> Vec<(String, Vec<HistoryRow>)> {
+    run_ids(cache_root)
+        .into_iter()
+        .filter_map(|id| {
+            let rows = load(cache_root, &id).ok()?;
+            rows.first().is_some_and(|r| project.owns(&r.project)).then_some((id, rows))
+        })
+        .collect()
+}
+
 /// The rows of one run.
 pub fn load(cache_root: &Path, run_id: &str) -> Result<Vec<HistoryRow>, TableError> {
     let path = runs_dir(cache_root).join(format!("{run_id}.parquet"));
@@ -130,6 +151,7 @@ pub fn load(cache_root: &Path, run_id: &str) -> Result<Vec<HistoryRow>, TableErr
         }
     };
     let (grid, points) = (strs("sweep"), strs("sweep_points"));
+    let project = strs("project");
     let (ids, started, profile, stage, kind, status, key, params, metrics, outputs) = (
         strs("run_id"),
         strs("started_at"),
@@ -150,6 +172,7 @@ pub fn load(cache_root: &Path, run_id: &str) -> Result<Vec<HistoryRow>, TableErr
         .map(|i| HistoryRow {
             run_id: ids[i].clone(),
             started_at: started[i].clone(),
+            project: project[i].clone(),
             profile: profile[i].clone(),
             stage: stage[i].clone(),
             kind: kind[i].clone(),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::cache::{output_hashes, Cache, CacheError, Hit, OutputRecord, StageRef};
+use crate::cache::{output_hashes, Cache, CacheError, Hit, OutputRecord, Project, StageRef};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::env::Environment;
 use crate::external::{self, ExternalError};
@@ -42,6 +42,8 @@ pub struct Resolver<'a> {
     /// Evict damaged objects found on lookup (`run`), or only report them
     /// (`status`, which writes nothing).
     pub repair: bool,
+    /// The project whose refs this pipeline reads and writes.
+    pub project: Project,
     /// The refs as they were when first needed.
     refs: OnceLock<BTreeMap<String, StageRef>>,
 }
@@ -72,12 +74,13 @@ impl std::fmt::Display for InputProblem {
 
 impl<'a> Resolver<'a> {
     pub fn new(pipeline: &'a Pipeline, cache: &'a Cache, env: &'a Environment, warn: &'a (dyn Fn(String) + Sync)) -> Self {
-        Self { pipeline, cache, env, warn, repair: false, refs: OnceLock::new() }
+        let project = Project::of(&pipeline.file);
+        Self { pipeline, cache, env, warn, repair: false, project, refs: OnceLock::new() }
     }
 
-    /// The refs recorded by earlier runs.
+    /// The refs this project's earlier runs recorded.
     pub fn refs(&self) -> &BTreeMap<String, StageRef> {
-        self.refs.get_or_init(|| self.cache.stage_refs())
+        self.refs.get_or_init(|| self.cache.stage_refs(&self.project))
     }
 
     /// The content hash of an external input.

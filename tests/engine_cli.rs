@@ -216,6 +216,65 @@ fn gc_keeps_what_is_referenced() {
     assert!(kept.stdout.contains("would delete 0 object(s)"), "{}", kept.stdout);
 }
 
+/// `cairn` in `p` against the cache at `cache`.
+fn cairn_with(p: &Project, cache: &std::path::Path, args: &[&str]) -> common::Run {
+    let mut all = vec!["--cache-dir", cache.to_str().unwrap()];
+    all.extend_from_slice(args);
+    p.cairn(&all)
+}
+
+#[test]
+fn projects_sharing_a_cache_keep_their_own_results_history_and_refs() {
+    let shared = tempfile::tempdir().unwrap();
+    let cache = shared.path().join("cache");
+    let a = Project::new(CHAIN);
+    let b = Project::new(&CHAIN.replace("SUFFIX = \"one\"", "SUFFIX = \"bee\""));
+    assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
+    let first_b = cairn_with(&b, &cache, &["run"]);
+    assert_eq!(first_b.outcome("a").as_deref(), Some("cached"), "a's result is b's hit: {}", first_b.all());
+    assert_eq!(first_b.outcome("b").as_deref(), Some("ran"), "{}", first_b.all());
+    assert_eq!(cairn_with(&a, &cache, &["run", "--set", "b.env.SUFFIX=two"]).code, 0);
+
+    // Each project's history and `explain` are its own.
+    assert_eq!(cairn_with(&a, &cache, &["runs"]).stdout.lines().count(), 2);
+    assert_eq!(cairn_with(&b, &cache, &["runs"]).stdout.lines().count(), 1);
+    let why = cairn_with(&b, &cache, &["explain", "b", "--set", "b.env.SUFFIX=three"]);
+    assert!(why.stdout.contains("bee") && !why.stdout.contains("two"), "b compares with its own last run: {}", why.all());
+
+    // gc in `a` keeps what `b` last ran, even without any run kept.
+    let gc = cairn_with(&a, &cache, &["gc", "--keep-runs", "0"]);
+    let b_file = b.path().join("pipeline.toml").canonicalize().unwrap();
+    assert!(gc.stdout.contains("kept what 1 other project(s)") && gc.stdout.contains(b_file.to_str().unwrap()), "{}", gc.all());
+    // Only a's "two" output goes: c counts the same bytes in every variant.
+    assert!(gc.stdout.contains("deleted 1 object(s)"), "{}", gc.all());
+    let again = cairn_with(&b, &cache, &["run", "--json"]);
+    assert!(common::statuses(&again).values().all(|s| s == "cached"), "{}", again.all());
+
+    // A project whose pipeline file is gone is forgotten, and its results
+    // are no longer kept for it.
+    drop(b);
+    let gc = cairn_with(&a, &cache, &["gc", "--keep-runs", "0"]);
+    assert!(gc.stdout.contains("forgot 1 project(s) whose pipeline file is gone"), "{}", gc.all());
+    assert!(gc.stdout.contains("deleted 1 object(s)"), "b's \"bee\" output goes: {}", gc.all());
+    assert_eq!(std::fs::read_dir(cache.join("projects")).unwrap().count(), 1);
+}
+
+#[test]
+fn refs_of_a_cache_made_before_projects_were_recorded_are_read_then_replaced() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    // What cairn wrote before: the refs alone, in `refs.json`.
+    let projects = p.cache().join("projects");
+    let record = std::fs::read_dir(&projects).unwrap().next().unwrap().unwrap().path();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    std::fs::write(p.cache().join("refs.json"), v["stages"].to_string()).unwrap();
+    std::fs::remove_dir_all(&projects).unwrap();
+    let why = p.cairn(&["explain", "b", "--set", "b.env.SUFFIX=two"]);
+    assert!(why.stdout.contains("one") && why.stdout.contains("two"), "{}", why.all());
+    assert_eq!(p.cairn(&["run", "--set", "b.env.SUFFIX=two"]).code, 0);
+    assert!(!p.cache().join("refs.json").exists() && projects.is_dir());
+}
+
 #[test]
 fn verify_catches_nondeterminism() {
     let p = Project::new(

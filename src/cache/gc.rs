@@ -1,17 +1,22 @@
 //! Garbage collection and whole-cache verification.
 //!
-//! `collect` deletes objects outside a keep set (what the current pipeline
-//! and recent runs reference) and the manifests that name deleted objects,
-//! so no manifest is left pointing at nothing, and the training checkpoints
-//! nothing will resume (see [`orphan_checkpoints`]). It runs under the
-//! cache lock, so it can never race a run that is writing new entries.
+//! [`roots`] finds what must stay: the current pipeline's fresh outputs,
+//! what every other project sharing the cache last ran or hit (while its
+//! pipeline file exists; see [`super::projects`]), and what each live
+//! project's newest N runs reference. `collect` deletes objects outside
+//! that set and the manifests that name deleted objects, so no manifest is
+//! left pointing at nothing, and the training checkpoints nothing will
+//! resume (see [`orphan_checkpoints`]). It runs under the cache lock, so
+//! it can never race a run that is writing new entries.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::projects::{OtherProject, Project};
 use super::{Cache, CacheError};
 use crate::digest::{ArtifactHash, StageKey};
+use crate::history::HistoryRow;
 
 /// Where interrupted executions of resumable kinds keep their checkpoints,
 /// one directory per stage key. Never objects: nothing in it is a result.
@@ -47,22 +52,28 @@ fn checkpoints_root(cache: &Cache) -> Option<PathBuf> {
     fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()).then_some(root)
 }
 
+/// When a live project's newest recorded run started (its id's
+/// `YYYYMMDDTHHMMSS`, UTC) and the keys it planned; `None` for a project
+/// with no readable run.
+pub type NewestRun = Option<(String, BTreeSet<String>)>;
+
 /// Checkpoints nothing will resume, with their sizes. One is an orphan when
 /// its key has a manifest (the stage completed, or was pulled, since), or
-/// when it was last written before the newest recorded run started and
-/// that run did not plan its key (its params or inputs changed since). A
-/// run killed outright records nothing, so what it checkpointed is newer
-/// than the newest record and is kept for the next run to resume.
-pub fn orphan_checkpoints(cache: &Cache) -> Vec<(PathBuf, u64)> {
+/// when every live project (`newest`, one entry each) has a recorded run
+/// that started after it was last written and did not plan its key (its
+/// params or inputs changed since): a checkpoint does not say whose it is.
+/// A run killed outright records nothing, so what it checkpointed is newer
+/// than its project's newest record and is kept for the next run to resume.
+pub fn orphan_checkpoints(cache: &Cache, newest: &[NewestRun]) -> Vec<(PathBuf, u64)> {
     let Some(root) = checkpoints_root(cache) else { return Vec::new() };
     let Ok(dirs) = fs::read_dir(&root) else { return Vec::new() };
-    let newest = newest_run(cache);
     let mut out = Vec::new();
     for d in dirs.flatten() {
         let name = d.file_name().to_string_lossy().to_string();
         let Ok(key) = name.parse::<StageKey>() else { continue };
         let (written, bytes) = last_written(&d.path());
-        let superseded = newest.as_ref().is_some_and(|(started, keys)| written < *started && !keys.contains(&name));
+        let superseded = !newest.is_empty()
+            && newest.iter().all(|n| n.as_ref().is_some_and(|(started, keys)| written < *started && !keys.contains(&name)));
         if cache.manifest(&key, &|_: String| {}).ok().flatten().is_some() || superseded {
             out.push((d.path(), bytes));
         }
@@ -70,12 +81,59 @@ pub fn orphan_checkpoints(cache: &Cache) -> Vec<(PathBuf, u64)> {
     out
 }
 
-/// When the newest recorded run started (its id's `YYYYMMDDTHHMMSS`, UTC)
-/// and the keys it planned; `None` when there is none or it cannot be read.
-fn newest_run(cache: &Cache) -> Option<(String, BTreeSet<String>)> {
-    let id = crate::history::run_ids(cache.root()).pop()?;
-    let rows = crate::history::load(cache.root(), &id).ok()?;
-    Some((id.chars().take(15).collect(), rows.into_iter().map(|r| r.key).collect()))
+/// What `gc` must keep, and the projects it kept it for.
+pub struct Roots {
+    pub keep: BTreeSet<ArtifactHash>,
+    /// Other projects whose pipeline file exists: what they last ran or
+    /// hit, and their newest runs, are kept.
+    pub others: Vec<OtherProject>,
+    /// Other projects whose pipeline file is gone: nothing is kept for
+    /// them, and `collect` forgets them.
+    pub gone: Vec<OtherProject>,
+    newest: Vec<NewestRun>,
+}
+
+/// The roots of a collection run by project `me`, whose fresh outputs are
+/// `fresh`: those, what every other live project last ran or hit, and what
+/// each live project's newest `keep_runs` runs reference. A run recorded
+/// before runs named their project counts as `me`'s.
+pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_runs: usize) -> Roots {
+    let (others, gone): (Vec<_>, Vec<_>) = cache.other_projects(me).into_iter().partition(|p| p.exists());
+    let mut keep = fresh;
+    for key in others.iter().flat_map(|p| p.keys.values()) {
+        if let Ok(Some(m)) = cache.manifest(key, &|_: String| {}) {
+            keep.extend(m.outputs.values().map(|o| o.hash));
+        }
+    }
+    let mut runs: Vec<(String, Vec<HistoryRow>)> = crate::history::run_ids(cache.root())
+        .into_iter()
+        .filter_map(|id| Some((id.clone(), crate::history::load(cache.root(), &id).ok()?)))
+        .collect();
+    runs.reverse();
+    let live = std::iter::once(me.clone()).chain(others.iter().map(|o| Project { pipeline: o.pipeline.clone() }));
+    let mut newest = Vec::new();
+    for p in live {
+        let mine: Vec<&Vec<HistoryRow>> = runs.iter().filter(|(_, rows)| owner(rows, me) == p.pipeline).map(|(_, rows)| rows).collect();
+        newest.push(mine.first().map(|rows| started(rows)));
+        for rows in mine.into_iter().take(keep_runs) {
+            keep.extend(rows.iter().flat_map(|r| r.outputs.values()).filter_map(|h| h.parse::<ArtifactHash>().ok()));
+        }
+    }
+    Roots { keep, others, gone, newest }
+}
+
+/// Whose run `rows` are: the project they name, else `me`.
+fn owner<'a>(rows: &'a [HistoryRow], me: &'a Project) -> &'a str {
+    match rows.first().map(|r| r.project.as_str()) {
+        Some(p) if !me.owns(p) => p,
+        _ => &me.pipeline,
+    }
+}
+
+/// When a run started and the keys it planned.
+fn started(rows: &[HistoryRow]) -> (String, BTreeSet<String>) {
+    let id = rows.first().map(|r| r.run_id.as_str()).unwrap_or_default();
+    (id.chars().take(15).collect(), rows.iter().map(|r| r.key.clone()).collect())
 }
 
 /// The latest modification time under a checkpoint directory, stamped as
@@ -111,11 +169,11 @@ pub fn objects(cache: &Cache) -> Vec<(ArtifactHash, u64)> {
     out
 }
 
-pub fn collect(cache: &Cache, keep: &BTreeSet<ArtifactHash>, dry_run: bool) -> Result<GcReport, CacheError> {
+pub fn collect(cache: &Cache, roots: &Roots, dry_run: bool) -> Result<GcReport, CacheError> {
     let mut report = GcReport::default();
     let mut deleted = BTreeSet::new();
     for (h, size) in objects(cache) {
-        if keep.contains(&h) {
+        if roots.keep.contains(&h) {
             report.kept += 1;
             continue;
         }
@@ -137,11 +195,16 @@ pub fn collect(cache: &Cache, keep: &BTreeSet<ArtifactHash>, dry_run: bool) -> R
             fs::remove_file(&p).map_err(|e| CacheError::io("cannot delete", p, e))?;
         }
     }
-    for (dir, bytes) in orphan_checkpoints(cache) {
+    for (dir, bytes) in orphan_checkpoints(cache, &roots.newest) {
         report.checkpoints += 1;
         report.checkpoint_bytes += bytes;
         if !dry_run {
             fs::remove_dir_all(&dir).map_err(|e| CacheError::io("cannot delete", dir, e))?;
+        }
+    }
+    if !dry_run {
+        for p in &roots.gone {
+            cache.forget(p)?;
         }
     }
     Ok(report)
@@ -190,4 +253,51 @@ pub fn verify_all(cache: &Cache) -> Result<VerifyReport, CacheError> {
     }
     report.problems.extend(missing.into_iter().map(|h| (h, "missing")));
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A checkpoint of key `k` (a repeated hex pair) last written at `at`.
+    fn checkpoint(cache: &Cache, k: &str, at: SystemTime) -> String {
+        let name = k.repeat(32);
+        let dir = cache.root().join(CHECKPOINTS).join(&name);
+        fs::create_dir_all(&dir).unwrap();
+        let f = fs::File::create(dir.join("state")).unwrap();
+        f.set_modified(at).unwrap();
+        fs::File::open(&dir).unwrap().set_modified(at).unwrap();
+        name
+    }
+
+    fn stamp(t: SystemTime) -> String {
+        let t = time::OffsetDateTime::from(t);
+        t.format(&time::format_description::well_known::Rfc3339).unwrap().replace([':', '-'], "").chars().take(15).collect()
+    }
+
+    #[test]
+    fn a_checkpoint_is_an_orphan_only_once_every_live_project_ran_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let hour = Duration::from_secs(3600);
+        let now = SystemTime::now();
+        let old = checkpoint(&cache, "ab", now - 2 * hour);
+        let planned = checkpoint(&cache, "cd", now - 2 * hour);
+        let recent = checkpoint(&cache, "ef", now);
+        let ran_since = Some((stamp(now - hour), BTreeSet::from([planned.clone()])));
+        let names = |newest: &[NewestRun]| -> BTreeSet<String> {
+            orphan_checkpoints(&cache, newest).into_iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
+        };
+        // One project that ran since and planned another key.
+        assert_eq!(names(std::slice::from_ref(&ran_since)), BTreeSet::from([old.clone()]));
+        // A second project that has not run since may still resume it.
+        let not_since = Some((stamp(now - 3 * hour), BTreeSet::new()));
+        assert!(names(&[ran_since.clone(), not_since]).is_empty());
+        // Nor may one that never recorded a run (a killed first run).
+        assert!(names(&[ran_since.clone(), None]).is_empty());
+        // Both ran since: only the unplanned, older checkpoint goes.
+        assert_eq!(names(&[ran_since.clone(), ran_since]), BTreeSet::from([old]));
+        assert!(!names(&[]).contains(&recent));
+    }
 }

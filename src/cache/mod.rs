@@ -6,8 +6,10 @@
 //! CACHEDIR.TAG          marks the directory as cairn's (nothing else is touched)
 //! objects/ab/cdef…      artifact bytes, named by their blake3, read-only
 //! manifests/<key>.json  one per stage key: output hashes, timings, metrics
-//! refs.json             the key inputs each stage name last ran or hit with
-//!                       (for `explain`; not part of any key)
+//! projects/<id>.json    each project using the cache: its pipeline file and
+//!                       the key inputs each of its stages last ran or hit
+//!                       with (for `explain` and `gc`; not part of any key;
+//!                       see [`projects`])
 //! runs/<run>.parquet    the run history
 //! tmp/                  scratch directories and files being written
 //! checkpoints/<key>/    resumable stages' checkpoints (never results; see
@@ -36,12 +38,14 @@ pub mod hash;
 pub mod lock;
 pub mod manifest;
 mod open_dir;
+pub mod projects;
 pub mod statcache;
 pub mod store;
 
 pub use lock::CacheLock;
 pub use manifest::{output_hashes, Hit, Manifest, OutputRecord, StageRef};
 pub use hash::hash_file;
+pub use projects::Project;
 pub use store::Cache;
 
 use std::path::PathBuf;

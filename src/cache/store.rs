@@ -1,4 +1,4 @@
-//! Objects, manifests and refs on disk, written atomically.
+//! Objects and manifests on disk, written atomically.
 //!
 //! The store owns its files outright: an output enters it as a private,
 //! read-only copy (never as a link to a file someone else can edit), an
@@ -6,7 +6,6 @@
 //! bytes are ingested again, and cairn writes or deletes only inside a
 //! directory that carries its [`CACHE_TAG`].
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -14,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::hash::hash_file;
-use super::manifest::{Hit, Manifest, ManifestOf, StageRef};
+use super::manifest::{Hit, Manifest, ManifestOf};
 use super::open_dir::OpenDir;
 use super::statcache::{HashError, StatCache};
 use super::CacheError;
@@ -326,29 +325,6 @@ impl Cache {
     /// Every manifest in the cache (damaged ones skipped).
     pub fn manifests(&self) -> Vec<Manifest> {
         self.manifests_checked().0
-    }
-
-    /// The key inputs each stage name last ran or hit with.
-    pub fn stage_refs(&self) -> BTreeMap<String, StageRef> {
-        fs::read(self.root.join("refs.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
-    }
-
-    /// The key each stage name last ran or hit with: the refs without
-    /// their key inputs, which is all a run needs to see whether it
-    /// changed them, at a fraction of the parse.
-    pub fn stage_ref_keys(&self) -> BTreeMap<String, StageKey> {
-        #[derive(serde::Deserialize)]
-        struct KeyOnly {
-            key: StageKey,
-        }
-        let refs: Option<BTreeMap<String, KeyOnly>> = fs::read(self.root.join("refs.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        refs.unwrap_or_default().into_iter().map(|(stage, r)| (stage, r.key)).collect()
-    }
-
-    /// Replaces the refs, in one atomic write.
-    pub fn write_stage_refs(&self, refs: &BTreeMap<String, StageRef>) -> Result<(), CacheError> {
-        let bytes = serde_json::to_vec(refs).expect("refs serialise");
-        self.write_atomic(&self.root.join("refs.json"), &bytes)
     }
 
     /// Writes via temp file + fsync + rename, so readers see old or new.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use cairn::cache::{Cache, CacheLock};
+use cairn::cache::{Cache, CacheLock, Project};
 use cairn::digest::ArtifactHash;
 use cairn::env::Environment;
 use cairn::exec::{execute, ExecRequest};
@@ -480,33 +480,34 @@ fn locked(cli: &Cli, config: &Config, console: &Console) -> Result<Locked, i32> 
 }
 
 fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, console: &Console) -> CmdResult {
-    let Locked { cache, _lock, states, .. } = locked(cli, config, console)?;
-    let mut keep: std::collections::BTreeSet<ArtifactHash> = std::collections::BTreeSet::new();
+    let Locked { pipeline, cache, _lock, states, .. } = locked(cli, config, console)?;
+    let mut fresh = std::collections::BTreeSet::new();
     for (_, st) in &states {
         if let StageState::Fresh { manifest, .. } = st {
-            keep.extend(manifest.outputs.values().map(|o| o.hash));
+            fresh.extend(manifest.outputs.values().map(|o| o.hash));
         }
     }
-    let ids = cairn::history::run_ids(cache.root());
-    for id in ids.iter().rev().take(keep_runs) {
-        if let Ok(rows) = cairn::history::load(cache.root(), id) {
-            for row in rows {
-                keep.extend(row.outputs.values().filter_map(|h| h.parse::<ArtifactHash>().ok()));
-            }
-        }
-    }
-    let report = cairn::cache::gc::collect(&cache, &keep, dry_run).map_err(|e| fail(console, exit::IO, e))?;
+    let roots = cairn::cache::gc::roots(&cache, &Project::of(&pipeline.file), fresh, keep_runs);
+    let report = cairn::cache::gc::collect(&cache, &roots, dry_run).map_err(|e| fail(console, exit::IO, e))?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
     println!(
-        "{} {} object(s), {} ({} manifest(s)); kept {} object(s)",
-        if dry_run { "would delete" } else { "deleted" },
+        "{verb} {} object(s), {} ({} manifest(s)); kept {} object(s)",
         report.objects,
         human_bytes(report.bytes),
         report.manifests,
         report.kept
     );
     if report.checkpoints > 0 {
-        let verb = if dry_run { "would delete" } else { "deleted" };
         println!("{verb} {} orphaned training checkpoint(s), {}", report.checkpoints, human_bytes(report.checkpoint_bytes));
+    }
+    let list = |ps: &[cairn::cache::projects::OtherProject]| ps.iter().map(|p| format!("\n  {}", p.pipeline)).collect::<String>();
+    if !roots.others.is_empty() {
+        let runs = if keep_runs > 0 { format!(" and their newest {keep_runs} run(s) reference") } else { String::new() };
+        println!("kept what {} other project(s) sharing this cache last ran or hit{runs}:{}", roots.others.len(), list(&roots.others));
+    }
+    if !roots.gone.is_empty() {
+        let verb = if dry_run { "would forget" } else { "forgot" };
+        println!("{verb} {} project(s) whose pipeline file is gone:{}", roots.gone.len(), list(&roots.gone));
     }
     Ok(exit::OK)
 }

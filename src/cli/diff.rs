@@ -14,7 +14,7 @@ use cairn::lock::{class_of, Entry, Lock};
 use cairn::plan::StageState;
 
 use super::commands::{fail, load, stage_states, CmdResult};
-use super::history::readable;
+use super::history::own_runs_newest_first;
 use super::ui::Console;
 use super::{exit, Cli, Config};
 
@@ -185,7 +185,7 @@ fn sweep_table(cli: &Cli, given: Option<&str>, markdown: bool) -> Result<Option<
     let ids = history::run_ids(&cli.cache_dir);
     let rows = match given {
         Some(g) => Some(named(cli, &ids, g)?.1),
-        None => ids.last().and_then(|id| readable(cli, id)),
+        None => own_runs_newest_first(cli).next().map(|(_, rows)| rows),
     };
     Ok(rows.and_then(|rows| super::sweep::table(&rows, markdown)))
 }
@@ -196,14 +196,14 @@ fn runs(cli: &Cli, a: Option<&str>, b: Option<&str>) -> Result<[Side; 2], i32> {
     let ids = history::run_ids(&cli.cache_dir);
     let (a, b) = (a.map(|g| named(cli, &ids, g)).transpose()?, b.map(|g| named(cli, &ids, g)).transpose()?);
     let taken: Vec<String> = a.iter().chain(b.iter()).map(|(id, _)| id.clone()).collect();
-    let mut newest = ids.iter().rev().filter(|id| !taken.contains(id)).filter_map(|id| Some((id.clone(), readable(cli, id)?)));
+    let mut newest = own_runs_newest_first(cli).filter(|(id, _)| !taken.contains(id));
     // Without names: the newest against the one before it.
     let b = b.or_else(|| newest.next());
     let a = a.or_else(|| newest.next());
     match (a, b) {
         (Some((ia, ra)), Some((ib, rb))) => Ok([side(&ia, ra), side(&ib, rb)]),
         _ => {
-            eprintln!("error: need two readable recorded runs to compare (have {}); see `cairn runs`", ids.len());
+            eprintln!("error: need two readable recorded runs of {} to compare; see `cairn runs`", cli.file.display());
             Err(exit::USAGE)
         }
     }

@@ -1,9 +1,12 @@
 //! `cairn runs`: the run history, read back from Parquet (`cairn diff`
 //! compares two of its runs, see `diff.rs`); a sweep's run is followed by
-//! its table of points.
+//! its table of points. Both show this project's runs: those recorded
+//! under its pipeline file (and those recorded before runs named one),
+//! not those of other projects sharing the cache.
 
 use std::collections::BTreeMap;
 
+use cairn::cache::Project;
 use cairn::history::{self, HistoryRow};
 
 use super::commands::CmdResult;
@@ -24,10 +27,10 @@ fn headline(rows: &[HistoryRow]) -> String {
 }
 
 pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
-    let ids = history::run_ids(&cli.cache_dir);
+    let mut newest: Vec<(String, Vec<HistoryRow>)> = own_runs_newest_first(cli).take(limit).collect();
+    newest.reverse();
     let mut out = Vec::new();
-    for id in ids.iter().rev().take(limit).rev() {
-        let Some(rows) = readable(cli, id) else { continue };
+    for (id, rows) in &newest {
         let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
         if json {
             out.push(serde_json::json!({
@@ -49,19 +52,29 @@ pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
                     n => format!(" pulled {n:>2}"),
                 },
                 count("failed"),
-                headline(&rows)
+                headline(rows)
             );
-            if let Some(table) = super::sweep::table(&rows, false) {
+            if let Some(table) = super::sweep::table(rows, false) {
                 println!("{}", super::ui::indent(&table));
             }
         }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    } else if ids.is_empty() {
-        println!("no runs recorded in {}", cli.cache_dir.display());
+    } else if newest.is_empty() {
+        println!("no runs of {} recorded in {}", cli.file.display(), cli.cache_dir.display());
     }
     Ok(exit::OK)
+}
+
+/// This project's readable runs, newest first, read as they are taken.
+pub(super) fn own_runs_newest_first(cli: &Cli) -> impl Iterator<Item = (String, Vec<HistoryRow>)> + '_ {
+    let me = Project::of(&cli.file);
+    let ids = history::run_ids(&cli.cache_dir);
+    ids.into_iter().rev().filter_map(move |id| {
+        let rows = readable(cli, &id)?;
+        rows.first().is_some_and(|r| me.owns(&r.project)).then_some((id, rows))
+    })
 }
 
 /// The rows of run `id`, or `None` after a warning when its record cannot

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cairn::cache::{Cache, StageRef};
+use cairn::cache::{Cache, Project, StageRef};
 use cairn::digest::StageKey;
 use cairn::key::KeyInputs;
 use cairn::lock::check::{check, Finding, LockCheck};
@@ -65,7 +65,7 @@ pub fn after_run(plan: LockPlan, pipeline: &Pipeline, cache: &Cache, report: &Ru
     let refs = std::cell::RefCell::new(None);
     let lookup = |stage: &str, key: &StageKey| -> Option<KeyInputs> {
         let mut refs = refs.borrow_mut();
-        let refs: &mut BTreeMap<String, StageRef> = refs.get_or_insert_with(|| cache.stage_refs());
+        let refs: &mut BTreeMap<String, StageRef> = refs.get_or_insert_with(|| cache.stage_refs(&Project::of(&pipeline.file)));
         refs.remove(stage).filter(|r| r.key == *key).map(|r| r.key_inputs)
     };
     let lock = match plan.on_disk.lock() {

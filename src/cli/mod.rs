@@ -181,7 +181,7 @@ pub enum Cmd {
         #[command(flatten)]
         config: Config,
     },
-    /// The history of runs.
+    /// The history of this pipeline's runs (not those of other projects sharing the cache).
     Runs {
         /// The newest N runs.
         #[arg(long, value_name = "N", default_value_t = 20)]
@@ -208,12 +208,12 @@ pub enum Cmd {
         #[command(flatten)]
         config: Config,
     },
-    /// Delete objects that neither the current pipeline nor the last N runs reference.
+    /// Delete objects that neither the current pipeline, another project sharing the cache, nor their last N runs reference.
     Gc {
         /// Say what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Also keep what the newest N recorded runs reference.
+        /// Also keep what the newest N recorded runs of each project reference.
         #[arg(long, value_name = "N", default_value_t = 5)]
         keep_runs: usize,
         #[command(flatten)]

@@ -146,6 +146,7 @@ mod tests {
         HistoryRow {
             run_id: "r".into(),
             started_at: String::new(),
+            project: String::new(),
             profile: String::new(),
             stage: stage.into(),
             kind: "train".into(),

@@ -365,7 +365,7 @@ impl<'a> Scheduler<'a> {
             reports: BTreeMap::new(),
             hashes: BTreeMap::new(),
             key_inputs: BTreeMap::new(),
-            ref_keys: cache.stage_ref_keys(),
+            ref_keys: cache.stage_ref_keys(&resolver.project),
             refs: BTreeMap::new(),
             running: 0,
             pusher: None,
@@ -594,7 +594,7 @@ impl<'a> Scheduler<'a> {
         }
         let mut all = self.resolver.refs().clone();
         all.extend(self.refs.clone());
-        self.cache.write_stage_refs(&all)
+        self.cache.write_stage_refs(&self.resolver.project, &all)
     }
 
     fn into_report(mut self, started_at: String) -> RunReport {

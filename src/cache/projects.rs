@@ -1,0 +1,135 @@
+//! The projects that use one cache, each with its own refs.
+//!
+//! Several checkouts, worktrees or pipelines may share a cache
+//! (`--cache-dir`, `CAIRN_CACHE_DIR`): keys are content, so one project's
+//! results are another's hits. What each project last ran is its own:
+//! `projects/<id>.json` holds a project's pipeline file (the canonical
+//! path that names the project) and its refs, so `explain` compares with
+//! the project's own last run, and `gc` keeps what every project whose
+//! pipeline file still exists last ran or hit. A cache written before
+//! projects were recorded holds one `refs.json`; a project with no record
+//! of its own reads that, and removes it once it writes its own.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Cache, CacheError, StageRef};
+use crate::digest::StageKey;
+
+const DIR: &str = "projects";
+const LEGACY_REFS: &str = "refs.json";
+
+/// A project: the pipeline file it runs, by canonical path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Project {
+    pub pipeline: String,
+}
+
+impl Project {
+    pub fn of(pipeline_file: &Path) -> Self {
+        let path = fs::canonicalize(pipeline_file)
+            .or_else(|_| std::path::absolute(pipeline_file))
+            .unwrap_or_else(|_| pipeline_file.to_path_buf());
+        Self { pipeline: path.to_string_lossy().into_owned() }
+    }
+
+    /// Its record's file name: a digest of the path, which may hold any
+    /// character and be any length.
+    fn file_name(&self) -> String {
+        format!("{}.json", &blake3::hash(self.pipeline.as_bytes()).to_hex()[..32])
+    }
+
+    /// Whether a run recorded under `pipeline` (empty: recorded before
+    /// projects were, when a cache had one) is this project's.
+    pub fn owns(&self, pipeline: &str) -> bool {
+        pipeline.is_empty() || pipeline == self.pipeline
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record<R> {
+    pipeline: String,
+    stages: BTreeMap<String, R>,
+}
+
+#[derive(Deserialize)]
+struct KeyOnly {
+    key: StageKey,
+}
+
+/// Another project that used the cache, as `gc` sees it.
+pub struct OtherProject {
+    pub pipeline: String,
+    /// The key each of its stages last ran or hit with.
+    pub keys: BTreeMap<String, StageKey>,
+    record: PathBuf,
+}
+
+impl OtherProject {
+    /// Whether its pipeline file is still there (on this machine).
+    pub fn exists(&self) -> bool {
+        Path::new(&self.pipeline).is_file()
+    }
+}
+
+impl Cache {
+    fn record_path(&self, p: &Project) -> PathBuf {
+        self.root().join(DIR).join(p.file_name())
+    }
+
+    /// `p`'s record, else the refs of a cache made before projects were
+    /// recorded.
+    fn read_refs<R: serde::de::DeserializeOwned>(&self, p: &Project) -> BTreeMap<String, R> {
+        if let Ok(bytes) = fs::read(self.record_path(p)) {
+            return serde_json::from_slice::<Record<R>>(&bytes).map(|r| r.stages).unwrap_or_default();
+        }
+        fs::read(self.root().join(LEGACY_REFS)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// The key inputs each of `p`'s stages last ran or hit with.
+    pub fn stage_refs(&self, p: &Project) -> BTreeMap<String, StageRef> {
+        self.read_refs(p)
+    }
+
+    /// The key each of `p`'s stages last ran or hit with: the refs without
+    /// their key inputs, which is all a run needs to see whether it
+    /// changed them, at a fraction of the parse.
+    pub fn stage_ref_keys(&self, p: &Project) -> BTreeMap<String, StageKey> {
+        self.read_refs::<KeyOnly>(p).into_iter().map(|(stage, r)| (stage, r.key)).collect()
+    }
+
+    /// Replaces `p`'s refs, in one atomic write.
+    pub fn write_stage_refs(&self, p: &Project, refs: &BTreeMap<String, StageRef>) -> Result<(), CacheError> {
+        let dir = self.root().join(DIR);
+        fs::create_dir_all(&dir).map_err(|e| CacheError::io("cannot create", dir, e))?;
+        let record = Record { pipeline: p.pipeline.clone(), stages: refs.clone() };
+        self.write_atomic(&self.record_path(p), &serde_json::to_vec(&record).expect("refs serialise"))?;
+        let _ = fs::remove_file(self.root().join(LEGACY_REFS));
+        Ok(())
+    }
+
+    /// Every project but `me` that recorded refs here (unreadable records
+    /// skipped).
+    pub fn other_projects(&self, me: &Project) -> Vec<OtherProject> {
+        let Ok(dir) = fs::read_dir(self.root().join(DIR)) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in dir.flatten() {
+            let Ok(bytes) = fs::read(e.path()) else { continue };
+            let Ok(r) = serde_json::from_slice::<Record<KeyOnly>>(&bytes) else { continue };
+            if r.pipeline != me.pipeline {
+                let keys = r.stages.into_iter().map(|(s, k)| (s, k.key)).collect();
+                out.push(OtherProject { pipeline: r.pipeline, keys, record: e.path() });
+            }
+        }
+        out.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
+        out
+    }
+
+    /// Deletes the record of a project whose pipeline file is gone.
+    pub fn forget(&self, other: &OtherProject) -> Result<(), CacheError> {
+        fs::remove_file(&other.record).map_err(|e| CacheError::io("cannot delete", other.record.clone(), e))
+    }
+}
