@@ -107,6 +107,12 @@ pub trait StageKind: Send + Sync {
     }
     /// Validates raw params (the stage table minus `kind` and `inputs`).
     fn check(&self, params: &Value) -> Result<Checked, ParamError>;
+    /// The help for an input the stage connects to a slot its kind lacks,
+    /// where the kind can say more than which slots it has (a `command`'s
+    /// slots are the `{in.NAME}` its `cmd` names).
+    fn unknown_slot_help(&self, _slot: &str) -> Option<String> {
+        None
+    }
     /// Executes the stage.
     fn run(&self, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure>;
 }

@@ -153,6 +153,10 @@ impl StageKind for Command {
         Ok(Checked { params, inputs, outputs, implied_inputs: Vec::new(), env: EnvNeeds::default() })
     }
 
+    fn unknown_slot_help(&self, slot: &str) -> Option<String> {
+        Some(format!("a command's input slots are the `{{in.NAME}}` placeholders in its `cmd`: write `{{in.{slot}}}` where the command takes the file's path"))
+    }
+
     fn run(&self, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
         let p: Params = serde_json::from_value(ctx.params.clone()).map_err(|e| StageFailure::new(e.to_string()))?;
         let cmd = substitute(&p.cmd, |ns, name| {

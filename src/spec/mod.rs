@@ -368,7 +368,7 @@ fn resolve_inputs(raw: &RawSpec, checked: Vec<(usize, Arc<dyn StageKind>, Checke
         .map(|(i, _, c)| (raw.stages[*i].name.as_str(), c.outputs.iter().map(|o| o.name.as_str()).collect()))
         .collect();
     let all_names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
-    let inputs: Vec<_> = checked.iter().map(|(i, _, c)| stage_inputs(raw, &raw.stages[*i], c, &outputs, &all_names, diags)).collect();
+    let inputs: Vec<_> = checked.iter().map(|(i, kind, c)| stage_inputs(raw, &raw.stages[*i], c, kind.as_ref(), &outputs, &all_names, diags)).collect();
     checked
         .into_iter()
         .zip(inputs)
@@ -382,6 +382,7 @@ fn stage_inputs(
     raw: &RawSpec,
     rs: &parse::RawStage,
     c: &Checked,
+    kind: &dyn StageKind,
     outputs: &BTreeMap<&str, Vec<&str>>,
     all_names: &[&str],
     diags: &mut Vec<Diagnostic>,
@@ -412,7 +413,7 @@ fn stage_inputs(
         // ones; what they refer to is checked like any reference.
         if !is_implied(slot) {
             let Some(decl) = c.inputs.iter().find(|s| &s.name == slot) else {
-                err(Some(slot), format!("kind `{}` has no input slot `{slot}`", rs.kind), Some(slot_help(rs, c, slot)));
+                err(Some(slot), format!("kind `{}` has no input slot `{slot}`", rs.kind), Some(slot_help(rs, c, kind, slot)));
                 continue;
             };
             if !decl.many && refs.len() != 1 {
@@ -439,13 +440,14 @@ fn stage_inputs(
 }
 
 /// The help for a slot the stage's kind does not have: the nearest
-/// name, or the slots it has.
-fn slot_help(rs: &parse::RawStage, c: &Checked, slot: &str) -> String {
+/// name, else what the kind says, else the slots it has.
+fn slot_help(rs: &parse::RawStage, c: &Checked, kind: &dyn StageKind, slot: &str) -> String {
     let names: Vec<&str> = c.inputs.iter().map(|s| s.name.as_str()).collect();
-    match diag::closest(slot, names.iter().copied()) {
-        Some(s) => format!("did you mean `{s}`?"),
-        None => format!("`{}` takes: {}", rs.kind, if names.is_empty() { "no inputs".into() } else { names.join(", ") }),
+    if let Some(s) = diag::closest(slot, names.iter().copied()) {
+        return format!("did you mean `{s}`?");
     }
+    let listed = || format!("`{}` takes: {}", rs.kind, if names.is_empty() { "no inputs".into() } else { names.join(", ") });
+    kind.unknown_slot_help(slot).unwrap_or_else(listed)
 }
 
 /// What is wrong with reference `r` in input `slot` of stage `own`: a
@@ -501,9 +503,6 @@ inputs = { predictions = "preds.t" }
         serde_json::from_slice(&p.upstream_params(i)).unwrap()
     }
 
-    /// Found by fuzzing (tests/fuzz_spec.rs): a reference implied by a
-    /// param (`init = { stage = "..." }`) to a stage that does not exist
-    /// was never checked, and building the graph panicked on it.
     #[test]
     fn a_long_cycle_is_named_by_its_ends() {
         let names = |n: usize| (0..n).map(|i| format!("s{i}")).chain(["s0".to_string()]).collect::<Vec<_>>();
@@ -512,6 +511,9 @@ inputs = { predictions = "preds.t" }
         assert_eq!(cycle_text(&names(5000)), "s0 → s1 → s2 → s3 → s4 → s5 → s6 → s7 → … 4990 more … → s4998 → s4999 → s0");
     }
 
+    /// Found by fuzzing (tests/fuzz_spec.rs): a reference implied by a
+    /// param (`init = { stage = "..." }`) to a stage that does not exist
+    /// was never checked, and building the graph panicked on it.
     #[test]
     fn implied_reference_to_a_missing_stage_is_an_error() {
         let spec = |init: &str| {
@@ -546,6 +548,30 @@ inputs = {{ train_images = "data.x", train_labels = "data.x", val_images = "data
             assert!(e.contains(want), "{init}: {e}");
             assert!(e.contains("p.toml:15:"), "{init}: points at the `init` line: {e}");
         }
+    }
+
+    #[test]
+    fn an_input_a_command_does_not_name_says_how_to_name_it() {
+        let spec = |slot: &str| {
+            format!(
+                r#"
+[stages.a]
+kind = "command"
+cmd = "echo hi > {{out.x}}"
+outputs = {{ x = "x.txt" }}
+
+[stages.b]
+kind = "command"
+cmd = "cat {{in.src}} > {{out.y}}"
+inputs = {{ {slot} = "a.x" }}
+outputs = {{ y = "y.txt" }}
+"#
+            )
+        };
+        let err = |slot: &str| load_str(Path::new("p.toml"), &spec(slot), &LoadOptions::default(), &Registry::builtin()).err().unwrap().to_string();
+        assert!(err("scr").contains("did you mean `src`?"), "{}", err("scr"));
+        let e = err("data");
+        assert!(e.contains("has no input slot `data`") && e.contains("write `{in.data}` where the command takes the file's path"), "{e}");
     }
 
     #[test]
