@@ -216,6 +216,22 @@ fn gc_keeps_what_is_referenced() {
     assert!(kept.stdout.contains("would delete 0 object(s)"), "{}", kept.stdout);
 }
 
+#[test]
+fn the_default_cache_sits_beside_the_pipeline_file_wherever_cairn_runs() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let sub = p.path().join("notebooks");
+    std::fs::create_dir(&sub).unwrap();
+    let run = |args: &[&str]| -> common::Run { p.cmd(args).current_dir(&sub).output().unwrap().into() };
+    let again = run(&["-f", "../pipeline.toml", "run", "--json"]);
+    assert!(common::statuses(&again).values().all(|s| s == "cached"), "{}", again.all());
+    assert!(!sub.join("cache").exists(), "no second cache in the working directory");
+    // A cache named on the command line is where it says, from the working directory.
+    let own = run(&["-f", "../pipeline.toml", "--cache-dir", "scratch-cache", "run", "--json"]);
+    assert!(common::statuses(&own).values().all(|s| s == "ran"), "{}", own.all());
+    assert!(sub.join("scratch-cache").is_dir());
+}
+
 /// `cairn` in `p` against the cache at `cache`.
 fn cairn_with(p: &Project, cache: &std::path::Path, args: &[&str]) -> common::Run {
     let mut all = vec!["--cache-dir", cache.to_str().unwrap()];

@@ -1,7 +1,6 @@
 //! One function per subcommand. Each returns an exit code; library errors
 //! are rendered here, the only place that knows about the terminal.
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -171,7 +170,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
 fn artifacts_dir(cli: &Cli) -> std::path::PathBuf {
     std::env::var_os("CAIRN_ARTIFACTS_DIR")
         .map(Into::into)
-        .unwrap_or_else(|| cli.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("artifacts"))
+        .unwrap_or_else(|| spec::beside(&cli.file, "artifacts"))
 }
 
 /// How `cairn run` was asked to run, beyond [`RunOptions`].

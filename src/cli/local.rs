@@ -30,7 +30,7 @@ pub enum LocalError {
 
 /// Where the overrides of the pipeline at `pipeline_file` live.
 pub fn path_for(pipeline_file: &Path) -> PathBuf {
-    pipeline_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(FILE)
+    cairn::spec::beside(pipeline_file, FILE)
 }
 
 impl Overrides {

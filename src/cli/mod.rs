@@ -13,7 +13,7 @@ mod ui;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Exit codes.
 pub mod exit {
@@ -40,8 +40,8 @@ pub struct Cli {
     /// The pipeline file.
     #[arg(short = 'f', long = "file", global = true, default_value = "pipeline.toml")]
     pub file: PathBuf,
-    /// The cache directory.
-    #[arg(long, global = true, env = "CAIRN_CACHE_DIR", default_value = "cache")]
+    /// The cache directory [default: `cache` beside the pipeline file].
+    #[arg(long, global = true, env = "CAIRN_CACHE_DIR", default_value = "cache", hide_default_value = true)]
     pub cache_dir: PathBuf,
     /// More output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -291,7 +291,14 @@ pub enum CacheCmd {
 }
 
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Like the lock and `artifacts/`, the default cache sits beside the
+    // pipeline file, so `cairn -f ../pipeline.toml` from a subdirectory
+    // finds the project's cache instead of starting one there.
+    if matches.value_source("cache_dir") == Some(clap::parser::ValueSource::DefaultValue) {
+        cli.cache_dir = cairn::spec::beside(&cli.file, "cache");
+    }
     ui::init_tracing(&cli);
     commands::dispatch(cli)
 }

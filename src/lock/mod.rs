@@ -113,7 +113,7 @@ pub fn class_of(env: &BTreeMap<String, String>) -> String {
 
 /// The lock's path for a pipeline file.
 pub fn path_for(pipeline_file: &Path) -> PathBuf {
-    pipeline_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(FILE)
+    crate::spec::beside(pipeline_file, FILE)
 }
 
 impl Default for Lock {

@@ -71,6 +71,13 @@ pub struct Stage {
     pub inputs: BTreeMap<String, Vec<InputRef>>,
 }
 
+/// A file or directory beside the pipeline file `pipeline_file`: where its
+/// lock, local overrides, artifacts and (by default) cache live, wherever
+/// cairn is run from.
+pub fn beside(pipeline_file: &Path, name: &str) -> PathBuf {
+    pipeline_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(name)
+}
+
 /// A checked pipeline, stages in topological order.
 #[derive(Clone)]
 pub struct Pipeline {
