@@ -24,6 +24,8 @@ pub struct HistoryRow {
     /// were (see [`Project::owns`]).
     pub project: String,
     pub profile: String,
+    /// The `--set` overrides the run was given, saved ones first.
+    pub sets: Vec<String>,
     pub stage: String,
     pub kind: String,
     pub status: String,
@@ -71,6 +73,7 @@ pub fn rows(report: &RunReport, pipeline: &Pipeline) -> Vec<HistoryRow> {
             started_at: report.started_at.clone(),
             project: project.clone(),
             profile: report.profile.clone().unwrap_or_default(),
+            sets: pipeline.sets.clone(),
             stage: r.stage.clone(),
             kind: r.kind.clone(),
             status: status_name(&r.outcome).to_string(),
@@ -96,6 +99,7 @@ pub fn record(cache: &crate::cache::Cache, report: &RunReport, pipeline: &Pipeli
         .with("finished_at", json(&|_| report.finished_at.clone()))
         .with("project", text(&|r| &r.project))
         .with("profile", text(&|r| &r.profile))
+        .with("sets", json(&|r| serde_json::to_string(&r.sets).unwrap_or_default()))
         .with("stage", text(&|r| &r.stage))
         .with("kind", text(&|r| &r.kind))
         .with("status", text(&|r| &r.status))
@@ -151,7 +155,7 @@ pub fn load(cache_root: &Path, run_id: &str) -> Result<Vec<HistoryRow>, TableErr
         }
     };
     let (grid, points) = (strs("sweep"), strs("sweep_points"));
-    let project = strs("project");
+    let (project, sets) = (strs("project"), strs("sets"));
     let (ids, started, profile, stage, kind, status, key, params, metrics, outputs) = (
         strs("run_id"),
         strs("started_at"),
@@ -174,6 +178,7 @@ pub fn load(cache_root: &Path, run_id: &str) -> Result<Vec<HistoryRow>, TableErr
             started_at: started[i].clone(),
             project: project[i].clone(),
             profile: profile[i].clone(),
+            sets: serde_json::from_str(&sets[i]).unwrap_or_default(),
             stage: stage[i].clone(),
             kind: kind[i].clone(),
             status: status[i].clone(),

@@ -24,6 +24,7 @@ pub mod kinds;
 pub mod plan;
 pub mod remote;
 pub mod runner;
+pub mod shell;
 pub mod spec;
 pub mod artifacts;
 pub mod history;

@@ -232,6 +232,26 @@ fn the_default_cache_sits_beside_the_pipeline_file_wherever_cairn_runs() {
     assert!(sub.join("scratch-cache").is_dir());
 }
 
+#[test]
+fn a_stage_stale_for_want_of_the_last_run_s_flags_names_them() {
+    let p = Project::new(CHAIN);
+    let flag = r#"b.env.SUFFIX="a b""#;
+    assert_eq!(p.cairn(&["run", "--set", flag]).code, 0);
+    let hint = r#"ran with `--set 'b.env.SUFFIX="a b"'`, which this command lacks"#;
+    let status = p.cairn(&["status"]);
+    assert!(status.stderr.contains(hint), "{}", status.all());
+    assert!(status.stderr.contains(r#"`cairn run --save-overrides --set 'b.env.SUFFIX="a b"'`"#), "{}", status.all());
+    let inspect = p.cairn(&["inspect", "b"]);
+    assert!(inspect.code != 0 && inspect.stderr.contains(hint), "{}", inspect.all());
+    assert!(p.cairn(&["explain", "c"]).stderr.contains(hint));
+    // With the flags, or once they are saved, all is fresh and nothing is said.
+    let with = p.cairn(&["status", "--set", flag]);
+    assert!(!with.all().contains("note:"), "{}", with.all());
+    assert_eq!(p.cairn(&["run", "--save-overrides", "--set", flag]).code, 0);
+    let saved = p.cairn(&["status"]);
+    assert!(!saved.all().contains("note:") && !saved.stdout.contains("stale"), "{}", saved.all());
+}
+
 /// `cairn` in `p` against the cache at `cache`.
 fn cairn_with(p: &Project, cache: &std::path::Path, args: &[&str]) -> common::Run {
     let mut all = vec!["--cache-dir", cache.to_str().unwrap()];

@@ -385,6 +385,9 @@ fn cmd_status(cli: &Cli, config: &Config, json: bool, console: &Console) -> CmdR
         };
         println!("{line}");
     }
+    if states.iter().any(|(_, st)| !matches!(st, StageState::Fresh { .. })) {
+        super::history::missing_flags_note(cli, &pipeline).inspect(|n| console.line(n));
+    }
     Ok(exit::OK)
 }
 
@@ -430,6 +433,9 @@ fn cmd_explain(cli: &Cli, config: &Config, stage: &str, json: bool, console: &Co
             }
         }
         StageState::Blocked { error } => println!("`{stage}` cannot run yet:\n{error}"),
+    }
+    if !matches!(st, StageState::Fresh { .. }) {
+        super::history::missing_flags_note(cli, &pipeline).inspect(|n| console.line(n));
     }
     Ok(exit::OK)
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use cairn::cache::Project;
 use cairn::history::{self, HistoryRow};
+use cairn::spec::Pipeline;
 
 use super::commands::CmdResult;
 use super::exit;
@@ -75,6 +76,29 @@ pub(super) fn own_runs_newest_first(cli: &Cli) -> impl Iterator<Item = (String, 
         let rows = readable(cli, &id)?;
         rows.first().is_some_and(|r| me.owns(&r.project)).then_some((id, rows))
     })
+}
+
+/// Where the newest run of this project was given `--set` flags or a
+/// profile that this command lacks, a note naming them and how to keep
+/// them: a stage run with `--set load.source=...` is not fresh for a
+/// command without it, which otherwise reads as a lost result.
+pub(super) fn missing_flags_note(cli: &Cli, pipeline: &Pipeline) -> Option<String> {
+    let (id, rows) = own_runs_newest_first(cli).next()?;
+    let last = rows.first()?;
+    let profile = pipeline.profile.as_ref().map_or("", |(name, _)| name.as_str());
+    let lacking: Vec<&String> = last.sets.iter().filter(|s| !pipeline.sets.contains(s)).collect();
+    if lacking.is_empty() && (last.profile.is_empty() || last.profile == profile) {
+        return None;
+    }
+    let mut flags: Vec<String> = last.sets.iter().map(|s| format!("--set {}", cairn::shell::word(s))).collect();
+    if !last.profile.is_empty() && last.profile != profile {
+        flags.push(format!("--profile {}", cairn::shell::word(&last.profile)));
+    }
+    let flags = flags.join(" ");
+    Some(format!(
+        "note: the last run ({id}, {}) ran with `{flags}`, which this command lacks\n  help: give them again, or keep them for every later command: `cairn run --save-overrides {flags}`",
+        when(&last.started_at)
+    ))
 }
 
 /// The rows of run `id`, or `None` after a warning when its record cannot

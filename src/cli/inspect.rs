@@ -43,7 +43,8 @@ pub fn run(
     let states = super::commands::stage_states(pipeline, &cache, env, console)?;
     let (_, st) = states.iter().find(|(n, _)| n == stage).expect("stage exists");
     let StageState::Fresh { manifest, .. } = st else {
-        return Err(fail(console, exit::FAILED, format!("`{stage}` has no current outputs in the cache; run `cairn run {stage}` first (see `cairn explain {stage}`)")));
+        let note = super::history::missing_flags_note(cli, pipeline).map(|n| format!("\n{n}")).unwrap_or_default();
+        return Err(fail(console, exit::FAILED, format!("`{stage}` has no current outputs in the cache; run `cairn run {stage}` first (see `cairn explain {stage}`){note}")));
     };
     let Some(output) = output else {
         if json {

@@ -31,7 +31,10 @@ pub fn load_merged(cli: &Cli, config: &Config, flags: &[String], console: &Conso
         loaded.push(p);
         env.get_or_insert(e);
     }
-    let merged = sweep::merge(loaded, points);
+    let mut merged = sweep::merge(loaded, points);
+    // Each point's assignments came after the flags all points share.
+    let shared = merged.sets.len() - merged.sweep.as_ref().map_or(0, |w| w.points[0].len());
+    merged.sets.truncate(shared);
     let w = merged.sweep.as_ref().expect("merged");
     console.line(&format!("sweep: {} points, {} stages shared, {} run per point", w.points.len(), merged.stages.len() - w.variants.len(), per_point(w)));
     Ok((merged, env.expect("at least one point")))
@@ -148,6 +151,7 @@ mod tests {
             started_at: String::new(),
             project: String::new(),
             profile: String::new(),
+            sets: Vec::new(),
             stage: stage.into(),
             kind: "train".into(),
             status: status.into(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use super::{Executor, ExecutorError, JobId, JobState, Prepared};
 use crate::spec::executors::SlurmShape;
+use crate::shell;
 
 /// Attempts for a command that fails transiently, and the first pause.
 const ATTEMPTS: u32 = 4;
@@ -63,8 +64,8 @@ impl Slurm {
 /// launch about a second (BENCHMARKS "Stages on Slurm"), and the user's
 /// own `--export=NONE` in `sbatch_args` would drop them.
 fn wrap(env: &BTreeMap<String, String>, argv: &[String]) -> String {
-    let vars = env.iter().map(|(k, v)| format!("{k}={}", shell_quote(v)));
-    let words: Vec<String> = vars.chain(argv.iter().map(|a| shell_quote(a))).collect();
+    let vars = env.iter().map(|(k, v)| format!("{k}={}", shell::quote(v)));
+    let words: Vec<String> = vars.chain(argv.iter().map(|a| shell::quote(a))).collect();
     let env = if env.is_empty() { "" } else { "env " };
     format!("--wrap=exec {env}{}", words.join(" "))
 }
@@ -180,10 +181,6 @@ impl Executor for Slurm {
     }
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,10 +264,5 @@ mod tests {
         assert_eq!(args[..4], ["--parsable", "--wait", "--job-name=cairn-probe", "--output=/c/tmp/probe.out"]);
         assert!(args.contains(&"--partition=gpu".to_string()) && args.contains(&"--gres=gpu:2".to_string()), "{args:?}");
         assert_eq!(args.last().unwrap(), "--wrap=exec env CAIRN_LOG='error' '/opt/cairn-worker' '--probe'");
-    }
-
-    #[test]
-    fn arguments_survive_the_shell() {
-        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
     }
 }

@@ -99,6 +99,9 @@ pub struct Pipeline {
     pub stage_executors: BTreeMap<String, String>,
     /// The sweep this pipeline was merged from (`run --sweep`), if any.
     pub sweep: Option<sweep::Sweep>,
+    /// The `--set` overrides it was loaded with, saved ones first, as
+    /// given (a sweep's: those its points share). Not part of any key.
+    pub sets: Vec<String>,
 }
 
 impl Pipeline {
@@ -180,6 +183,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions, registry: &Registry
         executors: raw.executors,
         stage_executors,
         sweep: None,
+        sets: opts.sets.clone(),
     })
 }
 

@@ -29,6 +29,8 @@ fn format_of(name: &str, bytes: &[u8]) -> Result<Format, DataError> {
 }
 
 fn corrupt(name: &str, what: &str, e: impl std::fmt::Display) -> DataError {
+    // Decoders' messages may span lines; the error is one.
+    let e = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
     DataError::invalid(name, format!("corrupt {what} image ({e}); remove or replace the file"))
 }
 

@@ -206,6 +206,7 @@ fn refuses_corrupt_images_and_mixed_sizes_naming_the_file() {
     let all: Vec<_> = cat.train.iter().collect();
     let err = cat.images(&all).unwrap_err().to_string();
     assert!(err.contains("extra.jpg") && err.contains("corrupt JPEG"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err:?}");
 
     std::fs::write(tmp.path().join("train/cat/extra.jpg"), jpeg_bytes(4, 4)).unwrap();
     std::fs::write(tmp.path().join("train/dog/0001.png"), png_bytes(0, 5, 4)).unwrap();
