@@ -116,9 +116,21 @@ pub fn typed<P: DeserializeOwned>(raw: &Value) -> Result<P, ParamError> {
         // the user looks for the field itself.
         match message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
             Some(field) => ParamError::new([path, vec![field.to_string()]].concat(), "is required and has no default".to_string()),
-            None => ParamError::new(path, message),
+            None => match quoted(&message) {
+                Some(help) => ParamError::new(path, message).with_help(help),
+                None => ParamError::new(path, message),
+            },
         }
     })
+}
+
+/// For a number or boolean where a string is wanted (an `env` value, a
+/// name), the same value as a TOML string: `X = 1` reads as an integer.
+fn quoted(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: ")?;
+    let (_, value) = rest.split_once('`')?;
+    let (value, wanted) = value.split_once('`')?;
+    (wanted == ", expected a string" && !rest.starts_with("string")).then(|| format!("write it as a string: `\"{value}\"` (in a `--set` flag, quoted for the shell: `'...=\"{value}\"'`)"))
 }
 
 /// The canonical JSON form of checked params: what enters the stage key
@@ -147,6 +159,22 @@ mod tests {
         assert_eq!(e.to_string(), "inner.size: is required and has no default");
         let e = typed::<P>(&serde_json::json!({"inner": {"size": "x"}})).unwrap_err();
         assert!(e.to_string().starts_with("inner.size: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn a_number_where_a_string_is_wanted_gets_the_string_to_write() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct P {
+            env: std::collections::BTreeMap<String, String>,
+        }
+        let e = typed::<P>(&serde_json::json!({"env": {"X": 1}})).unwrap_err();
+        assert_eq!(e.path, ["env", "X"]);
+        assert_eq!(e.help.as_deref(), Some("write it as a string: `\"1\"` (in a `--set` flag, quoted for the shell: `'...=\"1\"'`)"));
+        let e = typed::<P>(&serde_json::json!({"env": {"X": true}})).unwrap_err();
+        assert!(e.help.is_some_and(|h| h.contains("`\"true\"`")));
+        let e = typed::<P>(&serde_json::json!({"env": [1]})).unwrap_err();
+        assert_eq!(e.help, None, "a list for a table is no quoting matter");
     }
 
     #[test]
