@@ -37,6 +37,7 @@ const KINDS: [(&str, &str, &[&str]); 6] = [
             "data/decode.rs",
             "data/folder.rs",
             "data/load_subset.rs",
+            "data/scale.rs",
             "data/source.rs",
             "data/subset.rs",
         ],

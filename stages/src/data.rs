@@ -15,6 +15,7 @@ mod decode;
 mod folder;
 mod load_subset;
 mod resize;
+mod scale;
 mod source;
 mod subset;
 

@@ -151,6 +151,12 @@ pub struct LoadSubsetParams {
     /// Also emit a pool of training images (`pool_*`); see [`Pool`].
     #[serde(default)]
     pub pool: Pool,
+    /// Scale each image as it loads to a `size`×`size` square: its shorter
+    /// side to `size` (antialiased bilinear), then the centre square. For
+    /// image folders of mixed sizes; absent, every image must share the
+    /// first one's size and is kept as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
 }
 
 impl LoadSubsetParams {
@@ -198,6 +204,9 @@ impl Kind for LoadSubset {
                 return Err(ParamError::at(&["val_fraction"], format!("{f} is not in [0, 1)"))
                     .with_help("e.g. `val_fraction = 0.1` holds out 10% as many images as `train_per_class`"));
             }
+        }
+        if p.size.is_some_and(|s| !(1..=4096).contains(&s)) {
+            return Err(ParamError::at(&["size"], "must be 1 to 4096 pixels").with_help("e.g. `size = 224`"));
         }
         if p.source.trim().is_empty() {
             return Err(ParamError::at(&["source"], "must name a file or directory"));
@@ -335,6 +344,9 @@ mod tests {
         assert_eq!(sha256.as_deref(), Some(CIFAR10_SHA256));
         let names: Vec<_> = plan.outputs.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(names, ["train_images", "train_labels", "test_images", "test_labels", "index", "classes"]);
+        assert!(plan.params.get("size").is_none(), "no `size` unless given: keys made before it stay");
+        let sized = LoadSubset.check(&json!({"train_per_class": 100, "size": 64})).unwrap();
+        assert_eq!(sized.params["size"], 64);
     }
 
     #[test]
@@ -363,6 +375,9 @@ mod tests {
         let err = LoadSubset.check(&json!({"train_per_class": 10, "pool": "everything"})).unwrap_err();
         assert_eq!(err.path, ["pool"]);
         assert!(err.message.contains("with_train"), "{err:?}");
+        for size in [0, 5000] {
+            assert_eq!(LoadSubset.check(&json!({"train_per_class": 10, "size": size})).unwrap_err().path, ["size"]);
+        }
     }
 
     #[test]

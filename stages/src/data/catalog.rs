@@ -41,11 +41,17 @@ pub(crate) struct Catalog {
     pub train: Vec<Item>,
     pub test: Vec<Item>,
     pub pixels: Pixels,
+    /// Scale every image to this square as it is materialised (see
+    /// [`super::scale`]); `None` keeps the images' own (shared) size.
+    pub square: Option<usize>,
 }
 
 impl Catalog {
     /// `[channels, height, width]` of every image.
     pub fn image_shape(&self) -> [usize; 3] {
+        if let Some(s) = self.square {
+            return [3, s, s];
+        }
         match &self.pixels {
             Pixels::Records(_) => [3, super::cifar::SIDE, super::cifar::SIDE],
             Pixels::Encoded { dims: (h, w), .. } => [3, *h, *w],
@@ -62,8 +68,14 @@ impl Catalog {
         let mut out = vec![0u8; items.len() * row];
         match &self.pixels {
             Pixels::Records(files) => {
+                let side = super::cifar::SIDE;
+                let record = 3 * side * side;
                 for (slot, item) in out.chunks_exact_mut(row).zip(items) {
-                    slot.copy_from_slice(&files[item.file][item.offset..item.offset + row]);
+                    let pixels = &files[item.file][item.offset..item.offset + record];
+                    match self.square {
+                        Some(size) => super::scale::square(pixels, (side, side), size, slot),
+                        None => slot.copy_from_slice(pixels),
+                    }
                 }
             }
             Pixels::Encoded { tree, dims } => {
@@ -73,7 +85,10 @@ impl Catalog {
                     .map(|(slot, item)| {
                         let file = &tree.files[item.file];
                         let bytes = file.read()?;
-                        decode::decode_into(&file.display(tree), &bytes, *dims, slot)
+                        match self.square {
+                            Some(size) => decode::decode_square_into(&file.display(tree), &bytes, size, slot),
+                            None => decode::decode_into(&file.display(tree), &bytes, *dims, slot),
+                        }
                     })
                     .collect();
                 results.into_iter().collect::<Result<(), DataError>>()?;

@@ -85,7 +85,7 @@ pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
     };
     let train = read_split(&TRAIN_FILES)?;
     let test = read_split(&[TEST_FILE])?;
-    Ok(Catalog { classes, train, test, pixels: Pixels::Records(files) })
+    Ok(Catalog { classes, train, test, pixels: Pixels::Records(files), square: None })
 }
 
 /// Validates one batch file and lists its records.

@@ -1,7 +1,8 @@
 //! Decodes one JPEG or PNG (recognised by its magic bytes, not its name)
 //! into a planar RGB `3×H×W` slot, checking its size against the data set's
 //! before decoding so a stray large image cannot allocate much, and so the
-//! mixed-size error names the offending file.
+//! mixed-size error names the offending file; or, where the stage scales
+//! images as they load, decodes any size up to [`MAX_SIDE`] and scales it.
 
 use std::io::Cursor;
 
@@ -73,13 +74,31 @@ pub(crate) fn decode_into(name: &str, bytes: &[u8], expect: (usize, usize), slot
         return Err(DataError::invalid(
             name,
             format!(
-                "image is {}×{} but the data set's first training image is {}×{}; all images must be one size \
-                 (resize them beforehand)",
+                "image is {}×{} but the data set's first training image is {}×{}; all images must be one size: \
+                 set the stage's `size = N` to scale each as it loads (shorter side to N, the centre N×N kept), \
+                 or resize them beforehand",
                 found.1, found.0, expect.1, expect.0
             ),
         ));
     }
-    let (h, w) = expect;
+    decode_planar(name, bytes, expect, slot)
+}
+
+/// Decodes `bytes`, whatever its size, into `slot` (`3 × size × size`):
+/// its shorter side scaled to `size` and the centre square kept.
+pub(crate) fn decode_square_into(name: &str, bytes: &[u8], size: usize, slot: &mut [u8]) -> Result<(), DataError> {
+    let (h, w) = dims(name, bytes)?;
+    if h == 0 || w == 0 || h > MAX_SIDE || w > MAX_SIDE {
+        return Err(DataError::invalid(name, format!("image is {w}×{h}; cairn reads images of 1 to {MAX_SIDE} pixels a side")));
+    }
+    let mut full = vec![0u8; 3 * h * w];
+    decode_planar(name, bytes, (h, w), &mut full)?;
+    super::scale::square(&full, (h, w), size, slot);
+    Ok(())
+}
+
+/// Decodes `bytes`, whose header says it is `(h, w)`, into `slot`.
+fn decode_planar(name: &str, bytes: &[u8], (h, w): (usize, usize), slot: &mut [u8]) -> Result<(), DataError> {
     let plane = h * w;
     let (rgb, channels) = match format_of(name, bytes)? {
         Format::Jpeg => {

@@ -39,7 +39,7 @@ pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
     if dims.0 == 0 || dims.1 == 0 {
         return Err(DataError::invalid(first.display(&tree), "image has no pixels"));
     }
-    Ok(Catalog { classes, train, test, pixels: Pixels::Encoded { tree, dims } })
+    Ok(Catalog { classes, train, test, pixels: Pixels::Encoded { tree, dims }, square: None })
 }
 
 /// Every image's split and class, and the top folder they share (as a

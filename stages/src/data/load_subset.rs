@@ -22,7 +22,8 @@ pub fn load_subset(ctx: &mut WorkerCtx, params: LoadSubsetParams) -> StageResult
         .num_threads(ctx.threads())
         .build()
         .map_err(|e| StageError::new(format!("cannot start decoding threads: {e}")))?;
-    let catalog = pool.install(|| read_catalog(&source, params.format))?;
+    let mut catalog = pool.install(|| read_catalog(&source, params.format))?;
+    catalog.square = params.size;
     ctx.progress(format!(
         "{}: {} classes, {} train and {} test images",
         source.display(),

@@ -214,6 +214,18 @@ fn refuses_corrupt_images_and_mixed_sizes_naming_the_file() {
     let all: Vec<_> = cat.train.iter().collect();
     let err = cat.images(&all).unwrap_err().to_string();
     assert!(err.contains("train/dog/0001.png") && err.contains("image is 4×5"), "{err}");
+    assert!(err.contains("set the stage's `size = N`"), "{err}");
+
+    // Scaled as they load, mixed sizes make one tensor; a flat image stays
+    // flat whatever its size.
+    std::fs::write(tmp.path().join("train/cat/extra.jpg"), jpeg_bytes(40, 60)).unwrap();
+    let mut cat = read_catalog(tmp.path(), SourceFormat::Auto).unwrap();
+    cat.square = Some(6);
+    let all: Vec<_> = cat.train.iter().collect();
+    let pixels = cat.images(&all).unwrap();
+    assert_eq!((cat.image_shape(), pixels.len()), ([3, 6, 6], all.len() * 3 * 36));
+    let extra = all.iter().position(|it| it.source.ends_with("extra.jpg")).unwrap();
+    assert!(pixels[extra * 108..(extra + 1) * 108].iter().all(|&v| v.abs_diff(90) <= 2), "{:?}", &pixels[extra * 108..extra * 108 + 12]);
 }
 
 /// A tar whose single entry has a raw, unchecked name (as an attacker
