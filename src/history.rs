@@ -132,18 +132,6 @@ pub fn run_ids(cache_root: &Path) -> Vec<String> {
     ids
 }
 
-/// Run ids of `project`, oldest first, with each one's rows (runs whose
-/// record cannot be read are left out).
-pub fn project_runs(cache_root: &Path, project: &Project) -> Vec<(String, Vec<HistoryRow>)> {
-    run_ids(cache_root)
-        .into_iter()
-        .filter_map(|id| {
-            let rows = load(cache_root, &id).ok()?;
-            rows.first().is_some_and(|r| project.owns(&r.project)).then_some((id, rows))
-        })
-        .collect()
-}
-
 /// The rows of one run.
 pub fn load(cache_root: &Path, run_id: &str) -> Result<Vec<HistoryRow>, TableError> {
     let path = runs_dir(cache_root).join(format!("{run_id}.parquet"));
