@@ -453,6 +453,11 @@ impl ProbeCache {
     }
 }
 
+/// This machine's name (empty where the kernel does not say).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
 /// The per-user directory for machine-wide answers:
 /// `$XDG_CACHE_HOME/cairn`, else `$HOME/.cache/cairn`.
 pub fn user_cache_dir() -> Option<PathBuf> {

@@ -293,6 +293,17 @@ fn projects_sharing_a_cache_keep_their_own_results_history_and_refs() {
     assert!(gc.stdout.contains("forgot 1 project(s) whose pipeline file is gone"), "{}", gc.all());
     assert!(gc.stdout.contains("deleted 1 object(s)"), "b's \"bee\" output goes: {}", gc.all());
     assert_eq!(std::fs::read_dir(cache.join("projects")).unwrap().count(), 1);
+
+    // A project another machine recorded (a cache on a network
+    // filesystem) cannot be looked for from here: it is kept.
+    let three = cairn_with(&a, &cache, &["run", "--json", "--set", "b.env.SUFFIX=three"]);
+    let keys = common::stages(&three);
+    assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
+    let stages = serde_json::json!({"b": {"key": keys["b"].1}, "c": {"key": keys["c"].1}});
+    let record = serde_json::json!({"pipeline": "/home/elsewhere/pipeline.toml", "host": "another-machine", "stages": stages});
+    std::fs::write(cache.join("projects/elsewhere.json"), record.to_string()).unwrap();
+    let gc = cairn_with(&a, &cache, &["gc", "--keep-runs", "0"]);
+    assert!(gc.stdout.contains("deleted 0 object(s)") && gc.stdout.contains("/home/elsewhere/pipeline.toml (on another-machine, not checked from here)"), "{}", gc.all());
 }
 
 #[test]

@@ -4,9 +4,11 @@
 //! (`--cache-dir`, `CAIRN_CACHE_DIR`): keys are content, so one project's
 //! results are another's hits. What each project last ran is its own:
 //! `projects/<id>.json` holds a project's pipeline file (the canonical
-//! path that names the project) and its refs, so `explain` compares with
-//! the project's own last run, and `gc` keeps what every project whose
-//! pipeline file still exists last ran or hit. A cache written before
+//! path that names the project, and the machine it ran on) and its refs,
+//! so `explain` compares with the project's own last run, and `gc` keeps
+//! what every project whose pipeline file still exists last ran or hit
+//! (a project recorded by another machine, on a cache shared over a
+//! network filesystem, cannot be checked from here and is kept). A cache written before
 //! projects were recorded holds one `refs.json`; a project with no record
 //! of its own reads that, and removes it once it writes its own.
 
@@ -52,6 +54,9 @@ impl Project {
 #[derive(Serialize, Deserialize)]
 struct Record<R> {
     pipeline: String,
+    /// The machine that wrote it (empty in records written without one).
+    #[serde(default)]
+    host: String,
     stages: BTreeMap<String, R>,
 }
 
@@ -63,15 +68,23 @@ struct KeyOnly {
 /// Another project that used the cache, as `gc` sees it.
 pub struct OtherProject {
     pub pipeline: String,
+    /// The machine that last recorded it.
+    pub host: String,
     /// The key each of its stages last ran or hit with.
     pub keys: BTreeMap<String, StageKey>,
     record: PathBuf,
 }
 
 impl OtherProject {
-    /// Whether its pipeline file is still there (on this machine).
+    /// Whether it may still be used: its pipeline file is there, or it
+    /// was recorded on another machine, where this one cannot look.
     pub fn exists(&self) -> bool {
-        Path::new(&self.pipeline).is_file()
+        self.elsewhere() || Path::new(&self.pipeline).is_file()
+    }
+
+    /// Whether another machine recorded it.
+    pub fn elsewhere(&self) -> bool {
+        !self.host.is_empty() && self.host != crate::env::hostname()
     }
 }
 
@@ -105,7 +118,7 @@ impl Cache {
     pub fn write_stage_refs(&self, p: &Project, refs: &BTreeMap<String, StageRef>) -> Result<(), CacheError> {
         let dir = self.root().join(DIR);
         fs::create_dir_all(&dir).map_err(|e| CacheError::io("cannot create", dir, e))?;
-        let record = Record { pipeline: p.pipeline.clone(), stages: refs.clone() };
+        let record = Record { pipeline: p.pipeline.clone(), host: crate::env::hostname(), stages: refs.clone() };
         self.write_atomic(&self.record_path(p), &serde_json::to_vec(&record).expect("refs serialise"))?;
         let _ = fs::remove_file(self.root().join(LEGACY_REFS));
         Ok(())
@@ -121,7 +134,7 @@ impl Cache {
             let Ok(r) = serde_json::from_slice::<Record<KeyOnly>>(&bytes) else { continue };
             if r.pipeline != me.pipeline {
                 let keys = r.stages.into_iter().map(|(s, k)| (s, k.key)).collect();
-                out.push(OtherProject { pipeline: r.pipeline, keys, record: e.path() });
+                out.push(OtherProject { pipeline: r.pipeline, host: r.host, keys, record: e.path() });
             }
         }
         out.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));

@@ -505,7 +505,10 @@ fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, console: 
     if report.checkpoints > 0 {
         println!("{verb} {} orphaned training checkpoint(s), {}", report.checkpoints, human_bytes(report.checkpoint_bytes));
     }
-    let list = |ps: &[cairn::cache::projects::OtherProject]| ps.iter().map(|p| format!("\n  {}", p.pipeline)).collect::<String>();
+    let list = |ps: &[cairn::cache::projects::OtherProject]| {
+        let on = |p: &cairn::cache::projects::OtherProject| if p.elsewhere() { format!(" (on {}, not checked from here)", p.host) } else { String::new() };
+        ps.iter().map(|p| format!("\n  {}{}", p.pipeline, on(p))).collect::<String>()
+    };
     if !roots.others.is_empty() {
         let runs = if keep_runs > 0 { format!(" and their newest {keep_runs} run(s) reference") } else { String::new() };
         println!("kept what {} other project(s) sharing this cache last ran or hit{runs}:{}", roots.others.len(), list(&roots.others));

@@ -159,7 +159,7 @@ pub(super) fn execute(spec: &JobSpec, registry: &Registry, env: &Environment, fe
         outputs: BTreeMap::new(),
         metrics: BTreeMap::new(),
         peak_rss_mb: 0.0,
-        host: hostname(),
+        host: crate::env::hostname(),
         duration_s: 0.0,
         env_refused: false,
     };
@@ -250,10 +250,6 @@ fn hash_outputs(spec: &JobSpec) -> Result<BTreeMap<String, JobOutput>, StageFail
         out.insert(name.clone(), JobOutput { hash, size });
     }
     Ok(out)
-}
-
-pub(super) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Peak resident memory of this process and its waited-for children (MiB).

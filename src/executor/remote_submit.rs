@@ -130,7 +130,7 @@ fn walk(stat: &StatCache, dir: &Path, rel: &str, seen: &mut Vec<(u64, u64)>, tre
 /// machine, not across the machines sharing the remote.
 fn nonce(stage: &str) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let seed = format!("{now} {} {stage} {:?} {}", std::process::id(), std::thread::current().id(), super::job::hostname());
+    let seed = format!("{now} {} {stage} {:?} {}", std::process::id(), std::thread::current().id(), crate::env::hostname());
     blake3::hash(seed.as_bytes()).to_hex()[..12].to_string()
 }
 
