@@ -86,8 +86,8 @@ pub(super) fn missing_flags_note(cli: &Cli, pipeline: &Pipeline) -> Option<Strin
     let (id, rows) = own_runs_newest_first(cli).next()?;
     let last = rows.first()?;
     let profile = pipeline.profile.as_ref().map_or("", |(name, _)| name.as_str());
-    let lacking: Vec<&String> = last.sets.iter().filter(|s| !pipeline.sets.contains(s)).collect();
-    if lacking.is_empty() && (last.profile.is_empty() || last.profile == profile) {
+    let lacks_sets = last.sets.iter().any(|s| !pipeline.sets.contains(s));
+    if !lacks_sets && (last.profile.is_empty() || last.profile == profile) {
         return None;
     }
     let mut flags: Vec<String> = last.sets.iter().map(|s| format!("--set {}", cairn::shell::word(s))).collect();
