@@ -274,6 +274,10 @@ fn projects_sharing_a_cache_keep_their_own_results_history_and_refs() {
     // Each project's history and `explain` are its own.
     assert_eq!(cairn_with(&a, &cache, &["runs"]).stdout.lines().count(), 2);
     assert_eq!(cairn_with(&b, &cache, &["runs"]).stdout.lines().count(), 1);
+    let all = cairn_with(&b, &cache, &["runs", "--all-projects"]).stdout;
+    let a_file = a.path().join("pipeline.toml").canonicalize().unwrap();
+    assert_eq!(all.matches(&format!("    of {}", a_file.display())).count(), 2, "a's two runs, named: {all}");
+    assert_eq!(all.lines().count(), 5, "{all}");
     let why = cairn_with(&b, &cache, &["explain", "b", "--set", "b.env.SUFFIX=three"]);
     assert!(why.stdout.contains("bee") && !why.stdout.contains("two"), "b compares with its own last run: {}", why.all());
 

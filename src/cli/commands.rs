@@ -46,7 +46,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Cmd::Inspect { target, json, grid, rows, config } => {
             load(&cli, config, &console).and_then(|(p, env)| super::inspect::run(&cli, &p, &env, target, *json, grid.as_deref(), *rows, &console))
         }
-        Cmd::Runs { limit, json } => super::history::runs(&cli, *limit, *json),
+        Cmd::Runs { limit, json, all_projects } => super::history::runs(&cli, *limit, *json, *all_projects),
         Cmd::Diff { run_a, run_b, format, lock, config } => {
             let args = super::diff::DiffArgs { run_a: run_a.as_deref(), run_b: run_b.as_deref(), lock: lock.as_ref().map(|l| l.as_deref()), markdown: format == "markdown" };
             super::diff::diff(&cli, config, &args, &console)

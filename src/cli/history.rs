@@ -27,15 +27,19 @@ fn headline(rows: &[HistoryRow]) -> String {
     metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
 }
 
-pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
-    let mut newest: Vec<(String, Vec<HistoryRow>)> = own_runs_newest_first(cli).take(limit).collect();
+pub fn runs(cli: &Cli, limit: usize, json: bool, all_projects: bool) -> CmdResult {
+    let me = Project::of(&cli.file);
+    let mut newest: Vec<(String, Vec<HistoryRow>)> =
+        if all_projects { runs_newest_first(cli).take(limit).collect() } else { own_runs_newest_first(cli).take(limit).collect() };
     newest.reverse();
     let mut out = Vec::new();
     for (id, rows) in &newest {
         let count = |s: &str| rows.iter().filter(|r| r.status == s).count();
+        let project = rows.first().map(|r| r.project.as_str()).unwrap_or_default();
         if json {
             out.push(serde_json::json!({
                 "run_id": id,
+                "project": if project.is_empty() { None } else { Some(project) },
                 "started_at": rows.first().map(|r| r.started_at.clone()).unwrap_or_default(),
                 "profile": rows.first().map(|r| r.profile.clone()).unwrap_or_default(),
                 "ran": count("ran"), "cached": count("cached"), "pulled": count("pulled"), "failed": count("failed"),
@@ -55,6 +59,9 @@ pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
                 count("failed"),
                 headline(rows)
             );
+            if !me.owns(project) {
+                println!("    of {project}");
+            }
             if let Some(table) = super::sweep::table(rows, false) {
                 println!("{}", super::ui::indent(&table));
             }
@@ -68,14 +75,16 @@ pub fn runs(cli: &Cli, limit: usize, json: bool) -> CmdResult {
     Ok(exit::OK)
 }
 
+/// Every readable run in the cache, newest first, read as they are taken.
+fn runs_newest_first(cli: &Cli) -> impl Iterator<Item = (String, Vec<HistoryRow>)> + '_ {
+    let ids = history::run_ids(&cli.cache_dir);
+    ids.into_iter().rev().filter_map(move |id| Some((id.clone(), readable(cli, &id)?)))
+}
+
 /// This project's readable runs, newest first, read as they are taken.
 pub(super) fn own_runs_newest_first(cli: &Cli) -> impl Iterator<Item = (String, Vec<HistoryRow>)> + '_ {
     let me = Project::of(&cli.file);
-    let ids = history::run_ids(&cli.cache_dir);
-    ids.into_iter().rev().filter_map(move |id| {
-        let rows = readable(cli, &id)?;
-        rows.first().is_some_and(|r| me.owns(&r.project)).then_some((id, rows))
-    })
+    runs_newest_first(cli).filter(move |(_, rows)| rows.first().is_some_and(|r| me.owns(&r.project)))
 }
 
 /// Where the newest run of this project was given `--set` flags or a

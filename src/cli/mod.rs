@@ -189,6 +189,9 @@ pub enum Cmd {
         /// The runs as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Also the runs of other projects sharing the cache (each named).
+        #[arg(long)]
+        all_projects: bool,
     },
     /// Params and metrics of two runs side by side (default: the last two),
     /// or of the working tree against cairn.lock.
