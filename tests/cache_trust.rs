@@ -334,6 +334,25 @@ fn item9_a_symlinked_cache_subdirectory_is_refused_and_its_target_kept() {
 }
 
 #[test]
+fn item9_a_symlinked_projects_directory_is_neither_written_nor_cleaned_through() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    // A record of a project that is gone, as `gc` would forget it.
+    let gone = serde_json::json!({"pipeline": "/nonexistent/pipeline.toml", "stages": {}}).to_string();
+    p.write("victim/gone.json", &gone);
+    fs::remove_dir_all(p.cache().join("projects")).unwrap();
+    symlink(p.path().join("victim"), p.cache().join("projects")).unwrap();
+    let gc = p.cairn(&["gc"]);
+    assert_eq!(gc.code, 0, "{}", gc.all());
+    assert!(!gc.stdout.contains("forgot"), "{}", gc.all());
+    let r = p.cairn(&["run", "--set", "b.env.SUFFIX=two"]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("symbolic link"), "{}", r.all());
+    assert_eq!(fs::read_dir(p.path().join("victim")).unwrap().count(), 1);
+    assert_eq!(fs::read_to_string(p.path().join("victim/gone.json")).unwrap(), gone);
+}
+
+#[test]
 fn item9_a_cache_dir_that_is_not_a_cache_is_refused() {
     let p = Project::new(CHAIN);
     p.write("home/.ssh/id_ed25519", "secret key\n");

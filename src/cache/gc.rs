@@ -48,8 +48,7 @@ pub fn remove_checkpoint(cache: &Cache, key: &StageKey) {
 
 /// `cache/checkpoints` when it is a real directory (cairn's own).
 fn checkpoints_root(cache: &Cache) -> Option<PathBuf> {
-    let root = cache.root().join(CHECKPOINTS);
-    fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()).then_some(root)
+    super::store::real_dir(cache.root().join(CHECKPOINTS))
 }
 
 /// When a live project's newest recorded run started (its id's

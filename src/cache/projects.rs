@@ -116,8 +116,7 @@ impl Cache {
 
     /// Replaces `p`'s refs, in one atomic write.
     pub fn write_stage_refs(&self, p: &Project, refs: &BTreeMap<String, StageRef>) -> Result<(), CacheError> {
-        let dir = self.root().join(DIR);
-        fs::create_dir_all(&dir).map_err(|e| CacheError::io("cannot create", dir, e))?;
+        super::store::ensure_real_dir(&self.root().join(DIR))?;
         let record = Record { pipeline: p.pipeline.clone(), host: crate::env::hostname(), stages: refs.clone() };
         self.write_atomic(&self.record_path(p), &serde_json::to_vec(&record).expect("refs serialise"))?;
         let _ = fs::remove_file(self.root().join(LEGACY_REFS));
@@ -125,9 +124,11 @@ impl Cache {
     }
 
     /// Every project but `me` that recorded refs here (unreadable records
-    /// skipped).
+    /// skipped; none where `projects/` is not a real directory, since
+    /// `gc` deletes the records of projects that are gone).
     pub fn other_projects(&self, me: &Project) -> Vec<OtherProject> {
-        let Ok(dir) = fs::read_dir(self.root().join(DIR)) else { return Vec::new() };
+        let Some(root) = super::store::real_dir(self.root().join(DIR)) else { return Vec::new() };
+        let Ok(dir) = fs::read_dir(root) else { return Vec::new() };
         let mut out = Vec::new();
         for e in dir.flatten() {
             let Ok(bytes) = fs::read(e.path()) else { continue };

@@ -444,8 +444,14 @@ fn claim(root: &Path) -> Result<(), CacheError> {
     }
 }
 
+/// `dir` when it is a real directory (cairn's own), not a link to one:
+/// what a cleanup may read and delete in.
+pub(super) fn real_dir(dir: PathBuf) -> Option<PathBuf> {
+    fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()).then_some(dir)
+}
+
 /// Creates `dir` if missing; refuses a link or a non-directory in its place.
-fn ensure_real_dir(dir: &Path) -> Result<(), CacheError> {
+pub(super) fn ensure_real_dir(dir: &Path) -> Result<(), CacheError> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(m) => Err(CacheError::Foreign {
