@@ -308,6 +308,17 @@ fn projects_sharing_a_cache_keep_their_own_results_history_and_refs() {
     std::fs::write(cache.join("projects/elsewhere.json"), record.to_string()).unwrap();
     let gc = cairn_with(&a, &cache, &["gc", "--keep-runs", "0"]);
     assert!(gc.stdout.contains("deleted 0 object(s)") && gc.stdout.contains("/home/elsewhere/pipeline.toml (on another-machine, not checked from here)"), "{}", gc.all());
+
+    // Until it is named: `--forget` drops its record and what was kept for it.
+    let wrong = cairn_with(&a, &cache, &["gc", "--forget", "/home/nowhere/pipeline.toml"]);
+    assert_eq!(wrong.code, 2, "{}", wrong.all());
+    assert!(wrong.stderr.contains("no project sharing this cache has that pipeline file") && wrong.stderr.contains("/home/elsewhere/pipeline.toml"), "{}", wrong.all());
+    let mine = cairn_with(&a, &cache, &["gc", "--forget", "pipeline.toml"]);
+    assert!(mine.code == 2 && mine.stderr.contains("names this project"), "{}", mine.all());
+    let gc = cairn_with(&a, &cache, &["gc", "--keep-runs", "0", "--forget", "/home/elsewhere/pipeline.toml"]);
+    // Its b and c ("three" is longer than "one", so c's count differs).
+    assert!(gc.stdout.contains("deleted 2 object(s)") && gc.stdout.contains("forgot 1 project(s) whose pipeline file is gone or that --forget named"), "{}", gc.all());
+    assert!(!cache.join("projects/elsewhere.json").exists());
 }
 
 #[test]

@@ -94,10 +94,13 @@ pub struct Roots {
 
 /// The roots of a collection run by project `me`, whose fresh outputs are
 /// `fresh`: those, what every other live project last ran or hit, and what
-/// each live project's newest `keep_runs` runs reference. A run recorded
-/// before runs named their project counts as `me`'s.
-pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_runs: usize) -> Roots {
-    let (others, gone): (Vec<_>, Vec<_>) = cache.other_projects(me).into_iter().partition(|p| p.exists());
+/// each live project's newest `keep_runs` runs reference. A project named
+/// in `forget` (by its recorded pipeline path) counts as gone, wherever it
+/// was recorded. A run recorded before runs named their project counts as
+/// `me`'s.
+pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_runs: usize, forget: &BTreeSet<String>) -> Roots {
+    let (others, gone): (Vec<_>, Vec<_>) =
+        cache.other_projects(me).into_iter().partition(|p| p.exists() && !forget.contains(&p.pipeline));
     let mut keep = fresh;
     for key in others.iter().flat_map(|p| p.keys.values()) {
         if let Ok(Some(m)) = cache.manifest(key, &|_: String| {}) {

@@ -8,7 +8,8 @@
 //! so `explain` compares with the project's own last run, and `gc` keeps
 //! what every project whose pipeline file still exists last ran or hit
 //! (a project recorded by another machine, on a cache shared over a
-//! network filesystem, cannot be checked from here and is kept). A cache written before
+//! network filesystem, cannot be checked from here and is kept until
+//! `gc --forget` names it). A cache written before
 //! projects were recorded holds one `refs.json`; a project with no record
 //! of its own reads that, and removes it once it writes its own.
 

@@ -1,6 +1,8 @@
 //! One function per subcommand. Each returns an exit code; library errors
 //! are rendered here, the only place that knows about the terminal.
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -51,7 +53,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             let args = super::diff::DiffArgs { run_a: run_a.as_deref(), run_b: run_b.as_deref(), lock: lock.as_ref().map(|l| l.as_deref()), markdown: format == "markdown" };
             super::diff::diff(&cli, config, &args, &console)
         }
-        Cmd::Gc { dry_run, keep_runs, config } => cmd_gc(&cli, config, *dry_run, *keep_runs, &console),
+        Cmd::Gc { dry_run, keep_runs, forget, config } => cmd_gc(&cli, config, *dry_run, *keep_runs, forget, &console),
         Cmd::Verify { stages, config } => cmd_verify(&cli, config, stages, &console),
         Cmd::Cache { command: CacheCmd::Verify } => cmd_cache_verify(&cli, &console),
         Cmd::Remote { command } => super::remote::cmd_remote(&cli, command, &console),
@@ -167,7 +169,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn artifacts_dir(cli: &Cli) -> std::path::PathBuf {
+fn artifacts_dir(cli: &Cli) -> PathBuf {
     std::env::var_os("CAIRN_ARTIFACTS_DIR")
         .map(Into::into)
         .unwrap_or_else(|| spec::beside(&cli.file, "artifacts"))
@@ -335,7 +337,7 @@ fn materialize(cli: &Cli, pipeline: &Pipeline, cache: &Cache, report: &runner::R
         .iter()
         .filter(|s| matches!(s.outcome, Outcome::Cached | Outcome::Pulled | Outcome::Ran))
         .flat_map(|s| s.outputs.iter().map(move |(o, rec)| (s.stage.as_str(), o.as_str(), rec)));
-    let in_run: std::collections::BTreeSet<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
+    let in_run: BTreeSet<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     let untouched = |stage: &str| pipeline.stage(stage).is_some() && !in_run.contains(stage);
     let dir = artifacts_dir(cli);
     match cairn::artifacts::materialize(&dir, cache, outputs, &untouched) {
@@ -484,15 +486,17 @@ fn locked(cli: &Cli, config: &Config, console: &Console) -> Result<Locked, i32> 
     Ok(Locked { pipeline, env, cache, _lock, states })
 }
 
-fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, console: &Console) -> CmdResult {
+fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, forget: &[PathBuf], console: &Console) -> CmdResult {
     let Locked { pipeline, cache, _lock, states, .. } = locked(cli, config, console)?;
-    let mut fresh = std::collections::BTreeSet::new();
+    let mut fresh = BTreeSet::new();
     for (_, st) in &states {
         if let StageState::Fresh { manifest, .. } = st {
             fresh.extend(manifest.outputs.values().map(|o| o.hash));
         }
     }
-    let roots = cairn::cache::gc::roots(&cache, &Project::of(&pipeline.file), fresh, keep_runs);
+    let me = Project::of(&pipeline.file);
+    let forget = recorded_projects(&cache, &me, forget).map_err(|e| fail(console, exit::USAGE, e))?;
+    let roots = cairn::cache::gc::roots(&cache, &me, fresh, keep_runs, &forget);
     let report = cairn::cache::gc::collect(&cache, &roots, dry_run).map_err(|e| fail(console, exit::IO, e))?;
     let verb = if dry_run { "would delete" } else { "deleted" };
     println!(
@@ -515,9 +519,29 @@ fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, console: 
     }
     if !roots.gone.is_empty() {
         let verb = if dry_run { "would forget" } else { "forgot" };
-        println!("{verb} {} project(s) whose pipeline file is gone:{}", roots.gone.len(), list(&roots.gone));
+        let why = if forget.is_empty() { "whose pipeline file is gone" } else { "whose pipeline file is gone or that --forget named" };
+        println!("{verb} {} project(s) {why}:{}", roots.gone.len(), list(&roots.gone));
     }
     Ok(exit::OK)
+}
+
+/// The recorded pipeline path of each project `named` for `gc --forget`:
+/// as written, or as the path resolves from here (the file may be gone).
+fn recorded_projects(cache: &Cache, me: &Project, named: &[PathBuf]) -> Result<BTreeSet<String>, String> {
+    let recorded: Vec<String> = cache.other_projects(me).into_iter().map(|p| p.pipeline).collect();
+    let mut out = BTreeSet::new();
+    for path in named {
+        let (given, resolved) = (path.to_string_lossy().into_owned(), Project::of(path).pipeline);
+        if resolved == me.pipeline {
+            return Err(format!("`--forget {given}` names this project, whose current results gc always keeps; run gc from another project to forget this one"));
+        }
+        let Some(p) = recorded.iter().find(|r| **r == given || **r == resolved) else {
+            let known = if recorded.is_empty() { " none".to_string() } else { recorded.iter().map(|r| format!("\n  {r}")).collect() };
+            return Err(format!("`--forget {given}`: no project sharing this cache has that pipeline file; recorded projects:{known}"));
+        };
+        out.insert(p.clone());
+    }
+    Ok(out)
 }
 
 fn cmd_verify(cli: &Cli, config: &Config, only: &[String], console: &Console) -> CmdResult {

@@ -212,6 +212,9 @@ pub enum Cmd {
         config: Config,
     },
     /// Delete objects that neither the current pipeline, another project sharing the cache, nor their last N runs reference.
+    #[command(after_help = "Projects sharing the cache are named by their pipeline file. One whose file is gone is forgotten \
+        (a project moved elsewhere records itself again on its next run: run it there before gc to keep its results).\n\n\
+        Example:\n  cairn gc --dry-run\n  cairn gc --forget ../old-checkout/pipeline.toml")]
     Gc {
         /// Say what would be deleted, delete nothing.
         #[arg(long)]
@@ -219,6 +222,11 @@ pub enum Cmd {
         /// Also keep what the newest N recorded runs of each project reference.
         #[arg(long, value_name = "N", default_value_t = 5)]
         keep_runs: usize,
+        /// Forget another project sharing the cache (its pipeline file, as
+        /// `gc` lists it): keep nothing for it, as if its file were gone.
+        /// Repeatable.
+        #[arg(long, value_name = "PIPELINE_FILE")]
+        forget: Vec<PathBuf>,
         #[command(flatten)]
         config: Config,
     },
