@@ -73,7 +73,10 @@ impl Catalog {
                 for (slot, item) in out.chunks_exact_mut(row).zip(items) {
                     let pixels = &files[item.file][item.offset..item.offset + record];
                     match self.square {
-                        Some(size) => super::scale::square(pixels, (side, side), size, slot),
+                        Some(size) => {
+                            let rgb: Vec<u8> = (0..side * side).flat_map(|i| (0..3).map(move |c| pixels[c * side * side + i])).collect();
+                            super::scale::square(&rgb, 3, (side, side), size, slot)
+                        }
                         None => slot.copy_from_slice(pixels),
                     }
                 }

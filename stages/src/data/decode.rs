@@ -91,15 +91,28 @@ pub(crate) fn decode_square_into(name: &str, bytes: &[u8], size: usize, slot: &m
     if h == 0 || w == 0 || h > MAX_SIDE || w > MAX_SIDE {
         return Err(DataError::invalid(name, format!("image is {w}×{h}; cairn reads images of 1 to {MAX_SIDE} pixels a side")));
     }
-    let mut full = vec![0u8; 3 * h * w];
-    decode_planar(name, bytes, (h, w), &mut full)?;
-    super::scale::square(&full, (h, w), size, slot);
+    let (pixels, channels) = decode_pixels(name, bytes, (h, w))?;
+    super::scale::square(&pixels, channels, (h, w), size, slot);
     Ok(())
 }
 
 /// Decodes `bytes`, whose header says it is `(h, w)`, into `slot`.
 fn decode_planar(name: &str, bytes: &[u8], (h, w): (usize, usize), slot: &mut [u8]) -> Result<(), DataError> {
     let plane = h * w;
+    let (rgb, channels) = decode_pixels(name, bytes, (h, w))?;
+    // Interleaved to planar; grey (1 or 2 samples) fills all three planes,
+    // alpha is dropped.
+    for (i, px) in rgb.chunks_exact(channels).enumerate() {
+        for c in 0..3 {
+            slot[c * plane + i] = if channels >= 3 { px[c] } else { px[0] };
+        }
+    }
+    Ok(())
+}
+
+/// Decodes `bytes`, whose header says it is `(h, w)`, into interleaved
+/// 8-bit samples, and their number a pixel (1 to 4).
+fn decode_pixels(name: &str, bytes: &[u8], (h, w): (usize, usize)) -> Result<(Vec<u8>, usize), DataError> {
     let (rgb, channels) = match format_of(name, bytes)? {
         Format::Jpeg => {
             let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), jpeg_options());
@@ -116,15 +129,8 @@ fn decode_planar(name: &str, bytes: &[u8], (h, w): (usize, usize), slot: &mut [u
             (buf, frame.color_type.samples())
         }
     };
-    if rgb.len() != plane * channels {
-        return Err(corrupt(name, "image", format!("decoded {} bytes, expected {}", rgb.len(), plane * channels)));
+    if rgb.len() != h * w * channels || !(1..=4).contains(&channels) {
+        return Err(corrupt(name, "image", format!("decoded {} bytes of {channels} channel(s), expected {}×{}", rgb.len(), w, h)));
     }
-    // Interleaved to planar; grey (1 or 2 samples) fills all three planes,
-    // alpha is dropped.
-    for (i, px) in rgb.chunks_exact(channels).enumerate() {
-        for c in 0..3 {
-            slot[c * plane + i] = if channels >= 3 { px[c] } else { px[0] };
-        }
-    }
-    Ok(())
+    Ok((rgb, channels))
 }
