@@ -177,7 +177,9 @@ impl Declared for LoadSubset {
 }
 
 impl LoadSubset {
-    pub const VERSION: u32 = 1;
+    /// 2: a truncated JPEG is refused, not decoded with its missing part
+    /// grey; every other image's bytes are as in 1.
+    pub const VERSION: u32 = 2;
 }
 
 impl Kind for LoadSubset {

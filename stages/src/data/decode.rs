@@ -115,6 +115,9 @@ fn decode_planar(name: &str, bytes: &[u8], (h, w): (usize, usize), slot: &mut [u
 fn decode_pixels(name: &str, bytes: &[u8], (h, w): (usize, usize)) -> Result<(Vec<u8>, usize), DataError> {
     let (rgb, channels) = match format_of(name, bytes)? {
         Format::Jpeg => {
+            if !reaches_end(bytes) {
+                return Err(DataError::invalid(name, "truncated JPEG image (its data ends before the end-of-image marker); remove or replace the file"));
+            }
             let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), jpeg_options());
             let pixels = dec.decode().map_err(|e| corrupt(name, "JPEG", format!("{e:?}")))?;
             let channels = dec.output_colorspace().map_or(3, |c| c.num_components());
@@ -133,4 +136,59 @@ fn decode_pixels(name: &str, bytes: &[u8], (h, w): (usize, usize)) -> Result<(Ve
         return Err(corrupt(name, "image", format!("decoded {} bytes of {channels} channel(s), expected {}×{}", rgb.len(), w, h)));
     }
     Ok((rgb, channels))
+}
+
+/// Whether a JPEG's data reaches its end-of-image marker. zune-jpeg, like
+/// a browser, shows the missing part of a truncated file as grey, where
+/// PIL refuses it ("image file is truncated"); its strict mode would also
+/// refuse the stray bytes between segments that libjpeg and PIL accept.
+/// The header segments are skipped by their lengths (an EXIF thumbnail
+/// holds markers of its own), then the marker is looked for after the
+/// first scan starts, from the end.
+fn reaches_end(bytes: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xff || bytes[i + 1] == 0xff {
+            // Stray or fill bytes before a marker, skipped as libjpeg does.
+            i += 1;
+            continue;
+        }
+        let marker = bytes[i + 1];
+        i += 2;
+        match marker {
+            0xda => return bytes[i..].windows(2).rev().any(|w| w == [0xff, 0xd9]),
+            0xd9 => return true,
+            0x00 | 0x01 | 0xd0..=0xd7 => {}
+            _ => match bytes.get(i..i + 2) {
+                Some(len) => i += usize::from(u16::from_be_bytes([len[0], len[1]])),
+                None => return false,
+            },
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reaches_end;
+
+    #[test]
+    fn a_jpeg_cut_short_is_told_from_one_with_stray_bytes() {
+        let mut out = Vec::new();
+        let data: Vec<u8> = (0..48 * 64 * 3).map(|i| (i * 7 % 251) as u8).collect();
+        jpeg_encoder::Encoder::new(&mut out, 90).encode(&data, 64, 48, jpeg_encoder::ColorType::Rgb).unwrap();
+        assert!(reaches_end(&out));
+        for cut in [out.len() - 2, out.len() / 2, 200, 3] {
+            assert!(!reaches_end(&out[..cut]), "cut at {cut} of {}", out.len());
+        }
+        // Trailing bytes after the image, and stray ones between segments.
+        let mut padded = out.clone();
+        padded.extend_from_slice(b"camera trailer");
+        padded.splice(2..2, [0x00, 0x13]);
+        assert!(reaches_end(&padded));
+        // An end marker inside a header segment (a thumbnail's) does not count.
+        let mut thumb = vec![0xff, 0xd8, 0xff, 0xe1, 0x00, 0x06, 0xff, 0xd9, 0xff, 0xd9];
+        thumb.extend_from_slice(&out[2..out.len() / 2]);
+        assert!(!reaches_end(&thumb));
+    }
 }

@@ -208,6 +208,15 @@ fn refuses_corrupt_images_and_mixed_sizes_naming_the_file() {
     assert!(err.contains("extra.jpg") && err.contains("corrupt JPEG"), "{err}");
     assert!(!err.contains('\n'), "one line: {err:?}");
 
+    // Cut inside its scan: the headers read, the pixels would be part grey.
+    let whole = jpeg_bytes(40, 60);
+    std::fs::write(tmp.path().join("train/cat/extra.jpg"), &whole[..whole.len() - 20]).unwrap();
+    let mut cat = read_catalog(tmp.path(), SourceFormat::Auto).unwrap();
+    cat.square = Some(4);
+    let all: Vec<_> = cat.train.iter().collect();
+    let err = cat.images(&all).unwrap_err().to_string();
+    assert!(err.contains("extra.jpg: truncated JPEG image"), "{err}");
+
     std::fs::write(tmp.path().join("train/cat/extra.jpg"), jpeg_bytes(4, 4)).unwrap();
     std::fs::write(tmp.path().join("train/dog/0001.png"), png_bytes(0, 5, 4)).unwrap();
     let cat = read_catalog(tmp.path(), SourceFormat::Auto).unwrap();
