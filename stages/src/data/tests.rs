@@ -123,6 +123,11 @@ fn reads_cifar_binary_from_a_folder_and_an_archive() {
         assert_eq!((item.label, item.source.as_str()), (5, "data_batch_2.bin#5"));
         let pixels = cat.images(&[item]).unwrap();
         assert_eq!(pixels, cifar_record(25, 5)[1..]);
+        // Scaled to its own size the record comes back as it was: planes
+        // stay planes through the interleaved scaler.
+        let mut cat = cat;
+        cat.square = Some(32);
+        assert_eq!(cat.images(&[&cat.train[25]]).unwrap(), cifar_record(25, 5)[1..]);
     }
 }
 
