@@ -5,7 +5,7 @@
 //! resumable kind uses and which is removed once the manifest is written.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -29,6 +29,8 @@ pub struct ExecRequest<'a> {
     /// Slot → object paths of the inputs.
     pub inputs: BTreeMap<String, Vec<PathBuf>>,
     pub seed: u64,
+    /// The pipeline file's directory (see [`StageCtx::project_dir`]).
+    pub project_dir: &'a Path,
     pub env: &'a Environment,
     pub reporter: &'a dyn Reporter,
     pub cancel: &'a AtomicBool,
@@ -96,6 +98,7 @@ pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFai
         input_hashes: req.key_inputs.inputs.clone(),
         outputs: outputs.clone(),
         scratch: &work_dir,
+        project_dir: req.project_dir,
         // `verify` re-executes from the start: a resumed run proves nothing.
         checkpoint_dir: req.store.then(|| gc::checkpoint_dir(cache, &req.key_inputs.key())),
         seed: req.seed,

@@ -66,6 +66,11 @@ pub struct StageCtx<'a> {
     pub outputs: BTreeMap<String, PathBuf>,
     /// A private, empty directory, deleted after the stage.
     pub scratch: &'a Path,
+    /// The pipeline file's directory, where `{ file = ... }` inputs are
+    /// found; for messages only (a stage that read from it would depend on
+    /// what its key does not hold). Empty where unknown (a node without
+    /// the project's filesystem).
+    pub project_dir: &'a Path,
     /// Where a resumable kind may keep a checkpoint between executions of
     /// this stage key (`cache/checkpoints/<key>`, not yet created; removed
     /// once the result is stored). `None` where nothing may resume (`verify`).

@@ -409,6 +409,11 @@ outputs = { o = "o.txt" }
     assert!(r.stderr.contains(r#"script = { file = "scripts/train.sh" }"#), "{}", r.stderr);
     // `data` names nothing in the project: no hint for a word that only looks like one.
     assert!(!r.stderr.contains("`data`"), "{}", r.stderr);
+    // Run from elsewhere with `-f`, the files are still looked for beside the pipeline file.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = p.path().join("pipeline.toml");
+    let r: common::Run = p.cmd(&["-f", file.to_str().unwrap(), "run"]).current_dir(elsewhere.path()).output().unwrap().into();
+    assert!(r.code == 1 && r.stderr.contains(r#"script = { file = "scripts/train.sh" }"#), "{}", r.all());
 }
 
 /// A project whose one stage, `read`, copies the file input written as

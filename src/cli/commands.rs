@@ -640,6 +640,7 @@ fn reexecute(
         key_inputs: &manifest.key_inputs,
         inputs,
         seed: pipeline.seed,
+        project_dir: &pipeline.root,
         env,
         reporter: console,
         cancel,

@@ -45,6 +45,10 @@ pub struct JobSpec {
     pub outputs: BTreeMap<String, PathBuf>,
     /// The stage's private working directory.
     pub scratch: PathBuf,
+    /// The pipeline file's directory on the submitting machine (empty:
+    /// not shared with the node, or an older job file).
+    #[serde(default)]
+    pub project_dir: PathBuf,
     pub seed: u64,
     /// The cache directory, for the worker's probe answers.
     pub cache_dir: Option<PathBuf>,
@@ -207,6 +211,7 @@ fn run_stage(spec: &JobSpec, registry: &Registry, env: &Environment, cancel: &At
         input_hashes: spec.inputs.iter().map(|(s, v)| (s.clone(), v.iter().map(|i| i.hash).collect())).collect(),
         outputs: spec.outputs.clone(),
         scratch: &spec.scratch,
+        project_dir: &spec.project_dir,
         checkpoint_dir: spec.checkpoint_dir.clone(),
         seed: spec.seed,
         env,
@@ -274,6 +279,7 @@ mod tests {
             inputs: BTreeMap::new(),
             outputs: BTreeMap::new(),
             scratch: PathBuf::from("/nonexistent"),
+            project_dir: PathBuf::new(),
             seed: 0,
             cache_dir: None,
             keyed_env,

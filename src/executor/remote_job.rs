@@ -163,6 +163,7 @@ impl RemoteJobSpec {
             inputs: inputs.collect(),
             outputs: self.outputs.iter().map(|(n, f)| (n.clone(), work.join("out").join(f))).collect(),
             scratch: work.join("scratch"),
+            project_dir: PathBuf::new(),
             seed: self.seed,
             cache_dir: None,
             keyed_env: self.keyed_env.clone(),

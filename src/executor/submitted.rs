@@ -74,6 +74,7 @@ impl Submitted {
             inputs,
             outputs: ctx.outputs.iter().map(|(n, p)| (n.clone(), abs(p))).collect(),
             scratch: abs(ctx.scratch),
+            project_dir: abs(ctx.project_dir),
             seed: ctx.seed,
             cache_dir,
             keyed_env: ctx.env.key_entries(self.needs),

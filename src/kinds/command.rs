@@ -197,7 +197,7 @@ impl StageKind for Command {
             return Err(StageFailure::new(format!(
                 "command exited with {status}\n  command: {cmd}{}{}",
                 super::supervise::stderr_tail(&String::from_utf8_lossy(&ended.stderr), "stderr"),
-                undeclared_files_help(&p.cmd)
+                undeclared_files_help(&p.cmd, ctx.project_dir)
             )));
         }
         for (name, file) in &p.outputs {
@@ -216,13 +216,14 @@ impl StageKind for Command {
 /// A hint for a failed command that names a file or directory of the
 /// project by a relative path (`python train.py`, `ls data`): it runs in a
 /// scratch directory, where that name finds nothing, and an undeclared
-/// script is not in the key. Only paths that exist relative to where cairn
-/// runs are named, so a word that merely looks like a path never is.
-fn undeclared_files_help(template: &str) -> String {
+/// script is not in the key. Only paths that exist in `project` (where a
+/// `{ file = ... }` input is found) are named, so a word that merely looks
+/// like a path never is.
+fn undeclared_files_help(template: &str, project: &std::path::Path) -> String {
     let mut files: Vec<&str> = Vec::new();
     let words = template.split(|c: char| c.is_whitespace() || ";|&<>()'\"`=".contains(c));
     for w in words.filter(|w| !w.is_empty() && !w.contains('{') && !w.starts_with(['-', '/', '$'])) {
-        if !files.contains(&w) && !matches!(w, "." | "..") && std::path::Path::new(w).exists() {
+        if !files.contains(&w) && !matches!(w, "." | "..") && project.join(w).exists() {
             files.push(w);
         }
     }

@@ -316,6 +316,7 @@ fn execute_ready(stage: &Stage, ready: Ready, resolver: &Resolver<'_>, ctx: Exec
         key_inputs: &ready.key_inputs,
         inputs: ready.inputs,
         seed,
+        project_dir: &resolver.pipeline.root,
         env,
         reporter: observer,
         cancel,
