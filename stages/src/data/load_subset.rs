@@ -1,13 +1,13 @@
 //! The `load_subset` stage: read the source, draw the subset, and write one
 //! images tensor (u8 `N×3×H×W`) and one labels tensor (i64 `N`) per split,
 //! plus the `index` table (where every row came from) and the `classes`
-//! table. Splits are materialised one at a time, so peak memory is one
-//! split's pixels.
+//! table. Each split's images are decoded and written 64 MiB at a time,
+//! so memory does not grow with the data set.
 
 use std::path::Path;
 use std::time::Instant;
 
-use cairn_formats::{write_tensor, Column, DType, Table};
+use cairn_formats::{write_tensor, Column, DType, Table, TensorWriter};
 use cairn_kinds::data::{LoadSubsetParams, Pool, SourceFormat};
 
 use super::catalog::Catalog;
@@ -74,10 +74,17 @@ pub(crate) fn read_catalog(source: &Path, format: SourceFormat) -> Result<Catalo
     }
 }
 
+/// Rows decoded at a time (at least one): a split's pixels are written as
+/// they come, never all in memory. The file is the same whatever the size,
+/// since the writer cuts its own batches.
+const CHUNK_BYTES: usize = 64 << 20;
+
 fn write_split(catalog: &Catalog, rows: &[&Item], images: &Path, labels: &Path) -> Result<(), DataError> {
-    let pixels = catalog.images(rows)?;
-    let [c, h, w] = catalog.image_shape();
-    write_tensor(images, DType::U8, &[rows.len(), c, h, w], &pixels)?;
+    let mut writer = TensorWriter::create(images, DType::U8, &catalog.image_shape())?;
+    for chunk in rows.chunks((CHUNK_BYTES / catalog.row_bytes()).max(1)) {
+        writer.write_rows(&catalog.images(chunk)?)?;
+    }
+    writer.finish()?;
     let label_bytes: Vec<u8> = rows.iter().flat_map(|it| (it.label as i64).to_ne_bytes()).collect();
     write_tensor(labels, DType::I64, &[rows.len()], &label_bytes)?;
     Ok(())
