@@ -80,8 +80,12 @@ pub(crate) fn read_catalog(source: &Path, format: SourceFormat) -> Result<Catalo
 const CHUNK_BYTES: usize = 64 << 20;
 
 fn write_split(catalog: &Catalog, rows: &[&Item], images: &Path, labels: &Path) -> Result<(), DataError> {
+    write_split_by(catalog, rows, images, labels, CHUNK_BYTES)
+}
+
+pub(super) fn write_split_by(catalog: &Catalog, rows: &[&Item], images: &Path, labels: &Path, chunk_bytes: usize) -> Result<(), DataError> {
     let mut writer = TensorWriter::create(images, DType::U8, &catalog.image_shape())?;
-    for chunk in rows.chunks((CHUNK_BYTES / catalog.row_bytes()).max(1)) {
+    for chunk in rows.chunks((chunk_bytes / catalog.row_bytes()).max(1)) {
         writer.write_rows(&catalog.images(chunk)?)?;
     }
     writer.finish()?;

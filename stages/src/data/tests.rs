@@ -187,6 +187,20 @@ fn reads_image_folders_from_a_directory_a_tar_and_a_tar_gz() {
 }
 
 #[test]
+fn a_split_written_a_row_at_a_time_is_the_file_written_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_dir(&tmp.path().join("src"), &folder_files("", 5, 1));
+    let cat = read_catalog(&tmp.path().join("src"), SourceFormat::Auto).unwrap();
+    let rows: Vec<_> = cat.train.iter().collect();
+    let written = |name: &str, chunk_bytes| {
+        let (images, labels) = (tmp.path().join(format!("{name}.arrow")), tmp.path().join(format!("{name}-labels.arrow")));
+        super::load_subset::write_split_by(&cat, &rows, &images, &labels, chunk_bytes).unwrap();
+        std::fs::read(images).unwrap()
+    };
+    assert_eq!(written("rows", 1), written("whole", usize::MAX));
+}
+
+#[test]
 fn refuses_missing_and_empty_class_folders() {
     let tmp = tempfile::tempdir().unwrap();
     let mut files = folder_files("", 2, 1);
