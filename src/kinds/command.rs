@@ -220,6 +220,9 @@ impl StageKind for Command {
 /// `{ file = ... }` input is found) are named, so a word that merely looks
 /// like a path never is.
 fn undeclared_files_help(template: &str, project: &std::path::Path) -> String {
+    if project.as_os_str().is_empty() {
+        return String::new(); // a node without the project's files
+    }
     let mut files: Vec<&str> = Vec::new();
     let words = template.split(|c: char| c.is_whitespace() || ";|&<>()'\"`=".contains(c));
     for w in words.filter(|w| !w.is_empty() && !w.contains('{') && !w.starts_with(['-', '/', '$'])) {

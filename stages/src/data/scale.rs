@@ -45,8 +45,8 @@ fn scaled(h: usize, w: usize, size: usize) -> (usize, usize) {
 /// interleaved: RGB, RGBA, grey or grey and alpha), scaled so its shorter
 /// side is `size`, into `dst` (`3×size×size`, planar). Each output is
 /// `0 + k₀v₀ + k₁v₁ + …` in tap order, rows first; the loops only
-/// interleave independent sums (three channels at a time across, whole
-/// output rows down) so that they overlap.
+/// interleave independent sums (four rows and three channels at a time
+/// across, whole output rows down) so that they overlap.
 pub(crate) fn square(src: &[u8], channels: usize, (h, w): (usize, usize), size: usize, dst: &mut [u8]) {
     let (sh, sw) = scaled(h, w, size);
     let rows = taps(h, sh, (sh - size) / 2, size);
