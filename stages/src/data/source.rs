@@ -1,9 +1,11 @@
 //! Turns a data set source (a directory, a `.tar` or a `.tar.gz`) into one
 //! sorted list of files, each readable as bytes.
 //!
-//! Archives are read in a single streaming pass and never extracted: the
-//! bytes of the files a reader may need (images, CIFAR batches, their class
-//! list) are kept in memory and everything else is skipped. Nothing is ever
+//! Archives are read in a single streaming pass and never extracted: of
+//! the files a reader may need (images, CIFAR batches, their class list)
+//! a compressed archive's are kept in memory, an uncompressed one's are
+//! only located (read from the archive when decoded), and everything else
+//! is skipped. Nothing is ever
 //! written, so a hostile archive cannot place files anywhere; entries that
 //! could only be there to attack an extracting reader (absolute paths,
 //! `..`, links) are refused with an error rather than silently skipped.
@@ -12,6 +14,7 @@
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::DataError;
@@ -23,6 +26,8 @@ const KEPT_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bin", "txt"];
 enum Blob {
     Disk(PathBuf),
     Memory(Vec<u8>),
+    /// A member of an uncompressed archive, read from there when needed.
+    Span { archive: PathBuf, offset: u64, len: u64 },
 }
 
 pub(crate) struct SourceFile {
@@ -38,6 +43,12 @@ impl SourceFile {
             Blob::Disk(path) => {
                 std::fs::read(path).map(Cow::Owned).map_err(|source| DataError::Io { path: path.clone(), source })
             }
+            Blob::Span { archive, offset, len } => {
+                let io = |source| DataError::Io { path: archive.clone(), source };
+                let mut bytes = vec![0; usize::try_from(*len).map_err(|_| io(std::io::ErrorKind::OutOfMemory.into()))?];
+                File::open(archive).and_then(|f| f.read_exact_at(&mut bytes, *offset)).map_err(io)?;
+                Ok(Cow::Owned(bytes))
+            }
         }
     }
 
@@ -45,7 +56,7 @@ impl SourceFile {
     pub fn display(&self, tree: &SourceTree) -> String {
         match &self.blob {
             Blob::Disk(path) => path.display().to_string(),
-            Blob::Memory(_) => format!("{}:{}", tree.origin.display(), self.name),
+            Blob::Memory(_) | Blob::Span { .. } => format!("{}:{}", tree.origin.display(), self.name),
         }
     }
 }
@@ -106,13 +117,23 @@ impl SourceTree {
             magic.iter_mut().zip(buf).for_each(|(m, b)| *m = *b);
             magic == [0x1f, 0x8b]
         };
-        let stream: Box<dyn Read> =
-            if is_gzip { Box::new(flate2::read::MultiGzDecoder::new(reader)) } else { Box::new(reader) };
         let archive_err = |problem: String| DataError::invalid(path.display().to_string(), problem);
-        let mut archive = tar::Archive::new(stream);
-        let entries = archive
-            .entries()
-            .map_err(|e| archive_err(format!("not a readable tar archive ({e}); give a directory, .tar or .tar.gz")))?;
+        let unreadable = |e: std::io::Error| archive_err(format!("not a readable tar archive ({e}); give a directory, .tar or .tar.gz"));
+        if is_gzip {
+            let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(reader));
+            self.add_entries(path, archive.entries().map_err(unreadable)?, false)
+        } else {
+            // Members of an uncompressed archive stay where they are, read
+            // when decoded, so memory does not grow with the archive.
+            let mut archive = tar::Archive::new(reader);
+            self.add_entries(path, archive.entries_with_seek().map_err(unreadable)?, true)
+        }
+    }
+
+    /// Records the members of archive `path`: their bytes, or (`in_place`,
+    /// an uncompressed archive) where they lie in it.
+    fn add_entries<R: Read>(&mut self, path: &Path, entries: tar::Entries<'_, R>, in_place: bool) -> Result<(), DataError> {
+        let archive_err = |problem: String| DataError::invalid(path.display().to_string(), problem);
         for entry in entries {
             let mut entry = entry.map_err(|e| archive_err(format!("corrupt or truncated archive: {e}")))?;
             let raw = entry.path().map_err(|e| archive_err(format!("entry with an unreadable name: {e}")))?.into_owned();
@@ -128,8 +149,13 @@ impl SourceTree {
                      (replace the link with the file it points to)"
                 )));
             } else if kind.is_file() && wanted(&name) {
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes).map_err(|e| archive_err(format!("cannot read entry `{name}`: {e}")))?;
+                let blob = if in_place {
+                    Blob::Span { archive: path.to_path_buf(), offset: entry.raw_file_position(), len: entry.size() }
+                } else {
+                    let mut bytes = Vec::new();
+                    entry.read_to_end(&mut bytes).map_err(|e| archive_err(format!("cannot read entry `{name}`: {e}")))?;
+                    Blob::Memory(bytes)
+                };
                 // Parent folders appear implicitly in archives without
                 // directory entries.
                 let mut parent = name.as_str();
@@ -137,7 +163,7 @@ impl SourceTree {
                     self.dirs.push(up.to_string());
                     parent = up;
                 }
-                self.files.push(SourceFile { name, blob: Blob::Memory(bytes) });
+                self.files.push(SourceFile { name, blob });
             }
         }
         Ok(())

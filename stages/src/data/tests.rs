@@ -112,8 +112,10 @@ fn reads_cifar_binary_from_a_folder_and_an_archive() {
         .collect();
     let archive = tmp.path().join("cifar-10-binary.tar.gz");
     write_tar(&archive, &files, true);
+    let plain = tmp.path().join("cifar-10-binary.tar");
+    write_tar(&plain, &files, false);
 
-    for source in [&dir, &archive] {
+    for source in [&dir, &archive, &plain] {
         let cat = read_catalog(source, SourceFormat::Auto).unwrap();
         assert_eq!((cat.train.len(), cat.test.len(), cat.classes.len()), (100, 20, 10));
         assert_eq!(cat.classes[3], "bird");
