@@ -44,9 +44,11 @@ impl SourceFile {
                 std::fs::read(path).map(Cow::Owned).map_err(|source| DataError::Io { path: path.clone(), source })
             }
             Blob::Span { archive, offset, len } => {
-                let io = |source| DataError::Io { path: archive.clone(), source };
-                let mut bytes = vec![0; usize::try_from(*len).map_err(|_| io(std::io::ErrorKind::OutOfMemory.into()))?];
-                File::open(archive).and_then(|f| f.read_exact_at(&mut bytes, *offset)).map_err(io)?;
+                let mut bytes = vec![0; *len as usize]; // no larger than the archive, checked when located
+                File::open(archive).and_then(|f| f.read_exact_at(&mut bytes, *offset)).map_err(|e| {
+                    let place = format!("{}:{}", archive.display(), self.name);
+                    DataError::invalid(place, format!("cannot read it from the archive ({e}); was the archive changed or cut short while it loaded?"))
+                })?;
                 Ok(Cow::Owned(bytes))
             }
         }
@@ -121,18 +123,19 @@ impl SourceTree {
         let unreadable = |e: std::io::Error| archive_err(format!("not a readable tar archive ({e}); give a directory, .tar or .tar.gz"));
         if is_gzip {
             let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(reader));
-            self.add_entries(path, archive.entries().map_err(unreadable)?, false)
+            self.add_entries(path, archive.entries().map_err(unreadable)?, None)
         } else {
             // Members of an uncompressed archive stay where they are, read
             // when decoded, so memory does not grow with the archive.
+            let size = reader.get_ref().metadata().map_err(io)?.len();
             let mut archive = tar::Archive::new(reader);
-            self.add_entries(path, archive.entries_with_seek().map_err(unreadable)?, true)
+            self.add_entries(path, archive.entries_with_seek().map_err(unreadable)?, Some(size))
         }
     }
 
-    /// Records the members of archive `path`: their bytes, or (`in_place`,
-    /// an uncompressed archive) where they lie in it.
-    fn add_entries<R: Read>(&mut self, path: &Path, entries: tar::Entries<'_, R>, in_place: bool) -> Result<(), DataError> {
+    /// Records the members of archive `path`: their bytes, or where they
+    /// lie in it where it is uncompressed, of `in_place` bytes.
+    fn add_entries<R: Read>(&mut self, path: &Path, entries: tar::Entries<'_, R>, in_place: Option<u64>) -> Result<(), DataError> {
         let archive_err = |problem: String| DataError::invalid(path.display().to_string(), problem);
         for entry in entries {
             let mut entry = entry.map_err(|e| archive_err(format!("corrupt or truncated archive: {e}")))?;
@@ -149,11 +152,15 @@ impl SourceTree {
                      (replace the link with the file it points to)"
                 )));
             } else if kind.is_file() && wanted(&name) {
-                let blob = if in_place {
-                    Blob::Span { archive: path.to_path_buf(), offset: entry.raw_file_position(), len: entry.size() }
+                let blob = if let Some(size) = in_place {
+                    let (offset, len) = (entry.raw_file_position(), entry.size());
+                    if offset.checked_add(len).is_none_or(|end| end > size) {
+                        return Err(archive_err(format!("corrupt or truncated archive: entry `{name}` runs past the end of the file")));
+                    }
+                    Blob::Span { archive: path.to_path_buf(), offset, len }
                 } else {
                     let mut bytes = Vec::new();
-                    entry.read_to_end(&mut bytes).map_err(|e| archive_err(format!("cannot read entry `{name}`: {e}")))?;
+                    entry.read_to_end(&mut bytes).map_err(|e| archive_err(format!("corrupt or truncated archive: cannot read entry `{name}`: {e}")))?;
                     Blob::Memory(bytes)
                 };
                 // Parent folders appear implicitly in archives without

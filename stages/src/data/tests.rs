@@ -186,6 +186,14 @@ fn reads_image_folders_from_a_directory_a_tar_and_a_tar_gz() {
         let decoded = cat.images(&[jpeg]).unwrap();
         assert!(decoded.iter().all(|&v| v.abs_diff(90) <= 2), "JPEG decodes near its colour: {decoded:?}");
     }
+    // Cut short, either archive is refused when it is read, not when an
+    // image it no longer holds is decoded.
+    for archive in [&tar, &tgz] {
+        let bytes = std::fs::read(archive).unwrap();
+        std::fs::write(archive, &bytes[..bytes.len() / 2]).unwrap();
+        let err = err_of(archive, SourceFormat::Auto);
+        assert!(err.contains("corrupt or truncated archive"), "{err}");
+    }
 }
 
 #[test]
