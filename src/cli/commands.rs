@@ -528,6 +528,9 @@ fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, forget: &
 /// The recorded pipeline path of each project `named` for `gc --forget`:
 /// as written, or as the path resolves from here (the file may be gone).
 fn recorded_projects(cache: &Cache, me: &Project, named: &[PathBuf]) -> Result<BTreeSet<String>, String> {
+    if named.is_empty() {
+        return Ok(BTreeSet::new());
+    }
     let recorded: Vec<String> = cache.other_projects(me).into_iter().map(|p| p.pipeline).collect();
     let mut out = BTreeSet::new();
     for path in named {

@@ -87,7 +87,7 @@ impl Catalog {
                     .zip(items.par_iter())
                     .map(|(slot, item)| {
                         let file = &tree.files[item.file];
-                        let bytes = file.read()?;
+                        let bytes = file.read(tree)?;
                         match self.square {
                             Some(size) => decode::decode_square_into(&file.display(tree), &bytes, size, slot),
                             None => decode::decode_into(&file.display(tree), &bytes, *dims, slot),

@@ -53,7 +53,7 @@ pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
     let classes = match find(&tree, META_FILE) {
         Some(i) => {
             let file = &tree.files[i];
-            let text = file.read()?;
+            let text = file.read(&tree)?;
             let names: Vec<String> = String::from_utf8_lossy(&text)
                 .lines()
                 .map(str::trim)
@@ -77,7 +77,7 @@ pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
         for name in names {
             let file = &tree.files[find(&tree, name).expect("checked above")];
             let shown = file.display(&tree);
-            let bytes: Arc<[u8]> = file.read()?.into();
+            let bytes: Arc<[u8]> = file.read(&tree)?.into();
             items.extend(records(&shown, base(&file.name), &bytes, files.len(), classes.len())?);
             files.push(bytes);
         }

@@ -35,7 +35,7 @@ pub(crate) fn read(tree: SourceTree) -> Result<Catalog, DataError> {
     let classes = classes(&tree, &prefix, &placed)?;
     let [train, test] = split_items(&tree, &prefix, &classes, placed)?;
     let first = &tree.files[train[0].file];
-    let dims = decode::dims(&first.display(&tree), &first.read()?)?;
+    let dims = decode::dims(&first.display(&tree), &first.read(&tree)?)?;
     if dims.0 == 0 || dims.1 == 0 {
         return Err(DataError::invalid(first.display(&tree), "image has no pixels"));
     }

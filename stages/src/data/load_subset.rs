@@ -48,7 +48,7 @@ pub fn load_subset(ctx: &mut WorkerCtx, params: LoadSubsetParams) -> StageResult
         let rows: Vec<&Item> = chosen.iter().map(|&i| &items[i]).collect();
         let images = ctx.output(&format!("{split}_images"))?.to_path_buf();
         let labels = ctx.output(&format!("{split}_labels"))?.to_path_buf();
-        pool.install(|| write_split(&catalog, &rows, &images, &labels))?;
+        pool.install(|| write_split(&catalog, &rows, &images, &labels, CHUNK_BYTES))?;
         index.add(split, &rows, &catalog.classes);
         ctx.metric(&format!("{split}_images"), rows.len() as f64);
         ctx.progress(format!("{split}: {} images", rows.len()));
@@ -79,11 +79,7 @@ pub(crate) fn read_catalog(source: &Path, format: SourceFormat) -> Result<Catalo
 /// since the writer cuts its own batches.
 const CHUNK_BYTES: usize = 64 << 20;
 
-fn write_split(catalog: &Catalog, rows: &[&Item], images: &Path, labels: &Path) -> Result<(), DataError> {
-    write_split_by(catalog, rows, images, labels, CHUNK_BYTES)
-}
-
-pub(super) fn write_split_by(catalog: &Catalog, rows: &[&Item], images: &Path, labels: &Path, chunk_bytes: usize) -> Result<(), DataError> {
+pub(super) fn write_split(catalog: &Catalog, rows: &[&Item], images: &Path, labels: &Path, chunk_bytes: usize) -> Result<(), DataError> {
     let mut writer = TensorWriter::create(images, DType::U8, &catalog.image_shape())?;
     for chunk in rows.chunks((chunk_bytes / catalog.row_bytes()).max(1)) {
         writer.write_rows(&catalog.images(chunk)?)?;

@@ -84,6 +84,7 @@ fn scale_rows<const N: usize>(src: &[u8], w: usize, cols: &[Taps], across: &mut 
     // Channel-major, then sample, then row: `LANES` rows' samples adjacent.
     let mut samples = vec![[0f32; LANES]; 3 * w];
     for (b, block) in src.chunks(LANES * w * N).enumerate() {
+        let rows = block.len() / (w * N);
         for (r, line) in block.chunks_exact(w * N).enumerate() {
             for (j, px) in line.chunks_exact(N).enumerate() {
                 for (c, &p) in pick.iter().enumerate() {
@@ -99,7 +100,6 @@ fn scale_rows<const N: usize>(src: &[u8], w: usize, cols: &[Taps], across: &mut 
                     acc.iter_mut().zip(v).for_each(|(a, &v)| *a += k * v);
                 }
             }
-            let rows = block.len() / (w * N);
             for (c, acc) in acc.iter().enumerate() {
                 for (r, &a) in acc.iter().enumerate().take(rows) {
                     across[c * plane + (b * LANES + r) * out_w + x] = a;

@@ -26,8 +26,9 @@ const KEPT_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bin", "txt"];
 enum Blob {
     Disk(PathBuf),
     Memory(Vec<u8>),
-    /// A member of an uncompressed archive, read from there when needed.
-    Span { archive: PathBuf, offset: u64, len: u64 },
+    /// A member of the uncompressed archive the tree comes from, read from
+    /// there when needed.
+    Span { offset: u64, len: u64 },
 }
 
 pub(crate) struct SourceFile {
@@ -37,17 +38,19 @@ pub(crate) struct SourceFile {
 }
 
 impl SourceFile {
-    pub fn read(&self) -> Result<Cow<'_, [u8]>, DataError> {
+    pub fn read(&self, tree: &SourceTree) -> Result<Cow<'_, [u8]>, DataError> {
         match &self.blob {
             Blob::Memory(bytes) => Ok(Cow::Borrowed(bytes)),
             Blob::Disk(path) => {
                 std::fs::read(path).map(Cow::Owned).map_err(|source| DataError::Io { path: path.clone(), source })
             }
-            Blob::Span { archive, offset, len } => {
+            Blob::Span { offset, len } => {
                 let mut bytes = vec![0; *len as usize]; // no larger than the archive, checked when located
-                File::open(archive).and_then(|f| f.read_exact_at(&mut bytes, *offset)).map_err(|e| {
-                    let place = format!("{}:{}", archive.display(), self.name);
-                    DataError::invalid(place, format!("cannot read it from the archive ({e}); was the archive changed or cut short while it loaded?"))
+                File::open(&tree.origin).and_then(|f| f.read_exact_at(&mut bytes, *offset)).map_err(|e| {
+                    DataError::invalid(
+                        self.display(tree),
+                        format!("cannot read it from the archive ({e}); was the archive changed or cut short while it loaded?"),
+                    )
                 })?;
                 Ok(Cow::Owned(bytes))
             }
@@ -119,8 +122,7 @@ impl SourceTree {
             magic.iter_mut().zip(buf).for_each(|(m, b)| *m = *b);
             magic == [0x1f, 0x8b]
         };
-        let archive_err = |problem: String| DataError::invalid(path.display().to_string(), problem);
-        let unreadable = |e: std::io::Error| archive_err(format!("not a readable tar archive ({e}); give a directory, .tar or .tar.gz"));
+        let unreadable = |e| archive_err(path, format!("not a readable tar archive ({e}); give a directory, .tar or .tar.gz"));
         if is_gzip {
             let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(reader));
             self.add_entries(path, archive.entries().map_err(unreadable)?, None)
@@ -136,7 +138,7 @@ impl SourceTree {
     /// Records the members of archive `path`: their bytes, or where they
     /// lie in it where it is uncompressed, of `in_place` bytes.
     fn add_entries<R: Read>(&mut self, path: &Path, entries: tar::Entries<'_, R>, in_place: Option<u64>) -> Result<(), DataError> {
-        let archive_err = |problem: String| DataError::invalid(path.display().to_string(), problem);
+        let archive_err = |problem: String| archive_err(path, problem);
         for entry in entries {
             let mut entry = entry.map_err(|e| archive_err(format!("corrupt or truncated archive: {e}")))?;
             let raw = entry.path().map_err(|e| archive_err(format!("entry with an unreadable name: {e}")))?.into_owned();
@@ -157,7 +159,7 @@ impl SourceTree {
                     if offset.checked_add(len).is_none_or(|end| end > size) {
                         return Err(archive_err(format!("corrupt or truncated archive: entry `{name}` runs past the end of the file")));
                     }
-                    Blob::Span { archive: path.to_path_buf(), offset, len }
+                    Blob::Span { offset, len }
                 } else {
                     let mut bytes = Vec::new();
                     entry.read_to_end(&mut bytes).map_err(|e| archive_err(format!("corrupt or truncated archive: cannot read entry `{name}`: {e}")))?;
@@ -175,6 +177,10 @@ impl SourceTree {
         }
         Ok(())
     }
+}
+
+fn archive_err(archive: &Path, problem: String) -> DataError {
+    DataError::invalid(archive.display().to_string(), problem)
 }
 
 fn wanted(name: &str) -> bool {

@@ -204,7 +204,7 @@ fn a_split_written_a_row_at_a_time_is_the_file_written_whole() {
     let rows: Vec<_> = cat.train.iter().collect();
     let written = |name: &str, chunk_bytes| {
         let (images, labels) = (tmp.path().join(format!("{name}.arrow")), tmp.path().join(format!("{name}-labels.arrow")));
-        super::load_subset::write_split_by(&cat, &rows, &images, &labels, chunk_bytes).unwrap();
+        super::load_subset::write_split(&cat, &rows, &images, &labels, chunk_bytes).unwrap();
         std::fs::read(images).unwrap()
     };
     assert_eq!(written("rows", 1), written("whole", usize::MAX));
