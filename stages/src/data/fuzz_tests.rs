@@ -22,7 +22,7 @@ use cairn_kinds::data::SourceFormat;
 use proptest::prelude::*;
 
 use super::catalog::Item;
-use super::load_subset::read_catalog;
+use super::tests::read_catalog;
 
 #[path = "../../../tests/support/fuzz_driver.rs"]
 mod fuzz_driver;

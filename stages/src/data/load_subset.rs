@@ -22,7 +22,8 @@ pub fn load_subset(ctx: &mut WorkerCtx, params: LoadSubsetParams) -> StageResult
         .num_threads(ctx.threads())
         .build()
         .map_err(|e| StageError::new(format!("cannot start decoding threads: {e}")))?;
-    let mut catalog = pool.install(|| read_catalog(&source, params.format))?;
+    let scratch = ctx.scratch().to_path_buf();
+    let mut catalog = pool.install(|| read_catalog(&source, params.format, &scratch))?;
     catalog.square = params.size;
     ctx.progress(format!(
         "{}: {} classes, {} train and {} test images",
@@ -64,8 +65,10 @@ pub fn load_subset(ctx: &mut WorkerCtx, params: LoadSubsetParams) -> StageResult
     Ok(())
 }
 
-pub(crate) fn read_catalog(source: &Path, format: SourceFormat) -> Result<Catalog, DataError> {
-    let tree = SourceTree::open(source)?;
+/// The catalog of `source`; a compressed archive's images are copied into
+/// `spill_dir` to be read (see [`SourceTree::open`]).
+pub(crate) fn read_catalog(source: &Path, format: SourceFormat, spill_dir: &Path) -> Result<Catalog, DataError> {
+    let tree = SourceTree::open(source, spill_dir)?;
     match format {
         SourceFormat::Cifar10Binary => cifar::read(tree),
         SourceFormat::ImageFolder => folder::read(tree),

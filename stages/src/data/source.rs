@@ -3,17 +3,19 @@
 //!
 //! Archives are read in a single streaming pass and never extracted: of
 //! the files a reader may need (images, CIFAR batches, their class list)
-//! a compressed archive's are kept in memory, an uncompressed one's are
-//! only located (read from the archive when decoded), and everything else
-//! is skipped. Nothing is ever
-//! written, so a hostile archive cannot place files anywhere; entries that
-//! could only be there to attack an extracting reader (absolute paths,
-//! `..`, links) are refused with an error rather than silently skipped.
-//! Compression is recognised by content (the gzip magic), not by extension.
+//! an uncompressed archive's are only located (read from the archive when
+//! decoded), a compressed one's are copied end to end into one unnamed
+//! spill file in the stage's scratch directory and located there, and
+//! everything else is skipped. So memory does not grow with the archive,
+//! and a hostile archive cannot place files anywhere (no member's name
+//! becomes a path); entries that could only be there to attack an
+//! extracting reader (absolute paths, `..`, links) are refused with an
+//! error rather than silently skipped. Compression is recognised by
+//! content (the gzip magic), not by extension.
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -25,9 +27,8 @@ const KEPT_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bin", "txt"];
 
 enum Blob {
     Disk(PathBuf),
-    Memory(Vec<u8>),
-    /// A member of the uncompressed archive the tree comes from, read from
-    /// there when needed.
+    /// An archive member, at `offset` in the tree's [`SourceTree::members`]
+    /// file: the archive itself, or the spill file of a compressed one.
     Span { offset: u64, len: u64 },
 }
 
@@ -40,13 +41,13 @@ pub(crate) struct SourceFile {
 impl SourceFile {
     pub fn read(&self, tree: &SourceTree) -> Result<Cow<'_, [u8]>, DataError> {
         match &self.blob {
-            Blob::Memory(bytes) => Ok(Cow::Borrowed(bytes)),
             Blob::Disk(path) => {
                 std::fs::read(path).map(Cow::Owned).map_err(|source| DataError::Io { path: path.clone(), source })
             }
             Blob::Span { offset, len } => {
-                let mut bytes = vec![0; *len as usize]; // no larger than the archive, checked when located
-                File::open(&tree.origin).and_then(|f| f.read_exact_at(&mut bytes, *offset)).map_err(|e| {
+                let mut bytes = vec![0; *len as usize]; // no larger than the file, checked when located
+                let members = tree.members.as_ref().expect("an archive's tree holds its members' file");
+                members.read_exact_at(&mut bytes, *offset).map_err(|e| {
                     DataError::invalid(
                         self.display(tree),
                         format!("cannot read it from the archive ({e}); was the archive changed or cut short while it loaded?"),
@@ -61,7 +62,7 @@ impl SourceFile {
     pub fn display(&self, tree: &SourceTree) -> String {
         match &self.blob {
             Blob::Disk(path) => path.display().to_string(),
-            Blob::Memory(_) | Blob::Span { .. } => format!("{}:{}", tree.origin.display(), self.name),
+            Blob::Span { .. } => format!("{}:{}", tree.origin.display(), self.name),
         }
     }
 }
@@ -73,17 +74,22 @@ pub(crate) struct SourceTree {
     pub files: Vec<SourceFile>,
     /// Every directory, relative and `/`-separated (to spot empty ones).
     pub dirs: Vec<String>,
+    /// Where an archive's members are read from: the archive itself when
+    /// uncompressed, else the spill file they were copied to.
+    members: Option<File>,
 }
 
 impl SourceTree {
-    pub fn open(path: &Path) -> Result<SourceTree, DataError> {
+    /// Lists the source at `path`; a compressed archive's members are
+    /// copied into an unnamed file in `spill_dir` (the stage's scratch).
+    pub fn open(path: &Path, spill_dir: &Path) -> Result<SourceTree, DataError> {
         let io = |source| DataError::Io { path: path.to_path_buf(), source };
         let meta = std::fs::metadata(path).map_err(io)?;
-        let mut tree = SourceTree { origin: path.to_path_buf(), files: Vec::new(), dirs: Vec::new() };
+        let mut tree = SourceTree { origin: path.to_path_buf(), files: Vec::new(), dirs: Vec::new(), members: None };
         if meta.is_dir() {
             tree.walk_dir(path, "")?;
         } else {
-            tree.read_archive(path)?;
+            tree.read_archive(path, spill_dir)?;
         }
         tree.files.sort_by(|a, b| a.name.cmp(&b.name));
         tree.dirs.sort();
@@ -113,7 +119,7 @@ impl SourceTree {
         Ok(())
     }
 
-    fn read_archive(&mut self, path: &Path) -> Result<(), DataError> {
+    fn read_archive(&mut self, path: &Path, spill_dir: &Path) -> Result<(), DataError> {
         let io = |source| DataError::Io { path: path.to_path_buf(), source };
         let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
         let mut magic = [0u8; 2];
@@ -124,20 +130,33 @@ impl SourceTree {
         };
         let unreadable = |e| archive_err(path, format!("not a readable tar archive ({e}); give a directory, .tar or .tar.gz"));
         if is_gzip {
+            let mut spill = Spill::create(spill_dir)?;
             let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(reader));
-            self.add_entries(path, archive.entries().map_err(unreadable)?, None)
+            self.add_entries(path, archive.entries().map_err(unreadable)?, |entry, name| spill.copy(path, entry, name))?;
+            self.members = Some(spill.finish()?);
         } else {
-            // Members of an uncompressed archive stay where they are, read
-            // when decoded, so memory does not grow with the archive.
             let size = reader.get_ref().metadata().map_err(io)?.len();
             let mut archive = tar::Archive::new(reader);
-            self.add_entries(path, archive.entries_with_seek().map_err(unreadable)?, Some(size))
+            self.add_entries(path, archive.entries_with_seek().map_err(unreadable)?, |entry, name| {
+                let (offset, len) = (entry.raw_file_position(), entry.size());
+                if offset.checked_add(len).is_none_or(|end| end > size) {
+                    return Err(archive_err(path, format!("corrupt or truncated archive: entry `{name}` runs past the end of the file")));
+                }
+                Ok(Blob::Span { offset, len })
+            })?;
+            // The handle read from is the one listed: replacing the file
+            // by name while it loads changes nothing.
+            self.members = Some(archive.into_inner().into_inner());
         }
+        Ok(())
     }
 
-    /// Records the members of archive `path`: their bytes, or where they
-    /// lie in it where it is uncompressed, of `in_place` bytes.
-    fn add_entries<R: Read>(&mut self, path: &Path, entries: tar::Entries<'_, R>, in_place: Option<u64>) -> Result<(), DataError> {
+    /// Records the members of archive `path`, each wanted file where
+    /// `locate` says it lies.
+    fn add_entries<R: Read, F>(&mut self, path: &Path, entries: tar::Entries<'_, R>, mut locate: F) -> Result<(), DataError>
+    where
+        F: FnMut(&mut tar::Entry<'_, R>, &str) -> Result<Blob, DataError>,
+    {
         let archive_err = |problem: String| archive_err(path, problem);
         for entry in entries {
             let mut entry = entry.map_err(|e| archive_err(format!("corrupt or truncated archive: {e}")))?;
@@ -154,17 +173,7 @@ impl SourceTree {
                      (replace the link with the file it points to)"
                 )));
             } else if kind.is_file() && wanted(&name) {
-                let blob = if let Some(size) = in_place {
-                    let (offset, len) = (entry.raw_file_position(), entry.size());
-                    if offset.checked_add(len).is_none_or(|end| end > size) {
-                        return Err(archive_err(format!("corrupt or truncated archive: entry `{name}` runs past the end of the file")));
-                    }
-                    Blob::Span { offset, len }
-                } else {
-                    let mut bytes = Vec::new();
-                    entry.read_to_end(&mut bytes).map_err(|e| archive_err(format!("corrupt or truncated archive: cannot read entry `{name}`: {e}")))?;
-                    Blob::Memory(bytes)
-                };
+                let blob = locate(&mut entry, &name)?;
                 // Parent folders appear implicitly in archives without
                 // directory entries.
                 let mut parent = name.as_str();
@@ -177,6 +186,60 @@ impl SourceTree {
         }
         Ok(())
     }
+}
+
+/// The unnamed file a compressed archive's members are copied into, one
+/// after another, so that they are read as an uncompressed archive's are.
+struct Spill {
+    dir: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl Spill {
+    fn create(dir: &Path) -> Result<Spill, DataError> {
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("archive-members-{}-{n}", std::process::id()));
+        let io = |source| DataError::Io { path: path.clone(), source };
+        let file = File::options().read(true).write(true).create_new(true).open(&path).map_err(io)?;
+        // Unlinked at once: the open handle keeps it until the tree goes,
+        // and nothing is left behind if the stage dies.
+        std::fs::remove_file(&path).map_err(io)?;
+        Ok(Spill { dir: dir.to_path_buf(), out: BufWriter::with_capacity(1 << 20, file), len: 0 })
+    }
+
+    fn copy<R: Read>(&mut self, archive: &Path, entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Blob, DataError> {
+        let offset = self.len;
+        // Reading and writing fail apart: one is the archive's fault, the other the disk's.
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| {
+                archive_err(archive, format!("corrupt or truncated archive: cannot read entry `{name}`: {e}"))
+            })?;
+            if n == 0 {
+                break;
+            }
+            self.out.write_all(&buf[..n]).map_err(|e| spill_err(&self.dir, e))?;
+            self.len += n as u64;
+        }
+        Ok(Blob::Span { offset, len: self.len - offset })
+    }
+
+    fn finish(self) -> Result<File, DataError> {
+        let Spill { dir, out, .. } = self;
+        out.into_inner().map_err(|e| spill_err(&dir, e.into_error()))
+    }
+}
+
+fn spill_err(dir: &Path, e: std::io::Error) -> DataError {
+    DataError::invalid(
+        dir.display().to_string(),
+        format!(
+            "cannot copy the compressed archive's images here to read them ({e}); free disk space there, \
+             or unpack the archive and give its directory"
+        ),
+    )
 }
 
 fn archive_err(archive: &Path, problem: String) -> DataError {

@@ -11,7 +11,8 @@ use cairn_kind::protocol::{Job, JobEnv};
 use cairn_kinds::data::SourceFormat;
 use serde_json::{json, Value};
 
-use super::load_subset::read_catalog;
+use super::catalog::Catalog;
+use super::DataError;
 use crate::ctx::WorkerCtx;
 
 const CLASSES: [&str; 3] = ["bird", "cat", "dog"];
@@ -84,6 +85,11 @@ fn write_dir(dir: &Path, files: &[(String, Vec<u8>)]) {
 }
 
 use super::fuzz_tests::tar_bytes;
+
+/// `load_subset`'s reader, a compressed archive spilled beside the source.
+pub(super) fn read_catalog(source: &Path, format: SourceFormat) -> Result<Catalog, DataError> {
+    super::load_subset::read_catalog(source, format, source.parent().expect("a source inside a folder"))
+}
 
 fn write_tar(path: &Path, files: &[(String, Vec<u8>)], gzip: bool) {
     let raw = tar_bytes(files);
@@ -194,6 +200,30 @@ fn reads_image_folders_from_a_directory_a_tar_and_a_tar_gz() {
         let err = err_of(archive, SourceFormat::Auto);
         assert!(err.contains("corrupt or truncated archive"), "{err}");
     }
+}
+
+#[test]
+fn a_tar_gz_is_read_through_a_spill_file_that_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = folder_files("", 3, 2);
+    let tgz = tmp.path().join("data.tar.gz");
+    write_tar(&tgz, &files, true);
+    let spill = tmp.path().join("scratch");
+    std::fs::create_dir(&spill).unwrap();
+    let cat = super::load_subset::read_catalog(&tgz, SourceFormat::Auto, &spill).unwrap();
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0, "the spill file is unlinked as soon as it is made");
+    let dir = tmp.path().join("dir");
+    write_dir(&dir, &files);
+    let from_dir = read_catalog(&dir, SourceFormat::Auto).unwrap();
+    let all = |c: &Catalog| c.images(&c.train.iter().chain(&c.test).collect::<Vec<_>>()).unwrap();
+    assert_eq!(all(&cat), all(&from_dir), "every image reads back from the spill as from a directory");
+
+    let gone = tmp.path().join("no-such-scratch");
+    let err = match super::load_subset::read_catalog(&tgz, SourceFormat::Auto, &gone) {
+        Ok(_) => panic!("a missing spill directory was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("no-such-scratch"), "the error names where it could not write: {err}");
 }
 
 #[test]
