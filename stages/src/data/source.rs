@@ -214,12 +214,12 @@ impl Spill {
         // Reading and writing fail apart: one is the archive's fault, the other the disk's.
         let mut buf = [0u8; 64 << 10];
         loop {
-            let n = entry.read(&mut buf).map_err(|e| {
-                archive_err(archive, format!("corrupt or truncated archive: cannot read entry `{name}`: {e}"))
-            })?;
-            if n == 0 {
-                break;
-            }
+            let n = match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(archive_err(archive, format!("corrupt or truncated archive: cannot read entry `{name}`: {e}"))),
+            };
             self.out.write_all(&buf[..n]).map_err(|e| spill_err(&self.dir, e))?;
             self.len += n as u64;
         }
