@@ -236,7 +236,7 @@ fn spill_err(dir: &Path, e: std::io::Error) -> DataError {
     DataError::invalid(
         dir.display().to_string(),
         format!(
-            "cannot copy the compressed archive's images here to read them ({e}); free disk space there, \
+            "cannot copy the compressed archive's files here to read them ({e}); free disk space there, \
              or unpack the archive and give its directory"
         ),
     )
