@@ -65,8 +65,8 @@ pub fn load_subset(ctx: &mut WorkerCtx, params: LoadSubsetParams) -> StageResult
     Ok(())
 }
 
-/// The catalog of `source`; a compressed archive's images are copied into
-/// `spill_dir` to be read (see [`SourceTree::open`]).
+/// The catalog of `source`; the files it needs from a compressed archive
+/// are first copied into `spill_dir` (see [`SourceTree::open`]).
 pub(crate) fn read_catalog(source: &Path, format: SourceFormat, spill_dir: &Path) -> Result<Catalog, DataError> {
     let tree = SourceTree::open(source, spill_dir)?;
     match format {
