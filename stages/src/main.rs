@@ -230,7 +230,7 @@ mod facts {
     use std::ffi::{c_char, c_int, CString};
     use std::path::PathBuf;
 
-    use cairn_kind::protocol::kind_versions;
+    use cairn_kind::protocol::{kind_versions, AVX512_BF16_INTEL};
 
     use super::{Probe, PROTOCOL_VERSION};
 
@@ -321,12 +321,13 @@ mod facts {
         cairn_kind::protocol::ONEDNN_ISA_VARS.iter().find_map(|v| setting(v)).map(|isa| isa.to_ascii_uppercase())
     }
 
-    /// The first of [`BF16_FLAGS`] the CPU has, or `none`; also `none` when
-    /// oneDNN is capped below its bf16 kernels, since the convolutions, most
-    /// of a step, would then emulate bf16 (and `precision = "auto"` must
-    /// pick fp32), and not `amx_bf16` when it is capped below AMX (every
-    /// oneDNN ISA with AMX has it in its name), since the automatic profile
-    /// choice asks for AMX.
+    /// The first of [`BF16_FLAGS`] the CPU has, or `none`; `avx512_bf16` on
+    /// an Intel CPU is [`AVX512_BF16_INTEL`] (no faster than fp32 there).
+    /// Also `none` when oneDNN is capped below its bf16 kernels, since the
+    /// convolutions, most of a step, would then emulate bf16 (and
+    /// `precision = "auto"` must pick fp32), and not `amx_bf16` when it is
+    /// capped below AMX (every oneDNN ISA with AMX has it in its name), so
+    /// a capped Xeon stands in for one without AMX.
     pub fn native_bf16() -> String {
         let cap = onednn_cap();
         if cap.as_deref().is_some_and(|isa| ONEDNN_ISAS_WITHOUT_BF16.contains(&isa)) {
@@ -339,7 +340,24 @@ mod facts {
             unsafe { cairn_probe_cpu_flag(name.as_ptr()) == 1 }
         };
         let usable = |flag: &&&str| !(amx_capped && **flag == "amx_bf16") && has(flag);
-        BF16_FLAGS.iter().find(usable).map_or("none", |f| f).to_string()
+        match BF16_FLAGS.iter().find(usable).map_or("none", |f| f) {
+            "avx512_bf16" if intel() => AVX512_BF16_INTEL.to_string(),
+            best => best.to_string(),
+        }
+    }
+
+    /// Whether the CPU is Intel's (CPUID's vendor string).
+    fn intel() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // CPUID leaf 0 exists on every x86-64 CPU; its vendor string
+            // is in EBX, EDX, ECX.
+            let r = std::arch::x86_64::__cpuid(0);
+            let vendor: Vec<u8> = [r.ebx, r.edx, r.ecx].iter().flat_map(|w| w.to_le_bytes()).collect();
+            vendor == b"GenuineIntel"
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// `cuda:<name of device 0>` when libtorch can use CUDA, else `cpu`.

@@ -112,11 +112,11 @@ fn probe_reports_facts_from_libtorch() {
     let capped = probe(&[("DNNL_MAX_CPU_ISA", "avx2")]);
     assert_eq!(capped.cpu_capability, format!("{}, oneDNN capped at AVX2", p.cpu_capability));
     // Below its bf16 ISAs oneDNN emulates bf16, whatever the CPU has, so
-    // `auto` must see none; a cap below AMX hides AMX (the profile choice
-    // asks for it; every CPU with AMX has AVX512-BF16); a cap at AMX
-    // changes nothing.
+    // `auto` must see none; a cap below AMX hides AMX, leaving an Intel
+    // CPU's AVX512-BF16 (every CPU with AMX is one); a cap at AMX changes
+    // nothing.
     assert_eq!(capped.native_bf16, "none");
-    let below_amx = if p.native_bf16 == "amx_bf16" { "avx512_bf16" } else { p.native_bf16.as_str() };
+    let below_amx = if p.native_bf16 == "amx_bf16" { "avx512_bf16_intel" } else { p.native_bf16.as_str() };
     assert_eq!(probe(&[("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")]).native_bf16, below_amx);
     assert_eq!(probe(&[("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")]).native_bf16, p.native_bf16);
     // So does MKL for matrix products (Lite0's 1×1 convs in training, every
@@ -304,6 +304,6 @@ fn auto_precision_follows_the_keyed_native_bf16_fact() {
     };
     let (fp32, bf16, auto) = (model("fp32"), model("bf16"), model("auto"));
     assert_ne!(fp32, bf16, "the two precisions give different weights");
-    let (expected, name) = if cairn_kinds::train::has_native_bf16(&native) { (&bf16, "bf16") } else { (&fp32, "fp32") };
+    let (expected, name) = if cairn_kinds::train::bf16_outruns_fp32(&native) { (&bf16, "bf16") } else { (&fp32, "fp32") };
     assert!(&auto == expected, "auto must compute in {name} on a CPU whose native_bf16 is `{native}`");
 }

@@ -251,8 +251,8 @@ pub struct Probe {
     /// on x86 (`ATEN_CPU_CAPABILITY` can lower it).
     pub cpu_capability: String,
     /// The CPU's native bf16 instructions, best first (`amx_bf16`,
-    /// `avx512_bf16`, `avx_ne_convert`…), or `none` where libtorch emulates
-    /// bf16 arithmetic.
+    /// `avx512_bf16`, [`AVX512_BF16_INTEL`], `avx_ne_convert`…), or `none`
+    /// where libtorch emulates bf16 arithmetic.
     pub native_bf16: String,
     /// Each kind this worker implements → its implementation version.
     pub kinds: BTreeMap<String, u32>,
@@ -262,6 +262,22 @@ pub struct Probe {
 /// (anything but `none`, or an `unknown` when the engine could not probe).
 pub fn has_native_bf16(fact: &str) -> bool {
     !(fact.is_empty() || fact == "none" || fact.starts_with("unknown"))
+}
+
+/// The `native_bf16` fact of an Intel CPU whose best bf16 instructions are
+/// AVX512-BF16 (no AMX). Native, but no faster than fp32: an Intel core
+/// issues fp32 FMAs on two 512-bit ports and bf16 dot products on one, so
+/// the doubled multiply-adds per instruction buy nothing and the
+/// conversions cost. Measured on two such Xeons, a training step of the
+/// fast net in bf16 ran at 0.74x and 0.86x its fp32 speed, where AMD's Zen
+/// 4 and Zen 5 (plain `avx512_bf16`) ran it at 1.67–1.78x (BENCHMARKS.md).
+pub const AVX512_BF16_INTEL: &str = "avx512_bf16_intel";
+
+/// Whether bf16 convolutions and matrix products outrun fp32 ones on a CPU
+/// whose probe fact `native_bf16` is `fact`: native bf16, except
+/// [`AVX512_BF16_INTEL`].
+pub fn bf16_outruns_fp32(fact: &str) -> bool {
+    has_native_bf16(fact) && fact != AVX512_BF16_INTEL
 }
 
 /// Each kind's name → its version, as a [`Probe`] lists them.

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use cairn_kind::protocol::has_native_bf16;
+pub use cairn_kind::protocol::{bf16_outruns_fp32, has_native_bf16};
 use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
 
 use crate::{canonical, typed, Declared};
@@ -265,29 +265,32 @@ pub enum Schedule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 on CUDA, and on a CPU where libtorch has native bf16 kernels
-    /// (the worker's `native_bf16` fact, which a CPU stage's key holds);
-    /// fp32 elsewhere. See [`Precision::uses_bf16`].
+    /// bf16 on CUDA, and on a CPU where libtorch's native bf16 kernels
+    /// outrun fp32 ones (the worker's `native_bf16` fact, which a CPU
+    /// stage's key holds); fp32 elsewhere. See [`Precision::uses_bf16`].
     Auto,
     Fp32,
-    /// bf16 everywhere: about 1.8× faster on a CPU with AMX (Sapphire
-    /// Rapids), at par with avx512_bf16 alone, 13× slower where bf16 is
-    /// emulated (measured on an AMD EPYC; the worker warns).
+    /// bf16 everywhere: for the fast net's training step, 3.1× fp32's
+    /// speed on a Xeon with AMX, 1.7–1.8× on AMD's AVX512-BF16 (Zen 4,
+    /// Zen 5), 0.74–0.86× on an Intel Xeon with AVX512-BF16 but no AMX,
+    /// 13× slower where bf16 is emulated (an AMD EPYC with AVX2; the
+    /// worker warns).
     Bf16,
 }
 
 impl Precision {
     /// Whether this precision computes in bf16 on CUDA (`cuda`) or on a CPU
     /// whose native bf16 support is `native_bf16` (the probe fact: the best
-    /// of `amx_bf16`, `avx512_bf16`, `avx_ne_convert`, `sve_bf16`, `bf16`,
-    /// or `none`). The fact is keyed for every thread-sensitive kind on a
-    /// CPU (`train`, `evaluate`), so stages whose `auto` resolves
+    /// of `amx_bf16`, `avx512_bf16` (`avx512_bf16_intel` on an Intel CPU,
+    /// where it is no faster than fp32), `avx_ne_convert`, `sve_bf16`,
+    /// `bf16`, or `none`). The fact is keyed for every thread-sensitive
+    /// kind on a CPU (`train`, `evaluate`), so stages whose `auto` resolves
     /// differently never share a cache entry.
     pub fn uses_bf16(self, cuda: bool, native_bf16: &str) -> bool {
         match self {
             Precision::Fp32 => false,
             Precision::Bf16 => true,
-            Precision::Auto => cuda || has_native_bf16(native_bf16),
+            Precision::Auto => cuda || bf16_outruns_fp32(native_bf16),
         }
     }
 }
@@ -927,6 +930,9 @@ mod tests {
         for fact in ["amx_bf16", "avx512_bf16", "avx_ne_convert", "sve_bf16", "bf16"] {
             assert!(Precision::Auto.uses_bf16(false, fact), "{fact}");
         }
+        // Native, but slower than fp32: only an explicit bf16 gets bf16.
+        assert!(!Precision::Auto.uses_bf16(false, "avx512_bf16_intel"));
+        assert!(Precision::Auto.uses_bf16(true, "avx512_bf16_intel") && Precision::Bf16.uses_bf16(false, "avx512_bf16_intel"));
         for fact in ["none", "unknown", ""] {
             assert!(!Precision::Auto.uses_bf16(false, fact), "{fact:?}");
             assert!(Precision::Auto.uses_bf16(true, fact), "CUDA always has bf16");
