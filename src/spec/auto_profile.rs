@@ -4,13 +4,14 @@
 //! declares one, else `[profiles.cpu]`, so the same file runs on a laptop.
 //! The flagship declares both: `cpu-fp32` (ImageNet transfer with
 //! EfficientNet-Lite0, fp32) and `cpu` (a small net from scratch, bf16
-//! where the CPU runs it faster than fp32, nothing to download). `cpu-fp32` is the
-//! one chosen on every CPU: fp32 runs at the speed of the FMA units every
-//! x86 CPU has, and where bf16 is fastest, on a Xeon with AMX, it still
-//! finished first and more accurate in each of five back-to-back pairs
-//! (BENCHMARKS.md, "Lite0 on AMX too"). Whether CUDA is present is a cheap
-//! hint read from the driver, never a key entry: the profile changes
-//! params, and the facts that change results are keyed anyway.
+//! where the CPU runs it faster than fp32, nothing to download).
+//! `cpu-fp32` is the one chosen on every CPU: fp32 runs at the speed of the
+//! FMA units every x86 CPU has, and where bf16 is fastest, on a Xeon with
+//! AMX, it still finished first and more accurate in each of five
+//! back-to-back pairs (BENCHMARKS.md, "Lite0 on AMX too"). Whether CUDA is
+//! present is a cheap hint read from the driver, never a key entry: the
+//! profile changes params, and the facts that change results are keyed
+//! anyway.
 
 use super::parse::RawSpec;
 

@@ -265,10 +265,10 @@ pub fn has_native_bf16(fact: &str) -> bool {
 }
 
 /// The `native_bf16` fact of an Intel CPU whose best bf16 instructions are
-/// AVX512-BF16 (no AMX). Native, but no faster than fp32: an Intel core
-/// issues fp32 FMAs on two 512-bit ports and bf16 dot products on one, so
-/// the doubled multiply-adds per instruction buy nothing and the
-/// conversions cost. Measured on two such Xeons, a training step of the
+/// AVX512-BF16 (no AMX). Native, but no faster than fp32, most likely
+/// because an Intel server core issues fp32 FMAs on two 512-bit ports and
+/// bf16 dot products on one, so the doubled multiply-adds per instruction
+/// buy nothing and the conversions cost. Measured on two such Xeons, a training step of the
 /// fast net in bf16 ran at 0.74x and 0.86x its fp32 speed, where AMD's Zen
 /// 4 and Zen 5 (plain `avx512_bf16`) ran it at 1.67–1.78x (BENCHMARKS.md).
 pub const AVX512_BF16_INTEL: &str = "avx512_bf16_intel";
