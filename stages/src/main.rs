@@ -329,19 +329,24 @@ mod facts {
     /// capped below AMX (every oneDNN ISA with AMX has it in its name), so
     /// a capped Xeon stands in for one without AMX.
     pub fn native_bf16() -> String {
-        let cap = onednn_cap();
-        if cap.as_deref().is_some_and(|isa| ONEDNN_ISAS_WITHOUT_BF16.contains(&isa)) {
-            return "none".into();
-        }
-        let amx_capped = cap.is_some_and(|isa| isa != "DEFAULT" && !isa.contains("AMX"));
         let has = |flag: &str| {
             let name = CString::new(flag).expect("flag names have no NUL");
             // SAFETY: a NUL-terminated name the shim only reads.
             unsafe { cairn_probe_cpu_flag(name.as_ptr()) == 1 }
         };
+        native_bf16_of(onednn_cap().as_deref(), has, intel())
+    }
+
+    /// [`native_bf16`] of a CPU with flags `has` and oneDNN capped at `cap`,
+    /// Intel's or not: the rule alone, without libtorch.
+    pub(super) fn native_bf16_of(cap: Option<&str>, has: impl Fn(&str) -> bool, intel: bool) -> String {
+        if cap.is_some_and(|isa| ONEDNN_ISAS_WITHOUT_BF16.contains(&isa)) {
+            return "none".into();
+        }
+        let amx_capped = cap.is_some_and(|isa| isa != "DEFAULT" && !isa.contains("AMX"));
         let usable = |flag: &&&str| !(amx_capped && **flag == "amx_bf16") && has(flag);
         match BF16_FLAGS.iter().find(usable).map_or("none", |f| f) {
-            "avx512_bf16" if intel() => AVX512_BF16_INTEL.to_string(),
+            "avx512_bf16" if intel => AVX512_BF16_INTEL.to_string(),
             best => best.to_string(),
         }
     }
@@ -376,5 +381,28 @@ mod facts {
             .filter_map(|l| l.split_whitespace().nth(5))
             .find(|p| p.ends_with("/libtorch_cpu.so"))
             .map(PathBuf::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::facts::native_bf16_of;
+
+    /// The probe's `native_bf16` on CPUs CI may never run on: the best flag,
+    /// an Intel CPU's AVX512-BF16 told apart (no faster than fp32 there),
+    /// and oneDNN's caps.
+    #[test]
+    fn native_bf16_names_the_best_flag_and_intels_avx512_bf16_apart() {
+        let cpu = |flags: &'static [&'static str]| move |f: &str| flags.contains(&f);
+        let amx = cpu(&["amx_bf16", "avx512_bf16"]);
+        assert_eq!(native_bf16_of(None, amx, true), "amx_bf16");
+        assert_eq!(native_bf16_of(Some("AVX512_CORE_AMX"), amx, true), "amx_bf16");
+        assert_eq!(native_bf16_of(Some("AVX512_CORE_BF16"), amx, true), "avx512_bf16_intel");
+        assert_eq!(native_bf16_of(Some("AVX2"), amx, true), "none");
+        let avx512_bf16 = cpu(&["avx512_bf16"]);
+        assert_eq!(native_bf16_of(None, avx512_bf16, false), "avx512_bf16", "AMD's (Zen 4, Zen 5)");
+        assert_eq!(native_bf16_of(None, avx512_bf16, true), "avx512_bf16_intel");
+        assert_eq!(native_bf16_of(None, cpu(&["avx_ne_convert"]), true), "avx_ne_convert");
+        assert_eq!(native_bf16_of(None, cpu(&["avx2"]), false), "none");
     }
 }
