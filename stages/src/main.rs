@@ -358,8 +358,7 @@ mod facts {
             // CPUID leaf 0 exists on every x86-64 CPU; its vendor string
             // is in EBX, EDX, ECX.
             let r = std::arch::x86_64::__cpuid(0);
-            let vendor: Vec<u8> = [r.ebx, r.edx, r.ecx].iter().flat_map(|w| w.to_le_bytes()).collect();
-            vendor == b"GenuineIntel"
+            [r.ebx, r.edx, r.ecx].map(u32::to_le_bytes) == [*b"Genu", *b"ineI", *b"ntel"]
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
