@@ -2,11 +2,18 @@
 //! gradient: the frozen prefix whose features `train` caches, `evaluate`,
 //! Grad-CAM's feature pass), with fewer passes over each activation than
 //! the layer-by-layer form. TensorFlow's "same" padding, where it is even,
-//! is the conv's own rather than a zero-filled padded copy of the input,
-//! and where it is uneven a copy whose border alone is zeroed (training
-//! keeps `constant_pad_nd`: see `ConvBn` in `efficientnet.rs`), and the
-//! bias and clamp run inside the convolution's oneDNN primitive
-//! (`csrc/conv_relu6.cpp`). Both give the same bits as the plain ops.
+//! is the conv's own rather than a zero-filled padded copy of the input.
+//! Where it is uneven (a stride-2 layer on an even-sized map), an fp32
+//! depthwise conv on an x86 CPU pads by itself too, one stride wider on
+//! the short side, and its first output row and column are cut off: a
+//! copy of its output, a quarter of the input's size (at 96 px the padded
+//! copy of stage 2's input took a sixth of the frozen prefix's time).
+//! Other uneven convs (the stem) take a copy whose border alone is
+//! zeroed, since oneDNN picks other kernels for the two shapes. Training
+//! keeps `constant_pad_nd` (see `ConvBn` in `efficientnet.rs`). The bias
+//! and clamp run inside the convolution's oneDNN primitive
+//! (`csrc/conv_relu6.cpp`). Each path gives the same bits as the plain
+//! ops (BENCHMARKS.md, "Stride-2 depthwise convs pad by themselves").
 
 use tch::Tensor;
 use torch_sys::C_tensor;
@@ -38,9 +45,40 @@ extern "C" {
 /// Where libtorch rejects the shapes, as tch's own ops do.
 pub fn same_conv_relu6(conv: &Conv, x: &Tensor, pad: Padding) -> Tensor {
     let [left, right, top, bottom] = pad;
-    let even = left == right && top == bottom;
-    let x = if even { x.shallow_clone() } else { zero_padded(x, pad) };
-    let (pad_h, pad_w) = if even { (top, left) } else { (0, 0) };
+    if left == right && top == bottom {
+        return fused(conv, x, top, left);
+    }
+    let one_more = |lo: i64, hi: i64| hi == lo || hi == lo + 1;
+    if !(one_more(left, right) && one_more(top, bottom) && pads_by_itself(conv, x)) {
+        return fused(conv, &zero_padded(x, pad), 0, 0);
+    }
+    // Windows start `lo` before the image; a symmetric padding of `lo +
+    // stride` starts them one stride earlier, so the first output is extra,
+    // and covers the `lo + 1` zeros after it.
+    let s = conv.stride();
+    let cut = |lo: i64, hi: i64| if lo == hi { (lo, 0) } else { (lo + s, 1) };
+    let ((pad_h, h0), (pad_w, w0)) = (cut(top, bottom), cut(left, right));
+    let wide = fused(conv, x, pad_h, pad_w);
+    let (n, c, h, w) = x.size4().expect("a batch of images");
+    let span = conv.weight().size()[2] - 2 * conv.padding();
+    let (oh, ow) = ((h + top + bottom - span) / s + 1, (w + left + right - span) / s + 1);
+    let mut out = super::empty_in_layout_of(x, [n, c, oh, ow]);
+    out.copy_(&wide.narrow(2, h0, oh).narrow(3, w0, ow));
+    out
+}
+
+/// Whether `conv` over `x` may pad unevenly by padding wider and cutting:
+/// fp32 depthwise convs on an x86 CPU, where oneDNN's kernels skip the
+/// taps outside the image, adding what the zeros of a padded copy would
+/// (nothing), in the same order (`matches_padded_conv_then_relu6` checks
+/// the bits, with oneDNN's best kernels and its AVX2 ones).
+fn pads_by_itself(conv: &Conv, x: &Tensor) -> bool {
+    cfg!(target_arch = "x86_64") && conv.is_depthwise() && x.kind() == tch::Kind::Float && x.device() == tch::Device::Cpu
+}
+
+/// `relu6(conv(x))` with `pad_h`, `pad_w` zeros added by the conv itself
+/// (besides its own padding).
+fn fused(conv: &Conv, x: &Tensor, pad_h: i64, pad_w: i64) -> Tensor {
     let own = conv.padding();
     let k = x.kind();
     let w = conv.weight().to_kind(k);
@@ -108,10 +146,12 @@ mod tests {
 
     /// Bit for bit the padded conv then ReLU6, in the same layout, for
     /// Lite0's shapes: the stem, 1×1 convs, 3×3 and 5×5 depthwise ones at
-    /// strides 1 (even padding, the conv's own) and 2 (uneven, a padded
-    /// copy), on batches of 1, 3 and 16, outputs on both sides of the clamp;
-    /// in fp32 and in bf16 (there the fused op clamps before rounding to
-    /// bf16, the plain one after: the same, as 0 and 6 are bf16 values).
+    /// strides 1 (even padding, the conv's own) and 2 (uneven: a padded
+    /// copy, or in fp32 the conv padding wider, cut; at the sizes of a
+    /// 96 px input, and uneven on one side only), on batches of 1, 3 and
+    /// 16, outputs on both sides of the clamp; in fp32 and in bf16 (there
+    /// the fused op clamps before rounding to bf16, the plain one after:
+    /// the same, as 0 and 6 are bf16 values).
     #[test]
     fn matches_padded_conv_then_relu6() {
         let _rng = crate::rng_guard();
@@ -119,23 +159,28 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let p = vs.root();
         let layers = [
-            ("stem", conv(&p / "stem", 3, 32, 3, 2, 0, false), 3, 17),
-            ("pointwise", conv(&p / "pw", 16, 96, 1, 1, 0, false), 16, 12),
-            ("dw3", depthwise(&p / "dw3", 96, 3, 1, 0), 96, 12),
-            ("dw3 s2", depthwise(&p / "dw3s2", 96, 3, 2, 0), 96, 12),
-            ("dw5", depthwise(&p / "dw5", 144, 5, 1, 0), 144, 7),
-            ("dw5 s2", depthwise(&p / "dw5s2", 144, 5, 2, 0), 144, 8),
+            ("stem", conv(&p / "stem", 3, 32, 3, 2, 0, false), 3, (17, 17)),
+            ("stem even", conv(&p / "stem2", 3, 32, 3, 2, 0, false), 3, (16, 16)),
+            ("pointwise", conv(&p / "pw", 16, 96, 1, 1, 0, false), 16, (12, 12)),
+            ("dw3", depthwise(&p / "dw3", 96, 3, 1, 0), 96, (12, 12)),
+            ("dw3 s2", depthwise(&p / "dw3s2", 96, 3, 2, 0), 96, (12, 12)),
+            ("dw3 s2 48", depthwise(&p / "dw3s2_48", 96, 3, 2, 0), 96, (48, 48)),
+            ("dw3 s2 12x13", depthwise(&p / "dw3s2_12x13", 240, 3, 2, 0), 240, (12, 13)),
+            ("dw5", depthwise(&p / "dw5", 144, 5, 1, 0), 144, (7, 7)),
+            ("dw5 s2", depthwise(&p / "dw5s2", 144, 5, 2, 0), 144, (8, 8)),
+            ("dw5 s2 24", depthwise(&p / "dw5s2_24", 144, 5, 2, 0), 144, (24, 24)),
+            ("dw5 s2 7x6", depthwise(&p / "dw5s2_7x6", 672, 5, 2, 0), 672, (7, 6)),
         ];
-        for (name, c, cin, hw) in layers {
+        for (name, c, cin, (h, w)) in layers {
             let cout = c.weight().size()[0];
             let mut bn = nn::batch_norm2d(&p / format!("{name}_bn"), cout, Default::default());
             bn.running_mean = Tensor::randn([cout], (Kind::Float, Device::Cpu));
             // Small variances scale the filters up, so outputs pass 6.
             bn.running_var = Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 0.01 + 1e-3;
             let c = tch::no_grad(|| c.folded(&bn, 1e-3));
-            let pad = same_padding(hw, hw, c.weight().size()[2], c.stride());
+            let pad = same_padding(h, w, c.weight().size()[2], c.stride());
             for (batch, kind) in [1, 3, 16].into_iter().flat_map(|b| [(b, Kind::Float), (b, Kind::BFloat16)]) {
-                let x = channels_last(&(Tensor::randn([batch, cin, hw, hw], (Kind::Float, Device::Cpu)) * 4.0).to_kind(kind));
+                let x = channels_last(&(Tensor::randn([batch, cin, h, w], (Kind::Float, Device::Cpu)) * 4.0).to_kind(kind));
                 let (want, got) = tch::no_grad(|| (plain(&c, &x, pad), same_conv_relu6(&c, &x, pad)));
                 assert_eq!(got.kind(), kind);
                 assert!(want.equal(&got), "{name}, batch {batch}, {kind:?}: max gap {}", (&want - &got).abs().max());
@@ -148,5 +193,23 @@ mod tests {
             // SAFETY: reads a flag; no arguments.
             assert_eq!(unsafe { cairn_conv_relu6_fusing() }, 1, "the fused oneDNN op failed on this x86 CPU and was switched off");
         }
+    }
+
+    /// The test above with oneDNN capped at AVX2, whose depthwise kernels
+    /// are other code than AVX-512's (an AVX2-only CPU runs them): in a
+    /// child process, as oneDNN reads the cap once.
+    #[test]
+    fn matches_padded_conv_then_relu6_on_avx2_kernels() {
+        if !cfg!(target_arch = "x86_64") || std::env::var_os("ONEDNN_MAX_CPU_ISA").is_some() {
+            return;
+        }
+        let test = "models::conv_relu6::tests::matches_padded_conv_then_relu6";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads", "1"])
+            .env("ONEDNN_MAX_CPU_ISA", "AVX2")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "under ONEDNN_MAX_CPU_ISA=AVX2:\n{text}");
     }
 }
