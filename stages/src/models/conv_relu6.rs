@@ -71,7 +71,7 @@ pub fn same_conv_relu6(conv: &Conv, x: &Tensor, pad: Padding) -> Tensor {
 /// fp32 depthwise convs on an x86 CPU, where oneDNN's kernels skip the
 /// taps outside the image, adding what the zeros of a padded copy would
 /// (nothing), in the same order (`matches_padded_conv_then_relu6` checks
-/// the bits, with oneDNN's best kernels and its AVX2 ones).
+/// the bits, with oneDNN's best kernels and its AVX2 and SSE4.1 ones).
 fn pads_by_itself(conv: &Conv, x: &Tensor) -> bool {
     cfg!(target_arch = "x86_64") && conv.is_depthwise() && x.kind() == tch::Kind::Float && x.device() == tch::Device::Cpu
 }
@@ -195,21 +195,23 @@ mod tests {
         }
     }
 
-    /// The test above with oneDNN capped at AVX2, whose depthwise kernels
-    /// are other code than AVX-512's (an AVX2-only CPU runs them): in a
-    /// child process, as oneDNN reads the cap once.
+    /// The test above with oneDNN capped at AVX2 and at SSE4.1, whose
+    /// depthwise kernels are other code than AVX-512's (older CPUs run
+    /// them): in child processes, as oneDNN reads the cap once.
     #[test]
-    fn matches_padded_conv_then_relu6_on_avx2_kernels() {
+    fn matches_padded_conv_then_relu6_on_older_kernels() {
         if !cfg!(target_arch = "x86_64") || std::env::var_os("ONEDNN_MAX_CPU_ISA").is_some() {
             return;
         }
         let test = "models::conv_relu6::tests::matches_padded_conv_then_relu6";
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", test, "--test-threads", "1"])
-            .env("ONEDNN_MAX_CPU_ISA", "AVX2")
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success() && text.contains("1 passed"), "under ONEDNN_MAX_CPU_ISA=AVX2:\n{text}");
+        for isa in ["AVX2", "SSE41"] {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", test, "--test-threads", "1"])
+                .env("ONEDNN_MAX_CPU_ISA", isa)
+                .output()
+                .unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && text.contains("1 passed"), "under ONEDNN_MAX_CPU_ISA={isa}:\n{text}");
+        }
     }
 }
