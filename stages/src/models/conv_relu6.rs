@@ -4,10 +4,11 @@
 //! the layer-by-layer form. TensorFlow's "same" padding, where it is even,
 //! is the conv's own rather than a zero-filled padded copy of the input.
 //! Where it is uneven (a stride-2 layer on an even-sized map), an fp32
-//! depthwise conv on an x86 CPU pads by itself too, one stride wider on
-//! the short side, and its first output row and column are cut off: a
-//! copy of its output, a quarter of the input's size (at 96 px the padded
-//! copy of stage 2's input took a sixth of the frozen prefix's time).
+//! depthwise conv on an x86 CPU pads by itself too, on both sides by one
+//! stride more than the short side needs, and its first output row and
+//! column are cut off: a copy of its output, a quarter of the input's
+//! size (at 96 px the padded copy of stage 2's input took a sixth of the
+//! frozen prefix's time).
 //! Other uneven convs (the stem) take a copy whose border alone is
 //! zeroed, since oneDNN picks other kernels for the two shapes. Training
 //! keeps `constant_pad_nd` (see `ConvBn` in `efficientnet.rs`). The bias
