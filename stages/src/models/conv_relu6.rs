@@ -55,14 +55,13 @@ pub fn same_conv_relu6(conv: &Conv, x: &Tensor, pad: Padding) -> Tensor {
     }
     // Windows start `lo` before the image; a symmetric padding of `lo +
     // stride` starts them one stride earlier, so the first output is extra,
-    // and covers the `lo + 1` zeros after it.
+    // and covers the `lo + 1` zeros after it without a window more.
     let s = conv.stride();
     let cut = |lo: i64, hi: i64| if lo == hi { (lo, 0) } else { (lo + s, 1) };
     let ((pad_h, h0), (pad_w, w0)) = (cut(top, bottom), cut(left, right));
     let wide = fused(conv, x, pad_h, pad_w);
-    let (n, c, h, w) = x.size4().expect("a batch of images");
-    let span = conv.weight().size()[2] - 2 * conv.padding();
-    let (oh, ow) = ((h + top + bottom - span) / s + 1, (w + left + right - span) / s + 1);
+    let (n, c, hw, ww) = wide.size4().expect("a batch of images");
+    let (oh, ow) = (hw - h0, ww - w0);
     let mut out = super::empty_in_layout_of(x, [n, c, oh, ow]);
     out.copy_(&wide.narrow(2, h0, oh).narrow(3, w0, ow));
     out
