@@ -10,9 +10,9 @@
 // input, and only the input is kept.
 //
 // Each channel's sums run over its values in row order (images, rows,
-// columns) on one thread, in float over runs of 64 rows whose totals add
-// up in double: threads split the channels for the sums and the rows for
-// the elementwise passes, so no result depends on the thread count. The
+// columns), in float over runs of 64 rows whose totals add up in double
+// in run order: threads take whole runs for the sums and rows for the
+// elementwise passes, so no result depends on the thread count. The
 // loops are compiled for AVX2 and for plain x86-64 alike (the build turns
 // floating-point contraction off), lanes holding channels, so the bits do
 // not depend on the instruction set either.
@@ -47,13 +47,6 @@ struct Rows {
   int64_t M, C;
 };
 
-// Threads take whole blocks of 16 channels (a cache line of floats).
-template <class F>
-void over_channels(const Rows& s, F f) {
-  constexpr int64_t block = 16;
-  at::parallel_for(0, (s.C + block - 1) / block, 1, [&](int64_t b0, int64_t b1) { f(b0 * block, std::min(s.C, b1 * block)); });
-}
-
 // Threads take runs of rows, at least some 64 KiB of floats each.
 template <class F>
 void over_rows(const Rows& s, F f) {
@@ -65,43 +58,57 @@ void over_rows(const Rows& s, F f) {
 // digits, a double sum per value costs twice the arithmetic.
 constexpr int64_t kRun = 64;
 
-// Two sums per channel over all M rows, for channels [c0, c1): row r's
-// terms for channel c are `term(r, c, u, v)`. Rows are read in memory
-// order (a channel-block-at-a-time walk reads one cache line per row and
-// waits on each), the run's float sums kept in two small arrays.
+int64_t runs(const Rows& s) { return (s.M + kRun - 1) / kRun; }
+
+// Two float sums per channel for each run of rows [q0, q1): row r's terms
+// for channel c are `term(r, c, u, v)`; run q's sums go to `part`'s rows
+// 2q (u) and 2q + 1 (v), C values each. A run's rows are read whole, in
+// memory order: a thread that took a block of channels instead read a
+// piece of each row and streamed at a third of the elementwise passes'
+// rate.
 template <class Term>
-__attribute__((always_inline)) inline void channel_sums(int64_t M, int64_t c0, int64_t c1, const Term& term, double* su, double* sv) {
-  const int64_t w = c1 - c0;
-  std::vector<float> run_u(w), run_v(w);
-  float *__restrict fu = run_u.data(), *__restrict fv = run_v.data();
-  std::fill(su + c0, su + c1, 0.0);
-  std::fill(sv + c0, sv + c1, 0.0);
-  for (int64_t r0 = 0; r0 < M; r0 += kRun) {
-    std::fill(fu, fu + w, 0.f);
-    std::fill(fv, fv + w, 0.f);
-    for (int64_t r = r0; r < std::min(M, r0 + kRun); ++r) {
-      for (int64_t l = 0; l < w; ++l) {
+__attribute__((always_inline)) inline void run_sums(Rows s, int64_t q0, int64_t q1, const Term& term, float* part) {
+  for (int64_t q = q0; q < q1; ++q) {
+    float *__restrict fu = part + 2 * q * s.C, *__restrict fv = fu + s.C;
+    std::fill(fu, fu + 2 * s.C, 0.f);
+    for (int64_t r = q * kRun; r < std::min(s.M, (q + 1) * kRun); ++r) {
+      for (int64_t c = 0; c < s.C; ++c) {
         float u, v;
-        term(r, c0 + l, u, v);
-        fu[l] += u;
-        fv[l] += v;
+        term(r, c, u, v);
+        fu[c] += u;
+        fv[c] += v;
       }
     }
-    for (int64_t l = 0; l < w; ++l) {
-      su[c0 + l] += fu[l];
-      sv[c0 + l] += fv[l];
+  }
+}
+
+// Two sums per channel over all rows, into su and sv: `sums(q0, q1, part)`
+// fills runs [q0, q1) of `part` (see `run_sums`), threads taking whole
+// runs, and the runs' totals are added in double in run order.
+template <class Sums>
+void channel_sums(const Rows& s, const Sums& sums, double* su, double* sv) {
+  const int64_t n = runs(s);
+  std::vector<float> part(2 * n * s.C);
+  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / (kRun * s.C)), [&](int64_t q0, int64_t q1) { sums(q0, q1, part.data()); });
+  std::fill(su, su + s.C, 0.0);
+  std::fill(sv, sv + s.C, 0.0);
+  for (int64_t q = 0; q < n; ++q) {
+    const float *fu = part.data() + 2 * q * s.C, *fv = fu + s.C;
+    for (int64_t c = 0; c < s.C; ++c) {
+      su[c] += fu[c];
+      sv[c] += fv[c];
     }
   }
 }
 
 // sum[c] and sq[c]: the sums of x − x₀ and (x − x₀)² over channel c's
 // values, x₀ the first row's (so the sums stay small where a channel's
-// mean is far from zero), for channels [c0, c1).
-CAIRN_CLONES void shifted_sums(const float* __restrict x, Rows s, int64_t c0, int64_t c1, double* __restrict sum, double* __restrict sq) {
-  channel_sums(s.M, c0, c1, [&](int64_t r, int64_t c, float& u, float& v) {
+// mean is far from zero), for runs [q0, q1) into `part` (see `run_sums`).
+CAIRN_CLONES void shifted_sums(const float* __restrict x, Rows s, int64_t q0, int64_t q1, float* part) {
+  run_sums(s, q0, q1, [&](int64_t r, int64_t c, float& u, float& v) {
     u = x[r * s.C + c] - x[c];
     v = u * u;
-  }, sum, sq);
+  }, part);
 }
 
 // The BatchNorm's output for input x of a channel with scale a and shift
@@ -132,15 +139,15 @@ inline float through_clamp(float x, float dz, float a, float b, bool clamp) {
 }
 
 // sg[c] = Σ g and sgx[c] = Σ g·(x − mean) over channel c's values,
-// g the gradient at the BatchNorm's output, for channels [c0, c1).
-CAIRN_CLONES void grad_sums(const float* __restrict x, const float* __restrict dz, Rows s, int64_t c0, int64_t c1, const float* __restrict a,
-                            const float* __restrict b, const float* __restrict mean, bool clamp, double* __restrict sg,
-                            double* __restrict sgx) {
-  channel_sums(s.M, c0, c1, [&](int64_t r, int64_t c, float& u, float& v) {
+// g the gradient at the BatchNorm's output, for runs [q0, q1) into `part`
+// (see `run_sums`).
+CAIRN_CLONES void grad_sums(const float* __restrict x, const float* __restrict dz, Rows s, int64_t q0, int64_t q1, const float* __restrict a,
+                            const float* __restrict b, const float* __restrict mean, bool clamp, float* part) {
+  run_sums(s, q0, q1, [&](int64_t r, int64_t c, float& u, float& v) {
     const float xv = x[r * s.C + c];
     u = through_clamp(xv, dz[r * s.C + c], a[c], b[c], clamp);
     v = u * (xv - mean[c]);
-  }, sg, sgx);
+  }, part);
 }
 
 // dx = (g − mg − (x − mean)·k)·a for rows [r0, r1): the BatchNorm's input
@@ -190,7 +197,7 @@ struct Normalisation {
 Normalisation normalise(const float* x, Rows s, const float* gamma, const float* beta, float* running_mean, float* running_var,
                         double momentum, double eps) {
   std::vector<double> sum(s.C), sq(s.C);
-  over_channels(s, [&](int64_t c0, int64_t c1) { shifted_sums(x, s, c0, c1, sum.data(), sq.data()); });
+  channel_sums(s, [&](int64_t q0, int64_t q1, float* part) { shifted_sums(x, s, q0, q1, part); }, sum.data(), sq.data());
   Normalisation out{floats(s.C), floats(s.C), floats(s.C), doubles(s.C)};
   float *a = out.a.mutable_data_ptr<float>(), *b = out.b.mutable_data_ptr<float>(), *mean = out.mean.mutable_data_ptr<float>();
   double* invstd = out.invstd.mutable_data_ptr<double>();
@@ -244,7 +251,7 @@ struct BatchNormTrain : public torch::autograd::Function<BatchNormTrain> {
     const float* mp = mean.const_data_ptr<float>();
     const double* ip = invstd.const_data_ptr<double>();
     std::vector<double> sg(s.C), sgx(s.C);
-    over_channels(s, [&](int64_t c0, int64_t c1) { grad_sums(xp, dp, s, c0, c1, ap, bp, mp, clamp, sg.data(), sgx.data()); });
+    channel_sums(s, [&](int64_t q0, int64_t q1, float* part) { grad_sums(xp, dp, s, q0, q1, ap, bp, mp, clamp, part); }, sg.data(), sgx.data());
     auto dgamma = floats(s.C), dbeta = floats(s.C);
     float *dgp = dgamma.mutable_data_ptr<float>(), *dbp = dbeta.mutable_data_ptr<float>();
     std::vector<float> mg(s.C), k(s.C);

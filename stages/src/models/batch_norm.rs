@@ -4,9 +4,10 @@
 //! some thirteen times between them, forward and backward, and keep both
 //! the BatchNorm's input and output for the backward; the shim does eight
 //! and keeps the input only, recomputing the clamp's mask. Each channel's
-//! sums run on one thread, in row order, so the result depends on neither
-//! the thread count nor the instruction set. Elsewhere (bf16, CUDA)
-//! libtorch's ops run as before.
+//! sums run in row order, in float over runs of 64 rows (a thread takes
+//! whole runs) whose totals add up in double in run order, so the result
+//! depends on neither the thread count nor the instruction set. Elsewhere
+//! (bf16, CUDA) libtorch's ops run as before.
 
 use tch::nn;
 use tch::{Device, Kind, Tensor};
