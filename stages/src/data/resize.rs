@@ -1,6 +1,8 @@
 //! The `resize` stage: resamples a u8 `N×C×H×W` image tensor to
 //! `size×size`, in slices of rows so memory stays bounded (8,000 images at
-//! 224 px are 1.2 GB even as u8).
+//! 224 px are 1.2 GB even as u8): at most three slices of 64 MB at a time,
+//! one being resampled, one queued and one being written by a thread of
+//! its own.
 //!
 //! Bilinear, bicubic and nearest run libtorch's kernels directly on u8
 //! (the same ops `torch.nn.functional.interpolate` calls, with
@@ -29,14 +31,15 @@ const SLICE_BYTES: usize = 64 << 20;
 pub fn resize(ctx: &mut WorkerCtx, params: ResizeParams) -> StageResult {
     let mut total = 0;
     for split in &params.splits {
-        total += resize_one(ctx, &params, split)?;
+        total += resize_one(ctx, &params, split, SLICE_BYTES)?;
     }
     ctx.metric("images", total as f64);
     Ok(())
 }
 
-/// Resizes the tensor in slot `split` into the output of the same name.
-fn resize_one(ctx: &WorkerCtx, params: &ResizeParams, split: &str) -> StageResult<usize> {
+/// Resizes the tensor in slot `split` into the output of the same name,
+/// about `slice_bytes` of output at a time.
+pub(crate) fn resize_one(ctx: &WorkerCtx, params: &ResizeParams, split: &str, slice_bytes: usize) -> StageResult<usize> {
     let input = TensorFile::open(ctx.input(split)?)?;
     let &[n, c, h, w] = input.shape() else {
         return Err(StageError::new(format!(
@@ -53,24 +56,42 @@ fn resize_one(ctx: &WorkerCtx, params: &ResizeParams, split: &str) -> StageResul
         )));
     }
     let out_row = c * params.size * params.size;
-    let slice = (SLICE_BYTES / out_row.max(1)).clamp(1, n.max(1));
-    let mut writer = TensorWriter::create(ctx.output(split)?, DType::U8, &[c, params.size, params.size])?;
-    let mut first = 0;
-    while first < n {
-        let count = slice.min(n - first);
-        let images = tensors::load_rows(&input, first, count)?;
-        let resized = resample(&images, params)?;
-        tensors::write_rows(&mut writer, &resized)?;
-        first += count;
-        // A bar on a terminal; in a log, a heartbeat only where a split
-        // takes long (the line below closes each split).
-        if first < n && ctx.progress_due() {
-            ctx.progress_at(format!("{split}: resizing {h}×{w} → {0}×{0}", params.size), first as u64, n as u64, true);
+    let slice = (slice_bytes / out_row.max(1)).clamp(1, n.max(1));
+    let writer = TensorWriter::create(ctx.output(split)?, DType::U8, &[c, params.size, params.size])?;
+    // Writing a slice (mostly the kernel's copy into the page cache) takes
+    // about as long as resampling it, on one core: a thread of its own
+    // writes each slice while the next one is resampled.
+    std::thread::scope(|s| {
+        let (slices, received) = std::sync::mpsc::sync_channel::<Tensor>(1);
+        let writing = s.spawn(move || write_all(writer, received));
+        let mut first = 0;
+        while first < n {
+            let count = slice.min(n - first);
+            let images = tensors::load_rows(&input, first, count)?;
+            if slices.send(resample(&images, params)?).is_err() {
+                break; // the writer stopped: its error is returned below
+            }
+            first += count;
+            // A bar on a terminal; in a log, a heartbeat only where a split
+            // takes long (the line below closes each split).
+            if first < n && ctx.progress_due() {
+                ctx.progress_at(format!("{split}: resizing {h}×{w} → {0}×{0}", params.size), first as u64, n as u64, true);
+            }
         }
-    }
-    writer.finish()?;
+        drop(slices);
+        writing.join().map_err(|_| StageError::new(format!("{split}: the thread writing the resized images panicked")))?
+    })?;
     ctx.progress(format!("{split}: resized {n} images {h}×{w} → {0}×{0}", params.size));
     Ok(n)
+}
+
+/// Writes every slice `received` brings, in order, and finishes the file.
+fn write_all(mut writer: TensorWriter, received: std::sync::mpsc::Receiver<Tensor>) -> StageResult {
+    for resized in received {
+        tensors::write_rows(&mut writer, &resized)?;
+    }
+    writer.finish()?;
+    Ok(())
 }
 
 /// Resamples a u8 `N×C×H×W` batch to `size×size`.

@@ -451,6 +451,23 @@ fn resize_matches_libtorch_for_every_mode_and_keeps_u8() {
     assert!(area.equal(&mean));
 }
 
+/// A split resized a slice of one image at a time (its slices written on
+/// their own thread while the next is resampled) is the one-shot result,
+/// in order.
+#[test]
+fn resize_in_slices_keeps_the_images_in_order() {
+    use tch::{Device, Kind, Tensor};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.arrow");
+    let images = Tensor::randint(256, [7, 3, 8, 8], (Kind::Uint8, Device::Cpu));
+    crate::tensors::save(&input, &images).unwrap();
+    let (ctx, out) = resize_job(tmp.path(), &input, json!({"size": 12}));
+    let params = serde_json::from_value(ctx.job.params.clone()).unwrap();
+    assert_eq!(super::resize::resize_one(&ctx, &params, "images", 3 * 12 * 12).unwrap(), 7);
+    let want = super::resize::resample(&images, &params).unwrap();
+    assert!(crate::tensors::load(&out).unwrap().equal(&want));
+}
+
 #[test]
 fn resize_refuses_non_image_tensors() {
     let tmp = tempfile::tempdir().unwrap();
