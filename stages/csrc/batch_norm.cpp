@@ -63,9 +63,8 @@ int64_t runs(const Rows& s) { return (s.M + kRun - 1) / kRun; }
 // Two float sums per channel for each run of rows [q0, q1): row r's terms
 // for channel c are `term(r, c, u, v)`; run q's sums go to `part`'s rows
 // 2q (u) and 2q + 1 (v), C values each. A run's rows are read whole, in
-// memory order: a thread that took a block of channels instead read a
-// piece of each row and streamed at a third of the elementwise passes'
-// rate.
+// memory order: a thread given a block of channels would read a piece of
+// every row, which streamed at a third of the elementwise passes' rate.
 template <class Term>
 __attribute__((always_inline)) inline void run_sums(Rows s, int64_t q0, int64_t q1, const Term& term, float* part) {
   for (int64_t q = q0; q < q1; ++q) {

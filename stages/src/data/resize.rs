@@ -41,20 +41,7 @@ pub fn resize(ctx: &mut WorkerCtx, params: ResizeParams) -> StageResult {
 /// about `slice_bytes` of output at a time.
 pub(crate) fn resize_one(ctx: &WorkerCtx, params: &ResizeParams, split: &str, slice_bytes: usize) -> StageResult<usize> {
     let input = TensorFile::open(ctx.input(split)?)?;
-    let &[n, c, h, w] = input.shape() else {
-        return Err(StageError::new(format!(
-            "{}: resize needs N×C×H×W images, got shape {:?}",
-            input.path().display(),
-            input.shape()
-        )));
-    };
-    if input.dtype() != DType::U8 {
-        return Err(StageError::new(format!(
-            "{}: resize needs u8 images, got {}",
-            input.path().display(),
-            input.dtype()
-        )));
-    }
+    let [n, c, h, w] = image_shape(&input)?;
     let out_row = c * params.size * params.size;
     let slice = (slice_bytes / out_row.max(1)).clamp(1, n.max(1));
     let writer = TensorWriter::create(ctx.output(split)?, DType::U8, &[c, params.size, params.size])?;
@@ -83,6 +70,18 @@ pub(crate) fn resize_one(ctx: &WorkerCtx, params: &ResizeParams, split: &str, sl
     })?;
     ctx.progress(format!("{split}: resized {n} images {h}×{w} → {0}×{0}", params.size));
     Ok(n)
+}
+
+/// The `N×C×H×W` shape of a u8 image tensor, or an error naming its file.
+fn image_shape(input: &TensorFile) -> StageResult<[usize; 4]> {
+    let path = input.path().display();
+    let &[n, c, h, w] = input.shape() else {
+        return Err(StageError::new(format!("{path}: resize needs N×C×H×W images, got shape {:?}", input.shape())));
+    };
+    if input.dtype() != DType::U8 {
+        return Err(StageError::new(format!("{path}: resize needs u8 images, got {}", input.dtype())));
+    }
+    Ok([n, c, h, w])
 }
 
 /// Writes every slice `received` brings, in order, and finishes the file.
