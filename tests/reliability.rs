@@ -4,10 +4,13 @@
 mod common;
 #[path = "support/skip.rs"]
 mod skip;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
 use std::time::Duration;
 
 use common::Project;
+use tmpfs::Tmpfs;
 
 const SLOW_CHAIN: &str = r#"
 [stages.fast]
@@ -254,30 +257,6 @@ fn gc_during_a_run_waits_and_keeps_what_the_run_made() {
     let again = p.cairn(&["run"]);
     assert_eq!(again.outcome("fast").as_deref(), Some("cached"), "{}", again.all());
     assert_eq!(again.outcome("slow").as_deref(), Some("cached"), "{}", again.all());
-}
-
-/// A small tmpfs, unmounted on drop. `None` where mounting is not allowed
-/// (not root, or no CAP_SYS_ADMIN in a container).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -4,6 +4,11 @@
 //! reads from libtorch. Also checks the binary starts without
 //! LD_LIBRARY_PATH, which is what the rpath from build.rs is for.
 
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+#[path = "../../tests/support/tmpfs.rs"]
+mod tmpfs;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -193,6 +198,32 @@ fn runs_a_job_and_writes_its_output() {
     let t = TensorFile::open(&output).unwrap();
     assert_eq!(t.shape(), &[2, 3, 8, 8]);
     assert!(t.to_vec().iter().all(|&v| v == 7), "a flat image stays flat");
+}
+
+/// A disk that fills while `resize` writes (a thread of its own writes
+/// each slice while the next is resampled): the job fails with an error
+/// naming the output and the full disk, without a panic or a hang, whether
+/// the writer stops before the next slice is handed over or after.
+#[test]
+fn a_full_disk_while_resizing_is_an_error_naming_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_disk) = tmpfs::Tmpfs::mount(&dir.path().join("disk"), "4m") else {
+        skip::unavailable(
+            "a_full_disk_while_resizing_is_an_error_naming_the_output",
+            "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)",
+        );
+        return;
+    };
+    let input = dir.path().join("in.arrow");
+    write_tensor(&input, DType::U8, &[64, 3, 4, 4], &[7u8; 64 * 48]).unwrap();
+    let output = dir.path().join("disk/out.arrow");
+    // 64 images of 3×640×640 bytes: two slices of output (52 images in the
+    // first 64 MB), 79 MB for a 4 MB disk.
+    let params = json!({"size": 640, "mode": "bilinear", "antialias": true});
+    let (out, events) = run_job(dir.path(), job("resize", params, json!({"images": [input]}), json!({"images": output}), dir.path()));
+    assert_eq!(out.status.code(), Some(1), "{events:?} {}", String::from_utf8_lossy(&out.stderr));
+    let error = error_of(&events);
+    assert!(error.contains("out.arrow") && error.contains("No space left on device"), "{error}");
 }
 
 #[test]
