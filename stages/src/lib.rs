@@ -25,6 +25,7 @@ pub mod shim;
 pub mod tensors;
 pub mod train;
 pub mod weights;
+pub mod write_behind;
 
 use cairn_kinds::{Declared, KindId};
 use ctx::{StageError, StageResult, WorkerCtx};

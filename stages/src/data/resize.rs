@@ -2,7 +2,7 @@
 //! `size×size`, in slices of rows so memory stays bounded (8,000 images at
 //! 224 px are 1.2 GB even as u8): at most three slices of 64 MB at a time,
 //! one being resampled, one queued and one being written by a thread of
-//! its own.
+//! its own ([`write_behind`]).
 //!
 //! Bilinear, bicubic and nearest run libtorch's kernels directly on u8
 //! (the same ops `torch.nn.functional.interpolate` calls, with
@@ -24,6 +24,7 @@ use tch::{Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult, WorkerCtx};
 use crate::tensors;
+use crate::write_behind::write_behind;
 
 /// Output bytes per slice (and f32 working memory for `area`, 4× this).
 const SLICE_BYTES: usize = 64 << 20;
@@ -45,29 +46,26 @@ pub(crate) fn resize_one(ctx: &WorkerCtx, params: &ResizeParams, split: &str, sl
     let out_row = c * params.size * params.size;
     let slice = (slice_bytes / out_row.max(1)).clamp(1, n.max(1));
     let writer = TensorWriter::create(ctx.output(split)?, DType::U8, &[c, params.size, params.size])?;
-    // Writing a slice (mostly the kernel's copy into the page cache) takes
-    // about as long as resampling it, on one core: a thread of its own
-    // writes each slice while the next one is resampled.
-    std::thread::scope(|s| {
-        let (slices, received) = std::sync::mpsc::sync_channel::<Tensor>(1);
-        let writing = s.spawn(move || write_all(writer, received));
-        let mut first = 0;
-        while first < n {
-            let count = slice.min(n - first);
-            let images = tensors::load_rows(&input, first, count)?;
-            if slices.send(resample(&images, params)?).is_err() {
-                break; // the writer stopped: its error is returned below
+    write_behind(
+        |send| {
+            let mut first = 0;
+            while first < n {
+                let count = slice.min(n - first);
+                let images = tensors::load_rows(&input, first, count)?;
+                if !send(resample(&images, params)?) {
+                    break; // the writer stopped: its error is returned
+                }
+                first += count;
+                // A bar on a terminal; in a log, a heartbeat only where a
+                // split takes long (the line below closes each split).
+                if first < n && ctx.progress_due() {
+                    ctx.progress_at(format!("{split}: resizing {h}×{w} → {0}×{0}", params.size), first as u64, n as u64, true);
+                }
             }
-            first += count;
-            // A bar on a terminal; in a log, a heartbeat only where a split
-            // takes long (the line below closes each split).
-            if first < n && ctx.progress_due() {
-                ctx.progress_at(format!("{split}: resizing {h}×{w} → {0}×{0}", params.size), first as u64, n as u64, true);
-            }
-        }
-        drop(slices);
-        writing.join().map_err(|_| StageError::new(format!("{split}: the thread writing the resized images panicked")))?
-    })?;
+            Ok(())
+        },
+        |received| write_all(writer, received),
+    )?;
     ctx.progress(format!("{split}: resized {n} images {h}×{w} → {0}×{0}", params.size));
     Ok(n)
 }
