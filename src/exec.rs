@@ -42,9 +42,7 @@ pub struct ExecRequest<'a> {
 }
 
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    crate::cache::gc::format_time(time::OffsetDateTime::now_utc())
 }
 
 /// Runs the stage's kind; a panicking in-process kind fails its stage,

@@ -290,10 +290,12 @@ fn projects_sharing_a_cache_keep_their_own_results_history_and_refs() {
     let again = cairn_with(&b, &cache, &["run", "--json"]);
     assert!(common::statuses(&again).values().all(|s| s == "cached"), "{}", again.all());
 
-    // A project whose pipeline file is gone is forgotten, and its results
-    // are no longer kept for it.
+    // A project whose pipeline file is gone is kept for a while (see the
+    // next test), then forgotten, and its results are no longer kept.
     drop(b);
     let gc = cairn_with(&a, &cache, &["gc", "--keep-runs", "0"]);
+    assert!(gc.stdout.contains("deleted 0 object(s)") && gc.stdout.contains("kept what 1 project(s) whose pipeline file is gone"), "{}", gc.all());
+    let gc = cairn_with(&a, &cache, &["gc", "--keep-runs", "0", "--forget-gone-after", "0"]);
     assert!(gc.stdout.contains("forgot 1 project(s) whose pipeline file is gone"), "{}", gc.all());
     assert!(gc.stdout.contains("deleted 1 object(s)"), "b's \"bee\" output goes: {}", gc.all());
     assert_eq!(std::fs::read_dir(cache.join("projects")).unwrap().count(), 1);
@@ -319,6 +321,61 @@ fn projects_sharing_a_cache_keep_their_own_results_history_and_refs() {
     // Its b and c ("three" is longer than "one", so c's count differs).
     assert!(gc.stdout.contains("deleted 2 object(s)") && gc.stdout.contains("forgot 1 project(s) whose pipeline file is gone or that --forget named"), "{}", gc.all());
     assert!(!cache.join("projects/elsewhere.json").exists());
+}
+
+/// The record `cache/projects/*.json` of the project at `pipeline`.
+fn project_record(cache: &std::path::Path, pipeline: &std::path::Path) -> (std::path::PathBuf, serde_json::Value) {
+    for e in std::fs::read_dir(cache.join("projects")).unwrap().flatten() {
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        if record["pipeline"] == pipeline.to_str().unwrap() {
+            return (e.path(), record);
+        }
+    }
+    panic!("no record of {}", pipeline.display())
+}
+
+#[test]
+fn a_project_whose_pipeline_file_is_gone_is_kept_for_a_grace_period() {
+    let shared = tempfile::tempdir().unwrap();
+    let cache = shared.path().join("cache");
+    let a = Project::new(CHAIN);
+    let b = Project::new(&CHAIN.replace("SUFFIX = \"one\"", "SUFFIX = \"bee\""));
+    assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
+    assert_eq!(cairn_with(&b, &cache, &["run"]).code, 0);
+    let b_file = b.path().join("pipeline.toml").canonicalize().unwrap();
+    let away = b.path().join("moved.toml");
+    let gc = || cairn_with(&a, &cache, &["gc", "--keep-runs", "0"]);
+    let kept = "kept what 1 project(s) whose pipeline file is gone";
+
+    // Moved away: a dry run says it is kept, and notes nothing.
+    std::fs::rename(&b_file, &away).unwrap();
+    let dry = cairn_with(&a, &cache, &["gc", "--dry-run", "--keep-runs", "0"]);
+    assert!(dry.stdout.contains("would delete 0 object(s)") && dry.stdout.contains(kept), "{}", dry.all());
+    assert!(project_record(&cache, &b_file).1.get("gone_since").is_none());
+    // The first gc that finds it gone keeps its results and notes when;
+    // the next keeps that date.
+    let first = gc();
+    assert!(first.stdout.contains("deleted 0 object(s)") && first.stdout.contains(kept), "{}", first.all());
+    let since = project_record(&cache, &b_file).1["gone_since"].as_str().expect("gone_since noted").to_string();
+    assert!(first.stdout.contains(&format!("{} (gone since {since}; kept until ", b_file.display())), "{}", first.all());
+    assert!(gc().stdout.contains(&format!("gone since {since};")));
+    assert_eq!(project_record(&cache, &b_file).1["gone_since"], since.as_str());
+
+    // Found back: live again, the note cleared.
+    std::fs::rename(&away, &b_file).unwrap();
+    let back = gc();
+    assert!(back.stdout.contains("kept what 1 other project(s)") && !back.stdout.contains(kept), "{}", back.all());
+    assert!(project_record(&cache, &b_file).1.get("gone_since").is_none());
+    assert!(common::statuses(&cairn_with(&b, &cache, &["run", "--json"])).values().all(|s| s == "cached"));
+
+    // Gone again, past its grace period: forgotten, its results collected.
+    std::fs::rename(&b_file, &away).unwrap();
+    let (path, mut record) = project_record(&cache, &b_file);
+    record["gone_since"] = "2026-01-01T00:00:00Z".into();
+    std::fs::write(path, record.to_string()).unwrap();
+    let late = gc();
+    assert!(late.stdout.contains("forgot 1 project(s) whose pipeline file is gone") && late.stdout.contains("deleted 1 object(s)"), "{}", late.all());
+    assert_eq!(std::fs::read_dir(cache.join("projects")).unwrap().count(), 1);
 }
 
 #[test]

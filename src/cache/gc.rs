@@ -2,8 +2,9 @@
 //!
 //! [`roots`] finds what must stay: the current pipeline's fresh outputs,
 //! what every other project sharing the cache last ran or hit (while its
-//! pipeline file exists; see [`super::projects`]), and what each live
-//! project's newest N runs reference. `collect` deletes objects outside
+//! pipeline file exists, and for a grace period after `gc` first finds it
+//! gone; see [`super::projects`]), and what each such project's newest N
+//! runs reference. `collect` deletes objects outside
 //! that set and the manifests that name deleted objects, so no manifest is
 //! left pointing at nothing, and the training checkpoints nothing will
 //! resume (see [`orphan_checkpoints`]). It runs under the cache lock, so
@@ -86,23 +87,79 @@ pub struct Roots {
     /// Other projects whose pipeline file exists: what they last ran or
     /// hit, and their newest runs, are kept.
     pub others: Vec<OtherProject>,
-    /// Other projects whose pipeline file is gone: nothing is kept for
-    /// them, and `collect` forgets them.
+    /// Other projects whose pipeline file is gone, within their grace
+    /// period: kept as if it were there.
+    pub held: Vec<Held>,
+    /// Other projects forgotten: named by `--forget`, or gone past their
+    /// grace period. Nothing is kept for them, and `collect` deletes
+    /// their records.
     pub gone: Vec<OtherProject>,
     newest: Vec<NewestRun>,
 }
 
+/// Which other projects `gc` forgets: those `named` (by recorded pipeline
+/// path), wherever they were recorded, and those whose pipeline file has
+/// been gone for `grace` since `gc` first found it gone, at `now`.
+pub struct Forget {
+    pub named: BTreeSet<String>,
+    pub grace: time::Duration,
+    pub now: time::OffsetDateTime,
+}
+
+/// A project whose pipeline file is gone, kept until `since + grace`.
+pub struct Held {
+    pub project: OtherProject,
+    /// When `gc` first found it gone (now, where its record did not say).
+    pub since: time::OffsetDateTime,
+    pub until: time::OffsetDateTime,
+}
+
+impl Held {
+    /// Whether its record already notes `since`.
+    fn noted(&self) -> bool {
+        self.project.gone_since.as_deref().and_then(parse_time) == Some(self.since)
+    }
+}
+
+fn parse_time(t: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// `t` in RFC 3339, as records note it.
+pub fn format_time(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Sorts the other projects into live, held and forgotten ones.
+fn sort_projects(cache: &Cache, me: &Project, forget: &Forget) -> (Vec<OtherProject>, Vec<Held>, Vec<OtherProject>) {
+    let (mut others, mut held, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+    for p in cache.other_projects(me) {
+        if forget.named.contains(&p.pipeline) {
+            gone.push(p);
+        } else if p.exists() {
+            others.push(p);
+        } else {
+            let since = p.gone_since.as_deref().and_then(parse_time).unwrap_or(forget.now);
+            let until = since + forget.grace;
+            if until <= forget.now {
+                gone.push(p);
+            } else {
+                held.push(Held { project: p, since, until });
+            }
+        }
+    }
+    (others, held, gone)
+}
+
 /// The roots of a collection run by project `me`, whose fresh outputs are
-/// `fresh`: those, what every other live project last ran or hit, and what
-/// each live project's newest `keep_runs` runs reference. A project named
-/// in `forget` (by its recorded pipeline path) counts as gone, wherever it
-/// was recorded. A run recorded before runs named their project counts as
-/// `me`'s.
-pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_runs: usize, forget: &BTreeSet<String>) -> Roots {
-    let (others, gone): (Vec<_>, Vec<_>) =
-        cache.other_projects(me).into_iter().partition(|p| p.exists() && !forget.contains(&p.pipeline));
+/// `fresh`: those, what every other live or held project last ran or hit,
+/// and what each such project's newest `keep_runs` runs reference. A run
+/// recorded before runs named their project counts as `me`'s.
+pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_runs: usize, forget: &Forget) -> Roots {
+    let (others, held, gone) = sort_projects(cache, me, forget);
+    let kept = || others.iter().chain(held.iter().map(|h| &h.project));
     let mut keep = fresh;
-    for key in others.iter().flat_map(|p| p.keys.values()) {
+    for key in kept().flat_map(|p| p.keys.values()) {
         if let Ok(Some(m)) = cache.manifest(key, &|_: String| {}) {
             keep.extend(m.outputs.values().map(|o| o.hash));
         }
@@ -112,7 +169,7 @@ pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_ru
         .filter_map(|id| Some((id.clone(), crate::history::load(cache.root(), &id).ok()?)))
         .collect();
     runs.reverse();
-    let live = std::iter::once(me.clone()).chain(others.iter().map(|o| Project { pipeline: o.pipeline.clone() }));
+    let live = std::iter::once(me.clone()).chain(kept().map(|o| Project { pipeline: o.pipeline.clone() }));
     let mut newest = Vec::new();
     for p in live {
         let mine: Vec<&Vec<HistoryRow>> = runs.iter().filter(|(_, rows)| owner(rows, me) == p.pipeline).map(|(_, rows)| rows).collect();
@@ -121,7 +178,7 @@ pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_ru
             keep.extend(rows.iter().flat_map(|r| r.outputs.values()).filter_map(|h| h.parse::<ArtifactHash>().ok()));
         }
     }
-    Roots { keep, others, gone, newest }
+    Roots { keep, others, held, gone, newest }
 }
 
 /// Whose run `rows` are: the project they name, else `me`.
@@ -150,7 +207,7 @@ fn last_written(dir: &Path) -> (String, u64) {
         }
     }
     let latest = times.into_iter().flatten().max().map(time::OffsetDateTime::from);
-    let stamp = latest.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default();
+    let stamp = latest.map(format_time).unwrap_or_default();
     (stamp.replace([':', '-'], "").chars().take(15).collect(), bytes)
 }
 
@@ -205,11 +262,24 @@ pub fn collect(cache: &Cache, roots: &Roots, dry_run: bool) -> Result<GcReport, 
         }
     }
     if !dry_run {
-        for p in &roots.gone {
-            cache.forget(p)?;
-        }
+        note_projects(cache, roots)?;
     }
     Ok(report)
+}
+
+/// Deletes the records of forgotten projects, notes when each held one
+/// was first found gone, and clears that note from one found back.
+fn note_projects(cache: &Cache, roots: &Roots) -> Result<(), CacheError> {
+    for p in &roots.gone {
+        cache.forget(p)?;
+    }
+    for h in roots.held.iter().filter(|h| !h.noted()) {
+        cache.note_gone_since(&h.project, Some(&format_time(h.since)))?;
+    }
+    for p in roots.others.iter().filter(|p| p.gone_since.is_some() && !p.elsewhere()) {
+        cache.note_gone_since(p, None)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default)]

@@ -9,7 +9,11 @@
 //! what every project whose pipeline file still exists last ran or hit
 //! (a project recorded by another machine, on a cache shared over a
 //! network filesystem, cannot be checked from here and is kept until
-//! `gc --forget` names it). A cache written before
+//! `gc --forget` names it). A project whose file is gone (moved, deleted,
+//! on a drive not mounted) is kept for a grace period that starts when
+//! `gc` first finds it gone, which the record notes (`gone_since`), so a
+//! moved checkout that has not run at its new path yet loses nothing to
+//! the next `gc`. A cache written before
 //! projects were recorded holds one `refs.json`; a project with no record
 //! of its own reads that, and removes it once it writes its own.
 
@@ -58,6 +62,11 @@ struct Record<R> {
     /// The machine that wrote it (empty in records written without one).
     #[serde(default)]
     host: String,
+    /// When `gc` first found the pipeline file gone (RFC 3339, UTC); no
+    /// longer there once a run records the project or `gc` finds the file
+    /// back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gone_since: Option<String>,
     stages: BTreeMap<String, R>,
 }
 
@@ -73,6 +82,8 @@ pub struct OtherProject {
     pub host: String,
     /// The key each of its stages last ran or hit with.
     pub keys: BTreeMap<String, StageKey>,
+    /// When `gc` first found its pipeline file gone, as recorded.
+    pub gone_since: Option<String>,
     record: PathBuf,
 }
 
@@ -118,7 +129,7 @@ impl Cache {
     /// Replaces `p`'s refs, in one atomic write.
     pub fn write_stage_refs(&self, p: &Project, refs: &BTreeMap<String, StageRef>) -> Result<(), CacheError> {
         super::store::ensure_real_dir(&self.root().join(DIR))?;
-        let record = Record { pipeline: p.pipeline.clone(), host: crate::env::hostname(), stages: refs.clone() };
+        let record = Record { pipeline: p.pipeline.clone(), host: crate::env::hostname(), gone_since: None, stages: refs.clone() };
         self.write_atomic(&self.record_path(p), &serde_json::to_vec(&record).expect("refs serialise"))?;
         let _ = fs::remove_file(self.root().join(LEGACY_REFS));
         Ok(())
@@ -136,7 +147,7 @@ impl Cache {
             let Ok(r) = serde_json::from_slice::<Record<KeyOnly>>(&bytes) else { continue };
             if r.pipeline != me.pipeline {
                 let keys = r.stages.into_iter().map(|(s, k)| (s, k.key)).collect();
-                out.push(OtherProject { pipeline: r.pipeline, host: r.host, keys, record: e.path() });
+                out.push(OtherProject { pipeline: r.pipeline, host: r.host, keys, gone_since: r.gone_since, record: e.path() });
             }
         }
         out.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
@@ -146,5 +157,18 @@ impl Cache {
     /// Deletes the record of a project whose pipeline file is gone.
     pub fn forget(&self, other: &OtherProject) -> Result<(), CacheError> {
         fs::remove_file(&other.record).map_err(|e| CacheError::io("cannot delete", other.record.clone(), e))
+    }
+
+    /// Notes in `other`'s record when its pipeline file was first found
+    /// gone (`None`: found back), keeping the rest of the record as it is.
+    /// An unreadable record is left alone.
+    pub fn note_gone_since(&self, other: &OtherProject, since: Option<&str>) -> Result<(), CacheError> {
+        let Ok(bytes) = fs::read(&other.record) else { return Ok(()) };
+        let Ok(serde_json::Value::Object(mut record)) = serde_json::from_slice(&bytes) else { return Ok(()) };
+        match since {
+            Some(t) => record.insert("gone_since".into(), t.into()),
+            None => record.remove("gone_since"),
+        };
+        self.write_atomic(&other.record, &serde_json::to_vec(&record).expect("a JSON object serialises"))
     }
 }

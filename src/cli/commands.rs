@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use cairn::cache::gc::{format_time, Forget, Held};
 use cairn::cache::{Cache, CacheLock, Project};
 use cairn::digest::ArtifactHash;
 use cairn::env::Environment;
@@ -53,7 +54,9 @@ pub fn dispatch(cli: Cli) -> i32 {
             let args = super::diff::DiffArgs { run_a: run_a.as_deref(), run_b: run_b.as_deref(), lock: lock.as_ref().map(|l| l.as_deref()), markdown: format == "markdown" };
             super::diff::diff(&cli, config, &args, &console)
         }
-        Cmd::Gc { dry_run, keep_runs, forget, config } => cmd_gc(&cli, config, *dry_run, *keep_runs, forget, &console),
+        Cmd::Gc { dry_run, keep_runs, forget, forget_gone_after, config } => {
+            cmd_gc(&cli, config, *dry_run, *keep_runs, forget, *forget_gone_after, &console)
+        }
         Cmd::Verify { stages, config } => cmd_verify(&cli, config, stages, &console),
         Cmd::Cache { command: CacheCmd::Verify } => cmd_cache_verify(&cli, &console),
         Cmd::Remote { command } => super::remote::cmd_remote(&cli, command, &console),
@@ -486,7 +489,7 @@ fn locked(cli: &Cli, config: &Config, console: &Console) -> Result<Locked, i32> 
     Ok(Locked { pipeline, env, cache, _lock, states })
 }
 
-fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, forget: &[PathBuf], console: &Console) -> CmdResult {
+fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, forget: &[PathBuf], gone_days: u32, console: &Console) -> CmdResult {
     let Locked { pipeline, cache, _lock, states, .. } = locked(cli, config, console)?;
     let mut fresh = BTreeSet::new();
     for (_, st) in &states {
@@ -495,7 +498,10 @@ fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, forget: &
         }
     }
     let me = Project::of(&pipeline.file);
-    let forget = recorded_projects(&cache, &me, forget).map_err(|e| fail(console, exit::USAGE, e))?;
+    let named = recorded_projects(&cache, &me, forget).map_err(|e| fail(console, exit::USAGE, e))?;
+    let now = time::OffsetDateTime::now_utc();
+    let now = now - time::Duration::nanoseconds(now.nanosecond().into()); // whole seconds, as printed
+    let forget = Forget { named, grace: time::Duration::days(gone_days.into()), now };
     let roots = cairn::cache::gc::roots(&cache, &me, fresh, keep_runs, &forget);
     let report = cairn::cache::gc::collect(&cache, &roots, dry_run).map_err(|e| fail(console, exit::IO, e))?;
     let verb = if dry_run { "would delete" } else { "deleted" };
@@ -517,9 +523,15 @@ fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, forget: &
         let runs = if keep_runs > 0 { format!(" and their newest {keep_runs} run(s) reference") } else { String::new() };
         println!("kept what {} other project(s) sharing this cache last ran or hit{runs}:{}", roots.others.len(), list(&roots.others));
     }
+    if !roots.held.is_empty() {
+        let runs = if keep_runs > 0 { " (and their newest runs)" } else { "" };
+        let until = |h: &Held| format!("\n  {} (gone since {}; kept until {})", h.project.pipeline, format_time(h.since), format_time(h.until));
+        let each = roots.held.iter().map(until).collect::<String>();
+        println!("kept what {} project(s) whose pipeline file is gone last ran or hit{runs}, for {gone_days} day(s) after gc first found each gone (`--forget` drops one now):{each}", roots.held.len());
+    }
     if !roots.gone.is_empty() {
         let verb = if dry_run { "would forget" } else { "forgot" };
-        let why = if forget.is_empty() { "whose pipeline file is gone" } else { "whose pipeline file is gone or that --forget named" };
+        let why = if forget.named.is_empty() { "whose pipeline file is gone" } else { "whose pipeline file is gone or that --forget named" };
         println!("{verb} {} project(s) {why}:{}", roots.gone.len(), list(&roots.gone));
     }
     Ok(exit::OK)

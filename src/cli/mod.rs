@@ -212,8 +212,9 @@ pub enum Cmd {
         config: Config,
     },
     /// Delete objects that neither the current pipeline, another project sharing the cache, nor their last N runs reference.
-    #[command(after_help = "Projects sharing the cache are named by their pipeline file. One whose file is gone is forgotten \
-        (a project moved elsewhere records itself again on its next run: run it there before gc to keep its results).\n\n\
+    #[command(after_help = "Projects sharing the cache are named by their pipeline file. One whose file is gone (moved, \
+        deleted, on a drive not mounted) is kept as if it were there until --forget-gone-after days after gc first finds it \
+        gone, then forgotten; a project moved elsewhere records itself again on its next run there.\n\n\
         Example:\n  cairn gc --dry-run\n  cairn gc --forget ../old-checkout/pipeline.toml")]
     Gc {
         /// Say what would be deleted, delete nothing.
@@ -227,6 +228,10 @@ pub enum Cmd {
         /// Repeatable.
         #[arg(long, value_name = "PIPELINE_FILE")]
         forget: Vec<PathBuf>,
+        /// Forget another project whose pipeline file is gone this many
+        /// days after gc first found it gone (0: at once).
+        #[arg(long, value_name = "DAYS", default_value_t = 14)]
+        forget_gone_after: u32,
         #[command(flatten)]
         config: Config,
     },
