@@ -63,7 +63,7 @@ import json, sys
 p = json.load(sys.stdin)
 cap, bf16 = p["cpu_capability"], p["native_bf16"]
 # cairn_kind::protocol::bf16_outruns_fp32
-auto = "fp32" if bf16 in ("none", "avx512_bf16_intel") else "bf16"
+auto = "fp32" if bf16 in ("none", "avx512_bf16_intel", "avx_ne_convert_only") or bf16.startswith("unknown") else "bf16"
 print(f"worker facts: cpu_capability = {cap}, native_bf16 = {bf16} (precision auto: {auto}, where a profile leaves it auto)")'
 echo "commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD || echo ' (with uncommitted changes)'); $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "seed: $(sed -n -E 's/^seed = ([0-9]+)$/\1/p' pipeline.toml | head -1)"

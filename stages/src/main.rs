@@ -230,7 +230,7 @@ mod facts {
     use std::ffi::{c_char, c_int, CString};
     use std::path::PathBuf;
 
-    use cairn_kind::protocol::{kind_versions, AVX512_BF16_INTEL};
+    use cairn_kind::protocol::{kind_versions, AVX512_BF16_INTEL, AVX_NE_CONVERT_ONLY};
 
     use super::{Probe, PROTOCOL_VERSION};
 
@@ -322,7 +322,8 @@ mod facts {
     }
 
     /// The first of [`BF16_FLAGS`] the CPU has, or `none`; `avx512_bf16` on
-    /// an Intel CPU is [`AVX512_BF16_INTEL`] (no faster than fp32 there).
+    /// an Intel CPU is [`AVX512_BF16_INTEL`] (no faster than fp32 there),
+    /// `avx_ne_convert` is [`AVX_NE_CONVERT_ONLY`] (conversions only).
     /// Also `none` when oneDNN is capped below its bf16 kernels, since the
     /// convolutions, most of a step, would then emulate bf16 (and
     /// `precision = "auto"` must pick fp32), and not `amx_bf16` when it is
@@ -347,6 +348,7 @@ mod facts {
         let usable = |flag: &&&str| !(amx_capped && **flag == "amx_bf16") && has(flag);
         match BF16_FLAGS.iter().find(usable).map_or("none", |f| f) {
             "avx512_bf16" if intel => AVX512_BF16_INTEL.to_string(),
+            "avx_ne_convert" => AVX_NE_CONVERT_ONLY.to_string(),
             best => best.to_string(),
         }
     }
@@ -401,7 +403,8 @@ mod tests {
         let avx512_bf16 = cpu(&["avx512_bf16"]);
         assert_eq!(native_bf16_of(None, avx512_bf16, false), "avx512_bf16", "AMD's (Zen 4, Zen 5)");
         assert_eq!(native_bf16_of(None, avx512_bf16, true), "avx512_bf16_intel");
-        assert_eq!(native_bf16_of(None, cpu(&["avx_ne_convert"]), true), "avx_ne_convert");
+        assert_eq!(native_bf16_of(None, cpu(&["avx_ne_convert"]), true), "avx_ne_convert_only");
+        assert_eq!(native_bf16_of(None, cpu(&["avx512_bf16", "avx_ne_convert"]), false), "avx512_bf16", "the best first");
         assert_eq!(native_bf16_of(None, cpu(&["avx2"]), false), "none");
     }
 }

@@ -251,7 +251,7 @@ pub struct Probe {
     /// on x86 (`ATEN_CPU_CAPABILITY` can lower it).
     pub cpu_capability: String,
     /// The CPU's native bf16 instructions, best first (`amx_bf16`,
-    /// `avx512_bf16`, [`AVX512_BF16_INTEL`], `avx_ne_convert`…), or `none`
+    /// `avx512_bf16`, [`AVX512_BF16_INTEL`], [`AVX_NE_CONVERT_ONLY`]…), or `none`
     /// where libtorch emulates bf16 arithmetic.
     pub native_bf16: String,
     /// Each kind this worker implements → its implementation version.
@@ -273,11 +273,23 @@ pub fn has_native_bf16(fact: &str) -> bool {
 /// 4 and Zen 5 (plain `avx512_bf16`) ran it at 1.67–1.78x (BENCHMARKS.md).
 pub const AVX512_BF16_INTEL: &str = "avx512_bf16_intel";
 
+/// The `native_bf16` fact of a CPU whose best bf16 instructions are
+/// AVX-NE-CONVERT's (Intel's Arrow Lake and Lunar Lake laptop and desktop
+/// CPUs, Sierra Forest): conversions between bf16 and fp32 and no bf16
+/// multiply-add, so oneDNN computes bf16 as fp32 FMAs on converted values
+/// and bf16 cannot outrun fp32 in the convolutions and matrix products
+/// that are most of a step. Not measured: the rule follows from the
+/// instruction set, and from [`AVX512_BF16_INTEL`], whose real bf16 dot
+/// products already lost to fp32. Named apart from the flag
+/// (`avx_ne_convert`, the fact before) so that stages keyed on it, whose
+/// `auto` meant bf16, are not served as fp32 results.
+pub const AVX_NE_CONVERT_ONLY: &str = "avx_ne_convert_only";
+
 /// Whether bf16 convolutions and matrix products outrun fp32 ones on a CPU
 /// whose probe fact `native_bf16` is `fact`: native bf16, except
-/// [`AVX512_BF16_INTEL`].
+/// [`AVX512_BF16_INTEL`] and [`AVX_NE_CONVERT_ONLY`].
 pub fn bf16_outruns_fp32(fact: &str) -> bool {
-    has_native_bf16(fact) && fact != AVX512_BF16_INTEL
+    has_native_bf16(fact) && fact != AVX512_BF16_INTEL && fact != AVX_NE_CONVERT_ONLY
 }
 
 /// Each kind's name → its version, as a [`Probe`] lists them.

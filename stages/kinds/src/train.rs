@@ -282,7 +282,8 @@ impl Precision {
     /// Whether this precision computes in bf16 on CUDA (`cuda`) or on a CPU
     /// whose native bf16 support is `native_bf16` (the probe fact: the best
     /// of `amx_bf16`, `avx512_bf16` (`avx512_bf16_intel` on an Intel CPU,
-    /// where it is no faster than fp32), `avx_ne_convert`, `sve_bf16`,
+    /// where it is no faster than fp32), `avx_ne_convert_only` (bf16
+    /// conversions without bf16 arithmetic), `sve_bf16`,
     /// `bf16`, or `none`). The fact is keyed for every thread-sensitive
     /// kind on a CPU (`train`, `evaluate`), so stages whose `auto` resolves
     /// differently never share a cache entry.
@@ -927,12 +928,16 @@ mod tests {
 
     #[test]
     fn auto_precision_takes_bf16_on_cuda_and_native_cpus_only() {
+        // `avx_ne_convert`: the fact of a conversions-only CPU before it
+        // had its own, which stages keyed on it computed in bf16.
         for fact in ["amx_bf16", "avx512_bf16", "avx_ne_convert", "sve_bf16", "bf16"] {
             assert!(Precision::Auto.uses_bf16(false, fact), "{fact}");
         }
-        // Native, but slower than fp32: only an explicit bf16 gets bf16.
-        assert!(!Precision::Auto.uses_bf16(false, "avx512_bf16_intel"));
-        assert!(Precision::Auto.uses_bf16(true, "avx512_bf16_intel") && Precision::Bf16.uses_bf16(false, "avx512_bf16_intel"));
+        // Native, but no faster than fp32: only an explicit bf16 gets bf16.
+        for fact in ["avx512_bf16_intel", "avx_ne_convert_only"] {
+            assert!(!Precision::Auto.uses_bf16(false, fact), "{fact}");
+            assert!(Precision::Auto.uses_bf16(true, fact) && Precision::Bf16.uses_bf16(false, fact), "{fact}");
+        }
         for fact in ["none", "unknown", ""] {
             assert!(!Precision::Auto.uses_bf16(false, fact), "{fact:?}");
             assert!(Precision::Auto.uses_bf16(true, fact), "CUDA always has bf16");
