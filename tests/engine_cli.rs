@@ -368,8 +368,20 @@ fn a_project_whose_pipeline_file_is_gone_is_kept_for_a_grace_period() {
     assert!(project_record(&cache, &b_file).1.get("gone_since").is_none());
     assert!(common::statuses(&cairn_with(&b, &cache, &["run", "--json"])).values().all(|s| s == "cached"));
 
-    // Gone again, past its grace period: forgotten, its results collected.
+    // Gone again, with a date no grace period can be added to, or a grace
+    // period past the calendar's end: kept, no panic.
     std::fs::rename(&b_file, &away).unwrap();
+    let (path, mut record) = project_record(&cache, &b_file);
+    record["gone_since"] = "9999-12-31T23:59:59Z".into();
+    std::fs::write(&path, record.to_string()).unwrap();
+    let far = gc();
+    assert!(far.code == 0 && far.stdout.contains(kept), "{}", far.all());
+    record["gone_since"] = since.as_str().into();
+    std::fs::write(&path, record.to_string()).unwrap();
+    let far = cairn_with(&a, &cache, &["gc", "--keep-runs", "0", "--forget-gone-after", "4294967295"]);
+    assert!(far.code == 0 && far.stdout.contains(kept), "{}", far.all());
+
+    // Past its grace period: forgotten, its results collected.
     let (path, mut record) = project_record(&cache, &b_file);
     record["gone_since"] = "2026-01-01T00:00:00Z".into();
     std::fs::write(path, record.to_string()).unwrap();

@@ -140,7 +140,9 @@ fn sort_projects(cache: &Cache, me: &Project, forget: &Forget) -> (Vec<OtherProj
             others.push(p);
         } else {
             let since = p.gone_since.as_deref().and_then(parse_time).unwrap_or(forget.now);
-            let until = since + forget.grace;
+            // A date near the calendar's end (a hostile record, a grace of
+            // millions of days) keeps the project rather than overflowing.
+            let until = since.checked_add(forget.grace).unwrap_or(time::PrimitiveDateTime::MAX.assume_utc());
             if until <= forget.now {
                 gone.push(p);
             } else {
