@@ -116,7 +116,7 @@ impl<'a> Resolver<'a> {
                         Some(h) => *h,
                         None => return Ok(None),
                     },
-                    InputRef::UpstreamParams => ArtifactHash::of_bytes(&self.pipeline.upstream_params(self.index(stage))),
+                    InputRef::UpstreamParams => self.pipeline.upstream_params_hash(self.index(stage)).expect("the stage reads it"),
                     ext => self.external(ext, download_missing)?.expect("external refs hash"),
                 };
                 hashes.push(h);

@@ -492,9 +492,12 @@ fn locked(cli: &Cli, config: &Config, console: &Console) -> Result<Locked, i32> 
 fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, forget: &[PathBuf], gone_days: u32, console: &Console) -> CmdResult {
     let Locked { pipeline, cache, _lock, states, .. } = locked(cli, config, console)?;
     let mut fresh = BTreeSet::new();
-    for (_, st) in &states {
+    for (i, (_, st)) in states.iter().enumerate() {
         if let StageState::Fresh { manifest, .. } = st {
             fresh.extend(manifest.outputs.values().map(|o| o.hash));
+            // The document the engine made for it (a report's params): an
+            // input, not an output, but this run's all the same.
+            fresh.extend(pipeline.upstream_params_hash(i));
         }
     }
     let me = Project::of(&pipeline.file);

@@ -144,6 +144,13 @@ impl Pipeline {
             .collect();
         serde_json::to_vec_pretty(&serde_json::json!({ "stages": stages })).expect("JSON values serialise")
     }
+
+    /// The hash of stage `i`'s [`Self::upstream_params`] document where it
+    /// reads one: the object the engine stores for it when it runs.
+    pub fn upstream_params_hash(&self, i: usize) -> Option<crate::digest::ArtifactHash> {
+        let reads = self.stages[i].inputs.values().flatten().any(|r| *r == InputRef::UpstreamParams);
+        reads.then(|| crate::digest::ArtifactHash::of_bytes(&self.upstream_params(i)))
+    }
 }
 
 /// Loads and checks a pipeline file.

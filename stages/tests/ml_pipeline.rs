@@ -282,6 +282,9 @@ fn flagship_shape_runs_caches_reruns_verifies_and_repairs_through_cairn() {
     let again = p.cairn(&["run"]);
     assert_eq!(again.code, 0, "{}", again.all());
     assert_eq!(again.cached(), STAGES, "a second run must be all cache hits:\n{}", again.all());
+    // Nothing the run made is garbage, the report's params document included.
+    let gc = p.cairn(&["gc", "--dry-run", "--keep-runs", "0"]);
+    assert!(gc.stdout.contains("would delete 0 object(s)"), "{}", gc.all());
 
     // The same data under another name is the same input: `load`'s key
     // holds the archive's content, not its path. Only the report, which
