@@ -41,10 +41,6 @@ pub struct ExecRequest<'a> {
     pub check_inputs: &'a (dyn Fn() -> Result<(), StageFailure> + Sync),
 }
 
-pub fn now_rfc3339() -> String {
-    crate::cache::gc::format_time(time::OffsetDateTime::now_utc())
-}
-
 /// Runs the stage's kind; a panicking in-process kind fails its stage,
 /// not the whole run.
 fn run_kind(stage: &Stage, ctx: &mut StageCtx<'_>) -> Result<(), StageFailure> {
@@ -87,7 +83,7 @@ pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFai
     let outputs: BTreeMap<String, PathBuf> =
         stage.checked.outputs.iter().map(|o| (o.name.clone(), out_dir.join(o.file_name()))).collect();
 
-    let started_at = now_rfc3339();
+    let started_at = crate::timestamp::now();
     let t0 = Instant::now();
     let mut ctx = StageCtx {
         stage: &stage.name,
@@ -116,7 +112,7 @@ pub fn execute(cache: &Cache, req: ExecRequest<'_>) -> Result<Executed, StageFai
         stage: stage.name.clone(),
         outputs: records.clone(),
         started_at,
-        finished_at: now_rfc3339(),
+        finished_at: crate::timestamp::now(),
         duration_s,
         cairn_version: env!("CARGO_PKG_VERSION").to_string(),
         metrics: metrics.clone(),

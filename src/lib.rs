@@ -26,6 +26,7 @@ pub mod remote;
 pub mod runner;
 pub mod shell;
 pub mod spec;
+pub mod timestamp;
 pub mod artifacts;
 pub mod history;
 pub mod lock;

@@ -259,12 +259,17 @@ fn cairn_with(p: &Project, cache: &std::path::Path, args: &[&str]) -> common::Ru
     p.cairn(&all)
 }
 
+/// A directory for a shared cache (`cache` in it), and two projects whose
+/// stage `b` differs.
+fn two_projects() -> (tempfile::TempDir, Project, Project) {
+    let b = Project::new(&CHAIN.replace("SUFFIX = \"one\"", "SUFFIX = \"bee\""));
+    (tempfile::tempdir().unwrap(), Project::new(CHAIN), b)
+}
+
 #[test]
 fn projects_sharing_a_cache_keep_their_own_results_history_and_refs() {
-    let shared = tempfile::tempdir().unwrap();
+    let (shared, a, b) = two_projects();
     let cache = shared.path().join("cache");
-    let a = Project::new(CHAIN);
-    let b = Project::new(&CHAIN.replace("SUFFIX = \"one\"", "SUFFIX = \"bee\""));
     assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
     let first_b = cairn_with(&b, &cache, &["run"]);
     assert_eq!(first_b.outcome("a").as_deref(), Some("cached"), "a's result is b's hit: {}", first_b.all());
@@ -336,10 +341,8 @@ fn project_record(cache: &std::path::Path, pipeline: &std::path::Path) -> (std::
 
 #[test]
 fn a_project_whose_pipeline_file_is_gone_is_kept_for_a_grace_period() {
-    let shared = tempfile::tempdir().unwrap();
+    let (shared, a, b) = two_projects();
     let cache = shared.path().join("cache");
-    let a = Project::new(CHAIN);
-    let b = Project::new(&CHAIN.replace("SUFFIX = \"one\"", "SUFFIX = \"bee\""));
     assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
     assert_eq!(cairn_with(&b, &cache, &["run"]).code, 0);
     let b_file = b.path().join("pipeline.toml").canonicalize().unwrap();

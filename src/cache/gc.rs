@@ -18,6 +18,7 @@ use super::projects::{OtherProject, Project};
 use super::{Cache, CacheError};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::history::HistoryRow;
+use crate::timestamp;
 
 /// Where interrupted executions of resumable kinds keep their checkpoints,
 /// one directory per stage key. Never objects: nothing in it is a result.
@@ -112,22 +113,8 @@ pub struct Held {
     /// When `gc` first found it gone (now, where its record did not say).
     pub since: time::OffsetDateTime,
     pub until: time::OffsetDateTime,
-}
-
-impl Held {
     /// Whether its record already notes `since`.
-    fn noted(&self) -> bool {
-        self.project.gone_since.as_deref().and_then(parse_time) == Some(self.since)
-    }
-}
-
-fn parse_time(t: &str) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-}
-
-/// `t` in RFC 3339, as records note it.
-pub fn format_time(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    noted: bool,
 }
 
 /// Sorts the other projects into live, held and forgotten ones.
@@ -139,14 +126,15 @@ fn sort_projects(cache: &Cache, me: &Project, forget: &Forget) -> (Vec<OtherProj
         } else if p.exists() {
             others.push(p);
         } else {
-            let since = p.gone_since.as_deref().and_then(parse_time).unwrap_or(forget.now);
+            let noted = p.gone_since.as_deref().and_then(timestamp::parse);
+            let since = noted.unwrap_or(forget.now);
             // A date near the calendar's end (a hostile record, a grace of
             // millions of days) keeps the project rather than overflowing.
             let until = since.checked_add(forget.grace).unwrap_or(time::PrimitiveDateTime::MAX.assume_utc());
             if until <= forget.now {
                 gone.push(p);
             } else {
-                held.push(Held { project: p, since, until });
+                held.push(Held { project: p, since, until, noted: noted.is_some() });
             }
         }
     }
@@ -209,7 +197,7 @@ fn last_written(dir: &Path) -> (String, u64) {
         }
     }
     let latest = times.into_iter().flatten().max().map(time::OffsetDateTime::from);
-    let stamp = latest.map(format_time).unwrap_or_default();
+    let stamp = latest.map(timestamp::format).unwrap_or_default();
     (stamp.replace([':', '-'], "").chars().take(15).collect(), bytes)
 }
 
@@ -275,8 +263,8 @@ fn note_projects(cache: &Cache, roots: &Roots) -> Result<(), CacheError> {
     for p in &roots.gone {
         cache.forget(p)?;
     }
-    for h in roots.held.iter().filter(|h| !h.noted()) {
-        cache.note_gone_since(&h.project, Some(&format_time(h.since)))?;
+    for h in roots.held.iter().filter(|h| !h.noted) {
+        cache.note_gone_since(&h.project, Some(&timestamp::format(h.since)))?;
     }
     for p in roots.others.iter().filter(|p| p.gone_since.is_some() && !p.elsewhere()) {
         cache.note_gone_since(p, None)?;

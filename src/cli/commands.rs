@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use cairn::cache::gc::{format_time, Forget, Held};
+use cairn::cache::gc::{Forget, Held};
+use cairn::timestamp;
 use cairn::cache::{Cache, CacheLock, Project};
 use cairn::digest::ArtifactHash;
 use cairn::env::Environment;
@@ -528,7 +529,7 @@ fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, forget: &
     }
     if !roots.held.is_empty() {
         let runs = if keep_runs > 0 { " (and their newest runs)" } else { "" };
-        let until = |h: &Held| format!("\n  {} (gone since {}; kept until {})", h.project.pipeline, format_time(h.since), format_time(h.until));
+        let until = |h: &Held| format!("\n  {} (gone since {}; kept until {})", h.project.pipeline, timestamp::format(h.since), timestamp::format(h.until));
         let each = roots.held.iter().map(until).collect::<String>();
         println!("kept what {} project(s) whose pipeline file is gone last ran or hit{runs}, for {gone_days} day(s) after gc first found each gone (`--forget` drops one now):{each}", roots.held.len());
     }

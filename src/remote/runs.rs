@@ -32,7 +32,7 @@ impl RunRecord {
             schema: super::REMOTE_SCHEMA,
             run_id: run_id.to_string(),
             pipeline: pipeline.to_string(),
-            finished_at: crate::exec::now_rfc3339(),
+            finished_at: crate::timestamp::now(),
             cairn_version: env!("CARGO_PKG_VERSION").to_string(),
             keys,
         }

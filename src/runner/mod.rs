@@ -239,7 +239,7 @@ pub fn run(
     observer: &dyn Observer,
     cancel: &AtomicBool,
 ) -> Result<RunReport, RunError> {
-    let started_at = crate::exec::now_rfc3339();
+    let started_at = crate::timestamp::now();
     let warn = |m: String| observer.warn(&m);
     let mut resolver = Resolver::new(pipeline, cache, env, &warn);
     resolver.repair = !opts.dry_run;
@@ -611,7 +611,7 @@ impl<'a> Scheduler<'a> {
         RunReport {
             run_id: run_id(&started_at),
             started_at,
-            finished_at: crate::exec::now_rfc3339(),
+            finished_at: crate::timestamp::now(),
             profile: self.pipeline.profile.as_ref().map(|p| p.0.clone()),
             stages,
             interrupted,

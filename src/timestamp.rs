@@ -1,0 +1,20 @@
+//! RFC 3339 timestamps in UTC, as manifests, run records and project
+//! records hold them.
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Now, in RFC 3339.
+pub fn now() -> String {
+    format(OffsetDateTime::now_utc())
+}
+
+/// `t` in RFC 3339 (empty for a date outside its four-digit years).
+pub fn format(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// An RFC 3339 timestamp, or `None` for anything else.
+pub fn parse(t: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(t, &Rfc3339).ok()
+}
