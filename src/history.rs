@@ -45,6 +45,11 @@ fn runs_dir(cache_root: &Path) -> PathBuf {
     cache_root.join("runs")
 }
 
+/// The file that records run `run_id`.
+pub fn record_path(cache_root: &Path, run_id: &str) -> PathBuf {
+    runs_dir(cache_root).join(format!("{run_id}.parquet"))
+}
+
 fn status_name(o: &Outcome) -> &'static str {
     match o {
         Outcome::Cached => "cached",
@@ -112,7 +117,7 @@ pub fn record(cache: &crate::cache::Cache, report: &RunReport, pipeline: &Pipeli
         // (every sweep has a point, every variant belongs to one).
         .with("sweep", json(&|r| if r.sweep.is_empty() { String::new() } else { serde_json::to_string(&r.sweep).unwrap_or_default() }))
         .with("sweep_points", json(&|r| if r.sweep_points.is_empty() { String::new() } else { serde_json::to_string(&r.sweep_points).unwrap_or_default() }));
-    let path = runs_dir(cache.root()).join(format!("{}.parquet", report.run_id));
+    let path = record_path(cache.root(), &report.run_id);
     let tmp = cache.root().join("tmp").join(format!("{}.parquet", report.run_id));
     table.write(&tmp)?;
     std::fs::rename(&tmp, &path).map_err(|source| TableError::Io { path: path.clone(), source })?;
@@ -134,8 +139,7 @@ pub fn run_ids(cache_root: &Path) -> Vec<String> {
 
 /// The rows of one run.
 pub fn load(cache_root: &Path, run_id: &str) -> Result<Vec<HistoryRow>, TableError> {
-    let path = runs_dir(cache_root).join(format!("{run_id}.parquet"));
-    let t = Table::read(&path)?;
+    let t = Table::read(&record_path(cache_root, run_id))?;
     let strs = |name: &str| -> Vec<String> {
         match t.column(name) {
             Some(Column::Str(v)) => v.clone(),

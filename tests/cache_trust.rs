@@ -221,6 +221,25 @@ fn item5_a_damaged_object_is_replaced_by_a_forced_rerun_and_verify_reports_it() 
 }
 
 #[test]
+fn item5_a_directory_in_place_of_an_object_is_named_with_its_fix() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let object = object_with(&p, b"hello\n");
+    fs::remove_file(&object).unwrap();
+    fs::create_dir_all(object.join("inside")).unwrap();
+    let name = object.file_name().unwrap().to_str().unwrap();
+    for args in [&["status"][..], &["run"][..]] {
+        let r = p.cairn(args);
+        assert_eq!(r.code, 3, "{args:?}: {}", r.all());
+        let named = r.stderr.contains(&format!("{name} should be a cached object (a regular file) but is a directory or a special file"));
+        assert!(named && r.stderr.contains("rm -r "), "{args:?}: {}", r.all());
+    }
+    fs::remove_dir_all(&object).unwrap();
+    let r = p.cairn(&["run"]);
+    assert_eq!((r.code, r.outcome("a").as_deref()), (0, Some("ran")), "{}", r.all());
+}
+
+#[test]
 fn item5_verify_names_a_damaged_input_object_that_status_cannot_see() {
     // Damage that leaves the stat as it was (bit rot) is found only by
     // reading: simulate it by re-recording the damaged file's stat.

@@ -393,6 +393,61 @@ fn a_project_whose_pipeline_file_is_gone_is_kept_for_a_grace_period() {
     assert_eq!(std::fs::read_dir(cache.join("projects")).unwrap().count(), 1);
 }
 
+/// How many objects the store under `cache` holds.
+fn object_count(cache: &std::path::Path) -> usize {
+    std::fs::read_dir(cache.join("objects")).unwrap().flatten().map(|shard| std::fs::read_dir(shard.path()).unwrap().count()).sum()
+}
+
+#[test]
+fn gc_deletes_nothing_while_a_record_it_cannot_read_may_name_what_to_keep() {
+    let (shared, a, b) = two_projects();
+    let cache = shared.path().join("cache");
+    assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
+    assert_eq!(cairn_with(&b, &cache, &["run"]).code, 0);
+    // a's "two" output is then named only by a's second run record.
+    assert_eq!(cairn_with(&a, &cache, &["run", "--set", "b.env.SUFFIX=two"]).code, 0);
+    assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
+    let objects = object_count(&cache);
+    let refused = |what: &std::path::Path| {
+        for args in [&["gc", "--dry-run", "--keep-runs", "0"][..], &["gc"][..]] {
+            let gc = cairn_with(&a, &cache, args);
+            assert_eq!(gc.code, 3, "{args:?}: {}", gc.all());
+            let named = gc.stderr.contains(&format!("gc cannot read 1 record(s) in the cache, so it cannot know what they keep, and deletes nothing:\n  {}: ", what.display()));
+            assert!(named && gc.stderr.contains("move it out of the cache"), "{args:?}: {}", gc.all());
+        }
+        assert_eq!(object_count(&cache), objects, "nothing deleted");
+    };
+
+    // b's record cut short: whose it was cannot be known, so b's "bee"
+    // output is not collected as if b had never run.
+    let (record, _) = project_record(&cache, &b.path().join("pipeline.toml").canonicalize().unwrap());
+    let whole = std::fs::read(&record).unwrap();
+    std::fs::write(&record, &whole[..whole.len() / 2]).unwrap();
+    refused(&record);
+    std::fs::write(&record, &whole).unwrap();
+
+    // A run record that does not parse may be one of the newest runs.
+    // (Its columns are stored uncompressed: the run's params are in it.)
+    let set = b"b.env.SUFFIX=two";
+    let named_two = |p: &std::path::PathBuf| std::fs::read(p).unwrap().windows(set.len()).any(|w| w == set);
+    let two = std::fs::read_dir(cache.join("runs")).unwrap().flatten().map(|e| e.path()).find(named_two).expect("the run with SUFFIX=two");
+    std::fs::write(&two, b"not parquet").unwrap();
+    refused(&two);
+
+    // Moved out of the cache, as the help says: gc goes on, and what only
+    // that record named goes.
+    std::fs::remove_file(&two).unwrap();
+    let gc = cairn_with(&a, &cache, &["gc"]);
+    assert!(gc.code == 0 && gc.stdout.contains("deleted 1 object(s)"), "{}", gc.all());
+
+    // The project's own record is known by its name: damaged, it holds
+    // nothing gc needs (a run rewrites it).
+    let (mine, _) = project_record(&cache, &a.path().join("pipeline.toml").canonicalize().unwrap());
+    std::fs::write(&mine, b"{").unwrap();
+    let gc = cairn_with(&a, &cache, &["gc", "--dry-run"]);
+    assert!(gc.code == 0 && gc.stdout.contains("would delete 0 object(s)"), "{}", gc.all());
+}
+
 #[test]
 fn refs_of_a_cache_made_before_projects_were_recorded_are_read_then_replaced() {
     let p = Project::new(CHAIN);

@@ -642,6 +642,20 @@ fn remote_gc_keeps_what_the_last_runs_need_and_is_a_dry_run_unless_asked() {
     assert!(r.stdout.contains("add --delete"), "{}", r.all());
     assert_eq!((listed("manifests"), listed("objects"), listed("runs")), before);
 
+    // A newest run record that does not parse could name anything kept.
+    let bad = object_store::path::Path::from("team/v1/runs/99991231T235959-0000000000000000.json");
+    w.block_on(async { w.store().put(&bad, "{\"keys\":".into()).await }).unwrap();
+    let with_bad = (listed("manifests"), listed("objects"), listed("runs"));
+    for delete in [false, true] {
+        let args = [&["remote", "gc", "--keep-runs", "1", "--grace-hours", "0"][..], if delete { &["--delete"][..] } else { &[][..] }].concat();
+        let r = cairn(&a, &w, &args);
+        assert_eq!(r.code, 3, "{}", r.all());
+        let named = r.stderr.contains("1 run record(s) among those gc keeps do not parse") && r.stderr.contains(&format!("\n  {bad}\n"));
+        assert!(named && r.stderr.contains("deletes nothing"), "{}", r.all());
+        assert_eq!((listed("manifests"), listed("objects"), listed("runs")), with_bad);
+    }
+    w.block_on(async { w.store().delete(&bad).await }).unwrap();
+
     let r = cairn(&a, &w, &["remote", "gc", "--keep-runs", "1", "--grace-hours", "0", "--delete"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("deleted 2 manifest(s), 2 object(s)"), "{}", r.all());

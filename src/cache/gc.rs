@@ -8,13 +8,15 @@
 //! that set and the manifests that name deleted objects, so no manifest is
 //! left pointing at nothing, and the training checkpoints nothing will
 //! resume (see [`orphan_checkpoints`]). It runs under the cache lock, so
-//! it can never race a run that is writing new entries.
+//! it can never race a run that is writing new entries. A project or run
+//! record that does not parse could name anything, so `gc` then deletes
+//! nothing and names the record ([`CacheError::UnreadableRecords`]).
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::projects::{OtherProject, Project};
+use super::projects::{OtherProject, Project, UnreadableRecord};
 use super::{Cache, CacheError};
 use crate::digest::{ArtifactHash, StageKey};
 use crate::history::HistoryRow;
@@ -118,9 +120,9 @@ pub struct Held {
 }
 
 /// Sorts the other projects into live, held and forgotten ones.
-fn sort_projects(cache: &Cache, me: &Project, forget: &Forget) -> (Vec<OtherProject>, Vec<Held>, Vec<OtherProject>) {
+fn sort_projects(projects: Vec<OtherProject>, forget: &Forget) -> (Vec<OtherProject>, Vec<Held>, Vec<OtherProject>) {
     let (mut others, mut held, mut gone) = (Vec::new(), Vec::new(), Vec::new());
-    for p in cache.other_projects(me) {
+    for p in projects {
         if forget.named.contains(&p.pipeline) {
             gone.push(p);
         } else if p.exists() {
@@ -144,9 +146,12 @@ fn sort_projects(cache: &Cache, me: &Project, forget: &Forget) -> (Vec<OtherProj
 /// The roots of a collection run by project `me`, whose fresh outputs are
 /// `fresh`: those, what every other live or held project last ran or hit,
 /// and what each such project's newest `keep_runs` runs reference. A run
-/// recorded before runs named their project counts as `me`'s.
-pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_runs: usize, forget: &Forget) -> Roots {
-    let (others, held, gone) = sort_projects(cache, me, forget);
+/// recorded before runs named their project counts as `me`'s. A project
+/// or run record that does not parse could name anything, so it is an
+/// error ([`CacheError::UnreadableRecords`]) rather than nothing to keep.
+pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_runs: usize, forget: &Forget) -> Result<Roots, CacheError> {
+    let (projects, mut unreadable) = cache.other_projects(me);
+    let (others, held, gone) = sort_projects(projects, forget);
     let kept = || others.iter().chain(held.iter().map(|h| &h.project));
     let mut keep = fresh;
     for key in kept().flat_map(|p| p.keys.values()) {
@@ -154,10 +159,22 @@ pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_ru
             keep.extend(m.outputs.values().map(|o| o.hash));
         }
     }
-    let mut runs: Vec<(String, Vec<HistoryRow>)> = crate::history::run_ids(cache.root())
-        .into_iter()
-        .filter_map(|id| Some((id.clone(), crate::history::load(cache.root(), &id).ok()?)))
-        .collect();
+    let mut runs: Vec<(String, Vec<HistoryRow>)> = Vec::new();
+    for id in crate::history::run_ids(cache.root()) {
+        match crate::history::load(cache.root(), &id) {
+            Ok(rows) => runs.push((id, rows)),
+            Err(e) => {
+                let path = crate::history::record_path(cache.root(), &id);
+                // The table's error names the file first; the list does too.
+                let msg = e.to_string();
+                let reason = msg.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&msg).to_string();
+                unreadable.push(UnreadableRecord { path, reason });
+            }
+        }
+    }
+    if !unreadable.is_empty() {
+        return Err(CacheError::UnreadableRecords { records: unreadable });
+    }
     runs.reverse();
     let live = std::iter::once(me.clone()).chain(kept().map(|o| Project { pipeline: o.pipeline.clone() }));
     let mut newest = Vec::new();
@@ -168,7 +185,7 @@ pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_ru
             keep.extend(rows.iter().flat_map(|r| r.outputs.values()).filter_map(|h| h.parse::<ArtifactHash>().ok()));
         }
     }
-    Roots { keep, others, held, gone, newest }
+    Ok(Roots { keep, others, held, gone, newest })
 }
 
 /// Whose run `rows` are: the project they name, else `me`.

@@ -75,6 +75,19 @@ struct KeyOnly {
     key: StageKey,
 }
 
+/// A record in the cache that cannot be read (a project's or a run's),
+/// and why.
+#[derive(Debug)]
+pub struct UnreadableRecord {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// One line per record: its path and why it cannot be read.
+pub fn list_unreadable(records: &[UnreadableRecord]) -> String {
+    records.iter().map(|r| format!("\n  {}: {}", r.path.display(), r.reason)).collect()
+}
+
 /// Another project that used the cache, as `gc` sees it.
 pub struct OtherProject {
     pub pipeline: String,
@@ -135,23 +148,35 @@ impl Cache {
         Ok(())
     }
 
-    /// Every project but `me` that recorded refs here (unreadable records
-    /// skipped; none where `projects/` is not a real directory, since
-    /// `gc` deletes the records of projects that are gone).
-    pub fn other_projects(&self, me: &Project) -> Vec<OtherProject> {
-        let Some(root) = super::store::real_dir(self.root().join(DIR)) else { return Vec::new() };
-        let Ok(dir) = fs::read_dir(root) else { return Vec::new() };
-        let mut out = Vec::new();
+    /// Every project but `me` that recorded refs here (none where
+    /// `projects/` is not a real directory, since `gc` deletes the records
+    /// of projects that are gone), and the records that do not parse:
+    /// whose they are cannot be known, so `gc` keeps everything while one
+    /// is there. `me`'s own record is known by its name and not read.
+    pub fn other_projects(&self, me: &Project) -> (Vec<OtherProject>, Vec<UnreadableRecord>) {
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
+        let Some(root) = super::store::real_dir(self.root().join(DIR)) else { return (out, bad) };
+        let Ok(dir) = fs::read_dir(root) else { return (out, bad) };
+        let mine = me.file_name();
         for e in dir.flatten() {
-            let Ok(bytes) = fs::read(e.path()) else { continue };
-            let Ok(r) = serde_json::from_slice::<Record<KeyOnly>>(&bytes) else { continue };
-            if r.pipeline != me.pipeline {
-                let keys = r.stages.into_iter().map(|(s, k)| (s, k.key)).collect();
-                out.push(OtherProject { pipeline: r.pipeline, host: r.host, keys, gone_since: r.gone_since, record: e.path() });
+            let name = e.file_name();
+            if name.to_str() == Some(mine.as_str()) || !name.to_string_lossy().ends_with(".json") {
+                continue;
+            }
+            let parsed = fs::read(e.path())
+                .map_err(|err| err.to_string())
+                .and_then(|bytes| serde_json::from_slice::<Record<KeyOnly>>(&bytes).map_err(|err| err.to_string()));
+            match parsed {
+                Ok(r) if r.pipeline == me.pipeline => {}
+                Ok(r) => {
+                    let keys = r.stages.into_iter().map(|(s, k)| (s, k.key)).collect();
+                    out.push(OtherProject { pipeline: r.pipeline, host: r.host, keys, gone_since: r.gone_since, record: e.path() });
+                }
+                Err(reason) => bad.push(UnreadableRecord { path: e.path(), reason }),
             }
         }
         out.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
-        out
+        (out, bad)
     }
 
     /// Deletes the record of a project whose pipeline file is gone.

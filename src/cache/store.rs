@@ -142,7 +142,7 @@ impl Cache {
         let p = self.object_path(h);
         let hashed = match self.dirs.objects.file_stat(&p) {
             Ok(Some(stat)) => self.stat.hash_object_at(&p, stat),
-            Ok(None) => Err(HashError::Special { path: p }),
+            Ok(None) => return Err(CacheError::NotAnObject { path: p }),
             Err(e) => Err(HashError::Io { path: p, source: e }),
         };
         match hashed {

@@ -506,7 +506,7 @@ fn cmd_gc(cli: &Cli, config: &Config, dry_run: bool, keep_runs: usize, forget: &
     let now = time::OffsetDateTime::now_utc();
     let now = now - time::Duration::nanoseconds(now.nanosecond().into()); // whole seconds, as printed
     let forget = Forget { named, grace: time::Duration::days(gone_days.into()), now };
-    let roots = cairn::cache::gc::roots(&cache, &me, fresh, keep_runs, &forget);
+    let roots = cairn::cache::gc::roots(&cache, &me, fresh, keep_runs, &forget).map_err(|e| fail(console, exit::IO, e))?;
     let report = cairn::cache::gc::collect(&cache, &roots, dry_run).map_err(|e| fail(console, exit::IO, e))?;
     let verb = if dry_run { "would delete" } else { "deleted" };
     println!(
@@ -547,7 +547,7 @@ fn recorded_projects(cache: &Cache, me: &Project, named: &[PathBuf]) -> Result<B
     if named.is_empty() {
         return Ok(BTreeSet::new());
     }
-    let recorded: Vec<String> = cache.other_projects(me).into_iter().map(|p| p.pipeline).collect();
+    let recorded: Vec<String> = cache.other_projects(me).0.into_iter().map(|p| p.pipeline).collect();
     let mut out = BTreeSet::new();
     for path in named {
         let (given, resolved) = (path.to_string_lossy().into_owned(), Project::of(path).pipeline);

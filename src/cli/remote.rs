@@ -420,7 +420,7 @@ fn cmd_remote_gc(cli: &Cli, config: &Config, opts: GcOptions, console: &Console)
     let remote = required(config, &pipeline, console)?;
     let report = remote.gc(opts).map_err(|e| fail(console, exit_code(&e), e))?;
     for bad in &report.bad_runs {
-        console.warn_line(&format!("run record {bad} does not parse; kept, and what it lists is not known"));
+        console.warn_line(&format!("run record {bad} does not parse; kept (it is older than the runs kept, so what it lists would go either way)"));
     }
     let verb = if opts.delete { "deleted" } else { "would delete" };
     println!(

@@ -12,6 +12,8 @@
 //! the grace period, each by its own age, which nothing reads once their
 //! job has ended (only a requeued job reads its checkpoints, and a job
 //! that is running rewrites them).
+//! A run record among those kept that does not parse could name anything,
+//! so gc then deletes nothing and names it ([`RemoteError::UnreadableRuns`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -60,8 +62,12 @@ pub struct GcReport {
     pub kept_objects: Tally,
     /// Files of finished jobs of the remote data plane.
     pub jobs: Tally,
-    /// Run records that do not parse (kept, reported).
+    /// Run records that do not parse, older than those kept (kept,
+    /// reported: readable, what they list would not be kept either).
     pub bad_runs: Vec<String>,
+    /// Run records that do not parse among those kept: what they keep is
+    /// not known, so gc stops before deleting anything.
+    pub bad_kept_runs: Vec<String>,
 }
 
 impl Remote {
@@ -76,6 +82,9 @@ impl Remote {
         let now = now_secs();
         let young = |meta: &ObjectMeta| now.saturating_sub(unix(meta)) < opts.grace.as_secs();
         let (keep_keys, old_runs) = self.mark_runs(&mut report, opts.keep_runs, &young)?;
+        if !report.bad_kept_runs.is_empty() {
+            return Err(RemoteError::UnreadableRuns { url: self.display.clone(), records: report.bad_kept_runs });
+        }
         let (keep_objects, doomed_manifests) = self.mark_manifests(&mut report, &keep_keys, &young)?;
         let doomed_objects = self.mark_objects(&mut report, &keep_objects, &young)?;
         let mut doomed_jobs = Vec::new();
@@ -99,9 +108,11 @@ impl Remote {
         let mut keep_keys = BTreeSet::new();
         let mut old_runs = Vec::new();
         for (i, (meta, record)) in runs.into_iter().enumerate() {
+            let kept = i >= newest || young(&meta);
             match record {
+                None if kept => report.bad_kept_runs.push(meta.location.to_string()),
                 None => report.bad_runs.push(meta.location.to_string()),
-                Some(r) if i >= newest || young(&meta) => {
+                Some(r) if kept => {
                     report.runs_kept += 1;
                     keep_keys.extend(r.keys.into_values());
                 }

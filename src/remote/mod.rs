@@ -174,6 +174,10 @@ pub enum RemoteError {
     /// The local cache could not be read or written.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    /// Run records `remote gc` would keep do not parse, so what they keep
+    /// is not known (exit 3).
+    #[error("remote {url}: {} run record(s) among those gc keeps do not parse, so it cannot know what they keep, and deletes nothing:{}\n  help: a record that does not parse cannot be repaired: delete it from the remote (it lists only what a past run pushed), then run `cairn remote gc` again", records.len(), records.iter().map(|r| format!("\n  {r}")).collect::<String>())]
+    UnreadableRuns { url: String, records: Vec<String> },
 }
 
 /// An open remote. Cheap requests happen only when something is asked.
