@@ -703,6 +703,11 @@ fn saved_overrides_apply_to_later_commands() {
     assert_eq!(p.cairn(&["run"]).outcome("b").as_deref(), Some("cached"));
     assert_eq!(p.cairn(&["run", "--save-overrides"]).outcome("b").as_deref(), Some("ran"));
     assert_eq!(p.read_artifact("b", "text.txt"), "hello\none\n");
+    // A damaged file is named, with the way out.
+    std::fs::write(p.path().join("cairn.local.toml"), b"set = [\xff]").unwrap();
+    let bad = p.cairn(&["status"]);
+    assert_eq!(bad.code, 2, "{}", bad.all());
+    assert!(bad.stderr.contains("cairn.local.toml is not valid: not UTF-8 text") && bad.stderr.contains("delete it"), "{}", bad.all());
 }
 
 /// `build.rs` links `cairn` at a fixed address on Linux (no start-up

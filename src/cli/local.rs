@@ -40,6 +40,8 @@ impl Overrides {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            // Bytes that are not text are a damaged file, not a read error.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(LocalError::Parse { path, message: "not UTF-8 text".into() }),
             Err(source) => return Err(LocalError::Read { path, source }),
         };
         parse(&text).map_err(|message| LocalError::Parse { path, message })
