@@ -44,9 +44,9 @@ run-lite0: setup
 # CI=true (.ci/run) a missing prerequisite that CI installs fails instead.
 SKIP_LOG := $(CURDIR)/target/skipped-tests.txt
 test: setup
-	@mkdir -p target && rm -f $(SKIP_LOG)
-	CAIRN_SKIP_LOG=$(SKIP_LOG) $(CARGO) test $(CARGO_FLAGS) --workspace
-	@if [ -s $(SKIP_LOG) ]; then echo "$$(wc -l < $(SKIP_LOG)) test(s) skipped (counted as passed above):"; sort $(SKIP_LOG); fi
+	@mkdir -p target && rm -f "$(SKIP_LOG)"
+	CAIRN_SKIP_LOG="$(SKIP_LOG)" $(CARGO) test $(CARGO_FLAGS) --workspace
+	@if [ -s "$(SKIP_LOG)" ]; then echo "$$(wc -l < "$(SKIP_LOG)") test(s) skipped (counted as passed above):"; sort "$(SKIP_LOG)"; fi
 
 bench: setup
 	bash scripts/bench.sh
@@ -59,7 +59,7 @@ TORCH_VERSION := $(shell sed -n 's/^TORCH_VERSION=//p' scripts/setup-torch.sh)
 TORCH_HOME ?= $(or $(CAIRN_TORCH_HOME),$(HOME)/.cache/cairn/torch-$(TORCH_VERSION))
 PAIRS ?= 5
 bench-train: setup
-	$(TORCH_HOME)/bin/python scripts/bench_train_ratio.py $(PAIRS)
+	"$(TORCH_HOME)/bin/python" scripts/bench_train_ratio.py $(PAIRS)
 
 # The flagship from an empty cache, timed, with the CPU and the facts its
 # stages were keyed on: a block for BENCHMARKS.md. ISA=AVX2 caps oneDNN,
