@@ -237,3 +237,59 @@ fn dry_run_on_a_chain_counts_every_stage_that_would_run() {
     let r = p.cairn(&["run", "--dry-run"]);
     assert!(r.stderr.contains("dry run: 2 would run, 1 cached"), "{}", r.stderr);
 }
+
+/// Every file cairn keeps for a project, relative to it: the cache's, the
+/// lock and the artifacts' record (the artifacts themselves are the
+/// cache's objects, hard-linked).
+fn kept_files(p: &Project) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut out = vec![p.path().join("cairn.lock"), p.path().join("artifacts/.cairn-artifacts.json")];
+    walk(&p.cache(), &mut out);
+    out.into_iter().map(|f| f.strip_prefix(p.path()).unwrap().to_path_buf()).collect()
+}
+
+#[test]
+fn any_kept_file_damaged_any_way_is_an_error_or_a_repair_never_a_panic() {
+    let base = Project::new(CHAIN);
+    assert_eq!(base.cairn(&["run"]).code, 0);
+    assert_eq!(base.cairn(&["run", "--force", "a"]).code, 0);
+    let files = kept_files(&base);
+    assert!(files.iter().any(|f| f.starts_with("cache/runs")) && files.iter().any(|f| f.starts_with("cache/projects")), "{files:?}");
+    let cut_short = |f: &std::path::Path| {
+        let bytes = std::fs::read(f).unwrap();
+        std::fs::write(f, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    let replaced_by_a_directory = |f: &std::path::Path| {
+        std::fs::remove_file(f).unwrap();
+        std::fs::create_dir_all(f.join("inside")).unwrap();
+    };
+    let damage: [(&str, &dyn Fn(&std::path::Path)); 5] = [
+        ("emptied", &|f| std::fs::write(f, b"").unwrap()),
+        ("cut short", &cut_short),
+        ("overwritten with garbage", &|f| std::fs::write(f, b"\x00\xff{[not what it was").unwrap()),
+        ("overwritten with JSON null", &|f| std::fs::write(f, b"null").unwrap()),
+        ("replaced by a directory", &replaced_by_a_directory),
+    ];
+    let commands: [&[&str]; 9] = [&["run"], &["status"], &["explain", "c"], &["inspect", "c"], &["runs"], &["diff"], &["gc", "--dry-run"], &["gc"], &["cache", "verify"]];
+    for rel in &files {
+        for (how, harm) in &damage {
+            let p = Project::new(CHAIN);
+            let copied = std::process::Command::new("cp").arg("-a").arg(base.path().join(".")).arg(p.path()).status().unwrap();
+            assert!(copied.success());
+            harm(&p.path().join(rel));
+            for args in commands {
+                let r = p.cairn(args);
+                let clean = (0..=3).contains(&r.code) && !r.stderr.contains("panicked");
+                assert!(clean, "{} {how}: `cairn {}` exited {}:\n{}", rel.display(), args.join(" "), r.code, r.all());
+            }
+        }
+    }
+}
