@@ -256,6 +256,9 @@ fn kept_files(p: &Project) -> Vec<std::path::PathBuf> {
     out.into_iter().map(|f| f.strip_prefix(p.path()).unwrap().to_path_buf()).collect()
 }
 
+/// One way of damaging a file.
+type Harm = dyn Fn(&std::path::Path);
+
 #[test]
 fn any_kept_file_damaged_any_way_is_an_error_or_a_repair_never_a_panic() {
     let base = Project::new(CHAIN);
@@ -271,7 +274,7 @@ fn any_kept_file_damaged_any_way_is_an_error_or_a_repair_never_a_panic() {
         std::fs::remove_file(f).unwrap();
         std::fs::create_dir_all(f.join("inside")).unwrap();
     };
-    let damage: [(&str, &dyn Fn(&std::path::Path)); 5] = [
+    let damage: [(&str, &Harm); 5] = [
         ("emptied", &|f| std::fs::write(f, b"").unwrap()),
         ("cut short", &cut_short),
         ("overwritten with garbage", &|f| std::fs::write(f, b"\x00\xff{[not what it was").unwrap()),
