@@ -619,9 +619,17 @@ impl<'a> Scheduler<'a> {
     }
 }
 
-/// The id of the run that started at `started_at` (RFC 3339), in this process.
+/// The id of the run that started at `started_at` (RFC 3339), in this
+/// process: the start to the millisecond, so that ids sort as runs started
+/// (`diff`'s last two, `gc`'s newest runs), then the process id, so that
+/// runs started together differ. `gc` reads the first 15 characters as the
+/// start to the second.
 fn run_id(started_at: &str) -> String {
-    format!("{}-{:04x}", started_at.replace([':', '-'], "").chars().take(15).collect::<String>(), std::process::id() & 0xffff)
+    let digits = started_at.replace([':', '-'], "");
+    let second: String = digits.chars().take(15).collect();
+    let fraction = digits.split_once('.').map_or("", |(_, f)| f);
+    let millis: String = fraction.chars().take_while(char::is_ascii_digit).chain(std::iter::repeat('0')).take(3).collect();
+    format!("{second}.{millis}-{:04x}", std::process::id() & 0xffff)
 }
 
 
@@ -635,5 +643,20 @@ fn report(stage: &Stage, outcome: Outcome, key: Option<StageKey>, reasons: Vec<D
         duration_s: 0.0,
         outputs: BTreeMap::new(),
         metrics: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_id;
+
+    #[test]
+    fn run_ids_sort_as_runs_started_within_a_second() {
+        let pid = format!("-{:04x}", std::process::id() & 0xffff);
+        assert_eq!(run_id("2026-12-07T12:45:31.048123456Z"), format!("20261207T124531.048{pid}"));
+        assert_eq!(run_id("2026-12-07T12:45:31.5Z"), format!("20261207T124531.500{pid}"));
+        assert_eq!(run_id("2026-12-07T12:45:31Z"), format!("20261207T124531.000{pid}"));
+        let ids = ["2026-12-07T12:45:31Z", "2026-12-07T12:45:31.009Z", "2026-12-07T12:45:31.1Z", "2026-12-07T12:45:32.001Z"].map(run_id);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     }
 }
