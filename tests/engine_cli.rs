@@ -266,6 +266,15 @@ fn two_projects() -> (tempfile::TempDir, Project, Project) {
     (tempfile::tempdir().unwrap(), Project::new(CHAIN), b)
 }
 
+/// [`two_projects`], each run once on the shared cache (its path second).
+fn two_projects_that_ran() -> (tempfile::TempDir, std::path::PathBuf, Project, Project) {
+    let (shared, a, b) = two_projects();
+    let cache = shared.path().join("cache");
+    assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
+    assert_eq!(cairn_with(&b, &cache, &["run"]).code, 0);
+    (shared, cache, a, b)
+}
+
 #[test]
 fn projects_sharing_a_cache_keep_their_own_results_history_and_refs() {
     let (shared, a, b) = two_projects();
@@ -341,10 +350,7 @@ fn project_record(cache: &std::path::Path, pipeline: &std::path::Path) -> (std::
 
 #[test]
 fn a_project_whose_pipeline_file_is_gone_is_kept_for_a_grace_period() {
-    let (shared, a, b) = two_projects();
-    let cache = shared.path().join("cache");
-    assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
-    assert_eq!(cairn_with(&b, &cache, &["run"]).code, 0);
+    let (_shared, cache, a, b) = two_projects_that_ran();
     let b_file = b.path().join("pipeline.toml").canonicalize().unwrap();
     let away = b.path().join("moved.toml");
     let gc = || cairn_with(&a, &cache, &["gc", "--keep-runs", "0"]);
@@ -400,10 +406,7 @@ fn object_count(cache: &std::path::Path) -> usize {
 
 #[test]
 fn gc_deletes_nothing_while_a_record_it_cannot_read_may_name_what_to_keep() {
-    let (shared, a, b) = two_projects();
-    let cache = shared.path().join("cache");
-    assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
-    assert_eq!(cairn_with(&b, &cache, &["run"]).code, 0);
+    let (_shared, cache, a, b) = two_projects_that_ran();
     // a's "two" output is then named only by a's second run record.
     assert_eq!(cairn_with(&a, &cache, &["run", "--set", "b.env.SUFFIX=two"]).code, 0);
     assert_eq!(cairn_with(&a, &cache, &["run"]).code, 0);
