@@ -4,8 +4,9 @@
 //! `cairn-worker --probe` loads the libtorch its stages run on and prints a
 //! [`Probe`] — the libtorch version actually loaded, whether CUDA is usable
 //! and the device's name, the CPU kernels libtorch dispatches to
-//! (`DEFAULT`/`AVX2`/`AVX512`) and the CPU's native bf16 instructions — and
-//! the version of every kind it implements. A probe from a worker of another
+//! (`DEFAULT`/`AVX2`/`AVX512`, with the vendor of a CPU not Intel's) and
+//! the CPU's native bf16 instructions — and the version of every kind it
+//! implements. A probe from a worker of another
 //! checkout (other protocol or kind versions) is refused. When the worker is
 //! missing or its probe fails, the stages that need these facts fail with
 //! the reason and the fix (`make setup`), and their keys hold `unknown`, so

@@ -31,6 +31,9 @@
 //!   `cuda:<device name>`); for kinds whose float reductions depend on the
 //!   thread count, when on the CPU, also `threads`, `cpu_capability` (the
 //!   kernels libtorch dispatches to: `DEFAULT`, `AVX2`, `AVX512`…, with
+//!   the CPU's vendor where it is not Intel (`AVX2, on AuthenticAMD`: MKL
+//!   picks other matrix-product kernels on AMD than on Intel at the same
+//!   instruction set), with
 //!   oneDNN's cap when `ONEDNN_MAX_CPU_ISA` or `DNNL_MAX_CPU_ISA` sets one,
 //!   and `MKL_ENABLE_INSTRUCTIONS` and `MKL_CBWR` where set, as they change
 //!   which kernels compute matrix products)

@@ -290,24 +290,36 @@ mod facts {
             .ok_or_else(|| "libtorch's build settings name no TORCH_VERSION".to_string())
     }
 
-    /// ATen's kernel class (`DEFAULT`/`AVX2`/`AVX512`), oneDNN's
-    /// instruction-set cap where one is set, and MKL's settings where set:
-    /// oneDNN and MKL pick their convolution and matrix-product kernels on
-    /// their own, and capping them (`ONEDNN_MAX_CPU_ISA=AVX2`,
-    /// `MKL_ENABLE_INSTRUCTIONS=AVX2`, as one does to stand in for an older
-    /// CPU) changes the numbers and makes training 1.8x slower on an AVX512
-    /// CPU (BENCHMARKS).
+    /// ATen's kernel class (`DEFAULT`/`AVX2`/`AVX512`), the CPU's vendor
+    /// where it is not Intel, oneDNN's instruction-set cap where one is
+    /// set, and MKL's settings where set: oneDNN and MKL pick their
+    /// convolution and matrix-product kernels on their own, and capping
+    /// them (`ONEDNN_MAX_CPU_ISA=AVX2`, `MKL_ENABLE_INSTRUCTIONS=AVX2`, as
+    /// one does to stand in for an older CPU) changes the numbers and makes
+    /// training 1.8x slower on an AVX512 CPU (BENCHMARKS). MKL also picks
+    /// its kernels by vendor (its own `_zen` matrix products on AMD), so an
+    /// AVX2 Intel CPU and an AVX2 AMD one, alike to ATen, are told apart.
     pub fn cpu_capability() -> Result<String, String> {
-        let mut fact = shim_string(cairn_probe_cpu_capability).ok_or_else(|| "libtorch cannot say its CPU capability".to_string())?;
-        if let Some(isa) = onednn_cap() {
+        let aten = shim_string(cairn_probe_cpu_capability).ok_or_else(|| "libtorch cannot say its CPU capability".to_string())?;
+        let mkl: Vec<(&str, String)> = cairn_kind::protocol::MKL_VARS.iter().filter_map(|&var| Some((var, setting(var)?))).collect();
+        Ok(capability_fact(&aten, vendor().as_deref(), onednn_cap().as_deref(), &mkl))
+    }
+
+    /// The `cpu_capability` fact of ATen's class `aten` on a CPU of
+    /// `vendor` (x86 CPUID's string), oneDNN capped at `onednn`, MKL's
+    /// settings `mkl`: the rule alone, without libtorch.
+    pub(super) fn capability_fact(aten: &str, vendor: Option<&str>, onednn: Option<&str>, mkl: &[(&str, String)]) -> String {
+        let mut fact = aten.to_string();
+        if let Some(v) = vendor.filter(|v| *v != INTEL) {
+            fact += &format!(", on {v}");
+        }
+        if let Some(isa) = onednn {
             fact += &format!(", oneDNN capped at {isa}");
         }
-        for var in cairn_kind::protocol::MKL_VARS {
-            if let Some(value) = setting(var) {
-                fact += &format!(", {var}={value}");
-            }
+        for (var, value) in mkl {
+            fact += &format!(", {var}={value}");
         }
-        Ok(fact)
+        fact
     }
 
     /// A library setting from the environment, trimmed; unset or blank is
@@ -353,17 +365,27 @@ mod facts {
         }
     }
 
-    /// Whether the CPU is Intel's (CPUID's vendor string).
+    /// CPUID's vendor string of an Intel CPU.
+    const INTEL: &str = "GenuineIntel";
+
+    /// Whether the CPU is Intel's.
     fn intel() -> bool {
+        vendor().as_deref() == Some(INTEL)
+    }
+
+    /// The CPU's vendor string from CPUID (`GenuineIntel`, `AuthenticAMD`,
+    /// `HygonGenuine`…); `None` off x86-64.
+    fn vendor() -> Option<String> {
         #[cfg(target_arch = "x86_64")]
         {
             // CPUID leaf 0 exists on every x86-64 CPU; its vendor string
             // is in EBX, EDX, ECX.
             let r = std::arch::x86_64::__cpuid(0);
-            [r.ebx, r.edx, r.ecx].map(u32::to_le_bytes) == [*b"Genu", *b"ineI", *b"ntel"]
+            let bytes: Vec<u8> = [r.ebx, r.edx, r.ecx].iter().flat_map(|w| w.to_le_bytes()).collect();
+            Some(String::from_utf8_lossy(&bytes).trim().to_string())
         }
         #[cfg(not(target_arch = "x86_64"))]
-        false
+        None
     }
 
     /// `cuda:<name of device 0>` when libtorch can use CUDA, else `cpu`.
@@ -387,7 +409,19 @@ mod facts {
 
 #[cfg(test)]
 mod tests {
-    use super::facts::native_bf16_of;
+    use super::facts::{capability_fact, native_bf16_of};
+
+    /// The probe's `cpu_capability`: an Intel CPU's is ATen's class, any
+    /// other vendor's names it (MKL's kernels differ), then the caps.
+    #[test]
+    fn cpu_capability_names_a_vendor_other_than_intel_then_the_caps() {
+        assert_eq!(capability_fact("AVX2", Some("GenuineIntel"), None, &[]), "AVX2");
+        assert_eq!(capability_fact("AVX2", Some("AuthenticAMD"), None, &[]), "AVX2, on AuthenticAMD");
+        assert_eq!(capability_fact("SVE256", None, None, &[]), "SVE256");
+        let mkl = [("MKL_ENABLE_INSTRUCTIONS", "AVX2".to_string())];
+        assert_eq!(capability_fact("AVX512", Some("AuthenticAMD"), Some("AVX2"), &mkl), "AVX512, on AuthenticAMD, oneDNN capped at AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2");
+        assert_eq!(capability_fact("AVX512", Some("GenuineIntel"), Some("AVX2"), &[]), "AVX512, oneDNN capped at AVX2");
+    }
 
     /// The probe's `native_bf16` on CPUs CI may never run on: the best flag,
     /// an Intel CPU's AVX512-BF16 told apart (no faster than fp32 there),

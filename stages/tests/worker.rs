@@ -104,14 +104,19 @@ fn probe_reports_facts_from_libtorch() {
     assert!(p.libtorch_path.as_ref().is_some_and(|l| l.is_file()), "{:?}", p.libtorch_path);
     assert_eq!(p.cuda, p.device.starts_with("cuda:"), "{p:?}");
     assert!(p.cuda || p.device == "cpu", "{p:?}");
-    assert!(["DEFAULT", "AVX2", "AVX512", "ZVECTOR", "SVE256"].contains(&p.cpu_capability.as_str()), "{p:?}");
+    // ATen's class, then the vendor where it is not Intel.
+    let aten = p.cpu_capability.split(", on ").next().unwrap_or_default();
+    assert!(["DEFAULT", "AVX2", "AVX512", "ZVECTOR", "SVE256"].contains(&aten), "{p:?}");
+    let amd = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("AuthenticAMD");
+    assert_eq!(p.cpu_capability.ends_with(", on AuthenticAMD"), amd, "{p:?}");
     assert!(!p.native_bf16.is_empty(), "{p:?}");
     for k in cairn_kinds::all() {
         assert_eq!(p.kinds.get(k.info().name), Some(&k.info().version), "{p:?}");
     }
     // The capability is the one libtorch dispatches to, so it follows
     // libtorch's own override.
-    assert_eq!(probe(&[("ATEN_CPU_CAPABILITY", "default")]).cpu_capability, "DEFAULT");
+    let vendor = &p.cpu_capability[aten.len()..];
+    assert_eq!(probe(&[("ATEN_CPU_CAPABILITY", "default")]).cpu_capability, format!("DEFAULT{vendor}"));
     // oneDNN picks its convolution kernels on its own: a cap on it is part
     // of the fact.
     let capped = probe(&[("DNNL_MAX_CPU_ISA", "avx2")]);

@@ -248,7 +248,9 @@ pub struct Probe {
     /// `cuda:<name of device 0>` when `cuda`, else `cpu`.
     pub device: String,
     /// The CPU kernels libtorch dispatches to: `DEFAULT`, `AVX2`, `AVX512`
-    /// on x86 (`ATEN_CPU_CAPABILITY` can lower it).
+    /// on x86 (`ATEN_CPU_CAPABILITY` can lower it), followed by the CPU's
+    /// vendor where it is not Intel (`, on AuthenticAMD`), oneDNN's cap and
+    /// MKL's settings where set.
     pub cpu_capability: String,
     /// The CPU's native bf16 instructions, best first (`amx_bf16`,
     /// `avx512_bf16`, [`AVX512_BF16_INTEL`], [`AVX_NE_CONVERT_ONLY`]…), or `none`
