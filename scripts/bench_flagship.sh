@@ -62,7 +62,7 @@ echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1); $(nproc) CPUs;
 import json, sys
 p = json.load(sys.stdin)
 cap, bf16 = p["cpu_capability"], p["native_bf16"]
-# cairn_kind::protocol::bf16_outruns_fp32
+# cairn_kind::bf16::bf16_outruns_fp32 (crates/cairn-kind/src/bf16.rs)
 auto = "fp32" if bf16 in ("none", "avx512_bf16_intel", "avx_ne_convert_only") or bf16.startswith("unknown") else "bf16"
 print(f"worker facts: cpu_capability = {cap}, native_bf16 = {bf16} (precision auto: {auto}, where a profile leaves it auto)")'
 echo "commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD || echo ' (with uncommitted changes)'); $(date -u +%Y-%m-%dT%H:%MZ)"

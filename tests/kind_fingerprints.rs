@@ -14,7 +14,9 @@
 //! `crate::` in that crate. Every kind's include `lib.rs`, which seeds
 //! libtorch and sets its thread count for a job, and `ctx.rs`, through
 //! which a kind reads its job (seed, threads, the keyed `native_bf16`
-//! fact). Left out: test files (`tests.rs`, `*_tests.rs`) and the process
+//! fact), and every kind that resolves a `precision` (`precision.rs`)
+//! includes the rule it applies to that fact (`crates/cairn-kind/src/bf16.rs`:
+//! the fact is keyed, what `auto` makes of it is this code). Left out: test files (`tests.rs`, `*_tests.rs`) and the process
 //! around a job (`main.rs`: it reads the job and refuses one keyed for
 //! other facts; `alloc.rs`: the heap).
 //! The fingerprint is blake3 over each file's path and bytes (line endings
@@ -56,6 +58,8 @@ const PLUMBING: [&str; 2] = ["main.rs", "alloc.rs"];
 /// Worker files every job runs through that decide what it computes with.
 const JOB: [&str; 2] = ["lib.rs", "ctx.rs"];
 const PINS: &str = "stages/kinds/fingerprints.toml";
+/// The rule `precision = "auto"` follows, outside the worker's crate.
+const PRECISION_RULE: &str = "crates/cairn-kind/src/bf16.rs";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -188,6 +192,11 @@ fn sources(roots: &[&str]) -> BTreeSet<PathBuf> {
             }
         }
     }
+    // What `auto` precision computes with is a rule over a keyed fact,
+    // applied by `precision.rs`: its kinds' results follow the rule.
+    if files.contains(&src().join("precision.rs")) {
+        files.insert(root().join(PRECISION_RULE));
+    }
     let rust: Vec<String> = files.iter().map(|f| read(f)).collect();
     for entry in std::fs::read_dir(root().join("stages/csrc")).unwrap() {
         let cpp = entry.unwrap().path();
@@ -306,9 +315,12 @@ fn sources_follow_crate_paths_and_shims() {
         "crates/cairn-formats/src/tensor.rs",
         "crates/cairn-formats/src/table.rs",
         "crates/cairn-formats/src/safetensors.rs",
+        PRECISION_RULE,
     ] {
         assert!(train.contains(Path::new(f)), "{f} missing from {train:?}");
     }
+    assert!(sources(&["evaluate.rs"]).contains(Path::new(PRECISION_RULE)), "evaluate's auto precision follows the rule");
+    assert!(!sources(&["data/resize.rs"]).contains(Path::new(PRECISION_RULE)), "resize has no precision");
     assert!(train.contains(Path::new("stages/src/lib.rs")) && train.contains(Path::new("stages/src/ctx.rs")), "{train:?}");
     assert!(!train.iter().any(|f| f.ends_with("main.rs") || f.ends_with("interop_tests.rs")), "{train:?}");
     let load = sources(&["data/load_subset.rs"]);

@@ -22,6 +22,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod bf16;
 pub mod protocol;
 
 /// What an output holds, which fixes its file extension and how `inspect`

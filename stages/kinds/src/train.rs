@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use cairn_kind::protocol::{bf16_outruns_fp32, has_native_bf16};
+pub use cairn_kind::bf16::{auto_uses_bf16, bf16_outruns_fp32, has_native_bf16};
 use cairn_kind::{ArtifactType, Checked, EnvNeeds, InputRef, InputSlot, Kind, KindInfo, OutputDecl, ParamError};
 
 use crate::{canonical, typed, Declared};
@@ -291,7 +291,7 @@ impl Precision {
         match self {
             Precision::Fp32 => false,
             Precision::Bf16 => true,
-            Precision::Auto => cuda || bf16_outruns_fp32(native_bf16),
+            Precision::Auto => auto_uses_bf16(cuda, native_bf16),
         }
     }
 }
