@@ -11,14 +11,21 @@
 //! `crates/cairn-formats` they use (`cairn_formats::<module>`, or an item
 //! its `lib.rs` re-exports from one; the files read and written through
 //! them are the kinds' inputs and outputs), with what those reach through
-//! `crate::` in that crate. Every kind's include `lib.rs`, which seeds
+//! `crate::` in that crate. Also its declaration in `stages/kinds/src` and
+//! the declarations the worker files name (`cairn_kinds::<module>`), with
+//! what those reach through `crate::`: besides params, they hold methods the
+//! worker computes with (normalisation constants, the trainable blocks,
+//! crops by epoch); each `const VERSION` line is left out, so a bump keeps
+//! the fingerprint. Every kind's include `lib.rs`, which seeds
 //! libtorch and sets its thread count for a job, and `ctx.rs`, through
 //! which a kind reads its job (seed, threads, the keyed `native_bf16`
 //! fact), and every kind that resolves a `precision` (`precision.rs`)
 //! includes the rule it applies to that fact (`crates/cairn-kind/src/bf16.rs`:
-//! the fact is keyed, what `auto` makes of it is this code). Left out: test files (`tests.rs`, `*_tests.rs`) and the process
-//! around a job (`main.rs`: it reads the job and refuses one keyed for
-//! other facts; `alloc.rs`: the heap).
+//! the fact is keyed, what `auto` makes of it is this code). Left out: test
+//! files (`tests.rs`, `*_tests.rs`; a declaration's inline tests are in),
+//! the declarations' `lib.rs` (canonical params, which enter the key
+//! themselves), and the process around a job (`main.rs`: it reads the job
+//! and refuses one keyed for other facts; `alloc.rs`: the heap).
 //! The fingerprint is blake3 over each file's path and bytes (line endings
 //! normalised), in path order. The pins live in
 //! `stages/kinds/fingerprints.toml`.
@@ -72,6 +79,13 @@ fn src() -> PathBuf {
 /// The artifact-format crate the worker reads and writes through.
 fn formats_src() -> PathBuf {
     root().join("crates/cairn-formats/src")
+}
+
+/// The kinds' declarations (`cairn-kinds`): params, and the methods on them
+/// the worker computes with (normalisation constants, trainable blocks,
+/// crops by epoch…).
+fn decls_src() -> PathBuf {
+    root().join("stages/kinds/src")
 }
 
 fn is_test_file(path: &Path) -> bool {
@@ -172,23 +186,28 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).replace("\r\n", "\n")
 }
 
-/// Every source file of a kind, by path relative to the repository.
-fn sources(roots: &[&str]) -> BTreeSet<PathBuf> {
+/// Every source file of a kind declared in `decl`, by path relative to the
+/// repository.
+fn sources(decl: &str, roots: &[&str]) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
     let mut todo: Vec<PathBuf> = roots.iter().chain(&JOB).flat_map(|r| files_of(r)).collect();
+    todo.push(decls_src().join(decl));
     while let Some(file) = todo.pop() {
         let plumbing = file.strip_prefix(src()).is_ok_and(|rel| PLUMBING.iter().any(|p| rel == Path::new(p)));
         if is_test_file(&file) || plumbing || !files.insert(file.clone()) {
             continue;
         }
         let text = read(&file);
-        let tree = if file.starts_with(formats_src()) { formats_src() } else { src() };
+        let tree = [formats_src(), decls_src()].into_iter().find(|t| file.starts_with(t)).unwrap_or_else(src);
         for module in crate_modules(&text) {
             todo.extend(module_files(&tree, &module));
         }
         if tree == src() {
             for module in formats_modules(&text) {
                 todo.extend(module_files(&formats_src(), &module));
+            }
+            for module in path_heads(&text, "cairn_kinds::") {
+                todo.extend(module_files(&decls_src(), &module));
             }
         }
     }
@@ -212,13 +231,24 @@ fn sources(roots: &[&str]) -> BTreeSet<PathBuf> {
 fn fingerprint(files: &BTreeSet<PathBuf>) -> String {
     let mut h = blake3::Hasher::new();
     for rel in files {
-        let text = read(&root().join(rel));
+        let text = without_versions(&read(&root().join(rel)));
         for part in [rel.to_string_lossy().as_bytes(), text.as_bytes()] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part);
         }
     }
     h.finalize().to_hex()[..32].to_string()
+}
+
+/// `text` with each `const VERSION: u32 = N;` made `= _`: a declaration's
+/// version is pinned on its own, so bumping it leaves the fingerprint.
+fn without_versions(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|l| match l.split_once("const VERSION: u32 = ") {
+            Some((head, rest)) => format!("{head}const VERSION: u32 = _;{}", if rest.ends_with('\n') { "\n" } else { "" }),
+            None => l.to_string(),
+        })
+        .collect()
 }
 
 /// `[kind] version = N, fingerprint = "…"` from the pin file.
@@ -243,14 +273,14 @@ fn kind_sources_match_their_pinned_versions() {
             problems.push(format!("kind `{name}` has no sources listed: add it to KINDS in tests/kind_fingerprints.rs"));
             continue;
         };
-        let fp = fingerprint(&sources(roots));
+        let fp = fingerprint(&sources(decl_file, roots));
         let set = format!("set `[{name}]` to `version = {version}` and `fingerprint = \"{fp}\"` in {PINS}");
         match pins.get(name) {
             Some((v, f)) if *v == version as i64 && *f == fp => {}
             Some((v, _)) if *v == version as i64 => problems.push(format!(
                 "the implementation sources of kind `{name}` changed, but its version is still {version}.\n  \
                  If results can change: bump `VERSION` for `{name}` in stages/kinds/src/{decl_file} to {next}, then set \
-                 `[{name}]` to `version = {next}` and `fingerprint = \"{fp}\"` in {PINS} (declarations are not \
+                 `[{name}]` to `version = {next}` and `fingerprint = \"{fp}\"` in {PINS} (its `VERSION` line is not \
                  fingerprinted, so the value stays).\n  If they cannot (a refactor, comments): set only `fingerprint = \"{fp}\"`.",
                 next = version + 1
             )),
@@ -286,7 +316,7 @@ fn the_command_kind_is_pinned_to_its_code() {
 /// or changes to it would go unnoticed.
 #[test]
 fn every_stage_source_belongs_to_a_kind() {
-    let covered: BTreeSet<PathBuf> = KINDS.iter().flat_map(|(_, _, roots)| sources(roots)).collect();
+    let covered: BTreeSet<PathBuf> = KINDS.iter().flat_map(|(_, decl, roots)| sources(decl, roots)).collect();
     let missing: Vec<String> = rs_files_below(&src())
         .into_iter()
         .filter(|f| !is_test_file(f))
@@ -303,7 +333,7 @@ fn every_stage_source_belongs_to_a_kind() {
 
 #[test]
 fn sources_follow_crate_paths_and_shims() {
-    let train = sources(&["train"]);
+    let train = sources("train.rs", &["train"]);
     for f in [
         "stages/src/train/mod.rs",
         "stages/src/models/fast.rs",
@@ -319,13 +349,17 @@ fn sources_follow_crate_paths_and_shims() {
     ] {
         assert!(train.contains(Path::new(f)), "{f} missing from {train:?}");
     }
-    assert!(sources(&["evaluate.rs"]).contains(Path::new(PRECISION_RULE)), "evaluate's auto precision follows the rule");
-    assert!(!sources(&["data/resize.rs"]).contains(Path::new(PRECISION_RULE)), "resize has no precision");
+    assert!(train.contains(Path::new("stages/kinds/src/train.rs")), "the declaration's methods are the kind's code");
+    let evaluate = sources("eval.rs", &["evaluate.rs"]);
+    assert!(evaluate.contains(Path::new(PRECISION_RULE)), "evaluate's auto precision follows the rule");
+    assert!(evaluate.contains(Path::new("stages/kinds/src/train.rs")), "evaluate's model spec is train's declaration");
+    assert!(!sources("data.rs", &["data/resize.rs"]).contains(Path::new(PRECISION_RULE)), "resize has no precision");
+    assert_eq!(without_versions("a\n    pub const VERSION: u32 = 16;\nb"), "a\n    pub const VERSION: u32 = _;\nb");
     assert!(train.contains(Path::new("stages/src/lib.rs")) && train.contains(Path::new("stages/src/ctx.rs")), "{train:?}");
     assert!(!train.iter().any(|f| f.ends_with("main.rs") || f.ends_with("interop_tests.rs")), "{train:?}");
-    let load = sources(&["data/load_subset.rs"]);
+    let load = sources("data.rs", &["data/load_subset.rs"]);
     assert!(!load.contains(Path::new("stages/src/train/mod.rs")), "the job files pull in no kind's code: {load:?}");
-    let gradcam = sources(&["gradcam"]);
+    let gradcam = sources("gradcam.rs", &["gradcam"]);
     assert!(gradcam.contains(Path::new("stages/src/models/fast.rs")), "a shared model change must reach gradcam");
     assert_eq!(crate_modules("use crate::{tensors, weights::X};\nuse crate::ctx::Y;"), BTreeSet::from(["ctx".into(), "tensors".into(), "weights".into()]));
     let used = formats_modules("use cairn_formats::{write_tensor, Column};\nuse cairn_formats::safetensors;\n/// cairn_formats::NotAnItem");

@@ -21,8 +21,9 @@
 //! is parsed once, straight into a `Job`.)
 //!
 //! Versions live here, next to the params: bump a kind's `VERSION` whenever
-//! its worker code changes results. `tests/kind_fingerprints.rs` pins a
-//! fingerprint of each kind's worker sources to its version
+//! its worker code, or a method of its declaration the worker computes
+//! with, changes results. `tests/kind_fingerprints.rs` pins a fingerprint
+//! of each kind's worker sources and declarations to its version
 //! (`stages/kinds/fingerprints.toml`), so a change without a bump fails
 //! `make test`; the worker refuses jobs keyed with another version.
 
