@@ -427,6 +427,10 @@ fn gc_deletes_nothing_while_a_record_it_cannot_read_may_name_what_to_keep() {
     let whole = std::fs::read(&record).unwrap();
     std::fs::write(&record, &whole[..whole.len() / 2]).unwrap();
     refused(&record);
+    // `cache verify` lists it with the rest of the cache's damage.
+    let v = cairn_with(&a, &cache, &["cache", "verify"]);
+    assert_eq!(v.code, 1, "{}", v.all());
+    assert!(v.stdout.contains(&format!("damaged   record {}: ", record.display())) && v.stdout.contains("1 project or run record(s) damaged"), "{}", v.all());
     std::fs::write(&record, &whole).unwrap();
 
     // A run record that does not parse may be one of the newest runs.

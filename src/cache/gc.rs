@@ -159,19 +159,8 @@ pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_ru
             keep.extend(m.outputs.values().map(|o| o.hash));
         }
     }
-    let mut runs: Vec<(String, Vec<HistoryRow>)> = Vec::new();
-    for id in crate::history::run_ids(cache.root()) {
-        match crate::history::load(cache.root(), &id) {
-            Ok(rows) => runs.push((id, rows)),
-            Err(e) => {
-                let path = crate::history::record_path(cache.root(), &id);
-                // The table's error names the file first; the list does too.
-                let msg = e.to_string();
-                let reason = msg.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&msg).to_string();
-                unreadable.push(UnreadableRecord { path, reason });
-            }
-        }
-    }
+    let (mut runs, bad_runs) = load_runs(cache);
+    unreadable.extend(bad_runs);
     if !unreadable.is_empty() {
         return Err(CacheError::UnreadableRecords { records: unreadable });
     }
@@ -186,6 +175,25 @@ pub fn roots(cache: &Cache, me: &Project, fresh: BTreeSet<ArtifactHash>, keep_ru
         }
     }
     Ok(Roots { keep, others, held, gone, newest })
+}
+
+/// Every recorded run, oldest first, with its id; and the run records
+/// that do not parse.
+fn load_runs(cache: &Cache) -> (Vec<(String, Vec<HistoryRow>)>, Vec<UnreadableRecord>) {
+    let (mut runs, mut bad) = (Vec::new(), Vec::new());
+    for id in crate::history::run_ids(cache.root()) {
+        match crate::history::load(cache.root(), &id) {
+            Ok(rows) => runs.push((id, rows)),
+            Err(e) => {
+                let path = crate::history::record_path(cache.root(), &id);
+                // The table's error names the file first; the list does too.
+                let msg = e.to_string();
+                let reason = msg.strip_prefix(&format!("{}: ", path.display())).unwrap_or(&msg).to_string();
+                bad.push(UnreadableRecord { path, reason });
+            }
+        }
+    }
+    (runs, bad)
 }
 
 /// Whose run `rows` are: the project they name, else `me`.
@@ -298,6 +306,9 @@ pub struct VerifyReport {
     pub manifests: usize,
     /// Manifests that do not parse.
     pub bad_manifests: Vec<std::path::PathBuf>,
+    /// Project and run records that do not parse (`gc` stops while one is
+    /// there).
+    pub bad_records: Vec<UnreadableRecord>,
 }
 
 impl VerifyReport {
@@ -331,6 +342,9 @@ pub fn verify_all(cache: &Cache) -> Result<VerifyReport, CacheError> {
         }
     }
     report.problems.extend(missing.into_iter().map(|h| (h, "missing")));
+    // A project of no pipeline file: every project's record is read.
+    report.bad_records = cache.other_projects(&Project { pipeline: String::new() }).1;
+    report.bad_records.extend(load_runs(cache).1);
     Ok(report)
 }
 

@@ -694,15 +694,22 @@ fn cmd_cache_verify(cli: &Cli, console: &Console) -> CmdResult {
     for p in &report.bad_manifests {
         println!("damaged   manifest {}", p.display());
     }
+    for r in &report.bad_records {
+        println!("damaged   record {}: {}", r.path.display(), r.reason);
+    }
     println!(
-        "{} object(s) checked, {} damaged, {} missing; {} manifest(s) checked, {} damaged",
+        "{} object(s) checked, {} damaged, {} missing; {} manifest(s) checked, {} damaged; {} project or run record(s) damaged",
         report.checked,
         report.damaged(),
         report.missing(),
         report.manifests,
-        report.bad_manifests.len()
+        report.bad_manifests.len(),
+        report.bad_records.len()
     );
-    Ok(if report.problems.is_empty() && report.bad_manifests.is_empty() { exit::OK } else { exit::FAILED })
+    if !report.bad_records.is_empty() {
+        console.line("  help: a record that does not parse cannot be repaired: move it out of the cache (gc deletes nothing while one is there)");
+    }
+    Ok(if report.problems.is_empty() && report.bad_manifests.is_empty() && report.bad_records.is_empty() { exit::OK } else { exit::FAILED })
 }
 
 impl Console {

@@ -302,7 +302,8 @@ pub enum RemoteCmd {
 
 #[derive(Subcommand)]
 pub enum CacheCmd {
-    /// Re-hash every object and report damaged or missing ones.
+    /// Re-hash every object and report damaged or missing ones, and every
+    /// manifest, project record or run record that does not parse.
     Verify,
 }
 
