@@ -14,6 +14,12 @@ pub fn format(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
+/// RFC 3339 timestamp `t` to the second without separators
+/// (`20261207T124531`): how run ids start, and what `gc` compares with them.
+pub fn compact_second(t: &str) -> String {
+    t.chars().filter(|c| !matches!(c, ':' | '-')).take(15).collect()
+}
+
 /// An RFC 3339 timestamp, or `None` for anything else.
 pub fn parse(t: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(t, &Rfc3339).ok()

@@ -223,7 +223,7 @@ fn last_written(dir: &Path) -> (String, u64) {
     }
     let latest = times.into_iter().flatten().max().map(time::OffsetDateTime::from);
     let stamp = latest.map(timestamp::format).unwrap_or_default();
-    (stamp.replace([':', '-'], "").chars().take(15).collect(), bytes)
+    (timestamp::compact_second(&stamp), bytes)
 }
 
 /// Every object in the store, with its size.
@@ -365,8 +365,7 @@ mod tests {
     }
 
     fn stamp(t: SystemTime) -> String {
-        let t = time::OffsetDateTime::from(t);
-        t.format(&time::format_description::well_known::Rfc3339).unwrap().replace([':', '-'], "").chars().take(15).collect()
+        timestamp::compact_second(&timestamp::format(time::OffsetDateTime::from(t)))
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub enum CacheError {
     Hash(#[from] statcache::HashError),
     #[error("{} should be a cached object (a regular file) but is a directory or a special file\n  help: nothing cairn writes looks like this: remove it (`rm -r {}`) and run again; the stages whose output it was are recomputed", path.display(), path.display())]
     NotAnObject { path: PathBuf },
-    #[error("gc cannot read {} record(s) in the cache, so it cannot know what they keep, and deletes nothing:{}\n  help: a record that does not parse cannot be repaired: move it out of the cache (or delete it) and run gc again; a project is recorded again on its next run, and a run record lists only what a past run made", records.len(), projects::list_unreadable(records))]
+    #[error("gc cannot read {} record(s) in the cache, so it cannot know what they keep, and deletes nothing:{}\n  help: {}", records.len(), projects::list_unreadable(records), projects::UNREADABLE_HELP)]
     UnreadableRecords { records: Vec<projects::UnreadableRecord> },
 }
 

@@ -83,6 +83,9 @@ pub struct UnreadableRecord {
     pub reason: String,
 }
 
+/// What to do about a record that does not parse.
+pub const UNREADABLE_HELP: &str = "a record that does not parse cannot be repaired: move it out of the cache (or delete it) and run gc again; a project is recorded again on its next run, and a run record lists only what a past run made";
+
 /// One line per record: its path and why it cannot be read.
 pub fn list_unreadable(records: &[UnreadableRecord]) -> String {
     records.iter().map(|r| format!("\n  {}: {}", r.path.display(), r.reason)).collect()

@@ -707,7 +707,7 @@ fn cmd_cache_verify(cli: &Cli, console: &Console) -> CmdResult {
         report.bad_records.len()
     );
     if !report.bad_records.is_empty() {
-        console.line("  help: a record that does not parse cannot be repaired: move it out of the cache (gc deletes nothing while one is there)");
+        console.line(&format!("  help: {} (gc deletes nothing while one is there)", cairn::cache::projects::UNREADABLE_HELP));
     }
     Ok(if report.problems.is_empty() && report.bad_manifests.is_empty() && report.bad_records.is_empty() { exit::OK } else { exit::FAILED })
 }

@@ -65,9 +65,6 @@ pub struct GcReport {
     /// Run records that do not parse, older than those kept (kept,
     /// reported: readable, what they list would not be kept either).
     pub bad_runs: Vec<String>,
-    /// Run records that do not parse among those kept: what they keep is
-    /// not known, so gc stops before deleting anything.
-    pub bad_kept_runs: Vec<String>,
 }
 
 impl Remote {
@@ -82,9 +79,6 @@ impl Remote {
         let now = now_secs();
         let young = |meta: &ObjectMeta| now.saturating_sub(unix(meta)) < opts.grace.as_secs();
         let (keep_keys, old_runs) = self.mark_runs(&mut report, opts.keep_runs, &young)?;
-        if !report.bad_kept_runs.is_empty() {
-            return Err(RemoteError::UnreadableRuns { url: self.display.clone(), records: report.bad_kept_runs });
-        }
         let (keep_objects, doomed_manifests) = self.mark_manifests(&mut report, &keep_keys, &young)?;
         let doomed_objects = self.mark_objects(&mut report, &keep_objects, &young)?;
         let mut doomed_jobs = Vec::new();
@@ -101,16 +95,18 @@ impl Remote {
     }
 
     /// The stage keys the kept runs (the newest `keep_runs` and the young)
-    /// name, and the older runs to delete.
+    /// name, and the older runs to delete; an error naming the kept runs
+    /// that do not parse, whose keys cannot be known.
     fn mark_runs(&self, report: &mut GcReport, keep_runs: usize, young: &impl Fn(&ObjectMeta) -> bool) -> Result<(BTreeSet<StageKey>, Vec<RemotePath>), RemoteError> {
         let runs = self.run_records()?;
         let newest = runs.len().saturating_sub(keep_runs);
         let mut keep_keys = BTreeSet::new();
         let mut old_runs = Vec::new();
+        let mut unreadable = Vec::new();
         for (i, (meta, record)) in runs.into_iter().enumerate() {
             let kept = i >= newest || young(&meta);
             match record {
-                None if kept => report.bad_kept_runs.push(meta.location.to_string()),
+                None if kept => unreadable.push(meta.location.to_string()),
                 None => report.bad_runs.push(meta.location.to_string()),
                 Some(r) if kept => {
                     report.runs_kept += 1;
@@ -121,6 +117,9 @@ impl Remote {
                     old_runs.push(meta.location);
                 }
             }
+        }
+        if !unreadable.is_empty() {
+            return Err(RemoteError::UnreadableRuns { url: self.display.clone(), records: unreadable });
         }
         Ok((keep_keys, old_runs))
     }

@@ -625,9 +625,8 @@ impl<'a> Scheduler<'a> {
 /// runs started together differ. `gc` reads the first 15 characters as the
 /// start to the second.
 fn run_id(started_at: &str) -> String {
-    let digits = started_at.replace([':', '-'], "");
-    let second: String = digits.chars().take(15).collect();
-    let fraction = digits.split_once('.').map_or("", |(_, f)| f);
+    let second = crate::timestamp::compact_second(started_at);
+    let fraction = started_at.split_once('.').map_or("", |(_, f)| f);
     let millis: String = fraction.chars().take_while(char::is_ascii_digit).chain(std::iter::repeat('0')).take(3).collect();
     format!("{second}.{millis}-{:04x}", std::process::id() & 0xffff)
 }
