@@ -30,3 +30,4 @@ pub mod timestamp;
 pub mod artifacts;
 pub mod history;
 pub mod lock;
+pub mod memory;

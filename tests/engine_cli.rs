@@ -525,6 +525,32 @@ outputs = { o = "o.txt" }
     assert_eq!(again.outcome("bad").as_deref(), Some("FAILED"), "{}", again.all());
 }
 
+/// SIGKILL from outside, as the kernel's out-of-memory killer sends it (to
+/// the command itself, or to a program under it, which `sh` reports as
+/// exit status 137): the failure names the likely cause, the peak memory
+/// and this machine's limit.
+#[test]
+fn a_stage_killed_from_outside_is_named_as_likely_out_of_memory() {
+    let p = Project::new(
+        r#"
+[stages.direct]
+kind = "command"
+cmd = "kill -9 $$"
+outputs = { o = "o.txt" }
+
+[stages.child]
+kind = "command"
+cmd = "sh -c 'kill -9 $$'; exit $?"
+outputs = { o = "o.txt" }
+"#,
+    );
+    let r = p.cairn(&["run"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("signal: 9 (SIGKILL)") && r.stderr.contains("exit status: 137"), "{}", r.stderr);
+    assert_eq!(r.stderr.matches("help: SIGKILL came from outside cairn, most often from the kernel's out-of-memory killer").count(), 2, "{}", r.stderr);
+    assert_eq!(r.stderr.matches("and this machine allows").count(), 2, "{}", r.stderr);
+}
+
 #[test]
 fn a_failed_command_that_names_a_project_file_says_to_declare_it() {
     let p = Project::new(

@@ -3,9 +3,12 @@
 //! worker, the probe is cached so `status` does not start it twice, and a
 //! missing or stale worker fails the stages that need it with the fix. The
 //! worker here is a shell script standing in for `cairn-worker`, so these
-//! tests need no libtorch.
+//! tests need no libtorch; one takes a copy of the real worker whose
+//! libtorch is gone.
 
 mod common;
+#[path = "support/skip.rs"]
+mod skip;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -187,4 +190,35 @@ fn a_pipeline_without_a_cpu_fp32_profile_chooses_without_the_worker() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(p.read_artifact("s", "o.txt"), "cpu\n");
     assert!(calls(tools.path()).is_empty(), "the worker was started: {:?}", calls(tools.path()));
+}
+
+/// A copy of the real `cairn-worker` whose libtorch is gone (its RUNPATH,
+/// `…/torch/lib`, bent to a folder that does not exist): the dynamic loader
+/// refuses to start it, and the stage's error sends the user to `make
+/// setup`, which installs libtorch again.
+#[test]
+fn a_worker_whose_libtorch_is_gone_is_sent_to_make_setup() {
+    let test = "a_worker_whose_libtorch_is_gone_is_sent_to_make_setup";
+    let built = Path::new(env!("CARGO_BIN_EXE_cairn")).with_file_name("cairn-worker");
+    let Ok(mut bytes) = std::fs::read(&built) else {
+        return skip::missing(test, "cairn-worker is not built (`cargo build --release --workspace`)");
+    };
+    let (from, to) = (b"/torch/lib\0", b"/torch/gon\0");
+    let at: Vec<usize> = bytes.windows(from.len()).enumerate().filter(|(_, w)| w == from).map(|(i, _)| i).collect();
+    if at.is_empty() {
+        return skip::unavailable(test, "this cairn-worker finds libtorch elsewhere than a RUNPATH ending in torch/lib");
+    }
+    for i in at {
+        bytes[i..i + to.len()].copy_from_slice(to);
+    }
+    let tools = tempfile::tempdir().unwrap();
+    let worker = tools.path().join("cairn-worker");
+    std::fs::write(&worker, bytes).unwrap();
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = Project::new("[stages.load]\nkind = \"load_subset\"\nsource = \"data.tar.gz\"\ntrain_per_class = 1\n");
+    p.write("data.tar.gz", "not read: the worker never starts");
+    let r: common::Run = p.cmd(&["run"]).env("CAIRN_WORKER", &worker).output().unwrap().into();
+    assert_eq!(r.outcome("load").as_deref(), Some("FAILED"), "{}", r.all());
+    assert!(r.stderr.contains("error while loading shared libraries"), "{}", r.stderr);
+    assert!(r.stderr.contains("help: cairn-worker cannot load a library") && r.stderr.contains("run `make setup`"), "{}", r.stderr);
 }

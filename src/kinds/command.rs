@@ -25,6 +25,7 @@ use serde_json::Value;
 use crate::kind::{
     ArtifactType, Checked, EnvNeeds, InputSlot, OutputDecl, ParamError, StageCtx, StageFailure, StageKind,
 };
+use super::exit_hint::Process;
 
 pub struct Command;
 
@@ -194,9 +195,11 @@ impl StageKind for Command {
         ctx.metrics.insert("peak_rss_mb".into(), ended.peak_rss_mb());
         let status = ended.status;
         if !status.success() {
+            let stderr = String::from_utf8_lossy(&ended.stderr);
             return Err(StageFailure::new(format!(
-                "command exited with {status}\n  command: {cmd}{}{}",
-                super::supervise::stderr_tail(&String::from_utf8_lossy(&ended.stderr), "stderr"),
+                "command exited with {status}\n  command: {cmd}{}{}{}",
+                super::supervise::stderr_tail(&stderr, "stderr"),
+                super::exit_hint::hint(Process::Command, status, &stderr, ended.peak_rss).unwrap_or_default(),
                 undeclared_files_help(&p.cmd, ctx.project_dir)
             )));
         }

@@ -5,6 +5,7 @@
 //! kinds of `cairn-kinds` with [`Registry::with_worker_kinds`].
 
 pub mod command;
+mod exit_hint;
 mod supervise;
 pub mod worker_kind;
 

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::kind::{Checked, Kind, KindInfo, ParamError, StageCtx, StageFailure, StageKind};
 use crate::worker::{Event, Job, JobEnv, JobInput};
+use super::exit_hint::Process;
 use super::supervise::stderr_tail;
 
 /// A declared kind, run by the worker.
@@ -105,6 +106,8 @@ impl StageKind for WorkerKind {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&ended.stderr);
+        let said = format!("{}\n{stderr}", error_message.as_deref().unwrap_or_default());
+        let hint = super::exit_hint::hint(Process::Worker, status, &said, ended.peak_rss).unwrap_or_default();
         let message = match error_message {
             // The worker echoes its error as its last stderr line (for a
             // person running it by hand): shown once, with what came before.
@@ -114,7 +117,7 @@ impl StageKind for WorkerKind {
             },
             None => format!("cairn-worker exited with {status}{}", stderr_tail(&stderr, "worker stderr")),
         };
-        Err(StageFailure::new(message))
+        Err(StageFailure::new(message + &hint))
     }
 }
 

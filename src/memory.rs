@@ -1,0 +1,160 @@
+//! What the kernel says about memory, for messages about a stage that ran
+//! short of it: the most this process and its children may use (the
+//! machine's `MemTotal`, or less where the cgroup it runs in, or one of
+//! that cgroup's parents, sets a limit: v2 `memory.max`, v1
+//! `memory.limit_in_bytes`, as containers and CI runners do), and how much
+//! of the last 10 seconds some task spent stalled waiting for memory
+//! (pressure stall information: the cgroup's `memory.pressure` under v2,
+//! else the machine's `/proc/pressure/memory`). A machine that short of
+//! memory is reclaiming or swapping: work goes on, slower and slower,
+//! rather than failing, so a log must say so. Everything here is read
+//! when asked and is `None` where the kernel does not offer it.
+
+use std::path::{Path, PathBuf};
+
+/// A memory limit and where it comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub bytes: u64,
+    /// `the machine's memory`, or `its cgroup's limit`.
+    pub source: &'static str,
+}
+
+/// Stall shares at or above this (percent of the last 10 s with some task
+/// waiting for memory) mean a machine short of memory; an idle or busy one
+/// with room reads 0-1.
+pub const PRESSURE_SHOWN: f64 = 10.0;
+
+/// The limit this process lives under (see the module docs).
+pub fn limit() -> Option<Limit> {
+    let machine = meminfo_total(&std::fs::read_to_string("/proc/meminfo").ok()?);
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_limit(&c, Path::new("/sys/fs/cgroup")));
+    match (machine, cgroup) {
+        (Some(m), Some(c)) if c < m => Some(Limit { bytes: c, source: "its cgroup's limit" }),
+        (Some(m), _) => Some(Limit { bytes: m, source: "the machine's memory" }),
+        (None, c) => c.map(|bytes| Limit { bytes, source: "its cgroup's limit" }),
+    }
+}
+
+/// The percent of the last 10 s in which some task waited for memory.
+pub fn pressure() -> Option<f64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| unified_dir(&c, Path::new("/sys/fs/cgroup")));
+    let text = own
+        .and_then(|d| std::fs::read_to_string(d.join("memory.pressure")).ok())
+        .or_else(|| std::fs::read_to_string("/proc/pressure/memory").ok())?;
+    some_avg10(&text)
+}
+
+/// A heartbeat's note on memory pressure, when there is enough to matter.
+pub fn pressure_note() -> Option<String> {
+    let p = pressure().filter(|p| *p >= PRESSURE_SHOWN)?;
+    Some(format!("short of memory: tasks waited for it {p:.0}% of the last 10 s, so work slows (reclaiming or swapping)"))
+}
+
+/// Bytes as `1.9 GiB` or `700 MiB`.
+pub fn show_bytes(bytes: u64) -> String {
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.0} MiB")
+    }
+}
+
+fn meminfo_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The smallest limit set on the cgroup named in `proc_cgroup` (the text
+/// of `/proc/self/cgroup`) or on any of its parents, under `sys` (where
+/// the cgroup file systems are mounted). A value this large or `max` is
+/// no limit.
+fn cgroup_limit(proc_cgroup: &str, sys: &Path) -> Option<u64> {
+    const UNLIMITED: u64 = 1 << 62;
+    let mut files = Vec::new();
+    if let Some(dir) = unified_dir(proc_cgroup, sys) {
+        files.extend(ancestors(&dir, sys).map(|d| d.join("memory.max")));
+    }
+    if let Some(rel) = v1_memory_path(proc_cgroup) {
+        let root = sys.join("memory");
+        files.extend(ancestors(&root.join(rel), &root).map(|d| d.join("memory.limit_in_bytes")));
+    }
+    files.iter().filter_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok()).filter(|b| *b < UNLIMITED).min()
+}
+
+/// The v2 (unified) cgroup directory of this process, if one is mounted:
+/// at `sys` itself, or at `sys/unified` beside v1 controllers.
+fn unified_dir(proc_cgroup: &str, sys: &Path) -> Option<PathBuf> {
+    let rel = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/');
+    [sys.to_path_buf(), sys.join("unified")].into_iter().find(|m| m.join("cgroup.controllers").is_file()).map(|m| m.join(rel))
+}
+
+/// The path of this process's v1 memory cgroup (`N:memory:/path`, the
+/// controller possibly listed with others), relative to its hierarchy.
+fn v1_memory_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "memory").then(|| path.trim_start_matches('/'))
+    })
+}
+
+/// `dir` and each of its parents up to and including `root`.
+fn ancestors<'a>(dir: &'a Path, root: &'a Path) -> impl Iterator<Item = &'a Path> {
+    dir.ancestors().take_while(move |d| d.starts_with(root))
+}
+
+/// `avg10` of the `some` line of a pressure file.
+fn some_avg10(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with("some "))?;
+    line.split_whitespace().find_map(|f| f.strip_prefix("avg10="))?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn a_v1_limit_is_the_smallest_of_the_cgroup_and_its_parents() {
+        let sys = tempfile::tempdir().unwrap();
+        let mem = sys.path().join("memory");
+        write(&mem.join("memory.limit_in_bytes"), "9223372036854771712\n");
+        write(&mem.join("ci/memory.limit_in_bytes"), "734003200\n");
+        write(&mem.join("ci/job/memory.limit_in_bytes"), "9223372036854771712\n");
+        let proc = "5:cpu,cpuacct:/\n4:memory:/ci/job\n0::/\n";
+        assert_eq!(cgroup_limit(proc, sys.path()), Some(734_003_200));
+        assert_eq!(cgroup_limit("4:memory:/\n", sys.path()), None, "the root's huge value is no limit");
+    }
+
+    #[test]
+    fn a_v2_limit_reads_memory_max_and_max_is_none() {
+        let sys = tempfile::tempdir().unwrap();
+        write(&sys.path().join("cgroup.controllers"), "cpu memory\n");
+        write(&sys.path().join("user.slice/memory.max"), "2147483648\n");
+        write(&sys.path().join("user.slice/run.scope/memory.max"), "max\n");
+        assert_eq!(cgroup_limit("0::/user.slice/run.scope\n", sys.path()), Some(2 << 30));
+        assert_eq!(cgroup_limit("0::/other\n", sys.path()), None);
+    }
+
+    #[test]
+    fn pressure_and_meminfo_parse_the_kernels_text() {
+        let psi = "some avg10=36.65 avg60=17.82 avg300=13.62 total=95488561\nfull avg10=33.19 avg60=16.13 avg300=12.51 total=88403806\n";
+        assert_eq!(some_avg10(psi), Some(36.65));
+        assert_eq!(meminfo_total("MemTotal:       24683772 kB\nMemFree: 1 kB\n"), Some(24_683_772 * 1024));
+        assert_eq!(show_bytes(700 << 20), "700 MiB");
+        assert_eq!(show_bytes(2 << 30), "2.0 GiB");
+    }
+
+    #[test]
+    fn this_machines_limit_is_read() {
+        let l = limit().expect("/proc/meminfo is readable on Linux");
+        assert!(l.bytes > 64 << 20, "{l:?}");
+    }
+}
