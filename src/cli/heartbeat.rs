@@ -3,8 +3,11 @@
 //! (30 s; `CAIRN_HEARTBEAT=SECONDS` changes it), whether or not it reports
 //! progress. A stage that reports steps gets its position, status and ETA;
 //! one that is silent (a kind's set-up phase, a long shell command) gets how
-//! long it has run, so a log never looks hung while work goes on. A ticker
-//! thread prints them; it stops when the console is dropped.
+//! long it has run, so a log never looks hung while work goes on. While
+//! the machine is short of memory ([`cairn::memory::pressure_note`]) each
+//! line says so, since a stage that outgrows its memory slows down rather
+//! than fails. A ticker thread prints them; it stops when the console is
+//! dropped.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -94,8 +97,13 @@ impl Heartbeats {
         std::thread::spawn(move || loop {
             std::thread::sleep(nap);
             let Some(beats) = weak.upgrade() else { return };
-            for l in beats.due(Instant::now()) {
-                print(&l);
+            let lines = beats.due(Instant::now());
+            let note = if lines.is_empty() { None } else { cairn::memory::pressure_note() };
+            for l in lines {
+                match &note {
+                    Some(note) => print(&format!("{l}; {note}")),
+                    None => print(&l),
+                }
             }
         });
     }
