@@ -23,6 +23,36 @@ have_torch() {
   [ -x "$VENV/bin/python" ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$TORCH_VERSION" ]
 }
 
+# The first of torch's libraries (what cairn-worker links) that is missing
+# or not the size pip's RECORD gives it, if any: a libtorch deleted or cut
+# short since the install (a cleanup, a disk that filled) is found here
+# without hashing 4.7 GB on every `make`.
+damaged_lib() {
+  local record site rel size
+  record="$(compgen -G "$VENV/lib/python3*/site-packages/torch-$TORCH_VERSION*.dist-info/RECORD" | head -n 1 || true)"
+  if [ -z "$record" ]; then
+    echo "torch-$TORCH_VERSION's RECORD"
+    return
+  fi
+  site="$(dirname "$(dirname "$record")")"
+  # pip writes RECORD as CSV, whose lines end in CRLF.
+  while IFS=, read -r rel _ size; do
+    size="${size%$'\r'}"
+    if [ "$(stat -c %s "$site/$rel" 2>/dev/null)" != "$size" ]; then
+      echo "$rel"
+      return
+    fi
+  done < <(grep '^torch/lib/' "$record")
+}
+
+if have_torch; then
+  damaged="$(damaged_lib)"
+  if [ -n "$damaged" ]; then
+    echo "cairn setup: the torch install at $VENV is damaged ($damaged is missing or cut short); installing it again" >&2
+    rm -f "$MARKER"
+  fi
+fi
+
 if ! have_torch; then
   # No marker: whatever is there is an interrupted install. Refuse to wipe
   # a non-empty folder that is not a venv (a mistyped CAIRN_TORCH_HOME).
