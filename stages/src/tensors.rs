@@ -94,6 +94,21 @@ pub fn write_rows(writer: &mut TensorWriter, t: &Tensor) -> StageResult<()> {
 /// (the writer's dtype) on the way, `slice_bytes` of rows at a time.
 fn write_rows_as(writer: &mut TensorWriter, t: &Tensor, kind: Kind, slice_bytes: usize) -> StageResult<()> {
     let rows = t.size().first().copied().unwrap_or(0);
+    let what = format!("tensor of shape {:?} ({:?})", t.size(), t.kind());
+    write_slices(writer, rows, kind, slice_bytes, &what, |start, n| Ok(t.f_narrow(0, start, n)?))
+}
+
+/// Writes `rows` rows that `slice(start, count)` gives, converted to
+/// `kind` (the writer's dtype), `slice_bytes` of the writer's rows at a
+/// time (so one source's rows make the same file wherever they are held).
+fn write_slices(
+    writer: &mut TensorWriter,
+    rows: i64,
+    kind: Kind,
+    slice_bytes: usize,
+    what: &str,
+    slice: impl Fn(i64, i64) -> StageResult<Tensor>,
+) -> StageResult<()> {
     if rows == 0 {
         return Ok(());
     }
@@ -102,14 +117,10 @@ fn write_rows_as(writer: &mut TensorWriter, t: &Tensor, kind: Kind, slice_bytes:
     let mut start = 0;
     while start < rows {
         let n = step.min(rows - start);
-        let slice = t.f_narrow(0, start, n)?.f_to_kind(kind)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let slice = slice(start, n)?.f_to_kind(kind)?.f_to_device(Device::Cpu)?.f_contiguous()?;
         let len = n as usize * row_bytes;
         if slice.numel() * slice.kind().elt_size_in_bytes() != len {
-            return Err(StageError::new(format!(
-                "tensor of shape {:?} ({:?}) does not match the artifact's {row_bytes}-byte rows",
-                t.size(),
-                t.kind()
-            )));
+            return Err(StageError::new(format!("{what} does not match the artifact's {row_bytes}-byte rows")));
         }
         // SAFETY: `slice` is a contiguous CPU tensor of exactly `len` bytes
         // and outlives this borrow.
@@ -134,6 +145,16 @@ pub fn save_as(path: &Path, t: &Tensor, kind: Kind) -> StageResult<()> {
     };
     let mut writer = TensorWriter::create(path, dtype_of(kind)?, inner)?;
     write_rows_as(&mut writer, t, kind, SAVE_SLICE_BYTES)?;
+    writer.finish()?;
+    Ok(())
+}
+
+/// [`save_as`] for the rows of an open tensor file, read a slice at a
+/// time: the same bytes as saving them from memory.
+pub fn save_file_as(path: &Path, file: &TensorFile, kind: Kind) -> StageResult<()> {
+    let mut writer = TensorWriter::create(path, dtype_of(kind)?, file.shape().get(1..).unwrap_or_default())?;
+    let what = format!("{} ({:?})", file.path().display(), file.shape());
+    write_slices(&mut writer, file.rows() as i64, kind, SAVE_SLICE_BYTES, &what, |start, n| load_rows(file, start as usize, n as usize))?;
     writer.finish()?;
     Ok(())
 }

@@ -265,7 +265,7 @@ impl Trainer<'_> {
             la.end_epoch();
         }
         let train_secs = t0.elapsed().as_secs_f64();
-        let (val_loss, val_acc) = validate(self.runner, self.val.source, self.val.labels, p.tta, bs.max(256), p.label_smoothing);
+        let (val_loss, val_acc) = validate(self.runner, self.val.source, self.val.labels, p.tta, bs.max(256), p.label_smoothing)?;
         diverged(val_loss, epoch, lr)?;
         let row = EpochRow {
             train_loss: loss_sum / seen as f64,
@@ -298,7 +298,7 @@ impl Trainer<'_> {
         let crop = p.augment.crop_at(epoch).map(|side| (side, self.train.source.side()));
         let draw = batches::draw(&mut st.rng, &p.augment, (self.ctx.seed(), epoch), rows, crop);
         let idx = Tensor::from_slice(rows);
-        let x = r.batch(self.train.source, &idx, &draw, p.augment.translate);
+        let x = r.batch(self.train.source, &idx, &draw, p.augment.translate).map_err(|e| e.to_string())?;
         let y = device::gather(self.train.labels, &idx, r.feed.device);
         let logits = r.tail(&x, true);
         let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, p.label_smoothing);

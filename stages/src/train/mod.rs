@@ -9,9 +9,11 @@
 //! that leaves a frozen backbone's BN re-estimating statistics on a new
 //! input distribution. When every frozen block precedes the trainable tail
 //! and augmentation is at most a flip, the frozen prefix is run once over
-//! the data (and its mirror; on a CPU read from the images' file a batch at
-//! a time, never loaded whole) and the tail trains on those cached features,
-//! which are also written as the `features` output. The best epoch by val
+//! the data (and its mirror) and the tail trains on those cached features,
+//! which are also written as the `features` output. On a CPU neither the
+//! images nor the features are held whole: the images are read from their
+//! file a batch at a time, and the features go to files in the scratch
+//! directory, read a batch of rows at a time ([`rows`]). The best epoch by val
 //! accuracy is kept (early stopping with `patience` restores it). A fast
 //! net trained from scratch starts with a whitening stem
 //! ([`models::fast::whiten_stem`]), whose bias `stem_epochs` fixes after
@@ -29,6 +31,7 @@ mod fit;
 mod fused;
 mod muon;
 pub mod optim;
+mod rows;
 mod runner;
 
 pub use runner::freeze;
@@ -49,6 +52,7 @@ use crate::models::{self, Feed, Net};
 use crate::precision::compute_kind;
 use crate::{device, tensors, weights};
 use fit::{EpochRow, Fit, Split, Trainer};
+use rows::Features;
 use runner::{Runner, Source};
 
 /// Images the net reads: a tensor, or rows left in their file and read a
@@ -193,7 +197,10 @@ fn init_net(ctx: &WorkerCtx, p: &TrainParams, xtr: &Images) -> StageResult<(nn::
 }
 
 /// What the tail trains and validates on: the raw images, or (when a frozen
-/// prefix may be cached) its features, also written as the `features` output.
+/// prefix may be cached) its features, also written as the `features`
+/// output. On a CPU the training set's features go into files in the
+/// scratch directory ([`rows`]); on a GPU, and for the val set, they stay
+/// on the device.
 fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64) -> StageResult<(Source, Source)> {
     if !(p.caches_features() && r.first > 0) {
         return Ok((Source::Images(data.xtr.whole()?), Source::Images(data.xva.shallow_clone())));
@@ -212,14 +219,16 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
             ctx.progress_at(format!("caching `{block}` features at {rate:.0} img/s"), done, total, true);
         }
     };
+    let file = |name: &str| (!ctx.device.is_cuda()).then(|| ctx.scratch().join(name));
     let xva = Images::Loaded(data.xva.shallow_clone());
-    let plain = r.features(&data.xtr, false, batch, &mut report)?;
-    let flipped = flip.then(|| r.features(&data.xtr, true, batch, &mut report)).transpose()?;
-    let vplain = r.features(&xva, false, batch, &mut report)?;
-    let vflip = vflip.then(|| r.features(&xva, true, batch, &mut report)).transpose()?;
-    tensors::save_as(ctx.output("features")?, &plain, Kind::Half)?;
-    ctx.log(format!("cached `{block}` features {:?} in {:.1}s", plain.size(), t0.elapsed().as_secs_f64()));
-    Ok((Source::Features { plain, flipped }, Source::Features { plain: vplain, flipped: vflip }))
+    let plain = r.features(&data.xtr, false, batch, file("features.arrow"), &mut report)?;
+    let flipped = flip.then(|| r.features(&data.xtr, true, batch, file("mirrored-features.arrow"), &mut report)).transpose()?;
+    let vplain = r.features(&xva, false, batch, None, &mut report)?;
+    let vflip = vflip.then(|| r.features(&xva, true, batch, None, &mut report)).transpose()?;
+    let train = Features::new(plain, flipped)?;
+    train.save_plain_as(ctx.output("features")?, Kind::Half)?;
+    ctx.log(format!("cached `{block}` features {:?} in {:.1}s", train.size(), t0.elapsed().as_secs_f64()));
+    Ok((Source::Features(train), Source::Features(Features::new(vplain, vflip)?)))
 }
 
 fn write_tables(ctx: &WorkerCtx, fit: &Fit) -> StageResult {

@@ -2,10 +2,13 @@
 //! and a trainable tail, fed raw images or the prefix's cached features
 //! ([`Source`]), and the val metric over either.
 
+use std::path::PathBuf;
+
 use tch::{nn, Kind, Tensor};
 
 use cairn_kinds::train::Tta;
 
+use super::rows::{Features, Held, RowFile};
 use super::{batches, Images};
 use crate::ctx::StageResult;
 use crate::device;
@@ -47,7 +50,7 @@ impl NamedVars for nn::VarStore {
 /// frozen prefix (and of its mirrored input, when flipping).
 pub(super) enum Source {
     Images(Tensor),
-    Features { plain: Tensor, flipped: Option<Tensor> },
+    Features(Features),
 }
 
 impl Source {
@@ -56,7 +59,7 @@ impl Source {
     pub(super) fn side(&self) -> u32 {
         match self {
             Source::Images(x) => x.size()[2].min(x.size()[3]) as u32,
-            Source::Features { .. } => 0,
+            Source::Features(_) => 0,
         }
     }
 }
@@ -103,23 +106,31 @@ impl<'a> Runner<'a> {
     }
 
     /// Runs the prefix over all images in batches (read from their file a
-    /// batch at a time when they are in one), keeping the result on the
-    /// device; `done` hears the size of each batch done. Each batch is
-    /// copied into one tensor allocated up front, so the features are never
-    /// held twice (concatenating the batches at the end would).
-    pub(super) fn features(&self, images: &Images, flip: bool, batch: i64, done: &mut impl FnMut(i64)) -> StageResult<Tensor> {
+    /// batch at a time when they are in one); `done` hears the size of each
+    /// batch done. The features go into a tensor file at `file` when one is
+    /// given, else stay on the device, each batch copied into one tensor
+    /// allocated up front, so they are never held twice (concatenating the
+    /// batches at the end would).
+    pub(super) fn features(&self, images: &Images, flip: bool, batch: i64, file: Option<PathBuf>, done: &mut impl FnMut(i64)) -> StageResult<Held> {
         let n = images.rows();
         let mut out: Option<Tensor> = None;
+        let mut to_file = file.map(RowFile::new);
         for s in (0..n).step_by(batch as usize) {
             let len = batch.min(n - s);
             let x = images.slice(s, len)?;
             let f = self.prefix(&if flip { x.flip([3]) } else { x });
-            out.get_or_insert_with(|| empty_rows_like(&f, n)).narrow(0, s, len).copy_(&f);
+            match to_file.as_mut() {
+                Some(rows) => rows.push(&f)?,
+                None => {
+                    out.get_or_insert_with(|| empty_rows_like(&f, n)).narrow(0, s, len).copy_(&f);
+                }
+            }
             done(len);
         }
-        match out {
-            Some(features) => Ok(features),
-            None => Ok(self.prefix(&images.slice(0, 0)?)),
+        match (to_file.map(RowFile::finish).transpose()?.flatten(), out) {
+            (Some(file), _) => Ok(Held::File(file)),
+            (None, Some(features)) => Ok(Held::Memory(features)),
+            (None, None) => Ok(Held::Memory(self.prefix(&images.slice(0, 0)?))),
         }
     }
 
@@ -129,8 +140,8 @@ impl<'a> Runner<'a> {
     }
 
     /// Tail input for rows `idx` of `src` with per-row flips / shifts.
-    pub(super) fn batch(&self, src: &Source, idx: &Tensor, draw: &batches::Draw, translate: u32) -> Tensor {
-        match src {
+    pub(super) fn batch(&self, src: &Source, idx: &Tensor, draw: &batches::Draw, translate: u32) -> StageResult<Tensor> {
+        Ok(match src {
             Source::Images(x) => {
                 // Augmenting on the device: the u8 gathers give the same
                 // bytes anywhere, and on a GPU doing them on the CPU took
@@ -138,13 +149,8 @@ impl<'a> Runner<'a> {
                 let rows = device::gather(x, idx, self.feed.device);
                 self.prefix(&batches::apply(&rows, draw, translate))
             }
-            Source::Features { plain, flipped } => {
-                let dev = plain.device();
-                let p = device::gather(plain, idx, dev);
-                let x = match flipped {
-                    Some(f) if draw.flip.iter().any(|&b| b) => device::gather(f, idx, dev).where_self(&draw.flip_mask(dev, p.dim()), &p),
-                    _ => p,
-                };
+            Source::Features(features) => {
+                let x = features.gather(idx, &draw.flip, |dev, dims| draw.flip_mask(dev, dims))?;
                 // `index_select` returns NCHW: back to the layout the convs run fast in.
                 if x.dim() == 4 {
                     models::channels_last(&x)
@@ -152,7 +158,7 @@ impl<'a> Runner<'a> {
                     x
                 }
             }
-        }
+        })
     }
 }
 
@@ -171,10 +177,10 @@ fn empty_rows_like(part: &Tensor, n: i64) -> Tensor {
 /// Mean loss and accuracy of the current weights on a val source, over
 /// the `tta` views (cached features carry the mirror only, which
 /// `TrainParams::caches_features` guarantees is all they need).
-pub(super) fn validate(r: &Runner, src: &Source, y: &Tensor, tta: Tta, batch: i64, smoothing: f64) -> (f64, f64) {
+pub(super) fn validate(r: &Runner, src: &Source, y: &Tensor, tta: Tta, batch: i64, smoothing: f64) -> StageResult<(f64, f64)> {
     let n = y.size()[0];
     let (mut loss, mut correct) = (0.0, 0i64);
-    tch::no_grad(|| {
+    tch::no_grad(|| -> StageResult<()> {
         for s in (0..n).step_by(batch as usize) {
             let len = batch.min(n - s);
             let logits = match src {
@@ -182,10 +188,11 @@ pub(super) fn validate(r: &Runner, src: &Source, y: &Tensor, tta: Tta, batch: i6
                     let v = r.feed.input(&x.narrow(0, s, len));
                     models::tta_logits(&v, tta, |v| r.tail(&r.lift(v), false))
                 }
-                Source::Features { plain, flipped } => {
-                    let p = r.tail(&plain.narrow(0, s, len), false);
+                Source::Features(features) => {
+                    let (plain, flipped) = features.narrow(s, len)?;
+                    let p = r.tail(&plain, false);
                     match flipped {
-                        Some(f) if tta != Tta::None => (p + r.tail(&f.narrow(0, s, len), false)) * 0.5,
+                        Some(f) if tta != Tta::None => (p + r.tail(&f, false)) * 0.5,
                         _ => p,
                     }
                 }
@@ -194,8 +201,9 @@ pub(super) fn validate(r: &Runner, src: &Source, y: &Tensor, tta: Tta, batch: i6
             loss += logits.cross_entropy_loss::<Tensor>(&t, None, tch::Reduction::Sum, -100, smoothing).double_value(&[]);
             correct += logits.argmax(1, false).eq_tensor(&t).sum(Kind::Int64).int64_value(&[]);
         }
-    });
-    (loss / n.max(1) as f64, correct as f64 / n.max(1) as f64)
+        Ok(())
+    })?;
+    Ok((loss / n.max(1) as f64, correct as f64 / n.max(1) as f64))
 }
 
 #[cfg(test)]
@@ -218,16 +226,24 @@ mod tests {
         let path = dir.path().join("images.arrow");
         crate::tensors::save(&path, &images).unwrap();
         let sources = [Images::Loaded(images.shallow_clone()), Images::File(TensorFile::open(&path).unwrap())];
+        let in_memory = |h: Held| match h {
+            Held::Memory(t) => t,
+            Held::File(_) => panic!("features asked to stay in memory went to a file"),
+        };
         for (src, flip) in sources.iter().flat_map(|s| [(s, false), (s, true)]) {
             let mut seen = 0;
-            let got = r.features(src, flip, 4, &mut |n| seen += n).unwrap();
+            let got = in_memory(r.features(src, flip, 4, None, &mut |n| seen += n).unwrap());
             let x = if flip { images.flip([3]) } else { images.shallow_clone() };
             let want = Tensor::cat(&[0, 4, 8].map(|s| r.prefix(&x.narrow(0, s, 4.min(10 - s)))), 0);
             assert_eq!(seen, 10);
             assert!(got.equal(&want), "flip {flip}: features differ from the prefix's batches");
             assert_eq!(got.stride(), want.stride(), "flip {flip}: not the prefix's layout");
+            let Held::File(file) = r.features(src, flip, 4, Some(dir.path().join(format!("f{flip}.arrow"))), &mut |_| {}).unwrap() else {
+                panic!("features asked to go to a file stayed in memory")
+            };
+            assert!(crate::tensors::load_file(&file).unwrap().equal(&want), "flip {flip}: the file holds other rows");
         }
-        assert!(!r.features(&sources[1], false, 4, &mut |_| {}).unwrap().is_contiguous(), "the fast net's prefix runs channels-last");
-        assert_eq!(r.features(&Images::Loaded(images.narrow(0, 0, 0)), false, 4, &mut |_| {}).unwrap().size()[0], 0);
+        assert!(!in_memory(r.features(&sources[1], false, 4, None, &mut |_| {}).unwrap()).is_contiguous(), "the fast net's prefix runs channels-last");
+        assert_eq!(in_memory(r.features(&Images::Loaded(images.narrow(0, 0, 0)), false, 4, None, &mut |_| {}).unwrap()).size()[0], 0);
     }
 }
