@@ -228,7 +228,7 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
     let train = Features::new(plain, flipped)?;
     train.save_plain_as(ctx.output("features")?, Kind::Half)?;
     ctx.log(format!("cached `{block}` features {:?} in {:.1}s", train.size(), t0.elapsed().as_secs_f64()));
-    Ok((Source::Features(train), Source::Features(Features::new(vplain, vflip)?)))
+    Ok((Source::Features(Box::new(train)), Source::Features(Box::new(Features::new(vplain, vflip)?))))
 }
 
 fn write_tables(ctx: &WorkerCtx, fit: &Fit) -> StageResult {

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cairn_formats::tensor::{TensorFile, TensorWriter};
+use cairn_formats::tensor::{DType, TensorFile, TensorWriter};
 use tch::{Device, Kind, Tensor};
 
 use crate::ctx::{StageError, StageResult};
@@ -22,7 +22,7 @@ use crate::tensors;
 /// when training flips.
 pub(super) enum Features {
     Memory { plain: Tensor, flipped: Option<Tensor> },
-    File { plain: TensorFile, flipped: Option<TensorFile> },
+    File { plain: RowsFile, flipped: Option<RowsFile> },
 }
 
 impl Features {
@@ -32,7 +32,7 @@ impl Features {
         match self {
             Features::Memory { plain, flipped } => Ok((plain.narrow(0, first, count), flipped.as_ref().map(|f| f.narrow(0, first, count)))),
             Features::File { plain, flipped } => {
-                let load = |f: &TensorFile| tensors::load_rows(f, first as usize, count as usize);
+                let load = |f: &RowsFile| f.load(first, count);
                 Ok((load(plain)?, flipped.as_ref().map(load).transpose()?))
             }
         }
@@ -63,7 +63,7 @@ impl Features {
     pub(super) fn save_plain_as(&self, path: &Path, kind: Kind) -> StageResult<()> {
         match self {
             Features::Memory { plain, .. } => tensors::save_as(path, plain, kind),
-            Features::File { plain, .. } => tensors::save_file_as(path, plain, kind),
+            Features::File { plain, .. } => tensors::save_file_as(path, &plain.file, kind),
         }
     }
 
@@ -71,7 +71,7 @@ impl Features {
     pub(super) fn size(&self) -> Vec<i64> {
         match self {
             Features::Memory { plain, .. } => plain.size(),
-            Features::File { plain, .. } => plain.shape().iter().map(|&d| d as i64).collect(),
+            Features::File { plain, .. } => plain.file.shape().iter().map(|&d| d as i64).collect(),
         }
     }
 }
@@ -79,7 +79,7 @@ impl Features {
 /// What one pass of the prefix made: features in memory or in a file.
 pub(super) enum Held {
     Memory(Tensor),
-    File(TensorFile),
+    File(RowsFile),
 }
 
 impl Features {
@@ -96,15 +96,30 @@ impl Features {
     }
 }
 
+/// A tensor file of features and the kind they were made in. A kind no
+/// artifact stores (bf16) is kept as f32, which holds each of its values
+/// exactly, and converted back when read.
+pub(super) struct RowsFile {
+    file: TensorFile,
+    kind: Kind,
+}
+
+impl RowsFile {
+    /// Rows `first..first + count`, in the kind they were made in.
+    pub(super) fn load(&self, first: i64, count: i64) -> StageResult<Tensor> {
+        Ok(tensors::load_rows(&self.file, first as usize, count as usize)?.to_kind(self.kind))
+    }
+}
+
 /// Rows `rows` of `plain`, each from `flipped` instead where `flips` says
 /// so, into one contiguous CPU tensor: one `pread` a row.
-fn read_rows(plain: &TensorFile, flipped: Option<&TensorFile>, rows: &[i64], flips: &[bool]) -> StageResult<Tensor> {
-    let mut shape: Vec<i64> = plain.shape().iter().map(|&d| d as i64).collect();
+fn read_rows(plain: &RowsFile, flipped: Option<&RowsFile>, rows: &[i64], flips: &[bool]) -> StageResult<Tensor> {
+    let mut shape: Vec<i64> = plain.file.shape().iter().map(|&d| d as i64).collect();
     shape[0] = rows.len() as i64;
-    let out = Tensor::f_empty(shape.as_slice(), (tensors::kind_of(plain.dtype()), Device::Cpu))?;
-    let row_bytes = plain.row_bytes();
+    let out = Tensor::f_empty(shape.as_slice(), (tensors::kind_of(plain.file.dtype()), Device::Cpu))?;
+    let row_bytes = plain.file.row_bytes();
     if rows.is_empty() || row_bytes == 0 {
-        return Ok(out);
+        return Ok(out.to_kind(plain.kind));
     }
     // SAFETY: `out` is a freshly allocated, contiguous CPU tensor of
     // exactly `rows.len() * row_bytes` bytes, and nothing else refers to it yet.
@@ -115,16 +130,17 @@ fn read_rows(plain: &TensorFile, flipped: Option<&TensorFile>, rows: &[i64], fli
             _ => plain,
         };
         let row = usize::try_from(row).map_err(|_| StageError::new(format!("negative row index {row}")))?;
-        from.read_rows(row, slot)?;
+        from.file.read_rows(row, slot)?;
     }
-    Ok(out)
+    Ok(out.to_kind(plain.kind))
 }
 
 /// Collects a prefix's features batch by batch into a tensor file at
 /// `path`, then opens it.
 pub(super) struct RowFile {
     path: PathBuf,
-    writer: Option<TensorWriter>,
+    /// The writer, the kind the rows come in and the kind stored.
+    writer: Option<(TensorWriter, Kind, Kind)>,
 }
 
 impl RowFile {
@@ -136,16 +152,18 @@ impl RowFile {
     pub(super) fn push(&mut self, batch: &Tensor) -> StageResult<()> {
         if self.writer.is_none() {
             let inner: Vec<usize> = batch.size()[1..].iter().map(|&d| d as usize).collect();
-            self.writer = Some(TensorWriter::create(&self.path, tensors::dtype_of(batch.kind())?, &inner)?);
+            let stored = tensors::dtype_of(batch.kind()).unwrap_or(DType::F32);
+            self.writer = Some((TensorWriter::create(&self.path, stored, &inner)?, batch.kind(), tensors::kind_of(stored)));
         }
-        tensors::write_rows(self.writer.as_mut().expect("made above"), batch)
+        let (writer, _, stored) = self.writer.as_mut().expect("made above");
+        tensors::write_rows(writer, &batch.to_kind(*stored))
     }
 
     /// The file, or `None` when no rows came.
-    pub(super) fn finish(self) -> StageResult<Option<TensorFile>> {
-        let Some(writer) = self.writer else { return Ok(None) };
+    pub(super) fn finish(self) -> StageResult<Option<RowsFile>> {
+        let Some((writer, kind, _)) = self.writer else { return Ok(None) };
         writer.finish()?;
-        Ok(Some(TensorFile::open(&self.path)?))
+        Ok(Some(RowsFile { file: TensorFile::open(&self.path)?, kind }))
     }
 }
 
@@ -184,5 +202,24 @@ mod tests {
         memory.save_plain_as(&dir.path().join("m.arrow"), Kind::Half).unwrap();
         file.save_plain_as(&dir.path().join("f16.arrow"), Kind::Half).unwrap();
         assert_eq!(std::fs::read(dir.path().join("m.arrow")).unwrap(), std::fs::read(dir.path().join("f16.arrow")).unwrap());
+    }
+
+    /// bf16 features, which no artifact stores, come back as the same bf16
+    /// values, and save as the bytes the memory path saves.
+    #[test]
+    fn bf16_features_come_back_as_they_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Tensor::randn([6, 2, 3, 3], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let mut f = RowFile::new(dir.path().join("p.arrow"));
+        f.push(&plain).unwrap();
+        let file = Features::File { plain: f.finish().unwrap().unwrap(), flipped: None };
+        let got = file.gather(&Tensor::from_slice(&[5i64, 1]), &[], |_, _| unreachable!()).unwrap();
+        assert_eq!(got.kind(), Kind::BFloat16);
+        assert!(got.equal(&plain.index_select(0, &Tensor::from_slice(&[5i64, 1]))));
+        assert!(file.narrow(0, 6).unwrap().0.equal(&plain));
+        let memory = Features::Memory { plain, flipped: None };
+        memory.save_plain_as(&dir.path().join("m.arrow"), Kind::Half).unwrap();
+        file.save_plain_as(&dir.path().join("f.arrow"), Kind::Half).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("m.arrow")).unwrap(), std::fs::read(dir.path().join("f.arrow")).unwrap());
     }
 }
