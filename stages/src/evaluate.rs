@@ -1,6 +1,6 @@
 //! The `evaluate` kind: rebuilds the trained network from the spec its model
 //! file stores ([`crate::load::trained`]), loads its weights and scores it
-//! on a labelled image set.
+//! on a labelled image set, read from its file a batch at a time.
 //!
 //! Outputs `predictions` (index, label, pred, confidence, prob_0..prob_{K-1}),
 //! `confusion` (rows = true class, one count column per predicted class,
@@ -21,6 +21,7 @@ use crate::ctx::{StageError, StageResult, WorkerCtx};
 use crate::load;
 use crate::models::{self, Feed};
 use crate::precision::compute_kind;
+use crate::tensors;
 
 fn table_err(e: impl std::fmt::Display) -> StageError {
     StageError::new(e.to_string())
@@ -72,11 +73,12 @@ fn finite_outputs(logits: &tch::Tensor) -> StageResult {
 pub fn run(ctx: &mut WorkerCtx, p: EvaluateParams) -> StageResult {
     let model = load::trained(ctx, p.model.as_ref())?;
     let (net, k) = (&model.net, model.spec.num_classes);
-    let (x, y) = load::labelled(ctx, "images", "labels", k)?;
+    let (images, y) = load::labelled_file(ctx, "images", "labels", k)?;
     let classes = class_names(ctx, k)?;
     let feed = Feed { normalize: model.spec.normalize, kind: compute_kind(p.precision, ctx), device: ctx.device };
     let n = y.size()[0];
-    let logits = models::predict(net, &x, &feed, p.batch_size as i64, p.tta, scoring_progress(ctx, n));
+    let rows = |first: i64, count: i64| tensors::load_rows(&images, first as usize, count as usize);
+    let logits = models::predict(net, n, rows, &feed, p.batch_size as i64, p.tta, scoring_progress(ctx, n))?;
     finite_outputs(&logits)?;
     let loss = if n > 0 { logits.cross_entropy_loss::<tch::Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0).double_value(&[]) } else { f64::NAN };
     let probs = logits.softmax(1, Kind::Float);

@@ -42,7 +42,8 @@ fn maps_equal_the_hand_computed_grad_cam_and_outputs_are_consistent() {
     cairn_stages::tensors::save(&d.join("images.arrow"), &images).unwrap();
     cairn_stages::tensors::save(&d.join("labels.arrow"), &labels).unwrap();
     let feed = Feed { normalize: Normalize::None, kind: Kind::Float, device: Device::Cpu };
-    let probs = models::predict(&net, &images, &feed, 8, cairn_kinds::train::Tta::None, |_| {}).softmax(1, Kind::Float);
+    let rows = |first, count| Ok(images.narrow(0, first, count));
+    let probs = models::predict(&net, images.size()[0], rows, &feed, 8, cairn_kinds::train::Tta::None, |_| {}).unwrap().softmax(1, Kind::Float);
     let (conf, pred) = probs.max_dim(1, false);
     let (label_v, pred_v): (Vec<i64>, Vec<i64>) = (Vec::try_from(&labels).unwrap(), Vec::try_from(&pred).unwrap());
     let conf_v: Vec<f32> = Vec::try_from(&conf).unwrap();

@@ -86,7 +86,7 @@ fn infer(args: &[String]) -> Result<(), String> {
     let mut t: Vec<f64> = (0..6)
         .map(|_| {
             let t0 = Instant::now();
-            let _ = models::predict(&net, &x, &feed, s.batch, Tta::None, |_| {});
+            let _ = models::predict(&net, x.size()[0], |first, count| Ok(x.narrow(0, first, count)), &feed, s.batch, Tta::None, |_| {});
             t0.elapsed().as_secs_f64()
         })
         .skip(1)

@@ -163,21 +163,29 @@ pub fn tta_logits(x: &Tensor, tta: Tta, f: impl Fn(&Tensor) -> Tensor) -> Tensor
     plain * 0.5 + (pair(&up_left) + pair(&down_right)) * 0.25
 }
 
-/// fp32 logits of `net` (eval mode) for u8 `images`, computed in batches,
-/// averaged over the `tta` views and returned on the CPU. `done` hears the
-/// number of images scored after each batch.
-pub fn predict(net: &Net, images: &Tensor, feed: &Feed, batch: i64, tta: Tta, mut done: impl FnMut(i64)) -> Tensor {
+/// fp32 logits of `net` (eval mode) for `n` u8 images, which `rows(first,
+/// count)` gives a batch at a time (read from their file, so a test set is
+/// never held whole), averaged over the `tta` views and returned on the
+/// CPU. `done` hears the number of images scored after each batch.
+pub fn predict(
+    net: &Net,
+    n: i64,
+    rows: impl Fn(i64, i64) -> StageResult<Tensor>,
+    feed: &Feed,
+    batch: i64,
+    tta: Tta,
+    mut done: impl FnMut(i64),
+) -> StageResult<Tensor> {
     tch::no_grad(|| {
-        let n = images.size()[0];
         let mut out = Vec::new();
         for start in (0..n).step_by(batch.max(1) as usize) {
             let len = batch.min(n - start);
-            let x = feed.input(&images.narrow(0, start, len));
+            let x = feed.input(&rows(start, len)?);
             let y = tta_logits(&x, tta, |v| net.forward_t(v, false).to_kind(Kind::Float));
             out.push(y.to_device(Device::Cpu));
             done(start + len);
         }
-        Tensor::cat(&out, 0)
+        Ok(Tensor::cat(&out, 0))
     })
 }
 
