@@ -4,9 +4,9 @@
 //! time. A file's pages are the kernel's to keep or drop: with memory to
 //! spare they stay in the page cache and a batch is a copy from it; where
 //! memory is short (a container's limit, a small CI runner) they are
-//! written back and read again rather than the stage thrashing or being
-//! killed, as `pretrain`'s 1.15 GB of features held in memory were under a
-//! 700 MiB cgroup (BENCHMARKS.md). The rows a batch gets are the same bytes
+//! written back and read again, where `pretrain` with its 1.15 GB of
+//! features in memory thrashed (under a 1.2 GiB cgroup) or was killed
+//! (under 700 MiB; BENCHMARKS.md). The rows a batch gets are the same bytes
 //! either way, so results do not depend on where the features lived.
 
 use std::path::{Path, PathBuf};
