@@ -13,9 +13,9 @@
 //! which are also written as the `features` output. On a CPU neither the
 //! images nor the features are held whole: the images are read from their
 //! file a batch at a time, and the features go to files in the scratch
-//! directory, read a batch of rows at a time ([`rows`]). The best epoch by val
-//! accuracy is kept (early stopping with `patience` restores it). A fast
-//! net trained from scratch starts with a whitening stem
+//! directory, read a batch of rows at a time ([`features`]). The best
+//! epoch by val accuracy is kept (early stopping with `patience` restores
+//! it). A fast net trained from scratch starts with a whitening stem
 //! ([`models::fast::whiten_stem`]), whose bias `stem_epochs` fixes after
 //! the first epochs, as airbench does. Data order and augmentation come from a
 //! seeded generator ([`batches`]), so equal seeds and thread counts give
@@ -27,11 +27,11 @@
 
 pub mod batches;
 pub mod checkpoint;
+mod features;
 mod fit;
 mod fused;
 mod muon;
 pub mod optim;
-mod rows;
 mod runner;
 
 pub use runner::freeze;
@@ -52,7 +52,7 @@ use crate::models::{self, Feed, Net};
 use crate::precision::compute_kind;
 use crate::{device, tensors, weights};
 use fit::{EpochRow, Fit, Split, Trainer};
-use rows::Features;
+use features::Features;
 use runner::{Runner, Source};
 
 /// Images the net reads: a tensor, or rows left in their file and read a
@@ -199,7 +199,7 @@ fn init_net(ctx: &WorkerCtx, p: &TrainParams, xtr: &Images) -> StageResult<(nn::
 /// What the tail trains and validates on: the raw images, or (when a frozen
 /// prefix may be cached) its features, also written as the `features`
 /// output. On a CPU the training set's features go into files in the
-/// scratch directory ([`rows`]); on a GPU, and for the val set, they stay
+/// scratch directory ([`features`]); on a GPU, and for the val set, they stay
 /// on the device.
 fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64) -> StageResult<(Source, Source)> {
     if !(p.caches_features() && r.first > 0) {

@@ -8,7 +8,7 @@ use tch::{nn, Kind, Tensor};
 
 use cairn_kinds::train::Tta;
 
-use super::rows::{Features, Held, RowFile};
+use super::features::{FeatureWriter, Features, Held};
 use super::{batches, Images};
 use crate::ctx::StageResult;
 use crate::device;
@@ -114,7 +114,7 @@ impl<'a> Runner<'a> {
     pub(super) fn features(&self, images: &Images, flip: bool, batch: i64, file: Option<PathBuf>, done: &mut impl FnMut(i64)) -> StageResult<Held> {
         let n = images.rows();
         let mut out: Option<Tensor> = None;
-        let mut to_file = file.map(RowFile::new);
+        let mut to_file = file.map(FeatureWriter::new);
         for s in (0..n).step_by(batch as usize) {
             let len = batch.min(n - s);
             let x = images.slice(s, len)?;
@@ -127,7 +127,7 @@ impl<'a> Runner<'a> {
             }
             done(len);
         }
-        match (to_file.map(RowFile::finish).transpose()?.flatten(), out) {
+        match (to_file.map(FeatureWriter::finish).transpose()?.flatten(), out) {
             (Some(file), _) => Ok(Held::File(file)),
             (None, Some(features)) => Ok(Held::Memory(features)),
             (None, None) => Ok(Held::Memory(self.prefix(&images.slice(0, 0)?))),

@@ -22,17 +22,35 @@ use crate::tensors;
 /// when training flips.
 pub(super) enum Features {
     Memory { plain: Tensor, flipped: Option<Tensor> },
-    File { plain: RowsFile, flipped: Option<RowsFile> },
+    File { plain: FeatureFile, flipped: Option<FeatureFile> },
+}
+
+/// What one pass of the prefix made: features in memory or in a file.
+pub(super) enum Held {
+    Memory(Tensor),
+    File(FeatureFile),
 }
 
 impl Features {
+    /// The plain features and the mirrored ones, from passes told the
+    /// same place to keep them.
+    pub(super) fn new(plain: Held, flipped: Option<Held>) -> StageResult<Self> {
+        match (plain, flipped) {
+            (Held::Memory(plain), None) => Ok(Features::Memory { plain, flipped: None }),
+            (Held::Memory(plain), Some(Held::Memory(f))) => Ok(Features::Memory { plain, flipped: Some(f) }),
+            (Held::File(plain), None) => Ok(Features::File { plain, flipped: None }),
+            (Held::File(plain), Some(Held::File(f))) => Ok(Features::File { plain, flipped: Some(f) }),
+            _ => Err(StageError::new("the plain and mirrored features were kept in different places")),
+        }
+    }
+
     /// Rows `first..first + count` of the plain features and, when held,
     /// the mirrored ones, where they live (views in memory).
     pub(super) fn narrow(&self, first: i64, count: i64) -> StageResult<(Tensor, Option<Tensor>)> {
         match self {
             Features::Memory { plain, flipped } => Ok((plain.narrow(0, first, count), flipped.as_ref().map(|f| f.narrow(0, first, count)))),
             Features::File { plain, flipped } => {
-                let load = |f: &RowsFile| f.load(first, count);
+                let load = |f: &FeatureFile| f.load(first, count);
                 Ok((load(plain)?, flipped.as_ref().map(load).transpose()?))
             }
         }
@@ -76,35 +94,15 @@ impl Features {
     }
 }
 
-/// What one pass of the prefix made: features in memory or in a file.
-pub(super) enum Held {
-    Memory(Tensor),
-    File(RowsFile),
-}
-
-impl Features {
-    /// The plain features and the mirrored ones, from passes told the
-    /// same place to keep them.
-    pub(super) fn new(plain: Held, flipped: Option<Held>) -> StageResult<Self> {
-        match (plain, flipped) {
-            (Held::Memory(plain), None) => Ok(Features::Memory { plain, flipped: None }),
-            (Held::Memory(plain), Some(Held::Memory(f))) => Ok(Features::Memory { plain, flipped: Some(f) }),
-            (Held::File(plain), None) => Ok(Features::File { plain, flipped: None }),
-            (Held::File(plain), Some(Held::File(f))) => Ok(Features::File { plain, flipped: Some(f) }),
-            _ => Err(StageError::new("the plain and mirrored features were kept in different places")),
-        }
-    }
-}
-
 /// A tensor file of features and the kind they were made in. A kind no
 /// artifact stores (bf16) is kept as f32, which holds each of its values
 /// exactly, and converted back when read.
-pub(super) struct RowsFile {
+pub(super) struct FeatureFile {
     file: TensorFile,
     kind: Kind,
 }
 
-impl RowsFile {
+impl FeatureFile {
     /// Rows `first..first + count`, in the kind they were made in.
     pub(super) fn load(&self, first: i64, count: i64) -> StageResult<Tensor> {
         Ok(tensors::load_rows(&self.file, first as usize, count as usize)?.to_kind(self.kind))
@@ -113,7 +111,7 @@ impl RowsFile {
 
 /// Rows `rows` of `plain`, each from `flipped` instead where `flips` says
 /// so, into one contiguous CPU tensor: one `pread` a row.
-fn read_rows(plain: &RowsFile, flipped: Option<&RowsFile>, rows: &[i64], flips: &[bool]) -> StageResult<Tensor> {
+fn read_rows(plain: &FeatureFile, flipped: Option<&FeatureFile>, rows: &[i64], flips: &[bool]) -> StageResult<Tensor> {
     let mut shape: Vec<i64> = plain.file.shape().iter().map(|&d| d as i64).collect();
     shape[0] = rows.len() as i64;
     let out = Tensor::f_empty(shape.as_slice(), (tensors::kind_of(plain.file.dtype()), Device::Cpu))?;
@@ -137,13 +135,13 @@ fn read_rows(plain: &RowsFile, flipped: Option<&RowsFile>, rows: &[i64], flips: 
 
 /// Collects a prefix's features batch by batch into a tensor file at
 /// `path`, then opens it.
-pub(super) struct RowFile {
+pub(super) struct FeatureWriter {
     path: PathBuf,
     /// The writer, the kind the rows come in and the kind stored.
     writer: Option<(TensorWriter, Kind, Kind)>,
 }
 
-impl RowFile {
+impl FeatureWriter {
     pub(super) fn new(path: PathBuf) -> Self {
         Self { path, writer: None }
     }
@@ -160,10 +158,10 @@ impl RowFile {
     }
 
     /// The file, or `None` when no rows came.
-    pub(super) fn finish(self) -> StageResult<Option<RowsFile>> {
+    pub(super) fn finish(self) -> StageResult<Option<FeatureFile>> {
         let Some((writer, kind, _)) = self.writer else { return Ok(None) };
         writer.finish()?;
-        Ok(Some(RowsFile { file: TensorFile::open(&self.path)?, kind }))
+        Ok(Some(FeatureFile { file: TensorFile::open(&self.path)?, kind }))
     }
 }
 
@@ -179,7 +177,7 @@ mod tests {
         let plain = crate::models::channels_last(&Tensor::randn([10, 3, 2, 2], (Kind::Float, Device::Cpu)));
         let flipped = plain.flip([3]);
         let to_file = |t: &Tensor, name: &str| {
-            let mut f = RowFile::new(dir.path().join(name));
+            let mut f = FeatureWriter::new(dir.path().join(name));
             for s in [0, 4, 8] {
                 f.push(&t.narrow(0, s, 4.min(10 - s))).unwrap();
             }
@@ -210,7 +208,7 @@ mod tests {
     fn bf16_features_come_back_as_they_went() {
         let dir = tempfile::tempdir().unwrap();
         let plain = Tensor::randn([6, 2, 3, 3], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-        let mut f = RowFile::new(dir.path().join("p.arrow"));
+        let mut f = FeatureWriter::new(dir.path().join("p.arrow"));
         f.push(&plain).unwrap();
         let file = Features::File { plain: f.finish().unwrap().unwrap(), flipped: None };
         let got = file.gather(&Tensor::from_slice(&[5i64, 1]), &[], |_, _| unreachable!()).unwrap();
