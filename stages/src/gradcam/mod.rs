@@ -13,6 +13,7 @@ pub mod overlay;
 pub mod select;
 
 use cairn_formats::table::{Column, Table};
+use cairn_formats::tensor::TensorFile;
 use cairn_kinds::gradcam::GradCamParams;
 use tch::{Device, Kind, Tensor};
 
@@ -38,7 +39,7 @@ pub fn run(ctx: &mut WorkerCtx, p: GradCamParams) -> StageResult {
     let (net, k) = (&model.net, model.spec.num_classes);
     let layer = p.layer_in(&model.spec)?;
     let cut = net.index(&layer)?;
-    let (x, y) = load::labelled(ctx, "images", "labels", k)?;
+    let (file, y) = load::labelled_file(ctx, "images", "labels", k)?;
     let preds = Predictions::read(ctx.input("predictions")?).map_err(err)?;
     check_predictions(&preds, &y, k)?;
     let names = match ctx.inputs("classes").first() {
@@ -51,8 +52,7 @@ pub fn run(ctx: &mut WorkerCtx, p: GradCamParams) -> StageResult {
     let sel = select::select(&preds, k as usize, p.per_class as usize, p.worst as usize).map_err(err)?;
     ctx.progress(format!("Grad-CAM on `{layer}` for {} images", sel.picks.len()));
 
-    let picked = Tensor::from_slice(&sel.picks.iter().map(|q| q.index).collect::<Vec<_>>());
-    let images = x.index_select(0, &picked);
+    let images = rows_of(&file, &sel.picks.iter().map(|q| q.index).collect::<Vec<_>>())?;
     let feed = Feed { normalize: model.spec.normalize, kind: Kind::Float, device: ctx.device };
     let features = |t: &Tensor| net.forward_range(t, 0..cut + 1, |_| false);
     let head = |a: &Tensor| net.forward_range(a, cut + 1..net.blocks.len(), |_| false);
@@ -67,7 +67,7 @@ pub fn run(ctx: &mut WorkerCtx, p: GradCamParams) -> StageResult {
         let for_true = cam::grad_cam(&input, &label_t.narrow(0, start, n), features, head);
         maps.push(Tensor::stack(&[for_pred, for_true], 1).to_device(Device::Cpu));
     }
-    let size = x.size();
+    let size = images.size();
     let heatmaps = if maps.is_empty() { Tensor::zeros([0, 2, size[2], size[3]], (Kind::Float, Device::Cpu)) } else { Tensor::cat(&maps, 0) };
     tensors::save(ctx.output("heatmaps")?, &heatmaps)?;
     selection_table(&sel).write(ctx.output("selection")?).map_err(err)?;
@@ -85,6 +85,15 @@ pub fn run(ctx: &mut WorkerCtx, p: GradCamParams) -> StageResult {
     let worst = worst_montage(&sel, &names, &pred_tiles, &true_tiles, &p, &layer).map_err(err)?;
     worst.save(ctx.output("worst")?).map_err(err)?;
     Ok(())
+}
+
+/// The images at `rows` (checked to exist), read from their file one row at
+/// a time: a stage that draws a few dozen never holds the whole set.
+fn rows_of(file: &TensorFile, rows: &[i64]) -> StageResult<Tensor> {
+    let mut shape: Vec<i64> = file.shape().iter().map(|&d| d as i64).collect();
+    shape[0] = rows.len() as i64;
+    let parts = rows.iter().map(|&r| tensors::load_rows(file, r as usize, 1)).collect::<StageResult<Vec<_>>>()?;
+    Ok(if parts.is_empty() { Tensor::zeros(shape.as_slice(), (Kind::Uint8, Device::Cpu)) } else { Tensor::cat(&parts, 0) })
 }
 
 /// Predictions must describe these images: same labels at the same rows.
