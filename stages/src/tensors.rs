@@ -71,6 +71,24 @@ pub fn load_file(file: &TensorFile) -> StageResult<Tensor> {
 /// Loads rows `first..first + count` of an open tensor file into a CPU
 /// tensor of shape `[count, ...]` (for stages that work in slices).
 pub fn load_rows(file: &TensorFile, first: usize, count: usize) -> StageResult<Tensor> {
+    filled_rows(file, count, |dst| Ok(file.read_rows(first, dst)?))
+}
+
+/// Loads the rows `rows` names, each `(file, row)`, into one CPU tensor of
+/// shape `[rows.len(), ...]`: one `pread` a row. Every file has `like`'s
+/// dtype and row shape.
+pub fn gather_rows(like: &TensorFile, rows: &[(&TensorFile, usize)]) -> StageResult<Tensor> {
+    filled_rows(like, rows.len(), |dst| {
+        for ((file, row), slot) in rows.iter().zip(dst.chunks_exact_mut(like.row_bytes())) {
+            file.read_rows(*row, slot)?;
+        }
+        Ok(())
+    })
+}
+
+/// A fresh contiguous CPU tensor of `count` rows of `file`'s dtype and row
+/// shape, its bytes written by `fill` (not called for no rows).
+fn filled_rows(file: &TensorFile, count: usize, fill: impl FnOnce(&mut [u8]) -> StageResult<()>) -> StageResult<Tensor> {
     let mut shape = file.shape().to_vec();
     shape[0] = count;
     let t = Tensor::f_empty(shape_i64(&shape), (kind_of(file.dtype()), Device::Cpu))?;
@@ -78,8 +96,7 @@ pub fn load_rows(file: &TensorFile, first: usize, count: usize) -> StageResult<T
     if len > 0 {
         // SAFETY: `t` is a freshly allocated, contiguous CPU tensor of
         // exactly `len` bytes, and nothing else refers to it yet.
-        let dst = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) };
-        file.read_rows(first, dst)?;
+        fill(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, len) })?;
     }
     Ok(t)
 }

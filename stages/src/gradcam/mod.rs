@@ -90,10 +90,8 @@ pub fn run(ctx: &mut WorkerCtx, p: GradCamParams) -> StageResult {
 /// The images at `rows` (checked to exist), read from their file one row at
 /// a time: a stage that draws a few dozen never holds the whole set.
 fn rows_of(file: &TensorFile, rows: &[i64]) -> StageResult<Tensor> {
-    let mut shape: Vec<i64> = file.shape().iter().map(|&d| d as i64).collect();
-    shape[0] = rows.len() as i64;
-    let parts = rows.iter().map(|&r| tensors::load_rows(file, r as usize, 1)).collect::<StageResult<Vec<_>>>()?;
-    Ok(if parts.is_empty() { Tensor::zeros(shape.as_slice(), (Kind::Uint8, Device::Cpu)) } else { Tensor::cat(&parts, 0) })
+    let picked: Vec<(&TensorFile, usize)> = rows.iter().map(|&r| (file, r as usize)).collect();
+    tensors::gather_rows(file, &picked)
 }
 
 /// Predictions must describe these images: same labels at the same rows.

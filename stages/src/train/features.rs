@@ -112,25 +112,16 @@ impl FeatureFile {
 /// Rows `rows` of `plain`, each from `flipped` instead where `flips` says
 /// so, into one contiguous CPU tensor: one `pread` a row.
 fn read_rows(plain: &FeatureFile, flipped: Option<&FeatureFile>, rows: &[i64], flips: &[bool]) -> StageResult<Tensor> {
-    let mut shape: Vec<i64> = plain.file.shape().iter().map(|&d| d as i64).collect();
-    shape[0] = rows.len() as i64;
-    let out = Tensor::f_empty(shape.as_slice(), (tensors::kind_of(plain.file.dtype()), Device::Cpu))?;
-    let row_bytes = plain.file.row_bytes();
-    if rows.is_empty() || row_bytes == 0 {
-        return Ok(out.to_kind(plain.kind));
-    }
-    // SAFETY: `out` is a freshly allocated, contiguous CPU tensor of
-    // exactly `rows.len() * row_bytes` bytes, and nothing else refers to it yet.
-    let dst = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut u8, rows.len() * row_bytes) };
-    for (i, (&row, slot)) in rows.iter().zip(dst.chunks_exact_mut(row_bytes)).enumerate() {
+    let mut picked = Vec::with_capacity(rows.len());
+    for (i, &row) in rows.iter().enumerate() {
         let from = match flipped {
             Some(f) if flips.get(i).copied().unwrap_or(false) => f,
             _ => plain,
         };
         let row = usize::try_from(row).map_err(|_| StageError::new(format!("negative row index {row}")))?;
-        from.file.read_rows(row, slot)?;
+        picked.push((&from.file, row));
     }
-    Ok(out.to_kind(plain.kind))
+    Ok(tensors::gather_rows(&plain.file, &picked)?.to_kind(plain.kind))
 }
 
 /// Collects a prefix's features batch by batch into a tensor file at
