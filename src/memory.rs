@@ -7,8 +7,10 @@
 //! (pressure stall information: the cgroup's `memory.pressure` under v2,
 //! else the machine's `/proc/pressure/memory`). A machine that short of
 //! memory is reclaiming or swapping: work goes on, slower and slower,
-//! rather than failing, so a log must say so. Everything here is read
-//! when asked and is `None` where the kernel does not offer it.
+//! rather than failing, so a log must say so. And how many processes the
+//! kernel's out-of-memory killer has killed ([`oom_kills`]), so that a
+//! stage's SIGKILL can be told to be its work or not. Everything here is
+//! read when asked and is `None` where the kernel does not offer it.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +51,79 @@ pub fn pressure() -> Option<f64> {
 pub fn pressure_note() -> Option<String> {
     let p = pressure().filter(|p| *p >= PRESSURE_SHOWN)?;
     Some(format!("short of memory: tasks waited for it {p:.0}% of the last 10 s, so work slows (reclaiming or swapping)"))
+}
+
+/// The kernel's counts of processes its out-of-memory killer has killed
+/// (kernel 4.13 and later): in this process's cgroup and the cgroups under
+/// it (v2 `memory.events`, v1 `memory.oom_control`; none for the root
+/// cgroup, which the kernel does not count), and on the whole machine
+/// (`/proc/vmstat`). The kernel counts a kill before it sends the SIGKILL,
+/// so counts taken before a stage starts and after it ends tell whether
+/// the killer struck in between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OomKills {
+    pub cgroup: Option<u64>,
+    pub machine: Option<u64>,
+}
+
+/// What the out-of-memory killer did between two [`OomKills`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OomSince {
+    /// It killed this many processes in this process's cgroup: a stage's
+    /// process, which shares the engine's cgroup, among them if it died of
+    /// SIGKILL then.
+    InCgroup(u64),
+    /// It killed this many processes on the machine (where the cgroup's
+    /// count cannot be read).
+    OnMachine(u64),
+    /// It killed none: in the cgroup where that count is read, else on the
+    /// machine. `where_` names the count.
+    Nothing { where_: &'static str },
+    /// Neither count can be read.
+    Unknown,
+}
+
+/// Now's [`OomKills`].
+pub fn oom_kills() -> OomKills {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok();
+    let cgroup = own.and_then(|c| cgroup_oom_kills(&c, Path::new("/sys/fs/cgroup")));
+    let machine = std::fs::read_to_string("/proc/vmstat").ok().and_then(|t| field(&t, "oom_kill"));
+    OomKills { cgroup, machine }
+}
+
+impl OomKills {
+    /// What the killer did from `before` to `self`. The cgroup's count
+    /// rules where both ends have it: a kill elsewhere on the machine was
+    /// not of a stage in this cgroup.
+    pub fn since(&self, before: &OomKills) -> OomSince {
+        let delta = |now: Option<u64>, then: Option<u64>| Some(now?.saturating_sub(then?));
+        match (delta(self.cgroup, before.cgroup), delta(self.machine, before.machine)) {
+            (Some(0), _) => OomSince::Nothing { where_: "in its cgroup" },
+            (Some(n), _) => OomSince::InCgroup(n),
+            (None, Some(0)) => OomSince::Nothing { where_: "on this machine" },
+            (None, Some(n)) => OomSince::OnMachine(n),
+            (None, None) => OomSince::Unknown,
+        }
+    }
+}
+
+/// The out-of-memory kills counted for the cgroup named in `proc_cgroup`
+/// under `sys`; `None` in the root cgroup or where the kernel does not
+/// count them.
+fn cgroup_oom_kills(proc_cgroup: &str, sys: &Path) -> Option<u64> {
+    let v2 = unified_dir(proc_cgroup, sys).filter(|d| d != sys && d != &sys.join("unified"));
+    let v1 = v1_memory_path(proc_cgroup).filter(|rel| !rel.is_empty());
+    let file = match (v2, v1) {
+        (_, Some(rel)) => sys.join("memory").join(rel).join("memory.oom_control"),
+        (Some(dir), None) => dir.join("memory.events"),
+        (None, None) => return None,
+    };
+    field(&std::fs::read_to_string(file).ok()?, "oom_kill")
+}
+
+/// The number after `name` on its own line of a kernel `key value` file.
+fn field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Bytes as `1.9 GiB` or `700 MiB`.
@@ -150,6 +225,31 @@ mod tests {
         assert_eq!(meminfo_total("MemTotal:       24683772 kB\nMemFree: 1 kB\n"), Some(24_683_772 * 1024));
         assert_eq!(show_bytes(700 << 20), "700 MiB");
         assert_eq!(show_bytes(2 << 30), "2.0 GiB");
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_the_cgroup_and_the_machine() {
+        let sys = tempfile::tempdir().unwrap();
+        write(&sys.path().join("memory/ci/job/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n");
+        assert_eq!(cgroup_oom_kills("4:memory:/ci/job\n0::/\n", sys.path()), Some(3));
+        assert_eq!(cgroup_oom_kills("4:memory:/\n0::/\n", sys.path()), None, "the root cgroup counts nothing");
+        write(&sys.path().join("cgroup.controllers"), "memory\n");
+        write(&sys.path().join("user.slice/memory.events"), "low 0\nhigh 0\nmax 9\noom 2\noom_kill 1\noom_group_kill 0\n");
+        assert_eq!(cgroup_oom_kills("0::/user.slice\n", sys.path()), Some(1), "`oom_kill`, not `oom_group_kill`");
+        assert_eq!(cgroup_oom_kills("0::/\n", sys.path()), None);
+        assert_eq!(field("pgfault 10\noom_kill 4\n", "oom_kill"), Some(4));
+    }
+
+    #[test]
+    fn the_cgroups_count_rules_over_the_machines() {
+        let at = |cgroup, machine| OomKills { cgroup, machine };
+        assert_eq!(at(Some(2), Some(9)).since(&at(Some(1), Some(5))), OomSince::InCgroup(1));
+        assert_eq!(at(Some(1), Some(9)).since(&at(Some(1), Some(5))), OomSince::Nothing { where_: "in its cgroup" });
+        assert_eq!(at(None, Some(9)).since(&at(None, Some(5))), OomSince::OnMachine(4));
+        assert_eq!(at(None, Some(5)).since(&at(None, Some(5))), OomSince::Nothing { where_: "on this machine" });
+        assert_eq!(at(None, None).since(&at(None, None)), OomSince::Unknown);
+        let now = oom_kills();
+        assert_eq!(now.since(&now) == OomSince::Unknown, now == OomKills::default());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! finished result nor produce a wrong one.
 
 mod common;
+#[path = "support/cgroup.rs"]
+mod cgroup;
 #[path = "support/skip.rs"]
 mod skip;
 #[path = "support/tmpfs.rs"]
@@ -9,6 +11,7 @@ mod tmpfs;
 
 use std::time::Duration;
 
+use cgroup::MemCgroup;
 use common::Project;
 use tmpfs::Tmpfs;
 
@@ -322,4 +325,40 @@ fn a_fully_cached_run_and_a_dry_run_work_on_a_read_only_cache() {
     let write = p.cairn(&["--cache-dir", cache, "run", "--set", "slow.cmd=cat {in.i} > {out.o}"]);
     assert_eq!(write.code, 3, "{}", write.all());
     assert!(write.stderr.contains("read-only"), "{}", write.all());
+}
+
+/// A stage the kernel's out-of-memory killer kills, in a real memory
+/// cgroup with a 96 MiB limit: the failure says so from the kernel's own
+/// count, beside the peak and the limit, nothing is cached, and the same
+/// stage outside the cgroup then runs.
+#[test]
+fn a_stage_the_out_of_memory_killer_kills_is_named_so() {
+    let p = Project::new(
+        r#"
+[stages.hog]
+kind = "command"
+cmd = "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo ${#x} > {out.o}"
+outputs = { o = "o.txt" }
+"#,
+    );
+    let name = format!("cairn-test-oom-{}", std::process::id());
+    let Some(cgroup) = MemCgroup::create(&name, 96 << 20) else {
+        skip::unavailable(
+            "a_stage_the_out_of_memory_killer_kills_is_named_so",
+            "cannot make a memory cgroup here (needs root and a writable cgroup file system); `a_stage_killed_from_outside_says_whether_the_out_of_memory_killer_did_it` covers a SIGKILL from elsewhere",
+        );
+        return;
+    };
+    let mut run = cgroup.command(env!("CARGO_BIN_EXE_cairn"));
+    run.arg("run").current_dir(p.path()).env_remove("CAIRN_CACHE_DIR");
+    let r: common::Run = run.output().expect("cairn runs").into();
+    drop(cgroup);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("command exited with signal: 9 (SIGKILL)"), "the largest process, `sh`, is the one killed: {}", r.stderr);
+    assert!(r.stderr.contains("help: SIGKILL came from the kernel's out-of-memory killer, which killed"), "{}", r.stderr);
+    assert!(r.stderr.contains("in cairn's cgroup") && r.stderr.contains("this machine allows 96 MiB (its cgroup's limit)"), "{}", r.stderr);
+    common::nothing_cached(&p);
+    let again = p.cairn(&["run"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(p.read_artifact("hog", "o.txt"), "400000000\n");
 }

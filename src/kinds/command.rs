@@ -199,7 +199,7 @@ impl StageKind for Command {
             return Err(StageFailure::new(format!(
                 "command exited with {status}\n  command: {cmd}{}{}{}",
                 super::supervise::stderr_tail(&stderr, "stderr"),
-                super::exit_hint::hint(Process::Command, status, &stderr, ended.peak_rss).unwrap_or_default(),
+                super::exit_hint::hint(Process::Command, &ended, &stderr).unwrap_or_default(),
                 undeclared_files_help(&p.cmd, ctx.project_dir)
             )));
         }

@@ -34,6 +34,8 @@ pub(crate) struct Ended {
     pub stderr: Vec<u8>,
     /// Its peak resident set size, in bytes.
     pub peak_rss: u64,
+    /// What the kernel's out-of-memory killer did while it ran.
+    pub oom: crate::memory::OomSince,
 }
 
 impl Ended {
@@ -95,18 +97,21 @@ pub(crate) struct Spawned {
     /// The group to signal: the guard's, or the stage's own without one.
     pgid: u32,
     guard: Option<Guard>,
+    /// The out-of-memory kills counted before it started.
+    oom_before: crate::memory::OomKills,
 }
 
 /// Spawns `cmd` in a new process group that dies with the engine (see the
 /// module doc).
 pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Spawned> {
+    let oom_before = crate::memory::oom_kills();
     let Some(guard) = Guard::start() else {
         let child = spawn_leader(cmd)?;
-        return Ok(Spawned { pgid: child.id(), child, guard: None });
+        return Ok(Spawned { pgid: child.id(), child, guard: None, oom_before });
     };
     let pgid = guard.child.id();
     match cmd.process_group(pgid as i32).spawn() {
-        Ok(child) => Ok(Spawned { child, pgid, guard: Some(guard) }),
+        Ok(child) => Ok(Spawned { child, pgid, guard: Some(guard), oom_before }),
         Err(e) => {
             guard.release();
             Err(e)
@@ -232,7 +237,7 @@ pub(crate) fn supervise(
     mut on_out: impl FnMut(&str),
     mut on_err: impl FnMut(&str),
 ) -> Result<Ended, StageFailure> {
-    let Spawned { mut child, pgid, guard } = spawned;
+    let Spawned { mut child, pgid, guard, oom_before } = spawned;
     let (tx, rx) = std::sync::mpsc::channel::<Line>();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let out_tx = tx.clone();
@@ -288,7 +293,8 @@ pub(crate) fn supervise(
     for line in rx.try_iter() {
         route(line);
     }
-    Ok(Ended { status, stderr, peak_rss })
+    let oom = crate::memory::oom_kills().since(&oom_before);
+    Ok(Ended { status, stderr, peak_rss, oom })
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ impl StageKind for WorkerKind {
         }
         let stderr = String::from_utf8_lossy(&ended.stderr);
         let said = format!("{}\n{stderr}", error_message.as_deref().unwrap_or_default());
-        let hint = super::exit_hint::hint(Process::Worker, status, &said, ended.peak_rss).unwrap_or_default();
+        let hint = super::exit_hint::hint(Process::Worker, &ended, &said).unwrap_or_default();
         let message = match error_message {
             // The worker echoes its error as its last stderr line (for a
             // person running it by hand): shown once, with what came before.
