@@ -6,7 +6,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --release
 
-.PHONY: setup build run run-lite0 test bench bench-train bench-flagship fuzz fmt clippy pack-device gpu-check
+.PHONY: setup verify-torch build run run-lite0 test bench bench-train bench-flagship fuzz fmt clippy pack-device gpu-check
 
 # Installs libtorch once per machine (quiet when done) and builds everything.
 setup:
@@ -14,6 +14,12 @@ setup:
 	$(CARGO) build $(CARGO_FLAGS) --workspace
 
 build: setup
+
+# Hashes every library of the torch install against pip's RECORD (seconds
+# to a minute) and installs again where one differs: for a worker that
+# crashes while `make setup`, which checks only sizes, finds nothing wrong.
+verify-torch:
+	@bash scripts/setup-torch.sh --verify
 
 # Offline dev and CI machines carry CIFAR-10 as an image-folder archive
 # beside the checkout; use it when present, else the official download.

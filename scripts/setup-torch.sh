@@ -9,7 +9,19 @@
 # interrupted install and is recreated from scratch. Idempotent; prints
 # nothing unless it has work to do. `CAIRN_TORCH_HOME` overrides the venv
 # location, `PYTHON` the interpreter used to create it.
+#
+# Every run checks the sizes of torch's libraries against pip's RECORD;
+# `--verify` (`make verify-torch`) also checks the sha256 RECORD gives every
+# shared library of the venv (torch's and the CUDA wheels', about 4.5 GB,
+# seconds to a minute), which finds a library damaged at its full size.
 set -euo pipefail
+
+VERIFY=
+case "${1:-}" in
+  --verify) VERIFY=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--verify]" >&2; exit 2 ;;
+esac
 
 TORCH_VERSION=2.11.0
 # Only the tests use it (they check our weights load into torchvision).
@@ -45,11 +57,47 @@ damaged_lib() {
   done < <(grep '^torch/lib/' "$record")
 }
 
+# The first shared library (torch/lib/*.so*, nvidia/*/lib/*.so*, …) whose
+# sha256 is not the one its wheel's RECORD gives, if any.
+corrupt_lib() {
+  local site
+  site="$(dirname "$(dirname "$(compgen -G "$VENV/lib/python3*/site-packages/torch-$TORCH_VERSION*.dist-info/RECORD" | head -n 1)")")"
+  python3 - "$site" <<'PY'
+import base64, csv, hashlib, pathlib, re, sys
+site = pathlib.Path(sys.argv[1])
+for record in sorted(site.glob("*.dist-info/RECORD")):
+    with record.open(newline="") as f:
+        for row in csv.reader(f):
+            if len(row) < 2 or not row[1].startswith("sha256=") or not re.search(r"\.so(\.|$)", row[0]):
+                continue
+            digest = hashlib.sha256()
+            try:
+                with (site / row[0]).open("rb") as lib:
+                    while chunk := lib.read(1 << 20):
+                        digest.update(chunk)
+            except OSError:
+                print(row[0])
+                sys.exit()
+            if base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode() != row[1][len("sha256="):]:
+                print(row[0])
+                sys.exit()
+PY
+}
+
 if have_torch; then
   damaged="$(damaged_lib)"
   if [ -n "$damaged" ]; then
     echo "cairn setup: the torch install at $VENV is damaged ($damaged is missing or cut short); installing it again" >&2
     rm -f "$MARKER"
+  elif [ -n "$VERIFY" ]; then
+    echo "cairn setup: checking the sha256 of every library in $VENV against pip's RECORD" >&2
+    damaged="$(corrupt_lib)"
+    if [ -n "$damaged" ]; then
+      echo "cairn setup: the torch install at $VENV is damaged ($damaged does not match its sha256 in pip's RECORD); installing it again" >&2
+      rm -f "$MARKER"
+    else
+      echo "cairn setup: every library matches its sha256" >&2
+    fi
   fi
 fi
 

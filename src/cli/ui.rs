@@ -5,7 +5,8 @@
 //! above the bars. When stderr is not a terminal (CI logs) there are no
 //! bars: each per-epoch message is printed as its own line, and every
 //! running stage gets a heartbeat line ([`super::heartbeat`]), so a log
-//! never goes quiet for long while a slow epoch runs. `--quiet` and
+//! never goes quiet for long while a slow epoch runs. Either way a stage's
+//! status says so while the machine is short of memory. `--quiet` and
 //! `--json` silence everything but errors.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::heartbeat::{self, Heartbeats};
+use super::heartbeat::{self, Heartbeats, PressureNote};
 use crate::cli::Cli;
 use cairn::key::DirtyReason;
 use cairn::kind::{Progress, Reporter};
@@ -52,6 +53,8 @@ pub struct Console {
     /// pays for it.
     beats: Arc<Heartbeats>,
     ticking: Once,
+    /// The bars' note on memory pressure.
+    pressure: PressureNote,
 }
 
 impl Console {
@@ -68,6 +71,7 @@ impl Console {
             running: Mutex::new(BTreeMap::new()),
             beats: Arc::new(Heartbeats::new(every)),
             ticking: Once::new(),
+            pressure: PressureNote::default(),
         }
     }
 
@@ -153,7 +157,10 @@ impl Reporter for Console {
             }
             bar.set_position(done.min(total));
         }
-        bar.set_message(p.message.clone());
+        match self.pressure.get(Instant::now(), cairn::memory::pressure_note) {
+            Some(note) => bar.set_message(format!("{}; {note}", p.message)),
+            None => bar.set_message(p.message.clone()),
+        }
     }
 
     fn log(&self, stage: &str, line: &str) {

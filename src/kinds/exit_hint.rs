@@ -40,9 +40,9 @@ pub(crate) fn hint(process: Process, ended: &Ended, said: &str) -> Option<String
     let text = match (process, signal) {
         (_, Some(libc::SIGKILL)) => killed(process, ended.oom, peak_rss, memory::limit()),
         (_, _) if out_of_memory => format!("an allocation failed: the process ran out of memory{}", beside_limit(peak_rss, memory::limit())),
-        (_, Some(libc::SIGBUS)) => "SIGBUS: a file it had mapped was cut short under it: a damaged or half-written library (cairn-worker's libtorch: `make setup` installs it again) or an input truncated while it read".into(),
+        (_, Some(libc::SIGBUS)) => "SIGBUS: a file it had mapped was cut short under it: a damaged or half-written library (cairn-worker's libtorch: `make verify-torch` checks it and installs it again) or an input truncated while it read".into(),
         (Process::Worker, Some(libc::SIGILL)) => "SIGILL: an instruction this CPU lacks: a cairn-worker built on another machine; `make` rebuilds it here".into(),
-        (Process::Worker, Some(_)) => "cairn-worker crashed before it could report an error: a damaged libtorch install (`make setup` installs it again) or a bug in cairn; if it persists, please report it with the output of `cairn run -vv`".into(),
+        (Process::Worker, Some(_)) => "cairn-worker crashed before it could report an error: a damaged libtorch install (`make verify-torch` hashes it and installs it again) or a bug in cairn; if it persists, please report it with the output of `cairn run -vv`".into(),
         (Process::Worker, None) if said.contains("error while loading shared libraries") => {
             "cairn-worker cannot load a library it was built against: libtorch, which `make setup` installs, was moved or deleted since; run `make setup`".into()
         }
@@ -144,7 +144,8 @@ mod tests {
 
     #[test]
     fn crashes_are_explained_for_the_worker_only() {
-        assert!(hint(Process::Worker, &signalled(libc::SIGSEGV), "").unwrap().contains("please report"));
+        let segv = hint(Process::Worker, &signalled(libc::SIGSEGV), "").unwrap();
+        assert!(segv.contains("please report") && segv.contains("`make verify-torch`"), "{segv}");
         assert!(hint(Process::Worker, &signalled(libc::SIGILL), "").unwrap().contains("another machine"));
         assert!(hint(Process::Worker, &signalled(libc::SIGBUS), "").unwrap().contains("cut short"));
         assert!(hint(Process::Command, &signalled(libc::SIGSEGV), "").is_none());

@@ -6,8 +6,12 @@
 //! memory is short (a container's limit, a small CI runner) they are
 //! written back and read again, where `pretrain` with its 1.15 GB of
 //! features in memory thrashed (under a 1.2 GiB cgroup) or was killed
-//! (under 700 MiB; BENCHMARKS.md). The rows a batch gets are the same bytes
-//! either way, so results do not depend on where the features lived.
+//! (under 700 MiB; BENCHMARKS.md). A file is used only where the scratch
+//! disk holds it twice over ([`disk_holds`]): the features' artifact and
+//! the stage's other outputs follow it onto that disk, and a full disk
+//! would fail a stage that memory could have carried. The rows a batch gets
+//! are the same bytes either way, so results do not depend on where the
+//! features lived.
 
 use std::path::{Path, PathBuf};
 
@@ -92,6 +96,36 @@ impl Features {
             Features::File { plain, .. } => plain.file.shape().iter().map(|&d| d as i64).collect(),
         }
     }
+}
+
+/// The bytes a file of `rows` features shaped and typed like `sample`'s
+/// rows takes ([`FeatureWriter`] stores a kind no artifact stores as f32).
+pub(super) fn file_bytes(sample: &Tensor, rows: i64) -> u64 {
+    let row: i64 = sample.size().iter().skip(1).product();
+    let width = tensors::dtype_of(sample.kind()).unwrap_or(DType::F32).size();
+    (rows.max(0) * row) as u64 * width as u64
+}
+
+/// Whether the file system of `dir` has room for `need` bytes of features
+/// twice over; `Err` says what it has. Where its free space cannot be
+/// read, the file is tried (a failed write names the file and the disk).
+pub(super) fn disk_holds(dir: &Path, need: u64) -> Result<(), String> {
+    let Some(free) = free_bytes(dir) else { return Ok(()) };
+    if free >= need.saturating_mul(2) {
+        return Ok(());
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    Err(format!("the scratch disk ({}) has {:.2} GB free, less than twice the {:.2} GB of features", dir.display(), gb(free), gb(need)))
+}
+
+/// The bytes an unprivileged process may still write on `dir`'s file system.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data that the call fills; `path` is a
+    // NUL-terminated string that outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// A tensor file of features and the kind they were made in. A kind no
@@ -191,6 +225,20 @@ mod tests {
         memory.save_plain_as(&dir.path().join("m.arrow"), Kind::Half).unwrap();
         file.save_plain_as(&dir.path().join("f16.arrow"), Kind::Half).unwrap();
         assert_eq!(std::fs::read(dir.path().join("m.arrow")).unwrap(), std::fs::read(dir.path().join("f16.arrow")).unwrap());
+    }
+
+    /// A file's size comes from the rows' shape and stored type; a disk
+    /// must hold it twice over.
+    #[test]
+    fn a_features_file_is_sized_and_checked_against_the_disk() {
+        let sample = Tensor::zeros([0, 8, 4, 4], (Kind::BFloat16, Device::Cpu));
+        assert_eq!(file_bytes(&sample, 10), 10 * 8 * 16 * 4, "bf16 is stored as f32");
+        assert_eq!(file_bytes(&sample.to_kind(Kind::Half), 10), 10 * 8 * 16 * 2);
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).expect("a temporary directory's disk reports its free space");
+        assert!(disk_holds(dir.path(), free / 2).is_ok());
+        let short = disk_holds(dir.path(), free / 2 + (1 << 30)).unwrap_err();
+        assert!(short.contains("GB free, less than twice the") && short.contains(&dir.path().display().to_string()), "{short}");
     }
 
     /// bf16 features, which no artifact stores, come back as the same bf16

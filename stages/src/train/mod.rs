@@ -199,8 +199,8 @@ fn init_net(ctx: &WorkerCtx, p: &TrainParams, xtr: &Images) -> StageResult<(nn::
 /// What the tail trains and validates on: the raw images, or (when a frozen
 /// prefix may be cached) its features, also written as the `features`
 /// output. On a CPU the training set's features go into files in the
-/// scratch directory ([`features`]); on a GPU, and for the val set, they stay
-/// on the device.
+/// scratch directory where its disk has room ([`features`]); on a GPU, and
+/// for the val set, they stay on the device.
 fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64) -> StageResult<(Source, Source)> {
     if !(p.caches_features() && r.first > 0) {
         return Ok((Source::Images(data.xtr.whole()?), Source::Images(data.xva.shallow_clone())));
@@ -219,7 +219,15 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
             ctx.progress_at(format!("caching `{block}` features at {rate:.0} img/s"), done, total, true);
         }
     };
-    let file = |name: &str| (!ctx.device.is_cuda()).then(|| ctx.scratch().join(name));
+    let on_disk = !ctx.device.is_cuda() && {
+        let need = features::file_bytes(&r.prefix(&data.xtr.slice(0, 0)?), ntr * (1 + flip as i64));
+        let room = features::disk_holds(ctx.scratch(), need);
+        if let Err(why) = &room {
+            ctx.progress(format!("{why}: the features stay in memory"));
+        }
+        room.is_ok()
+    };
+    let file = |name: &str| on_disk.then(|| ctx.scratch().join(name));
     let xva = Images::Loaded(data.xva.shallow_clone());
     let plain = r.features(&data.xtr, false, batch, file("features.arrow"), &mut report)?;
     let flipped = flip.then(|| r.features(&data.xtr, true, batch, file("mirrored-features.arrow"), &mut report)).transpose()?;
@@ -263,12 +271,21 @@ fn report_metrics(ctx: &WorkerCtx, fit: &Fit) {
 }
 
 #[cfg(test)]
+#[path = "../../../tests/support/skip.rs"]
+mod skip;
+#[cfg(test)]
+#[path = "../../../tests/support/tmpfs.rs"]
+mod tmpfs;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use cairn_kind::protocol::Job;
     use cairn_kinds::Kind as _;
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
+
+    use super::{skip, tmpfs};
 
     /// Runs one `train` job on a tiny synthetic set in `dir`, starting from
     /// `init` if given; returns the model path.
@@ -278,6 +295,11 @@ mod tests {
 
     /// [`train_from`], checkpointing in (and resuming from) `checkpoints`.
     pub(super) fn train_job(dir: &Path, raw: serde_json::Value, init: Option<&Path>, checkpoints: Option<&Path>) -> StageResult<PathBuf> {
+        train_job_in(dir, dir, raw, init, checkpoints)
+    }
+
+    /// [`train_job`] with its scratch directory at `scratch`.
+    fn train_job_in(dir: &Path, scratch: &Path, raw: serde_json::Value, init: Option<&Path>, checkpoints: Option<&Path>) -> StageResult<PathBuf> {
         std::fs::create_dir_all(dir).unwrap();
         // Not libtorch's generator: tests running in parallel share it.
         let mut rng = batches::Rng::new(42);
@@ -285,7 +307,7 @@ mod tests {
         let x = Tensor::from_slice(&pixels).view([48, 3, 8, 8]);
         let y = Tensor::from_slice(&(0..48).map(|_| rng.below(3) as i64).collect::<Vec<_>>());
         let plan = cairn_kinds::train::Train.check(&raw).map_err(|e| StageError::new(e.message))?;
-        let mut job = Job::new(cairn_kinds::train::Train.info(), "t", plan.params, dir).with_seed(7);
+        let mut job = Job::new(cairn_kinds::train::Train.info(), "t", plan.params, scratch).with_seed(7);
         for (slot, t) in [("train_images", &x), ("train_labels", &y), ("val_images", &x), ("val_labels", &y)] {
             let p = dir.join(format!("{slot}.arrow"));
             tensors::save(&p, t).unwrap();
@@ -386,6 +408,32 @@ mod tests {
         assert!(!cached[w].equal(&before[w]), "the tail trains on the cached features");
         let gap = (&cached[w] - &direct[w]).abs().max().double_value(&[]);
         assert!(gap < 1e-3, "cached features train the tail as the images do (max weight gap {gap})");
+    }
+
+    /// A scratch disk without room for the features twice over (a 4 KiB
+    /// tmpfs): they stay in memory, and the tail trains to the same bytes
+    /// as from their file on a disk with room.
+    #[test]
+    fn features_stay_in_memory_where_the_scratch_disk_is_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(small) = tmpfs::Tmpfs::mount(&dir.path().join("small"), "4k") else {
+            skip::unavailable("features_stay_in_memory_where_the_scratch_disk_is_short", "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+            return;
+        };
+        let first = train_once(&dir.path().join("a"), params(0.1)).unwrap();
+        let tune = |name: &str, scratch: &Path| {
+            let mut raw = params(0.05);
+            raw["init"] = serde_json::json!({"stage": "a.model"});
+            raw["trainable"] = serde_json::json!("group2+head");
+            raw["augment"] = serde_json::json!({"flip": true, "translate": 0});
+            std::fs::read(train_job_in(&dir.path().join(name), scratch, raw, Some(&first), None).unwrap()).unwrap()
+        };
+        let roomy = dir.path().join("roomy-scratch");
+        std::fs::create_dir_all(&roomy).unwrap();
+        let (from_file, from_memory) = (tune("roomy", &roomy), tune("short", &small.0));
+        assert!(roomy.join("features.arrow").exists() && roomy.join("mirrored-features.arrow").exists(), "a disk with room holds the features");
+        assert_eq!(std::fs::read_dir(&small.0).unwrap().count(), 0, "nothing written on the short disk");
+        assert!(from_file == from_memory, "the same model whether the features lived in a file or in memory");
     }
 
     #[test]
