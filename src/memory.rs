@@ -53,11 +53,11 @@ pub fn pressure_note() -> Option<String> {
     Some(format!("short of memory: tasks waited for it {p:.0}% of the last 10 s, so work slows (reclaiming or swapping)"))
 }
 
-/// The kernel's counts of processes its out-of-memory killer has killed
+/// The kernel's count of processes its out-of-memory killer has killed
 /// (kernel 4.13 and later): in this process's cgroup and the cgroups under
 /// it (v2 `memory.events`, v1 `memory.oom_control`; none for the root
-/// cgroup, which the kernel does not count), and on the whole machine
-/// (`/proc/vmstat`). The kernel counts a kill before it sends the SIGKILL,
+/// cgroup, which the kernel does not count), or where that is not kept, on
+/// the whole machine (`/proc/vmstat`). The kernel counts a kill before it sends the SIGKILL,
 /// so counts taken before a stage starts and after it ends tell whether
 /// the killer struck in between.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,11 +83,19 @@ pub enum OomSince {
     Unknown,
 }
 
-/// Now's [`OomKills`].
+/// Now's [`OomKills`]: the cgroup's count where the kernel keeps one (its
+/// file found once per process: a process does not change cgroups under
+/// cairn), else the machine's. One small file a call, since every stage
+/// takes two.
 pub fn oom_kills() -> OomKills {
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok();
-    let cgroup = own.and_then(|c| cgroup_oom_kills(&c, Path::new("/sys/fs/cgroup")));
-    let machine = std::fs::read_to_string("/proc/vmstat").ok().and_then(|t| field(&t, "oom_kill"));
+    static CGROUP_FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let file = CGROUP_FILE.get_or_init(|| {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        cgroup_oom_file(&own, Path::new("/sys/fs/cgroup"))
+    });
+    let read = |f: &Path| field(&std::fs::read_to_string(f).ok()?, "oom_kill");
+    let cgroup = file.as_deref().and_then(read);
+    let machine = if cgroup.is_none() { read(Path::new("/proc/vmstat")) } else { None };
     OomKills { cgroup, machine }
 }
 
@@ -107,10 +115,10 @@ impl OomKills {
     }
 }
 
-/// The out-of-memory kills counted for the cgroup named in `proc_cgroup`
-/// under `sys`; `None` in the root cgroup or where the kernel does not
-/// count them.
-fn cgroup_oom_kills(proc_cgroup: &str, sys: &Path) -> Option<u64> {
+/// The file where the kernel counts out-of-memory kills for the cgroup
+/// named in `proc_cgroup` under `sys`; `None` in the root cgroup, which it
+/// does not count, or where no such file exists (kernels before 4.13).
+fn cgroup_oom_file(proc_cgroup: &str, sys: &Path) -> Option<PathBuf> {
     let v2 = unified_dir(proc_cgroup, sys).filter(|d| d != sys && d != &sys.join("unified"));
     let v1 = v1_memory_path(proc_cgroup).filter(|rel| !rel.is_empty());
     let file = match (v2, v1) {
@@ -118,7 +126,7 @@ fn cgroup_oom_kills(proc_cgroup: &str, sys: &Path) -> Option<u64> {
         (Some(dir), None) => dir.join("memory.events"),
         (None, None) => return None,
     };
-    field(&std::fs::read_to_string(file).ok()?, "oom_kill")
+    field(&std::fs::read_to_string(&file).ok()?, "oom_kill").map(|_| file)
 }
 
 /// The number after `name` on its own line of a kernel `key value` file.
@@ -231,12 +239,15 @@ mod tests {
     fn oom_kills_are_read_from_the_cgroup_and_the_machine() {
         let sys = tempfile::tempdir().unwrap();
         write(&sys.path().join("memory/ci/job/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n");
-        assert_eq!(cgroup_oom_kills("4:memory:/ci/job\n0::/\n", sys.path()), Some(3));
-        assert_eq!(cgroup_oom_kills("4:memory:/\n0::/\n", sys.path()), None, "the root cgroup counts nothing");
+        let kills = |proc: &str| cgroup_oom_file(proc, sys.path()).and_then(|f| field(&std::fs::read_to_string(f).unwrap(), "oom_kill"));
+        assert_eq!(kills("4:memory:/ci/job\n0::/\n"), Some(3));
+        assert_eq!(kills("4:memory:/\n0::/\n"), None, "the root cgroup counts nothing");
+        write(&sys.path().join("memory/old/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\n");
+        assert_eq!(kills("4:memory:/old\n"), None, "a kernel before 4.13 counts nothing");
         write(&sys.path().join("cgroup.controllers"), "memory\n");
         write(&sys.path().join("user.slice/memory.events"), "low 0\nhigh 0\nmax 9\noom 2\noom_kill 1\noom_group_kill 0\n");
-        assert_eq!(cgroup_oom_kills("0::/user.slice\n", sys.path()), Some(1), "`oom_kill`, not `oom_group_kill`");
-        assert_eq!(cgroup_oom_kills("0::/\n", sys.path()), None);
+        assert_eq!(kills("0::/user.slice\n"), Some(1), "`oom_kill`, not `oom_group_kill`");
+        assert_eq!(kills("0::/\n"), None);
         assert_eq!(field("pgfault 10\noom_kill 4\n", "oom_kill"), Some(4));
     }
 
