@@ -27,6 +27,15 @@ pub mod train;
 pub mod weights;
 pub mod write_behind;
 
+// The tests' shared helpers (tests/support), loaded once for every unit
+// test of this crate.
+#[cfg(test)]
+#[path = "../../tests/support/skip.rs"]
+mod skip;
+#[cfg(test)]
+#[path = "../../tests/support/tmpfs.rs"]
+mod tmpfs;
+
 use cairn_kinds::{Declared, KindId};
 use ctx::{StageError, StageResult, WorkerCtx};
 use serde::Deserialize;

@@ -14,8 +14,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::{models, pth, weights};
 
-#[path = "../../../tests/support/skip.rs"]
-mod skip;
+use crate::skip;
 
 #[path = "../../../tests/support/torch_venv.rs"]
 mod torch_venv;

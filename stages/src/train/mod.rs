@@ -271,13 +271,6 @@ fn report_metrics(ctx: &WorkerCtx, fit: &Fit) {
 }
 
 #[cfg(test)]
-#[path = "../../../tests/support/skip.rs"]
-mod skip;
-#[cfg(test)]
-#[path = "../../../tests/support/tmpfs.rs"]
-mod tmpfs;
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use cairn_kind::protocol::Job;
@@ -285,7 +278,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
 
-    use super::{skip, tmpfs};
+    use crate::{skip, tmpfs};
 
     /// Runs one `train` job on a tiny synthetic set in `dir`, starting from
     /// `init` if given; returns the model path.
