@@ -36,15 +36,22 @@ pub(super) enum Held {
 }
 
 impl Features {
-    /// The plain features and the mirrored ones, from passes told the
-    /// same place to keep them.
+    /// The plain features and the mirrored ones. Where the mirrored pass
+    /// could not write its file after the plain one had (the disk filled
+    /// between them), the plain features are read into memory too, in the
+    /// mirrored ones' layout.
     pub(super) fn new(plain: Held, flipped: Option<Held>) -> StageResult<Self> {
         match (plain, flipped) {
             (Held::Memory(plain), None) => Ok(Features::Memory { plain, flipped: None }),
             (Held::Memory(plain), Some(Held::Memory(f))) => Ok(Features::Memory { plain, flipped: Some(f) }),
             (Held::File(plain), None) => Ok(Features::File { plain, flipped: None }),
             (Held::File(plain), Some(Held::File(f))) => Ok(Features::File { plain, flipped: Some(f) }),
-            _ => Err(StageError::new("the plain and mirrored features were kept in different places")),
+            (Held::File(plain), Some(Held::Memory(f))) => {
+                let mut rows = f.empty_like();
+                rows.copy_(&plain.load(0, plain.file.shape()[0] as i64)?);
+                Ok(Features::Memory { plain: rows, flipped: Some(f) })
+            }
+            (Held::Memory(_), Some(Held::File(_))) => Err(StageError::new("the mirrored features went to a file after the plain ones could not")),
         }
     }
 
@@ -225,6 +232,21 @@ mod tests {
         memory.save_plain_as(&dir.path().join("m.arrow"), Kind::Half).unwrap();
         file.save_plain_as(&dir.path().join("f16.arrow"), Kind::Half).unwrap();
         assert_eq!(std::fs::read(dir.path().join("m.arrow")).unwrap(), std::fs::read(dir.path().join("f16.arrow")).unwrap());
+    }
+
+    /// Plain features in a file and mirrored ones in memory (the mirrored
+    /// file could not be written) become both in memory: the file's rows,
+    /// in the mirrored ones' layout.
+    #[test]
+    fn plain_features_in_a_file_join_mirrored_ones_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = crate::models::channels_last(&Tensor::randn([5, 3, 2, 2], (Kind::Float, Device::Cpu)));
+        let mut f = FeatureWriter::new(dir.path().join("p.arrow"));
+        f.push(&plain).unwrap();
+        let flipped = plain.flip([3]);
+        let both = Features::new(Held::File(f.finish().unwrap().unwrap()), Some(Held::Memory(flipped.shallow_clone()))).unwrap();
+        let Features::Memory { plain: got, flipped: Some(f) } = both else { panic!("not in memory") };
+        assert!(got.equal(&plain) && got.stride() == flipped.stride() && f.equal(&flipped));
     }
 
     /// A file's size comes from the rows' shape and stored type; a disk

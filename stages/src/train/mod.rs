@@ -52,7 +52,7 @@ use crate::models::{self, Feed, Net};
 use crate::precision::compute_kind;
 use crate::{device, tensors, weights};
 use fit::{EpochRow, Fit, Split, Trainer};
-use features::Features;
+use features::{Features, Held};
 use runner::{Runner, Source};
 
 /// Images the net reads: a tensor, or rows left in their file and read a
@@ -213,30 +213,40 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
     // One pass over every image (and mirror) can take minutes: say where it is.
     let mut done = 0u64;
     let mut report = |n: i64| {
-        done += n as u64;
+        done = done.saturating_add_signed(n);
         if ctx.progress_due() {
             let rate = done as f64 / t0.elapsed().as_secs_f64();
             ctx.progress_at(format!("caching `{block}` features at {rate:.0} img/s"), done, total, true);
         }
     };
+    let xva = Images::Loaded(data.xva.shallow_clone());
+    let train = train_features(ctx, r, &data.xtr, flip, batch, &mut report)?;
+    let vplain = r.features(&xva, false, batch, None, &mut report, &mut |_| {})?;
+    let vflip = vflip.then(|| r.features(&xva, true, batch, None, &mut report, &mut |_| {})).transpose()?;
+    train.save_plain_as(ctx.output("features")?, Kind::Half)?;
+    ctx.log(format!("cached `{block}` features {:?} in {:.1}s", train.size(), t0.elapsed().as_secs_f64()));
+    Ok((Source::Features(Box::new(train)), Source::Features(Box::new(Features::new(vplain, vflip)?))))
+}
+
+/// The training set's features and, when training flips, its mirror's: on
+/// a CPU in files in the scratch directory where its disk holds them twice
+/// over, else (and from the first file whose writing failed on) in memory;
+/// the run says which and why.
+fn train_features(ctx: &WorkerCtx, r: &Runner, xtr: &Images, flip: bool, batch: i64, report: &mut impl FnMut(i64)) -> StageResult<Features> {
     let on_disk = !ctx.device.is_cuda() && {
-        let need = features::file_bytes(&r.prefix(&data.xtr.slice(0, 0)?), ntr * (1 + flip as i64));
+        let need = features::file_bytes(&r.prefix(&xtr.slice(0, 0)?), xtr.rows() * (1 + flip as i64));
         let room = features::disk_holds(ctx.scratch(), need);
         if let Err(why) = &room {
             ctx.progress(format!("{why}: the features stay in memory"));
         }
         room.is_ok()
     };
-    let file = |name: &str| on_disk.then(|| ctx.scratch().join(name));
-    let xva = Images::Loaded(data.xva.shallow_clone());
-    let plain = r.features(&data.xtr, false, batch, file("features.arrow"), &mut report)?;
-    let flipped = flip.then(|| r.features(&data.xtr, true, batch, file("mirrored-features.arrow"), &mut report)).transpose()?;
-    let vplain = r.features(&xva, false, batch, None, &mut report)?;
-    let vflip = vflip.then(|| r.features(&xva, true, batch, None, &mut report)).transpose()?;
-    let train = Features::new(plain, flipped)?;
-    train.save_plain_as(ctx.output("features")?, Kind::Half)?;
-    ctx.log(format!("cached `{block}` features {:?} in {:.1}s", train.size(), t0.elapsed().as_secs_f64()));
-    Ok((Source::Features(Box::new(train)), Source::Features(Box::new(Features::new(vplain, vflip)?))))
+    let file = |on: bool, name: &str| on.then(|| ctx.scratch().join(name));
+    let mut fell_back = |why: String| ctx.progress(format!("writing the features' file failed ({why}): they stay in memory"));
+    let plain = r.features(xtr, false, batch, file(on_disk, "features.arrow"), report, &mut fell_back)?;
+    let on_disk = on_disk && matches!(plain, Held::File(_));
+    let flipped = flip.then(|| r.features(xtr, true, batch, file(on_disk, "mirrored-features.arrow"), report, &mut fell_back)).transpose()?;
+    Features::new(plain, flipped)
 }
 
 fn write_tables(ctx: &WorkerCtx, fit: &Fit) -> StageResult {

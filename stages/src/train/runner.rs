@@ -2,15 +2,15 @@
 //! and a trainable tail, fed raw images or the prefix's cached features
 //! ([`Source`]), and the val metric over either.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tch::{nn, Kind, Tensor};
 
 use cairn_kinds::train::Tta;
 
-use super::features::{FeatureWriter, Features, Held};
+use super::features::{FeatureFile, FeatureWriter, Features, Held};
 use super::{batches, Images};
-use crate::ctx::StageResult;
+use crate::ctx::{StageError, StageResult};
 use crate::device;
 use crate::models::{self, Feed, Net};
 
@@ -110,28 +110,77 @@ impl<'a> Runner<'a> {
     /// batch done. The features go into a tensor file at `file` when one is
     /// given, else stay on the device, each batch copied into one tensor
     /// allocated up front, so they are never held twice (concatenating the
-    /// batches at the end would).
-    pub(super) fn features(&self, images: &Images, flip: bool, batch: i64, file: Option<PathBuf>, done: &mut impl FnMut(i64)) -> StageResult<Held> {
-        let n = images.rows();
-        let mut out: Option<Tensor> = None;
-        let mut to_file = file.map(FeatureWriter::new);
-        for s in (0..n).step_by(batch as usize) {
-            let len = batch.min(n - s);
-            let x = images.slice(s, len)?;
-            let f = self.prefix(&if flip { x.flip([3]) } else { x });
-            match to_file.as_mut() {
-                Some(rows) => rows.push(&f)?,
-                None => {
-                    out.get_or_insert_with(|| empty_rows_like(&f, n)).narrow(0, s, len).copy_(&f);
+    /// batches at the end would). The file only saves memory: where writing
+    /// it fails (a disk that filled since [`super::features::disk_holds`]
+    /// looked, a quota, a file-size limit), the pass starts again in memory,
+    /// `done` hears the rows done so far taken back, and `fell_back` why.
+    pub(super) fn features(
+        &self,
+        images: &Images,
+        flip: bool,
+        batch: i64,
+        file: Option<PathBuf>,
+        done: &mut impl FnMut(i64),
+        fell_back: &mut impl FnMut(String),
+    ) -> StageResult<Held> {
+        // No rows, no file: an empty tensor of the prefix's shape.
+        if let Some(path) = file.filter(|_| images.rows() > 0) {
+            let mut written = 0;
+            let mut count = |n: i64| {
+                written += n;
+                done(n)
+            };
+            match self.features_to_file(images, flip, batch, &path, &mut count)? {
+                Ok(file) => return Ok(Held::File(file)),
+                Err(why) => {
+                    let _ = std::fs::remove_file(&path);
+                    done(-written);
+                    fell_back(why.to_string());
                 }
             }
+        }
+        self.features_in_memory(images, flip, batch, done).map(Held::Memory)
+    }
+
+    /// The pass into a tensor file at `path`: `Ok(Err(_))` where writing
+    /// it failed, `Err` where reading or computing did.
+    fn features_to_file(&self, images: &Images, flip: bool, batch: i64, path: &Path, done: &mut impl FnMut(i64)) -> StageResult<StageResult<FeatureFile>> {
+        let mut rows = FeatureWriter::new(path.to_path_buf());
+        for s in (0..images.rows()).step_by(batch as usize) {
+            let f = self.prefix_of(images, flip, s, batch)?;
+            if let Err(e) = rows.push(&f) {
+                return Ok(Err(e));
+            }
+            done(f.size()[0]);
+        }
+        match rows.finish() {
+            Ok(Some(file)) => Ok(Ok(file)),
+            Ok(None) => Ok(Err(StageError::new("no rows to write"))),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// The pass into one tensor on the device.
+    fn features_in_memory(&self, images: &Images, flip: bool, batch: i64, done: &mut impl FnMut(i64)) -> StageResult<Tensor> {
+        let n = images.rows();
+        let mut out: Option<Tensor> = None;
+        for s in (0..n).step_by(batch as usize) {
+            let f = self.prefix_of(images, flip, s, batch)?;
+            let len = f.size()[0];
+            out.get_or_insert_with(|| empty_rows_like(&f, n)).narrow(0, s, len).copy_(&f);
             done(len);
         }
-        match (to_file.map(FeatureWriter::finish).transpose()?.flatten(), out) {
-            (Some(file), _) => Ok(Held::File(file)),
-            (None, Some(features)) => Ok(Held::Memory(features)),
-            (None, None) => Ok(Held::Memory(self.prefix(&images.slice(0, 0)?))),
+        match out {
+            Some(features) => Ok(features),
+            None => Ok(self.prefix(&images.slice(0, 0)?)),
         }
+    }
+
+    /// The prefix's output for rows `first..first + batch` (fewer at the
+    /// end) of `images`, mirrored when `flip`.
+    fn prefix_of(&self, images: &Images, flip: bool, first: i64, batch: i64) -> StageResult<Tensor> {
+        let x = images.slice(first, batch.min(images.rows() - first))?;
+        Ok(self.prefix(&if flip { x.flip([3]) } else { x }))
     }
 
     /// Logits for a batch whose tail input is `x` (prefix already applied).
@@ -232,18 +281,71 @@ mod tests {
         };
         for (src, flip) in sources.iter().flat_map(|s| [(s, false), (s, true)]) {
             let mut seen = 0;
-            let got = in_memory(r.features(src, flip, 4, None, &mut |n| seen += n).unwrap());
+            let got = in_memory(r.features(src, flip, 4, None, &mut |n| seen += n, &mut |_| {}).unwrap());
             let x = if flip { images.flip([3]) } else { images.shallow_clone() };
             let want = Tensor::cat(&[0, 4, 8].map(|s| r.prefix(&x.narrow(0, s, 4.min(10 - s)))), 0);
             assert_eq!(seen, 10);
             assert!(got.equal(&want), "flip {flip}: features differ from the prefix's batches");
             assert_eq!(got.stride(), want.stride(), "flip {flip}: not the prefix's layout");
-            let Held::File(file) = r.features(src, flip, 4, Some(dir.path().join(format!("f{flip}.arrow"))), &mut |_| {}).unwrap() else {
+            let Held::File(file) = r.features(src, flip, 4, Some(dir.path().join(format!("f{flip}.arrow"))), &mut |_| {}, &mut |_| {}).unwrap() else {
                 panic!("features asked to go to a file stayed in memory")
             };
             assert!(file.load(0, 10).unwrap().equal(&want), "flip {flip}: the file holds other rows");
         }
-        assert!(!in_memory(r.features(&sources[1], false, 4, None, &mut |_| {}).unwrap()).is_contiguous(), "the fast net's prefix runs channels-last");
-        assert_eq!(in_memory(r.features(&Images::Loaded(images.narrow(0, 0, 0)), false, 4, None, &mut |_| {}).unwrap()).size()[0], 0);
+        assert!(!in_memory(r.features(&sources[1], false, 4, None, &mut |_| {}, &mut |_| {}).unwrap()).is_contiguous(), "the fast net's prefix runs channels-last");
+        assert_eq!(in_memory(r.features(&Images::Loaded(images.narrow(0, 0, 0)), false, 4, None, &mut |_| {}, &mut |_| {}).unwrap()).size()[0], 0);
+    }
+
+    /// A file that cannot be written (here: in a directory that does not
+    /// exist) leaves the features in memory, the same rows, with the
+    /// progress taken back and the reason heard.
+    #[test]
+    fn features_whose_file_cannot_be_written_stay_in_memory() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let spec = ModelSpec { arch: Arch::Fast, num_classes: 3, stem: None, widths: Some(vec![4, 8]), normalize: Normalize::Cifar };
+        let net = models::build(&vs.root(), &spec);
+        let feed = Feed { normalize: spec.normalize, kind: Kind::Float, device: Device::Cpu };
+        let r = Runner::new(&net, feed, &["group2".to_string(), "head".to_string()], false);
+        let images = Images::Loaded(Tensor::from_slice(&(0..10 * 3 * 8 * 8).map(|i| (i * 37 % 251) as u8).collect::<Vec<u8>>()).view([10, 3, 8, 8]));
+        let (mut seen, mut why) = (0, Vec::new());
+        let dir = tempfile::tempdir().unwrap();
+        let nowhere = dir.path().join("gone/f.arrow");
+        let Held::Memory(got) = r.features(&images, true, 4, Some(nowhere.clone()), &mut |n| seen += n, &mut |w| why.push(w)).unwrap() else {
+            panic!("an unwritable file was kept")
+        };
+        let Held::Memory(want) = r.features(&images, true, 4, None, &mut |_| {}, &mut |_| {}).unwrap() else { unreachable!() };
+        assert!(got.equal(&want) && got.stride() == want.stride());
+        assert_eq!(seen, 10, "the progress counts the rows once");
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("gone/f.arrow"), "the reason names the file: {why:?}");
+        assert!(!nowhere.exists());
+    }
+
+    /// A disk that fills while the file is written (a 64 KiB tmpfs for
+    /// 256 KB of features): the pass starts again in memory, to the same
+    /// rows, and nothing is left on the disk.
+    #[test]
+    fn features_whose_disk_fills_mid_pass_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(small) = crate::tmpfs::Tmpfs::mount(&dir.path().join("small"), "64k") else {
+            crate::skip::unavailable("features_whose_disk_fills_mid_pass_stay_in_memory", "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+            return;
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let spec = ModelSpec { arch: Arch::Fast, num_classes: 3, stem: None, widths: Some(vec![4, 8]), normalize: Normalize::Cifar };
+        let net = models::build(&vs.root(), &spec);
+        let feed = Feed { normalize: spec.normalize, kind: Kind::Float, device: Device::Cpu };
+        let r = Runner::new(&net, feed, &["group1".to_string(), "group2".to_string(), "head".to_string()], false);
+        let images = Images::Loaded(Tensor::from_slice(&(0..64 * 3 * 32 * 32).map(|i| (i * 37 % 251) as u8).collect::<Vec<u8>>()).view([64, 3, 32, 32]));
+        let (mut seen, mut why) = (0, Vec::new());
+        let path = small.0.join("features.arrow");
+        let Held::Memory(got) = r.features(&images, false, 8, Some(path.clone()), &mut |n| seen += n, &mut |w| why.push(w)).unwrap() else {
+            panic!("features that do not fit were kept in a file")
+        };
+        let Held::Memory(want) = r.features(&images, false, 8, None, &mut |_| {}, &mut |_| {}).unwrap() else { unreachable!() };
+        assert!(crate::train::features::file_bytes(&want, 64) > 4 * 64 * 1024, "the features outgrow the disk");
+        assert!(got.equal(&want) && seen == 64);
+        assert!(why.len() == 1 && why[0].contains("No space left on device"), "{why:?}");
+        assert!(!path.exists(), "the partial file is removed");
     }
 }
