@@ -57,9 +57,9 @@ pub fn pressure_note() -> Option<String> {
 /// (kernel 4.13 and later): in this process's cgroup and the cgroups under
 /// it (v2 `memory.events`, v1 `memory.oom_control`; none for the root
 /// cgroup, which the kernel does not count), or where that is not kept, on
-/// the whole machine (`/proc/vmstat`). The kernel counts a kill before it sends the SIGKILL,
-/// so counts taken before a stage starts and after it ends tell whether
-/// the killer struck in between.
+/// the whole machine (`/proc/vmstat`). The kernel counts a kill before it
+/// sends the SIGKILL, so counts taken before a stage starts and after it
+/// ends tell whether the killer struck in between.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OomKills {
     pub cgroup: Option<u64>,

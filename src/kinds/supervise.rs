@@ -3,7 +3,10 @@
 //! (so a chatty child can never block on a full pipe), stderr is also kept
 //! for the failure message. The child is reaped with `wait4`, which also
 //! gives its peak resident memory: every executed stage reports it as the
-//! `peak_rss_mb` metric, so memory bounds show up in `cairn runs`.
+//! `peak_rss_mb` metric, so memory bounds show up in `cairn runs`. The
+//! kernel's count of out-of-memory kills is read when the child starts and
+//! after it is reaped ([`crate::memory::oom_kills`]), so a SIGKILL's hint
+//! can say whether the killer sent it.
 //!
 //! A stage is a process group, not a process, so the stage's own children
 //! (a `sleep` under `sh`, data-loader workers) can be stopped with it. The
