@@ -34,7 +34,9 @@ impl MemCgroup {
         // accounts swap, and without swap it does not matter.
         std::fs::write(cgroup.dir.join(files[0].0), &files[0].1).ok()?;
         let _ = std::fs::write(cgroup.dir.join(files[1].0), &files[1].1);
-        Some(cgroup)
+        // A process must be able to join it (v2 refuses one where the
+        // parent's rules forbid it): a `true` that joins first tells.
+        cgroup.command("true").status().ok()?.success().then_some(cgroup)
     }
 
     /// `program args…` run inside the cgroup: `sh` joins it and execs.
