@@ -35,13 +35,18 @@ have_torch() {
   [ -x "$VENV/bin/python" ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$TORCH_VERSION" ]
 }
 
+# torch's RECORD (pip's list of its files, sizes and sha256), if any.
+torch_record() {
+  compgen -G "$VENV/lib/python3*/site-packages/torch-$TORCH_VERSION*.dist-info/RECORD" | head -n 1 || true
+}
+
 # The first of torch's libraries (what cairn-worker links) that is missing
 # or not the size pip's RECORD gives it, if any: a libtorch deleted or cut
 # short since the install (a cleanup, a disk that filled) is found here
 # without hashing 4.7 GB on every `make`.
 damaged_lib() {
   local record site rel size
-  record="$(compgen -G "$VENV/lib/python3*/site-packages/torch-$TORCH_VERSION*.dist-info/RECORD" | head -n 1 || true)"
+  record="$(torch_record)"
   if [ -z "$record" ]; then
     echo "torch-$TORCH_VERSION's RECORD"
     return
@@ -61,7 +66,7 @@ damaged_lib() {
 # sha256 is not the one its wheel's RECORD gives, if any.
 corrupt_lib() {
   local site
-  site="$(dirname "$(dirname "$(compgen -G "$VENV/lib/python3*/site-packages/torch-$TORCH_VERSION*.dist-info/RECORD" | head -n 1)")")"
+  site="$(dirname "$(dirname "$(torch_record)")")"
   python3 - "$site" <<'PY'
 import base64, csv, hashlib, pathlib, re, sys
 site = pathlib.Path(sys.argv[1])

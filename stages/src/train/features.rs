@@ -48,7 +48,7 @@ impl Features {
             (Held::File(plain), Some(Held::File(f))) => Ok(Features::File { plain, flipped: Some(f) }),
             (Held::File(plain), Some(Held::Memory(f))) => {
                 let mut rows = f.empty_like();
-                rows.copy_(&plain.load(0, plain.file.shape()[0] as i64)?);
+                rows.copy_(&plain.load(0, plain.file.rows() as i64)?);
                 Ok(Features::Memory { plain: rows, flipped: Some(f) })
             }
             (Held::Memory(_), Some(Held::File(_))) => Err(StageError::new("the mirrored features went to a file after the plain ones could not")),
@@ -106,11 +106,16 @@ impl Features {
 }
 
 /// The bytes a file of `rows` features shaped and typed like `sample`'s
-/// rows takes ([`FeatureWriter`] stores a kind no artifact stores as f32).
+/// rows takes.
 pub(super) fn file_bytes(sample: &Tensor, rows: i64) -> u64 {
     let row: i64 = sample.size().iter().skip(1).product();
-    let width = tensors::dtype_of(sample.kind()).unwrap_or(DType::F32).size();
-    (rows.max(0) * row) as u64 * width as u64
+    (rows.max(0) * row) as u64 * stored_dtype(sample.kind()).size() as u64
+}
+
+/// How features of `kind` are stored: as themselves, or as f32 where no
+/// artifact stores that kind (bf16).
+fn stored_dtype(kind: Kind) -> DType {
+    tensors::dtype_of(kind).unwrap_or(DType::F32)
 }
 
 /// Whether the file system of `dir` has room for `need` bytes of features
@@ -182,7 +187,7 @@ impl FeatureWriter {
     pub(super) fn push(&mut self, batch: &Tensor) -> StageResult<()> {
         if self.writer.is_none() {
             let inner: Vec<usize> = batch.size()[1..].iter().map(|&d| d as usize).collect();
-            let stored = tensors::dtype_of(batch.kind()).unwrap_or(DType::F32);
+            let stored = stored_dtype(batch.kind());
             self.writer = Some((TensorWriter::create(&self.path, stored, &inner)?, batch.kind(), tensors::kind_of(stored)));
         }
         let (writer, _, stored) = self.writer.as_mut().expect("made above");
