@@ -1,8 +1,9 @@
 //! Terminal output: per-stage lines, progress, warnings, and tracing setup.
 //!
-//! On a terminal each running stage gets an indicatif bar (position, ETA
-//! and its latest status, e.g. loss and img/s) and per-epoch lines scroll
-//! above the bars. When stderr is not a terminal (CI logs) there are no
+//! On a terminal each running stage gets an indicatif bar from the moment
+//! it starts: a spinner with its elapsed time, then, once it reports a
+//! count, its position, ETA and latest status (e.g. loss and img/s), while
+//! per-epoch lines scroll above the bars. When stderr is not a terminal (CI logs) there are no
 //! bars: each per-epoch message is printed as its own line, and every
 //! running stage gets a heartbeat line ([`super::heartbeat`]), so a log
 //! never goes quiet for long while a slow epoch runs. Either way a stage's
@@ -14,7 +15,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use super::heartbeat::{self, Heartbeats, PressureNote};
 use crate::cli::Cli;
@@ -53,13 +54,26 @@ pub struct Console {
     /// pays for it.
     beats: Arc<Heartbeats>,
     ticking: Once,
-    /// The bars' note on memory pressure.
-    pressure: PressureNote,
+    /// The bars' note on memory pressure, drawn with them (so a stage
+    /// that reports nothing still shows it), and how it is read.
+    pressure: Arc<PressureNote>,
+    read_pressure: fn() -> Option<String>,
 }
+
+/// What a bar whose stage has reported nothing says.
+const SILENT: &str = "no progress reported yet";
+const SPINNER: &str = "  {prefix} {spinner} {elapsed:>4} {msg}{note}";
+const COUNT: &str = "  {prefix} [{bar:28.cyan/blue}] {percent:>3}% {elapsed:>4}<{eta:<4} {msg}{note}";
 
 impl Console {
     pub fn new(quiet: bool, verbose: bool) -> Self {
         let target = if quiet || !std::io::stderr().is_terminal() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        Self::drawing_to(target, quiet, verbose, cairn::memory::pressure_note)
+    }
+
+    /// A console whose bars go to `target`, their memory note read by
+    /// `read_pressure`.
+    fn drawing_to(target: ProgressDrawTarget, quiet: bool, verbose: bool, read_pressure: fn() -> Option<String>) -> Self {
         let every = Heartbeats::interval_from_env().unwrap_or_else(|why| {
             eprintln!("warning: {why}");
             heartbeat::HEARTBEAT
@@ -71,7 +85,8 @@ impl Console {
             running: Mutex::new(BTreeMap::new()),
             beats: Arc::new(Heartbeats::new(every)),
             ticking: Once::new(),
-            pressure: PressureNote::default(),
+            pressure: Arc::default(),
+            read_pressure,
         }
     }
 
@@ -101,11 +116,24 @@ impl Console {
             .or_insert_with(|| {
                 let bar = self.bars.add(ProgressBar::new_spinner());
                 bar.set_prefix(format!("{stage:<12}"));
-                bar.set_style(ProgressStyle::with_template("  {prefix} {spinner} {elapsed:>4} {msg}").expect("valid template"));
+                bar.set_style(self.style(SPINNER));
+                bar.set_message(SILENT);
                 bar.enable_steady_tick(std::time::Duration::from_millis(200));
                 bar
             })
             .clone()
+    }
+
+    /// A bar's style from `template`, whose `{note}` is the memory note
+    /// (read at most once a second, at each redraw: the spinner's tick
+    /// keeps it current while the stage is silent).
+    fn style(&self, template: &str) -> ProgressStyle {
+        let (note, read) = (self.pressure.clone(), self.read_pressure);
+        ProgressStyle::with_template(template).expect("valid template").with_key("note", move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+            if let Some(n) = note.get(Instant::now(), read) {
+                let _ = w.write_str("; ").and_then(|()| w.write_str(&n));
+            }
+        })
     }
 
     pub fn finish_bar(&self, stage: &str) {
@@ -149,18 +177,11 @@ impl Reporter for Console {
         if let (Some(done), Some(total)) = (p.done, p.total) {
             if bar.length() != Some(total) {
                 bar.set_length(total);
-                bar.set_style(
-                    ProgressStyle::with_template("  {prefix} [{bar:28.cyan/blue}] {percent:>3}% {elapsed:>4}<{eta:<4} {msg}")
-                        .expect("valid template")
-                        .progress_chars("=> "),
-                );
+                bar.set_style(self.style(COUNT).progress_chars("=> "));
             }
             bar.set_position(done.min(total));
         }
-        match self.pressure.get(Instant::now(), cairn::memory::pressure_note) {
-            Some(note) => bar.set_message(format!("{}; {note}", p.message)),
-            None => bar.set_message(p.message.clone()),
-        }
+        bar.set_message(p.message.clone());
     }
 
     fn log(&self, stage: &str, line: &str) {
@@ -185,6 +206,9 @@ impl Observer for Console {
             });
         }
         self.line(&format!("  {stage:<12} running ({})", reasons_text(reasons)));
+        if !self.bars.is_hidden() {
+            self.bar(stage);
+        }
     }
 
     fn finished(&self, r: &StageReport) {
@@ -256,6 +280,78 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use indicatif::TermLike;
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Clone, Debug, Default)]
+    struct Screen(Arc<Mutex<String>>);
+
+    impl TermLike for Screen {
+        fn width(&self) -> u16 {
+            200
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What was last drawn of `stage`'s bar, after the spinner has ticked
+    /// (frames are padded to the width, not ended by newlines).
+    fn drawn(screen: &Screen, stage: &str) -> String {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let all = screen.0.lock().unwrap();
+        all.rfind(stage).map(|i| all[i..].trim_end().to_string()).unwrap_or_default()
+    }
+
+    fn short() -> Option<String> {
+        Some("short of memory: tasks waited for it 42% of the last 10 s".into())
+    }
+
+    /// A stage that reports nothing (a long shell command) still gets a
+    /// bar, so a terminal shows it is alive and, when memory is short,
+    /// that it waits for memory; its first report turns it into a count.
+    #[test]
+    fn a_silent_stage_gets_a_bar_that_carries_the_memory_note() {
+        let screen = Screen::default();
+        let console = Console::drawing_to(ProgressDrawTarget::term_like(Box::new(screen.clone())), false, false, short);
+        console.started("hog", &[]);
+        let line = drawn(&screen, "hog ");
+        assert!(line.contains("no progress reported yet; short of memory: tasks waited for it 42%"), "{line:?}");
+        console.progress("hog", &Progress { message: "step 3/10".into(), done: Some(3), total: Some(10), transient: true });
+        let line = drawn(&screen, "hog ");
+        assert!(line.contains("30%") && line.contains("step 3/10; short of memory"), "{line:?}");
+    }
+
+    #[test]
+    fn a_bar_says_nothing_of_memory_while_there_is_enough() {
+        let screen = Screen::default();
+        let console = Console::drawing_to(ProgressDrawTarget::term_like(Box::new(screen.clone())), false, false, || None);
+        console.started("calm", &[]);
+        let line = drawn(&screen, "calm ");
+        assert!(line.contains("calm") && line.ends_with(SILENT), "{line:?}");
+    }
 
     #[test]
     fn recorded_times_read_to_the_second_in_utc() {
