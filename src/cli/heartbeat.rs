@@ -75,6 +75,11 @@ impl Heartbeats {
         }
     }
 
+    /// The stages that started at `before` or earlier and are running.
+    pub fn running_since(&self, before: Instant) -> Vec<String> {
+        self.beats.lock().unwrap().iter().filter(|(_, b)| b.started <= before).map(|(s, _)| s.clone()).collect()
+    }
+
     pub fn finished(&self, stage: &str) {
         self.beats.lock().unwrap().remove(stage);
     }

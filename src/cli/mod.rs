@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch for the `cairn` binary.
 
+mod bars;
 mod commands;
 mod diff;
 mod heartbeat;

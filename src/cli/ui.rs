@@ -1,23 +1,23 @@
 //! Terminal output: per-stage lines, progress, warnings, and tracing setup.
 //!
-//! On a terminal each running stage gets an indicatif bar from the moment
-//! it starts: a spinner with its elapsed time, then, once it reports a
-//! count, its position, ETA and latest status (e.g. loss and img/s), while
-//! per-epoch lines scroll above the bars. When stderr is not a terminal (CI logs) there are no
+//! On a terminal each running stage gets an indicatif bar ([`super::bars`]):
+//! a spinner with its elapsed time once it has run a second, then, once it
+//! reports a count, its position, ETA and latest status (e.g. loss and
+//! img/s), while per-epoch lines scroll above the bars. When stderr is not a terminal (CI logs) there are no
 //! bars: each per-epoch message is printed as its own line, and every
 //! running stage gets a heartbeat line ([`super::heartbeat`]), so a log
 //! never goes quiet for long while a slow epoch runs. Either way a stage's
 //! status says so while the machine is short of memory. `--quiet` and
 //! `--json` silence everything but errors.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Once};
 use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use indicatif::ProgressDrawTarget;
 
-use super::heartbeat::{self, Heartbeats, PressureNote};
+use super::bars::Bars;
+use super::heartbeat::{self, Heartbeats};
 use crate::cli::Cli;
 use cairn::key::DirtyReason;
 use cairn::kind::{Progress, Reporter};
@@ -45,25 +45,16 @@ pub fn init_tracing(cli: &Cli) {
 pub struct Console {
     quiet: bool,
     verbose: bool,
-    /// One bar per running stage, drawn on stderr when it is a terminal
-    /// (indicatif hides them otherwise).
-    bars: MultiProgress,
-    running: Mutex<BTreeMap<String, ProgressBar>>,
-    /// Heartbeats, printed by their own thread when there are no bars;
-    /// the thread starts with the first stage that runs, so a no-op never
-    /// pays for it.
+    /// The running stages' bars, drawn on stderr when it is a terminal
+    /// (hidden otherwise).
+    bars: Arc<Bars>,
+    /// Every running stage's start and latest progress: heartbeats,
+    /// printed by their own thread when there are no bars, and the bars'
+    /// keeper. Either thread starts with the first stage that runs, so a
+    /// no-op never pays for it.
     beats: Arc<Heartbeats>,
     ticking: Once,
-    /// The bars' note on memory pressure, drawn with them (so a stage
-    /// that reports nothing still shows it), and how it is read.
-    pressure: Arc<PressureNote>,
-    read_pressure: fn() -> Option<String>,
 }
-
-/// What a bar whose stage has reported nothing says.
-const SILENT: &str = "no progress reported yet";
-const SPINNER: &str = "  {prefix} {spinner} {elapsed:>4} {msg}{note}";
-const COUNT: &str = "  {prefix} [{bar:28.cyan/blue}] {percent:>3}% {elapsed:>4}<{eta:<4} {msg}{note}";
 
 impl Console {
     pub fn new(quiet: bool, verbose: bool) -> Self {
@@ -81,12 +72,9 @@ impl Console {
         Self {
             quiet,
             verbose,
-            bars: MultiProgress::with_draw_target(target),
-            running: Mutex::new(BTreeMap::new()),
+            bars: Arc::new(Bars::new(target, read_pressure)),
             beats: Arc::new(Heartbeats::new(every)),
             ticking: Once::new(),
-            pressure: Arc::default(),
-            read_pressure,
         }
     }
 
@@ -105,43 +93,12 @@ impl Console {
         if self.bars.is_hidden() {
             let _ = writeln!(std::io::stderr().lock(), "{text}");
         } else {
-            let _ = self.bars.println(text);
+            self.bars.println(text);
         }
-    }
-
-    fn bar(&self, stage: &str) -> ProgressBar {
-        let mut running = self.running.lock().unwrap();
-        running
-            .entry(stage.to_string())
-            .or_insert_with(|| {
-                let bar = self.bars.add(ProgressBar::new_spinner());
-                bar.set_prefix(format!("{stage:<12}"));
-                bar.set_style(self.style(SPINNER));
-                bar.set_message(SILENT);
-                bar.enable_steady_tick(std::time::Duration::from_millis(200));
-                bar
-            })
-            .clone()
-    }
-
-    /// A bar's style from `template`, whose `{note}` is the memory note
-    /// (read at most once a second, at each redraw: the spinner's tick
-    /// keeps it current while the stage is silent).
-    fn style(&self, template: &str) -> ProgressStyle {
-        let (note, read) = (self.pressure.clone(), self.read_pressure);
-        ProgressStyle::with_template(template).expect("valid template").with_key("note", move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
-            if let Some(n) = note.get(Instant::now(), read) {
-                let _ = w.write_str("; ").and_then(|()| w.write_str(&n));
-            }
-        })
     }
 
     pub fn finish_bar(&self, stage: &str) {
-        self.beats.finished(stage);
-        if let Some(bar) = self.running.lock().unwrap().remove(stage) {
-            bar.finish_and_clear();
-            self.bars.remove(&bar);
-        }
+        self.bars.finish(stage, &self.beats);
     }
 }
 
@@ -173,12 +130,9 @@ impl Reporter for Console {
         if self.bars.is_hidden() {
             return;
         }
-        let bar = self.bar(stage);
+        let bar = self.bars.bar(stage);
         if let (Some(done), Some(total)) = (p.done, p.total) {
-            if bar.length() != Some(total) {
-                bar.set_length(total);
-                bar.set_style(self.style(COUNT).progress_chars("=> "));
-            }
+            self.bars.count(&bar, total);
             bar.set_position(done.min(total));
         }
         bar.set_message(p.message.clone());
@@ -198,17 +152,15 @@ impl Reporter for Console {
 impl Observer for Console {
     fn started(&self, stage: &str, reasons: &[DirtyReason]) {
         self.beats.started(stage, Instant::now());
-        if self.bars.is_hidden() && !self.quiet {
-            self.ticking.call_once(|| {
-                self.beats.tick(|l| {
+        if !self.quiet {
+            self.ticking.call_once(|| match self.bars.is_hidden() {
+                true => self.beats.tick(|l| {
                     let _ = writeln!(std::io::stderr().lock(), "{l}");
-                })
+                }),
+                false => self.bars.keep(Arc::downgrade(&self.beats)),
             });
         }
         self.line(&format!("  {stage:<12} running ({})", reasons_text(reasons)));
-        if !self.bars.is_hidden() {
-            self.bar(stage);
-        }
     }
 
     fn finished(&self, r: &StageReport) {
@@ -279,6 +231,8 @@ pub fn human_bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::bars::SILENT;
+    use std::sync::Mutex;
     use super::*;
     use indicatif::TermLike;
 
@@ -317,10 +271,10 @@ mod tests {
         }
     }
 
-    /// What was last drawn of `stage`'s bar, after the spinner has ticked
-    /// (frames are padded to the width, not ended by newlines).
-    fn drawn(screen: &Screen, stage: &str) -> String {
-        std::thread::sleep(std::time::Duration::from_millis(600));
+    /// What was last drawn of `stage`'s bar after `wait` (frames are
+    /// padded to the width, not ended by newlines).
+    fn drawn(screen: &Screen, stage: &str, wait: std::time::Duration) -> String {
+        std::thread::sleep(wait);
         let all = screen.0.lock().unwrap();
         all.rfind(stage).map(|i| all[i..].trim_end().to_string()).unwrap_or_default()
     }
@@ -329,27 +283,49 @@ mod tests {
         Some("short of memory: tasks waited for it 42% of the last 10 s".into())
     }
 
-    /// A stage that reports nothing (a long shell command) still gets a
-    /// bar, so a terminal shows it is alive and, when memory is short,
-    /// that it waits for memory; its first report turns it into a count.
+    fn console(screen: &Screen, read_pressure: fn() -> Option<String>) -> Console {
+        Console::drawing_to(ProgressDrawTarget::term_like(Box::new(screen.clone())), false, false, read_pressure)
+    }
+
+    const MS: std::time::Duration = std::time::Duration::from_millis(1);
+
+    /// A stage that reports nothing (a long shell command) gets a bar once
+    /// it has run a second, so a terminal shows it is alive and, when
+    /// memory is short, that it waits for memory; its first count turns
+    /// the spinner into a bar.
     #[test]
-    fn a_silent_stage_gets_a_bar_that_carries_the_memory_note() {
+    fn a_stage_silent_for_a_second_gets_a_bar_that_carries_the_memory_note() {
         let screen = Screen::default();
-        let console = Console::drawing_to(ProgressDrawTarget::term_like(Box::new(screen.clone())), false, false, short);
+        let console = console(&screen, short);
         console.started("hog", &[]);
-        let line = drawn(&screen, "hog ");
+        let line = drawn(&screen, "hog ", 300 * MS);
+        assert!(line.ends_with("running ()"), "no bar yet: {line:?}");
+        let line = drawn(&screen, "hog ", 1500 * MS);
         assert!(line.contains("no progress reported yet; short of memory: tasks waited for it 42%"), "{line:?}");
         console.progress("hog", &Progress { message: "step 3/10".into(), done: Some(3), total: Some(10), transient: true });
-        let line = drawn(&screen, "hog ");
+        let line = drawn(&screen, "hog ", 300 * MS);
         assert!(line.contains("30%") && line.contains("step 3/10; short of memory"), "{line:?}");
+    }
+
+    /// A thousand stages of a few milliseconds each must not each flash a
+    /// bar (it cost about 1.5 ms a stage on a terminal).
+    #[test]
+    fn a_stage_that_ends_within_the_second_gets_no_bar() {
+        let screen = Screen::default();
+        let console = console(&screen, short);
+        console.started("quick", &[]);
+        std::thread::sleep(100 * MS);
+        console.finish_bar("quick");
+        let all = drawn(&screen, "quick", 1500 * MS);
+        assert!(!all.contains(SILENT) && !all.contains("short of memory"), "{all:?}");
     }
 
     #[test]
     fn a_bar_says_nothing_of_memory_while_there_is_enough() {
         let screen = Screen::default();
-        let console = Console::drawing_to(ProgressDrawTarget::term_like(Box::new(screen.clone())), false, false, || None);
+        let console = console(&screen, || None);
         console.started("calm", &[]);
-        let line = drawn(&screen, "calm ");
+        let line = drawn(&screen, "calm ", 1500 * MS);
         assert!(line.contains("calm") && line.ends_with(SILENT), "{line:?}");
     }
 

@@ -1,0 +1,113 @@
+//! A terminal's progress bars: one per running stage that has reported a
+//! count or has run for [`BAR_AFTER`] (a long shell command gets one too,
+//! a stage of a few milliseconds never flashes one), each ending in the
+//! memory-pressure note while memory is short. A keeper thread, started
+//! with the first stage, gives silent stages their bars; it stops when the
+//! stages' [`Heartbeats`] are dropped.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+
+use super::heartbeat::{Heartbeats, PressureNote};
+
+/// How long a silent stage runs before it gets a bar.
+pub const BAR_AFTER: Duration = Duration::from_secs(1);
+/// What a bar whose stage has reported nothing says.
+pub const SILENT: &str = "no progress reported yet";
+const SPINNER: &str = "  {prefix} {spinner} {elapsed:>4} {msg}{note}";
+const COUNT: &str = "  {prefix} [{bar:28.cyan/blue}] {percent:>3}% {elapsed:>4}<{eta:<4} {msg}{note}";
+
+pub struct Bars {
+    multi: MultiProgress,
+    running: Mutex<BTreeMap<String, ProgressBar>>,
+    /// The note, read at most once a second by whichever bar redraws.
+    pressure: Arc<PressureNote>,
+    read_pressure: fn() -> Option<String>,
+}
+
+impl Bars {
+    /// Bars drawn on `target` (hidden: none), their memory note read by
+    /// `read_pressure`.
+    pub fn new(target: ProgressDrawTarget, read_pressure: fn() -> Option<String>) -> Self {
+        Self { multi: MultiProgress::with_draw_target(target), running: Mutex::default(), pressure: Arc::default(), read_pressure }
+    }
+
+    pub fn is_hidden(&self) -> bool {
+        self.multi.is_hidden()
+    }
+
+    /// A permanent line above the bars.
+    pub fn println(&self, text: &str) {
+        let _ = self.multi.println(text);
+    }
+
+    /// `stage`'s bar, made now if it has none.
+    pub fn bar(&self, stage: &str) -> ProgressBar {
+        let mut running = self.running.lock().unwrap();
+        self.bar_in(&mut running, stage)
+    }
+
+    fn bar_in(&self, running: &mut BTreeMap<String, ProgressBar>, stage: &str) -> ProgressBar {
+        running
+            .entry(stage.to_string())
+            .or_insert_with(|| {
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_prefix(format!("{stage:<12}"));
+                bar.set_style(self.style(SPINNER));
+                bar.set_message(SILENT);
+                bar.enable_steady_tick(Duration::from_millis(200));
+                bar
+            })
+            .clone()
+    }
+
+    /// Turns `bar` into a count of `total`, once.
+    pub fn count(&self, bar: &ProgressBar, total: u64) {
+        if bar.length() != Some(total) {
+            bar.set_length(total);
+            bar.set_style(self.style(COUNT).progress_chars("=> "));
+        }
+    }
+
+    /// A bar's style from `template`, whose `{note}` is the memory note
+    /// (read at each redraw: the spinner's tick keeps it current while the
+    /// stage is silent).
+    fn style(&self, template: &str) -> ProgressStyle {
+        let (note, read) = (self.pressure.clone(), self.read_pressure);
+        ProgressStyle::with_template(template).expect("valid template").with_key("note", move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+            if let Some(n) = note.get(Instant::now(), read) {
+                let _ = w.write_str("; ").and_then(|()| w.write_str(&n));
+            }
+        })
+    }
+
+    /// `stage` ended: its heartbeat and bar go. The bars' lock is taken
+    /// first, as the keeper does, so the keeper never makes a bar for a
+    /// stage that has just ended.
+    pub fn finish(&self, stage: &str, beats: &Heartbeats) {
+        let mut running = self.running.lock().unwrap();
+        beats.finished(stage);
+        if let Some(bar) = running.remove(stage) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+    }
+
+    /// Gives each stage that has run for [`BAR_AFTER`] its bar, from a
+    /// thread, until `beats` is dropped.
+    pub fn keep(self: &Arc<Self>, beats: Weak<Heartbeats>) {
+        let bars = self.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(BAR_AFTER / 4);
+            let Some(beats) = beats.upgrade() else { return };
+            let Some(before) = Instant::now().checked_sub(BAR_AFTER) else { continue };
+            let mut running = bars.running.lock().unwrap();
+            for stage in beats.running_since(before) {
+                bars.bar_in(&mut running, &stage);
+            }
+        });
+    }
+}
