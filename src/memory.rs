@@ -7,7 +7,9 @@
 //! (pressure stall information: the cgroup's `memory.pressure` under v2,
 //! else the machine's `/proc/pressure/memory`). A machine that short of
 //! memory is reclaiming or swapping: work goes on, slower and slower,
-//! rather than failing, so a log must say so. And how many processes the
+//! rather than failing, so a log must say so, and name the cgroup's bound
+//! where one is the cause: its limit, or v2's `memory.high`, above which
+//! the kernel throttles the cgroup's tasks without killing any. And how many processes the
 //! kernel's out-of-memory killer has killed ([`oom_kills`]), so that a
 //! stage's SIGKILL can be told to be its work or not. Everything here is
 //! read when asked and is `None` where the kernel does not offer it.
@@ -50,7 +52,36 @@ pub fn pressure() -> Option<f64> {
 /// A heartbeat's note on memory pressure, when there is enough to matter.
 pub fn pressure_note() -> Option<String> {
     let p = pressure().filter(|p| *p >= PRESSURE_SHOWN)?;
-    Some(format!("short of memory: tasks waited for it {p:.0}% of the last 10 s, so work slows (reclaiming or swapping)"))
+    let bound = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_bound(&c, Path::new("/sys/fs/cgroup")));
+    Some(note(p, bound))
+}
+
+/// What a cgroup sets that makes its tasks short of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bound {
+    /// A limit (v2 `memory.max`, v1 `memory.limit_in_bytes`).
+    Limit(u64),
+    /// v2 `memory.high`, below the limit.
+    High(u64),
+}
+
+fn note(pressure: f64, bound: Option<Bound>) -> String {
+    let under = match bound {
+        Some(Bound::Limit(b)) => format!(" under its cgroup's limit of {}", show_bytes(b)),
+        Some(Bound::High(b)) => format!(" above its cgroup's `memory.high` of {}, where the kernel throttles it", show_bytes(b)),
+        None => String::new(),
+    };
+    format!("short of memory{under}: tasks waited for it {pressure:.0}% of the last 10 s, so work slows (reclaiming or swapping)")
+}
+
+/// The tighter of the cgroup's limit and its `memory.high`.
+fn cgroup_bound(proc_cgroup: &str, sys: &Path) -> Option<Bound> {
+    let high = unified_dir(proc_cgroup, sys).and_then(|dir| smallest(ancestors(&dir, sys).map(|d| d.join("memory.high"))));
+    match (cgroup_limit(proc_cgroup, sys), high) {
+        (Some(l), Some(h)) if h < l => Some(Bound::High(h)),
+        (None, Some(h)) => Some(Bound::High(h)),
+        (l, _) => l.map(Bound::Limit),
+    }
 }
 
 /// The kernel's count of processes its out-of-memory killer has killed
@@ -155,7 +186,6 @@ fn meminfo_total(meminfo: &str) -> Option<u64> {
 /// the cgroup file systems are mounted). A value this large or `max` is
 /// no limit.
 fn cgroup_limit(proc_cgroup: &str, sys: &Path) -> Option<u64> {
-    const UNLIMITED: u64 = 1 << 62;
     let mut files = Vec::new();
     if let Some(dir) = unified_dir(proc_cgroup, sys) {
         files.extend(ancestors(&dir, sys).map(|d| d.join("memory.max")));
@@ -164,7 +194,14 @@ fn cgroup_limit(proc_cgroup: &str, sys: &Path) -> Option<u64> {
         let root = sys.join("memory");
         files.extend(ancestors(&root.join(rel), &root).map(|d| d.join("memory.limit_in_bytes")));
     }
-    files.iter().filter_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok()).filter(|b| *b < UNLIMITED).min()
+    smallest(files.into_iter())
+}
+
+/// The smallest byte count in `files`; `max`, a value this large, or a
+/// file that is missing is none.
+fn smallest(files: impl Iterator<Item = PathBuf>) -> Option<u64> {
+    const UNLIMITED: u64 = 1 << 62;
+    files.filter_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok()).filter(|b| *b < UNLIMITED).min()
 }
 
 /// The v2 (unified) cgroup directory of this process, if one is mounted:
@@ -224,6 +261,27 @@ mod tests {
         write(&sys.path().join("user.slice/run.scope/memory.max"), "max\n");
         assert_eq!(cgroup_limit("0::/user.slice/run.scope\n", sys.path()), Some(2 << 30));
         assert_eq!(cgroup_limit("0::/other\n", sys.path()), None);
+    }
+
+    #[test]
+    fn the_note_names_the_cgroups_tighter_bound() {
+        let sys = tempfile::tempdir().unwrap();
+        write(&sys.path().join("cgroup.controllers"), "cpu memory\n");
+        write(&sys.path().join("ci/memory.max"), "1073741824\n");
+        write(&sys.path().join("ci/memory.high"), "max\n");
+        write(&sys.path().join("ci/job/memory.max"), "max\n");
+        write(&sys.path().join("ci/job/memory.high"), "41943040\n");
+        assert_eq!(cgroup_bound("0::/ci/job\n", sys.path()), Some(Bound::High(40 << 20)));
+        assert_eq!(cgroup_bound("0::/ci\n", sys.path()), Some(Bound::Limit(1 << 30)));
+        write(&sys.path().join("ci/job/memory.high"), "2147483648\n");
+        assert_eq!(cgroup_bound("0::/ci/job\n", sys.path()), Some(Bound::Limit(1 << 30)), "a memory.high above the limit never acts");
+        assert_eq!(cgroup_bound("0::/\n", sys.path()), None);
+        assert_eq!(
+            note(94.4, Some(Bound::High(40 << 20))),
+            "short of memory above its cgroup's `memory.high` of 40 MiB, where the kernel throttles it: tasks waited for it 94% of the last 10 s, so work slows (reclaiming or swapping)"
+        );
+        assert!(note(12.0, Some(Bound::Limit(1 << 30))).starts_with("short of memory under its cgroup's limit of 1.0 GiB: tasks waited for it 12%"));
+        assert!(note(12.0, None).starts_with("short of memory: tasks waited"));
     }
 
     #[test]

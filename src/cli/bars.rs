@@ -44,17 +44,18 @@ impl Bars {
         let _ = self.multi.println(text);
     }
 
-    /// `stage`'s bar, made now if it has none.
-    pub fn bar(&self, stage: &str) -> ProgressBar {
+    /// `stage`'s bar, made now if it has none; its clock counts from
+    /// `started`.
+    pub fn bar(&self, stage: &str, started: Instant) -> ProgressBar {
         let mut running = self.running.lock().unwrap();
-        self.bar_in(&mut running, stage)
+        self.bar_in(&mut running, stage, started)
     }
 
-    fn bar_in(&self, running: &mut BTreeMap<String, ProgressBar>, stage: &str) -> ProgressBar {
+    fn bar_in(&self, running: &mut BTreeMap<String, ProgressBar>, stage: &str, started: Instant) -> ProgressBar {
         running
             .entry(stage.to_string())
             .or_insert_with(|| {
-                let bar = self.multi.add(ProgressBar::new_spinner());
+                let bar = self.multi.add(ProgressBar::new_spinner().with_elapsed(started.elapsed()));
                 bar.set_prefix(format!("{stage:<12}"));
                 bar.set_style(self.style(SPINNER));
                 bar.set_message(SILENT);
@@ -105,8 +106,8 @@ impl Bars {
             let Some(beats) = beats.upgrade() else { return };
             let Some(before) = Instant::now().checked_sub(BAR_AFTER) else { continue };
             let mut running = bars.running.lock().unwrap();
-            for stage in beats.running_since(before) {
-                bars.bar_in(&mut running, &stage);
+            for (stage, started) in beats.running_since(before) {
+                bars.bar_in(&mut running, &stage, started);
             }
         });
     }

@@ -75,9 +75,14 @@ impl Heartbeats {
         }
     }
 
-    /// The stages that started at `before` or earlier and are running.
-    pub fn running_since(&self, before: Instant) -> Vec<String> {
-        self.beats.lock().unwrap().iter().filter(|(_, b)| b.started <= before).map(|(s, _)| s.clone()).collect()
+    /// The running stages that started at `before` or earlier, with when.
+    pub fn running_since(&self, before: Instant) -> Vec<(String, Instant)> {
+        self.beats.lock().unwrap().iter().filter(|(_, b)| b.started <= before).map(|(s, b)| (s.clone(), b.started)).collect()
+    }
+
+    /// When `stage` started, if it is running.
+    pub fn start_of(&self, stage: &str) -> Option<Instant> {
+        self.beats.lock().unwrap().get(stage).map(|b| b.started)
     }
 
     pub fn finished(&self, stage: &str) {

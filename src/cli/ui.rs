@@ -130,7 +130,7 @@ impl Reporter for Console {
         if self.bars.is_hidden() {
             return;
         }
-        let bar = self.bars.bar(stage);
+        let bar = self.bars.bar(stage, self.beats.start_of(stage).unwrap_or_else(Instant::now));
         if let (Some(done), Some(total)) = (p.done, p.total) {
             self.bars.count(&bar, total);
             bar.set_position(done.min(total));
@@ -302,6 +302,8 @@ mod tests {
         assert!(line.ends_with("running ()"), "no bar yet: {line:?}");
         let line = drawn(&screen, "hog ", 1500 * MS);
         assert!(line.contains("no progress reported yet; short of memory: tasks waited for it 42%"), "{line:?}");
+        let shown = line.split_once("s no progress").and_then(|(l, _)| l.rsplit(' ').next()?.parse::<u32>().ok());
+        assert!(shown >= Some(2), "the clock counts from the stage's start, 1.8 s ago, not from the bar's: {line:?}");
         console.progress("hog", &Progress { message: "step 3/10".into(), done: Some(3), total: Some(10), transient: true });
         let line = drawn(&screen, "hog ", 300 * MS);
         assert!(line.contains("30%") && line.contains("step 3/10; short of memory"), "{line:?}");
