@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
-use super::heartbeat::{Heartbeats, PressureNote};
+use super::heartbeat::Heartbeats;
 
 /// How long a silent stage runs before it gets a bar.
 pub const BAR_AFTER: Duration = Duration::from_secs(1);
@@ -110,5 +110,48 @@ impl Bars {
                 bars.bar_in(&mut running, &stage, started);
             }
         });
+    }
+}
+
+/// The memory-pressure note for progress bars, which update many times a
+/// second: the kernel's figure is read at most once per [`Self::EVERY`].
+#[derive(Default)]
+pub struct PressureNote(Mutex<Option<(Instant, Option<String>)>>);
+
+impl PressureNote {
+    pub const EVERY: Duration = Duration::from_secs(1);
+
+    /// The note as of `now`, from `read` when the last is older than
+    /// [`Self::EVERY`].
+    pub fn get(&self, now: Instant, read: impl FnOnce() -> Option<String>) -> Option<String> {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((at, note)) if now.duration_since(*at) < Self::EVERY => note.clone(),
+            _ => {
+                let note = read();
+                *last = Some((now, note.clone()));
+                note
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bars_pressure_note_is_read_at_most_once_a_second() {
+        let note = PressureNote::default();
+        let t0 = Instant::now();
+        let reads = std::cell::Cell::new(0);
+        let read = |v: &str| {
+            reads.set(reads.get() + 1);
+            Some(v.to_string())
+        };
+        assert_eq!(note.get(t0, || read("a")).as_deref(), Some("a"));
+        assert_eq!(note.get(t0 + Duration::from_millis(900), || read("b")).as_deref(), Some("a"), "within a second: the last note");
+        assert_eq!(note.get(t0 + PressureNote::EVERY, || read("c")).as_deref(), Some("c"));
+        assert_eq!(reads.get(), 2);
     }
 }

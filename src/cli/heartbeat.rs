@@ -6,9 +6,8 @@
 //! long it has run, so a log never looks hung while work goes on. While
 //! the machine is short of memory ([`cairn::memory::pressure_note`]) each
 //! line says so, since a stage that outgrows its memory slows down rather
-//! than fails (a terminal's bars carry the same note, read at most once a
-//! second: [`PressureNote`]). A ticker thread prints them; it stops when
-//! the console is dropped.
+//! than fails (a terminal's bars carry the same note: [`super::bars`]). A
+//! ticker thread prints them; it stops when the console is dropped.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -120,29 +119,6 @@ impl Heartbeats {
     }
 }
 
-/// The memory-pressure note for progress bars, which update many times a
-/// second: the kernel's figure is read at most once per [`Self::EVERY`].
-#[derive(Default)]
-pub struct PressureNote(Mutex<Option<(Instant, Option<String>)>>);
-
-impl PressureNote {
-    pub const EVERY: Duration = Duration::from_secs(1);
-
-    /// The note as of `now`, from `read` when the last is older than
-    /// [`Self::EVERY`].
-    pub fn get(&self, now: Instant, read: impl FnOnce() -> Option<String>) -> Option<String> {
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match &*last {
-            Some((at, note)) if now.duration_since(*at) < Self::EVERY => note.clone(),
-            _ => {
-                let note = read();
-                *last = Some((now, note.clone()));
-                note
-            }
-        }
-    }
-}
-
 /// A heartbeat: where the stage is, its latest status, and when it should
 /// end; for a stage that has reported nothing (or nothing lately), how long
 /// it has been quiet.
@@ -181,21 +157,6 @@ fn clock(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bars_pressure_note_is_read_at_most_once_a_second() {
-        let note = PressureNote::default();
-        let t0 = Instant::now();
-        let reads = std::cell::Cell::new(0);
-        let read = |v: &str| {
-            reads.set(reads.get() + 1);
-            Some(v.to_string())
-        };
-        assert_eq!(note.get(t0, || read("a")).as_deref(), Some("a"));
-        assert_eq!(note.get(t0 + Duration::from_millis(900), || read("b")).as_deref(), Some("a"), "within a second: the last note");
-        assert_eq!(note.get(t0 + PressureNote::EVERY, || read("c")).as_deref(), Some("c"));
-        assert_eq!(reads.get(), 2);
-    }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 

@@ -3,7 +3,8 @@
 //! On a terminal each running stage gets an indicatif bar ([`super::bars`]):
 //! a spinner with its elapsed time once it has run a second, then, once it
 //! reports a count, its position, ETA and latest status (e.g. loss and
-//! img/s), while per-epoch lines scroll above the bars. When stderr is not a terminal (CI logs) there are no
+//! img/s), while per-epoch lines scroll above the bars. When stderr is not
+//! a terminal (CI logs) there are no
 //! bars: each per-epoch message is printed as its own line, and every
 //! running stage gets a heartbeat line ([`super::heartbeat`]), so a log
 //! never goes quiet for long while a slow epoch runs. Either way a stage's
@@ -153,11 +154,14 @@ impl Observer for Console {
     fn started(&self, stage: &str, reasons: &[DirtyReason]) {
         self.beats.started(stage, Instant::now());
         if !self.quiet {
-            self.ticking.call_once(|| match self.bars.is_hidden() {
-                true => self.beats.tick(|l| {
-                    let _ = writeln!(std::io::stderr().lock(), "{l}");
-                }),
-                false => self.bars.keep(Arc::downgrade(&self.beats)),
+            self.ticking.call_once(|| {
+                if self.bars.is_hidden() {
+                    self.beats.tick(|l| {
+                        let _ = writeln!(std::io::stderr().lock(), "{l}");
+                    })
+                } else {
+                    self.bars.keep(Arc::downgrade(&self.beats))
+                }
             });
         }
         self.line(&format!("  {stage:<12} running ({})", reasons_text(reasons)));
