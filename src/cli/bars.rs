@@ -137,8 +137,64 @@ impl PressureNote {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use indicatif::TermLike;
+
+    pub const MS: Duration = Duration::from_millis(1);
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Clone, Debug, Default)]
+    pub struct Screen(Arc<Mutex<String>>);
+
+    impl TermLike for Screen {
+        fn width(&self) -> u16 {
+            200
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What was last drawn of `stage`'s bar after `wait` (frames are
+    /// padded to the width, not ended by newlines).
+    pub fn drawn(screen: &Screen, stage: &str, wait: Duration) -> String {
+        std::thread::sleep(wait);
+        let all = screen.0.lock().unwrap();
+        all.rfind(stage).map(|i| all[i..].trim_end().to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_bars_clock_counts_from_its_stages_start() {
+        let screen = Screen::default();
+        let bars = Bars::new(ProgressDrawTarget::term_like(Box::new(screen.clone())), || None);
+        bars.bar("train", Instant::now() - 10 * 1000 * MS);
+        let line = drawn(&screen, "train ", 300 * MS);
+        assert!(line.contains(" 10s no progress reported yet"), "{line:?}");
+    }
+
 
     #[test]
     fn the_bars_pressure_note_is_read_at_most_once_a_second() {
