@@ -5,6 +5,7 @@
 # kernel, virtme-ng sharing this file system) whose cgroup v2 has the
 # memory controller, and there runs the release `cairn` through
 #   1. a stage the OOM killer kills under a child cgroup's `memory.max`,
+#      then with the limit on that cgroup's parent,
 #   2. a stage killed by `kill -9` from outside (no OOM kill),
 #   3. a stage that runs the whole VM out of memory (root cgroup:
 #      `/proc/vmstat`'s count),
@@ -39,6 +40,12 @@ outputs = { o = "o.txt" }'
   cg oom memory.max $((96 << 20))
   (cd "$(proj oom "$(hog 400000000)")" && incg oom "$CAIRN" run 2>&1 | tail -4)
   grep -w oom_kill /sys/fs/cgroup/oom/memory.events
+  echo "=== 1b. the same with the limit on the parent (a pod's limit, cairn in a container's child cgroup)"
+  cg pod memory.max $((96 << 20))
+  echo +memory > /sys/fs/cgroup/pod/cgroup.subtree_control
+  mkdir /sys/fs/cgroup/pod/box
+  (cd "$(proj pod "$(hog 400000000)")" && incg pod/box "$CAIRN" run 2>&1 | grep "help:")
+  grep -w oom_kill /sys/fs/cgroup/pod/box/memory.events
   echo "=== 2. kill -9 from outside (a child cgroup)"
   cg k9 memory.max max
   (cd "$(proj k9 $'[stages.sl]\nkind = "command"\ncmd = "sleep 60; echo > {out.o}"\noutputs = { o = "o.txt" }')" && incg k9 "$CAIRN" run 2>&1 | tail -4) &
