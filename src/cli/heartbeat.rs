@@ -7,7 +7,9 @@
 //! the machine is short of memory ([`cairn::memory::pressure_note`]) each
 //! line says so, since a stage that outgrows its memory slows down rather
 //! than fails (a terminal's bars carry the same note: [`super::bars`]). A
-//! ticker thread prints them; it stops when the console is dropped.
+//! ticker thread prints them; it stops when the console is dropped. On a
+//! terminal the same record of when each stage started tells the bars'
+//! keeper which stages have run long enough for a bar.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
