@@ -8,11 +8,12 @@
 //! else the machine's `/proc/pressure/memory`). A machine that short of
 //! memory is reclaiming or swapping: work goes on, slower and slower,
 //! rather than failing, so a log must say so, and name the cgroup's bound
-//! where one is the cause: its limit, or v2's `memory.high`, above which
-//! the kernel throttles the cgroup's tasks without killing any. And how many processes the
-//! kernel's out-of-memory killer has killed ([`oom_kills`]), so that a
-//! stage's SIGKILL can be told to be its work or not. Everything here is
-//! read when asked and is `None` where the kernel does not offer it.
+//! where one binds before the machine's memory: its limit, or v2's
+//! `memory.high`, above which the kernel throttles the cgroup's tasks
+//! without killing any. And how many processes the kernel's out-of-memory
+//! killer has killed ([`oom_kills`]), so that a stage's SIGKILL can be told
+//! to be its work or not. Everything here is read when asked and is `None`
+//! where the kernel does not offer it.
 
 use std::path::{Path, PathBuf};
 
@@ -52,8 +53,14 @@ pub fn pressure() -> Option<f64> {
 /// A heartbeat's note on memory pressure, when there is enough to matter.
 pub fn pressure_note() -> Option<String> {
     let p = pressure().filter(|p| *p >= PRESSURE_SHOWN)?;
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| meminfo_total(&m));
     let bound = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_bound(&c, Path::new("/sys/fs/cgroup")));
-    Some(note(p, bound))
+    Some(note(p, binding(bound, machine)))
+}
+
+/// `bound` where it binds before the machine's memory, `machine` bytes.
+fn binding(bound: Option<Bound>, machine: Option<u64>) -> Option<Bound> {
+    bound.filter(|b| machine.is_none_or(|m| b.bytes() < m))
 }
 
 /// What a cgroup sets that makes its tasks short of memory.
@@ -63,6 +70,14 @@ enum Bound {
     Limit(u64),
     /// v2 `memory.high`, below the limit.
     High(u64),
+}
+
+impl Bound {
+    fn bytes(self) -> u64 {
+        match self {
+            Bound::Limit(b) | Bound::High(b) => b,
+        }
+    }
 }
 
 fn note(pressure: f64, bound: Option<Bound>) -> String {
@@ -276,6 +291,8 @@ mod tests {
         write(&sys.path().join("ci/job/memory.high"), "2147483648\n");
         assert_eq!(cgroup_bound("0::/ci/job\n", sys.path()), Some(Bound::Limit(1 << 30)), "a memory.high above the limit never acts");
         assert_eq!(cgroup_bound("0::/\n", sys.path()), None);
+        assert_eq!(binding(Some(Bound::Limit(1 << 30)), Some(24 << 30)), Some(Bound::Limit(1 << 30)));
+        assert_eq!(binding(Some(Bound::Limit(64 << 30)), Some(24 << 30)), None, "a limit above the machine's memory never binds");
         assert_eq!(
             note(94.4, Some(Bound::High(40 << 20))),
             "short of memory above its cgroup's `memory.high` of 40 MiB, where the kernel throttles it: tasks waited for it 94% of the last 10 s, so work slows (reclaiming or swapping)"
