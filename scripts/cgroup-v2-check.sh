@@ -12,7 +12,7 @@
 #   4. a stage throttled by `memory.high` (never killed): a log's heartbeats,
 #   5. the same on a terminal (`script`'s pty): the bars,
 # then the permanent test `a_stage_the_out_of_memory_killer_kills_is_named_so`.
-# Needs root (apt, cgroups); installs qemu-system-x86, linux-image-amd64 and a
+# Needs root (apt, cgroups); installs qemu-system-x86, a kernel package and a
 # venv with virtme-ng once. Without working nested KVM (a VM in a VM) qemu
 # emulates the CPU: about 7 minutes. `make test` does not run this.
 #   bash scripts/cgroup-v2-check.sh            (after `make build` and `make test`)
@@ -78,7 +78,10 @@ ls "$ROOT"/target/release/deps/reliability-* > /dev/null 2>&1 || { echo "cgroup-
 KERNEL="$(ls -t /boot/vmlinuz-* 2>/dev/null | head -1 || true)"
 if ! command -v qemu-system-x86_64 > /dev/null || [ -z "$KERNEL" ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 linux-image-amd64 > /dev/null
+  # Debian names its kernel package linux-image-amd64, Ubuntu linux-image-generic.
+  kernel_pkg=linux-image-amd64
+  apt-cache show "$kernel_pkg" > /dev/null 2>&1 || kernel_pkg=linux-image-generic
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 "$kernel_pkg" > /dev/null
   KERNEL="$(ls -t /boot/vmlinuz-* | head -1)"
 fi
 VNG="$HOME/.cache/cairn/virtme-ng-1.42"
