@@ -56,11 +56,11 @@ outputs = { o = "o.txt" }'
   grep -w oom_kill /proc/vmstat
   echo "=== 4. throttled by memory.high = 40 MiB, never killed: a log (heartbeats every 10 s, stopped after 60 s)"
   cg high memory.high $((40 << 20))
-  (cd "$(proj high "$grow")" && CAIRN_HEARTBEAT=10 timeout 60 bash -c 'echo $$ > "$0"; exec "$@"' /sys/fs/cgroup/high/cgroup.procs "$CAIRN" run 2>&1 | grep "short of memory" | tail -3)
+  (cd "$(proj high "$grow")" && CAIRN_HEARTBEAT=10 incg high timeout 60 "$CAIRN" run 2>&1 | grep "short of memory" | tail -3)
   grep -E "^(high|oom_kill) " /sys/fs/cgroup/high/memory.events
   echo "=== 5. the same on a terminal (script's pty; the last frames, stopped after 60 s)"
   cg tty memory.high $((40 << 20))
-  (cd "$(proj tty "$grow")" && TERM=xterm timeout 60 script -qfc "bash -c 'echo \$\$ > /sys/fs/cgroup/tty/cgroup.procs; exec $CAIRN run'" "$scratch/pty.log" > /dev/null 2>&1 || true)
+  (cd "$(proj tty "$grow")" && TERM=xterm incg tty script -qfc "timeout 60 $CAIRN run" "$scratch/pty.log" > /dev/null 2>&1 || true)
   sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g' "$scratch/pty.log" | tr '\r' '\n' | sed 's/ *$//' | grep "short of memory" | tail -3
   echo "=== 6. the permanent test, on a real cgroup v2"
   local test; test="$(ls -t "$ROOT"/target/release/deps/reliability-* | grep -v '\.d$' | head -1)"

@@ -33,7 +33,7 @@ pub const PRESSURE_SHOWN: f64 = 10.0;
 /// The limit this process lives under (see the module docs).
 pub fn limit() -> Option<Limit> {
     let machine = meminfo_total(&std::fs::read_to_string("/proc/meminfo").ok()?);
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_limit(&c, Path::new("/sys/fs/cgroup")));
+    let cgroup = in_own_cgroup(cgroup_limit);
     match (machine, cgroup) {
         (Some(m), Some(c)) if c < m => Some(Limit { bytes: c, source: "its cgroup's limit" }),
         (Some(m), _) => Some(Limit { bytes: m, source: "the machine's memory" }),
@@ -43,7 +43,7 @@ pub fn limit() -> Option<Limit> {
 
 /// The percent of the last 10 s in which some task waited for memory.
 pub fn pressure() -> Option<f64> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| unified_dir(&c, Path::new("/sys/fs/cgroup")));
+    let own = in_own_cgroup(unified_dir);
     let text = own
         .and_then(|d| std::fs::read_to_string(d.join("memory.pressure")).ok())
         .or_else(|| std::fs::read_to_string("/proc/pressure/memory").ok())?;
@@ -54,7 +54,7 @@ pub fn pressure() -> Option<f64> {
 pub fn pressure_note() -> Option<String> {
     let p = pressure().filter(|p| *p >= PRESSURE_SHOWN)?;
     let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| meminfo_total(&m));
-    let bound = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| cgroup_bound(&c, Path::new("/sys/fs/cgroup")));
+    let bound = in_own_cgroup(cgroup_bound);
     Some(note(p, binding(bound, machine)))
 }
 
@@ -135,10 +135,7 @@ pub enum OomSince {
 /// takes two.
 pub fn oom_kills() -> OomKills {
     static CGROUP_FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    let file = CGROUP_FILE.get_or_init(|| {
-        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        cgroup_oom_file(&own, Path::new("/sys/fs/cgroup"))
-    });
+    let file = CGROUP_FILE.get_or_init(|| in_own_cgroup(cgroup_oom_file));
     let read = |f: &Path| field(&std::fs::read_to_string(f).ok()?, "oom_kill");
     let cgroup = file.as_deref().and_then(read);
     let machine = if cgroup.is_none() { read(Path::new("/proc/vmstat")) } else { None };
@@ -173,6 +170,12 @@ fn cgroup_oom_file(proc_cgroup: &str, sys: &Path) -> Option<PathBuf> {
         (None, None) => return None,
     };
     field(&std::fs::read_to_string(&file).ok()?, "oom_kill").map(|_| file)
+}
+
+/// `f` of this process's cgroups (the text of `/proc/self/cgroup`) under
+/// the cgroup file systems' mount point.
+fn in_own_cgroup<T>(f: impl FnOnce(&str, &Path) -> Option<T>) -> Option<T> {
+    f(&std::fs::read_to_string("/proc/self/cgroup").ok()?, Path::new("/sys/fs/cgroup"))
 }
 
 /// The number after `name` on its own line of a kernel `key value` file.

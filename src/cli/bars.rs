@@ -52,17 +52,18 @@ impl Bars {
     }
 
     fn bar_in(&self, running: &mut BTreeMap<String, ProgressBar>, stage: &str, started: Instant) -> ProgressBar {
-        running
-            .entry(stage.to_string())
-            .or_insert_with(|| {
-                let bar = self.multi.add(ProgressBar::new_spinner().with_elapsed(started.elapsed()));
-                bar.set_prefix(format!("{stage:<12}"));
-                bar.set_style(self.style(SPINNER));
-                bar.set_message(SILENT);
-                bar.enable_steady_tick(Duration::from_millis(200));
-                bar
-            })
-            .clone()
+        // Found without a new key string: this runs on every progress
+        // report and every keeper tick.
+        if let Some(bar) = running.get(stage) {
+            return bar.clone();
+        }
+        let bar = self.multi.add(ProgressBar::new_spinner().with_elapsed(started.elapsed()));
+        bar.set_prefix(format!("{stage:<12}"));
+        bar.set_style(self.style(SPINNER));
+        bar.set_message(SILENT);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        running.insert(stage.to_string(), bar.clone());
+        bar
     }
 
     /// Turns `bar` into a count of `total`, once.
