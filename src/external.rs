@@ -105,6 +105,18 @@ fn check_sha256(path: &Path, expected: &str) -> Result<(), ExternalError> {
     }
 }
 
+/// What curl's exit code says went wrong, in a few words (its man page,
+/// "EXIT CODES").
+fn curl_cause(code: Option<i32>) -> &'static str {
+    match code {
+        Some(6 | 7 | 28 | 35 | 56) => "offline, or the host is unreachable?",
+        Some(22) => "the server answered with an HTTP error, shown above: is the URL right?",
+        Some(3) => "the URL is malformed",
+        Some(23) => "writing the file failed: is the disk full?",
+        _ => "see curl's message above",
+    }
+}
+
 fn download(url: &str, path: &Path, sha256: &str) -> Result<(), ExternalError> {
     let err = |reason: String| ExternalError::Download {
         url: url.to_string(),
@@ -117,15 +129,19 @@ fn download(url: &str, path: &Path, sha256: &str) -> Result<(), ExternalError> {
     }
     let partial = path.with_extension("partial");
     eprintln!("downloading {url} → {}", path.display());
+    // curl's meter stays on in a log too: a large download is minutes
+    // of the run, and the meter is its only progress there.
     let status = Command::new("curl")
         .args(["-fL", "--retry", "2", "--connect-timeout", "20", "-o"])
         .arg(&partial)
+        // `--url`: the next word is the URL even where it starts with `-`.
+        .arg("--url")
         .arg(url)
         .status()
         .map_err(|e| err(format!("cannot run curl: {e}")))?;
     if !status.success() {
         let _ = std::fs::remove_file(&partial);
-        return Err(err(format!("curl exited with {status} (offline?)")));
+        return Err(err(format!("curl exited with {status} ({})", curl_cause(status.code()))));
     }
     std::fs::rename(&partial, path).map_err(|e| err(e.to_string()))
 }

@@ -169,6 +169,16 @@ pub enum InputRef {
     UpstreamParams,
 }
 
+/// Whether `s` is a SHA-256 digest as `sha256sum` prints it (64 hex digits).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether `s` is a URL cairn downloads from (`http://` or `https://`).
+pub fn is_download_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
 impl InputRef {
     /// Parses `"<stage>.<output>"`.
     pub fn parse_output(s: &str) -> Result<InputRef, String> {

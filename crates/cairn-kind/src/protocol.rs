@@ -223,11 +223,21 @@ impl JobEnv {
 /// The intra-op thread count for CPU compute: `CAIRN_THREADS`, else the
 /// number of CPUs.
 pub fn threads_from_env() -> usize {
-    std::env::var("CAIRN_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    std::env::var("CAIRN_THREADS").ok().and_then(|s| parse_threads(&s)).unwrap_or_else(cpus)
+}
+
+/// Why `CAIRN_THREADS` is set but not used, where it is.
+pub fn threads_env_problem() -> Option<String> {
+    let v = std::env::var("CAIRN_THREADS").ok()?;
+    parse_threads(&v).is_none().then(|| format!("CAIRN_THREADS={v} is not a positive whole number; stages use {} threads, this machine's CPUs", cpus()))
+}
+
+fn parse_threads(s: &str) -> Option<usize> {
+    s.trim().parse().ok().filter(|&n: &usize| n > 0)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// What `cairn-worker --probe` prints, one JSON object: facts read from
@@ -292,6 +302,17 @@ impl Event {
 mod tests {
     use super::*;
     use crate::{ArtifactType, EnvNeeds};
+
+    /// A value `CAIRN_THREADS` cannot mean is not used (and the CLI says
+    /// so, from `threads_env_problem`), never taken as some other count.
+    #[test]
+    fn thread_counts_parse_as_positive_whole_numbers() {
+        assert_eq!(parse_threads("4"), Some(4));
+        assert_eq!(parse_threads(" 2\n"), Some(2));
+        for bad in ["0", "-1", "two", "1.5", ""] {
+            assert_eq!(parse_threads(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn progress_events_carry_an_optional_bar_position() {

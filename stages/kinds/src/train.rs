@@ -622,11 +622,9 @@ pub fn init_input(init: &Init) -> Result<Option<InputRef>, ParamError> {
             Some(InputRef::parse_output(stage).map_err(|m| ParamError::new(vec![], m))?)
         }
         Init::Weights { weights, sha256, fetch } => {
-            let is_url = weights.starts_with("http://") || weights.starts_with("https://");
-            if let Some(h) = sha256 {
-                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(ParamError::at(&["init", "sha256"], "must be 64 hex digits"));
-                }
+            let is_url = cairn_kind::is_download_url(weights);
+            if sha256.as_deref().is_some_and(|h| !cairn_kind::is_sha256_hex(h)) {
+                return Err(ParamError::at(&["init", "sha256"], "must be 64 hex digits"));
             }
             if is_url {
                 if fetch.is_some() {
@@ -718,6 +716,12 @@ impl Kind for Train {
         p.reinit_head.get_or_insert(matches!(p.init, Init::Weights { .. }));
         if !(p.lr > 0.0 && p.lr.is_finite()) {
             return Err(ParamError::at(&["lr"], "must be a positive number"));
+        }
+        if !(0.0..1.0).contains(&p.momentum) {
+            return Err(ParamError::at(&["momentum"], "must be in [0, 1)"));
+        }
+        if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
+            return Err(ParamError::at(&["weight_decay"], "must be 0 or a positive number"));
         }
         check_muon(&mut p)?;
         if p.keep == Keep::Last && p.patience.is_some() {
@@ -823,6 +827,17 @@ mod tests {
             let err = check(json!({"model": bad})).unwrap_err();
             assert_eq!(err.path.len(), 2, "{err:?}");
         }
+    }
+
+    /// A momentum of 1 or more never lets the steps die down, and a
+    /// negative weight decay grows the weights: both were accepted.
+    #[test]
+    fn momentum_and_weight_decay_are_checked() {
+        for (param, bad) in [("momentum", json!(1.0)), ("momentum", json!(-0.1)), ("weight_decay", json!(-1e-4))] {
+            let err = check(json!({"model": {"arch": "fast"}, param: bad})).unwrap_err();
+            assert_eq!(err.path, vec![param.to_string()], "{param} = {bad}");
+        }
+        assert!(check(json!({"model": {"arch": "fast"}, "momentum": 0.0, "weight_decay": 0.0})).is_ok());
     }
 
     #[test]

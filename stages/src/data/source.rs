@@ -158,10 +158,12 @@ impl SourceTree {
         F: FnMut(&mut tar::Entry<'_, R>, &str) -> Result<Blob, DataError>,
     {
         let archive_err = |problem: String| archive_err(path, problem);
+        let mut last: Option<String> = None;
         for entry in entries {
-            let mut entry = entry.map_err(|e| archive_err(format!("corrupt or truncated archive: {e}")))?;
+            let mut entry = entry.map_err(|e| archive_err(unreadable_entry(last.as_deref(), &e)))?;
             let raw = entry.path().map_err(|e| archive_err(format!("entry with an unreadable name: {e}")))?.into_owned();
             let name = safe_name(&raw).map_err(archive_err)?;
+            last = Some(name.clone());
             let kind = entry.header().entry_type();
             if kind.is_dir() {
                 if !name.is_empty() {
@@ -240,6 +242,20 @@ fn spill_err(dir: &Path, e: std::io::Error) -> DataError {
              or unpack the archive and give its directory"
         ),
     )
+}
+
+/// Why a header did not parse, after entry `last`. The tar reader's words
+/// quote the header's bytes; for the first header, those are the first
+/// bytes of whatever file was named (a `source` pointed at the wrong file,
+/// a credentials file, say), so they are left out of the message.
+fn unreadable_entry(last: Option<&str>, e: &std::io::Error) -> String {
+    match last {
+        None => "corrupt or truncated archive: its first header does not parse (is it a tar archive?)".into(),
+        Some(name) => {
+            let said: String = e.to_string().lines().next().unwrap_or("").chars().take(120).collect();
+            format!("corrupt or truncated archive after entry `{name}`: {said}")
+        }
+    }
 }
 
 fn archive_err(archive: &Path, problem: String) -> DataError {

@@ -200,6 +200,10 @@ fn reads_image_folders_from_a_directory_a_tar_and_a_tar_gz() {
         let err = err_of(archive, SourceFormat::Auto);
         assert!(err.contains("corrupt or truncated archive"), "{err}");
     }
+    // A file that is no archive at all: its bytes stay out of the message.
+    std::fs::write(&tar, "user:secret-xyzzy:0:0:/root\n".repeat(40)).unwrap();
+    let err = err_of(&tar, SourceFormat::Auto);
+    assert!(err.contains("its first header does not parse") && !err.contains("secret-xyzzy"), "{err}");
 }
 
 #[test]
