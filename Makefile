@@ -91,7 +91,8 @@ gpu-check:
 	bash scripts/gpu-check.sh $(GPU_CHECK_FLAGS)
 
 # Property-based fuzzing (proptest) of the four parsers: pipeline.toml,
-# tensor files, CIFAR-10 binary batches, and .pth/safetensors weights.
+# tensor files, CIFAR-10 binary batches, and .pth/safetensors weights;
+# and of the remote's settings as object_store gets them (a request each).
 # `make test` runs a few hundred cases of each; this runs FUZZ_CASES of
 # each, one target at a time, stopping a target early once it has been
 # busy for FUZZ_SECONDS (when set), e.g. `make fuzz FUZZ_SECONDS=600`.
@@ -99,7 +100,7 @@ FUZZ_CASES ?= 1000000
 FUZZ_SECONDS ?=
 fuzz: setup
 	CAIRN_FUZZ_CASES=$(FUZZ_CASES) CAIRN_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test $(CARGO_FLAGS) --workspace \
-		--lib --test fuzz_spec --test fuzz_tensor --test fuzz_pth -- fuzz_ --nocapture --test-threads=1
+		--lib --test fuzz_spec --test fuzz_tensor --test fuzz_pth --test fuzz_remote -- fuzz_ --nocapture --test-threads=1
 
 fmt:
 	$(CARGO) fmt --all

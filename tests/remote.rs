@@ -408,6 +408,53 @@ fn a_hostile_manifest_is_refused() {
     assert!(r.stderr.contains("undeclared output `evil`"), "{}", r.all());
 }
 
+/// `cairn run --json` of [`PIPELINE`] in a fresh project whose remote's
+/// endpoint is a server of the test's own on loopback `port`.
+fn run_against(port: u16) -> Run {
+    let with_endpoint = format!("url = \"s3://cairn/team\"\nendpoint = \"http://127.0.0.1:{port}\"\nallow_http = true");
+    let p = Project::new(&PIPELINE.replace("url = \"s3://cairn/team\"", &with_endpoint));
+    let mut c = p.cmd(&["run", "--json"]);
+    c.env("AWS_ACCESS_KEY_ID", "k").env("AWS_SECRET_ACCESS_KEY", "s").env_remove("AWS_ENDPOINT_URL").env_remove("CAIRN_REMOTE");
+    c.output().unwrap().into()
+}
+
+/// A server that takes connections and never answers (a hung proxy) is
+/// given up on after 30 s, once, and the run finishes here; it once held
+/// every run for 120 s. Needs no S3 server: a bare listener will do.
+#[test]
+fn a_server_that_never_answers_is_given_up_on_within_a_minute() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and holds every connection, answering nothing.
+    std::thread::spawn(move || listener.incoming().flatten().for_each(std::mem::forget));
+    let t = Instant::now();
+    let r = run_against(port);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(statuses(&r), all("ran"));
+    assert!(r.stderr.contains("a request got no answer in 30 s; continuing with the local cache only"), "{}", r.all());
+    assert_eq!(r.stderr.matches("got no answer").count(), 1, "said once, not once per stage: {}", r.all());
+    assert!(t.elapsed().as_secs() < 60, "given up on after {:?}", t.elapsed());
+}
+
+/// A server that answers every request with a redirect to itself is
+/// reported once as down, not once per stage as a bad entry.
+#[test]
+fn a_server_that_redirects_in_a_loop_is_reported_once() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let _ = conn.read(&mut [0u8; 8192]);
+            let _ = conn.write_all(b"HTTP/1.1 301 Moved Permanently\r\nLocation: /again\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let r = run_against(port);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(statuses(&r), all("ran"));
+    assert_eq!(r.stderr.matches("redirects every request in a loop").count(), 1, "{}", r.all());
+}
+
 #[test]
 fn wrong_credentials_and_a_stopped_server_give_one_clear_error_and_the_run_completes_locally() {
     let Some(mut w) = Weed::start("wrong_credentials") else { return };

@@ -84,6 +84,9 @@ pub fn parse_url(url: &str) -> Result<RemoteKind, RemoteError> {
         if bucket.is_empty() {
             return Err(bad("names no bucket (expected s3://bucket/prefix)"));
         }
+        if !bucket.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+            return Err(bad("names a bucket with a character no bucket name holds (S3's names use lowercase letters, digits, `.` and `-`)"));
+        }
         let prefix = prefix.trim_matches('/').to_string();
         if RemotePath::parse(&prefix).is_err() || prefix.split('/').any(|p| p == "." || p == "..") {
             return Err(bad("has an invalid prefix"));
@@ -135,6 +138,9 @@ pub(crate) fn build_store(cfg: &RemoteConfig) -> Result<(Arc<dyn ObjectStore>, R
             } else if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
                 b = b.with_region("us-east-1");
             }
+            let region = b.get_config_value(&AmazonS3ConfigKey::Region).unwrap_or_default();
+            check_request_base(endpoint.as_deref(), &region, bucket).map_err(err)?;
+            check_header_values(&b).map_err(err)?;
             let store = b.build().map_err(|e| err(super::innermost(&e)))?;
             let base = RemotePath::parse(prefix).map_err(|e| err(e.to_string()))?;
             Ok((Arc::new(store), base))
@@ -147,6 +153,46 @@ pub(crate) fn build_store(cfg: &RemoteConfig) -> Result<(Arc<dyn ObjectStore>, R
             Ok((Arc::new(store), RemotePath::default()))
         }
     }
+}
+
+/// Checks the URL each request starts from (`{endpoint}/{bucket}` in path
+/// style) as object_store's HTTP stack will parse it: a URL `http::Uri` or
+/// `url::Url` refuses makes object_store panic mid-request rather than
+/// return an error.
+fn check_request_base(endpoint: Option<&str>, region: &str, bucket: &str) -> Result<(), String> {
+    let web = |v: &http::Uri| v.host().is_some() && v.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+    let parses = |u: &str| http::Uri::try_from(u).is_ok_and(|v| web(&v)) && reqwest::Url::parse(u).is_ok();
+    if let Some(ep) = endpoint {
+        if !parses(ep) {
+            return Err(format!("endpoint `{ep}` is not a valid http:// or https:// URL (set it in `[remote] endpoint` or AWS_ENDPOINT_URL, e.g. http://127.0.0.1:8333)"));
+        }
+    } else if !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(format!("region `{region}` is not a region name (e.g. us-east-1; from `[remote] region`, AWS_REGION or AWS_DEFAULT_REGION)"));
+    }
+    let base = match endpoint {
+        Some(ep) => format!("{}/{bucket}", ep.trim_end_matches('/')),
+        None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+    };
+    if parses(&base) {
+        Ok(())
+    } else {
+        Err(format!("`{base}`, where its requests would go, is not a valid URL"))
+    }
+}
+
+/// Checks what object_store puts into request headers from the AWS
+/// environment (the access key id and region in `Authorization`, a session
+/// token in its own header): a value no header can carry, such as one with
+/// a newline pasted in, makes object_store panic while signing. The value
+/// itself is never shown.
+fn check_header_values(b: &AmazonS3Builder) -> Result<(), String> {
+    let parts = [(AmazonS3ConfigKey::AccessKeyId, "access key id (AWS_ACCESS_KEY_ID)"), (AmazonS3ConfigKey::Token, "session token (AWS_SESSION_TOKEN)"), (AmazonS3ConfigKey::Region, "region")];
+    for (key, what) in parts {
+        if b.get_config_value(&key).is_some_and(|v| http::HeaderValue::from_str(&v).is_err()) {
+            return Err(format!("the {what} holds a character no HTTP header can carry (a line break or another control character); set it again"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether the environment holds no AWS credentials of any kind cairn
@@ -177,6 +223,31 @@ mod tests {
         assert!(parse_url("file://rel").is_err());
         assert!(parse_url("http://x").is_err());
         assert_eq!(parse_url("file:///mnt/c").unwrap(), RemoteKind::File { dir: "/mnt/c".into() });
+        assert!(parse_url("s3://b c/x").is_err());
+    }
+
+    /// Each of these made object_store panic in the first request
+    /// (`request must be valid`, or `InvalidPort` in its connector).
+    #[test]
+    fn urls_object_store_cannot_parse_are_refused_before_it_runs() {
+        for ep in ["http://local host:1", "http://127.0.0.1:99999", "nonsense", "http://[::1", "ftp://x"] {
+            assert!(check_request_base(Some(ep), "us-east-1", "b").unwrap_err().contains("endpoint"), "{ep}");
+        }
+        assert!(check_request_base(None, "us east", "b").unwrap_err().contains("region"));
+        assert!(check_request_base(Some("http://127.0.0.1:8333/"), "", "cairn").is_ok());
+        assert!(check_request_base(Some("HTTP://127.0.0.1:8333"), "", "cairn").is_ok(), "a scheme is case-blind, as `allow_http` takes it");
+        assert!(check_request_base(None, "eu-west-1", "my.bucket-1").is_ok());
+    }
+
+    /// Each made object_store panic while signing (`InvalidHeaderValue`).
+    #[test]
+    fn credentials_no_header_can_carry_are_refused_without_showing_them() {
+        let with = |key: AmazonS3ConfigKey, v: &str| AmazonS3Builder::new().with_config(key, v);
+        for (key, what) in [(AmazonS3ConfigKey::AccessKeyId, "access key id"), (AmazonS3ConfigKey::Token, "session token"), (AmazonS3ConfigKey::Region, "region")] {
+            let e = check_header_values(&with(key, "secret\nvalue")).unwrap_err();
+            assert!(e.contains(what) && !e.contains("secret"), "{e}");
+        }
+        assert!(check_header_values(&with(AmazonS3ConfigKey::Token, "a b\tc+/=")).is_ok());
     }
 
     #[test]

@@ -62,8 +62,9 @@
 //! blocks on it. Transfers stream (no object is ever whole in memory
 //! beyond [`transfer::SINGLE_PUT_MAX`]; larger ones use multipart uploads),
 //! run a few at a time, and are retried with backoff by `object_store`. A
-//! request of bounded size gets [`transfer::REQUEST_DEADLINE`] and a
-//! download may go [`transfer::STALL`] without a byte; past either, the
+//! HEAD or GET gets [`transfer::ANSWER_DEADLINE`] to be answered, a request
+//! sending a body of bounded size [`transfer::REQUEST_DEADLINE`], and a
+//! download may go [`transfer::STALL`] without a byte; past any, the
 //! remote is taken as down, said once, and the run goes on locally.
 //!
 //! Nothing here ever deletes from the remote except `cairn remote gc
@@ -316,7 +317,7 @@ impl Remote {
             return Ok(false);
         }
         let path = self.manifest_path(key);
-        let head = match transfer::bounded(self.c().store.head(&path)).await {
+        let head = match transfer::answered(self.c().store.head(&path)).await {
             Ok(head) => head,
             Err(f) => return self.mark_down(f.to_string()).map_or(Ok(false), Err),
         };
@@ -346,7 +347,9 @@ impl Remote {
                     Fault::Down("cannot connect: connection refused (is the server running? check the endpoint)".into())
                 } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
                     Fault::Down("cannot connect: the host name does not resolve".into())
-                } else if lower.contains("timed out") || lower.contains("timeout") {
+                } else if lower.contains("timed out") || http_kind(e) == Some(object_store::client::HttpErrorKind::Timeout) {
+                    // Not the word "timeout": every retried error's text
+                    // holds object_store's `retry_timeout` setting.
                     Fault::Down("cannot connect: timed out".into())
                 } else if ["invalidaccesskeyid", "signaturedoesnotmatch", "accessdenied", "403 forbidden", "401 unauthorized"]
                     .iter()
@@ -357,6 +360,13 @@ impl Remote {
                     Fault::Down("the bucket does not exist".into())
                 } else if lower.contains("error sending request") || lower.contains("connection reset") || lower.contains("connection closed") {
                     Fault::Down(format!("cannot connect: {}", innermost(e)))
+                } else if lower.contains("too many redirects") {
+                    Fault::Down("the server redirects every request in a loop: check the endpoint".into())
+                } else if lower.contains("header missing from response") || lower.contains("failed to convert header") {
+                    // Every answer lacks what S3's carry: the server, not one entry.
+                    Fault::Down(format!("the server's answers are not S3's ({}): check the endpoint", innermost(e)))
+                } else if let Some(status) = server_error(&chain) {
+                    Fault::Down(format!("the server answers every try with {status}"))
                 } else {
                     Fault::Other(innermost(e))
                 }
@@ -381,6 +391,19 @@ pub(crate) enum Fault {
     Down(String),
     /// This request failed.
     Other(String),
+}
+
+/// The kind object_store gave the HTTP failure behind `e`, if one is.
+fn http_kind(e: &(dyn std::error::Error + 'static)) -> Option<object_store::client::HttpErrorKind> {
+    std::iter::successors(Some(e), |c| c.source()).find_map(|c| c.downcast_ref::<object_store::client::HttpError>()).map(|h| h.kind())
+}
+
+/// The 5xx status in an error's text, as object_store words it once its
+/// retries are spent (`non-2xx status code: 503 Service Unavailable`).
+fn server_error(chain: &str) -> Option<String> {
+    let after = chain.split("non-2xx status code: ").nth(1)?;
+    let status: String = after.chars().take_while(|&c| c != ':').collect();
+    status.starts_with('5').then(|| format!("HTTP {}", status.trim()))
 }
 
 /// Every message in an error's source chain, joined.
@@ -421,6 +444,16 @@ mod tests {
     use super::*;
     use futures::StreamExt;
     use std::sync::atomic::AtomicUsize;
+
+    /// A server answering 500 to every try was reported as "timed out":
+    /// the retried error's text holds object_store's `retry_timeout`.
+    #[test]
+    fn a_server_error_is_named_by_its_status() {
+        let chain = "Generic S3 error: Error performing HEAD http://h/b/k in 1.6s, after 4 retries, max_retries: 4, retry_timeout: 30s  - Server returned non-2xx status code: 503 Service Unavailable: ";
+        assert_eq!(server_error(chain).as_deref(), Some("HTTP 503 Service Unavailable"));
+        assert_eq!(server_error("Server returned non-2xx status code: 404 Not Found: "), None);
+        assert_eq!(server_error("retry_timeout: 30s - error sending request"), None);
+    }
 
     #[test]
     fn small_and_large_objects_go_side_by_side_each_at_its_own_concurrency() {

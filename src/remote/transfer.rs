@@ -45,16 +45,33 @@ pub const MANIFEST_MAX: u64 = 4 << 20;
 /// as down.
 pub const STALL: Duration = Duration::from_secs(60);
 
-/// The longest one request of bounded size may take (a HEAD, a manifest,
-/// a PUT or a multipart part of at most 16 MiB): past it, the remote is
-/// taken as down. Downloads of objects are bounded by [`STALL`] instead.
+/// The longest one request that sends a body of bounded size may take (a
+/// PUT or a multipart part of at most 16 MiB, a listing, a delete): past
+/// it, the remote is taken as down.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Runs one request of bounded size, giving up after [`REQUEST_DEADLINE`].
+/// The longest a HEAD or a GET may wait for the server's answer, its
+/// status and headers (a body then streams, bounded by [`STALL`]): a live
+/// server answers in a second or two, `object_store`'s retries included
+/// (their backoff adds at most 1.5 s, [`super::retry_config`]), so a server
+/// that takes connections and never answers costs a run this long, not
+/// [`REQUEST_DEADLINE`].
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs one request that sends a bounded body, giving up after
+/// [`REQUEST_DEADLINE`].
 pub(crate) async fn bounded<T>(request: impl std::future::Future<Output = T>) -> Result<T, Failure> {
-    tokio::time::timeout(REQUEST_DEADLINE, request)
-        .await
-        .map_err(|_| Failure::Down(format!("a request got no answer in {} s", REQUEST_DEADLINE.as_secs())))
+    within(REQUEST_DEADLINE, request).await
+}
+
+/// Runs a HEAD, or a GET up to its answer, giving up after
+/// [`ANSWER_DEADLINE`].
+pub(crate) async fn answered<T>(request: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+    within(ANSWER_DEADLINE, request).await
+}
+
+async fn within<T>(limit: Duration, request: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+    tokio::time::timeout(limit, request).await.map_err(|_| Failure::Down(format!("a request got no answer in {} s", limit.as_secs())))
 }
 
 /// Why one transfer did not happen.
@@ -99,7 +116,7 @@ impl Remote {
     /// Downloads a small entry (`what`: a manifest, a job's record...),
     /// refusing one of more than `max` bytes whatever the server claims.
     pub(crate) async fn get_bounded(&self, path: &RemotePath, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
-        let got = bounded(self.c().store.get(path)).await?.map_err(|e| self.failure(&e))?;
+        let got = answered(self.c().store.get(path)).await?.map_err(|e| self.failure(&e))?;
         if got.meta.size > max {
             return Err(Failure::Bad(format!("its {what} is {} bytes, more than any {what} ({max})", got.meta.size)));
         }
@@ -199,7 +216,7 @@ impl Remote {
     async fn get_range(&self, h: ArtifactHash, size: u64, range: std::ops::Range<u64>) -> Result<Part<'_>, Failure> {
         let slot = self.c().range_slots.acquire().await.expect("the slots are never closed");
         let opts = object_store::GetOptions::default().with_range(Some(range.clone()));
-        let got = match bounded(self.c().store.get_opts(&self.object_path(&h), opts)).await? {
+        let got = match answered(self.c().store.get_opts(&self.object_path(&h), opts)).await? {
             Ok(got) => got,
             Err(e) if super::error_chain(&e).contains("non-partial response") => {
                 self.c().no_ranges.store(true, Ordering::Relaxed);
@@ -270,7 +287,7 @@ impl Remote {
     /// file `dest`, refusing one of more than `max` bytes whatever the
     /// server claims: nothing but its size is known to check.
     pub(crate) async fn download_bounded(&self, path: &RemotePath, max: u64, dest: &std::path::Path) -> Result<(), Failure> {
-        let got = bounded(self.c().store.get(path)).await?.map_err(|e| self.failure(&e))?;
+        let got = answered(self.c().store.get(path)).await?.map_err(|e| self.failure(&e))?;
         let too_large = || Failure::Bad(format!("it is larger than the {max} bytes allowed"));
         if got.meta.size > max {
             return Err(too_large());
@@ -315,7 +332,7 @@ impl Remote {
     /// holds another size than `size`.
     async fn get_object(&self, h: ArtifactHash, size: u64) -> Result<object_store::GetResult, Failure> {
         let path = self.object_path(&h);
-        let got = bounded(self.c().store.get(&path)).await?.map_err(|e| self.failure(&e))?;
+        let got = answered(self.c().store.get(&path)).await?.map_err(|e| self.failure(&e))?;
         self.same_size(h, size, &got)?;
         Ok(got)
     }
@@ -356,7 +373,7 @@ impl Remote {
     pub(crate) async fn push_file(&self, local: &std::path::Path, h: ArtifactHash, size: u64, sent: &AtomicU64) -> Result<u64, Failure> {
         let path = self.object_path(&h);
         let repair = self.damaged.lock().unwrap().contains(&h);
-        match bounded(self.c().store.head(&path)).await? {
+        match answered(self.c().store.head(&path)).await? {
             Ok(meta) if meta.size == size && !repair => return Ok(0),
             // A wrong-sized object under this name is damage; the
             // multipart path below overwrites it with the right bytes.
