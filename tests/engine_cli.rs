@@ -749,6 +749,17 @@ fn saved_overrides_apply_to_later_commands() {
     assert!(bad.stderr.contains("cairn.local.toml is not valid: not UTF-8 text") && bad.stderr.contains("delete it"), "{}", bad.all());
 }
 
+/// A run with `--save-overrides --set X` applies X from the command line
+/// and from the file it has just written: the run records it once.
+#[test]
+fn a_saved_flag_given_again_is_recorded_once() {
+    let p = Project::new(CHAIN);
+    assert_eq!(p.cairn(&["run", "--save-overrides", "--set", "b.env.SUFFIX=two"]).code, 0);
+    std::fs::remove_file(p.path().join("cairn.local.toml")).unwrap();
+    let s = p.cairn(&["status"]);
+    assert!(s.stderr.contains("ran with `--set b.env.SUFFIX=two`, which"), "{}", s.all());
+}
+
 /// `build.rs` links `cairn` at a fixed address on Linux (no start-up
 /// relocations; BENCHMARKS.md, "Startup") unless built with `CAIRN_PIE=1`.
 #[cfg(target_os = "linux")]
@@ -779,7 +790,29 @@ fn a_silent_stage_gets_heartbeats_in_a_log() {
     let r: common::Run = p.cmd(&["run", "--force", "quiet"]).env("CAIRN_HEARTBEAT", "soon").output().unwrap().into();
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("warning: CAIRN_HEARTBEAT=soon is not a positive number of seconds; heartbeats come every 30s"), "{}", r.stderr);
+    assert_eq!(r.stderr.matches("CAIRN_HEARTBEAT=soon").count(), 1, "warned once:\n{}", r.stderr);
     assert!(!r.stderr.contains("running for"), "30 s never pass in 1.2 s:\n{}", r.stderr);
+}
+
+/// `cairn inspect` of a text output shows its first lines (`--rows` of
+/// them), of a binary one its size.
+#[test]
+fn inspect_shows_the_first_lines_of_a_text_output() {
+    let p = Project::new(
+        r#"
+[stages.t]
+kind = "command"
+cmd = "seq 1 100 > {out.csv}; printf 'a\\000b' > {out.bin}"
+outputs = { csv = "n.csv", bin = "x.bin" }
+"#,
+    );
+    assert_eq!(p.cairn(&["run"]).code, 0);
+    let text = p.cairn(&["inspect", "t.csv", "--rows", "3"]);
+    assert!(text.stdout.contains("file (text)") && text.stdout.contains("  | 1\n  | 2\n  | 3\n  … (--rows N"), "{}", text.all());
+    assert!(!text.stdout.contains("| 4"), "{}", text.all());
+    assert!(p.cairn(&["inspect", "t.bin"]).stdout.contains("file (binary)  (3 B,"));
+    let json: serde_json::Value = serde_json::from_str(&p.cairn(&["inspect", "t.csv", "--json", "--rows", "2"]).stdout).unwrap();
+    assert_eq!(json["text"], serde_json::json!({"first_lines": ["1", "2"], "more": true}));
 }
 
 /// `cairn inspect` of a model output: its header's metadata, counts and

@@ -44,7 +44,7 @@ outputs = { text = "a.txt" }
 [stages.b]
 kind = "command"
 cmd = "cat {in.src} {in.data} > {out.text}"
-inputs = { src = "a.text", data = { file = "data/x.csv", sha256 = "00" } }
+inputs = { src = "a.text", data = { file = "data/x.csv", sha256 = "0000000000000000000000000000000000000000000000000000000000000000" } }
 outputs = { text = "b.txt" }
 env = { SUFFIX = "one" }
 

@@ -2,6 +2,7 @@
 //! are rendered here, the only place that knows about the terminal.
 
 use std::collections::BTreeSet;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ use super::{exit, CacheCmd, Cli, Cmd, Config};
 
 pub fn dispatch(cli: Cli) -> i32 {
     let console = Console::new(cli.quiet, cli.verbose > 0);
+    if let Some(why) = cairn::worker::threads_env_problem() {
+        console.warn_line(&why);
+    }
     if let Cmd::Run { save_overrides: true, config, .. } = &cli.command {
         if save_overrides(&cli, config, &console).is_err() {
             return exit::IO;
@@ -33,7 +37,7 @@ pub fn dispatch(cli: Cli) -> i32 {
                 targets: targets.clone(),
                 force: force.clone(),
                 dry_run: *dry_run,
-                jobs: jobs.unwrap_or(1),
+                jobs: jobs.map_or(1, NonZeroUsize::get),
                 push: *push,
                 remote_required: *remote_required,
                 remote: None,
@@ -50,7 +54,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Cmd::Inspect { target, json, grid, rows, config } => {
             load(&cli, config, &console).and_then(|(p, env)| super::inspect::run(&cli, &p, &env, target, *json, grid.as_deref(), *rows, &console))
         }
-        Cmd::Runs { limit, json, all_projects } => super::history::runs(&cli, *limit, *json, *all_projects),
+        Cmd::Runs { limit, json, all_projects } => super::history::runs(&cli, limit.get(), *json, *all_projects),
         Cmd::Diff { run_a, run_b, format, lock, config } => {
             let args = super::diff::DiffArgs { run_a: run_a.as_deref(), run_b: run_b.as_deref(), lock: lock.as_ref().map(|l| l.as_deref()), markdown: format == "markdown" };
             super::diff::diff(&cli, config, &args, &console)
@@ -109,8 +113,10 @@ pub fn load(cli: &Cli, config: &Config, console: &Console) -> Result<(Pipeline, 
         Some("none") => ProfileChoice::None,
         Some(p) => ProfileChoice::Named(p),
     };
-    // Flags on the command line come last, so they win.
-    let sets = local.set.iter().chain(&config.sets).cloned().collect();
+    // Flags on the command line come last, so they win; a saved one that
+    // the command line repeats (as `--save-overrides` does) is not applied
+    // or recorded twice.
+    let sets = local.set.iter().filter(|s| !config.sets.contains(s)).chain(&config.sets).cloned().collect();
     let opts = LoadOptions { profile, sets };
     match spec::load(&cli.file, &opts, &registry) {
         Ok(p) => {

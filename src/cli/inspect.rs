@@ -1,8 +1,9 @@
 //! `cairn inspect`: what a cached intermediate holds, without libtorch.
 //! Tensors show dtype, shape and statistics; tables show their schema and
 //! first rows (through polars); models (safetensors) their metadata (the
-//! network's spec), size and first tensors, from the header alone;
-//! anything can be rendered as JSON.
+//! network's spec), size and first tensors, from the header alone; other
+//! files their first lines or a PNG's size (`inspect_file`); anything can
+//! be rendered as JSON.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -76,14 +77,7 @@ pub fn run(
         ArtifactType::Tensor => show_tensor(&path, rec, json, console),
         ArtifactType::Table => show_table(&path, rec, json, rows, console),
         ArtifactType::Model => show_model(&path, rec, json, rows, console),
-        _ => {
-            if json {
-                println!("{}", serde_json::json!({"type": rec.ty, "size": rec.size, "hash": rec.hash, "path": path}));
-            } else {
-                println!("{} ({}, {}), {}", path.display(), rec.ty, human_bytes(rec.size), rec.hash.short());
-            }
-            Ok(exit::OK)
-        }
+        ArtifactType::Figure | ArtifactType::Report | ArtifactType::File => super::inspect_file::show(&path, rec, json, rows, console),
     }
 }
 

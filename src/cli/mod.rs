@@ -6,12 +6,14 @@ mod diff;
 mod heartbeat;
 mod history;
 mod inspect;
+mod inspect_file;
 mod local;
 mod lock;
 mod remote;
 mod sweep;
 mod ui;
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -93,7 +95,7 @@ pub enum Cmd {
         /// Independent stages to run at once [default: 1; with --sweep
         /// over stages on a scheduler, the number of points].
         #[arg(short, long)]
-        jobs: Option<usize>,
+        jobs: Option<NonZeroUsize>,
         /// Fail instead of waiting when another run holds the cache.
         #[arg(long)]
         no_wait: bool,
@@ -176,7 +178,7 @@ pub enum Cmd {
         /// Render the first images of an image tensor as a PNG grid.
         #[arg(long, value_name = "FILE.png")]
         grid: Option<PathBuf>,
-        /// Table rows to show.
+        /// Table rows, model tensors or a text file's lines to show.
         #[arg(long, default_value_t = 10)]
         rows: usize,
         #[command(flatten)]
@@ -185,8 +187,8 @@ pub enum Cmd {
     /// The history of this pipeline's runs (not those of other projects sharing the cache).
     Runs {
         /// The newest N runs.
-        #[arg(long, value_name = "N", default_value_t = 20)]
-        limit: usize,
+        #[arg(long, value_name = "N", default_value = "20")]
+        limit: NonZeroUsize,
         /// The runs as JSON on stdout.
         #[arg(long)]
         json: bool,

@@ -36,7 +36,8 @@ pub fn load_merged(cli: &Cli, config: &Config, flags: &[String], console: &Conso
     let shared = merged.sets.len() - merged.sweep.as_ref().map_or(0, |w| w.points[0].len());
     merged.sets.truncate(shared);
     let w = merged.sweep.as_ref().expect("merged");
-    console.line(&format!("sweep: {} points, {} stages shared, {} run per point", w.points.len(), merged.stages.len() - w.variants.len(), per_point(w)));
+    let (shared, own) = (merged.stages.len() - w.variants.len(), per_point(w));
+    console.line(&format!("sweep: {} points, {shared} {} shared, {own} {} of each point's own", w.points.len(), plural(shared, "stage"), plural(own, "stage")));
     Ok((merged, env.expect("at least one point")))
 }
 
@@ -54,6 +55,14 @@ pub fn default_jobs(pipeline: &Pipeline, w: &Sweep) -> usize {
         w.points.len()
     } else {
         1
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
     }
 }
 

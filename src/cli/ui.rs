@@ -12,8 +12,8 @@
 //! `--json` silence everything but errors.
 
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Once};
-use std::time::Instant;
+use std::sync::{Arc, Once, OnceLock};
+use std::time::{Duration, Instant};
 
 use indicatif::ProgressDrawTarget;
 
@@ -57,6 +57,18 @@ pub struct Console {
     ticking: Once,
 }
 
+/// `CAIRN_HEARTBEAT`'s interval, read (and a bad value warned of) once
+/// however many consoles a command makes.
+fn heartbeat_interval() -> Duration {
+    static EVERY: OnceLock<Duration> = OnceLock::new();
+    *EVERY.get_or_init(|| {
+        Heartbeats::interval_from_env().unwrap_or_else(|why| {
+            eprintln!("warning: {why}");
+            heartbeat::HEARTBEAT
+        })
+    })
+}
+
 impl Console {
     pub fn new(quiet: bool, verbose: bool) -> Self {
         let target = if quiet || !std::io::stderr().is_terminal() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
@@ -66,10 +78,7 @@ impl Console {
     /// A console whose bars go to `target`, their memory note read by
     /// `read_pressure`.
     fn drawing_to(target: ProgressDrawTarget, quiet: bool, verbose: bool, read_pressure: fn() -> Option<String>) -> Self {
-        let every = Heartbeats::interval_from_env().unwrap_or_else(|why| {
-            eprintln!("warning: {why}");
-            heartbeat::HEARTBEAT
-        });
+        let every = heartbeat_interval();
         Self {
             quiet,
             verbose,

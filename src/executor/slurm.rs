@@ -78,6 +78,14 @@ fn transient(stderr: &str) -> bool {
         .any(|w| s.contains(w))
 }
 
+/// Whether Slurm's client said it has no controller to ask: no
+/// configuration found (no `slurm.conf`, no DNS SRV record), or none
+/// answering.
+fn no_controller(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    ["could not establish a configuration source", "unable to contact slurm controller", "fetch_config"].iter().any(|w| s.contains(w))
+}
+
 /// Runs `program args`, retrying transient failures with backoff.
 fn run(program: &str, args: &[String]) -> Result<Output, ExecutorError> {
     let command = format!("{program} {}", args.join(" "));
@@ -91,8 +99,12 @@ fn run(program: &str, args: &[String]) -> Result<Output, ExecutorError> {
         if out.status.success() {
             return Ok(out);
         }
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        let err = ExecutorError::Command { command: command.clone(), status: out.status.to_string(), transient: transient(&stderr), stderr };
+        let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let transient = transient(&stderr);
+        if no_controller(&stderr) {
+            stderr.push_str("\n  help: this machine reaches no Slurm controller (`sinfo` should list the cluster's partitions here; check SLURM_CONF and munge), or run the stage here: `--set STAGE.executor=\"local\"`");
+        }
+        let err = ExecutorError::Command { command: command.clone(), status: out.status.to_string(), transient, stderr };
         if !err.is_transient() || attempt == ATTEMPTS {
             return Err(err);
         }
@@ -194,6 +206,16 @@ mod tests {
         assert_eq!(got["15"], JobState::Ended { state: "TIMEOUT".into() });
         assert_eq!(got["16"], JobState::Ended { state: "CANCELLED".into() });
         assert_eq!(got.len(), 5);
+    }
+
+    /// What `sbatch` printed on a machine with Slurm's client but no
+    /// cluster: the stage's failure adds where to look.
+    #[test]
+    fn a_machine_without_a_controller_is_told_where_to_look() {
+        let no_conf = "sbatch: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host\nsbatch: error: fetch_config: DNS SRV lookup failed\nsbatch: fatal: Could not establish a configuration source";
+        assert!(no_controller(no_conf));
+        assert!(no_controller("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"));
+        assert!(!no_controller("sbatch: error: Batch job submission failed: Invalid partition name specified"));
     }
 
     #[test]

@@ -197,6 +197,10 @@ fn set_slurm_key(at: &str, key: (&str, Range<usize>), value: &Item, shape: &mut 
 
 fn sbatch_args(at: &str, value: &Item, errors: &mut Vec<Problem>) -> Vec<String> {
     let strings = value.get_ref().as_array().and_then(|a| a.iter().map(|v| v.get_ref().as_str().map(str::to_string)).collect::<Option<Vec<_>>>());
+    if let Some((arg, why)) = strings.iter().flatten().find_map(|a| reserved_option(a).map(|why| (a, why))) {
+        errors.push((Some(value.span()), format!("`{at}`: `{arg}` is cairn's to set: {why}"), Some("remove it from `sbatch_args`".into())));
+        return Vec::new();
+    }
     match strings {
         Some(args) if args.iter().all(|a| a.starts_with('-')) => args,
         _ => {
@@ -208,6 +212,31 @@ fn sbatch_args(at: &str, value: &Item, errors: &mut Vec<Problem>) -> Vec<String>
             Vec::new()
         }
     }
+}
+
+/// sbatch options cairn gives every job itself (the user's come after
+/// them and would override them), or that would not run the job once, in
+/// the background: long name, short letter, why.
+const RESERVED: [(&str, Option<char>, &str); 5] = [
+    ("output", Some('o'), "cairn reads the job's result from the log it names"),
+    ("error", Some('e'), "cairn reads the job's result from one log of both streams"),
+    ("chdir", Some('D'), "the job runs in the directory cairn made for it"),
+    ("wrap", None, "the job's command is cairn's"),
+    ("wait", Some('W'), "cairn submits every job and polls them all at once"),
+];
+
+/// Why `arg` (`--output=x`, `-o`, or a long option shortened as sbatch
+/// allows, `--out=x`) is not the user's to give, if it is not. `--array`
+/// is refused too: it would run the stage many times.
+fn reserved_option(arg: &str) -> Option<&'static str> {
+    const ARRAY: &str = "an array job would run the stage several times";
+    if let Some(long) = arg.strip_prefix("--") {
+        let name = long.split('=').next().unwrap_or(long);
+        let hits = |full: &str| name == full || (name.len() >= 3 && full.starts_with(name));
+        return RESERVED.iter().find(|(full, ..)| hits(full)).map(|r| r.2).or_else(|| hits("array").then_some(ARRAY));
+    }
+    let letter = arg.strip_prefix('-')?.chars().next()?;
+    RESERVED.iter().find(|r| r.1 == Some(letter)).map(|r| r.2).or_else(|| (letter == 'a').then_some(ARRAY))
 }
 
 fn is_word(s: &str) -> bool {
@@ -303,6 +332,20 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(errors.len(), 8, "{all}");
+    }
+
+    /// cairn's own options come first, so a user's `--output` would win
+    /// and cairn would wait for a log that never fills.
+    #[test]
+    fn options_cairn_sets_are_refused_in_sbatch_args() {
+        for arg in ["--output=/tmp/x", "-o", "-ox.log", "--out=x", "--error=e", "--chdir=/", "-D", "--wrap=hostname", "--wait", "-W", "--array=0-3", "-a"] {
+            let (_, errors) = parse_text(&format!("[executors.a]\nkind = \"slurm\"\nsbatch_args = [\"--exclusive\", \"{arg}\"]\n"));
+            assert!(errors.len() == 1 && errors[0].contains(&format!("`{arg}` is cairn's to set")), "{arg}: {errors:?}");
+        }
+        for arg in ["--exclusive", "--export=NONE", "--constraint=h200", "--wckey=x", "-C", "--partition=x", "--open-mode=truncate"] {
+            let (_, errors) = parse_text(&format!("[executors.a]\nkind = \"slurm\"\nsbatch_args = [\"{arg}\"]\n"));
+            assert!(errors.is_empty(), "{arg}: {errors:?}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::diag::{closest, Diagnostic, Origin};
-use super::parse::RawSpec;
+use super::parse::{NotParam, RawSpec};
 
 /// One edit: set `param_path` of `stage` to `value`.
 #[derive(Clone, Debug)]
@@ -32,15 +32,18 @@ pub fn parse_flag(flag: &str) -> Result<Override, Diagnostic> {
         help: Some("write `--set <stage>.<param>=<value>`, e.g. `--set finetune.lr=3e-4`".into()),
     };
     let (target, raw) = flag.split_once('=').ok_or_else(|| err("missing `=`".into()))?;
-    let value = parse_value(raw.trim()).ok_or_else(|| err(format!("`{raw}` is not a finite value")))?;
+    let value = parse_value(raw.trim()).map_err(|e| Diagnostic { help: Some(e.help().into()), ..err(format!("`{raw}`: {}", e.message())) })?;
     split_target(target.trim(), value, origin.clone()).map_err(err)
 }
 
-fn parse_value(raw: &str) -> Option<Value> {
+fn parse_value(raw: &str) -> Result<Value, NotParam> {
     let text = format!("v = {raw}");
     match toml::de::DeTable::parse(&text) {
-        Ok(doc) => doc.get_ref().get("v").and_then(|v| super::parse::to_json_value(v.get_ref()).ok()),
-        Err(_) => Some(Value::String(raw.to_string())),
+        Ok(doc) => match doc.get_ref().get("v") {
+            Some(v) => super::parse::to_json_value(v.get_ref()),
+            None => Ok(Value::String(raw.to_string())),
+        },
+        Err(_) => Ok(Value::String(raw.to_string())),
     }
 }
 
@@ -166,5 +169,15 @@ mod tests {
         assert!(parse_flag("stage=1").is_err());
         assert!(parse_flag("s.kind=x").is_err());
         assert!(parse_flag("s.x=nan").is_err());
+    }
+
+    /// Each refused value says why in its own words (all were once "is not
+    /// a finite value").
+    #[test]
+    fn a_refused_value_says_why() {
+        let message = |flag: &str| parse_flag(flag).unwrap_err().message;
+        assert!(message("s.x=nan").contains("NaN"));
+        assert!(message("s.x=99999999999999999999").contains("64 bits"));
+        assert!(message(r#"s.cmd="a\u0000""#).contains("NUL character"));
     }
 }

@@ -121,6 +121,12 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
     };
     let mut cx = Ctx { source, spans: Spans::default(), diags: Vec::new() };
     let root = doc.get_ref();
+    if might_hold_nul(text) {
+        refuse_nul_strings(&mut cx, root);
+        if !cx.diags.is_empty() {
+            return Err(cx.diags);
+        }
+    }
     check_top_keys(&mut cx, root);
     let (name, seed) = parse_header(&mut cx, root);
     let stages = parse_stages(&mut cx, root.get("stages"));
@@ -134,6 +140,34 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
         Ok(RawSpec { name, seed, stages, profiles, remote, executors, source: cx.source, spans: cx.spans })
     } else {
         Err(cx.diags)
+    }
+}
+
+/// Whether `text` could hold a string with a NUL: only a NUL byte or an
+/// escape of one makes it (searched for so that a file without them, every
+/// real one, is not walked twice).
+fn might_hold_nul(text: &str) -> bool {
+    ["\0", "\\u0000", "\\x00", "\\U00000000"].iter().any(|p| text.contains(p))
+}
+
+/// Refuses every key and string of the document that holds a NUL, which no
+/// command line, path, URL or environment variable can carry, wherever it
+/// stands (a param, a stage name, `[remote]`, `sbatch_args`).
+fn refuse_nul_strings(cx: &mut Ctx, table: &DeTable) {
+    for (key, value) in table.iter() {
+        if key.get_ref().contains('\0') {
+            cx.error(Some(key.span()), NotParam::Nul.message(), Some(NotParam::Nul.help().into()));
+        }
+        refuse_nul_in(cx, value);
+    }
+}
+
+fn refuse_nul_in(cx: &mut Ctx, item: &Item) {
+    match item.get_ref() {
+        DeValue::String(s) if s.contains('\0') => cx.error(Some(item.span()), NotParam::Nul.message(), Some(NotParam::Nul.help().into())),
+        DeValue::Table(t) => refuse_nul_strings(cx, t),
+        DeValue::Array(a) => a.iter().for_each(|v| refuse_nul_in(cx, v)),
+        _ => {}
     }
 }
 
@@ -270,10 +304,15 @@ pub fn parse_ref_value(v: &Value) -> Result<InputRef, String> {
             if let Some(bad) = m.keys().find(|k| !matches!(k.as_str(), "file" | "url" | "sha256" | "fetch")) {
                 return Err(format!("unknown key `{bad}` in a file input (expected file, url, sha256, fetch)"));
             }
+            let (url, sha256) = (get("url"), get("sha256"));
+            if sha256.as_deref().is_some_and(|h| !cairn_kind::is_sha256_hex(h)) {
+                return Err("`sha256` must be 64 hex digits (the file's SHA-256, as `sha256sum` prints it)".into());
+            }
+            if url.as_deref().is_some_and(|u| !cairn_kind::is_download_url(u)) {
+                return Err("`url` must start with http:// or https://".into());
+            }
             match get("file") {
-                Some(path) if !path.is_empty() => {
-                    Ok(InputRef::External { path, url: get("url"), sha256: get("sha256"), fetch: get("fetch") })
-                }
+                Some(path) if !path.is_empty() => Ok(InputRef::External { path, url, sha256, fetch: get("fetch") }),
                 _ => Err("a file input needs `file = \"path\"`".into()),
             }
         }
@@ -292,7 +331,12 @@ fn parse_ref(cx: &mut Ctx, span: Option<Range<usize>>, v: &Result<Value, NotPara
     match parse_ref_value(v) {
         Ok(r) => Some(r),
         Err(msg) => {
-            cx.error(span, msg, Some("write e.g. `images = \"load.train_images\"`".into()));
+            // A file input's own keys are explained by their message.
+            let help = match v {
+                Value::Object(_) => "e.g. `weights = { file = \"data/w.pth\", url = \"https://host/w.pth\", sha256 = \"<64 hex digits>\" }`",
+                _ => "write e.g. `images = \"load.train_images\"`",
+            };
+            cx.error(span, msg, Some(help.into()));
             None
         }
     }
@@ -375,6 +419,8 @@ fn to_json(cx: &mut Ctx, path: PathHash, item: &Item, depth: usize) -> Option<Va
 pub enum NotParam {
     NotFinite,
     TooLarge,
+    /// No command line, path or environment variable can carry a NUL.
+    Nul,
 }
 
 impl NotParam {
@@ -382,13 +428,15 @@ impl NotParam {
         match self {
             NotParam::NotFinite => "NaN and infinite numbers are not allowed in params",
             NotParam::TooLarge => "this integer does not fit in 64 bits",
+            NotParam::Nul => "this string holds a NUL character, which no command, path or environment variable can carry",
         }
     }
 
-    fn help(self) -> &'static str {
+    pub fn help(self) -> &'static str {
         match self {
             NotParam::NotFinite => "use a finite number",
             NotParam::TooLarge => "use a number from -2^63 to 2^63-1, or a float",
+            NotParam::Nul => "remove the `\\u0000` (or `\\x00`) escape",
         }
     }
 }
@@ -396,6 +444,7 @@ impl NotParam {
 /// A TOML value as JSON.
 pub fn to_json_value(v: &DeValue) -> Result<Value, NotParam> {
     Ok(match v {
+        DeValue::String(s) if s.contains('\0') => return Err(NotParam::Nul),
         DeValue::String(s) => Value::String(s.to_string()),
         DeValue::Integer(i) => Value::from(int64(i).ok_or(NotParam::TooLarge)?),
         DeValue::Float(f) => {
@@ -427,5 +476,30 @@ mod tests {
             assert!(errs.len() == 1 && errs[0].contains("declares no stages"), "{text:?}: {errs:?}");
         }
         assert!(errors("[pipeline]\n")[0].contains("declares no stages"));
+    }
+
+    /// A malformed `sha256` was only found after the download, and a `url`
+    /// starting with `-` reached curl as an option.
+    #[test]
+    fn a_file_inputs_url_and_sha256_are_checked_where_they_stand() {
+        let spec = |extra: &str| format!("[stages.a]\nkind = \"command\"\ncmd = \"cat {{in.x}} > {{out.o}}\"\ninputs = {{ x = {{ file = \"d/x\", {extra} }} }}\noutputs = {{ o = \"o.txt\" }}\n");
+        let sha = "ab".repeat(32);
+        for (extra, want) in [
+            ("sha256 = \"zz\"".to_string(), "`sha256` must be 64 hex digits"),
+            (format!("url = \"-o/tmp/x\", sha256 = \"{sha}\""), "`url` must start with http:// or https://"),
+        ] {
+            let errs = errors(&spec(&extra));
+            assert!(errs.len() == 1 && errs[0].contains(want) && errs[0].contains("p.toml:4:"), "{extra}: {errs:?}");
+        }
+        assert!(errors(&spec(&format!("url = \"https://h/x\", sha256 = \"{sha}\""))).is_empty());
+    }
+
+    /// A NUL reached `sh` and failed the stage at run time as "nul byte
+    /// found in provided data", naming neither the field nor the fix.
+    #[test]
+    fn a_nul_in_a_string_is_refused_where_it_stands() {
+        let text = "[stages.a]\nkind = \"command\"\ncmd = \"printf '\\u0000' > {out.o}\"\noutputs = { o = \"o.txt\" }\n";
+        let errs = errors(text);
+        assert!(errs.len() == 1 && errs[0].contains("p.toml:3:7") && errs[0].contains("NUL character") && errs[0].contains("remove the"), "{errs:?}");
     }
 }

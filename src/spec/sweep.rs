@@ -67,6 +67,9 @@ pub fn parse_axis(flag: &str) -> Result<Axis, String> {
     if values.iter().any(String::is_empty) {
         return Err(format!("--sweep {flag}: an empty value; separate values with single commas"));
     }
+    if let Some((i, v)) = values.iter().enumerate().find(|(i, v)| values[..*i].contains(v)) {
+        return Err(format!("--sweep {flag}: value {} is `{v}` again; list each value once", i + 1));
+    }
     Ok(Axis { target: target.to_string(), values })
 }
 
@@ -206,6 +209,7 @@ mod tests {
         assert!(parse_axis("f.lr=1e-3,,1e-4").unwrap_err().contains("empty value"));
         assert!(parse_axis("lr=1").unwrap_err().contains("<stage>.<param>"));
         assert!(parse_axis("f.lr").unwrap_err().contains("missing `=`"));
+        assert!(parse_axis("f.lr=1e-3,3e-4,1e-3").unwrap_err().contains("value 3 is `1e-3` again"));
     }
 
     #[test]
