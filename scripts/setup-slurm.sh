@@ -28,5 +28,5 @@ if ! have_slurm; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
   have_slurm
-  echo "cairn setup: Slurm ready ($(sbatch --version))" >&2
+  echo "cairn setup: Slurm ready ($(/usr/sbin/slurmctld -V))" >&2
 fi

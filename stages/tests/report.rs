@@ -213,9 +213,18 @@ fn html_is_self_contained_and_escaped() {
     }
 }
 
+/// Chromium on PATH, installed once per machine (scripts/setup-chromium.sh)
+/// where it is missing, as the Slurm and S3 tests install theirs.
 fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|name| {
-        std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+    let on_path = || {
+        ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|name| {
+            std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+        })
+    };
+    on_path().or_else(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/setup-chromium.sh");
+        let _ = Command::new("bash").arg(script).stderr(std::process::Stdio::inherit()).status();
+        on_path()
     })
 }
 
@@ -227,7 +236,7 @@ fn chromium_renders_the_report_with_every_image() {
     let Some(browser) = chromium() else {
         skip::missing(
             "chromium_renders_the_report_with_every_image",
-            "chromium not found on PATH; install it (apt-get install chromium) to check the rendered report",
+            "chromium is not on PATH and scripts/setup-chromium.sh could not install it; install chromium to check the rendered report",
         );
         return;
     };
