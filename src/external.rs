@@ -49,22 +49,30 @@ pub struct Source<'a> {
     pub fetch: Option<&'a str>,
 }
 
+/// The error for an external input that is missing and that no run can
+/// download (it declares no `url`); `None` where it exists or can be
+/// downloaded.
+pub fn unobtainable(path: &Path, source: Source) -> Option<ExternalError> {
+    if source.url.is_some() || path.exists() {
+        return None;
+    }
+    let help = match source.fetch {
+        Some(cmd) => format!("run `{cmd}` (the pipeline's command that fetches it), then run cairn again"),
+        None => "create it, or fix the path in pipeline.toml (relative paths start at the pipeline file's directory)".into(),
+    };
+    Some(ExternalError::Missing { path: path.to_path_buf(), help })
+}
+
 /// The content hash of an external input, downloading it first if it is
 /// missing and has a URL (only when `download_missing` is set; `status` never
 /// downloads).
 pub fn hash(stat: &StatCache, path: &Path, source: Source, download_missing: bool) -> Result<ArtifactHash, ExternalError> {
     let sha256 = source.sha256;
     if !path.exists() {
-        let missing = |help: String| ExternalError::Missing { path: path.to_path_buf(), help };
         match (source.url, download_missing) {
             (Some(url), true) => download(url, path, sha256.unwrap_or("(not given)"))?,
-            (Some(url), false) => return Err(missing(format!("`cairn run` will download it from {url}"))),
-            (None, _) => {
-                return Err(missing(match source.fetch {
-                    Some(cmd) => format!("run `{cmd}` (the pipeline's command that fetches it), then run cairn again"),
-                    None => "create it, or fix the path in pipeline.toml (relative paths start at the pipeline file's directory)".into(),
-                }))
-            }
+            (Some(url), false) => return Err(ExternalError::Missing { path: path.to_path_buf(), help: format!("`cairn run` will download it from {url}") }),
+            (None, _) => return Err(unobtainable(path, source).expect("the file is missing and has no url")),
         }
         if let Some(expected) = sha256 {
             check_sha256(path, expected)?;

@@ -2,7 +2,7 @@
 //! stage's key inputs, key, and whether it is fresh or stale and why.
 //! `status`, `explain` and `run` all use this, so they cannot disagree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -93,6 +93,28 @@ impl<'a> Resolver<'a> {
             }
             InputRef::Output { .. } | InputRef::UpstreamParams => Ok(None),
         }
+    }
+
+    /// The external inputs of `stages` that are missing and that no run
+    /// can download, each once, with the first of those stages (in
+    /// pipeline order) that reads it: a run names them all before it
+    /// starts anything, rather than failing at the first stage that reads
+    /// one after its upstream stages ran for minutes.
+    pub fn unobtainable_inputs(&self, stages: &BTreeSet<usize>) -> Vec<(String, ExternalError)> {
+        let mut seen = BTreeSet::new();
+        let mut missing = Vec::new();
+        for &i in stages {
+            let stage = &self.pipeline.stages[i];
+            for r in stage.inputs.values().flatten() {
+                let InputRef::External { path, url, sha256, fetch } = r else { continue };
+                let p = external::resolve(&self.pipeline.root, path);
+                let source = external::Source { url: url.as_deref(), sha256: sha256.as_deref(), fetch: fetch.as_deref() };
+                if let Some(e) = external::unobtainable(&p, source).filter(|_| seen.insert(p.clone())) {
+                    missing.push((stage.name.clone(), e));
+                }
+            }
+        }
+        missing
     }
 
     fn index(&self, stage: &Stage) -> usize {

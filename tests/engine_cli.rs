@@ -620,6 +620,48 @@ fn a_missing_file_names_its_fetch_command_and_cairn_does_not_run_it() {
     assert_eq!(p.cairn(&["run"]).outcome("read").as_deref(), Some("ran"));
 }
 
+/// Input files that no run can fetch are all named before anything runs,
+/// each once: an upstream stage (minutes of training, in a real pipeline)
+/// is not spent before the first stage that reads one fails.
+#[test]
+fn missing_input_files_are_all_named_before_anything_runs() {
+    let p = Project::new(
+        r#"
+[stages.up]
+kind = "command"
+cmd = "echo up > {out.o}"
+outputs = { o = "o.txt" }
+
+[stages.a]
+kind = "command"
+cmd = "cat {in.u} {in.w} > {out.o}"
+inputs = { u = "up.o", w = { file = "w.bin", fetch = "bash get-w.sh" } }
+outputs = { o = "o.txt" }
+
+[stages.b]
+kind = "command"
+cmd = "cat {in.d} {in.w} > {out.o}"
+inputs = { d = { file = "data/d.txt" }, w = { file = "w.bin", fetch = "bash get-w.sh" } }
+outputs = { o = "o.txt" }
+"#,
+    );
+    let r = p.cairn(&["run"]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stderr.contains("2 input files do not exist, so nothing ran"), "{}", r.all());
+    assert!(r.stderr.contains("stage `a`: input file") && r.stderr.contains("run `bash get-w.sh`"), "{}", r.all());
+    assert!(r.stderr.contains("stage `b`: input file") && r.stderr.contains("data/d.txt does not exist"), "{}", r.all());
+    assert_eq!(r.stderr.matches("w.bin does not exist").count(), 1, "{}", r.all());
+    assert_eq!(r.outcome("up"), None, "nothing ran:\n{}", r.all());
+    // A dry run still says what would run and what is blocked.
+    assert_eq!(p.cairn(&["run", "--dry-run"]).outcome("up").as_deref(), Some("would run"));
+    // Targets that need none of the files run.
+    assert_eq!(p.cairn(&["run", "up"]).outcome("up").as_deref(), Some("ran"));
+    p.write("w.bin", "w\n");
+    p.write("data/d.txt", "d\n");
+    let r = p.cairn(&["run"]);
+    assert_eq!((r.outcome("a").as_deref(), r.outcome("b").as_deref()), (Some("ran"), Some("ran")), "{}", r.all());
+}
+
 #[test]
 fn independent_stages_run_in_parallel_with_jobs() {
     // Each of a and b marks that it started and finishes only once the

@@ -212,7 +212,7 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console:
     let report = runner::run(&pipeline, &cache, &env, opts, console, &cancel).map_err(|e| {
         let code = match e {
             runner::RunError::UnknownStage(_) | runner::RunError::Executors(_) => exit::USAGE,
-            runner::RunError::Cache(_) | runner::RunError::External { .. } => exit::IO,
+            runner::RunError::Cache(_) | runner::RunError::External { .. } | runner::RunError::Unobtainable(_) => exit::IO,
             runner::RunError::Remote(ref e) => super::remote::exit_code(e),
         };
         fail(console, code, e)

@@ -134,6 +134,9 @@ pub enum RunError {
     Cache(#[from] CacheError),
     #[error("stage `{stage}`: {source}")]
     External { stage: String, source: crate::external::ExternalError },
+    /// Input files that no run can fetch, found before anything ran.
+    #[error("{}", unobtainable_list(.0))]
+    Unobtainable(Vec<(String, crate::external::ExternalError)>),
     #[error("no stage named `{0}`")]
     UnknownStage(String),
     #[error(transparent)]
@@ -141,6 +144,14 @@ pub enum RunError {
     /// The run's executors cannot be set up as the spec asks.
     #[error("{0}")]
     Executors(String),
+}
+
+fn unobtainable_list(missing: &[(String, crate::external::ExternalError)]) -> String {
+    let each = missing.iter().map(|(stage, e)| format!("stage `{stage}`: {e}")).collect::<Vec<_>>().join("\n");
+    match missing.len() {
+        1 => each,
+        n => format!("{n} input files do not exist, so nothing ran:\n{each}"),
+    }
 }
 
 enum State {
@@ -244,6 +255,12 @@ pub fn run(
     let mut resolver = Resolver::new(pipeline, cache, env, &warn);
     resolver.repair = !opts.dry_run;
     let mut s = Scheduler::new(pipeline, cache, opts, observer, cancel, &resolver)?;
+    if !opts.dry_run {
+        let missing = resolver.unobtainable_inputs(&s.selected);
+        if !missing.is_empty() {
+            return Err(RunError::Unobtainable(missing));
+        }
+    }
     let seed = pipeline.seed;
     let jobs = opts.jobs.max(1);
     // Stages on a non-local executor are submitted as jobs (see crate::executor).
