@@ -112,11 +112,14 @@ pub fn parse(source: SourceMap, text: &str) -> Result<RawSpec, Vec<Diagnostic>> 
         Ok(doc) => doc,
         Err(e) => {
             let msg = e.message().trim().to_string();
-            return Err(vec![Diagnostic {
-                origin: source.origin(e.span()),
-                message: format!("invalid TOML: {msg}"),
-                help: Some("see https://toml.io for the syntax".into()),
-            }]);
+            // The parser's own limit, met before cairn's (`MAX_DEPTH`); a
+            // dotted key's is reported without a place.
+            let help = if msg.contains("recurs") {
+                format!("arrays, inline tables or dotted keys nest too deeply to parse here; params may nest {MAX_DEPTH} levels")
+            } else {
+                "see https://toml.io for the syntax".into()
+            };
+            return Err(vec![Diagnostic { origin: source.origin(e.span()), message: format!("invalid TOML: {msg}"), help: Some(help) }]);
         }
     };
     let mut cx = Ctx { source, spans: Spans::default(), diags: Vec::new() };
@@ -476,6 +479,19 @@ mod tests {
             assert!(errs.len() == 1 && errs[0].contains("declares no stages"), "{text:?}: {errs:?}");
         }
         assert!(errors("[pipeline]\n")[0].contains("declares no stages"));
+    }
+
+    /// Nesting past the TOML parser's own limit (arrays, inline tables,
+    /// dotted keys) is refused with cairn's limit in the help, not a bare
+    /// pointer to the TOML syntax.
+    #[test]
+    fn nesting_past_the_parsers_limit_says_how_deep_params_may_go() {
+        let head = "[stages.a]\nkind = \"command\"\ncmd = \"true\"\n[stages.a.params]\n";
+        for body in ["v = ".to_string() + &"[".repeat(5000) + &"]".repeat(5000), "v = ".to_string() + &"{ a = ".repeat(300) + "1" + &" }".repeat(300), vec!["k"; 300].join(".") + " = 1"] {
+            let errs = errors(&format!("{head}{body}\n"));
+            assert!(errs.len() == 1 && errs[0].contains("params may nest 32 levels"), "{}: {errs:?}", &body[..12]);
+        }
+        assert!(errors(&format!("{head}v = [[[1]]]\n")).is_empty());
     }
 
     /// A malformed `sha256` was only found after the download, and a `url`
