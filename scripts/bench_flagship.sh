@@ -48,7 +48,13 @@ if [ -n "$ISA" ]; then
   if [ "$ISA" = AVX2 ]; then export MKL_ENABLE_INSTRUCTIONS=AVX2; fi
 fi
 cp "$ROOT/pipeline.toml" "$DIR/"
-# Fetched weights (scripts/fetch-lite0.sh) for the profiles that read them.
+# Lite0's ImageNet weights for the profiles that read them: cpu-lite0, and
+# cpu-fp32, which cairn applies without CUDA unless a profile is named.
+case " ${EXTRA[*]:-} " in
+  *" --profile cpu-lite0 "* | *" --profile=cpu-lite0 "*) bash "$ROOT/scripts/fetch-lite0.sh" ;;
+  *" --profile"*) ;;
+  *) bash "$ROOT/scripts/fetch-lite0.sh" --if-cpu ;;
+esac
 if [ -d "$ROOT/weights" ]; then ln -s "$ROOT/weights" "$DIR/weights"; fi
 cd "$DIR"
 if [ -n "$SEED" ]; then

