@@ -155,8 +155,22 @@ impl Pipeline {
 
 /// Loads and checks a pipeline file.
 pub fn load(path: &Path, opts: &LoadOptions, registry: &Registry) -> Result<Pipeline, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
+    let text = String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error()))?;
     load_str(path, &text, opts, registry)
+}
+
+/// A pipeline file that is not UTF-8 (TOML's only encoding), named at the
+/// first byte that is not.
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> SpecError {
+    let at = e.valid_up_to();
+    let before = std::str::from_utf8(&bytes[..at]).expect("valid up to here");
+    let origin = diag::SourceMap::new(path.to_path_buf(), before).origin(Some(at..at));
+    SpecError::Invalid(vec![Diagnostic {
+        origin,
+        message: format!("the file is not UTF-8 text (byte 0x{:02x})", bytes[at]),
+        help: Some("TOML files are UTF-8: save it as UTF-8, or check that -f names the pipeline file and not a data file".into()),
+    }])
 }
 
 /// Like [`load`], from text already read.
@@ -519,6 +533,17 @@ inputs = { predictions = "preds.t" }
         let i = p.index_of("report").unwrap();
         assert_eq!(p.stages[i].inputs["pipeline"], vec![InputRef::UpstreamParams], "the engine feeds the report its pipeline");
         serde_json::from_slice(&p.upstream_params(i)).unwrap()
+    }
+
+    /// A binary or Latin-1 file was reported as "stream did not contain
+    /// valid UTF-8", with a help about the working directory.
+    #[test]
+    fn a_file_that_is_not_utf8_is_named_at_its_first_bad_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.toml");
+        std::fs::write(&path, b"[stages.a]\nkind = \"command\"\ncmd = \"echo caf\xe9\"\n").unwrap();
+        let e = load(&path, &LoadOptions::default(), &Registry::builtin()).err().unwrap().to_string();
+        assert!(e.contains("pipeline.toml:3:16: error: the file is not UTF-8 text (byte 0xe9)") && e.contains("save it as UTF-8"), "{e}");
     }
 
     #[test]
