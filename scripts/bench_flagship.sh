@@ -9,8 +9,8 @@
 # machine, and prints one block to paste into BENCHMARKS.md: the CPU
 # (`lscpu` model name and the flags that decide the kernels), the facts
 # the stages were keyed on (so the precision `auto` chose), each stage's
-# wall time, the whole run's wall time and peak memory, and the test
-# accuracy. `--isa AVX2` caps oneDNN, ATen and MKL at AVX2
+# wall time, the whole run's wall time and peak memory, the test
+# accuracy, and a digest of every output's hash. `--isa AVX2` caps oneDNN, ATen and MKL at AVX2
 # (`DNNL_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`, `MKL_ENABLE_INSTRUCTIONS`),
 # standing in for a CPU without AVX512; the cap is part of the stages'
 # keys. `--seed N` runs the pipeline with `[pipeline] seed = N` instead
@@ -96,3 +96,12 @@ acc = next(st["metrics"]["test_acc"] for st in run["stages"] if st["stage"] == "
 print()
 print(f"whole run: {int(wall // 60)} min {wall % 60:.0f} s wall; largest process peak RSS {rss_kb / 1024:.0f} MB")
 print(f"test accuracy: {100 * acc:.2f}%")' "$wall" "$(tail -1 time.txt)"
+
+# Every output's hash, one line each (outputs.txt in the run directory), and
+# their digest: two runs with the same digest made the same bytes.
+stages="$("$ROOT/target/release/cairn" runs --json 2>/dev/null | python3 -c 'import json, sys; print(" ".join(s["stage"] for s in json.load(sys.stdin)[0]["stages"]))')"
+for st in $stages; do
+  "$ROOT/target/release/cairn" inspect "$st" --json --set "load.source=$DATA" "${EXTRA[@]}" 2>/dev/null |
+    python3 -c 'import json, sys; [print(sys.argv[1], k, v["hash"]) for k, v in sorted(json.load(sys.stdin).items())]' "$st"
+done > outputs.txt
+echo "outputs: $(wc -l < outputs.txt), their hashes' sha256 $(sha256sum outputs.txt | cut -c1-16) (outputs.txt; the same digest: every output the same bytes)"
