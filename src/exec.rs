@@ -67,6 +67,13 @@ fn record_outputs(
                 decl.name, decl.ty, decl.file_name()
             )));
         }
+        if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            return Err(StageFailure::new(format!(
+                "declared output `{}` is a directory, and an output must be a file\n  help: archive it in the command, the same bytes for the same files so that an unchanged output keeps the stages after it cached: \
+                 `tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf {{out.{}}} -C DIR .`",
+                decl.name, decl.name
+            )));
+        }
         let (hash, size) = if store { cache.ingest(path).map_err(|e| StageFailure::new(e.to_string()))? } else { hash_file(path)? };
         records.insert(decl.name.clone(), OutputRecord { hash, size, ty: decl.ty, ext: decl.ext.clone() });
     }

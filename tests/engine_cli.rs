@@ -620,6 +620,31 @@ fn a_missing_file_names_its_fetch_command_and_cairn_does_not_run_it() {
     assert_eq!(p.cairn(&["run"]).outcome("read").as_deref(), Some("ran"));
 }
 
+/// A directory written as an output is refused by its name, with a tar
+/// command whose bytes depend only on the files: following it, a producer
+/// that re-runs over the same files (their times changed) keeps the stage
+/// after it cached.
+#[test]
+fn a_directory_output_is_refused_with_a_tar_command_that_keeps_early_cutoff() {
+    let spec = |make: &str, n: u32| {
+        format!(
+            "[stages.d]\nkind = \"command\"\ncmd = \"mkdir -p dir && echo a > dir/a && touch -d @$N dir/a && {make}\"\nenv = {{ N = \"{n}\" }}\noutputs = {{ x = \"x\" }}\n\n\
+             [stages.u]\nkind = \"command\"\ncmd = \"wc -c < {{in.t}} > {{out.o}}\"\ninputs = {{ t = \"d.x\" }}\noutputs = {{ o = \"o.txt\" }}\n"
+        )
+    };
+    let p = Project::new(&spec("cp -r dir {out.x}", 1000));
+    let r = p.cairn(&["run"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("declared output `x` is a directory, and an output must be a file"), "{}", r.all());
+    let tar = "tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf {out.x} -C DIR .";
+    assert!(r.stderr.contains(tar), "{}", r.all());
+    p.write("pipeline.toml", &spec(&tar.replace("DIR", "dir"), 1000));
+    assert_eq!(p.cairn(&["run"]).outcome("u").as_deref(), Some("ran"));
+    p.write("pipeline.toml", &spec(&tar.replace("DIR", "dir"), 2000));
+    let r = p.cairn(&["run"]);
+    assert_eq!((r.outcome("d").as_deref(), r.outcome("u").as_deref()), (Some("ran"), Some("cached")), "{}", r.all());
+}
+
 /// Input files that no run can fetch are all named before anything runs,
 /// each once: an upstream stage (minutes of training, in a real pipeline)
 /// is not spent before the first stage that reads one fails.
