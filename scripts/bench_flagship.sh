@@ -10,7 +10,8 @@
 # (`lscpu` model name and the flags that decide the kernels), the facts
 # the stages were keyed on (so the precision `auto` chose), each stage's
 # wall time, the whole run's wall time and peak memory, the test
-# accuracy, and a digest of every output's hash. `--isa AVX2` caps oneDNN, ATen and MKL at AVX2
+# accuracy, and a digest of every output's hash. `--isa AVX2` caps
+# oneDNN, ATen and MKL at AVX2
 # (`DNNL_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`, `MKL_ENABLE_INSTRUCTIONS`),
 # standing in for a CPU without AVX512; the cap is part of the stages'
 # keys. `--seed N` runs the pipeline with `[pipeline] seed = N` instead

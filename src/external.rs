@@ -53,14 +53,15 @@ pub struct Source<'a> {
 /// download (it declares no `url`); `None` where it exists or can be
 /// downloaded.
 pub fn unobtainable(path: &Path, source: Source) -> Option<ExternalError> {
-    if source.url.is_some() || path.exists() {
-        return None;
-    }
+    (source.url.is_none() && !path.exists()).then(|| missing_without_url(path, source))
+}
+
+fn missing_without_url(path: &Path, source: Source) -> ExternalError {
     let help = match source.fetch {
         Some(cmd) => format!("run `{cmd}` (the pipeline's command that fetches it), then run cairn again"),
         None => "create it, or fix the path in pipeline.toml (relative paths start at the pipeline file's directory)".into(),
     };
-    Some(ExternalError::Missing { path: path.to_path_buf(), help })
+    ExternalError::Missing { path: path.to_path_buf(), help }
 }
 
 /// The content hash of an external input, downloading it first if it is
@@ -72,7 +73,7 @@ pub fn hash(stat: &StatCache, path: &Path, source: Source, download_missing: boo
         match (source.url, download_missing) {
             (Some(url), true) => download(url, path, sha256.unwrap_or("(not given)"))?,
             (Some(url), false) => return Err(ExternalError::Missing { path: path.to_path_buf(), help: format!("`cairn run` will download it from {url}") }),
-            (None, _) => return Err(unobtainable(path, source).expect("the file is missing and has no url")),
+            (None, _) => return Err(missing_without_url(path, source)),
         }
         if let Some(expected) = sha256 {
             check_sha256(path, expected)?;
