@@ -159,15 +159,19 @@ fn might_hold_nul(text: &str) -> bool {
 fn refuse_nul_strings(cx: &mut Ctx, table: &DeTable) {
     for (key, value) in table.iter() {
         if key.get_ref().contains('\0') {
-            cx.error(Some(key.span()), NotParam::Nul.message(), Some(NotParam::Nul.help().into()));
+            refuse_nul_at(cx, key.span());
         }
         refuse_nul_in(cx, value);
     }
 }
 
+fn refuse_nul_at(cx: &mut Ctx, span: Range<usize>) {
+    cx.error(Some(span), NotParam::Nul.message(), Some(NotParam::Nul.help().into()));
+}
+
 fn refuse_nul_in(cx: &mut Ctx, item: &Item) {
     match item.get_ref() {
-        DeValue::String(s) if s.contains('\0') => cx.error(Some(item.span()), NotParam::Nul.message(), Some(NotParam::Nul.help().into())),
+        DeValue::String(s) if s.contains('\0') => refuse_nul_at(cx, item.span()),
         DeValue::Table(t) => refuse_nul_strings(cx, t),
         DeValue::Array(a) => a.iter().for_each(|v| refuse_nul_in(cx, v)),
         _ => {}
