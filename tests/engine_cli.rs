@@ -52,6 +52,24 @@ fn rerun_is_a_cache_hit() {
     }
 }
 
+/// A run that changed something ends by naming where the pipeline's ends
+/// (`c` and `d`: nothing reads them) put their results, or a target's,
+/// not what feeds them; a no-op and a failed run do not.
+#[test]
+fn a_run_ends_by_naming_where_its_results_are() {
+    let results = |r: &common::Run| r.all().lines().filter(|l| l.starts_with("results: ")).map(String::from).collect::<Vec<_>>();
+    let p = Project::new(CHAIN);
+    let first = p.cairn(&["run"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    assert_eq!(results(&first), ["results: artifacts/c/ (count.txt)", "results: artifacts/d/ (text.txt)"], "{}", first.all());
+    assert_eq!(results(&p.cairn(&["run"])), Vec::<String>::new(), "a no-op names nothing");
+    let target = p.cairn(&["run", "b", "--force", "b"]);
+    assert_eq!(results(&target), ["results: artifacts/b/ (text.txt)"], "{}", target.all());
+    let failed = p.cairn(&["run", "--set", "d.cmd=exit 3"]);
+    assert_ne!(failed.code, 0);
+    assert_eq!(results(&failed), Vec::<String>::new(), "{}", failed.all());
+}
+
 #[test]
 fn param_change_reruns_exactly_the_stage_and_descendants() {
     let p = Project::new(CHAIN);

@@ -222,6 +222,11 @@ fn cmd_run(cli: &Cli, config: &Config, opts: &RunOptions, run: &RunCmd, console:
     }
     let recorded = !opts.dry_run && in_history(&report);
     print_summary(&pipeline, &report, opts, run.json, recorded, t0.elapsed(), console);
+    if !run.json && !opts.dry_run {
+        for line in super::results::lines(&pipeline, &report, &artifacts_dir(cli)) {
+            console.line(&line);
+        }
+    }
     if let Some(code) = super::remote::after_run(opts, &pipeline, &cache, &report, console) {
         return Ok(code);
     }

@@ -10,6 +10,7 @@ mod inspect_file;
 mod local;
 mod lock;
 mod remote;
+mod results;
 mod sweep;
 mod ui;
 
