@@ -43,7 +43,7 @@ CONFIGS = [  # net, res, batch, steps, precision
     ("resnet50", 32, 32, 10, "fp32"),
     # Six steps, not three: at 1.2-1.4 s a step the median of three moved
     # by a tenth between runs of the same binary (BENCHMARKS.md, "ResNet-50
-    # at 224 px: the same convolutions").
+    # at 224 px against PyTorch eager: the same convolutions").
     ("resnet50", 224, 8, 6, "fp32"),
     # The `cpu-lite0` / `cpu-fp32` profile's network, whole, at 80 px (the
     # profile trains stages 5-7 at 96 px; the figures in BENCHMARKS.md are

@@ -3,6 +3,7 @@
 //! as the flagship's `report`), as placed in `artifacts/`. A newcomer's
 //! first run ends there, so the end of its log names what to open.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use cairn::runner::{Outcome, RunReport};
@@ -21,8 +22,13 @@ pub(super) fn lines(pipeline: &Pipeline, report: &RunReport, artifacts: &Path) -
     if !changed || report.failed() || report.interrupted {
         return Vec::new();
     }
-    let done = |o: &Outcome| matches!(o, Outcome::Ran | Outcome::Cached | Outcome::Pulled);
-    let in_run: Vec<bool> = pipeline.stages.iter().map(|s| report.stages.iter().any(|r| r.stage == s.name && done(&r.outcome))).collect();
+    let done: HashSet<&str> = report
+        .stages
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Ran | Outcome::Cached | Outcome::Pulled))
+        .map(|r| r.stage.as_str())
+        .collect();
+    let in_run: Vec<bool> = pipeline.stages.iter().map(|s| done.contains(s.name.as_str())).collect();
     let users = pipeline.graph.users(|i| in_run[i]);
     let ends: Vec<&str> = (0..in_run.len()).filter(|&i| in_run[i] && users[i].is_empty()).map(|i| pipeline.stages[i].name.as_str()).collect();
     let mut out: Vec<String> = ends.iter().take(MAX_STAGES).filter_map(|stage| stage_line(report, artifacts, stage)).collect();
