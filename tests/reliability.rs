@@ -362,3 +362,45 @@ outputs = { o = "o.txt" }
     assert_eq!(again.code, 0, "{}", again.all());
     assert_eq!(p.read_artifact("hog", "o.txt"), "400000000\n");
 }
+
+/// Two stages at once in that cgroup: `hog` is killed by the out-of-memory
+/// killer, `victim` by a SIGKILL of its own after that. The kernel's count
+/// rose while each ran, but it cannot say whose process it killed, so
+/// neither failure claims the kill for sure: each says another stage ran
+/// beside it.
+#[test]
+fn a_kill_counted_while_two_stages_ran_is_not_claimed_by_either() {
+    let p = Project::new(
+        r#"
+[stages.hog]
+kind = "command"
+cmd = "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo ${#x} > {out.o}"
+outputs = { o = "o.txt" }
+
+[stages.victim]
+kind = "command"
+cmd = "sleep 3; kill -9 $$"
+outputs = { o = "o.txt" }
+"#,
+    );
+    let name = format!("cairn-test-oom2-{}", std::process::id());
+    let Some(cgroup) = MemCgroup::create(&name, 96 << 20) else {
+        skip::unavailable(
+            "a_kill_counted_while_two_stages_ran_is_not_claimed_by_either",
+            "cannot make a memory cgroup here (needs root and a writable cgroup file system)",
+        );
+        return;
+    };
+    let mut run = cgroup.command(env!("CARGO_BIN_EXE_cairn"));
+    run.args(["run", "-j", "2"]).current_dir(p.path()).env_remove("CAIRN_CACHE_DIR");
+    let r: common::Run = run.output().expect("cairn runs").into();
+    drop(cgroup);
+    assert_eq!(r.code, 1, "{}", r.all());
+    for said in [
+        "help: SIGKILL came from outside cairn, most likely from the kernel's out-of-memory killer, which killed ",
+        " in cairn's cgroup while the stage ran (`oom_kill` in the cgroup's memory counters); another stage ran beside this one, and the killer may have struck its process instead",
+    ] {
+        assert_eq!(r.stderr.matches(said).count(), 2, "{said}: {}", r.stderr);
+    }
+    common::nothing_cached(&p);
+}

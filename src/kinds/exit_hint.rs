@@ -6,9 +6,12 @@
 //! own stop of an interrupted stage never comes here), most often from the
 //! kernel's out-of-memory killer: the kernel's count of its kills, read
 //! before the stage started and after it ended, says whether it struck
-//! ([`crate::memory::OomSince`]), and the hint shows the peak beside the
-//! memory the process may use ([`crate::memory::limit`]). Where the count
-//! says the killer killed nothing, the hint lists what else sends SIGKILL.
+//! ([`crate::memory::OomSince`]); since every stage shares the engine's
+//! cgroup, a kill counted while another stage ran may have been that
+//! one's, which the hint then says ([`super::overlap`]). The hint shows
+//! the peak beside the memory the process may use
+//! ([`crate::memory::limit`]). Where the count says the killer killed
+//! nothing, the hint lists what else sends SIGKILL.
 //! The worker's crashes and load failures are cairn's to explain; a
 //! command's are its program's, so a command gets only the memory hints.
 
@@ -38,7 +41,7 @@ pub(crate) fn hint(process: Process, ended: &Ended, said: &str) -> Option<String
     });
     let out_of_memory = ["memory allocation of", "std::bad_alloc", "not enough memory"].iter().any(|s| said.contains(s));
     let text = match (process, signal) {
-        (_, Some(libc::SIGKILL)) => killed(process, ended.oom, peak_rss, memory::limit()),
+        (_, Some(libc::SIGKILL)) => killed(process, ended.oom, ended.beside, peak_rss, memory::limit()),
         (_, _) if out_of_memory => format!("an allocation failed: the process ran out of memory{}", beside_limit(peak_rss, memory::limit())),
         (_, Some(libc::SIGBUS)) => "SIGBUS: a file it had mapped was cut short under it: a damaged or half-written library (cairn-worker's libtorch: `make verify-torch` checks it and installs it again) or an input truncated while it read".into(),
         (Process::Worker, Some(libc::SIGILL)) => "SIGILL: an instruction this CPU lacks: a cairn-worker built on another machine; `make` rebuilds it here".into(),
@@ -52,21 +55,24 @@ pub(crate) fn hint(process: Process, ended: &Ended, said: &str) -> Option<String
 }
 
 /// The hint for SIGKILL: whether the out-of-memory killer struck while the
-/// stage ran, with the numbers that bear on it.
-fn killed(process: Process, oom: OomSince, peak_rss: u64, limit: Option<memory::Limit>) -> String {
+/// stage ran, with the numbers that bear on it. `beside`: another stage
+/// ran at the same time, so a kill the count shows may have been its.
+fn killed(process: Process, oom: OomSince, beside: bool, peak_rss: u64, limit: Option<memory::Limit>) -> String {
     let less = match process {
         Process::Worker => " (a smaller `batch_size`, fewer or smaller images)",
         Process::Command => "",
     };
     let numbers = beside_limit(peak_rss, limit);
     let more = format!("Give the stage more memory, or make it need less{less}");
+    let shared = if beside { "; another stage ran beside this one, and the killer may have struck its process instead" } else { "" };
     match oom {
         OomSince::InCgroup(n) => format!(
-            "SIGKILL came from the kernel's out-of-memory killer, which killed {} in cairn's cgroup while the stage ran (`oom_kill` in the cgroup's memory counters){numbers}. {more}",
+            "SIGKILL came from {}the kernel's out-of-memory killer, which killed {} in cairn's cgroup while the stage ran (`oom_kill` in the cgroup's memory counters){shared}{numbers}. {more}",
+            if beside { "outside cairn, most likely from " } else { "" },
             processes(n)
         ),
         OomSince::OnMachine(n) => format!(
-            "SIGKILL came from outside cairn, most likely from the kernel's out-of-memory killer, which killed {} on this machine while the stage ran (`oom_kill` in /proc/vmstat){numbers}. {more}",
+            "SIGKILL came from outside cairn, most likely from the kernel's out-of-memory killer, which killed {} on this machine while the stage ran (`oom_kill` in /proc/vmstat){shared}{numbers}. {more}",
             processes(n)
         ),
         OomSince::Nothing { where_ } => format!(
@@ -101,7 +107,7 @@ mod tests {
     /// How a process ended: `status`, with peak RSS `peak` and no
     /// out-of-memory kill counted while it ran.
     fn ended(status: ExitStatus, peak: u64) -> Ended {
-        Ended { status, stderr: Vec::new(), peak_rss: peak, oom: OomSince::Nothing { where_: "in its cgroup" } }
+        Ended { status, stderr: Vec::new(), peak_rss: peak, oom: OomSince::Nothing { where_: "in its cgroup" }, beside: false }
     }
 
     fn signalled(sig: i32) -> Ended {
@@ -115,15 +121,28 @@ mod tests {
     #[test]
     fn sigkill_says_whether_the_out_of_memory_killer_struck() {
         let limit = Some(memory::Limit { bytes: 700 << 20, source: "its cgroup's limit" });
-        let h = killed(Process::Worker, OomSince::InCgroup(1), 1900 << 20, limit.clone());
+        let h = killed(Process::Worker, OomSince::InCgroup(1), false, 1900 << 20, limit.clone());
         assert!(h.starts_with("SIGKILL came from the kernel's out-of-memory killer, which killed 1 process in cairn's cgroup"), "{h}");
         assert!(h.contains("peaked at 1.9 GiB") && h.contains("700 MiB (its cgroup's limit)") && h.contains("smaller `batch_size`"), "{h}");
-        let h = killed(Process::Command, OomSince::OnMachine(2), 1 << 30, limit.clone());
+        let h = killed(Process::Command, OomSince::OnMachine(2), false, 1 << 30, limit.clone());
         assert!(h.contains("most likely from the kernel's out-of-memory killer, which killed 2 processes on this machine"), "{h}");
-        let h = killed(Process::Command, OomSince::Nothing { where_: "on this machine" }, 1 << 30, limit.clone());
+        let h = killed(Process::Command, OomSince::Nothing { where_: "on this machine" }, true, 1 << 30, limit.clone());
         assert!(h.contains("not from the kernel's out-of-memory killer, which killed nothing on this machine") && h.contains("systemd-oomd"), "{h}");
-        let h = killed(Process::Command, OomSince::Unknown, 1 << 30, limit);
+        let h = killed(Process::Command, OomSince::Unknown, false, 1 << 30, limit.clone());
         assert!(h.contains("most often from the kernel's out-of-memory killer (`dmesg"), "{h}");
+        assert!(!h.contains("beside"), "{h}");
+    }
+
+    /// A kill counted while another stage ran in the same cgroup may have
+    /// been that one's: the hint no longer says it was this one's for sure.
+    #[test]
+    fn a_kill_counted_while_another_stage_ran_may_have_been_its() {
+        let limit = Some(memory::Limit { bytes: 700 << 20, source: "its cgroup's limit" });
+        let h = killed(Process::Worker, OomSince::InCgroup(1), true, 1900 << 20, limit.clone());
+        assert!(h.starts_with("SIGKILL came from outside cairn, most likely from the kernel's out-of-memory killer, which killed 1 process in cairn's cgroup"), "{h}");
+        assert!(h.contains("; another stage ran beside this one, and the killer may have struck its process instead; it peaked at 1.9 GiB"), "{h}");
+        let h = killed(Process::Command, OomSince::OnMachine(1), true, 1 << 30, limit);
+        assert!(h.contains("on this machine while the stage ran (`oom_kill` in /proc/vmstat); another stage ran beside this one"), "{h}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod command;
 mod exit_hint;
+mod overlap;
 mod supervise;
 pub mod worker_kind;
 

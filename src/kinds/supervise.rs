@@ -28,6 +28,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::overlap::{Span, STAGES};
 use crate::kind::StageFailure;
 
 /// How a supervised child ended.
@@ -39,6 +40,9 @@ pub(crate) struct Ended {
     pub peak_rss: u64,
     /// What the kernel's out-of-memory killer did while it ran.
     pub oom: crate::memory::OomSince,
+    /// Whether another stage's process ran at some moment of its life (in
+    /// the same cgroup, so a kill counted then may have been that one's).
+    pub beside: bool,
 }
 
 impl Ended {
@@ -102,19 +106,22 @@ pub(crate) struct Spawned {
     guard: Option<Guard>,
     /// The out-of-memory kills counted before it started.
     oom_before: crate::memory::OomKills,
+    /// Its life among the other stages' processes.
+    span: Span<'static>,
 }
 
 /// Spawns `cmd` in a new process group that dies with the engine (see the
 /// module doc).
 pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Spawned> {
     let oom_before = crate::memory::oom_kills();
+    let span = STAGES.begin();
     let Some(guard) = Guard::start() else {
         let child = spawn_leader(cmd)?;
-        return Ok(Spawned { pgid: child.id(), child, guard: None, oom_before });
+        return Ok(Spawned { pgid: child.id(), child, guard: None, oom_before, span });
     };
     let pgid = guard.child.id();
     match cmd.process_group(pgid as i32).spawn() {
-        Ok(child) => Ok(Spawned { child, pgid, guard: Some(guard), oom_before }),
+        Ok(child) => Ok(Spawned { child, pgid, guard: Some(guard), oom_before, span }),
         Err(e) => {
             guard.release();
             Err(e)
@@ -240,7 +247,7 @@ pub(crate) fn supervise(
     mut on_out: impl FnMut(&str),
     mut on_err: impl FnMut(&str),
 ) -> Result<Ended, StageFailure> {
-    let Spawned { mut child, pgid, guard, oom_before } = spawned;
+    let Spawned { mut child, pgid, guard, oom_before, span } = spawned;
     let (tx, rx) = std::sync::mpsc::channel::<Line>();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let out_tx = tx.clone();
@@ -297,7 +304,7 @@ pub(crate) fn supervise(
         route(line);
     }
     let oom = crate::memory::oom_kills().since(&oom_before);
-    Ok(Ended { status, stderr, peak_rss, oom })
+    Ok(Ended { status, stderr, peak_rss, oom, beside: span.beside() })
 }
 
 #[cfg(test)]
