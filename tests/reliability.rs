@@ -327,32 +327,36 @@ fn a_fully_cached_run_and_a_dry_run_work_on_a_read_only_cache() {
     assert!(write.stderr.contains("read-only"), "{}", write.all());
 }
 
+/// `hog`: a shell that reads 400 MB into a variable.
+const HOG: &str = r#"
+[stages.hog]
+kind = "command"
+cmd = "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo ${#x} > {out.o}"
+outputs = { o = "o.txt" }
+"#;
+
+/// `cairn ARGS` in `p`, inside a memory cgroup of its own limited to 96
+/// MiB (named with `tag`), or `None` where none can be made: then `test`
+/// skips visibly, `covered` saying what covers it.
+fn in_96_mib_cgroup(p: &Project, tag: &str, test: &str, covered: &str, args: &[&str]) -> Option<common::Run> {
+    let Some(cgroup) = MemCgroup::create(&format!("cairn-test-{tag}-{}", std::process::id()), 96 << 20) else {
+        skip::unavailable(test, &format!("cannot make a memory cgroup here (needs root and a writable cgroup file system){covered}"));
+        return None;
+    };
+    let mut run = cgroup.command(env!("CARGO_BIN_EXE_cairn"));
+    run.args(args).current_dir(p.path()).env_remove("CAIRN_CACHE_DIR");
+    Some(run.output().expect("cairn runs").into())
+}
+
 /// A stage the kernel's out-of-memory killer kills, in a real memory
 /// cgroup with a 96 MiB limit: the failure says so from the kernel's own
 /// count, beside the peak and the limit, nothing is cached, and the same
 /// stage outside the cgroup then runs.
 #[test]
 fn a_stage_the_out_of_memory_killer_kills_is_named_so() {
-    let p = Project::new(
-        r#"
-[stages.hog]
-kind = "command"
-cmd = "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo ${#x} > {out.o}"
-outputs = { o = "o.txt" }
-"#,
-    );
-    let name = format!("cairn-test-oom-{}", std::process::id());
-    let Some(cgroup) = MemCgroup::create(&name, 96 << 20) else {
-        skip::unavailable(
-            "a_stage_the_out_of_memory_killer_kills_is_named_so",
-            "cannot make a memory cgroup here (needs root and a writable cgroup file system); `a_stage_killed_from_outside_says_whether_the_out_of_memory_killer_did_it` covers a SIGKILL from elsewhere",
-        );
-        return;
-    };
-    let mut run = cgroup.command(env!("CARGO_BIN_EXE_cairn"));
-    run.arg("run").current_dir(p.path()).env_remove("CAIRN_CACHE_DIR");
-    let r: common::Run = run.output().expect("cairn runs").into();
-    drop(cgroup);
+    let p = Project::new(HOG);
+    let covered = "; `a_stage_killed_from_outside_says_whether_the_out_of_memory_killer_did_it` covers a SIGKILL from elsewhere";
+    let Some(r) = in_96_mib_cgroup(&p, "oom", "a_stage_the_out_of_memory_killer_kills_is_named_so", covered, &["run"]) else { return };
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("command exited with signal: 9 (SIGKILL)"), "the largest process, `sh`, is the one killed: {}", r.stderr);
     assert!(r.stderr.contains("help: SIGKILL came from the kernel's out-of-memory killer, which killed"), "{}", r.stderr);
@@ -370,31 +374,10 @@ outputs = { o = "o.txt" }
 /// beside it.
 #[test]
 fn a_kill_counted_while_two_stages_ran_is_not_claimed_by_either() {
-    let p = Project::new(
-        r#"
-[stages.hog]
-kind = "command"
-cmd = "x=$(head -c 400000000 /dev/zero | tr '\\0' a); echo ${#x} > {out.o}"
-outputs = { o = "o.txt" }
-
-[stages.victim]
-kind = "command"
-cmd = "sleep 3; kill -9 $$"
-outputs = { o = "o.txt" }
-"#,
-    );
-    let name = format!("cairn-test-oom2-{}", std::process::id());
-    let Some(cgroup) = MemCgroup::create(&name, 96 << 20) else {
-        skip::unavailable(
-            "a_kill_counted_while_two_stages_ran_is_not_claimed_by_either",
-            "cannot make a memory cgroup here (needs root and a writable cgroup file system)",
-        );
-        return;
-    };
-    let mut run = cgroup.command(env!("CARGO_BIN_EXE_cairn"));
-    run.args(["run", "-j", "2"]).current_dir(p.path()).env_remove("CAIRN_CACHE_DIR");
-    let r: common::Run = run.output().expect("cairn runs").into();
-    drop(cgroup);
+    let victim = "\n[stages.victim]\nkind = \"command\"\ncmd = \"sleep 3; kill -9 $$\"\noutputs = { o = \"o.txt\" }\n";
+    let p = Project::new(&format!("{HOG}{victim}"));
+    let test = "a_kill_counted_while_two_stages_ran_is_not_claimed_by_either";
+    let Some(r) = in_96_mib_cgroup(&p, "oom2", test, "", &["run", "-j", "2"]) else { return };
     assert_eq!(r.code, 1, "{}", r.all());
     for said in [
         "help: SIGKILL came from outside cairn, most likely from the kernel's out-of-memory killer, which killed ",
