@@ -210,13 +210,18 @@ fn sources(ctx: &WorkerCtx, p: &TrainParams, r: &Runner, data: &Data, batch: i64
     let (flip, vflip) = (p.augment.flip.any(), p.tta != Tta::None);
     let (ntr, nva) = (data.xtr.rows(), data.xva.size()[0]);
     let total = (ntr * (1 + flip as i64) + nva * (1 + vflip as i64)) as u64;
-    // One pass over every image (and mirror) can take minutes: say where it is.
+    // One pass over every image (and mirror) can take minutes: say where it
+    // is, and that the training comes after (the ETA is this pass's).
+    let then = match p.epochs {
+        1 => "then 1 epoch".to_string(),
+        n => format!("then {n} epochs"),
+    };
     let mut done = 0u64;
     let mut report = |n: i64| {
         done = done.saturating_add_signed(n);
         if ctx.progress_due() {
             let rate = done as f64 / t0.elapsed().as_secs_f64();
-            ctx.progress_at(format!("caching `{block}` features at {rate:.0} img/s"), done, total, true);
+            ctx.progress_at(format!("caching `{block}` features at {rate:.0} img/s, {then}"), done, total, true);
         }
     };
     let xva = Images::Loaded(data.xva.shallow_clone());
