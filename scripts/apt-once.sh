@@ -1,5 +1,5 @@
 # Sourced by the setup scripts that install Debian packages once per machine
-# (setup-slurm.sh, setup-chromium.sh).
+# (setup-slurm.sh, setup-chromium.sh) and by .ci/run.
 #
 # apt_once NAME HAVE VERSION PACKAGE...: unless the command HAVE succeeds,
 # takes NAME's lock (test binaries may call a setup script in parallel),

@@ -85,14 +85,18 @@ impl<'a> Resolver<'a> {
 
     /// The content hash of an external input.
     pub fn external(&self, r: &InputRef, download_missing: bool) -> Result<Option<ArtifactHash>, ExternalError> {
-        match r {
-            InputRef::External { path, url, sha256, fetch } => {
-                let p = external::resolve(&self.pipeline.root, path);
-                let source = external::Source { url: url.as_deref(), sha256: sha256.as_deref(), fetch: fetch.as_deref() };
-                external::hash(self.cache.stat(), &p, source, download_missing).map(Some)
-            }
-            InputRef::Output { .. } | InputRef::UpstreamParams => Ok(None),
+        match self.external_source(r) {
+            Some((p, source)) => external::hash(self.cache.stat(), &p, source, download_missing).map(Some),
+            None => Ok(None),
         }
+    }
+
+    /// An external input's path (resolved against the pipeline's
+    /// directory) and where it comes from; `None` for other inputs.
+    fn external_source<'r>(&self, r: &'r InputRef) -> Option<(PathBuf, external::Source<'r>)> {
+        let InputRef::External { path, url, sha256, fetch } = r else { return None };
+        let source = external::Source { url: url.as_deref(), sha256: sha256.as_deref(), fetch: fetch.as_deref() };
+        Some((external::resolve(&self.pipeline.root, path), source))
     }
 
     /// The external inputs of `stages` that are missing and that no run
@@ -105,10 +109,7 @@ impl<'a> Resolver<'a> {
         let mut missing = Vec::new();
         for &i in stages {
             let stage = &self.pipeline.stages[i];
-            for r in stage.inputs.values().flatten() {
-                let InputRef::External { path, url, sha256, fetch } = r else { continue };
-                let p = external::resolve(&self.pipeline.root, path);
-                let source = external::Source { url: url.as_deref(), sha256: sha256.as_deref(), fetch: fetch.as_deref() };
+            for (p, source) in stage.inputs.values().flatten().filter_map(|r| self.external_source(r)) {
                 if let Some(e) = external::unobtainable(&p, source).filter(|_| seen.insert(p.clone())) {
                     missing.push((stage.name.clone(), e));
                 }
